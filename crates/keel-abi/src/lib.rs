@@ -1,0 +1,425 @@
+//! # Keel system-call ABI
+//!
+//! The contract between the Keel visor (secure world) and an application (non-secure world).
+//! Everything here is plain data: call slot numbers, status codes and `#[repr(C)]` structs whose
+//! layout is frozen per version. The same definitions are used by the visor (which implements the
+//! calls), by the Rust SDK `keel-app` (which wraps them) and are mirrored in the C header
+//! `sdk/c/include/keel.h` (a test checks the two agree).
+//!
+//! ## Calling convention
+//!
+//! * Every call is a branch to a **fixed slot** in the visor's non-secure-callable (NSC) region:
+//!   `address = nsc_base + 16 * slot`, Thumb bit set. Slots never move between visor versions;
+//!   unused slots are reserved and answer [`Status::NotImplemented`].
+//! * Up to four 32-bit arguments in `r0..r3`; the result is always a [`Status`] in `r0`.
+//!   Calls that produce data write it through a pointer argument. No call returns data in `r0`.
+//! * Every pointer is checked by the visor for non-secure access over its whole length before it
+//!   is used. A pointer the app may not use yields [`Status::ParameterFault`] — never a fault.
+//! * Structs that may grow carry a `version` field the caller sets (see [`AbiInfo`]); an unknown
+//!   version yields [`Status::UnsupportedStructVersion`].
+//! * Calls may be made from thread mode or from the app's interrupt handlers, except
+//!   [`Call::Wait`] and [`Call::Restart`], which answer [`Status::Unavailable`] from a handler.
+#![no_std]
+
+/// ABI major version: bumped only for incompatible changes (never so far).
+pub const ABI_MAJOR: u16 = 1;
+/// ABI minor version: bumped when calls or struct versions are added.
+pub const ABI_MINOR: u16 = 0;
+
+/// Size in bytes of one NSC veneer slot.
+pub const SLOT_SIZE: u32 = 16;
+/// Number of slots in the NSC table (used + reserved).
+pub const SLOT_COUNT: u32 = 64;
+
+/// Maximum length of one log message in bytes.
+pub const LOG_MAX_LEN: u32 = 512;
+/// Length of the ASCII device id written by [`Call::DeviceId`] (`"kd"` + 32 lowercase hex digits).
+pub const DEVICE_ID_LEN: u32 = 34;
+/// Shortest watchdog timeout an app may ask for, in milliseconds.
+pub const WATCHDOG_MIN_MS: u32 = 10;
+/// Longest watchdog timeout an app may ask for, in milliseconds (one hour).
+pub const WATCHDOG_MAX_MS: u32 = 3_600_000;
+
+/// Result of every system call (`r0`). Values are stable; new ones are only ever appended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The wall clock has not been set yet (it is set by the server once the device is online).
+    TimeNotSet = 1,
+    /// A pointer argument is not entirely inside memory the app may access.
+    ParameterFault = 2,
+    /// A buffer is too small (or too large) for the call.
+    InvalidBufferSize = 3,
+    /// A non-pointer argument is out of range.
+    InvalidArgument = 4,
+    /// The `version` field of a struct is not supported by this visor.
+    UnsupportedStructVersion = 5,
+    /// The slot is reserved for a future call.
+    NotImplemented = 6,
+    /// The call cannot be made in the current state (e.g. from an interrupt handler).
+    Unavailable = 7,
+    /// A log message exceeds [`LOG_MAX_LEN`].
+    LogMessageTooLong = 8,
+    /// The visor hit an unexpected internal error; the call had no effect.
+    InternalError = 9,
+}
+
+impl Status {
+    /// All statuses, in numeric order.
+    pub const ALL: [Status; 10] = [
+        Status::Ok,
+        Status::TimeNotSet,
+        Status::ParameterFault,
+        Status::InvalidBufferSize,
+        Status::InvalidArgument,
+        Status::UnsupportedStructVersion,
+        Status::NotImplemented,
+        Status::Unavailable,
+        Status::LogMessageTooLong,
+        Status::InternalError,
+    ];
+
+    /// Decodes a raw `r0` value.
+    pub fn from_u32(v: u32) -> Option<Status> {
+        Status::ALL.get(v as usize).copied()
+    }
+
+    /// The C name of this status (`KEEL_STATUS_...`), also used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::TimeNotSet => "TIME_NOT_SET",
+            Status::ParameterFault => "PARAMETER_FAULT",
+            Status::InvalidBufferSize => "INVALID_BUFFER_SIZE",
+            Status::InvalidArgument => "INVALID_ARGUMENT",
+            Status::UnsupportedStructVersion => "UNSUPPORTED_STRUCT_VERSION",
+            Status::NotImplemented => "NOT_IMPLEMENTED",
+            Status::Unavailable => "UNAVAILABLE",
+            Status::LogMessageTooLong => "LOG_MESSAGE_TOO_LONG",
+            Status::InternalError => "INTERNAL_ERROR",
+        }
+    }
+}
+
+/// The system calls and their fixed slots.
+///
+/// Slots 11..=63 are reserved: 16..=31 for networking and channels, 32..=39 for update control,
+/// 40..=47 for configuration and secrets, 48..=55 for debugging, the rest for later use.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `abi_info(AbiInfo *out)`: ABI and visor versions.
+    AbiInfo = 0,
+    /// `device_id(uint8_t *buf, uint32_t len)`: writes the [`DEVICE_ID_LEN`]-byte ASCII id (not NUL
+    /// terminated). `len` must be at least [`DEVICE_ID_LEN`].
+    DeviceId = 1,
+    /// `monotonic_us(uint64_t *out)`: microseconds since the visor started; never jumps.
+    MonotonicUs = 2,
+    /// `wall_time_us(uint64_t *out)`: microseconds since the Unix epoch, or
+    /// [`Status::TimeNotSet`] until the clock has been synchronised.
+    WallTimeUs = 3,
+    /// `log(uint32_t level, const uint8_t *msg, uint32_t len)`: one log line (see [`LogLevel`]).
+    Log = 4,
+    /// `restart(uint32_t reason)`: restarts the app now. Does not return on success.
+    /// `reason` is an app-defined code reported as [`BootInfo::restart_code`] after the restart.
+    Restart = 5,
+    /// `wait(uint32_t timeout_us, uint32_t *events)`: sleeps until an event in [`events`] is
+    /// pending or `timeout_us` elapsed; writes the pending events (0 on timeout). `events` may be
+    /// NULL.
+    Wait = 6,
+    /// `watchdog_start(uint32_t timeout_ms)`: arms the app watchdog; an app that does not call
+    /// [`Call::WatchdogKick`] within `timeout_ms` is restarted. Calling it again changes the
+    /// timeout. Cannot be disarmed until the next restart.
+    WatchdogStart = 7,
+    /// `watchdog_kick(void)`: feeds the watchdog.
+    WatchdogKick = 8,
+    /// `boot_info(BootInfo *out)`: why and how often the app was (re)started.
+    BootInfo = 9,
+    /// `last_crash(CrashReport *out)`: the last crash report, [`Status::Unavailable`] if none.
+    LastCrash = 10,
+}
+
+impl Call {
+    /// Every implemented call, in slot order.
+    pub const ALL: [Call; 11] = [
+        Call::AbiInfo,
+        Call::DeviceId,
+        Call::MonotonicUs,
+        Call::WallTimeUs,
+        Call::Log,
+        Call::Restart,
+        Call::Wait,
+        Call::WatchdogStart,
+        Call::WatchdogKick,
+        Call::BootInfo,
+        Call::LastCrash,
+    ];
+
+    /// Decodes a slot number.
+    pub fn from_slot(slot: u32) -> Option<Call> {
+        Call::ALL.get(slot as usize).copied()
+    }
+
+    /// The C function name for this call.
+    pub fn c_name(self) -> &'static str {
+        match self {
+            Call::AbiInfo => "keel_abi_info",
+            Call::DeviceId => "keel_device_id",
+            Call::MonotonicUs => "keel_monotonic_us",
+            Call::WallTimeUs => "keel_wall_time_us",
+            Call::Log => "keel_log",
+            Call::Restart => "keel_restart",
+            Call::Wait => "keel_wait",
+            Call::WatchdogStart => "keel_watchdog_start",
+            Call::WatchdogKick => "keel_watchdog_kick",
+            Call::BootInfo => "keel_boot_info",
+            Call::LastCrash => "keel_last_crash",
+        }
+    }
+}
+
+/// Severity of a log message.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors.
+    Error = 0,
+    /// Warnings.
+    Warn = 1,
+    /// Normal information.
+    Info = 2,
+    /// Debug output.
+    Debug = 3,
+}
+
+impl LogLevel {
+    /// Decodes a raw level.
+    pub fn from_u32(v: u32) -> Option<LogLevel> {
+        match v {
+            0 => Some(LogLevel::Error),
+            1 => Some(LogLevel::Warn),
+            2 => Some(LogLevel::Info),
+            3 => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+    /// Short tag used on the console.
+    pub fn tag(self) -> &'static str {
+        match self {
+            LogLevel::Error => "E",
+            LogLevel::Warn => "W",
+            LogLevel::Info => "I",
+            LogLevel::Debug => "D",
+        }
+    }
+}
+
+/// Event bits reported by [`Call::Wait`]. None is raised by this visor version yet; networking,
+/// update and configuration will add bits here.
+pub mod events {
+    /// No event: the wait timed out.
+    pub const NONE: u32 = 0;
+}
+
+/// Why the app is running now ([`BootInfo::reason`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartReason {
+    /// First start after the device powered on or reset.
+    ColdBoot = 0,
+    /// The app crashed (fault) and was restarted.
+    Crash = 1,
+    /// The app stopped kicking its watchdog and was restarted.
+    Watchdog = 2,
+    /// The app asked for a restart ([`Call::Restart`]).
+    Requested = 3,
+}
+
+impl StartReason {
+    /// Decodes a raw reason.
+    pub fn from_u32(v: u32) -> Option<StartReason> {
+        match v {
+            0 => Some(StartReason::ColdBoot),
+            1 => Some(StartReason::Crash),
+            2 => Some(StartReason::Watchdog),
+            3 => Some(StartReason::Requested),
+            _ => None,
+        }
+    }
+    /// Lowercase name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartReason::ColdBoot => "cold-boot",
+            StartReason::Crash => "crash",
+            StartReason::Watchdog => "watchdog",
+            StartReason::Requested => "requested",
+        }
+    }
+}
+
+/// What kind of fault (or policy event) ended the app ([`CrashReport::kind`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// HardFault (including escalated faults and `bkpt` without a debugger).
+    HardFault = 3,
+    /// MemManage fault.
+    MemManage = 4,
+    /// BusFault (e.g. an access blocked by a peripheral or memory protection controller).
+    BusFault = 5,
+    /// UsageFault (undefined instruction, stack overflow via MSPLIM, division by zero, ...).
+    UsageFault = 6,
+    /// SecureFault: the app touched secure memory or entered secure code other than via a slot.
+    SecureFault = 7,
+    /// The watchdog expired.
+    Watchdog = 0x100,
+}
+
+impl FaultKind {
+    /// Decodes a raw kind.
+    pub fn from_u32(v: u32) -> Option<FaultKind> {
+        match v {
+            3 => Some(FaultKind::HardFault),
+            4 => Some(FaultKind::MemManage),
+            5 => Some(FaultKind::BusFault),
+            6 => Some(FaultKind::UsageFault),
+            7 => Some(FaultKind::SecureFault),
+            0x100 => Some(FaultKind::Watchdog),
+            _ => None,
+        }
+    }
+    /// Name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::HardFault => "HardFault",
+            FaultKind::MemManage => "MemManage",
+            FaultKind::BusFault => "BusFault",
+            FaultKind::UsageFault => "UsageFault",
+            FaultKind::SecureFault => "SecureFault",
+            FaultKind::Watchdog => "Watchdog",
+        }
+    }
+}
+
+/// Output of [`Call::AbiInfo`]. Set `version` to 1 before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbiInfo {
+    /// Struct version, set by the caller (1).
+    pub version: u32,
+    /// [`ABI_MAJOR`] of the running visor.
+    pub abi_major: u16,
+    /// [`ABI_MINOR`] of the running visor.
+    pub abi_minor: u16,
+    /// Visor version: major.
+    pub visor_major: u16,
+    /// Visor version: minor.
+    pub visor_minor: u16,
+    /// Visor version: patch.
+    pub visor_patch: u16,
+    /// Reserved, 0.
+    pub reserved: u16,
+}
+
+/// Output of [`Call::BootInfo`]. Set `version` to 1 before the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    /// Struct version, set by the caller (1).
+    pub version: u32,
+    /// Why the app is running now ([`StartReason`] as `u32`).
+    pub reason: u32,
+    /// How many times the app has been (re)started since the visor booted (0 for the first start).
+    pub restart_count: u32,
+    /// How many of those restarts were caused by crashes or the watchdog.
+    pub crash_count: u32,
+    /// The `reason` passed to [`Call::Restart`] when [`BootInfo::reason`] is `Requested`, else 0.
+    pub restart_code: u32,
+    /// How many times the visor itself has booted on this device (persistent).
+    pub visor_boot_count: u32,
+}
+
+/// Number of stack words copied into a [`CrashReport`].
+pub const CRASH_STACK_WORDS: usize = 8;
+
+/// Output of [`Call::LastCrash`] and the body of the visor's crash log line. Set `version` to 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Struct version, set by the caller (1).
+    pub version: u32,
+    /// [`FaultKind`] as `u32`.
+    pub kind: u32,
+    /// Monotonic time of the crash in microseconds.
+    pub time_us: u64,
+    /// r0..r3, r12, lr, pc, xpsr as stacked by the exception (pc is the faulting instruction
+    /// for precise faults).
+    pub frame: [u32; 8],
+    /// The app's stack pointer at the fault (after the exception frame was removed).
+    pub sp: u32,
+    /// EXC_RETURN of the exception that caught the fault.
+    pub exc_return: u32,
+    /// Configurable Fault Status Register.
+    pub cfsr: u32,
+    /// HardFault Status Register.
+    pub hfsr: u32,
+    /// SecureFault Status Register.
+    pub sfsr: u32,
+    /// SecureFault Address Register (valid if `sfsr` bit 6 SFARVALID is set).
+    pub sfar: u32,
+    /// BusFault Address Register (valid if `cfsr` bit 15 BFARVALID is set).
+    pub bfar: u32,
+    /// MemManage Fault Address Register (valid if `cfsr` bit 7 MMARVALID is set).
+    pub mmfar: u32,
+    /// Top of the app's stack at the fault, starting at `sp` (0 where unreadable).
+    pub stack: [u32; CRASH_STACK_WORDS],
+}
+
+impl CrashReport {
+    /// Stacked program counter: the faulting instruction.
+    pub fn pc(&self) -> u32 {
+        self.frame[6]
+    }
+    /// Stacked link register.
+    pub fn lr(&self) -> u32 {
+        self.frame[5]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn struct_layouts_are_frozen() {
+        // These sizes are part of the ABI: the C header declares the same structs.
+        assert_eq!(size_of::<AbiInfo>(), 16);
+        assert_eq!(size_of::<BootInfo>(), 24);
+        assert_eq!(size_of::<CrashReport>(), 112);
+        assert_eq!(core::mem::offset_of!(CrashReport, time_us), 8);
+        assert_eq!(core::mem::offset_of!(CrashReport, stack), 80);
+    }
+
+    #[test]
+    fn status_roundtrip() {
+        for (i, s) in Status::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32);
+            assert_eq!(Status::from_u32(i as u32), Some(*s));
+        }
+        assert_eq!(Status::from_u32(Status::ALL.len() as u32), None);
+    }
+
+    #[test]
+    fn call_slots_are_dense_and_fit_the_table() {
+        for (i, c) in Call::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32);
+            assert_eq!(Call::from_slot(i as u32), Some(*c));
+        }
+        assert!((Call::ALL.len() as u32) < SLOT_COUNT);
+        assert_eq!(Call::from_slot(11), None);
+        assert_eq!(Call::from_slot(SLOT_COUNT), None);
+    }
+}

@@ -1,0 +1,364 @@
+//! # Keel flash
+//!
+//! Everything the visor knows about its persistent storage, written once and tested on the host:
+//!
+//! * [`Nor`]: a flash driver that enforces the rules of real NOR flash (the STM32U5 flavour) on top
+//!   of any raw byte [`Medium`]: pages of [`PAGE_SIZE`] bytes that erase to `0xFF`, programming in
+//!   [`PROGRAM_UNIT`]-byte units, and **programming a unit that is not fully erased is an error**.
+//!   On QEMU the medium is a file-backed RAM region, which would otherwise accept anything; with
+//!   these rules, code that works on the virtual device also works on real flash.
+//!   `Nor` implements the `embedded-storage` `NorFlash` traits so ecosystem crates can use it.
+//! * [`layout`]: the partition map of the device's flash (documented in `docs/flash-layout.md`).
+//! * [`SeqLog`]: a tiny power-safe store of the latest small record, alternating between two
+//!   pages (used for the persistent boot counter).
+//! * [`crc32`]: CRC-32 (IEEE) for record integrity.
+#![no_std]
+
+pub mod layout;
+mod seqlog;
+
+pub use seqlog::{SeqLog, SeqRecord};
+
+/// Erase page size in bytes.
+pub const PAGE_SIZE: u32 = 8192;
+/// Program unit in bytes: the smallest amount written at once, aligned to itself.
+pub const PROGRAM_UNIT: u32 = 16;
+/// Value of an erased byte.
+pub const ERASED: u8 = 0xFF;
+
+/// Raw byte storage under a [`Nor`] driver. It applies no rules of its own.
+pub trait Medium {
+    /// Size in bytes.
+    fn capacity(&self) -> u32;
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`. The range is in bounds.
+    fn read(&self, offset: u32, buf: &mut [u8]);
+    /// Stores `data` at `offset`. The range is in bounds.
+    fn write(&mut self, offset: u32, data: &[u8]);
+}
+
+/// Errors of flash operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashError {
+    /// The range is outside the device (or the partition).
+    OutOfBounds,
+    /// Erase not on page boundaries, or program not on program-unit boundaries.
+    Misaligned,
+    /// Programming a unit that is not fully erased.
+    NotErased,
+}
+
+impl FlashError {
+    /// Short description for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlashError::OutOfBounds => "out of bounds",
+            FlashError::Misaligned => "misaligned",
+            FlashError::NotErased => "unit not erased",
+        }
+    }
+}
+
+impl core::fmt::Display for FlashError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Operation counters, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlashStats {
+    /// Pages erased.
+    pub erases: u32,
+    /// Program units written.
+    pub units_programmed: u32,
+}
+
+/// A NOR flash driver enforcing erase/program rules over a raw [`Medium`].
+pub struct Nor<M: Medium> {
+    medium: M,
+    stats: FlashStats,
+}
+
+impl<M: Medium> Nor<M> {
+    /// Wraps a medium. Its capacity must be a multiple of [`PAGE_SIZE`].
+    pub fn new(medium: M) -> Self {
+        Nor {
+            medium,
+            stats: FlashStats::default(),
+        }
+    }
+
+    /// Size in bytes.
+    pub fn capacity(&self) -> u32 {
+        self.medium.capacity()
+    }
+
+    /// Operation counters since creation.
+    pub fn stats(&self) -> FlashStats {
+        self.stats
+    }
+
+    /// Gives the medium back.
+    pub fn into_inner(self) -> M {
+        self.medium
+    }
+
+    /// Borrows the medium.
+    pub fn medium(&self) -> &M {
+        &self.medium
+    }
+
+    fn check_range(&self, offset: u32, len: usize) -> Result<(), FlashError> {
+        let len = u32::try_from(len).map_err(|_| FlashError::OutOfBounds)?;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity() => Ok(()),
+            _ => Err(FlashError::OutOfBounds),
+        }
+    }
+
+    /// Reads any byte range.
+    pub fn read(&self, offset: u32, buf: &mut [u8]) -> Result<(), FlashError> {
+        self.check_range(offset, buf.len())?;
+        self.medium.read(offset, buf);
+        Ok(())
+    }
+
+    /// Erases the page starting at `offset` to `0xFF`.
+    pub fn erase_page(&mut self, offset: u32) -> Result<(), FlashError> {
+        if offset % PAGE_SIZE != 0 {
+            return Err(FlashError::Misaligned);
+        }
+        self.check_range(offset, PAGE_SIZE as usize)?;
+        let ff = [ERASED; 256];
+        let mut o = offset;
+        while o < offset + PAGE_SIZE {
+            self.medium.write(o, &ff);
+            o += ff.len() as u32;
+        }
+        self.stats.erases += 1;
+        Ok(())
+    }
+
+    /// Erases every page in `from..to` (both page aligned).
+    pub fn erase_range(&mut self, from: u32, to: u32) -> Result<(), FlashError> {
+        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 || to < from {
+            return Err(FlashError::Misaligned);
+        }
+        self.check_range(from, (to - from) as usize)?;
+        let mut o = from;
+        while o < to {
+            self.erase_page(o)?;
+            o += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Programs `data` at `offset`. Both must be multiples of [`PROGRAM_UNIT`], and every unit
+    /// written must be fully erased beforehand. Nothing is written if any unit is not erased.
+    pub fn program(&mut self, offset: u32, data: &[u8]) -> Result<(), FlashError> {
+        if offset % PROGRAM_UNIT != 0 || data.len() % PROGRAM_UNIT as usize != 0 {
+            return Err(FlashError::Misaligned);
+        }
+        self.check_range(offset, data.len())?;
+        let mut unit = [0u8; PROGRAM_UNIT as usize];
+        for i in 0..data.len() / PROGRAM_UNIT as usize {
+            self.medium
+                .read(offset + (i as u32) * PROGRAM_UNIT, &mut unit);
+            if unit.iter().any(|&b| b != ERASED) {
+                return Err(FlashError::NotErased);
+            }
+        }
+        self.medium.write(offset, data);
+        self.stats.units_programmed += (data.len() / PROGRAM_UNIT as usize) as u32;
+        Ok(())
+    }
+
+    /// True if the whole range reads as erased.
+    pub fn is_erased(&self, offset: u32, len: u32) -> Result<bool, FlashError> {
+        self.check_range(offset, len as usize)?;
+        let mut buf = [0u8; 64];
+        let mut o = offset;
+        while o < offset + len {
+            let n = core::cmp::min(buf.len() as u32, offset + len - o) as usize;
+            self.medium.read(o, &mut buf[..n]);
+            if buf[..n].iter().any(|&b| b != ERASED) {
+                return Ok(false);
+            }
+            o += n as u32;
+        }
+        Ok(true)
+    }
+}
+
+impl embedded_storage::nor_flash::NorFlashError for FlashError {
+    fn kind(&self) -> embedded_storage::nor_flash::NorFlashErrorKind {
+        use embedded_storage::nor_flash::NorFlashErrorKind as K;
+        match self {
+            FlashError::OutOfBounds => K::OutOfBounds,
+            FlashError::Misaligned => K::NotAligned,
+            FlashError::NotErased => K::Other,
+        }
+    }
+}
+
+impl<M: Medium> embedded_storage::nor_flash::ErrorType for Nor<M> {
+    type Error = FlashError;
+}
+
+impl<M: Medium> embedded_storage::nor_flash::ReadNorFlash for Nor<M> {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashError> {
+        Nor::read(self, offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        Nor::capacity(self) as usize
+    }
+}
+
+impl<M: Medium> embedded_storage::nor_flash::NorFlash for Nor<M> {
+    const WRITE_SIZE: usize = PROGRAM_UNIT as usize;
+    const ERASE_SIZE: usize = PAGE_SIZE as usize;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashError> {
+        self.erase_range(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashError> {
+        self.program(offset, bytes)
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// A [`Medium`] over a byte slice, for host tests and tools.
+pub struct SliceMedium<'a>(pub &'a mut [u8]);
+
+impl Medium for SliceMedium<'_> {
+    fn capacity(&self) -> u32 {
+        self.0.len() as u32
+    }
+    fn read(&self, offset: u32, buf: &mut [u8]) {
+        let o = offset as usize;
+        buf.copy_from_slice(&self.0[o..o + buf.len()]);
+    }
+    fn write(&mut self, offset: u32, data: &[u8]) {
+        let o = offset as usize;
+        self.0[o..o + data.len()].copy_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flash(mem: &mut [u8]) -> Nor<SliceMedium<'_>> {
+        Nor::new(SliceMedium(mem))
+    }
+
+    #[test]
+    fn crc32_matches_reference() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn erase_sets_whole_page_to_ff_and_counts() {
+        let mut mem = [0u8; 2 * PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        f.erase_page(PAGE_SIZE).unwrap();
+        assert!(f.is_erased(PAGE_SIZE, PAGE_SIZE).unwrap());
+        assert!(!f.is_erased(0, PAGE_SIZE).unwrap());
+        assert_eq!(f.stats().erases, 1);
+    }
+
+    #[test]
+    fn erase_must_be_page_aligned_and_in_bounds() {
+        let mut mem = [0u8; 2 * PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        assert_eq!(f.erase_page(16), Err(FlashError::Misaligned));
+        assert_eq!(f.erase_page(2 * PAGE_SIZE), Err(FlashError::OutOfBounds));
+        assert_eq!(f.erase_range(0, 100), Err(FlashError::Misaligned));
+        assert_eq!(f.erase_range(PAGE_SIZE, 0), Err(FlashError::Misaligned));
+    }
+
+    #[test]
+    fn program_requires_unit_alignment() {
+        let mut mem = [0xFFu8; PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        assert_eq!(f.program(8, &[0u8; 16]), Err(FlashError::Misaligned));
+        assert_eq!(f.program(0, &[0u8; 15]), Err(FlashError::Misaligned));
+        assert_eq!(f.program(0, &[0u8; 17]), Err(FlashError::Misaligned));
+        assert_eq!(
+            f.program(PAGE_SIZE - 16, &[0u8; 32]),
+            Err(FlashError::OutOfBounds)
+        );
+        assert_eq!(
+            f.program(u32::MAX - 15, &[0u8; 16]),
+            Err(FlashError::OutOfBounds)
+        );
+        f.program(32, &[0x5Au8; 32]).unwrap();
+        assert_eq!(f.stats().units_programmed, 2);
+    }
+
+    #[test]
+    fn programming_an_unerased_unit_fails_even_if_only_clearing_bits() {
+        let mut mem = [0xFFu8; PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        f.program(0, &[0xF0u8; 16]).unwrap();
+        // 0xF0 -> 0x00 only clears bits, but the unit is not erased: real STM32U5 flash refuses it.
+        assert_eq!(f.program(0, &[0x00u8; 16]), Err(FlashError::NotErased));
+        let mut buf = [0u8; 16];
+        f.read(0, &mut buf).unwrap();
+        assert_eq!(
+            buf, [0xF0u8; 16],
+            "a refused program must not change the unit"
+        );
+    }
+
+    #[test]
+    fn refused_multi_unit_program_writes_nothing() {
+        let mut mem = [0xFFu8; PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        f.program(16, &[1u8; 16]).unwrap();
+        assert_eq!(f.program(0, &[2u8; 48]), Err(FlashError::NotErased));
+        let mut buf = [0u8; 48];
+        f.read(0, &mut buf).unwrap();
+        assert_eq!(&buf[..16], &[0xFF; 16]);
+        assert_eq!(&buf[16..32], &[1; 16]);
+        assert_eq!(&buf[32..], &[0xFF; 16]);
+    }
+
+    #[test]
+    fn erase_then_program_again_works() {
+        let mut mem = [0xFFu8; PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        f.program(0, &[1u8; 16]).unwrap();
+        f.erase_page(0).unwrap();
+        f.program(0, &[2u8; 16]).unwrap();
+        let mut buf = [0u8; 16];
+        f.read(0, &mut buf).unwrap();
+        assert_eq!(buf, [2u8; 16]);
+    }
+
+    #[test]
+    fn implements_embedded_storage_traits() {
+        use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+        let mut mem = [0u8; PAGE_SIZE as usize];
+        let mut f = flash(&mut mem);
+        NorFlash::erase(&mut f, 0, PAGE_SIZE).unwrap();
+        NorFlash::write(&mut f, 0, &[7u8; 16]).unwrap();
+        let mut b = [0u8; 4];
+        ReadNorFlash::read(&mut f, 2, &mut b).unwrap();
+        assert_eq!(b, [7; 4]);
+        assert_eq!(<Nor<SliceMedium<'_>> as NorFlash>::WRITE_SIZE, 16);
+    }
+}
