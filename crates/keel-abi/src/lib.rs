@@ -388,6 +388,69 @@ impl CrashReport {
     }
 }
 
+fn put_u32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+impl AbiInfo {
+    /// The struct as the app sees it in memory (little endian, `repr(C)` layout).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        put_u32(&mut b, 0, self.version);
+        b[4..6].copy_from_slice(&self.abi_major.to_le_bytes());
+        b[6..8].copy_from_slice(&self.abi_minor.to_le_bytes());
+        b[8..10].copy_from_slice(&self.visor_major.to_le_bytes());
+        b[10..12].copy_from_slice(&self.visor_minor.to_le_bytes());
+        b[12..14].copy_from_slice(&self.visor_patch.to_le_bytes());
+        b[14..16].copy_from_slice(&self.reserved.to_le_bytes());
+        b
+    }
+}
+
+impl BootInfo {
+    /// The struct as the app sees it in memory (little endian, `repr(C)` layout).
+    pub fn to_bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        for (i, v) in [
+            self.version,
+            self.reason,
+            self.restart_count,
+            self.crash_count,
+            self.restart_code,
+            self.visor_boot_count,
+        ]
+        .iter()
+        .enumerate()
+        {
+            put_u32(&mut b, 4 * i, *v);
+        }
+        b
+    }
+}
+
+impl CrashReport {
+    /// The struct as the app sees it in memory (little endian, `repr(C)` layout).
+    pub fn to_bytes(&self) -> [u8; 112] {
+        let mut b = [0u8; 112];
+        put_u32(&mut b, 0, self.version);
+        put_u32(&mut b, 4, self.kind);
+        b[8..16].copy_from_slice(&self.time_us.to_le_bytes());
+        for (i, v) in self.frame.iter().enumerate() {
+            put_u32(&mut b, 16 + 4 * i, *v);
+        }
+        for (i, v) in [self.sp, self.exc_return, self.cfsr, self.hfsr, self.sfsr, self.sfar, self.bfar, self.mmfar]
+            .iter()
+            .enumerate()
+        {
+            put_u32(&mut b, 48 + 4 * i, *v);
+        }
+        for (i, v) in self.stack.iter().enumerate() {
+            put_u32(&mut b, 80 + 4 * i, *v);
+        }
+        b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +464,31 @@ mod tests {
         assert_eq!(size_of::<CrashReport>(), 112);
         assert_eq!(core::mem::offset_of!(CrashReport, time_us), 8);
         assert_eq!(core::mem::offset_of!(CrashReport, stack), 80);
+    }
+
+    #[test]
+    fn to_bytes_puts_fields_at_their_repr_c_offsets() {
+        use core::mem::offset_of;
+        let w = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let a = AbiInfo { version: 1, abi_major: 2, abi_minor: 3, visor_major: 4, visor_minor: 5, visor_patch: 6, reserved: 0 };
+        let ab = a.to_bytes();
+        assert_eq!(ab[offset_of!(AbiInfo, abi_minor)], 3);
+        assert_eq!(ab[offset_of!(AbiInfo, visor_patch)], 6);
+        let b = BootInfo { version: 1, reason: 2, restart_count: 3, crash_count: 4, restart_code: 5, visor_boot_count: 6 };
+        let bb = b.to_bytes();
+        assert_eq!(w(&bb, offset_of!(BootInfo, restart_code)), 5);
+        assert_eq!(w(&bb, offset_of!(BootInfo, visor_boot_count)), 6);
+        let mut c = CrashReport { version: 1, kind: 7, time_us: 0x1122_3344_5566_7788, ..Default::default() };
+        c.frame = [10, 11, 12, 13, 14, 15, 16, 17];
+        c.sp = 20;
+        c.mmfar = 27;
+        c.stack = [30, 31, 32, 33, 34, 35, 36, 37];
+        let cb = c.to_bytes();
+        assert_eq!(w(&cb, offset_of!(CrashReport, time_us)), 0x5566_7788);
+        assert_eq!(w(&cb, offset_of!(CrashReport, frame) + 24), 16);
+        assert_eq!(w(&cb, offset_of!(CrashReport, sp)), 20);
+        assert_eq!(w(&cb, offset_of!(CrashReport, mmfar)), 27);
+        assert_eq!(w(&cb, offset_of!(CrashReport, stack) + 28), 37);
     }
 
     #[test]

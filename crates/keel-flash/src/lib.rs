@@ -14,6 +14,7 @@
 //! * [`crc32`]: CRC-32 (IEEE) for record integrity.
 #![no_std]
 
+pub mod factory;
 pub mod layout;
 mod seqlog;
 

@@ -1,0 +1,3 @@
+#![no_std]
+#![no_main]
+keel_app::entry!(main); fn main() -> ! { loop {} }

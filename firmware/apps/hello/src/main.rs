@@ -1,0 +1,30 @@
+//! hello: logs the device id and the time once a second.
+#![no_std]
+#![no_main]
+
+keel_app::entry!(main);
+
+fn main() -> ! {
+    let id = keel_app::device_id();
+    let abi = keel_app::abi_info();
+    match abi {
+        Ok(a) => keel_app::info!(
+            "hello: started abi={}.{} visor={}.{}.{}",
+            a.abi_major,
+            a.abi_minor,
+            a.visor_major,
+            a.visor_minor,
+            a.visor_patch
+        ),
+        Err(e) => keel_app::error!("hello: abi_info failed: {}", e.name()),
+    }
+    loop {
+        let uptime_ms = keel_app::monotonic_us() / 1000;
+        let id = id.as_ref().map_or("?", |d| d.as_str());
+        match keel_app::wall_time_us() {
+            Ok(w) => keel_app::info!("hello: device={} uptime_ms={} wall={}", id, uptime_ms, w),
+            Err(_) => keel_app::info!("hello: device={} uptime_ms={} wall=not-set", id, uptime_ms),
+        }
+        keel_app::sleep_ms(1000);
+    }
+}

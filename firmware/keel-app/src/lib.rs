@@ -1,0 +1,297 @@
+//! # keel-app: the Rust SDK for Keel apps
+//!
+//! An app is a `no_std`, `no_main` binary for `thumbv8m.main-none-eabi` that depends on this crate,
+//! links with `-Tkeel_app.ld` (see the example apps' `build.rs`) and names its entry point with
+//! [`entry!`]:
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! keel_app::entry!(main);
+//! fn main() -> ! {
+//!     loop {
+//!         keel_app::info!("uptime {} ms", keel_app::monotonic_us() / 1000);
+//!         keel_app::sleep_ms(1000);
+//!     }
+//! }
+//! ```
+//!
+//! The crate provides the vector table and reset handler, safe wrappers for every system call
+//! (the raw ones are in [`raw`]), formatting log macros and a panic handler that logs the panic
+//! and asks the visor for a restart.
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::fmt::{self, Write};
+
+pub use keel_abi::{AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status};
+
+/// Restart code used by the panic handler.
+pub const PANIC_RESTART_CODE: u32 = 0x0000_DEAD;
+
+/// Raw system calls, exactly as the ABI defines them. Prefer the safe wrappers.
+pub mod raw {
+    /// Base of the visor's NSC table on this board.
+    pub const NSC_BASE: u32 = 0x1007_0000;
+
+    /// Address of the veneer of `slot` (Thumb bit set).
+    pub const fn slot_address(slot: u32) -> u32 {
+        (NSC_BASE + keel_abi::SLOT_SIZE * slot) | 1
+    }
+
+    /// Calls system-call `slot` with four arguments and returns the raw status.
+    ///
+    /// # Safety
+    /// The visor validates every argument, so no value can harm the visor; but a call that writes
+    /// through a pointer writes into *this app's* memory wherever the pointer says.
+    #[inline(always)]
+    pub unsafe fn call(slot: u32, a0: u32, a1: u32, a2: u32, a3: u32) -> u32 {
+        // SAFETY: the slot address is a secure gateway veneer with the AAPCS signature below
+        // (four word arguments, a word result); the visor never faults on bad arguments.
+        unsafe {
+            let f: extern "C" fn(u32, u32, u32, u32) -> u32 =
+                core::mem::transmute(slot_address(slot) as usize);
+            f(a0, a1, a2, a3)
+        }
+    }
+}
+
+fn status(raw: u32) -> Result<(), Status> {
+    match Status::from_u32(raw) {
+        Some(Status::Ok) => Ok(()),
+        Some(s) => Err(s),
+        None => Err(Status::InternalError),
+    }
+}
+
+fn call(c: Call, a0: u32, a1: u32, a2: u32) -> Result<(), Status> {
+    // SAFETY: callers pass pointers to their own live locals of the right size.
+    status(unsafe { raw::call(c as u32, a0, a1, a2, 0) })
+}
+
+/// ABI and visor versions.
+pub fn abi_info() -> Result<AbiInfo, Status> {
+    let mut v = AbiInfo { version: 1, ..Default::default() };
+    call(Call::AbiInfo, &mut v as *mut _ as u32, 0, 0)?;
+    Ok(v)
+}
+
+/// The device id, `kd` + 32 hex digits.
+#[derive(Clone, Copy)]
+pub struct DeviceId([u8; keel_abi::DEVICE_ID_LEN as usize]);
+
+impl DeviceId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.0).unwrap_or("?")
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// This device's id.
+pub fn device_id() -> Result<DeviceId, Status> {
+    let mut id = DeviceId([0; keel_abi::DEVICE_ID_LEN as usize]);
+    call(Call::DeviceId, id.0.as_mut_ptr() as u32, id.0.len() as u32, 0)?;
+    Ok(id)
+}
+
+/// Microseconds since the visor started.
+pub fn monotonic_us() -> u64 {
+    let mut t = 0u64;
+    // Cannot fail with a valid pointer.
+    let _ = call(Call::MonotonicUs, &mut t as *mut u64 as u32, 0, 0);
+    t
+}
+
+/// Microseconds since the Unix epoch; `Err(Status::TimeNotSet)` until the clock is synchronised.
+pub fn wall_time_us() -> Result<u64, Status> {
+    let mut t = 0u64;
+    call(Call::WallTimeUs, &mut t as *mut u64 as u32, 0, 0)?;
+    Ok(t)
+}
+
+/// Logs one message (at most [`keel_abi::LOG_MAX_LEN`] bytes).
+pub fn log(level: LogLevel, msg: &[u8]) -> Result<(), Status> {
+    call(Call::Log, level as u32, msg.as_ptr() as u32, msg.len() as u32)
+}
+
+/// Restarts the app; `code` is reported by [`boot_info`] after the restart.
+pub fn restart(code: u32) -> Status {
+    match call(Call::Restart, code, 0, 0) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    }
+}
+
+/// Sleeps for `us` microseconds (or until an event); returns the pending events.
+pub fn wait(us: u32) -> u32 {
+    let mut events = 0u32;
+    let _ = call(Call::Wait, us, &mut events as *mut u32 as u32, 0);
+    events
+}
+
+/// Sleeps for `ms` milliseconds.
+pub fn sleep_ms(ms: u32) {
+    let mut left = ms as u64 * 1000;
+    while left > 0 {
+        let step = left.min(u32::MAX as u64) as u32;
+        wait(step);
+        left -= step as u64;
+    }
+}
+
+/// Arms the app watchdog.
+pub fn watchdog_start(timeout_ms: u32) -> Result<(), Status> {
+    call(Call::WatchdogStart, timeout_ms, 0, 0)
+}
+
+/// Feeds the app watchdog.
+pub fn watchdog_kick() -> Result<(), Status> {
+    call(Call::WatchdogKick, 0, 0, 0)
+}
+
+/// Why and how often the app was started.
+pub fn boot_info() -> Result<BootInfo, Status> {
+    let mut v = BootInfo { version: 1, ..Default::default() };
+    call(Call::BootInfo, &mut v as *mut _ as u32, 0, 0)?;
+    Ok(v)
+}
+
+/// The last crash report, if the app crashed since the visor booted.
+pub fn last_crash() -> Result<CrashReport, Status> {
+    let mut v = CrashReport { version: 1, ..Default::default() };
+    call(Call::LastCrash, &mut v as *mut _ as u32, 0, 0)?;
+    Ok(v)
+}
+
+/// A fixed buffer that `core::fmt` writes into, truncating what does not fit.
+pub struct LineBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl LineBuf {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        LineBuf { buf: [0; 256], len: 0 }
+    }
+    /// The bytes written.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Default for LineBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Formats and logs one line. Used by [`info!`], [`warn!`] and [`error!`].
+pub fn log_fmt(level: LogLevel, args: fmt::Arguments<'_>) {
+    let mut b = LineBuf::new();
+    let _ = b.write_fmt(args);
+    let _ = log(level, b.as_bytes());
+}
+
+/// Logs at info level, `format!` style.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log_fmt($crate::LogLevel::Info, format_args!($($arg)*)) };
+}
+
+/// Logs at warning level, `format!` style.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log_fmt($crate::LogLevel::Warn, format_args!($($arg)*)) };
+}
+
+/// Logs at error level, `format!` style.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log_fmt($crate::LogLevel::Error, format_args!($($arg)*)) };
+}
+
+/// Declares the app's entry point: a `fn() -> !` called after RAM is initialised.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "C" fn keel_app_main() -> ! {
+            let f: fn() -> ! = $main;
+            f()
+        }
+    };
+}
+
+mod rt {
+    // The vector table and reset handler. Exceptions the app does not handle end in `udf`, which
+    // the visor reports as a crash with the exception's return address on the stack.
+    core::arch::global_asm!(
+        r#"
+        .section .vectors,"a",%progbits
+        .global __keel_vectors
+    __keel_vectors:
+        .word __keel_stack_top
+        .word keel_app_reset
+        .rept 14
+        .word keel_app_unhandled
+        .endr
+        .rept 32
+        .word keel_app_unhandled
+        .endr
+
+        .section .text.keel_app_reset,"ax",%progbits
+        .global keel_app_reset
+        .type keel_app_reset,%function
+        .thumb_func
+    keel_app_reset:
+        ldr r0, =__sbss
+        ldr r1, =__ebss
+        movs r2, #0
+    0:  cmp r0, r1
+        bhs 1f
+        str r2, [r0], #4
+        b 0b
+    1:  ldr r0, =__sdata
+        ldr r1, =__edata
+        ldr r2, =__sidata
+    2:  cmp r0, r1
+        bhs 3f
+        ldr r3, [r2], #4
+        str r3, [r0], #4
+        b 2b
+    3:  bl keel_app_main
+        udf #1
+        .ltorg
+
+        .section .text.keel_app_unhandled,"ax",%progbits
+        .global keel_app_unhandled
+        .type keel_app_unhandled,%function
+        .thumb_func
+    keel_app_unhandled:
+        udf #2
+    "#
+    );
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    log_fmt(LogLevel::Error, format_args!("panic: {}", info));
+    restart(PANIC_RESTART_CODE);
+    loop {}
+}

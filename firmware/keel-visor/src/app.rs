@@ -1,0 +1,95 @@
+//! Loading the app from its flash slot into the execution region and starting it.
+
+use keel_flash::layout;
+use keel_image::{Header, ImageError, ImageHasher, Target, HEADER_SIZE};
+
+use crate::board::{self, APP_EXEC_BASE, APP_EXEC_SIZE, APP_RAM_BASE, APP_RAM_SIZE};
+use crate::ns_mem;
+
+/// Why the app could not be loaded.
+#[derive(Clone, Copy, Debug)]
+pub enum LoadError {
+    /// The header or digest check failed.
+    Image(ImageError),
+    /// The vector table's initial stack pointer or reset vector is outside the app's memory.
+    BadVectorTable,
+    /// The stack limit in the header is outside the app's RAM or above the initial stack.
+    BadStackLimit,
+}
+
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoadError::Image(e) => write!(f, "{}", e),
+            LoadError::BadVectorTable => f.write_str("vector table points outside the app's memory"),
+            LoadError::BadStackLimit => f.write_str("stack limit outside the app's RAM"),
+        }
+    }
+}
+
+/// A verified, loaded app ready to start.
+#[derive(Clone, Copy, Debug)]
+pub struct Loaded {
+    /// The image header.
+    pub header: Header,
+    /// Initial main stack pointer.
+    pub sp: u32,
+    /// Reset handler address (Thumb bit set).
+    pub entry: u32,
+}
+
+/// The slot the app runs from. Always slot A until the update journal (OTA) selects slots.
+pub const ACTIVE_SLOT: layout::Partition = layout::APP_A;
+
+/// Copies the app image from [`ACTIVE_SLOT`] into the execution region and verifies it there.
+/// The digest is computed over the copy the CPU will execute, not over the slot.
+pub fn load() -> Result<Loaded, LoadError> {
+    let target = Target {
+        exec_base: APP_EXEC_BASE,
+        exec_size: APP_EXEC_SIZE,
+        slot_capacity: ACTIVE_SLOT.size - HEADER_SIZE as u32,
+        abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
+    };
+    let hdr_bytes = board::flash_slice(ACTIVE_SLOT.offset, HEADER_SIZE as u32);
+    let header = Header::parse(hdr_bytes, &target).map_err(LoadError::Image)?;
+    let image = board::flash_slice(ACTIVE_SLOT.offset + HEADER_SIZE as u32, header.image_size);
+    ns_mem::load_into_exec(0, image);
+    let mut h = ImageHasher::new(&header.to_bytes());
+    h.update(ns_mem::exec_region(header.image_size));
+    if h.finish() != header.digest {
+        return Err(LoadError::Image(ImageError::DigestMismatch));
+    }
+    let loaded = ns_mem::exec_region(8);
+    let sp = u32::from_le_bytes([loaded[0], loaded[1], loaded[2], loaded[3]]);
+    let entry = u32::from_le_bytes([loaded[4], loaded[5], loaded[6], loaded[7]]);
+    let ram_end = APP_RAM_BASE + APP_RAM_SIZE;
+    let sp_ok = sp > APP_RAM_BASE + 32 && sp <= ram_end && sp % 8 == 0;
+    let entry_ok = entry & 1 == 1 && (entry & !1) >= APP_EXEC_BASE && (entry & !1) < APP_EXEC_BASE + header.image_size;
+    if !sp_ok || !entry_ok {
+        return Err(LoadError::BadVectorTable);
+    }
+    let lim = header.stack_limit;
+    if lim != 0 && (lim < APP_RAM_BASE || lim % 8 != 0 || lim + 32 >= sp) {
+        return Err(LoadError::BadStackLimit);
+    }
+    Ok(Loaded { header, sp, entry })
+}
+
+/// Prepares the non-secure core so that an exception return with EXC_RETURN
+/// [`RETURN_TO_APP`] starts the app at its reset handler with a clean state.
+pub fn prepare_start(app: &Loaded) {
+    board::reset_ns_core(APP_EXEC_BASE);
+    // A fresh exception frame on the app's main stack: r0-r3, r12 = 0, lr = invalid (the reset
+    // handler must not return), pc = entry, xPSR = Thumb.
+    let frame_sp = app.sp - 32;
+    let frame = [0, 0, 0, 0, 0, 0xFFFF_FFFF, app.entry & !1, 0x0100_0000];
+    for (i, w) in frame.iter().enumerate() {
+        ns_mem::write_u32_trusted(frame_sp + 4 * i as u32, *w);
+    }
+    board::set_ns_stack(frame_sp, app.header.stack_limit);
+}
+
+/// EXC_RETURN: return to non-secure thread mode on MSP_NS, standard frame.
+pub const RETURN_TO_APP: u32 = 0xFFFF_FFB9;
+/// EXC_RETURN: return to secure thread mode on PSP_S, standard frame (the visor's idle thread).
+pub const RETURN_TO_IDLE: u32 = 0xFFFF_FFFD;

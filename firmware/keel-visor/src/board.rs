@@ -1,0 +1,340 @@
+//! Board layer for QEMU `mps2-an505` (Cortex-M33 + TrustZone, SSE-200 subsystem).
+//!
+//! Everything chip- or board-specific lives here: the memory map, the security controllers
+//! (SAU, MPCs, PPCs), the console UART and the flash medium. The rest of the visor only uses the
+//! constants and functions exported by this module; a port to another chip (STM32U585 is next)
+//! replaces this file.
+#![allow(unsafe_code)]
+
+use core::ptr::{read_volatile, write_volatile};
+
+/// Start of the app execution region (NS alias of SSRAM-0's upper half). Apps are linked here.
+pub const APP_EXEC_BASE: u32 = 0x0020_0000;
+/// Size of the app execution region.
+pub const APP_EXEC_SIZE: u32 = 0x0020_0000;
+/// Start of the app's RAM (SSRAM-1, non-secure).
+pub const APP_RAM_BASE: u32 = 0x2800_0000;
+/// Size of the app's RAM.
+pub const APP_RAM_SIZE: u32 = 0x0020_0000;
+/// Base of the NSC veneer table (must match the linker script and the SDK headers).
+pub const NSC_BASE: u32 = 0x1007_0000;
+/// Start of the visor's code in its secure alias.
+pub const VISOR_CODE_BASE: u32 = 0x1000_0000;
+/// The flash device: QEMU's 16 MiB `mps.ram`, file backed, secure through the SAU default.
+pub const FLASH_BASE: u32 = 0x8000_0000;
+
+const UART0_S: usize = 0x5020_0000;
+const SECCTL_S: usize = 0x5008_0000;
+const SECRESPCFG: usize = SECCTL_S + 0x10;
+const NSCCFG: usize = SECCTL_S + 0x14;
+const MPC_SSRAM0: usize = 0x5800_7000;
+const MPC_SSRAM1: usize = 0x5800_8000;
+
+const SCB_ICSR: usize = 0xE000_ED04;
+const SCB_AIRCR: usize = 0xE000_ED0C;
+const SCB_SHPR3: usize = 0xE000_ED20;
+const SCB_SHCSR: usize = 0xE000_ED24;
+/// Configurable Fault Status Register (secure bank).
+pub const SCB_CFSR: usize = 0xE000_ED28;
+/// HardFault Status Register.
+pub const SCB_HFSR: usize = 0xE000_ED2C;
+/// MemManage Fault Address Register.
+pub const SCB_MMFAR: usize = 0xE000_ED34;
+/// BusFault Address Register.
+pub const SCB_BFAR: usize = 0xE000_ED38;
+/// SecureFault Status Register.
+pub const SAU_SFSR: usize = 0xE000_EDE4;
+/// SecureFault Address Register.
+pub const SAU_SFAR: usize = 0xE000_EDE8;
+const SAU_CTRL: usize = 0xE000_EDD0;
+const SAU_RNR: usize = 0xE000_EDD8;
+const SAU_RBAR: usize = 0xE000_EDDC;
+const SAU_RLAR: usize = 0xE000_EDE0;
+const SYST_CSR: usize = 0xE000_E010;
+const SYST_RVR: usize = 0xE000_E014;
+const SYST_CVR: usize = 0xE000_E018;
+// Non-secure aliases of core registers, reachable from the secure side only.
+const SYST_CSR_NS: usize = 0xE002_E010;
+const VTOR_NS: usize = 0xE002_ED08;
+const SCB_SHCSR_NS: usize = 0xE002_ED24;
+const SCB_CFSR_NS: usize = 0xE002_ED28;
+const SCB_HFSR_NS: usize = 0xE002_ED2C;
+const MPU_CTRL_NS: usize = 0xE002_ED94;
+const NVIC_ICER: usize = 0xE000_E180;
+const NVIC_ICPR: usize = 0xE000_E280;
+const NVIC_ITNS: usize = 0xE000_E380;
+
+/// Core clock in Hz.
+pub const SYSCLK_HZ: u32 = 20_000_000;
+/// SysTick reload for a 1 ms tick.
+pub const TICK_RELOAD: u32 = SYSCLK_HZ / 1000 - 1;
+
+fn rd(a: usize) -> u32 {
+    // SAFETY: every address passed here is a memory-mapped register of this board, listed above.
+    unsafe { read_volatile(a as *const u32) }
+}
+fn wr(a: usize, v: u32) {
+    // SAFETY: as for `rd`; writes only configure hardware owned by the visor.
+    unsafe { write_volatile(a as *mut u32, v) }
+}
+
+/// Reads a fault status register (one of the `SCB_*`/`SAU_*` constants).
+pub fn read_reg(a: usize) -> u32 {
+    rd(a)
+}
+
+/// Clears the write-one-to-clear fault status registers after a fault was recorded.
+pub fn clear_fault_status() {
+    wr(SCB_CFSR, rd(SCB_CFSR));
+    wr(SCB_HFSR, rd(SCB_HFSR));
+    wr(SAU_SFSR, rd(SAU_SFSR));
+    wr(SCB_CFSR_NS, rd(SCB_CFSR_NS));
+    wr(SCB_HFSR_NS, rd(SCB_HFSR_NS));
+}
+
+/// Console UART (CMSDK UART0, secure alias). Output only.
+pub mod uart {
+    use super::*;
+    /// Enables the transmitter.
+    pub fn init() {
+        wr(UART0_S + 0x10, SYSCLK_HZ / 115_200); // BAUDDIV, must be >= 16
+        wr(UART0_S + 0x08, 1); // CTRL.TXEN
+    }
+    /// Sends one byte, waiting while the TX buffer is full.
+    pub fn putc(c: u8) {
+        while rd(UART0_S + 0x04) & 1 != 0 {}
+        wr(UART0_S, c as u32);
+    }
+}
+
+fn sau_region(n: u32, base: u32, limit_incl: u32, nsc: bool) {
+    wr(SAU_RNR, n);
+    wr(SAU_RBAR, base & !0x1f);
+    wr(SAU_RLAR, (limit_incl & !0x1f) | ((nsc as u32) << 1) | 1);
+}
+
+/// Marks `[start, end)` (offsets into the memory behind `mpc`) non-secure.
+fn mpc_set_ns(mpc: usize, start: u32, end: u32) {
+    let bs = 1u32 << (rd(mpc + 0x14) + 5); // BLK_CFG: block size
+    // CTRL: SEC_RESP=1 (bus error on violation), AUTOINC=0 — reads of BLK_LUT would otherwise
+    // advance BLK_IDX and break read-modify-write (QEMU 7.2, observed).
+    wr(mpc, 1 << 4);
+    let mut blk = start / bs;
+    while blk < end / bs {
+        wr(mpc + 0x18, blk / 32);
+        let v = rd(mpc + 0x1c);
+        wr(mpc + 0x1c, v | (1 << (blk % 32)));
+        blk += 1;
+    }
+}
+
+/// Configures TrustZone: the app gets exactly its code region, its RAM and the NSC table;
+/// everything else (visor code and data, flash, all peripherals, all interrupts) stays secure.
+pub fn configure_security(nsc_start: u32, nsc_end: u32) {
+    wr(SECRESPCFG, 1); // blocked accesses raise bus errors instead of reading zero
+    wr(NSCCFG, 1); // CODENSC: allow an SAU NSC region in 0x1xxxxxxx
+    sau_region(0, APP_EXEC_BASE, APP_EXEC_BASE + APP_EXEC_SIZE - 1, false);
+    sau_region(1, APP_RAM_BASE, APP_RAM_BASE + APP_RAM_SIZE - 1, false);
+    sau_region(2, nsc_start, nsc_end - 1, true);
+    // Region 3: non-secure peripheral aliases. The PPCs keep every peripheral secure, so the app
+    // gets none today; opening one is a PPC bit, not an SAU change.
+    sau_region(3, 0x4000_0000, 0x4FFF_FFFF, false);
+    wr(SAU_CTRL, 1);
+    mpc_set_ns(MPC_SSRAM0, APP_EXEC_BASE, APP_EXEC_BASE + APP_EXEC_SIZE);
+    mpc_set_ns(MPC_SSRAM1, 0, APP_RAM_SIZE);
+    // All external interrupts target the secure state (ITNS = 0).
+    for i in 0..16 {
+        wr(NVIC_ITNS + 4 * i, 0);
+    }
+    // MemManage, BusFault, UsageFault and SecureFault as separate secure exceptions.
+    wr(SCB_SHCSR, rd(SCB_SHCSR) | (0xF << 16));
+    // AIRCR: PRIS=1 (all non-secure priorities below every secure one), SYSRESETREQS=1 (only the
+    // visor may reset the system), BFHFNMINS=0 (HardFault/BusFault/NMI go to the visor).
+    wr(SCB_AIRCR, 0x05FA_0000 | (1 << 14) | (1 << 3));
+    // Secure exception priorities: SysTick 0x40, PendSV 0x60 (the service routine). Both are
+    // above every app priority (which PRIS maps to 0x80..0xFF).
+    wr(SCB_SHPR3, (0x40 << 24) | (0x60 << 16));
+    barrier();
+}
+
+/// Starts the secure SysTick at 1 kHz (interrupt enabled).
+pub fn start_tick() {
+    wr(SYST_RVR, TICK_RELOAD);
+    wr(SYST_CVR, 0);
+    wr(SYST_CSR, 0b111); // processor clock, TICKINT, ENABLE
+}
+
+/// Current SysTick count (counts down from [`TICK_RELOAD`]).
+pub fn tick_count() -> u32 {
+    rd(SYST_CVR)
+}
+
+/// True while a SysTick interrupt is pending (the counter wrapped but the tick was not counted).
+pub fn tick_pending() -> bool {
+    rd(SCB_ICSR) & (1 << 26) != 0
+}
+
+/// Requests the secure PendSV (the visor's service routine).
+pub fn pend_service() {
+    wr(SCB_ICSR, 1 << 28);
+}
+
+/// Puts the non-secure side back into its reset state before the app (re)starts.
+pub fn reset_ns_core(vtor: u32) {
+    wr(SYST_CSR_NS, 0);
+    wr(MPU_CTRL_NS, 0);
+    wr(SCB_SHCSR_NS, 0);
+    for i in 0..16 {
+        // Only NS-targeted interrupts are affected by these writes from the app's point of view;
+        // none exist today but the loop keeps the invariant when some are opened.
+        let ns = rd(NVIC_ITNS + 4 * i);
+        wr(NVIC_ICER + 4 * i, ns);
+        wr(NVIC_ICPR + 4 * i, ns);
+    }
+    wr(VTOR_NS, vtor);
+    // SAFETY: writes the non-secure banked special registers, which only affect the app.
+    unsafe {
+        core::arch::asm!(
+            "msr control_ns, {z}",
+            "msr primask_ns, {z}",
+            "msr basepri_ns, {z}",
+            "msr faultmask_ns, {z}",
+            "msr psp_ns, {z}",
+            "msr psplim_ns, {z}",
+            z = in(reg) 0u32,
+            options(nostack, preserves_flags)
+        );
+    }
+    barrier();
+}
+
+/// Sets MSP_NS and MSPLIM_NS.
+pub fn set_ns_stack(msp: u32, limit: u32) {
+    // SAFETY: banked non-secure stack registers; the values were validated against the app RAM.
+    unsafe {
+        core::arch::asm!(
+            "msr msplim_ns, {l}",
+            "msr msp_ns, {s}",
+            l = in(reg) limit,
+            s = in(reg) msp,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Reads MSP_NS and PSP_NS.
+pub fn ns_stack_pointers() -> (u32, u32) {
+    let (m, p): (u32, u32);
+    // SAFETY: reading banked registers has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {m}, msp_ns", "mrs {p}, psp_ns", m = out(reg) m, p = out(reg) p, options(nomem, nostack, preserves_flags));
+    }
+    (m, p)
+}
+
+/// Reads CONTROL_NS.
+pub fn control_ns() -> u32 {
+    let c: u32;
+    // SAFETY: reading a banked register has no side effects.
+    unsafe { core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags)) };
+    c
+}
+
+/// Sets PSP_S (the secure thread stack); only called from handler mode, which uses MSP_S.
+pub fn set_psp_s(v: u32) {
+    // SAFETY: in handler mode PSP_S is not in use; the caller passes the top of the thread stack.
+    unsafe { core::arch::asm!("msr psp, {v}", v = in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Current exception number (0 in thread mode).
+pub fn ipsr() -> u32 {
+    let v: u32;
+    // SAFETY: reading IPSR has no side effects.
+    unsafe { core::arch::asm!("mrs {v}, ipsr", v = out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v & 0x1FF
+}
+
+/// Data and instruction barrier.
+pub fn barrier() {
+    // SAFETY: barriers have no memory-safety implications.
+    unsafe { core::arch::asm!("dsb", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Sleeps until the next interrupt.
+pub fn wait_for_interrupt() {
+    // SAFETY: WFI only pauses the core.
+    unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Runs `f` with every secure and non-secure interrupt masked (PRIMASK_S), restoring the previous
+/// mask afterwards. Faults are not masked.
+pub fn critical<R>(f: impl FnOnce() -> R) -> R {
+    let primask: u32;
+    // SAFETY: saves PRIMASK and masks interrupts; restored below.
+    unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
+    let r = f();
+    if primask & 1 == 0 {
+        // SAFETY: interrupts were enabled on entry.
+        unsafe { core::arch::asm!("cpsie i", options(nostack, preserves_flags)) };
+    }
+    r
+}
+
+/// Resets the whole system (visor included).
+pub fn system_reset() -> ! {
+    barrier();
+    wr(SCB_AIRCR, 0x05FA_0000 | (1 << 14) | (1 << 3) | (1 << 2)); // keep PRIS/SYSRESETREQS, SYSRESETREQ
+    barrier();
+    loop {
+        wait_for_interrupt();
+    }
+}
+
+/// Test-target queries (TT instructions) for the app's view of an address.
+pub mod tt {
+    /// TTA: security attribution and the non-secure MPU's privileged permissions.
+    pub fn tta(addr: u32) -> u32 {
+        let r: u32;
+        // SAFETY: TT instructions only query attribution; they never access memory.
+        unsafe { core::arch::asm!("tta {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags)) };
+        r
+    }
+    /// TTAT: as [`tta`] with the non-secure MPU's unprivileged permissions.
+    pub fn ttat(addr: u32) -> u32 {
+        let r: u32;
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("ttat {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags)) };
+        r
+    }
+}
+
+/// The flash medium: the file-backed `mps.ram` region, with raw access only. `keel_flash::Nor`
+/// puts the NOR rules on top.
+pub struct FlashMedium;
+
+impl keel_flash::Medium for FlashMedium {
+    fn capacity(&self) -> u32 {
+        keel_flash::layout::FLASH_SIZE
+    }
+    fn read(&self, offset: u32, buf: &mut [u8]) {
+        // SAFETY: `Nor` checks `offset + buf.len() <= capacity`; the region is secure memory owned
+        // by the visor and never aliased by a Rust reference.
+        unsafe {
+            core::ptr::copy_nonoverlapping((FLASH_BASE + offset) as *const u8, buf.as_mut_ptr(), buf.len());
+        }
+    }
+    fn write(&mut self, offset: u32, data: &[u8]) {
+        // SAFETY: as for `read`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), (FLASH_BASE + offset) as *mut u8, data.len());
+        }
+    }
+}
+
+/// Reads `len` bytes of flash directly (memory mapped), for hashing without a copy.
+pub fn flash_slice(offset: u32, len: u32) -> &'static [u8] {
+    assert!(offset.checked_add(len).is_some_and(|e| e <= keel_flash::layout::FLASH_SIZE));
+    // SAFETY: in bounds (asserted); flash is only written through `FlashMedium`, never while a
+    // slice from here is alive (the visor is single threaded at the points it hashes).
+    unsafe { core::slice::from_raw_parts((FLASH_BASE + offset) as *const u8, len as usize) }
+}

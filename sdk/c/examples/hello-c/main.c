@@ -1,0 +1,110 @@
+/*
+ * hello-c - the smallest useful Keel app in C.
+ *
+ * Logs its ABI/visor versions once, then once per second its device id, uptime and wall
+ * clock. No libc: the few string helpers it needs are below.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel.h"
+
+/* Appends the NUL-terminated string `s` at `p`, never writing at or past `end`. */
+static char *append_str(char *p, char *end, const char *s)
+{
+    while (*s != '\0' && p < end) {
+        *p++ = *s++;
+    }
+    return p;
+}
+
+/* Appends `v` in decimal at `p`, never writing at or past `end`. */
+static char *append_u64(char *p, char *end, uint64_t v)
+{
+    char digits[20]; /* 2^64 - 1 has 20 digits */
+    unsigned n = 0;
+    do {
+        digits[n++] = (char)('0' + (unsigned)(v % 10u));
+        v /= 10u;
+    } while (v != 0);
+    while (n > 0 && p < end) {
+        *p++ = digits[--n];
+    }
+    return p;
+}
+
+/* Logs the `len` bytes at `line` at INFO level. */
+static void log_line(const char *line, const char *p)
+{
+    (void)keel_log(KEEL_LOG_INFO, (const uint8_t *)line, (uint32_t)(p - line));
+}
+
+/* Logs "hello-c: <what> failed: <STATUS>". */
+static void log_failure(const char *what, keel_status_t status)
+{
+    char line[96];
+    char *end = line + sizeof line;
+    char *p = append_str(line, end, "hello-c: ");
+    p = append_str(p, end, what);
+    p = append_str(p, end, " failed: ");
+    p = append_str(p, end, keel_status_name(status));
+    (void)keel_log(KEEL_LOG_ERROR, (const uint8_t *)line, (uint32_t)(p - line));
+}
+
+int main(void)
+{
+    char id[KEEL_DEVICE_ID_LEN + 1];
+    char line[160];
+    char *end = line + sizeof line;
+    char *p;
+    keel_status_t st;
+
+    st = keel_device_id((uint8_t *)id, KEEL_DEVICE_ID_LEN);
+    if (st == KEEL_STATUS_OK) {
+        id[KEEL_DEVICE_ID_LEN] = '\0';
+    } else {
+        log_failure("keel_device_id", st);
+        *append_str(id, id + KEEL_DEVICE_ID_LEN, "unknown") = '\0';
+    }
+
+    keel_abi_info_t info = { .version = 1 };
+    st = keel_abi_info(&info);
+    if (st == KEEL_STATUS_OK) {
+        p = append_str(line, end, "hello-c: started abi=");
+        p = append_u64(p, end, info.abi_major);
+        p = append_str(p, end, ".");
+        p = append_u64(p, end, info.abi_minor);
+        p = append_str(p, end, " visor=");
+        p = append_u64(p, end, info.visor_major);
+        p = append_str(p, end, ".");
+        p = append_u64(p, end, info.visor_minor);
+        p = append_str(p, end, ".");
+        p = append_u64(p, end, info.visor_patch);
+        log_line(line, p);
+    } else {
+        log_failure("keel_abi_info", st);
+    }
+
+    for (;;) {
+        uint64_t t = 0;
+        uint64_t w = 0;
+        (void)keel_monotonic_us(&t);
+        st = keel_wall_time_us(&w);
+
+        p = append_str(line, end, "hello-c: device=");
+        p = append_str(p, end, id);
+        p = append_str(p, end, " uptime_ms=");
+        p = append_u64(p, end, t / 1000u);
+        p = append_str(p, end, " wall=");
+        if (st == KEEL_STATUS_TIME_NOT_SET) {
+            p = append_str(p, end, "not-set");
+        } else if (st == KEEL_STATUS_OK) {
+            p = append_u64(p, end, w);
+        } else {
+            p = append_str(p, end, keel_status_name(st));
+        }
+        log_line(line, p);
+
+        (void)keel_wait(1000000u, NULL);
+    }
+}

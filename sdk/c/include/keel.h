@@ -1,0 +1,496 @@
+/*
+ * keel.h - C SDK for Keel apps (non-secure world of an Arm Cortex-M33 with TrustZone).
+ *
+ * This header is the complete C reference of the Keel system-call ABI. It mirrors
+ * crates/keel-abi/src/lib.rs exactly (names, numeric values, struct layouts); the Rust
+ * file is the source of truth and a test checks that the two agree.
+ *
+ * Calling convention
+ * ------------------
+ *  - Every call is a branch to a fixed slot in the visor's non-secure-callable (NSC)
+ *    region: address = KEEL_NSC_BASE + KEEL_SLOT_SIZE * slot, Thumb bit set. Slots never
+ *    move between visor versions; reserved slots (11..63) answer KEEL_STATUS_NOT_IMPLEMENTED
+ *    (so does a call that is newer than the running visor).
+ *  - Up to four 32-bit arguments in r0..r3 (normal AAPCS); the result is always a
+ *    keel_status_t in r0. Calls that produce data write it through a pointer argument;
+ *    no call returns data in r0.
+ *  - Every pointer is checked by the visor for non-secure access over its whole length
+ *    before use. A pointer the app may not use yields KEEL_STATUS_PARAMETER_FAULT, never a
+ *    fault.
+ *  - Structs that may grow carry a `version` field the caller sets (1 for ABI 1.0); an
+ *    unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
+ *  - Calls may be made from thread mode or from the app's interrupt handlers, except
+ *    keel_wait() and keel_restart(), which answer KEEL_STATUS_UNAVAILABLE from a handler.
+ *  - KEEL_STATUS_INTERNAL_ERROR means the visor hit an unexpected internal error and the
+ *    call had no effect; it is not listed again for each call below.
+ *
+ * The header needs only the freestanding headers <stdint.h> and <stddef.h>; it does not use
+ * libc. All functions are `static inline`.
+ */
+#ifndef KEEL_H
+#define KEEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#define KEEL__STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define KEEL__STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* Constants                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/** ABI major version: bumped only for incompatible changes (never so far). */
+#define KEEL_ABI_MAJOR 1
+/** ABI minor version: bumped when calls or struct versions are added. */
+#define KEEL_ABI_MINOR 0
+
+/** Size in bytes of one NSC veneer slot. */
+#define KEEL_SLOT_SIZE 16u
+/** Number of slots in the NSC table (used + reserved). */
+#define KEEL_SLOT_COUNT 64u
+
+/** Maximum length of one log message in bytes. */
+#define KEEL_LOG_MAX_LEN 512u
+/** Length of the ASCII device id written by keel_device_id() ("kd" + 32 lowercase hex
+ *  digits). It is NOT NUL terminated: use a buffer of KEEL_DEVICE_ID_LEN + 1 bytes to make
+ *  a C string of it. */
+#define KEEL_DEVICE_ID_LEN 34u
+/** Shortest watchdog timeout an app may ask for, in milliseconds. */
+#define KEEL_WATCHDOG_MIN_MS 10u
+/** Longest watchdog timeout an app may ask for, in milliseconds (one hour). */
+#define KEEL_WATCHDOG_MAX_MS 3600000u
+
+/** Number of stack words copied into a keel_crash_report_t. */
+#define KEEL_CRASH_STACK_WORDS 8
+
+/**
+ * Base address of the visor's NSC slot table.
+ *
+ * This is a BOARD constant, not part of the ABI: 0x10070000 is the value for the
+ * mps2-an505 (Cortex-M33) board. Define KEEL_NSC_BASE before including this header (or with
+ * -DKEEL_NSC_BASE=...) when building for another board.
+ */
+#ifndef KEEL_NSC_BASE
+#define KEEL_NSC_BASE 0x10070000u
+#endif
+
+/* ---------------------------------------------------------------------------------------- */
+/* Status codes                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/**
+ * Result of every system call (r0). Values are stable; new ones are only ever appended.
+ * Functions return keel_status_t (a uint32_t) so that the type is exactly 32 bits wide.
+ */
+enum keel_status {
+    /** Success. */
+    KEEL_STATUS_OK = 0,
+    /** The wall clock has not been set yet (it is set by the server once the device is
+     *  online). */
+    KEEL_STATUS_TIME_NOT_SET = 1,
+    /** A pointer argument is not entirely inside memory the app may access. */
+    KEEL_STATUS_PARAMETER_FAULT = 2,
+    /** A buffer is too small (or too large) for the call. */
+    KEEL_STATUS_INVALID_BUFFER_SIZE = 3,
+    /** A non-pointer argument is out of range. */
+    KEEL_STATUS_INVALID_ARGUMENT = 4,
+    /** The `version` field of a struct is not supported by this visor. */
+    KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION = 5,
+    /** The slot is reserved for a future call. */
+    KEEL_STATUS_NOT_IMPLEMENTED = 6,
+    /** The call cannot be made in the current state (e.g. from an interrupt handler). */
+    KEEL_STATUS_UNAVAILABLE = 7,
+    /** A log message exceeds KEEL_LOG_MAX_LEN. */
+    KEEL_STATUS_LOG_MESSAGE_TOO_LONG = 8,
+    /** The visor hit an unexpected internal error; the call had no effect. */
+    KEEL_STATUS_INTERNAL_ERROR = 9
+};
+
+/** Type of every system-call result: one of enum keel_status, always 32 bits. */
+typedef uint32_t keel_status_t;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Call slots                                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Slot numbers of the system calls. Slots 11..63 are reserved: 16..31 for networking and
+ * channels, 32..39 for update control, 40..47 for configuration and secrets, 48..55 for
+ * debugging, the rest for later use. */
+#define KEEL_CALL_ABI_INFO 0
+#define KEEL_CALL_DEVICE_ID 1
+#define KEEL_CALL_MONOTONIC_US 2
+#define KEEL_CALL_WALL_TIME_US 3
+#define KEEL_CALL_LOG 4
+#define KEEL_CALL_RESTART 5
+#define KEEL_CALL_WAIT 6
+#define KEEL_CALL_WATCHDOG_START 7
+#define KEEL_CALL_WATCHDOG_KICK 8
+#define KEEL_CALL_BOOT_INFO 9
+#define KEEL_CALL_LAST_CRASH 10
+
+/* ---------------------------------------------------------------------------------------- */
+/* Enumerations carried as uint32_t                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Log levels (keel_log() `level`). Console tags: E, W, I, D. */
+#define KEEL_LOG_ERROR 0
+#define KEEL_LOG_WARN 1
+#define KEEL_LOG_INFO 2
+#define KEEL_LOG_DEBUG 3
+
+/* Why the app is running now (keel_boot_info_t.reason). */
+/** First start after the device powered on or reset. */
+#define KEEL_START_COLD_BOOT 0
+/** The app crashed (fault) and was restarted. */
+#define KEEL_START_CRASH 1
+/** The app stopped kicking its watchdog and was restarted. */
+#define KEEL_START_WATCHDOG 2
+/** The app asked for a restart (keel_restart()). */
+#define KEEL_START_REQUESTED 3
+
+/* What kind of fault (or policy event) ended the app (keel_crash_report_t.kind). */
+/** HardFault (including escalated faults and `bkpt` without a debugger). */
+#define KEEL_FAULT_HARDFAULT 3
+/** MemManage fault. */
+#define KEEL_FAULT_MEMMANAGE 4
+/** BusFault (e.g. an access blocked by a peripheral or memory protection controller). */
+#define KEEL_FAULT_BUSFAULT 5
+/** UsageFault (undefined instruction, stack overflow via MSPLIM, division by zero, ...). */
+#define KEEL_FAULT_USAGEFAULT 6
+/** SecureFault: the app touched secure memory or entered secure code other than via a
+ *  slot. */
+#define KEEL_FAULT_SECUREFAULT 7
+/** The watchdog expired. */
+#define KEEL_FAULT_WATCHDOG 0x100
+
+/* Event bits reported by keel_wait(). None is raised by this visor version yet; networking,
+ * update and configuration will add bits here. */
+/** No event: the wait timed out. */
+#define KEEL_EVENT_NONE 0
+
+/* ---------------------------------------------------------------------------------------- */
+/* Structs (layout frozen per version, identical to the Rust #[repr(C)] structs)            */
+/* ---------------------------------------------------------------------------------------- */
+
+/** Output of keel_abi_info(). Set `version` to 1 before the call. */
+typedef struct keel_abi_info {
+    uint32_t version;     /**< Struct version, set by the caller (1). */
+    uint16_t abi_major;   /**< KEEL_ABI_MAJOR of the running visor. */
+    uint16_t abi_minor;   /**< KEEL_ABI_MINOR of the running visor. */
+    uint16_t visor_major; /**< Visor version: major. */
+    uint16_t visor_minor; /**< Visor version: minor. */
+    uint16_t visor_patch; /**< Visor version: patch. */
+    uint16_t reserved;    /**< Reserved, 0. */
+} keel_abi_info_t;
+
+/** Output of keel_boot_info(). Set `version` to 1 before the call. */
+typedef struct keel_boot_info {
+    uint32_t version;          /**< Struct version, set by the caller (1). */
+    uint32_t reason;           /**< Why the app is running now (KEEL_START_*). */
+    uint32_t restart_count;    /**< Times the app has been (re)started since the visor booted
+                                    (0 for the first start). */
+    uint32_t crash_count;      /**< How many of those restarts were caused by crashes or the
+                                    watchdog. */
+    uint32_t restart_code;     /**< The `reason` passed to keel_restart() when `reason` is
+                                    KEEL_START_REQUESTED, else 0. */
+    uint32_t visor_boot_count; /**< Times the visor itself has booted on this device
+                                    (persistent). */
+} keel_boot_info_t;
+
+/** Output of keel_last_crash() and the body of the visor's crash log line. Set `version`
+ *  to 1 before the call. */
+typedef struct keel_crash_report {
+    uint32_t version;    /**< Struct version, set by the caller (1). */
+    uint32_t kind;       /**< KEEL_FAULT_*. */
+    uint64_t time_us;    /**< Monotonic time of the crash in microseconds (offset 8). */
+    uint32_t frame[8];   /**< r0, r1, r2, r3, r12, lr, pc, xpsr as stacked by the exception
+                              (pc = frame[6] is the faulting instruction for precise faults,
+                              lr = frame[5]). */
+    uint32_t sp;         /**< The app's stack pointer at the fault (after the exception frame
+                              was removed). */
+    uint32_t exc_return; /**< EXC_RETURN of the exception that caught the fault. */
+    uint32_t cfsr;       /**< Configurable Fault Status Register. */
+    uint32_t hfsr;       /**< HardFault Status Register. */
+    uint32_t sfsr;       /**< SecureFault Status Register. */
+    uint32_t sfar;       /**< SecureFault Address Register (valid if sfsr bit 6 SFARVALID). */
+    uint32_t bfar;       /**< BusFault Address Register (valid if cfsr bit 15 BFARVALID). */
+    uint32_t mmfar;      /**< MemManage Fault Address Register (valid if cfsr bit 7
+                              MMARVALID). */
+    uint32_t stack[KEEL_CRASH_STACK_WORDS]; /**< Top of the app's stack at the fault, starting
+                                                 at `sp` (0 where unreadable). */
+} keel_crash_report_t;
+
+KEEL__STATIC_ASSERT(sizeof(keel_status_t) == 4, "keel_status_t must be 32 bits");
+
+KEEL__STATIC_ASSERT(sizeof(keel_abi_info_t) == 16, "keel_abi_info_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, version) == 0, "keel_abi_info_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, abi_major) == 4, "keel_abi_info_t.abi_major");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, abi_minor) == 6, "keel_abi_info_t.abi_minor");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, visor_major) == 8, "keel_abi_info_t.visor_major");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, visor_minor) == 10, "keel_abi_info_t.visor_minor");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, visor_patch) == 12, "keel_abi_info_t.visor_patch");
+KEEL__STATIC_ASSERT(offsetof(keel_abi_info_t, reserved) == 14, "keel_abi_info_t.reserved");
+
+KEEL__STATIC_ASSERT(sizeof(keel_boot_info_t) == 24, "keel_boot_info_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, version) == 0, "keel_boot_info_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, reason) == 4, "keel_boot_info_t.reason");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, restart_count) == 8,
+                    "keel_boot_info_t.restart_count");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, crash_count) == 12,
+                    "keel_boot_info_t.crash_count");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, restart_code) == 16,
+                    "keel_boot_info_t.restart_code");
+KEEL__STATIC_ASSERT(offsetof(keel_boot_info_t, visor_boot_count) == 20,
+                    "keel_boot_info_t.visor_boot_count");
+
+KEEL__STATIC_ASSERT(sizeof(keel_crash_report_t) == 112, "keel_crash_report_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, version) == 0, "keel_crash_report_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, kind) == 4, "keel_crash_report_t.kind");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, time_us) == 8, "keel_crash_report_t.time_us");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, frame) == 16, "keel_crash_report_t.frame");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, sp) == 48, "keel_crash_report_t.sp");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, exc_return) == 52,
+                    "keel_crash_report_t.exc_return");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, cfsr) == 56, "keel_crash_report_t.cfsr");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, hfsr) == 60, "keel_crash_report_t.hfsr");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, sfsr) == 64, "keel_crash_report_t.sfsr");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, sfar) == 68, "keel_crash_report_t.sfar");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, bfar) == 72, "keel_crash_report_t.bfar");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, mmfar) == 76, "keel_crash_report_t.mmfar");
+KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, stack) == 80, "keel_crash_report_t.stack");
+
+/* ---------------------------------------------------------------------------------------- */
+/* System calls                                                                             */
+/* ---------------------------------------------------------------------------------------- */
+
+/** Address of a slot's veneer, Thumb bit set (internal). */
+#define KEEL__SLOT_ADDR(slot) \
+    ((uintptr_t)((KEEL_NSC_BASE + KEEL_SLOT_SIZE * (uint32_t)(slot)) | 1u))
+
+/**
+ * keel_abi_info - ABI and visor versions (slot KEEL_CALL_ABI_INFO).
+ *
+ * Set out->version = 1 before the call; on success the visor fills in the other fields.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT            `out` is not app memory (sizeof(*out) bytes)
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION out->version is not supported
+ */
+static inline keel_status_t keel_abi_info(keel_abi_info_t *out)
+{
+    return ((keel_status_t(*)(keel_abi_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_ABI_INFO))(out);
+}
+
+/**
+ * keel_device_id - the device's ASCII id (slot KEEL_CALL_DEVICE_ID).
+ *
+ * Writes the KEEL_DEVICE_ID_LEN (34) byte id, "kd" followed by 32 lowercase hex digits, to
+ * buf[0..34). The id is NOT NUL terminated. `len` is the size of `buf` and must be at least
+ * KEEL_DEVICE_ID_LEN.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT     `buf` is not app memory
+ *  - KEEL_STATUS_INVALID_BUFFER_SIZE `len` < KEEL_DEVICE_ID_LEN
+ */
+static inline keel_status_t keel_device_id(uint8_t *buf, uint32_t len)
+{
+    return ((keel_status_t(*)(uint8_t *, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_DEVICE_ID))(buf,
+                                                                                         len);
+}
+
+/**
+ * keel_monotonic_us - microseconds since the visor started (slot KEEL_CALL_MONOTONIC_US).
+ *
+ * The clock never jumps (it is not affected by wall-clock synchronisation) and keeps running
+ * across app restarts.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT `out` is not app memory
+ */
+static inline keel_status_t keel_monotonic_us(uint64_t *out)
+{
+    return ((keel_status_t(*)(uint64_t *))KEEL__SLOT_ADDR(KEEL_CALL_MONOTONIC_US))(out);
+}
+
+/**
+ * keel_wall_time_us - microseconds since the Unix epoch (slot KEEL_CALL_WALL_TIME_US).
+ *
+ * The wall clock is set by the server once the device is online; until then the call answers
+ * KEEL_STATUS_TIME_NOT_SET and *out must not be relied upon.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_TIME_NOT_SET    the clock has not been synchronised yet
+ *  - KEEL_STATUS_PARAMETER_FAULT `out` is not app memory
+ */
+static inline keel_status_t keel_wall_time_us(uint64_t *out)
+{
+    return ((keel_status_t(*)(uint64_t *))KEEL__SLOT_ADDR(KEEL_CALL_WALL_TIME_US))(out);
+}
+
+/**
+ * keel_log - emit one log line (slot KEEL_CALL_LOG).
+ *
+ * `level` is one of KEEL_LOG_ERROR, KEEL_LOG_WARN, KEEL_LOG_INFO, KEEL_LOG_DEBUG. `msg` points
+ * to `len` bytes of text (no NUL terminator needed, no trailing newline needed); at most
+ * KEEL_LOG_MAX_LEN (512) bytes.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT      msg[0..len) is not app memory
+ *  - KEEL_STATUS_INVALID_ARGUMENT     `level` is not a KEEL_LOG_* value
+ *  - KEEL_STATUS_LOG_MESSAGE_TOO_LONG `len` > KEEL_LOG_MAX_LEN
+ */
+static inline keel_status_t keel_log(uint32_t level, const uint8_t *msg, uint32_t len)
+{
+    return ((keel_status_t(*)(uint32_t, const uint8_t *, uint32_t))KEEL__SLOT_ADDR(
+        KEEL_CALL_LOG))(level, msg, len);
+}
+
+/**
+ * keel_restart - restart the app now (slot KEEL_CALL_RESTART).
+ *
+ * Does not return on success. `reason` is an app-defined code, reported after the restart as
+ * keel_boot_info_t.restart_code (with reason KEEL_START_REQUESTED).
+ *
+ * Returns (only on failure):
+ *  - KEEL_STATUS_UNAVAILABLE called from an interrupt/exception handler
+ */
+static inline keel_status_t keel_restart(uint32_t reason)
+{
+    return ((keel_status_t(*)(uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_RESTART))(reason);
+}
+
+/**
+ * keel_wait - sleep until an event is pending or a timeout elapses (slot KEEL_CALL_WAIT).
+ *
+ * Sleeps until an event is pending or `timeout_us` microseconds have elapsed, then writes
+ * the pending event bits to *events (KEEL_EVENT_NONE, i.e. 0, on timeout). `events` may be
+ * NULL. This visor version raises no events yet, so the call always ends by timeout.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT `events` is neither NULL nor app memory
+ *  - KEEL_STATUS_UNAVAILABLE     called from an interrupt/exception handler
+ */
+static inline keel_status_t keel_wait(uint32_t timeout_us, uint32_t *events)
+{
+    return ((keel_status_t(*)(uint32_t, uint32_t *))KEEL__SLOT_ADDR(KEEL_CALL_WAIT))(timeout_us,
+                                                                                     events);
+}
+
+/**
+ * keel_watchdog_start - arm the app watchdog (slot KEEL_CALL_WATCHDOG_START).
+ *
+ * An app that does not call keel_watchdog_kick() within `timeout_ms` milliseconds is
+ * restarted (keel_boot_info_t.reason = KEEL_START_WATCHDOG, crash kind
+ * KEEL_FAULT_WATCHDOG). Calling it again changes the timeout. The watchdog cannot be
+ * disarmed until the next restart.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_INVALID_ARGUMENT `timeout_ms` outside
+ *                                 [KEEL_WATCHDOG_MIN_MS, KEEL_WATCHDOG_MAX_MS]
+ */
+static inline keel_status_t keel_watchdog_start(uint32_t timeout_ms)
+{
+    return ((keel_status_t(*)(uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_WATCHDOG_START))(timeout_ms);
+}
+
+/**
+ * keel_watchdog_kick - feed the app watchdog (slot KEEL_CALL_WATCHDOG_KICK).
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ */
+static inline keel_status_t keel_watchdog_kick(void)
+{
+    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_WATCHDOG_KICK))();
+}
+
+/**
+ * keel_boot_info - why and how often the app was (re)started (slot KEEL_CALL_BOOT_INFO).
+ *
+ * Set out->version = 1 before the call.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT            `out` is not app memory
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION out->version is not supported
+ */
+static inline keel_status_t keel_boot_info(keel_boot_info_t *out)
+{
+    return ((keel_status_t(*)(keel_boot_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_BOOT_INFO))(out);
+}
+
+/**
+ * keel_last_crash - the last crash report (slot KEEL_CALL_LAST_CRASH).
+ *
+ * Set out->version = 1 before the call.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE                there is no crash report
+ *  - KEEL_STATUS_PARAMETER_FAULT            `out` is not app memory
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION out->version is not supported
+ */
+static inline keel_status_t keel_last_crash(keel_crash_report_t *out)
+{
+    return ((keel_status_t(*)(keel_crash_report_t *))KEEL__SLOT_ADDR(KEEL_CALL_LAST_CRASH))(
+        out);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers (not system calls)                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+/**
+ * keel_log_str - keel_log() of a NUL-terminated string (length computed here, no libc).
+ *
+ * Returns what keel_log() returns (KEEL_STATUS_LOG_MESSAGE_TOO_LONG if strlen(s) >
+ * KEEL_LOG_MAX_LEN).
+ */
+static inline keel_status_t keel_log_str(uint32_t level, const char *s)
+{
+    uint32_t len = 0;
+    while (s[len] != '\0') {
+        len++;
+    }
+    return keel_log(level, (const uint8_t *)s, len);
+}
+
+/**
+ * keel_status_name - the name of a status without the KEEL_STATUS_ prefix, e.g. "OK",
+ * "TIME_NOT_SET" (the same names the visor uses in its logs); "UNKNOWN" for a value this
+ * header does not know.
+ */
+static inline const char *keel_status_name(keel_status_t status)
+{
+    switch (status) {
+    case KEEL_STATUS_OK: return "OK";
+    case KEEL_STATUS_TIME_NOT_SET: return "TIME_NOT_SET";
+    case KEEL_STATUS_PARAMETER_FAULT: return "PARAMETER_FAULT";
+    case KEEL_STATUS_INVALID_BUFFER_SIZE: return "INVALID_BUFFER_SIZE";
+    case KEEL_STATUS_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION: return "UNSUPPORTED_STRUCT_VERSION";
+    case KEEL_STATUS_NOT_IMPLEMENTED: return "NOT_IMPLEMENTED";
+    case KEEL_STATUS_UNAVAILABLE: return "UNAVAILABLE";
+    case KEEL_STATUS_LOG_MESSAGE_TOO_LONG: return "LOG_MESSAGE_TOO_LONG";
+    case KEEL_STATUS_INTERNAL_ERROR: return "INTERNAL_ERROR";
+    default: return "UNKNOWN";
+    }
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEEL_H */

@@ -1,0 +1,221 @@
+/*
+ * keel_crt0.c - start-up code and vector table for Keel apps written in C.
+ *
+ * Link with keel_app.ld. The visor starts the app like a reset of the non-secure world:
+ * it loads MSP_NS from word 0 of the vector table at 0x00200000, programs MSPLIM_NS with
+ * __keel_stack_limit (from the image header) and jumps to Reset_Handler (word 1).
+ *
+ * Every handler below is a weak alias of Default_Handler (an infinite loop): define a
+ * function with the same name (e.g. `void SysTick_Handler(void)`, `void IRQ5_Handler(void)`)
+ * to override it.
+ *
+ * Faults: while the visor keeps AIRCR.BFHFNMINS = 0 (the default), HardFault and BusFault
+ * are handled by the visor, which writes a crash report and restarts the app, and
+ * MemManage / UsageFault escalate to it too unless the app enables them in SHCSR. The
+ * HardFault, MemManage, BusFault and UsageFault entries here only matter if the app changes
+ * that.
+ *
+ * There is no libc, but GCC may emit calls to memcpy, memmove, memset and memcmp even in
+ * freestanding code (e.g. for `keel_crash_report_t r = { .version = 1 };`), so small weak
+ * versions of those four are defined at the end of this file.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel.h"
+
+/* Symbols from keel_app.ld. */
+extern uint32_t __keel_stack_limit;
+extern uint32_t __keel_stack_top;
+extern uint32_t __data_start__;
+extern uint32_t __data_end__;
+extern uint32_t __data_load__;
+extern uint32_t __bss_start__;
+extern uint32_t __bss_end__;
+extern void (*__preinit_array_start__[])(void);
+extern void (*__preinit_array_end__[])(void);
+extern void (*__init_array_start__[])(void);
+extern void (*__init_array_end__[])(void);
+
+extern int main(void);
+
+void Reset_Handler(void) __attribute__((noreturn));
+void Default_Handler(void);
+
+#define KEEL__WEAK_HANDLER __attribute__((weak, alias("Default_Handler")))
+
+void NMI_Handler(void) KEEL__WEAK_HANDLER;
+void HardFault_Handler(void) KEEL__WEAK_HANDLER;
+void MemManage_Handler(void) KEEL__WEAK_HANDLER;
+void BusFault_Handler(void) KEEL__WEAK_HANDLER;
+void UsageFault_Handler(void) KEEL__WEAK_HANDLER;
+void SVC_Handler(void) KEEL__WEAK_HANDLER;
+void DebugMon_Handler(void) KEEL__WEAK_HANDLER;
+void PendSV_Handler(void) KEEL__WEAK_HANDLER;
+void SysTick_Handler(void) KEEL__WEAK_HANDLER;
+
+void IRQ0_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ1_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ2_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ3_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ4_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ5_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ6_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ7_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ8_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ9_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ10_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ11_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ12_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ13_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ14_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ15_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ16_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ17_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ18_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ19_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ20_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ21_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ22_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ23_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ24_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ25_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ26_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ27_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ28_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ29_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ30_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ31_Handler(void) KEEL__WEAK_HANDLER;
+
+typedef void (*keel_handler_t)(void);
+
+/* Layout of the vector table: initial stack pointer, then 15 system exception entries and
+ * 32 external interrupts (48 words, 192 bytes). */
+struct keel_vector_table {
+    uint32_t *initial_sp;
+    keel_handler_t system[15];
+    keel_handler_t irq[32];
+};
+
+_Static_assert(sizeof(struct keel_vector_table) == 48 * 4, "vector table size");
+
+__attribute__((section(".vectors"), used))
+const struct keel_vector_table __keel_vectors = {
+    .initial_sp = &__keel_stack_top,
+    .system = {
+        Reset_Handler,      /*  1 Reset */
+        NMI_Handler,        /*  2 NMI */
+        HardFault_Handler,  /*  3 HardFault */
+        MemManage_Handler,  /*  4 MemManage */
+        BusFault_Handler,   /*  5 BusFault */
+        UsageFault_Handler, /*  6 UsageFault */
+        0,                  /*  7 SecureFault (secure world only) */
+        0,                  /*  8 reserved */
+        0,                  /*  9 reserved */
+        0,                  /* 10 reserved */
+        SVC_Handler,        /* 11 SVCall */
+        DebugMon_Handler,   /* 12 DebugMonitor */
+        0,                  /* 13 reserved */
+        PendSV_Handler,     /* 14 PendSV */
+        SysTick_Handler,    /* 15 SysTick */
+    },
+    .irq = {
+        IRQ0_Handler,  IRQ1_Handler,  IRQ2_Handler,  IRQ3_Handler,
+        IRQ4_Handler,  IRQ5_Handler,  IRQ6_Handler,  IRQ7_Handler,
+        IRQ8_Handler,  IRQ9_Handler,  IRQ10_Handler, IRQ11_Handler,
+        IRQ12_Handler, IRQ13_Handler, IRQ14_Handler, IRQ15_Handler,
+        IRQ16_Handler, IRQ17_Handler, IRQ18_Handler, IRQ19_Handler,
+        IRQ20_Handler, IRQ21_Handler, IRQ22_Handler, IRQ23_Handler,
+        IRQ24_Handler, IRQ25_Handler, IRQ26_Handler, IRQ27_Handler,
+        IRQ28_Handler, IRQ29_Handler, IRQ30_Handler, IRQ31_Handler,
+    },
+};
+
+/* Unhandled exception or interrupt: stop here (the app watchdog, if armed, restarts us). */
+__attribute__((weak)) void Default_Handler(void)
+{
+    for (;;) {
+    }
+}
+
+void Reset_Handler(void)
+{
+    /* Belt and braces: the visor already programs MSPLIM_NS from the image header. */
+    __asm__ volatile("msr msplim, %0" : : "r"(&__keel_stack_limit));
+
+    /* The copy and zero loops go through volatile pointers so the compiler cannot turn them
+     * into memcpy/memset calls (there is no libc). */
+    const uint32_t *src = &__data_load__;
+    volatile uint32_t *dst = &__data_start__;
+    while (dst < &__data_end__) {
+        *dst++ = *src++;
+    }
+    for (volatile uint32_t *p = &__bss_start__; p < &__bss_end__; p++) {
+        *p = 0;
+    }
+
+    for (void (**f)(void) = __preinit_array_start__; f < __preinit_array_end__; f++) {
+        (*f)();
+    }
+    for (void (**f)(void) = __init_array_start__; f < __init_array_end__; f++) {
+        (*f)();
+    }
+
+    (void)main();
+
+    /* main returned: ask the visor to restart the app. */
+    for (;;) {
+        (void)keel_restart(0);
+    }
+}
+
+/* ---- The four functions GCC requires of a freestanding environment (weak: an app may
+ * provide faster ones). Stores go through volatile pointers so the compiler cannot turn
+ * these loops back into calls to themselves. ---- */
+
+__attribute__((weak)) void *memset(void *s, int c, size_t n)
+{
+    volatile unsigned char *d = s;
+    while (n-- > 0) {
+        *d++ = (unsigned char)c;
+    }
+    return s;
+}
+
+__attribute__((weak)) void *memcpy(void *restrict dst, const void *restrict src, size_t n)
+{
+    volatile unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n-- > 0) {
+        *d++ = *s++;
+    }
+    return dst;
+}
+
+__attribute__((weak)) void *memmove(void *dst, const void *src, size_t n)
+{
+    volatile unsigned char *d = dst;
+    const unsigned char *s = src;
+    if ((uintptr_t)d <= (uintptr_t)s || (uintptr_t)d >= (uintptr_t)s + n) {
+        while (n-- > 0) {
+            *d++ = *s++;
+        }
+    } else {
+        while (n-- > 0) {
+            d[n] = s[n];
+        }
+    }
+    return dst;
+}
+
+__attribute__((weak)) int memcmp(const void *a, const void *b, size_t n)
+{
+    const unsigned char *x = a;
+    const unsigned char *y = b;
+    for (; n > 0; n--, x++, y++) {
+        if (*x != *y) {
+            return (int)*x - (int)*y;
+        }
+    }
+    return 0;
+}
