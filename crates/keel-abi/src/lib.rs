@@ -133,7 +133,7 @@ pub enum Call {
     /// [`Call::WatchdogKick`] within `timeout_ms` is restarted. Calling it again changes the
     /// timeout. Cannot be disarmed until the next restart.
     WatchdogStart = 7,
-    /// `watchdog_kick(void)`: feeds the watchdog.
+    /// `watchdog_kick(void)`: feeds the watchdog; [`Status::Unavailable`] if it was not started.
     WatchdogKick = 8,
     /// `boot_info(BootInfo *out)`: why and how often the app was (re)started.
     BootInfo = 9,
@@ -438,9 +438,18 @@ impl CrashReport {
         for (i, v) in self.frame.iter().enumerate() {
             put_u32(&mut b, 16 + 4 * i, *v);
         }
-        for (i, v) in [self.sp, self.exc_return, self.cfsr, self.hfsr, self.sfsr, self.sfar, self.bfar, self.mmfar]
-            .iter()
-            .enumerate()
+        for (i, v) in [
+            self.sp,
+            self.exc_return,
+            self.cfsr,
+            self.hfsr,
+            self.sfsr,
+            self.sfar,
+            self.bfar,
+            self.mmfar,
+        ]
+        .iter()
+        .enumerate()
         {
             put_u32(&mut b, 48 + 4 * i, *v);
         }
@@ -470,15 +479,35 @@ mod tests {
     fn to_bytes_puts_fields_at_their_repr_c_offsets() {
         use core::mem::offset_of;
         let w = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let a = AbiInfo { version: 1, abi_major: 2, abi_minor: 3, visor_major: 4, visor_minor: 5, visor_patch: 6, reserved: 0 };
+        let a = AbiInfo {
+            version: 1,
+            abi_major: 2,
+            abi_minor: 3,
+            visor_major: 4,
+            visor_minor: 5,
+            visor_patch: 6,
+            reserved: 0,
+        };
         let ab = a.to_bytes();
         assert_eq!(ab[offset_of!(AbiInfo, abi_minor)], 3);
         assert_eq!(ab[offset_of!(AbiInfo, visor_patch)], 6);
-        let b = BootInfo { version: 1, reason: 2, restart_count: 3, crash_count: 4, restart_code: 5, visor_boot_count: 6 };
+        let b = BootInfo {
+            version: 1,
+            reason: 2,
+            restart_count: 3,
+            crash_count: 4,
+            restart_code: 5,
+            visor_boot_count: 6,
+        };
         let bb = b.to_bytes();
         assert_eq!(w(&bb, offset_of!(BootInfo, restart_code)), 5);
         assert_eq!(w(&bb, offset_of!(BootInfo, visor_boot_count)), 6);
-        let mut c = CrashReport { version: 1, kind: 7, time_us: 0x1122_3344_5566_7788, ..Default::default() };
+        let mut c = CrashReport {
+            version: 1,
+            kind: 7,
+            time_us: 0x1122_3344_5566_7788,
+            ..Default::default()
+        };
         c.frame = [10, 11, 12, 13, 14, 15, 16, 17];
         c.sp = 20;
         c.mmfar = 27;

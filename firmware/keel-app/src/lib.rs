@@ -24,7 +24,9 @@
 
 use core::fmt::{self, Write};
 
-pub use keel_abi::{AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status};
+pub use keel_abi::{
+    AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status,
+};
 
 /// Restart code used by the panic handler.
 pub const PANIC_RESTART_CODE: u32 = 0x0000_DEAD;
@@ -71,7 +73,10 @@ fn call(c: Call, a0: u32, a1: u32, a2: u32) -> Result<(), Status> {
 
 /// ABI and visor versions.
 pub fn abi_info() -> Result<AbiInfo, Status> {
-    let mut v = AbiInfo { version: 1, ..Default::default() };
+    let mut v = AbiInfo {
+        version: 1,
+        ..Default::default()
+    };
     call(Call::AbiInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
@@ -96,7 +101,12 @@ impl fmt::Display for DeviceId {
 /// This device's id.
 pub fn device_id() -> Result<DeviceId, Status> {
     let mut id = DeviceId([0; keel_abi::DEVICE_ID_LEN as usize]);
-    call(Call::DeviceId, id.0.as_mut_ptr() as u32, id.0.len() as u32, 0)?;
+    call(
+        Call::DeviceId,
+        id.0.as_mut_ptr() as u32,
+        id.0.len() as u32,
+        0,
+    )?;
     Ok(id)
 }
 
@@ -117,7 +127,12 @@ pub fn wall_time_us() -> Result<u64, Status> {
 
 /// Logs one message (at most [`keel_abi::LOG_MAX_LEN`] bytes).
 pub fn log(level: LogLevel, msg: &[u8]) -> Result<(), Status> {
-    call(Call::Log, level as u32, msg.as_ptr() as u32, msg.len() as u32)
+    call(
+        Call::Log,
+        level as u32,
+        msg.as_ptr() as u32,
+        msg.len() as u32,
+    )
 }
 
 /// Restarts the app; `code` is reported by [`boot_info`] after the restart.
@@ -157,14 +172,20 @@ pub fn watchdog_kick() -> Result<(), Status> {
 
 /// Why and how often the app was started.
 pub fn boot_info() -> Result<BootInfo, Status> {
-    let mut v = BootInfo { version: 1, ..Default::default() };
+    let mut v = BootInfo {
+        version: 1,
+        ..Default::default()
+    };
     call(Call::BootInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
 
 /// The last crash report, if the app crashed since the visor booted.
 pub fn last_crash() -> Result<CrashReport, Status> {
-    let mut v = CrashReport { version: 1, ..Default::default() };
+    let mut v = CrashReport {
+        version: 1,
+        ..Default::default()
+    };
     call(Call::LastCrash, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
@@ -178,7 +199,10 @@ pub struct LineBuf {
 impl LineBuf {
     /// An empty buffer.
     pub const fn new() -> Self {
-        LineBuf { buf: [0; 256], len: 0 }
+        LineBuf {
+            buf: [0; 256],
+            len: 0,
+        }
     }
     /// The bytes written.
     pub fn as_bytes(&self) -> &[u8] {

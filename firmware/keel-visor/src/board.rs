@@ -116,8 +116,8 @@ fn sau_region(n: u32, base: u32, limit_incl: u32, nsc: bool) {
 /// Marks `[start, end)` (offsets into the memory behind `mpc`) non-secure.
 fn mpc_set_ns(mpc: usize, start: u32, end: u32) {
     let bs = 1u32 << (rd(mpc + 0x14) + 5); // BLK_CFG: block size
-    // CTRL: SEC_RESP=1 (bus error on violation), AUTOINC=0 — reads of BLK_LUT would otherwise
-    // advance BLK_IDX and break read-modify-write (QEMU 7.2, observed).
+                                           // CTRL: SEC_RESP=1 (bus error on violation), AUTOINC=0 — reads of BLK_LUT would otherwise
+                                           // advance BLK_IDX and break read-modify-write (QEMU 7.2, observed).
     wr(mpc, 1 << 4);
     let mut blk = start / bs;
     while blk < end / bs {
@@ -162,6 +162,8 @@ pub fn start_tick() {
     wr(SYST_RVR, TICK_RELOAD);
     wr(SYST_CVR, 0);
     wr(SYST_CSR, 0b111); // processor clock, TICKINT, ENABLE
+                         // The counter reads 0 until its first reload; wait for it so time never appears to step back.
+    while rd(SYST_CVR) == 0 {}
 }
 
 /// Current SysTick count (counts down from [`TICK_RELOAD`]).
@@ -181,7 +183,9 @@ pub fn pend_service() {
 
 /// Puts the non-secure side back into its reset state before the app (re)starts.
 pub fn reset_ns_core(vtor: u32) {
-    wr(SYST_CSR_NS, 0);
+    // The non-secure SysTick (0xE002E010) is not reachable through the NS alias on QEMU 7.2 (a
+    // bus error: "Blocked re-entrant IO on v7m_systick"); on silicon, stop it here too.
+    let _ = SYST_CSR_NS;
     wr(MPU_CTRL_NS, 0);
     wr(SCB_SHCSR_NS, 0);
     for i in 0..16 {
@@ -236,7 +240,9 @@ pub fn ns_stack_pointers() -> (u32, u32) {
 pub fn control_ns() -> u32 {
     let c: u32;
     // SAFETY: reading a banked register has no side effects.
-    unsafe { core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags))
+    };
     c
 }
 
@@ -250,7 +256,9 @@ pub fn set_psp_s(v: u32) {
 pub fn ipsr() -> u32 {
     let v: u32;
     // SAFETY: reading IPSR has no side effects.
-    unsafe { core::arch::asm!("mrs {v}, ipsr", v = out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {v}, ipsr", v = out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v & 0x1FF
 }
 
@@ -271,7 +279,9 @@ pub fn wait_for_interrupt() {
 pub fn critical<R>(f: impl FnOnce() -> R) -> R {
     let primask: u32;
     // SAFETY: saves PRIMASK and masks interrupts; restored below.
-    unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags))
+    };
     let r = f();
     if primask & 1 == 0 {
         // SAFETY: interrupts were enabled on entry.
@@ -296,14 +306,18 @@ pub mod tt {
     pub fn tta(addr: u32) -> u32 {
         let r: u32;
         // SAFETY: TT instructions only query attribution; they never access memory.
-        unsafe { core::arch::asm!("tta {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("tta {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags))
+        };
         r
     }
     /// TTAT: as [`tta`] with the non-secure MPU's unprivileged permissions.
     pub fn ttat(addr: u32) -> u32 {
         let r: u32;
         // SAFETY: as above.
-        unsafe { core::arch::asm!("ttat {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            core::arch::asm!("ttat {r}, {a}", r = out(reg) r, a = in(reg) addr, options(nomem, nostack, preserves_flags))
+        };
         r
     }
 }
@@ -320,20 +334,30 @@ impl keel_flash::Medium for FlashMedium {
         // SAFETY: `Nor` checks `offset + buf.len() <= capacity`; the region is secure memory owned
         // by the visor and never aliased by a Rust reference.
         unsafe {
-            core::ptr::copy_nonoverlapping((FLASH_BASE + offset) as *const u8, buf.as_mut_ptr(), buf.len());
+            core::ptr::copy_nonoverlapping(
+                (FLASH_BASE + offset) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
         }
     }
     fn write(&mut self, offset: u32, data: &[u8]) {
         // SAFETY: as for `read`.
         unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), (FLASH_BASE + offset) as *mut u8, data.len());
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (FLASH_BASE + offset) as *mut u8,
+                data.len(),
+            );
         }
     }
 }
 
 /// Reads `len` bytes of flash directly (memory mapped), for hashing without a copy.
 pub fn flash_slice(offset: u32, len: u32) -> &'static [u8] {
-    assert!(offset.checked_add(len).is_some_and(|e| e <= keel_flash::layout::FLASH_SIZE));
+    assert!(offset
+        .checked_add(len)
+        .is_some_and(|e| e <= keel_flash::layout::FLASH_SIZE));
     // SAFETY: in bounds (asserted); flash is only written through `FlashMedium`, never while a
     // slice from here is alive (the visor is single threaded at the points it hashes).
     unsafe { core::slice::from_raw_parts((FLASH_BASE + offset) as *const u8, len as usize) }

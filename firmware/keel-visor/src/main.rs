@@ -196,6 +196,7 @@ macro_rules! trampoline {
             naked_asm!(
                 "push {{r3-r11, lr}}",
                 "mov r0, lr",
+                "mov r1, sp",
                 "bl {h}",
                 "cbnz r1, 1f",
                 "pop {{r3-r11, lr}}",
@@ -246,7 +247,16 @@ fn fresh(exc_return: u32) -> u64 {
 fn go_idle() -> u64 {
     let top = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
     let frame_sp = top - 32;
-    let frame = [0u32, 0, 0, 0, 0, 0xFFFF_FFFF, keel_idle as *const () as u32 & !1, 0x0100_0000];
+    let frame = [
+        0u32,
+        0,
+        0,
+        0,
+        0,
+        0xFFFF_FFFF,
+        keel_idle as *const () as u32 & !1,
+        0x0100_0000,
+    ];
     for (i, w) in frame.iter().enumerate() {
         // SAFETY: the frame lies at the top of the secure thread stack, which is not in use while
         // a handler runs (handlers use MSP_S); the previous thread context is being abandoned.
@@ -294,7 +304,7 @@ fn launch(now: u64) -> u64 {
 }
 
 /// PendSV: the service routine. Runs the supervisor and acts on its decision.
-extern "C" fn service_handler(exc_return: u32) -> u64 {
+extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     // Only switch contexts when we interrupted thread mode; if the app (or a system call made from
     // one of its handlers) was in handler mode, try again at the next tick.
     if exc_return & (1 << 3) == 0 {
@@ -318,7 +328,11 @@ extern "C" fn service_handler(exc_return: u32) -> u64 {
 extern "C" fn keel_systick() {
     time::tick();
     let now = time::now_us();
-    let due = VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()).is_some_and(|d| now >= d));
+    let due = VISOR.with(|v| {
+        v.as_ref()
+            .and_then(|v| v.sup.next_deadline())
+            .is_some_and(|d| now >= d)
+    });
     if due {
         board::pend_service();
     }
@@ -394,10 +408,10 @@ fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
 }
 
 /// HardFault, MemManage, BusFault, UsageFault, SecureFault.
-extern "C" fn fault_handler(exc_return: u32) -> u64 {
+extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     let ipsr = board::ipsr();
     if exc_return & (1 << 6) != 0 {
-        visor_fatal("fault in visor code", exc_return, ipsr);
+        visor_fatal("fault in visor code", exc_return, ipsr, sp + 40);
     }
     let now = time::now_us();
     let kind = match ipsr {
@@ -420,24 +434,30 @@ extern "C" fn fault_handler(exc_return: u32) -> u64 {
     go_idle()
 }
 
-fn visor_fatal(what: &str, exc_return: u32, ipsr: u32) -> ! {
-    let msp: u32;
-    // SAFETY: reading MSP has no side effects.
-    unsafe { asm!("mrs {}, msp", out(reg) msp) };
-    // The exception frame of secure code is on the stack that was in use; report it if it is MSP.
-    let pc = if exc_return & (1 << 2) == 0 {
-        // SAFETY: the secure frame lies on MSP_S above the trampoline's 40-byte push; reading
-        // secure stack memory is always permitted for the visor.
-        unsafe { core::ptr::read_volatile((msp + 40 + 24) as *const u32) }
+/// `frame` is the secure exception frame when known (0 otherwise).
+fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
+    let psp: u32;
+    // SAFETY: reading PSP has no side effects.
+    unsafe { asm!("mrs {}, psp", out(reg) psp) };
+    // The secure frame is on MSP_S (just above the trampoline's push) or on PSP_S.
+    let frame = if frame != 0 && exc_return & (1 << 2) != 0 {
+        psp
+    } else {
+        frame
+    };
+    let pc = if frame != 0 {
+        // SAFETY: `frame` points at a secure exception frame on one of the visor's stacks.
+        unsafe { core::ptr::read_volatile((frame + 24) as *const u32) }
     } else {
         0
     };
     vlog!(
-        "FATAL {}: exc={} exc_return={:#010x} pc~{:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
+        "FATAL {}: exc={} exc_return={:#010x} pc={:#010x} bfar={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
         what,
         ipsr,
         exc_return,
         pc,
+        board::read_reg(board::SCB_BFAR),
         board::read_reg(board::SCB_CFSR),
         board::read_reg(board::SCB_HFSR),
         board::read_reg(board::SAU_SFSR)
@@ -447,12 +467,12 @@ fn visor_fatal(what: &str, exc_return: u32, ipsr: u32) -> ! {
 
 #[no_mangle]
 extern "C" fn keel_nmi() {
-    visor_fatal("NMI", 0, 2);
+    visor_fatal("NMI", 0, 2, 0);
 }
 
 #[no_mangle]
 extern "C" fn keel_unexpected() {
-    visor_fatal("unexpected exception", 0, board::ipsr());
+    visor_fatal("unexpected exception", 0, board::ipsr(), 0);
 }
 
 #[panic_handler]
@@ -478,7 +498,11 @@ fn log_stack_usage() {
     let s = sym_addr(core::ptr::addr_of!(__stacks_start) as *const u8);
     let m = sym_addr(core::ptr::addr_of!(__msp_top) as *const u8);
     let p = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
-    vlog!("stack high-water: handler={} thread={} bytes", high_water(s, m), high_water(m, p));
+    vlog!(
+        "stack high-water: handler={} thread={} bytes",
+        high_water(s, m),
+        high_water(m, p)
+    );
 }
 
 /// Digests of the visor's code and of its secret flash data, logged at boot and at every app
@@ -487,41 +511,73 @@ fn log_integrity() {
     let code_end = sym_addr(core::ptr::addr_of!(__code_end));
     // SAFETY: the visor's own code and read-only data, between the image base and a linker symbol.
     let code = unsafe {
-        core::slice::from_raw_parts(board::VISOR_CODE_BASE as *const u8, (code_end - board::VISOR_CODE_BASE) as usize)
+        core::slice::from_raw_parts(
+            board::VISOR_CODE_BASE as *const u8,
+            (code_end - board::VISOR_CODE_BASE) as usize,
+        )
     };
     let code_digest: [u8; 32] = Sha256::digest(code).into();
     let mut h = Sha256::new();
-    h.update(board::flash_slice(layout::FACTORY.offset, layout::FACTORY.size));
-    h.update(board::flash_slice(layout::JOURNAL.offset, layout::JOURNAL.size));
+    h.update(board::flash_slice(
+        layout::FACTORY.offset,
+        layout::FACTORY.size,
+    ));
+    h.update(board::flash_slice(
+        layout::JOURNAL.offset,
+        layout::JOURNAL.size,
+    ));
     let secrets: [u8; 32] = h.finalize().into();
-    vlog!("integrity: code={} secrets={}", Hex(&code_digest), Hex(&secrets));
+    vlog!(
+        "integrity: code={} secrets={}",
+        Hex(&code_digest),
+        Hex(&secrets)
+    );
 }
 
 // ------------------------------------------------------------------------------- boot
 #[no_mangle]
 extern "C" fn visor_main() -> ! {
+    board::start_tick();
     board::uart::init();
     vlog!("Keel visor {} on mps2-an505", VERSION);
     let nsc_start = sym_addr(core::ptr::addr_of!(__nsc_start));
     let nsc_end = sym_addr(core::ptr::addr_of!(__nsc_end));
     if nsc_start != board::NSC_BASE {
-        visor_fatal("NSC table not at its ABI address", 0, 0);
+        visor_fatal("NSC table not at its ABI address", 0, 0, 0);
     }
     board::configure_security(nsc_start, nsc_end);
-    vlog!("security: app code {:#010x}+{:#x}, app RAM {:#010x}+{:#x}, NSC {:#010x}..{:#010x}", board::APP_EXEC_BASE, board::APP_EXEC_SIZE, board::APP_RAM_BASE, board::APP_RAM_SIZE, nsc_start, nsc_end);
+    vlog!(
+        "security: app code {:#010x}+{:#x}, app RAM {:#010x}+{:#x}, NSC {:#010x}..{:#010x}",
+        board::APP_EXEC_BASE,
+        board::APP_EXEC_SIZE,
+        board::APP_RAM_BASE,
+        board::APP_RAM_SIZE,
+        nsc_start,
+        nsc_end
+    );
 
     let mut flash = Nor::new(FlashMedium);
     let boots = SeqLog::new(layout::BOOT_COUNTER.offset);
-    let boot_count = match boots.latest(&flash).and_then(|last| boots.write(&mut flash, last.map_or(1, |r| r.value.wrapping_add(1)))) {
+    let boot_count = match boots
+        .latest(&flash)
+        .and_then(|last| boots.write(&mut flash, last.map_or(1, |r| r.value.wrapping_add(1))))
+    {
         Ok(r) => r.value,
         Err(e) => {
             vlog!("boot counter: flash error: {}", e);
             0
         }
     };
-    let factory = match Factory::parse(board::flash_slice(layout::FACTORY.offset, keel_flash::factory::FACTORY_LEN as u32)) {
+    let factory = match Factory::parse(board::flash_slice(
+        layout::FACTORY.offset,
+        keel_flash::factory::FACTORY_LEN as u32,
+    )) {
         Ok(f) => {
-            vlog!("device {} (boot #{})", core::str::from_utf8(&f.device_id_ascii()).unwrap_or("?"), boot_count);
+            vlog!(
+                "device {} (boot #{})",
+                core::str::from_utf8(&f.device_id_ascii()).unwrap_or("?"),
+                boot_count
+            );
             Some(f)
         }
         Err(e) => {
@@ -531,9 +587,13 @@ extern "C" fn visor_main() -> ! {
     };
     log_integrity();
     VISOR.with(|v| {
-        *v = Some(Visor { sup: Supervisor::new(Policy::default(), boot_count), factory, last_crash: None, flash });
+        *v = Some(Visor {
+            sup: Supervisor::new(Policy::default(), boot_count),
+            factory,
+            last_crash: None,
+            flash,
+        });
     });
-    board::start_tick();
 
     let psp_top = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
     let msp_top = sym_addr(core::ptr::addr_of!(__msp_top) as *const u8);

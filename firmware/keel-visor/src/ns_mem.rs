@@ -28,12 +28,20 @@ pub fn check(ptr: u32, len: u32, write: bool) -> bool {
     let Some(end) = ptr.checked_add(len - 1) else {
         return false;
     };
-    if !inside(ptr, end, APP_RAM_BASE, APP_RAM_SIZE) && !inside(ptr, end, APP_EXEC_BASE, APP_EXEC_SIZE) {
+    if !inside(ptr, end, APP_RAM_BASE, APP_RAM_SIZE)
+        && !inside(ptr, end, APP_EXEC_BASE, APP_EXEC_SIZE)
+    {
         return false;
     }
     // Called from the app's thread mode: use its privilege level; from its handlers: privileged.
     let unprivileged = board::ipsr() == 0 && board::control_ns() & 1 != 0;
-    let q = |a| if unprivileged { tt::ttat(a) } else { tt::tta(a) };
+    let q = |a| {
+        if unprivileged {
+            tt::ttat(a)
+        } else {
+            tt::tta(a)
+        }
+    };
     let (a, b) = (q(ptr), q(end));
     let need = if write { NSRW } else { NSR };
     a & need != 0 && b & need != 0 && (a & SAME_REGION_MASK) == (b & SAME_REGION_MASK)
@@ -72,10 +80,18 @@ pub fn write_u32_trusted(addr: u32, v: u32) {
 
 /// Copies bytes into the app execution region (image loading). `dst..dst+len` must be inside it.
 pub fn load_into_exec(offset: u32, data: &[u8]) {
-    assert!(offset.checked_add(data.len() as u32).is_some_and(|e| e <= APP_EXEC_SIZE));
+    assert!(offset
+        .checked_add(data.len() as u32)
+        .is_some_and(|e| e <= APP_EXEC_SIZE));
     // SAFETY: in bounds of the execution region (asserted), which the visor owns while the app is
     // stopped; the address is the non-secure alias, allowed by MPC0.
-    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (APP_EXEC_BASE + offset) as *mut u8, data.len()) }
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            (APP_EXEC_BASE + offset) as *mut u8,
+            data.len(),
+        )
+    }
 }
 
 /// The app execution region as bytes (for hashing the loaded image).

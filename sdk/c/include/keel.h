@@ -410,6 +410,7 @@ static inline keel_status_t keel_watchdog_start(uint32_t timeout_ms)
  *
  * Returns:
  *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE      the watchdog was not started since the app (re)started
  */
 static inline keel_status_t keel_watchdog_kick(void)
 {

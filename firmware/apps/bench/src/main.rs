@@ -1,3 +1,6 @@
 #![no_std]
 #![no_main]
-keel_app::entry!(main); fn main() -> ! { loop {} }
+keel_app::entry!(main);
+fn main() -> ! {
+    loop {}
+}

@@ -1,0 +1,93 @@
+//! Flash files of virtual devices: creation with factory data, programming app slots.
+//!
+//! The file is the device's whole 16 MiB flash. Host tools write it only while the device is not
+//! running, as a factory programmer would.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use keel_flash::factory::Factory;
+use keel_flash::layout::{self, Partition};
+
+use crate::elf::AppImage;
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// New factory data with a random device id and key, not yet bound to a server.
+pub fn new_factory() -> std::io::Result<Factory> {
+    Ok(Factory {
+        device_id: random_bytes()?,
+        device_key: random_bytes()?,
+        server_key: [0; 32],
+        server_host: [0; 64],
+        server_port: 0,
+    })
+}
+
+/// Creates (or overwrites) a flash file: all erased, with `factory` in the factory partition.
+pub fn create(path: &Path, factory: &Factory) -> std::io::Result<()> {
+    let mut data = vec![0xFFu8; layout::FLASH_SIZE as usize];
+    let rec = factory.to_bytes();
+    data[..rec.len()].copy_from_slice(&rec);
+    std::fs::write(path, data)
+}
+
+/// Reads the factory data of a flash file.
+pub fn read_factory(path: &Path) -> std::io::Result<Factory> {
+    let b = read_partition(path, layout::FACTORY)?;
+    Factory::parse(&b).map_err(|e| {
+        std::io::Error::other(format!(
+            "no valid factory data in {}: {e:?}",
+            path.display()
+        ))
+    })
+}
+
+/// Reads a whole partition.
+pub fn read_partition(path: &Path, p: Partition) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(p.offset as u64))?;
+    let mut b = vec![0u8; p.size as usize];
+    f.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Erases `slot` and programs `app` into it.
+pub fn program_app(path: &Path, slot: Partition, app: &AppImage) -> std::io::Result<()> {
+    let bytes = app.slot_bytes();
+    if bytes.len() > slot.size as usize {
+        return Err(std::io::Error::other(format!(
+            "app image ({} bytes) does not fit slot {} ({} bytes)",
+            bytes.len(),
+            slot.name,
+            slot.size
+        )));
+    }
+    let mut f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    if len != layout::FLASH_SIZE as u64 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a 16 MiB flash file",
+            path.display()
+        )));
+    }
+    f.seek(SeekFrom::Start(slot.offset as u64))?;
+    f.write_all(&vec![0xFFu8; slot.size as usize])?;
+    f.seek(SeekFrom::Start(slot.offset as u64))?;
+    f.write_all(&bytes)?;
+    f.sync_all()
+}
+
+/// Erases a whole partition (e.g. to remove the app).
+pub fn erase(path: &Path, p: Partition) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(p.offset as u64))?;
+    f.write_all(&vec![0xFFu8; p.size as usize])?;
+    f.sync_all()
+}

@@ -1,0 +1,44 @@
+//! # keel-vdev: virtual Keel devices
+//!
+//! A virtual device is QEMU's `mps2-an505` running the Keel visor, with its own 16 MiB flash
+//! file (the board's file-backed `mps.ram`) that survives restarts and `kill -9`. This crate:
+//!
+//! * turns an app ELF file into a Keel app image ([`elf`]),
+//! * creates flash files holding factory data and programs app slots ([`flash`]),
+//! * starts QEMU and captures the console line by line ([`qemu`]).
+//!
+//! It is used by `cargo xtask` (qemu, demo, bench) and by the QEMU integration tests.
+
+pub mod elf;
+pub mod flash;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or(here)
+}
+
+/// Where `cargo xtask build` puts the firmware: `firmware/target/thumbv8m.main-none-eabi/release`.
+pub fn firmware_dir() -> PathBuf {
+    repo_root().join("firmware/target/thumbv8m.main-none-eabi/release")
+}
+
+/// The visor ELF.
+pub fn visor_elf() -> PathBuf {
+    firmware_dir().join("keel-visor")
+}
+
+/// The ELF of an example app (`hello`, `crashy`, `evil`, `bench`, or `hello-c`).
+pub fn app_elf(name: &str) -> PathBuf {
+    if name == "hello-c" {
+        repo_root().join("target/c-apps/hello-c.elf")
+    } else {
+        firmware_dir().join(name)
+    }
+}

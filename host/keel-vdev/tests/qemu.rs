@@ -1,0 +1,1 @@
+//! QEMU integration tests: see tests/qemu/*.rs (compiled with --features qemu-tests).

@@ -1,0 +1,37 @@
+//! Building the firmware, the C example app and the host tools.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{cargo, provision, sh};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    keel_vdev::repo_root()
+}
+
+/// Builds the visor and the Rust example apps (release, with debug info).
+pub fn firmware() -> Result<(), String> {
+    sh(cargo()
+        .current_dir(root().join("firmware"))
+        .args(["build", "--release", "--workspace"]))
+}
+
+/// Builds the C example app with the Arm GNU toolchain.
+pub fn c_apps() -> Result<(), String> {
+    let out = root().join("target/c-apps");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    sh(Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(root().join("sdk/c/examples/hello-c"))
+        .arg(format!("BUILD={}", out.display())))
+}
+
+/// Builds everything that runs on a virtual device.
+pub fn all() -> Result<(), String> {
+    provision::ensure()?;
+    firmware()?;
+    c_apps()?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask test`: every test, in the order that fails fastest.
+
+use crate::build::{self, root};
+use crate::{cargo, sh};
+
+/// Runs formatting and lint checks, host tests, the firmware build and the QEMU tests.
+pub fn run() -> Result<(), String> {
+    build::all()?;
+    eprintln!("\n== formatting");
+    sh(cargo()
+        .current_dir(root())
+        .args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo()
+        .current_dir(root().join("firmware"))
+        .args(["fmt", "--all", "--", "--check"]))?;
+    eprintln!("\n== clippy");
+    sh(cargo().current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    sh(cargo().current_dir(root().join("firmware")).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    eprintln!("\n== host unit tests");
+    sh(cargo().current_dir(root()).args(["test", "--workspace"]))?;
+    eprintln!("\n== QEMU tests");
+    sh(cargo().current_dir(root()).args([
+        "test",
+        "-p",
+        "keel-vdev",
+        "--features",
+        "qemu-tests",
+        "--test",
+        "qemu",
+        "--",
+        "--test-threads=2",
+    ]))?;
+    eprintln!("\nall tests passed");
+    Ok(())
+}
