@@ -12,9 +12,7 @@ pub fn root() -> PathBuf {
 
 /// Builds the visor and the Rust example apps (release, with debug info).
 pub fn firmware() -> Result<(), String> {
-    sh(cargo()
-        .current_dir(root().join("firmware"))
-        .args(["build", "--release", "--workspace"]))
+    sh(cargo().current_dir(root().join("firmware")).args(["build", "--release", "--workspace"]))
 }
 
 /// Builds the C example app with the Arm GNU toolchain.

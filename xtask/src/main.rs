@@ -54,9 +54,7 @@ fn main() -> ExitCode {
 /// Runs a command, echoing it; fails with its exit status.
 pub fn sh(cmd: &mut std::process::Command) -> Result<(), String> {
     eprintln!("$ {}", show(cmd));
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", show(cmd)))?;
+    let status = cmd.status().map_err(|e| format!("cannot run {}: {e}", show(cmd)))?;
     if status.success() {
         Ok(())
     } else {

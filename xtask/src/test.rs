@@ -7,12 +7,8 @@ use crate::{cargo, sh};
 pub fn run() -> Result<(), String> {
     build::all()?;
     eprintln!("\n== formatting");
-    sh(cargo()
-        .current_dir(root())
-        .args(["fmt", "--all", "--", "--check"]))?;
-    sh(cargo()
-        .current_dir(root().join("firmware"))
-        .args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().current_dir(root()).args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().current_dir(root().join("firmware")).args(["fmt", "--all", "--", "--check"]))?;
     eprintln!("\n== clippy");
     sh(cargo().current_dir(root()).args([
         "clippy",

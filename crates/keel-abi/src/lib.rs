@@ -411,16 +411,10 @@ impl BootInfo {
     /// The struct as the app sees it in memory (little endian, `repr(C)` layout).
     pub fn to_bytes(&self) -> [u8; 24] {
         let mut b = [0u8; 24];
-        for (i, v) in [
-            self.version,
-            self.reason,
-            self.restart_count,
-            self.crash_count,
-            self.restart_code,
-            self.visor_boot_count,
-        ]
-        .iter()
-        .enumerate()
+        for (i, v) in
+            [self.version, self.reason, self.restart_count, self.crash_count, self.restart_code, self.visor_boot_count]
+                .iter()
+                .enumerate()
         {
             put_u32(&mut b, 4 * i, *v);
         }
@@ -438,18 +432,9 @@ impl CrashReport {
         for (i, v) in self.frame.iter().enumerate() {
             put_u32(&mut b, 16 + 4 * i, *v);
         }
-        for (i, v) in [
-            self.sp,
-            self.exc_return,
-            self.cfsr,
-            self.hfsr,
-            self.sfsr,
-            self.sfar,
-            self.bfar,
-            self.mmfar,
-        ]
-        .iter()
-        .enumerate()
+        for (i, v) in [self.sp, self.exc_return, self.cfsr, self.hfsr, self.sfsr, self.sfar, self.bfar, self.mmfar]
+            .iter()
+            .enumerate()
         {
             put_u32(&mut b, 48 + 4 * i, *v);
         }
@@ -491,23 +476,12 @@ mod tests {
         let ab = a.to_bytes();
         assert_eq!(ab[offset_of!(AbiInfo, abi_minor)], 3);
         assert_eq!(ab[offset_of!(AbiInfo, visor_patch)], 6);
-        let b = BootInfo {
-            version: 1,
-            reason: 2,
-            restart_count: 3,
-            crash_count: 4,
-            restart_code: 5,
-            visor_boot_count: 6,
-        };
+        let b =
+            BootInfo { version: 1, reason: 2, restart_count: 3, crash_count: 4, restart_code: 5, visor_boot_count: 6 };
         let bb = b.to_bytes();
         assert_eq!(w(&bb, offset_of!(BootInfo, restart_code)), 5);
         assert_eq!(w(&bb, offset_of!(BootInfo, visor_boot_count)), 6);
-        let mut c = CrashReport {
-            version: 1,
-            kind: 7,
-            time_us: 0x1122_3344_5566_7788,
-            ..Default::default()
-        };
+        let mut c = CrashReport { version: 1, kind: 7, time_us: 0x1122_3344_5566_7788, ..Default::default() };
         c.frame = [10, 11, 12, 13, 14, 15, 16, 17];
         c.sp = 20;
         c.mmfar = 27;

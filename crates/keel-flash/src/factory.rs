@@ -58,9 +58,7 @@ impl Factory {
         if w(0) != MAGIC {
             return Err(FactoryError::Missing);
         }
-        if u16::from_le_bytes([b[4], b[5]]) != 1
-            || u16::from_le_bytes([b[6], b[7]]) as usize != FACTORY_LEN
-        {
+        if u16::from_le_bytes([b[4], b[5]]) != 1 || u16::from_le_bytes([b[6], b[7]]) as usize != FACTORY_LEN {
             return Err(FactoryError::UnsupportedVersion);
         }
         if w(0xBC) != crc32(&b[..0xBC]) {
@@ -133,10 +131,7 @@ mod tests {
 
     #[test]
     fn rejects_missing_and_corrupt_records() {
-        assert_eq!(
-            Factory::parse(&[0xFF; FACTORY_LEN]),
-            Err(FactoryError::Missing)
-        );
+        assert_eq!(Factory::parse(&[0xFF; FACTORY_LEN]), Err(FactoryError::Missing));
         assert_eq!(Factory::parse(&[0; 10]), Err(FactoryError::Missing));
         let mut b = sample().to_bytes();
         b[0x20] ^= 1;

@@ -35,72 +35,27 @@ pub const FLASH_SIZE: u32 = 16 * 1024 * 1024;
 
 /// Factory data: device identity, keys, server address. Written once at provisioning; read-only
 /// for the visor afterwards.
-pub const FACTORY: Partition = Partition {
-    name: "factory",
-    offset: 0x0000_0000,
-    size: PAGE_SIZE,
-};
+pub const FACTORY: Partition = Partition { name: "factory", offset: 0x0000_0000, size: PAGE_SIZE };
 /// Update journal: two pages written alternately (OTA).
-pub const JOURNAL: Partition = Partition {
-    name: "journal",
-    offset: 0x0000_2000,
-    size: 2 * PAGE_SIZE,
-};
+pub const JOURNAL: Partition = Partition { name: "journal", offset: 0x0000_2000, size: 2 * PAGE_SIZE };
 /// Visor state: boot counter (2 pages) and room for persistent crash and event records.
-pub const VISOR_STATE: Partition = Partition {
-    name: "visor-state",
-    offset: 0x0000_6000,
-    size: 5 * PAGE_SIZE,
-};
+pub const VISOR_STATE: Partition = Partition { name: "visor-state", offset: 0x0000_6000, size: 5 * PAGE_SIZE };
 /// Visor image slot A (visor self-update).
-pub const VISOR_A: Partition = Partition {
-    name: "visor-a",
-    offset: 0x0001_0000,
-    size: 0x0008_0000,
-};
+pub const VISOR_A: Partition = Partition { name: "visor-a", offset: 0x0001_0000, size: 0x0008_0000 };
 /// Visor image slot B (visor self-update).
-pub const VISOR_B: Partition = Partition {
-    name: "visor-b",
-    offset: 0x0009_0000,
-    size: 0x0008_0000,
-};
+pub const VISOR_B: Partition = Partition { name: "visor-b", offset: 0x0009_0000, size: 0x0008_0000 };
 /// App slot A: image header + image (up to 2 MiB, the app execution region).
-pub const APP_A: Partition = Partition {
-    name: "app-a",
-    offset: 0x0011_0000,
-    size: 0x0020_2000,
-};
+pub const APP_A: Partition = Partition { name: "app-a", offset: 0x0011_0000, size: 0x0020_2000 };
 /// App slot B.
-pub const APP_B: Partition = Partition {
-    name: "app-b",
-    offset: 0x0031_2000,
-    size: 0x0020_2000,
-};
+pub const APP_B: Partition = Partition { name: "app-b", offset: 0x0031_2000, size: 0x0020_2000 };
 /// App data / external-flash area, reachable by the app only through system calls.
-pub const APP_DATA: Partition = Partition {
-    name: "app-data",
-    offset: 0x0051_4000,
-    size: FLASH_SIZE - 0x0051_4000,
-};
+pub const APP_DATA: Partition = Partition { name: "app-data", offset: 0x0051_4000, size: FLASH_SIZE - 0x0051_4000 };
 
 /// The boot counter's two pages, at the start of [`VISOR_STATE`].
-pub const BOOT_COUNTER: Partition = Partition {
-    name: "boot-counter",
-    offset: VISOR_STATE.offset,
-    size: 2 * PAGE_SIZE,
-};
+pub const BOOT_COUNTER: Partition = Partition { name: "boot-counter", offset: VISOR_STATE.offset, size: 2 * PAGE_SIZE };
 
 /// Every partition, in address order.
-pub const ALL: [Partition; 8] = [
-    FACTORY,
-    JOURNAL,
-    VISOR_STATE,
-    VISOR_A,
-    VISOR_B,
-    APP_A,
-    APP_B,
-    APP_DATA,
-];
+pub const ALL: [Partition; 8] = [FACTORY, JOURNAL, VISOR_STATE, VISOR_A, VISOR_B, APP_A, APP_B, APP_DATA];
 
 #[cfg(test)]
 mod tests {

@@ -83,10 +83,7 @@ pub struct Nor<M: Medium> {
 impl<M: Medium> Nor<M> {
     /// Wraps a medium. Its capacity must be a multiple of [`PAGE_SIZE`].
     pub fn new(medium: M) -> Self {
-        Nor {
-            medium,
-            stats: FlashStats::default(),
-        }
+        Nor { medium, stats: FlashStats::default() }
     }
 
     /// Size in bytes.
@@ -163,8 +160,7 @@ impl<M: Medium> Nor<M> {
         self.check_range(offset, data.len())?;
         let mut unit = [0u8; PROGRAM_UNIT as usize];
         for i in 0..data.len() / PROGRAM_UNIT as usize {
-            self.medium
-                .read(offset + (i as u32) * PROGRAM_UNIT, &mut unit);
+            self.medium.read(offset + (i as u32) * PROGRAM_UNIT, &mut unit);
             if unit.iter().any(|&b| b != ERASED) {
                 return Err(FlashError::NotErased);
             }
@@ -298,14 +294,8 @@ mod tests {
         assert_eq!(f.program(8, &[0u8; 16]), Err(FlashError::Misaligned));
         assert_eq!(f.program(0, &[0u8; 15]), Err(FlashError::Misaligned));
         assert_eq!(f.program(0, &[0u8; 17]), Err(FlashError::Misaligned));
-        assert_eq!(
-            f.program(PAGE_SIZE - 16, &[0u8; 32]),
-            Err(FlashError::OutOfBounds)
-        );
-        assert_eq!(
-            f.program(u32::MAX - 15, &[0u8; 16]),
-            Err(FlashError::OutOfBounds)
-        );
+        assert_eq!(f.program(PAGE_SIZE - 16, &[0u8; 32]), Err(FlashError::OutOfBounds));
+        assert_eq!(f.program(u32::MAX - 15, &[0u8; 16]), Err(FlashError::OutOfBounds));
         f.program(32, &[0x5Au8; 32]).unwrap();
         assert_eq!(f.stats().units_programmed, 2);
     }
@@ -319,10 +309,7 @@ mod tests {
         assert_eq!(f.program(0, &[0x00u8; 16]), Err(FlashError::NotErased));
         let mut buf = [0u8; 16];
         f.read(0, &mut buf).unwrap();
-        assert_eq!(
-            buf, [0xF0u8; 16],
-            "a refused program must not change the unit"
-        );
+        assert_eq!(buf, [0xF0u8; 16], "a refused program must not change the unit");
     }
 
     #[test]

@@ -47,10 +47,7 @@ fn decode(b: &[u8; 16]) -> Option<SeqRecord> {
     if w(0) != MAGIC || w(12) != crc32(&b[0..12]) {
         return None;
     }
-    Some(SeqRecord {
-        seq: w(4),
-        value: w(8),
-    })
+    Some(SeqRecord { seq: w(4), value: w(8) })
 }
 
 impl SeqLog {
@@ -60,10 +57,7 @@ impl SeqLog {
     }
 
     fn scan<M: Medium>(&self, f: &Nor<M>) -> Result<Scan, FlashError> {
-        let mut s = Scan {
-            latest: None,
-            next_free: [Some(0), Some(0)],
-        };
+        let mut s = Scan { latest: None, next_free: [Some(0), Some(0)] };
         for page in 0..2u32 {
             let mut last_used: Option<u32> = None;
             for unit in 0..UNITS_PER_PAGE {
@@ -114,10 +108,7 @@ impl SeqLog {
             }
         };
         let r = SeqRecord { seq, value };
-        f.program(
-            self.base + page * PAGE_SIZE + unit * PROGRAM_UNIT,
-            &encode(r),
-        )?;
+        f.program(self.base + page * PAGE_SIZE + unit * PROGRAM_UNIT, &encode(r))?;
         Ok(r)
     }
 }
@@ -136,14 +127,8 @@ mod tests {
         let mut f = Nor::new(SliceMedium(&mut mem));
         let log = SeqLog::new(0);
         assert_eq!(log.latest(&f).unwrap(), None);
-        assert_eq!(
-            log.write(&mut f, 7).unwrap(),
-            SeqRecord { seq: 1, value: 7 }
-        );
-        assert_eq!(
-            log.latest(&f).unwrap(),
-            Some(SeqRecord { seq: 1, value: 7 })
-        );
+        assert_eq!(log.write(&mut f, 7).unwrap(), SeqRecord { seq: 1, value: 7 });
+        assert_eq!(log.latest(&f).unwrap(), Some(SeqRecord { seq: 1, value: 7 }));
     }
 
     #[test]
@@ -164,13 +149,7 @@ mod tests {
         let n = 3 * UNITS_PER_PAGE + 5;
         for i in 0..n {
             log.write(&mut f, i * 3).unwrap();
-            assert_eq!(
-                log.latest(&f).unwrap(),
-                Some(SeqRecord {
-                    seq: i + 1,
-                    value: i * 3
-                })
-            );
+            assert_eq!(log.latest(&f).unwrap(), Some(SeqRecord { seq: i + 1, value: i * 3 }));
         }
         // One erase per page switch, never more.
         assert_eq!(f.stats().erases, 1 + 3);
@@ -190,14 +169,8 @@ mod tests {
         mem[16..32].copy_from_slice(&torn);
         let mut f = Nor::new(SliceMedium(&mut mem));
         let log = SeqLog::new(0);
-        assert_eq!(
-            log.latest(&f).unwrap(),
-            Some(SeqRecord { seq: 1, value: 10 })
-        );
-        assert_eq!(
-            log.write(&mut f, 12).unwrap(),
-            SeqRecord { seq: 2, value: 12 }
-        );
+        assert_eq!(log.latest(&f).unwrap(), Some(SeqRecord { seq: 1, value: 10 }));
+        assert_eq!(log.write(&mut f, 12).unwrap(), SeqRecord { seq: 2, value: 12 });
         assert_eq!(log.latest(&f).unwrap().unwrap().value, 12);
     }
 

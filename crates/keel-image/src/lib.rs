@@ -143,12 +143,7 @@ impl Header {
         if rd16(b, O_FORMAT) != FORMAT_VERSION || rd16(b, O_HDR_SIZE) as usize != HEADER_SIZE {
             return Err(ImageError::UnsupportedFormat);
         }
-        if b[0x1C..0x20]
-            .iter()
-            .chain(&b[0x60..O_DIGEST])
-            .chain(&b[O_DIGEST + 32..])
-            .any(|&x| x != 0)
-        {
+        if b[0x1C..0x20].iter().chain(&b[0x60..O_DIGEST]).chain(&b[O_DIGEST + 32..]).any(|&x| x != 0) {
             return Err(ImageError::ReservedNotZero);
         }
         let mut h = Header {
@@ -163,14 +158,10 @@ impl Header {
             digest: [0; 32],
         };
         h.name.copy_from_slice(&b[O_NAME..O_NAME + NAME_LEN]);
-        h.version
-            .copy_from_slice(&b[O_VERSION..O_VERSION + VERSION_LEN]);
+        h.version.copy_from_slice(&b[O_VERSION..O_VERSION + VERSION_LEN]);
         h.digest.copy_from_slice(&b[O_DIGEST..O_DIGEST + 32]);
         // A vector table needs at least the initial SP and the reset vector.
-        if h.image_size < 8
-            || h.image_size > target.exec_size
-            || h.image_size > target.slot_capacity
-        {
+        if h.image_size < 8 || h.image_size > target.exec_size || h.image_size > target.slot_capacity {
             return Err(ImageError::BadSize);
         }
         if h.load_addr != target.exec_base {
@@ -282,19 +273,11 @@ mod tests {
     extern crate std;
     use std::vec::Vec;
 
-    const T: Target = Target {
-        exec_base: 0x0020_0000,
-        exec_size: 0x20_0000,
-        slot_capacity: 0x20_0000,
-        abi: (1, 0),
-    };
+    const T: Target = Target { exec_base: 0x0020_0000, exec_size: 0x20_0000, slot_capacity: 0x20_0000, abi: (1, 0) };
 
     fn sample() -> (Header, Vec<u8>) {
         let image: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        (
-            build_header(&image, T.exec_base, 0x2800_0000, "hello", "1.2.3", (1, 0)),
-            image,
-        )
+        (build_header(&image, T.exec_base, 0x2800_0000, "hello", "1.2.3", (1, 0)), image)
     }
 
     #[test]
@@ -326,10 +309,7 @@ mod tests {
         let (h, _) = sample();
         let good = h.to_bytes();
         assert_eq!(Header::parse(&good[..100], &T), Err(ImageError::Truncated));
-        assert_eq!(
-            Header::parse(&[0xFF; HEADER_SIZE], &T),
-            Err(ImageError::BadMagic)
-        );
+        assert_eq!(Header::parse(&[0xFF; HEADER_SIZE], &T), Err(ImageError::BadMagic));
         let mut b = good;
         b[O_FORMAT] = 9;
         assert_eq!(Header::parse(&b, &T), Err(ImageError::UnsupportedFormat));

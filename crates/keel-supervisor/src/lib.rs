@@ -30,11 +30,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            min_backoff_us: 1_000_000,
-            max_backoff_us: 64_000_000,
-            stable_after_us: 300_000_000,
-        }
+        Policy { min_backoff_us: 1_000_000, max_backoff_us: 64_000_000, stable_after_us: 300_000_000 }
     }
 }
 
@@ -147,27 +143,18 @@ impl Supervisor {
         }
         self.consecutive_crashes = self.consecutive_crashes.saturating_add(1);
         self.crash_count = self.crash_count.saturating_add(1);
-        self.reason = if watchdog {
-            StartReason::Watchdog
-        } else {
-            StartReason::Crash
-        };
+        self.reason = if watchdog { StartReason::Watchdog } else { StartReason::Crash };
         self.restart_code = 0;
         self.watchdog = None;
         let backoff = self.backoff_for(self.consecutive_crashes);
-        self.state = AppState::Backoff {
-            until_us: now.saturating_add(backoff),
-        };
+        self.state = AppState::Backoff { until_us: now.saturating_add(backoff) };
         backoff
     }
 
     /// Backoff before the restart that follows the `n`th consecutive crash (n >= 1).
     pub fn backoff_for(&self, n: u32) -> u64 {
         let shift = n.saturating_sub(1).min(40);
-        self.policy
-            .min_backoff_us
-            .saturating_mul(1u64 << shift)
-            .min(self.policy.max_backoff_us)
+        self.policy.min_backoff_us.saturating_mul(1u64 << shift).min(self.policy.max_backoff_us)
     }
 
     /// The app asked to be restarted with `code`.
@@ -229,14 +216,7 @@ mod tests {
     use super::*;
 
     fn sup() -> Supervisor {
-        Supervisor::new(
-            Policy {
-                min_backoff_us: 1_000,
-                max_backoff_us: 8_000,
-                stable_after_us: 100_000,
-            },
-            3,
-        )
+        Supervisor::new(Policy { min_backoff_us: 1_000, max_backoff_us: 8_000, stable_after_us: 100_000 }, 3)
     }
 
     #[test]
@@ -304,10 +284,7 @@ mod tests {
         s.on_launched(0);
         assert_eq!(s.watchdog_kick(0), Status::Unavailable);
         assert_eq!(s.watchdog_start(0, 5), Status::InvalidArgument);
-        assert_eq!(
-            s.watchdog_start(0, WATCHDOG_MAX_MS + 1),
-            Status::InvalidArgument
-        );
+        assert_eq!(s.watchdog_start(0, WATCHDOG_MAX_MS + 1), Status::InvalidArgument);
         assert_eq!(s.watchdog_start(0, 100), Status::Ok);
         assert_eq!(s.next_deadline(), Some(100_000));
         assert_eq!(s.watchdog_kick(90_000), Status::Ok);
@@ -330,14 +307,8 @@ mod tests {
 
     #[test]
     fn backoff_never_overflows() {
-        let s = Supervisor::new(
-            Policy {
-                min_backoff_us: u64::MAX / 2,
-                max_backoff_us: u64::MAX,
-                stable_after_us: 1,
-            },
-            0,
-        );
+        let s =
+            Supervisor::new(Policy { min_backoff_us: u64::MAX / 2, max_backoff_us: u64::MAX, stable_after_us: 1 }, 0);
         assert_eq!(s.backoff_for(u32::MAX), u64::MAX);
     }
 }

@@ -24,9 +24,7 @@
 
 use core::fmt::{self, Write};
 
-pub use keel_abi::{
-    AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status,
-};
+pub use keel_abi::{AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status};
 
 /// Restart code used by the panic handler.
 pub const PANIC_RESTART_CODE: u32 = 0x0000_DEAD;
@@ -51,8 +49,7 @@ pub mod raw {
         // SAFETY: the slot address is a secure gateway veneer with the AAPCS signature below
         // (four word arguments, a word result); the visor never faults on bad arguments.
         unsafe {
-            let f: extern "C" fn(u32, u32, u32, u32) -> u32 =
-                core::mem::transmute(slot_address(slot) as usize);
+            let f: extern "C" fn(u32, u32, u32, u32) -> u32 = core::mem::transmute(slot_address(slot) as usize);
             f(a0, a1, a2, a3)
         }
     }
@@ -73,10 +70,7 @@ fn call(c: Call, a0: u32, a1: u32, a2: u32) -> Result<(), Status> {
 
 /// ABI and visor versions.
 pub fn abi_info() -> Result<AbiInfo, Status> {
-    let mut v = AbiInfo {
-        version: 1,
-        ..Default::default()
-    };
+    let mut v = AbiInfo { version: 1, ..Default::default() };
     call(Call::AbiInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
@@ -101,12 +95,7 @@ impl fmt::Display for DeviceId {
 /// This device's id.
 pub fn device_id() -> Result<DeviceId, Status> {
     let mut id = DeviceId([0; keel_abi::DEVICE_ID_LEN as usize]);
-    call(
-        Call::DeviceId,
-        id.0.as_mut_ptr() as u32,
-        id.0.len() as u32,
-        0,
-    )?;
+    call(Call::DeviceId, id.0.as_mut_ptr() as u32, id.0.len() as u32, 0)?;
     Ok(id)
 }
 
@@ -127,12 +116,7 @@ pub fn wall_time_us() -> Result<u64, Status> {
 
 /// Logs one message (at most [`keel_abi::LOG_MAX_LEN`] bytes).
 pub fn log(level: LogLevel, msg: &[u8]) -> Result<(), Status> {
-    call(
-        Call::Log,
-        level as u32,
-        msg.as_ptr() as u32,
-        msg.len() as u32,
-    )
+    call(Call::Log, level as u32, msg.as_ptr() as u32, msg.len() as u32)
 }
 
 /// Restarts the app; `code` is reported by [`boot_info`] after the restart.
@@ -172,20 +156,14 @@ pub fn watchdog_kick() -> Result<(), Status> {
 
 /// Why and how often the app was started.
 pub fn boot_info() -> Result<BootInfo, Status> {
-    let mut v = BootInfo {
-        version: 1,
-        ..Default::default()
-    };
+    let mut v = BootInfo { version: 1, ..Default::default() };
     call(Call::BootInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
 
 /// The last crash report, if the app crashed since the visor booted.
 pub fn last_crash() -> Result<CrashReport, Status> {
-    let mut v = CrashReport {
-        version: 1,
-        ..Default::default()
-    };
+    let mut v = CrashReport { version: 1, ..Default::default() };
     call(Call::LastCrash, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
@@ -199,10 +177,7 @@ pub struct LineBuf {
 impl LineBuf {
     /// An empty buffer.
     pub const fn new() -> Self {
-        LineBuf {
-            buf: [0; 256],
-            len: 0,
-        }
+        LineBuf { buf: [0; 256], len: 0 }
     }
     /// The bytes written.
     pub fn as_bytes(&self) -> &[u8] {

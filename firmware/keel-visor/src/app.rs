@@ -21,9 +21,7 @@ impl core::fmt::Display for LoadError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             LoadError::Image(e) => write!(f, "{}", e),
-            LoadError::BadVectorTable => {
-                f.write_str("vector table points outside the app's memory")
-            }
+            LoadError::BadVectorTable => f.write_str("vector table points outside the app's memory"),
             LoadError::BadStackLimit => f.write_str("stack limit outside the app's RAM"),
         }
     }
@@ -66,9 +64,7 @@ pub fn load() -> Result<Loaded, LoadError> {
     let entry = u32::from_le_bytes([loaded[4], loaded[5], loaded[6], loaded[7]]);
     let ram_end = APP_RAM_BASE + APP_RAM_SIZE;
     let sp_ok = sp > APP_RAM_BASE + 32 && sp <= ram_end && sp % 8 == 0;
-    let entry_ok = entry & 1 == 1
-        && (entry & !1) >= APP_EXEC_BASE
-        && (entry & !1) < APP_EXEC_BASE + header.image_size;
+    let entry_ok = entry & 1 == 1 && (entry & !1) >= APP_EXEC_BASE && (entry & !1) < APP_EXEC_BASE + header.image_size;
     if !sp_ok || !entry_ok {
         return Err(LoadError::BadVectorTable);
     }

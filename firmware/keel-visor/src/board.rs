@@ -50,14 +50,12 @@ const SAU_CTRL: usize = 0xE000_EDD0;
 const SAU_RNR: usize = 0xE000_EDD8;
 const SAU_RBAR: usize = 0xE000_EDDC;
 const SAU_RLAR: usize = 0xE000_EDE0;
-const SYST_CSR: usize = 0xE000_E010;
-const SYST_RVR: usize = 0xE000_E014;
-const SYST_CVR: usize = 0xE000_E018;
 // Non-secure aliases of core registers, reachable from the secure side only.
 const SYST_CSR_NS: usize = 0xE002_E010;
 const VTOR_NS: usize = 0xE002_ED08;
 const SCB_SHCSR_NS: usize = 0xE002_ED24;
-const SCB_CFSR_NS: usize = 0xE002_ED28;
+/// Configurable Fault Status Register, non-secure bank.
+pub const SCB_CFSR_NS: usize = 0xE002_ED28;
 const SCB_HFSR_NS: usize = 0xE002_ED2C;
 const MPU_CTRL_NS: usize = 0xE002_ED94;
 const NVIC_ICER: usize = 0xE000_E180;
@@ -66,8 +64,6 @@ const NVIC_ITNS: usize = 0xE000_E380;
 
 /// Core clock in Hz.
 pub const SYSCLK_HZ: u32 = 20_000_000;
-/// SysTick reload for a 1 ms tick.
-pub const TICK_RELOAD: u32 = SYSCLK_HZ / 1000 - 1;
 
 fn rd(a: usize) -> u32 {
     // SAFETY: every address passed here is a memory-mapped register of this board, listed above.
@@ -151,29 +147,66 @@ pub fn configure_security(nsc_start: u32, nsc_end: u32) {
     // AIRCR: PRIS=1 (all non-secure priorities below every secure one), SYSRESETREQS=1 (only the
     // visor may reset the system), BFHFNMINS=0 (HardFault/BusFault/NMI go to the visor).
     wr(SCB_AIRCR, 0x05FA_0000 | (1 << 14) | (1 << 3));
-    // Secure exception priorities: SysTick 0x40, PendSV 0x60 (the service routine). Both are
+    // Secure exception priorities: PendSV 0x60 (the service routine), below the alarm (0x40) and
     // above every app priority (which PRIS maps to 0x80..0xFF).
-    wr(SCB_SHPR3, (0x40 << 24) | (0x60 << 16));
+    wr(SCB_SHPR3, 0x60 << 16);
     barrier();
 }
 
-/// Starts the secure SysTick at 1 kHz (interrupt enabled).
-pub fn start_tick() {
-    wr(SYST_RVR, TICK_RELOAD);
-    wr(SYST_CVR, 0);
-    wr(SYST_CSR, 0b111); // processor clock, TICKINT, ENABLE
-                         // The counter reads 0 until its first reload; wait for it so time never appears to step back.
-    while rd(SYST_CVR) == 0 {}
+/// CMSDK dual timer, timer 1 (secure alias): the free-running time base.
+const DUALTIMER1_S: usize = 0x5000_2000;
+
+/// Starts the time base: a free-running 32-bit down counter at [`SYSCLK_HZ`].
+pub fn start_clock() {
+    wr(DUALTIMER1_S + 0x08, 0); // disable while configuring
+    wr(DUALTIMER1_S, 0xFFFF_FFFF); // load
+    wr(DUALTIMER1_S + 0x08, 0x80 | 0x02); // enable, free-running, 32-bit, no prescale, no interrupt
 }
 
-/// Current SysTick count (counts down from [`TICK_RELOAD`]).
-pub fn tick_count() -> u32 {
-    rd(SYST_CVR)
+/// Cycles counted by the time base (wraps every 2^32 cycles, about 214 s).
+pub fn clock_cycles() -> u32 {
+    !rd(DUALTIMER1_S + 0x04)
 }
 
-/// True while a SysTick interrupt is pending (the counter wrapped but the tick was not counted).
-pub fn tick_pending() -> bool {
-    rd(SCB_ICSR) & (1 << 26) != 0
+/// CMSDK timer 0 (secure alias): the alarm.
+const TIMER0_S: usize = 0x5000_0000;
+/// Interrupt number of the alarm timer (SSE-200 TIMER0).
+pub const ALARM_IRQ: u32 = 3;
+const NVIC_ISER: usize = 0xE000_E100;
+const NVIC_IPR: usize = 0xE000_E400;
+
+/// Longest alarm delay in cycles (kept below half the time base's period, so the 64-bit clock
+/// extension always sees every wrap).
+pub const ALARM_MAX_CYCLES: u32 = 0x7FFF_FFFF;
+
+/// Enables the alarm interrupt (secure, priority 0x40: above every app priority).
+pub fn init_alarm() {
+    wr(TIMER0_S, 0);
+    wr(TIMER0_S + 0x0C, 1);
+    // SAFETY: byte write to the NVIC priority register of the alarm interrupt.
+    unsafe { write_volatile((NVIC_IPR + ALARM_IRQ as usize) as *mut u8, 0x40) };
+    wr(NVIC_ICPR + 4 * (ALARM_IRQ as usize / 32), 1 << (ALARM_IRQ % 32));
+    wr(NVIC_ISER + 4 * (ALARM_IRQ as usize / 32), 1 << (ALARM_IRQ % 32));
+}
+
+/// After the alarm expired it keeps firing with this period until re-armed. The handler re-arms
+/// it anyway; the short period bounds the lateness if an expiry is ever missed (QEMU 7.2 with
+/// `-icount sleep=off` skips the first expiry when it warps idle time to it).
+const ALARM_REPEAT_CYCLES: u32 = SYSCLK_HZ / 1000;
+
+/// Makes the alarm interrupt fire once after `cycles` (1..=[`ALARM_MAX_CYCLES`]).
+pub fn arm_alarm(cycles: u32) {
+    let c = cycles.clamp(1, ALARM_MAX_CYCLES);
+    wr(TIMER0_S, 0); // stop
+    wr(TIMER0_S + 0x0C, 1); // clear an expiry that happened meanwhile
+    wr(TIMER0_S + 0x08, c.min(ALARM_REPEAT_CYCLES));
+    wr(TIMER0_S + 0x04, c);
+    wr(TIMER0_S, 0b1001); // enable, interrupt enable
+}
+
+/// Acknowledges the alarm interrupt.
+pub fn ack_alarm() {
+    wr(TIMER0_S + 0x0C, 1);
 }
 
 /// Requests the secure PendSV (the visor's service routine).
@@ -240,9 +273,7 @@ pub fn ns_stack_pointers() -> (u32, u32) {
 pub fn control_ns() -> u32 {
     let c: u32;
     // SAFETY: reading a banked register has no side effects.
-    unsafe {
-        core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags)) };
     c
 }
 
@@ -256,9 +287,7 @@ pub fn set_psp_s(v: u32) {
 pub fn ipsr() -> u32 {
     let v: u32;
     // SAFETY: reading IPSR has no side effects.
-    unsafe {
-        core::arch::asm!("mrs {v}, ipsr", v = out(reg) v, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mrs {v}, ipsr", v = out(reg) v, options(nomem, nostack, preserves_flags)) };
     v & 0x1FF
 }
 
@@ -279,9 +308,7 @@ pub fn wait_for_interrupt() {
 pub fn critical<R>(f: impl FnOnce() -> R) -> R {
     let primask: u32;
     // SAFETY: saves PRIMASK and masks interrupts; restored below.
-    unsafe {
-        core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
     let r = f();
     if primask & 1 == 0 {
         // SAFETY: interrupts were enabled on entry.
@@ -334,30 +361,20 @@ impl keel_flash::Medium for FlashMedium {
         // SAFETY: `Nor` checks `offset + buf.len() <= capacity`; the region is secure memory owned
         // by the visor and never aliased by a Rust reference.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                (FLASH_BASE + offset) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            );
+            core::ptr::copy_nonoverlapping((FLASH_BASE + offset) as *const u8, buf.as_mut_ptr(), buf.len());
         }
     }
     fn write(&mut self, offset: u32, data: &[u8]) {
         // SAFETY: as for `read`.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (FLASH_BASE + offset) as *mut u8,
-                data.len(),
-            );
+            core::ptr::copy_nonoverlapping(data.as_ptr(), (FLASH_BASE + offset) as *mut u8, data.len());
         }
     }
 }
 
 /// Reads `len` bytes of flash directly (memory mapped), for hashing without a copy.
 pub fn flash_slice(offset: u32, len: u32) -> &'static [u8] {
-    assert!(offset
-        .checked_add(len)
-        .is_some_and(|e| e <= keel_flash::layout::FLASH_SIZE));
+    assert!(offset.checked_add(len).is_some_and(|e| e <= keel_flash::layout::FLASH_SIZE));
     // SAFETY: in bounds (asserted); flash is only written through `FlashMedium`, never while a
     // slice from here is alive (the visor is single threaded at the points it hashes).
     unsafe { core::slice::from_raw_parts((FLASH_BASE + offset) as *const u8, len as usize) }

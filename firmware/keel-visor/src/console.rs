@@ -23,23 +23,13 @@ impl Write for Console {
 /// Writes the line prefix for `source`.
 pub fn prefix(source: &str) {
     let t = time::now_us();
-    let _ = write!(
-        Console,
-        "[{:5}.{:06} {}] ",
-        t / 1_000_000,
-        t % 1_000_000,
-        source
-    );
+    let _ = write!(Console, "[{:5}.{:06} {}] ", t / 1_000_000, t % 1_000_000, source);
 }
 
 /// Writes raw app bytes, replacing anything that is not printable ASCII with `?`.
 pub fn write_sanitised(bytes: &[u8]) {
     for &b in bytes {
-        board::uart::putc(if (0x20..0x7F).contains(&b) || b == b'\t' {
-            b
-        } else {
-            b'?'
-        });
+        board::uart::putc(if (0x20..0x7F).contains(&b) || b == b'\t' { b } else { b'?' });
     }
 }
 

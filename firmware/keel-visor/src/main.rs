@@ -92,9 +92,11 @@ VECTORS:
     .word keel_unexpected       @ DebugMonitor
     .word 0
     .word keel_service_entry    @ PendSV: the service routine
-    .word keel_systick          @ SysTick
-    .rept 64
-    .word keel_unexpected       @ external interrupts (none used yet)
+    .word keel_unexpected       @ SysTick (unused)
+    .word keel_unexpected, keel_unexpected, keel_unexpected   @ IRQ 0-2
+    .word keel_alarm            @ IRQ 3: TIMER0, the alarm
+    .rept 60
+    .word keel_unexpected       @ other external interrupts (none used yet)
     .endr
 
     .section .text.Reset,"ax",%progbits
@@ -187,7 +189,11 @@ unsafe extern "C" fn keel_syscall_entry() {
 // Exception trampolines. The Rust handler gets EXC_RETURN and returns a u64: the low word is the
 // EXC_RETURN to use, the high word is 1 when that return enters a fresh context (a newly started
 // app or the idle thread), in which case every general-purpose register is cleared first so no
-// secure value reaches the app.
+// secure value reaches the app, and MSP_S is reset to its top.
+//
+// Stacks: handlers *and system calls* run on MSP_S (exception entry to the secure state clears
+// CONTROL_S.SPSEL, so the secure thread entered through a veneer uses MSP_S); only the idle loop
+// runs on PSP_S.
 macro_rules! trampoline {
     ($name:ident => $handler:path) => {
         #[unsafe(naked)]
@@ -218,8 +224,15 @@ macro_rules! trampoline {
                 "mov r11, r0",
                 "mov r12, r0",
                 "msr APSR_nzcvq, r0",
+                // The abandoned context may have left frames on MSP_S (system calls run there);
+                // nothing below this exception needs them, and the return does not unstack from
+                // MSP_S (it goes to the app's stack or the idle thread's PSP_S).
+                "ldr r1, ={msp_top}",
+                "msr msp, r1",
+                "mov r1, r0",
                 "bx lr",
                 h = sym $handler,
+                msp_top = sym __msp_top,
             );
         }
     };
@@ -247,16 +260,7 @@ fn fresh(exc_return: u32) -> u64 {
 fn go_idle() -> u64 {
     let top = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
     let frame_sp = top - 32;
-    let frame = [
-        0u32,
-        0,
-        0,
-        0,
-        0,
-        0xFFFF_FFFF,
-        keel_idle as *const () as u32 & !1,
-        0x0100_0000,
-    ];
+    let frame = [0u32, 0, 0, 0, 0, 0xFFFF_FFFF, keel_idle as *const () as u32 & !1, 0x0100_0000];
     for (i, w) in frame.iter().enumerate() {
         // SAFETY: the frame lies at the top of the secure thread stack, which is not in use while
         // a handler runs (handlers use MSP_S); the previous thread context is being abandoned.
@@ -312,7 +316,7 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     }
     let now = time::now_us();
     let action = VISOR.with(|v| v.as_mut().map_or(Action::None, |v| v.sup.poll(now)));
-    match action {
+    let result = match action {
         Action::None => keep(exc_return),
         Action::Launch => launch(now),
         Action::KillForWatchdog => {
@@ -320,22 +324,22 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
             record_crash(report, now, true);
             go_idle()
         }
-    }
+    };
+    time::rearm();
+    result
 }
 
-/// SysTick: time, and wake-ups of the service routine.
+/// The alarm interrupt. Wakes the service routine when a supervisor deadline is due (a waiting
+/// system call checks its own deadline when its WFI returns) and re-arms for the next deadline.
 #[no_mangle]
-extern "C" fn keel_systick() {
-    time::tick();
+extern "C" fn keel_alarm() {
+    board::ack_alarm();
     let now = time::now_us();
-    let due = VISOR.with(|v| {
-        v.as_ref()
-            .and_then(|v| v.sup.next_deadline())
-            .is_some_and(|d| now >= d)
-    });
+    let due = VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()).is_some_and(|d| now >= d));
     if due {
         board::pend_service();
     }
+    time::rearm();
 }
 
 fn crash_report(kind: FaultKind, exc_return: u32, now: u64) -> CrashReport {
@@ -344,7 +348,9 @@ fn crash_report(kind: FaultKind, exc_return: u32, now: u64) -> CrashReport {
         kind: kind as u32,
         time_us: now,
         exc_return,
-        cfsr: board::read_reg(board::SCB_CFSR),
+        // Faults of the app escalate to the visor's HardFault with their cause in the
+        // non-secure CFSR bank; report both banks together (the bit meanings are the same).
+        cfsr: board::read_reg(board::SCB_CFSR) | board::read_reg(board::SCB_CFSR_NS),
         hfsr: board::read_reg(board::SCB_HFSR),
         sfsr: board::read_reg(board::SAU_SFSR),
         sfar: board::read_reg(board::SAU_SFAR),
@@ -431,6 +437,7 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
         board::system_reset();
     }
     record_crash(report, now, false);
+    time::rearm();
     go_idle()
 }
 
@@ -440,11 +447,7 @@ fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
     // SAFETY: reading PSP has no side effects.
     unsafe { asm!("mrs {}, psp", out(reg) psp) };
     // The secure frame is on MSP_S (just above the trampoline's push) or on PSP_S.
-    let frame = if frame != 0 && exc_return & (1 << 2) != 0 {
-        psp
-    } else {
-        frame
-    };
+    let frame = if frame != 0 && exc_return & (1 << 2) != 0 { psp } else { frame };
     let pc = if frame != 0 {
         // SAFETY: `frame` points at a secure exception frame on one of the visor's stacks.
         unsafe { core::ptr::read_volatile((frame + 24) as *const u32) }
@@ -498,11 +501,7 @@ fn log_stack_usage() {
     let s = sym_addr(core::ptr::addr_of!(__stacks_start) as *const u8);
     let m = sym_addr(core::ptr::addr_of!(__msp_top) as *const u8);
     let p = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
-    vlog!(
-        "stack high-water: handler={} thread={} bytes",
-        high_water(s, m),
-        high_water(m, p)
-    );
+    vlog!("stack high-water: main={} idle={} bytes", high_water(s, m), high_water(m, p));
 }
 
 /// Digests of the visor's code and of its secret flash data, logged at boot and at every app
@@ -511,33 +510,20 @@ fn log_integrity() {
     let code_end = sym_addr(core::ptr::addr_of!(__code_end));
     // SAFETY: the visor's own code and read-only data, between the image base and a linker symbol.
     let code = unsafe {
-        core::slice::from_raw_parts(
-            board::VISOR_CODE_BASE as *const u8,
-            (code_end - board::VISOR_CODE_BASE) as usize,
-        )
+        core::slice::from_raw_parts(board::VISOR_CODE_BASE as *const u8, (code_end - board::VISOR_CODE_BASE) as usize)
     };
     let code_digest: [u8; 32] = Sha256::digest(code).into();
     let mut h = Sha256::new();
-    h.update(board::flash_slice(
-        layout::FACTORY.offset,
-        layout::FACTORY.size,
-    ));
-    h.update(board::flash_slice(
-        layout::JOURNAL.offset,
-        layout::JOURNAL.size,
-    ));
+    h.update(board::flash_slice(layout::FACTORY.offset, layout::FACTORY.size));
+    h.update(board::flash_slice(layout::JOURNAL.offset, layout::JOURNAL.size));
     let secrets: [u8; 32] = h.finalize().into();
-    vlog!(
-        "integrity: code={} secrets={}",
-        Hex(&code_digest),
-        Hex(&secrets)
-    );
+    vlog!("integrity: code={} secrets={}", Hex(&code_digest), Hex(&secrets));
 }
 
 // ------------------------------------------------------------------------------- boot
 #[no_mangle]
 extern "C" fn visor_main() -> ! {
-    board::start_tick();
+    time::init();
     board::uart::init();
     vlog!("Keel visor {} on mps2-an505", VERSION);
     let nsc_start = sym_addr(core::ptr::addr_of!(__nsc_start));
@@ -568,32 +554,22 @@ extern "C" fn visor_main() -> ! {
             0
         }
     };
-    let factory = match Factory::parse(board::flash_slice(
-        layout::FACTORY.offset,
-        keel_flash::factory::FACTORY_LEN as u32,
-    )) {
-        Ok(f) => {
-            vlog!(
-                "device {} (boot #{})",
-                core::str::from_utf8(&f.device_id_ascii()).unwrap_or("?"),
-                boot_count
-            );
-            Some(f)
-        }
-        Err(e) => {
-            vlog!("device not provisioned ({:?}); boot #{}", e, boot_count);
-            None
-        }
-    };
+    let factory =
+        match Factory::parse(board::flash_slice(layout::FACTORY.offset, keel_flash::factory::FACTORY_LEN as u32)) {
+            Ok(f) => {
+                vlog!("device {} (boot #{})", core::str::from_utf8(&f.device_id_ascii()).unwrap_or("?"), boot_count);
+                Some(f)
+            }
+            Err(e) => {
+                vlog!("device not provisioned ({:?}); boot #{}", e, boot_count);
+                None
+            }
+        };
     log_integrity();
     VISOR.with(|v| {
-        *v = Some(Visor {
-            sup: Supervisor::new(Policy::default(), boot_count),
-            factory,
-            last_crash: None,
-            flash,
-        });
+        *v = Some(Visor { sup: Supervisor::new(Policy::default(), boot_count), factory, last_crash: None, flash });
     });
+    time::rearm();
 
     let psp_top = sym_addr(core::ptr::addr_of!(__psp_top) as *const u8);
     let msp_top = sym_addr(core::ptr::addr_of!(__msp_top) as *const u8);

@@ -28,9 +28,7 @@ pub fn check(ptr: u32, len: u32, write: bool) -> bool {
     let Some(end) = ptr.checked_add(len - 1) else {
         return false;
     };
-    if !inside(ptr, end, APP_RAM_BASE, APP_RAM_SIZE)
-        && !inside(ptr, end, APP_EXEC_BASE, APP_EXEC_SIZE)
-    {
+    if !inside(ptr, end, APP_RAM_BASE, APP_RAM_SIZE) && !inside(ptr, end, APP_EXEC_BASE, APP_EXEC_SIZE) {
         return false;
     }
     // Called from the app's thread mode: use its privilege level; from its handlers: privileged.
@@ -80,18 +78,10 @@ pub fn write_u32_trusted(addr: u32, v: u32) {
 
 /// Copies bytes into the app execution region (image loading). `dst..dst+len` must be inside it.
 pub fn load_into_exec(offset: u32, data: &[u8]) {
-    assert!(offset
-        .checked_add(data.len() as u32)
-        .is_some_and(|e| e <= APP_EXEC_SIZE));
+    assert!(offset.checked_add(data.len() as u32).is_some_and(|e| e <= APP_EXEC_SIZE));
     // SAFETY: in bounds of the execution region (asserted), which the visor owns while the app is
     // stopped; the address is the non-secure alias, allowed by MPC0.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            data.as_ptr(),
-            (APP_EXEC_BASE + offset) as *mut u8,
-            data.len(),
-        )
-    }
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (APP_EXEC_BASE + offset) as *mut u8, data.len()) }
 }
 
 /// The app execution region as bytes (for hashing the loaded image).

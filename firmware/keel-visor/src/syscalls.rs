@@ -39,17 +39,11 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         Call::Wait => wait(a0, a1),
         Call::WatchdogStart => {
             let now = time::now_us();
-            VISOR.with(|v| {
-                v.as_mut()
-                    .map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0))
-            })
+            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0)))
         }
         Call::WatchdogKick => {
             let now = time::now_us();
-            VISOR.with(|v| {
-                v.as_mut()
-                    .map_or(Status::InternalError, |v| v.sup.watchdog_kick(now))
-            })
+            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_kick(now)))
         }
         Call::BootInfo => write_struct(a0, |v| Some(v.sup.boot_info().to_bytes())),
         Call::LastCrash => write_struct(a0, |v| v.last_crash.map(|c| c.to_bytes())),
@@ -58,10 +52,7 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
 
 /// Writes a versioned struct: checks the pointer for the whole struct, then its `version`.
 /// `make` returns `None` when there is nothing to report ([`Status::Unavailable`]).
-fn write_struct<const N: usize>(
-    ptr: u32,
-    make: impl FnOnce(&crate::Visor) -> Option<[u8; N]>,
-) -> Status {
+fn write_struct<const N: usize>(ptr: u32, make: impl FnOnce(&crate::Visor) -> Option<[u8; N]>) -> Status {
     if !ns_mem::check(ptr, N as u32, true) {
         return Status::ParameterFault;
     }
@@ -98,11 +89,7 @@ fn device_id(ptr: u32, len: u32) -> Status {
     if !ns_mem::check(ptr, DEVICE_ID_LEN, true) {
         return Status::ParameterFault;
     }
-    match VISOR.with(|v| {
-        v.as_ref()
-            .and_then(|v| v.factory)
-            .map(|f| f.device_id_ascii())
-    }) {
+    match VISOR.with(|v| v.as_ref().and_then(|v| v.factory).map(|f| f.device_id_ascii())) {
         Some(id) => {
             ns_mem::write_from(ptr, &id);
             Status::Ok
@@ -165,10 +152,12 @@ fn wait(timeout_us: u32, events_ptr: u32) -> Status {
         return Status::ParameterFault;
     }
     let deadline = time::now_us().saturating_add(timeout_us as u64);
+    time::set_wait_deadline(Some(deadline));
     // App interrupts keep running while the secure thread sleeps here.
     while time::now_us() < deadline {
         board::wait_for_interrupt();
     }
+    time::set_wait_deadline(None);
     if events_ptr != 0 {
         ns_mem::write_from(events_ptr, &keel_abi::events::NONE.to_le_bytes());
     }

@@ -69,10 +69,7 @@ impl AppImage {
 pub fn image_from_elf_bytes(data: &[u8], name: &str, version: &str) -> Result<AppImage, ElfError> {
     let file = object::File::parse(data).map_err(|e| ElfError::Parse(e.to_string()))?;
     if file.architecture() != object::Architecture::Arm {
-        return Err(ElfError::Parse(format!(
-            "architecture is {:?}, not ARM",
-            file.architecture()
-        )));
+        return Err(ElfError::Parse(format!("architecture is {:?}, not ARM", file.architecture())));
     }
     let region = EXEC_BASE as u64..(EXEC_BASE + EXEC_SIZE) as u64;
     let mut image: Vec<u8> = Vec::new();
@@ -101,18 +98,9 @@ pub fn image_from_elf_bytes(data: &[u8], name: &str, version: &str) -> Result<Ap
     while image.len() % keel_flash::PROGRAM_UNIT as usize != 0 {
         image.push(0xFF);
     }
-    let stack_limit = file
-        .symbols()
-        .find(|s| s.name() == Ok("__keel_stack_limit"))
-        .map_or(0, |s| s.address() as u32);
-    let header = build_header(
-        &image,
-        EXEC_BASE,
-        stack_limit,
-        name,
-        version,
-        (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
-    );
+    let stack_limit = file.symbols().find(|s| s.name() == Ok("__keel_stack_limit")).map_or(0, |s| s.address() as u32);
+    let header =
+        build_header(&image, EXEC_BASE, stack_limit, name, version, (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR));
     Ok(AppImage { header, image })
 }
 
@@ -140,11 +128,7 @@ fn physical_address(file: &object::File<'_>, seg: &object::Segment<'_, '_>) -> u
 /// Builds an app image from an ELF file; the name defaults to the file name.
 pub fn image_from_elf(path: &Path, version: &str) -> Result<AppImage, ElfError> {
     let data = std::fs::read(path).map_err(ElfError::Io)?;
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("app")
-        .trim_end_matches(".elf");
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("app").trim_end_matches(".elf");
     image_from_elf_bytes(&data, name, version)
 }
 
@@ -169,8 +153,5 @@ pub fn sections(path: &Path) -> Result<Vec<(String, u64, u64, bool)>, ElfError> 
 pub fn symbol_address(path: &Path, name: &str) -> Result<Option<u64>, ElfError> {
     let data = std::fs::read(path).map_err(ElfError::Io)?;
     let file = object::File::parse(&*data).map_err(|e| ElfError::Parse(e.to_string()))?;
-    Ok(file
-        .symbols()
-        .find(|s| s.name() == Ok(name))
-        .map(|s| s.address()))
+    Ok(file.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address()))
 }

@@ -41,12 +41,7 @@ pub fn create(path: &Path, factory: &Factory) -> std::io::Result<()> {
 /// Reads the factory data of a flash file.
 pub fn read_factory(path: &Path) -> std::io::Result<Factory> {
     let b = read_partition(path, layout::FACTORY)?;
-    Factory::parse(&b).map_err(|e| {
-        std::io::Error::other(format!(
-            "no valid factory data in {}: {e:?}",
-            path.display()
-        ))
-    })
+    Factory::parse(&b).map_err(|e| std::io::Error::other(format!("no valid factory data in {}: {e:?}", path.display())))
 }
 
 /// Reads a whole partition.
@@ -72,10 +67,7 @@ pub fn program_app(path: &Path, slot: Partition, app: &AppImage) -> std::io::Res
     let mut f = OpenOptions::new().read(true).write(true).open(path)?;
     let len = f.metadata()?.len();
     if len != layout::FLASH_SIZE as u64 {
-        return Err(std::io::Error::other(format!(
-            "{} is not a 16 MiB flash file",
-            path.display()
-        )));
+        return Err(std::io::Error::other(format!("{} is not a 16 MiB flash file", path.display())));
     }
     f.seek(SeekFrom::Start(slot.offset as u64))?;
     f.write_all(&vec![0xFFu8; slot.size as usize])?;

@@ -18,10 +18,7 @@ use std::path::PathBuf;
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or(here)
+    here.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or(here)
 }
 
 /// Where `cargo xtask build` puts the firmware: `firmware/target/thumbv8m.main-none-eabi/release`.

@@ -31,22 +31,11 @@ impl Device {
     /// The QEMU command line.
     pub fn command(&self) -> Command {
         let mut c = Command::new("qemu-system-arm");
-        c.args([
-            "-M",
-            "mps2-an505",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-        ]);
+        c.args(["-M", "mps2-an505", "-display", "none", "-monitor", "none", "-serial", "stdio"]);
         c.args(["-semihosting-config", "enable=on,target=native"]);
         c.arg("-kernel").arg(&self.visor);
-        c.arg("-object").arg(format!(
-            "memory-backend-file,id=keelflash,size=16M,mem-path={},share=on",
-            self.flash.display()
-        ));
+        c.arg("-object")
+            .arg(format!("memory-backend-file,id=keelflash,size=16M,mem-path={},share=on", self.flash.display()));
         c.args(["-machine", "memory-backend=keelflash"]);
         c.args(["-nic", "none"]);
         if self.clock == Clock::Deterministic {
@@ -59,21 +48,14 @@ impl Device {
     pub fn start(&self) -> std::io::Result<Running> {
         check_file(&self.visor, "visor ELF")?;
         check_file(&self.flash, "flash file")?;
-        let mut child = self
-            .command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let mut child = self.command().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = channel();
         let tx2 = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let s = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
+                let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
                 if tx.send(s).is_err() {
                     break;
                 }
@@ -86,12 +68,7 @@ impl Device {
                 }
             }
         });
-        Ok(Running {
-            child,
-            rx,
-            lines: Vec::new(),
-            echo: false,
-        })
+        Ok(Running { child, rx, lines: Vec::new(), echo: false })
     }
 }
 
@@ -99,10 +76,7 @@ fn check_file(p: &Path, what: &str) -> std::io::Result<()> {
     if p.is_file() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!(
-            "{what} {} not found (run `cargo xtask build`)",
-            p.display()
-        )))
+        Err(std::io::Error::other(format!("{what} {} not found (run `cargo xtask build`)", p.display())))
     }
 }
 
@@ -139,12 +113,7 @@ impl std::error::Error for Timeout {}
 
 impl Running {
     /// Waits until a line satisfies `pred` (returns it). `limit` only guards against a hang.
-    pub fn wait_for(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<String, Timeout> {
+    pub fn wait_for(&mut self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<String, Timeout> {
         let start = Instant::now();
         loop {
             let left = limit.saturating_sub(start.elapsed());
@@ -159,10 +128,7 @@ impl Running {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Timeout {
-                        what: what.to_string(),
-                        console: self.lines.clone(),
-                    })
+                    return Err(Timeout { what: what.to_string(), console: self.lines.clone() })
                 }
             }
         }
@@ -209,14 +175,8 @@ mod tests {
 
     #[test]
     fn parses_console_prefix() {
-        assert_eq!(
-            parse_line("[    1.000250 visor] hi there"),
-            Some((1_000_250, "visor", "hi there"))
-        );
-        assert_eq!(
-            parse_line("[12345.000001 app:I] x"),
-            Some((12_345_000_001, "app:I", "x"))
-        );
+        assert_eq!(parse_line("[    1.000250 visor] hi there"), Some((1_000_250, "visor", "hi there")));
+        assert_eq!(parse_line("[12345.000001 app:I] x"), Some((12_345_000_001, "app:I", "x")));
         assert_eq!(parse_line("garbage"), None);
         assert_eq!(parse_line("[abc visor] x"), None);
     }

@@ -1,1 +1,227 @@
-//! QEMU integration tests: see tests/qemu/*.rs (compiled with --features qemu-tests).
+//! QEMU integration tests: real visor, real apps, real QEMU, each device with its own flash file.
+//!
+//! Run with `cargo xtask test` (it builds the firmware first). All runs use
+//! `-icount shift=0,sleep=off`, so virtual time is deterministic; the wall-clock limits passed to
+//! `wait_for` only stop a hung run, they never synchronise anything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_flash::layout;
+use keel_vdev::qemu::{parse_line, Clock, Device, Running};
+use keel_vdev::{elf, flash};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn flash_path(test: &str) -> PathBuf {
+    let dir = keel_vdev::repo_root().join("target/qemu-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{test}.flash"));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A new device with `app` in slot A (or no app).
+fn new_device(test: &str, app: Option<&str>) -> (Device, String) {
+    let path = flash_path(test);
+    let factory = flash::new_factory().unwrap();
+    flash::create(&path, &factory).unwrap();
+    if let Some(app) = app {
+        let img = elf::image_from_elf(&keel_vdev::app_elf(app), "1.0.0").unwrap();
+        flash::program_app(&path, layout::APP_A, &img).unwrap();
+    }
+    let id = String::from_utf8(factory.device_id_ascii().to_vec()).unwrap();
+    (Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic }, id)
+}
+
+fn start(dev: &Device) -> Running {
+    dev.start().expect("QEMU starts (run through `cargo xtask test`)")
+}
+
+fn msg(line: &str) -> &str {
+    parse_line(line).map_or(line, |(_, _, m)| m)
+}
+
+fn time_us(line: &str) -> u64 {
+    parse_line(line).unwrap_or_else(|| panic!("no timestamp in {line:?}")).0
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn assert_visor_healthy(lines: &[String]) {
+    for l in lines {
+        assert!(!l.contains("FATAL") && !l.contains("PANIC"), "visor failure: {l}");
+    }
+}
+
+fn hello_prints_id_and_advancing_time(app: &str, prefix: &str) {
+    let (dev, id) = new_device(app, Some(app));
+    let mut r = start(&dev);
+    let mut uptimes = Vec::new();
+    while uptimes.len() < 4 {
+        let l = r
+            .wait_for("hello line", LIMIT, |l| msg(l).starts_with(&format!("{prefix}: device=")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(field(msg(&l), "device"), Some(id.as_str()), "{l}");
+        assert_eq!(field(msg(&l), "wall"), Some("not-set"), "{l}");
+        uptimes.push(field(msg(&l), "uptime_ms").unwrap().parse::<u64>().unwrap());
+    }
+    // One line per second of device time, with time advancing accordingly.
+    for w in uptimes.windows(2) {
+        assert!(w[1] > w[0], "time must advance: {uptimes:?}");
+        assert!((990..=1100).contains(&(w[1] - w[0])), "one line per second: {uptimes:?}");
+    }
+    assert_visor_healthy(&r.kill());
+}
+
+#[test]
+fn hello_rust_prints_device_id_and_advancing_time() {
+    hello_prints_id_and_advancing_time("hello", "hello");
+}
+
+#[test]
+fn hello_c_prints_device_id_and_advancing_time() {
+    hello_prints_id_and_advancing_time("hello-c", "hello-c");
+}
+
+#[test]
+fn crashy_crash_report_has_the_faulting_pc_and_restarts_follow_the_backoff() {
+    let fault_pc =
+        elf::symbol_address(&keel_vdev::app_elf("crashy"), "crashy_fault_insn").unwrap().expect("symbol") as u32 & !1;
+    let (dev, _) = new_device("crashy", Some("crashy"));
+    let mut r = start(&dev);
+    r.wait_for("fifth restart", LIMIT, |l| l.contains("starting app 'crashy'") && l.contains("restarts=5"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = r.kill();
+    assert_visor_healthy(&lines);
+    let crashes: Vec<&String> =
+        lines.iter().filter(|l| msg(l).starts_with("app crash: ") && !msg(l).starts_with("app crash: stack")).collect();
+    let starts: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("starting app 'crashy'")).collect();
+    assert_eq!(crashes.len(), 5, "{lines:#?}");
+    assert_eq!(starts.len(), 6);
+    for c in &crashes {
+        assert!(msg(c).starts_with("app crash: SecureFault"), "{c}");
+        let pc = u32::from_str_radix(field(msg(c), "pc").unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(pc, fault_pc, "crash report PC must be the faulting instruction: {c}");
+    }
+    // The app sees its own crash report through the last-crash call.
+    let seen =
+        lines.iter().find(|l| msg(l).starts_with("crashy: my last crash:")).expect("crashy reads its crash report");
+    assert!(seen.contains(&format!("SecureFault at pc={:#010x}", fault_pc)), "{seen}");
+    // Backoff: 1 s, 2 s, 4 s, 8 s, 16 s from the crash to the restart (plus the time to load and
+    // verify the image, well under 10 ms).
+    for (i, c) in crashes.iter().enumerate() {
+        let backoff_us = 1_000_000u64 << i;
+        let delay = time_us(starts[i + 1]) - time_us(c);
+        assert!(
+            delay >= backoff_us && delay < backoff_us + 10_000,
+            "restart {} after {delay} us, expected {backoff_us} us",
+            i + 1
+        );
+        assert!(starts[i + 1].contains("reason=crash"));
+    }
+    assert!(starts[0].contains("reason=cold-boot"));
+}
+
+#[test]
+fn evil_app_cannot_harm_the_visor() {
+    let (dev, id) = new_device("evil", Some("evil"));
+    let secrets_before = (
+        flash::read_partition(&dev.flash, layout::FACTORY).unwrap(),
+        flash::read_partition(&dev.flash, layout::JOURNAL).unwrap(),
+    );
+    let mut r = start(&dev);
+    r.wait_for("all attacks done", LIMIT, |l| msg(l) == "evil: all attacks done").unwrap_or_else(|e| panic!("{e}"));
+    // After the attacks the visor still answers correctly.
+    for _ in 0..2 {
+        r.wait_for("sanity line", LIMIT, |l| msg(l).starts_with("evil: sanity")).unwrap();
+    }
+    let lines = r.kill();
+    assert_visor_healthy(&lines);
+
+    for l in &lines {
+        assert!(!l.contains("FAILED") && !l.contains("DID NOT FAULT"), "attack not contained: {l}");
+    }
+    let checks = lines.iter().filter(|l| msg(l).starts_with("evil: check ") && l.ends_with(" ok")).count();
+    assert!(checks >= 70, "parameter attacks ran ({checks} checks)");
+    assert!(lines.iter().any(|l| msg(l) == "evil: parameter attacks done, failures=0"));
+
+    // Every fault attack ended in a contained crash of the app, followed by a restart.
+    let attacks: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| msg(l).starts_with("evil: fault attack #")).map(|(i, _)| i).collect();
+    assert_eq!(attacks.len(), 14, "all fault attacks ran");
+    for (n, &i) in attacks.iter().enumerate() {
+        let crash = lines[i..]
+            .iter()
+            .find(|l| msg(l).starts_with("app crash: "))
+            .unwrap_or_else(|| panic!("attack {n} crashed"));
+        let next_start = lines[i..].iter().position(|l| msg(l).starts_with("starting app 'evil'"));
+        let crash_pos = lines[i..].iter().position(|l| msg(l).starts_with("app crash: ")).unwrap();
+        assert!(next_start.is_none_or(|s| crash_pos < s), "attack {n}: crash before the next start");
+        let attack = msg(&lines[i]).to_string();
+        if attack.contains("hang-with-faultmask") {
+            assert!(msg(crash).starts_with("app crash: Watchdog"), "{crash}");
+        }
+        if attack.contains("branch-")
+            || attack.contains("visor")
+            || attack.contains("flash")
+            || attack.contains("factory")
+        {
+            assert!(msg(crash).starts_with("app crash: SecureFault"), "{attack}: {crash}");
+        }
+    }
+
+    // Visor answers stayed right through every restart.
+    let sanity: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("evil: sanity")).collect();
+    assert!(sanity.len() >= 16);
+    for s in &sanity {
+        assert_eq!(field(msg(s), "device"), Some(id.as_str()), "{s}");
+        assert_eq!(field(msg(s), "abi"), Some("1.0"));
+    }
+
+    // The visor's code and secrets are byte-for-byte unchanged: digests taken at boot and at every
+    // restart are identical, and the flash file's factory and journal partitions are unchanged.
+    let integrity: Vec<&str> = lines.iter().filter(|l| msg(l).starts_with("integrity: ")).map(|l| msg(l)).collect();
+    assert_eq!(integrity.len(), 15, "digest at boot and at each of the 14 restarts");
+    assert!(integrity.iter().all(|d| *d == integrity[0]), "{integrity:#?}");
+    let secrets_after = (
+        flash::read_partition(&dev.flash, layout::FACTORY).unwrap(),
+        flash::read_partition(&dev.flash, layout::JOURNAL).unwrap(),
+    );
+    assert!(secrets_before == secrets_after, "factory or journal changed");
+}
+
+#[test]
+fn flash_contents_survive_restarts_and_kill_9() {
+    let (dev, id) = new_device("persist", Some("hello"));
+    for boot in 1..=3 {
+        let mut r = start(&dev);
+        let l = r.wait_for("boot line", LIMIT, |l| msg(l).starts_with("device ")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(msg(&l), format!("device {id} (boot #{boot})"));
+        r.wait_for("app up", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+        r.kill(); // SIGKILL, like pulling the power
+    }
+}
+
+#[test]
+fn missing_or_corrupt_app_is_refused_and_the_visor_keeps_running() {
+    let (dev, _) = new_device("noapp", None);
+    let mut r = start(&dev);
+    let l = r.wait_for("refusal", LIMIT, |l| msg(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(l.contains("bad magic"), "{l}");
+    assert_visor_healthy(&r.kill());
+
+    let (dev, _) = new_device("corrupt", Some("hello"));
+    // Flip one byte of the image (not the header) in the slot.
+    let mut data = std::fs::read(&dev.flash).unwrap();
+    data[(layout::APP_A.offset + 256 + 100) as usize] ^= 0x40;
+    std::fs::write(&dev.flash, data).unwrap();
+    let mut r = start(&dev);
+    let l = r.wait_for("refusal", LIMIT, |l| msg(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(l.contains("digest mismatch"), "{l}");
+    let lines = r.kill();
+    assert!(!lines.iter().any(|l| l.contains("app:")), "no app code ran");
+    assert_visor_healthy(&lines);
+}
