@@ -54,6 +54,7 @@ const SAU_RLAR: usize = 0xE000_EDE0;
 const SYST_CSR_NS: usize = 0xE002_E010;
 const VTOR_NS: usize = 0xE002_ED08;
 const SCB_SHCSR_NS: usize = 0xE002_ED24;
+const SCB_ICSR_NS: usize = 0xE002_ED04;
 /// Configurable Fault Status Register, non-secure bank.
 pub const SCB_CFSR_NS: usize = 0xE002_ED28;
 const SCB_HFSR_NS: usize = 0xE002_ED2C;
@@ -214,20 +215,29 @@ pub fn pend_service() {
     wr(SCB_ICSR, 1 << 28);
 }
 
+/// Clears every exception the app has pending or active in the core, and disables its system
+/// exceptions: while the app is stopped nothing of it may run, and a pending exception would
+/// also keep the idle loop's WFI from sleeping.
+pub fn clear_ns_exceptions() {
+    // Enable, pending and active bits of the app's system exceptions (e.g. an SVCall left pending
+    // by a failed exception entry), then its pending PendSV and SysTick.
+    wr(SCB_SHCSR_NS, 0);
+    wr(SCB_ICSR_NS, (1 << 27) | (1 << 25));
+    for i in 0..16 {
+        // Only interrupts targeting the non-secure state belong to the app.
+        let ns = rd(NVIC_ITNS + 4 * i);
+        wr(NVIC_ICER + 4 * i, ns);
+        wr(NVIC_ICPR + 4 * i, ns);
+    }
+}
+
 /// Puts the non-secure side back into its reset state before the app (re)starts.
 pub fn reset_ns_core(vtor: u32) {
     // The non-secure SysTick (0xE002E010) is not reachable through the NS alias on QEMU 7.2 (a
     // bus error: "Blocked re-entrant IO on v7m_systick"); on silicon, stop it here too.
     let _ = SYST_CSR_NS;
     wr(MPU_CTRL_NS, 0);
-    wr(SCB_SHCSR_NS, 0);
-    for i in 0..16 {
-        // Only NS-targeted interrupts are affected by these writes from the app's point of view;
-        // none exist today but the loop keeps the invariant when some are opened.
-        let ns = rd(NVIC_ITNS + 4 * i);
-        wr(NVIC_ICER + 4 * i, ns);
-        wr(NVIC_ICPR + 4 * i, ns);
-    }
+    clear_ns_exceptions();
     wr(VTOR_NS, vtor);
     // SAFETY: writes the non-secure banked special registers, which only affect the app.
     unsafe {
@@ -275,6 +285,14 @@ pub fn control_ns() -> u32 {
     // SAFETY: reading a banked register has no side effects.
     unsafe { core::arch::asm!("mrs {c}, control_ns", c = out(reg) c, options(nomem, nostack, preserves_flags)) };
     c
+}
+
+/// Masks (true) or unmasks every non-secure exception via BASEPRI_S. While the app is stopped
+/// nothing of it may run, not even an interrupt or an exception it left pending.
+pub fn mask_app_exceptions(mask: bool) {
+    let v: u32 = if mask { 0x80 } else { 0 };
+    // SAFETY: BASEPRI_S only changes which exceptions may preempt; secure ones (< 0x80) still do.
+    unsafe { core::arch::asm!("msr basepri, {v}", v = in(reg) v, options(nostack, preserves_flags)) };
 }
 
 /// Sets PSP_S (the secure thread stack); only called from handler mode, which uses MSP_S.

@@ -267,6 +267,8 @@ fn go_idle() -> u64 {
         unsafe { core::ptr::write_volatile((frame_sp + 4 * i as u32) as *mut u32, *w) };
     }
     board::set_psp_s(frame_sp);
+    board::clear_ns_exceptions();
+    board::mask_app_exceptions(true);
     fresh(app::RETURN_TO_IDLE)
 }
 
@@ -275,6 +277,7 @@ fn launch(now: u64) -> u64 {
     match app::load() {
         Ok(loaded) => {
             app::prepare_start(&loaded);
+            board::mask_app_exceptions(false);
             // The secure thread (a system call or the idle loop) is abandoned.
             board::set_psp_s(sym_addr(core::ptr::addr_of!(__psp_top) as *const u8));
             let info = VISOR.with(|v| {

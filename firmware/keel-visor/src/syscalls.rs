@@ -39,7 +39,10 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         Call::Wait => wait(a0, a1),
         Call::WatchdogStart => {
             let now = time::now_us();
-            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0)))
+            let s = VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0)));
+            // The new deadline may be earlier than the armed alarm.
+            time::rearm();
+            s
         }
         Call::WatchdogKick => {
             let now = time::now_us();
