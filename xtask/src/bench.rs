@@ -1,3 +1,84 @@
+//! `cargo xtask bench`: sizes and speeds, written to `target/bench/report.json` (a flat JSON
+//! object of `"metric": number`) and printed as a table. Speeds are measured in instructions
+//! under `-icount shift=0` (1 instruction = 1 ns of virtual time), so they are repeatable.
+
+use std::time::Duration;
+
+use keel_vdev::qemu::{parse_line, Clock, Device};
+use keel_vdev::{elf, flash};
+
+use crate::build::{self, root};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn device(name: &str, app: &str) -> Result<Device, String> {
+    let path = root().join(format!("target/bench/{name}.flash"));
+    std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
+    let f = flash::new_factory().map_err(|e| e.to_string())?;
+    flash::create(&path, &f).map_err(|e| e.to_string())?;
+    let img = elf::image_from_elf(&keel_vdev::app_elf(app), "1.0.0").map_err(|e| e.to_string())?;
+    flash::program_app(&path, keel_flash::layout::APP_A, &img).map_err(|e| e.to_string())?;
+    Ok(Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic })
+}
+
+fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// Runs the benchmarks.
 pub fn run() -> Result<(), String> {
-    Err("todo".into())
+    build::all()?;
+    let mut metrics: Vec<(&str, f64, &str)> = Vec::new();
+
+    // Sizes of the visor image.
+    let sections = elf::sections(&keel_vdev::visor_elf()).map_err(|e| e.to_string())?;
+    let in_code = |a: u64| (0x1000_0000..0x1008_0000).contains(&a);
+    let flash_bytes: u64 = sections.iter().filter(|s| s.3 && in_code(s.1)).map(|s| s.2).sum::<u64>()
+        + sections.iter().filter(|s| s.0 == ".data").map(|s| s.2).sum::<u64>();
+    let static_ram: u64 = sections.iter().filter(|s| s.0 == ".data" || s.0 == ".bss").map(|s| s.2).sum();
+    metrics.push(("visor_flash_bytes", flash_bytes as f64, "code + read-only data + NSC table + .data image"));
+
+    // Stack high-water over the evil app's full attack sequence (every fault path, every call).
+    let dev = device("evil", "evil")?;
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    r.wait_for("evil done", LIMIT, |l| l.ends_with("evil: all attacks done")).map_err(|e| e.to_string())?;
+    r.wait_for("one more sanity round", LIMIT, |l| l.contains("evil: sanity")).map_err(|e| e.to_string())?;
+    let lines = r.kill();
+    let mut stack = 0u64;
+    for l in &lines {
+        if let (Some(m), Some(i)) = (value_after(l, "main="), value_after(l, "idle=")) {
+            stack = stack.max(m.parse::<u64>().unwrap_or(0) + i.parse::<u64>().unwrap_or(0));
+        }
+    }
+    metrics.push(("visor_ram_bytes", (static_ram + stack) as f64, "static data + stack high-water (evil run)"));
+    metrics.push(("visor_static_ram_bytes", static_ram as f64, ".data + .bss"));
+    metrics.push(("visor_stack_high_water_bytes", stack as f64, "max over the evil run"));
+
+    // System-call cost and boot time.
+    let dev = device("bench", "bench")?;
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    let started = r.wait_for("app start", LIMIT, |l| l.contains("starting app 'bench'")).map_err(|e| e.to_string())?;
+    let line = r
+        .wait_for("bench result", LIMIT, |l| l.contains("bench: syscall_roundtrip_instructions="))
+        .map_err(|e| e.to_string())?;
+    r.kill();
+    let per_call: f64 = value_after(&line, "bench: syscall_roundtrip_instructions=")
+        .or_else(|| value_after(&line, "syscall_roundtrip_instructions="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("cannot parse {line}"))?;
+    metrics.push(("syscall_roundtrip_instructions", per_call, "monotonic_us call, minus a plain function call"));
+    let boot_us = parse_line(&started).map(|p| p.0).unwrap_or(0);
+    metrics.push(("boot_to_app_instructions", (boot_us * 1000) as f64, "reset to app start (incl. SHA-256 of image)"));
+
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let body: Vec<String> = metrics.iter().map(|(k, v, _)| format!("  \"{k}\": {v}")).collect();
+    let json = format!("{{\n{}\n}}\n", body.join(",\n"));
+    std::fs::write(dir.join("report.json"), &json).map_err(|e| e.to_string())?;
+    println!("\n{:<34} {:>14}  note", "metric", "value");
+    for (k, v, note) in &metrics {
+        println!("{k:<34} {v:>14}  {note}");
+    }
+    println!("\nwritten to {}", dir.join("report.json").display());
+    Ok(())
 }
