@@ -41,6 +41,13 @@ pub fn ensure() -> Result<(), String> {
             return Err(format!("missing tools: {}\ninstall them with: sudo {install}", missing.join(", ")));
         }
     }
+    for (tool, component) in [("clippy", "clippy"), ("fmt", "rustfmt")] {
+        let ok = Command::new("cargo").args([tool, "--version"]).output().is_ok_and(|o| o.status.success());
+        if !ok {
+            sh(Command::new("rustup").args(["component", "add", component]))
+                .map_err(|e| format!("{e}\ninstall it with: rustup component add {component}"))?;
+        }
+    }
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
         Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == RUST_TARGET) => Ok(()),

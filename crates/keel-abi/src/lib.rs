@@ -443,6 +443,30 @@ impl CrashReport {
         }
         b
     }
+
+    /// The inverse of [`CrashReport::to_bytes`].
+    pub fn from_bytes(b: &[u8; 112]) -> CrashReport {
+        let w = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut r = CrashReport {
+            version: w(0),
+            kind: w(4),
+            time_us: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+            sp: w(48),
+            exc_return: w(52),
+            cfsr: w(56),
+            hfsr: w(60),
+            sfsr: w(64),
+            sfar: w(68),
+            bfar: w(72),
+            mmfar: w(76),
+            ..Default::default()
+        };
+        for i in 0..8 {
+            r.frame[i] = w(16 + 4 * i);
+            r.stack[i] = w(80 + 4 * i);
+        }
+        r
+    }
 }
 
 #[cfg(test)]
@@ -492,6 +516,15 @@ mod tests {
         assert_eq!(w(&cb, offset_of!(CrashReport, sp)), 20);
         assert_eq!(w(&cb, offset_of!(CrashReport, mmfar)), 27);
         assert_eq!(w(&cb, offset_of!(CrashReport, stack) + 28), 37);
+    }
+
+    #[test]
+    fn crash_report_bytes_roundtrip() {
+        let mut c =
+            CrashReport { version: 1, kind: 5, time_us: u64::MAX - 3, sp: 9, bfar: 0xDEAD, ..Default::default() };
+        c.frame[6] = 0x0020_0101;
+        c.stack[7] = 77;
+        assert_eq!(CrashReport::from_bytes(&c.to_bytes()), c);
     }
 
     #[test]

@@ -64,6 +64,18 @@ pub enum Action {
     KillForWatchdog,
 }
 
+/// Counters that survive a system reset the visor performs because of the app (see
+/// [`Supervisor::resume_after_reset`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carry {
+    /// Restarts so far.
+    pub restart_count: u32,
+    /// Crashes so far.
+    pub crash_count: u32,
+    /// Crashes in the current series (drives the backoff).
+    pub consecutive_crashes: u32,
+}
+
 /// The supervisor.
 #[derive(Clone, Debug)]
 pub struct Supervisor {
@@ -93,6 +105,29 @@ impl Supervisor {
             visor_boot_count,
             watchdog: None,
             launches: 0,
+        }
+    }
+
+    /// A supervisor continuing after a system reset that the visor made because the app crashed
+    /// where it could not be restarted in place (in one of its interrupt handlers). The crash is
+    /// already counted in `carry`; the app restarts after the backoff of the current series.
+    pub fn resume_after_reset(policy: Policy, visor_boot_count: u32, carry: Carry, now: u64) -> Self {
+        let mut s = Supervisor::new(policy, visor_boot_count);
+        s.restart_count = carry.restart_count;
+        s.crash_count = carry.crash_count;
+        s.consecutive_crashes = carry.consecutive_crashes.max(1);
+        s.reason = StartReason::Crash;
+        s.launches = 1; // the next launch is a restart
+        s.state = AppState::Backoff { until_us: now.saturating_add(s.backoff_for(s.consecutive_crashes)) };
+        s
+    }
+
+    /// The counters to carry over a system reset.
+    pub fn carry(&self) -> Carry {
+        Carry {
+            restart_count: self.restart_count,
+            crash_count: self.crash_count,
+            consecutive_crashes: self.consecutive_crashes,
         }
     }
 
@@ -295,6 +330,24 @@ mod tests {
         // The watchdog is disarmed for the next run.
         s.on_launched(191_000);
         assert_eq!(s.poll(10_000_000), Action::None);
+    }
+
+    #[test]
+    fn resuming_after_a_reset_keeps_counting_and_backing_off() {
+        let mut s = sup();
+        s.on_launched(0);
+        s.on_crash(10, false);
+        s.on_launched(2_000);
+        s.on_crash(2_010, false);
+        let carry = s.carry();
+        assert_eq!(carry, Carry { restart_count: 1, crash_count: 2, consecutive_crashes: 2 });
+        let mut r = Supervisor::resume_after_reset(s.policy(), 4, carry, 0);
+        assert_eq!(r.poll(1_999), Action::None);
+        assert_eq!(r.poll(2_000), Action::Launch);
+        r.on_launched(2_000);
+        let bi = r.boot_info();
+        assert_eq!((bi.restart_count, bi.crash_count, bi.reason), (2, 2, StartReason::Crash as u32));
+        assert_eq!(r.on_crash(3_000, false), 4_000, "the series continues");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! (the raw ones are in [`raw`]), formatting log macros and a panic handler that logs the panic
 //! and asks the visor for a restart.
 #![no_std]
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use core::fmt::{self, Write};
 

@@ -63,13 +63,13 @@ pub fn load() -> Result<Loaded, LoadError> {
     let sp = u32::from_le_bytes([loaded[0], loaded[1], loaded[2], loaded[3]]);
     let entry = u32::from_le_bytes([loaded[4], loaded[5], loaded[6], loaded[7]]);
     let ram_end = APP_RAM_BASE + APP_RAM_SIZE;
-    let sp_ok = sp > APP_RAM_BASE + 32 && sp <= ram_end && sp % 8 == 0;
+    let sp_ok = sp > APP_RAM_BASE + 32 && sp <= ram_end && sp.is_multiple_of(8);
     let entry_ok = entry & 1 == 1 && (entry & !1) >= APP_EXEC_BASE && (entry & !1) < APP_EXEC_BASE + header.image_size;
     if !sp_ok || !entry_ok {
         return Err(LoadError::BadVectorTable);
     }
     let lim = header.stack_limit;
-    if lim != 0 && (lim < APP_RAM_BASE || lim % 8 != 0 || lim + 32 >= sp) {
+    if lim != 0 && (lim < APP_RAM_BASE || !lim.is_multiple_of(8) || lim + 32 >= sp) {
         return Err(LoadError::BadStackLimit);
     }
     Ok(Loaded { header, sp, entry })

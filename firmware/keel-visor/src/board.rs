@@ -367,6 +367,26 @@ pub mod tt {
     }
 }
 
+/// RAM that survives a warm (system) reset: the tail of SSRAM-2, outside every ELF segment (QEMU
+/// re-copies ELF segments on reset) and unused by the visor's linker script.
+const WARM_RAM: usize = 0x383F_0000;
+/// Size of the warm RAM area.
+pub const WARM_RAM_LEN: usize = 256;
+
+/// Reads the warm RAM area.
+pub fn warm_read() -> [u8; WARM_RAM_LEN] {
+    let mut b = [0u8; WARM_RAM_LEN];
+    // SAFETY: a fixed secure SRAM area reserved for this purpose (see `WARM_RAM`).
+    unsafe { core::ptr::copy_nonoverlapping(WARM_RAM as *const u8, b.as_mut_ptr(), WARM_RAM_LEN) };
+    b
+}
+
+/// Writes the warm RAM area.
+pub fn warm_write(b: &[u8; WARM_RAM_LEN]) {
+    // SAFETY: as for `warm_read`.
+    unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), WARM_RAM as *mut u8, WARM_RAM_LEN) };
+}
+
 /// The flash medium: the file-backed `mps.ram` region, with raw access only. `keel_flash::Nor`
 /// puts the NOR rules on top.
 pub struct FlashMedium;

@@ -17,7 +17,7 @@
 //! [`syscalls`], [`time`], [`console`].
 #![no_std]
 #![no_main]
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod app;
 mod board;
@@ -26,6 +26,7 @@ mod global;
 mod ns_mem;
 mod syscalls;
 mod time;
+mod warm;
 
 use core::arch::{asm, global_asm, naked_asm};
 
@@ -436,7 +437,9 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
         // The app faulted inside one of its own interrupt handlers. Its exception stays active in
         // the core, which only a reset clears: record the crash and reset the system.
         record_crash(report, now, false);
-        vlog!("app fault in an interrupt handler: resetting the system");
+        let carry = VISOR.with(|v| v.as_ref().map(|v| v.sup.carry()).unwrap_or_default());
+        warm::save(carry, &report);
+        vlog!("app fault in an interrupt handler: resetting the system to clear it");
         board::system_reset();
     }
     record_crash(report, now, false);
@@ -569,8 +572,18 @@ extern "C" fn visor_main() -> ! {
             }
         };
     log_integrity();
+    let now = time::now_us();
+    let (sup, last_crash) = match warm::take() {
+        Some((carry, report)) => {
+            let sup = Supervisor::resume_after_reset(Policy::default(), boot_count, carry, now);
+            let wait = sup.next_deadline().unwrap_or(now).saturating_sub(now);
+            vlog!("reset after an app crash (crashes={}): app restart in {} ms", carry.crash_count, wait / 1000);
+            (sup, Some(report))
+        }
+        None => (Supervisor::new(Policy::default(), boot_count), None),
+    };
     VISOR.with(|v| {
-        *v = Some(Visor { sup: Supervisor::new(Policy::default(), boot_count), factory, last_crash: None, flash });
+        *v = Some(Visor { sup, factory, last_crash, flash });
     });
     time::rearm();
 

@@ -155,3 +155,25 @@ pub fn symbol_address(path: &Path, name: &str) -> Result<Option<u64>, ElfError> 
     let file = object::File::parse(&*data).map_err(|e| ElfError::Parse(e.to_string()))?;
     Ok(file.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(image_from_elf_bytes(b"not an elf", "x", "1"), Err(ElfError::Parse(_))));
+        assert!(matches!(image_from_elf_bytes(&[], "x", "1"), Err(ElfError::Parse(_))));
+        let mut truncated = b"\x7fELF\x01\x01\x01".to_vec();
+        truncated.resize(40, 0);
+        assert!(image_from_elf_bytes(&truncated, "x", "1").is_err());
+    }
+
+    #[test]
+    fn host_binaries_are_refused_as_apps() {
+        // This test binary is an x86-64 (or other host) ELF: not an ARM app.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let e = image_from_elf_bytes(&me, "x", "1").unwrap_err();
+        assert!(e.to_string().contains("not ARM") || matches!(e, ElfError::Parse(_)), "{e}");
+    }
+}

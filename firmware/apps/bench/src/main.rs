@@ -2,6 +2,7 @@
 //! instruction takes exactly 1 ns of virtual time, so microseconds × 1000 = instructions.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use keel_app::raw;
 

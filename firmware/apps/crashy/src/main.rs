@@ -3,6 +3,7 @@
 //! report's PC against the ELF.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 keel_app::entry!(main);
 

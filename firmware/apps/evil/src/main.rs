@@ -11,6 +11,7 @@
 //! `evil: fault attack #k <name> DID NOT FAULT`, `evil: all attacks done`.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use keel_app::{raw, Call, Status};
 
@@ -182,6 +183,7 @@ const ATTACKS: &[&str] = &[
     "msp-into-secure-ram-then-svc",
     "hang-with-faultmask",
     "undefined-instruction",
+    "fault-in-interrupt-handler",
 ];
 
 fn fault_attack(k: usize) {
@@ -215,7 +217,13 @@ fn fault_attack(k: usize) {
                 keel_app::watchdog_start(200).ok();
                 core::arch::asm!("cpsid f", "2:", "b 2b", options(noreturn));
             }
-            _ => core::arch::asm!("udf #7"),
+            13 => core::arch::asm!("udf #7"),
+            _ => {
+                // Pend our own PendSV; its handler (the SDK default) executes `udf`, so the app
+                // faults in handler mode.
+                core::ptr::write_volatile(0xE000_ED04 as *mut u32, 1 << 28);
+                core::arch::asm!("dsb", "isb");
+            }
         }
     }
     keel_app::error!("evil: fault attack #{} {} DID NOT FAULT", k, name);
