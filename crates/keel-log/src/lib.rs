@@ -1,0 +1,301 @@
+//! # Keel log ring
+//!
+//! The visor keeps app log lines and its own events in a fixed-size ring in secure RAM until the
+//! server has acknowledged them: delivered at least once, never silently lost.
+//!
+//! * Every record gets a sequence number when it is pushed. Numbers are `boot << 32 | n`, so they
+//!   stay unique and ordered across reboots of the device (the boot counter is persistent) and
+//!   the server can de-duplicate and order them.
+//! * When a new record does not fit, the **oldest** records are dropped and counted; the sender
+//!   reports the count with the next batch ([`LogRing::dropped`]) and the server records a
+//!   "dropped N" event. A record larger than [`MAX_TEXT`] is refused with an error (the app gets
+//!   a clear status code), never truncated silently.
+//! * The link reads records from any sequence number on ([`LogRing::iter_from`]), so a batch can
+//!   be re-sent after a reconnect, and releases them with [`LogRing::ack`].
+//!
+//! The ring stores records back to back as `len:u16 | kind:u8 | level:u8 | time_us:u64 | text`,
+//! wrapping at the end of the buffer; it never allocates and never panics.
+#![no_std]
+
+/// Largest text of one record, in bytes.
+pub const MAX_TEXT: usize = 512;
+const HDR: usize = 12;
+
+/// What produced a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A line logged by the app.
+    App = 0,
+    /// An event of the visor (boot, crash report, connection state, ...).
+    Visor = 1,
+}
+
+/// A record as read back from the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Producer.
+    pub kind: Kind,
+    /// Level (the ABI's `LogLevel` value for app lines).
+    pub level: u8,
+    /// Monotonic time of the record in microseconds.
+    pub time_us: u64,
+    /// The text, in at most two pieces (the ring may wrap inside it).
+    pub text: (&'a [u8], &'a [u8]),
+}
+
+impl Record<'_> {
+    /// Copies the text into `out`; returns its length.
+    pub fn copy_text(&self, out: &mut [u8]) -> usize {
+        let (a, b) = self.text;
+        let n = (a.len() + b.len()).min(out.len());
+        let na = a.len().min(n);
+        out[..na].copy_from_slice(&a[..na]);
+        out[na..n].copy_from_slice(&b[..n - na]);
+        n
+    }
+}
+
+/// Errors of [`LogRing::push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The text is longer than [`MAX_TEXT`].
+    TooLong,
+}
+
+/// The ring, `N` bytes of storage.
+pub struct LogRing<const N: usize> {
+    buf: [u8; N],
+    head: usize,
+    used: usize,
+    first_seq: u64,
+    next_seq: u64,
+    count: usize,
+    dropped: u64,
+}
+
+impl<const N: usize> LogRing<N> {
+    /// An empty ring whose first record will get sequence number `boot << 32`.
+    pub const fn new(boot: u32) -> Self {
+        let s = (boot as u64) << 32;
+        LogRing { buf: [0; N], head: 0, used: 0, first_seq: s, next_seq: s, count: 0, dropped: 0 }
+    }
+
+    /// Number of records held.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True if no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes in use.
+    pub fn bytes_used(&self) -> usize {
+        self.used
+    }
+
+    /// Sequence number of the oldest record held (or of the next one if empty).
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Records dropped because the ring was full and not yet reported with [`LogRing::take_dropped`].
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Returns and resets the dropped count (call when the server acknowledged a report of it).
+    pub fn take_dropped(&mut self) -> u64 {
+        core::mem::take(&mut self.dropped)
+    }
+
+    fn byte(&self, off: usize) -> u8 {
+        self.buf[(self.head + off) % N]
+    }
+
+    fn record_len_at(&self, off: usize) -> usize {
+        HDR + u16::from_le_bytes([self.byte(off), self.byte(off + 1)]) as usize
+    }
+
+    fn drop_oldest(&mut self) {
+        let len = self.record_len_at(0);
+        self.head = (self.head + len) % N;
+        self.used -= len;
+        self.count -= 1;
+        self.first_seq += 1;
+    }
+
+    /// Appends a record and returns its sequence number, dropping the oldest records if needed.
+    pub fn push(&mut self, kind: Kind, level: u8, time_us: u64, text: &[u8]) -> Result<u64, PushError> {
+        if text.len() > MAX_TEXT || HDR + text.len() > N {
+            return Err(PushError::TooLong);
+        }
+        let need = HDR + text.len();
+        while N - self.used < need {
+            self.drop_oldest();
+            self.dropped += 1;
+        }
+        let mut hdr = [0u8; HDR];
+        hdr[0..2].copy_from_slice(&(text.len() as u16).to_le_bytes());
+        hdr[2] = kind as u8;
+        hdr[3] = level;
+        hdr[4..12].copy_from_slice(&time_us.to_le_bytes());
+        let start = (self.head + self.used) % N;
+        for (i, b) in hdr.iter().chain(text.iter()).enumerate() {
+            self.buf[(start + i) % N] = *b;
+        }
+        self.used += need;
+        self.count += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Releases every record with a sequence number `<= upto` (the server has stored them).
+    pub fn ack(&mut self, upto: u64) {
+        while self.count > 0 && self.first_seq <= upto {
+            self.drop_oldest();
+        }
+    }
+
+    /// Iterates over the records with sequence numbers `>= from`, oldest first.
+    pub fn iter_from(&self, from: u64) -> Iter<'_, N> {
+        let mut it = Iter { ring: self, off: 0, seq: self.first_seq, left: self.count };
+        while it.left > 0 && it.seq < from {
+            it.off += self.record_len_at(it.off);
+            it.seq += 1;
+            it.left -= 1;
+        }
+        it
+    }
+}
+
+/// Iterator over records, see [`LogRing::iter_from`].
+pub struct Iter<'a, const N: usize> {
+    ring: &'a LogRing<N>,
+    off: usize,
+    seq: u64,
+    left: usize,
+}
+
+impl<'a, const N: usize> Iterator for Iter<'a, N> {
+    type Item = Record<'a>;
+    fn next(&mut self) -> Option<Record<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let r = self.ring;
+        let len = r.record_len_at(self.off) - HDR;
+        let mut t = [0u8; 8];
+        for (i, b) in t.iter_mut().enumerate() {
+            *b = r.byte(self.off + 4 + i);
+        }
+        let start = (r.head + self.off + HDR) % N;
+        let first = len.min(N - start);
+        let text = (&r.buf[start..start + first], &r.buf[..len - first]);
+        let rec = Record {
+            seq: self.seq,
+            kind: if r.byte(self.off + 2) == 0 { Kind::App } else { Kind::Visor },
+            level: r.byte(self.off + 3),
+            time_us: u64::from_le_bytes(t),
+            text,
+        };
+        self.off += HDR + len;
+        self.seq += 1;
+        self.left -= 1;
+        Some(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: &Record<'_>) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        r.copy_text(&mut out);
+        out
+    }
+
+    #[test]
+    fn push_iterate_ack() {
+        let mut r = LogRing::<256>::new(3);
+        let s0 = r.push(Kind::App, 2, 10, b"first").unwrap();
+        let s1 = r.push(Kind::Visor, 1, 20, b"second").unwrap();
+        assert_eq!(s0, 3 << 32);
+        assert_eq!(s1, s0 + 1);
+        let v: [Record<'_>; 2] = {
+            let mut it = r.iter_from(0);
+            [it.next().unwrap(), it.next().unwrap()]
+        };
+        assert_eq!(&text(&v[0])[..5], b"first");
+        assert_eq!((v[1].kind, v[1].level, v[1].time_us), (Kind::Visor, 1, 20));
+        assert_eq!(r.iter_from(s1).count(), 1);
+        r.ack(s0);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.first_seq(), s1);
+        r.ack(u64::MAX);
+        assert!(r.is_empty());
+        assert_eq!(r.bytes_used(), 0);
+    }
+
+    #[test]
+    fn full_ring_drops_oldest_and_counts() {
+        let mut r = LogRing::<100>::new(0);
+        // Each record is 12 + 20 = 32 bytes: three fit.
+        for i in 0..5u8 {
+            r.push(Kind::App, 2, i as u64, &[b'a' + i; 20]).unwrap();
+        }
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.dropped(), 2);
+        assert_eq!(r.first_seq(), 2);
+        let first = r.iter_from(0).next().unwrap();
+        assert_eq!(first.seq, 2);
+        assert_eq!(text(&first)[0], b'c');
+        assert_eq!(r.take_dropped(), 2);
+        assert_eq!(r.dropped(), 0);
+    }
+
+    #[test]
+    fn records_wrap_around_the_end_intact() {
+        let mut r = LogRing::<50>::new(0);
+        for i in 0..40u8 {
+            let msg = [i; 13];
+            let seq = r.push(Kind::App, 0, 0, &msg[..(i % 14) as usize]).unwrap();
+            let rec = r.iter_from(seq).next().unwrap();
+            let mut out = [0u8; 20];
+            let n = rec.copy_text(&mut out);
+            assert_eq!(&out[..n], &msg[..(i % 14) as usize]);
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let mut r = LogRing::<4096>::new(0);
+        assert_eq!(r.push(Kind::App, 0, 0, &[0; MAX_TEXT + 1]), Err(PushError::TooLong));
+        let mut small = LogRing::<32>::new(0);
+        assert_eq!(small.push(Kind::App, 0, 0, &[0; 21]), Err(PushError::TooLong));
+        assert!(small.push(Kind::App, 0, 0, &[0; 20]).is_ok());
+    }
+
+    #[test]
+    fn sequence_numbers_never_repeat_within_a_boot_and_order_across_boots() {
+        let mut a = LogRing::<64>::new(1);
+        let mut last = 0;
+        for _ in 0..100 {
+            let s = a.push(Kind::App, 0, 0, b"x").unwrap();
+            assert!(s > last || last == 0);
+            last = s;
+        }
+        let mut b = LogRing::<64>::new(2);
+        assert!(b.push(Kind::App, 0, 0, b"x").unwrap() > last);
+    }
+}
