@@ -11,4 +11,5 @@
 //! rekeying and the rejection of tampered messages.
 #![no_std]
 
+pub mod backoff;
 pub mod frame;

@@ -210,6 +210,19 @@ pub fn ack_alarm() {
     wr(TIMER0_S + 0x0C, 1);
 }
 
+/// LAN9118 Ethernet controller, secure alias.
+pub const LAN9118_BASE: usize = 0x5200_0000;
+/// Its interrupt number.
+pub const NET_IRQ: u32 = 48;
+
+/// Enables the Ethernet interrupt (secure, same priority as the alarm).
+pub fn enable_net_irq() {
+    // SAFETY: byte write to the NVIC priority register of the Ethernet interrupt.
+    unsafe { write_volatile((NVIC_IPR + NET_IRQ as usize) as *mut u8, 0x40) };
+    wr(NVIC_ICPR + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
+    wr(NVIC_ISER + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
+}
+
 /// Requests the secure PendSV (the visor's service routine).
 pub fn pend_service() {
     wr(SCB_ICSR, 1 << 28);

@@ -23,6 +23,7 @@ mod app;
 mod board;
 mod console;
 mod global;
+mod net;
 mod ns_mem;
 mod syscalls;
 mod time;
@@ -96,8 +97,12 @@ VECTORS:
     .word keel_unexpected       @ SysTick (unused)
     .word keel_unexpected, keel_unexpected, keel_unexpected   @ IRQ 0-2
     .word keel_alarm            @ IRQ 3: TIMER0, the alarm
-    .rept 60
-    .word keel_unexpected       @ other external interrupts (none used yet)
+    .rept 44
+    .word keel_unexpected       @ IRQ 4-47: not used
+    .endr
+    .word keel_net_irq          @ IRQ 48: LAN9118 Ethernet
+    .rept 15
+    .word keel_unexpected       @ IRQ 49-63: not used
     .endr
 
     .section .text.Reset,"ax",%progbits
@@ -313,12 +318,14 @@ fn launch(now: u64) -> u64 {
 
 /// PendSV: the service routine. Runs the supervisor and acts on its decision.
 extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
+    let now = time::now_us();
+    net::poll(now);
     // Only switch contexts when we interrupted thread mode; if the app (or a system call made from
-    // one of its handlers) was in handler mode, try again at the next tick.
+    // one of its handlers) was in handler mode, try again at the next alarm.
     if exc_return & (1 << 3) == 0 {
+        time::rearm();
         return keep(exc_return);
     }
-    let now = time::now_us();
     let action = VISOR.with(|v| v.as_mut().map_or(Action::None, |v| v.sup.poll(now)));
     let result = match action {
         Action::None => keep(exc_return),
@@ -340,7 +347,7 @@ extern "C" fn keel_alarm() {
     board::ack_alarm();
     let now = time::now_us();
     let due = VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()).is_some_and(|d| now >= d));
-    if due {
+    if due || net::next_deadline().is_some_and(|d| now >= d) {
         board::pend_service();
     }
     time::rearm();
@@ -582,6 +589,10 @@ extern "C" fn visor_main() -> ! {
         }
         None => (Supervisor::new(Policy::default(), boot_count), None),
     };
+    if let Some(f) = &factory {
+        let seed = u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64;
+        net::init(&f.server_host, f.server_port, seed, now);
+    }
     VISOR.with(|v| {
         *v = Some(Visor { sup, factory, last_crash, flash });
     });

@@ -51,13 +51,17 @@ pub fn set_wait_deadline(deadline: Option<u64>) {
 /// may bring a deadline forward.
 pub fn rearm() {
     let sup = crate::VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()));
+    let net = crate::net::next_deadline();
     CLOCK.with(|c| {
         let now = cycles(c) / CYCLES_PER_US;
         if sup.is_some_and(|d| d <= now) {
             // Already due: the service routine runs next and re-arms when it is done.
             board::pend_service();
         }
-        let pending = [sup.filter(|&d| d > now), c.wait_deadline.filter(|&d| d > now)];
+        if net.is_some_and(|d| d <= now) {
+            board::pend_service();
+        }
+        let pending = [sup.filter(|&d| d > now), c.wait_deadline.filter(|&d| d > now), net.filter(|&d| d > now)];
         let delay_us = pending.iter().flatten().map(|d| d - now).min().unwrap_or(u64::MAX);
         let cycles = delay_us.saturating_mul(CYCLES_PER_US).clamp(MIN_ALARM_CYCLES, board::ALARM_MAX_CYCLES as u64);
         board::arm_alarm(cycles as u32);

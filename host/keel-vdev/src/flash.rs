@@ -30,6 +30,18 @@ pub fn new_factory() -> std::io::Result<Factory> {
     })
 }
 
+/// New factory data for a device that connects to `host:port` (an IPv4 address as seen from the
+/// device; the host's loopback is 10.0.2.2 under QEMU user networking).
+pub fn new_factory_for(host: &str, port: u16) -> std::io::Result<Factory> {
+    let mut f = new_factory()?;
+    if host.len() >= f.server_host.len() {
+        return Err(std::io::Error::other("server host name too long"));
+    }
+    f.server_host[..host.len()].copy_from_slice(host.as_bytes());
+    f.server_port = port;
+    Ok(f)
+}
+
 /// Creates (or overwrites) a flash file: all erased, with `factory` in the factory partition.
 pub fn create(path: &Path, factory: &Factory) -> std::io::Result<()> {
     let mut data = vec![0xFFu8; layout::FLASH_SIZE as usize];

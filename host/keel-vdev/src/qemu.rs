@@ -37,7 +37,9 @@ impl Device {
         c.arg("-object")
             .arg(format!("memory-backend-file,id=keelflash,size=16M,mem-path={},share=on", self.flash.display()));
         c.args(["-machine", "memory-backend=keelflash"]);
-        c.args(["-nic", "none"]);
+        // User-mode networking: the device reaches the host's loopback as 10.0.2.2 (and nothing
+        // listens for connections from outside).
+        c.args(["-nic", "user,model=lan9118"]);
         if self.clock == Clock::Deterministic {
             c.args(["-icount", "shift=0,sleep=off"]);
         }

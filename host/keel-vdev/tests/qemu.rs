@@ -215,6 +215,43 @@ fn flash_contents_survive_restarts_and_kill_9() {
 }
 
 #[test]
+fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
+    use std::net::TcpListener;
+    use std::sync::mpsc::channel;
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if tx.send(conn).is_err() {
+                break;
+            }
+        }
+    });
+    let path = flash_path("net");
+    flash::create(&path, &flash::new_factory_for("10.0.2.2", port).unwrap()).unwrap();
+    let img = elf::image_from_elf(&keel_vdev::app_elf("hello"), "1.0.0").unwrap();
+    flash::program_app(&path, layout::APP_A, &img).unwrap();
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic };
+    let mut r = start(&dev);
+    r.wait_for("address", LIMIT, |l| msg(l).starts_with("net: address 10.0.2.15")).unwrap_or_else(|e| panic!("{e}"));
+    let first = rx.recv_timeout(LIMIT).expect("the device connects").unwrap();
+    r.wait_for("connected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+    // The app keeps running alongside the network.
+    r.wait_for("app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    // The server side drops the connection: the device notices and connects again after backoff.
+    drop(first);
+    r.wait_for("loss", LIMIT, |l| msg(l).starts_with("net: connection lost")).unwrap_or_else(|e| panic!("{e}"));
+    let retry = r.wait_for("retry", LIMIT, |l| msg(l).starts_with("net: retrying in ")).unwrap();
+    let delay: u64 = msg(&retry).trim_start_matches("net: retrying in ").trim_end_matches(" ms").parse().unwrap();
+    assert!((500..=1000).contains(&delay), "first retry after 0.5..1 s (jittered): {delay}");
+    let _second = rx.recv_timeout(LIMIT).expect("the device reconnects").unwrap();
+    r.wait_for("reconnected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+    assert_visor_healthy(&r.kill());
+}
+
+#[test]
 fn missing_or_corrupt_app_is_refused_and_the_visor_keeps_running() {
     let (dev, _) = new_device("noapp", None);
     let mut r = start(&dev);
