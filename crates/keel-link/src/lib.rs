@@ -13,3 +13,5 @@
 
 pub mod backoff;
 pub mod frame;
+pub mod msg;
+pub mod session;
