@@ -299,3 +299,67 @@ mod tests {
         assert!(b.push(Kind::App, 0, 0, b"x").unwrap() > last);
     }
 }
+
+#[cfg(test)]
+mod model_tests {
+    extern crate std;
+    use std::collections::VecDeque;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// Random pushes, acks and reads against a simple model: the ring must hold exactly the
+    /// newest records that fit, report the rest as dropped, and never lose an unacked record
+    /// while there is room.
+    #[test]
+    fn matches_a_model_under_random_operations() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50 {
+            let mut ring = LogRing::<300>::new(1);
+            let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+            let mut dropped = 0u64;
+            for _ in 0..2000 {
+                match rnd() % 4 {
+                    0 | 1 => {
+                        let len = (rnd() % 60) as usize;
+                        let text: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+                        let seq = ring.push(Kind::App, 1, 5, &text).unwrap();
+                        model.push_back((seq, text));
+                        while model.iter().map(|(_, t)| HDR + t.len()).sum::<usize>() > 300 {
+                            model.pop_front();
+                            dropped += 1;
+                        }
+                    }
+                    2 => {
+                        if let Some(&(s, _)) = model.get((rnd() % 4) as usize) {
+                            ring.ack(s);
+                            while model.front().is_some_and(|(m, _)| *m <= s) {
+                                model.pop_front();
+                            }
+                        }
+                    }
+                    _ => {
+                        assert_eq!(ring.take_dropped(), dropped);
+                        dropped = 0;
+                    }
+                }
+                assert_eq!(ring.len(), model.len());
+                let got: Vec<(u64, Vec<u8>)> = ring
+                    .iter_from(0)
+                    .map(|r| {
+                        let mut t = [0u8; 64];
+                        let n = r.copy_text(&mut t);
+                        (r.seq, t[..n].to_vec())
+                    })
+                    .collect();
+                assert_eq!(got, model.iter().cloned().collect::<Vec<_>>());
+            }
+        }
+    }
+}

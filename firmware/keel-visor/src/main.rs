@@ -5,7 +5,9 @@
 //! table, loads and verifies the app from flash, and starts it in the non-secure world. It then
 //! only runs from exceptions, above every app priority:
 //!
-//! * **SysTick** (1 kHz): time, and wake-ups of the service routine when a deadline is due.
+//! * **The alarm** (a timer interrupt, tickless): wakes the service routine when a deadline is
+//!   due; time comes from a free-running counter.
+//! * **The Ethernet interrupt**: wakes the service routine to run the network ([`net`]).
 //! * **PendSV** (the service routine): the app lifecycle, driven by the sans-IO
 //!   [`keel_supervisor::Supervisor`]: (re)starts after backoff, watchdog kills.
 //! * **Faults**: anything the app does wrong ends here; the visor records a crash report and
@@ -25,6 +27,7 @@ mod console;
 mod global;
 mod net;
 mod ns_mem;
+mod rng;
 mod syscalls;
 mod time;
 mod warm;
@@ -54,6 +57,8 @@ pub struct Visor {
     pub last_crash: Option<CrashReport>,
     /// The flash driver.
     pub flash: Nor<FlashMedium>,
+    /// Header of the app image running (or last started).
+    pub app: Option<keel_image::Header>,
 }
 
 /// The visor's state. `None` only before `visor_main` initialised it.
@@ -289,6 +294,7 @@ fn launch(now: u64) -> u64 {
             let info = VISOR.with(|v| {
                 let v = v.as_mut().expect("visor initialised");
                 v.sup.on_launched(now);
+                v.app = Some(loaded.header);
                 v.sup.boot_info()
             });
             let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
@@ -323,6 +329,13 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     // Only switch contexts when we interrupted thread mode; if the app (or a system call made from
     // one of its handlers) was in handler mode, try again at the next alarm.
     if exc_return & (1 << 3) == 0 {
+        // The app is inside one of its exception handlers. If its watchdog expired there, only
+        // a system reset can take it out (its exception stays active in the core).
+        let expired = VISOR.with(|v| v.as_mut().is_some_and(|v| v.sup.poll(now) == Action::KillForWatchdog));
+        if expired {
+            let report = crash_report(FaultKind::Watchdog, exc_return, now);
+            reset_after_app_fault(report, now, true, "app hung in an exception handler");
+        }
         time::rearm();
         return keep(exc_return);
     }
@@ -392,6 +405,16 @@ fn crash_report(kind: FaultKind, exc_return: u32, now: u64) -> CrashReport {
 
 fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
     let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
+    net::push_event(format_args!(
+        "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
+        kind,
+        report.pc(),
+        report.lr(),
+        report.sp,
+        report.cfsr,
+        report.hfsr,
+        report.sfsr
+    ));
     vlog!(
         "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} xpsr={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x} bfar={:#010x} exc_return={:#010x}",
         kind,
@@ -443,11 +466,7 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     if exc_return & (1 << 3) == 0 {
         // The app faulted inside one of its own interrupt handlers. Its exception stays active in
         // the core, which only a reset clears: record the crash and reset the system.
-        record_crash(report, now, false);
-        let carry = VISOR.with(|v| v.as_ref().map(|v| v.sup.carry()).unwrap_or_default());
-        warm::save(carry, &report);
-        vlog!("app fault in an interrupt handler: resetting the system to clear it");
-        board::system_reset();
+        reset_after_app_fault(report, now, false, "app fault in an exception handler");
     }
     record_crash(report, now, false);
     time::rearm();
@@ -455,6 +474,17 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
 }
 
 /// `frame` is the secure exception frame when known (0 otherwise).
+/// Records a crash of the app that happened inside one of its exception handlers and resets the
+/// system: an active exception of the app can only be cleared by a reset. The crash series and
+/// report are carried over the reset (see [`warm`]), so the backoff continues.
+fn reset_after_app_fault(report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
+    record_crash(report, now, watchdog);
+    let carry = VISOR.with(|v| v.as_ref().map(|v| v.sup.carry()).unwrap_or_default());
+    warm::save(carry, &report);
+    vlog!("{}: resetting the system to clear it", why);
+    board::system_reset()
+}
+
 fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
     let psp: u32;
     // SAFETY: reading PSP has no side effects.
@@ -589,12 +619,15 @@ extern "C" fn visor_main() -> ! {
         }
         None => (Supervisor::new(Policy::default(), boot_count), None),
     };
+    net::init_logs(boot_count);
+    net::push_event(format_args!("boot #{} visor {}", boot_count, VERSION));
     if let Some(f) = &factory {
+        rng::seed(&f.device_key, boot_count);
         let seed = u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64;
-        net::init(&f.server_host, f.server_port, seed, now);
+        net::init(f, boot_count, seed, now);
     }
     VISOR.with(|v| {
-        *v = Some(Visor { sup, factory, last_crash, flash });
+        *v = Some(Visor { sup, factory, last_crash, flash, app: None });
     });
     time::rearm();
 

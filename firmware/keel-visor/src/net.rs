@@ -11,13 +11,62 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use keel_lan9118::Lan9118;
 use keel_link::backoff::Backoff;
+use keel_link::frame::Decoder;
+use keel_link::msg::{Down, Up, PROTOCOL_VERSION};
+use keel_link::session::{DeviceSession, MAX_FRAME};
+use keel_log::{Kind, LogRing, PushError};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use crate::global::Global;
-use crate::{board, vlog};
+use crate::rng::VisorRng;
+use crate::{board, time, vlog};
+
+/// Bytes of secure RAM for log records waiting to be sent.
+const LOG_RING_BYTES: usize = 8192;
+
+static LOGS: Global<Option<LogRing<LOG_RING_BYTES>>> = Global::new(None);
+
+/// Starts the log ring for this boot (sequence numbers `boot << 32 | n`).
+pub fn init_logs(boot_count: u32) {
+    LOGS.with(|l| *l = Some(LogRing::new(boot_count)));
+}
+
+/// Queues a log record for the server. Oldest records are dropped (and counted) when full.
+pub fn push_log(kind: Kind, level: u8, text: &[u8]) -> Result<(), PushError> {
+    let now = time::now_us();
+    LOGS.with(|l| match l.as_mut() {
+        Some(l) => l.push(kind, level, now, text).map(|_| ()),
+        None => Ok(()),
+    })?;
+    // Send it now if the channel is up (the service routine runs the network).
+    if ONLINE.load(Ordering::Relaxed) {
+        board::pend_service();
+    }
+    Ok(())
+}
+
+/// True while the secure channel is up; lets log producers wake the network without touching
+/// its state (they may run inside it).
+static ONLINE: AtomicBool = AtomicBool::new(false);
+
+/// Queues a visor event (formatted) for the server.
+pub fn push_event(args: core::fmt::Arguments<'_>) {
+    struct Buf([u8; 160], usize);
+    impl core::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let n = s.len().min(self.0.len() - self.1);
+            self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.1 += n;
+            Ok(())
+        }
+    }
+    let mut b = Buf([0; 160], 0);
+    let _ = core::fmt::Write::write_fmt(&mut b, args);
+    let _ = push_log(Kind::Visor, 2, &b.0[..b.1]);
+}
 
 const TCP_BUF: usize = 4096;
 
@@ -45,7 +94,8 @@ fn take_buffers() -> Option<(&'static mut [SocketStorage<'static>], &'static mut
 enum Link {
     WaitingForAddress,
     Connecting,
-    Connected,
+    Handshaking,
+    Online,
     Backoff { until_us: u64 },
 }
 
@@ -56,6 +106,12 @@ struct Net {
     dhcp: SocketHandle,
     tcp: SocketHandle,
     server: (Ipv4Address, u16),
+    device_key: [u8; 32],
+    server_key: [u8; 32],
+    boot_count: u32,
+    session: Option<DeviceSession<VisorRng>>,
+    decoder: Decoder<MAX_FRAME>,
+    send_cursor: u64,
     link: Link,
     backoff: Backoff,
     local_port: u16,
@@ -82,7 +138,8 @@ fn parse_ipv4(host: &[u8]) -> Option<Ipv4Address> {
 
 /// Brings the network up if the factory data names a server. `seed` varies the backoff jitter
 /// and local ports between devices and boots.
-pub fn init(server_host: &[u8], server_port: u16, seed: u64, now_us: u64) {
+pub fn init(factory: &keel_flash::factory::Factory, boot_count: u32, seed: u64, now_us: u64) {
+    let (server_host, server_port) = (&factory.server_host[..], factory.server_port);
     let Some(ip) = parse_ipv4(server_host) else {
         vlog!("net: no server address in the factory data; network stays off");
         return;
@@ -117,6 +174,12 @@ pub fn init(server_host: &[u8], server_port: u16, seed: u64, now_us: u64) {
             dhcp,
             tcp,
             server: (ip, server_port),
+            device_key: factory.device_key,
+            server_key: factory.server_key,
+            boot_count,
+            session: None,
+            decoder: Decoder::new(),
+            send_cursor: 0,
             link: Link::WaitingForAddress,
             backoff: Backoff::new(1_000, 60_000, seed),
             local_port: 49152 + (seed % 8192) as u16,
@@ -140,10 +203,142 @@ impl Net {
     }
 
     fn retry_later(&mut self, now_us: u64) {
+        ONLINE.store(false, Ordering::Relaxed);
         self.sockets.get_mut::<tcp::Socket>(self.tcp).abort();
+        self.session = None;
         let d = self.backoff.next_delay_ms();
         vlog!("net: retrying in {} ms", d);
         self.link = Link::Backoff { until_us: now_us + d as u64 * 1000 };
+    }
+
+    fn start_session(&mut self, now_us: u64) {
+        let mut session = match DeviceSession::<VisorRng>::new(&self.device_key, &self.server_key) {
+            Ok(s) => s,
+            Err(e) => {
+                vlog!("net: cannot start the secure channel: {:?}", e);
+                return self.retry_later(now_us);
+            }
+        };
+        let app = crate::VISOR.with(|v| v.as_ref().and_then(|v| v.app));
+        let (name, version) = match &app {
+            Some(h) => (h.name_str(), h.version_str()),
+            None => ("", ""),
+        };
+        let hello = Up::Hello {
+            protocol: PROTOCOL_VERSION,
+            visor_version: crate::VERSION,
+            boot_count: self.boot_count,
+            app: app.as_ref().map(|_| (name, version)),
+            next_log_seq: LOGS.with(|l| l.as_ref().map_or(0, |l| l.next_seq())),
+        };
+        let mut frame = [0u8; MAX_FRAME];
+        let sent = session
+            .start(&hello, &mut frame)
+            .ok()
+            .and_then(|n| self.sockets.get_mut::<tcp::Socket>(self.tcp).send_slice(&frame[..n]).ok().map(|m| m == n));
+        if sent != Some(true) {
+            vlog!("net: cannot send the handshake");
+            return self.retry_later(now_us);
+        }
+        self.session = Some(session);
+        self.decoder = Decoder::new();
+        self.link = Link::Handshaking;
+    }
+
+    /// Reads and handles every complete frame, then sends queued log records.
+    fn exchange(&mut self, now_us: u64) -> Result<(), &'static str> {
+        loop {
+            let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
+            if !s.can_recv() {
+                break;
+            }
+            let decoder = &mut self.decoder;
+            let mut frame_len = None;
+            let r = s.recv(|b| match decoder.push(b) {
+                Ok((used, done)) => {
+                    frame_len = done;
+                    (used, Ok(()))
+                }
+                Err(_) => (b.len(), Err("oversized frame")),
+            });
+            r.map_err(|_| "receive failed")??;
+            if let Some(len) = frame_len {
+                let session = self.session.as_mut().ok_or("no session")?;
+                let msg = session.receive(&self.decoder.frame()[..len]).map_err(|_| "server message rejected")?;
+                self.handle(msg, now_us)?;
+            }
+        }
+        if self.link == Link::Online {
+            self.send_logs()?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Down, now_us: u64) -> Result<(), &'static str> {
+        match msg {
+            Down::Welcome { unix_us, log_acked, .. } => {
+                time::set_wall_us(unix_us);
+                vlog!("net: online (secure channel up, wall clock set)");
+                push_event(format_args!("online"));
+                self.backoff.reset();
+                self.link = Link::Online;
+                ONLINE.store(true, Ordering::Relaxed);
+                let first = LOGS.with(|l| l.as_ref().map_or(0, |l| l.first_seq()));
+                self.send_cursor = log_acked.map_or(first, |a| a.saturating_add(1)).max(first);
+                if let Some(a) = log_acked {
+                    LOGS.with(|l| l.as_mut().map(|l| l.ack(a)));
+                }
+            }
+            Down::TimeSync { unix_us } => time::set_wall_us(unix_us),
+            Down::LogAck { upto } => {
+                LOGS.with(|l| l.as_mut().map(|l| l.ack(upto)));
+            }
+            Down::Ping { nonce } => self.send_msg(&Up::Pong { nonce })?,
+        }
+        let _ = now_us;
+        Ok(())
+    }
+
+    fn send_msg(&mut self, m: &Up<'_>) -> Result<(), &'static str> {
+        let mut frame = [0u8; MAX_FRAME];
+        let n = self.session.as_mut().ok_or("no session")?.send(m, &mut frame).map_err(|_| "cannot encrypt")?;
+        let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
+        match s.send_slice(&frame[..n]) {
+            Ok(sent) if sent == n => Ok(()),
+            _ => Err("send buffer full"),
+        }
+    }
+
+    fn send_logs(&mut self) -> Result<(), &'static str> {
+        let dropped = LOGS.with(|l| l.as_ref().map(|l| (l.dropped(), l.first_seq())));
+        if let Some((count, before_seq)) = dropped.filter(|d| d.0 > 0) {
+            if self.tcp_space() < MAX_FRAME {
+                return Ok(());
+            }
+            self.send_msg(&Up::Dropped { count, before_seq })?;
+            LOGS.with(|l| l.as_mut().map(|l| l.take_dropped()));
+            self.send_cursor = self.send_cursor.max(before_seq);
+        }
+        while self.tcp_space() >= MAX_FRAME {
+            let mut text = [0u8; keel_log::MAX_TEXT];
+            let next = LOGS.with(|l| {
+                let l = l.as_ref()?;
+                let r = l.iter_from(self.send_cursor).next()?;
+                let n = r.copy_text(&mut text);
+                Some((r.seq, r.kind as u8, r.level, r.time_us, n))
+            });
+            let Some((seq, kind, level, time_us, n)) = next else {
+                break;
+            };
+            self.send_msg(&Up::Log { seq, kind, level, time_us, text: &text[..n] })?;
+            self.send_cursor = seq + 1;
+        }
+        Ok(())
+    }
+
+    fn tcp_space(&mut self) -> usize {
+        let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
+        s.send_capacity() - s.send_queue()
     }
 
     fn poll(&mut self, now_us: u64) {
@@ -171,30 +366,33 @@ impl Net {
                 vlog!("net: address lost");
                 self.iface.update_ip_addrs(|a| a.clear());
                 self.sockets.get_mut::<tcp::Socket>(self.tcp).abort();
+                self.session = None;
+                ONLINE.store(false, Ordering::Relaxed);
                 self.link = Link::WaitingForAddress;
             }
             None => {}
         }
         let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
         let (state, open) = (s.state(), s.is_open());
-        // Until the secure channel runs on this connection, incoming bytes are read and dropped
-        // so the peer's window never closes.
-        if s.can_recv() {
-            let _ = s.recv(|b| (b.len(), ()));
-        }
         match self.link {
             Link::Connecting if state == tcp::State::Established => {
                 vlog!("net: connected to {}:{}", self.server.0, self.server.1);
-                self.backoff.reset();
-                self.link = Link::Connected;
+                self.start_session(now_us);
             }
             Link::Connecting if !open => {
                 vlog!("net: connection to {}:{} failed", self.server.0, self.server.1);
                 self.retry_later(now_us);
             }
-            Link::Connected if state != tcp::State::Established => {
+            Link::Handshaking | Link::Online if state != tcp::State::Established => {
                 vlog!("net: connection lost ({})", state);
+                push_event(format_args!("connection lost ({})", state));
                 self.retry_later(now_us);
+            }
+            Link::Handshaking | Link::Online => {
+                if let Err(e) = self.exchange(now_us) {
+                    vlog!("net: {}; dropping the connection", e);
+                    self.retry_later(now_us);
+                }
             }
             Link::Backoff { until_us } if now_us >= until_us => self.connect(now_us),
             _ => {}

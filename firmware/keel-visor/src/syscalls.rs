@@ -33,7 +33,7 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         }),
         Call::DeviceId => device_id(a0, a1),
         Call::MonotonicUs => write_u64(a0, Some(time::now_us())),
-        Call::WallTimeUs => write_u64(a0, None),
+        Call::WallTimeUs => write_u64(a0, time::wall_us()),
         Call::Log => log(a0, a1, a2),
         Call::Restart => restart(a0),
         Call::Wait => wait(a0, a1),
@@ -115,6 +115,8 @@ fn log(level: u32, ptr: u32, len: u32) -> Status {
     let msg = &mut buf[..len as usize];
     ns_mem::read_into(ptr, msg);
     let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
+    // Queued for the server; the ring never refuses a message within LOG_MAX_LEN.
+    let _ = crate::net::push_log(keel_log::Kind::App, level as u8, msg);
     let source = match level {
         LogLevel::Error => "app:E",
         LogLevel::Warn => "app:W",

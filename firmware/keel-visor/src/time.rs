@@ -11,12 +11,14 @@ use crate::board;
 use crate::global::Global;
 
 struct Clock {
+    /// Wall clock minus monotonic clock, in microseconds, once the server set the time.
+    wall_offset: Option<u64>,
     hi: u32,
     last_lo: u32,
     wait_deadline: Option<u64>,
 }
 
-static CLOCK: Global<Clock> = Global::new(Clock { hi: 0, last_lo: 0, wait_deadline: None });
+static CLOCK: Global<Clock> = Global::new(Clock { wall_offset: None, hi: 0, last_lo: 0, wait_deadline: None });
 
 const CYCLES_PER_US: u64 = board::SYSCLK_HZ as u64 / 1_000_000;
 
@@ -38,6 +40,22 @@ fn cycles(c: &mut Clock) -> u64 {
 /// Microseconds since the visor started. Never goes backwards.
 pub fn now_us() -> u64 {
     CLOCK.with(|c| cycles(c) / CYCLES_PER_US)
+}
+
+/// Sets the wall clock (from the server). The monotonic clock is unaffected.
+pub fn set_wall_us(unix_us: u64) {
+    CLOCK.with(|c| {
+        let now = cycles(c) / CYCLES_PER_US;
+        c.wall_offset = Some(unix_us.saturating_sub(now));
+    });
+}
+
+/// Microseconds since the Unix epoch, once the server set the clock.
+pub fn wall_us() -> Option<u64> {
+    CLOCK.with(|c| {
+        let now = cycles(c) / CYCLES_PER_US;
+        c.wall_offset.map(|o| o.saturating_add(now))
+    })
 }
 
 /// Sets (or clears) the deadline of the system call currently waiting, and re-arms the alarm.

@@ -151,7 +151,7 @@ fn evil_app_cannot_harm_the_visor() {
     // Every fault attack ended in a contained crash of the app, followed by a restart.
     let attacks: Vec<usize> =
         lines.iter().enumerate().filter(|(_, l)| msg(l).starts_with("evil: fault attack #")).map(|(i, _)| i).collect();
-    assert_eq!(attacks.len(), 15, "all fault attacks ran");
+    assert_eq!(attacks.len(), 16, "all fault attacks ran");
     for (n, &i) in attacks.iter().enumerate() {
         let crash = lines[i..]
             .iter()
@@ -169,6 +169,12 @@ fn evil_app_cannot_harm_the_visor() {
                 .iter()
                 .position(|l| msg(l).starts_with("starting app 'evil'") && l.contains("restarts=15 crashes=15"));
             assert!(reset.is_some() && next.is_some() && reset < next, "reset, then backoff and restart");
+        }
+        if attack.contains("hang-in-exception-handler") {
+            let rest = &lines[i..];
+            let reset = rest.iter().position(|l| msg(l).starts_with("reset after an app crash (crashes=16)"));
+            assert!(msg(crash).starts_with("app crash: Watchdog"), "{crash}");
+            assert!(reset.is_some(), "the watchdog ends a hang in handler mode with a reset");
         }
         if attack.contains("hang-with-faultmask") {
             assert!(msg(crash).starts_with("app crash: Watchdog"), "{crash}");
@@ -193,7 +199,7 @@ fn evil_app_cannot_harm_the_visor() {
     // The visor's code and secrets are byte-for-byte unchanged: digests taken at boot and at every
     // restart are identical, and the flash file's factory and journal partitions are unchanged.
     let integrity: Vec<&str> = lines.iter().filter(|l| msg(l).starts_with("integrity: ")).map(|l| msg(l)).collect();
-    assert!(integrity.len() >= 16, "digest at boot and at each of the 15 restarts");
+    assert!(integrity.len() >= 17, "digest at boot and at each of the 16 restarts");
     assert!(integrity.iter().all(|d| *d == integrity[0]), "{integrity:#?}");
     let secrets_after = (
         flash::read_partition(&dev.flash, layout::FACTORY).unwrap(),
@@ -249,6 +255,95 @@ fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
     let _second = rx.recv_timeout(LIMIT).expect("the device reconnects").unwrap();
     r.wait_for("reconnected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
     assert_visor_healthy(&r.kill());
+}
+
+/// A minimal server end for tests: reads frames from a TCP stream.
+fn read_frame(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reconnects() {
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    use clatter::bytearray::ByteArray;
+    use clatter::traits::Dh;
+    use keel_link::msg::{decode_up, Down, Up};
+    use keel_link::session::server::Accepting;
+
+    let server_keys = snow::Builder::new(keel_link::session::NOISE_PARAMS.parse().unwrap()).generate_keypair().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut factory = flash::new_factory_for("10.0.2.2", port).unwrap();
+    factory.server_key.copy_from_slice(&server_keys.public);
+    let device_public = clatter::crypto::dh::X25519::pubkey(
+        &<clatter::crypto::dh::X25519 as Dh>::PrivateKey::from_slice(&factory.device_key),
+    );
+    let path = flash_path("channel");
+    flash::create(&path, &factory).unwrap();
+    let img = elf::image_from_elf(&keel_vdev::app_elf("hello"), "1.2.3").unwrap();
+    flash::program_app(&path, layout::APP_A, &img).unwrap();
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic };
+    let mut r = start(&dev);
+
+    const WALL: u64 = 1_800_000_000_000_000;
+    let mut received: Vec<(u64, String)> = Vec::new();
+    for round in 0..2 {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let acc = Accepting::read(&server_keys.private, &read_frame(&mut sock).unwrap()).unwrap();
+        assert_eq!(acc.device_key, device_public, "the device authenticates with its factory key");
+        match decode_up(&acc.hello).unwrap() {
+            Up::Hello { protocol, boot_count, app, .. } => {
+                assert_eq!((protocol, boot_count), (1, 1));
+                if round == 1 {
+                    assert_eq!(app, Some(("hello", "1.2.3")), "the running app is reported");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        let acked = received.last().map(|(s, _)| *s);
+        let (mut session, welcome) =
+            acc.welcome(&Down::Welcome { protocol: 1, unix_us: WALL, log_acked: acked }).unwrap();
+        sock.write_all(&welcome).unwrap();
+        // Collect records until the app has printed three lines with the wall clock set.
+        let mut walls = 0;
+        while walls < 3 {
+            let frame = match read_frame(&mut sock) {
+                Ok(f) => f,
+                Err(e) => {
+                    r.run_for(Duration::from_millis(300));
+                    panic!("device closed the connection ({e}); console:\n{}", r.lines.join("\n"));
+                }
+            };
+            let plain = session.receive(&frame).unwrap();
+            if let Up::Log { seq, text, .. } = decode_up(&plain).unwrap() {
+                let text = String::from_utf8_lossy(text).to_string();
+                if text.starts_with("hello: device=") && !text.ends_with("wall=not-set") {
+                    let wall: u64 = field(&text, "wall").unwrap().parse().unwrap();
+                    assert!(wall > WALL && wall < WALL + 600_000_000, "wall clock from the server: {wall}");
+                    walls += 1;
+                }
+                received.push((seq, text));
+                sock.write_all(&session.send(&Down::LogAck { upto: seq }).unwrap()).unwrap();
+            }
+        }
+        // Round 0 ends by dropping the connection; the device reconnects by itself.
+    }
+    let lines = r.kill();
+    // Every sequence number exactly once and in order, across the reconnect.
+    for w in received.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "gap or duplicate between {:?} and {:?}", w[0], w[1]);
+    }
+    assert!(received.iter().any(|(_, t)| t.starts_with("boot #1")), "visor events are sent too");
+    assert!(lines.iter().any(|l| msg(l) == "net: online (secure channel up, wall clock set)"));
+    assert_visor_healthy(&lines);
 }
 
 #[test]

@@ -184,7 +184,19 @@ const ATTACKS: &[&str] = &[
     "hang-with-faultmask",
     "undefined-instruction",
     "fault-in-interrupt-handler",
+    "hang-in-exception-handler",
 ];
+
+/// A vector table in RAM whose SVCall handler never returns (for the last attack).
+#[repr(C, align(512))]
+struct RamVectors([u32; 48]);
+static mut RAM_VECTORS: RamVectors = RamVectors([0; 48]);
+
+extern "C" fn spin_forever() {
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 fn fault_attack(k: usize) {
     let name = ATTACKS[k];
@@ -218,6 +230,19 @@ fn fault_attack(k: usize) {
                 core::arch::asm!("cpsid f", "2:", "b 2b", options(noreturn));
             }
             13 => core::arch::asm!("udf #7"),
+            15 => {
+                // Our own SVCall handler that never returns, with the watchdog armed: a hang in
+                // handler mode, which only a system reset can end.
+                let table = &mut *core::ptr::addr_of_mut!(RAM_VECTORS);
+                for (i, w) in table.0.iter_mut().enumerate() {
+                    *w = core::ptr::read_volatile((0x0020_0000 + 4 * i) as *const u32);
+                }
+                table.0[11] = spin_forever as *const () as u32 | 1;
+                core::ptr::write_volatile(0xE000_ED08 as *mut u32, table.0.as_ptr() as u32); // VTOR
+                core::arch::asm!("dsb", "isb");
+                keel_app::watchdog_start(200).ok();
+                core::arch::asm!("svc #1");
+            }
             _ => {
                 // Pend our own PendSV; its handler (the SDK default) executes `udf`, so the app
                 // faults in handler mode.
