@@ -131,7 +131,8 @@ const struct keel_vector_table __keel_vectors = {
     },
 };
 
-/* Unhandled exception or interrupt: stop here (the app watchdog, if armed, restarts us). */
+/* Unhandled exception or interrupt: stop here (the app watchdog, if armed, ends the hang; the visor resets the system to clear the
+ * active exception)). */
 __attribute__((weak)) void Default_Handler(void)
 {
     for (;;) {

@@ -113,7 +113,8 @@ pub enum Call {
     /// `abi_info(AbiInfo *out)`: ABI and visor versions.
     AbiInfo = 0,
     /// `device_id(uint8_t *buf, uint32_t len)`: writes the [`DEVICE_ID_LEN`]-byte ASCII id (not NUL
-    /// terminated). `len` must be at least [`DEVICE_ID_LEN`].
+    /// terminated). `len` must be at least [`DEVICE_ID_LEN`]. [`Status::Unavailable`] if the
+    /// device has no factory data (not provisioned).
     DeviceId = 1,
     /// `monotonic_us(uint64_t *out)`: microseconds since the visor started; never jumps.
     MonotonicUs = 2,
@@ -263,13 +264,16 @@ impl StartReason {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
-    /// HardFault (including escalated faults and `bkpt` without a debugger).
+    /// HardFault: every app fault the app does not handle itself ends here (undefined
+    /// instruction, stack overflow, division by zero, `bkpt` without a debugger...); the cause is
+    /// in [`CrashReport::cfsr`].
     HardFault = 3,
-    /// MemManage fault.
+    /// MemManage fault (of the visor's own MPU checks; not produced for app faults today).
     MemManage = 4,
     /// BusFault (e.g. an access blocked by a peripheral or memory protection controller).
     BusFault = 5,
-    /// UsageFault (undefined instruction, stack overflow via MSPLIM, division by zero, ...).
+    /// UsageFault taken by the visor directly (app usage faults escalate to [`FaultKind::HardFault`]
+    /// because the visor starts the app with its fault handlers disabled).
     UsageFault = 6,
     /// SecureFault: the app touched secure memory or entered secure code other than via a slot.
     SecureFault = 7,
@@ -361,7 +365,8 @@ pub struct CrashReport {
     pub sp: u32,
     /// EXC_RETURN of the exception that caught the fault.
     pub exc_return: u32,
-    /// Configurable Fault Status Register.
+    /// Configurable Fault Status Register: the secure and non-secure banks OR-ed together (the
+    /// cause of an app fault that escalated to HardFault is in the non-secure bank).
     pub cfsr: u32,
     /// HardFault Status Register.
     pub hfsr: u32,

@@ -164,6 +164,9 @@ impl Header {
         if h.image_size < 8 || h.image_size > target.exec_size || h.image_size > target.slot_capacity {
             return Err(ImageError::BadSize);
         }
+        if h.flags != 0 {
+            return Err(ImageError::ReservedNotZero);
+        }
         if h.load_addr != target.exec_base {
             return Err(ImageError::BadLoadAddress);
         }
@@ -316,6 +319,9 @@ mod tests {
         let mut b = good;
         b[0x70] = 1;
         assert_eq!(Header::parse(&b, &T), Err(ImageError::ReservedNotZero));
+        let mut b = good;
+        b[O_FLAGS] = 1;
+        assert_eq!(Header::parse(&b, &T), Err(ImageError::ReservedNotZero), "no flags are defined yet");
         let mut b = good;
         b[O_IMAGE_SIZE..O_IMAGE_SIZE + 4].copy_from_slice(&0x40_0000u32.to_le_bytes());
         assert_eq!(Header::parse(&b, &T), Err(ImageError::BadSize));

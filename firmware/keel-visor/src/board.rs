@@ -128,7 +128,9 @@ fn mpc_set_ns(mpc: usize, start: u32, end: u32) {
 /// Configures TrustZone: the app gets exactly its code region, its RAM and the NSC table;
 /// everything else (visor code and data, flash, all peripherals, all interrupts) stays secure.
 pub fn configure_security(nsc_start: u32, nsc_end: u32) {
-    wr(SECRESPCFG, 1); // blocked accesses raise bus errors instead of reading zero
+    // Accesses blocked by an MPC raise bus errors instead of reading zero. (On QEMU 7.2 an app
+    // access to a PPC-protected peripheral still reads zero and the write is ignored.)
+    wr(SECRESPCFG, 1);
     wr(NSCCFG, 1); // CODENSC: allow an SAU NSC region in 0x1xxxxxxx
     sau_region(0, APP_EXEC_BASE, APP_EXEC_BASE + APP_EXEC_SIZE - 1, false);
     sau_region(1, APP_RAM_BASE, APP_RAM_BASE + APP_RAM_SIZE - 1, false);
@@ -247,7 +249,8 @@ pub fn clear_ns_exceptions() {
 /// Puts the non-secure side back into its reset state before the app (re)starts.
 pub fn reset_ns_core(vtor: u32) {
     // The non-secure SysTick (0xE002E010) is not reachable through the NS alias on QEMU 7.2 (a
-    // bus error: "Blocked re-entrant IO on v7m_systick"); on silicon, stop it here too.
+    // bus error: "Blocked re-entrant IO on v7m_systick"), so an app's SysTick keeps running
+    // across a restart here; the STM32 board layer must stop it (CSR_NS = 0).
     let _ = SYST_CSR_NS;
     wr(MPU_CTRL_NS, 0);
     clear_ns_exceptions();

@@ -555,7 +555,11 @@ fn log_integrity() {
     let code = unsafe {
         core::slice::from_raw_parts(board::VISOR_CODE_BASE as *const u8, (code_end - board::VISOR_CODE_BASE) as usize)
     };
-    let code_digest: [u8; 32] = Sha256::digest(code).into();
+    let nsc_start = sym_addr(core::ptr::addr_of!(__nsc_start));
+    let nsc_end = sym_addr(core::ptr::addr_of!(__nsc_end));
+    // SAFETY: the system-call table, between linker symbols.
+    let nsc = unsafe { core::slice::from_raw_parts(nsc_start as *const u8, (nsc_end - nsc_start) as usize) };
+    let code_digest: [u8; 32] = Sha256::new().chain_update(code).chain_update(nsc).finalize().into();
     let mut h = Sha256::new();
     h.update(board::flash_slice(layout::FACTORY.offset, layout::FACTORY.size));
     h.update(board::flash_slice(layout::JOURNAL.offset, layout::JOURNAL.size));

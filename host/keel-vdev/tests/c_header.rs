@@ -81,6 +81,15 @@ fn limits_and_enums_match() {
     ] {
         assert_eq!(get(&c, name), k as u64);
     }
+    for (name, l) in [
+        ("KEEL_LOG_ERROR", keel_abi::LogLevel::Error),
+        ("KEEL_LOG_WARN", keel_abi::LogLevel::Warn),
+        ("KEEL_LOG_INFO", keel_abi::LogLevel::Info),
+        ("KEEL_LOG_DEBUG", keel_abi::LogLevel::Debug),
+    ] {
+        assert_eq!(get(&c, name), l as u64);
+    }
+    assert_eq!(get(&c, "KEEL_EVENT_NONE"), keel_abi::events::NONE as u64);
     // The header's NSC base is the board's (the visor checks its own table is there at boot).
     assert_eq!(get(&c, "KEEL_NSC_BASE"), 0x1007_0000);
 }

@@ -298,6 +298,7 @@ static inline keel_status_t keel_abi_info(keel_abi_info_t *out)
  *  - KEEL_STATUS_OK
  *  - KEEL_STATUS_PARAMETER_FAULT     `buf` is not app memory
  *  - KEEL_STATUS_INVALID_BUFFER_SIZE `len` < KEEL_DEVICE_ID_LEN
+ *  - KEEL_STATUS_UNAVAILABLE         the device is not provisioned (no factory data)
  */
 static inline keel_status_t keel_device_id(uint8_t *buf, uint32_t len)
 {
