@@ -1,0 +1,189 @@
+//! # keel-sim: simulated devices
+//!
+//! A host-native device that speaks the cloud link exactly like the visor: the same frame codec,
+//! messages, Noise session and log ring (`keel-link`, `keel-log`), driven by tokio instead of the
+//! visor's interrupt loop. Used by server tests and load benchmarks.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clatter::bytearray::ByteArray;
+use clatter::crypto::dh::X25519;
+use clatter::traits::Dh;
+use keel_link::backoff::Backoff;
+use keel_link::msg::{Down, Up, PROTOCOL_VERSION};
+use keel_link::session::{DeviceSession, MAX_FRAME};
+use keel_log::{Kind, LogRing};
+use rand_core::{OsRng, RngCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The X25519 public key of a device secret.
+pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
+    X25519::pubkey(&<X25519 as Dh>::PrivateKey::from_slice(secret))
+}
+
+/// A new random device secret.
+pub fn new_secret() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    OsRng.fill_bytes(&mut s);
+    s
+}
+
+/// What a simulated device observed.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Completed handshakes.
+    pub sessions: u32,
+    /// Highest sequence number acknowledged by the server.
+    pub acked: Option<u64>,
+    /// Wall clock received from the server.
+    pub wall_us: Option<u64>,
+}
+
+/// A simulated device.
+pub struct SimDevice {
+    secret: [u8; 32],
+    server_public: [u8; 32],
+    boot: u32,
+    ring: Arc<Mutex<LogRing<65536>>>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl SimDevice {
+    /// A device with `secret` that trusts `server_public`, in boot number `boot`.
+    pub fn new(secret: [u8; 32], server_public: [u8; 32], boot: u32) -> Self {
+        SimDevice {
+            secret,
+            server_public,
+            boot,
+            ring: Arc::new(Mutex::new(LogRing::new(boot))),
+            stats: Arc::new(Mutex::new(Stats::default())),
+        }
+    }
+
+    /// Queues a log line; returns its sequence number.
+    pub fn log(&self, text: &str) -> u64 {
+        self.ring.lock().unwrap().push(Kind::App, 2, 0, text.as_bytes()).expect("short line")
+    }
+
+    /// What the device observed so far.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    /// Stays connected to `addr`: reconnects with backoff (`min_ms`..60 s) whenever the
+    /// connection drops, and sends queued log records. Runs until the task is dropped.
+    pub async fn run(&self, addr: SocketAddr, min_ms: u32) {
+        let mut backoff = Backoff::new(min_ms, 60_000, u64::from_le_bytes(self.secret[..8].try_into().unwrap()));
+        loop {
+            if self.session(addr).await.is_ok() {
+                backoff.reset();
+            }
+            tokio::time::sleep(Duration::from_millis(backoff.next_delay_ms() as u64)).await;
+        }
+    }
+
+    async fn session(&self, addr: SocketAddr) -> Result<(), &'static str> {
+        let mut s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
+        let mut dev = DeviceSession::<OsRng>::new(&self.secret, &self.server_public).map_err(|_| "session")?;
+        let next = self.ring.lock().unwrap().next_seq();
+        let hello = Up::Hello {
+            protocol: PROTOCOL_VERSION,
+            visor_version: "sim",
+            boot_count: self.boot,
+            app: None,
+            next_log_seq: next,
+        };
+        let mut frame = vec![0u8; MAX_FRAME];
+        let n = dev.start(&hello, &mut frame).map_err(|_| "start")?;
+        s.write_all(&frame[..n]).await.map_err(|_| "write")?;
+        let mut cursor = match dev.receive(&read_frame(&mut s).await?).map_err(|_| "welcome")? {
+            Down::Welcome { unix_us, log_acked, .. } => {
+                let mut st = self.stats.lock().unwrap();
+                st.sessions += 1;
+                st.wall_us = Some(unix_us);
+                let mut ring = self.ring.lock().unwrap();
+                if let Some(a) = log_acked {
+                    ring.ack(a);
+                }
+                log_acked.map_or(ring.first_seq(), |a| a + 1).max(ring.first_seq())
+            }
+            _ => return Err("expected welcome"),
+        };
+        let (mut rd, mut wr) = s.into_split();
+        // A reader task hands complete frames over a channel (cancel-safe in `select!`).
+        let (tx, mut frames) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            while let Ok(f) = read_frame_half(&mut rd).await {
+                if tx.send(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(reader);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tokio::select! {
+                f = frames.recv() => {
+                    let f = f.ok_or("closed")?;
+                    match dev.receive(&f).map_err(|_| "decrypt")? {
+                        Down::LogAck { upto } => {
+                            self.ring.lock().unwrap().ack(upto);
+                            self.stats.lock().unwrap().acked = Some(upto);
+                        }
+                        Down::Ping { nonce } => {
+                            let n = dev.send(&Up::Pong { nonce }, &mut frame).map_err(|_| "encrypt")?;
+                            wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
+                        }
+                        Down::TimeSync { unix_us } => self.stats.lock().unwrap().wall_us = Some(unix_us),
+                        Down::Welcome { .. } => return Err("second welcome"),
+                    }
+                }
+                _ = tick.tick() => {
+                    loop {
+                        let rec = {
+                            let ring = self.ring.lock().unwrap();
+                            ring.iter_from(cursor).next().map(|r| {
+                                let mut t = [0u8; keel_log::MAX_TEXT];
+                                let n = r.copy_text(&mut t);
+                                (r.seq, r.level, r.time_us, t[..n].to_vec())
+                            })
+                        };
+                        let Some((seq, level, time_us, text)) = rec else { break };
+                        let n = dev
+                            .send(&Up::Log { seq, kind: 0, level, time_us, text: &text }, &mut frame)
+                            .map_err(|_| "encrypt")?;
+                        wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
+                        cursor = seq + 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, &'static str> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.map_err(|_| "closed")?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.map_err(|_| "closed")?;
+    Ok(buf)
+}
+
+async fn read_frame_half(s: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Vec<u8>, &'static str> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.map_err(|_| "closed")?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.map_err(|_| "closed")?;
+    Ok(buf)
+}
