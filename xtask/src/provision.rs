@@ -24,8 +24,19 @@ fn is_root() -> bool {
 }
 
 /// Installs missing system tools and the Rust target.
+/// PostgreSQL server binaries (Debian installs them outside PATH).
+fn have_postgres() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().any(|e| e.path().join("bin/initdb").exists()))
+        .unwrap_or(false)
+        || have("initdb")
+}
+
 pub fn ensure() -> Result<(), String> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(t, _)| !have(t)).map(|(_, p)| *p).collect();
+    let mut missing: Vec<&str> = TOOLS.iter().filter(|(t, _)| !have(t)).map(|(_, p)| *p).collect();
+    if !have_postgres() {
+        missing.push("postgresql");
+    }
     if !missing.is_empty() {
         let install = format!("apt-get update && apt-get install -y {}", APT_PACKAGES.join(" "));
         if have("apt-get") && (is_root() || have("sudo")) {

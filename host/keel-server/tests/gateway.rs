@@ -1,4 +1,9 @@
-//! Gateway and store end to end with simulated devices (real TCP on loopback, real SQLite).
+//! Gateway and store end to end with simulated devices: real TCP on loopback, and every test
+//! runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::TestDb;
 
 use std::time::Duration;
 
@@ -6,14 +11,6 @@ use keel_server::gateway::{generate_keypair, serve};
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
 use tokio::net::TcpListener;
-
-async fn store(name: &str) -> Store {
-    let dir = std::env::temp_dir().join(format!("keel-gw-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("keel.db").display());
-    Store::open(&url).await.unwrap()
-}
 
 /// Waits (polling the store, bounded) until `f` holds.
 async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
@@ -26,9 +23,27 @@ async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) 
     panic!("condition not reached");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_arrive_exactly_once_in_order_across_a_server_restart() {
-    let store = store("restart").await;
+macro_rules! on_both_databases {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite(stringify!($name));
+                super::$name(db.open().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = super::TestDb::postgres(stringify!($name));
+                super::$name(db.open().await).await;
+            }
+        }
+    };
+}
+
+on_both_databases!(logs_arrive_exactly_once_in_order_across_a_server_restart);
+on_both_databases!(garbage_and_unknown_devices_do_not_disturb_connected_ones);
+
+async fn logs_arrive_exactly_once_in_order_across_a_server_restart(store: Store) {
     let (private, public) = generate_keypair();
     store.create_account("acct1", "Acme").await.unwrap();
     let secret = new_secret();
@@ -71,10 +86,8 @@ async fn logs_arrive_exactly_once_in_order_across_a_server_restart() {
     gw.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_unknown_devices_do_not_disturb_connected_ones() {
+async fn garbage_and_unknown_devices_do_not_disturb_connected_ones(store: Store) {
     use tokio::io::AsyncWriteExt;
-    let store = store("bad").await;
     let (private, public) = generate_keypair();
     store.create_account("a", "A").await.unwrap();
     let secret = new_secret();

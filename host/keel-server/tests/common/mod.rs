@@ -1,0 +1,90 @@
+//! Test databases: a fresh SQLite file, or a throwaway PostgreSQL cluster started from Debian's
+//! packages on a loopback port (run as the `postgres` user when the tests run as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel_server::store::Store;
+
+/// A database the test owns; PostgreSQL is stopped when it is dropped.
+pub struct TestDb {
+    pub url: String,
+    pg_dir: Option<PathBuf>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pg_dir {
+            let _ = as_postgres(&pg_bin("pg_ctl"), &["-D", &dir.display().to_string(), "-m", "immediate", "stop"]);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        versions.sort();
+        if let Some(v) = versions.last() {
+            return v.join("bin").join(name);
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn as_postgres(bin: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    if is_root() {
+        Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(bin).args(args).output()
+    } else {
+        Command::new(bin).args(args).output()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestDb {
+    pub fn sqlite(name: &str) -> TestDb {
+        let dir = std::env::temp_dir().join(format!("keel-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDb { url: format!("sqlite://{}?mode=rwc", dir.join("keel.db").display()), pg_dir: None }
+    }
+
+    /// Starts PostgreSQL; panics with the command to install it if it is missing.
+    pub fn postgres(name: &str) -> TestDb {
+        let initdb = pg_bin("initdb");
+        assert!(
+            initdb.exists() || which("initdb"),
+            "PostgreSQL is not installed: apt-get install -y postgresql (cargo xtask test does this)"
+        );
+        let dir = PathBuf::from(format!("/tmp/keel-pg-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap();
+        }
+        let d = dir.display().to_string();
+        let out = as_postgres(&initdb, &["-D", &d, "-U", "keel", "--auth=trust", "-E", "UTF8"]).unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let out =
+            as_postgres(&pg_bin("pg_ctl"), &["-D", &d, "-o", &opts, "-l", &format!("{d}/log"), "-w", "start"]).unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        TestDb { url: format!("postgres://keel@127.0.0.1:{port}/postgres"), pg_dir: Some(dir) }
+    }
+
+    pub async fn open(&self) -> Store {
+        Store::open(&self.url).await.unwrap()
+    }
+}
+
+fn which(name: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {name}")).status().is_ok_and(|s| s.success())
+}
