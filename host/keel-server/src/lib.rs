@@ -6,6 +6,7 @@
 //! The HTTP API, accounts and tokens, the CLI and metrics build on these.
 
 pub mod gateway;
+pub mod http;
 pub mod store;
 
 /// Microseconds since the Unix epoch.

@@ -57,6 +57,11 @@ pub struct Store {
     pool: AnyPool,
 }
 
+fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
 fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
     let app_name: Option<String> = r.try_get("app_name")?;
     let app_version: Option<String> = r.try_get("app_version")?;
@@ -101,6 +106,37 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Creates an API token for `account_id` and returns it. Only its hash is stored.
+    pub async fn create_token(&self, account_id: &str, name: &str) -> Result<String, Error> {
+        let mut raw = [0u8; 32];
+        getrandom::getrandom(&mut raw).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
+        let token = format!("keel_{}", hex(&raw));
+        sqlx::query("INSERT INTO api_tokens (token_hash, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash(&token))
+            .bind(account_id)
+            .bind(name)
+            .bind(unix_us() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The account a token belongs to, if the token is valid.
+    pub async fn account_for_token(&self, token: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT account_id FROM api_tokens WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("account_id")).transpose()
+    }
+
+    /// The devices of an account, by id.
+    pub async fn devices(&self, account_id: &str) -> Result<Vec<Device>, Error> {
+        let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE account_id = $1 ORDER BY id");
+        let rows = sqlx::query(q).bind(account_id).fetch_all(&self.pool).await?;
+        rows.iter().map(device_from_row).collect()
     }
 
     /// Registers a device with its static public key.
