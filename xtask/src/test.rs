@@ -41,6 +41,8 @@ pub fn run() -> Result<(), String> {
         "--",
         "--test-threads=2",
     ]))?;
+    eprintln!("\n== end to end: server, CLI, QEMU device");
+    sh(cargo().current_dir(root()).args(["test", "-p", "keel-cli", "--features", "qemu-tests", "--test", "e2e"]))?;
     eprintln!("\nall tests passed");
     Ok(())
 }

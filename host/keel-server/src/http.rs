@@ -16,6 +16,8 @@ use crate::store::{Device, LogRecord, Store};
 pub struct AppState {
     /// The database.
     pub store: Store,
+    /// The gateway's static public key (devices pin it in their factory data).
+    pub server_public: [u8; 32],
 }
 
 /// An API error: an HTTP status and a JSON body `{"error": {"code", "message"}}`.
@@ -179,6 +181,69 @@ async fn device_logs(
     Ok(Json(st.store.logs(&d.id, q.after, limit).await?.into_iter().map(Into::into).collect()))
 }
 
+/// Body of `POST /v1/devices`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NewDevice {
+    /// Device id (`kd` + 32 hex digits).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Hex of the device's X25519 static public key (64 hex digits).
+    pub public_key: String,
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(k)
+}
+
+async fn create_device(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(d): Json<NewDevice>,
+) -> Result<(StatusCode, Json<DeviceJson>), ApiError> {
+    let acct = account(&st, &headers).await?;
+    let key = parse_key(&d.public_key)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_key", "public_key must be 64 hex digits"))?;
+    let id_ok = d.id.len() == 34 && d.id.starts_with("kd") && d.id[2..].bytes().all(|c| c.is_ascii_hexdigit());
+    if !id_ok || d.name.is_empty() || d.name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_device",
+            "id must be kd + 32 hex digits, name 1..100 chars",
+        ));
+    }
+    if st.store.device(&d.id).await?.is_some() || st.store.device_by_key(&key).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            "a device with this id or key is already registered",
+        ));
+    }
+    st.store.add_device(&acct, &d.id, &key, &d.name).await?;
+    Ok((StatusCode::CREATED, Json(own_device(&st, &acct, &d.id).await?.into())))
+}
+
+/// `GET /v1/server`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ServerInfo {
+    /// Hex of the gateway's static public key.
+    pub public_key: String,
+    /// Server version.
+    pub version: String,
+}
+
+async fn server_info(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<ServerInfo>, ApiError> {
+    account(&st, &headers).await?;
+    Ok(Json(ServerInfo { public_key: crate::hex(&st.server_public), version: env!("CARGO_PKG_VERSION").into() }))
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -187,7 +252,8 @@ async fn healthz() -> &'static str {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/devices", get(list_devices))
+        .route("/v1/server", get(server_info))
+        .route("/v1/devices", get(list_devices).post(create_device))
         .route("/v1/devices/{id}", get(show_device))
         .route("/v1/devices/{id}/logs", get(device_logs))
         .with_state(state)

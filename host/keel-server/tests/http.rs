@@ -33,7 +33,7 @@ async fn two_accounts(store: Store) {
     store.insert_log("kdbbbb", &rec(1, "secret of b")).await.unwrap();
     let ta = store.create_token("a", "cli").await.unwrap();
     let tb = store.create_token("b", "cli").await.unwrap();
-    let app = router(AppState { store });
+    let app = router(AppState { store, server_public: [9; 32] });
 
     // No or bad token: 401 with an error that says what to do.
     let (s, body) = get(&app, "/v1/devices", None).await;

@@ -1,0 +1,113 @@
+//! `keel server init` and `keel server run`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use keel_server::gateway;
+use keel_server::http::{router, AppState};
+use keel_server::store::Store;
+
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Data directory (database, server key).
+    #[arg(long, env = "KEEL_DATA", default_value = "keel-data")]
+    pub data: PathBuf,
+    /// Database URL (`postgres://...`); default: SQLite in the data directory.
+    #[arg(long, env = "KEEL_DATABASE")]
+    pub database: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ServerCmd {
+    /// Create the data directory, the server key and a first account with an API token.
+    Init {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Account name.
+        #[arg(long, default_value = "default")]
+        account: String,
+    },
+    /// Run the HTTP API and the device gateway until interrupted (Ctrl-C / SIGTERM).
+    Run {
+        #[command(flatten)]
+        data: DataArgs,
+        /// HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:7447")]
+        http: SocketAddr,
+        /// Device gateway address.
+        #[arg(long, default_value = "127.0.0.1:7448")]
+        gateway: SocketAddr,
+    },
+}
+
+fn database_url(d: &DataArgs) -> String {
+    d.database.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", d.data.join("keel.db").display()))
+}
+
+/// Loads the server key, creating it on first use.
+fn server_key(dir: &Path) -> Result<(Vec<u8>, [u8; 32]), String> {
+    let path = dir.join("server.key");
+    if let Ok(b) = std::fs::read(&path) {
+        let secret: [u8; 32] = b.try_into().map_err(|_| format!("{} is not a 32-byte key", path.display()))?;
+        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes();
+        return Ok((secret.to_vec(), public));
+    }
+    let (private, public) = gateway::generate_keypair();
+    std::fs::write(&path, &private).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok((private, public))
+}
+
+pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        match cmd {
+            ServerCmd::Init { data, account } => {
+                std::fs::create_dir_all(&data.data).map_err(|e| format!("cannot create {}: {e}", data.data.display()))?;
+                let (_, public) = server_key(&data.data)?;
+                let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?;
+                let id = format!("acct-{}", account);
+                store.create_account(&id, &account).await.map_err(|e| format!("cannot create account: {e}"))?;
+                let token = store.create_token(&id, "initial").await.map_err(|e| e.to_string())?;
+                if json {
+                    println!("{}", serde_json::json!({ "account": id, "token": token, "server_public_key": keel_server::hex(&public) }));
+                } else {
+                    println!("account   {id}\ntoken     {token}\n\nKeep the token: it is shown once. Use it with KEEL_TOKEN=... or --token.");
+                }
+                Ok(())
+            }
+            ServerCmd::Run { data, http, gateway: gw } => {
+                tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+                std::fs::create_dir_all(&data.data).map_err(|e| e.to_string())?;
+                let (private, public) = server_key(&data.data)?;
+                let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?;
+                let gl = tokio::net::TcpListener::bind(gw).await.map_err(|e| format!("cannot listen on {gw}: {e}"))?;
+                let hl = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http}: {e}"))?;
+                let gateway_task = tokio::spawn(gateway::serve(gl, store.clone(), private));
+                eprintln!("keel server: API http://{http}, device gateway {gw}, key {}", keel_server::hex(&public));
+                let app = router(AppState { store, server_public: public });
+                axum::serve(hl, app).with_graceful_shutdown(shutdown()).await.map_err(|e| e.to_string())?;
+                gateway_task.abort();
+                eprintln!("keel server: stopped");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,112 @@
+//! End to end: `keel server` + `keel device provision` + a QEMU device + `keel logs --follow`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use keel_flash::layout;
+use keel_vdev::qemu::{Clock, Device};
+use keel_vdev::{elf, flash};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn keel(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let out = Command::new(KEEL).args(args).arg("--json").envs(env.iter().copied()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "keel {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn provision_boot_online_and_follow_logs() {
+    let dir = keel_vdev::repo_root().join("target/e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    let init = keel(&["server", "init", "--data", &data_s], &[]);
+    let token = init["token"].as_str().unwrap().to_string();
+
+    let (http, gw) = (free_port(), free_port());
+    let mut server = Kill(
+        Command::new(KEEL)
+            .args(["server", "run", "--data", &data_s, "--http", &format!("127.0.0.1:{http}")])
+            .args(["--gateway", &format!("127.0.0.1:{gw}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready once it says where it listens.
+    let stderr = server.0.stderr.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first).unwrap();
+    assert!(first.contains("keel server: API"), "{first}");
+
+    let url = format!("http://127.0.0.1:{http}");
+    let env = [("KEEL_SERVER", url.as_str()), ("KEEL_TOKEN", token.as_str())];
+    let flash_path = dir.join("dev.flash");
+    let fp = flash_path.display().to_string();
+    let gws = gw.to_string();
+    let prov = keel(&["device", "provision", "--flash", &fp, "--name", "e2e-1", "--gateway-port", &gws], &env);
+    let id = prov["device"]["id"].as_str().unwrap().to_string();
+    assert_eq!(keel(&["devices"], &env)[0]["online"], false);
+
+    let img = elf::image_from_elf(&keel_vdev::app_elf("hello"), "2.0.0").unwrap();
+    flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.clone(), clock: Clock::Deterministic };
+    let mut qemu = dev.start().unwrap();
+
+    // Follow the device's logs through the CLI until the app's lines arrive with server time.
+    let mut follow = Kill(
+        Command::new(KEEL).args(["logs", &id, "--follow", "--json"]).envs(env).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let (tx, rx) = channel();
+    let out = follow.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut app_lines = 0;
+    let mut seqs = Vec::new();
+    while app_lines < 3 {
+        let line =
+            rx.recv_timeout(LIMIT).unwrap_or_else(|_| panic!("no logs; device console:\n{}", qemu.lines.join("\n")));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seqs.push(v["seq"].as_u64().unwrap());
+        let text = v["text"].as_str().unwrap();
+        if text.starts_with("hello: device=") && !text.ends_with("wall=not-set") {
+            assert!(text.contains(&id), "{text}");
+            app_lines += 1;
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gaps: {seqs:?}");
+
+    let d = &keel(&["devices"], &env)[0];
+    assert_eq!(d["id"], id.as_str());
+    assert_eq!(d["online"], true, "{d}");
+    assert_eq!(d["app_name"], "hello");
+    assert_eq!(d["app_version"], "2.0.0");
+    qemu.run_for(Duration::from_millis(1));
+    drop(follow);
+}
