@@ -76,20 +76,82 @@ pub fn qemu(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Kills a child process when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn keel_json(keel: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let out = std::process::Command::new(keel)
+        .args(args)
+        .arg("--json")
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("keel {}: {}", args.join(" "), String::from_utf8_lossy(&out.stdout)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json_field(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    Some(json[at..].split('"').next()?.to_string())
+}
+
 /// `cargo xtask demo`.
 pub fn demo() -> Result<(), String> {
+    use std::io::BufRead;
     build::all()?;
+    crate::sh(crate::cargo().current_dir(build::root()).args(["build", "-q", "-p", "keel-cli"]))?;
+    let keel = build::root().join("target/debug/keel");
     let dir = build::root().join("target/demo");
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/2: a virtual device boots the visor, which verifies and starts the 'hello' app ===\n");
+    println!("\n=== Keel demo 1/2: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
+    let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
+    let mut server = Kill(
+        std::process::Command::new(&keel)
+            .args(["server", "run", "--data", &data, "--http", "127.0.0.1:7447", "--gateway", "127.0.0.1:7448"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut ready = String::new();
+    let stderr = server.0.stderr.take().ok_or("no server output")?;
+    std::io::BufReader::new(stderr).read_line(&mut ready).map_err(|e| e.to_string())?;
+    print!("$ keel server run\n{ready}");
+    let env = [("KEEL_SERVER", "http://127.0.0.1:7447"), ("KEEL_TOKEN", token.as_str())];
+    let fp = flash_path.display().to_string();
+    let prov = keel_json(&keel, &["device", "provision", "--flash", &fp, "--name", "demo-1"], &env)?;
+    let id = json_field(&prov, "id").ok_or("no device id")?;
+    println!("$ keel device provision --flash {fp} --name demo-1\nprovisioned {id}");
     prepare_device(&flash_path, Some("hello"))?;
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.clone(), clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
-    r.echo = true;
-    r.run_for(Duration::from_secs(4));
+    println!("\n$ keel logs {id} --follow   (the device boots in QEMU meanwhile)");
+    let mut follow = Kill(
+        std::process::Command::new(&keel)
+            .args(["logs", &id, "--follow"])
+            .envs(env)
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    r.run_for(Duration::from_secs(5));
+    let _ = follow.0.kill();
+    println!("\n$ keel devices");
+    let _ = std::process::Command::new(&keel).arg("devices").envs(env).status();
     r.kill();
+    drop(follow);
 
     println!("\n=== Keel demo 2/2: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
@@ -98,7 +160,19 @@ pub fn demo() -> Result<(), String> {
     r.echo = true;
     let restarts = |l: &str| l.contains("starting app 'crashy'") && l.contains("restarts=3");
     r.wait_for("third restart", Duration::from_secs(60), restarts).map_err(|e| e.to_string())?;
+    if !r.lines.iter().any(|l| l.contains("net: online")) {
+        r.wait_for("online", Duration::from_secs(60), |l| l.contains("net: online")).map_err(|e| e.to_string())?;
+    }
+    r.run_for(Duration::from_millis(500));
     r.kill();
+    println!("\n$ keel logs {id}   (crash reports and boots, as stored by the server)");
+    let out = std::process::Command::new(&keel).args(["logs", &id]).envs(env).output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("crash") || l.contains("boot #")).collect();
+    for l in lines.iter().rev().take(6).rev() {
+        println!("{l}");
+    }
+    drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",
         flash_path.display(),

@@ -363,7 +363,9 @@ impl Net {
                 }
             }
             Some(dhcpv4::Event::Deconfigured) => {
-                vlog!("net: address lost");
+                if self.link != Link::WaitingForAddress {
+                    vlog!("net: address lost");
+                }
                 self.iface.update_ip_addrs(|a| a.clear());
                 self.sockets.get_mut::<tcp::Socket>(self.tcp).abort();
                 self.session = None;
