@@ -69,6 +69,11 @@ pub enum Up<'a> {
         #[n(0)]
         nonce: u32,
     },
+    /// First transport message, sent right after [`Down::Welcome`]. Noise IK's first handshake
+    /// message can be replayed by anyone who recorded it; only the real device can encrypt this,
+    /// so the server treats the device as connected only once it arrives.
+    #[n(4)]
+    Ready,
 }
 
 /// Server → device.
@@ -156,6 +161,7 @@ mod tests {
             Up::Log { seq: 5, kind: 0, level: 2, time_us: 1_000_000, text: b"hello: device=kd..." },
             Up::Dropped { count: 3, before_seq: 9 },
             Up::Pong { nonce: 77 },
+            Up::Ready,
         ];
         for m in ups {
             let n = encode(&m, &mut buf).unwrap();

@@ -277,6 +277,8 @@ impl Net {
     fn handle(&mut self, msg: Down, now_us: u64) -> Result<(), &'static str> {
         match msg {
             Down::Welcome { unix_us, log_acked, .. } => {
+                // Prove to the server that this is not a replayed handshake.
+                self.send_msg(&Up::Ready)?;
                 time::set_wall_us(unix_us);
                 vlog!("net: online (secure channel up, wall clock set)");
                 push_event(format_args!("online"));

@@ -164,8 +164,25 @@ fn print_log(l: &LogJson, json: bool) {
     }
 }
 
+/// Prints a device's logs: a table, a JSON array with `--json`, or (with `--follow`) one line or
+/// one JSON object per record as they arrive.
 pub fn logs(a: LogsArgs, json: bool) -> Result<(), String> {
     let mut after: Option<u64> = None;
+    if json && !a.follow {
+        let mut all: Vec<LogJson> = Vec::new();
+        loop {
+            let q = after.map_or(String::new(), |s| format!("&after={s}"));
+            let page: Vec<LogJson> =
+                request(&a.conn, "GET", &format!("/v1/devices/{}/logs?limit=1000{q}", a.device), None)?;
+            let full = page.len() == 1000;
+            after = page.last().map(|l| l.seq).or(after);
+            all.extend(page);
+            if !full {
+                println!("{}", serde_json::to_string(&all).map_err(|e| e.to_string())?);
+                return Ok(());
+            }
+        }
+    }
     loop {
         let q = after.map_or(String::new(), |s| format!("&after={s}"));
         let page: Vec<LogJson> =

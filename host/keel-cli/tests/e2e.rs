@@ -35,6 +35,23 @@ fn keel(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Starts `keel server run`; returns once it says where it listens.
+fn start_server(data: &str, http: u16, gw: u16) -> Kill {
+    let mut server = Kill(
+        Command::new(KEEL)
+            .args(["server", "run", "--data", data, "--http", &format!("127.0.0.1:{http}")])
+            .args(["--gateway", &format!("127.0.0.1:{gw}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first).unwrap();
+    assert!(first.contains("keel server: API"), "{first}");
+    server
+}
+
 #[test]
 fn provision_boot_online_and_follow_logs() {
     let dir = keel_vdev::repo_root().join("target/e2e");
@@ -46,19 +63,7 @@ fn provision_boot_online_and_follow_logs() {
     let token = init["token"].as_str().unwrap().to_string();
 
     let (http, gw) = (free_port(), free_port());
-    let mut server = Kill(
-        Command::new(KEEL)
-            .args(["server", "run", "--data", &data_s, "--http", &format!("127.0.0.1:{http}")])
-            .args(["--gateway", &format!("127.0.0.1:{gw}")])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Ready once it says where it listens.
-    let stderr = server.0.stderr.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stderr).read_line(&mut first).unwrap();
-    assert!(first.contains("keel server: API"), "{first}");
+    let server = start_server(&data_s, http, gw);
 
     let url = format!("http://127.0.0.1:{http}");
     let env = [("KEEL_SERVER", url.as_str()), ("KEEL_TOKEN", token.as_str())];
@@ -107,6 +112,25 @@ fn provision_boot_online_and_follow_logs() {
     assert_eq!(d["online"], true, "{d}");
     assert_eq!(d["app_name"], "hello");
     assert_eq!(d["app_version"], "2.0.0");
-    qemu.run_for(Duration::from_millis(1));
     drop(follow);
+
+    // Kill the server (like a crash) while the device keeps logging, then start it again: the
+    // device reconnects by itself and the server ends up with every record exactly once, in order.
+    drop(server);
+    qemu.wait_for("connection lost", LIMIT, |l| l.contains("net: connection lost")).unwrap();
+    let _server = start_server(&data_s, http, gw);
+    qemu.wait_for("online again", LIMIT, |l| l.contains("net: online")).unwrap();
+    let before = *seqs.last().unwrap();
+    let mut all = Vec::new();
+    for _ in 0..200 {
+        let v = keel(&["logs", &id], &env);
+        all = v.as_array().map(|a| a.iter().map(|r| r["seq"].as_u64().unwrap()).collect()).unwrap_or_default();
+        if all.last().is_some_and(|&l| l > before + 3) {
+            break;
+        }
+        qemu.run_for(Duration::from_millis(50));
+    }
+    assert!(all.last().is_some_and(|&l| l > before + 3), "records logged after the restart arrive: {all:?}");
+    assert!(all.windows(2).all(|w| w[1] == w[0] + 1), "every record exactly once, in order: {all:?}");
+    assert_eq!(all[0] & 0xFFFF_FFFF, 0, "from the first record of the boot");
 }

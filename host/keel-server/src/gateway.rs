@@ -96,14 +96,24 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     let Ok(Up::Hello { protocol, visor_version, boot_count, app, .. }) = decode_up(&acc.hello) else {
         return Err(ConnError::Protocol("bad hello"));
     };
+    let visor_version = visor_version.to_string();
+    let app = app.map(|(a, b)| (a.to_string(), b.to_string()));
     if protocol != PROTOCOL_VERSION {
         return Err(ConnError::Protocol("unsupported protocol version"));
     }
     let acked = store.max_seq(&device.id).await?;
-    store.device_online(&device.id, visor_version, app, boot_count).await?;
     let welcome = Down::Welcome { protocol: PROTOCOL_VERSION, unix_us: unix_us(), log_acked: acked };
     let (mut session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
     s.write_all(&frame).await?;
+    // The first handshake message may be a replay; only the device can send a valid `Ready`.
+    let ready = read_frame(&mut s, HANDSHAKE_TIMEOUT).await?;
+    let plain = session.receive(&ready).map_err(|_| ConnError::Protocol("bad ready"))?;
+    if decode_up(&plain) != Ok(Up::Ready) {
+        return Err(ConnError::Protocol("expected ready"));
+    }
+    store
+        .device_online(&device.id, &visor_version, app.as_ref().map(|(a, b)| (a.as_str(), b.as_str())), boot_count)
+        .await?;
     tracing::info!(device = %device.id, "device online");
     // Frames are read by their own task and handed over a channel, so waiting for one can be
     // combined with timers without losing half-read frames.
@@ -165,7 +175,7 @@ async fn exchange(
                         };
                         store.insert_log(id, &note).await?;
                     }
-                    Up::Pong { .. } => {}
+                    Up::Pong { .. } | Up::Ready => {}
                     Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
                 }
             }

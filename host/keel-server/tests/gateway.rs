@@ -42,6 +42,35 @@ macro_rules! on_both_databases {
 
 on_both_databases!(logs_arrive_exactly_once_in_order_across_a_server_restart);
 on_both_databases!(garbage_and_unknown_devices_do_not_disturb_connected_ones);
+on_both_databases!(a_replayed_handshake_does_not_bring_a_device_online);
+
+async fn a_replayed_handshake_does_not_bring_a_device_online(store: Store) {
+    use keel_link::msg::Up;
+    use keel_link::session::{DeviceSession, MAX_FRAME};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd03", &public_key(&secret), "victim").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gw = tokio::spawn(serve(listener, store.clone(), private));
+    // The attacker recorded the device's first handshake message and replays it twice.
+    let mut dev = DeviceSession::<rand_core::OsRng>::new(&secret, &public).unwrap();
+    let hello = Up::Hello { protocol: 1, visor_version: "x", boot_count: 1, app: None, next_log_seq: 0 };
+    let mut frame = vec![0u8; MAX_FRAME];
+    let n = dev.start(&hello, &mut frame).unwrap();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&frame[..n]).await.unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap(); // the server answers: it cannot tell yet
+        let mut welcome = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut welcome).await.unwrap();
+        let d = store.device("kd03").await.unwrap().unwrap();
+        assert!(!d.online && d.last_seen.is_none(), "a replay must not mark the device online");
+    }
+}
 
 async fn logs_arrive_exactly_once_in_order_across_a_server_restart(store: Store) {
     let (private, public) = generate_keypair();

@@ -112,6 +112,8 @@ impl SimDevice {
             }
             _ => return Err("expected welcome"),
         };
+        let n = dev.send(&Up::Ready, &mut frame).map_err(|_| "encrypt")?;
+        s.write_all(&frame[..n]).await.map_err(|_| "write")?;
         let (mut rd, mut wr) = s.into_split();
         // A reader task hands complete frames over a channel (cancel-safe in `select!`).
         let (tx, mut frames) = tokio::sync::mpsc::channel(16);
