@@ -77,7 +77,7 @@ pub fn qemu(args: &[String]) -> Result<(), String> {
 }
 
 /// Kills a child process when dropped.
-struct Kill(std::process::Child);
+pub(crate) struct Kill(pub(crate) std::process::Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -86,7 +86,7 @@ impl Drop for Kill {
     }
 }
 
-fn keel_json(keel: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+pub(crate) fn keel_json(keel: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
     let out = std::process::Command::new(keel)
         .args(args)
         .arg("--json")
@@ -99,7 +99,7 @@ fn keel_json(keel: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String,
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn json_field(json: &str, key: &str) -> Option<String> {
+pub(crate) fn json_field(json: &str, key: &str) -> Option<String> {
     let at = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
     Some(json[at..].split('"').next()?.to_string())
 }
