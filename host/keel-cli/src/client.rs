@@ -133,7 +133,8 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             let mut factory =
                 keel_vdev::flash::new_factory_for(&gateway_host, gateway_port).map_err(|e| e.to_string())?;
             for (i, b) in factory.server_key.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&info.public_key[2 * i..2 * i + 2], 16).map_err(|_| "bad server key")?;
+                let byte = info.public_key.get(2 * i..2 * i + 2).ok_or("the server sent a malformed public key")?;
+                *b = u8::from_str_radix(byte, 16).map_err(|_| "the server sent a malformed public key")?;
             }
             let public =
                 x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(factory.device_key)).to_bytes();

@@ -118,7 +118,7 @@ impl SimDevice {
         // A reader task hands complete frames over a channel (cancel-safe in `select!`).
         let (tx, mut frames) = tokio::sync::mpsc::channel(16);
         let reader = tokio::spawn(async move {
-            while let Ok(f) = read_frame_half(&mut rd).await {
+            while let Ok(f) = read_frame(&mut rd).await {
                 if tx.send(f).await.is_err() {
                     break;
                 }
@@ -174,15 +174,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_frame(s: &mut TcpStream) -> Result<Vec<u8>, &'static str> {
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).await.map_err(|_| "closed")?;
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).await.map_err(|_| "closed")?;
-    Ok(buf)
-}
-
-async fn read_frame_half(s: &mut tokio::net::tcp::OwnedReadHalf) -> Result<Vec<u8>, &'static str> {
+async fn read_frame<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Vec<u8>, &'static str> {
     let mut len = [0u8; 2];
     s.read_exact(&mut len).await.map_err(|_| "closed")?;
     let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
