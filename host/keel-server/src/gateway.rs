@@ -23,6 +23,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the gateway pings an idle device.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// The device's wall clock is re-synchronised every this many pings (10 minutes).
+pub const TIME_SYNC_EVERY_PINGS: u32 = 20;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -183,6 +185,10 @@ async fn exchange(
                 nonce = nonce.wrapping_add(1);
                 let p = session.send(&Down::Ping { nonce }).map_err(|_| ConnError::Protocol("encrypt"))?;
                 s.write_all(&p).await?;
+                if nonce % TIME_SYNC_EVERY_PINGS == 0 {
+                    let t = session.send(&Down::TimeSync { unix_us: unix_us() }).map_err(|_| ConnError::Protocol("encrypt"))?;
+                    s.write_all(&t).await?;
+                }
             }
         }
     }

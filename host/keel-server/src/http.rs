@@ -244,6 +244,18 @@ async fn server_info(State(st): State<AppState>, headers: HeaderMap) -> Result<J
     Ok(Json(ServerInfo { public_key: crate::hex(&st.server_public), version: env!("CARGO_PKG_VERSION").into() }))
 }
 
+/// Prometheus text exposition of the server's state (no authentication: bind the API to a
+/// trusted network or put it behind a proxy).
+async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
+    let (devices, online, logs) = st.store.counts().await?;
+    Ok(format!(
+        "# HELP keel_devices Registered devices.\n# TYPE keel_devices gauge\nkeel_devices {devices}\n\
+         # HELP keel_devices_online Devices connected to the gateway.\n# TYPE keel_devices_online gauge\n\
+         keel_devices_online {online}\n\
+         # HELP keel_log_records Stored log records.\n# TYPE keel_log_records gauge\nkeel_log_records {logs}\n"
+    ))
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -252,6 +264,7 @@ async fn healthz() -> &'static str {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/server", get(server_info))
         .route("/v1/devices", get(list_devices).post(create_device))
         .route("/v1/devices/{id}", get(show_device))

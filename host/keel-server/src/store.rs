@@ -139,6 +139,17 @@ impl Store {
         rows.iter().map(device_from_row).collect()
     }
 
+    /// Counts for monitoring: (devices, devices online, stored log records).
+    pub async fn counts(&self) -> Result<(i64, i64, i64), Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices WHERE online = 1) AS o, \
+             (SELECT COUNT(*) FROM logs) AS l",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("d")?, row.try_get("o")?, row.try_get("l")?))
+    }
+
     /// Registers a device with its static public key.
     pub async fn add_device(&self, account_id: &str, id: &str, public_key: &[u8; 32], name: &str) -> Result<(), Error> {
         sqlx::query("INSERT INTO devices (id, account_id, public_key, name, created_at) VALUES ($1, $2, $3, $4, $5)")

@@ -64,6 +64,12 @@ async fn two_accounts(store: Store) {
     assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["a2"]);
     assert_eq!(logs[0].source, "app");
 
+    // Prometheus metrics.
+    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.contains("keel_devices 2\n") && text.contains("keel_log_records 3\n"), "{text}");
+
     // Malformed query: a clear 400, not a 500.
     assert_eq!(get(&app, "/v1/devices/kdaaaa/logs?after=-5", Some(&ta)).await.0, StatusCode::BAD_REQUEST);
 }
