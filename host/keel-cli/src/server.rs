@@ -38,6 +38,9 @@ pub enum ServerCmd {
         /// Device gateway address.
         #[arg(long, default_value = "127.0.0.1:7448")]
         gateway: SocketAddr,
+        /// Keep log records this many days (0 = forever).
+        #[arg(long, default_value_t = 30)]
+        log_retention_days: u64,
     },
 }
 
@@ -81,7 +84,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 }
                 Ok(())
             }
-            ServerCmd::Run { data, http, gateway: gw } => {
+            ServerCmd::Run { data, http, gateway: gw, log_retention_days } => {
                 tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
                 std::fs::create_dir_all(&data.data).map_err(|e| e.to_string())?;
                 let (private, public) = server_key(&data.data)?;
@@ -89,10 +92,28 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 let gl = tokio::net::TcpListener::bind(gw).await.map_err(|e| format!("cannot listen on {gw}: {e}"))?;
                 let hl = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http}: {e}"))?;
                 let gateway_task = tokio::spawn(gateway::serve(gl, store.clone(), private));
+                let retention = (log_retention_days > 0).then(|| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let keep_us = log_retention_days * 86_400 * 1_000_000;
+                        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+                        loop {
+                            every.tick().await;
+                            match store.prune_logs(keel_server::unix_us().saturating_sub(keep_us)).await {
+                                Ok(n) if n > 0 => eprintln!("keel server: pruned {n} log records"),
+                                Ok(_) => {}
+                                Err(e) => eprintln!("keel server: log retention failed: {e}"),
+                            }
+                        }
+                    })
+                });
                 eprintln!("keel server: API http://{http}, device gateway {gw}, key {}", keel_server::hex(&public));
                 let app = router(AppState { store, server_public: public });
                 axum::serve(hl, app).with_graceful_shutdown(shutdown()).await.map_err(|e| e.to_string())?;
                 gateway_task.abort();
+                if let Some(r) = retention {
+                    r.abort();
+                }
                 eprintln!("keel server: stopped");
                 Ok(())
             }

@@ -139,6 +139,14 @@ impl Store {
         rows.iter().map(device_from_row).collect()
     }
 
+    /// Deletes log records the server received before `cutoff_us` (µs since the epoch); returns
+    /// how many were deleted.
+    pub async fn prune_logs(&self, cutoff_us: u64) -> Result<u64, Error> {
+        let done =
+            sqlx::query("DELETE FROM logs WHERE received_at < $1").bind(cutoff_us as i64).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+
     /// Counts for monitoring: (devices, devices online, stored log records).
     pub async fn counts(&self) -> Result<(i64, i64, i64), Error> {
         let row = sqlx::query(

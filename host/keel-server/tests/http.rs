@@ -22,6 +22,7 @@ async fn get(app: &axum::Router, path: &str, token: Option<&str>) -> (StatusCode
 }
 
 async fn two_accounts(store: Store) {
+    let pruner = store.clone();
     store.create_account("a", "Acme").await.unwrap();
     store.create_account("b", "Bolt").await.unwrap();
     store.add_device("a", "kdaaaa", &[1; 32], "acme-1").await.unwrap();
@@ -69,6 +70,12 @@ async fn two_accounts(store: Store) {
     assert_eq!(resp.status(), StatusCode::OK);
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("keel_devices 2\n") && text.contains("keel_log_records 3\n"), "{text}");
+
+    // Retention: records received before the cutoff go, the rest stay.
+    assert_eq!(pruner.prune_logs(6).await.unwrap(), 0, "received_at == cutoff is kept");
+    assert_eq!(pruner.prune_logs(7).await.unwrap(), 3);
+    let (_, body) = get(&app, "/v1/devices/kdaaaa/logs", Some(&ta)).await;
+    assert_eq!(body.as_array().map(|a| a.len()), Some(0));
 
     // Malformed query: a clear 400, not a 500.
     assert_eq!(get(&app, "/v1/devices/kdaaaa/logs?after=-5", Some(&ta)).await.0, StatusCode::BAD_REQUEST);
