@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod backoff;
+pub mod device;
 pub mod frame;
 pub mod msg;
 pub mod session;

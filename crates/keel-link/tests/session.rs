@@ -104,3 +104,63 @@ fn a_second_welcome_is_a_protocol_error() {
     let again = srv.send(&Down::Welcome { protocol: 1, unix_us: 0, log_acked: None }).unwrap();
     assert_eq!(dev.receive(&payload(&again)), Err(SessionError::Unexpected));
 }
+
+#[test]
+fn device_link_resumes_after_what_the_server_has_reports_drops_and_answers() {
+    use keel_link::device::{DeviceLink, Event};
+    use keel_log::{Kind, LogRing};
+
+    let k = keys();
+    let mut ring = LogRing::<256>::new(2);
+    for i in 0..6u8 {
+        ring.push(Kind::App, 2, i as u64, &[b'a' + i; 20]).unwrap(); // 32 bytes each: 8 fit
+    }
+    let first = 2u64 << 32;
+    let mut link = DeviceLink::<OsRng>::new(&[5u8; 32], &k.server_public).unwrap();
+    let mut out = vec![0u8; MAX_FRAME];
+    assert_eq!(link.next_log_frame(&mut ring, &mut out).unwrap(), None, "nothing before the welcome");
+    let n = link.start(&hello(), &mut out).unwrap();
+    let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
+    // The server already stored the first two records.
+    let (mut srv, welcome) =
+        acc.welcome(&Down::Welcome { protocol: 1, unix_us: 42, log_acked: Some(first + 1) }).unwrap();
+    let (event, n) = link.on_frame(&payload(&welcome), &mut ring, &mut out).unwrap();
+    assert_eq!(event, Event::Online { unix_us: 42 });
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Ready);
+    assert_eq!(ring.first_seq(), first + 2, "acknowledged records are released");
+
+    // The ring overflows before the link sends: the drop report goes first, then the survivors.
+    for i in 0..6u8 {
+        ring.push(Kind::App, 2, 0, &[b'x' + i % 2; 20]).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(n) = link.next_log_frame(&mut ring, &mut out).unwrap() {
+        got.push(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap().clone().into_owned_seq());
+    }
+    assert_eq!(got[0], (u64::MAX, 2), "Dropped{{count: 2}} first");
+    let seqs: Vec<u64> = got[1..].iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (first + 4..first + 12).collect::<Vec<_>>());
+
+    // Ping -> Pong; LogAck releases.
+    let (event, n) =
+        link.on_frame(&payload(&srv.send(&Down::Ping { nonce: 9 }).unwrap()), &mut ring, &mut out).unwrap();
+    assert_eq!(event, Event::None);
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Pong { nonce: 9 });
+    link.on_frame(&payload(&srv.send(&Down::LogAck { upto: first + 11 }).unwrap()), &mut ring, &mut out).unwrap();
+    assert!(ring.is_empty());
+}
+
+trait SeqOf {
+    fn into_owned_seq(self) -> (u64, u64);
+}
+
+impl SeqOf for Up<'_> {
+    /// (seq, 0) for a log record, (MAX, count) for a drop report.
+    fn into_owned_seq(self) -> (u64, u64) {
+        match self {
+            Up::Log { seq, .. } => (seq, 0),
+            Up::Dropped { count, .. } => (u64::MAX, count),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

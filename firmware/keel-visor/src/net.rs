@@ -11,9 +11,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use keel_lan9118::Lan9118;
 use keel_link::backoff::Backoff;
+use keel_link::device::{DeviceLink, Event};
 use keel_link::frame::Decoder;
-use keel_link::msg::{Down, Up, PROTOCOL_VERSION};
-use keel_link::session::{DeviceSession, MAX_FRAME};
+use keel_link::msg::{Up, PROTOCOL_VERSION};
+use keel_link::session::MAX_FRAME;
 use keel_log::{Kind, LogRing, PushError};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::{dhcpv4, tcp};
@@ -109,9 +110,8 @@ struct Net {
     device_key: [u8; 32],
     server_key: [u8; 32],
     boot_count: u32,
-    session: Option<DeviceSession<VisorRng>>,
+    session: Option<DeviceLink<VisorRng>>,
     decoder: Decoder<MAX_FRAME>,
-    send_cursor: u64,
     link: Link,
     backoff: Backoff,
     local_port: u16,
@@ -179,7 +179,6 @@ pub fn init(factory: &keel_flash::factory::Factory, boot_count: u32, seed: u64, 
             boot_count,
             session: None,
             decoder: Decoder::new(),
-            send_cursor: 0,
             link: Link::WaitingForAddress,
             backoff: Backoff::new(1_000, 60_000, seed),
             local_port: 49152 + (seed % 8192) as u16,
@@ -212,7 +211,7 @@ impl Net {
     }
 
     fn start_session(&mut self, now_us: u64) {
-        let mut session = match DeviceSession::<VisorRng>::new(&self.device_key, &self.server_key) {
+        let mut link = match DeviceLink::<VisorRng>::new(&self.device_key, &self.server_key) {
             Ok(s) => s,
             Err(e) => {
                 vlog!("net: cannot start the secure channel: {:?}", e);
@@ -232,21 +231,19 @@ impl Net {
             next_log_seq: LOGS.with(|l| l.as_ref().map_or(0, |l| l.next_seq())),
         };
         let mut frame = [0u8; MAX_FRAME];
-        let sent = session
-            .start(&hello, &mut frame)
-            .ok()
-            .and_then(|n| self.sockets.get_mut::<tcp::Socket>(self.tcp).send_slice(&frame[..n]).ok().map(|m| m == n));
-        if sent != Some(true) {
+        let sent = link.start(&hello, &mut frame).ok().is_some_and(|n| self.send_frame(&frame[..n]).is_ok());
+        if !sent {
             vlog!("net: cannot send the handshake");
             return self.retry_later(now_us);
         }
-        self.session = Some(session);
+        self.session = Some(link);
         self.decoder = Decoder::new();
         self.link = Link::Handshaking;
     }
 
     /// Reads and handles every complete frame, then sends queued log records.
-    fn exchange(&mut self, now_us: u64) -> Result<(), &'static str> {
+    fn exchange(&mut self) -> Result<(), &'static str> {
+        let mut reply = [0u8; MAX_FRAME];
         loop {
             let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
             if !s.can_recv() {
@@ -262,80 +259,50 @@ impl Net {
                 Err(_) => (b.len(), Err("oversized frame")),
             });
             r.map_err(|_| "receive failed")??;
-            if let Some(len) = frame_len {
-                let session = self.session.as_mut().ok_or("no session")?;
-                let msg = session.receive(&self.decoder.frame()[..len]).map_err(|_| "server message rejected")?;
-                self.handle(msg, now_us)?;
+            let Some(len) = frame_len else { continue };
+            let link = self.session.as_mut().ok_or("no session")?;
+            let payload = &self.decoder.frame()[..len];
+            let (event, n) = LOGS
+                .with(|l| l.as_mut().map(|ring| link.on_frame(payload, ring, &mut reply)))
+                .ok_or("no log ring")?
+                .map_err(|_| "server message rejected")?;
+            if n > 0 {
+                self.send_frame(&reply[..n])?;
+            }
+            match event {
+                Event::Online { unix_us } => {
+                    time::set_wall_us(unix_us);
+                    vlog!("net: online (secure channel up, wall clock set)");
+                    push_event(format_args!("online"));
+                    self.backoff.reset();
+                    self.link = Link::Online;
+                    ONLINE.store(true, Ordering::Relaxed);
+                }
+                Event::TimeSync { unix_us } => time::set_wall_us(unix_us),
+                Event::None => {}
             }
         }
         if self.link == Link::Online {
-            self.send_logs()?;
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, msg: Down, now_us: u64) -> Result<(), &'static str> {
-        match msg {
-            Down::Welcome { unix_us, log_acked, .. } => {
-                // Prove to the server that this is not a replayed handshake.
-                self.send_msg(&Up::Ready)?;
-                time::set_wall_us(unix_us);
-                vlog!("net: online (secure channel up, wall clock set)");
-                push_event(format_args!("online"));
-                self.backoff.reset();
-                self.link = Link::Online;
-                ONLINE.store(true, Ordering::Relaxed);
-                let first = LOGS.with(|l| l.as_ref().map_or(0, |l| l.first_seq()));
-                self.send_cursor = log_acked.map_or(first, |a| a.saturating_add(1)).max(first);
-                if let Some(a) = log_acked {
-                    LOGS.with(|l| l.as_mut().map(|l| l.ack(a)));
+            while self.tcp_space() >= MAX_FRAME {
+                let link = self.session.as_mut().ok_or("no session")?;
+                let next = LOGS
+                    .with(|l| l.as_mut().map(|ring| link.next_log_frame(ring, &mut reply)))
+                    .ok_or("no log ring")?
+                    .map_err(|_| "cannot encrypt")?;
+                match next {
+                    Some(n) => self.send_frame(&reply[..n])?,
+                    None => break,
                 }
             }
-            Down::TimeSync { unix_us } => time::set_wall_us(unix_us),
-            Down::LogAck { upto } => {
-                LOGS.with(|l| l.as_mut().map(|l| l.ack(upto)));
-            }
-            Down::Ping { nonce } => self.send_msg(&Up::Pong { nonce })?,
         }
-        let _ = now_us;
         Ok(())
     }
 
-    fn send_msg(&mut self, m: &Up<'_>) -> Result<(), &'static str> {
-        let mut frame = [0u8; MAX_FRAME];
-        let n = self.session.as_mut().ok_or("no session")?.send(m, &mut frame).map_err(|_| "cannot encrypt")?;
-        let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
-        match s.send_slice(&frame[..n]) {
-            Ok(sent) if sent == n => Ok(()),
+    fn send_frame(&mut self, frame: &[u8]) -> Result<(), &'static str> {
+        match self.sockets.get_mut::<tcp::Socket>(self.tcp).send_slice(frame) {
+            Ok(sent) if sent == frame.len() => Ok(()),
             _ => Err("send buffer full"),
         }
-    }
-
-    fn send_logs(&mut self) -> Result<(), &'static str> {
-        let dropped = LOGS.with(|l| l.as_ref().map(|l| (l.dropped(), l.first_seq())));
-        if let Some((count, before_seq)) = dropped.filter(|d| d.0 > 0) {
-            if self.tcp_space() < MAX_FRAME {
-                return Ok(());
-            }
-            self.send_msg(&Up::Dropped { count, before_seq })?;
-            LOGS.with(|l| l.as_mut().map(|l| l.take_dropped()));
-            self.send_cursor = self.send_cursor.max(before_seq);
-        }
-        while self.tcp_space() >= MAX_FRAME {
-            let mut text = [0u8; keel_log::MAX_TEXT];
-            let next = LOGS.with(|l| {
-                let l = l.as_ref()?;
-                let r = l.iter_from(self.send_cursor).next()?;
-                let n = r.copy_text(&mut text);
-                Some((r.seq, r.kind as u8, r.level, r.time_us, n))
-            });
-            let Some((seq, kind, level, time_us, n)) = next else {
-                break;
-            };
-            self.send_msg(&Up::Log { seq, kind, level, time_us, text: &text[..n] })?;
-            self.send_cursor = seq + 1;
-        }
-        Ok(())
     }
 
     fn tcp_space(&mut self) -> usize {
@@ -393,7 +360,7 @@ impl Net {
                 self.retry_later(now_us);
             }
             Link::Handshaking | Link::Online => {
-                if let Err(e) = self.exchange(now_us) {
+                if let Err(e) = self.exchange() {
                     vlog!("net: {}; dropping the connection", e);
                     self.retry_later(now_us);
                 }

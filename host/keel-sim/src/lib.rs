@@ -12,8 +12,9 @@ use clatter::bytearray::ByteArray;
 use clatter::crypto::dh::X25519;
 use clatter::traits::Dh;
 use keel_link::backoff::Backoff;
-use keel_link::msg::{Down, Up, PROTOCOL_VERSION};
-use keel_link::session::{DeviceSession, MAX_FRAME};
+use keel_link::device::{DeviceLink, Event};
+use keel_link::msg::{Up, PROTOCOL_VERSION};
+use keel_link::session::MAX_FRAME;
 use keel_log::{Kind, LogRing};
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +37,8 @@ pub fn new_secret() -> [u8; 32] {
 pub struct Stats {
     /// Completed handshakes.
     pub sessions: u32,
-    /// Highest sequence number acknowledged by the server.
+    /// Highest sequence number the device no longer holds: acknowledged by the server (or
+    /// dropped, if its ring overflowed).
     pub acked: Option<u64>,
     /// Wall clock received from the server.
     pub wall_us: Option<u64>,
@@ -86,8 +88,8 @@ impl SimDevice {
     }
 
     async fn session(&self, addr: SocketAddr) -> Result<(), &'static str> {
-        let mut s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
-        let mut dev = DeviceSession::<OsRng>::new(&self.secret, &self.server_public).map_err(|_| "session")?;
+        let s = TcpStream::connect(addr).await.map_err(|_| "connect")?;
+        let mut link = DeviceLink::<OsRng>::new(&self.secret, &self.server_public).map_err(|_| "session")?;
         let next = self.ring.lock().unwrap().next_seq();
         let hello = Up::Hello {
             protocol: PROTOCOL_VERSION,
@@ -97,24 +99,9 @@ impl SimDevice {
             next_log_seq: next,
         };
         let mut frame = vec![0u8; MAX_FRAME];
-        let n = dev.start(&hello, &mut frame).map_err(|_| "start")?;
-        s.write_all(&frame[..n]).await.map_err(|_| "write")?;
-        let mut cursor = match dev.receive(&read_frame(&mut s).await?).map_err(|_| "welcome")? {
-            Down::Welcome { unix_us, log_acked, .. } => {
-                let mut st = self.stats.lock().unwrap();
-                st.sessions += 1;
-                st.wall_us = Some(unix_us);
-                let mut ring = self.ring.lock().unwrap();
-                if let Some(a) = log_acked {
-                    ring.ack(a);
-                }
-                log_acked.map_or(ring.first_seq(), |a| a + 1).max(ring.first_seq())
-            }
-            _ => return Err("expected welcome"),
-        };
-        let n = dev.send(&Up::Ready, &mut frame).map_err(|_| "encrypt")?;
-        s.write_all(&frame[..n]).await.map_err(|_| "write")?;
+        let n = link.start(&hello, &mut frame).map_err(|_| "start")?;
         let (mut rd, mut wr) = s.into_split();
+        wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
         // A reader task hands complete frames over a channel (cancel-safe in `select!`).
         let (tx, mut frames) = tokio::sync::mpsc::channel(16);
         let reader = tokio::spawn(async move {
@@ -130,35 +117,30 @@ impl SimDevice {
             tokio::select! {
                 f = frames.recv() => {
                     let f = f.ok_or("closed")?;
-                    match dev.receive(&f).map_err(|_| "decrypt")? {
-                        Down::LogAck { upto } => {
-                            self.ring.lock().unwrap().ack(upto);
-                            self.stats.lock().unwrap().acked = Some(upto);
+                    let (event, n) = {
+                        let mut ring = self.ring.lock().unwrap();
+                        let r = link.on_frame(&f, &mut ring, &mut frame).map_err(|_| "decrypt")?;
+                        self.stats.lock().unwrap().acked = ring.first_seq().checked_sub(1);
+                        r
+                    };
+                    if n > 0 {
+                        wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
+                    }
+                    match event {
+                        Event::Online { unix_us } => {
+                            let mut st = self.stats.lock().unwrap();
+                            st.sessions += 1;
+                            st.wall_us = Some(unix_us);
                         }
-                        Down::Ping { nonce } => {
-                            let n = dev.send(&Up::Pong { nonce }, &mut frame).map_err(|_| "encrypt")?;
-                            wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
-                        }
-                        Down::TimeSync { unix_us } => self.stats.lock().unwrap().wall_us = Some(unix_us),
-                        Down::Welcome { .. } => return Err("second welcome"),
+                        Event::TimeSync { unix_us } => self.stats.lock().unwrap().wall_us = Some(unix_us),
+                        Event::None => {}
                     }
                 }
                 _ = tick.tick() => {
                     loop {
-                        let rec = {
-                            let ring = self.ring.lock().unwrap();
-                            ring.iter_from(cursor).next().map(|r| {
-                                let mut t = [0u8; keel_log::MAX_TEXT];
-                                let n = r.copy_text(&mut t);
-                                (r.seq, r.level, r.time_us, t[..n].to_vec())
-                            })
-                        };
-                        let Some((seq, level, time_us, text)) = rec else { break };
-                        let n = dev
-                            .send(&Up::Log { seq, kind: 0, level, time_us, text: &text }, &mut frame)
-                            .map_err(|_| "encrypt")?;
+                        let next = link.next_log_frame(&mut self.ring.lock().unwrap(), &mut frame).map_err(|_| "encrypt")?;
+                        let Some(n) = next else { break };
                         wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
-                        cursor = seq + 1;
                     }
                 }
             }
