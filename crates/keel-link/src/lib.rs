@@ -1,10 +1,16 @@
 //! # Keel cloud link core
 //!
 //! Sans-IO building blocks of the device ↔ server link, shared by the visor, the server and the
-//! simulator. Today: the frame codec ([`frame`]). Every frame on the TCP connection is a 2-byte
-//! big-endian length followed by that many bytes (a Noise handshake or transport message, at
-//! most 65 535 bytes as the Noise specification requires). The decoder enforces a smaller,
-//! per-endpoint limit so a peer cannot make the other side buffer more than it chose to.
+//! simulator (see `docs/wire-protocol.md`):
+//!
+//! * [`frame`]: a 2-byte big-endian length, then that many bytes; the decoder enforces a
+//!   per-endpoint limit so a peer cannot make the other side buffer more than it chose to.
+//! * [`msg`]: the CBOR messages in each direction.
+//! * [`session`]: the Noise IK secure channel (device: clatter, no heap; server: snow, behind the
+//!   `server` feature).
+//! * [`device`]: the device end of a connection (handshake replies, log resume and
+//!   acknowledgements), used by both the visor and the simulator.
+//! * [`backoff`]: jittered exponential reconnect delays.
 //!
 //! `tests/noise_interop.rs` shows that the device's Noise implementation (clatter, `no_std`, no
 //! heap) and the server's (snow) interoperate on `Noise_IK_25519_ChaChaPoly_SHA256`, including

@@ -178,6 +178,10 @@ async fn device_logs(
     let acct = account(&st, &headers).await?;
     let d = own_device(&st, &acct, &id).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    // Sequence numbers are stored as signed 64-bit integers; anything larger matches nothing.
+    if q.after.is_some_and(|a| a > i64::MAX as u64) {
+        return Ok(Json(Vec::new()));
+    }
     Ok(Json(st.store.logs(&d.id, q.after, limit).await?.into_iter().map(Into::into).collect()))
 }
 

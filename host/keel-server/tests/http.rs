@@ -71,6 +71,10 @@ async fn two_accounts(store: Store) {
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("keel_devices 2\n") && text.contains("keel_log_records 3\n"), "{text}");
 
+    // An `after` beyond the stored range matches nothing (it must not wrap around to everything).
+    let (s, body) = get(&app, "/v1/devices/kdaaaa/logs?after=18446744073709551615", Some(&ta)).await;
+    assert_eq!((s, body.as_array().map(|a| a.len())), (StatusCode::OK, Some(0)));
+
     // Retention: records received before the cutoff go, the rest stay.
     assert_eq!(pruner.prune_logs(6).await.unwrap(), 0, "received_at == cutoff is kept");
     assert_eq!(pruner.prune_logs(7).await.unwrap(), 3);
