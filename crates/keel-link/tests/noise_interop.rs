@@ -26,7 +26,6 @@ fn device_keypair(secret: [u8; 32]) -> KeyPair<[u8; 32], <X25519 as Dh>::Private
 struct Pair {
     device: TransportState<ChaChaPoly, Sha256>,
     server: snow::TransportState,
-    device_public: [u8; 32],
 }
 
 fn handshake() -> Pair {
@@ -57,7 +56,7 @@ fn handshake() -> Pair {
     let m = device.read_message(&wire[..n], &mut payload).unwrap();
     assert_eq!(&payload[..m], b"welcome");
     assert!(device.is_finished() && server.is_handshake_finished());
-    Pair { device: device.finalize().unwrap(), server: server.into_transport_mode().unwrap(), device_public }
+    Pair { device: device.finalize().unwrap(), server: server.into_transport_mode().unwrap() }
 }
 
 #[test]
