@@ -76,19 +76,37 @@ pub fn run() -> Result<(), String> {
         .args(["run", "-q", "--release", "-p", "keel-sim", "--", "bench", "200", "20000"])
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     for (key, note) in [
         ("handshakes_per_second", "200 simulated devices connecting at once (Noise IK + registry lookup + SQLite)"),
         ("log_lines_per_second", "one device, 20 000 lines, each stored in SQLite and acknowledged"),
     ] {
-        let v = text
-            .split(&format!("\"{key}\": "))
-            .nth(1)
-            .and_then(|r| r.split([',', '}']).next())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("keel-sim bench: no {key} in {text:?} {}", String::from_utf8_lossy(&out.stderr)))?;
-        metrics.push((key, v, note));
+        metrics.push((key, json_number(&out, "keel-sim bench", key)?, note));
     }
+
+    // Cloud link: memory of a real `keel server run` process (release build, SQLite) per
+    // connected idle device; the 10 000 simulated devices run in another process.
+    crate::sh(crate::cargo().current_dir(root()).args([
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "keel-cli",
+        "-p",
+        "keel-sim",
+    ]))?;
+    let keel_release = root().join("target/release/keel");
+    let out = std::process::Command::new(root().join("target/release/keel-sim"))
+        .arg("idle")
+        .arg("--server-bin")
+        .arg(&keel_release)
+        .args(["--count", "10000"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    metrics.push((
+        "server_bytes_per_idle_device",
+        json_number(&out, "keel-sim idle", "server_bytes_per_idle_device")?,
+        "server RSS growth with 10 000 simulated devices connected and idle, per device",
+    ));
 
     // Cloud link: a QEMU device from power-on to online with a real server (wall clock).
     crate::sh(crate::cargo().current_dir(root()).args(["build", "-q", "-p", "keel-cli"]))?;
@@ -105,6 +123,16 @@ pub fn run() -> Result<(), String> {
     }
     println!("\nwritten to {}", dir.join("report.json").display());
     Ok(())
+}
+
+/// The number `"key": N` in the flat JSON object a tool printed.
+fn json_number(out: &std::process::Output, tool: &str, key: &str) -> Result<f64, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(&format!("\"{key}\": "))
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("{tool}: no {key} in {text:?} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn device_connect_seconds() -> Result<f64, String> {

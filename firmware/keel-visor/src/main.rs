@@ -624,7 +624,10 @@ extern "C" fn visor_main() -> ! {
         None => (Supervisor::new(Policy::default(), boot_count), None),
     };
     net::init_logs(boot_count);
-    net::push_event(format_args!("boot #{} visor {}", boot_count, VERSION));
+    // Reason: warm RAM carries a crash series only across the visor's own reset after a fault in
+    // an app handler; any other boot is a power-on (or an external reset, indistinguishable here).
+    let reason = if last_crash.is_some() { "reset after app fault" } else { "power-on" };
+    net::push_event(format_args!("boot #{} visor {} ({})", boot_count, VERSION, reason));
     if let Some(f) = &factory {
         rng::seed(&f.device_key, boot_count);
         let seed = u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64;

@@ -4,28 +4,75 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keel_server::http::{DeviceJson, LogJson, NewDevice, ServerInfo};
+use keel_server::http::{CreatedToken, DeviceJson, DevicePatch, LogJson, NewDevice, ServerInfo, TokenJson};
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// Server API URL.
-    #[arg(long, env = "KEEL_SERVER", default_value = "http://127.0.0.1:7447")]
-    pub server: String,
-    /// API token (see `keel server init`).
+    /// Server API URL [default: from `keel login`, else http://127.0.0.1:7447].
+    #[arg(long, env = "KEEL_SERVER")]
+    pub server: Option<String>,
+    /// API token [default: from `keel login`]. `keel server init` prints the first one.
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// A resolved server and token.
+struct Api {
+    server: String,
+    token: String,
+}
+
+impl Conn {
+    fn api(&self) -> Result<Api, String> {
+        let file = crate::config::load()?;
+        let server = self.server.clone().or(file.server).unwrap_or_else(|| crate::config::DEFAULT_SERVER.into());
+        let token = self.token.clone().or(file.token).ok_or(
+            "no API token: run `keel login --token <token>` once, or pass --token / set KEEL_TOKEN \
+             (`keel server init` prints the first token; `keel token create` makes more)",
+        )?;
+        Ok(Api { server: server.trim_end_matches('/').to_string(), token })
+    }
 }
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
     /// List your devices.
-    List(Conn),
-    /// Show one device.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only devices with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Show one device: versions, tags, last boot and last crash.
     Show {
         #[command(flatten)]
         conn: Conn,
         /// Device id.
         device: String,
+    },
+    /// Rename a device or replace its tags.
+    Set {
+        #[command(flatten)]
+        conn: Conn,
+        /// Device id.
+        device: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New tags, comma separated (replacing the old ones; "" removes all).
+        #[arg(long)]
+        tags: Option<String>,
+    },
+    /// Delete a device and its logs; its key can no longer connect.
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        /// Device id.
+        device: String,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
     },
     /// Create a device identity, register it, and write its factory flash file.
     Provision {
@@ -37,6 +84,9 @@ pub enum DeviceCmd {
         /// Device name.
         #[arg(long, default_value = "device")]
         name: String,
+        /// Tags, comma separated.
+        #[arg(long, default_value = "")]
+        tags: String,
         /// Gateway address as the device reaches it (IPv4; QEMU user networking sees the host as 10.0.2.2).
         #[arg(long, default_value = "10.0.2.2")]
         gateway_host: String,
@@ -46,48 +96,160 @@ pub enum DeviceCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// List your account's API tokens (ids and names; secrets are never shown again).
+    List(Conn),
+    /// Create an API token; it is printed once.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// What the token is for, e.g. "ci".
+        name: String,
+    },
+    /// Revoke an API token by id (see `keel token list`).
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// Token id.
+        id: String,
+    },
+}
+
 #[derive(Args)]
 pub struct LogsArgs {
     #[command(flatten)]
     conn: Conn,
     /// Device id.
     device: String,
-    /// Keep printing new records as they arrive.
+    /// Keep printing new records as they arrive (a live stream; reconnects by itself).
     #[arg(long, short)]
     follow: bool,
+    /// Only records after this sequence number.
+    #[arg(long)]
+    after: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
 fn request<T: serde::de::DeserializeOwned>(
-    conn: &Conn,
+    api: &Api,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<T, String> {
-    let token = conn
-        .token
-        .as_deref()
-        .ok_or("no API token: pass --token or set KEEL_TOKEN (create one with `keel server init`)")?;
-    let url = format!("{}{}", conn.server.trim_end_matches('/'), path);
-    let auth = format!("Bearer {token}");
-    let result = match body {
-        None if method == "GET" => {
-            ureq::get(&url).header("authorization", &auth).config().http_status_as_error(false).build().call()
-        }
-        Some(b) => {
-            ureq::post(&url).header("authorization", &auth).config().http_status_as_error(false).build().send_json(b)
-        }
-        None => return Err(format!("unsupported method {method}")),
+    let url = format!("{}{}", api.server, path);
+    let auth = format!("Bearer {}", api.token);
+    let a = agent();
+    let result = match (method, body) {
+        ("GET", None) => a.get(&url).header("authorization", &auth).call(),
+        ("DELETE", None) => a.delete(&url).header("authorization", &auth).call(),
+        ("POST", Some(b)) => a.post(&url).header("authorization", &auth).send_json(b),
+        ("PATCH", Some(b)) => a.patch(&url).header("authorization", &auth).send_json(b),
+        _ => return Err(format!("unsupported request {method} {path}")),
     };
     let mut resp = result
-        .map_err(|e| format!("cannot reach the server at {}: {e} (is `keel server run` running?)", conn.server))?;
+        .map_err(|e| format!("cannot reach the server at {}: {e} (is `keel server run` running?)", api.server))?;
     let status = resp.status();
-    let value: serde_json::Value =
-        resp.body_mut().read_json().map_err(|e| format!("bad response from the server: {e}"))?;
+    let text = resp.body_mut().read_to_string().map_err(|e| format!("bad response from the server: {e}"))?;
+    let value: serde_json::Value = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("bad response from the server: {e}"))?
+    };
     if !status.is_success() {
         let msg = value["error"]["message"].as_str().unwrap_or("request failed").to_string();
         return Err(format!("{msg} (HTTP {})", status.as_u16()));
     }
     serde_json::from_value(value).map_err(|e| format!("unexpected response: {e}"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+    println!("{}", serde_json::to_string(v).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn split_tags(t: &str) -> Vec<String> {
+    t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
+}
+
+/// `keel login`: checks the token against the server and saves both in the config file.
+pub fn login(a: LoginArgs, json: bool) -> Result<(), String> {
+    let api = a.conn.api()?;
+    let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
+    let path =
+        crate::config::save(&crate::config::Config { server: Some(api.server.clone()), token: Some(api.token) })?;
+    if json {
+        print_json(&serde_json::json!({ "server": api.server, "server_version": info.version, "config": path }))
+    } else {
+        println!("logged in to {} (keel {}); saved in {}", api.server, info.version, path.display());
+        Ok(())
+    }
+}
+
+/// `keel token ...`.
+pub fn token(cmd: TokenCmd, json: bool) -> Result<(), String> {
+    match cmd {
+        TokenCmd::List(conn) => {
+            let tokens: Vec<TokenJson> = request(&conn.api()?, "GET", "/v1/tokens", None)?;
+            if json {
+                return print_json(&tokens);
+            }
+            println!("{:<14} {:<24} CREATED", "ID", "NAME");
+            for t in tokens {
+                println!("{:<14} {:<24} {}", t.id, t.name, time_str(t.created_at_us));
+            }
+            Ok(())
+        }
+        TokenCmd::Create { conn, name } => {
+            let t: CreatedToken =
+                request(&conn.api()?, "POST", "/v1/tokens", Some(serde_json::json!({ "name": name })))?;
+            if json {
+                return print_json(&t);
+            }
+            println!(
+                "token {} ({})
+{}
+
+Keep it: it is shown once.",
+                t.id, t.name, t.token
+            );
+            Ok(())
+        }
+        TokenCmd::Revoke { conn, id } => {
+            request::<serde_json::Value>(&conn.api()?, "DELETE", &format!("/v1/tokens/{id}"), None)?;
+            if json {
+                return print_json(&serde_json::json!({ "revoked": id }));
+            }
+            println!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+/// UTC time of µs since the epoch, as `YYYY-MM-DD HH:MM:SS`.
+fn time_str(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 fn print_devices(devs: &[DeviceJson]) {
@@ -108,28 +270,81 @@ fn print_devices(devs: &[DeviceJson]) {
     }
 }
 
+fn show_device(d: &DeviceJson) {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("id          {}", d.id);
+    println!("name        {}", d.name);
+    println!("tags        {}", if d.tags.is_empty() { "-".into() } else { d.tags.join(", ") });
+    println!("online      {}", if d.online { "yes" } else { "no" });
+    println!("last seen   {}", d.last_seen_us.map_or("never".into(), time_str));
+    println!("visor       {}", or_dash(&d.visor_version));
+    let app = match (&d.app_name, &d.app_version) {
+        (Some(n), Some(v)) => format!("{n} {v}"),
+        _ => "-".into(),
+    };
+    println!("app         {app}");
+    println!("boot count  {}", d.boot_count.map_or("-".into(), |b| b.to_string()));
+    let ev = |e: &Option<keel_server::http::EventJson>| {
+        e.as_ref().map_or("-".into(), |e| format!("{}  {}", time_str(e.at_us), e.text))
+    };
+    println!("last boot   {}", ev(&d.last_boot));
+    println!("last crash  {}", ev(&d.last_crash));
+    println!("public key  {}", d.public_key);
+}
+
 pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
     match cmd {
-        DeviceCmd::List(conn) => {
-            let devs: Vec<DeviceJson> = request(&conn, "GET", "/v1/devices", None)?;
+        DeviceCmd::List { conn, tag } => {
+            let q = tag.map_or(String::new(), |t| format!("?tag={}", urlencode(&t)));
+            let devs: Vec<DeviceJson> = request(&conn.api()?, "GET", &format!("/v1/devices{q}"), None)?;
             if json {
-                println!("{}", serde_json::to_string(&devs).map_err(|e| e.to_string())?);
-            } else {
-                print_devices(&devs);
+                return print_json(&devs);
             }
+            print_devices(&devs);
             Ok(())
         }
         DeviceCmd::Show { conn, device } => {
-            let d: DeviceJson = request(&conn, "GET", &format!("/v1/devices/{device}"), None)?;
+            let d: DeviceJson = request(&conn.api()?, "GET", &format!("/v1/devices/{}", urlencode(&device)), None)?;
             if json {
-                println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
-            } else {
-                print_devices(std::slice::from_ref(&d));
+                return print_json(&d);
             }
+            show_device(&d);
             Ok(())
         }
-        DeviceCmd::Provision { conn, flash, name, gateway_host, gateway_port } => {
-            let info: ServerInfo = request(&conn, "GET", "/v1/server", None)?;
+        DeviceCmd::Set { conn, device, name, tags } => {
+            if name.is_none() && tags.is_none() {
+                return Err("nothing to change: pass --name and/or --tags".into());
+            }
+            let patch = DevicePatch { name, tags: tags.as_deref().map(split_tags) };
+            let body = serde_json::to_value(&patch).map_err(|e| e.to_string())?;
+            let d: DeviceJson =
+                request(&conn.api()?, "PATCH", &format!("/v1/devices/{}", urlencode(&device)), Some(body))?;
+            if json {
+                return print_json(&d);
+            }
+            show_device(&d);
+            Ok(())
+        }
+        DeviceCmd::Delete { conn, device, yes } => {
+            if !yes {
+                return Err(format!("deleting {device} removes it and all its logs; run again with --yes to confirm"));
+            }
+            request::<serde_json::Value>(&conn.api()?, "DELETE", &format!("/v1/devices/{}", urlencode(&device)), None)?;
+            if json {
+                return print_json(&serde_json::json!({ "deleted": device }));
+            }
+            println!("deleted {device}");
+            Ok(())
+        }
+        DeviceCmd::Provision { conn, flash, name, tags, gateway_host, gateway_port } => {
+            let api = conn.api()?;
+            if flash.exists() {
+                return Err(format!(
+                    "{} exists; provisioning writes a new flash file (choose another path)",
+                    flash.display()
+                ));
+            }
+            let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
             let mut factory =
                 keel_vdev::flash::new_factory_for(&gateway_host, gateway_port).map_err(|e| e.to_string())?;
             for (i, b) in factory.server_key.iter_mut().enumerate() {
@@ -139,21 +354,27 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             let public =
                 x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(factory.device_key)).to_bytes();
             let id = String::from_utf8_lossy(&factory.device_id_ascii()).to_string();
-            let new = NewDevice { id: id.clone(), name, public_key: keel_server::hex(&public) };
+            let new =
+                NewDevice { id: id.clone(), name, public_key: keel_server::hex(&public), tags: split_tags(&tags) };
             let d: DeviceJson =
-                request(&conn, "POST", "/v1/devices", Some(serde_json::to_value(&new).map_err(|e| e.to_string())?))?;
-            if flash.exists() {
-                return Err(format!("{} exists; provisioning writes a new flash file", flash.display()));
-            }
+                request(&api, "POST", "/v1/devices", Some(serde_json::to_value(&new).map_err(|e| e.to_string())?))?;
             keel_vdev::flash::create(&flash, &factory).map_err(|e| format!("cannot write {}: {e}", flash.display()))?;
             if json {
-                println!("{}", serde_json::json!({ "device": d, "flash": flash }));
-            } else {
-                println!("provisioned {} ({}) -> {}", d.id, d.name, flash.display());
+                return print_json(&serde_json::json!({ "device": d, "flash": flash }));
             }
+            println!("provisioned {} ({}) -> {}", d.id, d.name, flash.display());
             Ok(())
         }
     }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn print_log(l: &LogJson, json: bool) {
@@ -168,40 +389,87 @@ fn print_log(l: &LogJson, json: bool) {
 /// Prints a device's logs: a table, a JSON array with `--json`, or (with `--follow`) one line or
 /// one JSON object per record as they arrive.
 pub fn logs(a: LogsArgs, json: bool) -> Result<(), String> {
-    let mut after: Option<u64> = None;
-    if json && !a.follow {
-        let mut all: Vec<LogJson> = Vec::new();
-        loop {
-            let q = after.map_or(String::new(), |s| format!("&after={s}"));
-            let page: Vec<LogJson> =
-                request(&a.conn, "GET", &format!("/v1/devices/{}/logs?limit=1000{q}", a.device), None)?;
-            let full = page.len() == 1000;
-            after = page.last().map(|l| l.seq).or(after);
-            all.extend(page);
-            if !full {
-                println!("{}", serde_json::to_string(&all).map_err(|e| e.to_string())?);
-                return Ok(());
-            }
-        }
-    }
+    let api = a.conn.api()?;
+    let dev = urlencode(&a.device);
+    let mut after = a.after;
+    let mut all: Vec<LogJson> = Vec::new();
+    // Stored records first, a page at a time.
     loop {
         let q = after.map_or(String::new(), |s| format!("&after={s}"));
-        let page: Vec<LogJson> =
-            request(&a.conn, "GET", &format!("/v1/devices/{}/logs?limit=1000{q}", a.device), None)?;
-        for l in &page {
-            print_log(l, json);
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        if let Some(last) = page.last() {
-            after = Some(last.seq);
-            if page.len() == 1000 {
-                continue;
+        let page: Vec<LogJson> = request(&api, "GET", &format!("/v1/devices/{dev}/logs?limit=1000{q}"), None)?;
+        let full = page.len() == 1000;
+        after = page.last().map(|l| l.seq).or(after);
+        if json && !a.follow {
+            all.extend(page);
+        } else {
+            for l in &page {
+                print_log(l, json);
             }
         }
-        if !a.follow {
-            return Ok(());
+        if !full {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(300));
     }
+    if !a.follow {
+        if json {
+            print_json(&all)?;
+        }
+        return Ok(());
+    }
+    // Then the live stream, resumed after the last record seen whenever it breaks.
+    let mut retry = Duration::from_millis(250);
+    loop {
+        match follow(&api, &dev, &mut after, json) {
+            Ok(()) => retry = Duration::from_millis(250),
+            Err(Stream::Fatal(e)) => return Err(e),
+            Err(Stream::Broken(e)) => {
+                eprintln!("keel: log stream interrupted ({e}); reconnecting");
+                retry = (retry * 2).min(Duration::from_secs(8));
+            }
+        }
+        std::thread::sleep(retry);
+    }
+}
+
+enum Stream {
+    /// Worth retrying (network, server restart).
+    Broken(String),
+    /// Not worth retrying (bad token, unknown device).
+    Fatal(String),
+}
+
+/// Reads the SSE stream until it ends; advances `after` with every record printed.
+fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(), Stream> {
+    use std::io::{BufRead, BufReader, Write};
+    // Sequence numbers start at 1 << 32 (boot 1), so `after=0` means every record.
+    let url = format!("{}/v1/devices/{dev}/logs/stream?after={}", api.server, after.unwrap_or(0));
+    let resp = agent()
+        .get(&url)
+        .header("authorization", &format!("Bearer {}", api.token))
+        .header("accept", "text/event-stream")
+        .call()
+        .map_err(|e| Stream::Broken(format!("cannot reach {}: {e}", api.server)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: serde_json::Value = resp.into_body().read_json().unwrap_or_default();
+        let msg = body["error"]["message"].as_str().unwrap_or("request failed");
+        let e = format!("{msg} (HTTP {})", status.as_u16());
+        return Err(if status.is_server_error() { Stream::Broken(e) } else { Stream::Fatal(e) });
+    }
+    let mut data = String::new();
+    for line in BufReader::new(resp.into_body().into_reader()).lines() {
+        let line = line.map_err(|e| Stream::Broken(e.to_string()))?;
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            let l: LogJson = serde_json::from_str(&data).map_err(|e| Stream::Broken(format!("bad event: {e}")))?;
+            data.clear();
+            if after.is_none_or(|a| l.seq > a) {
+                *after = Some(l.seq);
+                print_log(&l, json);
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    Ok(())
 }

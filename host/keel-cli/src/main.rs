@@ -1,9 +1,11 @@
 //! `keel`: run the Keel server, provision devices, and look at devices and their logs.
 //!
-//! Client commands find the server and token in `--server`/`--token`, or `KEEL_SERVER` /
-//! `KEEL_TOKEN`. Every command accepts `--json` for machine-readable output.
+//! Client commands find the server and token in `--server`/`--token`, `KEEL_SERVER` /
+//! `KEEL_TOKEN`, or the config file `keel login` writes. Every command accepts `--json` for
+//! machine-readable output.
 
 mod client;
+mod config;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -29,9 +31,20 @@ enum Cmd {
     #[command(subcommand)]
     Device(client::DeviceCmd),
     /// List devices (same as `keel device list`).
-    Devices(client::Conn),
-    /// Show a device's logs.
+    Devices {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Only devices with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Show a device's logs; `--follow` streams new ones live.
     Logs(client::LogsArgs),
+    /// Check a server URL and token and save them in the config file for later commands.
+    Login(client::LoginArgs),
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(client::TokenCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,8 +52,10 @@ fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::Server(c) => server::run(c, cli.json),
         Cmd::Device(c) => client::device(c, cli.json),
-        Cmd::Devices(conn) => client::device(client::DeviceCmd::List(conn), cli.json),
+        Cmd::Devices { conn, tag } => client::device(client::DeviceCmd::List { conn, tag }, cli.json),
         Cmd::Logs(a) => client::logs(a, cli.json),
+        Cmd::Login(a) => client::login(a, cli.json),
+        Cmd::Token(c) => client::token(c, cli.json),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,6 +18,15 @@ pub struct DataArgs {
     pub database: Option<String>,
 }
 
+/// Format of the server's own log.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Subcommand)]
 pub enum ServerCmd {
     /// Create the data directory, the server key and a first account with an API token.
@@ -41,6 +50,10 @@ pub enum ServerCmd {
         /// Keep log records this many days (0 = forever).
         #[arg(long, default_value_t = 30)]
         log_retention_days: u64,
+        /// Format of the server's own log on stderr: `text` for people, `json` (one object per
+        /// line) for log collectors. Verbosity: `RUST_LOG` (default `info`).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KEEL_LOG_FORMAT")]
+        log_format: LogFormat,
     },
 }
 
@@ -84,8 +97,17 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 }
                 Ok(())
             }
-            ServerCmd::Run { data, http, gateway: gw, log_retention_days } => {
-                tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+            ServerCmd::Run { data, http, gateway: gw, log_retention_days, log_format } => {
+                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                let fmt = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(|| LossyStderr);
+                match log_format {
+                    LogFormat::Text => fmt.init(),
+                    LogFormat::Json => fmt.json().init(),
+                }
                 std::fs::create_dir_all(&data.data).map_err(|e| e.to_string())?;
                 let (private, public) = server_key(&data.data)?;
                 let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?;
@@ -100,25 +122,55 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                         loop {
                             every.tick().await;
                             match store.prune_logs(keel_server::unix_us().saturating_sub(keep_us)).await {
-                                Ok(n) if n > 0 => eprintln!("keel server: pruned {n} log records"),
+                                Ok(n) if n > 0 => tracing::info!(records = n, "log retention: pruned"),
                                 Ok(_) => {}
-                                Err(e) => eprintln!("keel server: log retention failed: {e}"),
+                                Err(e) => tracing::error!(error = %e, "log retention failed"),
                             }
                         }
                     })
                 });
-                eprintln!("keel server: API http://{http}, device gateway {gw}, key {}", keel_server::hex(&public));
-                let app = router(AppState { store, server_public: public });
-                axum::serve(hl, app).with_graceful_shutdown(shutdown()).await.map_err(|e| e.to_string())?;
+                let key = keel_server::hex(&public);
+                match log_format {
+                    LogFormat::Text => eprintln!("keel server: API http://{http}, device gateway {gw}, key {key}"),
+                    LogFormat::Json => tracing::info!(api = %http, gateway = %gw, key, "keel server running"),
+                }
+                let state = AppState::new(store, public);
+                let app = router(state.clone());
+                let stop = async move {
+                    shutdown().await;
+                    // Live log streams never end by themselves; end them so the graceful
+                    // shutdown does not wait forever.
+                    state.stop_streams();
+                };
+                axum::serve(hl, app).with_graceful_shutdown(stop).await.map_err(|e| e.to_string())?;
                 gateway_task.abort();
                 if let Some(r) = retention {
                     r.abort();
                 }
-                eprintln!("keel server: stopped");
+                match log_format {
+                    LogFormat::Text => eprintln!("keel server: stopped"),
+                    LogFormat::Json => tracing::info!("keel server stopped"),
+                }
                 Ok(())
             }
         }
     })
+}
+
+/// The server's log writer: stderr, where a failed write (say, the reader of a pipe went away)
+/// loses the line instead of failing the task that logged it.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 async fn shutdown() {

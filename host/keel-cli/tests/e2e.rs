@@ -35,20 +35,37 @@ fn keel(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Starts `keel server run`; returns once it says where it listens.
-fn start_server(data: &str, http: u16, gw: u16) -> Kill {
+/// Starts `keel server run`; returns once it says where it listens. With `json_log` the
+/// server logs one JSON object per line, and the first says it runs.
+fn start_server(data: &str, http: u16, gw: u16, json_log: bool) -> Kill {
     let mut server = Kill(
         Command::new(KEEL)
             .args(["server", "run", "--data", data, "--http", &format!("127.0.0.1:{http}")])
             .args(["--gateway", &format!("127.0.0.1:{gw}")])
+            .args(["--log-format", if json_log { "json" } else { "text" }])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let stderr = server.0.stderr.take().unwrap();
+    let mut stderr = BufReader::new(server.0.stderr.take().unwrap());
     let mut first = String::new();
-    BufReader::new(stderr).read_line(&mut first).unwrap();
-    assert!(first.contains("keel server: API"), "{first}");
+    stderr.read_line(&mut first).unwrap();
+    // Keep reading the server's log so it never blocks on a full pipe; in JSON mode every line
+    // must be one JSON object.
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if json_log {
+                assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "not JSON: {line}");
+            }
+        }
+    });
+    if json_log {
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+        assert_eq!(v["fields"]["message"], "keel server running", "{first}");
+        assert_eq!(v["fields"]["api"], format!("127.0.0.1:{http}"), "{first}");
+    } else {
+        assert!(first.contains("keel server: API"), "{first}");
+    }
     server
 }
 
@@ -63,14 +80,21 @@ fn provision_boot_online_and_follow_logs() {
     let token = init["token"].as_str().unwrap().to_string();
 
     let (http, gw) = (free_port(), free_port());
-    let server = start_server(&data_s, http, gw);
+    let server = start_server(&data_s, http, gw, false);
 
+    // Log in once; later commands find the server and token in the config file.
     let url = format!("http://127.0.0.1:{http}");
-    let env = [("KEEL_SERVER", url.as_str()), ("KEEL_TOKEN", token.as_str())];
+    let config = dir.join("config.toml").display().to_string();
+    let login = [("KEEL_SERVER", url.as_str()), ("KEEL_TOKEN", token.as_str()), ("KEEL_CONFIG", config.as_str())];
+    assert_eq!(keel(&["login"], &login)["server"], url.as_str());
+    let env = [("KEEL_CONFIG", config.as_str())];
     let flash_path = dir.join("dev.flash");
     let fp = flash_path.display().to_string();
     let gws = gw.to_string();
-    let prov = keel(&["device", "provision", "--flash", &fp, "--name", "e2e-1", "--gateway-port", &gws], &env);
+    let prov = keel(
+        &["device", "provision", "--flash", &fp, "--name", "e2e-1", "--tags", "lab,e2e", "--gateway-port", &gws],
+        &env,
+    );
     let id = prov["device"]["id"].as_str().unwrap().to_string();
     assert_eq!(keel(&["devices"], &env)[0]["online"], false);
 
@@ -95,8 +119,9 @@ fn provision_boot_online_and_follow_logs() {
     let mut app_lines = 0;
     let mut seqs = Vec::new();
     while app_lines < 3 {
-        let line =
-            rx.recv_timeout(LIMIT).unwrap_or_else(|_| panic!("no logs; device console:\n{}", qemu.lines.join("\n")));
+        let Ok(line) = rx.recv_timeout(LIMIT) else {
+            panic!("no logs; device console:\n{}", qemu.kill().join("\n"));
+        };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         seqs.push(v["seq"].as_u64().unwrap());
         let text = v["text"].as_str().unwrap();
@@ -112,13 +137,19 @@ fn provision_boot_online_and_follow_logs() {
     assert_eq!(d["online"], true, "{d}");
     assert_eq!(d["app_name"], "hello");
     assert_eq!(d["app_version"], "2.0.0");
+    assert_eq!(d["tags"], serde_json::json!(["e2e", "lab"]));
+    let shown = keel(&["device", "show", &id], &env);
+    let boot = shown["last_boot"]["text"].as_str().unwrap_or_else(|| panic!("no last boot: {shown}"));
+    assert!(boot.starts_with("boot #1 visor") && boot.contains("power-on"), "{boot}");
+    assert_eq!(keel(&["devices", "--tag", "lab"], &env).as_array().map(Vec::len), Some(1));
+    assert_eq!(keel(&["devices", "--tag", "field"], &env).as_array().map(Vec::len), Some(0));
     drop(follow);
 
     // Kill the server (like a crash) while the device keeps logging, then start it again: the
     // device reconnects by itself and the server ends up with every record exactly once, in order.
     drop(server);
     qemu.wait_for("connection lost", LIMIT, |l| l.contains("net: connection lost")).unwrap();
-    let _server = start_server(&data_s, http, gw);
+    let _server = start_server(&data_s, http, gw, true);
     qemu.wait_for("online again", LIMIT, |l| l.contains("net: online")).unwrap();
     let before = *seqs.last().unwrap();
     let mut all = Vec::new();

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::store::{LogRecord, Store};
+use crate::store::{Counters, DeviceEvent, LogRecord, Store};
 use crate::unix_us;
 
 /// How long a new connection may take to send its first handshake message.
@@ -25,6 +25,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// The device's wall clock is re-synchronised every this many pings (10 minutes).
 pub const TIME_SYNC_EVERY_PINGS: u32 = 20;
+/// At most this many log records already received are stored in one transaction and
+/// acknowledged with one `LogAck`.
+pub const MAX_BATCH: usize = 64;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -80,9 +83,15 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let (store, key) = (store.clone(), server_private.clone());
+                Counters::add(&store.counters().connections, 1);
                 conns.spawn(async move {
-                    if let Err(e) = connection(stream, &store, &key).await {
-                        tracing::info!(%peer, error = ?e, "device connection closed");
+                    match connection(stream, &store, &key).await {
+                        Ok(()) => {}
+                        Err(e @ (ConnError::Protocol(_) | ConnError::UnknownDevice)) => {
+                            Counters::add(&store.counters().rejected, 1);
+                            tracing::info!(%peer, error = ?e, "device connection refused or dropped");
+                        }
+                        Err(e) => tracing::info!(%peer, error = ?e, "device connection closed"),
                     }
                 });
             }
@@ -116,6 +125,7 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     store
         .device_online(&device.id, &visor_version, app.as_ref().map(|(a, b)| (a.as_str(), b.as_str())), boot_count)
         .await?;
+    Counters::add(&store.counters().handshakes, 1);
     tracing::info!(device = %device.id, "device online");
     // Frames are read by their own task and handed over a channel, so waiting for one can be
     // combined with timers without losing half-read frames.
@@ -136,6 +146,39 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     result
 }
 
+/// The record to store for a message, if any, and whether it is a device log record (which is
+/// acknowledged) rather than a server note.
+fn record_of(id: &str, msg: Up<'_>, counters: &Counters) -> Result<Option<(LogRecord, bool)>, ConnError> {
+    Ok(match msg {
+        Up::Log { seq, kind, level, time_us, text } => Some((
+            LogRecord {
+                seq,
+                kind,
+                level,
+                device_time_us: time_us,
+                received_at: unix_us(),
+                text: String::from_utf8_lossy(text).into_owned(),
+            },
+            true,
+        )),
+        Up::Dropped { count, before_seq } => {
+            tracing::warn!(device = %id, count, before_seq, "device dropped log records");
+            Counters::add(&counters.log_dropped, count);
+            let note = LogRecord {
+                seq: before_seq.saturating_sub(1),
+                kind: 2,
+                level: 1,
+                device_time_us: 0,
+                received_at: unix_us(),
+                text: format!("dropped {count}"),
+            };
+            Some((note, false))
+        }
+        Up::Pong { .. } | Up::Ready => None,
+        Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
+    })
+}
+
 async fn exchange(
     mut s: tokio::net::tcp::OwnedWriteHalf,
     mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
@@ -149,36 +192,39 @@ async fn exchange(
     loop {
         tokio::select! {
             frame = frames.recv() => {
-                let frame = frame.ok_or(ConnError::Protocol("reader ended"))??;
-                let plain = session.receive(&frame).map_err(|_| ConnError::Protocol("bad message"))?;
-                match decode_up(&plain).map_err(|_| ConnError::Protocol("malformed message"))? {
-                    Up::Log { seq, kind, level, time_us, text } => {
-                        let r = LogRecord {
-                            seq,
-                            kind,
-                            level,
-                            device_time_us: time_us,
-                            received_at: unix_us(),
-                            text: String::from_utf8_lossy(text).into_owned(),
-                        };
-                        store.insert_log(id, &r).await?;
-                        let ack = session.send(&Down::LogAck { upto: seq }).map_err(|_| ConnError::Protocol("encrypt"))?;
-                        s.write_all(&ack).await?;
+                // Take this frame and every one already waiting (up to a batch), store their
+                // records in one transaction, then acknowledge once.
+                let mut batch = Vec::new();
+                let mut acked = None;
+                let mut next = Some(frame.ok_or(ConnError::Protocol("reader ended"))??);
+                while let Some(frame) = next.take() {
+                    let plain = session.receive(&frame).map_err(|_| ConnError::Protocol("bad message"))?;
+                    let msg = decode_up(&plain).map_err(|_| ConnError::Protocol("malformed message"))?;
+                    if let Some((record, is_log)) = record_of(id, msg, store.counters())? {
+                        if is_log {
+                            acked = Some(record.seq);
+                        }
+                        batch.push(record);
                     }
-                    Up::Dropped { count, before_seq } => {
-                        tracing::warn!(device = %id, count, before_seq, "device dropped log records");
-                        let note = LogRecord {
-                            seq: before_seq.saturating_sub(1),
-                            kind: 2,
-                            level: 1,
-                            device_time_us: 0,
-                            received_at: unix_us(),
-                            text: format!("dropped {count}"),
-                        };
-                        store.insert_log(id, &note).await?;
+                    if batch.len() < MAX_BATCH {
+                        next = frames.try_recv().ok().transpose()?;
                     }
-                    Up::Pong { .. } | Up::Ready => {}
-                    Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
+                }
+                if !batch.is_empty() {
+                    let counters = store.counters();
+                    let received = batch.iter().filter(|r| r.kind != 2).count() as u64;
+                    let new = store.insert_logs(id, &batch).await?;
+                    Counters::add(&counters.log_records, received);
+                    Counters::add(&counters.log_duplicates, (batch.len() as u64).saturating_sub(new));
+                    for r in &batch {
+                        if let Some(ev) = DeviceEvent::parse(r.kind, &r.text) {
+                            store.note_event(id, r.received_at, ev).await?;
+                        }
+                    }
+                }
+                if let Some(upto) = acked {
+                    let ack = session.send(&Down::LogAck { upto }).map_err(|_| ConnError::Protocol("encrypt"))?;
+                    s.write_all(&ack).await?;
                 }
             }
             _ = ping.tick() => {

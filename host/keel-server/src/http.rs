@@ -1,15 +1,30 @@
 //! The HTTP JSON API (`/v1`). Every request carries `Authorization: Bearer <token>`; a token
 //! belongs to one account and sees only that account's devices and logs (others answer 404,
 //! exactly as if they did not exist).
+//!
+//! Routes are registered through `utoipa-axum`, so the OpenAPI document served at
+//! `/v1/openapi.json` is generated from the same handlers the router serves: a route cannot
+//! exist without being documented. Errors are always JSON: `{"error": {"code", "message"}}`.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::store::{Device, LogRecord, Store};
+use crate::store::{Counters, Device, LogRecord, Store, TokenInfo};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -18,6 +33,21 @@ pub struct AppState {
     pub store: Store,
     /// The gateway's static public key (devices pin it in their factory data).
     pub server_public: [u8; 32],
+    stop_tx: Arc<watch::Sender<bool>>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// State for a server with this store and gateway public key.
+    pub fn new(store: Store, server_public: [u8; 32]) -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        AppState { store, server_public, stop_tx: Arc::new(stop_tx), stop_rx }
+    }
+
+    /// Ends every open live stream (call before a graceful shutdown, which waits for them).
+    pub fn stop_streams(&self) {
+        self.stop_tx.send_replace(true);
+    }
 }
 
 /// An API error: an HTTP status and a JSON body `{"error": {"code", "message"}}`.
@@ -28,9 +58,29 @@ pub struct ApiError {
     message: String,
 }
 
+/// The body of every error response.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// Error details.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`unauthorized`, `not_found`, `bad_request`, ...).
+    pub code: String,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
 
@@ -41,9 +91,21 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::bad_request("bad_query", e.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::bad_request("bad_body", e.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -53,7 +115,8 @@ async fn account(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErr
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or invalid API token: send `Authorization: Bearer <token>` (see `keel login`)",
+            "missing or invalid API token: send `Authorization: Bearer <token>` (`keel login` stores one; \
+             `keel server init` prints the first)",
         )
     };
     let token = headers
@@ -65,15 +128,18 @@ async fn account(state: &AppState, headers: &HeaderMap) -> Result<String, ApiErr
 }
 
 /// A device as the API shows it.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq)]
 pub struct DeviceJson {
-    /// Device id.
+    /// Device id (`kd` + 32 hex digits).
     pub id: String,
     /// Name.
     pub name: String,
-    /// Hex of its public key.
+    /// Hex of its X25519 static public key.
     pub public_key: String,
-    /// Connected now.
+    /// Tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Connected to the gateway now.
     pub online: bool,
     /// Last seen, µs since the epoch.
     pub last_seen_us: Option<i64>,
@@ -83,37 +149,56 @@ pub struct DeviceJson {
     pub app_name: Option<String>,
     /// App version.
     pub app_version: Option<String>,
-    /// Boot counter.
+    /// Persistent boot counter.
     pub boot_count: Option<i64>,
+    /// The last boot the device reported.
+    #[serde(default)]
+    pub last_boot: Option<EventJson>,
+    /// The last app crash the device reported.
+    #[serde(default)]
+    pub last_crash: Option<EventJson>,
+}
+
+/// A remembered device event.
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq)]
+pub struct EventJson {
+    /// When the server received it, µs since the epoch.
+    pub at_us: i64,
+    /// The visor's event text (for a crash: fault kind and registers).
+    pub text: String,
 }
 
 impl From<Device> for DeviceJson {
     fn from(d: Device) -> Self {
         let (app_name, app_version) = d.app.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let ev = |e: Option<(i64, String)>| e.map(|(at_us, text)| EventJson { at_us, text });
         DeviceJson {
             id: d.id,
             name: d.name,
             public_key: d.public_key,
+            tags: d.tags,
             online: d.online,
             last_seen_us: d.last_seen,
             visor_version: d.visor_version,
             app_name,
             app_version,
             boot_count: d.boot_count,
+            last_boot: ev(d.last_boot),
+            last_crash: ev(d.last_crash),
         }
     }
 }
 
 /// A log record as the API shows it.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq, Clone)]
 pub struct LogJson {
-    /// Sequence number.
+    /// Sequence number (`boot << 32 | n`): increasing per device, never reused.
     pub seq: u64,
-    /// `app`, `visor` or `server`.
+    /// `app` (an app log line), `visor` (a visor event) or `server` (a server note, e.g. `dropped N`).
     pub source: String,
     /// Level 0 (error) .. 3 (debug).
     pub level: u8,
-    /// Device monotonic time.
+    /// Device monotonic time, µs since its boot.
     pub device_time_us: u64,
     /// Server receive time, µs since the epoch.
     pub received_at_us: u64,
@@ -139,18 +224,43 @@ impl From<LogRecord> for LogJson {
     }
 }
 
-async fn list_devices(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<DeviceJson>>, ApiError> {
+/// Query of the device list.
+#[derive(Deserialize, IntoParams)]
+pub struct DevicesQuery {
+    /// Only devices with this tag.
+    pub tag: Option<String>,
+}
+
+/// List the account's devices.
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", params(DevicesQuery),
+    responses((status = 200, body = Vec<DeviceJson>), (status = 401, body = ErrorBody)))]
+async fn list_devices(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<DevicesQuery>, QueryRejection>,
+) -> Result<Json<Vec<DeviceJson>>, ApiError> {
     let acct = account(&st, &headers).await?;
-    Ok(Json(st.store.devices(&acct).await?.into_iter().map(Into::into).collect()))
+    let Query(q) = q?;
+    let devices = st.store.devices(&acct).await?;
+    Ok(Json(
+        devices.into_iter().filter(|d| q.tag.as_ref().is_none_or(|t| d.tags.contains(t))).map(Into::into).collect(),
+    ))
 }
 
 async fn own_device(st: &AppState, acct: &str, id: &str) -> Result<Device, ApiError> {
     match st.store.device(id).await? {
         Some(d) if d.account_id == acct => Ok(d),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device '{id}' in your account"))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device '{id}' in your account (`keel devices` lists them)"),
+        )),
     }
 }
 
+/// Show one device.
+#[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "Device id")),
+    responses((status = 200, body = DeviceJson), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_device(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -160,8 +270,78 @@ async fn show_device(
     Ok(Json(own_device(&st, &acct, &id).await?.into()))
 }
 
+/// Body of `PATCH /v1/devices/{id}`: the fields to change.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Default)]
+pub struct DevicePatch {
+    /// New name (1..100 characters).
+    pub name: Option<String>,
+    /// New tags, replacing the old ones (at most 32; each 1..64 of `a-z A-Z 0-9 - _ . :`).
+    pub tags: Option<Vec<String>>,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control)
+}
+
+fn valid_tag(t: &str) -> bool {
+    (1..=64).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c))
+}
+
+/// Rename a device or replace its tags.
+#[utoipa::path(patch, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "Device id")),
+    request_body = DevicePatch,
+    responses((status = 200, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn patch_device(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<DevicePatch>, JsonRejection>,
+) -> Result<Json<DeviceJson>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    let d = own_device(&st, &acct, &id).await?;
+    let Json(p) = body?;
+    if let Some(n) = &p.name {
+        if !valid_name(n) {
+            return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
+        }
+    }
+    if let Some(tags) = &p.tags {
+        if tags.len() > 32 || !tags.iter().all(|t| valid_tag(t)) {
+            return Err(ApiError::bad_request(
+                "bad_tags",
+                "at most 32 tags, each 1..64 characters of a-z A-Z 0-9 - _ . :",
+            ));
+        }
+    }
+    if let Some(n) = &p.name {
+        st.store.rename_device(&d.id, n).await?;
+    }
+    if let Some(tags) = &p.tags {
+        let mut tags = tags.clone();
+        tags.sort();
+        tags.dedup();
+        st.store.set_tags(&d.id, &tags).await?;
+    }
+    Ok(Json(own_device(&st, &acct, &id).await?.into()))
+}
+
+/// Delete a device with its logs; its key can no longer connect.
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "Device id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_device(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let acct = account(&st, &headers).await?;
+    let d = own_device(&st, &acct, &id).await?;
+    st.store.delete_device(&d.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Query of the logs endpoint.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 pub struct LogQuery {
     /// Only records with a sequence number above this.
     pub after: Option<u64>,
@@ -169,24 +349,132 @@ pub struct LogQuery {
     pub limit: Option<u32>,
 }
 
+/// Sequence numbers are stored as signed 64-bit integers; a cursor beyond that matches nothing.
+fn beyond_range(after: Option<u64>) -> bool {
+    after.is_some_and(|a| a > i64::MAX as u64)
+}
+
+/// Read a device's log records in sequence order, a page at a time.
+#[utoipa::path(get, path = "/v1/devices/{id}/logs", tag = "logs",
+    params(("id" = String, Path, description = "Device id"), LogQuery),
+    responses((status = 200, body = Vec<LogJson>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn device_logs(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogJson>>, ApiError> {
     let acct = account(&st, &headers).await?;
     let d = own_device(&st, &acct, &id).await?;
+    let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    // Sequence numbers are stored as signed 64-bit integers; anything larger matches nothing.
-    if q.after.is_some_and(|a| a > i64::MAX as u64) {
+    if beyond_range(q.after) {
         return Ok(Json(Vec::new()));
     }
     Ok(Json(st.store.logs(&d.id, q.after, limit).await?.into_iter().map(Into::into).collect()))
 }
 
+/// Query of the live log stream.
+#[derive(Deserialize, IntoParams)]
+pub struct StreamQuery {
+    /// Start after this sequence number (the `Last-Event-ID` header, sent by reconnecting SSE
+    /// clients, takes precedence). Without either, the stream starts with records stored from now on.
+    pub after: Option<u64>,
+}
+
+struct LiveLogs {
+    store: Store,
+    device: String,
+    cursor: Option<u64>,
+    pending: VecDeque<LogRecord>,
+    notify: broadcast::Receiver<String>,
+    stop: watch::Receiver<bool>,
+}
+
+impl LiveLogs {
+    /// The next record, waiting for one if needed; `None` ends the stream (server stopping or
+    /// database error: the client reconnects with `Last-Event-ID`).
+    async fn next(&mut self) -> Option<LogRecord> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Some(r);
+            }
+            if *self.stop.borrow() {
+                return None;
+            }
+            let page = self.store.logs(&self.device, self.cursor, 500).await.ok()?;
+            if let Some(last) = page.last() {
+                self.cursor = Some(last.seq);
+                self.pending.extend(page);
+                continue;
+            }
+            // Nothing new: wait until this device's records are stored (a lagged receiver may
+            // have missed it, so re-read then too) or the server stops.
+            loop {
+                tokio::select! {
+                    n = self.notify.recv() => match n {
+                        Ok(dev) if dev != self.device => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = self.stop.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Follow a device's log records live, as Server-Sent Events: one `log` event per record, with
+/// the record's sequence number as event id and a `LogJson` as data. Comments keep the
+/// connection alive every 15 s.
+#[utoipa::path(get, path = "/v1/devices/{id}/logs/stream", tag = "logs",
+    params(("id" = String, Path, description = "Device id"), StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this sequence number")),
+    responses((status = 200, description = "`text/event-stream` of `log` events, data: LogJson", content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn stream_logs(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    let d = own_device(&st, &acct, &id).await?;
+    let Query(q) = q?;
+    let last_event_id =
+        match headers.get("last-event-id") {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a sequence number")
+            })?),
+        };
+    // Subscribe before the first read so nothing stored in between is missed.
+    let notify = st.store.subscribe_logs();
+    let cursor = match last_event_id.or(q.after) {
+        Some(a) if beyond_range(Some(a)) => Some(i64::MAX as u64),
+        Some(a) => Some(a),
+        None => st.store.max_seq(&d.id).await?,
+    };
+    let live = LiveLogs {
+        store: st.store.clone(),
+        device: d.id,
+        cursor,
+        pending: VecDeque::new(),
+        notify,
+        stop: st.stop_rx.clone(),
+    };
+    let stream = futures_util::stream::unfold(live, |mut live| async move {
+        let r = live.next().await?;
+        let seq = r.seq;
+        let data = serde_json::to_string(&LogJson::from(r)).unwrap_or_default();
+        Some((Ok(Event::default().event("log").id(seq.to_string()).data(data)), live))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
 /// Body of `POST /v1/devices`.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
 pub struct NewDevice {
     /// Device id (`kd` + 32 hex digits).
     pub id: String,
@@ -194,6 +482,9 @@ pub struct NewDevice {
     pub name: String,
     /// Hex of the device's X25519 static public key (64 hex digits).
     pub public_key: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 fn parse_key(hex: &str) -> Option<[u8; 32]> {
@@ -207,21 +498,26 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
     Some(k)
 }
 
+/// Register a device (its id and static public key) in the account. `keel device provision`
+/// calls this and writes the matching factory data.
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = NewDevice,
+    responses((status = 201, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn create_device(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Json(d): Json<NewDevice>,
+    body: Result<Json<NewDevice>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceJson>), ApiError> {
     let acct = account(&st, &headers).await?;
-    let key = parse_key(&d.public_key)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_key", "public_key must be 64 hex digits"))?;
+    let Json(d) = body?;
+    let key =
+        parse_key(&d.public_key).ok_or_else(|| ApiError::bad_request("bad_key", "public_key must be 64 hex digits"))?;
     let id_ok = d.id.len() == 34 && d.id.starts_with("kd") && d.id[2..].bytes().all(|c| c.is_ascii_hexdigit());
-    if !id_ok || d.name.is_empty() || d.name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_device",
-            "id must be kd + 32 hex digits, name 1..100 chars",
-        ));
+    if !id_ok || !valid_name(&d.name) {
+        return Err(ApiError::bad_request("bad_device", "id must be kd + 32 hex digits, name 1..100 chars"));
+    }
+    if d.tags.len() > 32 || !d.tags.iter().all(|t| valid_tag(t)) {
+        return Err(ApiError::bad_request("bad_tags", "at most 32 tags, each 1..64 characters of a-z A-Z 0-9 - _ . :"));
     }
     if st.store.device(&d.id).await?.is_some() || st.store.device_by_key(&key).await?.is_some() {
         return Err(ApiError::new(
@@ -231,11 +527,95 @@ async fn create_device(
         ));
     }
     st.store.add_device(&acct, &d.id, &key, &d.name).await?;
+    if !d.tags.is_empty() {
+        st.store.set_tags(&d.id, &d.tags).await?;
+    }
     Ok((StatusCode::CREATED, Json(own_device(&st, &acct, &d.id).await?.into())))
 }
 
+/// An API token as listed.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct TokenJson {
+    /// Public id (the first 12 hex digits of the token's SHA-256); used to revoke it.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Creation time, µs since the epoch.
+    pub created_at_us: i64,
+}
+
+impl From<TokenInfo> for TokenJson {
+    fn from(t: TokenInfo) -> Self {
+        TokenJson { id: t.id, name: t.name, created_at_us: t.created_at }
+    }
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct NewToken {
+    /// Name (1..100 characters), e.g. what the token is for.
+    pub name: String,
+}
+
+/// A newly created token: the only time the secret is shown.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct CreatedToken {
+    /// Public id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The secret token (`keel_` + 64 hex digits). Only its hash is stored.
+    pub token: String,
+}
+
+/// List the account's API tokens (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenJson>), (status = 401, body = ErrorBody)))]
+async fn list_tokens(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TokenJson>>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    Ok(Json(st.store.tokens(&acct).await?.into_iter().map(Into::into).collect()))
+}
+
+/// Create an API token for the account.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn create_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let acct = account(&st, &headers).await?;
+    let Json(t) = body?;
+    if !valid_name(&t.name) {
+        return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
+    }
+    let token = st.store.create_token(&acct, &t.name).await?;
+    let id = crate::store::token_id(&token);
+    Ok((StatusCode::CREATED, Json(CreatedToken { id, name: t.name, token })))
+}
+
+/// Revoke one of the account's API tokens (it may be the one making the request).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let acct = account(&st, &headers).await?;
+    if st.store.revoke_token(&acct, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token '{id}' in your account (`keel tokens`)"),
+        ))
+    }
+}
+
 /// `GET /v1/server`.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
 pub struct ServerInfo {
     /// Hex of the gateway's static public key.
     pub public_key: String,
@@ -243,35 +623,129 @@ pub struct ServerInfo {
     pub version: String,
 }
 
+/// The server's version and gateway public key (devices pin it in their factory data).
+#[utoipa::path(get, path = "/v1/server", tag = "server",
+    responses((status = 200, body = ServerInfo), (status = 401, body = ErrorBody)))]
 async fn server_info(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<ServerInfo>, ApiError> {
     account(&st, &headers).await?;
     Ok(Json(ServerInfo { public_key: crate::hex(&st.server_public), version: env!("CARGO_PKG_VERSION").into() }))
 }
 
-/// Prometheus text exposition of the server's state (no authentication: bind the API to a
-/// trusted network or put it behind a proxy).
+/// Prometheus text exposition of the server's state. No authentication: bind the API to a
+/// trusted network or put it behind a proxy.
+#[utoipa::path(get, path = "/metrics", tag = "server", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
+    use std::fmt::Write;
     let (devices, online, logs) = st.store.counts().await?;
-    Ok(format!(
-        "# HELP keel_devices Registered devices.\n# TYPE keel_devices gauge\nkeel_devices {devices}\n\
-         # HELP keel_devices_online Devices connected to the gateway.\n# TYPE keel_devices_online gauge\n\
-         keel_devices_online {online}\n\
-         # HELP keel_log_records Stored log records.\n# TYPE keel_log_records gauge\nkeel_log_records {logs}\n"
-    ))
+    let c: &Counters = st.store.counters();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    };
+    metric("keel_devices", "gauge", "Registered devices.", devices as u64);
+    metric("keel_devices_online", "gauge", "Devices connected to the gateway.", online as u64);
+    metric("keel_log_records", "gauge", "Stored log records.", logs as u64);
+    metric(
+        "keel_gateway_connections_total",
+        "counter",
+        "TCP connections accepted by the gateway.",
+        get(&c.connections),
+    );
+    metric(
+        "keel_gateway_handshakes_total",
+        "counter",
+        "Devices authenticated (handshake and Ready).",
+        get(&c.handshakes),
+    );
+    metric(
+        "keel_gateway_rejected_total",
+        "counter",
+        "Connections refused or dropped for invalid input or an unknown key.",
+        get(&c.rejected),
+    );
+    metric("keel_log_records_received_total", "counter", "Log records received from devices.", get(&c.log_records));
+    metric(
+        "keel_log_records_duplicate_total",
+        "counter",
+        "Received log records that were already stored (redelivery).",
+        get(&c.log_duplicates),
+    );
+    metric(
+        "keel_log_records_dropped_total",
+        "counter",
+        "Log records devices dropped because their ring was full.",
+        get(&c.log_dropped),
+    );
+    Ok(out)
 }
 
+/// Liveness probe.
+#[utoipa::path(get, path = "/healthz", tag = "server", security(()), responses((status = 200, body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "server", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json(State(doc): State<Arc<String>>) -> Response {
+    ([("content-type", "application/json")], doc.as_str().to_owned()).into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keel server API", description = "Devices, logs and tokens of a self-hosted Keel server. \
+        Authenticate with `Authorization: Bearer <token>`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "devices"), (name = "logs"), (name = "tokens"), (name = "server"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(server_info))
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(show_device, patch_device, delete_device))
+        .routes(routes!(device_logs))
+        .routes(routes!(stream_logs))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+}
+
+/// The OpenAPI document of the API (also served at `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api().split_for_parts();
+    add_openapi_route(&mut doc);
+    doc
+}
+
+fn add_openapi_route(doc: &mut utoipa::openapi::OpenApi) {
+    let (_, d) = OpenApiRouter::<Arc<String>>::new().routes(routes!(openapi_json)).split_for_parts();
+    doc.merge(d);
+}
+
 /// The API router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/server", get(server_info))
-        .route("/v1/devices", get(list_devices).post(create_device))
-        .route("/v1/devices/{id}", get(show_device))
-        .route("/v1/devices/{id}/logs", get(device_logs))
-        .with_state(state)
+    let (router, mut doc) = api().split_for_parts();
+    add_openapi_route(&mut doc);
+    let json = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    let (doc_router, _) = OpenApiRouter::new().routes(routes!(openapi_json)).split_for_parts();
+    router.with_state(state).merge(doc_router.with_state(json))
 }

@@ -3,8 +3,12 @@
 //! Queries use `$n` placeholders, which both databases accept, through sqlx's `Any` driver;
 //! the migrations in `migrations/` are written in the SQL both understand.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
+use tokio::sync::broadcast;
 
 use crate::{hex, unix_us};
 
@@ -32,6 +36,55 @@ pub struct Device {
     pub app: Option<(String, String)>,
     /// Boot counter from its last hello.
     pub boot_count: Option<i64>,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// The last boot event the device reported: (server time µs, event text).
+    pub last_boot: Option<(i64, String)>,
+    /// The last crash report the device reported: (server time µs, report text).
+    pub last_crash: Option<(i64, String)>,
+}
+
+/// An API token as listed (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Public id: the first 12 hex digits of the token's SHA-256.
+    pub id: String,
+    /// Name given at creation.
+    pub name: String,
+    /// Creation time, µs since the epoch.
+    pub created_at: i64,
+}
+
+/// Counters of the gateway since the process started, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// TCP connections accepted by the gateway.
+    pub connections: AtomicU64,
+    /// Handshakes that completed (device authenticated and `Ready` received).
+    pub handshakes: AtomicU64,
+    /// Connections refused or dropped for invalid input (bad handshake, unknown key, bad frame).
+    pub rejected: AtomicU64,
+    /// Log records received (including duplicates).
+    pub log_records: AtomicU64,
+    /// Received records that were already stored (redelivery after a reconnect).
+    pub log_duplicates: AtomicU64,
+    /// Records devices reported as dropped because their ring was full.
+    pub log_dropped: AtomicU64,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// State shared by the gateway and the API that is not in the database: counters and the
+/// notification of new log records (which live log streams wait on).
+#[derive(Debug)]
+struct Live {
+    counters: Counters,
+    new_logs: broadcast::Sender<String>,
 }
 
 /// One stored log record.
@@ -51,15 +104,41 @@ pub struct LogRecord {
     pub text: String,
 }
 
-/// The database.
+/// A device event the registry remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEvent<'a> {
+    /// The visor booted (`boot #N visor V ...`).
+    Boot(&'a str),
+    /// The app crashed (`app crash: ...`).
+    Crash(&'a str),
+}
+
+impl<'a> DeviceEvent<'a> {
+    /// Recognises the visor events the registry keeps (see docs/wire-protocol.md, "Visor events").
+    pub fn parse(kind: u8, text: &'a str) -> Option<Self> {
+        match kind {
+            1 if text.starts_with("boot #") => Some(DeviceEvent::Boot(text)),
+            1 if text.starts_with("app crash:") => Some(DeviceEvent::Crash(text)),
+            _ => None,
+        }
+    }
+}
+
+/// The database, and the live state shared by the gateway and the API.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    live: Arc<Live>,
 }
 
 fn token_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
     hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// The public id of a token: the first 12 hex digits of its SHA-256 (as listed and revoked).
+pub fn token_id(token: &str) -> String {
+    token_hash(token)[..12].to_string()
 }
 
 fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
@@ -75,12 +154,16 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
         visor_version: r.try_get("visor_version")?,
         app: app_name.zip(app_version),
         boot_count: r.try_get("boot_count")?,
+        tags: Vec::new(),
+        last_boot: r.try_get::<Option<i64>, _>("last_boot_at")?.zip(r.try_get::<Option<String>, _>("last_boot")?),
+        last_crash: r.try_get::<Option<i64>, _>("last_crash_at")?.zip(r.try_get::<Option<String>, _>("last_crash")?),
     })
 }
 
 macro_rules! device_columns {
     () => {
-        "id, account_id, public_key, name, online, last_seen, visor_version, app_name, app_version, boot_count"
+        "id, account_id, public_key, name, online, last_seen, visor_version, app_name, app_version, boot_count, \
+         last_boot_at, last_boot, last_crash_at, last_crash"
     };
 }
 
@@ -94,7 +177,19 @@ impl Store {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
-        Ok(Store { pool })
+        let (new_logs, _) = broadcast::channel(1024);
+        Ok(Store { pool, live: Arc::new(Live { counters: Counters::default(), new_logs }) })
+    }
+
+    /// The gateway's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.live.counters
+    }
+
+    /// Subscribes to new log records: receives the device id each time records of that device
+    /// were stored. A lagging receiver misses ids, so streams re-read the database after a lag.
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<String> {
+        self.live.new_logs.subscribe()
     }
 
     /// Creates an account; returns its id.
@@ -136,7 +231,112 @@ impl Store {
     pub async fn devices(&self, account_id: &str) -> Result<Vec<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE account_id = $1 ORDER BY id");
         let rows = sqlx::query(q).bind(account_id).fetch_all(&self.pool).await?;
-        rows.iter().map(device_from_row).collect()
+        let mut devices: Vec<Device> = rows.iter().map(device_from_row).collect::<Result<_, _>>()?;
+        let tags = sqlx::query(
+            "SELECT t.device_id, t.tag FROM device_tags t JOIN devices d ON d.id = t.device_id \
+             WHERE d.account_id = $1 ORDER BY t.device_id, t.tag",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for t in &tags {
+            let id: String = t.try_get("device_id")?;
+            if let Ok(i) = devices.binary_search_by(|d| d.id.cmp(&id)) {
+                devices[i].tags.push(t.try_get("tag")?);
+            }
+        }
+        Ok(devices)
+    }
+
+    async fn with_tags(&self, d: Option<Device>) -> Result<Option<Device>, Error> {
+        let Some(mut d) = d else { return Ok(None) };
+        let rows = sqlx::query("SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
+            .bind(&d.id)
+            .fetch_all(&self.pool)
+            .await?;
+        d.tags = rows.iter().map(|r| r.try_get("tag")).collect::<Result<_, _>>()?;
+        Ok(Some(d))
+    }
+
+    /// Replaces a device's tags.
+    pub async fn set_tags(&self, device_id: &str, tags: &[String]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(device_id).execute(&mut *tx).await?;
+        for t in tags {
+            sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(device_id)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Renames a device.
+    pub async fn rename_device(&self, device_id: &str, name: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE devices SET name = $1 WHERE id = $2")
+            .bind(name)
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a device with its tags and logs. Its key can no longer connect.
+    pub async fn delete_device(&self, device_id: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for q in [
+            "DELETE FROM logs WHERE device_id = $1",
+            "DELETE FROM device_tags WHERE device_id = $1",
+            "DELETE FROM devices WHERE id = $1",
+        ] {
+            sqlx::query(q).bind(device_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Remembers a boot or crash event of a device (from its visor's events) for the registry.
+    pub async fn note_event(&self, device_id: &str, at_us: u64, event: DeviceEvent<'_>) -> Result<(), Error> {
+        let q = match event {
+            DeviceEvent::Boot(_) => "UPDATE devices SET last_boot_at = $1, last_boot = $2 WHERE id = $3",
+            DeviceEvent::Crash(_) => "UPDATE devices SET last_crash_at = $1, last_crash = $2 WHERE id = $3",
+        };
+        let (DeviceEvent::Boot(text) | DeviceEvent::Crash(text)) = event;
+        sqlx::query(q).bind(at_us as i64).bind(text).bind(device_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The tokens of an account.
+    pub async fn tokens(&self, account_id: &str) -> Result<Vec<TokenInfo>, Error> {
+        let rows = sqlx::query(
+            "SELECT token_hash, name, created_at FROM api_tokens WHERE account_id = $1 ORDER BY created_at, token_hash",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let hash: String = r.try_get("token_hash")?;
+                Ok(TokenInfo {
+                    id: hash[..12].to_string(),
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the account's token with this public id; returns whether one was revoked.
+    pub async fn revoke_token(&self, account_id: &str, id: &str) -> Result<bool, Error> {
+        if id.len() != 12 || !id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            return Ok(false);
+        }
+        let done = sqlx::query("DELETE FROM api_tokens WHERE account_id = $1 AND token_hash LIKE $2")
+            .bind(account_id)
+            .bind(format!("{id}%"))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Deletes log records the server received before `cutoff_us` (µs since the epoch); returns
@@ -175,14 +375,16 @@ impl Store {
     pub async fn device_by_key(&self, public_key: &[u8; 32]) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE public_key = $1");
         let row = sqlx::query(q).bind(hex(public_key)).fetch_optional(&self.pool).await?;
-        row.as_ref().map(device_from_row).transpose()
+        let d = row.as_ref().map(device_from_row).transpose()?;
+        self.with_tags(d).await
     }
 
     /// A device by id.
     pub async fn device(&self, id: &str) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = $1");
         let row = sqlx::query(q).bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(device_from_row).transpose()
+        let d = row.as_ref().map(device_from_row).transpose()?;
+        self.with_tags(d).await
     }
 
     /// Records a hello: online, versions, boot count.
@@ -230,6 +432,30 @@ impl Store {
     /// Stores a record; a sequence number already stored is ignored (at-least-once delivery).
     /// Returns whether it was new.
     pub async fn insert_log(&self, device_id: &str, r: &LogRecord) -> Result<bool, Error> {
+        Ok(self.insert_logs(device_id, core::slice::from_ref(r)).await? == 1)
+    }
+
+    /// Stores records in one transaction; sequence numbers already stored are ignored. Returns
+    /// how many were new. Live log streams of the device are woken once.
+    pub async fn insert_logs(&self, device_id: &str, records: &[LogRecord]) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for r in records {
+            new += Self::insert_one(&mut tx, device_id, r).await?;
+        }
+        tx.commit().await?;
+        if new > 0 {
+            // No receiver (no live stream) is not an error.
+            let _ = self.live.new_logs.send(device_id.to_string());
+        }
+        Ok(new)
+    }
+
+    async fn insert_one(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        device_id: &str,
+        r: &LogRecord,
+    ) -> Result<u64, Error> {
         let done = sqlx::query(
             "INSERT INTO logs (device_id, seq, kind, level, device_time_us, received_at, text) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device_id, seq) DO NOTHING",
@@ -241,9 +467,9 @@ impl Store {
         .bind(r.device_time_us as i64)
         .bind(r.received_at as i64)
         .bind(&r.text)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected())
     }
 
     /// Records of a device with sequence numbers above `after`, in order.

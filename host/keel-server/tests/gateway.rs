@@ -147,4 +147,11 @@ async fn garbage_and_unknown_devices_do_not_disturb_connected_ones(store: Store)
     dev.log("after");
     until(|| async { store.logs("kd02", None, 10).await.unwrap().len() == 2 }).await;
     assert_eq!(dev.stats().sessions, 1, "the good device was never disconnected");
+
+    // The refusals are counted for /metrics (two garbage frames and at least one unknown-key
+    // attempt); the one good device authenticated once.
+    let rejected = || store.counters().rejected.load(std::sync::atomic::Ordering::Relaxed);
+    until(|| async { rejected() >= 3 }).await;
+    assert_eq!(store.counters().handshakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(store.counters().log_records.load(std::sync::atomic::Ordering::Relaxed), 2);
 }

@@ -6,16 +6,33 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::TestDb;
 use http_body_util::BodyExt;
-use keel_server::http::{router, AppState, DeviceJson, LogJson};
+use keel_server::http::{openapi, router, AppState, DeviceJson, LogJson};
 use keel_server::store::{LogRecord, Store};
 use tower::ServiceExt;
 
 async fn get(app: &axum::Router, path: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::get(path);
+    call(app, "GET", path, token, None).await
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
@@ -34,7 +51,8 @@ async fn two_accounts(store: Store) {
     store.insert_log("kdbbbb", &rec(1, "secret of b")).await.unwrap();
     let ta = store.create_token("a", "cli").await.unwrap();
     let tb = store.create_token("b", "cli").await.unwrap();
-    let app = router(AppState { store, server_public: [9; 32] });
+    let state = AppState::new(store.clone(), [9; 32]);
+    let app = router(state.clone());
 
     // No or bad token: 401 with an error that says what to do.
     let (s, body) = get(&app, "/v1/devices", None).await;
@@ -57,6 +75,14 @@ async fn two_accounts(store: Store) {
     let (s, body) = get(&app, "/v1/devices/kdbbbb/logs", Some(&ta)).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(!body.to_string().contains("secret of b"));
+
+    // Account A cannot touch B's device either: rename, retag and delete all answer 404.
+    let patch = serde_json::json!({ "name": "mine", "tags": ["x"] });
+    assert_eq!(call(&app, "PATCH", "/v1/devices/kdbbbb", Some(&ta), Some(patch)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, "DELETE", "/v1/devices/kdbbbb", Some(&ta), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get(&app, "/v1/devices/kdbbbb/logs/stream", Some(&ta)).await.0, StatusCode::NOT_FOUND);
+    let (_, body) = get(&app, "/v1/devices/kdbbbb", Some(&tb)).await;
+    assert_eq!((body["name"].as_str(), body["tags"].as_array().map(Vec::len)), (Some("bolt-1"), Some(0)));
 
     // Own logs, with paging.
     let (s, body) = get(&app, "/v1/devices/kdaaaa/logs?after=1", Some(&ta)).await;
@@ -81,8 +107,177 @@ async fn two_accounts(store: Store) {
     let (_, body) = get(&app, "/v1/devices/kdaaaa/logs", Some(&ta)).await;
     assert_eq!(body.as_array().map(|a| a.len()), Some(0));
 
-    // Malformed query: a clear 400, not a 500.
-    assert_eq!(get(&app, "/v1/devices/kdaaaa/logs?after=-5", Some(&ta)).await.0, StatusCode::BAD_REQUEST);
+    // Malformed query: a clear 400 with a JSON error, not a 500.
+    let (s, body) = get(&app, "/v1/devices/kdaaaa/logs?after=-5", Some(&ta)).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_query")));
+
+    // Tokens: A lists only its own, creates one that works, revokes it; B cannot revoke A's.
+    let (s, body) = call(&app, "POST", "/v1/tokens", Some(&ta), Some(serde_json::json!({ "name": "ci" }))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (new_id, new_token) = (body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string());
+    assert_eq!(get(&app, "/v1/devices", Some(&new_token)).await.0, StatusCode::OK);
+    let (_, body) = get(&app, "/v1/tokens", Some(&ta)).await;
+    let names: Vec<&str> = body.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cli", "ci"]);
+    assert!(!body.to_string().contains(&new_token), "secrets are never listed");
+    let path = format!("/v1/tokens/{new_id}");
+    assert_eq!(call(&app, "DELETE", &path, Some(&tb), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get(&app, "/v1/devices", Some(&new_token)).await.0, StatusCode::OK, "still valid");
+    assert_eq!(call(&app, "DELETE", &path, Some(&ta), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(get(&app, "/v1/devices", Some(&new_token)).await.0, StatusCode::UNAUTHORIZED, "revoked");
+    let bad = serde_json::json!({ "name": "" });
+    assert_eq!(call(&app, "POST", "/v1/tokens", Some(&ta), Some(bad)).await.0, StatusCode::BAD_REQUEST);
+
+    // Registry: name and tags, tag filter, validation, last boot/crash from visor events.
+    let patch = serde_json::json!({ "name": "acme-one", "tags": ["field", "eu-west", "field"] });
+    let (s, body) = call(&app, "PATCH", "/v1/devices/kdaaaa", Some(&ta), Some(patch)).await;
+    assert_eq!(s, StatusCode::OK);
+    let d: DeviceJson = serde_json::from_value(body).unwrap();
+    assert_eq!((d.name.as_str(), d.tags.clone()), ("acme-one", vec!["eu-west".to_string(), "field".to_string()]));
+    let (_, body) = get(&app, "/v1/devices?tag=field", Some(&ta)).await;
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    let (_, body) = get(&app, "/v1/devices?tag=lab", Some(&ta)).await;
+    assert_eq!(body.as_array().map(Vec::len), Some(0));
+    for bad in [serde_json::json!({ "tags": ["no spaces"] }), serde_json::json!({ "name": "" }), serde_json::json!([1])]
+    {
+        let (s, body) = call(&app, "PATCH", "/v1/devices/kdaaaa", Some(&ta), Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].is_string());
+    }
+    use keel_server::store::DeviceEvent;
+    store.note_event("kdaaaa", 100, DeviceEvent::Boot("boot #3 visor 0.1.0")).await.unwrap();
+    store.note_event("kdaaaa", 200, DeviceEvent::Crash("app crash: hardfault pc=0x00200123")).await.unwrap();
+    let (_, body) = get(&app, "/v1/devices/kdaaaa", Some(&ta)).await;
+    assert_eq!(body["last_boot"]["text"], "boot #3 visor 0.1.0");
+    assert_eq!((body["last_crash"]["at_us"].as_i64(), body["tags"][0].as_str()), (Some(200), Some("eu-west")));
+
+    // Delete: the device, its tags and logs go; the id is then unknown.
+    assert_eq!(call(&app, "DELETE", "/v1/devices/kdaaaa", Some(&ta), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(get(&app, "/v1/devices/kdaaaa", Some(&ta)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(store.device_by_key(&[1; 32]).await.unwrap(), None, "its key can no longer connect");
+    drop(state);
+}
+
+/// Reads SSE frames from a streaming body until `n` `log` events arrived; returns their data.
+async fn sse_events(body: &mut Body, n: usize) -> Vec<LogJson> {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = body.frame().await.expect("stream open").unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                out.push(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+    out
+}
+
+async fn live_stream(store: Store) {
+    store.create_account("a", "Acme").await.unwrap();
+    store.add_device("a", "kdaaaa", &[1; 32], "acme-1").await.unwrap();
+    store.add_device("a", "kdcccc", &[3; 32], "acme-2").await.unwrap();
+    let rec =
+        |seq, text: &str| LogRecord { seq, kind: 0, level: 2, device_time_us: 5, received_at: 6, text: text.into() };
+    store.insert_log("kdaaaa", &rec(1, "old")).await.unwrap();
+    let token = store.create_token("a", "cli").await.unwrap();
+    let state = AppState::new(store.clone(), [9; 32]);
+    let app = router(state.clone());
+    let open = |query: &str, last_event_id: Option<&str>| {
+        let mut req = Request::get(format!("/v1/devices/kdaaaa/logs/stream{query}"))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+
+    // From the start: the stored record, then records as they are stored (another device's are
+    // not in this stream).
+    let resp = open("?after=0", None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    assert_eq!(sse_events(&mut body, 1).await[0].text, "old");
+    store.insert_log("kdcccc", &rec(7, "other device")).await.unwrap();
+    store.insert_logs("kdaaaa", &[rec(2, "new 1"), rec(3, "new 2")]).await.unwrap();
+    let got = sse_events(&mut body, 2).await;
+    assert_eq!(got.iter().map(|l| (l.seq, l.text.as_str())).collect::<Vec<_>>(), [(2, "new 1"), (3, "new 2")]);
+
+    // A reconnecting client resumes after Last-Event-ID; without a cursor the stream starts now.
+    let mut resumed = open("", Some("2")).await.unwrap().into_body();
+    assert_eq!(sse_events(&mut resumed, 1).await[0].text, "new 2");
+    let mut fresh = open("", None).await.unwrap().into_body();
+    store.insert_log("kdaaaa", &rec(4, "after open")).await.unwrap();
+    assert_eq!(sse_events(&mut fresh, 1).await[0].seq, 4);
+    assert_eq!(open("", Some("x")).await.unwrap().status(), StatusCode::BAD_REQUEST);
+
+    // Stopping the server ends every stream (graceful shutdown would otherwise wait forever);
+    // clients resume from their last event id on the next server.
+    state.stop_streams();
+    while let Some(frame) = body.frame().await {
+        assert!(frame.unwrap().into_data().is_ok_and(|d| !String::from_utf8_lossy(&d).contains("data:")));
+    }
+}
+
+#[tokio::test]
+async fn live_log_stream_sqlite() {
+    let db = TestDb::sqlite("http-stream");
+    live_stream(db.open().await).await;
+}
+
+#[tokio::test]
+async fn live_log_stream_postgres() {
+    let db = TestDb::postgres("http-stream");
+    live_stream(db.open().await).await;
+}
+
+/// Every operation in the OpenAPI document is served, with the authentication it documents:
+/// called without a token, a protected one answers 401 and an open one answers 200. Routes are
+/// registered only through the document's handlers, so nothing is served undocumented.
+#[tokio::test]
+async fn openapi_covers_every_route() {
+    let db = TestDb::sqlite("openapi");
+    let store = db.open().await;
+    let app = router(AppState::new(store, [9; 32]));
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let (_, served) = get(&app, "/v1/openapi.json", None).await;
+    assert_eq!(served, doc, "the served document is the generated one");
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let open = op["security"].as_array().is_some_and(|s| s.iter().all(|r| r.as_object().unwrap().is_empty()));
+            let uri = path.replace("{id}", "kd00000000000000000000000000000000");
+            let body = matches!(method.as_str(), "post" | "patch").then(|| serde_json::json!({}));
+            let (status, _) = call(&app, &method.to_uppercase(), &uri, None, body).await;
+            let expected = if open { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+            assert_eq!(status, expected, "{method} {path}");
+            ops.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    ops.sort();
+    let expected = [
+        "DELETE /v1/devices/{id}",
+        "DELETE /v1/tokens/{id}",
+        "GET /healthz",
+        "GET /metrics",
+        "GET /v1/devices",
+        "GET /v1/devices/{id}",
+        "GET /v1/devices/{id}/logs",
+        "GET /v1/devices/{id}/logs/stream",
+        "GET /v1/openapi.json",
+        "GET /v1/server",
+        "GET /v1/tokens",
+        "PATCH /v1/devices/{id}",
+        "POST /v1/devices",
+        "POST /v1/tokens",
+    ];
+    assert_eq!(ops, expected);
 }
 
 #[tokio::test]

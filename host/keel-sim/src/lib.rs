@@ -5,7 +5,7 @@
 //! visor's interrupt loop. Used by server tests and load benchmarks.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use clatter::bytearray::ByteArray;
@@ -19,6 +19,7 @@ use keel_log::{Kind, LogRing};
 use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
 
 /// The X25519 public key of a device secret.
 pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
@@ -44,35 +45,61 @@ pub struct Stats {
     pub wall_us: Option<u64>,
 }
 
-/// A simulated device.
-pub struct SimDevice {
+/// The log ring size of [`SimDevice::new`]: 64 KiB.
+pub const DEFAULT_RING: usize = 65536;
+
+/// A simulated device holding up to `N` bytes of unsent log records.
+///
+/// [`SimDevice::new`] gives the default 64 KiB ring; [`SimDevice::with_ring`] picks another
+/// size (e.g. a small one for thousands of idle devices in one process).
+pub struct SimDevice<const N: usize = DEFAULT_RING> {
     secret: [u8; 32],
     server_public: [u8; 32],
     boot: u32,
-    ring: Arc<Mutex<LogRing<65536>>>,
-    stats: Arc<Mutex<Stats>>,
+    ring: Box<Mutex<LogRing<N>>>,
+    /// Wakes the connection when a record was queued.
+    queued: Notify,
+    stats: watch::Sender<Stats>,
 }
 
 impl SimDevice {
-    /// A device with `secret` that trusts `server_public`, in boot number `boot`.
+    /// A device with `secret` that trusts `server_public`, in boot number `boot`, with a 64 KiB
+    /// log ring.
     pub fn new(secret: [u8; 32], server_public: [u8; 32], boot: u32) -> Self {
+        Self::with_ring(secret, server_public, boot)
+    }
+}
+
+impl<const N: usize> SimDevice<N> {
+    /// A device like [`SimDevice::new`] with an `N`-byte log ring (`N` must hold the records it
+    /// will be given: 12 bytes of header plus the text).
+    pub fn with_ring(secret: [u8; 32], server_public: [u8; 32], boot: u32) -> Self {
         SimDevice {
             secret,
             server_public,
             boot,
-            ring: Arc::new(Mutex::new(LogRing::new(boot))),
-            stats: Arc::new(Mutex::new(Stats::default())),
+            ring: Box::new(Mutex::new(LogRing::new(boot))),
+            queued: Notify::new(),
+            stats: watch::Sender::new(Stats::default()),
         }
     }
 
     /// Queues a log line; returns its sequence number.
     pub fn log(&self, text: &str) -> u64 {
-        self.ring.lock().unwrap().push(Kind::App, 2, 0, text.as_bytes()).expect("short line")
+        let seq = self.ring.lock().unwrap().push(Kind::App, 2, 0, text.as_bytes()).expect("short line");
+        self.queued.notify_one();
+        seq
     }
 
     /// What the device observed so far.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().unwrap().clone()
+        self.stats.borrow().clone()
+    }
+
+    /// Returns once the device has completed at least one handshake (received `Welcome`).
+    pub async fn wait_online(&self) {
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = self.stats.subscribe().wait_for(|s| s.sessions > 0).await;
     }
 
     /// Stays connected to `addr`: reconnects with backoff (`min_ms`..60 s) whenever the
@@ -112,7 +139,8 @@ impl SimDevice {
             }
         });
         let _abort = AbortOnDrop(reader);
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        // Event-driven: records go out when one is queued (`log` notifies) and after every
+        // received frame (which covers `Welcome`, after which the backlog is sent).
         loop {
             tokio::select! {
                 f = frames.recv() => {
@@ -120,29 +148,28 @@ impl SimDevice {
                     let (event, n) = {
                         let mut ring = self.ring.lock().unwrap();
                         let r = link.on_frame(&f, &mut ring, &mut frame).map_err(|_| "decrypt")?;
-                        self.stats.lock().unwrap().acked = ring.first_seq().checked_sub(1);
+                        let acked = ring.first_seq().checked_sub(1);
+                        self.stats.send_modify(|s| s.acked = acked);
                         r
                     };
                     if n > 0 {
                         wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
                     }
                     match event {
-                        Event::Online { unix_us } => {
-                            let mut st = self.stats.lock().unwrap();
-                            st.sessions += 1;
-                            st.wall_us = Some(unix_us);
-                        }
-                        Event::TimeSync { unix_us } => self.stats.lock().unwrap().wall_us = Some(unix_us),
+                        Event::Online { unix_us } => self.stats.send_modify(|s| {
+                            s.sessions += 1;
+                            s.wall_us = Some(unix_us);
+                        }),
+                        Event::TimeSync { unix_us } => self.stats.send_modify(|s| s.wall_us = Some(unix_us)),
                         Event::None => {}
                     }
                 }
-                _ = tick.tick() => {
-                    loop {
-                        let next = link.next_log_frame(&mut self.ring.lock().unwrap(), &mut frame).map_err(|_| "encrypt")?;
-                        let Some(n) = next else { break };
-                        wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
-                    }
-                }
+                _ = self.queued.notified() => {}
+            }
+            loop {
+                let next = link.next_log_frame(&mut self.ring.lock().unwrap(), &mut frame).map_err(|_| "encrypt")?;
+                let Some(n) = next else { break };
+                wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
             }
         }
     }
