@@ -12,6 +12,12 @@ use keel_log::LogRing;
 use crate::msg::{Down, Up};
 use crate::session::{DeviceSession, SessionError};
 
+/// A device drops its connection when it heard nothing from the server for this long (µs), and
+/// reconnects. The server pings every 30 s (`keel_server::gateway::PING_INTERVAL`), so this is
+/// three missed pings plus slack: a half-open TCP connection (server crashed, NAT entry expired)
+/// is noticed within 100 s instead of never.
+pub const SERVER_SILENCE_TIMEOUT_US: u64 = 100_000_000;
+
 /// What the caller should know after a server message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {

@@ -116,6 +116,8 @@ struct Net {
     backoff: Backoff,
     local_port: u16,
     next_poll_us: Option<u64>,
+    /// When the last frame from the server arrived (or the connection was made).
+    last_rx_us: u64,
 }
 
 static NET: Global<Option<Net>> = Global::new(None);
@@ -183,6 +185,7 @@ pub fn init(factory: &keel_flash::factory::Factory, boot_count: u32, seed: u64, 
             backoff: Backoff::new(1_000, 60_000, seed),
             local_port: 49152 + (seed % 8192) as u16,
             next_poll_us: Some(now_us),
+            last_rx_us: now_us,
         })
     });
 }
@@ -242,7 +245,7 @@ impl Net {
     }
 
     /// Reads and handles every complete frame, then sends queued log records.
-    fn exchange(&mut self) -> Result<(), &'static str> {
+    fn exchange(&mut self, now_us: u64) -> Result<(), &'static str> {
         let mut reply = [0u8; MAX_FRAME];
         loop {
             let s = self.sockets.get_mut::<tcp::Socket>(self.tcp);
@@ -260,6 +263,7 @@ impl Net {
             });
             r.map_err(|_| "receive failed")??;
             let Some(len) = frame_len else { continue };
+            self.last_rx_us = now_us;
             let link = self.session.as_mut().ok_or("no session")?;
             let payload = &self.decoder.frame()[..len];
             let (event, n) = LOGS
@@ -348,6 +352,7 @@ impl Net {
         match self.link {
             Link::Connecting if state == tcp::State::Established => {
                 vlog!("net: connected to {}:{}", self.server.0, self.server.1);
+                self.last_rx_us = now_us;
                 self.start_session(now_us);
             }
             Link::Connecting if !open => {
@@ -359,8 +364,18 @@ impl Net {
                 push_event(format_args!("connection lost ({})", state));
                 self.retry_later(now_us);
             }
+            Link::Handshaking | Link::Online
+                if now_us.saturating_sub(self.last_rx_us) >= keel_link::device::SERVER_SILENCE_TIMEOUT_US =>
+            {
+                vlog!(
+                    "net: nothing from the server for {} s; dropping the connection",
+                    (now_us - self.last_rx_us) / 1_000_000
+                );
+                push_event(format_args!("connection lost (server silent)"));
+                self.retry_later(now_us);
+            }
             Link::Handshaking | Link::Online => {
-                if let Err(e) = self.exchange() {
+                if let Err(e) = self.exchange(now_us) {
                     vlog!("net: {}; dropping the connection", e);
                     self.retry_later(now_us);
                 }
@@ -373,6 +388,9 @@ impl Net {
         let stack = self.iface.poll_at(instant(now_us), &self.sockets).map(|t| t.total_micros().max(0) as u64);
         let backoff = match self.link {
             Link::Backoff { until_us } => Some(until_us),
+            Link::Handshaking | Link::Online => {
+                Some(self.last_rx_us.saturating_add(keel_link::device::SERVER_SILENCE_TIMEOUT_US))
+            }
             _ => None,
         };
         self.next_poll_us = match (stack, backoff) {

@@ -141,10 +141,14 @@ impl<const N: usize> SimDevice<N> {
         let _abort = AbortOnDrop(reader);
         // Event-driven: records go out when one is queued (`log` notifies) and after every
         // received frame (which covers `Welcome`, after which the backlog is sent).
+        let silence = Duration::from_micros(keel_link::device::SERVER_SILENCE_TIMEOUT_US);
+        let mut last_rx = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(last_rx + silence) => return Err("server silent"),
                 f = frames.recv() => {
                     let f = f.ok_or("closed")?;
+                    last_rx = tokio::time::Instant::now();
                     let (event, n) = {
                         let mut ring = self.ring.lock().unwrap();
                         let r = link.on_frame(&f, &mut ring, &mut frame).map_err(|_| "decrypt")?;

@@ -253,7 +253,15 @@ fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
     let delay: u64 = msg(&retry).trim_start_matches("net: retrying in ").trim_end_matches(" ms").parse().unwrap();
     assert!((500..=1000).contains(&delay), "first retry after 0.5..1 s (jittered): {delay}");
     let _second = rx.recv_timeout(LIMIT).expect("the device reconnects").unwrap();
-    r.wait_for("reconnected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+    let reconnected =
+        r.wait_for("reconnected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+    // This server accepts but never answers (a hung server, or a half-open link): after the
+    // silence timeout of device time the visor gives up on the connection and connects again.
+    let silent = r.wait_for("silence", LIMIT, |l| msg(l).starts_with("net: nothing from the server")).unwrap();
+    let waited = time_us(&silent) - time_us(&reconnected);
+    assert!(waited >= keel_link::device::SERVER_SILENCE_TIMEOUT_US, "dropped after {waited} µs");
+    assert!(waited < keel_link::device::SERVER_SILENCE_TIMEOUT_US + 2_000_000, "dropped after {waited} µs");
+    let _third = rx.recv_timeout(LIMIT).expect("the device reconnects after the silence").unwrap();
     assert_visor_healthy(&r.kill());
 }
 
