@@ -9,16 +9,21 @@
 //!   these rules, code that works on the virtual device also works on real flash.
 //!   `Nor` implements the `embedded-storage` `NorFlash` traits so ecosystem crates can use it.
 //! * [`layout`]: the partition map of the device's flash (documented in `docs/flash-layout.md`).
-//! * [`SeqLog`]: a tiny power-safe store of the latest small record, alternating between two
-//!   pages (used for the persistent boot counter).
+//! * [`RecordLog`]: a power-safe store of the latest fixed-size record, alternating between two
+//!   pages; [`SeqLog`] is its 16-byte form (the persistent boot counter); the OTA journal is
+//!   another.
+//! * [`sim`] (feature `sim`, host only): a flash medium that cuts power before or in the middle
+//!   of any write or erase, for exhaustive power-loss tests.
 //! * [`crc32`]: CRC-32 (IEEE) for record integrity.
 #![no_std]
 
 pub mod factory;
 pub mod layout;
 mod seqlog;
+#[cfg(feature = "sim")]
+pub mod sim;
 
-pub use seqlog::{SeqLog, SeqRecord};
+pub use seqlog::{RecordLog, SeqLog, SeqRecord};
 
 /// Erase page size in bytes.
 pub const PAGE_SIZE: u32 = 8192;
@@ -27,14 +32,31 @@ pub const PROGRAM_UNIT: u32 = 16;
 /// Value of an erased byte.
 pub const ERASED: u8 = 0xFF;
 
+/// A write or erase the medium could not complete. On real flash: a programming or erase error
+/// reported by the controller; in the host simulator ([`sim`]): power was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault;
+
 /// Raw byte storage under a [`Nor`] driver. It applies no rules of its own.
 pub trait Medium {
     /// Size in bytes.
     fn capacity(&self) -> u32;
     /// Copies `buf.len()` bytes starting at `offset` into `buf`. The range is in bounds.
     fn read(&self, offset: u32, buf: &mut [u8]);
-    /// Stores `data` at `offset`. The range is in bounds.
-    fn write(&mut self, offset: u32, data: &[u8]);
+    /// Stores `data` at `offset` (one program operation; aligned to program units by [`Nor`]).
+    /// The range is in bounds.
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Fault>;
+    /// Sets `len` bytes at `offset` to [`ERASED`] (one page erase). The range is in bounds.
+    fn erase(&mut self, offset: u32, len: u32) -> Result<(), Fault> {
+        let ff = [ERASED; 256];
+        let mut o = offset;
+        while o < offset + len {
+            let n = core::cmp::min(ff.len() as u32, offset + len - o);
+            self.write(o, &ff[..n as usize])?;
+            o += n;
+        }
+        Ok(())
+    }
 }
 
 /// Errors of flash operations.
@@ -46,6 +68,15 @@ pub enum FlashError {
     Misaligned,
     /// Programming a unit that is not fully erased.
     NotErased,
+    /// The medium failed the operation (hardware error; power cut in the simulator). The range
+    /// may be partly written or partly erased.
+    Fault,
+}
+
+impl From<Fault> for FlashError {
+    fn from(_: Fault) -> Self {
+        FlashError::Fault
+    }
 }
 
 impl FlashError {
@@ -55,6 +86,7 @@ impl FlashError {
             FlashError::OutOfBounds => "out of bounds",
             FlashError::Misaligned => "misaligned",
             FlashError::NotErased => "unit not erased",
+            FlashError::Fault => "write or erase failed",
         }
     }
 }
@@ -106,6 +138,12 @@ impl<M: Medium> Nor<M> {
         &self.medium
     }
 
+    /// Borrows the medium mutably (tests: to schedule a power cut).
+    #[cfg(feature = "sim")]
+    pub fn medium_mut_for_tests(&mut self) -> &mut M {
+        &mut self.medium
+    }
+
     fn check_range(&self, offset: u32, len: usize) -> Result<(), FlashError> {
         let len = u32::try_from(len).map_err(|_| FlashError::OutOfBounds)?;
         match offset.checked_add(len) {
@@ -127,13 +165,8 @@ impl<M: Medium> Nor<M> {
             return Err(FlashError::Misaligned);
         }
         self.check_range(offset, PAGE_SIZE as usize)?;
-        let ff = [ERASED; 256];
-        let mut o = offset;
-        while o < offset + PAGE_SIZE {
-            self.medium.write(o, &ff);
-            o += ff.len() as u32;
-        }
         self.stats.erases += 1;
+        self.medium.erase(offset, PAGE_SIZE)?;
         Ok(())
     }
 
@@ -165,8 +198,8 @@ impl<M: Medium> Nor<M> {
                 return Err(FlashError::NotErased);
             }
         }
-        self.medium.write(offset, data);
         self.stats.units_programmed += (data.len() / PROGRAM_UNIT as usize) as u32;
+        self.medium.write(offset, data)?;
         Ok(())
     }
 
@@ -193,7 +226,7 @@ impl embedded_storage::nor_flash::NorFlashError for FlashError {
         match self {
             FlashError::OutOfBounds => K::OutOfBounds,
             FlashError::Misaligned => K::NotAligned,
-            FlashError::NotErased => K::Other,
+            FlashError::NotErased | FlashError::Fault => K::Other,
         }
     }
 }
@@ -247,9 +280,10 @@ impl Medium for SliceMedium<'_> {
         let o = offset as usize;
         buf.copy_from_slice(&self.0[o..o + buf.len()]);
     }
-    fn write(&mut self, offset: u32, data: &[u8]) {
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Fault> {
         let o = offset as usize;
         self.0[o..o + data.len()].copy_from_slice(data);
+        Ok(())
     }
 }
 

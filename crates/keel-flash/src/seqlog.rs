@@ -1,98 +1,102 @@
-//! [`SeqLog`]: the latest value of a small record, kept power-safe in two flash pages.
+//! Power-safe record logs in two flash pages.
 //!
-//! Each write appends a 16-byte record `{magic, seq, value, crc32}` to the page holding the newest
-//! record. When that page is full, the *other* page is erased and the record starts it. The newest
-//! valid record (highest `seq`, good CRC) always survives a power cut at any point: an
-//! interrupted append leaves a torn unit that fails its CRC and is skipped, and the page with the
-//! previous newest record is never erased while it is the only copy.
+//! [`RecordLog`] keeps the latest of a series of fixed-size records. Each write appends a record
+//! `{magic, seq, payload, crc32}` to the page holding the newest record. When that page is full,
+//! the *other* page is erased and the record starts it. The newest valid record (highest `seq`,
+//! good magic and CRC) always survives a power cut at any point: an interrupted append leaves a
+//! torn record that fails its CRC and is skipped (the next write goes after it and never
+//! re-programs it), and the page with the previous newest record is never erased while it is the
+//! only copy. A half-erased page only holds records older than the other page's.
+//!
+//! [`SeqLog`] is the 16-byte instance used for the boot counter; the OTA journal
+//! (`keel-update`) is a 128-byte instance.
 
 use crate::{crc32, FlashError, Medium, Nor, ERASED, PAGE_SIZE, PROGRAM_UNIT};
 
 const MAGIC: u32 = 0x314C_534B; // "KSL1" little endian
+#[cfg(test)]
 const UNITS_PER_PAGE: u32 = PAGE_SIZE / PROGRAM_UNIT;
 
-/// A decoded record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SeqRecord {
-    /// Sequence number, incremented on every write.
-    pub seq: u32,
-    /// The stored value.
-    pub value: u32,
-}
-
-/// The two-page store. `base` is the offset of its first page.
+/// A log of `R`-byte records (`R` a multiple of [`PROGRAM_UNIT`] that divides [`PAGE_SIZE`],
+/// at least 16) in the two pages at `base`. Records carry `R - 12` bytes of payload.
 #[derive(Clone, Copy, Debug)]
-pub struct SeqLog {
+pub struct RecordLog<const R: usize> {
     base: u32,
+    magic: u32,
 }
 
-struct Scan {
-    latest: Option<(SeqRecord, u32)>, // record, page index
-    /// First free unit after the last written unit, per page (None = page full).
+struct Scan<const R: usize> {
+    /// Newest valid record: (seq, payload, page).
+    latest: Option<(u32, [u8; R], u32)>,
+    /// First free slot after the last written one, per page (None = page full).
     next_free: [Option<u32>; 2],
 }
 
-fn encode(r: SeqRecord) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-    b[4..8].copy_from_slice(&r.seq.to_le_bytes());
-    b[8..12].copy_from_slice(&r.value.to_le_bytes());
-    let c = crc32(&b[0..12]);
-    b[12..16].copy_from_slice(&c.to_le_bytes());
-    b
-}
+impl<const R: usize> RecordLog<R> {
+    const SLOTS: u32 = PAGE_SIZE / R as u32;
+    const VALID: () = assert!(R >= 16 && R % PROGRAM_UNIT as usize == 0 && PAGE_SIZE as usize % R == 0);
 
-fn decode(b: &[u8; 16]) -> Option<SeqRecord> {
-    let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    if w(0) != MAGIC || w(12) != crc32(&b[0..12]) {
-        return None;
-    }
-    Some(SeqRecord { seq: w(4), value: w(8) })
-}
-
-impl SeqLog {
-    /// A store occupying the two pages at `base` (page aligned).
-    pub const fn new(base: u32) -> Self {
-        SeqLog { base }
+    /// A log in the two pages at `base` (page aligned); `magic` tells its records apart from
+    /// other data.
+    pub const fn new(base: u32, magic: u32) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::VALID;
+        RecordLog { base, magic }
     }
 
-    fn scan<M: Medium>(&self, f: &Nor<M>) -> Result<Scan, FlashError> {
+    /// Bytes of payload per record.
+    pub const PAYLOAD: usize = R - 12;
+
+    fn decode(&self, b: &[u8; R]) -> Option<u32> {
+        let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        (w(0) == self.magic && w(R - 4) == crc32(&b[..R - 4])).then(|| w(4))
+    }
+
+    fn scan<M: Medium>(&self, f: &Nor<M>) -> Result<Scan<R>, FlashError> {
         let mut s = Scan { latest: None, next_free: [Some(0), Some(0)] };
         for page in 0..2u32 {
             let mut last_used: Option<u32> = None;
-            for unit in 0..UNITS_PER_PAGE {
-                let mut b = [0u8; 16];
-                f.read(self.base + page * PAGE_SIZE + unit * PROGRAM_UNIT, &mut b)?;
+            for slot in 0..Self::SLOTS {
+                let mut b = [0u8; R];
+                f.read(self.base + page * PAGE_SIZE + slot * R as u32, &mut b)?;
                 if b.iter().all(|&x| x == ERASED) {
                     continue;
                 }
-                last_used = Some(unit);
-                if let Some(r) = decode(&b) {
-                    if s.latest.is_none_or(|(l, _)| r.seq > l.seq) {
-                        s.latest = Some((r, page));
+                last_used = Some(slot);
+                if let Some(seq) = self.decode(&b) {
+                    if s.latest.is_none_or(|(l, _, _)| seq > l) {
+                        s.latest = Some((seq, b, page));
                     }
                 }
             }
             s.next_free[page as usize] = match last_used {
                 None => Some(0),
-                Some(u) if u + 1 < UNITS_PER_PAGE => Some(u + 1),
+                Some(u) if u + 1 < Self::SLOTS => Some(u + 1),
                 Some(_) => None,
             };
         }
         Ok(s)
     }
 
-    /// The newest valid record, if any.
-    pub fn latest<M: Medium>(&self, f: &Nor<M>) -> Result<Option<SeqRecord>, FlashError> {
-        Ok(self.scan(f)?.latest.map(|(r, _)| r))
+    /// The newest valid record: its sequence number and payload.
+    pub fn latest<M: Medium>(&self, f: &Nor<M>) -> Result<Option<(u32, [u8; R])>, FlashError> {
+        Ok(self.scan(f)?.latest.map(|(seq, b, _)| {
+            let mut payload = [0u8; R];
+            payload[..R - 12].copy_from_slice(&b[8..R - 4]);
+            (seq, payload)
+        }))
     }
 
-    /// Stores `value` as the newest record and returns it.
-    pub fn write<M: Medium>(&self, f: &mut Nor<M>, value: u32) -> Result<SeqRecord, FlashError> {
+    /// Appends `payload` (at most [`Self::PAYLOAD`] bytes; the rest of the record is zero) as the
+    /// newest record; returns its sequence number.
+    pub fn write<M: Medium>(&self, f: &mut Nor<M>, payload: &[u8]) -> Result<u32, FlashError> {
+        if payload.len() > R - 12 {
+            return Err(FlashError::OutOfBounds);
+        }
         let s = self.scan(f)?;
-        let (seq, page, unit) = match s.latest {
-            Some((l, p)) => {
-                let seq = l.seq.wrapping_add(1);
+        let (seq, page, slot) = match s.latest {
+            Some((l, _, p)) => {
+                let seq = l.wrapping_add(1);
                 match s.next_free[p as usize] {
                     Some(u) => (seq, p, u),
                     None => {
@@ -107,9 +111,57 @@ impl SeqLog {
                 (1, 0, 0)
             }
         };
-        let r = SeqRecord { seq, value };
-        f.program(self.base + page * PAGE_SIZE + unit * PROGRAM_UNIT, &encode(r))?;
-        Ok(r)
+        let mut b = [0u8; R];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&seq.to_le_bytes());
+        b[8..8 + payload.len()].copy_from_slice(payload);
+        let c = crc32(&b[..R - 4]);
+        b[R - 4..].copy_from_slice(&c.to_le_bytes());
+        f.program(self.base + page * PAGE_SIZE + slot * R as u32, &b)?;
+        Ok(seq)
+    }
+}
+
+/// A decoded boot-counter record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRecord {
+    /// Sequence number, incremented on every write.
+    pub seq: u32,
+    /// The stored value.
+    pub value: u32,
+}
+
+/// The latest `u32` value, power-safe in two pages: a [`RecordLog`] of 16-byte records
+/// `{magic "KSL1", seq, value, crc32}` (the persistent boot counter).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqLog(RecordLog<16>);
+
+#[cfg(test)]
+fn encode(r: SeqRecord) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    b[4..8].copy_from_slice(&r.seq.to_le_bytes());
+    b[8..12].copy_from_slice(&r.value.to_le_bytes());
+    let c = crc32(&b[0..12]);
+    b[12..16].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+impl SeqLog {
+    /// A store occupying the two pages at `base` (page aligned).
+    pub const fn new(base: u32) -> Self {
+        SeqLog(RecordLog::new(base, MAGIC))
+    }
+
+    /// The newest valid record, if any.
+    pub fn latest<M: Medium>(&self, f: &Nor<M>) -> Result<Option<SeqRecord>, FlashError> {
+        Ok(self.0.latest(f)?.map(|(seq, p)| SeqRecord { seq, value: u32::from_le_bytes([p[0], p[1], p[2], p[3]]) }))
+    }
+
+    /// Stores `value` as the newest record and returns it.
+    pub fn write<M: Medium>(&self, f: &mut Nor<M>, value: u32) -> Result<SeqRecord, FlashError> {
+        let seq = self.0.write(f, &value.to_le_bytes())?;
+        Ok(SeqRecord { seq, value })
     }
 }
 

@@ -418,11 +418,12 @@ impl keel_flash::Medium for FlashMedium {
             core::ptr::copy_nonoverlapping((FLASH_BASE + offset) as *const u8, buf.as_mut_ptr(), buf.len());
         }
     }
-    fn write(&mut self, offset: u32, data: &[u8]) {
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), keel_flash::Fault> {
         // SAFETY: as for `read`.
         unsafe {
             core::ptr::copy_nonoverlapping(data.as_ptr(), (FLASH_BASE + offset) as *mut u8, data.len());
         }
+        Ok(())
     }
 }
 
