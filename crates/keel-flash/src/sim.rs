@@ -131,10 +131,10 @@ impl Medium for SimFlash {
         let done = self.tear_point(data.len());
         self.mem[o..o + done].copy_from_slice(&data[..done]);
         let end = (done + PROGRAM_UNIT as usize).min(data.len());
-        for i in done..end {
+        for (i, &target) in data.iter().enumerate().take(end).skip(done) {
             // Programming clears bits: a torn unit has some of its target zeros, not all.
             let keep_one = self.next_random() as u8;
-            self.mem[o + i] &= data[i] | keep_one;
+            self.mem[o + i] &= target | keep_one;
         }
         Err(Fault)
     }

@@ -66,11 +66,20 @@ enum DeviceState<R: Rng> {
     Failed,
 }
 
+/// Size of the device's receive buffer: the largest plaintext plus handshake message 2's
+/// overhead (the Noise library writes the whole message before it is split).
+const RX_BUF: usize = MAX_PLAINTEXT + 96;
+
 /// The device end of a connection. Create one per TCP connection.
+///
+/// Received messages are decrypted into a buffer the session owns (about 1 KiB), so a decoded
+/// [`Down`] can borrow its byte fields from it without a heap and without a large stack buffer.
 pub struct DeviceSession<R: Rng> {
     state: DeviceState<R>,
     sent: u64,
     received: u64,
+    rx: [u8; RX_BUF],
+    rx_len: usize,
 }
 
 impl<R: Rng> DeviceSession<R> {
@@ -81,7 +90,7 @@ impl<R: Rng> DeviceSession<R> {
         let s = KeyPair { public: X25519::pubkey(&secret), secret };
         let hs = Handshake::<R>::new(noise_ik(), PROLOGUE, true, Some(s), None, Some(*server_public), None)
             .map_err(|_| SessionError::Handshake)?;
-        Ok(DeviceSession { state: DeviceState::Idle(hs), sent: 0, received: 0 })
+        Ok(DeviceSession { state: DeviceState::Idle(hs), sent: 0, received: 0, rx: [0; RX_BUF], rx_len: 0 })
     }
 
     /// True once the server's welcome was authenticated.
@@ -105,35 +114,48 @@ impl<R: Rng> DeviceSession<R> {
         Ok(frame::HEADER_LEN + len)
     }
 
-    /// Processes the payload of one received frame and returns the server's message. The first
-    /// one completes the handshake and is always [`Down::Welcome`].
-    pub fn receive(&mut self, payload: &[u8]) -> Result<Down, SessionError> {
-        let mut plain = [0u8; MAX_PLAINTEXT + 96];
+    /// Processes the payload of one received frame and returns the server's message, which
+    /// borrows from the session's receive buffer. The first one completes the handshake and is
+    /// always [`Down::Welcome`].
+    pub fn receive(&mut self, payload: &[u8]) -> Result<Down<'_>, SessionError> {
+        self.rx_len = 0;
         match core::mem::replace(&mut self.state, DeviceState::Failed) {
             DeviceState::AwaitWelcome(mut hs) => {
-                let n = hs.read_message(payload, &mut plain).map_err(|_| SessionError::Handshake)?;
-                let m = msg::decode_down(&plain[..n]).map_err(|_| SessionError::Malformed)?;
-                if !matches!(m, Down::Welcome { .. }) || !hs.is_finished() {
-                    return Err(SessionError::Unexpected);
+                let n = hs.read_message(payload, &mut self.rx).map_err(|_| SessionError::Handshake)?;
+                match msg::decode_down(&self.rx[..n]) {
+                    Err(_) => return Err(SessionError::Malformed),
+                    Ok(Down::Welcome { .. }) if hs.is_finished() => {}
+                    Ok(_) => return Err(SessionError::Unexpected),
                 }
                 self.state = DeviceState::Established(hs.finalize().map_err(|_| SessionError::Handshake)?);
-                Ok(m)
+                self.rx_len = n;
             }
             DeviceState::Established(mut t) => {
-                let n = t.receive(payload, &mut plain).map_err(|_| SessionError::Decrypt)?;
+                let n = t.receive(payload, &mut self.rx).map_err(|_| SessionError::Decrypt)?;
                 self.received += 1;
                 if self.received % REKEY_INTERVAL == 0 {
                     t.rekey_receiver().map_err(|_| SessionError::Decrypt)?;
                 }
-                let m = msg::decode_down(&plain[..n]).map_err(|_| SessionError::Malformed)?;
-                if matches!(m, Down::Welcome { .. }) {
-                    return Err(SessionError::Unexpected);
+                match msg::decode_down(&self.rx[..n]) {
+                    Err(_) => return Err(SessionError::Malformed),
+                    Ok(Down::Welcome { .. }) => return Err(SessionError::Unexpected),
+                    Ok(_) => {}
                 }
                 self.state = DeviceState::Established(t);
-                Ok(m)
+                self.rx_len = n;
             }
-            DeviceState::Idle(_) | DeviceState::Failed => Err(SessionError::NotReady),
+            DeviceState::Idle(_) | DeviceState::Failed => return Err(SessionError::NotReady),
         }
+        self.last()
+    }
+
+    /// The message [`DeviceSession::receive`] returned last, decoded again from the receive
+    /// buffer (cheap: decoding borrows and does not copy).
+    pub fn last(&self) -> Result<Down<'_>, SessionError> {
+        if self.rx_len == 0 {
+            return Err(SessionError::NotReady);
+        }
+        msg::decode_down(&self.rx[..self.rx_len]).map_err(|_| SessionError::Malformed)
     }
 
     /// Encrypts `m` into one frame in `out`.
@@ -203,7 +225,7 @@ pub mod server {
         }
 
         /// Completes the handshake with `welcome`; returns the session and the frame to send.
-        pub fn welcome(mut self, welcome: &Down) -> Result<(ServerSession, Vec<u8>), SessionError> {
+        pub fn welcome(mut self, welcome: &Down<'_>) -> Result<(ServerSession, Vec<u8>), SessionError> {
             let mut plain = [0u8; MAX_PLAINTEXT];
             let n = msg::encode(welcome, &mut plain).map_err(|_| SessionError::TooLarge)?;
             let mut out = vec![0u8; MAX_FRAME];
@@ -222,7 +244,7 @@ pub mod server {
 
     impl ServerSession {
         /// Encrypts `m` into one frame.
-        pub fn send(&mut self, m: &Down) -> Result<Vec<u8>, SessionError> {
+        pub fn send(&mut self, m: &Down<'_>) -> Result<Vec<u8>, SessionError> {
             let mut plain = [0u8; MAX_PLAINTEXT];
             let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;
             let mut out = vec![0u8; n + TAG_LEN];

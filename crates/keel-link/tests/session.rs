@@ -164,3 +164,64 @@ impl SeqOf for Up<'_> {
         }
     }
 }
+
+#[test]
+fn device_link_surfaces_update_messages_and_sends_update_replies() {
+    use keel_link::device::{DeviceLink, Event};
+    use keel_link::msg::{LayerErrorCode, UpdateState, LAYER_CHUNK, MAX_FETCH};
+    use keel_log::LogRing;
+
+    let k = keys();
+    let mut ring = LogRing::<256>::new(1);
+    let mut link = DeviceLink::<OsRng>::new(&[5u8; 32], &k.server_public).unwrap();
+    let mut out = vec![0u8; MAX_FRAME];
+    let status = Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: "" };
+    assert_eq!(link.send(&status, &mut out), Err(SessionError::NotReady), "not before the welcome");
+    let n = link.start(&hello(), &mut out).unwrap();
+    let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
+    let (mut srv, welcome) = acc.welcome(&Down::Welcome { protocol: 1, unix_us: 1, log_acked: None }).unwrap();
+    let (_, n) = link.on_frame(&payload(&welcome), &mut ring, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Ready);
+
+    // The device reports its state and asks for a page; the server's messages come back as
+    // borrowing events, with no reply from the link itself.
+    let n = link.send(&status, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), status);
+    let fetch = Up::FetchLayer { sequence: 7, component: 0, offset: 0, len: MAX_FETCH };
+    let n = link.send(&fetch, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), fetch);
+    assert_eq!(link.send(&Up::Ready, &mut out), Err(SessionError::Unexpected), "the link's own message");
+
+    let envelope = [0x42u8; 230];
+    let chunk = [0xA5u8; LAYER_CHUNK];
+    let cases: [(Down<'_>, Event<'_>); 4] = [
+        (Down::UpdateOffer { envelope: &envelope }, Event::UpdateOffer { envelope: &envelope }),
+        (
+            Down::LayerData { sequence: 7, component: 0, offset: 960, data: &chunk },
+            Event::LayerData { sequence: 7, component: 0, offset: 960, data: &chunk },
+        ),
+        (
+            Down::LayerError { sequence: 7, component: 2, offset: 0, code: LayerErrorCode::UnknownComponent as u8 },
+            Event::LayerError { sequence: 7, component: 2, offset: 0, code: 2 },
+        ),
+        (Down::UpdateCancel { sequence: 7 }, Event::UpdateCancel { sequence: 7 }),
+    ];
+    for (down, expected) in cases {
+        let frame = payload(&srv.send(&down).unwrap());
+        let (event, n) = link.on_frame(&frame, &mut ring, &mut out).unwrap();
+        assert_eq!((event, n), (expected, 0));
+    }
+    // Ping still works between update messages.
+    let (_, n) = link.on_frame(&payload(&srv.send(&Down::Ping { nonce: 3 }).unwrap()), &mut ring, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Pong { nonce: 3 });
+    let done = Up::UpdateStatus {
+        installed: 7,
+        sequence: 7,
+        state: UpdateState::Confirmed.as_u8(),
+        progress: 960,
+        total: 960,
+        reason: "",
+    };
+    let n = link.send(&done, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), done);
+}
