@@ -61,7 +61,8 @@ fn a_sequence_not_above_the_installed_one_is_refused_without_writing_the_slot() 
 #[test]
 fn crash_loop_watchdog_and_grace_time_roll_back_to_the_previous_app() {
     let up = updater();
-    let cases: [(&str, fn(&keel_update::Updater, &mut Nor<keel_flash::sim::SimFlash>) -> Reason); 4] = [
+    type Trigger = fn(&keel_update::Updater, &mut Nor<keel_flash::sim::SimFlash>) -> Reason;
+    let cases: [(&str, Trigger); 4] = [
         ("crash loop", |up, f| {
             assert_eq!(up.app_crashed(f, false).unwrap(), None);
             assert_eq!(up.app_crashed(f, false).unwrap(), None);
