@@ -24,7 +24,7 @@
 /// ABI major version: bumped only for incompatible changes (never so far).
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version: bumped when calls or struct versions are added.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 
 /// Size in bytes of one NSC veneer slot.
 pub const SLOT_SIZE: u32 = 16;
@@ -105,8 +105,10 @@ impl Status {
 
 /// The system calls and their fixed slots.
 ///
-/// Slots 11..=63 are reserved: 16..=31 for networking and channels, 32..=39 for update control,
-/// 40..=47 for configuration and secrets, 48..=55 for debugging, the rest for later use.
+/// Slots 0..=10 are the base calls (ABI 1.0). Ranges are reserved by purpose: 16..=31 for
+/// networking and channels, 32..=39 for update control (32 and 33 used since ABI 1.1), 40..=47
+/// for configuration and secrets, 48..=55 for debugging, the rest for later use. Unused slots
+/// answer [`Status::NotImplemented`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
@@ -140,11 +142,19 @@ pub enum Call {
     BootInfo = 9,
     /// `last_crash(CrashReport *out)`: the last crash report, [`Status::Unavailable`] if none.
     LastCrash = 10,
+    /// `update_confirm(void)`: the app running as an update on trial confirms that it works;
+    /// the update becomes permanent (no rollback any more). [`Status::Unavailable`] if the app
+    /// is not on trial (already confirmed, or no update). Since ABI 1.1.
+    UpdateConfirm = 32,
+    /// `update_info(UpdateInfo *out)`: whether the app runs on trial, the installed update's
+    /// sequence number, and how the last update ended (confirmed, rolled back and why, ...).
+    /// Since ABI 1.1.
+    UpdateInfo = 33,
 }
 
 impl Call {
     /// Every implemented call, in slot order.
-    pub const ALL: [Call; 11] = [
+    pub const ALL: [Call; 13] = [
         Call::AbiInfo,
         Call::DeviceId,
         Call::MonotonicUs,
@@ -156,11 +166,13 @@ impl Call {
         Call::WatchdogKick,
         Call::BootInfo,
         Call::LastCrash,
+        Call::UpdateConfirm,
+        Call::UpdateInfo,
     ];
 
     /// Decodes a slot number.
     pub fn from_slot(slot: u32) -> Option<Call> {
-        Call::ALL.get(slot as usize).copied()
+        Call::ALL.iter().copied().find(|c| *c as u32 == slot)
     }
 
     /// The C function name for this call.
@@ -177,6 +189,8 @@ impl Call {
             Call::WatchdogKick => "keel_watchdog_kick",
             Call::BootInfo => "keel_boot_info",
             Call::LastCrash => "keel_last_crash",
+            Call::UpdateConfirm => "keel_update_confirm",
+            Call::UpdateInfo => "keel_update_info",
         }
     }
 }
@@ -345,6 +359,58 @@ pub struct BootInfo {
     pub visor_boot_count: u32,
 }
 
+/// How the last update ended ([`UpdateInfo::last_outcome`]).
+pub mod update_outcome {
+    /// No update ended since the factory image.
+    pub const NONE: u32 = 0;
+    /// Installed and confirmed.
+    pub const CONFIRMED: u32 = 1;
+    /// Installed, then rolled back to the previous app (see [`super::UpdateInfo::last_reason`]).
+    pub const ROLLED_BACK: u32 = 2;
+    /// Refused before anything was written (e.g. a sequence number not above the installed one).
+    pub const REFUSED: u32 = 3;
+    /// Failed while downloading or installing; the running app was not changed.
+    pub const FAILED: u32 = 4;
+}
+
+/// Output of [`Call::UpdateInfo`]. Set `version` to 1 before the call.
+///
+/// `last_reason` codes: 1 crash loop, 2 watchdog, 3 not confirmed in the grace time, 4 no cloud
+/// link in the grace time, 5 too many resets during the trial, 6 trial image invalid, 7 sequence
+/// not above the installed one, 8 too large, 9 digest mismatch, 10 not a valid app image,
+/// 11 cancelled, 12 busy (a trial was running), 13 flash error; 0 none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateInfo {
+    /// Struct version, set by the caller (1).
+    pub version: u32,
+    /// 1 if this app is an update on trial: it should call [`Call::UpdateConfirm`] once it
+    /// works (or it is rolled back, by policy).
+    pub on_trial: u32,
+    /// Manifest sequence number of the installed (confirmed) app; 0 for the factory image.
+    pub installed_sequence: u64,
+    /// Sequence number of the last update that ended (0 if none).
+    pub last_sequence: u64,
+    /// How it ended ([`update_outcome`]).
+    pub last_outcome: u32,
+    /// Why, for rolled back, refused and failed (codes above).
+    pub last_reason: u32,
+}
+
+impl UpdateInfo {
+    /// The struct as the app sees it in memory (little endian, `repr(C)` layout).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        put_u32(&mut b, 0, self.version);
+        put_u32(&mut b, 4, self.on_trial);
+        b[8..16].copy_from_slice(&self.installed_sequence.to_le_bytes());
+        b[16..24].copy_from_slice(&self.last_sequence.to_le_bytes());
+        put_u32(&mut b, 24, self.last_outcome);
+        put_u32(&mut b, 28, self.last_reason);
+        b
+    }
+}
+
 /// Number of stack words copied into a [`CrashReport`].
 pub const CRASH_STACK_WORDS: usize = 8;
 
@@ -476,6 +542,7 @@ impl CrashReport {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use core::mem::size_of;
 
@@ -542,13 +609,28 @@ mod tests {
     }
 
     #[test]
-    fn call_slots_are_dense_and_fit_the_table() {
-        for (i, c) in Call::ALL.iter().enumerate() {
-            assert_eq!(*c as u32, i as u32);
-            assert_eq!(Call::from_slot(i as u32), Some(*c));
+    fn call_slots_decode_and_fit_the_table() {
+        for c in Call::ALL {
+            assert!((c as u32) < SLOT_COUNT);
+            assert_eq!(Call::from_slot(c as u32), Some(c));
         }
-        assert!((Call::ALL.len() as u32) < SLOT_COUNT);
-        assert_eq!(Call::from_slot(11), None);
-        assert_eq!(Call::from_slot(SLOT_COUNT), None);
+        let used: std::vec::Vec<u32> = (0..SLOT_COUNT + 2).filter(|s| Call::from_slot(*s).is_some()).collect();
+        assert_eq!(used, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 32, 33]);
+    }
+
+    #[test]
+    fn update_info_layout_matches_repr_c() {
+        assert_eq!(core::mem::size_of::<UpdateInfo>(), 32);
+        let u = UpdateInfo {
+            version: 1,
+            on_trial: 1,
+            installed_sequence: 0x0102_0304_0506_0708,
+            last_sequence: 9,
+            last_outcome: update_outcome::ROLLED_BACK,
+            last_reason: 1,
+        };
+        let b = u.to_bytes();
+        assert_eq!(b[8], 0x08);
+        assert_eq!((b[16], b[24], b[28]), (9, 2, 1));
     }
 }

@@ -38,21 +38,24 @@ pub struct Loaded {
     pub entry: u32,
 }
 
-/// The slot the app runs from. Always slot A until the update journal (OTA) selects slots.
-pub const ACTIVE_SLOT: layout::Partition = layout::APP_A;
-
-/// Copies the app image from [`ACTIVE_SLOT`] into the execution region and verifies it there.
-/// The digest is computed over the copy the CPU will execute, not over the slot.
-pub fn load() -> Result<Loaded, LoadError> {
-    let target = Target {
+/// What an app image in `slot` must fit: this board's execution region and ABI.
+pub fn target(slot: layout::Partition) -> Target {
+    Target {
         exec_base: APP_EXEC_BASE,
         exec_size: APP_EXEC_SIZE,
-        slot_capacity: ACTIVE_SLOT.size - HEADER_SIZE as u32,
+        slot_capacity: slot.size - HEADER_SIZE as u32,
         abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
-    };
-    let hdr_bytes = board::flash_slice(ACTIVE_SLOT.offset, HEADER_SIZE as u32);
+    }
+}
+
+/// Copies the app image from `slot` (chosen by the update journal) into the execution region
+/// and verifies it there. The digest is computed over the copy the CPU will execute, not over
+/// the slot.
+pub fn load(slot: layout::Partition) -> Result<Loaded, LoadError> {
+    let target = target(slot);
+    let hdr_bytes = board::flash_slice(slot.offset, HEADER_SIZE as u32);
     let header = Header::parse(hdr_bytes, &target).map_err(LoadError::Image)?;
-    let image = board::flash_slice(ACTIVE_SLOT.offset + HEADER_SIZE as u32, header.image_size);
+    let image = board::flash_slice(slot.offset + HEADER_SIZE as u32, header.image_size);
     ns_mem::load_into_exec(0, image);
     let mut h = ImageHasher::new(&header.to_bytes());
     h.update(ns_mem::exec_region(header.image_size));

@@ -30,6 +30,7 @@ mod ns_mem;
 mod rng;
 mod syscalls;
 mod time;
+mod update;
 mod warm;
 
 use core::arch::{asm, global_asm, naked_asm};
@@ -59,6 +60,8 @@ pub struct Visor {
     pub flash: Nor<FlashMedium>,
     /// Header of the app image running (or last started).
     pub app: Option<keel_image::Header>,
+    /// Which slot runs, and the trial of an update.
+    pub update: update::UpdateRt,
 }
 
 /// The visor's state. `None` only before `visor_main` initialised it.
@@ -285,7 +288,16 @@ fn go_idle() -> u64 {
 
 /// Loads and starts the app; returns the trampoline result.
 fn launch(now: u64) -> u64 {
-    match app::load() {
+    let slot = VISOR.with(|v| v.as_ref().map_or(keel_update::Slot::A, |v| v.update.slot));
+    let mut loaded = app::load(update::updater().partition(slot));
+    if let Err(e) = &loaded {
+        // A trial image that does not load is rolled back; then the previous app loads.
+        if VISOR.with(|v| v.as_mut().is_some_and(|v| v.update.trial.is_some() && update::load_failed(v))) {
+            vlog!("app not started: {} (slot {}); rolled back", e, slot.as_str());
+            loaded = app::load(update::updater().partition(slot.other()));
+        }
+    }
+    match loaded {
         Ok(loaded) => {
             app::prepare_start(&loaded);
             board::mask_app_exceptions(false);
@@ -294,6 +306,7 @@ fn launch(now: u64) -> u64 {
             let info = VISOR.with(|v| {
                 let v = v.as_mut().expect("visor initialised");
                 v.sup.on_launched(now);
+                update::on_launch(v, now);
                 v.app = Some(loaded.header);
                 v.sup.boot_info()
             });
@@ -315,7 +328,7 @@ fn launch(now: u64) -> u64 {
             fresh(app::RETURN_TO_APP)
         }
         Err(e) => {
-            vlog!("app not started: {} (slot {})", e, app::ACTIVE_SLOT.name);
+            vlog!("app not started: {} (slot {})", e, slot.as_str());
             VISOR.with(|v| v.as_mut().expect("visor initialised").sup.on_no_image());
             go_idle()
         }
@@ -339,7 +352,15 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
         time::rearm();
         return keep(exc_return);
     }
-    let action = VISOR.with(|v| v.as_mut().map_or(Action::None, |v| v.sup.poll(now)));
+    let action = VISOR.with(|v| {
+        v.as_mut().map_or(Action::None, |v| {
+            // A trial rolled back at the end of its grace time: the previous app starts now.
+            if update::poll(v, now) {
+                v.sup.on_restart_request(0);
+            }
+            v.sup.poll(now)
+        })
+    });
     let result = match action {
         Action::None => keep(exc_return),
         Action::Launch => launch(now),
@@ -359,7 +380,11 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
 extern "C" fn keel_alarm() {
     board::ack_alarm();
     let now = time::now_us();
-    let due = VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()).is_some_and(|d| now >= d));
+    let due = VISOR.with(|v| {
+        v.as_ref().is_some_and(|v| {
+            v.sup.next_deadline().is_some_and(|d| now >= d) || update::next_deadline(v).is_some_and(|d| now >= d)
+        })
+    });
     if due || net::next_deadline().is_some_and(|d| now >= d) {
         board::pend_service();
     }
@@ -442,6 +467,7 @@ fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
     let backoff = VISOR.with(|v| {
         let v = v.as_mut().expect("visor initialised");
         v.last_crash = Some(report);
+        update::on_crash(v, watchdog);
         v.sup.on_crash(now, watchdog)
     });
     vlog!("app restart in {} ms", backoff / 1000);
@@ -633,8 +659,9 @@ extern "C" fn visor_main() -> ! {
         let seed = u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64;
         net::init(f, boot_count, seed, now);
     }
+    let update = update::boot(&mut flash);
     VISOR.with(|v| {
-        *v = Some(Visor { sup, factory, last_crash, flash, app: None });
+        *v = Some(Visor { sup, factory, last_crash, flash, app: None, update });
     });
     time::rearm();
 

@@ -51,7 +51,8 @@ pub fn push_log(kind: Kind, level: u8, text: &[u8]) -> Result<(), PushError> {
 
 /// True while the secure channel is up; lets log producers wake the network without touching
 /// its state (they may run inside it).
-static ONLINE: AtomicBool = AtomicBool::new(false);
+/// True while the secure channel to the server is up.
+pub static ONLINE: AtomicBool = AtomicBool::new(false);
 
 /// Queues a visor event (formatted) for the server.
 pub fn push_event(args: core::fmt::Arguments<'_>) {
@@ -266,8 +267,26 @@ impl Net {
             self.last_rx_us = now_us;
             let link = self.session.as_mut().ok_or("no session")?;
             let payload = &self.decoder.frame()[..len];
+            // The event borrows from the session; keep only what is needed before sending.
             let (event, n) = LOGS
-                .with(|l| l.as_mut().map(|ring| link.on_frame(payload, ring, &mut reply)))
+                .with(|l| {
+                    l.as_mut().map(|ring| {
+                        link.on_frame(payload, ring, &mut reply).map(|(e, n)| {
+                            let e = match e {
+                                Event::Online { unix_us } => Event::Online { unix_us },
+                                Event::TimeSync { unix_us } => Event::TimeSync { unix_us },
+                                // OTA agent: next step (offers, layer data/errors and cancels are
+                                // ignored until the visor's update agent handles them).
+                                Event::UpdateOffer { .. }
+                                | Event::LayerData { .. }
+                                | Event::LayerError { .. }
+                                | Event::UpdateCancel { .. }
+                                | Event::None => Event::None,
+                            };
+                            (e, n)
+                        })
+                    })
+                })
                 .ok_or("no log ring")?
                 .map_err(|_| "server message rejected")?;
             if n > 0 {
@@ -283,7 +302,7 @@ impl Net {
                     ONLINE.store(true, Ordering::Relaxed);
                 }
                 Event::TimeSync { unix_us } => time::set_wall_us(unix_us),
-                Event::None => {}
+                _ => {}
             }
         }
         if self.link == Link::Online {

@@ -50,6 +50,8 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         }
         Call::BootInfo => write_struct(a0, |v| Some(v.sup.boot_info().to_bytes())),
         Call::LastCrash => write_struct(a0, |v| v.last_crash.map(|c| c.to_bytes())),
+        Call::UpdateConfirm => VISOR.with(|v| v.as_mut().map_or(Status::InternalError, crate::update::confirm)),
+        Call::UpdateInfo => write_struct(a0, |v| Some(crate::update::info(v).to_bytes())),
     }
 }
 

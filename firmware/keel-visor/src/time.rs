@@ -68,7 +68,12 @@ pub fn set_wait_deadline(deadline: Option<u64>) {
 /// [`board::ALARM_MAX_CYCLES`] away. Called from the alarm interrupt and after any change that
 /// may bring a deadline forward.
 pub fn rearm() {
-    let sup = crate::VISOR.with(|v| v.as_ref().and_then(|v| v.sup.next_deadline()));
+    let sup = crate::VISOR.with(|v| {
+        v.as_ref().and_then(|v| match (v.sup.next_deadline(), crate::update::next_deadline(v)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    });
     let net = crate::net::next_deadline();
     CLOCK.with(|c| {
         let now = cycles(c) / CYCLES_PER_US;

@@ -95,3 +95,54 @@ pub fn erase(path: &Path, p: Partition) -> std::io::Result<()> {
     f.write_all(&vec![0xFFu8; p.size as usize])?;
     f.sync_all()
 }
+
+/// The updater for a virtual device's flash (the visor's layout and execution region).
+pub fn updater() -> keel_update::Updater {
+    keel_update::Updater::reference(keel_image::Target {
+        exec_base: 0x0020_0000,
+        exec_size: 0x0020_0000,
+        slot_capacity: layout::APP_A.size - keel_image::HEADER_SIZE as u32,
+        abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
+    })
+}
+
+/// Runs `f` on the flash file as a NOR device (the same rules as on the device) and writes the
+/// result back.
+pub fn with_nor<T>(
+    path: &Path,
+    f: impl FnOnce(&mut keel_flash::Nor<keel_flash::SliceMedium<'_>>) -> T,
+) -> std::io::Result<T> {
+    let mut data = std::fs::read(path)?;
+    if data.len() != layout::FLASH_SIZE as usize {
+        return Err(std::io::Error::other(format!("{} is not a 16 MiB flash file", path.display())));
+    }
+    let out = {
+        let mut nor = keel_flash::Nor::new(keel_flash::SliceMedium(&mut data));
+        f(&mut nor)
+    };
+    std::fs::write(path, data)?;
+    Ok(out)
+}
+
+/// Installs `app` into the inactive slot as an update on trial, through the same install path
+/// the visor runs for an over-the-air update (journal, page-wise download, digest check,
+/// commit). The device runs it as a trial at its next boot.
+pub fn stage_update(path: &Path, app: &AppImage, seq: u64, policy: keel_update::TrialPolicy) -> std::io::Result<()> {
+    use sha2::{Digest, Sha256};
+    let bytes = app.slot_bytes();
+    let offer = keel_update::Offer { seq, digest: Sha256::digest(&bytes).into(), size: bytes.len() as u32, policy };
+    let up = updater();
+    with_nor(path, |nor| -> Result<(), keel_update::Error> {
+        let mut dl = up.offer(nor, &offer)?;
+        for chunk in bytes.chunks(768) {
+            dl.write(&up, nor, chunk)?;
+        }
+        dl.finish(&up, nor)
+    })?
+    .map_err(|e| std::io::Error::other(format!("staging the update failed: {e:?}")))
+}
+
+/// The update state recorded in a flash file's journal.
+pub fn update_state(path: &Path) -> std::io::Result<keel_update::UpdateState> {
+    with_nor(path, |nor| updater().state(nor))?.map_err(|e| std::io::Error::other(format!("{e:?}")))
+}

@@ -374,3 +374,61 @@ fn missing_or_corrupt_app_is_refused_and_the_visor_keeps_running() {
     assert!(!lines.iter().any(|l| l.contains("app:")), "no app code ran");
     assert_visor_healthy(&lines);
 }
+
+/// A device with `v1` running from slot A and `v2` staged in slot B as an update on trial
+/// (through the same install path the visor runs for an over-the-air update).
+fn device_with_trial(test: &str, v1: &str, v2: &str, policy: keel_update::TrialPolicy) -> Device {
+    let (dev, _) = new_device(test, Some(v1));
+    let img = elf::image_from_elf(&keel_vdev::app_elf(v2), "2.0.0").unwrap();
+    flash::stage_update(&dev.flash, &img, 2, policy).unwrap();
+    dev
+}
+
+#[test]
+fn a_crashing_update_is_rolled_back_after_its_crash_budget() {
+    use keel_update::{Confirm, Outcome, Reason, Slot, TrialPolicy};
+    let policy = TrialPolicy { max_crashes: 3, grace_s: 600, confirm: Confirm::ByApp };
+    let dev = device_with_trial("trial-crashy", "hello", "crashy", policy);
+    let mut r = start(&dev);
+    r.wait_for("trial", LIMIT, |l| msg(l).starts_with("update: trial of seq 2 in slot B")).unwrap();
+    let back = r
+        .wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (crash loop)")
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    let lines = r.kill();
+    assert_visor_healthy(&lines);
+    let crashes = lines
+        .iter()
+        .take_while(|l| *l != &back)
+        .filter(|l| msg(l).starts_with("app crash: ") && !msg(l).contains("stack"))
+        .count();
+    assert_eq!(crashes, 3, "rolled back at the third crash");
+    let s = flash::update_state(&dev.flash).unwrap();
+    assert_eq!((s.active, s.installed_seq, s.last), (Slot::A, 0, Some((2, Outcome::RolledBack(Reason::CrashLoop)))));
+
+    // After a power cycle the device stays on the previous app.
+    let mut r = start(&dev);
+    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    let lines = r.kill();
+    assert!(!lines.iter().any(|l| msg(l).contains("update: trial")), "{lines:#?}");
+    assert!(lines.iter().any(|l| msg(l).starts_with("starting app 'hello' 1.0.0")));
+}
+
+#[test]
+fn an_update_that_never_confirms_is_rolled_back_when_its_grace_time_ends() {
+    use keel_update::{Confirm, Outcome, Reason, Slot, TrialPolicy};
+    // hello never calls update_confirm; the policy needs the app to.
+    let policy = TrialPolicy { max_crashes: 3, grace_s: 5, confirm: Confirm::ByApp };
+    let dev = device_with_trial("trial-unconfirmed", "crashy", "hello", policy);
+    let mut r = start(&dev);
+    let started = r.wait_for("trial app", LIMIT, |l| msg(l).starts_with("starting app 'hello' 2.0.0")).unwrap();
+    let back = r
+        .wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (not confirmed in time)")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let waited = time_us(&back) - time_us(&started);
+    assert!((5_000_000..5_100_000).contains(&waited), "rolled back {waited} µs after the start");
+    r.wait_for("previous app", LIMIT, |l| msg(l).starts_with("starting app 'crashy' 1.0.0")).unwrap();
+    assert_visor_healthy(&r.kill());
+    let s = flash::update_state(&dev.flash).unwrap();
+    assert_eq!((s.active, s.last), (Slot::A, Some((2, Outcome::RolledBack(Reason::NotConfirmed)))));
+}

@@ -1,0 +1,197 @@
+//! App updates on the device: which slot to boot (from the journal), the trial of a new app, its
+//! confirmation and its rollback. The decisions and the power-fail-safe journal live in
+//! `keel-update` (host-tested, including power cuts at every flash operation); this module wires
+//! them to the visor's events: boot, app launch, app crash, the confirm system call, the clock
+//! and the cloud link.
+
+use core::sync::atomic::Ordering;
+
+use keel_abi::{update_outcome, Status, UpdateInfo};
+use keel_flash::Nor;
+use keel_update::{Confirm, Outcome, Phase, Slot, TrialPolicy, Updater};
+
+use crate::board::FlashMedium;
+use crate::{app, net, vlog, Visor};
+
+/// The update state the visor keeps in RAM for this boot.
+pub struct UpdateRt {
+    /// The slot the app runs from.
+    pub slot: Slot,
+    /// Set while the app runs as an update on trial.
+    pub trial: Option<TrialRt>,
+}
+
+/// A running trial.
+pub struct TrialRt {
+    seq: u64,
+    policy: TrialPolicy,
+    /// When the grace time ends (set at the first launch of the trial app in this boot).
+    deadline_us: Option<u64>,
+    /// The cloud link was up at some point of the trial, and whether it dropped after that.
+    link_seen: bool,
+    link_dropped: bool,
+}
+
+/// The updater for this board's flash layout.
+pub fn updater() -> Updater {
+    Updater::reference(app::target(keel_flash::layout::APP_A))
+}
+
+/// At boot: reads the journal and decides the slot (counting a trial boot).
+pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
+    let up = updater();
+    let plan = match up.boot(flash) {
+        Ok(p) => p,
+        Err(e) => {
+            vlog!("update: journal error ({}); booting the active slot", e);
+            let slot = up.state(flash).map_or(Slot::A, |s| s.active);
+            return UpdateRt { slot, trial: None };
+        }
+    };
+    let state = up.state(flash).unwrap_or(keel_update::UpdateState::FACTORY);
+    if let Some(r) = plan.rolled_back {
+        let seq = state.last.map_or(0, |l| l.0);
+        report(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+    }
+    let trial = match state.phase {
+        Phase::Trial(t) if plan.trial => {
+            report(format_args!(
+                "update: trial of seq {} in slot {} (boot {} of at most {})",
+                t.seq,
+                plan.slot.as_str(),
+                t.boots,
+                keel_update::MAX_TRIAL_BOOTS
+            ));
+            Some(TrialRt { seq: t.seq, policy: t.policy, deadline_us: None, link_seen: false, link_dropped: false })
+        }
+        _ => None,
+    };
+    UpdateRt { slot: plan.slot, trial }
+}
+
+fn report(args: core::fmt::Arguments<'_>) {
+    vlog!("{}", args);
+    net::push_event(args);
+}
+
+/// The trial image failed to load: roll back. Returns true if the caller should load the
+/// (now active) other slot.
+pub fn load_failed(v: &mut Visor) -> bool {
+    let Some(t) = v.update.trial.take() else { return false };
+    let up = updater();
+    if let Err(e) = up.rollback(&mut v.flash, keel_update::Reason::TrialImageInvalid) {
+        vlog!("update: journal error ({})", e);
+    }
+    report(format_args!("update: rolled back seq {} ({})", t.seq, keel_update::Reason::TrialImageInvalid.as_str()));
+    v.update.slot = v.update.slot.other();
+    true
+}
+
+/// The app was launched at `now`: starts the trial's grace time on its first launch.
+pub fn on_launch(v: &mut Visor, now: u64) {
+    if let Some(t) = v.update.trial.as_mut() {
+        if t.deadline_us.is_none() {
+            t.deadline_us = Some(now.saturating_add(t.policy.grace_s as u64 * 1_000_000));
+        }
+    }
+}
+
+/// The app crashed. On trial, counts the crash; after too many, rolls back (the supervisor's
+/// restart then starts the previous app).
+pub fn on_crash(v: &mut Visor, watchdog: bool) {
+    let Some(t) = v.update.trial.as_ref() else { return };
+    let seq = t.seq;
+    match updater().app_crashed(&mut v.flash, watchdog) {
+        Ok(Some(r)) => {
+            report(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+            v.update.trial = None;
+            v.update.slot = v.update.slot.other();
+        }
+        Ok(None) => {}
+        Err(e) => vlog!("update: journal error ({})", e),
+    }
+}
+
+/// `update_confirm` system call.
+pub fn confirm(v: &mut Visor) -> Status {
+    let Some(t) = v.update.trial.as_ref() else { return Status::Unavailable };
+    let seq = t.seq;
+    match updater().confirm(&mut v.flash) {
+        Ok(true) => {
+            report(format_args!("update: confirmed seq {} (by the app)", seq));
+            v.update.trial = None;
+            Status::Ok
+        }
+        Ok(false) => Status::Unavailable,
+        Err(e) => {
+            vlog!("update: journal error ({})", e);
+            Status::InternalError
+        }
+    }
+}
+
+/// `update_info` system call.
+pub fn info(v: &Visor) -> UpdateInfo {
+    let s = updater().state(&v.flash).unwrap_or(keel_update::UpdateState::FACTORY);
+    let (last_sequence, last_outcome, last_reason) = match s.last {
+        None => (0, update_outcome::NONE, 0),
+        Some((seq, o)) => match o {
+            Outcome::Confirmed => (seq, update_outcome::CONFIRMED, 0),
+            Outcome::RolledBack(r) => (seq, update_outcome::ROLLED_BACK, r as u32),
+            Outcome::Refused(r) => (seq, update_outcome::REFUSED, r as u32),
+            Outcome::Failed(r) => (seq, update_outcome::FAILED, r as u32),
+        },
+    };
+    UpdateInfo {
+        version: 1,
+        on_trial: v.update.trial.is_some() as u32,
+        installed_sequence: s.installed_seq,
+        last_sequence,
+        last_outcome,
+        last_reason,
+    }
+}
+
+/// When [`poll`] next needs to run.
+pub fn next_deadline(v: &Visor) -> Option<u64> {
+    v.update.trial.as_ref().and_then(|t| t.deadline_us)
+}
+
+/// Service routine hook: follows the link during a trial and ends the trial when its grace time
+/// is over (confirmed by policy, or rolled back). Returns true if the app must be restarted now
+/// (rolled back: the previous app takes over).
+pub fn poll(v: &mut Visor, now: u64) -> bool {
+    let online = net::ONLINE.load(Ordering::Relaxed);
+    let Some(t) = v.update.trial.as_mut() else { return false };
+    if online {
+        t.link_seen = true;
+    } else if t.link_seen {
+        t.link_dropped = true;
+    }
+    if t.deadline_us.is_none_or(|d| now < d) {
+        return false;
+    }
+    let (seq, confirm) = (t.seq, t.policy.confirm);
+    let link_stayed_up = t.link_seen && !t.link_dropped && online;
+    match updater().grace_expired(&mut v.flash, link_stayed_up) {
+        Ok(Some(Outcome::Confirmed)) => {
+            report(format_args!("update: confirmed seq {} (ran the grace time with the cloud link up)", seq));
+            v.update.trial = None;
+            false
+        }
+        Ok(Some(Outcome::RolledBack(r))) => {
+            report(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+            v.update.trial = None;
+            v.update.slot = v.update.slot.other();
+            true
+        }
+        Ok(_) => {
+            v.update.trial = None;
+            false
+        }
+        Err(e) => {
+            vlog!("update: journal error ({}); policy {:?}", e, confirm == Confirm::ByLink);
+            false
+        }
+    }
+}
