@@ -13,7 +13,8 @@
 //! | 0x38 | 32 | pinned server public key (all zero until provisioned for a server) |
 //! | 0x58 | 64 | server host name or address, NUL padded |
 //! | 0x98 | 2 | server port |
-//! | 0x9A | 34 | reserved, zero |
+//! | 0x9A | 32 | trusted update signer: Ed25519 public key of bundle signatures (all zero: none, every update is refused) |
+//! | 0xBA | 2 | reserved, zero |
 //! | 0xBC | 4 | CRC-32 of bytes 0x00..0xBC |
 
 use crate::crc32;
@@ -35,6 +36,8 @@ pub struct Factory {
     pub server_host: [u8; 64],
     /// Server port.
     pub server_port: u16,
+    /// Ed25519 public key whose bundle signatures the visor trusts (all zero: none).
+    pub signer_key: [u8; 32],
 }
 
 /// Why factory data could not be read.
@@ -70,7 +73,9 @@ impl Factory {
             server_key: [0; 32],
             server_host: [0; 64],
             server_port: u16::from_le_bytes([b[0x98], b[0x99]]),
+            signer_key: [0; 32],
         };
+        f.signer_key.copy_from_slice(&b[0x9A..0xBA]);
         f.device_id.copy_from_slice(&b[0x08..0x18]);
         f.device_key.copy_from_slice(&b[0x18..0x38]);
         f.server_key.copy_from_slice(&b[0x38..0x58]);
@@ -89,6 +94,7 @@ impl Factory {
         b[0x38..0x58].copy_from_slice(&self.server_key);
         b[0x58..0x98].copy_from_slice(&self.server_host);
         b[0x98..0x9A].copy_from_slice(&self.server_port.to_le_bytes());
+        b[0x9A..0xBA].copy_from_slice(&self.signer_key);
         let c = crc32(&b[..0xBC]);
         b[0xBC..0xC0].copy_from_slice(&c.to_le_bytes());
         b
@@ -119,6 +125,7 @@ mod tests {
             server_key: [2; 32],
             server_host: [0; 64],
             server_port: 7447,
+            signer_key: [3; 32],
         }
     }
 

@@ -29,6 +29,7 @@
 //! and finishes in the expected state.
 #![no_std]
 
+pub mod agent;
 mod state;
 
 pub use state::{Confirm, Downloading, Outcome, Phase, Reason, Slot, Trial, TrialPolicy, UpdateState};

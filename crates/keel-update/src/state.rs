@@ -89,6 +89,10 @@ pub enum Reason {
     Busy = 12,
     /// Flash error while installing.
     Flash = 13,
+    /// The manifest is malformed, not signed by a trusted key, or has no app layer.
+    BadManifest = 14,
+    /// The bundle needs a newer visor.
+    VisorTooOld = 15,
 }
 
 impl Reason {
@@ -109,6 +113,8 @@ impl Reason {
             Cancelled,
             Busy,
             Flash,
+            BadManifest,
+            VisorTooOld,
         ]
         .into_iter()
         .find(|r| *r as u8 == v)
@@ -130,6 +136,8 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Busy => "a trial is running",
             Reason::Flash => "flash error",
+            Reason::BadManifest => "manifest invalid or not signed by a trusted key",
+            Reason::VisorTooOld => "needs a newer visor",
         }
     }
 }

@@ -27,6 +27,7 @@ pub fn new_factory() -> std::io::Result<Factory> {
         server_key: [0; 32],
         server_host: [0; 64],
         server_port: 0,
+        signer_key: [0; 32],
     })
 }
 

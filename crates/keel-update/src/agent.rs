@@ -1,0 +1,263 @@
+//! The device's update agent, sans-IO: turns the server's offer and layer data into install
+//! steps (through [`Updater`]) and tells the caller what to send next. Used by the visor and by
+//! the simulator, so both follow the same rules.
+//!
+//! Flow: the server offers a bundle envelope (without its layers) → [`Agent::on_offer`] verifies
+//! its signature against the trusted keys, its sequence number and its visor requirement, starts
+//! or resumes the download and asks for the first page ([`Next::Fetch`]); every
+//! [`Agent::on_data`] writes the bytes and asks for the next page; when the layer is complete the
+//! install is committed and [`Next::Installed`] says to restart the app into its trial.
+//! [`Agent::status`] is what the device reports to the server.
+
+use keel_flash::{Medium, Nor};
+
+use crate::{Confirm, TrialPolicy};
+use crate::{Download, Error, Offer, Outcome, Phase, Reason, Updater};
+
+/// Bytes asked for per request: one flash page, the unit of resumption.
+pub const FETCH_LEN: u32 = keel_flash::PAGE_SIZE;
+
+/// Grace time for a bundle whose policy leaves confirmation to the app alone (connectivity grace
+/// time 0): an app that does not confirm within it is rolled back.
+pub const APP_CONFIRM_TIMEOUT_S: u32 = 600;
+
+/// Update states as reported to the server (the wire codes of `UpdateStatus.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// Nothing in progress.
+    Idle = 0,
+    /// Downloading the layer.
+    Downloading = 1,
+    /// Verifying and committing.
+    Installing = 2,
+    /// Running the new app on trial.
+    Trial = 3,
+    /// The last update was confirmed.
+    Confirmed = 4,
+    /// The last update was rolled back.
+    RolledBack = 5,
+    /// The last offer was refused.
+    Refused = 6,
+    /// The last update failed while downloading or installing.
+    Error = 7,
+}
+
+/// What the device reports about updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Sequence number of the confirmed app (0: factory image).
+    pub installed: u64,
+    /// The bundle this status is about (0: none).
+    pub sequence: u64,
+    /// Its state.
+    pub state: State,
+    /// Bytes downloaded.
+    pub progress: u32,
+    /// Layer size.
+    pub total: u32,
+    /// Why, for refused, rolled back and error.
+    pub reason: Option<Reason>,
+}
+
+/// What to do after an agent call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Ask the server for `len` bytes of the bundle's app layer at `offset`.
+    Fetch {
+        /// Bundle sequence number.
+        sequence: u64,
+        /// Offset in the layer.
+        offset: u32,
+        /// Bytes.
+        len: u32,
+    },
+    /// The update is installed and committed: restart the app from [`Updater::boot`]'s plan.
+    Installed,
+    /// Nothing to ask for (report the [`Agent::status`]).
+    None,
+}
+
+/// The trial policy of a verified manifest.
+pub fn trial_policy(p: &keel_bundle::Policies<'_>) -> TrialPolicy {
+    match p.connectivity_grace_time_s {
+        0 => TrialPolicy {
+            max_crashes: p.max_trial_crashes.max(1),
+            grace_s: APP_CONFIRM_TIMEOUT_S,
+            confirm: Confirm::ByApp,
+        },
+        g => TrialPolicy { max_crashes: p.max_trial_crashes.max(1), grace_s: g, confirm: Confirm::ByLink },
+    }
+}
+
+/// The update agent (RAM state of one boot; the journal holds what must survive).
+#[derive(Default)]
+pub struct Agent {
+    download: Option<Download>,
+    /// End of the range last asked for.
+    requested_end: u32,
+    /// A refusal or failure not recorded in the journal (bad manifest, too-old visor): reported
+    /// until the next offer.
+    failure: Option<(u64, State, Reason)>,
+}
+
+impl Agent {
+    /// An idle agent.
+    pub const fn new() -> Self {
+        Agent { download: None, requested_end: 0, failure: None }
+    }
+
+    /// Handles an offer: `envelope` is the bundle's SUIT envelope without payloads.
+    pub fn on_offer<M: Medium>(
+        &mut self,
+        up: &Updater,
+        f: &mut Nor<M>,
+        envelope: &[u8],
+        trusted_keys: &[[u8; 32]],
+        visor_version: u32,
+    ) -> Next {
+        let slot_size = up.partition(crate::Slot::A).size;
+        let capacity = |c: &keel_bundle::Component<'_>| (c.id == "app").then_some(slot_size);
+        let manifest = match keel_bundle::verify_envelope(envelope, trusted_keys, capacity) {
+            Ok(m) => m,
+            Err(_) => return self.refuse(0, Reason::BadManifest),
+        };
+        let Some(app) = manifest.component("app") else { return self.refuse(manifest.sequence, Reason::BadManifest) };
+        if manifest.policies.min_visor_version > visor_version {
+            return self.refuse(manifest.sequence, Reason::VisorTooOld);
+        }
+        let offer = Offer {
+            seq: manifest.sequence,
+            digest: app.digest,
+            size: app.size,
+            policy: trial_policy(&manifest.policies),
+        };
+        // The same download, offered again (the server offers on every connection): requests of
+        // an earlier connection are lost, so ask again from where the download is.
+        if let Some(dl) = &self.download {
+            if dl.offer() == &offer {
+                self.requested_end = 0;
+                return self.fetch_next();
+            }
+        }
+        self.failure = None;
+        match up.state(f) {
+            Ok(s) if s.installed_seq == offer.seq => return Next::None, // already installed
+            Ok(s) if matches!(s.phase, Phase::Trial(t) if t.seq == offer.seq) => return Next::None,
+            _ => {}
+        }
+        match up.offer(f, &offer) {
+            Ok(dl) => {
+                self.download = Some(dl);
+                self.requested_end = 0;
+                self.fetch_next()
+            }
+            Err(Error::Update(_)) => Next::None, // recorded in the journal's last outcome
+            Err(_) => self.fail(offer.seq, Reason::Flash),
+        }
+    }
+
+    fn refuse(&mut self, seq: u64, r: Reason) -> Next {
+        self.failure = Some((seq, State::Refused, r));
+        Next::None
+    }
+
+    fn fail(&mut self, seq: u64, r: Reason) -> Next {
+        self.download = None;
+        self.failure = Some((seq, State::Error, r));
+        Next::None
+    }
+
+    /// The link came back: requests of the old connection are lost; ask again.
+    pub fn on_connect(&mut self) -> Next {
+        self.requested_end = 0;
+        self.fetch_next()
+    }
+
+    fn fetch_next(&mut self) -> Next {
+        let Some(dl) = &self.download else { return Next::None };
+        let offset = dl.offset();
+        if offset < self.requested_end {
+            return Next::None; // still arriving
+        }
+        let len = FETCH_LEN.min(dl.offer().size - offset);
+        self.requested_end = offset + len;
+        Next::Fetch { sequence: dl.offer().seq, offset, len }
+    }
+
+    /// Handles layer data. Data for another bundle, or not at the expected offset, is ignored.
+    pub fn on_data<M: Medium>(
+        &mut self,
+        up: &Updater,
+        f: &mut Nor<M>,
+        sequence: u64,
+        offset: u32,
+        data: &[u8],
+    ) -> Next {
+        let Some(dl) = self.download.as_mut() else { return Next::None };
+        if dl.offer().seq != sequence || dl.offset() != offset || data.is_empty() {
+            return Next::None;
+        }
+        let seq = dl.offer().seq;
+        if let Err(e) = dl.write(up, f, data) {
+            return match e {
+                Error::Update(r) => self.fail(seq, r),
+                Error::OutOfOrder => self.fail(seq, Reason::TooLarge),
+                Error::Flash(_) => self.fail(seq, Reason::Flash),
+            };
+        }
+        if dl.offset() < dl.offer().size {
+            return self.fetch_next();
+        }
+        let Some(dl) = self.download.take() else { return Next::None };
+        match dl.finish(up, f) {
+            Ok(()) => Next::Installed,
+            // Digest or image failures are the journal's last outcome now.
+            Err(Error::Update(_)) => Next::None,
+            Err(_) => self.fail(seq, Reason::Flash),
+        }
+    }
+
+    /// The deployment was withdrawn: stop downloading `sequence`.
+    pub fn on_cancel<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>, sequence: u64) {
+        if self.download.as_ref().is_some_and(|d| d.offer().seq == sequence) {
+            self.download = None;
+            let _ = up.cancel(f);
+        }
+    }
+
+    /// True while a download runs.
+    pub fn downloading(&self) -> bool {
+        self.download.is_some()
+    }
+
+    /// What to report to the server.
+    pub fn status<M: Medium>(&self, up: &Updater, f: &Nor<M>) -> Status {
+        let s = up.state(f).unwrap_or(crate::UpdateState::FACTORY);
+        let base =
+            Status { installed: s.installed_seq, sequence: 0, state: State::Idle, progress: 0, total: 0, reason: None };
+        if let Some(dl) = &self.download {
+            let o = dl.offer();
+            return Status { sequence: o.seq, state: State::Downloading, progress: dl.offset(), total: o.size, ..base };
+        }
+        if let Some((seq, state, r)) = self.failure {
+            return Status { sequence: seq, state, reason: Some(r), ..base };
+        }
+        match (s.phase, s.last) {
+            (Phase::Trial(t), _) => Status { sequence: t.seq, state: State::Trial, ..base },
+            (Phase::Downloading(d), _) => {
+                Status { sequence: d.seq, state: State::Downloading, progress: d.done, total: d.size, ..base }
+            }
+            (Phase::Idle, Some((seq, o))) => {
+                let (state, reason) = match o {
+                    Outcome::Confirmed => (State::Confirmed, None),
+                    Outcome::RolledBack(r) => (State::RolledBack, Some(r)),
+                    Outcome::Refused(r) => (State::Refused, Some(r)),
+                    Outcome::Failed(r) => (State::Error, Some(r)),
+                };
+                Status { sequence: seq, state, reason, ..base }
+            }
+            (Phase::Idle, None) => base,
+        }
+    }
+}
