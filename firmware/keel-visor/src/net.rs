@@ -16,6 +16,7 @@ use keel_link::frame::Decoder;
 use keel_link::msg::{Up, PROTOCOL_VERSION};
 use keel_link::session::MAX_FRAME;
 use keel_log::{Kind, LogRing, PushError};
+use keel_update::agent::Next;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::Instant;
@@ -49,9 +50,8 @@ pub fn push_log(kind: Kind, level: u8, text: &[u8]) -> Result<(), PushError> {
     Ok(())
 }
 
-/// True while the secure channel is up; lets log producers wake the network without touching
-/// its state (they may run inside it).
-/// True while the secure channel to the server is up.
+/// True while the secure channel to the server is up; lets log producers wake the network
+/// without touching its state (they may run inside it).
 pub static ONLINE: AtomicBool = AtomicBool::new(false);
 
 /// Queues a visor event (formatted) for the server.
@@ -99,6 +99,14 @@ enum Link {
     Handshaking,
     Online,
     Backoff { until_us: u64 },
+}
+
+/// What a received frame asks the network code to do once the session is free again.
+enum Got {
+    Online(u64),
+    TimeSync(u64),
+    Agent(Next),
+    Nothing,
 }
 
 struct Net {
@@ -267,23 +275,36 @@ impl Net {
             self.last_rx_us = now_us;
             let link = self.session.as_mut().ok_or("no session")?;
             let payload = &self.decoder.frame()[..len];
-            // The event borrows from the session; keep only what is needed before sending.
-            let (event, n) = LOGS
+            // The event borrows from the session: update messages go to the update agent right
+            // here (it must not log through `push_event`, the log ring is borrowed); only what is
+            // needed afterwards is kept.
+            let (got, n) = LOGS
                 .with(|l| {
                     l.as_mut().map(|ring| {
                         link.on_frame(payload, ring, &mut reply).map(|(e, n)| {
-                            let e = match e {
-                                Event::Online { unix_us } => Event::Online { unix_us },
-                                Event::TimeSync { unix_us } => Event::TimeSync { unix_us },
-                                // OTA agent: next step (offers, layer data/errors and cancels are
-                                // ignored until the visor's update agent handles them).
-                                Event::UpdateOffer { .. }
-                                | Event::LayerData { .. }
-                                | Event::LayerError { .. }
-                                | Event::UpdateCancel { .. }
-                                | Event::None => Event::None,
+                            let got = match e {
+                                Event::Online { unix_us } => Got::Online(unix_us),
+                                Event::TimeSync { unix_us } => Got::TimeSync(unix_us),
+                                Event::UpdateOffer { envelope } => Got::Agent(crate::update::agent_offer(envelope)),
+                                Event::LayerData { sequence, component: 0, offset, data } => {
+                                    Got::Agent(crate::update::agent_data(sequence, offset, data))
+                                }
+                                Event::LayerError { sequence, offset, code, .. } => {
+                                    vlog!(
+                                        "update: the server cannot serve seq {} at {} (code {})",
+                                        sequence,
+                                        offset,
+                                        code
+                                    );
+                                    Got::Nothing
+                                }
+                                Event::UpdateCancel { sequence } => {
+                                    crate::update::agent_cancel(sequence);
+                                    Got::Agent(Next::None)
+                                }
+                                _ => Got::Nothing,
                             };
-                            (e, n)
+                            (got, n)
                         })
                     })
                 })
@@ -292,17 +313,47 @@ impl Net {
             if n > 0 {
                 self.send_frame(&reply[..n])?;
             }
-            match event {
-                Event::Online { unix_us } => {
+            match got {
+                Got::Online(unix_us) => {
                     time::set_wall_us(unix_us);
                     vlog!("net: online (secure channel up, wall clock set)");
                     push_event(format_args!("online"));
                     self.backoff.reset();
                     self.link = Link::Online;
                     ONLINE.store(true, Ordering::Relaxed);
+                    // The server learns the device's update state first thing.
+                    crate::update::STATUS_CHANGED.store(true, Ordering::Relaxed);
                 }
-                Event::TimeSync { unix_us } => time::set_wall_us(unix_us),
-                _ => {}
+                Got::TimeSync(unix_us) => time::set_wall_us(unix_us),
+                Got::Agent(next) => {
+                    match next {
+                        Next::Fetch { sequence, offset, len } => {
+                            let link = self.session.as_mut().ok_or("no session")?;
+                            let m = Up::FetchLayer { sequence, component: 0, offset, len };
+                            let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
+                            self.send_frame(&reply[..n])?;
+                        }
+                        Next::Installed => crate::update::installed(),
+                        Next::None => {}
+                    }
+                    crate::update::STATUS_CHANGED.store(true, Ordering::Relaxed);
+                }
+                Got::Nothing => {}
+            }
+        }
+        if self.link == Link::Online && crate::update::STATUS_CHANGED.swap(false, Ordering::Relaxed) {
+            if let Some(st) = crate::update::status() {
+                let m = Up::UpdateStatus {
+                    installed: st.installed,
+                    sequence: st.sequence,
+                    state: st.state as u8,
+                    progress: st.progress,
+                    total: st.total,
+                    reason: st.reason.map_or("", |r| r.as_str()),
+                };
+                let link = self.session.as_mut().ok_or("no session")?;
+                let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
+                self.send_frame(&reply[..n])?;
             }
         }
         if self.link == Link::Online {

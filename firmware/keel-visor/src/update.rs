@@ -4,10 +4,11 @@
 //! them to the visor's events: boot, app launch, app crash, the confirm system call, the clock
 //! and the cloud link.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use keel_abi::{update_outcome, Status, UpdateInfo};
 use keel_flash::Nor;
+use keel_update::agent::{self, Agent, Next};
 use keel_update::{Confirm, Outcome, Phase, Slot, TrialPolicy, Updater};
 
 use crate::board::FlashMedium;
@@ -19,7 +20,13 @@ pub struct UpdateRt {
     pub slot: Slot,
     /// Set while the app runs as an update on trial.
     pub trial: Option<TrialRt>,
+    /// The download agent.
+    pub agent: Agent,
 }
+
+/// Set when the update status changed outside the network code (trial confirmed or rolled
+/// back); the link sends a status report and clears it.
+pub static STATUS_CHANGED: AtomicBool = AtomicBool::new(true);
 
 /// A running trial.
 pub struct TrialRt {
@@ -45,7 +52,7 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         Err(e) => {
             vlog!("update: journal error ({}); booting the active slot", e);
             let slot = up.state(flash).map_or(Slot::A, |s| s.active);
-            return UpdateRt { slot, trial: None };
+            return UpdateRt { slot, trial: None, agent: Agent::new() };
         }
     };
     let state = up.state(flash).unwrap_or(keel_update::UpdateState::FACTORY);
@@ -66,12 +73,93 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         }
         _ => None,
     };
-    UpdateRt { slot: plan.slot, trial }
+    UpdateRt { slot: plan.slot, trial, agent: Agent::new() }
 }
 
 fn report(args: core::fmt::Arguments<'_>) {
     vlog!("{}", args);
     net::push_event(args);
+    STATUS_CHANGED.store(true, Ordering::Relaxed);
+}
+
+/// This visor's version as bundles state their minimum (`keel_bundle::visor_version`).
+fn visor_version() -> u32 {
+    let v = |s: &str| s.parse::<u16>().unwrap_or(0);
+    keel_bundle::visor_version(
+        v(env!("CARGO_PKG_VERSION_MAJOR")) as u8,
+        v(env!("CARGO_PKG_VERSION_MINOR")) as u8,
+        v(env!("CARGO_PKG_VERSION_PATCH")),
+    )
+}
+
+// The agent entry points below run inside the network code's borrow of the log ring: they must
+// not log through `net` (console output only).
+
+/// The server offers a bundle (its envelope without payloads).
+pub fn agent_offer(envelope: &[u8]) -> Next {
+    crate::VISOR.with(|v| {
+        let Some(v) = v.as_mut() else { return Next::None };
+        let keys = v.factory.map(|f| f.signer_key).filter(|k| k.iter().any(|&b| b != 0));
+        let trusted: &[[u8; 32]] = match &keys {
+            Some(k) => core::slice::from_ref(k),
+            None => &[],
+        };
+        let next = v.update.agent.on_offer(&updater(), &mut v.flash, envelope, trusted, visor_version());
+        log_status(&v.update.agent.status(&updater(), &v.flash));
+        next
+    })
+}
+
+/// Layer bytes arrived.
+pub fn agent_data(sequence: u64, offset: u32, data: &[u8]) -> Next {
+    crate::VISOR.with(|v| {
+        let Some(v) = v.as_mut() else { return Next::None };
+        let next = v.update.agent.on_data(&updater(), &mut v.flash, sequence, offset, data);
+        if next == Next::None {
+            log_status(&v.update.agent.status(&updater(), &v.flash));
+        }
+        next
+    })
+}
+
+/// The server withdrew the bundle.
+pub fn agent_cancel(sequence: u64) {
+    crate::VISOR.with(|v| {
+        if let Some(v) = v.as_mut() {
+            v.update.agent.on_cancel(&updater(), &mut v.flash, sequence);
+        }
+    });
+}
+
+/// What to report to the server.
+pub fn status() -> Option<agent::Status> {
+    crate::VISOR.with(|v| v.as_ref().map(|v| v.update.agent.status(&updater(), &v.flash)))
+}
+
+fn log_status(s: &agent::Status) {
+    vlog!(
+        "update: seq {} {:?} {}/{} bytes{}{}",
+        s.sequence,
+        s.state,
+        s.progress,
+        s.total,
+        if s.reason.is_some() { ": " } else { "" },
+        s.reason.map_or("", |r| r.as_str())
+    );
+}
+
+/// The download completed and the install is committed: restart the app into its trial.
+pub fn installed() {
+    crate::VISOR.with(|v| {
+        if let Some(v) = v.as_mut() {
+            // The same decision as at a boot: counts the trial's first boot.
+            let rt = boot(&mut v.flash);
+            v.update.slot = rt.slot;
+            v.update.trial = rt.trial;
+            v.sup.on_restart_request(0);
+        }
+    });
+    crate::board::pend_service();
 }
 
 /// The trial image failed to load: roll back. Returns true if the caller should load the

@@ -193,7 +193,8 @@ fn evil_app_cannot_harm_the_visor() {
     assert!(sanity.len() >= 16);
     for s in &sanity {
         assert_eq!(field(msg(s), "device"), Some(id.as_str()), "{s}");
-        assert_eq!(field(msg(s), "abi"), Some("1.0"));
+        let abi = format!("{}.{}", keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR);
+        assert_eq!(field(msg(s), "abi"), Some(abi.as_str()));
     }
 
     // The visor's code and secrets are byte-for-byte unchanged: digests taken at boot and at every

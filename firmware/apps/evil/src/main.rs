@@ -81,6 +81,7 @@ fn parameter_attacks() {
         check_named("abi_info", what, sys(Call::AbiInfo, p, 0, 0), Status::ParameterFault);
         check_named("boot_info", what, sys(Call::BootInfo, p, 0, 0), Status::ParameterFault);
         check_named("last_crash", what, sys(Call::LastCrash, p, 0, 0), Status::ParameterFault);
+        check_named("update_info", what, sys(Call::UpdateInfo, p, 0, 0), Status::ParameterFault);
         if p != 0 {
             // NULL is allowed for `wait` (no events wanted).
             check_named("wait-events", what, sys(Call::Wait, 10, p, 0), Status::ParameterFault);
@@ -104,12 +105,19 @@ fn parameter_attacks() {
     s[0] = 2;
     check("abi_info version 2", sys(Call::AbiInfo, s.as_mut_ptr() as u32, 0, 0), Status::UnsupportedStructVersion);
     check("boot_info version 0", sys(Call::BootInfo, buf.as_mut_ptr() as u32, 0, 0), Status::UnsupportedStructVersion);
+    check(
+        "update_info version 0",
+        sys(Call::UpdateInfo, buf.as_mut_ptr() as u32, 0, 0),
+        Status::UnsupportedStructVersion,
+    );
+    // Not an update on trial: nothing to confirm, and nothing in the journal changes.
+    check("update_confirm not on trial", sys(Call::UpdateConfirm, 1, 2, 3), Status::Unavailable);
     // Enums and ranges.
     check("watchdog_start 0 ms", sys(Call::WatchdogStart, 0, 0, 0), Status::InvalidArgument);
     check("watchdog_start 10 hours", sys(Call::WatchdogStart, 36_000_000, 0, 0), Status::InvalidArgument);
     check("watchdog_kick unarmed", sys(Call::WatchdogKick, 0, 0, 0), Status::Unavailable);
     // Reserved slots.
-    for slot in [11u32, 16, 32, 63] {
+    for slot in [11u32, 16, 34, 63] {
         // SAFETY: reserved slots take no arguments.
         let r = unsafe { raw::call(slot, 1, 2, 3, 4) };
         let mut n = keel_app::LineBuf::new();
