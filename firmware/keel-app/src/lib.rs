@@ -24,7 +24,9 @@
 
 use core::fmt::{self, Write};
 
-pub use keel_abi::{AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status};
+pub use keel_abi::{
+    update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status, UpdateInfo,
+};
 
 /// Restart code used by the panic handler.
 pub const PANIC_RESTART_CODE: u32 = 0x0000_DEAD;
@@ -165,6 +167,26 @@ pub fn boot_info() -> Result<BootInfo, Status> {
 pub fn last_crash() -> Result<CrashReport, Status> {
     let mut v = CrashReport { version: 1, ..Default::default() };
     call(Call::LastCrash, &mut v as *mut _ as u32, 0, 0)?;
+    Ok(v)
+}
+
+/// Confirms the update this app runs as: it becomes permanent and is never rolled back.
+///
+/// After an update the new app runs on trial ([`UpdateInfo::on_trial`]); until it is confirmed,
+/// crashing too often, hanging (watchdog) or the grace time passing rolls it back to the
+/// previous app. Call this once the app knows it works. `Err(Status::Unavailable)` if the app is
+/// not on trial (no update, or already confirmed); `Err(Status::NotImplemented)` on a visor with
+/// ABI 1.0. Since ABI 1.1.
+pub fn update_confirm() -> Result<(), Status> {
+    call(Call::UpdateConfirm, 0, 0, 0)
+}
+
+/// Whether the app runs on trial, the installed update's sequence number and how the last update
+/// ended ([`update_outcome`] and the reason codes documented on [`UpdateInfo`]).
+/// `Err(Status::NotImplemented)` on a visor with ABI 1.0. Since ABI 1.1.
+pub fn update_info() -> Result<UpdateInfo, Status> {
+    let mut v = UpdateInfo { version: 1, ..Default::default() };
+    call(Call::UpdateInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
 }
 

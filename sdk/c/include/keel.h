@@ -9,16 +9,17 @@
  * ------------------
  *  - Every call is a branch to a fixed slot in the visor's non-secure-callable (NSC)
  *    region: address = KEEL_NSC_BASE + KEEL_SLOT_SIZE * slot, Thumb bit set. Slots never
- *    move between visor versions; reserved slots (11..63) answer KEEL_STATUS_NOT_IMPLEMENTED
- *    (so does a call that is newer than the running visor).
+ *    move between visor versions; reserved slots (11..31 and 34..63) answer
+ *    KEEL_STATUS_NOT_IMPLEMENTED (so does a call that is newer than the running visor: the
+ *    update calls, slots 32 and 33, on a visor with ABI 1.0).
  *  - Up to four 32-bit arguments in r0..r3 (normal AAPCS); the result is always a
  *    keel_status_t in r0. Calls that produce data write it through a pointer argument;
  *    no call returns data in r0.
  *  - Every pointer is checked by the visor for non-secure access over its whole length
  *    before use. A pointer the app may not use yields KEEL_STATUS_PARAMETER_FAULT, never a
  *    fault.
- *  - Structs that may grow carry a `version` field the caller sets (1 for ABI 1.0); an
- *    unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
+ *  - Structs that may grow carry a `version` field the caller sets (1 for every struct of
+ *    ABI 1.1); an unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
  *  - Calls may be made from thread mode or from the app's interrupt handlers, except
  *    keel_wait() and keel_restart(), which answer KEEL_STATUS_UNAVAILABLE from a handler.
  *  - KEEL_STATUS_INTERNAL_ERROR means the visor hit an unexpected internal error and the
@@ -47,7 +48,7 @@ extern "C" {
 /** ABI major version: bumped only for incompatible changes (never so far). */
 #define KEEL_ABI_MAJOR 1
 /** ABI minor version: bumped when calls or struct versions are added. */
-#define KEEL_ABI_MINOR 0
+#define KEEL_ABI_MINOR 1
 
 /** Size in bytes of one NSC veneer slot. */
 #define KEEL_SLOT_SIZE 16u
@@ -118,9 +119,10 @@ typedef uint32_t keel_status_t;
 /* Call slots                                                                               */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Slot numbers of the system calls. Slots 11..63 are reserved: 16..31 for networking and
- * channels, 32..39 for update control, 40..47 for configuration and secrets, 48..55 for
- * debugging, the rest for later use. */
+/* Slot numbers of the system calls. Slots 0..10 are the base calls (ABI 1.0); 32 and 33 are
+ * the update calls (since ABI 1.1). The other slots are reserved: 11..15 for further core
+ * calls, 16..31 for networking and channels, 34..39 for update control, 40..47 for
+ * configuration and secrets, 48..55 for debugging, the rest for later use. */
 #define KEEL_CALL_ABI_INFO 0
 #define KEEL_CALL_DEVICE_ID 1
 #define KEEL_CALL_MONOTONIC_US 2
@@ -132,6 +134,10 @@ typedef uint32_t keel_status_t;
 #define KEEL_CALL_WATCHDOG_KICK 8
 #define KEEL_CALL_BOOT_INFO 9
 #define KEEL_CALL_LAST_CRASH 10
+/** Since ABI 1.1. */
+#define KEEL_CALL_UPDATE_CONFIRM 32
+/** Since ABI 1.1. */
+#define KEEL_CALL_UPDATE_INFO 33
 
 /* ---------------------------------------------------------------------------------------- */
 /* Enumerations carried as uint32_t                                                         */
@@ -167,6 +173,49 @@ typedef uint32_t keel_status_t;
 #define KEEL_FAULT_SECUREFAULT 7
 /** The watchdog expired. */
 #define KEEL_FAULT_WATCHDOG 0x100
+
+/* How the last update ended (keel_update_info_t.last_outcome). Since ABI 1.1. */
+/** No update ended since the factory image. */
+#define KEEL_UPDATE_OUTCOME_NONE 0
+/** Installed and confirmed (by the app, or by the visor's policy). */
+#define KEEL_UPDATE_OUTCOME_CONFIRMED 1
+/** Installed, then rolled back to the previous app (see last_reason). */
+#define KEEL_UPDATE_OUTCOME_ROLLED_BACK 2
+/** Refused before anything was written (e.g. a sequence number not above the installed
+ *  one). */
+#define KEEL_UPDATE_OUTCOME_REFUSED 3
+/** Failed while downloading or installing; the running app was not changed. */
+#define KEEL_UPDATE_OUTCOME_FAILED 4
+
+/* Why the last update was rolled back, refused or failed (keel_update_info_t.last_reason;
+ * 0 when there is no reason, e.g. for KEEL_UPDATE_OUTCOME_CONFIRMED). Since ABI 1.1. New codes
+ * may be appended: treat an unknown one as "other". */
+/** Rolled back: the trial app crashed too often (the bundle's max_trial_crashes). */
+#define KEEL_UPDATE_REASON_CRASH_LOOP 1
+/** Rolled back: the trial app hung (watchdog kills) too often. */
+#define KEEL_UPDATE_REASON_WATCHDOG 2
+/** Rolled back: the grace time passed without keel_update_confirm(). */
+#define KEEL_UPDATE_REASON_NOT_CONFIRMED 3
+/** Rolled back: the grace time passed without the cloud link staying up. */
+#define KEEL_UPDATE_REASON_NO_LINK 4
+/** Rolled back: the device reset too often while the trial ran. */
+#define KEEL_UPDATE_REASON_TRIAL_RESETS 5
+/** Rolled back: the trial slot did not hold a valid app image at boot. */
+#define KEEL_UPDATE_REASON_TRIAL_IMAGE_INVALID 6
+/** Refused: the sequence number is not above the installed one (anti-rollback). */
+#define KEEL_UPDATE_REASON_SEQUENCE_NOT_NEWER 7
+/** Refused: the app image does not fit the slot. */
+#define KEEL_UPDATE_REASON_TOO_LARGE 8
+/** Failed: the downloaded image does not match the manifest's digest. */
+#define KEEL_UPDATE_REASON_DIGEST_MISMATCH 9
+/** Failed: the download is not a valid app image for this device. */
+#define KEEL_UPDATE_REASON_BAD_IMAGE 10
+/** Failed: the download was abandoned (deployment withdrawn or replaced). */
+#define KEEL_UPDATE_REASON_CANCELLED 11
+/** Refused: a trial was running. */
+#define KEEL_UPDATE_REASON_BUSY 12
+/** Failed: flash error while installing. */
+#define KEEL_UPDATE_REASON_FLASH 13
 
 /* Event bits reported by keel_wait(). None is raised by this visor version yet; networking,
  * update and configuration will add bits here. */
@@ -225,6 +274,21 @@ typedef struct keel_crash_report {
                                                  at `sp` (0 where unreadable). */
 } keel_crash_report_t;
 
+/** Output of keel_update_info(). Set `version` to 1 before the call. Since ABI 1.1. */
+typedef struct keel_update_info {
+    uint32_t version;            /**< Struct version, set by the caller (1). */
+    uint32_t on_trial;           /**< 1 if this app is an update on trial: it should call
+                                      keel_update_confirm() once it works (or it is rolled
+                                      back, by policy); else 0. */
+    uint64_t installed_sequence; /**< Manifest sequence number of the installed (confirmed)
+                                      app; 0 for the factory image (offset 8). */
+    uint64_t last_sequence;      /**< Sequence number of the last update that ended (0 if
+                                      none). */
+    uint32_t last_outcome;       /**< How it ended: KEEL_UPDATE_OUTCOME_*. */
+    uint32_t last_reason;        /**< Why, for rolled back, refused and failed:
+                                      KEEL_UPDATE_REASON_*; else 0. */
+} keel_update_info_t;
+
 KEEL__STATIC_ASSERT(sizeof(keel_status_t) == 4, "keel_status_t must be 32 bits");
 
 KEEL__STATIC_ASSERT(sizeof(keel_abi_info_t) == 16, "keel_abi_info_t size");
@@ -263,6 +327,18 @@ KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, sfar) == 68, "keel_crash_repor
 KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, bfar) == 72, "keel_crash_report_t.bfar");
 KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, mmfar) == 76, "keel_crash_report_t.mmfar");
 KEEL__STATIC_ASSERT(offsetof(keel_crash_report_t, stack) == 80, "keel_crash_report_t.stack");
+
+KEEL__STATIC_ASSERT(sizeof(keel_update_info_t) == 32, "keel_update_info_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, version) == 0, "keel_update_info_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, on_trial) == 4, "keel_update_info_t.on_trial");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, installed_sequence) == 8,
+                    "keel_update_info_t.installed_sequence");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_sequence) == 16,
+                    "keel_update_info_t.last_sequence");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_outcome) == 24,
+                    "keel_update_info_t.last_outcome");
+KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_reason) == 28,
+                    "keel_update_info_t.last_reason");
 
 /* ---------------------------------------------------------------------------------------- */
 /* System calls                                                                             */
@@ -447,6 +523,46 @@ static inline keel_status_t keel_boot_info(keel_boot_info_t *out)
 static inline keel_status_t keel_last_crash(keel_crash_report_t *out)
 {
     return ((keel_status_t(*)(keel_crash_report_t *))KEEL__SLOT_ADDR(KEEL_CALL_LAST_CRASH))(
+        out);
+}
+
+/**
+ * keel_update_confirm - confirm the update on trial (slot KEEL_CALL_UPDATE_CONFIRM).
+ * Since ABI 1.1.
+ *
+ * After an update the new app runs on trial (keel_update_info_t.on_trial = 1): until it is
+ * confirmed, crashing too often, hanging (watchdog) or the grace time passing rolls it back
+ * to the previous app. Call this once the app knows it works (e.g. it reached its main loop
+ * and its peripherals answer); the update then becomes permanent and is never rolled back.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE     the app is not on trial (no update, or already confirmed by
+ *                                the app or by the visor's policy)
+ *  - KEEL_STATUS_NOT_IMPLEMENTED the visor has ABI 1.0 (no update support)
+ */
+static inline keel_status_t keel_update_confirm(void)
+{
+    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_CONFIRM))();
+}
+
+/**
+ * keel_update_info - update state of this app (slot KEEL_CALL_UPDATE_INFO). Since ABI 1.1.
+ *
+ * Set out->version = 1 before the call. Tells whether the app runs on trial, the sequence
+ * number of the installed (confirmed) app, and how the last update ended (confirmed, rolled
+ * back, refused or failed, and why): an app can ask at start what happened to its last
+ * update.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT            `out` is not app memory (sizeof(*out) bytes)
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION out->version is not supported
+ *  - KEEL_STATUS_NOT_IMPLEMENTED            the visor has ABI 1.0 (no update support)
+ */
+static inline keel_status_t keel_update_info(keel_update_info_t *out)
+{
+    return ((keel_status_t(*)(keel_update_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_INFO))(
         out);
 }
 

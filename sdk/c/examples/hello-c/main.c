@@ -1,8 +1,9 @@
 /*
  * hello-c - the smallest useful Keel app in C.
  *
- * Logs its ABI/visor versions once, then once per second its device id, uptime and wall
- * clock. No libc: the few string helpers it needs are below.
+ * Logs its ABI/visor versions and its update state once, then once per second its device
+ * id, uptime and wall clock. It never confirms an update (keel_update_confirm()): a real app
+ * would, once it knows it works. No libc: the few string helpers it needs are below.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -83,6 +84,24 @@ int main(void)
         log_line(line, p);
     } else {
         log_failure("keel_abi_info", st);
+    }
+
+    keel_update_info_t up = { .version = 1 };
+    st = keel_update_info(&up);
+    if (st == KEEL_STATUS_OK) {
+        p = append_str(line, end, "hello-c: update on_trial=");
+        p = append_u64(p, end, up.on_trial);
+        p = append_str(p, end, " installed_seq=");
+        p = append_u64(p, end, up.installed_sequence);
+        p = append_str(p, end, " last_seq=");
+        p = append_u64(p, end, up.last_sequence);
+        p = append_str(p, end, " outcome=");
+        p = append_u64(p, end, up.last_outcome);
+        p = append_str(p, end, " reason=");
+        p = append_u64(p, end, up.last_reason);
+        log_line(line, p);
+    } else {
+        log_failure("keel_update_info", st);
     }
 
     for (;;) {
