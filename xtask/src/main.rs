@@ -25,7 +25,7 @@ Commands:
        [--deterministic]     run with -icount shift=0,sleep=off (repeatable virtual time)
   bench                      measure sizes and speeds; writes target/bench/report.json
 
-Example apps: hello, hello-c, crashy, evil, bench.
+Example apps: hello, hello-c, crashy, hang, evil, bench.
 ";
 
 fn main() -> ExitCode {

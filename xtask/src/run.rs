@@ -34,7 +34,7 @@ pub fn prepare_device(flash_path: &Path, app: Option<&str>) -> Result<(), String
 }
 
 fn usage(msg: &str) -> String {
-    format!("{msg}\nusage: cargo xtask qemu --app NAME [--seconds N] [--device FILE] [--deterministic]\napps: hello, hello-c, crashy, evil, bench")
+    format!("{msg}\nusage: cargo xtask qemu --app NAME [--seconds N] [--device FILE] [--deterministic]\napps: hello, hello-c, crashy, hang, evil, bench")
 }
 
 /// `cargo xtask qemu`.
@@ -60,7 +60,7 @@ pub fn qemu(args: &[String]) -> Result<(), String> {
         return Err(usage("say which app to run (--app) or which device to boot (--device)"));
     }
     if let Some(a) = &app {
-        if !["hello", "hello-c", "crashy", "evil", "bench"].contains(&a.as_str()) {
+        if !["hello", "hello-c", "crashy", "hang", "evil", "bench"].contains(&a.as_str()) {
             return Err(usage(&format!("unknown app '{a}'")));
         }
     }

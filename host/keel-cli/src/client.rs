@@ -17,13 +17,13 @@ pub struct Conn {
 }
 
 /// A resolved server and token.
-struct Api {
-    server: String,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) server: String,
+    pub(crate) token: String,
 }
 
 impl Conn {
-    fn api(&self) -> Result<Api, String> {
+    pub(crate) fn api(&self) -> Result<Api, String> {
         let file = crate::config::load()?;
         let server = self.server.clone().or(file.server).unwrap_or_else(|| crate::config::DEFAULT_SERVER.into());
         let token = self.token.clone().or(file.token).ok_or(
@@ -136,11 +136,11 @@ pub struct LoginArgs {
     conn: Conn,
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
-fn request<T: serde::de::DeserializeOwned>(
+pub(crate) fn request<T: serde::de::DeserializeOwned>(
     api: &Api,
     method: &str,
     path: &str,
@@ -156,6 +156,14 @@ fn request<T: serde::de::DeserializeOwned>(
         ("PATCH", Some(b)) => a.patch(&url).header("authorization", &auth).send_json(b),
         _ => return Err(format!("unsupported request {method} {path}")),
     };
+    read_response(api, result)
+}
+
+/// Turns a response into `T`, or its JSON error into a message.
+pub(crate) fn read_response<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<T, String> {
     let mut resp = result
         .map_err(|e| format!("cannot reach the server at {}: {e} (is `keel server run` running?)", api.server))?;
     let status = resp.status();
@@ -172,7 +180,7 @@ fn request<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| format!("unexpected response: {e}"))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     println!("{}", serde_json::to_string(v).map_err(|e| e.to_string())?);
     Ok(())
 }
@@ -236,7 +244,7 @@ Keep it: it is shown once.",
 }
 
 /// UTC time of µs since the epoch, as `YYYY-MM-DD HH:MM:SS`.
-fn time_str(us: i64) -> String {
+pub(crate) fn time_str(us: i64) -> String {
     let secs = us.div_euclid(1_000_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (Howard Hinnant's algorithm).
@@ -290,6 +298,27 @@ fn show_device(d: &DeviceJson) {
     println!("last boot   {}", ev(&d.last_boot));
     println!("last crash  {}", ev(&d.last_crash));
     println!("public key  {}", d.public_key);
+    match &d.update {
+        None => println!("update      - (no bundle deployed: `keel deploy BUNDLE --device {}`)", d.id),
+        Some(u) => {
+            let target = u.target.as_ref().map_or("none".into(), |t| {
+                format!("{} {} (sequence {}, bundle {}, via {})", t.app, t.version, t.sequence, t.bundle, t.via)
+            });
+            println!("target      {target}");
+            let mut state = u.state.clone().unwrap_or_else(|| "not reported yet".into());
+            if u.state.is_some() && u.sequence != 0 {
+                state.push_str(&format!(" (sequence {})", u.sequence));
+            }
+            if let (Some(pct), Some("downloading")) = (u.progress_pct, u.state.as_deref()) {
+                state.push_str(&format!(" {pct}% ({} of {} bytes)", u.progress, u.total));
+            }
+            if !u.reason.is_empty() {
+                state.push_str(&format!(": {}", u.reason));
+            }
+            println!("update      {state}");
+            println!("installed   sequence {}", u.installed);
+        }
+    }
 }
 
 pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
@@ -368,7 +397,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -1,4 +1,5 @@
-//! `keel`: run the Keel server, provision devices, and look at devices and their logs.
+//! `keel`: run the Keel server, provision devices, look at devices and their logs, and ship
+//! signed updates (keys, bundles, uploads, deployments).
 //!
 //! Client commands find the server and token in `--server`/`--token`, `KEEL_SERVER` /
 //! `KEEL_TOKEN`, or the config file `keel login` writes. Every command accepts `--json` for
@@ -6,14 +7,23 @@
 
 mod client;
 mod config;
+mod ota;
 mod server;
 
 use clap::{Parser, Subcommand};
 
 /// Keel: an open microvisor for Cortex-M33 with TrustZone. This tool runs the self-hosted server
 /// and talks to it.
+///
+/// Shipping an update:
+///   keel keys new --out release              # once: release.key (secret) + release.pub
+///   keel keys add release.pub --name release # once per account
+///   keel bundle app.elf --key release.key --version 1.2.0
+///   keel apps upload hello-1.2.0.keelb
+///   keel deploy hello@1.2.0 --tag field      # or --device ID
+///   keel devices show ID                     # target, state, progress
 #[derive(Parser)]
-#[command(name = "keel", version, propagate_version = true)]
+#[command(name = "keel", version, propagate_version = true, verbatim_doc_comment)]
 struct Cli {
     /// Print JSON instead of tables and text.
     #[arg(long, global = true)]
@@ -30,8 +40,11 @@ enum Cmd {
     /// Create and inspect devices.
     #[command(subcommand)]
     Device(client::DeviceCmd),
-    /// List devices (same as `keel device list`).
+    /// List devices (same as `keel device list`); `keel devices show ID` etc. as `keel device`.
+    #[command(args_conflicts_with_subcommands = true)]
     Devices {
+        #[command(subcommand)]
+        cmd: Option<client::DeviceCmd>,
         #[command(flatten)]
         conn: client::Conn,
         /// Only devices with this tag.
@@ -45,6 +58,17 @@ enum Cmd {
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(client::TokenCmd),
+    /// Bundle signing keys: make a key pair, register and revoke public keys on the server.
+    #[command(subcommand)]
+    Keys(ota::KeysCmd),
+    /// Build a signed update bundle from an app ELF (offline; needs the secret key).
+    #[command(disable_version_flag = true)]
+    Bundle(ota::BundleArgs),
+    /// Upload and list update bundles.
+    #[command(subcommand)]
+    Apps(ota::AppsCmd),
+    /// Make a bundle the target of a device or of every device with a tag.
+    Deploy(ota::DeployArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,10 +76,15 @@ fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::Server(c) => server::run(c, cli.json),
         Cmd::Device(c) => client::device(c, cli.json),
-        Cmd::Devices { conn, tag } => client::device(client::DeviceCmd::List { conn, tag }, cli.json),
+        Cmd::Devices { cmd: Some(c), .. } => client::device(c, cli.json),
+        Cmd::Devices { cmd: None, conn, tag } => client::device(client::DeviceCmd::List { conn, tag }, cli.json),
         Cmd::Logs(a) => client::logs(a, cli.json),
         Cmd::Login(a) => client::login(a, cli.json),
         Cmd::Token(c) => client::token(c, cli.json),
+        Cmd::Keys(c) => ota::keys(c, cli.json),
+        Cmd::Bundle(a) => ota::bundle(a, cli.json),
+        Cmd::Apps(c) => ota::apps(c, cli.json),
+        Cmd::Deploy(a) => ota::deploy(a, cli.json),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

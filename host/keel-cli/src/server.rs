@@ -16,6 +16,11 @@ pub struct DataArgs {
     /// Database URL (`postgres://...`); default: SQLite in the data directory.
     #[arg(long, env = "KEEL_DATABASE")]
     pub database: Option<String>,
+    /// Where update layers are stored: a directory, or `s3://BUCKET[/PREFIX]` (needs a `keel`
+    /// built with `--features s3`; credentials and region from the usual `AWS_*` variables,
+    /// `AWS_ENDPOINT` for S3-compatible stores). Default: `objects/` in the data directory.
+    #[arg(long, env = "KEEL_OBJECT_STORE")]
+    pub object_store: Option<String>,
 }
 
 /// Format of the server's own log.
@@ -55,6 +60,46 @@ pub enum ServerCmd {
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KEEL_LOG_FORMAT")]
         log_format: LogFormat,
     },
+}
+
+/// Opens the object store for update layers.
+fn object_store(d: &DataArgs) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    let spec = d.object_store.clone();
+    match spec.as_deref() {
+        Some(url) if url.starts_with("s3://") => s3_store(url),
+        Some(other) if other.contains("://") => {
+            Err(format!("--object-store {other}: give a directory or an s3:// URL"))
+        }
+        dir => {
+            let dir = dir.map_or_else(|| d.data.join("objects"), PathBuf::from);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| format!("object store {}: {e}", dir.display()))?;
+            Ok(std::sync::Arc::new(fs))
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn s3_store(url: &str) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    let (bucket, prefix) = url["s3://".len()..].split_once('/').unwrap_or((&url["s3://".len()..], ""));
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| format!("--object-store {url}: {e}"))?;
+    if prefix.is_empty() {
+        Ok(std::sync::Arc::new(s3))
+    } else {
+        Ok(std::sync::Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_store(url: &str) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    Err(format!(
+        "--object-store {url}: this keel was built without S3 support; rebuild with \
+         `cargo install --path host/keel-cli --features s3` or use a directory"
+    ))
 }
 
 fn database_url(d: &DataArgs) -> String {
@@ -110,7 +155,8 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 }
                 std::fs::create_dir_all(&data.data).map_err(|e| e.to_string())?;
                 let (private, public) = server_key(&data.data)?;
-                let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?;
+                let objects = object_store(&data)?;
+                let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?.with_object_store(objects);
                 let gl = tokio::net::TcpListener::bind(gw).await.map_err(|e| format!("cannot listen on {gw}: {e}"))?;
                 let hl = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http}: {e}"))?;
                 let gateway_task = tokio::spawn(gateway::serve(gl, store.clone(), private));

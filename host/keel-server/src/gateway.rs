@@ -4,16 +4,24 @@
 //! One task per connection. A connection that sends anything invalid — garbage, a truncated or
 //! replayed handshake, an unknown device key, an oversized frame, a message that fails to
 //! authenticate — is closed; no other connection is affected.
+//!
+//! Updates (see `docs/wire-protocol.md`, "Updates"): after `Ready` the device reports its update
+//! status; when its target bundle (the deployment) differs from what it reports, the gateway
+//! offers the bundle's envelope and then serves `FetchLayer` requests from the object store.
+//! A deployment made while the device is connected reaches it at once (the store broadcasts
+//! deployment changes to the connection tasks).
 
 use std::time::Duration;
 
-use keel_link::msg::{decode_up, Down, Up, PROTOCOL_VERSION};
+use keel_link::msg::{decode_up, Down, LayerErrorCode, Up, UpdateState, LAYER_CHUNK, MAX_FETCH, PROTOCOL_VERSION};
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use crate::ota::{BundleLayer, UpdateStatus};
 use crate::store::{Counters, DeviceEvent, LogRecord, Store};
 use crate::unix_us;
 
@@ -174,9 +182,164 @@ fn record_of(id: &str, msg: Up<'_>, counters: &Counters) -> Result<Option<(LogRe
             };
             Some((note, false))
         }
-        Up::Pong { .. } | Up::Ready => None,
+        Up::Pong { .. } | Up::Ready | Up::UpdateStatus { .. } | Up::FetchLayer { .. } => None,
         Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
     })
+}
+
+/// Longest `reason` kept from a device's `UpdateStatus`.
+const MAX_REASON: usize = 200;
+
+/// The bundle a device should run, as the gateway serves it.
+struct Target {
+    bundle_id: String,
+    sequence: u64,
+    envelope: Vec<u8>,
+    layers: Vec<BundleLayer>,
+}
+
+/// What the device last said about its updates.
+#[derive(Clone, Copy)]
+struct Reported {
+    installed: u64,
+    sequence: u64,
+    state: UpdateState,
+}
+
+/// The update side of one connection.
+struct Ota {
+    target: Option<Target>,
+    reported: Option<Reported>,
+    /// The sequence offered on this connection (offered once per connection and deployment, so
+    /// a device that fails on it is not offered it again in a loop).
+    offered: Option<u64>,
+    cancelled: Option<u64>,
+}
+
+/// Encrypts and writes one message.
+async fn send(
+    s: &mut tokio::net::tcp::OwnedWriteHalf,
+    session: &mut ServerSession,
+    m: &Down<'_>,
+) -> Result<(), ConnError> {
+    let f = session.send(m).map_err(|_| ConnError::Protocol("encrypt"))?;
+    s.write_all(&f).await?;
+    Ok(())
+}
+
+impl Ota {
+    async fn load(store: &Store, id: &str) -> Result<Ota, ConnError> {
+        Ok(Ota { target: Self::target(store, id).await?, reported: None, offered: None, cancelled: None })
+    }
+
+    async fn target(store: &Store, id: &str) -> Result<Option<Target>, ConnError> {
+        Ok(store.deployment(id).await?.map(|d| Target {
+            bundle_id: d.bundle.id,
+            sequence: d.bundle.sequence,
+            envelope: d.bundle.envelope,
+            layers: d.bundle.layers,
+        }))
+    }
+
+    /// The deployment changed: forget what was offered and look again.
+    async fn reload(&mut self, store: &Store, id: &str) -> Result<(), ConnError> {
+        self.target = Self::target(store, id).await?;
+        self.offered = None;
+        self.cancelled = None;
+        Ok(())
+    }
+
+    /// Sends what the device needs given its target and its last report: `UpdateCancel` for a
+    /// download that is no longer the target, `UpdateOffer` for a target it neither runs nor
+    /// already handles (downloading, installing, on trial, confirmed, refused or rolled back).
+    async fn reconcile(
+        &mut self,
+        s: &mut tokio::net::tcp::OwnedWriteHalf,
+        session: &mut ServerSession,
+        store: &Store,
+        id: &str,
+    ) -> Result<(), ConnError> {
+        // Nothing before the device said where it stands (devices without an update agent never do).
+        let Some(rep) = self.reported else { return Ok(()) };
+        let target_seq = self.target.as_ref().map(|t| t.sequence);
+        if rep.state == UpdateState::Downloading
+            && rep.sequence != 0
+            && target_seq != Some(rep.sequence)
+            && self.cancelled != Some(rep.sequence)
+        {
+            send(s, session, &Down::UpdateCancel { sequence: rep.sequence }).await?;
+            self.cancelled = Some(rep.sequence);
+            store.note_update_event(id, "cancelled", rep.sequence, "download cancelled: no longer the target").await?;
+        }
+        let Some(t) = &self.target else { return Ok(()) };
+        if rep.installed == t.sequence || self.offered == Some(t.sequence) {
+            return Ok(());
+        }
+        let handled = matches!(
+            rep.state,
+            UpdateState::Downloading
+                | UpdateState::Installing
+                | UpdateState::Trial
+                | UpdateState::Confirmed
+                | UpdateState::Refused
+                | UpdateState::RolledBack
+        );
+        if rep.sequence == t.sequence && handled {
+            return Ok(());
+        }
+        send(s, session, &Down::UpdateOffer { envelope: &t.envelope }).await?;
+        self.offered = Some(t.sequence);
+        Counters::add(&store.counters().offers_sent, 1);
+        let text = format!("offered {} (sequence {})", t.bundle_id, t.sequence);
+        store.note_update_event(id, "offered", t.sequence, &text).await?;
+        tracing::info!(device = %id, bundle = %t.bundle_id, sequence = t.sequence, "update offered");
+        Ok(())
+    }
+
+    /// Answers one `FetchLayer`: consecutive `LayerData` covering the range, or one `LayerError`.
+    async fn fetch(
+        &self,
+        s: &mut tokio::net::tcp::OwnedWriteHalf,
+        session: &mut ServerSession,
+        store: &Store,
+        (sequence, component, offset, len): (u64, u8, u32, u32),
+    ) -> Result<(), ConnError> {
+        let refuse = |code: LayerErrorCode| Down::LayerError { sequence, component, offset, code: code as u8 };
+        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence) else {
+            return send(s, session, &refuse(LayerErrorCode::UnknownSequence)).await;
+        };
+        let Some(layer) = t.layers.get(component as usize) else {
+            return send(s, session, &refuse(LayerErrorCode::UnknownComponent)).await;
+        };
+        let end = offset as u64 + len as u64;
+        if len == 0 || len > MAX_FETCH || end > layer.size as u64 {
+            return send(s, session, &refuse(LayerErrorCode::OutOfRange)).await;
+        }
+        // An object store read is async (the local store reads on the blocking pool), so a slow
+        // read holds up this connection only.
+        let data = match store.read_layer(&layer.sha256, offset as u64, end).await {
+            Ok(d) if d.len() == len as usize => d,
+            Ok(_) | Err(_) => {
+                tracing::warn!(layer = %layer.sha256, "layer missing or short in the object store");
+                return send(s, session, &refuse(LayerErrorCode::Unavailable)).await;
+            }
+        };
+        for (i, chunk) in data.chunks(LAYER_CHUNK).enumerate() {
+            let offset = offset + (i * LAYER_CHUNK) as u32;
+            send(s, session, &Down::LayerData { sequence, component, offset, data: chunk }).await?;
+        }
+        Counters::add(&store.counters().layer_bytes_served, len as u64);
+        Ok(())
+    }
+}
+
+/// Cuts `reason` to at most [`MAX_REASON`] bytes on a character boundary.
+fn short(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
 }
 
 async fn exchange(
@@ -189,6 +352,9 @@ async fn exchange(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut nonce = 0u32;
+    // Subscribe before reading the target so a deployment made in between is not missed.
+    let mut deployments = store.subscribe_deployments();
+    let mut ota = Ota::load(store, id).await?;
     loop {
         tokio::select! {
             frame = frames.recv() => {
@@ -200,11 +366,38 @@ async fn exchange(
                 while let Some(frame) = next.take() {
                     let plain = session.receive(&frame).map_err(|_| ConnError::Protocol("bad message"))?;
                     let msg = decode_up(&plain).map_err(|_| ConnError::Protocol("malformed message"))?;
-                    if let Some((record, is_log)) = record_of(id, msg, store.counters())? {
-                        if is_log {
-                            acked = Some(record.seq);
+                    match msg {
+                        Up::UpdateStatus { installed, sequence, state, progress, total, reason } => {
+                            match UpdateState::from_u8(state) {
+                                Some(st) => {
+                                    let status = UpdateStatus {
+                                        state: st.as_str().into(),
+                                        sequence,
+                                        installed,
+                                        progress: progress.into(),
+                                        total: total.into(),
+                                        reason: short(reason),
+                                        updated_at: unix_us() as i64,
+                                    };
+                                    store.set_update_status(id, &status).await?;
+                                    ota.reported = Some(Reported { installed, sequence, state: st });
+                                    ota.reconcile(&mut s, session, store, id).await?;
+                                }
+                                // A state a newer device knows and this server does not: ignore it.
+                                None => tracing::warn!(device = %id, state, "unknown update state"),
+                            }
                         }
-                        batch.push(record);
+                        Up::FetchLayer { sequence, component, offset, len } => {
+                            ota.fetch(&mut s, session, store, (sequence, component, offset, len)).await?;
+                        }
+                        msg => {
+                            if let Some((record, is_log)) = record_of(id, msg, store.counters())? {
+                                if is_log {
+                                    acked = Some(record.seq);
+                                }
+                                batch.push(record);
+                            }
+                        }
                     }
                     if batch.len() < MAX_BATCH {
                         next = frames.try_recv().ok().transpose()?;
@@ -223,17 +416,27 @@ async fn exchange(
                     }
                 }
                 if let Some(upto) = acked {
-                    let ack = session.send(&Down::LogAck { upto }).map_err(|_| ConnError::Protocol("encrypt"))?;
-                    s.write_all(&ack).await?;
+                    send(&mut s, session, &Down::LogAck { upto }).await?;
+                }
+            }
+            changed = deployments.recv() => {
+                let ours = match changed {
+                    Ok(dev) => dev == id,
+                    // Missed some: ours may be among them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    // Cannot happen while `store` (which holds the sender) lives.
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                if ours {
+                    ota.reload(store, id).await?;
+                    ota.reconcile(&mut s, session, store, id).await?;
                 }
             }
             _ = ping.tick() => {
                 nonce = nonce.wrapping_add(1);
-                let p = session.send(&Down::Ping { nonce }).map_err(|_| ConnError::Protocol("encrypt"))?;
-                s.write_all(&p).await?;
+                send(&mut s, session, &Down::Ping { nonce }).await?;
                 if nonce % TIME_SYNC_EVERY_PINGS == 0 {
-                    let t = session.send(&Down::TimeSync { unix_us: unix_us() }).map_err(|_| ConnError::Protocol("encrypt"))?;
-                    s.write_all(&t).await?;
+                    send(&mut s, session, &Down::TimeSync { unix_us: unix_us() }).await?;
                 }
             }
         }

@@ -10,8 +10,9 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::ota::{Bundle, NewBundle, SignerKey, UpdateEvent};
 use crate::store::{Counters, Device, LogRecord, Store, TokenInfo};
 
 /// Shared state of the HTTP handlers.
@@ -157,6 +159,51 @@ pub struct DeviceJson {
     /// The last app crash the device reported.
     #[serde(default)]
     pub last_crash: Option<EventJson>,
+    /// Its update: target bundle and the state it reported (`GET /v1/devices/{id}` only;
+    /// absent when it has neither a target nor a report).
+    #[serde(default)]
+    pub update: Option<UpdateJson>,
+}
+
+/// A device's update: what it should run and what it reported.
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq, Clone)]
+pub struct UpdateJson {
+    /// The bundle deployed to it, if any.
+    pub target: Option<TargetJson>,
+    /// Last reported state: `idle`, `downloading`, `installing`, `trial`, `confirmed`,
+    /// `rolled_back`, `refused` or `error`; absent before the first report.
+    pub state: Option<String>,
+    /// The bundle sequence the report is about (0: none).
+    pub sequence: u64,
+    /// Sequence number of the confirmed install (0: the factory image or none).
+    pub installed: u64,
+    /// Bytes downloaded of `total`.
+    pub progress: u64,
+    /// Total bytes to download.
+    pub total: u64,
+    /// Download progress in percent, when `total` is known.
+    pub progress_pct: Option<u8>,
+    /// Why (for `refused`, `rolled_back`, `error`).
+    pub reason: String,
+    /// When the device reported it, µs since the epoch.
+    pub updated_at_us: Option<i64>,
+}
+
+/// A device's target bundle.
+#[derive(Serialize, Deserialize, ToSchema, Debug, PartialEq, Eq, Clone)]
+pub struct TargetJson {
+    /// Bundle id.
+    pub bundle: String,
+    /// App name.
+    pub app: String,
+    /// App version.
+    pub version: String,
+    /// Manifest sequence number.
+    pub sequence: u64,
+    /// How the device was targeted: `device` or `tag:NAME`.
+    pub via: String,
+    /// When, µs since the epoch.
+    pub deployed_at_us: i64,
 }
 
 /// A remembered device event.
@@ -185,6 +232,7 @@ impl From<Device> for DeviceJson {
             boot_count: d.boot_count,
             last_boot: ev(d.last_boot),
             last_crash: ev(d.last_crash),
+            update: None,
         }
     }
 }
@@ -267,7 +315,37 @@ async fn show_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceJson>, ApiError> {
     let acct = account(&st, &headers).await?;
-    Ok(Json(own_device(&st, &acct, &id).await?.into()))
+    let mut d: DeviceJson = own_device(&st, &acct, &id).await?.into();
+    d.update = update_json(&st.store, &d.id).await?;
+    Ok(Json(d))
+}
+
+async fn update_json(store: &Store, device_id: &str) -> Result<Option<UpdateJson>, ApiError> {
+    let target = store.deployment(device_id).await?.map(|d| TargetJson {
+        bundle: d.bundle.id,
+        app: d.bundle.app_name,
+        version: d.bundle.app_version,
+        sequence: d.bundle.sequence,
+        via: d.via,
+        deployed_at_us: d.deployed_at,
+    });
+    let status = store.update_status(device_id).await?;
+    if target.is_none() && status.is_none() {
+        return Ok(None);
+    }
+    let s = status.as_ref();
+    let (progress, total) = s.map_or((0, 0), |s| (s.progress, s.total));
+    Ok(Some(UpdateJson {
+        target,
+        state: s.map(|s| s.state.clone()),
+        sequence: s.map_or(0, |s| s.sequence),
+        installed: s.map_or(0, |s| s.installed),
+        progress,
+        total,
+        progress_pct: (total > 0).then(|| (progress.min(total) * 100 / total) as u8),
+        reason: s.map_or(String::new(), |s| s.reason.clone()),
+        updated_at_us: s.map(|s| s.updated_at),
+    }))
 }
 
 /// Body of `PATCH /v1/devices/{id}`: the fields to change.
@@ -678,6 +756,14 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
         "Log records devices dropped because their ring was full.",
         get(&c.log_dropped),
     );
+    metric("keel_bundle_uploads_total", "counter", "Bundles accepted by POST /v1/bundles.", get(&c.bundle_uploads));
+    metric(
+        "keel_layer_bytes_served_total",
+        "counter",
+        "Update layer bytes sent to devices.",
+        get(&c.layer_bytes_served),
+    );
+    metric("keel_update_offers_total", "counter", "Update offers sent to devices.", get(&c.offers_sent));
     Ok(out)
 }
 
@@ -700,7 +786,7 @@ async fn openapi_json(State(doc): State<Arc<String>>) -> Response {
         Authenticate with `Authorization: Bearer <token>`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "devices"), (name = "logs"), (name = "tokens"), (name = "server"))
+    tags((name = "devices"), (name = "logs"), (name = "tokens"), (name = "updates"), (name = "server"))
 )]
 struct ApiDoc;
 
@@ -727,6 +813,15 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(stream_logs))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(list_signer_keys, add_signer_key))
+        .routes(routes!(revoke_signer_key))
+        .merge(
+            // Bundles are raw bytes up to 64 MiB; only this route takes bodies that large.
+            OpenApiRouter::new().routes(routes!(list_bundles, upload_bundle)).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .routes(routes!(show_bundle))
+        .routes(routes!(create_deployment))
+        .routes(routes!(device_update_events))
 }
 
 /// The OpenAPI document of the API (also served at `/v1/openapi.json`).
@@ -748,4 +843,442 @@ pub fn router(state: AppState) -> Router {
     let json = Arc::new(doc.to_pretty_json().unwrap_or_default());
     let (doc_router, _) = OpenApiRouter::new().routes(routes!(openapi_json)).split_for_parts();
     router.with_state(state).merge(doc_router.with_state(json))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Updates: signer keys, bundles, deployments.
+
+/// Largest request body of `POST /v1/bundles`: a maximal bundle plus headroom. Larger bodies
+/// answer 413 before they are read.
+pub const MAX_UPLOAD: usize = keel_bundle::MAX_BUNDLE_SIZE + (1 << 20);
+
+fn not_found(what: &str, id: &str, hint: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} '{id}' in your account ({hint})"))
+}
+
+/// A signer key as the API shows it.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone)]
+pub struct SignerKeyJson {
+    /// Id (`sk-...`), used to revoke it.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// Key id as bundles carry it (first 8 bytes of SHA-256 of the key, hex).
+    pub kid: String,
+    /// When it was added, µs since the epoch.
+    pub created_at_us: i64,
+    /// When it was revoked; revoked keys verify no new uploads.
+    pub revoked_at_us: Option<i64>,
+}
+
+impl From<SignerKey> for SignerKeyJson {
+    fn from(k: SignerKey) -> Self {
+        let kid = crate::unhex(&k.public_key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map_or(String::new(), |pk| crate::hex(&keel_bundle::key_id(&pk)));
+        SignerKeyJson {
+            id: k.id,
+            name: k.name,
+            public_key: k.public_key,
+            kid,
+            created_at_us: k.created_at,
+            revoked_at_us: k.revoked_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/signer-keys`.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct NewSignerKey {
+    /// Name (1..100 characters), e.g. who or what signs with it.
+    pub name: String,
+    /// The Ed25519 public key: SPKI PEM (`-----BEGIN PUBLIC KEY-----`, what `keel keys new`
+    /// writes to NAME.pub) or 64 hex digits.
+    pub public_key: String,
+}
+
+/// List the account's bundle signer keys, revoked ones included.
+#[utoipa::path(get, path = "/v1/signer-keys", tag = "updates",
+    responses((status = 200, body = Vec<SignerKeyJson>), (status = 401, body = ErrorBody)))]
+async fn list_signer_keys(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<SignerKeyJson>>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    Ok(Json(st.store.signer_keys(&acct).await?.into_iter().map(Into::into).collect()))
+}
+
+/// Register a public key whose signatures the account's bundle uploads are verified against.
+#[utoipa::path(post, path = "/v1/signer-keys", tag = "updates", request_body = NewSignerKey,
+    responses((status = 201, body = SignerKeyJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn add_signer_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewSignerKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<SignerKeyJson>), ApiError> {
+    let acct = account(&st, &headers).await?;
+    let Json(k) = body?;
+    if !valid_name(&k.name) {
+        return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
+    }
+    let key = keel_bundle::public_key_from_text(&k.public_key).map_err(|e| {
+        ApiError::bad_request(
+            "bad_key",
+            format!("public_key: {e}; give the SPKI PEM `keel keys new` wrote to NAME.pub, or 64 hex digits"),
+        )
+    })?;
+    match st.store.add_signer_key(&acct, &key, &k.name).await? {
+        Some(k) => Ok((StatusCode::CREATED, Json(k.into()))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            "this key is already registered in your account (`keel keys list`); a revoked key cannot be added \
+             again: make a new one with `keel keys new`",
+        )),
+    }
+}
+
+/// Revoke a signer key: bundles it signed stay stored and deployable, new uploads signed with it
+/// are refused.
+#[utoipa::path(delete, path = "/v1/signer-keys/{id}", tag = "updates",
+    params(("id" = String, Path, description = "Signer key id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_signer_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let acct = account(&st, &headers).await?;
+    match st.store.revoke_signer_key(&acct, &id).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(not_found("signer key", &id, "`keel keys list`")),
+    }
+}
+
+/// A layer of a bundle.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq, Eq)]
+pub struct LayerJson {
+    /// Component index in manifest order.
+    pub index: u8,
+    /// Component id, e.g. `app`.
+    pub component: String,
+    /// Target: `app-slot`, `visor-slot` or `app-data`.
+    pub target: String,
+    /// Size in bytes.
+    pub size: u32,
+    /// SHA-256, hex (its key in the object store: `layers/<sha256>`).
+    pub sha256: String,
+}
+
+/// A stored bundle.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq, Eq)]
+pub struct BundleJson {
+    /// Bundle id (`bn-...`).
+    pub id: String,
+    /// App name (from the signed manifest).
+    pub app: String,
+    /// App version (from the signed manifest).
+    pub version: String,
+    /// Manifest sequence number: devices install only bundles above what they run.
+    pub sequence: u64,
+    /// Total layer bytes.
+    pub size: u64,
+    /// SHA-256 of the manifest, hex.
+    pub manifest_digest: String,
+    /// The signer key that verified it.
+    pub signer_key: String,
+    /// Upload time, µs since the epoch.
+    pub uploaded_at_us: i64,
+    /// Layers in manifest order.
+    pub layers: Vec<LayerJson>,
+}
+
+impl From<Bundle> for BundleJson {
+    fn from(b: Bundle) -> Self {
+        BundleJson {
+            id: b.id,
+            app: b.app_name,
+            version: b.app_version,
+            sequence: b.sequence,
+            size: b.total_size,
+            manifest_digest: b.manifest_digest,
+            signer_key: b.signer_key_id,
+            uploaded_at_us: b.uploaded_at,
+            layers: b
+                .layers
+                .into_iter()
+                .map(|l| LayerJson {
+                    index: l.index,
+                    component: l.component,
+                    target: l.target,
+                    size: l.size,
+                    sha256: l.sha256,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The API error for a bundle that fails a check.
+fn bundle_error(e: keel_bundle::Error) -> ApiError {
+    use keel_bundle::Error as E;
+    match e {
+        E::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{e} (the limit is {} MiB)", keel_bundle::MAX_BUNDLE_SIZE >> 20),
+        ),
+        E::UnknownSigner => ApiError::bad_request(
+            "unknown_signer",
+            "the bundle is signed by a key that is not registered (or is revoked) in your account: register its \
+             public key with `keel keys add KEY.pub --name NAME`, or sign with a registered key",
+        ),
+        E::BadSignature => ApiError::bad_request(
+            "bad_signature",
+            "the bundle's signature does not verify with your account's signer keys: the bundle was altered or \
+             signed with another key",
+        ),
+        E::LayerTooLarge | E::NoRegion => ApiError::bad_request(
+            "layer_too_large",
+            format!("{e}: a layer does not fit its flash region on the device (app slot: 2 MiB + 8 KiB)"),
+        ),
+        E::MissingField("suit-authentication-wrapper" | "COSE_Sign1") => ApiError::bad_request(
+            "unsigned",
+            format!("the bundle is not signed ({e}): build it with `keel bundle APP.elf --key KEY.key ...`"),
+        ),
+        other => ApiError::bad_request(
+            "bad_bundle",
+            format!("not a valid Keel bundle: {other} (build bundles with `keel bundle`)"),
+        ),
+    }
+}
+
+/// Upload a signed bundle (the raw bytes `keel bundle` writes, `application/octet-stream`).
+///
+/// Everything is checked before anything is stored: size (at most 64 MiB), structure, every
+/// layer against the manifest's digests, the signature against the account's non-revoked signer
+/// keys, every layer against its flash region, a non-empty app name and a sequence number of at
+/// least 1. A second bundle with the same app name and sequence number is refused (409): devices
+/// install only sequences above what they run, so two bundles cannot share one.
+#[utoipa::path(post, path = "/v1/bundles", tag = "updates",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle"),
+    responses((status = 201, body = BundleJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+async fn upload_bundle(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<BundleJson>), ApiError> {
+    let acct = account(&st, &headers).await?;
+    let bytes = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "too_large", format!("bundle larger than {} MiB", keel_bundle::MAX_BUNDLE_SIZE >> 20))
+        } else {
+            ApiError::new(status, "bad_body", e.body_text())
+        }
+    })?;
+    if bytes.len() > keel_bundle::MAX_BUNDLE_SIZE {
+        return Err(bundle_error(keel_bundle::Error::TooLarge));
+    }
+    // Structure and layer digests (no signature yet).
+    let split = keel_bundle::split_bundle(&bytes).map_err(bundle_error)?;
+    // Signature against the account's keys, then regions, on the envelope the devices will get.
+    let keys = st.store.active_signer_keys(&acct).await?;
+    if keys.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_signer_keys",
+            "your account has no signer keys: register the public key that signs your bundles with \
+             `keel keys add KEY.pub --name NAME` (`keel keys new --out KEY` makes a key pair)",
+        ));
+    }
+    let publics: Vec<[u8; 32]> = keys.iter().map(|k| k.1).collect();
+    let env = keel_bundle::Envelope::parse(&split.envelope).map_err(bundle_error)?;
+    let signer = env.verify_signature(&publics).map_err(bundle_error)?;
+    let manifest = keel_bundle::verify_envelope(&split.envelope, &publics, keel_bundle::reference_region_capacity)
+        .map_err(bundle_error)?;
+    let p = manifest.policies;
+    if p.app_name.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_bundle",
+            "the bundle names no app (policy app_name is empty): `keel bundle` takes the name from the ELF",
+        ));
+    }
+    if manifest.sequence == 0 || manifest.sequence > i64::MAX as u64 {
+        return Err(ApiError::bad_request(
+            "bad_sequence",
+            "the sequence number must be 1..=9223372036854775807 (0 means \"factory image\" on devices)",
+        ));
+    }
+    if let Some(id) = st.store.bundle_with_sequence(&acct, p.app_name, manifest.sequence).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_sequence",
+            format!(
+                "bundle {id} of app '{}' already has sequence {}: build the new bundle with a higher --sequence",
+                p.app_name, manifest.sequence
+            ),
+        ));
+    }
+    let layers =
+        split.layers.iter().map(|l| (l.id.as_str(), l.target.as_str(), l.bytes.as_slice(), l.digest)).collect();
+    let new = NewBundle {
+        account_id: &acct,
+        app_name: p.app_name,
+        app_version: p.app_version,
+        sequence: manifest.sequence,
+        manifest_digest: env.manifest_digest(),
+        envelope: &split.envelope,
+        signer_key_id: &keys[signer].0,
+        layers,
+    };
+    let b = st.store.insert_bundle(&new).await?;
+    Counters::add(&st.store.counters().bundle_uploads, 1);
+    tracing::info!(bundle = %b.id, app = %b.app_name, sequence = b.sequence, "bundle uploaded");
+    Ok((StatusCode::CREATED, Json(b.into())))
+}
+
+/// List the account's bundles, newest first.
+#[utoipa::path(get, path = "/v1/bundles", tag = "updates",
+    responses((status = 200, body = Vec<BundleJson>), (status = 401, body = ErrorBody)))]
+async fn list_bundles(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<BundleJson>>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    Ok(Json(st.store.bundles(&acct).await?.into_iter().map(Into::into).collect()))
+}
+
+async fn own_bundle(st: &AppState, acct: &str, id: &str) -> Result<Bundle, ApiError> {
+    match st.store.bundle(id).await? {
+        Some(b) if b.account_id == acct => Ok(b),
+        _ => Err(not_found("bundle", id, "`keel apps list`")),
+    }
+}
+
+/// Show one bundle.
+#[utoipa::path(get, path = "/v1/bundles/{id}", tag = "updates", params(("id" = String, Path, description = "Bundle id")),
+    responses((status = 200, body = BundleJson), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn show_bundle(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BundleJson>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    Ok(Json(own_bundle(&st, &acct, &id).await?.into()))
+}
+
+/// Body of `POST /v1/deployments`: a bundle and either one device or a tag.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Default)]
+pub struct NewDeployment {
+    /// Bundle id (`bn-...`) or `APP@VERSION` (the highest sequence of that app and version).
+    pub bundle: String,
+    /// One device id.
+    pub device: Option<String>,
+    /// Every device with this tag (as they are now; devices tagged later are not included).
+    pub tag: Option<String>,
+}
+
+/// The result of a deployment.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct DeploymentJson {
+    /// The bundle now targeted.
+    pub bundle: BundleJson,
+    /// `device` or `tag:NAME`.
+    pub via: String,
+    /// The devices whose target it now is.
+    pub devices: Vec<String>,
+}
+
+/// Make a bundle the target of one device or of every device with a tag. Connected devices get
+/// the offer at once; others when they connect. A device's earlier target is replaced (a
+/// download in progress of it is cancelled).
+#[utoipa::path(post, path = "/v1/deployments", tag = "updates", request_body = NewDeployment,
+    responses((status = 200, body = DeploymentJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn create_deployment(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewDeployment>, JsonRejection>,
+) -> Result<Json<DeploymentJson>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    let Json(d) = body?;
+    let bundle = match d.bundle.rsplit_once('@') {
+        Some((app, version)) => st
+            .store
+            .bundle_by_version(&acct, app, version)
+            .await?
+            .ok_or_else(|| not_found("bundle", &d.bundle, "`keel apps list`"))?,
+        None if d.bundle.is_empty() => {
+            return Err(ApiError::bad_request("bad_bundle", "bundle: give a bundle id or APP@VERSION"))
+        }
+        None => own_bundle(&st, &acct, &d.bundle).await?,
+    };
+    let (devices, via) = match (&d.device, &d.tag) {
+        (Some(dev), None) => (vec![own_device(&st, &acct, dev).await?.id], "device".to_string()),
+        (None, Some(tag)) => {
+            if !valid_tag(tag) {
+                return Err(ApiError::bad_request("bad_tags", "tag: 1..64 characters of a-z A-Z 0-9 - _ . :"));
+            }
+            let ids: Vec<String> =
+                st.store.devices(&acct).await?.into_iter().filter(|x| x.tags.contains(tag)).map(|x| x.id).collect();
+            if ids.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no device in your account has tag '{tag}' (`keel devices --tag {tag}`)"),
+                ));
+            }
+            (ids, format!("tag:{tag}"))
+        }
+        _ => return Err(ApiError::bad_request("bad_target", "give exactly one of `device` and `tag`")),
+    };
+    st.store.deploy(&bundle, &devices, &via).await?;
+    tracing::info!(bundle = %bundle.id, %via, devices = devices.len(), "deployment");
+    Ok(Json(DeploymentJson { bundle: bundle.into(), via, devices }))
+}
+
+/// One entry of a device's update history.
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq, Eq)]
+pub struct UpdateEventJson {
+    /// When, µs since the epoch.
+    pub at_us: i64,
+    /// A state the device reported (`downloading`, `confirmed`, `refused`, `error`, ...) or a
+    /// server step (`deployed`, `offered`, `cancelled`).
+    pub state: String,
+    /// The bundle sequence concerned.
+    pub sequence: u64,
+    /// What happened.
+    pub text: String,
+}
+
+impl From<UpdateEvent> for UpdateEventJson {
+    fn from(e: UpdateEvent) -> Self {
+        UpdateEventJson { at_us: e.at, state: e.state, sequence: e.sequence, text: e.text }
+    }
+}
+
+/// Query of the update events endpoint.
+#[derive(Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// The most recent this many (default 100, max 1000).
+    pub limit: Option<u32>,
+}
+
+/// A device's update history (deployments, offers and the states it reported), oldest first.
+#[utoipa::path(get, path = "/v1/devices/{id}/update-events", tag = "updates",
+    params(("id" = String, Path, description = "Device id"), EventsQuery),
+    responses((status = 200, body = Vec<UpdateEventJson>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn device_update_events(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Vec<UpdateEventJson>>, ApiError> {
+    let acct = account(&st, &headers).await?;
+    let d = own_device(&st, &acct, &id).await?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(st.store.update_events(&d.id, limit).await?.into_iter().map(Into::into).collect()))
 }

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
 use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
@@ -70,6 +72,12 @@ pub struct Counters {
     pub log_duplicates: AtomicU64,
     /// Records devices reported as dropped because their ring was full.
     pub log_dropped: AtomicU64,
+    /// Bundles accepted by `POST /v1/bundles`.
+    pub bundle_uploads: AtomicU64,
+    /// Layer bytes sent to devices (`LayerData`).
+    pub layer_bytes_served: AtomicU64,
+    /// Update offers sent to devices.
+    pub offers_sent: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +93,8 @@ impl Counters {
 struct Live {
     counters: Counters,
     new_logs: broadcast::Sender<String>,
+    pub(crate) deployments: broadcast::Sender<String>,
+    pub(crate) updates: broadcast::Sender<String>,
 }
 
 /// One stored log record.
@@ -125,10 +135,15 @@ impl<'a> DeviceEvent<'a> {
 }
 
 /// The database, and the live state shared by the gateway and the API.
+///
+/// Update layers live in an object store ([`Store::objects`]): in memory unless
+/// [`Store::with_object_store`] gives another (`keel server run` uses a directory in its data
+/// directory).
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     live: Arc<Live>,
+    objects: Arc<dyn ObjectStore>,
 }
 
 fn token_hash(token: &str) -> String {
@@ -178,7 +193,42 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
         let (new_logs, _) = broadcast::channel(1024);
-        Ok(Store { pool, live: Arc::new(Live { counters: Counters::default(), new_logs }) })
+        let (deployments, _) = broadcast::channel(1024);
+        let (updates, _) = broadcast::channel(1024);
+        let live = Live { counters: Counters::default(), new_logs, deployments, updates };
+        Ok(Store { pool, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
+    }
+
+    /// The same store with update layers kept in `objects` (e.g. `LocalFileSystem`, S3).
+    pub fn with_object_store(mut self, objects: Arc<dyn ObjectStore>) -> Store {
+        self.objects = objects;
+        self
+    }
+
+    /// Where update layers are stored, content-addressed: `layers/<hex SHA-256>`.
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Subscribes to deployment changes: receives the id of each device whose target bundle
+    /// changed. A lagging receiver misses ids; the gateway then re-reads its device's target.
+    pub fn subscribe_deployments(&self) -> broadcast::Receiver<String> {
+        self.live.deployments.subscribe()
+    }
+
+    /// Subscribes to update status changes: receives the id of each device whose update status
+    /// or events were stored.
+    pub fn subscribe_updates(&self) -> broadcast::Receiver<String> {
+        self.live.updates.subscribe()
+    }
+
+    pub(crate) fn notify_deployment(&self, device_id: &str) {
+        // No receiver (no connected gateway task) is not an error.
+        let _ = self.live.deployments.send(device_id.to_string());
+    }
+
+    pub(crate) fn notify_update(&self, device_id: &str) {
+        let _ = self.live.updates.send(device_id.to_string());
     }
 
     /// The gateway's counters.
@@ -286,6 +336,9 @@ impl Store {
     pub async fn delete_device(&self, device_id: &str) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         for q in [
+            "DELETE FROM update_events WHERE device_id = $1",
+            "DELETE FROM device_updates WHERE device_id = $1",
+            "DELETE FROM deployments WHERE device_id = $1",
             "DELETE FROM logs WHERE device_id = $1",
             "DELETE FROM device_tags WHERE device_id = $1",
             "DELETE FROM devices WHERE id = $1",

@@ -263,18 +263,26 @@ async fn openapi_covers_every_route() {
     ops.sort();
     let expected = [
         "DELETE /v1/devices/{id}",
+        "DELETE /v1/signer-keys/{id}",
         "DELETE /v1/tokens/{id}",
         "GET /healthz",
         "GET /metrics",
+        "GET /v1/bundles",
+        "GET /v1/bundles/{id}",
         "GET /v1/devices",
         "GET /v1/devices/{id}",
         "GET /v1/devices/{id}/logs",
         "GET /v1/devices/{id}/logs/stream",
+        "GET /v1/devices/{id}/update-events",
         "GET /v1/openapi.json",
         "GET /v1/server",
+        "GET /v1/signer-keys",
         "GET /v1/tokens",
         "PATCH /v1/devices/{id}",
+        "POST /v1/bundles",
+        "POST /v1/deployments",
         "POST /v1/devices",
+        "POST /v1/signer-keys",
         "POST /v1/tokens",
     ];
     assert_eq!(ops, expected);

@@ -3,6 +3,12 @@
 //! A host-native device that speaks the cloud link exactly like the visor: the same frame codec,
 //! messages, Noise session and log ring (`keel-link`, `keel-log`), driven by tokio instead of the
 //! visor's interrupt loop. Used by server tests and load benchmarks.
+//!
+//! With [`SimDevice::with_updates`] the device also runs a small **stand-in update client**
+//! ([`update`]) so the server's update path can be tested end to end; it is replaced by the
+//! shared device agent of `crates/keel-update` once that exists.
+
+pub mod update;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -20,6 +26,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
+pub use update::UpdateStats;
 
 /// The X25519 public key of a device secret.
 pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
@@ -43,6 +50,8 @@ pub struct Stats {
     pub acked: Option<u64>,
     /// Wall clock received from the server.
     pub wall_us: Option<u64>,
+    /// The stand-in update client's view (default when updates are off).
+    pub update: UpdateStats,
 }
 
 /// The log ring size of [`SimDevice::new`]: 64 KiB.
@@ -60,6 +69,7 @@ pub struct SimDevice<const N: usize = DEFAULT_RING> {
     /// Wakes the connection when a record was queued.
     queued: Notify,
     stats: watch::Sender<Stats>,
+    update: Option<Mutex<update::Agent>>,
 }
 
 impl SimDevice {
@@ -81,7 +91,47 @@ impl<const N: usize> SimDevice<N> {
             ring: Box::new(Mutex::new(LogRing::new(boot))),
             queued: Notify::new(),
             stats: watch::Sender::new(Stats::default()),
+            update: None,
         }
+    }
+
+    /// Turns on the stand-in update client: offers are verified against `trusted_keys`
+    /// (Ed25519 public keys) and the device starts with the bundle of sequence `installed`
+    /// confirmed (0: the factory image).
+    pub fn with_updates(mut self, trusted_keys: Vec<[u8; 32]>, installed: u64) -> Self {
+        let agent = update::Agent::new(trusted_keys, installed);
+        self.stats.send_modify(|s| s.update = agent.stats.clone());
+        self.update = Some(Mutex::new(agent));
+        self
+    }
+
+    /// Test hook: stop asking for layer pages once `bytes` of the current bundle were received
+    /// (`None`: go on). [`UpdateStats::paused`] tells when the hold took effect.
+    pub fn pause_download_at(&self, bytes: Option<u64>) {
+        if let Some(a) = &self.update {
+            let mut a = a.lock().unwrap();
+            a.pause_at(bytes);
+            let snapshot = a.stats.clone();
+            self.stats.send_modify(|s| s.update = snapshot);
+        }
+        self.queued.notify_one();
+    }
+
+    /// Waits until the device's stats satisfy `f` (e.g. an update state); returns them.
+    pub async fn wait_for(&self, f: impl FnMut(&Stats) -> bool) -> Stats {
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        self.stats.subscribe().wait_for(f).await.map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Runs the update client on `f` and publishes its stats; returns what to send.
+    fn with_agent(&self, f: impl FnOnce(&mut update::Agent) -> Vec<update::Out>) -> Vec<update::Out> {
+        let Some(a) = &self.update else { return Vec::new() };
+        let mut a = a.lock().unwrap();
+        let out = f(&mut a);
+        let snapshot = a.stats.clone();
+        drop(a);
+        self.stats.send_modify(|s| s.update = snapshot);
+        out
     }
 
     /// Queues a log line; returns its sequence number.
@@ -149,23 +199,36 @@ impl<const N: usize> SimDevice<N> {
                 f = frames.recv() => {
                     let f = f.ok_or("closed")?;
                     last_rx = tokio::time::Instant::now();
-                    let (event, n) = {
+                    // The event borrows from the link: act on it before the link sends again.
+                    let (online, sync, mut out, n) = {
                         let mut ring = self.ring.lock().unwrap();
-                        let r = link.on_frame(&f, &mut ring, &mut frame).map_err(|_| "decrypt")?;
+                        let (event, n) = link.on_frame(&f, &mut ring, &mut frame).map_err(|_| "decrypt")?;
                         let acked = ring.first_seq().checked_sub(1);
                         self.stats.send_modify(|s| s.acked = acked);
-                        r
+                        match event {
+                            Event::Online { unix_us } => (Some(unix_us), None, Vec::new(), n),
+                            Event::TimeSync { unix_us } => (None, Some(unix_us), Vec::new(), n),
+                            Event::None => (None, None, Vec::new(), n),
+                            other => (None, None, self.with_agent(|a| a.on_event(&other)), n),
+                        }
                     };
                     if n > 0 {
                         wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
                     }
-                    match event {
-                        Event::Online { unix_us } => self.stats.send_modify(|s| {
+                    if let Some(unix_us) = online {
+                        self.stats.send_modify(|s| {
                             s.sessions += 1;
                             s.wall_us = Some(unix_us);
-                        }),
-                        Event::TimeSync { unix_us } => self.stats.send_modify(|s| s.wall_us = Some(unix_us)),
-                        Event::None => {}
+                        });
+                        let session = self.stats.borrow().sessions;
+                        out = self.with_agent(|a| a.on_online(session));
+                    }
+                    if let Some(unix_us) = sync {
+                        self.stats.send_modify(|s| s.wall_us = Some(unix_us));
+                    }
+                    for m in &out {
+                        let n = link.send(&m.as_up(), &mut frame).map_err(|_| "encrypt")?;
+                        wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
                     }
                 }
                 _ = self.queued.notified() => {}
@@ -174,6 +237,12 @@ impl<const N: usize> SimDevice<N> {
                 let next = link.next_log_frame(&mut self.ring.lock().unwrap(), &mut frame).map_err(|_| "encrypt")?;
                 let Some(n) = next else { break };
                 wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
+            }
+            if link.is_online() {
+                for m in self.with_agent(|a| a.next_fetch().into_iter().collect()) {
+                    let n = link.send(&m.as_up(), &mut frame).map_err(|_| "encrypt")?;
+                    wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
+                }
             }
         }
     }

@@ -93,7 +93,6 @@ pub struct Running {
 }
 
 /// The device did not print what was expected.
-#[derive(Debug)]
 pub struct Timeout {
     /// What was awaited.
     pub what: String,
@@ -103,11 +102,20 @@ pub struct Timeout {
 
 impl std::fmt::Display for Timeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "timed out waiting for {}; console:", self.what)?;
-        for l in &self.console {
+        // The last lines tell what happened; a long run would bury them.
+        const TAIL: usize = 80;
+        let skip = self.console.len().saturating_sub(TAIL);
+        writeln!(f, "timed out waiting for {}; console ({} earlier lines omitted):", self.what, skip)?;
+        for l in &self.console[skip..] {
             writeln!(f, "  {l}")?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 

@@ -418,11 +418,11 @@ fn a_crashing_update_is_rolled_back_after_its_crash_budget() {
 #[test]
 fn an_update_that_never_confirms_is_rolled_back_when_its_grace_time_ends() {
     use keel_update::{Confirm, Outcome, Reason, Slot, TrialPolicy};
-    // hello never calls update_confirm; the policy needs the app to.
+    // hello-c never calls update_confirm; the policy needs the app to.
     let policy = TrialPolicy { max_crashes: 3, grace_s: 5, confirm: Confirm::ByApp };
-    let dev = device_with_trial("trial-unconfirmed", "crashy", "hello", policy);
+    let dev = device_with_trial("trial-unconfirmed", "crashy", "hello-c", policy);
     let mut r = start(&dev);
-    let started = r.wait_for("trial app", LIMIT, |l| msg(l).starts_with("starting app 'hello' 2.0.0")).unwrap();
+    let started = r.wait_for("trial app", LIMIT, |l| msg(l).starts_with("starting app 'hello-c' 2.0.0")).unwrap();
     let back = r
         .wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (not confirmed in time)")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -432,4 +432,41 @@ fn an_update_that_never_confirms_is_rolled_back_when_its_grace_time_ends() {
     assert_visor_healthy(&r.kill());
     let s = flash::update_state(&dev.flash).unwrap();
     assert_eq!((s.active, s.last), (Slot::A, Some((2, Outcome::RolledBack(Reason::NotConfirmed)))));
+}
+
+#[test]
+fn an_update_that_confirms_becomes_the_installed_app() {
+    use keel_update::{Confirm, Outcome, Phase, Slot, TrialPolicy};
+    let policy = TrialPolicy { max_crashes: 3, grace_s: 5, confirm: Confirm::ByApp };
+    let dev = device_with_trial("trial-confirmed", "crashy", "hello", policy);
+    let mut r = start(&dev);
+    // The visor logs the confirmation inside the app's system call, before the app's own line.
+    r.wait_for("visor", LIMIT, |l| msg(l) == "update: confirmed seq 2 (by the app)").unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("confirm", LIMIT, |l| msg(l) == "hello: update confirmed").unwrap_or_else(|e| panic!("{e}"));
+    // Well past the grace time: still running, no rollback.
+    r.wait_for("later", LIMIT, |l| msg(l).starts_with("hello: device=") && time_us(l) > 8_000_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = r.kill();
+    assert_visor_healthy(&lines);
+    assert!(!lines.iter().any(|l| msg(l).contains("rolled back")), "{lines:#?}");
+    let s = flash::update_state(&dev.flash).unwrap();
+    assert_eq!((s.active, s.installed_seq, s.phase, s.last), (Slot::B, 2, Phase::Idle, Some((2, Outcome::Confirmed))));
+    // The next boot runs slot B, not on trial.
+    let mut r = start(&dev);
+    r.wait_for("v2", LIMIT, |l| msg(l).starts_with("starting app 'hello' 2.0.0")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!r.kill().iter().any(|l| msg(l).contains("update: trial")));
+}
+
+#[test]
+fn a_hanging_update_is_rolled_back_by_the_watchdog() {
+    use keel_update::{Confirm, Outcome, Reason, Slot, TrialPolicy};
+    let policy = TrialPolicy { max_crashes: 2, grace_s: 600, confirm: Confirm::ByApp };
+    let dev = device_with_trial("trial-hang", "hello", "hang", policy);
+    let mut r = start(&dev);
+    r.wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (watchdog)")
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    assert_visor_healthy(&r.kill());
+    let s = flash::update_state(&dev.flash).unwrap();
+    assert_eq!((s.active, s.last), (Slot::A, Some((2, Outcome::RolledBack(Reason::Watchdog)))));
 }

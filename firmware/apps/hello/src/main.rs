@@ -1,4 +1,4 @@
-//! hello: logs the device id and the time once a second.
+//! hello: logs the device id and the time once a second; confirms an update it runs on trial.
 #![no_std]
 #![no_main]
 
@@ -17,6 +17,13 @@ fn main() -> ! {
             a.visor_patch
         ),
         Err(e) => keel_app::error!("hello: abi_info failed: {}", e.name()),
+    }
+    // After an update, this app is on trial until it says it works.
+    if keel_app::update_info().is_ok_and(|u| u.on_trial == 1) {
+        match keel_app::update_confirm() {
+            Ok(()) => keel_app::info!("hello: update confirmed"),
+            Err(e) => keel_app::error!("hello: update_confirm failed: {}", e.name()),
+        }
     }
     loop {
         let uptime_ms = keel_app::monotonic_us() / 1000;
