@@ -321,8 +321,15 @@ impl Net {
                     self.backoff.reset();
                     self.link = Link::Online;
                     ONLINE.store(true, Ordering::Relaxed);
-                    // The server learns the device's update state first thing.
+                    // The server learns the device's update state first thing, and an interrupted
+                    // download continues where it stopped.
                     crate::update::STATUS_CHANGED.store(true, Ordering::Relaxed);
+                    if let Next::Fetch { sequence, offset, len } = crate::update::agent_connected() {
+                        let link = self.session.as_mut().ok_or("no session")?;
+                        let m = Up::FetchLayer { sequence, component: 0, offset, len };
+                        let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
+                        self.send_frame(&reply[..n])?;
+                    }
                 }
                 Got::TimeSync(unix_us) => time::set_wall_us(unix_us),
                 Got::Agent(next) => {

@@ -122,6 +122,12 @@ pub fn agent_data(sequence: u64, offset: u32, data: &[u8]) -> Next {
     })
 }
 
+/// The link is up again: a download in progress asks for its data again (the server does not
+/// re-offer a bundle the device reports as downloading).
+pub fn agent_connected() -> Next {
+    crate::VISOR.with(|v| v.as_mut().map_or(Next::None, |v| v.update.agent.on_connect()))
+}
+
 /// The server withdrew the bundle.
 pub fn agent_cancel(sequence: u64) {
     crate::VISOR.with(|v| {

@@ -93,6 +93,10 @@ pub enum DeviceCmd {
         /// Gateway port.
         #[arg(long, default_value_t = 7448)]
         gateway_port: u16,
+        /// Public key (NAME.pub from `keel keys new`, or 64 hex digits) whose signed bundles the
+        /// device installs. Without it the device refuses every update.
+        #[arg(long)]
+        signer_key: Option<PathBuf>,
     },
 }
 
@@ -365,7 +369,16 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             println!("deleted {device}");
             Ok(())
         }
-        DeviceCmd::Provision { conn, flash, name, tags, gateway_host, gateway_port } => {
+        DeviceCmd::Provision { conn, flash, name, tags, gateway_host, gateway_port, signer_key } => {
+            let signer = match &signer_key {
+                None => None,
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                    Some(keel_bundle::public_key_from_text(&text).map_err(|e| {
+                        format!("{}: not an Ed25519 public key ({e}); use NAME.pub from `keel keys new`", p.display())
+                    })?)
+                }
+            };
             let api = conn.api()?;
             if flash.exists() {
                 return Err(format!(
@@ -376,6 +389,9 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
             let mut factory =
                 keel_vdev::flash::new_factory_for(&gateway_host, gateway_port).map_err(|e| e.to_string())?;
+            if let Some(k) = signer {
+                factory.signer_key = k;
+            }
             for (i, b) in factory.server_key.iter_mut().enumerate() {
                 let byte = info.public_key.get(2 * i..2 * i + 2).ok_or("the server sent a malformed public key")?;
                 *b = u8::from_str_radix(byte, 16).map_err(|_| "the server sent a malformed public key")?;

@@ -6,8 +6,8 @@
 keel_app::entry!(main);
 
 fn main() -> ! {
-    match keel_app::watchdog_start(1000) {
-        Ok(()) => keel_app::info!("hang: watchdog armed (1000 ms); hanging now"),
+    match keel_app::watchdog_start(50) {
+        Ok(()) => keel_app::info!("hang: watchdog armed (50 ms); hanging now"),
         Err(e) => keel_app::error!("hang: watchdog_start failed: {}", e.name()),
     }
     loop {
