@@ -41,8 +41,18 @@ pub fn run() -> Result<(), String> {
         "--",
         "--test-threads=2",
     ]))?;
-    eprintln!("\n== end to end: server, CLI, QEMU device");
-    sh(cargo().current_dir(root()).args(["test", "-p", "keel-cli", "--features", "qemu-tests", "--test", "e2e"]))?;
+    eprintln!("\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates)");
+    sh(cargo().current_dir(root()).args([
+        "test",
+        "-p",
+        "keel-cli",
+        "--features",
+        "qemu-tests",
+        "--test",
+        "e2e",
+        "--test",
+        "ota",
+    ]))?;
     eprintln!("\nall tests passed");
     Ok(())
 }

@@ -245,10 +245,10 @@ impl Agent {
         }
         match (s.phase, s.last) {
             (Phase::Trial(t), _) => Status { sequence: t.seq, state: State::Trial, ..base },
-            (Phase::Downloading(d), _) => {
-                Status { sequence: d.seq, state: State::Downloading, progress: d.done, total: d.size, ..base }
-            }
-            (Phase::Idle, Some((seq, o))) => {
+            // A download the journal knows but this boot has not resumed yet (it needs the
+            // offer, to verify the manifest again): report the state before it, so the server
+            // offers the bundle again; the download then resumes from its last page.
+            (Phase::Downloading(_) | Phase::Idle, Some((seq, o))) => {
                 let (state, reason) = match o {
                     Outcome::Confirmed => (State::Confirmed, None),
                     Outcome::RolledBack(r) => (State::RolledBack, Some(r)),
@@ -257,7 +257,7 @@ impl Agent {
                 };
                 Status { sequence: seq, state, reason, ..base }
             }
-            (Phase::Idle, None) => base,
+            (Phase::Downloading(_) | Phase::Idle, None) => base,
         }
     }
 }

@@ -157,3 +157,18 @@ fn stale_or_misplaced_data_is_ignored() {
     assert_eq!(agent.on_data(&up, &mut f, 2, 100, &layer[100..200]), Next::None, "wrong offset");
     assert_eq!(agent.status(&up, &f).progress, 0);
 }
+
+#[test]
+fn after_a_reboot_an_unresumed_download_is_reported_so_the_server_offers_it_again() {
+    let up = updater();
+    let mut f = factory(&image("1", 2000));
+    let (env, layer) = bundle(&key(1), 2, &image("2", 30_000), Policies::default());
+    let mut agent = Agent::new();
+    let first = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    serve(&mut agent, &mut f, first, &layer, Some(2 * FETCH_LEN));
+    assert_eq!(agent.status(&up, &f).state, State::Downloading);
+    // Reboot: the journal still holds the download, but nothing downloads until the offer.
+    let agent = Agent::new();
+    let s = agent.status(&up, &f);
+    assert_eq!((s.state, s.sequence), (State::Idle, 0), "not 'downloading': the server must offer again");
+}

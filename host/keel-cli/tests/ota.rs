@@ -79,9 +79,20 @@ fn tail(qemu: &Running) -> String {
     qemu.lines.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n")
 }
 
-#[test]
-fn updates_confirm_roll_back_refuse_and_resume() {
-    let dir = keel_vdev::repo_root().join("target/ota-e2e");
+/// A server, an account logged in, a release key registered, and a device provisioned to trust
+/// it with hello 1.0.0 in slot A.
+struct Setup {
+    world: World,
+    server: Kill,
+    dev: Device,
+    data: String,
+    url: String,
+    http: u16,
+    gw: u16,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = keel_vdev::repo_root().join("target").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("data").display().to_string();
@@ -91,16 +102,10 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     let url = format!("http://127.0.0.1:{http}");
     let config = dir.join("config.toml").display().to_string();
     keel(&["login"], &[("KEEL_SERVER", &url), ("KEEL_TOKEN", &token), ("KEEL_CONFIG", &config)]);
-    let mut world =
-        World { env: vec![("KEEL_CONFIG".into(), config.clone())], dir: dir.clone(), device: String::new() };
-
-    // Keys: one registered with the server and trusted by the device, one stranger.
+    let mut world = World { env: vec![("KEEL_CONFIG".into(), config)], dir: dir.clone(), device: String::new() };
     let release = dir.join("release").display().to_string();
-    let stranger = dir.join("stranger").display().to_string();
     world.keel(&["keys", "new", "--out", &release]);
-    world.keel(&["keys", "new", "--out", &stranger]);
     world.keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"]);
-
     let fp = dir.join("dev.flash").display().to_string();
     let prov = world.keel(&[
         "device",
@@ -108,7 +113,7 @@ fn updates_confirm_roll_back_refuse_and_resume() {
         "--flash",
         &fp,
         "--name",
-        "ota-1",
+        name,
         "--gateway-port",
         &gw.to_string(),
         "--signer-key",
@@ -117,6 +122,16 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     world.device = prov["device"]["id"].as_str().unwrap().to_string();
     let v1 = elf::image_from_elf(&keel_vdev::app_elf("hello"), "1.0.0").unwrap();
     flash::program_app(&dir.join("dev.flash"), layout::APP_A, &v1).unwrap();
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: dir.join("dev.flash"), clock: Clock::Deterministic };
+    Setup { world, server, dev, data, url, http, gw }
+}
+
+#[test]
+fn updates_confirm_roll_back_refuse_and_resume() {
+    let Setup { world, server, dev, data, url, http, gw } = setup("ota-e2e");
+    let dir = world.dir.clone();
+    let stranger = dir.join("stranger").display().to_string();
+    world.keel(&["keys", "new", "--out", &stranger]);
 
     // A wrongly signed bundle is refused at upload, before anything is stored.
     let bad = dir.join("bad.keelb").display().to_string();
@@ -145,7 +160,6 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     let v6 = world.ship("hello", "6.0.0", 6, &[]);
     let v7 = world.ship("big", "7.0.0", 7, &[]);
 
-    let dev = Device { visor: keel_vdev::visor_elf(), flash: dir.join("dev.flash"), clock: Clock::Deterministic };
     let mut qemu = dev.start().unwrap();
 
     // v2: downloaded, installed, run on trial, confirmed by the app.
@@ -219,4 +233,59 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     // The device's own journal agrees.
     let s = flash::update_state(&dir.join("dev.flash")).unwrap();
     assert_eq!(s.installed_seq, 7);
+}
+
+/// Pulls the plug (`kill -9` of QEMU) at random moments while updates download, install, run
+/// on trial and get confirmed, again and again. Every boot must start a valid app, and every
+/// update must end installed. `KEEL_KILL_TRIALS` (default 20) sets how many kills,
+/// `KEEL_KILL_SEED` the random seed (printed, to replay a failure).
+#[test]
+fn kill_9_at_random_moments_of_updates_always_comes_back() {
+    let Setup { world, server, dev, .. } = setup("ota-kill");
+    let trials: u32 = std::env::var("KEEL_KILL_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut seed: u64 = std::env::var("KEEL_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("kill -9 test: {trials} trials, KEEL_KILL_SEED={seed}");
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut next_seq = 2;
+    let mut target = world.ship("big", "2.0.0", next_seq, &[]);
+    world.deploy(&target);
+    let mut installed_versions = Vec::new();
+    let mut at_kill = std::collections::BTreeMap::new();
+    for trial in 0..trials {
+        let mut qemu = dev.start().unwrap();
+        // Every boot runs a valid app (the visor checks header and digest before starting it).
+        qemu.wait_for("an app starts", LIMIT, |l| l.contains("starting app '"))
+            .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+        qemu.run_for(Duration::from_millis(random() % 1200));
+        let lines = qemu.kill();
+        assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")), "trial {trial}: {lines:#?}");
+        let u = world.update();
+        let phase = format!("{}", u["state"].as_str().unwrap_or("none"));
+        *at_kill.entry(phase).or_insert(0u32) += 1;
+        if u["state"] == "confirmed" && u["sequence"] == next_seq {
+            installed_versions.push(next_seq);
+            next_seq += 1;
+            target = world.ship("big", &format!("{next_seq}.0.0"), next_seq, &[]);
+            world.deploy(&target);
+        }
+    }
+    // Power stays on now: the update in progress completes.
+    let mut qemu = dev.start().unwrap();
+    let u = world.wait_state(&mut qemu, next_seq, "confirmed");
+    assert_eq!(u["installed"], next_seq, "{u}");
+    qemu.kill();
+    let s = flash::update_state(&dev.flash).unwrap();
+    assert_eq!(s.installed_seq, next_seq);
+    eprintln!(
+        "kill -9 test: {trials} kills (update state last reported at each kill: {at_kill:?}); \
+         installed along the way: {installed_versions:?}, then {next_seq}"
+    );
+    drop(server);
 }
