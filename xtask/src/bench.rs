@@ -112,6 +112,13 @@ pub fn run() -> Result<(), String> {
     crate::sh(crate::cargo().current_dir(root()).args(["build", "-q", "-p", "keel-cli"]))?;
     metrics.push(("device_connect_seconds", device_connect_seconds()?, "QEMU boot to secure channel up, real time"));
 
+    // OTA: a 256 KiB app from upload to confirmed, through a real server, on a QEMU device.
+    let (secs, erases, programs, units) = ota_256k()?;
+    metrics.push(("ota_seconds_256k", secs, "keel apps upload + deploy -> download, install, trial, confirmed (wall clock)"));
+    metrics.push(("ota_flash_erases_256k", erases, "page erases of that update (slot pages + journal), offer to confirmation"));
+    metrics.push(("ota_flash_writes_256k", programs, "program operations of that update (one per received chunk or journal record)"));
+    metrics.push(("ota_flash_units_256k", units, "16-byte program units written by that update"));
+
     // OTA: the exhaustive power-cut test (every flash operation of install, confirm, second
     // install, crash loop and rollback; cut before and in the middle of each).
     let dir = root().join("target/bench");
@@ -191,4 +198,64 @@ fn device_connect_seconds() -> Result<f64, String> {
     r.kill();
     drop(server);
     Ok((secs * 1000.0).round() / 1000.0)
+}
+
+/// Seconds from `keel apps upload` to the device's confirmation of a 256 KiB app (the `big`
+/// example), and the flash it cost (erases, program operations, units) as the visor reports it.
+fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
+    use std::io::BufRead;
+    let keel = root().join("target/debug/keel");
+    let dir = root().join("target/bench/ota");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let data = dir.join("data").display().to_string();
+    let init = crate::run::keel_json(&keel, &["server", "init", "--data", &data], &[])?;
+    let token = crate::run::json_field(&init, "token").ok_or("no token")?;
+    let mut server = crate::run::Kill(
+        std::process::Command::new(&keel)
+            .args(["server", "run", "--data", &data, "--http", "127.0.0.1:17549", "--gateway", "127.0.0.1:17550"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(server.0.stderr.take().ok_or("no output")?)
+        .read_line(&mut ready)
+        .map_err(|e| e.to_string())?;
+    let env = [("KEEL_SERVER", "http://127.0.0.1:17549"), ("KEEL_TOKEN", token.as_str())];
+    let key = dir.join("release").display().to_string();
+    crate::run::keel_json(&keel, &["keys", "new", "--out", &key], &env)?;
+    crate::run::keel_json(&keel, &["keys", "add", &format!("{key}.pub"), "--name", "release"], &env)?;
+    let flash_path = dir.join("dev.flash");
+    let fp = flash_path.display().to_string();
+    let pubkey = format!("{key}.pub");
+    let prov = ["device", "provision", "--flash", &fp, "--gateway-port", "17550", "--signer-key", &pubkey];
+    crate::run::keel_json(&keel, &prov, &env)?;
+    crate::run::prepare_device(&flash_path, Some("hello"))?;
+    let bundle = dir.join("big.keelb").display().to_string();
+    let elf = keel_vdev::app_elf("big").display().to_string();
+    let build = ["bundle", &elf, "--key", &format!("{key}.key"), "--version", "2.0.0", "--sequence", "2", "--out", &bundle];
+    crate::run::keel_json(&keel, &build, &env)?;
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    r.wait_for("online", LIMIT, |l| l.contains("net: online")).map_err(|e| e.to_string())?;
+    let t0 = std::time::Instant::now();
+    let up = crate::run::keel_json(&keel, &["apps", "upload", &bundle], &env)?;
+    let id = crate::run::json_field(&up, "id").ok_or("no bundle id")?;
+    let dev_id = crate::run::json_field(&crate::run::keel_json(&keel, &["devices"], &env)?, "id").ok_or("no device")?;
+    crate::run::keel_json(&keel, &["deploy", &id, "--device", &dev_id], &env)?;
+    let line = r
+        .wait_for("confirmed", LIMIT, |l| l.contains("update: flash used by seq 2"))
+        .map_err(|e| e.to_string())?;
+    let secs = t0.elapsed().as_secs_f64();
+    r.kill();
+    drop(server);
+    let num = |after: &str| -> Result<f64, String> {
+        line.split(after)
+            .next()
+            .and_then(|h| h.split_whitespace().last())
+            .and_then(|v| v.trim_start_matches('(').parse().ok())
+            .ok_or_else(|| format!("cannot parse {line:?}"))
+    };
+    Ok(((secs * 100.0).round() / 100.0, num(" page erases")?, num(" program operations")?, num(" units)")?))
 }

@@ -116,7 +116,7 @@ pub fn demo() -> Result<(), String> {
     let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/2: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    println!("\n=== Keel demo 1/3: a self-hosted server, a provisioned device, its logs streamed live ===\n");
     let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
     let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
     let mut server = Kill(
@@ -131,10 +131,19 @@ pub fn demo() -> Result<(), String> {
     std::io::BufReader::new(stderr).read_line(&mut ready).map_err(|e| e.to_string())?;
     print!("$ keel server run\n{ready}");
     let env = [("KEEL_SERVER", "http://127.0.0.1:7447"), ("KEEL_TOKEN", token.as_str())];
+    let key = dir.join("release").display().to_string();
+    keel_json(&keel, &["keys", "new", "--out", &key], &env)?;
+    keel_json(&keel, &["keys", "add", &format!("{key}.pub"), "--name", "release"], &env)?;
+    println!("$ keel keys new --out release && keel keys add release.pub --name release");
     let fp = flash_path.display().to_string();
-    let prov = keel_json(&keel, &["device", "provision", "--flash", &fp, "--name", "demo-1"], &env)?;
+    let pubkey = format!("{key}.pub");
+    let prov = keel_json(
+        &keel,
+        &["device", "provision", "--flash", &fp, "--name", "demo-1", "--signer-key", &pubkey],
+        &env,
+    )?;
     let id = json_field(&prov, "id").ok_or("no device id")?;
-    println!("$ keel device provision --flash {fp} --name demo-1\nprovisioned {id}");
+    println!("$ keel device provision --flash {fp} --name demo-1 --signer-key release.pub\nprovisioned {id}");
     prepare_device(&flash_path, Some("hello"))?;
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.clone(), clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -153,7 +162,7 @@ pub fn demo() -> Result<(), String> {
     r.kill();
     drop(follow);
 
-    println!("\n=== Keel demo 2/2: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
+    println!("\n=== Keel demo 2/3: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
     let dev = Device { clock: Clock::Deterministic, ..dev };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -172,6 +181,40 @@ pub fn demo() -> Result<(), String> {
     for l in lines.iter().rev().take(6).rev() {
         println!("{l}");
     }
+
+    println!("\n=== Keel demo 3/3: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
+    prepare_device(&flash_path, Some("hello"))?;
+    let ship = |app: &str, version: &str, seq: &str| -> Result<String, String> {
+        let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
+        let elf = keel_vdev::app_elf(app).display().to_string();
+        let k = format!("{key}.key");
+        keel_json(&keel, &["bundle", &elf, "--key", &k, "--version", version, "--sequence", seq, "--name", "hello", "--out", &out], &env)?;
+        let up = keel_json(&keel, &["apps", "upload", &out], &env)?;
+        println!("$ keel bundle {app}.elf --key release.key --version {version} && keel apps upload {app}-{version}.keelb");
+        json_field(&up, "id").ok_or_else(|| "no bundle id".to_string())
+    };
+    let v2 = ship("hello", "2.0.0", "2")?;
+    let v3 = ship("crashy", "3.0.0", "3")?;
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    r.wait_for("online", Duration::from_secs(60), |l| l.contains("net: online")).map_err(|e| e.to_string())?;
+    let show = |r: &mut keel_vdev::qemu::Running, mark: usize| {
+        for l in &r.lines[mark..] {
+            if l.contains("update:") || l.contains("starting app") || l.contains("app crash: ") && !l.contains("stack") {
+                println!("  device | {l}");
+            }
+        }
+    };
+    for (bundle, version, done) in [(&v2, "2.0.0", "update: confirmed seq 2"), (&v3, "3.0.0", "update: rolled back seq 3")] {
+        println!("\n$ keel deploy {bundle} --device {id}   (hello {version})");
+        keel_json(&keel, &["deploy", bundle, "--device", &id], &env)?;
+        let mark = r.lines.len();
+        r.wait_for(done, Duration::from_secs(120), |l| l.contains(done)).map_err(|e| e.to_string())?;
+        r.run_for(Duration::from_millis(300));
+        show(&mut r, mark);
+    }
+    r.kill();
+    println!("\n$ keel devices show {id}");
+    let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
     drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",

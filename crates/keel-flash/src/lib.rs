@@ -104,6 +104,8 @@ pub struct FlashStats {
     pub erases: u32,
     /// Program units written.
     pub units_programmed: u32,
+    /// Program operations (each writes one or more units).
+    pub programs: u32,
 }
 
 /// A NOR flash driver enforcing erase/program rules over a raw [`Medium`].
@@ -199,6 +201,7 @@ impl<M: Medium> Nor<M> {
             }
         }
         self.stats.units_programmed += (data.len() / PROGRAM_UNIT as usize) as u32;
+        self.stats.programs += 1;
         self.medium.write(offset, data)?;
         Ok(())
     }

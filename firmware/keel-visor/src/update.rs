@@ -22,6 +22,8 @@ pub struct UpdateRt {
     pub trial: Option<TrialRt>,
     /// The download agent.
     pub agent: Agent,
+    /// Flash counters when the current update's download started (for its cost report).
+    pub stats_at_offer: Option<keel_flash::FlashStats>,
 }
 
 /// Set when the update status changed outside the network code (trial confirmed or rolled
@@ -52,7 +54,7 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         Err(e) => {
             vlog!("update: journal error ({}); booting the active slot", e);
             let slot = up.state(flash).map_or(Slot::A, |s| s.active);
-            return UpdateRt { slot, trial: None, agent: Agent::new() };
+            return UpdateRt { slot, trial: None, agent: Agent::new(), stats_at_offer: None };
         }
     };
     let state = up.state(flash).unwrap_or(keel_update::UpdateState::FACTORY);
@@ -73,7 +75,7 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         }
         _ => None,
     };
-    UpdateRt { slot: plan.slot, trial, agent: Agent::new() }
+    UpdateRt { slot: plan.slot, trial, agent: Agent::new(), stats_at_offer: None }
 }
 
 fn report(args: core::fmt::Arguments<'_>) {
@@ -104,7 +106,11 @@ pub fn agent_offer(envelope: &[u8]) -> Next {
             Some(k) => core::slice::from_ref(k),
             None => &[],
         };
+        let before = v.flash.stats();
         let next = v.update.agent.on_offer(&updater(), &mut v.flash, envelope, trusted, visor_version());
+        if v.update.agent.downloading() && v.update.stats_at_offer.is_none() {
+            v.update.stats_at_offer = Some(before);
+        }
         log_status(&v.update.agent.status(&updater(), &v.flash));
         next
     })
@@ -115,8 +121,10 @@ pub fn agent_data(sequence: u64, offset: u32, data: &[u8]) -> Next {
     crate::VISOR.with(|v| {
         let Some(v) = v.as_mut() else { return Next::None };
         let next = v.update.agent.on_data(&updater(), &mut v.flash, sequence, offset, data);
-        if next == Next::None {
-            log_status(&v.update.agent.status(&updater(), &v.flash));
+        // Progress is reported to the server; the console shows only how a download ended.
+        let st = v.update.agent.status(&updater(), &v.flash);
+        if next == Next::None && st.state != agent::State::Downloading {
+            log_status(&st);
         }
         next
     })
@@ -214,6 +222,7 @@ pub fn confirm(v: &mut Visor) -> Status {
         Ok(true) => {
             report(format_args!("update: confirmed seq {} (by the app)", seq));
             v.update.trial = None;
+            report_cost(v, seq);
             Status::Ok
         }
         Ok(false) => Status::Unavailable,
@@ -221,6 +230,20 @@ pub fn confirm(v: &mut Visor) -> Status {
             vlog!("update: journal error ({})", e);
             Status::InternalError
         }
+    }
+}
+
+/// Logs the flash an update cost from its offer to its confirmation (this boot only).
+fn report_cost(v: &mut Visor, seq: u64) {
+    if let Some(a) = v.update.stats_at_offer.take() {
+        let b = v.flash.stats();
+        vlog!(
+            "update: flash used by seq {}: {} page erases, {} program operations ({} units)",
+            seq,
+            b.erases - a.erases,
+            b.programs - a.programs,
+            b.units_programmed - a.units_programmed
+        );
     }
 }
 
@@ -271,6 +294,7 @@ pub fn poll(v: &mut Visor, now: u64) -> bool {
         Ok(Some(Outcome::Confirmed)) => {
             report(format_args!("update: confirmed seq {} (ran the grace time with the cloud link up)", seq));
             v.update.trial = None;
+            report_cost(v, seq);
             false
         }
         Ok(Some(Outcome::RolledBack(r))) => {
