@@ -114,9 +114,21 @@ pub fn run() -> Result<(), String> {
 
     // OTA: a 256 KiB app from upload to confirmed, through a real server, on a QEMU device.
     let (secs, erases, programs, units) = ota_256k()?;
-    metrics.push(("ota_seconds_256k", secs, "keel apps upload + deploy -> download, install, trial, confirmed (wall clock)"));
-    metrics.push(("ota_flash_erases_256k", erases, "page erases of that update (slot pages + journal), offer to confirmation"));
-    metrics.push(("ota_flash_writes_256k", programs, "program operations of that update (one per received chunk or journal record)"));
+    metrics.push((
+        "ota_seconds_256k",
+        secs,
+        "keel apps upload + deploy -> download, install, trial, confirmed (wall clock)",
+    ));
+    metrics.push((
+        "ota_flash_erases_256k",
+        erases,
+        "page erases of that update (slot pages + journal), offer to confirmation",
+    ));
+    metrics.push((
+        "ota_flash_writes_256k",
+        programs,
+        "program operations of that update (one per received chunk or journal record)",
+    ));
     metrics.push(("ota_flash_units_256k", units, "16-byte program units written by that update"));
 
     // OTA: the exhaustive power-cut test (every flash operation of install, confirm, second
@@ -234,7 +246,8 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
     crate::run::prepare_device(&flash_path, Some("hello"))?;
     let bundle = dir.join("big.keelb").display().to_string();
     let elf = keel_vdev::app_elf("big").display().to_string();
-    let build = ["bundle", &elf, "--key", &format!("{key}.key"), "--version", "2.0.0", "--sequence", "2", "--out", &bundle];
+    let build =
+        ["bundle", &elf, "--key", &format!("{key}.key"), "--version", "2.0.0", "--sequence", "2", "--out", &bundle];
     crate::run::keel_json(&keel, &build, &env)?;
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -244,9 +257,8 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
     let id = crate::run::json_field(&up, "id").ok_or("no bundle id")?;
     let dev_id = crate::run::json_field(&crate::run::keel_json(&keel, &["devices"], &env)?, "id").ok_or("no device")?;
     crate::run::keel_json(&keel, &["deploy", &id, "--device", &dev_id], &env)?;
-    let line = r
-        .wait_for("confirmed", LIMIT, |l| l.contains("update: flash used by seq 2"))
-        .map_err(|e| e.to_string())?;
+    let line =
+        r.wait_for("confirmed", LIMIT, |l| l.contains("update: flash used by seq 2")).map_err(|e| e.to_string())?;
     let secs = t0.elapsed().as_secs_f64();
     r.kill();
     drop(server);

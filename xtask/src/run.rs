@@ -137,11 +137,8 @@ pub fn demo() -> Result<(), String> {
     println!("$ keel keys new --out release && keel keys add release.pub --name release");
     let fp = flash_path.display().to_string();
     let pubkey = format!("{key}.pub");
-    let prov = keel_json(
-        &keel,
-        &["device", "provision", "--flash", &fp, "--name", "demo-1", "--signer-key", &pubkey],
-        &env,
-    )?;
+    let prov =
+        keel_json(&keel, &["device", "provision", "--flash", &fp, "--name", "demo-1", "--signer-key", &pubkey], &env)?;
     let id = json_field(&prov, "id").ok_or("no device id")?;
     println!("$ keel device provision --flash {fp} --name demo-1 --signer-key release.pub\nprovisioned {id}");
     prepare_device(&flash_path, Some("hello"))?;
@@ -188,9 +185,15 @@ pub fn demo() -> Result<(), String> {
         let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
         let elf = keel_vdev::app_elf(app).display().to_string();
         let k = format!("{key}.key");
-        keel_json(&keel, &["bundle", &elf, "--key", &k, "--version", version, "--sequence", seq, "--name", "hello", "--out", &out], &env)?;
+        keel_json(
+            &keel,
+            &["bundle", &elf, "--key", &k, "--version", version, "--sequence", seq, "--name", "hello", "--out", &out],
+            &env,
+        )?;
         let up = keel_json(&keel, &["apps", "upload", &out], &env)?;
-        println!("$ keel bundle {app}.elf --key release.key --version {version} && keel apps upload {app}-{version}.keelb");
+        println!(
+            "$ keel bundle {app}.elf --key release.key --version {version} && keel apps upload {app}-{version}.keelb"
+        );
         json_field(&up, "id").ok_or_else(|| "no bundle id".to_string())
     };
     let v2 = ship("hello", "2.0.0", "2")?;
@@ -199,12 +202,15 @@ pub fn demo() -> Result<(), String> {
     r.wait_for("online", Duration::from_secs(60), |l| l.contains("net: online")).map_err(|e| e.to_string())?;
     let show = |r: &mut keel_vdev::qemu::Running, mark: usize| {
         for l in &r.lines[mark..] {
-            if l.contains("update:") || l.contains("starting app") || l.contains("app crash: ") && !l.contains("stack") {
+            if l.contains("update:") || l.contains("starting app") || l.contains("app crash: ") && !l.contains("stack")
+            {
                 println!("  device | {l}");
             }
         }
     };
-    for (bundle, version, done) in [(&v2, "2.0.0", "update: confirmed seq 2"), (&v3, "3.0.0", "update: rolled back seq 3")] {
+    for (bundle, version, done) in
+        [(&v2, "2.0.0", "update: confirmed seq 2"), (&v3, "3.0.0", "update: rolled back seq 3")]
+    {
         println!("\n$ keel deploy {bundle} --device {id}   (hello {version})");
         keel_json(&keel, &["deploy", bundle, "--device", &id], &env)?;
         let mark = r.lines.len();

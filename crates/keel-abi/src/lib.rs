@@ -106,7 +106,7 @@ impl Status {
 /// The system calls and their fixed slots.
 ///
 /// Slots 0..=10 are the base calls (ABI 1.0). Ranges are reserved by purpose: 16..=31 for
-/// networking and channels, 32..=39 for update control (32 and 33 used since ABI 1.1), 40..=47
+/// networking and channels, 32..=39 for update control (32..=34 used since ABI 1.1), 40..=47
 /// for configuration and secrets, 48..=55 for debugging, the rest for later use. Unused slots
 /// answer [`Status::NotImplemented`].
 #[repr(u8)]
@@ -150,11 +150,15 @@ pub enum Call {
     /// sequence number, and how the last update ended (confirmed, rolled back and why, ...).
     /// Since ABI 1.1.
     UpdateInfo = 33,
+    /// `update_apply(void)`: applies an update that is ready ([`events::UPDATE_READY`]): the
+    /// app is stopped and the new version starts on trial. Does not return on success;
+    /// [`Status::Unavailable`] if no update is ready (or from an exception handler). Since ABI 1.1.
+    UpdateApply = 34,
 }
 
 impl Call {
     /// Every implemented call, in slot order.
-    pub const ALL: [Call; 13] = [
+    pub const ALL: [Call; 14] = [
         Call::AbiInfo,
         Call::DeviceId,
         Call::MonotonicUs,
@@ -168,6 +172,7 @@ impl Call {
         Call::LastCrash,
         Call::UpdateConfirm,
         Call::UpdateInfo,
+        Call::UpdateApply,
     ];
 
     /// Decodes a slot number.
@@ -191,6 +196,7 @@ impl Call {
             Call::LastCrash => "keel_last_crash",
             Call::UpdateConfirm => "keel_update_confirm",
             Call::UpdateInfo => "keel_update_info",
+            Call::UpdateApply => "keel_update_apply",
         }
     }
 }
@@ -231,11 +237,15 @@ impl LogLevel {
     }
 }
 
-/// Event bits reported by [`Call::Wait`]. None is raised by this visor version yet; networking,
-/// update and configuration will add bits here.
+/// Event bits reported by [`Call::Wait`] (a wait returns as soon as one is pending).
 pub mod events {
     /// No event: the wait timed out.
     pub const NONE: u32 = 0;
+    /// An update is downloaded and verified, and its bundle lets the app choose when it is
+    /// applied: call [`super::Call::UpdateApply`] at a convenient moment. The visor applies it
+    /// anyway when the bundle's politeness time is over. Pending until the update is applied.
+    /// Since ABI 1.1.
+    pub const UPDATE_READY: u32 = 1 << 0;
 }
 
 /// Why the app is running now ([`BootInfo::reason`]).
@@ -615,7 +625,7 @@ mod tests {
             assert_eq!(Call::from_slot(c as u32), Some(c));
         }
         let used: std::vec::Vec<u32> = (0..SLOT_COUNT + 2).filter(|s| Call::from_slot(*s).is_some()).collect();
-        assert_eq!(used, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 32, 33]);
+        assert_eq!(used, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 32, 33, 34]);
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub enum Next {
     },
     /// The update is installed and committed: restart the app from [`Updater::boot`]'s plan.
     Installed,
+    /// The update is downloaded and verified, and the bundle asks for politeness: tell the app
+    /// (it applies it with [`Agent::apply`] when it chooses) and apply it anyway after
+    /// `politeness_s` seconds.
+    Ready {
+        /// The longest the app may defer it.
+        politeness_s: u32,
+    },
     /// Nothing to ask for (report the [`Agent::status`]).
     None,
 }
@@ -94,6 +101,10 @@ pub fn trial_policy(p: &keel_bundle::Policies<'_>) -> TrialPolicy {
 #[derive(Default)]
 pub struct Agent {
     download: Option<Download>,
+    /// Politeness time of the download's bundle (0: install as soon as it is verified).
+    politeness_s: u32,
+    /// A verified download waiting for the app (or its politeness time) to be committed.
+    ready: Option<Download>,
     /// End of the range last asked for.
     requested_end: u32,
     /// A refusal or failure not recorded in the journal (bad manifest, too-old visor): reported
@@ -104,7 +115,7 @@ pub struct Agent {
 impl Agent {
     /// An idle agent.
     pub const fn new() -> Self {
-        Agent { download: None, requested_end: 0, failure: None }
+        Agent { download: None, politeness_s: 0, ready: None, requested_end: 0, failure: None }
     }
 
     /// Handles an offer: `envelope` is the bundle's SUIT envelope without payloads.
@@ -132,6 +143,9 @@ impl Agent {
             size: app.size,
             policy: trial_policy(&manifest.policies),
         };
+        if self.ready.as_ref().is_some_and(|r| r.offer() == &offer) {
+            return Next::Ready { politeness_s: self.politeness_s };
+        }
         // The same download, offered again (the server offers on every connection): requests of
         // an earlier connection are lost, so ask again from where the download is.
         if let Some(dl) = &self.download {
@@ -149,6 +163,8 @@ impl Agent {
         match up.offer(f, &offer) {
             Ok(dl) => {
                 self.download = Some(dl);
+                self.ready = None;
+                self.politeness_s = manifest.policies.max_politeness_time_s;
                 self.requested_end = 0;
                 self.fetch_next()
             }
@@ -209,19 +225,48 @@ impl Agent {
         if dl.offset() < dl.offer().size {
             return self.fetch_next();
         }
-        let Some(dl) = self.download.take() else { return Next::None };
-        match dl.finish(up, f) {
-            Ok(()) => Next::Installed,
+        let Some(mut dl) = self.download.take() else { return Next::None };
+        match dl.verify(up, f) {
+            Ok(()) if self.politeness_s > 0 => {
+                self.ready = Some(dl);
+                Next::Ready { politeness_s: self.politeness_s }
+            }
+            Ok(()) => self.commit(up, f, dl),
             // Digest or image failures are the journal's last outcome now.
             Err(Error::Update(_)) => Next::None,
             Err(_) => self.fail(seq, Reason::Flash),
         }
     }
 
+    fn commit<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>, dl: Download) -> Next {
+        let seq = dl.offer().seq;
+        match dl.commit(up, f) {
+            Ok(()) => Next::Installed,
+            Err(Error::Update(r)) => self.fail(seq, r),
+            Err(_) => self.fail(seq, Reason::Flash),
+        }
+    }
+
+    /// Applies a verified update that waits for the app ([`Next::Ready`]): commits it.
+    /// [`Next::Installed`] then says to restart into the trial; [`Next::None`] if none waits.
+    pub fn apply<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>) -> Next {
+        match self.ready.take() {
+            Some(dl) => self.commit(up, f, dl),
+            None => Next::None,
+        }
+    }
+
+    /// True while a verified update waits to be applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.is_some()
+    }
+
     /// The deployment was withdrawn: stop downloading `sequence`.
     pub fn on_cancel<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>, sequence: u64) {
-        if self.download.as_ref().is_some_and(|d| d.offer().seq == sequence) {
+        let pending = self.download.as_ref().or(self.ready.as_ref());
+        if pending.is_some_and(|d| d.offer().seq == sequence) {
             self.download = None;
+            self.ready = None;
             let _ = up.cancel(f);
         }
     }
@@ -239,6 +284,11 @@ impl Agent {
         if let Some(dl) = &self.download {
             let o = dl.offer();
             return Status { sequence: o.seq, state: State::Downloading, progress: dl.offset(), total: o.size, ..base };
+        }
+        if let Some(dl) = &self.ready {
+            // Downloaded and verified, waiting for the app to apply it.
+            let o = dl.offer();
+            return Status { sequence: o.seq, state: State::Installing, progress: o.size, total: o.size, ..base };
         }
         if let Some((seq, state, r)) = self.failure {
             return Status { sequence: seq, state, reason: Some(r), ..base };

@@ -407,11 +407,17 @@ impl Download {
         Ok(())
     }
 
-    /// Completes the install once every byte arrived: flushes the last unit, checks the layer
-    /// digest and the image, and commits the trial (one journal record). The caller then
-    /// restarts the app from [`Updater::boot`]'s plan. A digest or image failure is recorded
-    /// as the last outcome and the running app stays.
+    /// Completes the install once every byte arrived: [`Self::verify`], then [`Self::commit`].
     pub fn finish<M: Medium>(mut self, up: &Updater, f: &mut Nor<M>) -> Result<(), Error> {
+        self.verify(up, f)?;
+        self.commit(up, f)
+    }
+
+    /// Flushes the last unit and checks the layer digest and the image. A failure is recorded
+    /// as the last outcome (the running app stays). Nothing is committed: until
+    /// [`Self::commit`], a reset leaves the device on its current app, and the download resumes
+    /// from its last journaled page.
+    pub fn verify<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>) -> Result<(), Error> {
         if self.written != self.offer.size {
             return Err(Error::OutOfOrder);
         }
@@ -428,22 +434,30 @@ impl Download {
         } else {
             up.check_slot(f, self.slot).map(|_| ())
         };
+        if let Err(r) = verdict {
+            let mut s = up.state(f)?;
+            if matches!(s.phase, Phase::Downloading(d) if d.seq == self.offer.seq) {
+                s.phase = Phase::Idle;
+                s.last = Some((self.offer.seq, Outcome::Failed(r)));
+                up.save(f, &s)?;
+            }
+            return Err(Error::Update(r));
+        }
+        Ok(())
+    }
+
+    /// Commits a verified install (one journal record): the next [`Updater::boot`] runs it on
+    /// trial.
+    pub fn commit<M: Medium>(self, up: &Updater, f: &mut Nor<M>) -> Result<(), Error> {
+        if self.written != self.offer.size || self.staged != 0 {
+            return Err(Error::OutOfOrder);
+        }
         let mut s = up.state(f)?;
         if !matches!(s.phase, Phase::Downloading(d) if d.seq == self.offer.seq) {
             return Err(Error::Update(Reason::Cancelled));
         }
-        match verdict {
-            Ok(()) => {
-                s.phase = Phase::Trial(Trial { seq: self.offer.seq, boots: 0, crashes: 0, policy: self.offer.policy });
-                up.save(f, &s)?;
-                Ok(())
-            }
-            Err(r) => {
-                s.phase = Phase::Idle;
-                s.last = Some((self.offer.seq, Outcome::Failed(r)));
-                up.save(f, &s)?;
-                Err(Error::Update(r))
-            }
-        }
+        s.phase = Phase::Trial(Trial { seq: self.offer.seq, boots: 0, crashes: 0, policy: self.offer.policy });
+        up.save(f, &s)?;
+        Ok(())
     }
 }

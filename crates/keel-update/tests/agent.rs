@@ -172,3 +172,23 @@ fn after_a_reboot_an_unresumed_download_is_reported_so_the_server_offers_it_agai
     let s = agent.status(&up, &f);
     assert_eq!((s.state, s.sequence), (State::Idle, 0), "not 'downloading': the server must offer again");
 }
+
+#[test]
+fn a_polite_update_waits_for_the_app_to_apply_it() {
+    let up = updater();
+    let mut f = factory(&image("1", 2000));
+    let p = Policies { max_politeness_time_s: 30, ..Policies::default() };
+    let (env, layer) = bundle(&key(1), 2, &image("2", 12_000), p);
+    let mut agent = Agent::new();
+    let first = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    let (last, _) = serve(&mut agent, &mut f, first, &layer, None);
+    assert_eq!(last, Next::Ready { politeness_s: 30 });
+    assert_eq!(agent.status(&up, &f).state, State::Installing);
+    // Nothing committed yet: a reset now keeps the running app.
+    assert_eq!(up.boot(&mut f).unwrap().slot, Slot::A);
+    // The same offer again (reconnect) does not download again.
+    assert_eq!(agent.on_offer(&up, &mut f, &env, &trusted(), 0), Next::Ready { politeness_s: 30 });
+    assert_eq!(agent.apply(&up, &mut f), Next::Installed);
+    assert!(up.boot(&mut f).unwrap().trial);
+    assert_eq!(agent.apply(&up, &mut f), Next::None, "nothing waits any more");
+}

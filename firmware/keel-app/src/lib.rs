@@ -25,7 +25,7 @@
 use core::fmt::{self, Write};
 
 pub use keel_abi::{
-    update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status, UpdateInfo,
+    events, update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status, UpdateInfo,
 };
 
 /// Restart code used by the panic handler.
@@ -136,13 +136,15 @@ pub fn wait(us: u32) -> u32 {
     events
 }
 
-/// Sleeps for `ms` milliseconds.
+/// Sleeps for `ms` milliseconds (events that end a wait early do not shorten it).
 pub fn sleep_ms(ms: u32) {
-    let mut left = ms as u64 * 1000;
-    while left > 0 {
-        let step = left.min(u32::MAX as u64) as u32;
-        wait(step);
-        left -= step as u64;
+    let end = monotonic_us().saturating_add(ms as u64 * 1000);
+    loop {
+        let now = monotonic_us();
+        if now >= end {
+            return;
+        }
+        wait((end - now).min(u32::MAX as u64) as u32);
     }
 }
 
@@ -188,6 +190,16 @@ pub fn update_info() -> Result<UpdateInfo, Status> {
     let mut v = UpdateInfo { version: 1, ..Default::default() };
     call(Call::UpdateInfo, &mut v as *mut _ as u32, 0, 0)?;
     Ok(v)
+}
+
+/// Applies an update that is ready (after [`keel_abi::events::UPDATE_READY`]): this app stops
+/// and the new version starts on trial. Returns only on error ([`Status::Unavailable`]: none is
+/// ready).
+pub fn update_apply() -> Status {
+    match call(Call::UpdateApply, 0, 0, 0) {
+        Ok(()) => Status::Ok,
+        Err(e) => e,
+    }
 }
 
 /// A fixed buffer that `core::fmt` writes into, truncating what does not fit.

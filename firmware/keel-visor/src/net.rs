@@ -341,6 +341,7 @@ impl Net {
                             self.send_frame(&reply[..n])?;
                         }
                         Next::Installed => crate::update::installed(),
+                        Next::Ready { politeness_s } => crate::update::ready(politeness_s),
                         Next::None => {}
                     }
                     crate::update::STATUS_CHANGED.store(true, Ordering::Relaxed);

@@ -52,6 +52,7 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         Call::LastCrash => write_struct(a0, |v| v.last_crash.map(|c| c.to_bytes())),
         Call::UpdateConfirm => VISOR.with(|v| v.as_mut().map_or(Status::InternalError, crate::update::confirm)),
         Call::UpdateInfo => write_struct(a0, |v| Some(crate::update::info(v).to_bytes())),
+        Call::UpdateApply => update_apply(),
     }
 }
 
@@ -151,6 +152,29 @@ fn restart(code: u32) -> Status {
     }
 }
 
+fn update_apply() -> Status {
+    if board::ipsr() != 0 {
+        return Status::Unavailable;
+    }
+    let applied = VISOR.with(|v| {
+        v.as_mut().is_some_and(|v| {
+            let applied = crate::update::apply_by_app(v);
+            if applied {
+                v.sup.on_restart_request(0);
+            }
+            applied
+        })
+    });
+    if !applied {
+        return Status::Unavailable;
+    }
+    // As for `restart`: the service routine starts the new app; this call never returns.
+    board::pend_service();
+    loop {
+        board::wait_for_interrupt();
+    }
+}
+
 fn wait(timeout_us: u32, events_ptr: u32) -> Status {
     if board::ipsr() != 0 {
         return Status::Unavailable;
@@ -160,13 +184,20 @@ fn wait(timeout_us: u32, events_ptr: u32) -> Status {
     }
     let deadline = time::now_us().saturating_add(timeout_us as u64);
     time::set_wait_deadline(Some(deadline));
-    // App interrupts keep running while the secure thread sleeps here.
-    while time::now_us() < deadline {
+    // App interrupts keep running while the secure thread sleeps here. An event ends the wait;
+    // each event is reported once.
+    let ready = || crate::update::READY_EVENT.load(core::sync::atomic::Ordering::Relaxed);
+    while time::now_us() < deadline && !ready() {
         board::wait_for_interrupt();
     }
     time::set_wait_deadline(None);
+    let events = if crate::update::READY_EVENT.swap(false, core::sync::atomic::Ordering::Relaxed) {
+        keel_abi::events::UPDATE_READY
+    } else {
+        keel_abi::events::NONE
+    };
     if events_ptr != 0 {
-        ns_mem::write_from(events_ptr, &keel_abi::events::NONE.to_le_bytes());
+        ns_mem::write_from(events_ptr, &events.to_le_bytes());
     }
     Status::Ok
 }

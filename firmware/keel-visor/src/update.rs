@@ -24,7 +24,12 @@ pub struct UpdateRt {
     pub agent: Agent,
     /// Flash counters when the current update's download started (for its cost report).
     pub stats_at_offer: Option<keel_flash::FlashStats>,
+    /// A verified update waits for the app; it is applied anyway at this time.
+    pub apply_deadline_us: Option<u64>,
 }
+
+/// The app has an `UPDATE_READY` event to receive (reported once by its next wait).
+pub static READY_EVENT: AtomicBool = AtomicBool::new(false);
 
 /// Set when the update status changed outside the network code (trial confirmed or rolled
 /// back); the link sends a status report and clears it.
@@ -54,7 +59,7 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         Err(e) => {
             vlog!("update: journal error ({}); booting the active slot", e);
             let slot = up.state(flash).map_or(Slot::A, |s| s.active);
-            return UpdateRt { slot, trial: None, agent: Agent::new(), stats_at_offer: None };
+            return UpdateRt { slot, trial: None, agent: Agent::new(), stats_at_offer: None, apply_deadline_us: None };
         }
     };
     let state = up.state(flash).unwrap_or(keel_update::UpdateState::FACTORY);
@@ -75,7 +80,7 @@ pub fn boot(flash: &mut Nor<FlashMedium>) -> UpdateRt {
         }
         _ => None,
     };
-    UpdateRt { slot: plan.slot, trial, agent: Agent::new(), stats_at_offer: None }
+    UpdateRt { slot: plan.slot, trial, agent: Agent::new(), stats_at_offer: None, apply_deadline_us: None }
 }
 
 fn report(args: core::fmt::Arguments<'_>) {
@@ -143,6 +148,45 @@ pub fn agent_cancel(sequence: u64) {
             v.update.agent.on_cancel(&updater(), &mut v.flash, sequence);
         }
     });
+}
+
+/// A verified update waits for the app (the bundle asks for politeness): the app gets an
+/// `UPDATE_READY` event, and the update is applied anyway after `politeness_s`.
+pub fn ready(politeness_s: u32) {
+    let now = crate::time::now_us();
+    let first = crate::VISOR.with(|v| {
+        let v = v.as_mut()?;
+        let first = v.update.apply_deadline_us.is_none();
+        let deadline = *v.update.apply_deadline_us.get_or_insert(now.saturating_add(politeness_s as u64 * 1_000_000));
+        Some((first, deadline))
+    });
+    READY_EVENT.store(true, Ordering::Relaxed);
+    if let Some((true, _)) = first {
+        report(format_args!("update: ready; the app may apply it within {} s", politeness_s));
+    }
+    // The service routine re-arms the alarm (for the deadline) when it is done.
+}
+
+/// Commits a ready update and switches to its trial. Returns true if the app must restart.
+fn apply(v: &mut Visor, why: &str) -> bool {
+    v.update.apply_deadline_us = None;
+    READY_EVENT.store(false, Ordering::Relaxed);
+    match v.update.agent.apply(&updater(), &mut v.flash) {
+        Next::Installed => {
+            vlog!("update: applying ({})", why);
+            let rt = boot(&mut v.flash);
+            v.update.slot = rt.slot;
+            v.update.trial = rt.trial;
+            STATUS_CHANGED.store(true, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `update_apply` system call: true if the update was committed (the caller restarts the app).
+pub fn apply_by_app(v: &mut Visor) -> bool {
+    v.update.agent.is_ready() && apply(v, "asked by the app")
 }
 
 /// What to report to the server.
@@ -271,13 +315,20 @@ pub fn info(v: &Visor) -> UpdateInfo {
 
 /// When [`poll`] next needs to run.
 pub fn next_deadline(v: &Visor) -> Option<u64> {
-    v.update.trial.as_ref().and_then(|t| t.deadline_us)
+    let trial = v.update.trial.as_ref().and_then(|t| t.deadline_us);
+    match (trial, v.update.apply_deadline_us) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Service routine hook: follows the link during a trial and ends the trial when its grace time
 /// is over (confirmed by policy, or rolled back). Returns true if the app must be restarted now
 /// (rolled back: the previous app takes over).
 pub fn poll(v: &mut Visor, now: u64) -> bool {
+    if v.update.apply_deadline_us.is_some_and(|d| now >= d) && apply(v, "politeness time over") {
+        return true;
+    }
     let online = net::ONLINE.load(Ordering::Relaxed);
     let Some(t) = v.update.trial.as_mut() else { return false };
     if online {

@@ -159,6 +159,10 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     let old = world.ship("hello", "1.5.0", 1, &[]);
     let v6 = world.ship("hello", "6.0.0", 6, &[]);
     let v7 = world.ship("big", "7.0.0", 7, &[]);
+    // Polite updates: the running app is told and applies it when it chooses (hello: at once),
+    // or the visor applies it when the politeness time is over (big ignores the event).
+    let v8 = world.ship("hello", "8.0.0", 8, &["--politeness-s", "30"]);
+    let v9 = world.ship("hello", "9.0.0", 9, &["--politeness-s", "30"]);
 
     let mut qemu = dev.start().unwrap();
 
@@ -226,13 +230,25 @@ fn updates_confirm_roll_back_refuse_and_resume() {
         .unwrap();
     assert!(served < size - 60 * 1024, "the restarted server served {served} of {size} bytes: resumed, not restarted");
     saw_since(&mut qemu, mark, "v7 runs", |l| l.contains("big: update confirmed"));
+
+    let mark = qemu.lines.len();
+    world.deploy(&v8);
+    world.wait_state(&mut qemu, 8, "confirmed");
+    saw_since(&mut qemu, mark, "applied when the politeness time is over", |l| {
+        l.contains("update: applying (politeness time over)")
+    });
+    let mark = qemu.lines.len();
+    world.deploy(&v9);
+    world.wait_state(&mut qemu, 9, "confirmed");
+    saw_since(&mut qemu, mark, "applied by the app", |l| l.contains("update: applying (asked by the app)"));
+    assert!(qemu.lines[mark..].iter().any(|l| l.contains("hello: an update is ready; applying it now")));
     let lines = qemu.kill();
     assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")));
     drop(server);
 
     // The device's own journal agrees.
     let s = flash::update_state(&dir.join("dev.flash")).unwrap();
-    assert_eq!(s.installed_seq, 7);
+    assert_eq!(s.installed_seq, 9);
 }
 
 /// Pulls the plug (`kill -9` of QEMU) at random moments while updates download, install, run

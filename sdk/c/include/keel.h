@@ -138,6 +138,7 @@ typedef uint32_t keel_status_t;
 #define KEEL_CALL_UPDATE_CONFIRM 32
 /** Since ABI 1.1. */
 #define KEEL_CALL_UPDATE_INFO 33
+#define KEEL_CALL_UPDATE_APPLY 34
 
 /* ---------------------------------------------------------------------------------------- */
 /* Enumerations carried as uint32_t                                                         */
@@ -221,6 +222,9 @@ typedef uint32_t keel_status_t;
  * update and configuration will add bits here. */
 /** No event: the wait timed out. */
 #define KEEL_EVENT_NONE 0
+/** An update is downloaded and verified; call keel_update_apply() when convenient (the visor
+ *  applies it anyway when the bundle's politeness time is over). Since ABI 1.1. */
+#define KEEL_EVENT_UPDATE_READY 1u
 
 /* ---------------------------------------------------------------------------------------- */
 /* Structs (layout frozen per version, identical to the Rust #[repr(C)] structs)            */
@@ -451,7 +455,7 @@ static inline keel_status_t keel_restart(uint32_t reason)
  *
  * Sleeps until an event is pending or `timeout_us` microseconds have elapsed, then writes
  * the pending event bits to *events (KEEL_EVENT_NONE, i.e. 0, on timeout). `events` may be
- * NULL. This visor version raises no events yet, so the call always ends by timeout.
+ * NULL. The call returns early when an event is pending (KEEL_EVENT_UPDATE_READY).
  *
  * Returns:
  *  - KEEL_STATUS_OK
@@ -564,6 +568,21 @@ static inline keel_status_t keel_update_info(keel_update_info_t *out)
 {
     return ((keel_status_t(*)(keel_update_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_INFO))(
         out);
+}
+
+/**
+ * keel_update_apply - apply a ready update now (slot KEEL_CALL_UPDATE_APPLY). Since ABI 1.1.
+ *
+ * After KEEL_EVENT_UPDATE_READY, the app calls this at a convenient moment: it is stopped and the
+ * new version starts on trial. Does not return on success.
+ *
+ * Returns:
+ *   KEEL_STATUS_UNAVAILABLE      no update is ready, or called from an exception handler.
+ *   KEEL_STATUS_NOT_IMPLEMENTED  the visor implements ABI 1.0 only.
+ */
+static inline keel_status_t keel_update_apply(void)
+{
+    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_APPLY))();
 }
 
 /* ---------------------------------------------------------------------------------------- */

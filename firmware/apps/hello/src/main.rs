@@ -1,4 +1,5 @@
-//! hello: logs the device id and the time once a second; confirms an update it runs on trial.
+//! hello: logs the device id and the time once a second; applies a ready update at once and
+//! confirms an update it runs on trial.
 #![no_std]
 #![no_main]
 
@@ -32,6 +33,18 @@ fn main() -> ! {
             Ok(w) => keel_app::info!("hello: device={} uptime_ms={} wall={}", id, uptime_ms, w),
             Err(_) => keel_app::info!("hello: device={} uptime_ms={} wall=not-set", id, uptime_ms),
         }
-        keel_app::sleep_ms(1000);
+        // Sleep a second, but apply an update as soon as the visor says one is ready.
+        let end = keel_app::monotonic_us() + 1_000_000;
+        loop {
+            let now = keel_app::monotonic_us();
+            if now >= end {
+                break;
+            }
+            if keel_app::wait((end - now) as u32) & keel_app::events::UPDATE_READY != 0 {
+                keel_app::info!("hello: an update is ready; applying it now");
+                let s = keel_app::update_apply();
+                keel_app::error!("hello: update_apply failed: {}", s.name());
+            }
+        }
     }
 }
