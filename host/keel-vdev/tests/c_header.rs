@@ -94,6 +94,7 @@ fn limits_and_enums_match() {
         assert_eq!(get(&c, name), l as u64);
     }
     assert_eq!(get(&c, "KEEL_EVENT_NONE"), keel_abi::events::NONE as u64);
+    assert_eq!(get(&c, "KEEL_EVENT_UPDATE_READY"), keel_abi::events::UPDATE_READY as u64);
     // The header's NSC base is the board's (the visor checks its own table is there at boot).
     assert_eq!(get(&c, "KEEL_NSC_BASE"), 0x1007_0000);
 }
