@@ -4,9 +4,9 @@
 //! messages, Noise session and log ring (`keel-link`, `keel-log`), driven by tokio instead of the
 //! visor's interrupt loop. Used by server tests and load benchmarks.
 //!
-//! With [`SimDevice::with_updates`] the device also runs a small **stand-in update client**
-//! ([`update`]) so the server's update path can be tested end to end; it is replaced by the
-//! shared device agent of `crates/keel-update` once that exists.
+//! With [`SimDevice::with_updates`] the device also takes updates: the shared device agent of
+//! `keel-update` (the visor's) over an in-RAM flash ([`update`]), so the server's update path is
+//! tested end to end against the device's real rules.
 
 pub mod update;
 
@@ -50,7 +50,7 @@ pub struct Stats {
     pub acked: Option<u64>,
     /// Wall clock received from the server.
     pub wall_us: Option<u64>,
-    /// The stand-in update client's view (default when updates are off).
+    /// The update agent's view (default when updates are off).
     pub update: UpdateStats,
 }
 
@@ -69,7 +69,7 @@ pub struct SimDevice<const N: usize = DEFAULT_RING> {
     /// Wakes the connection when a record was queued.
     queued: Notify,
     stats: watch::Sender<Stats>,
-    update: Option<Mutex<update::Agent>>,
+    update: Option<Mutex<update::Device>>,
 }
 
 impl SimDevice {
@@ -95,13 +95,13 @@ impl<const N: usize> SimDevice<N> {
         }
     }
 
-    /// Turns on the stand-in update client: offers are verified against `trusted_keys`
-    /// (Ed25519 public keys) and the device starts with the bundle of sequence `installed`
-    /// confirmed (0: the factory image).
+    /// Turns on updates (the shared update agent over an in-RAM flash): offers are verified
+    /// against `trusted_keys` (Ed25519 public keys) and the device starts with the bundle of
+    /// sequence `installed` confirmed (0: the factory state, an erased journal).
     pub fn with_updates(mut self, trusted_keys: Vec<[u8; 32]>, installed: u64) -> Self {
-        let agent = update::Agent::new(trusted_keys, installed);
-        self.stats.send_modify(|s| s.update = agent.stats.clone());
-        self.update = Some(Mutex::new(agent));
+        let device = update::Device::new(trusted_keys, installed);
+        self.stats.send_modify(|s| s.update = device.stats.clone());
+        self.update = Some(Mutex::new(device));
         self
     }
 
@@ -123,8 +123,8 @@ impl<const N: usize> SimDevice<N> {
         self.stats.subscribe().wait_for(f).await.map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Runs the update client on `f` and publishes its stats; returns what to send.
-    fn with_agent(&self, f: impl FnOnce(&mut update::Agent) -> Vec<update::Out>) -> Vec<update::Out> {
+    /// Runs the update side on `f` and publishes its stats; returns what to send.
+    fn with_agent(&self, f: impl FnOnce(&mut update::Device) -> Vec<update::Out>) -> Vec<update::Out> {
         let Some(a) = &self.update else { return Vec::new() };
         let mut a = a.lock().unwrap();
         let out = f(&mut a);
@@ -209,7 +209,16 @@ impl<const N: usize> SimDevice<N> {
                             Event::Online { unix_us } => (Some(unix_us), None, Vec::new(), n),
                             Event::TimeSync { unix_us } => (None, Some(unix_us), Vec::new(), n),
                             Event::None => (None, None, Vec::new(), n),
-                            other => (None, None, self.with_agent(|a| a.on_event(&other)), n),
+                            Event::UpdateOffer { envelope } => (None, None, self.with_agent(|a| a.on_offer(envelope)), n),
+                            Event::LayerData { sequence, component: 0, offset, data } => {
+                                (None, None, self.with_agent(|a| a.on_data(sequence, offset, data)), n)
+                            }
+                            Event::UpdateCancel { sequence } => {
+                                (None, None, self.with_agent(|a| a.on_cancel(sequence)), n)
+                            }
+                            // Layer errors are only logged by the visor; other components are
+                            // not the agent's.
+                            _ => (None, None, Vec::new(), n),
                         }
                     };
                     if n > 0 {
@@ -239,7 +248,7 @@ impl<const N: usize> SimDevice<N> {
                 wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
             }
             if link.is_online() {
-                for m in self.with_agent(|a| a.next_fetch().into_iter().collect()) {
+                for m in self.with_agent(|a| a.release().into_iter().collect()) {
                     let n = link.send(&m.as_up(), &mut frame).map_err(|_| "encrypt")?;
                     wr.write_all(&frame[..n]).await.map_err(|_| "write")?;
                 }

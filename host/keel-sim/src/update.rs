@@ -1,26 +1,78 @@
-//! The simulator's **stand-in update client**, for server tests, until the shared device agent
-//! (`crates/keel-update`) exists and replaces it. It does only what the server side needs to be
-//! tested against: verify an offer with `keel_bundle` against the keys given to the simulator,
-//! refuse a sequence not above the installed one, fetch every layer page by page (resuming from
-//! its own offset after a reconnect), check each layer's SHA-256 and report
-//! `downloading` → `installing` → `trial` → `confirmed` (or `refused` / `error` with a reason).
-//! Nothing is written anywhere and nothing runs: "installing" is instantaneous.
+//! Updates on a simulated device: the **shared device agent** (`keel_update::agent`, the same
+//! code the visor runs) over an in-RAM flash with a compact layout, wired to the cloud link the
+//! way the visor's `update.rs` and `net.rs` wire it:
+//!
+//! | Link event | Agent call | Sent afterwards |
+//! |---|---|---|
+//! | online (`Welcome`) | [`Agent::on_connect`] | `FetchLayer` (if [`Next::Fetch`]), `UpdateStatus` |
+//! | `UpdateOffer` | [`Agent::on_offer`] | `FetchLayer` (if [`Next::Fetch`]), `UpdateStatus` |
+//! | `LayerData` (component 0) | [`Agent::on_data`] | `FetchLayer` (if [`Next::Fetch`]), `UpdateStatus` |
+//! | `UpdateCancel` | [`Agent::on_cancel`] | `UpdateStatus` |
+//! | `LayerError` | none (the visor only logs it) | nothing |
+//!
+//! On [`Next::Installed`] the device "restarts into the trial" ([`Updater::boot`], reported as
+//! `trial`), and the simulated app works: it confirms ([`Updater::confirm`], reported as
+//! `confirmed`). A bundle with a politeness time ([`Next::Ready`], reported as `installing`) is
+//! applied by the simulated app at once ([`Agent::apply`]). Nothing runs; only the update
+//! bookkeeping and the flash contents are real.
 
-use keel_bundle::{reference_region_capacity, verify_envelope, Envelope};
-use keel_link::device::Event;
-use keel_link::msg::{LayerErrorCode, Up, UpdateState, MAX_FETCH};
+use keel_flash::layout::Partition;
+use keel_flash::sim::SimFlash;
+use keel_flash::{Nor, PAGE_SIZE};
+use keel_image::{Target, HEADER_SIZE};
+use keel_link::msg::{Up, UpdateState};
+use keel_update::agent::{Agent, Next, Status};
+use keel_update::{Offer, TrialPolicy, Updater};
 use sha2::{Digest, Sha256};
+
+/// Size of each app slot of a simulated device: 512 KiB.
+pub const SLOT_SIZE: u32 = 64 * PAGE_SIZE;
+/// The update journal: two pages at the start of the simulated flash.
+pub const JOURNAL: Partition = Partition { name: "journal", offset: 0, size: 2 * PAGE_SIZE };
+/// App slot A.
+pub const APP_A: Partition = Partition { name: "app-a", offset: JOURNAL.offset + JOURNAL.size, size: SLOT_SIZE };
+/// App slot B.
+pub const APP_B: Partition = Partition { name: "app-b", offset: APP_A.offset + APP_A.size, size: SLOT_SIZE };
+/// Size of a simulated device's flash (journal and both slots).
+pub const FLASH_SIZE: u32 = APP_B.offset + APP_B.size;
+
+/// The updater of a simulated device: the compact layout above and the visor's execution region
+/// and ABI (as `keel_vdev::flash::updater` has for a virtual device).
+pub fn updater() -> Updater {
+    Updater::new(
+        JOURNAL,
+        APP_A,
+        APP_B,
+        Target {
+            exec_base: 0x0020_0000,
+            exec_size: 0x0020_0000,
+            slot_capacity: SLOT_SIZE - HEADER_SIZE as u32,
+            abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
+        },
+    )
+}
+
+/// This build's version as bundles state their minimum (`keel_bundle::visor_version`); the
+/// workspace version, the same as the visor's.
+fn visor_version() -> u32 {
+    let v = |s: &str| s.parse::<u16>().unwrap_or(0);
+    keel_bundle::visor_version(
+        v(env!("CARGO_PKG_VERSION_MAJOR")) as u8,
+        v(env!("CARGO_PKG_VERSION_MINOR")) as u8,
+        v(env!("CARGO_PKG_VERSION_PATCH")),
+    )
+}
 
 /// What the simulated device reports and did, for tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpdateStats {
     /// Sequence of the confirmed install (0: factory).
     pub installed: u64,
-    /// Current state.
+    /// Current state (as last reported to the server).
     pub state: UpdateState,
     /// The bundle the state is about.
     pub sequence: u64,
-    /// Reason of the last refusal or error.
+    /// Reason of the last refusal, rollback or error (`keel_update::Reason::as_str`).
     pub reason: String,
     /// Offers received.
     pub offers: u32,
@@ -47,70 +99,104 @@ impl Default for UpdateStats {
     }
 }
 
-/// An owned message for the link to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A message for the link to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Out {
-    Status { installed: u64, sequence: u64, state: UpdateState, progress: u32, total: u32, reason: String },
-    Fetch { sequence: u64, component: u8, offset: u32, len: u32 },
+    Status(Status),
+    Fetch { sequence: u64, offset: u32, len: u32 },
 }
 
 impl Out {
-    pub(crate) fn as_up(&self) -> Up<'_> {
-        match self {
-            Out::Status { installed, sequence, state, progress, total, reason } => Up::UpdateStatus {
-                installed: *installed,
-                sequence: *sequence,
-                state: state.as_u8(),
-                progress: *progress,
-                total: *total,
-                reason,
+    pub(crate) fn as_up(&self) -> Up<'static> {
+        match *self {
+            Out::Status(s) => Up::UpdateStatus {
+                installed: s.installed,
+                sequence: s.sequence,
+                state: s.state as u8,
+                progress: s.progress,
+                total: s.total,
+                reason: s.reason.map_or("", |r| r.as_str()),
             },
-            Out::Fetch { sequence, component, offset, len } => {
-                Up::FetchLayer { sequence: *sequence, component: *component, offset: *offset, len: *len }
-            }
+            Out::Fetch { sequence, offset, len } => Up::FetchLayer { sequence, component: 0, offset, len },
         }
     }
 }
 
-struct Download {
-    sequence: u64,
-    /// (size, sha256) of each layer, in manifest order.
-    layers: Vec<(u32, [u8; 32])>,
-    component: usize,
-    /// Bytes of the current component received so far.
-    data: Vec<u8>,
-    /// End of the page asked for, while a fetch is outstanding.
-    outstanding: Option<u32>,
-    done_before: u32,
-}
-
-impl Download {
-    fn total(&self) -> u32 {
-        self.layers.iter().map(|l| l.0).sum()
-    }
-
-    fn progress(&self) -> u32 {
-        self.done_before + self.data.len() as u32
-    }
-}
-
-pub(crate) struct Agent {
+/// The update side of a simulated device: its flash, the updater over it and the agent.
+pub(crate) struct Device {
     keys: Vec<[u8; 32]>,
+    up: Updater,
+    flash: Nor<SimFlash>,
+    agent: Agent,
     pub(crate) stats: UpdateStats,
-    download: Option<Download>,
+    /// Test hook: hold fetches from this layer offset on.
     pause_at: Option<u64>,
+    /// A fetch held by `pause_at`, sent once released.
+    held: Option<(u64, u32, u32)>,
+    /// Session number, for [`UpdateStats::fetches`].
     session: u32,
 }
 
-impl Agent {
-    pub(crate) fn new(keys: Vec<[u8; 32]>, installed: u64) -> Agent {
-        Agent {
+impl Device {
+    /// A device trusting `keys` (Ed25519 public keys) with erased flash, or, if `installed` is
+    /// not 0, with bundle `installed` confirmed.
+    pub(crate) fn new(keys: Vec<[u8; 32]>, installed: u64) -> Device {
+        let mut d = Device {
             keys,
-            stats: UpdateStats { installed, ..UpdateStats::default() },
-            download: None,
+            up: updater(),
+            flash: Nor::new(SimFlash::new(FLASH_SIZE)),
+            agent: Agent::new(),
+            stats: UpdateStats::default(),
             pause_at: None,
+            held: None,
             session: 0,
+        };
+        if installed > 0 {
+            d.preinstall(installed).expect("install on the in-RAM flash");
         }
+        d.refresh(d.status());
+        d
+    }
+
+    /// Puts the journal where a device that installed and confirmed bundle `seq` is, through the
+    /// updater's own steps (download, commit, trial boot, confirm) with a tiny valid image.
+    fn preinstall(&mut self, seq: u64) -> Result<(), keel_update::Error> {
+        let image = [0u8; 16];
+        let h = keel_image::build_header(&image, 0x0020_0000, 0, "sim", "preinstalled", (keel_abi::ABI_MAJOR, 0));
+        let mut layer = h.to_bytes().to_vec();
+        layer.extend_from_slice(&image);
+        let offer = Offer {
+            seq,
+            digest: Sha256::digest(&layer).into(),
+            size: layer.len() as u32,
+            policy: TrialPolicy::default(),
+        };
+        let (up, f) = (&self.up, &mut self.flash);
+        let mut dl = up.offer(f, &offer)?;
+        dl.write(up, f, &layer)?;
+        dl.finish(up, f)?;
+        up.boot(f)?;
+        up.confirm(f)?;
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        self.agent.status(&self.up, &self.flash)
+    }
+
+    /// Publishes `s` in the stats.
+    fn refresh(&mut self, s: Status) {
+        self.stats.installed = s.installed;
+        self.stats.state = UpdateState::from_u8(s.state as u8).unwrap_or(UpdateState::Idle);
+        self.stats.sequence = s.sequence;
+        self.stats.reason = s.reason.map_or("", |r| r.as_str()).into();
+    }
+
+    /// The status report to send (and to show in the stats).
+    fn report(&mut self) -> Out {
+        let s = self.status();
+        self.refresh(s);
+        Out::Status(s)
     }
 
     pub(crate) fn pause_at(&mut self, bytes: Option<u64>) {
@@ -118,139 +204,204 @@ impl Agent {
         self.stats.paused = false;
     }
 
-    fn status(&self) -> Out {
-        let (progress, total) = self.download.as_ref().map_or((0, 0), |d| (d.progress(), d.total()));
-        Out::Status {
-            installed: self.stats.installed,
-            sequence: self.stats.sequence,
-            state: self.stats.state,
-            progress,
-            total,
-            reason: self.stats.reason.clone(),
-        }
-    }
-
-    fn set(&mut self, state: UpdateState, sequence: u64, reason: &str) -> Out {
-        self.stats.state = state;
-        self.stats.sequence = sequence;
-        self.stats.reason = reason.into();
-        self.status()
-    }
-
-    /// A new connection is up (session number `session`): report, and resume a download.
-    pub(crate) fn on_online(&mut self, session: u32) -> Vec<Out> {
-        self.session = session;
-        if let Some(d) = &mut self.download {
-            // Whatever was asked on the old connection is lost; ask again from our own offset.
-            d.outstanding = None;
-        }
-        vec![self.status()]
-    }
-
-    /// The next fetch, if a download waits for one and is not held.
-    pub(crate) fn next_fetch(&mut self) -> Option<Out> {
-        let progress = self.download.as_ref()?.progress() as u64;
-        if self.pause_at.is_some_and(|p| progress >= p) {
+    /// A fetch to send, unless held by the pause hook.
+    fn fetch(&mut self, sequence: u64, offset: u32, len: u32) -> Option<Out> {
+        if self.pause_at.is_some_and(|p| offset as u64 >= p) {
+            self.held = Some((sequence, offset, len));
             self.stats.paused = true;
             return None;
         }
-        let d = self.download.as_mut()?;
-        if d.outstanding.is_some() {
-            return None;
-        }
-        let size = d.layers[d.component].0;
-        let offset = d.data.len() as u32;
-        let len = (size - offset).min(MAX_FETCH);
-        d.outstanding = Some(offset + len);
-        self.stats.fetches.push((self.session, d.component as u8, offset, len));
-        Some(Out::Fetch { sequence: d.sequence, component: d.component as u8, offset, len })
+        self.held = None;
+        self.stats.fetches.push((self.session, 0, offset, len));
+        Some(Out::Fetch { sequence, offset, len })
     }
 
-    /// Handles an update event from the link; returns what to send.
-    pub(crate) fn on_event(&mut self, e: &Event<'_>) -> Vec<Out> {
-        match *e {
-            Event::UpdateOffer { envelope } => self.offer(envelope),
-            Event::LayerData { sequence, component, offset, data } => self.data(sequence, component, offset, data),
-            Event::LayerError { sequence, code, .. }
-                if self.download.as_ref().is_some_and(|d| d.sequence == sequence) =>
-            {
-                self.download = None;
-                let why = LayerErrorCode::from_u8(code).map_or("layer error", LayerErrorCode::as_str);
-                vec![self.set(UpdateState::Error, sequence, &format!("server: {why}"))]
+    /// The fetch held by the pause hook, once the hold is lifted.
+    pub(crate) fn release(&mut self) -> Option<Out> {
+        let (sequence, offset, len) = self.held?;
+        self.fetch(sequence, offset, len)
+    }
+
+    /// What to send after an agent call that returned `next` (the visor's order: the fetch,
+    /// then the status report).
+    fn after(&mut self, mut next: Next) -> Vec<Out> {
+        let mut out = Vec::new();
+        loop {
+            match next {
+                Next::Fetch { sequence, offset, len } => out.extend(self.fetch(sequence, offset, len)),
+                Next::Ready { .. } => {
+                    // Verified, waiting for the app (reported as installing): the simulated app
+                    // applies it at once.
+                    out.push(self.report());
+                    next = self.agent.apply(&self.up, &mut self.flash);
+                    continue;
+                }
+                Next::Installed => {
+                    // The app restarts into its trial: the same decision as at a boot.
+                    let plan = self.up.boot(&mut self.flash).expect("journal on the in-RAM flash");
+                    out.push(self.report());
+                    // The simulated app works and confirms.
+                    if plan.trial {
+                        self.up.confirm(&mut self.flash).expect("journal on the in-RAM flash");
+                    }
+                }
+                Next::None => {}
             }
-            Event::UpdateCancel { sequence } if self.download.as_ref().is_some_and(|d| d.sequence == sequence) => {
-                self.download = None;
-                vec![self.set(UpdateState::Idle, 0, "")]
-            }
-            _ => Vec::new(),
+            break;
         }
-    }
-
-    fn offer(&mut self, envelope: &[u8]) -> Vec<Out> {
-        self.stats.offers += 1;
-        // The sequence is reported even for a refused offer (unauthenticated, for the server only).
-        let claimed = Envelope::parse(envelope).and_then(|e| e.manifest_unverified()).map_or(0, |m| m.sequence);
-        let m = match verify_envelope(envelope, &self.keys, reference_region_capacity) {
-            Ok(m) => m,
-            Err(e) => return vec![self.set(UpdateState::Refused, claimed, &e.to_string())],
-        };
-        if m.sequence <= self.stats.installed {
-            let why = format!("sequence {} not above installed {}", m.sequence, self.stats.installed);
-            return vec![self.set(UpdateState::Refused, m.sequence, &why)];
-        }
-        if self.download.as_ref().is_some_and(|d| d.sequence == m.sequence) {
-            return Vec::new(); // already on it
-        }
-        self.download = Some(Download {
-            sequence: m.sequence,
-            layers: m.components().iter().map(|c| (c.size, c.digest)).collect(),
-            component: 0,
-            data: Vec::new(),
-            outstanding: None,
-            done_before: 0,
-        });
-        vec![self.set(UpdateState::Downloading, m.sequence, "")]
-    }
-
-    fn data(&mut self, sequence: u64, component: u8, offset: u32, data: &[u8]) -> Vec<Out> {
-        let Some(d) = self.download.as_mut().filter(|d| d.sequence == sequence) else { return Vec::new() };
-        if component as usize != d.component || offset as usize != d.data.len() || d.outstanding.is_none() {
-            self.download = None;
-            return vec![self.set(UpdateState::Error, sequence, "unexpected layer data")];
-        }
-        d.data.extend_from_slice(data);
-        self.stats.fetched_bytes += data.len() as u64;
-        let page_end = d.outstanding.unwrap_or(0);
-        if (d.data.len() as u32) < page_end {
-            return Vec::new();
-        }
-        if d.data.len() as u32 > page_end {
-            self.download = None;
-            return vec![self.set(UpdateState::Error, sequence, "more layer data than asked for")];
-        }
-        d.outstanding = None;
-        let (size, digest) = d.layers[d.component];
-        if (d.data.len() as u32) < size {
-            // A page done: report progress (the server shows it).
-            return vec![self.status()];
-        }
-        let got: [u8; 32] = Sha256::digest(&d.data).into();
-        if got != digest {
-            self.download = None;
-            return vec![self.set(UpdateState::Error, sequence, "layer digest mismatch")];
-        }
-        d.done_before += size;
-        d.data.clear();
-        d.component += 1;
-        if d.component < d.layers.len() {
-            return vec![self.status()];
-        }
-        // Every layer verified: the stand-in "installs" at once and confirms.
-        let mut out = vec![self.set(UpdateState::Installing, sequence, "")];
-        out.push(self.set(UpdateState::Trial, sequence, ""));
-        self.download = None;
-        self.stats.installed = sequence;
-        out.push(self.set(UpdateState::Confirmed, sequence, ""));
+        out.push(self.report());
         out
+    }
+
+    /// A new connection is up (session number `session`): requests of the old one are lost.
+    pub(crate) fn on_online(&mut self, session: u32) -> Vec<Out> {
+        self.session = session;
+        self.held = None;
+        let next = self.agent.on_connect();
+        self.after(next)
+    }
+
+    /// The server offers a bundle (its envelope without payloads).
+    pub(crate) fn on_offer(&mut self, envelope: &[u8]) -> Vec<Out> {
+        self.stats.offers += 1;
+        let next = self.agent.on_offer(&self.up, &mut self.flash, envelope, &self.keys, visor_version());
+        self.after(next)
+    }
+
+    /// Bytes of the app layer (component 0) arrived.
+    pub(crate) fn on_data(&mut self, sequence: u64, offset: u32, data: &[u8]) -> Vec<Out> {
+        self.stats.fetched_bytes += data.len() as u64;
+        let next = self.agent.on_data(&self.up, &mut self.flash, sequence, offset, data);
+        self.after(next)
+    }
+
+    /// The server withdrew the bundle.
+    pub(crate) fn on_cancel(&mut self, sequence: u64) -> Vec<Out> {
+        self.agent.on_cancel(&self.up, &mut self.flash, sequence);
+        self.after(Next::None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_bundle::{build_bundle, split_bundle, BundleSpec, LayerSpec, Policies, SigningKey};
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[1; 32])
+    }
+
+    /// (envelope, app layer) of a bundle of sequence `seq` with an image of `size` bytes.
+    fn bundle(seq: u64, size: usize) -> (Vec<u8>, Vec<u8>) {
+        bundle_with(seq, size, Policies::default())
+    }
+
+    fn bundle_with(seq: u64, size: usize, policies: Policies<'_>) -> (Vec<u8>, Vec<u8>) {
+        let image: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+        let h = keel_image::build_header(&image, 0x0020_0000, 0x2800_0000, "hello", "2.0.0", (1, 0));
+        let mut slot = h.to_bytes().to_vec();
+        slot.extend(image);
+        let layers = [LayerSpec { id: "app", target: keel_bundle::Target::AppSlot, bytes: &slot }];
+        let spec = BundleSpec { sequence: seq, layers: &layers, policies };
+        let b = build_bundle(&spec, &key(), |_| Some(SLOT_SIZE)).unwrap();
+        let split = split_bundle(&b).unwrap();
+        (split.envelope, split.layers[0].bytes.clone())
+    }
+
+    fn device(installed: u64) -> Device {
+        Device::new(vec![key().verifying_key().to_bytes()], installed)
+    }
+
+    /// Answers fetches from `layer` (in link-sized chunks) until the device asks for nothing.
+    fn serve(d: &mut Device, mut out: Vec<Out>, layer: &[u8]) -> Vec<Out> {
+        let mut all = out.clone();
+        while let Some(&Out::Fetch { sequence, offset, len }) = out.iter().find(|o| matches!(o, Out::Fetch { .. })) {
+            out.clear();
+            let range = &layer[offset as usize..(offset + len) as usize];
+            for (i, chunk) in range.chunks(keel_link::msg::LAYER_CHUNK).enumerate() {
+                let at = offset + (i * keel_link::msg::LAYER_CHUNK) as u32;
+                out.extend(d.on_data(sequence, at, chunk));
+            }
+            all.extend(out.iter().copied());
+        }
+        all
+    }
+
+    fn states(out: &[Out]) -> Vec<UpdateState> {
+        let mut v: Vec<UpdateState> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Status(s) => UpdateState::from_u8(s.state as u8),
+                Out::Fetch { .. } => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn an_offer_is_downloaded_installed_on_trial_and_confirmed() {
+        let mut d = device(0);
+        assert_eq!(states(&d.on_online(1)), [UpdateState::Idle]);
+        let (env, layer) = bundle(4, 30_000);
+        let out = d.on_offer(&env);
+        assert_eq!(out[0], Out::Fetch { sequence: 4, offset: 0, len: PAGE_SIZE });
+        let out = serve(&mut d, out, &layer);
+        assert_eq!(
+            states(&out),
+            [UpdateState::Downloading, UpdateState::Trial, UpdateState::Confirmed],
+            "reported in order"
+        );
+        assert_eq!((d.stats.installed, d.stats.sequence, d.stats.fetched_bytes), (4, 4, layer.len() as u64));
+        assert_eq!(d.up.check_slot(&d.flash, keel_update::Slot::B).unwrap().version_str(), "2.0.0");
+    }
+
+    #[test]
+    fn a_polite_update_is_applied_by_the_simulated_app_at_once() {
+        let mut d = device(0);
+        d.on_online(1);
+        let (env, layer) = bundle_with(3, 10_000, Policies { max_politeness_time_s: 600, ..Policies::default() });
+        let out = d.on_offer(&env);
+        let out = serve(&mut d, out, &layer);
+        assert_eq!(
+            states(&out),
+            [UpdateState::Downloading, UpdateState::Installing, UpdateState::Trial, UpdateState::Confirmed]
+        );
+        assert_eq!(d.stats.installed, 3);
+    }
+
+    #[test]
+    fn a_preinstalled_sequence_refuses_older_offers() {
+        let mut d = device(10);
+        assert_eq!((d.stats.installed, d.stats.state), (10, UpdateState::Confirmed));
+        let (env, _) = bundle(5, 1000);
+        assert_eq!(states(&d.on_offer(&env)), [UpdateState::Refused]);
+        assert_eq!(
+            (d.stats.installed, d.stats.sequence, d.stats.reason.as_str()),
+            (10, 5, keel_update::Reason::SequenceNotNewer.as_str())
+        );
+    }
+
+    #[test]
+    fn a_held_download_resumes_from_its_offset_on_a_new_connection() {
+        let mut d = device(0);
+        d.on_online(1);
+        let (env, layer) = bundle(2, 40_000);
+        d.pause_at(Some(2 * PAGE_SIZE as u64));
+        let out = d.on_offer(&env);
+        serve(&mut d, out, &layer);
+        assert!(d.stats.paused);
+        assert_eq!(d.stats.fetched_bytes, 2 * PAGE_SIZE as u64);
+        // Reconnect, still held; then released.
+        let out = d.on_online(2);
+        assert_eq!(states(&out), [UpdateState::Downloading]);
+        assert!(!out.iter().any(|o| matches!(o, Out::Fetch { .. })));
+        d.pause_at(None);
+        let first = d.release().expect("the held fetch");
+        assert_eq!(first, Out::Fetch { sequence: 2, offset: 2 * PAGE_SIZE, len: PAGE_SIZE });
+        let out = serve(&mut d, vec![first], &layer);
+        assert_eq!(states(&out).last(), Some(&UpdateState::Confirmed));
+        assert_eq!(d.stats.fetched_bytes, layer.len() as u64);
+        assert_eq!(d.stats.fetches.iter().find(|f| f.0 == 2).map(|f| f.2), Some(2 * PAGE_SIZE));
     }
 }
