@@ -177,7 +177,13 @@ impl Call {
 
     /// Decodes a slot number.
     pub fn from_slot(slot: u32) -> Option<Call> {
-        Call::ALL.iter().copied().find(|c| *c as u32 == slot)
+        match slot {
+            0..=10 => Call::ALL.get(slot as usize).copied(),
+            32 => Some(Call::UpdateConfirm),
+            33 => Some(Call::UpdateInfo),
+            34 => Some(Call::UpdateApply),
+            _ => None,
+        }
     }
 
     /// The C function name for this call.
