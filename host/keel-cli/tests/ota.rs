@@ -283,7 +283,7 @@ fn kill_9_at_random_moments_of_updates_always_comes_back() {
         let lines = qemu.kill();
         assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")), "trial {trial}: {lines:#?}");
         let u = world.update();
-        let phase = format!("{}", u["state"].as_str().unwrap_or("none"));
+        let phase = u["state"].as_str().unwrap_or("none").to_string();
         *at_kill.entry(phase).or_insert(0u32) += 1;
         if u["state"] == "confirmed" && u["sequence"] == next_seq {
             installed_versions.push(next_seq);
