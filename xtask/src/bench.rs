@@ -178,25 +178,11 @@ fn json_number(out: &std::process::Output, tool: &str, key: &str) -> Result<f64,
 }
 
 fn device_connect_seconds() -> Result<f64, String> {
-    use std::io::BufRead;
     let keel = root().join("target/debug/keel");
     let dir = root().join("target/bench/connect");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let data = dir.join("data").display().to_string();
-    let init = crate::run::keel_json(&keel, &["server", "init", "--data", &data], &[])?;
-    let token = crate::run::json_field(&init, "token").ok_or("no token")?;
-    let mut server = crate::run::Kill(
-        std::process::Command::new(&keel)
-            .args(["server", "run", "--data", &data, "--http", "127.0.0.1:17547", "--gateway", "127.0.0.1:17548"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let mut ready = String::new();
-    std::io::BufReader::new(server.0.stderr.take().ok_or("no output")?)
-        .read_line(&mut ready)
-        .map_err(|e| e.to_string())?;
+    let (server, token) = bench_server(&keel, &dir, 17547, 17548)?;
     let env = [("KEEL_SERVER", "http://127.0.0.1:17547"), ("KEEL_TOKEN", token.as_str())];
     let flash_path = dir.join("dev.flash");
     let fp = flash_path.display().to_string();
@@ -215,25 +201,11 @@ fn device_connect_seconds() -> Result<f64, String> {
 /// Seconds from `keel apps upload` to the device's confirmation of a 256 KiB app (the `big`
 /// example), and the flash it cost (erases, program operations, units) as the visor reports it.
 fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
-    use std::io::BufRead;
     let keel = root().join("target/debug/keel");
     let dir = root().join("target/bench/ota");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let data = dir.join("data").display().to_string();
-    let init = crate::run::keel_json(&keel, &["server", "init", "--data", &data], &[])?;
-    let token = crate::run::json_field(&init, "token").ok_or("no token")?;
-    let mut server = crate::run::Kill(
-        std::process::Command::new(&keel)
-            .args(["server", "run", "--data", &data, "--http", "127.0.0.1:17549", "--gateway", "127.0.0.1:17550"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let mut ready = String::new();
-    std::io::BufReader::new(server.0.stderr.take().ok_or("no output")?)
-        .read_line(&mut ready)
-        .map_err(|e| e.to_string())?;
+    let (server, token) = bench_server(&keel, &dir, 17549, 17550)?;
     let env = [("KEEL_SERVER", "http://127.0.0.1:17549"), ("KEEL_TOKEN", token.as_str())];
     let key = dir.join("release").display().to_string();
     crate::run::keel_json(&keel, &["keys", "new", "--out", &key], &env)?;
@@ -270,4 +242,31 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
             .ok_or_else(|| format!("cannot parse {line:?}"))
     };
     Ok(((secs * 100.0).round() / 100.0, num(" page erases")?, num(" program operations")?, num(" units)")?))
+}
+
+/// Starts `keel server run` with a fresh data directory in `dir` on the given loopback ports;
+/// returns it (killed on drop) and an API token, once it listens.
+fn bench_server(
+    keel: &std::path::Path,
+    dir: &std::path::Path,
+    http: u16,
+    gw: u16,
+) -> Result<(crate::run::Kill, String), String> {
+    use std::io::BufRead;
+    let data = dir.join("data").display().to_string();
+    let init = crate::run::keel_json(keel, &["server", "init", "--data", &data], &[])?;
+    let token = crate::run::json_field(&init, "token").ok_or("no token")?;
+    let (http, gw) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{gw}"));
+    let mut server = crate::run::Kill(
+        std::process::Command::new(keel)
+            .args(["server", "run", "--data", &data, "--http", &http, "--gateway", &gw])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(server.0.stderr.take().ok_or("no output")?)
+        .read_line(&mut ready)
+        .map_err(|e| e.to_string())?;
+    Ok((server, token))
 }

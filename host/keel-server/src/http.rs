@@ -725,45 +725,28 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
     metric("keel_devices", "gauge", "Registered devices.", devices as u64);
     metric("keel_devices_online", "gauge", "Devices connected to the gateway.", online as u64);
     metric("keel_log_records", "gauge", "Stored log records.", logs as u64);
-    metric(
-        "keel_gateway_connections_total",
-        "counter",
-        "TCP connections accepted by the gateway.",
-        get(&c.connections),
-    );
-    metric(
-        "keel_gateway_handshakes_total",
-        "counter",
-        "Devices authenticated (handshake and Ready).",
-        get(&c.handshakes),
-    );
-    metric(
-        "keel_gateway_rejected_total",
-        "counter",
-        "Connections refused or dropped for invalid input or an unknown key.",
-        get(&c.rejected),
-    );
-    metric("keel_log_records_received_total", "counter", "Log records received from devices.", get(&c.log_records));
-    metric(
-        "keel_log_records_duplicate_total",
-        "counter",
-        "Received log records that were already stored (redelivery).",
-        get(&c.log_duplicates),
-    );
-    metric(
-        "keel_log_records_dropped_total",
-        "counter",
-        "Log records devices dropped because their ring was full.",
-        get(&c.log_dropped),
-    );
-    metric("keel_bundle_uploads_total", "counter", "Bundles accepted by POST /v1/bundles.", get(&c.bundle_uploads));
-    metric(
-        "keel_layer_bytes_served_total",
-        "counter",
-        "Update layer bytes sent to devices.",
-        get(&c.layer_bytes_served),
-    );
-    metric("keel_update_offers_total", "counter", "Update offers sent to devices.", get(&c.offers_sent));
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+        ("keel_gateway_connections_total", "TCP connections accepted by the gateway.", &c.connections),
+        ("keel_gateway_handshakes_total", "Devices authenticated (handshake and Ready).", &c.handshakes),
+        (
+            "keel_gateway_rejected_total",
+            "Connections refused or dropped for invalid input or an unknown key.",
+            &c.rejected,
+        ),
+        ("keel_log_records_received_total", "Log records received from devices.", &c.log_records),
+        (
+            "keel_log_records_duplicate_total",
+            "Received log records that were already stored (redelivery).",
+            &c.log_duplicates,
+        ),
+        ("keel_log_records_dropped_total", "Log records devices dropped because their ring was full.", &c.log_dropped),
+        ("keel_bundle_uploads_total", "Bundles accepted by POST /v1/bundles.", &c.bundle_uploads),
+        ("keel_layer_bytes_served_total", "Update layer bytes sent to devices.", &c.layer_bytes_served),
+        ("keel_update_offers_total", "Update offers sent to devices.", &c.offers_sent),
+    ];
+    for (name, help, counter) in counters {
+        metric(name, "counter", help, get(counter));
+    }
     Ok(out)
 }
 
