@@ -112,12 +112,13 @@ fn parameter_attacks() {
     );
     // Not an update on trial: nothing to confirm, and nothing in the journal changes.
     check("update_confirm not on trial", sys(Call::UpdateConfirm, 1, 2, 3), Status::Unavailable);
+    check("update_apply with nothing ready", sys(Call::UpdateApply, 1, 2, 3), Status::Unavailable);
     // Enums and ranges.
     check("watchdog_start 0 ms", sys(Call::WatchdogStart, 0, 0, 0), Status::InvalidArgument);
     check("watchdog_start 10 hours", sys(Call::WatchdogStart, 36_000_000, 0, 0), Status::InvalidArgument);
     check("watchdog_kick unarmed", sys(Call::WatchdogKick, 0, 0, 0), Status::Unavailable);
     // Reserved slots.
-    for slot in [11u32, 16, 34, 63] {
+    for slot in [11u32, 16, 35, 63] {
         // SAFETY: reserved slots take no arguments.
         let r = unsafe { raw::call(slot, 1, 2, 3, 4) };
         let mut n = keel_app::LineBuf::new();
