@@ -171,6 +171,7 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     world.deploy(&v2);
     let u = world.wait_state(&mut qemu, 2, "confirmed");
     assert_eq!(u["installed"], 2, "{u}");
+    assert_eq!(world.keel(&["devices", "show", &world.device])["app_version"], "2.0.0", "registry follows the update");
     saw_since(&mut qemu, mark, "v2 runs", |l| l.contains("starting app 'hello' 2.0.0"));
 
     // v3 crashes, v4 hangs, v5 never confirms: each rolled back to v2, with the reason.

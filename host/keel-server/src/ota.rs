@@ -496,6 +496,23 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if changed && s.state == "confirmed" {
+            // The device now runs its target bundle's app: the registry shows it without
+            // waiting for the next connection's hello.
+            macro_rules! of_target {
+                () => {
+                    "FROM bundles b JOIN deployments d ON d.bundle_id = b.id WHERE d.device_id = $1 AND b.sequence = $2"
+                };
+            }
+            let q = concat!(
+                "UPDATE devices SET app_name = COALESCE((SELECT b.app_name ",
+                of_target!(),
+                "), app_name), app_version = COALESCE((SELECT b.app_version ",
+                of_target!(),
+                "), app_version) WHERE id = $1"
+            );
+            sqlx::query(q).bind(device_id).bind(s.sequence as i64).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         self.notify_update(device_id);
         Ok(changed)

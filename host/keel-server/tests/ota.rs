@@ -341,6 +341,7 @@ async fn a_deployment_reaches_devices_by_id_and_by_tag(store: Store) {
     assert_eq!(d2.stats().update.offers, 0, "not targeted");
     w.server_state("kd01", UpdateState::Confirmed).await;
     let dev = w.device_json("kd01").await;
+    assert_eq!(dev.app_version.as_deref(), Some("1.1.0"), "the registry shows the confirmed app");
     let u = dev.update.expect("update shown");
     assert_eq!((u.state.as_deref(), u.installed, u.sequence), (Some("confirmed"), 5, 5));
     let t = u.target.unwrap();
