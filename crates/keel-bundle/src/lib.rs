@@ -224,6 +224,16 @@ pub const fn visor_version(major: u8, minor: u8, patch: u16) -> u32 {
     (major as u32) << 24 | (minor as u32) << 16 | patch as u32
 }
 
+/// Parses `"MAJOR.MINOR.PATCH"` (as in a crate version) into a [`visor_version`] value; `None`
+/// if it is not exactly three numbers in range.
+pub fn parse_visor_version(s: &str) -> Option<u32> {
+    let mut parts = s.split('.');
+    let major: u8 = parts.next()?.parse().ok()?;
+    let minor: u8 = parts.next()?.parse().ok()?;
+    let patch: u16 = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some(visor_version(major, minor, patch))
+}
+
 /// Splits a value made by [`visor_version`] into `(major, minor, patch)`.
 pub const fn split_visor_version(v: u32) -> (u8, u8, u16) {
     ((v >> 24) as u8, (v >> 16) as u8, v as u16)

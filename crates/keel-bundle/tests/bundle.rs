@@ -759,6 +759,10 @@ fn versions_and_key_ids() {
     assert_eq!(split_visor_version(visor_version(255, 0, 65535)), (255, 0, 65535));
     assert!(visor_version(0, 10, 0) > visor_version(0, 9, 999));
     assert!(visor_version(1, 0, 0) > visor_version(0, 255, 65535));
+    assert_eq!(keel_bundle::parse_visor_version("1.2.3"), Some(visor_version(1, 2, 3)));
+    for bad in ["", "1.2", "1.2.3.4", "256.0.0", "1.x.3", "1.2.-3", "1..3"] {
+        assert_eq!(keel_bundle::parse_visor_version(bad), None, "{bad:?}");
+    }
     let pk = pubkey(&key(1));
     assert_eq!(key_id(&pk)[..], sha256(&pk)[..KEY_ID_LEN]);
     assert_eq!(Target::from_wire(2), Some(Target::VisorSlot));

@@ -10,6 +10,7 @@
 //! [`Agent::status`] is what the device reports to the server.
 
 use keel_flash::{Medium, Nor};
+use keel_link::msg::Up;
 
 use crate::{Confirm, TrialPolicy};
 use crate::{Download, Error, Offer, Outcome, Phase, Reason, Updater};
@@ -21,27 +22,8 @@ pub const FETCH_LEN: u32 = keel_flash::PAGE_SIZE;
 /// time 0): an app that does not confirm within it is rolled back.
 pub const APP_CONFIRM_TIMEOUT_S: u32 = 600;
 
-/// Update states as reported to the server (the wire codes of `UpdateStatus.state`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    /// Nothing in progress.
-    Idle = 0,
-    /// Downloading the layer.
-    Downloading = 1,
-    /// Verifying and committing.
-    Installing = 2,
-    /// Running the new app on trial.
-    Trial = 3,
-    /// The last update was confirmed.
-    Confirmed = 4,
-    /// The last update was rolled back.
-    RolledBack = 5,
-    /// The last offer was refused.
-    Refused = 6,
-    /// The last update failed while downloading or installing.
-    Error = 7,
-}
+/// Update states as reported to the server: the wire enum itself, so the codes live once.
+pub use keel_link::msg::UpdateState as State;
 
 /// What the device reports about updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +40,20 @@ pub struct Status {
     pub total: u32,
     /// Why, for refused, rolled back and error.
     pub reason: Option<Reason>,
+}
+
+impl Status {
+    /// The `UpdateStatus` message that reports it.
+    pub fn message(&self) -> Up<'static> {
+        Up::UpdateStatus {
+            installed: self.installed,
+            sequence: self.sequence,
+            state: self.state.as_u8(),
+            progress: self.progress,
+            total: self.total,
+            reason: self.reason.map_or("", |r| r.as_str()),
+        }
+    }
 }
 
 /// What to do after an agent call.
@@ -83,6 +79,17 @@ pub enum Next {
     },
     /// Nothing to ask for (report the [`Agent::status`]).
     None,
+}
+
+impl Next {
+    /// The message to send for it, if any (`FetchLayer` for [`Next::Fetch`]; the app layer is
+    /// component 0).
+    pub fn message(&self) -> Option<Up<'static>> {
+        match *self {
+            Next::Fetch { sequence, offset, len } => Some(Up::FetchLayer { sequence, component: 0, offset, len }),
+            _ => None,
+        }
+    }
 }
 
 /// The trial policy of a verified manifest.

@@ -324,21 +324,17 @@ impl Net {
                     // The server learns the device's update state first thing, and an interrupted
                     // download continues where it stopped.
                     crate::update::STATUS_CHANGED.store(true, Ordering::Relaxed);
-                    if let Next::Fetch { sequence, offset, len } = crate::update::agent_connected() {
-                        let link = self.session.as_mut().ok_or("no session")?;
-                        let m = Up::FetchLayer { sequence, component: 0, offset, len };
-                        let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
-                        self.send_frame(&reply[..n])?;
+                    if let Some(m) = crate::update::agent_connected().message() {
+                        self.send_message(&m, &mut reply)?;
                     }
                 }
                 Got::TimeSync(unix_us) => time::set_wall_us(unix_us),
                 Got::Agent(next) => {
                     match next {
-                        Next::Fetch { sequence, offset, len } => {
-                            let link = self.session.as_mut().ok_or("no session")?;
-                            let m = Up::FetchLayer { sequence, component: 0, offset, len };
-                            let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
-                            self.send_frame(&reply[..n])?;
+                        Next::Fetch { .. } => {
+                            if let Some(m) = next.message() {
+                                self.send_message(&m, &mut reply)?;
+                            }
                         }
                         Next::Installed => crate::update::installed(),
                         Next::Ready { politeness_s } => crate::update::ready(politeness_s),
@@ -351,17 +347,7 @@ impl Net {
         }
         if self.link == Link::Online && crate::update::STATUS_CHANGED.swap(false, Ordering::Relaxed) {
             if let Some(st) = crate::update::status() {
-                let m = Up::UpdateStatus {
-                    installed: st.installed,
-                    sequence: st.sequence,
-                    state: st.state as u8,
-                    progress: st.progress,
-                    total: st.total,
-                    reason: st.reason.map_or("", |r| r.as_str()),
-                };
-                let link = self.session.as_mut().ok_or("no session")?;
-                let n = link.send(&m, &mut reply).map_err(|_| "cannot encrypt")?;
-                self.send_frame(&reply[..n])?;
+                self.send_message(&st.message(), &mut reply)?;
             }
         }
         if self.link == Link::Online {
@@ -378,6 +364,13 @@ impl Net {
             }
         }
         Ok(())
+    }
+
+    /// Encrypts `m` into `buf` and sends it.
+    fn send_message(&mut self, m: &Up<'_>, buf: &mut [u8]) -> Result<(), &'static str> {
+        let link = self.session.as_mut().ok_or("no session")?;
+        let n = link.send(m, buf).map_err(|_| "cannot encrypt")?;
+        self.send_frame(&buf[..n])
     }
 
     fn send_frame(&mut self, frame: &[u8]) -> Result<(), &'static str> {

@@ -91,12 +91,7 @@ fn report(args: core::fmt::Arguments<'_>) {
 
 /// This visor's version as bundles state their minimum (`keel_bundle::visor_version`).
 fn visor_version() -> u32 {
-    let v = |s: &str| s.parse::<u16>().unwrap_or(0);
-    keel_bundle::visor_version(
-        v(env!("CARGO_PKG_VERSION_MAJOR")) as u8,
-        v(env!("CARGO_PKG_VERSION_MINOR")) as u8,
-        v(env!("CARGO_PKG_VERSION_PATCH")),
-    )
+    keel_bundle::parse_visor_version(env!("CARGO_PKG_VERSION")).unwrap_or(0)
 }
 
 // The agent entry points below run inside the network code's borrow of the log ring: they must

@@ -178,15 +178,8 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
 }
 
 fn parse_visor_version(v: &str) -> Result<u32, String> {
-    let bad = || format!("--min-visor {v}: expected MAJOR.MINOR.PATCH, e.g. 0.2.0");
-    let mut parts = v.split('.');
-    let major: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let minor: u8 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let patch: u16 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(keel_bundle::visor_version(major, minor, patch))
+    keel_bundle::parse_visor_version(v)
+        .ok_or_else(|| format!("--min-visor {v}: expected MAJOR.MINOR.PATCH, e.g. 0.2.0"))
 }
 
 /// `keel bundle`.

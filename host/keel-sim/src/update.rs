@@ -55,12 +55,7 @@ pub fn updater() -> Updater {
 /// This build's version as bundles state their minimum (`keel_bundle::visor_version`); the
 /// workspace version, the same as the visor's.
 fn visor_version() -> u32 {
-    let v = |s: &str| s.parse::<u16>().unwrap_or(0);
-    keel_bundle::visor_version(
-        v(env!("CARGO_PKG_VERSION_MAJOR")) as u8,
-        v(env!("CARGO_PKG_VERSION_MINOR")) as u8,
-        v(env!("CARGO_PKG_VERSION_PATCH")),
-    )
+    keel_bundle::parse_visor_version(env!("CARGO_PKG_VERSION")).unwrap_or(0)
 }
 
 /// What the simulated device reports and did, for tests.
@@ -107,16 +102,10 @@ pub(crate) enum Out {
 }
 
 impl Out {
+    /// The message, mapped by the agent exactly as the visor maps it.
     pub(crate) fn as_up(&self) -> Up<'static> {
         match *self {
-            Out::Status(s) => Up::UpdateStatus {
-                installed: s.installed,
-                sequence: s.sequence,
-                state: s.state as u8,
-                progress: s.progress,
-                total: s.total,
-                reason: s.reason.map_or("", |r| r.as_str()),
-            },
+            Out::Status(s) => s.message(),
             Out::Fetch { sequence, offset, len } => Up::FetchLayer { sequence, component: 0, offset, len },
         }
     }
@@ -331,7 +320,7 @@ mod tests {
         let mut v: Vec<UpdateState> = out
             .iter()
             .filter_map(|o| match o {
-                Out::Status(s) => UpdateState::from_u8(s.state as u8),
+                Out::Status(s) => Some(s.state),
                 Out::Fetch { .. } => None,
             })
             .collect();
