@@ -173,7 +173,7 @@ impl Agent {
                 self.ready = None;
                 self.politeness_s = manifest.policies.max_politeness_time_s;
                 self.requested_end = 0;
-                self.fetch_next()
+                self.advance(up, f)
             }
             Err(Error::Update(_)) => Next::None, // recorded in the journal's last outcome
             Err(_) => self.fail(offer.seq, Reason::Flash),
@@ -203,9 +203,48 @@ impl Agent {
         if offset < self.requested_end {
             return Next::None; // still arriving
         }
-        let len = FETCH_LEN.min(dl.offer().size - offset);
+        let len = FETCH_LEN.min(dl.offer().size.saturating_sub(offset));
+        if len == 0 {
+            return Next::None; // complete: `advance` finishes it
+        }
         self.requested_end = offset + len;
         Next::Fetch { sequence: dl.offer().seq, offset, len }
+    }
+
+    /// Asks for the next page, or finishes a download whose bytes are all written (also one
+    /// resumed after a reboot that came between its last page and its commit).
+    fn advance<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>) -> Next {
+        match &self.download {
+            Some(dl) if dl.offset() < dl.offer().size => self.fetch_next(),
+            Some(_) => self.complete(up, f),
+            None => Next::None,
+        }
+    }
+
+    /// Verifies a complete download, then commits it (or holds it for the app, by policy).
+    fn complete<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>) -> Next {
+        let Some(mut dl) = self.download.take() else { return Next::None };
+        let seq = dl.offer().seq;
+        match dl.verify(up, f) {
+            Ok(()) if self.politeness_s > 0 => {
+                self.ready = Some(dl);
+                Next::Ready { politeness_s: self.politeness_s }
+            }
+            Ok(()) => self.commit(up, f, dl),
+            // Digest or image failures are the journal's last outcome now.
+            Err(Error::Update(_)) => Next::None,
+            Err(_) => self.fail(seq, Reason::Flash),
+        }
+    }
+
+    /// The server cannot serve a fetch of `sequence` (`LayerError`): the download ends with an
+    /// error the device reports. Its journaled pages stay: the next offer (the server repeats
+    /// it on the next connection after an error) resumes from them.
+    pub fn on_layer_error(&mut self, sequence: u64) -> Next {
+        if self.download.as_ref().is_some_and(|d| d.offer().seq == sequence) {
+            return self.fail(sequence, Reason::LayerUnavailable);
+        }
+        Next::None
     }
 
     /// Handles layer data. Data for another bundle, or not at the expected offset, is ignored.
@@ -229,20 +268,7 @@ impl Agent {
                 Error::Flash(_) => self.fail(seq, Reason::Flash),
             };
         }
-        if dl.offset() < dl.offer().size {
-            return self.fetch_next();
-        }
-        let Some(mut dl) = self.download.take() else { return Next::None };
-        match dl.verify(up, f) {
-            Ok(()) if self.politeness_s > 0 => {
-                self.ready = Some(dl);
-                Next::Ready { politeness_s: self.politeness_s }
-            }
-            Ok(()) => self.commit(up, f, dl),
-            // Digest or image failures are the journal's last outcome now.
-            Err(Error::Update(_)) => Next::None,
-            Err(_) => self.fail(seq, Reason::Flash),
-        }
+        self.advance(up, f)
     }
 
     fn commit<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>, dl: Download) -> Next {

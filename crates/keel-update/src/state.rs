@@ -93,6 +93,8 @@ pub enum Reason {
     BadManifest = 14,
     /// The bundle needs a newer visor.
     VisorTooOld = 15,
+    /// The server could not serve the layer (`LayerError`).
+    LayerUnavailable = 16,
 }
 
 impl Reason {
@@ -115,6 +117,7 @@ impl Reason {
             Flash,
             BadManifest,
             VisorTooOld,
+            LayerUnavailable,
         ]
         .into_iter()
         .find(|r| *r as u8 == v)
@@ -138,6 +141,7 @@ impl Reason {
             Reason::Flash => "flash error",
             Reason::BadManifest => "manifest invalid or not signed by a trusted key",
             Reason::VisorTooOld => "needs a newer visor",
+            Reason::LayerUnavailable => "the server could not serve the layer",
         }
     }
 }

@@ -192,3 +192,40 @@ fn a_polite_update_waits_for_the_app_to_apply_it() {
     assert!(up.boot(&mut f).unwrap().trial);
     assert_eq!(agent.apply(&up, &mut f), Next::None, "nothing waits any more");
 }
+
+#[test]
+fn a_download_complete_before_a_reboot_is_finished_by_the_next_offer() {
+    let up = updater();
+    let mut f = factory(&image("1", 2000));
+    // Exactly two pages: the last page's journal record says every byte is written.
+    let v2 = image("2", 2 * FETCH_LEN as usize - common::HEADER);
+    assert_eq!(v2.len() as u32 % FETCH_LEN, 0);
+    let p = Policies { max_politeness_time_s: 30, ..Policies::default() };
+    let (env, layer) = bundle(&key(1), 2, &v2, p);
+    let mut agent = Agent::new();
+    let first = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    assert_eq!(serve(&mut agent, &mut f, first, &layer, None).0, Next::Ready { politeness_s: 30 });
+    // Reboot while the verified update waited for the app (nothing committed, nothing in RAM).
+    assert_eq!(up.boot(&mut f).unwrap().slot, Slot::A);
+    let mut agent = Agent::new();
+    let again = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    assert_eq!(again, Next::Ready { politeness_s: 30 }, "finished from the journal, no zero-length fetch");
+    assert_eq!(agent.apply(&up, &mut f), Next::Installed);
+    assert!(up.boot(&mut f).unwrap().trial);
+}
+
+#[test]
+fn a_layer_the_server_cannot_serve_ends_the_download_with_an_error() {
+    let up = updater();
+    let mut f = factory(&image("1", 2000));
+    let (env, _) = bundle(&key(1), 2, &image("2", 20_000), Policies::default());
+    let mut agent = Agent::new();
+    agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    assert_eq!(agent.on_layer_error(3), Next::None, "another bundle: ignored");
+    assert!(agent.downloading());
+    agent.on_layer_error(2);
+    let s = agent.status(&up, &f);
+    assert_eq!((s.state, s.reason), (State::Error, Some(Reason::LayerUnavailable)));
+    // The next offer resumes.
+    assert!(matches!(agent.on_offer(&up, &mut f, &env, &trusted(), 0), Next::Fetch { sequence: 2, .. }));
+}

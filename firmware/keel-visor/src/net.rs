@@ -296,7 +296,7 @@ impl Net {
                                         offset,
                                         code
                                     );
-                                    Got::Nothing
+                                    Got::Agent(crate::update::agent_layer_error(sequence))
                                 }
                                 Event::UpdateCancel { sequence } => {
                                     crate::update::agent_cancel(sequence);

@@ -136,6 +136,12 @@ pub fn agent_connected() -> Next {
     crate::VISOR.with(|v| v.as_mut().map_or(Next::None, |v| v.update.agent.on_connect()))
 }
 
+/// The server cannot serve a fetch: the download ends with an error (reported), to be resumed
+/// from the journal at the next offer.
+pub fn agent_layer_error(sequence: u64) -> Next {
+    crate::VISOR.with(|v| v.as_mut().map_or(Next::None, |v| v.update.agent.on_layer_error(sequence)))
+}
+
 /// The server withdrew the bundle.
 pub fn agent_cancel(sequence: u64) {
     crate::VISOR.with(|v| {

@@ -216,8 +216,10 @@ impl<const N: usize> SimDevice<N> {
                             Event::UpdateCancel { sequence } => {
                                 (None, None, self.with_agent(|a| a.on_cancel(sequence)), n)
                             }
-                            // Layer errors are only logged by the visor; other components are
-                            // not the agent's.
+                            Event::LayerError { sequence, .. } => {
+                                (None, None, self.with_agent(|a| a.on_layer_error(sequence)), n)
+                            }
+                            // Other components are not the agent's.
                             _ => (None, None, Vec::new(), n),
                         }
                     };

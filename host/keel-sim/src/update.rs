@@ -8,7 +8,7 @@
 //! | `UpdateOffer` | [`Agent::on_offer`] | `FetchLayer` (if [`Next::Fetch`]), `UpdateStatus` |
 //! | `LayerData` (component 0) | [`Agent::on_data`] | `FetchLayer` (if [`Next::Fetch`]), `UpdateStatus` |
 //! | `UpdateCancel` | [`Agent::on_cancel`] | `UpdateStatus` |
-//! | `LayerError` | none (the visor only logs it) | nothing |
+//! | `LayerError` | [`Agent::on_layer_error`] | `UpdateStatus` (`error`) |
 //!
 //! On [`Next::Installed`] the device "restarts into the trial" ([`Updater::boot`], reported as
 //! `trial`), and the simulated app works: it confirms ([`Updater::confirm`], reported as
@@ -268,6 +268,11 @@ impl Device {
     pub(crate) fn on_cancel(&mut self, sequence: u64) -> Vec<Out> {
         self.agent.on_cancel(&self.up, &mut self.flash, sequence);
         self.after(Next::None)
+    }
+
+    pub(crate) fn on_layer_error(&mut self, sequence: u64) -> Vec<Out> {
+        let next = self.agent.on_layer_error(sequence);
+        self.after(next)
     }
 }
 
