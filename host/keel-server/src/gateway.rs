@@ -27,6 +27,8 @@ use crate::unix_us;
 
 /// How long a new connection may take to send its first handshake message.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write to a device that does not complete in this time ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A device that sends nothing for this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the gateway pings an idle device.
@@ -89,7 +91,15 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let (store, key) = (store.clone(), server_private.clone());
                 Counters::add(&store.counters().connections, 1);
                 conns.spawn(async move {
@@ -123,7 +133,7 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     let acked = store.max_seq(&device.id).await?;
     let welcome = Down::Welcome { protocol: PROTOCOL_VERSION, unix_us: unix_us(), log_acked: acked };
     let (mut session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
-    s.write_all(&frame).await?;
+    write_all(&mut s, &frame).await?;
     // The first handshake message may be a replay; only the device can send a valid `Ready`.
     let ready = read_frame(&mut s, HANDSHAKE_TIMEOUT).await?;
     let plain = session.receive(&ready).map_err(|_| ConnError::Protocol("bad ready"))?;
@@ -133,6 +143,9 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     store
         .device_online(&device.id, &visor_version, app.as_ref().map(|(a, b)| (a.as_str(), b.as_str())), boot_count)
         .await?;
+    // A device that reconnects before its old connection timed out has two for a while: only
+    // the newest may mark it offline.
+    let generation = store.claim_online(&device.id);
     Counters::add(&store.counters().handshakes, 1);
     tracing::info!(device = %device.id, "device online");
     // Frames are read by their own task and handed over a channel, so waiting for one can be
@@ -150,7 +163,9 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     });
     let result = exchange(wr, rx, &mut session, store, &device.id).await;
     reader.abort();
-    store.device_offline(&device.id).await?;
+    if store.release_online(&device.id, generation) {
+        store.device_offline(&device.id).await?;
+    }
     result
 }
 
@@ -223,8 +238,16 @@ async fn send(
     m: &Down<'_>,
 ) -> Result<(), ConnError> {
     let f = session.send(m).map_err(|_| ConnError::Protocol("encrypt"))?;
-    s.write_all(&f).await?;
-    Ok(())
+    write_all(s, &f).await
+}
+
+/// Writes to a device, giving up after [`WRITE_TIMEOUT`]: a peer that stops reading (zero
+/// window, half-open link) must not hold its connection task forever.
+async fn write_all<W: AsyncWriteExt + Unpin>(s: &mut W, bytes: &[u8]) -> Result<(), ConnError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, s.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ConnError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "device not reading"))),
+    }
 }
 
 impl Ota {

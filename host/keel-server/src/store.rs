@@ -92,6 +92,9 @@ impl Counters {
 #[derive(Debug)]
 struct Live {
     counters: Counters,
+    /// Per online device, the generation of its newest connection.
+    online: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    next_generation: AtomicU64,
     new_logs: broadcast::Sender<String>,
     pub(crate) deployments: broadcast::Sender<String>,
     pub(crate) updates: broadcast::Sender<String>,
@@ -195,7 +198,14 @@ impl Store {
         let (new_logs, _) = broadcast::channel(1024);
         let (deployments, _) = broadcast::channel(1024);
         let (updates, _) = broadcast::channel(1024);
-        let live = Live { counters: Counters::default(), new_logs, deployments, updates };
+        let live = Live {
+            counters: Counters::default(),
+            online: Default::default(),
+            next_generation: AtomicU64::new(1),
+            new_logs,
+            deployments,
+            updates,
+        };
         Ok(Store { pool, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
     }
 
@@ -229,6 +239,25 @@ impl Store {
 
     pub(crate) fn notify_update(&self, device_id: &str) {
         let _ = self.live.updates.send(device_id.to_string());
+    }
+
+    /// Records a new connection of `device_id` as its newest; returns its generation.
+    pub fn claim_online(&self, device_id: &str) -> u64 {
+        let g = self.live.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.live.online.lock().unwrap_or_else(|e| e.into_inner()).insert(device_id.to_string(), g);
+        g
+    }
+
+    /// A connection of `device_id` ended: true if it was the newest (then the device is offline),
+    /// false if a newer connection took over.
+    pub fn release_online(&self, device_id: &str, generation: u64) -> bool {
+        let mut online = self.live.online.lock().unwrap_or_else(|e| e.into_inner());
+        if online.get(device_id) == Some(&generation) {
+            online.remove(device_id);
+            true
+        } else {
+            false
+        }
     }
 
     /// The gateway's counters.

@@ -136,22 +136,35 @@ async fn garbage_and_unknown_devices_do_not_disturb_connected_ones(store: Store)
         s.write_all(bad).await.unwrap();
         drop(s);
     }
-    let stranger = SimDevice::new(new_secret(), public, 1);
+    let stranger = std::sync::Arc::new(SimDevice::new(new_secret(), public, 1));
     stranger.log("should never be stored");
-    let stranger_task = tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_millis(300), stranger.run(addr, 20)).await;
-        stranger.stats()
-    });
-    assert_eq!(stranger_task.await.unwrap().sessions, 0, "unknown device key refused");
+    let s2 = stranger.clone();
+    let stranger_task = tokio::spawn(async move { s2.run(addr, 20).await });
+    // Two garbage frames are refused; the third refusal is the stranger's handshake.
+    let rejected = || store.counters().rejected.load(std::sync::atomic::Ordering::Relaxed);
+    until(|| async { rejected() >= 3 }).await;
+    stranger_task.abort();
+    assert_eq!(stranger.stats().sessions, 0, "unknown device key refused");
 
     dev.log("after");
     until(|| async { store.logs("kd02", None, 10).await.unwrap().len() == 2 }).await;
     assert_eq!(dev.stats().sessions, 1, "the good device was never disconnected");
 
-    // The refusals are counted for /metrics (two garbage frames and at least one unknown-key
-    // attempt); the one good device authenticated once.
-    let rejected = || store.counters().rejected.load(std::sync::atomic::Ordering::Relaxed);
-    until(|| async { rejected() >= 3 }).await;
+    // The refusals were counted for /metrics (above); the one good device authenticated once.
     assert_eq!(store.counters().handshakes.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(store.counters().log_records.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn only_the_newest_connection_of_a_device_marks_it_offline() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = common::TestDb::sqlite("online-generations");
+        let store = db.open().await;
+        let old = store.claim_online("kd01");
+        let new = store.claim_online("kd01");
+        assert!(!store.release_online("kd01", old), "the old connection ends after the device reconnected");
+        assert!(store.release_online("kd01", new), "the newest one ends: offline");
+        assert!(!store.release_online("kd01", new), "only once");
+    });
 }

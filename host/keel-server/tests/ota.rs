@@ -57,18 +57,7 @@ async fn call(
     token: &str,
     body: Option<serde_json::Value>,
 ) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    common::call(app, method, path, Some(token), body).await
 }
 
 async fn upload(app: &axum::Router, token: &str, bundle: Vec<u8>) -> (StatusCode, serde_json::Value) {

@@ -6,6 +6,37 @@ use std::process::Command;
 
 use keel_server::store::Store;
 
+/// One API request through the router: `token` as a bearer token, `body` as JSON. Returns the
+/// status and the JSON body (`Null` if the body is not JSON).
+#[allow(dead_code)] // not every test binary sends requests
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
 /// A database the test owns; PostgreSQL is stopped when it is dropped.
 pub struct TestDb {
     pub url: String,
