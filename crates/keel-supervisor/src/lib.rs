@@ -13,7 +13,18 @@
 //! * A restart the app asks for happens immediately.
 //! * An armed watchdog that is not kicked in time makes [`Supervisor::poll`] return
 //!   [`Action::KillForWatchdog`]; the visor then stops the app and reports the crash.
+//!
+//! Next to the state machine, the visor's other pure decisions about a crash:
+//! * [`crash`]: reading an exception's EXC_RETURN ([`ExcReturn`]) and building the app's
+//!   [`keel_abi::CrashReport`] from its exception frame ([`crash::crash_report`]).
+//! * [`handover`]: the [`Carry`] and crash report handed across a system reset the visor makes
+//!   because of the app, as bytes in warm RAM ([`handover::encode`], [`handover::decode`]).
 #![no_std]
+
+pub mod crash;
+pub mod handover;
+
+pub use crash::{fault_kind_from_ipsr, ExcReturn};
 
 use keel_abi::{BootInfo, StartReason, Status, WATCHDOG_MAX_MS, WATCHDOG_MIN_MS};
 

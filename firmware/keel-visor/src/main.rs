@@ -35,10 +35,11 @@ mod warm;
 
 use core::arch::{asm, global_asm, naked_asm};
 
-use keel_abi::{CrashReport, FaultKind, CRASH_STACK_WORDS};
+use keel_abi::{CrashReport, FaultKind};
 use keel_flash::factory::Factory;
 use keel_flash::{layout, Nor, SeqLog};
-use keel_supervisor::{Action, Policy, Supervisor};
+use keel_supervisor::crash::{self, FaultStatus, NsStacks};
+use keel_supervisor::{fault_kind_from_ipsr, Action, ExcReturn, Policy, Supervisor};
 use sha2::{Digest, Sha256};
 
 use crate::board::FlashMedium;
@@ -341,12 +342,12 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     net::poll(now);
     // Only switch contexts when we interrupted thread mode; if the app (or a system call made from
     // one of its handlers) was in handler mode, try again at the next alarm.
-    if exc_return & (1 << 3) == 0 {
+    if !ExcReturn(exc_return).thread_mode() {
         // The app is inside one of its exception handlers. If its watchdog expired there, only
         // a system reset can take it out (its exception stays active in the core).
         let expired = VISOR.with(|v| v.as_mut().is_some_and(|v| v.sup.poll(now) == Action::KillForWatchdog));
         if expired {
-            let report = crash_report(FaultKind::Watchdog, exc_return, now);
+            let report = crash_report(FaultKind::Watchdog, ExcReturn(exc_return), now);
             reset_after_app_fault(report, now, true, "app hung in an exception handler");
         }
         time::rearm();
@@ -365,7 +366,7 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
         Action::None => keep(exc_return),
         Action::Launch => launch(now),
         Action::KillForWatchdog => {
-            let report = crash_report(FaultKind::Watchdog, exc_return, now);
+            let report = crash_report(FaultKind::Watchdog, ExcReturn(exc_return), now);
             record_crash(report, now, true);
             go_idle()
         }
@@ -391,12 +392,10 @@ extern "C" fn keel_alarm() {
     time::rearm();
 }
 
-fn crash_report(kind: FaultKind, exc_return: u32, now: u64) -> CrashReport {
-    let mut r = CrashReport {
-        version: 1,
-        kind: kind as u32,
-        time_us: now,
-        exc_return,
+/// The app's crash report, from the exception that caught it (see [`keel_supervisor::crash`]).
+/// App memory is read through the access-checked [`ns_mem::read_u32`].
+fn crash_report(kind: FaultKind, exc_return: ExcReturn, now: u64) -> CrashReport {
+    let status = FaultStatus {
         // Faults of the app escalate to the visor's HardFault with their cause in the
         // non-secure CFSR bank; report both banks together (the bit meanings are the same).
         cfsr: board::read_reg(board::SCB_CFSR) | board::read_reg(board::SCB_CFSR_NS),
@@ -405,27 +404,9 @@ fn crash_report(kind: FaultKind, exc_return: u32, now: u64) -> CrashReport {
         sfar: board::read_reg(board::SAU_SFAR),
         bfar: board::read_reg(board::SCB_BFAR),
         mmfar: board::read_reg(board::SCB_MMFAR),
-        ..Default::default()
     };
-    // The app's exception frame is on its own stack only if the app itself was interrupted (not
-    // a system call in the secure thread).
-    if exc_return & (1 << 6) == 0 {
-        let (msp, psp) = board::ns_stack_pointers();
-        let sp = if exc_return & (1 << 2) != 0 { psp } else { msp };
-        if ns_mem::check(sp, 32, false) {
-            for (i, w) in r.frame.iter_mut().enumerate() {
-                *w = ns_mem::read_u32(sp + 4 * i as u32).unwrap_or(0);
-            }
-            let aligned = r.frame[7] & (1 << 9) != 0;
-            r.sp = sp + 32 + if aligned { 4 } else { 0 };
-            for i in 0..CRASH_STACK_WORDS {
-                r.stack[i] = ns_mem::read_u32(r.sp + 4 * i as u32).unwrap_or(0);
-            }
-        } else {
-            r.sp = sp;
-        }
-    }
-    r
+    let (msp, psp) = board::ns_stack_pointers();
+    crash::crash_report(kind, exc_return, now, status, NsStacks { msp, psp }, ns_mem::read_u32)
 }
 
 fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
@@ -475,21 +456,16 @@ fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
 
 /// HardFault, MemManage, BusFault, UsageFault, SecureFault.
 extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
+    let exc_return = ExcReturn(exc_return);
     let ipsr = board::ipsr();
-    if exc_return & (1 << 6) != 0 {
+    if exc_return.secure_frame() {
+        // The trampoline pushed 10 words below the secure frame.
         visor_fatal("fault in visor code", exc_return, ipsr, sp + 40);
     }
     let now = time::now_us();
-    let kind = match ipsr {
-        4 => FaultKind::MemManage,
-        5 => FaultKind::BusFault,
-        6 => FaultKind::UsageFault,
-        7 => FaultKind::SecureFault,
-        _ => FaultKind::HardFault,
-    };
-    let report = crash_report(kind, exc_return, now);
+    let report = crash_report(fault_kind_from_ipsr(ipsr), exc_return, now);
     board::clear_fault_status();
-    if exc_return & (1 << 3) == 0 {
+    if !exc_return.thread_mode() {
         // The app faulted inside one of its own interrupt handlers. Its exception stays active in
         // the core, which only a reset clears: record the crash and reset the system.
         reset_after_app_fault(report, now, false, "app fault in an exception handler");
@@ -499,7 +475,6 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     go_idle()
 }
 
-/// `frame` is the secure exception frame when known (0 otherwise).
 /// Records a crash of the app that happened inside one of its exception handlers and resets the
 /// system: an active exception of the app can only be cleared by a reset. The crash series and
 /// report are carried over the reset (see [`warm`]), so the backoff continues.
@@ -511,12 +486,14 @@ fn reset_after_app_fault(report: CrashReport, now: u64, watchdog: bool, why: &st
     board::system_reset()
 }
 
-fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
+/// Logs a fault of the visor itself and resets the system. `frame` is the secure exception frame
+/// on MSP_S when known (0 otherwise); if the faulting context used PSP_S, the frame is there.
+fn visor_fatal(what: &str, exc_return: ExcReturn, ipsr: u32, frame: u32) -> ! {
     let psp: u32;
     // SAFETY: reading PSP has no side effects.
     unsafe { asm!("mrs {}, psp", out(reg) psp) };
     // The secure frame is on MSP_S (just above the trampoline's push) or on PSP_S.
-    let frame = if frame != 0 && exc_return & (1 << 2) != 0 { psp } else { frame };
+    let frame = if frame != 0 && exc_return.uses_psp() { psp } else { frame };
     let pc = if frame != 0 {
         // SAFETY: `frame` points at a secure exception frame on one of the visor's stacks.
         unsafe { core::ptr::read_volatile((frame + 24) as *const u32) }
@@ -527,7 +504,7 @@ fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
         "FATAL {}: exc={} exc_return={:#010x} pc={:#010x} bfar={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
         what,
         ipsr,
-        exc_return,
+        exc_return.0,
         pc,
         board::read_reg(board::SCB_BFAR),
         board::read_reg(board::SCB_CFSR),
@@ -539,12 +516,12 @@ fn visor_fatal(what: &str, exc_return: u32, ipsr: u32, frame: u32) -> ! {
 
 #[no_mangle]
 extern "C" fn keel_nmi() {
-    visor_fatal("NMI", 0, 2, 0);
+    visor_fatal("NMI", ExcReturn(0), 2, 0);
 }
 
 #[no_mangle]
 extern "C" fn keel_unexpected() {
-    visor_fatal("unexpected exception", 0, board::ipsr(), 0);
+    visor_fatal("unexpected exception", ExcReturn(0), board::ipsr(), 0);
 }
 
 #[panic_handler]
@@ -602,7 +579,7 @@ extern "C" fn visor_main() -> ! {
     let nsc_start = sym_addr(core::ptr::addr_of!(__nsc_start));
     let nsc_end = sym_addr(core::ptr::addr_of!(__nsc_end));
     if nsc_start != board::NSC_BASE {
-        visor_fatal("NSC table not at its ABI address", 0, 0, 0);
+        visor_fatal("NSC table not at its ABI address", ExcReturn(0), 0, 0);
     }
     board::configure_security(nsc_start, nsc_end);
     vlog!(
