@@ -2,9 +2,12 @@
 //!
 //! Everything the visor knows about its persistent storage, written once and tested on the host:
 //!
-//! * [`Nor`]: a flash driver that enforces the rules of real NOR flash (the STM32U5 flavour) on top
-//!   of any raw byte [`Medium`]: pages of [`PAGE_SIZE`] bytes that erase to `0xFF`, programming in
-//!   [`PROGRAM_UNIT`]-byte units, and **programming a unit that is not fully erased is an error**.
+//! * [`Nor`]: a flash driver that enforces the rules of real NOR flash on top of any raw byte
+//!   [`Medium`]: pages that erase to `0xFF`, programming in whole program units, and
+//!   **programming a unit that is not fully erased is an error**. The page size and program unit
+//!   are the medium's [`Geometry`]; the reference board (STM32U5 flavour) has pages of
+//!   [`PAGE_SIZE`] bytes and [`PROGRAM_UNIT`]-byte units ([`Geometry::REFERENCE`]), and the
+//!   host tests sweep other geometries of real MCUs.
 //!   On QEMU the medium is a file-backed RAM region, which would otherwise accept anything; with
 //!   these rules, code that works on the virtual device also works on real flash.
 //!   `Nor` implements the `embedded-storage` `NorFlash` traits so ecosystem crates can use it.
@@ -25,12 +28,91 @@ pub mod sim;
 
 pub use seqlog::{RecordLog, SeqLog, SeqRecord};
 
-/// Erase page size in bytes.
+/// Erase page size in bytes of the reference board ([`Geometry::REFERENCE`]).
 pub const PAGE_SIZE: u32 = 8192;
-/// Program unit in bytes: the smallest amount written at once, aligned to itself.
+/// Program unit in bytes of the reference board: the smallest amount written at once, aligned to
+/// itself ([`Geometry::REFERENCE`]).
 pub const PROGRAM_UNIT: u32 = 16;
 /// Value of an erased byte.
 pub const ERASED: u8 = 0xFF;
+/// The largest program unit a [`Geometry`] may have: buffers that stage one program unit in RAM
+/// (`keel-update`'s download) are this big. 32 bytes covers the 256-bit flash word of the
+/// STM32H7; 16 (STM32U5, H5), 8 (STM32L4, G4, WB) and 4 (nRF52) fit too.
+pub const MAX_PROGRAM_UNIT: u32 = 32;
+/// The smallest page a [`Geometry`] may have (it must hold a few journal records).
+pub const MIN_PAGE_SIZE: u32 = 256;
+
+/// The shape of a NOR flash: its erase page and its program unit.
+///
+/// Both are powers of two, the program unit is at most [`MAX_PROGRAM_UNIT`] and the page at least
+/// [`MIN_PAGE_SIZE`] (so the unit divides the page). [`Geometry::new`] checks this; a value of
+/// this type is always valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    page_size: u32,
+    program_unit: u32,
+}
+
+impl Geometry {
+    /// The reference board: 8 KiB pages, 16-byte program units (STM32U5).
+    pub const REFERENCE: Geometry = Geometry { page_size: PAGE_SIZE, program_unit: PROGRAM_UNIT };
+
+    /// A geometry of `page_size`-byte erase pages and `program_unit`-byte program units, if
+    /// valid (see the type's documentation).
+    pub const fn new(page_size: u32, program_unit: u32) -> Option<Geometry> {
+        if page_size.is_power_of_two()
+            && program_unit.is_power_of_two()
+            && program_unit <= MAX_PROGRAM_UNIT
+            && page_size >= MIN_PAGE_SIZE
+        {
+            Some(Geometry { page_size, program_unit })
+        } else {
+            None
+        }
+    }
+
+    /// Erase page size in bytes.
+    pub const fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    /// Program unit in bytes.
+    pub const fn program_unit(&self) -> u32 {
+        self.program_unit
+    }
+
+    /// True if `offset` starts a page.
+    pub const fn is_page_aligned(&self, offset: u32) -> bool {
+        offset % self.page_size == 0
+    }
+
+    /// True if `offset` starts a program unit.
+    pub const fn is_unit_aligned(&self, offset: u32) -> bool {
+        offset % self.program_unit == 0
+    }
+
+    /// `n` rounded up to a whole number of pages (`None` on overflow).
+    pub const fn page_ceil(&self, n: u32) -> Option<u32> {
+        match n.checked_add(self.page_size - 1) {
+            Some(x) => Some(x & !(self.page_size - 1)),
+            None => None,
+        }
+    }
+
+    /// `n` rounded up to a whole number of program units (`None` on overflow).
+    pub const fn unit_ceil(&self, n: u32) -> Option<u32> {
+        match n.checked_add(self.program_unit - 1) {
+            Some(x) => Some(x & !(self.program_unit - 1)),
+            None => None,
+        }
+    }
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry::REFERENCE
+    }
+}
 
 /// A write or erase the medium could not complete. On real flash: a programming or erase error
 /// reported by the controller; in the host simulator ([`sim`]): power was cut.
@@ -41,12 +123,18 @@ pub struct Fault;
 pub trait Medium {
     /// Size in bytes.
     fn capacity(&self) -> u32;
+    /// Page size and program unit of the flash behind this medium (by default the reference
+    /// board's, [`Geometry::REFERENCE`]).
+    fn geometry(&self) -> Geometry {
+        Geometry::REFERENCE
+    }
     /// Copies `buf.len()` bytes starting at `offset` into `buf`. The range is in bounds.
     fn read(&self, offset: u32, buf: &mut [u8]);
     /// Stores `data` at `offset` (one program operation; aligned to program units by [`Nor`]).
     /// The range is in bounds.
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Fault>;
-    /// Sets `len` bytes at `offset` to [`ERASED`] (one page erase). The range is in bounds.
+    /// Sets `len` bytes at `offset` to [`ERASED`] (one page erase of the medium's
+    /// [`Geometry`]). The range is in bounds.
     fn erase(&mut self, offset: u32, len: u32) -> Result<(), Fault> {
         let ff = [ERASED; 256];
         let mut o = offset;
@@ -108,16 +196,24 @@ pub struct FlashStats {
     pub programs: u32,
 }
 
-/// A NOR flash driver enforcing erase/program rules over a raw [`Medium`].
+/// A NOR flash driver enforcing erase/program rules over a raw [`Medium`], with the medium's
+/// [`Geometry`].
 pub struct Nor<M: Medium> {
     medium: M,
+    geometry: Geometry,
     stats: FlashStats,
 }
 
 impl<M: Medium> Nor<M> {
-    /// Wraps a medium. Its capacity must be a multiple of [`PAGE_SIZE`].
+    /// Wraps a medium. Its capacity must be a multiple of its page size.
     pub fn new(medium: M) -> Self {
-        Nor { medium, stats: FlashStats::default() }
+        let geometry = medium.geometry();
+        Nor { medium, geometry, stats: FlashStats::default() }
+    }
+
+    /// Page size and program unit (the medium's, read once by [`Self::new`]).
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     /// Size in bytes.
@@ -163,44 +259,44 @@ impl<M: Medium> Nor<M> {
 
     /// Erases the page starting at `offset` to `0xFF`.
     pub fn erase_page(&mut self, offset: u32) -> Result<(), FlashError> {
-        if offset % PAGE_SIZE != 0 {
+        let page = self.geometry.page_size();
+        if !self.geometry.is_page_aligned(offset) {
             return Err(FlashError::Misaligned);
         }
-        self.check_range(offset, PAGE_SIZE as usize)?;
+        self.check_range(offset, page as usize)?;
         self.stats.erases += 1;
-        self.medium.erase(offset, PAGE_SIZE)?;
+        self.medium.erase(offset, page)?;
         Ok(())
     }
 
     /// Erases every page in `from..to` (both page aligned).
     pub fn erase_range(&mut self, from: u32, to: u32) -> Result<(), FlashError> {
-        if from % PAGE_SIZE != 0 || to % PAGE_SIZE != 0 || to < from {
+        let g = self.geometry;
+        if !g.is_page_aligned(from) || !g.is_page_aligned(to) || to < from {
             return Err(FlashError::Misaligned);
         }
         self.check_range(from, (to - from) as usize)?;
         let mut o = from;
         while o < to {
             self.erase_page(o)?;
-            o += PAGE_SIZE;
+            o += g.page_size();
         }
         Ok(())
     }
 
-    /// Programs `data` at `offset`. Both must be multiples of [`PROGRAM_UNIT`], and every unit
+    /// Programs `data` at `offset`. Both must be multiples of the program unit, and every unit
     /// written must be fully erased beforehand. Nothing is written if any unit is not erased.
     pub fn program(&mut self, offset: u32, data: &[u8]) -> Result<(), FlashError> {
-        if offset % PROGRAM_UNIT != 0 || data.len() % PROGRAM_UNIT as usize != 0 {
+        let unit = self.geometry.program_unit() as usize;
+        if !self.geometry.is_unit_aligned(offset) || data.len() % unit != 0 {
             return Err(FlashError::Misaligned);
         }
         self.check_range(offset, data.len())?;
-        let mut unit = [0u8; PROGRAM_UNIT as usize];
-        for i in 0..data.len() / PROGRAM_UNIT as usize {
-            self.medium.read(offset + (i as u32) * PROGRAM_UNIT, &mut unit);
-            if unit.iter().any(|&b| b != ERASED) {
-                return Err(FlashError::NotErased);
-            }
+        // The range is whole units: it is all erased exactly when every unit in it is.
+        if !self.is_erased(offset, data.len() as u32)? {
+            return Err(FlashError::NotErased);
         }
-        self.stats.units_programmed += (data.len() / PROGRAM_UNIT as usize) as u32;
+        self.stats.units_programmed += (data.len() / unit) as u32;
         self.stats.programs += 1;
         self.medium.write(offset, data)?;
         Ok(())
@@ -248,6 +344,9 @@ impl<M: Medium> embedded_storage::nor_flash::ReadNorFlash for Nor<M> {
     }
 }
 
+/// `embedded-storage` wants the sizes as constants: they are the reference board's. On a medium
+/// of another [`Geometry`] the driver still checks its real page and unit (a request aligned only
+/// to the constants fails with [`FlashError::Misaligned`]); use [`Nor::geometry`] there.
 impl<M: Medium> embedded_storage::nor_flash::NorFlash for Nor<M> {
     const WRITE_SIZE: usize = PROGRAM_UNIT as usize;
     const ERASE_SIZE: usize = PAGE_SIZE as usize;
@@ -372,6 +471,59 @@ mod tests {
         let mut buf = [0u8; 16];
         f.read(0, &mut buf).unwrap();
         assert_eq!(buf, [2u8; 16]);
+    }
+
+    /// A slice with another geometry.
+    pub(crate) struct GeoSlice<'a>(pub &'a mut [u8], pub Geometry);
+
+    impl Medium for GeoSlice<'_> {
+        fn capacity(&self) -> u32 {
+            self.0.len() as u32
+        }
+        fn geometry(&self) -> Geometry {
+            self.1
+        }
+        fn read(&self, offset: u32, buf: &mut [u8]) {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.0[o..o + buf.len()]);
+        }
+        fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Fault> {
+            SliceMedium(self.0).write(offset, data)
+        }
+    }
+
+    #[test]
+    fn geometry_is_validated() {
+        assert_eq!(Geometry::new(8192, 16), Some(Geometry::REFERENCE));
+        assert_eq!(Geometry::default(), Geometry::REFERENCE);
+        assert!(Geometry::new(128 * 1024, 32).is_some());
+        assert!(Geometry::new(2048, 8).is_some());
+        assert_eq!(Geometry::new(3000, 16), None, "page not a power of two");
+        assert_eq!(Geometry::new(4096, 12), None, "unit not a power of two");
+        assert_eq!(Geometry::new(4096, 64), None, "unit above MAX_PROGRAM_UNIT");
+        assert_eq!(Geometry::new(128, 16), None, "page below MIN_PAGE_SIZE");
+        assert_eq!(Geometry::new(0, 0), None);
+        let g = Geometry::new(2048, 8).unwrap();
+        assert_eq!((g.page_ceil(1), g.page_ceil(2048), g.page_ceil(2049)), (Some(2048), Some(2048), Some(4096)));
+        assert_eq!((g.unit_ceil(9), g.unit_ceil(u32::MAX)), (Some(16), None));
+    }
+
+    #[test]
+    fn the_driver_uses_the_geometry_of_its_medium() {
+        let g = Geometry::new(2048, 32).unwrap();
+        let mut mem = [0u8; 4 * 2048];
+        let mut f = Nor::new(GeoSlice(&mut mem, g));
+        assert_eq!(f.geometry(), g);
+        assert_eq!(f.erase_page(1024), Err(FlashError::Misaligned), "not a 2 KiB page start");
+        f.erase_page(2048).unwrap();
+        assert!(f.is_erased(2048, 2048).unwrap() && !f.is_erased(4096, 16).unwrap());
+        f.erase_range(4096, 8192).unwrap();
+        assert_eq!(f.stats().erases, 3);
+        assert_eq!(f.program(2048 + 16, &[0u8; 32]), Err(FlashError::Misaligned), "16 is not a 32-byte unit start");
+        assert_eq!(f.program(2048, &[0u8; 16]), Err(FlashError::Misaligned), "half a unit");
+        f.program(2048, &[1u8; 64]).unwrap();
+        assert_eq!(f.program(2048 + 32, &[2u8; 32]), Err(FlashError::NotErased));
+        assert_eq!(f.stats().units_programmed, 2);
     }
 
     #[test]

@@ -10,15 +10,21 @@
 //!
 //! [`SeqLog`] is the 16-byte instance used for the boot counter; the OTA journal
 //! (`keel-update`) is a 128-byte instance.
+//!
+//! Pages and program units are those of the flash given ([`Nor::geometry`]): a record takes a
+//! slot of `R` bytes rounded up to whole program units (the rest of the slot is left `0xFF`), and
+//! a page holds as many slots as fit.
 
-use crate::{crc32, FlashError, Medium, Nor, ERASED, PAGE_SIZE, PROGRAM_UNIT};
+use crate::{crc32, FlashError, Geometry, Medium, Nor, ERASED, MAX_PROGRAM_UNIT, PAGE_SIZE, PROGRAM_UNIT};
 
 const MAGIC: u32 = 0x314C_534B; // "KSL1" little endian
 #[cfg(test)]
 const UNITS_PER_PAGE: u32 = PAGE_SIZE / PROGRAM_UNIT;
 
-/// A log of `R`-byte records (`R` a multiple of [`PROGRAM_UNIT`] that divides [`PAGE_SIZE`],
-/// at least 16) in the two pages at `base`. Records carry `R - 12` bytes of payload.
+/// A log of `R`-byte records (`R` a multiple of the reference [`PROGRAM_UNIT`] that divides the
+/// reference [`PAGE_SIZE`], at least 16) in the two pages at `base`. Records carry `R - 12` bytes
+/// of payload. On flash of another [`Geometry`] each record takes `R` rounded up to whole program
+/// units; a page smaller than one record gives [`FlashError::Misaligned`].
 #[derive(Clone, Copy, Debug)]
 pub struct RecordLog<const R: usize> {
     base: u32,
@@ -32,8 +38,16 @@ struct Scan<const R: usize> {
     next_free: [Option<u32>; 2],
 }
 
+/// Where records go on flash of one geometry.
+#[derive(Clone, Copy)]
+struct Slots {
+    page: u32,
+    /// Bytes per record slot: `R` rounded up to program units.
+    stride: u32,
+    count: u32,
+}
+
 impl<const R: usize> RecordLog<R> {
-    const SLOTS: u32 = PAGE_SIZE / R as u32;
     const VALID: () = assert!(R >= 16 && R % PROGRAM_UNIT as usize == 0 && PAGE_SIZE as usize % R == 0);
 
     /// A log in the two pages at `base` (page aligned); `magic` tells its records apart from
@@ -52,13 +66,22 @@ impl<const R: usize> RecordLog<R> {
         (w(0) == self.magic && w(R - 4) == crc32(&b[..R - 4])).then(|| w(4))
     }
 
-    fn scan<M: Medium>(&self, f: &Nor<M>) -> Result<Scan<R>, FlashError> {
+    fn slots(g: Geometry) -> Result<Slots, FlashError> {
+        let stride = g.unit_ceil(R as u32).ok_or(FlashError::Misaligned)?;
+        let page = g.page_size();
+        if stride > page {
+            return Err(FlashError::Misaligned);
+        }
+        Ok(Slots { page, stride, count: page / stride })
+    }
+
+    fn scan<M: Medium>(&self, f: &Nor<M>, l: Slots) -> Result<Scan<R>, FlashError> {
         let mut s = Scan { latest: None, next_free: [Some(0), Some(0)] };
         for page in 0..2u32 {
             let mut last_used: Option<u32> = None;
-            for slot in 0..Self::SLOTS {
+            for slot in 0..l.count {
                 let mut b = [0u8; R];
-                f.read(self.base + page * PAGE_SIZE + slot * R as u32, &mut b)?;
+                f.read(self.base + page * l.page + slot * l.stride, &mut b)?;
                 if b.iter().all(|&x| x == ERASED) {
                     continue;
                 }
@@ -71,7 +94,7 @@ impl<const R: usize> RecordLog<R> {
             }
             s.next_free[page as usize] = match last_used {
                 None => Some(0),
-                Some(u) if u + 1 < Self::SLOTS => Some(u + 1),
+                Some(u) if u + 1 < l.count => Some(u + 1),
                 Some(_) => None,
             };
         }
@@ -80,7 +103,7 @@ impl<const R: usize> RecordLog<R> {
 
     /// The newest valid record: its sequence number and payload.
     pub fn latest<M: Medium>(&self, f: &Nor<M>) -> Result<Option<(u32, [u8; R])>, FlashError> {
-        Ok(self.scan(f)?.latest.map(|(seq, b, _)| {
+        Ok(self.scan(f, Self::slots(f.geometry())?)?.latest.map(|(seq, b, _)| {
             let mut payload = [0u8; R];
             payload[..R - 12].copy_from_slice(&b[8..R - 4]);
             (seq, payload)
@@ -93,7 +116,8 @@ impl<const R: usize> RecordLog<R> {
         if payload.len() > R - 12 {
             return Err(FlashError::OutOfBounds);
         }
-        let s = self.scan(f)?;
+        let slots = Self::slots(f.geometry())?;
+        let s = self.scan(f, slots)?;
         let (seq, page, slot) = match s.latest {
             Some((l, _, p)) => {
                 let seq = l.wrapping_add(1);
@@ -101,7 +125,7 @@ impl<const R: usize> RecordLog<R> {
                     Some(u) => (seq, p, u),
                     None => {
                         let other = 1 - p;
-                        f.erase_page(self.base + other * PAGE_SIZE)?;
+                        f.erase_page(self.base + other * slots.page)?;
                         (seq, other, 0)
                     }
                 }
@@ -117,7 +141,19 @@ impl<const R: usize> RecordLog<R> {
         b[8..8 + payload.len()].copy_from_slice(payload);
         let c = crc32(&b[..R - 4]);
         b[R - 4..].copy_from_slice(&c.to_le_bytes());
-        f.program(self.base + page * PAGE_SIZE + slot * R as u32, &b)?;
+        let at = self.base + page * slots.page + slot * slots.stride;
+        // Whole units straight from the record; a last partial unit (a unit that does not divide
+        // `R`) padded with erased bytes. Usually one program operation.
+        let unit = f.geometry().program_unit() as usize;
+        let whole = R / unit * unit;
+        if whole > 0 {
+            f.program(at, &b[..whole])?;
+        }
+        if whole < R {
+            let mut tail = [ERASED; MAX_PROGRAM_UNIT as usize];
+            tail[..R - whole].copy_from_slice(&b[whole..]);
+            f.program(at + whole as u32, &tail[..unit])?;
+        }
         Ok(seq)
     }
 }
@@ -224,6 +260,38 @@ mod tests {
         assert_eq!(log.latest(&f).unwrap(), Some(SeqRecord { seq: 1, value: 10 }));
         assert_eq!(log.write(&mut f, 12).unwrap(), SeqRecord { seq: 2, value: 12 });
         assert_eq!(log.latest(&f).unwrap().unwrap().value, 12);
+    }
+
+    #[test]
+    fn logs_follow_the_geometry_of_the_flash() {
+        use crate::tests::GeoSlice;
+        use crate::Geometry;
+        // 16-byte records on 32-byte program units: one unit per record, half of it padding.
+        let g = Geometry::new(256, 32).unwrap();
+        let mut mem = vec![0u8; 2 * 256];
+        let mut f = Nor::new(GeoSlice(&mut mem, g));
+        let log = SeqLog::new(0);
+        for i in 0..20 {
+            log.write(&mut f, i).unwrap();
+            assert_eq!(log.latest(&f).unwrap(), Some(SeqRecord { seq: i + 1, value: i }));
+        }
+        // 8 records per 256-byte page: the first write erases page 0, then a switch every 8.
+        assert_eq!(f.stats().erases, 1 + 2);
+        assert_eq!(f.stats().units_programmed, 20);
+        // A page smaller than one record is refused, not a panic.
+        let log = RecordLog::<512>::new(0, 7);
+        assert_eq!(log.write(&mut f, &[1]), Err(FlashError::Misaligned));
+        assert_eq!(log.latest(&f), Err(FlashError::Misaligned));
+        // 128-byte records on 2 KiB pages with 8-byte units: 16 per page.
+        let g = Geometry::new(2048, 8).unwrap();
+        let mut mem = vec![0xFFu8; 2 * 2048];
+        let mut f = Nor::new(GeoSlice(&mut mem, g));
+        let log = RecordLog::<128>::new(0, 7);
+        for i in 0..40u8 {
+            log.write(&mut f, &[i; 116]).unwrap();
+            assert_eq!(log.latest(&f).unwrap().map(|(s, p)| (s, p[0])), Some((u32::from(i) + 1, i)));
+        }
+        assert_eq!(f.stats().erases, 1 + 2, "page switches after 16 and 32 records");
     }
 
     #[test]

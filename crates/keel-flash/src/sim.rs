@@ -9,6 +9,9 @@
 //! further than MCUboot's simulator, which only stops between whole operations. After the cut
 //! every write and erase fails with [`Fault`] until [`SimFlash::power_on`].
 //!
+//! Its [`Geometry`] is the reference board's unless made with [`SimFlash::with_geometry`]; the
+//! torn unit is a program unit of that geometry.
+//!
 //! Written here because no maintained crate does this (see docs/flash-layout.md).
 
 extern crate std;
@@ -16,7 +19,7 @@ extern crate std;
 use std::vec;
 use std::vec::Vec;
 
-use crate::{Fault, Medium, ERASED, PROGRAM_UNIT};
+use crate::{Fault, Geometry, Medium, ERASED};
 
 /// Where in an operation the power goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,17 +38,28 @@ pub struct SimFlash {
     cut: Option<(u64, CutMode)>,
     powered: bool,
     rng: u64,
+    geometry: Geometry,
 }
 
 impl SimFlash {
-    /// Erased flash of `size` bytes.
+    /// Erased flash of `size` bytes, of the reference geometry.
     pub fn new(size: u32) -> Self {
         SimFlash::from_bytes(vec![ERASED; size as usize])
     }
 
-    /// Flash with these contents.
+    /// Erased flash of `size` bytes with pages and program units of `geometry`.
+    pub fn with_geometry(size: u32, geometry: Geometry) -> Self {
+        SimFlash::from_bytes_with_geometry(vec![ERASED; size as usize], geometry)
+    }
+
+    /// Flash with these contents, of the reference geometry.
     pub fn from_bytes(mem: Vec<u8>) -> Self {
-        SimFlash { mem, ops: 0, cut: None, powered: true, rng: 0x9E37_79B9_7F4A_7C15 }
+        SimFlash::from_bytes_with_geometry(mem, Geometry::REFERENCE)
+    }
+
+    /// Flash with these contents and this geometry.
+    pub fn from_bytes_with_geometry(mem: Vec<u8>, geometry: Geometry) -> Self {
+        SimFlash { mem, ops: 0, cut: None, powered: true, rng: 0x9E37_79B9_7F4A_7C15, geometry }
     }
 
     /// The contents.
@@ -107,14 +121,23 @@ impl SimFlash {
     /// Splits `len` bytes at a random unit boundary for a torn operation: (whole units done,
     /// offset of the torn unit's end).
     fn tear_point(&mut self, len: usize) -> usize {
-        let units = len.div_ceil(PROGRAM_UNIT as usize).max(1);
-        (self.next_random() % units as u64) as usize * PROGRAM_UNIT as usize
+        let unit = self.unit();
+        let units = len.div_ceil(unit).max(1);
+        (self.next_random() % units as u64) as usize * unit
+    }
+
+    fn unit(&self) -> usize {
+        self.geometry.program_unit() as usize
     }
 }
 
 impl Medium for SimFlash {
     fn capacity(&self) -> u32 {
         self.mem.len() as u32
+    }
+
+    fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     fn read(&self, offset: u32, buf: &mut [u8]) {
@@ -130,7 +153,7 @@ impl Medium for SimFlash {
         }
         let done = self.tear_point(data.len());
         self.mem[o..o + done].copy_from_slice(&data[..done]);
-        let end = (done + PROGRAM_UNIT as usize).min(data.len());
+        let end = (done + self.unit()).min(data.len());
         for (i, &target) in data.iter().enumerate().take(end).skip(done) {
             // Programming clears bits: a torn unit has some of its target zeros, not all.
             let keep_one = self.next_random() as u8;
@@ -147,7 +170,7 @@ impl Medium for SimFlash {
         }
         let done = self.tear_point(len);
         self.mem[o..o + done].fill(ERASED);
-        let end = (done + PROGRAM_UNIT as usize).min(len);
+        let end = (done + self.unit()).min(len);
         for i in done..end {
             // Erasing sets bits: a torn unit has some of its bits set, not all.
             let set = self.next_random() as u8;

@@ -10,12 +10,13 @@
 //! [`Agent::status`] is what the device reports to the server.
 
 use keel_flash::{Medium, Nor};
-use keel_link::msg::Up;
+use keel_proto::msg::Up;
 
 use crate::{Confirm, TrialPolicy};
 use crate::{Download, Error, Offer, Outcome, Phase, Reason, Updater};
 
-/// Bytes asked for per request: one flash page, the unit of resumption.
+/// Bytes asked for per request on the reference board: one flash page, the unit of resumption.
+/// On flash of another geometry a request is one page of that flash ([`Download::fetch_len`]).
 pub const FETCH_LEN: u32 = keel_flash::PAGE_SIZE;
 
 /// Grace time for a bundle whose policy leaves confirmation to the app alone (connectivity grace
@@ -23,7 +24,7 @@ pub const FETCH_LEN: u32 = keel_flash::PAGE_SIZE;
 pub const APP_CONFIRM_TIMEOUT_S: u32 = 600;
 
 /// Update states as reported to the server: the wire enum itself, so the codes live once.
-pub use keel_link::msg::UpdateState as State;
+pub use keel_proto::msg::UpdateState as State;
 
 /// What the device reports about updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +204,7 @@ impl Agent {
         if offset < self.requested_end {
             return Next::None; // still arriving
         }
-        let len = FETCH_LEN.min(dl.offer().size.saturating_sub(offset));
+        let len = dl.fetch_len().min(dl.offer().size.saturating_sub(offset));
         if len == 0 {
             return Next::None; // complete: `advance` finishes it
         }

@@ -23,10 +23,17 @@
 //! always a known-good image; switching slots is one journal record. Sequence numbers only grow
 //! on confirmation ([`UpdateState::installed_seq`]), which is the anti-rollback check.
 //!
-//! The host tests cut the power at every flash operation of a full update, confirm, second
-//! update, crash loop and rollback (`tests/powercut.rs`, with [`keel_flash::sim::SimFlash`],
-//! including torn writes and half-erased pages) and check the device always boots a valid image
-//! and finishes in the expected state.
+//! Pages and program units are those of the flash given ([`Nor::geometry`]): a download erases,
+//! programs and journals page by page of that flash, and stages at most
+//! [`keel_flash::MAX_PROGRAM_UNIT`] bytes in RAM.
+//!
+//! The host tests (`tests/powercut.rs`, with [`keel_flash::sim::SimFlash`]) drive the update
+//! agent through a whole story with 256 KiB images — download, commit, trial, confirm, a crashing
+//! update's crash loop and rollback, a polite update applied by the app — and cut the power
+//! before and in the middle (torn program unit, half-erased page) of every flash operation of it,
+//! for a matrix of flash geometries (8 KiB / 16 B reference, 4 KiB / 8 B, 2 KiB / 16 B,
+//! 128 KiB / 32 B), plus seeded random chains of cuts during recovery. Every boot must run a
+//! valid image, the journal must decode, and every story must end as the uninterrupted one.
 #![no_std]
 
 pub mod agent;
@@ -35,7 +42,7 @@ mod state;
 pub use state::{Confirm, Downloading, Outcome, Phase, Reason, Slot, Trial, TrialPolicy, UpdateState};
 
 use keel_flash::layout::{self, Partition};
-use keel_flash::{FlashError, Medium, Nor, RecordLog, ERASED, PAGE_SIZE, PROGRAM_UNIT};
+use keel_flash::{FlashError, Geometry, Medium, Nor, RecordLog, ERASED, MAX_PROGRAM_UNIT};
 use keel_image::{Header, ImageHasher, Target, HEADER_SIZE};
 use sha2::{Digest, Sha256};
 
@@ -201,8 +208,9 @@ impl Updater {
             offer: *offer,
             written: 0,
             hasher: Sha256::new(),
-            stage: [ERASED; PROGRAM_UNIT as usize],
+            stage: [ERASED; MAX_PROGRAM_UNIT as usize],
             staged: 0,
+            geometry: f.geometry(),
         };
         match s.phase {
             Phase::Downloading(d) if d.seq == offer.seq && d.digest == offer.digest && d.size == offer.size => {
@@ -314,6 +322,10 @@ impl Updater {
 
 /// A download in progress: receives the layer's bytes in order and writes them to the inactive
 /// slot. Lives in RAM; the journal keeps what survives a reset.
+///
+/// Pages and program units are those of the flash the download was offered on
+/// ([`Nor::geometry`]); writing it to a flash of another geometry fails with
+/// [`FlashError::Misaligned`].
 #[derive(Clone)]
 pub struct Download {
     slot: Slot,
@@ -321,8 +333,10 @@ pub struct Download {
     /// Bytes accepted so far (hashed; programmed except for `staged`).
     written: u32,
     hasher: Sha256,
-    stage: [u8; PROGRAM_UNIT as usize],
+    /// One program unit being filled (the first `geometry.program_unit()` bytes are used).
+    stage: [u8; MAX_PROGRAM_UNIT as usize],
     staged: usize,
+    geometry: Geometry,
 }
 
 impl Download {
@@ -341,40 +355,59 @@ impl Download {
         self.slot
     }
 
+    /// Page size and program unit of the flash being written.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Bytes to fetch per request: one page of the flash being written (a page is what the
+    /// journal records as done, so it is the unit of resumption).
+    pub fn fetch_len(&self) -> u32 {
+        self.geometry.page_size()
+    }
+
+    fn unit(&self) -> usize {
+        self.geometry.program_unit() as usize
+    }
+
     /// Writes the next `data` of the layer (it must start at [`Self::offset`]). Each page is
     /// erased before its first byte is programmed; each completed page is journaled.
     pub fn write<M: Medium>(&mut self, up: &Updater, f: &mut Nor<M>, data: &[u8]) -> Result<(), Error> {
         if data.len() as u64 > (self.offer.size - self.written) as u64 {
             return Err(Error::OutOfOrder);
         }
+        if f.geometry() != self.geometry {
+            return Err(Error::Flash(FlashError::Misaligned));
+        }
         self.hasher.update(data);
         let base = up.partition(self.slot).offset;
+        let (unit, page) = (self.unit(), self.geometry.page_size());
         let mut rest = data;
         // Finish a partly filled program unit first.
         if self.staged > 0 {
-            let n = rest.len().min(self.stage.len() - self.staged);
+            let n = rest.len().min(unit - self.staged);
             self.stage[self.staged..self.staged + n].copy_from_slice(&rest[..n]);
             self.staged += n;
             rest = &rest[n..];
             self.written += n as u32;
-            if self.staged == self.stage.len() {
-                let at = self.written - PROGRAM_UNIT;
-                let unit = self.stage;
-                self.program(up, f, base, at, &unit)?;
+            if self.staged == unit {
+                let at = self.written - unit as u32;
+                let stage = self.stage;
+                self.program(up, f, base, at, &stage[..unit])?;
                 self.staged = 0;
             }
         }
         // Whole units straight from `data`, at most up to each page end per program operation.
-        while rest.len() >= PROGRAM_UNIT as usize {
-            let to_page_end = (PAGE_SIZE - self.written % PAGE_SIZE) as usize;
-            let n = (rest.len() / PROGRAM_UNIT as usize * PROGRAM_UNIT as usize).min(to_page_end);
+        while rest.len() >= unit {
+            let to_page_end = (page - self.written % page) as usize;
+            let n = (rest.len() / unit * unit).min(to_page_end);
             let at = self.written;
             self.written += n as u32;
             self.program(up, f, base, at, &rest[..n])?;
             rest = &rest[n..];
         }
         if !rest.is_empty() {
-            self.stage = [ERASED; PROGRAM_UNIT as usize];
+            self.stage = [ERASED; MAX_PROGRAM_UNIT as usize];
             self.stage[..rest.len()].copy_from_slice(rest);
             self.staged = rest.len();
             self.written += rest.len() as u32;
@@ -385,12 +418,12 @@ impl Download {
     /// Programs `bytes` (whole units, within one page) at layer offset `at`, erasing the page
     /// first if `at` starts it, and journals the page when `bytes` completes it.
     fn program<M: Medium>(&self, up: &Updater, f: &mut Nor<M>, base: u32, at: u32, bytes: &[u8]) -> Result<(), Error> {
-        if at % PAGE_SIZE == 0 {
+        if self.geometry.is_page_aligned(at) {
             f.erase_page(base + at)?;
         }
         f.program(base + at, bytes)?;
         let end = at + bytes.len() as u32;
-        if end % PAGE_SIZE == 0 {
+        if self.geometry.is_page_aligned(end) {
             self.journal_progress(up, f, end)?;
         }
         Ok(())
@@ -421,12 +454,15 @@ impl Download {
         if self.written != self.offer.size {
             return Err(Error::OutOfOrder);
         }
+        if f.geometry() != self.geometry {
+            return Err(Error::Flash(FlashError::Misaligned));
+        }
         let base = up.partition(self.slot).offset;
         if self.staged > 0 {
             let at = self.written - self.staged as u32;
-            let unit = self.stage;
+            let stage = self.stage;
             self.staged = 0;
-            self.program(up, f, base, at, &unit)?;
+            self.program(up, f, base, at, &stage[..self.unit()])?;
         }
         let digest: [u8; 32] = self.hasher.clone().finalize().into();
         let verdict = if digest != self.offer.digest {
