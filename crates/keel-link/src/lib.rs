@@ -3,9 +3,7 @@
 //! Sans-IO building blocks of the device ↔ server link, shared by the visor, the server and the
 //! simulator (see `docs/wire-protocol.md`):
 //!
-//! * [`frame`]: a 2-byte big-endian length, then that many bytes; the decoder enforces a
-//!   per-endpoint limit so a peer cannot make the other side buffer more than it chose to.
-//! * [`msg`]: the CBOR messages in each direction.
+//! * [`frame`] and [`msg`]: the wire vocabulary, re-exported from `keel-proto` (no crypto).
 //! * [`session`]: the Noise IK secure channel (device: clatter, no heap; server: snow, behind the
 //!   `server` feature).
 //! * [`device`]: the device end of a connection (handshake replies, log resume and
@@ -19,6 +17,6 @@
 
 pub mod backoff;
 pub mod device;
-pub mod frame;
-pub mod msg;
 pub mod session;
+
+pub use keel_proto::{frame, msg};

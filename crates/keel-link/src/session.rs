@@ -31,7 +31,7 @@ pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 /// Prologue bound into the handshake: the protocol family and version.
 pub const PROLOGUE: &[u8] = b"keel/1";
 /// Largest plaintext message either side sends.
-pub const MAX_PLAINTEXT: usize = 1024;
+pub const MAX_PLAINTEXT: usize = keel_proto::msg::MAX_PLAINTEXT;
 /// Noise overhead of a transport message (authentication tag).
 pub const TAG_LEN: usize = 16;
 /// Largest frame a session produces: handshake message 1 (96 bytes of keys and tags) plus the

@@ -205,11 +205,14 @@ pub enum Down<'a> {
     },
 }
 
+/// Largest plaintext of one message either side sends (the Noise layer adds its tag).
+pub const MAX_PLAINTEXT: usize = 1024;
+
 /// Largest `len` of one [`Up::FetchLayer`]: one 8 KiB flash page.
 pub const MAX_FETCH: u32 = 8192;
 
 /// Largest `data` of one [`Down::LayerData`]: the encoded message (at most 22 bytes of CBOR
-/// around the data) stays within [`crate::session::MAX_PLAINTEXT`]. A full page is 9 messages.
+/// around the data) stays within [`MAX_PLAINTEXT`]. A full page is 9 messages.
 pub const LAYER_CHUNK: usize = 960;
 
 /// The device's update state, as carried in [`Up::UpdateStatus`].
@@ -410,9 +413,9 @@ mod tests {
     fn a_full_layer_chunk_fits_one_message() {
         let data = [0xAB; LAYER_CHUNK];
         let worst = Down::LayerData { sequence: u64::MAX, component: u8::MAX, offset: u32::MAX, data: &data };
-        let mut buf = [0u8; crate::session::MAX_PLAINTEXT];
+        let mut buf = [0u8; MAX_PLAINTEXT];
         let n = encode(&worst, &mut buf).unwrap();
-        assert!(n <= crate::session::MAX_PLAINTEXT);
+        assert!(n <= MAX_PLAINTEXT);
         assert_eq!(decode_down(&buf[..n]).unwrap(), worst);
         // A 230-byte envelope is far inside the limit too.
         let env = [0x5A; 400];

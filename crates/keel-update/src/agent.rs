@@ -10,7 +10,7 @@
 //! [`Agent::status`] is what the device reports to the server.
 
 use keel_flash::{Medium, Nor};
-use keel_link::msg::Up;
+use keel_proto::msg::Up;
 
 use crate::{Confirm, TrialPolicy};
 use crate::{Download, Error, Offer, Outcome, Phase, Reason, Updater};
@@ -24,7 +24,7 @@ pub const FETCH_LEN: u32 = keel_flash::PAGE_SIZE;
 pub const APP_CONFIRM_TIMEOUT_S: u32 = 600;
 
 /// Update states as reported to the server: the wire enum itself, so the codes live once.
-pub use keel_link::msg::UpdateState as State;
+pub use keel_proto::msg::UpdateState as State;
 
 /// What the device reports about updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,11 +16,12 @@ use std::time::Duration;
 use keel_link::msg::{decode_up, Down, LayerErrorCode, Up, UpdateState, LAYER_CHUNK, MAX_FETCH, PROTOCOL_VERSION};
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use crate::framed::{FrameReader, ReadError};
 use crate::ota::{BundleLayer, UpdateStatus};
 use crate::store::{Counters, DeviceEvent, LogRecord, Store};
 use crate::unix_us;
@@ -72,16 +73,16 @@ pub fn generate_keypair() -> (Vec<u8>, [u8; 32]) {
     (k.private, public)
 }
 
-async fn read_frame<R: AsyncReadExt + Unpin>(s: &mut R, timeout: Duration) -> Result<Vec<u8>, ConnError> {
-    let mut len = [0u8; 2];
-    tokio::time::timeout(timeout, s.read_exact(&mut len)).await.map_err(|_| ConnError::Protocol("timeout"))??;
-    let len = u16::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(ConnError::Protocol("oversized frame"));
+type Frames = FrameReader<tokio::net::tcp::OwnedReadHalf, MAX_FRAME>;
+
+/// The next frame (the one codec, `keel_proto::frame::Decoder`), within `timeout`.
+async fn read_frame(r: &mut Frames, timeout: Duration) -> Result<Vec<u8>, ConnError> {
+    match tokio::time::timeout(timeout, r.next()).await {
+        Err(_) => Err(ConnError::Protocol("timeout")),
+        Ok(Err(ReadError::Io(e))) => Err(ConnError::Io(e)),
+        Ok(Err(ReadError::Frame(_))) => Err(ConnError::Protocol("oversized frame")),
+        Ok(Ok(f)) => Ok(f),
     }
-    let mut buf = vec![0u8; len];
-    tokio::time::timeout(timeout, s.read_exact(&mut buf)).await.map_err(|_| ConnError::Protocol("timeout"))??;
-    Ok(buf)
 }
 
 /// Serves device connections from `listener` until the task is dropped or aborted; aborting it
@@ -118,8 +119,10 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
     }
 }
 
-async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
-    let first = read_frame(&mut s, HANDSHAKE_TIMEOUT).await?;
+async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
+    let (rd, mut wr) = s.into_split();
+    let mut rd = Frames::new(rd);
+    let first = read_frame(&mut rd, HANDSHAKE_TIMEOUT).await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
     let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
     let Ok(Up::Hello { protocol, visor_version, boot_count, app, .. }) = decode_up(&acc.hello) else {
@@ -133,9 +136,9 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     let acked = store.max_seq(&device.id).await?;
     let welcome = Down::Welcome { protocol: PROTOCOL_VERSION, unix_us: unix_us(), log_acked: acked };
     let (mut session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
-    write_all(&mut s, &frame).await?;
+    write_all(&mut wr, &frame).await?;
     // The first handshake message may be a replay; only the device can send a valid `Ready`.
-    let ready = read_frame(&mut s, HANDSHAKE_TIMEOUT).await?;
+    let ready = read_frame(&mut rd, HANDSHAKE_TIMEOUT).await?;
     let plain = session.receive(&ready).map_err(|_| ConnError::Protocol("bad ready"))?;
     if decode_up(&plain) != Ok(Up::Ready) {
         return Err(ConnError::Protocol("expected ready"));
@@ -150,7 +153,6 @@ async fn connection(mut s: TcpStream, store: &Store, server_private: &[u8]) -> R
     tracing::info!(device = %device.id, "device online");
     // Frames are read by their own task and handed over a channel, so waiting for one can be
     // combined with timers without losing half-read frames.
-    let (mut rd, wr) = s.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
         loop {

@@ -266,14 +266,20 @@ fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
     assert_visor_healthy(&r.kill());
 }
 
-/// A minimal server end for tests: reads frames from a TCP stream.
+/// A minimal server end for tests: reads one frame from a TCP stream with the one frame codec
+/// (`keel_proto::frame::Decoder`, through `keel_link::frame`), a byte per read so that nothing of
+/// the next frame is consumed.
 fn read_frame(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf)?;
-    Ok(buf)
+    let mut d = keel_link::frame::Decoder::<{ keel_link::session::MAX_FRAME }>::new();
+    let mut byte = [0u8; 1];
+    loop {
+        s.read_exact(&mut byte)?;
+        let (_, done) = d.push(&byte).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        if done.is_some() {
+            return Ok(d.frame().to_vec());
+        }
+    }
 }
 
 #[test]
