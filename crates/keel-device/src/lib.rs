@@ -1,0 +1,1005 @@
+//! # Keel device core
+//!
+//! Everything a Keel device decides, sans-IO and `no_std`, written once for the visor (on the
+//! board) and `keel-sim` (on the host), and tested on the host:
+//!
+//! * the app's lifecycle ([`keel_supervisor::Supervisor`]: launches, crash backoff, watchdog);
+//! * the connection state machine ([`conn::Connection`]: address → connecting → handshaking →
+//!   online → backoff, with the silence timeout);
+//! * the secure link to the server and the sequenced log ring (`keel_link::device::DeviceLink`,
+//!   `keel_log::LogRing`);
+//! * the update agent and the power-fail-safe journal (`keel_update`), and the runtime half of a
+//!   trial ([`trial::Trial`]: grace time, link seen or dropped) and of a polite update (the apply
+//!   deadline).
+//!
+//! The shape follows smoltcp and rustls: the shell feeds inputs with the current time
+//! ([`Device::receive`], [`Device::tcp_connected`], [`Device::app_crashed`], ...), drives timers
+//! with [`Device::poll`] at [`Device::poll_at`], and asks for bytes to send with
+//! [`Device::poll_transmit`] (one frame per call, so the work per call is bounded). What the
+//! shell must do — open or close the TCP connection, set the wall clock, print a console line —
+//! comes out through an [`Output`]. The shell never decides policy: the visor is a board adapter
+//! around this crate, and the simulator is a tokio adapter around it.
+//!
+//! Long work is bounded per call: a received frame is handled at once (at most one Ed25519
+//! verification of an offer, one 960-byte chunk written to flash, or one image check at the end of
+//! a download), and the journal is read only when an update step writes it, never per chunk.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod trial;
+
+use core::fmt;
+
+use clatter::traits::Rng;
+use keel_abi::{update_outcome, BootInfo, CrashReport, FaultKind, Status, UpdateInfo};
+use keel_flash::layout::Partition;
+use keel_flash::{FlashStats, Medium, Nor};
+use keel_image::Header;
+use keel_link::device::{DeviceLink, Event};
+use keel_link::frame::Decoder;
+use keel_link::msg::{Up, PROTOCOL_VERSION};
+use keel_log::{Kind, LogRing, PushError};
+use keel_supervisor::{Action, Carry, Policy, Supervisor};
+use keel_update::agent::{self, Agent, Next};
+use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
+
+pub use conn::{Connection, LossReason, State as ConnState};
+pub use keel_link::session::MAX_FRAME;
+pub use trial::Trial;
+
+/// The earliest of some deadlines (µs), if any: the one function every shell uses to arm its
+/// alarm, so a new subsystem adds its deadline in one place.
+pub fn earliest(deadlines: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+    deadlines.into_iter().flatten().min()
+}
+
+/// What the shell must do. Delivered through [`Output::effect`] while an input is handled.
+#[derive(Clone, Copy, Debug)]
+pub enum Effect<'a> {
+    /// Open a TCP connection to the server; report [`Device::tcp_connected`] or
+    /// [`Device::tcp_closed`].
+    Connect,
+    /// Abort the TCP connection (the core already forgot it).
+    Close,
+    /// The server's wall clock, in microseconds since the Unix epoch.
+    SetWallClock(u64),
+    /// Events for the app became pending ([`Device::take_app_events`]): wake a waiting app.
+    AppEvents,
+    /// A line for the device's console (diagnostics; the server gets events separately).
+    Console(fmt::Arguments<'a>),
+}
+
+/// Where effects go.
+pub trait Output {
+    /// Carries out one effect.
+    fn effect(&mut self, effect: Effect<'_>);
+}
+
+/// What the shell must do with the app after [`Device::poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppAction {
+    /// Nothing.
+    None,
+    /// Load and start the app from this slot (report [`Device::app_launched`] or
+    /// [`Device::app_load_failed`]).
+    Launch(Slot),
+    /// The app's watchdog expired: stop it and report [`Device::app_crashed`] with
+    /// `watchdog: true`.
+    KillForWatchdog,
+}
+
+/// The device's identity from its factory data.
+#[derive(Clone, Copy)]
+pub struct Identity {
+    /// The device's static X25519 secret.
+    pub device_key: [u8; 32],
+    /// The server's static X25519 public key.
+    pub server_key: [u8; 32],
+    /// The Ed25519 key bundles must be signed with (`None`: updates are refused).
+    pub signer_key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("device_key", &"<secret>").finish_non_exhaustive()
+    }
+}
+
+/// How a device starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `None` when the device is not provisioned: no network, no updates from a server.
+    pub identity: Option<Identity>,
+    /// The persistent boot counter (log sequence numbers are `boot << 32 | n`).
+    pub boot_count: u32,
+    /// The visor's version (`Hello`, and the minimum version bundles may require).
+    pub visor_version: &'static str,
+    /// The app restart policy.
+    pub policy: Policy,
+    /// The crash series and report carried over a reset the visor made itself after an app fault.
+    pub warm: Option<(Carry, CrashReport)>,
+    /// Varies backoff jitter between devices and boots.
+    pub seed: u64,
+}
+
+/// App-facing event bits ([`keel_abi::events`]).
+pub use keel_abi::events;
+
+/// Counters for diagnostics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Secure channels that reached online.
+    pub sessions: u32,
+    /// Frames received from the server.
+    pub frames_in: u64,
+    /// Frames handed to the transport.
+    pub frames_out: u64,
+    /// Connections dropped for bad input from the server.
+    pub protocol_errors: u32,
+}
+
+/// Length of a formatted visor event.
+const EVENT_MAX: usize = 160;
+
+/// Console and event sink for one input: console lines go to the shell, events also go to the
+/// log ring (and so to the server).
+struct Log<'a, const N: usize, O: Output> {
+    logs: &'a mut LogRing<N>,
+    out: &'a mut O,
+    now: u64,
+}
+
+impl<const N: usize, O: Output> Log<'_, N, O> {
+    fn console(&mut self, args: fmt::Arguments<'_>) {
+        self.out.effect(Effect::Console(args));
+    }
+
+    /// An event for the server (and the console).
+    fn event(&mut self, args: fmt::Arguments<'_>) {
+        self.console(args);
+        self.event_quiet(args);
+    }
+
+    /// An event for the server only.
+    fn event_quiet(&mut self, args: fmt::Arguments<'_>) {
+        struct Buf([u8; EVENT_MAX], usize);
+        impl fmt::Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let n = s.len().min(self.0.len() - self.1);
+                self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+                self.1 += n;
+                Ok(())
+            }
+        }
+        let mut b = Buf([0; EVENT_MAX], 0);
+        let _ = fmt::Write::write_fmt(&mut b, args);
+        let _ = self.logs.push(Kind::Visor, 2, self.now, &b.0[..b.1]);
+    }
+}
+
+/// The update side of the device: the journal, the agent, the running slot and trial.
+struct Updates<M: Medium> {
+    up: Updater,
+    flash: Nor<M>,
+    agent: Agent,
+    signer: Option<[u8; 32]>,
+    visor_version: u32,
+    /// The slot the app runs from.
+    slot: Slot,
+    trial: Option<Trial>,
+    /// A verified update waits for the app; it is applied anyway at this time.
+    apply_deadline: Option<u64>,
+    /// Flash counters when the current update's download started (for its cost report).
+    stats_at_offer: Option<FlashStats>,
+    /// The journal as last read (after every step that writes it).
+    journal: UpdateState,
+    /// A `FetchLayer` to send.
+    fetch: Option<Next>,
+    /// An `UpdateStatus` is due.
+    status_dirty: bool,
+    /// App events not taken yet.
+    app_events: u32,
+}
+
+impl<M: Medium> Updates<M> {
+    fn refresh(&mut self) {
+        self.journal = self.up.state(&self.flash).unwrap_or(UpdateState::FACTORY);
+    }
+
+    /// Boot: reads the journal and decides the slot (counting a trial boot).
+    fn boot<const N: usize, O: Output>(&mut self, link_up: bool, log: &mut Log<'_, N, O>) {
+        self.trial = None;
+        match self.up.boot(&mut self.flash) {
+            Ok(plan) => {
+                self.refresh();
+                self.slot = plan.slot;
+                if let Some(r) = plan.rolled_back {
+                    let seq = self.journal.last.map_or(0, |l| l.0);
+                    log.event(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+                }
+                if let Phase::Trial(t) = self.journal.phase {
+                    if plan.trial {
+                        log.event(format_args!(
+                            "update: trial of seq {} in slot {} (boot {} of at most {})",
+                            t.seq,
+                            plan.slot.as_str(),
+                            t.boots,
+                            keel_update::MAX_TRIAL_BOOTS
+                        ));
+                        self.trial = Some(Trial::new(t.seq, t.policy, link_up));
+                    }
+                }
+            }
+            Err(e) => {
+                log.console(format_args!("update: journal error ({}); booting the active slot", e));
+                self.refresh();
+                self.slot = self.journal.active;
+            }
+        }
+        self.status_dirty = true;
+    }
+
+    fn log_status<const N: usize, O: Output>(&self, log: &mut Log<'_, N, O>) {
+        let s = self.agent.status(&self.up, &self.flash);
+        log.console(format_args!(
+            "update: seq {} {:?} {}/{} bytes{}{}",
+            s.sequence,
+            s.state,
+            s.progress,
+            s.total,
+            if s.reason.is_some() { ": " } else { "" },
+            s.reason.map_or("", |r| r.as_str())
+        ));
+    }
+
+    fn on_offer<const N: usize, O: Output>(&mut self, envelope: &[u8], log: &mut Log<'_, N, O>) -> Next {
+        let trusted: &[[u8; 32]] = match &self.signer {
+            Some(k) => core::slice::from_ref(k),
+            None => &[],
+        };
+        let before = self.flash.stats();
+        let next = self.agent.on_offer(&self.up, &mut self.flash, envelope, trusted, self.visor_version);
+        if self.agent.downloading() && self.stats_at_offer.is_none() {
+            self.stats_at_offer = Some(before);
+        }
+        self.refresh();
+        self.log_status(log);
+        next
+    }
+
+    fn on_data<const N: usize, O: Output>(
+        &mut self,
+        sequence: u64,
+        offset: u32,
+        data: &[u8],
+        log: &mut Log<'_, N, O>,
+    ) -> Option<Next> {
+        let was_downloading = self.agent.downloading();
+        let next = self.agent.on_data(&self.up, &mut self.flash, sequence, offset, data);
+        if next == Next::None && self.agent.downloading() {
+            // Mid-page: nothing changed that the server or the journal cache needs to know.
+            return None;
+        }
+        self.refresh();
+        if was_downloading && !self.agent.downloading() && next == Next::None {
+            // The download ended without an install (digest mismatch, flash error, ...).
+            self.log_status(log);
+        }
+        Some(next)
+    }
+
+    /// Acts on what the agent asked for. Returns true if the app must restart (an installed
+    /// update starts its trial).
+    fn next<const N: usize, O: Output>(
+        &mut self,
+        next: Next,
+        now: u64,
+        link_up: bool,
+        log: &mut Log<'_, N, O>,
+    ) -> bool {
+        self.status_dirty = true;
+        match next {
+            Next::Fetch { .. } => {
+                self.fetch = Some(next);
+                false
+            }
+            Next::Installed => {
+                self.boot(link_up, log);
+                true
+            }
+            Next::Ready { politeness_s } => {
+                let first = self.apply_deadline.is_none();
+                self.apply_deadline.get_or_insert(now.saturating_add(politeness_s as u64 * 1_000_000));
+                self.app_events |= events::UPDATE_READY;
+                log.out.effect(Effect::AppEvents);
+                if first {
+                    log.event(format_args!("update: ready; the app may apply it within {} s", politeness_s));
+                }
+                false
+            }
+            Next::None => false,
+        }
+    }
+
+    /// Commits a ready update and switches to its trial. True if the app must restart.
+    fn apply<const N: usize, O: Output>(&mut self, why: &str, link_up: bool, log: &mut Log<'_, N, O>) -> bool {
+        self.apply_deadline = None;
+        self.app_events &= !events::UPDATE_READY;
+        match self.agent.apply(&self.up, &mut self.flash) {
+            Next::Installed => {
+                log.console(format_args!("update: applying ({})", why));
+                self.boot(link_up, log);
+                true
+            }
+            _ => {
+                self.refresh();
+                self.status_dirty = true;
+                false
+            }
+        }
+    }
+
+    fn rolled_back<const N: usize, O: Output>(&mut self, seq: u64, r: Reason, log: &mut Log<'_, N, O>) {
+        log.event(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+        self.trial = None;
+        self.slot = self.slot.other();
+        self.status_dirty = true;
+    }
+
+    fn confirmed<const N: usize, O: Output>(&mut self, seq: u64, how: &str, log: &mut Log<'_, N, O>) {
+        log.event(format_args!("update: confirmed seq {} ({})", seq, how));
+        self.trial = None;
+        self.status_dirty = true;
+        if let Some(a) = self.stats_at_offer.take() {
+            let b = self.flash.stats();
+            log.console(format_args!(
+                "update: flash used by seq {}: {} page erases, {} program operations ({} units)",
+                seq,
+                b.erases - a.erases,
+                b.programs - a.programs,
+                b.units_programmed - a.units_programmed
+            ));
+        }
+    }
+
+    /// A trial app crashed (or asked for a restart before confirming): counts it; after too
+    /// many, rolls back.
+    fn trial_failed<const N: usize, O: Output>(&mut self, watchdog: bool, log: &mut Log<'_, N, O>) {
+        let Some(t) = self.trial else { return };
+        match self.up.app_crashed(&mut self.flash, watchdog) {
+            Ok(Some(r)) => self.rolled_back(t.seq, r, log),
+            Ok(None) => {}
+            Err(e) => log.console(format_args!("update: journal error ({})", e)),
+        }
+        self.refresh();
+    }
+
+    /// Timers: the politeness time of a ready update, the grace time of a trial. True if the
+    /// app must restart.
+    fn poll<const N: usize, O: Output>(&mut self, now: u64, link_up: bool, log: &mut Log<'_, N, O>) -> bool {
+        if self.apply_deadline.is_some_and(|d| now >= d) && self.apply("politeness time over", link_up, log) {
+            return true;
+        }
+        let Some(t) = self.trial else { return false };
+        if !t.expired(now) {
+            return false;
+        }
+        let result = self.up.grace_expired(&mut self.flash, t.link_stayed_up());
+        self.refresh();
+        match result {
+            Ok(Some(Outcome::Confirmed)) => {
+                self.confirmed(t.seq, "ran the grace time with the cloud link up", log);
+                false
+            }
+            Ok(Some(Outcome::RolledBack(r))) => {
+                self.rolled_back(t.seq, r, log);
+                true
+            }
+            Ok(_) => {
+                self.trial = None;
+                false
+            }
+            Err(e) => {
+                log.console(format_args!("update: journal error ({})", e));
+                false
+            }
+        }
+    }
+
+    fn poll_at(&self) -> Option<u64> {
+        earliest([self.trial.and_then(|t| t.poll_at()), self.apply_deadline])
+    }
+
+    fn info(&self) -> UpdateInfo {
+        let s = &self.journal;
+        let (last_sequence, last_outcome, last_reason) = match s.last {
+            None => (0, update_outcome::NONE, 0),
+            Some((seq, o)) => match o {
+                Outcome::Confirmed => (seq, update_outcome::CONFIRMED, 0),
+                Outcome::RolledBack(r) => (seq, update_outcome::ROLLED_BACK, r as u32),
+                Outcome::Refused(r) => (seq, update_outcome::REFUSED, r as u32),
+                Outcome::Failed(r) => (seq, update_outcome::FAILED, r as u32),
+            },
+        };
+        UpdateInfo {
+            version: 1,
+            on_trial: self.trial.is_some() as u32,
+            installed_sequence: s.installed_seq,
+            last_sequence,
+            last_outcome,
+            last_reason,
+        }
+    }
+}
+
+/// A Keel device: one owner for all of its state.
+///
+/// `M` is the flash medium, `R` the randomness for the secure channel's ephemeral keys and `LOG`
+/// the log ring's size in bytes.
+pub struct Device<M: Medium, R: Rng, const LOG: usize> {
+    identity: Option<Identity>,
+    boot_count: u32,
+    visor_version: &'static str,
+    sup: Supervisor,
+    last_crash: Option<CrashReport>,
+    app: Option<Header>,
+    conn: Connection,
+    link: Option<DeviceLink<R>>,
+    /// The link failed while sending; dropped at the next poll.
+    link_failed: bool,
+    decoder: Decoder<MAX_FRAME>,
+    /// A frame produced while handling input (handshake, `Ready`, `Pong`), sent first.
+    tx: [u8; MAX_FRAME],
+    tx_len: usize,
+    logs: LogRing<LOG>,
+    updates: Updates<M>,
+    counters: Counters,
+}
+
+impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
+    /// Boots the device: reads the update journal, decides the slot (counting a trial boot, or
+    /// rolling back after too many) and queues the boot events.
+    pub fn new(cfg: Config, flash: Nor<M>, updater: Updater, now: u64, out: &mut impl Output) -> Self {
+        let (sup, last_crash) = match cfg.warm {
+            Some((carry, report)) => {
+                (Supervisor::resume_after_reset(cfg.policy, cfg.boot_count, carry, now), Some(report))
+            }
+            None => (Supervisor::new(cfg.policy, cfg.boot_count), None),
+        };
+        let mut d = Device {
+            identity: cfg.identity,
+            boot_count: cfg.boot_count,
+            visor_version: cfg.visor_version,
+            sup,
+            last_crash,
+            app: None,
+            conn: Connection::new(cfg.identity.is_some(), cfg.seed),
+            link: None,
+            link_failed: false,
+            decoder: Decoder::new(),
+            tx: [0; MAX_FRAME],
+            tx_len: 0,
+            logs: LogRing::new(cfg.boot_count),
+            updates: Updates {
+                up: updater,
+                flash,
+                agent: Agent::new(),
+                signer: cfg.identity.and_then(|i| i.signer_key),
+                visor_version: keel_bundle::parse_visor_version(cfg.visor_version).unwrap_or(0),
+                slot: Slot::A,
+                trial: None,
+                apply_deadline: None,
+                stats_at_offer: None,
+                journal: UpdateState::FACTORY,
+                fetch: None,
+                status_dirty: true,
+                app_events: 0,
+            },
+            counters: Counters::default(),
+        };
+        // Warm RAM carries a crash series only across the visor's own reset after a fault in an
+        // app handler; any other boot is a power-on (or an external reset, indistinguishable).
+        let reason = if d.last_crash.is_some() { "reset after app fault" } else { "power-on" };
+        let mut log = Log { logs: &mut d.logs, out, now };
+        log.event_quiet(format_args!("boot #{} visor {} ({})", cfg.boot_count, cfg.visor_version, reason));
+        d.updates.boot(false, &mut log);
+        d
+    }
+
+    // ------------------------------------------------------------------ network inputs
+
+    /// The network has an address: connect if waiting for one.
+    pub fn address_acquired(&mut self, _now: u64, out: &mut impl Output) {
+        if self.conn.address_acquired() == conn::Step::Connect {
+            out.effect(Effect::Connect);
+        }
+    }
+
+    /// The network address was lost.
+    pub fn address_lost(&mut self, now: u64, out: &mut impl Output) {
+        let was_connected = self.conn.is_connected();
+        if self.conn.address_lost() == conn::Step::Close {
+            if was_connected {
+                self.lost(now, LossReason::AddressLost, out);
+            }
+            self.forget_link(out);
+        }
+    }
+
+    /// The TCP connection the core asked for is up: the secure channel starts (its first frame
+    /// waits in [`Device::poll_transmit`]).
+    pub fn tcp_connected(&mut self, now: u64, out: &mut impl Output) {
+        if !self.conn.tcp_connected(now) {
+            return;
+        }
+        let Some(id) = self.identity else { return };
+        let mut link = match DeviceLink::<R>::new(&id.device_key, &id.server_key) {
+            Ok(l) => l,
+            Err(e) => {
+                out.effect(Effect::Console(format_args!("net: cannot start the secure channel: {:?}", e)));
+                return self.fail(now, out);
+            }
+        };
+        let (name, version) = match &self.app {
+            Some(h) => (h.name_str(), h.version_str()),
+            None => ("", ""),
+        };
+        let hello = Up::Hello {
+            protocol: PROTOCOL_VERSION,
+            visor_version: self.visor_version,
+            boot_count: self.boot_count,
+            app: self.app.as_ref().map(|_| (name, version)),
+            next_log_seq: self.logs.next_seq(),
+        };
+        match link.start(&hello, &mut self.tx) {
+            Ok(n) => {
+                self.tx_len = n;
+                self.link = Some(link);
+                self.decoder = Decoder::new();
+            }
+            Err(_) => {
+                out.effect(Effect::Console(format_args!("net: cannot send the handshake")));
+                self.fail(now, out);
+            }
+        }
+    }
+
+    /// The TCP connection closed or could not be opened.
+    pub fn tcp_closed(&mut self, now: u64, out: &mut impl Output) {
+        match self.conn.state() {
+            ConnState::Connecting => {
+                out.effect(Effect::Console(format_args!("net: connection to the server failed")));
+                self.fail(now, out);
+            }
+            ConnState::Handshaking | ConnState::Online => {
+                self.lost(now, LossReason::Closed, out);
+                self.fail(now, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Bytes from the server. Returns how many were consumed: the core stops after a frame
+    /// that needs an answer until [`Device::poll_transmit`] took it; offer the rest again then.
+    pub fn receive(&mut self, now: u64, bytes: &[u8], out: &mut impl Output) -> usize {
+        let mut rest = bytes;
+        if !self.conn.is_connected() || self.link.is_none() {
+            return bytes.len(); // nothing to talk to: discard
+        }
+        while !rest.is_empty() && self.tx_len == 0 {
+            let (used, done) = match self.decoder.push(rest) {
+                Ok(r) => r,
+                Err(_) => {
+                    self.protocol_error(now, "oversized frame", out);
+                    return bytes.len();
+                }
+            };
+            rest = &rest[used..];
+            if let Some(len) = done {
+                self.conn.received(now);
+                self.counters.frames_in += 1;
+                if let Err(what) = self.on_frame(now, len, out) {
+                    self.protocol_error(now, what, out);
+                    return bytes.len();
+                }
+                if self.link.is_none() {
+                    return bytes.len();
+                }
+            }
+        }
+        bytes.len() - rest.len()
+    }
+
+    fn on_frame(&mut self, now: u64, len: usize, out: &mut impl Output) -> Result<(), &'static str> {
+        let Device { link, decoder, logs, tx, tx_len, updates, conn, sup, counters, .. } = self;
+        let link = link.as_mut().ok_or("no session")?;
+        let (event, n) = link.on_frame(&decoder.frame()[..len], logs, tx).map_err(|_| "server message rejected")?;
+        *tx_len = n;
+        let mut log = Log { logs, out, now };
+        let link_up = conn.is_online();
+        let next = match event {
+            Event::Online { unix_us } => {
+                conn.welcomed();
+                counters.sessions += 1;
+                log.out.effect(Effect::SetWallClock(unix_us));
+                log.console(format_args!("net: online (secure channel up, wall clock set)"));
+                log.event_quiet(format_args!("online"));
+                if let Some(t) = updates.trial.as_mut() {
+                    t.on_link(true);
+                }
+                // The server learns the update state first thing, and an interrupted download
+                // continues where it stopped.
+                updates.status_dirty = true;
+                Some(updates.agent.on_connect())
+            }
+            Event::TimeSync { unix_us } => {
+                log.out.effect(Effect::SetWallClock(unix_us));
+                None
+            }
+            Event::UpdateOffer { envelope } => Some(updates.on_offer(envelope, &mut log)),
+            Event::LayerData { sequence, component: 0, offset, data } => {
+                updates.on_data(sequence, offset, data, &mut log)
+            }
+            Event::LayerError { sequence, offset, code, .. } => {
+                log.console(format_args!(
+                    "update: the server cannot serve seq {} at {} (code {})",
+                    sequence, offset, code
+                ));
+                let next = updates.agent.on_layer_error(sequence);
+                updates.refresh();
+                Some(next)
+            }
+            Event::UpdateCancel { sequence } => {
+                updates.agent.on_cancel(&updates.up, &mut updates.flash, sequence);
+                updates.apply_deadline = updates.agent.is_ready().then_some(updates.apply_deadline).flatten();
+                updates.refresh();
+                Some(Next::None)
+            }
+            _ => None,
+        };
+        if let Some(next) = next {
+            if updates.next(next, now, link_up || conn.is_online(), &mut log) {
+                sup.on_restart_request(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The server sent something the device cannot accept: drop this connection only.
+    fn protocol_error(&mut self, now: u64, what: &str, out: &mut impl Output) {
+        self.counters.protocol_errors += 1;
+        out.effect(Effect::Console(format_args!("net: {}; dropping the connection", what)));
+        self.lost(now, LossReason::Protocol, out);
+        self.fail(now, out);
+    }
+
+    /// Reports a lost connection (console and event) and tells the trial.
+    fn lost(&mut self, now: u64, reason: LossReason, out: &mut impl Output) {
+        let mut log = Log { logs: &mut self.logs, out, now };
+        log.event(format_args!("net: connection lost ({})", reason.as_str()));
+        if self.conn.is_online() {
+            if let Some(t) = self.updates.trial.as_mut() {
+                t.on_link(false);
+            }
+        }
+    }
+
+    fn forget_link(&mut self, out: &mut impl Output) {
+        out.effect(Effect::Close);
+        if self.link.take().is_some() {
+            if let Some(t) = self.updates.trial.as_mut() {
+                t.on_link(false);
+            }
+        }
+        self.link_failed = false;
+        self.tx_len = 0;
+        self.updates.fetch = None;
+        self.decoder = Decoder::new();
+    }
+
+    /// Closes the connection and backs off.
+    fn fail(&mut self, now: u64, out: &mut impl Output) {
+        self.forget_link(out);
+        if let Some(d) = self.conn.failed(now) {
+            out.effect(Effect::Console(format_args!("net: retrying in {} ms", d)));
+        }
+    }
+
+    /// The next frame to send (framed and encrypted) into `buf`, which must hold [`MAX_FRAME`]
+    /// bytes; call only when the transport can take that much. One frame per call.
+    pub fn poll_transmit(&mut self, _now: u64, buf: &mut [u8]) -> Option<usize> {
+        if buf.len() < MAX_FRAME || self.link_failed {
+            return None;
+        }
+        if self.tx_len > 0 {
+            let n = core::mem::take(&mut self.tx_len);
+            buf[..n].copy_from_slice(&self.tx[..n]);
+            self.counters.frames_out += 1;
+            return Some(n);
+        }
+        if !self.conn.is_online() {
+            return None;
+        }
+        let link = self.link.as_mut()?;
+        let u = &mut self.updates;
+        let sent = if let Some(m) = u.fetch.and_then(|n| n.message()) {
+            u.fetch = None;
+            link.send(&m, buf).map(Some)
+        } else if u.status_dirty {
+            u.status_dirty = false;
+            link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
+        } else {
+            link.next_log_frame(&mut self.logs, buf)
+        };
+        match sent {
+            Ok(Some(n)) => {
+                self.counters.frames_out += 1;
+                Some(n)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.link_failed = true;
+                None
+            }
+        }
+    }
+
+    /// True when [`Device::poll_transmit`] has something to send.
+    pub fn wants_transmit(&self) -> bool {
+        self.tx_len > 0
+            || (self.conn.is_online()
+                && (self.updates.fetch.is_some() || self.updates.status_dirty || !self.logs.is_empty()))
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Runs the timers (connection backoff and silence, politeness and trial deadlines, app
+    /// backoff and watchdog) and says what to do with the app.
+    pub fn poll(&mut self, now: u64, out: &mut impl Output) -> AppAction {
+        if self.link_failed {
+            self.protocol_error(now, "cannot encrypt", out);
+        }
+        match self.conn.poll(now) {
+            conn::Step::Connect => out.effect(Effect::Connect),
+            conn::Step::Close => {
+                out.effect(Effect::Console(format_args!(
+                    "net: nothing from the server for {} s; dropping the connection",
+                    self.conn.silence_us(now) / 1_000_000
+                )));
+                self.lost(now, LossReason::ServerSilent, out);
+                self.fail(now, out);
+            }
+            conn::Step::None => {}
+        }
+        let link_up = self.conn.is_online();
+        let mut log = Log { logs: &mut self.logs, out, now };
+        if self.updates.poll(now, link_up, &mut log) {
+            self.sup.on_restart_request(0);
+        }
+        match self.sup.poll(now) {
+            Action::None => AppAction::None,
+            Action::Launch => AppAction::Launch(self.updates.slot),
+            Action::KillForWatchdog => AppAction::KillForWatchdog,
+        }
+    }
+
+    /// When [`Device::poll`] next has something to do (µs), if ever.
+    pub fn poll_at(&self) -> Option<u64> {
+        let now_if = |b: bool| b.then_some(0);
+        earliest([now_if(self.link_failed), self.conn.poll_at(), self.sup.next_deadline(), self.updates.poll_at()])
+    }
+
+    // ------------------------------------------------------------------ the app
+
+    /// The app was started from [`AppAction::Launch`]'s slot.
+    pub fn app_launched(&mut self, now: u64, header: Header) -> BootInfo {
+        self.sup.on_launched(now);
+        if let Some(t) = self.updates.trial.as_mut() {
+            t.on_launch(now);
+        }
+        self.app = Some(header);
+        self.sup.boot_info()
+    }
+
+    /// The image in `slot` did not load. A trial image is rolled back: returns the slot to try
+    /// next. Otherwise the app stays stopped (`None`).
+    pub fn app_load_failed(&mut self, now: u64, slot: Slot, out: &mut impl Output) -> Option<Slot> {
+        if slot == self.updates.slot {
+            if let Some(t) = self.updates.trial {
+                let mut log = Log { logs: &mut self.logs, out, now };
+                if let Err(e) = self.updates.up.rollback(&mut self.updates.flash, Reason::TrialImageInvalid) {
+                    log.console(format_args!("update: journal error ({})", e));
+                }
+                self.updates.refresh();
+                self.updates.rolled_back(t.seq, Reason::TrialImageInvalid, &mut log);
+                return Some(self.updates.slot);
+            }
+        }
+        self.sup.on_no_image();
+        None
+    }
+
+    /// The app crashed (`watchdog`: it hung). Records the report, counts a trial crash (rolling
+    /// back after too many) and starts the restart backoff; returns the backoff (µs).
+    pub fn app_crashed(&mut self, now: u64, report: CrashReport, watchdog: bool, out: &mut impl Output) -> u64 {
+        let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
+        let mut log = Log { logs: &mut self.logs, out, now };
+        log.event_quiet(format_args!(
+            "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
+            kind,
+            report.pc(),
+            report.lr(),
+            report.sp,
+            report.cfsr,
+            report.hfsr,
+            report.sfsr
+        ));
+        self.last_crash = Some(report);
+        self.updates.trial_failed(watchdog, &mut log);
+        self.sup.on_crash(now, watchdog)
+    }
+
+    /// The app asked for a restart (`code` is its reason). A trial app that restarts before it
+    /// confirmed counts it as a failed start, like a crash: a panic handler restarts, and a trial
+    /// app panicking at every start must not be confirmed by the link policy.
+    pub fn app_restart(&mut self, now: u64, code: u32, out: &mut impl Output) {
+        if self.updates.trial.is_some() {
+            let mut log = Log { logs: &mut self.logs, out, now };
+            log.console(format_args!("update: the trial app asked for a restart (code {:#x}) before confirming", code));
+            self.updates.trial_failed(false, &mut log);
+        }
+        self.sup.on_restart_request(code);
+    }
+
+    /// `update_confirm`: the trial app confirms itself.
+    pub fn app_confirm(&mut self, now: u64, out: &mut impl Output) -> Status {
+        let Some(t) = self.updates.trial else { return Status::Unavailable };
+        let result = self.updates.up.confirm(&mut self.updates.flash);
+        self.updates.refresh();
+        let mut log = Log { logs: &mut self.logs, out, now };
+        match result {
+            Ok(true) => {
+                self.updates.confirmed(t.seq, "by the app", &mut log);
+                Status::Ok
+            }
+            Ok(false) => Status::Unavailable,
+            Err(e) => {
+                log.console(format_args!("update: journal error ({})", e));
+                Status::InternalError
+            }
+        }
+    }
+
+    /// `update_apply`: commits a verified update that waits for the app. True if it was
+    /// committed: the app restarts into the new version's trial.
+    pub fn app_apply(&mut self, now: u64, out: &mut impl Output) -> bool {
+        if !self.updates.agent.is_ready() {
+            return false;
+        }
+        let link_up = self.conn.is_online();
+        let mut log = Log { logs: &mut self.logs, out, now };
+        let applied = self.updates.apply("asked by the app", link_up, &mut log);
+        if applied {
+            self.sup.on_restart_request(0);
+        }
+        applied
+    }
+
+    /// Takes the app's pending event bits (each event is reported once).
+    pub fn take_app_events(&mut self) -> u32 {
+        core::mem::take(&mut self.updates.app_events)
+    }
+
+    /// True if the app has events to take.
+    pub fn app_events_pending(&self) -> bool {
+        self.updates.app_events != 0
+    }
+
+    /// Queues a log record for the server (oldest records are dropped and counted when full).
+    pub fn push_log(&mut self, now: u64, kind: Kind, level: u8, text: &[u8]) -> Result<u64, PushError> {
+        self.logs.push(kind, level, now, text)
+    }
+
+    /// `watchdog_start`.
+    pub fn watchdog_start(&mut self, now: u64, timeout_ms: u32) -> Status {
+        self.sup.watchdog_start(now, timeout_ms)
+    }
+
+    /// `watchdog_kick`.
+    pub fn watchdog_kick(&mut self, now: u64) -> Status {
+        self.sup.watchdog_kick(now)
+    }
+
+    /// `boot_info`.
+    pub fn boot_info(&self) -> BootInfo {
+        self.sup.boot_info()
+    }
+
+    /// `last_crash`.
+    pub fn last_crash(&self) -> Option<CrashReport> {
+        self.last_crash
+    }
+
+    /// `update_info`, from the cached journal state (no flash scan).
+    pub fn update_info(&self) -> UpdateInfo {
+        self.updates.info()
+    }
+
+    // ------------------------------------------------------------------ state for the shell
+
+    /// The slot the app runs from (or will).
+    pub fn slot(&self) -> Slot {
+        self.updates.slot
+    }
+
+    /// A slot's partition.
+    pub fn partition(&self, slot: Slot) -> Partition {
+        self.updates.up.partition(slot)
+    }
+
+    /// True while a trial runs.
+    pub fn on_trial(&self) -> bool {
+        self.updates.trial.is_some()
+    }
+
+    /// The supervisor's counters to carry over a reset the visor makes itself.
+    pub fn carry(&self) -> Carry {
+        self.sup.carry()
+    }
+
+    /// The app supervisor (read-only).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
+    }
+
+    /// The connection state.
+    pub fn connection(&self) -> ConnState {
+        self.conn.state()
+    }
+
+    /// True while the secure channel is up.
+    pub fn is_online(&self) -> bool {
+        self.conn.is_online()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The update status as the device reports it.
+    pub fn update_status(&self) -> agent::Status {
+        self.updates.agent.status(&self.updates.up, &self.updates.flash)
+    }
+
+    /// The journal state as last read.
+    pub fn journal(&self) -> UpdateState {
+        self.updates.journal
+    }
+
+    /// The flash (read-only).
+    pub fn flash(&self) -> &Nor<M> {
+        &self.updates.flash
+    }
+
+    /// The flash, for test hooks (e.g. cutting the power of a simulated flash).
+    pub fn flash_mut_for_tests(&mut self) -> &mut Nor<M> {
+        &mut self.updates.flash
+    }
+
+    /// The log ring (read-only).
+    pub fn logs(&self) -> &LogRing<LOG> {
+        &self.logs
+    }
+
+    /// The running app's header, once launched.
+    pub fn app(&self) -> Option<&Header> {
+        self.app.as_ref()
+    }
+
+    /// Takes the flash back (e.g. to "power-cycle" a simulated device).
+    pub fn into_flash(self) -> Nor<M> {
+        self.updates.flash
+    }
+}

@@ -1,0 +1,422 @@
+//! A device core wired to an in-memory server session (the server's real Noise end, snow), with
+//! a simulated flash: enough to drive every policy of the core on the host.
+#![allow(dead_code)]
+
+use keel_bundle::{build_bundle, split_bundle, BundleSpec, LayerSpec, Policies, SigningKey};
+use keel_device::{AppAction, Config, Device, Effect, Identity, Output, MAX_FRAME};
+use keel_flash::layout::Partition;
+use keel_flash::sim::SimFlash;
+use keel_flash::{Nor, PAGE_SIZE};
+use keel_image::{Header, Target, HEADER_SIZE};
+use keel_link::frame::Decoder;
+use keel_link::msg::{decode_up, Down, Up, LAYER_CHUNK};
+use keel_link::session::server::{Accepting, ServerSession};
+use keel_supervisor::Policy;
+use keel_update::Updater;
+use rand_core::OsRng;
+
+pub const S: u64 = 1_000_000;
+pub const SLOT: u32 = 16 * PAGE_SIZE;
+pub const JOURNAL: Partition = Partition { name: "journal", offset: 0, size: 2 * PAGE_SIZE };
+pub const APP_A: Partition = Partition { name: "app-a", offset: 2 * PAGE_SIZE, size: SLOT };
+pub const APP_B: Partition = Partition { name: "app-b", offset: 2 * PAGE_SIZE + SLOT, size: SLOT };
+pub const TARGET: Target = Target {
+    exec_base: 0x0020_0000,
+    exec_size: 0x0020_0000,
+    slot_capacity: SLOT - HEADER_SIZE as u32,
+    abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
+};
+
+pub fn updater() -> Updater {
+    Updater::new(JOURNAL, APP_A, APP_B, TARGET)
+}
+
+pub type Dev = Device<SimFlash, OsRng, 8192>;
+
+/// What the core asked the shell to do.
+#[derive(Default)]
+pub struct Recorder {
+    pub connects: u32,
+    pub closes: u32,
+    pub wall: Option<u64>,
+    pub app_events: u32,
+    pub console: Vec<String>,
+}
+
+impl Output for Recorder {
+    fn effect(&mut self, e: Effect<'_>) {
+        match e {
+            Effect::Connect => self.connects += 1,
+            Effect::Close => self.closes += 1,
+            Effect::SetWallClock(t) => self.wall = Some(t),
+            Effect::AppEvents => self.app_events += 1,
+            Effect::Console(a) => self.console.push(a.to_string()),
+        }
+    }
+}
+
+pub fn signing_key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+/// Slot bytes (header and image) of app `version` with `len` image bytes.
+pub fn image(version: &str, len: usize) -> Vec<u8> {
+    let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(version.as_bytes()[0])).collect();
+    let h = keel_image::build_header(&body, TARGET.exec_base, 0, "app", version, TARGET.abi);
+    let mut v = h.to_bytes().to_vec();
+    v.extend(body);
+    v
+}
+
+pub fn header(slot_bytes: &[u8]) -> Header {
+    Header::parse(&slot_bytes[..HEADER_SIZE], &TARGET).unwrap()
+}
+
+/// (envelope, layer) of a signed bundle.
+pub fn bundle(seq: u64, version: &str, policies: Policies<'_>) -> (Vec<u8>, Vec<u8>) {
+    let slot = image(version, 20_000);
+    let layers = [LayerSpec { id: "app", target: keel_bundle::Target::AppSlot, bytes: &slot }];
+    let b =
+        build_bundle(&BundleSpec { sequence: seq, layers: &layers, policies }, &signing_key(), |_| Some(SLOT)).unwrap();
+    let s = split_bundle(&b).unwrap();
+    (s.envelope, s.layers[0].bytes.clone())
+}
+
+/// The server end of one connection.
+pub struct Server {
+    private: Vec<u8>,
+    pub public: [u8; 32],
+    decoder: Decoder<MAX_FRAME>,
+    pub session: Option<ServerSession>,
+    /// Every device message received, decoded into an owned description.
+    pub received: Vec<Msg>,
+    /// Frames to the device not delivered yet.
+    pub to_device: Vec<u8>,
+    pub log_acked: Option<u64>,
+    /// Acknowledge log records as they arrive.
+    pub auto_ack: bool,
+    /// The layer the server serves for fetches.
+    pub layer: Vec<u8>,
+    /// Fetches from this offset on are not answered (a stalled download).
+    pub stall_at: Option<u32>,
+}
+
+/// A device message as the test sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Hello,
+    Ready,
+    Log { seq: u64, text: String },
+    Status { installed: u64, sequence: u64, state: u8, reason: String },
+    Fetch { sequence: u64, offset: u32, len: u32 },
+    Other,
+}
+
+impl Server {
+    pub fn new() -> Server {
+        let k = snow::Builder::new(keel_link::session::NOISE_PARAMS.parse().unwrap()).generate_keypair().unwrap();
+        Server {
+            private: k.private,
+            public: k.public.try_into().unwrap(),
+            decoder: Decoder::new(),
+            session: None,
+            received: Vec::new(),
+            to_device: Vec::new(),
+            log_acked: None,
+            auto_ack: true,
+            layer: Vec::new(),
+            stall_at: None,
+        }
+    }
+
+    /// A new TCP connection: forget the old session.
+    pub fn reset(&mut self) {
+        self.decoder = Decoder::new();
+        self.session = None;
+        self.to_device.clear();
+    }
+
+    pub fn send(&mut self, m: &Down<'_>) {
+        let f = self.session.as_mut().expect("session").send(m).unwrap();
+        self.to_device.extend(f);
+    }
+
+    /// Takes bytes from the device.
+    pub fn take(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (used, done) = self.decoder.push(bytes).unwrap();
+            bytes = &bytes[used..];
+            let Some(len) = done else { continue };
+            let payload = self.decoder.frame()[..len].to_vec();
+            match self.session.as_mut() {
+                None => {
+                    let acc = Accepting::read(&self.private, &payload).unwrap();
+                    assert!(matches!(decode_up(&acc.hello), Ok(Up::Hello { .. })));
+                    self.received.push(Msg::Hello);
+                    let welcome =
+                        Down::Welcome { protocol: 1, unix_us: 1_800_000_000_000_000, log_acked: self.log_acked };
+                    let (s, f) = acc.welcome(&welcome).unwrap();
+                    self.session = Some(s);
+                    self.to_device.extend(f);
+                }
+                Some(s) => {
+                    let plain = s.receive(&payload).unwrap();
+                    let m = decode_up(&plain).unwrap();
+                    let msg = match m {
+                        Up::Ready => Msg::Ready,
+                        Up::Log { seq, text, .. } => {
+                            if self.auto_ack {
+                                self.log_acked = Some(seq);
+                                self.send(&Down::LogAck { upto: seq });
+                            }
+                            Msg::Log { seq, text: String::from_utf8_lossy(text).into_owned() }
+                        }
+                        Up::UpdateStatus { installed, sequence, state, reason, .. } => {
+                            Msg::Status { installed, sequence, state, reason: reason.to_string() }
+                        }
+                        Up::FetchLayer { sequence, component, offset, len } => {
+                            assert_eq!(component, 0);
+                            if self.stall_at.is_some_and(|s| offset >= s) {
+                                self.received.push(Msg::Fetch { sequence, offset, len });
+                                continue;
+                            }
+                            let layer = self.layer.clone();
+                            let range = &layer[offset as usize..(offset + len) as usize];
+                            for (i, chunk) in range.chunks(LAYER_CHUNK).enumerate() {
+                                let at = offset + (i * LAYER_CHUNK) as u32;
+                                self.send(&Down::LayerData { sequence, component: 0, offset: at, data: chunk });
+                            }
+                            Msg::Fetch { sequence, offset, len }
+                        }
+                        _ => Msg::Other,
+                    };
+                    self.received.push(msg);
+                }
+            }
+        }
+    }
+
+    /// The update states the device reported, in order, without repeats.
+    pub fn states(&self) -> Vec<u8> {
+        let mut v: Vec<u8> = self
+            .received
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Status { state, .. } => Some(*state),
+                _ => None,
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    pub fn log_texts(&self) -> Vec<String> {
+        self.received
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Log { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A device, its shell's view and its server.
+pub struct World {
+    pub dev: Dev,
+    pub out: Recorder,
+    pub server: Server,
+    pub now: u64,
+    /// The TCP connection is up (the shell's view).
+    pub tcp: bool,
+    /// The server accepts connections.
+    pub server_up: bool,
+    /// What the simulated app does.
+    pub app: Option<Header>,
+    pub launches: Vec<keel_update::Slot>,
+    pub trace: Vec<String>,
+}
+
+pub fn config(server: &Server, boot: u32) -> Config {
+    Config {
+        identity: Some(Identity {
+            device_key: [7; 32],
+            server_key: server.public,
+            signer_key: Some(signing_key().verifying_key().to_bytes()),
+        }),
+        boot_count: boot,
+        visor_version: env!("CARGO_PKG_VERSION"),
+        policy: Policy::default(),
+        warm: None,
+        seed: 42,
+    }
+}
+
+/// A factory flash: `v1` in slot A.
+pub fn factory_flash(v1: &[u8]) -> Nor<SimFlash> {
+    let mut f = Nor::new(SimFlash::new(2 * PAGE_SIZE + 2 * SLOT));
+    let mut padded = v1.to_vec();
+    padded.resize(v1.len().div_ceil(16) * 16, 0xFF);
+    f.erase_range(APP_A.offset, APP_A.offset + APP_A.size).unwrap();
+    f.program(APP_A.offset, &padded).unwrap();
+    f
+}
+
+impl World {
+    pub fn new() -> World {
+        let server = Server::new();
+        let mut out = Recorder::default();
+        let dev = Dev::new(config(&server, 1), factory_flash(&image("1.0.0", 5000)), updater(), 0, &mut out);
+        World {
+            dev,
+            out,
+            server,
+            now: 0,
+            tcp: false,
+            server_up: true,
+            app: None,
+            launches: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// Reboots the device on the same flash (a power cycle).
+    pub fn reboot(&mut self, boot: u32) {
+        let mut server = core::mem::replace(&mut self.server, Server::new());
+        server.received.clear();
+        server.stall_at = None;
+        let flash = core::mem::replace(
+            &mut self.dev,
+            Dev::new(config(&server, boot), Nor::new(SimFlash::new(16)), updater(), self.now, &mut self.out),
+        )
+        .into_flash();
+        self.dev = Dev::new(config(&server, boot), flash, updater(), self.now, &mut self.out);
+        self.server = server;
+        self.server.reset();
+        self.tcp = false;
+        self.app = None;
+    }
+
+    /// Moves bytes both ways until nothing moves, handling connects.
+    pub fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            if self.out.connects > 0 {
+                self.out.connects = 0;
+                self.out.closes = 0;
+                if self.server_up {
+                    self.server.reset();
+                    self.tcp = true;
+                    self.dev.tcp_connected(self.now, &mut self.out);
+                } else {
+                    self.dev.tcp_closed(self.now, &mut self.out);
+                }
+                moved = true;
+            }
+            if self.out.closes > 0 {
+                self.out.closes = 0;
+                self.tcp = false;
+            }
+            if self.tcp {
+                let mut buf = vec![0u8; MAX_FRAME];
+                while let Some(n) = self.dev.poll_transmit(self.now, &mut buf) {
+                    self.server.take(&buf[..n]);
+                    moved = true;
+                }
+                if !self.server.to_device.is_empty() {
+                    let bytes = core::mem::take(&mut self.server.to_device);
+                    let used = self.dev.receive(self.now, &bytes, &mut self.out);
+                    self.server.to_device = bytes[used..].to_vec();
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the exchange does not settle");
+    }
+
+    /// Runs the device's timers and the simulated app until `until`, jumping from deadline to
+    /// deadline; `app` decides what the app does at each launch.
+    pub fn run_until(&mut self, until: u64, app: &mut dyn FnMut(&mut World) -> AppStep) {
+        loop {
+            self.pump();
+            match self.dev.poll(self.now, &mut self.out) {
+                AppAction::Launch(slot) => {
+                    self.launches.push(slot);
+                    let p = self.dev.partition(slot);
+                    let mut hdr = [0u8; HEADER_SIZE];
+                    self.dev.flash().read(p.offset, &mut hdr).unwrap();
+                    match updater().check_slot(self.dev.flash(), slot) {
+                        Ok(h) => {
+                            self.dev.app_launched(self.now, h);
+                            self.app = Some(h);
+                            self.trace.push(format!("launch {}", h.version_str()));
+                            self.pump();
+                            match app(self) {
+                                AppStep::Run => {}
+                                AppStep::Crash => {
+                                    self.trace.push("crash".into());
+                                    let r = keel_abi::CrashReport { version: 1, kind: 3, ..Default::default() };
+                                    self.dev.app_crashed(self.now, r, false, &mut self.out);
+                                }
+                                AppStep::Restart => {
+                                    self.trace.push("restart".into());
+                                    self.dev.app_restart(self.now, 0xDEAD, &mut self.out);
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            self.dev.app_load_failed(self.now, slot, &mut self.out);
+                        }
+                    }
+                    continue;
+                }
+                AppAction::KillForWatchdog => {
+                    self.trace.push("watchdog".into());
+                    let r = keel_abi::CrashReport { version: 1, kind: 6, ..Default::default() };
+                    self.dev.app_crashed(self.now, r, true, &mut self.out);
+                    continue;
+                }
+                AppAction::None => {}
+            }
+            self.pump();
+            let next = self.dev.poll_at().unwrap_or(u64::MAX);
+            if next > until {
+                self.now = until;
+                self.pump();
+                return;
+            }
+            self.now = next.max(self.now);
+        }
+    }
+
+    /// Brings the link up (address, TCP, handshake).
+    pub fn online(&mut self) {
+        self.dev.address_acquired(self.now, &mut self.out);
+        self.pump();
+        assert!(self.dev.is_online(), "console: {:#?}", self.out.console);
+    }
+
+    /// Offers `(envelope, layer)` and lets the device download it.
+    pub fn offer(&mut self, envelope: &[u8], layer: &[u8]) {
+        self.server.layer = layer.to_vec();
+        self.server.send(&Down::UpdateOffer { envelope });
+        self.pump();
+    }
+
+    pub fn console_has(&self, s: &str) -> bool {
+        self.out.console.iter().any(|l| l.contains(s))
+    }
+}
+
+/// What the simulated app does once launched.
+pub enum AppStep {
+    /// Runs (maybe after confirming, done by the closure itself).
+    Run,
+    /// Crashes right away.
+    Crash,
+    /// Asks for a restart right away (a panic handler).
+    Restart,
+}
