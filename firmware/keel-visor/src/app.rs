@@ -85,10 +85,7 @@ pub fn prepare_start(app: &Loaded) {
     // A fresh exception frame on the app's main stack: r0-r3, r12 = 0, lr = invalid (the reset
     // handler must not return), pc = entry, xPSR = Thumb.
     let frame_sp = app.sp - 32;
-    let frame = [0, 0, 0, 0, 0, 0xFFFF_FFFF, app.entry & !1, 0x0100_0000];
-    for (i, w) in frame.iter().enumerate() {
-        ns_mem::write_u32_trusted(frame_sp + 4 * i as u32, *w);
-    }
+    ns_mem::write_initial_frame(frame_sp, &[0, 0, 0, 0, 0, 0xFFFF_FFFF, app.entry & !1, 0x0100_0000]);
     board::set_ns_stack(frame_sp, app.header.stack_limit);
 }
 

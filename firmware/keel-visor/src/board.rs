@@ -1,9 +1,15 @@
 //! Board layer for QEMU `mps2-an505` (Cortex-M33 + TrustZone, SSE-200 subsystem).
 //!
-//! Everything chip- or board-specific lives here: the memory map, the security controllers
-//! (SAU, MPCs, PPCs), the console UART and the flash medium. The rest of the visor only uses the
-//! constants and functions exported by this module; a port to another chip (STM32U585 is next)
-//! replaces this file.
+//! The hardware the visor drives, by address: the memory map, the security controllers (SAU, MPCs,
+//! PPCs), the core's system registers (fault status, NVIC, NS banks), the time base and alarm
+//! timers, the console UART, the flash medium and warm RAM. No public function here takes a raw
+//! address: registers are named ([`FaultReg`]) or fixed.
+//!
+//! What a port to another chip (STM32U585 is next) replaces is this file's *contents*, not the
+//! visor: the constants and register sequences here, the linker script (`visor.ld`), the vector
+//! table's IRQ numbers in [`crate::rt`], and the drivers `net` and `time` build on (the LAN9118
+//! and the CMSDK timers). The security model (which regions the app gets, the NS reset sequence
+//! in [`reset_ns_core`]) carries over, but each step is written for this board's registers.
 #![allow(unsafe_code)]
 
 use core::ptr::{read_volatile, write_volatile};
@@ -34,29 +40,21 @@ const SCB_ICSR: usize = 0xE000_ED04;
 const SCB_AIRCR: usize = 0xE000_ED0C;
 const SCB_SHPR3: usize = 0xE000_ED20;
 const SCB_SHCSR: usize = 0xE000_ED24;
-/// Configurable Fault Status Register (secure bank).
-pub const SCB_CFSR: usize = 0xE000_ED28;
-/// HardFault Status Register.
-pub const SCB_HFSR: usize = 0xE000_ED2C;
-/// MemManage Fault Address Register.
-pub const SCB_MMFAR: usize = 0xE000_ED34;
-/// BusFault Address Register.
-pub const SCB_BFAR: usize = 0xE000_ED38;
-/// SecureFault Status Register.
-pub const SAU_SFSR: usize = 0xE000_EDE4;
-/// SecureFault Address Register.
-pub const SAU_SFAR: usize = 0xE000_EDE8;
+const SCB_CFSR: usize = 0xE000_ED28;
+const SCB_HFSR: usize = 0xE000_ED2C;
+const SCB_MMFAR: usize = 0xE000_ED34;
+const SCB_BFAR: usize = 0xE000_ED38;
+const SAU_SFSR: usize = 0xE000_EDE4;
+const SAU_SFAR: usize = 0xE000_EDE8;
 const SAU_CTRL: usize = 0xE000_EDD0;
 const SAU_RNR: usize = 0xE000_EDD8;
 const SAU_RBAR: usize = 0xE000_EDDC;
 const SAU_RLAR: usize = 0xE000_EDE0;
 // Non-secure aliases of core registers, reachable from the secure side only.
-const SYST_CSR_NS: usize = 0xE002_E010;
 const VTOR_NS: usize = 0xE002_ED08;
 const SCB_SHCSR_NS: usize = 0xE002_ED24;
 const SCB_ICSR_NS: usize = 0xE002_ED04;
-/// Configurable Fault Status Register, non-secure bank.
-pub const SCB_CFSR_NS: usize = 0xE002_ED28;
+const SCB_CFSR_NS: usize = 0xE002_ED28;
 const SCB_HFSR_NS: usize = 0xE002_ED2C;
 const MPU_CTRL_NS: usize = 0xE002_ED94;
 const NVIC_ICER: usize = 0xE000_E180;
@@ -66,18 +64,55 @@ const NVIC_ITNS: usize = 0xE000_E380;
 /// Core clock in Hz.
 pub const SYSCLK_HZ: u32 = 20_000_000;
 
+// Private: every caller in this file passes one of the register addresses above (plus a fixed
+// offset into its block), so these are never given an address from outside.
 fn rd(a: usize) -> u32 {
-    // SAFETY: every address passed here is a memory-mapped register of this board, listed above.
+    // SAFETY: `a` is a 4-aligned memory-mapped register of this board (see above), and reading
+    // it has no effect on memory Rust knows about.
     unsafe { read_volatile(a as *const u32) }
 }
 fn wr(a: usize, v: u32) {
-    // SAFETY: as for `rd`; writes only configure hardware owned by the visor.
+    // SAFETY: as for `rd`; the writes configure hardware only the visor owns.
     unsafe { write_volatile(a as *mut u32, v) }
 }
 
-/// Reads a fault status register (one of the `SCB_*`/`SAU_*` constants).
-pub fn read_reg(a: usize) -> u32 {
-    rd(a)
+/// A fault status or address register, for crash reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultReg {
+    /// Configurable Fault Status Register, secure bank.
+    Cfsr,
+    /// Configurable Fault Status Register, non-secure bank (where an app fault that escalated
+    /// to the visor's HardFault records its cause).
+    CfsrNs,
+    /// HardFault Status Register.
+    Hfsr,
+    /// MemManage Fault Address Register.
+    Mmfar,
+    /// BusFault Address Register.
+    Bfar,
+    /// SecureFault Status Register.
+    Sfsr,
+    /// SecureFault Address Register.
+    Sfar,
+}
+
+impl FaultReg {
+    fn addr(self) -> usize {
+        match self {
+            FaultReg::Cfsr => SCB_CFSR,
+            FaultReg::CfsrNs => SCB_CFSR_NS,
+            FaultReg::Hfsr => SCB_HFSR,
+            FaultReg::Mmfar => SCB_MMFAR,
+            FaultReg::Bfar => SCB_BFAR,
+            FaultReg::Sfsr => SAU_SFSR,
+            FaultReg::Sfar => SAU_SFAR,
+        }
+    }
+}
+
+/// Reads a fault status or address register.
+pub fn read_reg(r: FaultReg) -> u32 {
+    rd(r.addr())
 }
 
 /// Clears the write-one-to-clear fault status registers after a fault was recorded.
@@ -112,9 +147,10 @@ fn sau_region(n: u32, base: u32, limit_incl: u32, nsc: bool) {
 
 /// Marks `[start, end)` (offsets into the memory behind `mpc`) non-secure.
 fn mpc_set_ns(mpc: usize, start: u32, end: u32) {
-    let bs = 1u32 << (rd(mpc + 0x14) + 5); // BLK_CFG: block size
-                                           // CTRL: SEC_RESP=1 (bus error on violation), AUTOINC=0 — reads of BLK_LUT would otherwise
-                                           // advance BLK_IDX and break read-modify-write (QEMU 7.2, observed).
+    // BLK_CFG: the block size.
+    let bs = 1u32 << (rd(mpc + 0x14) + 5);
+    // CTRL: SEC_RESP=1 (bus error on violation), AUTOINC=0 — reads of BLK_LUT would otherwise
+    // advance BLK_IDX and break read-modify-write (QEMU 7.2, observed).
     wr(mpc, 1 << 4);
     let mut blk = start / bs;
     while blk < end / bs {
@@ -248,10 +284,7 @@ pub fn clear_ns_exceptions() {
 
 /// Puts the non-secure side back into its reset state before the app (re)starts.
 pub fn reset_ns_core(vtor: u32) {
-    // The non-secure SysTick (0xE002E010) is not reachable through the NS alias on QEMU 7.2 (a
-    // bus error: "Blocked re-entrant IO on v7m_systick"), so an app's SysTick keeps running
-    // across a restart here; the STM32 board layer must stop it (CSR_NS = 0).
-    let _ = SYST_CSR_NS;
+    // The app's SysTick is not stopped here: see docs/threat-model.md, "Known gaps".
     wr(MPU_CTRL_NS, 0);
     clear_ns_exceptions();
     wr(VTOR_NS, vtor);
@@ -309,12 +342,6 @@ pub fn mask_app_exceptions(mask: bool) {
     let v: u32 = if mask { 0x80 } else { 0 };
     // SAFETY: BASEPRI_S only changes which exceptions may preempt; secure ones (< 0x80) still do.
     unsafe { core::arch::asm!("msr basepri, {v}", v = in(reg) v, options(nostack, preserves_flags)) };
-}
-
-/// Sets PSP_S (the secure thread stack); only called from handler mode, which uses MSP_S.
-pub fn set_psp_s(v: u32) {
-    // SAFETY: in handler mode PSP_S is not in use; the caller passes the top of the thread stack.
-    unsafe { core::arch::asm!("msr psp, {v}", v = in(reg) v, options(nostack, preserves_flags)) };
 }
 
 /// Current exception number (0 in thread mode).

@@ -1,14 +1,23 @@
 //! Checked access to the app's (non-secure) memory.
 //!
 //! Every pointer an app passes to a system call goes through [`check`] before the visor touches
-//! it. A range is accepted only if
+//! it, and the copy functions take the proof [`check`] returns ([`NsRange`]), not a pointer. A
+//! range is accepted only if
 //! 1. it lies entirely inside the app's RAM or its execution region (an allow-list: peripheral
 //!    addresses are refused even when they are non-secure, because a blocked peripheral access
 //!    would fault inside the visor), and
 //! 2. the TT instruction says both ends are accessible by the app — readable (and writable for
 //!    outputs) under its own privilege level and MPU — and lie in the same SAU, IDAU and MPU
 //!    region, so every byte in between has the same attributes.
+//!
+//! Part 1 is what keeps the visor safe: the app's RAM and code region are non-secure in the SAU
+//! and the MPCs, configured at boot and never changed, so a copy through a checked range neither
+//! touches visor memory nor faults. Part 2 honours the app's own privilege model; its handlers
+//! can reprogram its MPU whenever they run (they may preempt a system call), so a proof is
+//! taken just before use and never kept across a sleep ([`Awake`]).
 #![allow(unsafe_code)]
+
+use core::marker::PhantomData;
 
 use crate::board::{self, tt, APP_EXEC_BASE, APP_EXEC_SIZE, APP_RAM_BASE, APP_RAM_SIZE};
 
@@ -20,8 +29,57 @@ fn inside(start: u32, end_incl: u32, base: u32, size: u32) -> bool {
     start >= base && end_incl <= base + (size - 1)
 }
 
-/// True if the app may access `len` bytes at `ptr` (for writing if `write`).
-pub fn check(ptr: u32, len: u32, write: bool) -> bool {
+/// How a checked range may be used: [`Read`] or [`Write`] (which includes reading).
+pub trait Access {
+    /// Whether the app must be allowed to write the range.
+    const WRITE: bool;
+}
+
+/// A range the app may read.
+pub enum Read {}
+/// A range the app may read and write.
+pub enum Write {}
+
+impl Access for Read {
+    const WRITE: bool = false;
+}
+impl Access for Write {
+    const WRITE: bool = true;
+}
+
+/// What an [`NsRange`] is checked under. The app's handlers may reprogram its MPU whenever they
+/// run, and while a system call sleeps they run at will; every [`NsRange`] borrows the `Awake` it
+/// was checked under and [`Awake::sleep`] needs it mutably, so no range survives a sleep taken
+/// through it: after sleeping, check again.
+pub struct Awake(PhantomData<*const ()>);
+
+impl Awake {
+    /// A witness for the code that runs now (a system call, a fault handler).
+    pub fn new() -> Self {
+        Awake(PhantomData)
+    }
+
+    /// Sleeps until the next interrupt (the app's handlers may run meanwhile).
+    pub fn sleep(&mut self) {
+        board::wait_for_interrupt();
+    }
+}
+
+/// Proof that the app may access `len` bytes at `ptr` ([`Read`], or [`Write`] too), obtained
+/// from [`check`] and valid while the [`Awake`] it borrows is not used to sleep.
+pub struct NsRange<'a, A: Access> {
+    ptr: u32,
+    len: u32,
+    _awake: PhantomData<(&'a Awake, A)>,
+}
+
+/// Checks that the app may access `len` bytes at `ptr` (for writing too with [`Write`]); the
+/// returned token is what the copy functions need.
+pub fn check<'a, A: Access>(_awake: &'a Awake, ptr: u32, len: u32) -> Option<NsRange<'a, A>> {
+    allowed(ptr, len, A::WRITE).then_some(NsRange { ptr, len, _awake: PhantomData })
+}
+
+fn allowed(ptr: u32, len: u32, write: bool) -> bool {
     if len == 0 {
         return true;
     }
@@ -45,35 +103,51 @@ pub fn check(ptr: u32, len: u32, write: bool) -> bool {
     a & need != 0 && b & need != 0 && (a & SAME_REGION_MASK) == (b & SAME_REGION_MASK)
 }
 
-/// Copies `buf.len()` bytes from app memory at `ptr`. The caller has called [`check`].
-pub fn read_into(ptr: u32, buf: &mut [u8]) {
-    // SAFETY: `check(ptr, len, false)` succeeded, so the range is mapped non-secure app memory
-    // that the app may read; reading it from the secure side issues non-secure transactions.
-    unsafe { core::ptr::copy_nonoverlapping(ptr as *const u8, buf.as_mut_ptr(), buf.len()) }
-}
-
-/// Copies `data` to app memory at `ptr`. The caller has called [`check`] with `write`.
-pub fn write_from(ptr: u32, data: &[u8]) {
-    // SAFETY: `check(ptr, len, true)` succeeded, so the range is app memory the app may write;
-    // it never aliases visor memory.
-    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ptr as *mut u8, data.len()) }
-}
-
-/// Reads a little-endian word from app memory if readable.
-pub fn read_u32(ptr: u32) -> Option<u32> {
-    if !check(ptr, 4, false) {
-        return None;
+impl<A: Access> NsRange<'_, A> {
+    /// Copies the first `buf.len()` bytes of the range (at most its length) into `buf`.
+    pub fn read_into(&self, buf: &mut [u8]) {
+        assert!(buf.len() <= self.len as usize);
+        // SAFETY: `check` found `ptr..ptr + len` inside the app's RAM or code region, which the
+        // SAU and MPCs make non-secure for the whole run of the visor, so these are valid,
+        // mapped bytes that are not visor memory (no Rust reference aliases them) and reading
+        // them cannot fault; `buf` is at most that long. A byte copy has no alignment need.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr as *const u8, buf.as_mut_ptr(), buf.len()) }
     }
-    let mut b = [0u8; 4];
-    read_into(ptr, &mut b);
-    Some(u32::from_le_bytes(b))
+
+    /// The little-endian word at the start of the range (which is at least 4 bytes long).
+    pub fn read_u32(&self) -> u32 {
+        let mut b = [0u8; 4];
+        self.read_into(&mut b);
+        u32::from_le_bytes(b)
+    }
 }
 
-/// Writes a word to app memory without an access check. Only for the visor's own setup of the
-/// app's initial stack frame, at addresses it derived and validated itself.
-pub fn write_u32_trusted(addr: u32, v: u32) {
-    // SAFETY: callers pass addresses inside the app RAM they validated; unaligned is allowed.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+impl NsRange<'_, Write> {
+    /// Copies `data` to the start of the range (at most its length).
+    pub fn write_from(&self, data: &[u8]) {
+        assert!(data.len() <= self.len as usize);
+        // SAFETY: as in `read_into`: app RAM or code, never visor memory, mapped and non-secure;
+        // `data` is at most the range's length.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr as *mut u8, data.len()) }
+    }
+}
+
+/// Reads a little-endian word from app memory if the app may read it.
+pub fn read_u32(awake: &Awake, ptr: u32) -> Option<u32> {
+    check::<Read>(awake, ptr, 4).map(|r| r.read_u32())
+}
+
+/// Writes the app's initial exception frame: `words` at `sp`, which must be 4-aligned and lie
+/// with the frame inside the app's RAM (asserted). Only for the visor's own setup of the app's
+/// first frame while the app is stopped; the app's MPU is not consulted.
+pub fn write_initial_frame(sp: u32, words: &[u32; 8]) {
+    let len = 4 * words.len() as u32;
+    assert!(sp.is_multiple_of(4) && sp.checked_add(len - 1).is_some_and(|e| inside(sp, e, APP_RAM_BASE, APP_RAM_SIZE)));
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: an aligned word inside the app's RAM (asserted above), non-secure memory that
+        // never aliases the visor's, written while the app is stopped.
+        unsafe { core::ptr::write_volatile((sp + 4 * i as u32) as *mut u32, *w) }
+    }
 }
 
 /// Copies bytes into the app execution region (image loading). `dst..dst+len` must be inside it.

@@ -3,20 +3,22 @@
 
 use keel_abi::{AbiInfo, Call, LogLevel, Status, DEVICE_ID_LEN, LOG_MAX_LEN};
 
-use crate::{board, console, ns_mem, time, VISOR};
+use crate::ns_mem::{self, Awake, Read, Write};
+use crate::{board, console, time, VISOR};
 
 /// Called by the NSC entry shim with the app's r0..r3 and the slot number.
 pub extern "C" fn dispatch(a0: u32, a1: u32, a2: u32, _a3: u32, slot: u32) -> u32 {
+    let mut awake = Awake::new();
     let status = match Call::from_slot(slot) {
-        Some(call) => handle(call, a0, a1, a2),
+        Some(call) => handle(&mut awake, call, a0, a1, a2),
         None => Status::NotImplemented,
     };
     status as u32
 }
 
-fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
+fn handle(awake: &mut Awake, call: Call, a0: u32, a1: u32, a2: u32) -> Status {
     match call {
-        Call::AbiInfo => write_struct(a0, |_| {
+        Call::AbiInfo => write_struct(awake, a0, |_| {
             let v = |s: &str| s.parse::<u16>().unwrap_or(0);
             Some(
                 AbiInfo {
@@ -31,12 +33,12 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
                 .to_bytes(),
             )
         }),
-        Call::DeviceId => device_id(a0, a1),
-        Call::MonotonicUs => write_u64(a0, Some(time::now_us())),
-        Call::WallTimeUs => write_u64(a0, time::wall_us()),
-        Call::Log => log(a0, a1, a2),
+        Call::DeviceId => device_id(awake, a0, a1),
+        Call::MonotonicUs => write_u64(awake, a0, Some(time::now_us())),
+        Call::WallTimeUs => write_u64(awake, a0, time::wall_us()),
+        Call::Log => log(awake, a0, a1, a2),
         Call::Restart => restart(a0),
-        Call::Wait => wait(a0, a1),
+        Call::Wait => wait(awake, a0, a1),
         Call::WatchdogStart => {
             let now = time::now_us();
             let s = VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0)));
@@ -48,77 +50,85 @@ fn handle(call: Call, a0: u32, a1: u32, a2: u32) -> Status {
             let now = time::now_us();
             VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_kick(now)))
         }
-        Call::BootInfo => write_struct(a0, |v| Some(v.sup.boot_info().to_bytes())),
-        Call::LastCrash => write_struct(a0, |v| v.last_crash.map(|c| c.to_bytes())),
+        Call::BootInfo => write_struct(awake, a0, |v| Some(v.sup.boot_info().to_bytes())),
+        Call::LastCrash => write_struct(awake, a0, |v| v.last_crash.map(|c| c.to_bytes())),
         Call::UpdateConfirm => VISOR.with(|v| v.as_mut().map_or(Status::InternalError, crate::update::confirm)),
-        Call::UpdateInfo => write_struct(a0, |v| Some(crate::update::info(v).to_bytes())),
+        Call::UpdateInfo => write_struct(awake, a0, |v| Some(crate::update::info(v).to_bytes())),
         Call::UpdateApply => update_apply(),
     }
 }
 
 /// Writes a versioned struct: checks the pointer for the whole struct, then its `version`.
 /// `make` returns `None` when there is nothing to report ([`Status::Unavailable`]).
-fn write_struct<const N: usize>(ptr: u32, make: impl FnOnce(&crate::Visor) -> Option<[u8; N]>) -> Status {
-    if !ns_mem::check(ptr, N as u32, true) {
+fn write_struct<const N: usize>(
+    awake: &Awake,
+    ptr: u32,
+    make: impl FnOnce(&crate::Visor) -> Option<[u8; N]>,
+) -> Status {
+    const { assert!(N >= 4) };
+    let Some(out) = ns_mem::check::<Write>(awake, ptr, N as u32) else {
         return Status::ParameterFault;
-    }
-    if ns_mem::read_u32(ptr) != Some(1) {
+    };
+    if out.read_u32() != 1 {
         return Status::UnsupportedStructVersion;
     }
     match VISOR.with(|v| v.as_ref().map(make)) {
         None => Status::InternalError,
         Some(None) => Status::Unavailable,
         Some(Some(bytes)) => {
-            ns_mem::write_from(ptr, &bytes);
+            out.write_from(&bytes);
             Status::Ok
         }
     }
 }
 
-fn write_u64(ptr: u32, value: Option<u64>) -> Status {
-    if !ns_mem::check(ptr, 8, true) {
+fn write_u64(awake: &Awake, ptr: u32, value: Option<u64>) -> Status {
+    let Some(out) = ns_mem::check::<Write>(awake, ptr, 8) else {
         return Status::ParameterFault;
-    }
+    };
     match value {
         Some(v) => {
-            ns_mem::write_from(ptr, &v.to_le_bytes());
+            out.write_from(&v.to_le_bytes());
             Status::Ok
         }
         None => Status::TimeNotSet,
     }
 }
 
-fn device_id(ptr: u32, len: u32) -> Status {
+fn device_id(awake: &Awake, ptr: u32, len: u32) -> Status {
     if len < DEVICE_ID_LEN {
         return Status::InvalidBufferSize;
     }
-    if !ns_mem::check(ptr, DEVICE_ID_LEN, true) {
+    let Some(out) = ns_mem::check::<Write>(awake, ptr, DEVICE_ID_LEN) else {
         return Status::ParameterFault;
-    }
+    };
     match VISOR.with(|v| v.as_ref().and_then(|v| v.factory).map(|f| f.device_id_ascii())) {
         Some(id) => {
-            ns_mem::write_from(ptr, &id);
+            out.write_from(&id);
             Status::Ok
         }
         None => Status::Unavailable,
     }
 }
 
-fn log(level: u32, ptr: u32, len: u32) -> Status {
+// The log ring takes every message the system call accepts (see `log`).
+const _: () = assert!(keel_log::MAX_TEXT >= keel_abi::LOG_MAX_LEN as usize);
+
+fn log(awake: &Awake, level: u32, ptr: u32, len: u32) -> Status {
     let Some(level) = LogLevel::from_u32(level) else {
         return Status::InvalidArgument;
     };
     if len > LOG_MAX_LEN {
         return Status::LogMessageTooLong;
     }
-    if !ns_mem::check(ptr, len, false) {
+    let Some(input) = ns_mem::check::<Read>(awake, ptr, len) else {
         return Status::ParameterFault;
-    }
+    };
     let mut buf = [0u8; LOG_MAX_LEN as usize];
     let msg = &mut buf[..len as usize];
-    ns_mem::read_into(ptr, msg);
+    input.read_into(msg);
     let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
-    // Queued for the server; the ring never refuses a message within LOG_MAX_LEN.
+    // Queued for the server; the ring never refuses a message within LOG_MAX_LEN (asserted above).
     let _ = crate::net::push_log(keel_log::Kind::App, level as u8, msg);
     let source = match level {
         LogLevel::Error => "app:E",
@@ -175,11 +185,11 @@ fn update_apply() -> Status {
     }
 }
 
-fn wait(timeout_us: u32, events_ptr: u32) -> Status {
+fn wait(awake: &mut Awake, timeout_us: u32, events_ptr: u32) -> Status {
     if board::ipsr() != 0 {
         return Status::Unavailable;
     }
-    if events_ptr != 0 && !ns_mem::check(events_ptr, 4, true) {
+    if events_ptr != 0 && ns_mem::check::<Write>(awake, events_ptr, 4).is_none() {
         return Status::ParameterFault;
     }
     let deadline = time::now_us().saturating_add(timeout_us as u64);
@@ -188,16 +198,25 @@ fn wait(timeout_us: u32, events_ptr: u32) -> Status {
     // each event is reported once.
     let ready = || crate::update::READY_EVENT.load(core::sync::atomic::Ordering::Relaxed);
     while time::now_us() < deadline && !ready() {
-        board::wait_for_interrupt();
+        awake.sleep();
     }
     time::set_wait_deadline(None);
+    // The app's handlers ran during the sleep and may have changed its MPU: check again, before
+    // an event is taken, so a refused pointer does not lose it.
+    let out = match events_ptr {
+        0 => None,
+        p => match ns_mem::check::<Write>(awake, p, 4) {
+            Some(out) => Some(out),
+            None => return Status::ParameterFault,
+        },
+    };
     let events = if crate::update::READY_EVENT.swap(false, core::sync::atomic::Ordering::Relaxed) {
         keel_abi::events::UPDATE_READY
     } else {
         keel_abi::events::NONE
     };
-    if events_ptr != 0 {
-        ns_mem::write_from(events_ptr, &events.to_le_bytes());
+    if let Some(out) = out {
+        out.write_from(&events.to_le_bytes());
     }
     Status::Ok
 }
