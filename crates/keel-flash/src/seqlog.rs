@@ -75,21 +75,28 @@ impl<const R: usize> RecordLog<R> {
         Ok(Slots { page, stride, count: page / stride })
     }
 
+    /// Reads both pages from their ends. Within a page, records are only ever appended after
+    /// every used slot, each with a sequence number above every valid record anywhere; so the
+    /// last valid record of a page is its newest, and the scan checks CRCs from the last used
+    /// slot backwards only until one is valid (usually the first).
     fn scan<M: Medium>(&self, f: &Nor<M>, l: Slots) -> Result<Scan<R>, FlashError> {
         let mut s = Scan { latest: None, next_free: [Some(0), Some(0)] };
         for page in 0..2u32 {
             let mut last_used: Option<u32> = None;
-            for slot in 0..l.count {
+            for slot in (0..l.count).rev() {
                 let mut b = [0u8; R];
                 f.read(self.base + page * l.page + slot * l.stride, &mut b)?;
-                if b.iter().all(|&x| x == ERASED) {
-                    continue;
+                if last_used.is_none() {
+                    if b.iter().all(|&x| x == ERASED) {
+                        continue;
+                    }
+                    last_used = Some(slot);
                 }
-                last_used = Some(slot);
                 if let Some(seq) = self.decode(&b) {
                     if s.latest.is_none_or(|(l, _, _)| seq > l) {
                         s.latest = Some((seq, b, page));
                     }
+                    break;
                 }
             }
             s.next_free[page as usize] = match last_used {
