@@ -458,16 +458,23 @@ pub struct Device<M: Medium, R: Rng, const LOG: usize> {
 }
 
 impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
-    /// Boots the device: reads the update journal, decides the slot (counting a trial boot, or
-    /// rolling back after too many) and queues the boot events.
+    /// Boots the device: [`Device::unbooted`], then [`Device::boot`].
     pub fn new(cfg: Config, flash: Nor<M>, updater: Updater, now: u64, out: &mut impl Output) -> Self {
+        let mut d = Self::unbooted(cfg, flash, updater, now);
+        d.boot(now, out);
+        d
+    }
+
+    /// The device before [`Device::boot`]: a plain value, so a shell can build it where it
+    /// will live (the visor builds it inside its static state, not on its stack).
+    pub fn unbooted(cfg: Config, flash: Nor<M>, updater: Updater, now: u64) -> Self {
         let (sup, last_crash) = match cfg.warm {
             Some((carry, report)) => {
                 (Supervisor::resume_after_reset(cfg.policy, cfg.boot_count, carry, now), Some(report))
             }
             None => (Supervisor::new(cfg.policy, cfg.boot_count), None),
         };
-        let mut d = Device {
+        Device {
             identity: cfg.identity,
             boot_count: cfg.boot_count,
             visor_version: cfg.visor_version,
@@ -497,14 +504,18 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 app_events: 0,
             },
             counters: Counters::default(),
-        };
+        }
+    }
+
+    /// Reads the update journal and decides the slot (counting a trial boot, or rolling back
+    /// after too many), and queues the boot events. Call once, before anything else.
+    pub fn boot(&mut self, now: u64, out: &mut impl Output) {
         // Warm RAM carries a crash series only across the visor's own reset after a fault in an
         // app handler; any other boot is a power-on (or an external reset, indistinguishable).
-        let reason = if d.last_crash.is_some() { "reset after app fault" } else { "power-on" };
-        let mut log = Log { logs: &mut d.logs, out, now };
-        log.event_quiet(format_args!("boot #{} visor {} ({})", cfg.boot_count, cfg.visor_version, reason));
-        d.updates.boot(false, &mut log);
-        d
+        let reason = if self.last_crash.is_some() { "reset after app fault" } else { "power-on" };
+        let mut log = Log { logs: &mut self.logs, out, now };
+        log.event_quiet(format_args!("boot #{} visor {} ({})", self.boot_count, self.visor_version, reason));
+        self.updates.boot(false, &mut log);
     }
 
     // ------------------------------------------------------------------ network inputs

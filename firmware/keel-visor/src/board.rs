@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Start of the app execution region (NS alias of SSRAM-0's upper half). Apps are linked here.
 pub const APP_EXEC_BASE: u32 = 0x0020_0000;
@@ -204,7 +205,13 @@ pub fn start_clock() {
 
 /// Cycles counted by the time base (wraps every 2^32 cycles, about 214 s).
 pub fn clock_cycles() -> u32 {
-    !rd(DUALTIMER1_S + 0x04)
+    !clock_raw()
+}
+
+/// The time base's counter as it is: counting down from 2^32 - 1.
+#[inline(always)]
+fn clock_raw() -> u32 {
+    rd(DUALTIMER1_S + 0x04)
 }
 
 /// CMSDK timer 0 (secure alias): the alarm.
@@ -260,6 +267,20 @@ pub fn enable_net_irq() {
     wr(NVIC_ICPR + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
     wr(NVIC_ISER + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
 }
+
+/// Masks the Ethernet interrupt in the NVIC: its handler does this and wakes the service
+/// routine, which polls the controller and unmasks it ([`unmask_net_irq`]).
+pub fn mask_net_irq() {
+    wr(NVIC_ICER + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
+}
+
+/// Unmasks the Ethernet interrupt (a frame that arrived meanwhile interrupts again at once).
+pub fn unmask_net_irq() {
+    wr(NVIC_ISER + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
+}
+
+/// The exception number of PendSV, the service routine.
+pub const SERVICE_EXCEPTION: u32 = 14;
 
 /// Requests the secure PendSV (the visor's service routine).
 pub fn pend_service() {
@@ -365,17 +386,34 @@ pub fn wait_for_interrupt() {
 }
 
 /// Runs `f` with every secure and non-secure interrupt masked (PRIMASK_S), restoring the previous
-/// mask afterwards. Faults are not masked.
+/// mask afterwards. Faults are not masked. The outermost section's duration feeds
+/// [`masked_max_cycles`].
 pub fn critical<R>(f: impl FnOnce() -> R) -> R {
     let primask: u32;
     // SAFETY: saves PRIMASK and masks interrupts; restored below.
     unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
+    let start = clock_raw();
     let r = f();
     if primask & 1 == 0 {
+        // The time base counts down: elapsed = start - now (wrapping).
+        let masked = start.wrapping_sub(clock_raw());
+        if masked > MASKED_MAX.load(Ordering::Relaxed) {
+            MASKED_MAX.store(masked, Ordering::Relaxed);
+        }
         // SAFETY: interrupts were enabled on entry.
         unsafe { core::arch::asm!("cpsie i", options(nostack, preserves_flags)) };
     }
     r
+}
+
+/// Longest time interrupts were masked by [`critical`] (outermost sections only; updated with
+/// interrupts still masked, so a plain load and store suffice on this single core).
+static MASKED_MAX: AtomicU32 = AtomicU32::new(0);
+
+/// The longest stretch, in time-base cycles ([`SYSCLK_HZ`]), that [`critical`] kept interrupts
+/// masked since boot.
+pub fn masked_max_cycles() -> u32 {
+    MASKED_MAX.load(Ordering::Relaxed)
 }
 
 /// Resets the whole system (visor included).

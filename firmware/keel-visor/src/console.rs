@@ -56,3 +56,11 @@ impl fmt::Display for Hex<'_> {
         Ok(())
     }
 }
+
+/// Logs the longest stretch the visor kept interrupts masked since boot, in instructions as
+/// `-icount shift=0` counts them (1 ns each), which is what the bench reads:
+/// `masked: max_instructions=N`.
+pub fn log_masked_max() {
+    let instructions = board::masked_max_cycles() as u64 * 1_000_000_000 / board::SYSCLK_HZ as u64;
+    crate::vlog!("masked: max_instructions={}", instructions);
+}

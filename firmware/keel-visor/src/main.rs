@@ -45,14 +45,14 @@ mod rng;
 mod rt;
 mod syscalls;
 mod time;
-mod update;
 mod warm;
 
 use keel_abi::{CrashReport, FaultKind};
 use keel_flash::factory::Factory;
 use keel_flash::{layout, Nor, SeqLog};
 use keel_supervisor::crash::{self, FaultStatus, NsStacks};
-use keel_supervisor::{fault_kind_from_ipsr, Action, ExcReturn, Policy, Supervisor};
+use keel_device::AppAction;
+use keel_supervisor::{fault_kind_from_ipsr, ExcReturn, Policy, Supervisor};
 use sha2::{Digest, Sha256};
 
 use crate::board::{FaultReg, FlashMedium};
@@ -63,20 +63,19 @@ use crate::rt::{fresh, keep};
 /// Visor version (from Cargo).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Everything the visor keeps between exceptions.
+/// Everything the visor keeps between exceptions: the device core (app lifecycle, link, logs,
+/// updates) and the board adapters around it. One owner, reached through one [`Global`].
 pub struct Visor {
-    /// App lifecycle state machine.
-    pub sup: Supervisor,
+    /// The device core: every decision is made there.
+    pub core: net::Core,
+    /// The network adapter (absent when the device is not provisioned or has no NIC).
+    pub nic: Option<net::Nic>,
+    /// Network effects of the core waiting for the service routine.
+    pub pending: net::Pending,
     /// Factory data, if the device is provisioned.
     pub factory: Option<Factory>,
-    /// Last crash report of the app.
-    pub last_crash: Option<CrashReport>,
-    /// The flash driver.
-    pub flash: Nor<FlashMedium>,
-    /// Header of the app image running (or last started).
-    pub app: Option<keel_image::Header>,
-    /// Which slot runs, and the trial of an update.
-    pub update: update::UpdateRt,
+    /// Deadline of the `wait` system call in progress, if any.
+    pub wait_deadline: Option<u64>,
 }
 
 /// The visor's state. `None` only before `visor_main` initialised it.
@@ -90,108 +89,102 @@ fn go_idle() -> u64 {
     fresh(app::RETURN_TO_IDLE)
 }
 
-/// Loads and starts the app; returns the trampoline result.
-fn launch(now: u64) -> u64 {
-    let slot = VISOR.with(|v| v.as_ref().map_or(keel_update::Slot::A, |v| v.update.slot));
-    let mut loaded = app::load(update::updater().partition(slot));
-    if let Err(e) = &loaded {
-        // A trial image that does not load is rolled back; then the previous app loads.
-        if VISOR.with(|v| v.as_mut().is_some_and(|v| v.update.trial.is_some() && update::load_failed(v))) {
-            vlog!("app not started: {} (slot {}); rolled back", e, slot.as_str());
-            loaded = app::load(update::updater().partition(slot.other()));
-        }
-    }
-    match loaded {
-        Ok(loaded) => {
-            app::prepare_start(&loaded);
-            board::mask_app_exceptions(false);
-            // The secure thread (a system call or the idle loop) is abandoned.
-            rt::abandon_secure_thread();
-            let info = VISOR.with(|v| {
-                let v = v.as_mut().expect("visor initialised");
-                v.sup.on_launched(now);
-                update::on_launch(v, now);
-                v.app = Some(loaded.header);
-                v.sup.boot_info()
-            });
-            let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
-            vlog!(
-                "starting app '{}' {} ({} bytes, sha256 {}) reason={} restarts={} crashes={}",
-                loaded.header.name_str(),
-                loaded.header.version_str(),
-                loaded.header.image_size,
-                Hex(&loaded.header.digest),
-                reason,
-                info.restart_count,
-                info.crash_count
-            );
-            if info.restart_count > 0 {
-                log_integrity();
+/// Loads and starts the app from `slot` (the core decides the slot, and what to do when a trial
+/// image does not load); returns the trampoline result.
+fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
+    let loaded = loop {
+        match app::load(v.core.partition(slot)) {
+            Ok(loaded) => break Some(loaded),
+            Err(e) => {
+                vlog!("app not started: {} (slot {})", e, slot.as_str());
+                match v.core.app_load_failed(now, slot, &mut net::Effects(&mut v.pending)) {
+                    Some(next) if next != slot => slot = next,
+                    _ => break None,
+                }
             }
-            log_stack_usage();
-            fresh(app::RETURN_TO_APP)
-        }
-        Err(e) => {
-            vlog!("app not started: {} (slot {})", e, slot.as_str());
-            VISOR.with(|v| v.as_mut().expect("visor initialised").sup.on_no_image());
-            go_idle()
-        }
-    }
-}
-
-/// PendSV: the service routine. Runs the supervisor and acts on its decision.
-extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
-    let now = time::now_us();
-    net::poll(now);
-    // Only switch contexts when we interrupted thread mode; if the app (or a system call made from
-    // one of its handlers) was in handler mode, try again at the next alarm.
-    if !ExcReturn(exc_return).thread_mode() {
-        // The app is inside one of its exception handlers. If its watchdog expired there, only
-        // a system reset can take it out (its exception stays active in the core).
-        let expired = VISOR.with(|v| v.as_mut().is_some_and(|v| v.sup.poll(now) == Action::KillForWatchdog));
-        if expired {
-            let report = crash_report(FaultKind::Watchdog, ExcReturn(exc_return), now);
-            reset_after_app_fault(report, now, true, "app hung in an exception handler");
-        }
-        time::rearm();
-        return keep(exc_return);
-    }
-    let action = VISOR.with(|v| {
-        v.as_mut().map_or(Action::None, |v| {
-            // A trial rolled back at the end of its grace time: the previous app starts now.
-            if update::poll(v, now) {
-                v.sup.on_restart_request(0);
-            }
-            v.sup.poll(now)
-        })
-    });
-    let result = match action {
-        Action::None => keep(exc_return),
-        Action::Launch => launch(now),
-        Action::KillForWatchdog => {
-            let report = crash_report(FaultKind::Watchdog, ExcReturn(exc_return), now);
-            record_crash(report, now, true);
-            go_idle()
         }
     };
-    time::rearm();
-    result
+    let Some(loaded) = loaded else { return go_idle() };
+    app::prepare_start(&loaded);
+    board::mask_app_exceptions(false);
+    // The secure thread (a system call or the idle loop) is abandoned.
+    rt::abandon_secure_thread();
+    let info = v.core.app_launched(now, loaded.header);
+    let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
+    vlog!(
+        "starting app '{}' {} ({} bytes, sha256 {}) reason={} restarts={} crashes={}",
+        loaded.header.name_str(),
+        loaded.header.version_str(),
+        loaded.header.image_size,
+        Hex(&loaded.header.digest),
+        reason,
+        info.restart_count,
+        info.crash_count
+    );
+    if info.restart_count > 0 {
+        log_integrity();
+    }
+    log_stack_usage();
+    fresh(app::RETURN_TO_APP)
 }
 
-/// The alarm interrupt. Wakes the service routine when a supervisor deadline is due (a waiting
-/// system call checks its own deadline when its WFI returns) and re-arms for the next deadline.
+/// Arms the alarm for the earliest deadline of everything the visor runs: the one place that
+/// knows them all.
+fn rearm(v: &mut Visor, now: u64) {
+    let nic = v.nic.as_mut().and_then(|n| n.poll_at(now));
+    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, v.wait_deadline]));
+}
+
+/// PendSV: the service routine. Runs the network and the device core's timers, and acts on what
+/// the core says about the app. Runs with interrupts enabled (see [`Global::with_in_service`]).
+extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
+    let exc = ExcReturn(exc_return);
+    VISOR.with_in_service(|v| {
+        let Some(v) = v.as_mut() else { return keep(exc_return) };
+        let now = time::now_us();
+        if let Some(nic) = v.nic.as_mut() {
+            nic.poll(now, &mut v.core, &mut v.pending);
+        }
+        let action = v.core.poll(now, &mut net::Effects(&mut v.pending));
+        if let Some(nic) = v.nic.as_mut() {
+            // Effects of the timers (a connect after backoff, a close after silence).
+            nic.poll(now, &mut v.core, &mut v.pending);
+            board::unmask_net_irq();
+        }
+        // Only switch contexts when we interrupted thread mode; if the app (or a system call made
+        // from one of its handlers) was in handler mode, try again at the next alarm.
+        let result = match action {
+            AppAction::KillForWatchdog if !exc.thread_mode() => {
+                // The app hangs inside one of its exception handlers: only a system reset can
+                // take it out (its exception stays active in the core).
+                let report = crash_report(FaultKind::Watchdog, exc, now);
+                reset_after_app_fault(v, report, now, true, "app hung in an exception handler")
+            }
+            _ if !exc.thread_mode() => keep(exc_return),
+            AppAction::None => keep(exc_return),
+            AppAction::Launch(slot) => launch(v, slot, now),
+            AppAction::KillForWatchdog => {
+                let report = crash_report(FaultKind::Watchdog, exc, now);
+                record_crash(v, report, now, true);
+                go_idle()
+            }
+        };
+        rearm(v, now);
+        result
+    })
+}
+
+/// The alarm interrupt: a deadline is due; the service routine finds out which and re-arms.
 extern "C" fn keel_alarm() {
     board::ack_alarm();
-    let now = time::now_us();
-    let due = VISOR.with(|v| {
-        v.as_ref().is_some_and(|v| {
-            v.sup.next_deadline().is_some_and(|d| now >= d) || update::next_deadline(v).is_some_and(|d| now >= d)
-        })
-    });
-    if due || net::next_deadline().is_some_and(|d| now >= d) {
-        board::pend_service();
-    }
-    time::rearm();
+    board::pend_service();
+}
+
+/// The Ethernet interrupt: masks itself and wakes the service routine, which polls the
+/// controller and unmasks it.
+extern "C" fn keel_net_irq() {
+    board::mask_net_irq();
+    board::pend_service();
 }
 
 /// The app's crash report, from the exception that caught it (see [`keel_supervisor::crash`]).
@@ -213,18 +206,8 @@ fn crash_report(kind: FaultKind, exc_return: ExcReturn, now: u64) -> CrashReport
     crash::crash_report(kind, exc_return, now, status, NsStacks { msp, psp }, |a| ns_mem::read_u32(&awake, a))
 }
 
-fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
+fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
     let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
-    net::push_event(format_args!(
-        "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
-        kind,
-        report.pc(),
-        report.lr(),
-        report.sp,
-        report.cfsr,
-        report.hfsr,
-        report.sfsr
-    ));
     vlog!(
         "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} xpsr={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x} bfar={:#010x} exc_return={:#010x}",
         kind,
@@ -249,12 +232,7 @@ fn record_crash(report: CrashReport, now: u64, watchdog: bool) {
         report.stack[6],
         report.stack[7]
     );
-    let backoff = VISOR.with(|v| {
-        let v = v.as_mut().expect("visor initialised");
-        v.last_crash = Some(report);
-        update::on_crash(v, watchdog);
-        v.sup.on_crash(now, watchdog)
-    });
+    let backoff = v.core.app_crashed(now, report, watchdog, &mut net::Effects(&mut v.pending));
     vlog!("app restart in {} ms", backoff / 1000);
 }
 
@@ -269,23 +247,26 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     let now = time::now_us();
     let report = crash_report(fault_kind_from_ipsr(ipsr), exc_return, now);
     board::clear_fault_status();
-    if !exc_return.thread_mode() {
-        // The app faulted inside one of its own interrupt handlers. Its exception stays active in
-        // the core, which only a reset clears: record the crash and reset the system.
-        reset_after_app_fault(report, now, false, "app fault in an exception handler");
-    }
-    record_crash(report, now, false);
-    time::rearm();
+    VISOR.with(|v| {
+        let v = v.as_mut().expect("visor initialised");
+        if !exc_return.thread_mode() {
+            // The app faulted inside one of its own interrupt handlers. Its exception stays
+            // active in the core, which only a reset clears: record the crash and reset.
+            reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
+        }
+        record_crash(v, report, now, false);
+    });
+    // The service routine restarts the app after its backoff (and re-arms the alarm).
+    board::pend_service();
     go_idle()
 }
 
 /// Records a crash of the app that happened inside one of its exception handlers and resets the
 /// system: an active exception of the app can only be cleared by a reset. The crash series and
 /// report are carried over the reset (see [`warm`]), so the backoff continues.
-fn reset_after_app_fault(report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
-    record_crash(report, now, watchdog);
-    let carry = VISOR.with(|v| v.as_ref().map(|v| v.sup.carry()).unwrap_or_default());
-    warm::save(carry, &report);
+fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
+    record_crash(v, report, now, watchdog);
+    warm::save(v.core.carry(), &report);
     vlog!("{}: resetting the system to clear it", why);
     board::system_reset()
 }
@@ -326,6 +307,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 fn log_stack_usage() {
     let (main, idle) = rt::stack_high_water();
     vlog!("stack high-water: main={} idle={} bytes", main, idle);
+    console::log_masked_max();
 }
 
 /// Digests of the visor's code and of its secret flash data, logged at boot and at every app
@@ -385,30 +367,44 @@ extern "C" fn visor_main() -> ! {
         };
     log_integrity();
     let now = time::now_us();
-    let (sup, last_crash) = match warm::take() {
-        Some((carry, report)) => {
-            let sup = Supervisor::resume_after_reset(Policy::default(), boot_count, carry, now);
-            let wait = sup.next_deadline().unwrap_or(now).saturating_sub(now);
-            vlog!("reset after an app crash (crashes={}): app restart in {} ms", carry.crash_count, wait / 1000);
-            (sup, Some(report))
-        }
-        None => (Supervisor::new(Policy::default(), boot_count), None),
-    };
-    net::init_logs(boot_count);
-    // Reason: warm RAM carries a crash series only across the visor's own reset after a fault in
-    // an app handler; any other boot is a power-on (or an external reset, indistinguishable here).
-    let reason = if last_crash.is_some() { "reset after app fault" } else { "power-on" };
-    net::push_event(format_args!("boot #{} visor {} ({})", boot_count, VERSION, reason));
-    if let Some(f) = &factory {
-        rng::seed(&f.device_key, boot_count);
-        let seed = u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64;
-        net::init(f, boot_count, seed, now);
+    let warm = warm::take();
+    if let Some((carry, _)) = &warm {
+        let wait = Supervisor::resume_after_reset(Policy::default(), boot_count, *carry, now)
+            .next_deadline()
+            .unwrap_or(now)
+            .saturating_sub(now);
+        vlog!("reset after an app crash (crashes={}): app restart in {} ms", carry.crash_count, wait / 1000);
     }
-    let update = update::boot(&mut flash);
-    VISOR.with(|v| {
-        *v = Some(Visor { sup, factory, last_crash, flash, app: None, update });
+    let seed = factory.as_ref().map_or(0, |f| {
+        rng::seed(&f.device_key, boot_count);
+        u64::from_le_bytes(f.device_id[..8].try_into().unwrap_or([0; 8])) ^ boot_count as u64
     });
-    time::rearm();
+    let config = keel_device::Config {
+        identity: factory.as_ref().map(|f| keel_device::Identity {
+            device_key: f.device_key,
+            server_key: f.server_key,
+            signer_key: Some(f.signer_key).filter(|k| k.iter().any(|&b| b != 0)),
+        }),
+        boot_count,
+        visor_version: VERSION,
+        policy: Policy::default(),
+        warm,
+        seed,
+    };
+    let nic = factory.as_ref().and_then(|f| net::Nic::new(f, seed, now));
+    let updater = keel_update::Updater::reference(app::target(layout::APP_A));
+    // Built in place (the core holds the log ring and frame buffers: too big to move around on
+    // the boot stack), then booted.
+    VISOR.with(|v| {
+        let v = v.insert(Visor {
+            core: net::Core::unbooted(config, flash, updater, now),
+            nic,
+            pending: net::Pending::default(),
+            factory,
+            wait_deadline: None,
+        });
+        v.core.boot(now, &mut net::Effects(&mut v.pending));
+    });
 
     rt::enter_idle_thread()
 }

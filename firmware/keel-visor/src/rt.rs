@@ -52,7 +52,7 @@ VECTORS:
     .rept 44
     .word {unexpected}          @ IRQ 4-47: not used
     .endr
-    .word keel_net_irq          @ IRQ 48: LAN9118 Ethernet
+    .word {net}                 @ IRQ 48: LAN9118 Ethernet
     .rept 15
     .word {unexpected}          @ IRQ 49-63: not used
     .endr
@@ -98,6 +98,7 @@ Reset:
     nmi = sym crate::keel_nmi,
     unexpected = sym crate::keel_unexpected,
     alarm = sym crate::keel_alarm,
+    net = sym crate::keel_net_irq,
 );
 
 // ------------------------------------------------------------------------------- NSC veneers

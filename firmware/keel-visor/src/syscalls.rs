@@ -41,19 +41,33 @@ fn handle(awake: &mut Awake, call: Call, a0: u32, a1: u32, a2: u32) -> Status {
         Call::Wait => wait(awake, a0, a1),
         Call::WatchdogStart => {
             let now = time::now_us();
-            let s = VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_start(now, a0)));
-            // The new deadline may be earlier than the armed alarm.
-            time::rearm();
+            let s = VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.core.watchdog_start(now, a0)));
+            // The new deadline may be earlier than the armed alarm: the service routine re-arms.
+            board::pend_service();
             s
         }
         Call::WatchdogKick => {
             let now = time::now_us();
-            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.sup.watchdog_kick(now)))
+            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.core.watchdog_kick(now)))
         }
-        Call::BootInfo => write_struct(awake, a0, |v| Some(v.sup.boot_info().to_bytes())),
-        Call::LastCrash => write_struct(awake, a0, |v| v.last_crash.map(|c| c.to_bytes())),
-        Call::UpdateConfirm => VISOR.with(|v| v.as_mut().map_or(Status::InternalError, crate::update::confirm)),
-        Call::UpdateInfo => write_struct(awake, a0, |v| Some(crate::update::info(v).to_bytes())),
+        Call::BootInfo => write_struct(awake, a0, |v| Some(v.core.boot_info().to_bytes())),
+        Call::LastCrash => write_struct(awake, a0, |v| v.core.last_crash().map(|c| c.to_bytes())),
+        Call::UpdateConfirm => {
+            let now = time::now_us();
+            let s = VISOR.with(|v| {
+                v.as_mut().map_or(Status::InternalError, |v| {
+                    v.core.app_confirm(now, &mut crate::net::Effects(&mut v.pending))
+                })
+            });
+            // The confirmation is reported to the server by the service routine.
+            board::pend_service();
+            if s == Status::Ok {
+                // The update is done: how long did it (and everything since boot) mask interrupts?
+                console::log_masked_max();
+            }
+            s
+        }
+        Call::UpdateInfo => write_struct(awake, a0, |v| Some(v.core.update_info().to_bytes())),
         Call::UpdateApply => update_apply(),
     }
 }
@@ -129,7 +143,17 @@ fn log(awake: &Awake, level: u32, ptr: u32, len: u32) -> Status {
     input.read_into(msg);
     let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
     // Queued for the server; the ring never refuses a message within LOG_MAX_LEN (asserted above).
-    let _ = crate::net::push_log(keel_log::Kind::App, level as u8, msg);
+    let now = time::now_us();
+    let online = VISOR.with(|v| {
+        v.as_mut().is_some_and(|v| {
+            let _ = v.core.push_log(now, keel_log::Kind::App, level as u8, msg);
+            v.core.is_online()
+        })
+    });
+    if online {
+        // The service routine sends it now.
+        board::pend_service();
+    }
     let source = match level {
         LogLevel::Error => "app:E",
         LogLevel::Warn => "app:W",
@@ -149,9 +173,10 @@ fn restart(code: u32) -> Status {
     if board::ipsr() != 0 {
         return Status::Unavailable;
     }
+    let now = time::now_us();
     VISOR.with(|v| {
         if let Some(v) = v.as_mut() {
-            v.sup.on_restart_request(code);
+            v.core.app_restart(now, code, &mut crate::net::Effects(&mut v.pending));
         }
     });
     // The service routine preempts this thread right away and starts the app afresh; this system
@@ -166,15 +191,9 @@ fn update_apply() -> Status {
     if board::ipsr() != 0 {
         return Status::Unavailable;
     }
-    let applied = VISOR.with(|v| {
-        v.as_mut().is_some_and(|v| {
-            let applied = crate::update::apply_by_app(v);
-            if applied {
-                v.sup.on_restart_request(0);
-            }
-            applied
-        })
-    });
+    let now = time::now_us();
+    let applied =
+        VISOR.with(|v| v.as_mut().is_some_and(|v| v.core.app_apply(now, &mut crate::net::Effects(&mut v.pending))));
     if !applied {
         return Status::Unavailable;
     }
@@ -193,14 +212,23 @@ fn wait(awake: &mut Awake, timeout_us: u32, events_ptr: u32) -> Status {
         return Status::ParameterFault;
     }
     let deadline = time::now_us().saturating_add(timeout_us as u64);
-    time::set_wait_deadline(Some(deadline));
+    let set_deadline = |d: Option<u64>| {
+        VISOR.with(|v| {
+            if let Some(v) = v.as_mut() {
+                v.wait_deadline = d;
+            }
+        });
+        // The service routine arms the alarm for it.
+        board::pend_service();
+    };
+    set_deadline(Some(deadline));
     // App interrupts keep running while the secure thread sleeps here. An event ends the wait;
     // each event is reported once.
-    let ready = || crate::update::READY_EVENT.load(core::sync::atomic::Ordering::Relaxed);
+    let ready = || VISOR.with(|v| v.as_ref().is_some_and(|v| v.core.app_events_pending()));
     while time::now_us() < deadline && !ready() {
         awake.sleep();
     }
-    time::set_wait_deadline(None);
+    set_deadline(None);
     // The app's handlers ran during the sleep and may have changed its MPU: check again, before
     // an event is taken, so a refused pointer does not lose it.
     let out = match events_ptr {
@@ -210,11 +238,7 @@ fn wait(awake: &mut Awake, timeout_us: u32, events_ptr: u32) -> Status {
             None => return Status::ParameterFault,
         },
     };
-    let events = if crate::update::READY_EVENT.swap(false, core::sync::atomic::Ordering::Relaxed) {
-        keel_abi::events::UPDATE_READY
-    } else {
-        keel_abi::events::NONE
-    };
+    let events = VISOR.with(|v| v.as_mut().map_or(keel_abi::events::NONE, |v| v.core.take_app_events()));
     if let Some(out) = out {
         out.write_from(&events.to_le_bytes());
     }

@@ -1,11 +1,12 @@
-//! Time: a 64-bit monotonic clock and a one-shot alarm (tickless).
+//! Time: a 64-bit monotonic clock, the wall clock the server sets, and a one-shot alarm
+//! (tickless). A leaf: it knows nothing of what the deadlines are for; the service routine arms
+//! the alarm for the earliest one ([`arm_at`]).
 //!
 //! The clock extends the board's free-running 32-bit cycle counter to 64 bits; it must be read at
 //! least once per counter period (about 214 s at 20 MHz), which the alarm guarantees by never
-//! sleeping longer than [`board::ALARM_MAX_CYCLES`]. The alarm (a secure timer interrupt) is armed for the
-//! earliest pending deadline: the supervisor's (restart after backoff, watchdog) or a waiting
-//! system call's. With nothing to do the visor sleeps until the next deadline instead of waking
-//! up periodically, which saves power on silicon and makes deterministic QEMU runs fast.
+//! sleeping longer than [`board::ALARM_MAX_CYCLES`]. With nothing to do the visor sleeps until the
+//! next deadline instead of waking up periodically, which saves power on silicon and makes
+//! deterministic QEMU runs fast.
 
 use crate::board;
 use crate::global::Global;
@@ -15,10 +16,9 @@ struct Clock {
     wall_offset: Option<u64>,
     hi: u32,
     last_lo: u32,
-    wait_deadline: Option<u64>,
 }
 
-static CLOCK: Global<Clock> = Global::new(Clock { wall_offset: None, hi: 0, last_lo: 0, wait_deadline: None });
+static CLOCK: Global<Clock> = Global::new(Clock { wall_offset: None, hi: 0, last_lo: 0 });
 
 const CYCLES_PER_US: u64 = board::SYSCLK_HZ as u64 / 1_000_000;
 
@@ -58,38 +58,15 @@ pub fn wall_us() -> Option<u64> {
     })
 }
 
-/// Sets (or clears) the deadline of the system call currently waiting, and re-arms the alarm.
-pub fn set_wait_deadline(deadline: Option<u64>) {
-    CLOCK.with(|c| c.wait_deadline = deadline);
-    rearm();
+/// Arms the alarm for `deadline` (µs; `None`: only the clock's own wrap-around wake-up), at
+/// least [`MIN_ALARM_US`] and at most [`board::ALARM_MAX_CYCLES`] away. A deadline already due
+/// fires after the minimum delay, so the caller never spins.
+pub fn arm_at(deadline: Option<u64>) {
+    let now = now_us();
+    let delay_us = deadline.map_or(u64::MAX, |d| d.saturating_sub(now)).max(MIN_ALARM_US);
+    let cycles = delay_us.saturating_mul(CYCLES_PER_US).min(board::ALARM_MAX_CYCLES as u64);
+    board::arm_alarm(cycles as u32);
 }
 
-/// Arms the alarm for the earliest deadline (supervisor or waiting call), at most
-/// [`board::ALARM_MAX_CYCLES`] away. Called from the alarm interrupt and after any change that
-/// may bring a deadline forward.
-pub fn rearm() {
-    let sup = crate::VISOR.with(|v| {
-        v.as_ref().and_then(|v| match (v.sup.next_deadline(), crate::update::next_deadline(v)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    });
-    let net = crate::net::next_deadline();
-    CLOCK.with(|c| {
-        let now = cycles(c) / CYCLES_PER_US;
-        if sup.is_some_and(|d| d <= now) {
-            // Already due: the service routine runs next and re-arms when it is done.
-            board::pend_service();
-        }
-        if net.is_some_and(|d| d <= now) {
-            board::pend_service();
-        }
-        let pending = [sup.filter(|&d| d > now), c.wait_deadline.filter(|&d| d > now), net.filter(|&d| d > now)];
-        let delay_us = pending.iter().flatten().map(|d| d - now).min().unwrap_or(u64::MAX);
-        let cycles = delay_us.saturating_mul(CYCLES_PER_US).clamp(MIN_ALARM_CYCLES, board::ALARM_MAX_CYCLES as u64);
-        board::arm_alarm(cycles as u32);
-    });
-}
-
-/// Shortest alarm, so a deadline in the past can never cause an interrupt storm.
-const MIN_ALARM_CYCLES: u64 = 200;
+/// Shortest alarm delay: a deadline in the past can never cause an interrupt storm.
+pub const MIN_ALARM_US: u64 = 10;
