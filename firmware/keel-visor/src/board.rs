@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 
 use core::ptr::{read_volatile, write_volatile};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// Start of the app execution region (NS alias of SSRAM-0's upper half). Apps are linked here.
 pub const APP_EXEC_BASE: u32 = 0x0020_0000;
@@ -266,6 +266,18 @@ pub fn enable_net_irq() {
     unsafe { write_volatile((NVIC_IPR + NET_IRQ as usize) as *mut u8, 0x40) };
     wr(NVIC_ICPR + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
     wr(NVIC_ISER + 4 * (NET_IRQ as usize / 32), 1 << (NET_IRQ % 32));
+}
+
+/// The LAN9118 driver over the board's controller, if one answers. Call once: the driver owns
+/// the register block.
+pub fn lan9118() -> Option<keel_lan9118::Lan9118> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: LAN9118_BASE is this board's LAN9118 register block (secure alias); the flag above
+    // hands it to one driver only, and nothing else in the visor touches those registers.
+    unsafe { keel_lan9118::Lan9118::new(LAN9118_BASE) }
 }
 
 /// Masks the Ethernet interrupt in the NVIC: its handler does this and wakes the service

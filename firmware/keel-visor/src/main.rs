@@ -1,20 +1,22 @@
 //! # The Keel visor
 //!
-//! Secure-world firmware for Cortex-M33 with TrustZone. At reset it configures the security
-//! controllers so the app gets only its own code region and RAM, opens the fixed system-call
-//! table, loads and verifies the app from flash, and starts it in the non-secure world. It then
-//! only runs from exceptions, above every app priority:
+//! Secure-world firmware for Cortex-M33 with TrustZone: a board shell around the device core
+//! ([`keel_device::Device`]), which makes every decision (app lifecycle, link, logs, updates,
+//! trials). At reset the visor configures the security controllers so the app gets only its own
+//! code region and RAM, opens the fixed system-call table, builds the core, and from then on only
+//! runs from exceptions, above every app priority:
 //!
-//! * **The alarm** (a timer interrupt, tickless): wakes the service routine when a deadline is
-//!   due; time comes from a free-running counter.
-//! * **The Ethernet interrupt**: wakes the service routine to run the network ([`net`]).
-//! * **PendSV** (the service routine): the app lifecycle, driven by the sans-IO
-//!   [`keel_supervisor::Supervisor`] ((re)starts after backoff, watchdog kills), the network
-//!   ([`net`]) and updates ([`update`]: download, verification, trial, rollback).
-//! * **Faults**: anything the app does wrong ends here; the visor records a crash report
-//!   ([`keel_supervisor::crash`]) and restarts the app after a backoff. A fault in visor code
-//!   resets the system.
-//! * **System calls**: NSC veneers at fixed slots, dispatched in [`syscalls`].
+//! * **The alarm** (a timer interrupt, tickless) and **the Ethernet interrupt** only wake the
+//!   service routine.
+//! * **PendSV** (the service routine): polls the network adapter ([`net`]) and the core, starts
+//!   or stops the app as the core says, and arms the alarm for the earliest deadline of all
+//!   ([`rearm`]). It runs with interrupts enabled: exclusion from system calls is by priority
+//!   ([`global::Global::with_in_service`]).
+//! * **Faults**: anything the app does wrong ends here; the visor captures a crash report
+//!   ([`keel_supervisor::crash`]) and hands it to the core, which restarts the app after a
+//!   backoff (and counts a trial crash). A fault in visor code resets the system.
+//! * **System calls**: NSC veneers at fixed slots, dispatched in [`syscalls`], which validate
+//!   every argument and call the core.
 //!
 //! When the app is stopped, the secure thread runs an idle loop.
 //!
@@ -22,15 +24,14 @@
 //! * [`rt`]: the vector table, `Reset`, the NSC veneers and system-call entry, the exception
 //!   trampolines, the idle thread, the visor's stacks: everything in assembly.
 //! * [`board`]: the hardware of the mps2-an505 (memory map, security controllers, timers, UART,
-//!   NVIC, flash medium, warm RAM).
+//!   NVIC, flash medium, the NIC, warm RAM).
 //! * [`ns_mem`]: checked access to app memory; [`app`]: loading and starting the app.
 //! * [`global`]: state shared between execution contexts; [`syscalls`]: the system calls.
 //! * [`time`]: the clock and the alarm; [`console`]: the log lines; [`rng`]: randomness.
-//! * [`net`]: the link to the server; [`update`]: the update agent and trial.
+//! * [`net`]: smoltcp and the LAN9118 as the core's transport.
 //! * [`warm`]: the hand-over across a reset the visor makes because of the app.
 //!
-//! `unsafe` is denied here and allowed only in [`rt`], [`board`], [`ns_mem`], [`global`] and
-//! (until the device core replaces it) [`net`].
+//! `unsafe` is denied here and allowed only in [`rt`], [`board`], [`ns_mem`] and [`global`].
 #![no_std]
 #![no_main]
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -48,10 +49,10 @@ mod time;
 mod warm;
 
 use keel_abi::{CrashReport, FaultKind};
+use keel_device::AppAction;
 use keel_flash::factory::Factory;
 use keel_flash::{layout, Nor, SeqLog};
 use keel_supervisor::crash::{self, FaultStatus, NsStacks};
-use keel_device::AppAction;
 use keel_supervisor::{fault_kind_from_ipsr, ExcReturn, Policy, Supervisor};
 use sha2::{Digest, Sha256};
 

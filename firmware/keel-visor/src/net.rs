@@ -7,7 +7,6 @@
 //! wakes the service routine, which polls the stack and unmasks it ([`Nic::poll`]). The app never
 //! touches the NIC: it stays secure, behind its PPC, with its interrupt targeting the secure
 //! state.
-#![allow(unsafe_code)]
 
 use keel_device::{Device, MAX_FRAME};
 use keel_lan9118::Lan9118;
@@ -110,9 +109,7 @@ impl Nic {
             vlog!("net: no server port in the factory data; network stays off");
             return None;
         }
-        // SAFETY: the board's LAN9118 register block; the visor owns it and only this driver
-        // uses it.
-        let Some(mut dev) = (unsafe { Lan9118::new(board::LAN9118_BASE) }) else {
+        let Some(mut dev) = board::lan9118() else {
             vlog!("net: no LAN9118 found");
             return None;
         };
@@ -127,7 +124,8 @@ impl Nic {
         let iface = Interface::new(config, &mut dev, instant(now_us));
         let mut sockets = SocketSet::new(&mut bufs.storage[..]);
         let dhcp = sockets.add(dhcpv4::Socket::new());
-        let socket = tcp::Socket::new(tcp::SocketBuffer::new(&mut bufs.rx[..]), tcp::SocketBuffer::new(&mut bufs.tx[..]));
+        let socket =
+            tcp::Socket::new(tcp::SocketBuffer::new(&mut bufs.rx[..]), tcp::SocketBuffer::new(&mut bufs.tx[..]));
         let tcp = sockets.add(socket);
         dev.enable_rx_interrupt();
         board::enable_net_irq();
