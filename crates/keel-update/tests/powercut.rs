@@ -23,7 +23,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use common::image;
@@ -554,7 +554,7 @@ fn power_cut_at_every_flash_operation_of_every_geometry_and_random_chains() {
                         _ => story.device(reference.checkpoints[0].1.clone()),
                     };
                     reference.restore(&mut dev, start_op);
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
                         let mut trace = Trace::default();
                         let (dev, fired) = story.run(dev, &plan, &mut trace);
                         story.check_end(&dev, &reference.end);
