@@ -326,7 +326,8 @@ async fn a_deployment_reaches_devices_by_id_and_by_tag(store: Store) {
     assert_eq!(body["devices"], serde_json::json!(["kd01"]));
     let st = sim_until(&d1, "confirmed", |s| s.update.state == UpdateState::Confirmed).await;
     assert_eq!((st.update.installed, st.update.fetched_bytes), (5, size));
-    assert!(st.update.fetches.iter().all(|f| f.3 <= 8192), "page by page");
+    let runs: Vec<(u32, u32)> = st.update.data_runs.iter().map(|r| (r.1, r.2)).collect();
+    assert_eq!(runs, [(0, size as u32)], "one download from the start");
     assert_eq!(d2.stats().update.offers, 0, "not targeted");
     w.server_state("kd01", UpdateState::Confirmed).await;
     let dev = w.device_json("kd01").await;
@@ -427,8 +428,8 @@ async fn a_download_resumes_after_a_server_restart(store: Store) {
     d.pause_download_at(None);
     let st = sim_until(&d, "confirmed", |s| s.update.state == UpdateState::Confirmed).await;
     assert_eq!(st.update.installed, 3);
-    let first_after = st.update.fetches.iter().find(|f| f.0 >= 2).expect("fetched after the restart");
-    assert_eq!(first_after.2, 16_384, "resumed from its own offset: {:?}", st.update.fetches);
+    let first_after = st.update.data_runs.iter().find(|r| r.0 >= 2).expect("data after the restart");
+    assert_eq!(first_after.1, 16_384, "resumed from its own offset: {:?}", st.update.data_runs);
     assert_eq!(st.update.fetched_bytes, b.size, "nothing fetched twice");
     assert!(st.update.fetched_bytes < 2 * b.size);
     assert_eq!(st.update.offers, 1, "the resumed download needed no new offer");
