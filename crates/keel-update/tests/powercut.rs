@@ -301,7 +301,8 @@ impl Story {
                 match next {
                     Next::Fetch { sequence, offset, len } => {
                         assert_eq!(sequence, bundle.seq);
-                        assert!(len <= self.geometry.page_size(), "fetches are at most a page: {len}");
+                        let page = self.geometry.page_size();
+                        assert_eq!(len, page.min(bundle.layer.len() as u32 - offset), "a fetch is one page");
                         let end = offset as usize + len as usize;
                         next = Next::None;
                         for (i, chunk) in bundle.layer[offset as usize..end].chunks(CHUNK).enumerate() {
