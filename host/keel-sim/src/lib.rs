@@ -637,3 +637,30 @@ fn app_events<const N: usize>(g: &mut Inner<N>, now: u64, fx: &mut Fx) {
         g.stats.app.applies += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle bench runs 10 000 devices in one process with a 1 KiB ring: a device without
+    /// updates is its core (decoder, tx buffer, ring, supervisor, agent) and no flash.
+    #[test]
+    fn an_idle_device_without_updates_stays_small() {
+        let d = SimDevice::<1024>::with_ring(new_secret(), [1; 32], 1);
+        let state = std::mem::size_of::<Inner<1024>>();
+        let handle = std::mem::size_of::<SimDevice<1024>>();
+        assert!(d.lock().dev.flash().medium().bytes().is_empty(), "no flash allocated");
+        assert!(state + handle < 8 * 1024, "{state} + {handle} bytes per device");
+        eprintln!("idle device: {state} bytes of state + {handle} bytes of handle");
+    }
+
+    #[test]
+    fn a_device_with_updates_boots_its_factory_app_journal() {
+        let d = SimDevice::new(new_secret(), [1; 32], 1).with_updates(vec![[2; 32]], 4);
+        let st = d.stats();
+        assert_eq!((st.update.installed, st.update.state, st.update.sequence), (4, UpdateState::Confirmed, 4));
+        assert_eq!(st.update.offers, 0, "the journal it starts with is no offer");
+        assert_eq!(d.journal().last, Some((4, Outcome::Confirmed)));
+        assert!(!d.on_trial());
+    }
+}

@@ -50,8 +50,9 @@ async fn main() {
     }
 }
 
-/// Starts every device (reconnect backoff from `retry_ms`), with at most `in_flight` of them
-/// between connecting and online at any time; returns once the last one started.
+/// Starts every device (each reconnects with its core's own backoff; `retry_ms` is passed on
+/// but no longer used), with at most `in_flight` of them between connecting and online at any
+/// time; returns once the last one started.
 async fn connect_all<const N: usize>(sims: &[Arc<SimDevice<N>>], addr: SocketAddr, in_flight: usize, retry_ms: u32) {
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     for d in sims {

@@ -171,3 +171,61 @@ impl UpdateStats {
         self.total = s.total;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_update::agent::Status;
+    use keel_update::{Outcome, Phase, Slot};
+
+    #[test]
+    fn a_factory_device_has_the_factory_app_in_slot_a_and_an_erased_journal() {
+        let f = factory_flash(0).unwrap();
+        let up = updater();
+        let h = up.check_slot(&f, Slot::A).unwrap();
+        assert_eq!((h.name_str(), h.version_str()), (FACTORY_APP, FACTORY_VERSION));
+        assert!(up.check_slot(&f, Slot::B).is_err(), "nothing in slot B");
+        let s = up.state(&f).unwrap();
+        assert_eq!((s.installed_seq, s.active, s.last), (0, Slot::A, None));
+    }
+
+    #[test]
+    fn a_preinstalled_device_went_through_the_updaters_steps() {
+        let f = factory_flash(9).unwrap();
+        let up = updater();
+        let s = up.state(&f).unwrap();
+        assert_eq!(
+            (s.installed_seq, s.active, s.phase, s.last),
+            (9, Slot::B, Phase::Idle, Some((9, Outcome::Confirmed)))
+        );
+        assert_eq!(up.check_slot(&f, Slot::B).unwrap().version_str(), FACTORY_VERSION);
+    }
+
+    #[test]
+    fn a_device_without_updates_holds_no_flash() {
+        assert!(no_flash().medium().bytes().is_empty());
+    }
+
+    fn status(sequence: u64, state: UpdateState, progress: u32) -> Status {
+        Status { installed: 0, sequence, state, progress, total: 20_000, reason: None }
+    }
+
+    #[test]
+    fn data_runs_follow_the_progress_across_sessions_and_a_download_that_starts_over() {
+        let mut u = UpdateStats::default();
+        u.sample(&status(0, UpdateState::Idle, 0), 1);
+        u.sample(&status(3, UpdateState::Downloading, 0), 1);
+        u.sample(&status(3, UpdateState::Downloading, 8192), 1);
+        // The connection drops; the next session resumes where the download was.
+        u.sample(&status(3, UpdateState::Downloading, 16_384), 2);
+        u.sample(&status(3, UpdateState::Trial, 0), 2);
+        assert_eq!(u.data_runs, [(1, 0, 8192), (2, 8192, 20_000 - 8192)]);
+        assert_eq!((u.fetched_bytes, u.offers), (20_000, 1));
+        // A new bundle whose download starts over after a first page counts its page twice.
+        u.sample(&status(4, UpdateState::Downloading, 8192), 2);
+        u.sample(&status(4, UpdateState::Downloading, 0), 3);
+        u.sample(&status(4, UpdateState::Downloading, 8192), 3);
+        assert_eq!((u.fetched_bytes, u.offers), (20_000 + 2 * 8192, 2));
+        assert_eq!(u.data_runs[2..], [(2, 0, 8192), (3, 0, 8192)]);
+    }
+}
