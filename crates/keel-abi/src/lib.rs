@@ -389,12 +389,130 @@ pub mod update_outcome {
     pub const FAILED: u32 = 4;
 }
 
+/// Why an update did not complete: the one list of update reason codes, shared by the update
+/// journal (stored as one byte), [`UpdateInfo::last_reason`], the C header
+/// (`KEEL_UPDATE_REASON_*`, checked against [`UpdateReason::ALL`] by a test) and the wire
+/// (`UpdateStatus.reason`, `VisorEvent::Update.reason`); the server renders [`UpdateReason::as_str`].
+/// Codes never change meaning; new ones are added at the end. 0 means "no reason".
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpdateReason {
+    /// The trial app crashed `max_crashes` times.
+    CrashLoop = 1,
+    /// The trial app hung (watchdog) until `max_crashes` was reached.
+    Watchdog = 2,
+    /// The grace time passed without the app confirming.
+    NotConfirmed = 3,
+    /// The grace time passed without the cloud link (policy `ByLink`).
+    NoLink = 4,
+    /// The device reset too often while the trial ran.
+    TrialResets = 5,
+    /// The trial slot did not hold a valid image at boot.
+    TrialImageInvalid = 6,
+    /// The offered sequence number is not above the installed one (anti-rollback).
+    SequenceNotNewer = 7,
+    /// The layer does not fit the slot.
+    TooLarge = 8,
+    /// The downloaded layer does not match the manifest's digest.
+    DigestMismatch = 9,
+    /// The layer is not a valid app image for this device.
+    BadImage = 10,
+    /// The download was abandoned (deployment withdrawn or replaced).
+    Cancelled = 11,
+    /// A trial is running; finish it before the next update.
+    Busy = 12,
+    /// Flash error while installing.
+    Flash = 13,
+    /// The manifest is malformed, not signed by a trusted key, or has no app layer.
+    BadManifest = 14,
+    /// The bundle needs a newer visor.
+    VisorTooOld = 15,
+    /// The server could not serve the layer (`LayerError`).
+    LayerUnavailable = 16,
+}
+
+impl UpdateReason {
+    /// Every reason, in code order.
+    pub const ALL: [UpdateReason; 16] = [
+        UpdateReason::CrashLoop,
+        UpdateReason::Watchdog,
+        UpdateReason::NotConfirmed,
+        UpdateReason::NoLink,
+        UpdateReason::TrialResets,
+        UpdateReason::TrialImageInvalid,
+        UpdateReason::SequenceNotNewer,
+        UpdateReason::TooLarge,
+        UpdateReason::DigestMismatch,
+        UpdateReason::BadImage,
+        UpdateReason::Cancelled,
+        UpdateReason::Busy,
+        UpdateReason::Flash,
+        UpdateReason::BadManifest,
+        UpdateReason::VisorTooOld,
+        UpdateReason::LayerUnavailable,
+    ];
+
+    /// The code (never 0).
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The reason with code `v`, if known.
+    pub fn from_u16(v: u16) -> Option<UpdateReason> {
+        UpdateReason::ALL.into_iter().find(|r| *r as u16 == v)
+    }
+
+    /// The reason with code `v`, if known (the journal stores codes as one byte).
+    pub fn from_u8(v: u8) -> Option<UpdateReason> {
+        Self::from_u16(v as u16)
+    }
+
+    /// Short description, as the server shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateReason::CrashLoop => "crash loop",
+            UpdateReason::Watchdog => "watchdog",
+            UpdateReason::NotConfirmed => "not confirmed in time",
+            UpdateReason::NoLink => "no cloud link in the grace time",
+            UpdateReason::TrialResets => "too many resets during the trial",
+            UpdateReason::TrialImageInvalid => "trial image invalid",
+            UpdateReason::SequenceNotNewer => "sequence not above the installed one",
+            UpdateReason::TooLarge => "layer too large for the slot",
+            UpdateReason::DigestMismatch => "layer digest mismatch",
+            UpdateReason::BadImage => "not a valid app image",
+            UpdateReason::Cancelled => "cancelled",
+            UpdateReason::Busy => "a trial is running",
+            UpdateReason::Flash => "flash error",
+            UpdateReason::BadManifest => "manifest invalid or not signed by a trusted key",
+            UpdateReason::VisorTooOld => "needs a newer visor",
+            UpdateReason::LayerUnavailable => "the server could not serve the layer",
+        }
+    }
+
+    /// The C name without its prefix: `KEEL_UPDATE_REASON_` + this (e.g. `CRASH_LOOP`).
+    pub fn c_name(self) -> &'static str {
+        match self {
+            UpdateReason::CrashLoop => "CRASH_LOOP",
+            UpdateReason::Watchdog => "WATCHDOG",
+            UpdateReason::NotConfirmed => "NOT_CONFIRMED",
+            UpdateReason::NoLink => "NO_LINK",
+            UpdateReason::TrialResets => "TRIAL_RESETS",
+            UpdateReason::TrialImageInvalid => "TRIAL_IMAGE_INVALID",
+            UpdateReason::SequenceNotNewer => "SEQUENCE_NOT_NEWER",
+            UpdateReason::TooLarge => "TOO_LARGE",
+            UpdateReason::DigestMismatch => "DIGEST_MISMATCH",
+            UpdateReason::BadImage => "BAD_IMAGE",
+            UpdateReason::Cancelled => "CANCELLED",
+            UpdateReason::Busy => "BUSY",
+            UpdateReason::Flash => "FLASH",
+            UpdateReason::BadManifest => "BAD_MANIFEST",
+            UpdateReason::VisorTooOld => "VISOR_TOO_OLD",
+            UpdateReason::LayerUnavailable => "LAYER_UNAVAILABLE",
+        }
+    }
+}
+
 /// Output of [`Call::UpdateInfo`]. Set `version` to 1 before the call.
-///
-/// `last_reason` codes: 1 crash loop, 2 watchdog, 3 not confirmed in the grace time, 4 no cloud
-/// link in the grace time, 5 too many resets during the trial, 6 trial image invalid, 7 sequence
-/// not above the installed one, 8 too large, 9 digest mismatch, 10 not a valid app image,
-/// 11 cancelled, 12 busy (a trial was running), 13 flash error; 0 none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UpdateInfo {
@@ -409,7 +527,7 @@ pub struct UpdateInfo {
     pub last_sequence: u64,
     /// How it ended ([`update_outcome`]).
     pub last_outcome: u32,
-    /// Why, for rolled back, refused and failed (codes above).
+    /// Why, for rolled back, refused and failed: an [`UpdateReason`] code; 0 otherwise.
     pub last_reason: u32,
 }
 
@@ -553,6 +671,27 @@ impl CrashReport {
             r.stack[i] = w(80 + 4 * i);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::UpdateReason;
+
+    #[test]
+    fn update_reason_codes_are_dense_unique_and_named() {
+        for (i, r) in UpdateReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.code() as usize, i + 1, "{r:?}: codes start at 1, in order");
+            assert_eq!(UpdateReason::from_u16(r.code()), Some(r));
+            assert_eq!(UpdateReason::from_u8(r.code() as u8), Some(r));
+            assert!(!r.as_str().is_empty() && !r.c_name().is_empty());
+        }
+        assert_eq!(UpdateReason::from_u16(0), None);
+        assert_eq!(UpdateReason::from_u16(UpdateReason::ALL.len() as u16 + 1), None);
+        // The journal's codes are frozen (the on-flash format stores them).
+        assert_eq!(UpdateReason::CrashLoop as u8, 1);
+        assert_eq!(UpdateReason::Flash as u8, 13);
+        assert_eq!(UpdateReason::LayerUnavailable as u8, 16);
     }
 }
 

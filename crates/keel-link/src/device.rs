@@ -9,11 +9,22 @@
 //! Update messages from the server (offer, layer data, layer error, cancel) are handed to the
 //! caller as [`Event`]s that borrow from the session's receive buffer; the caller's update agent
 //! answers with [`DeviceLink::send`] (`UpdateStatus`, `FetchLayer`).
+//!
+//! Negotiation: the hello announces the link's protocol range (`PROTOCOL_MIN..=PROTOCOL_VERSION`)
+//! and features ([`DeviceLink::with_features`], default `features::SUPPORTED`); the welcome's
+//! answer is kept ([`DeviceLink::negotiated`]). The link refuses to send a message of a feature
+//! the server did not announce ([`SessionError::NotNegotiated`]), and treats such a message from
+//! the server as a protocol error. A server message of a variant this crate does not know (in
+//! the reserved ranges) is skipped and counted ([`DeviceLink::unknown_received`]).
+//!
+//! Visor events are records of `keel_log::Kind::Event` in the ring (their bytes are a
+//! `VisorEvent` encoding); [`DeviceLink::next_log_frame`] sends them as `Up::Event` (or skips
+//! them if the server did not announce `EVENTS`).
 
 use clatter::traits::Rng;
-use keel_log::LogRing;
+use keel_log::{Kind, LogRing};
 
-use crate::msg::{Down, Up};
+use crate::msg::{features, Down, Hello, Negotiated, Up, VisorEvent, PROTOCOL_MIN, PROTOCOL_VERSION};
 use crate::session::{DeviceSession, SessionError};
 
 /// A device drops its connection when it heard nothing from the server for this long (µs), and
@@ -74,7 +85,8 @@ pub enum Event<'a> {
 
 /// A server message the link answers itself, copied out of the receive buffer.
 enum Control {
-    Welcome { unix_us: u64, log_acked: Option<u64> },
+    Welcome { protocol: u16, unix_us: u64, log_acked: Option<u64>, features: u32 },
+    Unknown,
     TimeSync { unix_us: u64 },
     LogAck { upto: u64 },
     Ping { nonce: u32 },
@@ -86,12 +98,34 @@ pub struct DeviceLink<R: Rng> {
     session: DeviceSession<R>,
     cursor: u64,
     online: bool,
+    /// Announced in the hello.
+    range: (u16, u16),
+    features: u32,
+    /// From the welcome.
+    negotiated: Option<Negotiated>,
+    unknown: u64,
 }
 
 impl<R: Rng> DeviceLink<R> {
-    /// A link for the device with `device_secret`, trusting only `server_public`.
+    /// A link for the device with `device_secret`, trusting only `server_public`; it announces
+    /// every feature this crate implements (`features::SUPPORTED`).
     pub fn new(device_secret: &[u8; 32], server_public: &[u8; 32]) -> Result<Self, SessionError> {
-        Ok(DeviceLink { session: DeviceSession::new(device_secret, server_public)?, cursor: 0, online: false })
+        Ok(DeviceLink {
+            session: DeviceSession::new(device_secret, server_public)?,
+            cursor: 0,
+            online: false,
+            range: (PROTOCOL_MIN, PROTOCOL_VERSION),
+            features: features::SUPPORTED,
+            negotiated: None,
+            unknown: 0,
+        })
+    }
+
+    /// The same link announcing `features` instead (e.g. without `UPDATES` on a device without
+    /// an update agent).
+    pub fn with_features(mut self, features: u32) -> Self {
+        self.features = features;
+        self
     }
 
     /// True once `Welcome` was received.
@@ -99,9 +133,30 @@ impl<R: Rng> DeviceLink<R> {
         self.online
     }
 
-    /// Writes the first frame (handshake message 1 carrying `hello`).
+    /// The protocol version and features of this connection, once `Welcome` was received.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.negotiated
+    }
+
+    /// Server messages of variants this crate does not know, skipped on this connection.
+    pub fn unknown_received(&self) -> u64 {
+        self.unknown
+    }
+
+    /// Writes the first frame (handshake message 1 carrying `hello`, an [`Up::Hello`] whose
+    /// `protocol` is the highest version the device speaks), adding the link's lowest version
+    /// and its features.
     pub fn start(&mut self, hello: &Up<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
-        self.session.start(hello, out)
+        let h = Hello::from_up(hello, PROTOCOL_MIN, self.features).ok_or(SessionError::Unexpected)?;
+        self.start_hello(&h, out)
+    }
+
+    /// Writes the first frame carrying the full `hello` (its range and features are what the
+    /// link announces).
+    pub fn start_hello(&mut self, hello: &Hello<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        self.range = hello.protocol_range();
+        self.features = hello.features.unwrap_or(0);
+        self.session.start_hello(hello, out)
     }
 
     /// Handles one received frame payload. A reply the protocol requires (`Ready` after
@@ -116,17 +171,32 @@ impl<R: Rng> DeviceLink<R> {
         // Copy what the link handles itself out of the message first, so the reply can be
         // encrypted with the same session; update messages are decoded again below and
         // returned borrowing from the receive buffer.
+        let allowed = self.negotiated.map_or(0, |n| n.features);
         let control = match self.session.receive(payload)? {
-            Down::Welcome { unix_us, log_acked, .. } => Control::Welcome { unix_us, log_acked },
+            Down::Welcome { protocol, unix_us, log_acked, features } => {
+                Control::Welcome { protocol, unix_us, log_acked, features }
+            }
+            // The server must not send what the device did not announce.
+            m if m.feature() & !allowed != 0 => return Err(SessionError::NotNegotiated),
             Down::TimeSync { unix_us } => Control::TimeSync { unix_us },
             Down::LogAck { upto } => Control::LogAck { upto },
             Down::Ping { nonce } => Control::Ping { nonce },
             Down::UpdateOffer { .. } | Down::LayerData { .. } | Down::LayerError { .. } | Down::UpdateCancel { .. } => {
                 Control::Update
             }
+            Down::Unknown(_) => Control::Unknown,
         };
         match control {
-            Control::Welcome { unix_us, log_acked } => {
+            Control::Unknown => {
+                self.unknown += 1;
+                Ok((Event::None, 0))
+            }
+            Control::Welcome { protocol, unix_us, log_acked, features } => {
+                // The server picks a version the device announced and no feature it did not.
+                if protocol < self.range.0 || protocol > self.range.1 || features & !self.features != 0 {
+                    return Err(SessionError::Unexpected);
+                }
+                self.negotiated = Some(Negotiated { protocol, features });
                 if let Some(a) = log_acked {
                     ring.ack(a);
                 }
@@ -168,12 +238,18 @@ impl<R: Rng> DeviceLink<R> {
         if matches!(m, Up::Hello { .. } | Up::Ready) {
             return Err(SessionError::Unexpected);
         }
+        if !self.negotiated.is_some_and(|n| n.allows(m.feature())) {
+            return Err(SessionError::NotNegotiated);
+        }
         self.session.send(m, out)
     }
 
     /// Writes the next log frame into `out` (a `Dropped` report first, then the oldest record not
-    /// sent on this connection). Returns `None` when there is nothing to send. Call only when the
-    /// transport can take a whole frame: the record counts as sent.
+    /// sent on this connection: `Log` for app and visor text records, `Event` for
+    /// [`Kind::Event`] records). Returns `None` when there is nothing to send. Call only when the
+    /// transport can take a whole frame: the record counts as sent. An event record is skipped
+    /// (not sent; released by the next acknowledgement) if the server did not announce `EVENTS`
+    /// or its bytes are not an event.
     pub fn next_log_frame<const N: usize>(
         &mut self,
         ring: &mut LogRing<N>,
@@ -189,14 +265,24 @@ impl<R: Rng> DeviceLink<R> {
             self.cursor = self.cursor.max(before_seq);
             return Ok(Some(n));
         }
+        let events = self.negotiated.is_some_and(|n| n.allows(features::EVENTS));
         let mut text = [0u8; keel_log::MAX_TEXT];
-        let Some(r) = ring.iter_from(self.cursor).next() else {
-            return Ok(None);
-        };
-        let len = r.copy_text(&mut text);
-        let m = Up::Log { seq: r.seq, kind: r.kind as u8, level: r.level, time_us: r.time_us, text: &text[..len] };
-        let n = self.session.send(&m, out)?;
-        self.cursor = r.seq + 1;
-        Ok(Some(n))
+        loop {
+            let Some(r) = ring.iter_from(self.cursor).next() else {
+                return Ok(None);
+            };
+            let len = r.copy_text(&mut text);
+            self.cursor = r.seq + 1;
+            let m = match r.kind {
+                Kind::Event => match VisorEvent::decode(&text[..len]) {
+                    Ok(event) if events => Up::Event { seq: r.seq, time_us: r.time_us, event },
+                    _ => continue,
+                },
+                Kind::App | Kind::Visor => {
+                    Up::Log { seq: r.seq, kind: r.kind as u8, level: r.level, time_us: r.time_us, text: &text[..len] }
+                }
+            };
+            return self.session.send(&m, out).map(Some);
+        }
     }
 }

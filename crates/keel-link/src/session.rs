@@ -24,7 +24,7 @@ use clatter::transportstate::TransportState;
 use clatter::{KeyPair, NqHandshakeCore};
 
 use crate::frame;
-use crate::msg::{self, Down, Up};
+use crate::msg::{self, Down, Hello, Up};
 
 /// Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
@@ -55,6 +55,8 @@ pub enum SessionError {
     TooLarge,
     /// The session already failed or is not established yet.
     NotReady,
+    /// The message needs a feature the peer did not announce (see `msg::features`).
+    NotNegotiated,
 }
 
 type Handshake<R> = NqHandshakeCore<X25519, ChaChaPoly, Sha256, R>;
@@ -98,13 +100,31 @@ impl<R: Rng> DeviceSession<R> {
         matches!(self.state, DeviceState::Established(_))
     }
 
-    /// Writes the first frame (handshake message 1 carrying `hello`) into `out`.
+    /// Writes the first frame (handshake message 1 carrying `hello`) into `out`. `hello` is
+    /// sent as it is: an [`Up::Hello`] without negotiation fields announces exactly its
+    /// `protocol` and no feature; [`DeviceSession::start_hello`] sends the full [`Hello`].
     pub fn start(&mut self, hello: &Up<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        if !matches!(hello, Up::Hello { .. }) {
+            return Err(SessionError::Unexpected);
+        }
+        let mut plain = [0u8; MAX_PLAINTEXT];
+        let n = msg::encode(hello, &mut plain).map_err(|_| SessionError::TooLarge)?;
+        self.start_plain(&plain[..n], out)
+    }
+
+    /// Writes the first frame (handshake message 1 carrying `hello`, with its protocol range
+    /// and features) into `out`.
+    pub fn start_hello(&mut self, hello: &Hello<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        let mut plain = [0u8; MAX_PLAINTEXT];
+        let n = msg::encode_hello(hello, &mut plain).map_err(|_| SessionError::TooLarge)?;
+        self.start_plain(&plain[..n], out)
+    }
+
+    fn start_plain(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
         let DeviceState::Idle(mut hs) = core::mem::replace(&mut self.state, DeviceState::Failed) else {
             return Err(SessionError::NotReady);
         };
-        let mut plain = [0u8; MAX_PLAINTEXT];
-        let n = msg::encode(hello, &mut plain).map_err(|_| SessionError::TooLarge)?;
+        let n = plain.len();
         if out.len() < frame::HEADER_LEN {
             return Err(SessionError::TooLarge);
         }
@@ -158,17 +178,30 @@ impl<R: Rng> DeviceSession<R> {
         msg::decode_down(&self.rx[..self.rx_len]).map_err(|_| SessionError::Malformed)
     }
 
-    /// Encrypts `m` into one frame in `out`.
+    /// Encrypts `m` into one frame in `out` (`Up::Unknown` is never sent).
     pub fn send(&mut self, m: &Up<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
+        if matches!(m, Up::Unknown(_)) {
+            return Err(SessionError::Unexpected);
+        }
+        let mut plain = [0u8; MAX_PLAINTEXT];
+        let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;
+        self.send_raw(&plain[..n], out)
+    }
+
+    /// Encrypts already encoded message bytes into one frame in `out` (tests use it to send
+    /// variants no [`Up`] can express).
+    pub fn send_raw(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, SessionError> {
         let DeviceState::Established(t) = &mut self.state else {
             return Err(SessionError::NotReady);
         };
-        let mut plain = [0u8; MAX_PLAINTEXT];
-        let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;
+        let n = plain.len();
+        if n > MAX_PLAINTEXT {
+            return Err(SessionError::TooLarge);
+        }
         if out.len() < frame::HEADER_LEN + n + TAG_LEN {
             return Err(SessionError::TooLarge);
         }
-        let len = t.send(&plain[..n], &mut out[frame::HEADER_LEN..]).map_err(|_| SessionError::TooLarge)?;
+        let len = t.send(plain, &mut out[frame::HEADER_LEN..]).map_err(|_| SessionError::TooLarge)?;
         out[..frame::HEADER_LEN].copy_from_slice(&(len as u16).to_be_bytes());
         self.sent += 1;
         if self.sent % REKEY_INTERVAL == 0 {
@@ -199,11 +232,16 @@ pub mod server {
         hs: snow::HandshakeState,
         /// The device's static public key (authenticated by the handshake).
         pub device_key: [u8; 32],
-        /// The decrypted `Hello` bytes (decode with [`msg::decode_up`]).
+        /// The decrypted `Hello` bytes (decode with [`msg::decode_hello`]).
         pub hello: Vec<u8>,
     }
 
     impl Accepting {
+        /// The device's hello, with its protocol range and features.
+        pub fn hello(&self) -> Result<Hello<'_>, SessionError> {
+            msg::decode_hello(&self.hello).map_err(|_| SessionError::Malformed)
+        }
+
         /// Reads handshake message 1 (a frame payload) with the server's static private key.
         pub fn read(server_private: &[u8], payload: &[u8]) -> Result<Accepting, SessionError> {
             let params = NOISE_PARAMS.parse().map_err(|_| SessionError::Handshake)?;
@@ -217,10 +255,10 @@ pub mod server {
             buf.truncate(n);
             let device_key: [u8; 32] =
                 hs.get_remote_static().and_then(|k| k.try_into().ok()).ok_or(SessionError::Handshake)?;
-            match msg::decode_up(&buf) {
-                Ok(Up::Hello { .. }) => Ok(Accepting { hs, device_key, hello: buf }),
-                Ok(_) => Err(SessionError::Unexpected),
-                Err(_) => Err(SessionError::Malformed),
+            match (msg::decode_up(&buf), msg::decode_hello(&buf)) {
+                (Ok(Up::Hello { .. }), Ok(_)) => Ok(Accepting { hs, device_key, hello: buf }),
+                (Ok(_), _) => Err(SessionError::Unexpected),
+                _ => Err(SessionError::Malformed),
             }
         }
 
@@ -243,12 +281,24 @@ pub mod server {
     }
 
     impl ServerSession {
-        /// Encrypts `m` into one frame.
+        /// Encrypts `m` into one frame (`Down::Unknown` is never sent).
         pub fn send(&mut self, m: &Down<'_>) -> Result<Vec<u8>, SessionError> {
+            if matches!(m, Down::Unknown(_)) {
+                return Err(SessionError::Unexpected);
+            }
             let mut plain = [0u8; MAX_PLAINTEXT];
             let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;
-            let mut out = vec![0u8; n + TAG_LEN];
-            let len = self.t.write_message(&plain[..n], &mut out).map_err(|_| SessionError::TooLarge)?;
+            self.send_raw(&plain[..n])
+        }
+
+        /// Encrypts already encoded message bytes into one frame (tests use it to send variants
+        /// no [`Down`] can express).
+        pub fn send_raw(&mut self, plain: &[u8]) -> Result<Vec<u8>, SessionError> {
+            if plain.len() > MAX_PLAINTEXT {
+                return Err(SessionError::TooLarge);
+            }
+            let mut out = vec![0u8; plain.len() + TAG_LEN];
+            let len = self.t.write_message(plain, &mut out).map_err(|_| SessionError::TooLarge)?;
             self.sent += 1;
             if self.sent % REKEY_INTERVAL == 0 {
                 self.t.rekey_outgoing();

@@ -2,7 +2,7 @@
 #![cfg(feature = "server")]
 
 use keel_link::frame::Decoder;
-use keel_link::msg::{decode_up, Down, Up};
+use keel_link::msg::{decode_up, features, Down, Up, PROTOCOL_VERSION};
 use keel_link::session::server::Accepting;
 use keel_link::session::{DeviceSession, SessionError, MAX_FRAME, REKEY_INTERVAL};
 use rand_core::OsRng;
@@ -26,7 +26,13 @@ fn payload(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn hello() -> Up<'static> {
-    Up::Hello { protocol: 1, visor_version: "0.1.0", boot_count: 3, app: Some(("hello", "1.0")), next_log_seq: 3 << 32 }
+    Up::Hello {
+        protocol: PROTOCOL_VERSION,
+        visor_version: "0.1.0",
+        boot_count: 3,
+        app: Some(("hello", "1.0")),
+        next_log_seq: 3 << 32,
+    }
 }
 
 fn connect(k: &Keys) -> (DeviceSession<OsRng>, keel_link::session::server::ServerSession, [u8; 32]) {
@@ -36,7 +42,7 @@ fn connect(k: &Keys) -> (DeviceSession<OsRng>, keel_link::session::server::Serve
     let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
     assert_eq!(decode_up(&acc.hello).unwrap(), hello());
     let device_key = acc.device_key;
-    let welcome = Down::Welcome { protocol: 1, unix_us: 1_700_000_000_000_000, log_acked: None };
+    let welcome = Down::Welcome { protocol: 2, unix_us: 1_700_000_000_000_000, log_acked: None, features: 0 };
     let (srv, frame) = acc.welcome(&welcome).unwrap();
     assert_eq!(dev.receive(&payload(&frame)).unwrap(), welcome);
     assert!(dev.is_established());
@@ -101,7 +107,7 @@ fn tampered_garbage_and_replayed_frames_fail_only_that_session() {
 fn a_second_welcome_is_a_protocol_error() {
     let k = keys();
     let (mut dev, mut srv, _) = connect(&k);
-    let again = srv.send(&Down::Welcome { protocol: 1, unix_us: 0, log_acked: None }).unwrap();
+    let again = srv.send(&Down::Welcome { protocol: 2, unix_us: 0, log_acked: None, features: 0 }).unwrap();
     assert_eq!(dev.receive(&payload(&again)), Err(SessionError::Unexpected));
 }
 
@@ -123,7 +129,7 @@ fn device_link_resumes_after_what_the_server_has_reports_drops_and_answers() {
     let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
     // The server already stored the first two records.
     let (mut srv, welcome) =
-        acc.welcome(&Down::Welcome { protocol: 1, unix_us: 42, log_acked: Some(first + 1) }).unwrap();
+        acc.welcome(&Down::Welcome { protocol: 2, unix_us: 42, log_acked: Some(first + 1), features: 0 }).unwrap();
     let (event, n) = link.on_frame(&payload(&welcome), &mut ring, &mut out).unwrap();
     assert_eq!(event, Event::Online { unix_us: 42 });
     assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Ready);
@@ -175,11 +181,12 @@ fn device_link_surfaces_update_messages_and_sends_update_replies() {
     let mut ring = LogRing::<256>::new(1);
     let mut link = DeviceLink::<OsRng>::new(&[5u8; 32], &k.server_public).unwrap();
     let mut out = vec![0u8; MAX_FRAME];
-    let status = Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: "" };
+    let status = Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: 0 };
     assert_eq!(link.send(&status, &mut out), Err(SessionError::NotReady), "not before the welcome");
     let n = link.start(&hello(), &mut out).unwrap();
     let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
-    let (mut srv, welcome) = acc.welcome(&Down::Welcome { protocol: 1, unix_us: 1, log_acked: None }).unwrap();
+    let (mut srv, welcome) =
+        acc.welcome(&Down::Welcome { protocol: 2, unix_us: 1, log_acked: None, features: features::UPDATES }).unwrap();
     let (_, n) = link.on_frame(&payload(&welcome), &mut ring, &mut out).unwrap();
     assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Ready);
 
@@ -220,8 +227,126 @@ fn device_link_surfaces_update_messages_and_sends_update_replies() {
         state: UpdateState::Confirmed.as_u8(),
         progress: 960,
         total: 960,
-        reason: "",
+        reason: 0,
     };
     let n = link.send(&done, &mut out).unwrap();
     assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), done);
+}
+
+/// A link connected to an in-memory server that answered its hello with `welcome(hello)`.
+fn linked(
+    k: &Keys,
+    link_features: u32,
+    welcome: impl FnOnce(&keel_link::msg::Hello<'_>) -> Down<'static>,
+) -> (keel_link::device::DeviceLink<OsRng>, keel_link::session::server::ServerSession, Vec<u8>) {
+    use keel_link::device::DeviceLink;
+    let mut link = DeviceLink::<OsRng>::new(&[5u8; 32], &k.server_public).unwrap().with_features(link_features);
+    let mut out = vec![0u8; MAX_FRAME];
+    let n = link.start(&hello(), &mut out).unwrap();
+    let acc = Accepting::read(&k.server_private, &payload(&out[..n])).unwrap();
+    let w = welcome(&acc.hello().unwrap());
+    let (mut srv, frame) = acc.welcome(&w).unwrap();
+    let mut ring = keel_log::LogRing::<64>::new(1);
+    let ready = link.on_frame(&payload(&frame), &mut ring, &mut out).map(|(_, n)| n);
+    assert_eq!(ready.is_ok(), link.is_online(), "online exactly when the welcome was accepted");
+    if let Ok(n) = ready {
+        assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Ready);
+    }
+    (link, srv, out)
+}
+
+#[test]
+fn device_link_announces_its_range_and_features_and_keeps_the_welcome() {
+    use keel_link::msg::{negotiate, Negotiated, PROTOCOL_MIN};
+    let k = keys();
+    let mut seen = None;
+    let (link, _, _) = linked(&k, features::SUPPORTED | 1 << 20, |h| {
+        seen = Some((h.protocol_range(), h.features));
+        let n = negotiate(h, PROTOCOL_MIN, PROTOCOL_VERSION, features::UPDATES).unwrap();
+        Down::Welcome { protocol: n.protocol, unix_us: 1, log_acked: None, features: n.features }
+    });
+    assert_eq!(seen, Some(((PROTOCOL_MIN, PROTOCOL_VERSION), Some(features::SUPPORTED | 1 << 20))));
+    assert_eq!(link.negotiated(), Some(Negotiated { protocol: PROTOCOL_VERSION, features: features::UPDATES }));
+    // A welcome choosing a version or a feature the device did not announce is refused.
+    let (link, _, _) = linked(&k, features::UPDATES, |_| Down::Welcome {
+        protocol: PROTOCOL_VERSION + 1,
+        unix_us: 1,
+        log_acked: None,
+        features: 0,
+    });
+    assert!(!link.is_online());
+    let (link, _, _) = linked(&k, features::UPDATES, |_| Down::Welcome {
+        protocol: PROTOCOL_VERSION,
+        unix_us: 1,
+        log_acked: None,
+        features: features::EVENTS,
+    });
+    assert!(!link.is_online());
+}
+
+#[test]
+fn device_link_sends_nothing_the_server_did_not_announce_and_refuses_what_it_did_not() {
+    use keel_link::msg::{VisorEvent, MAX_FETCH};
+    use keel_log::{Kind, LogRing};
+    let k = keys();
+    // The server announces neither updates nor events.
+    let (mut link, mut srv, mut out) =
+        linked(&k, features::SUPPORTED, |_| Down::Welcome { protocol: 2, unix_us: 1, log_acked: None, features: 0 });
+    assert!(link.is_online());
+    let fetch = Up::FetchLayer { sequence: 7, component: 0, offset: 0, len: MAX_FETCH };
+    assert_eq!(link.send(&fetch, &mut out), Err(SessionError::NotNegotiated));
+    // Event records are skipped, text records still go.
+    let mut ring = LogRing::<256>::new(1);
+    let mut ev = [0u8; VisorEvent::MAX_LEN];
+    let n = VisorEvent::Online.encode(&mut ev).unwrap();
+    ring.push(Kind::Event, 0, 1, &ev[..n]).unwrap();
+    let text_seq = ring.push(Kind::Visor, 1, 2, b"text").unwrap();
+    let n = link.next_log_frame(&mut ring, &mut out).unwrap().unwrap();
+    assert!(
+        matches!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Log { seq, .. } if seq == text_seq)
+    );
+    assert_eq!(link.next_log_frame(&mut ring, &mut out).unwrap(), None);
+    // An update message from this server is a protocol error.
+    let offer = srv.send(&Down::UpdateOffer { envelope: &[1] }).unwrap();
+    assert_eq!(link.on_frame(&payload(&offer), &mut ring, &mut out), Err(SessionError::NotNegotiated));
+}
+
+#[test]
+fn device_link_sends_event_records_as_events_and_skips_unknown_server_messages() {
+    use keel_link::device::Event;
+    use keel_link::msg::{BootReason, VisorEvent};
+    use keel_log::{Kind, LogRing};
+    let k = keys();
+    let (mut link, mut srv, mut out) = linked(&k, features::SUPPORTED, |_| Down::Welcome {
+        protocol: 2,
+        unix_us: 1,
+        log_acked: None,
+        features: features::EVENTS,
+    });
+    let mut ring = LogRing::<256>::new(1);
+    let boot = VisorEvent::Boot { count: 1, reason: BootReason::PowerOn.code() };
+    let mut ev = [0u8; VisorEvent::MAX_LEN];
+    let n = boot.encode(&mut ev).unwrap();
+    let seq = ring.push(Kind::Event, 0, 77, &ev[..n]).unwrap();
+    let n = link.next_log_frame(&mut ring, &mut out).unwrap().unwrap();
+    let got = srv.receive(&payload(&out[..n])).unwrap();
+    assert_eq!(decode_up(&got).unwrap(), Up::Event { seq, time_us: 77, event: boot });
+
+    // A server message of a variant this crate does not know ([20, [1]], in the updates range)
+    // is skipped and counted; the connection goes on.
+    let unknown = unknown_frame(&mut srv, &[0x82, 0x14, 0x81, 0x01]);
+    assert_eq!(link.on_frame(&payload(&unknown), &mut ring, &mut out), Ok((Event::None, 0)));
+    assert_eq!(link.unknown_received(), 1);
+    // The session's counter stays in step: the next (real) message still decrypts.
+    let ping = srv.send(&Down::Ping { nonce: 4 }).unwrap();
+    let (_, n) = link.on_frame(&payload(&ping), &mut ring, &mut out).unwrap();
+    assert!(n > 0, "the ping is answered");
+    // Variant 200 is outside the reserved ranges: malformed, the connection ends.
+    let bad = unknown_frame(&mut srv, &[0x82, 0x18, 0xC8, 0x80]);
+    assert_eq!(link.on_frame(&payload(&bad), &mut ring, &mut out), Err(SessionError::Malformed));
+}
+
+/// Encrypts raw message bytes as the server would (for variants no `Down` can express).
+fn unknown_frame(srv: &mut keel_link::session::server::ServerSession, plain: &[u8]) -> Vec<u8> {
+    srv.send_raw(plain).unwrap()
 }

@@ -26,8 +26,22 @@ const HDR: usize = 12;
 pub enum Kind {
     /// A line logged by the app.
     App = 0,
-    /// An event of the visor (boot, crash report, connection state, ...).
+    /// A text line of the visor.
     Visor = 1,
+    /// A structured visor event: the record's bytes are a `keel_proto::event::VisorEvent`
+    /// encoding (boot, crash report, link loss, update outcome, ...), sent as `Up::Event`.
+    Event = 2,
+}
+
+impl Kind {
+    /// The kind stored as `v` (an unknown value reads as [`Kind::Visor`]).
+    pub fn from_u8(v: u8) -> Kind {
+        match v {
+            0 => Kind::App,
+            2 => Kind::Event,
+            _ => Kind::Visor,
+        }
+    }
 }
 
 /// A record as read back from the ring.
@@ -203,7 +217,7 @@ impl<'a, const N: usize> Iterator for Iter<'a, N> {
         let text = (&r.buf[start..start + first], &r.buf[..len - first]);
         let rec = Record {
             seq: self.seq,
-            kind: if r.byte(self.off + 2) == 0 { Kind::App } else { Kind::Visor },
+            kind: Kind::from_u8(r.byte(self.off + 2)),
             level: r.byte(self.off + 3),
             time_us: u64::from_le_bytes(t),
             text,
@@ -245,6 +259,19 @@ mod tests {
         r.ack(u64::MAX);
         assert!(r.is_empty());
         assert_eq!(r.bytes_used(), 0);
+    }
+
+    #[test]
+    fn event_records_keep_their_kind_and_bytes() {
+        let mut r = LogRing::<64>::new(0);
+        let s = r.push(Kind::Event, 0, 30, &[0x82, 0x03, 0x80]).unwrap();
+        let kinds: [Kind; 3] = [Kind::App, Kind::Visor, Kind::Event];
+        for k in kinds {
+            assert_eq!(Kind::from_u8(k as u8), k);
+        }
+        let e = r.iter_from(s).next().unwrap();
+        assert_eq!((e.kind, e.time_us), (Kind::Event, 30));
+        assert_eq!(&text(&e)[..3], &[0x82, 0x03, 0x80]);
     }
 
     #[test]

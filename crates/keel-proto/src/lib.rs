@@ -6,9 +6,11 @@
 //!
 //! * [`frame`]: a 2-byte big-endian length, then that many bytes; the decoder enforces a
 //!   per-endpoint limit so a peer cannot make the other side buffer more than it chose to.
-//! * [`msg`]: the CBOR messages in each direction.
+//! * [`msg`]: the CBOR messages in each direction, negotiation and the skip rule.
+//! * [`event`]: structured visor events (boot, crash, link loss, update outcome).
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod event;
 pub mod frame;
 pub mod msg;

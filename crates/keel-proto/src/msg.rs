@@ -1,23 +1,155 @@
 //! The messages carried inside the secure channel, CBOR encoded (one message per Noise
-//! transport message).
+//! transport message). `docs/wire-protocol.md` has the CDDL.
 //!
-//! Both directions are a CBOR array `[variant, fields...]` produced by `minicbor`'s derive with
-//! explicit indices, so fields can be added at the end without breaking older peers. Variant
-//! numbers are stable; ranges are reserved for what comes next: 16..=31 updates, 32..=47 remote
-//! debugging, 48..=63 configuration and app channels.
+//! Both directions are a CBOR array of two items, `[variant, [fields...]]` (minicbor's derive
+//! with explicit indices: the variant number, then the variant's fields as an array in index
+//! order). Fields are only ever added at the end; a receiver ignores fields beyond those it
+//! knows, and optional fields at the end may be absent.
+//!
+//! Variant numbers are stable and allocated in ranges: 0..=15 the link itself, 16..=31 updates,
+//! 32..=47 remote debugging, 48..=63 configuration and app channels, 64..=127 reserved. A
+//! well-formed message whose variant number is in 0..=127 but unknown to the receiver decodes as
+//! `Unknown(n)` ([`Up::Unknown`], [`Down::Unknown`]): the receiver skips and counts it. A number
+//! above 127, or bytes that are not one well-formed message, are [`MsgError::Malformed`], which
+//! ends the connection. Decode with [`decode_up`] / [`decode_down`] (not with `minicbor::decode`
+//! directly, which does not know the skip rule).
+//!
+//! Negotiation: [`Hello`] carries the device's protocol range and [`features`]; `Welcome` the
+//! chosen version and the features both sides announced ([`negotiate`]). Neither side sends a
+//! message of a feature ([`Up::feature`], [`Down::feature`]) the other did not announce.
 
 use minicbor::{Decode, Encode};
 
-/// Protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub use crate::event::{BootReason, CrashInfo, LinkLossReason, VisorEvent};
+pub use keel_abi::UpdateReason;
+
+/// Highest protocol version spoken by this crate. Version 2 added negotiation, `Event`,
+/// unknown-variant skipping and reason codes; version 1 is not spoken any more (never deployed).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Lowest protocol version spoken by this crate.
+pub const PROTOCOL_MIN: u16 = 2;
+
+/// Variant numbers a receiver skips (and counts) when it does not know them.
+pub const SKIPPABLE: core::ops::RangeInclusive<u16> = 0..=127;
+
+/// Feature bits announced in [`Hello::features`] and [`Down::Welcome`]'s `features`.
+pub mod features {
+    /// Over-the-air updates: `UpdateStatus`, `FetchLayer`, `UpdateOffer`, `LayerData`,
+    /// `LayerError`, `UpdateCancel`.
+    pub const UPDATES: u32 = 1 << 0;
+    /// Structured visor events (`Up::Event`).
+    pub const EVENTS: u32 = 1 << 1;
+    /// Remote debugging (variants 32..=47; not defined yet).
+    pub const DEBUG: u32 = 1 << 2;
+    /// Configuration and app channels (variants 48..=63; not defined yet).
+    pub const CHANNELS: u32 = 1 << 3;
+    /// Every feature this crate implements.
+    pub const SUPPORTED: u32 = UPDATES | EVENTS;
+}
+
+/// The outcome of a negotiation: the version both speak and the features both announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Protocol version of the connection.
+    pub protocol: u16,
+    /// Features both sides announced.
+    pub features: u32,
+}
+
+impl Negotiated {
+    /// True if every bit of `feature` was negotiated (0: always).
+    pub fn allows(&self, feature: u32) -> bool {
+        self.features & feature == feature
+    }
+}
+
+/// What a server speaking `[min, max]` with `features` answers a device's `hello`: the highest
+/// common version and the common features, or `None` if the ranges do not overlap.
+pub fn negotiate(hello: &Hello<'_>, min: u16, max: u16, features: u32) -> Option<Negotiated> {
+    let (dmin, dmax) = hello.protocol_range();
+    let protocol = dmax.min(max);
+    (protocol >= dmin.max(min)).then_some(Negotiated { protocol, features: hello.features.unwrap_or(0) & features })
+}
+
+/// The device's first message (variant 0), in full: what [`Up::Hello`] says plus the
+/// negotiation fields, which are optional on the wire (absent: `protocol_min = protocol`,
+/// `features = 0`).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Hello<'a> {
+    /// Highest protocol version the device speaks.
+    #[n(0)]
+    pub protocol: u16,
+    /// Visor version.
+    #[b(1)]
+    pub visor_version: &'a str,
+    /// Persistent boot counter.
+    #[n(2)]
+    pub boot_count: u32,
+    /// Name and version of the running app, if one runs.
+    #[b(3)]
+    pub app: Option<(&'a str, &'a str)>,
+    /// Sequence number the next log record will get.
+    #[n(4)]
+    pub next_log_seq: u64,
+    /// Lowest protocol version the device speaks.
+    #[n(5)]
+    pub protocol_min: Option<u16>,
+    /// The device's [`features`].
+    #[n(6)]
+    pub features: Option<u32>,
+}
+
+impl<'a> Hello<'a> {
+    /// `(min, max)` protocol versions the device speaks.
+    pub fn protocol_range(&self) -> (u16, u16) {
+        (self.protocol_min.unwrap_or(self.protocol).min(self.protocol), self.protocol)
+    }
+
+    /// The hello of `up` (an [`Up::Hello`]) with this range and these features.
+    pub fn from_up(up: &Up<'a>, protocol_min: u16, features: u32) -> Option<Hello<'a>> {
+        match *up {
+            Up::Hello { protocol, visor_version, boot_count, app, next_log_seq } => Some(Hello {
+                protocol,
+                visor_version,
+                boot_count,
+                app,
+                next_log_seq,
+                protocol_min: Some(protocol_min),
+                features: Some(features),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes `h` as message variant 0 into `out`; returns the length.
+pub fn encode_hello(h: &Hello<'_>, out: &mut [u8]) -> Result<usize, MsgError> {
+    let total = out.len();
+    let mut w: &mut [u8] = out;
+    let mut e = minicbor::Encoder::new(&mut w);
+    e.array(2).and_then(|e| e.u16(0)).and_then(|e| e.encode(h)).map_err(|_| MsgError::BufferTooSmall)?;
+    Ok(total - w.len())
+}
+
+/// Decodes the full [`Hello`] from the bytes of an [`Up::Hello`] message.
+pub fn decode_hello(b: &[u8]) -> Result<Hello<'_>, MsgError> {
+    let mut d = minicbor::Decoder::new(b);
+    if variant_of(&mut d)? != 0 {
+        return Err(MsgError::Malformed);
+    }
+    let h = d.decode().map_err(|_| MsgError::Malformed)?;
+    end_of(&d)?;
+    Ok(h)
+}
 
 /// Device → server.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Up<'a> {
-    /// First message, inside the Noise handshake's first message.
+    /// First message, inside the Noise handshake's first message. This variant leaves out the
+    /// negotiation fields (see [`Hello`], which `keel_link::device::DeviceLink::start` sends).
     #[n(0)]
     Hello {
-        /// [`PROTOCOL_VERSION`] of the device.
+        /// Highest protocol version of the device ([`PROTOCOL_VERSION`]).
         #[n(0)]
         protocol: u16,
         /// Visor version.
@@ -33,13 +165,13 @@ pub enum Up<'a> {
         #[n(4)]
         next_log_seq: u64,
     },
-    /// One log record or visor event.
+    /// One log record (an app line or a visor text line).
     #[n(1)]
     Log {
         /// Sequence number (`boot << 32 | n`).
         #[n(0)]
         seq: u64,
-        /// 0 = app line, 1 = visor event.
+        /// 0 = app line, 1 = visor text.
         #[n(1)]
         kind: u8,
         /// Level.
@@ -74,6 +206,20 @@ pub enum Up<'a> {
     /// so the server treats the device as connected only once it arrives.
     #[n(4)]
     Ready,
+    /// A structured visor event (feature [`features::EVENTS`]); it shares the log records'
+    /// sequence numbers and `LogAck`.
+    #[n(5)]
+    Event {
+        /// Sequence number (`boot << 32 | n`, from the log ring).
+        #[n(0)]
+        seq: u64,
+        /// Monotonic time of the event.
+        #[n(1)]
+        time_us: u64,
+        /// What happened.
+        #[n(2)]
+        event: VisorEvent,
+    },
     /// Where the device stands with updates. Sent right after [`Up::Ready`], whenever the state
     /// changes, and periodically (e.g. per page) while downloading.
     #[n(16)]
@@ -93,10 +239,10 @@ pub enum Up<'a> {
         /// Total bytes of the bundle's layers (0 if not known).
         #[n(4)]
         total: u32,
-        /// Short reason for `refused`, `rolled_back` and `error` (e.g. `"layer digest mismatch"`);
-        /// empty otherwise.
-        #[b(5)]
-        reason: &'a str,
+        /// An [`UpdateReason`] code for `refused`, `rolled_back` and `error`; 0 otherwise. The
+        /// server renders the text.
+        #[n(5)]
+        reason: u16,
     },
     /// Asks for `[offset, offset + len)` of one layer of the offered bundle; the server answers
     /// with consecutive [`Down::LayerData`] in order (or one [`Down::LayerError`]).
@@ -108,7 +254,7 @@ pub enum Up<'a> {
         /// Component index in manifest order (0 = the first component).
         #[n(1)]
         component: u8,
-        /// First byte.
+        /// First byte, as an offset in the **layer** (not in the slot the device writes to).
         #[n(2)]
         offset: u32,
         /// Bytes wanted, 1..=[`MAX_FETCH`] (one flash page); `offset + len` must not pass the end
@@ -116,6 +262,9 @@ pub enum Up<'a> {
         #[n(3)]
         len: u32,
     },
+    /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
+    #[n(65535)]
+    Unknown(#[n(0)] u16),
 }
 
 /// Server → device. Byte fields borrow from the decrypted message.
@@ -124,7 +273,7 @@ pub enum Down<'a> {
     /// Answer to [`Up::Hello`], inside the Noise handshake's second message.
     #[n(0)]
     Welcome {
-        /// [`PROTOCOL_VERSION`] of the server.
+        /// The protocol version of this connection (the highest both speak).
         #[n(0)]
         protocol: u16,
         /// Wall clock, microseconds since the Unix epoch.
@@ -133,6 +282,9 @@ pub enum Down<'a> {
         /// Highest log sequence number the server already stored for this device, if any.
         #[n(2)]
         log_acked: Option<u64>,
+        /// The [`features`] of this connection: those both sides announced.
+        #[n(3)]
+        features: u32,
     },
     /// Wall clock update.
     #[n(1)]
@@ -173,7 +325,7 @@ pub enum Down<'a> {
         /// Component index in manifest order.
         #[n(1)]
         component: u8,
-        /// Offset of `data[0]` in the layer.
+        /// Offset of `data[0]` in the **layer** (not in the slot).
         #[n(2)]
         offset: u32,
         /// At most [`LAYER_CHUNK`] bytes.
@@ -203,6 +355,38 @@ pub enum Down<'a> {
         #[n(0)]
         sequence: u64,
     },
+    /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
+    #[n(65535)]
+    Unknown(#[n(0)] u16),
+}
+
+impl Up<'_> {
+    /// Variant numbers this crate defines.
+    pub const VARIANTS: [u16; 8] = [0, 1, 2, 3, 4, 5, 16, 17];
+
+    /// The feature bit the receiver must have announced for this message (0: none needed).
+    pub fn feature(&self) -> u32 {
+        match self {
+            Up::UpdateStatus { .. } | Up::FetchLayer { .. } => features::UPDATES,
+            Up::Event { .. } => features::EVENTS,
+            _ => 0,
+        }
+    }
+}
+
+impl Down<'_> {
+    /// Variant numbers this crate defines.
+    pub const VARIANTS: [u16; 8] = [0, 1, 2, 3, 16, 17, 18, 19];
+
+    /// The feature bit the receiver must have announced for this message (0: none needed).
+    pub fn feature(&self) -> u32 {
+        match self {
+            Down::UpdateOffer { .. } | Down::LayerData { .. } | Down::LayerError { .. } | Down::UpdateCancel { .. } => {
+                features::UPDATES
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// Largest plaintext of one message either side sends (the Noise layer adds its tag).
@@ -339,7 +523,7 @@ pub enum MsgError {
     Malformed,
 }
 
-/// Encodes `m` into `out`; returns the length.
+/// Encodes `m` into `out`; returns the length. (`Unknown` is never sent; the sessions refuse it.)
 pub fn encode<T: Encode<()>>(m: &T, out: &mut [u8]) -> Result<usize, MsgError> {
     let total = out.len();
     let mut w: &mut [u8] = out;
@@ -347,19 +531,60 @@ pub fn encode<T: Encode<()>>(m: &T, out: &mut [u8]) -> Result<usize, MsgError> {
     Ok(total - w.len())
 }
 
-/// Decodes a device message.
-pub fn decode_up(b: &[u8]) -> Result<Up<'_>, MsgError> {
-    minicbor::decode(b).map_err(|_| MsgError::Malformed)
+/// Reads the `[variant,` of a message.
+fn variant_of(d: &mut minicbor::Decoder<'_>) -> Result<u16, MsgError> {
+    match d.array() {
+        Ok(Some(2)) => d.u16().map_err(|_| MsgError::Malformed),
+        _ => Err(MsgError::Malformed),
+    }
 }
 
-/// Decodes a server message.
+/// Refuses bytes after the message.
+fn end_of(d: &minicbor::Decoder<'_>) -> Result<(), MsgError> {
+    if d.position() == d.input().len() {
+        Ok(())
+    } else {
+        Err(MsgError::Malformed)
+    }
+}
+
+/// The skip rule: a known variant is decoded with `known`; an unknown one in [`SKIPPABLE`] is
+/// checked for well-formedness and reported as `Err(Ok(n))`.
+fn decode_with<'b, T: Decode<'b, ()>>(b: &'b [u8], known: &[u16]) -> Result<Result<T, u16>, MsgError> {
+    let mut d = minicbor::Decoder::new(b);
+    let v = variant_of(&mut d)?;
+    if known.contains(&v) {
+        let mut d = minicbor::Decoder::new(b);
+        let m = d.decode().map_err(|_| MsgError::Malformed)?;
+        end_of(&d)?;
+        return Ok(Ok(m));
+    }
+    if !SKIPPABLE.contains(&v) {
+        return Err(MsgError::Malformed);
+    }
+    d.skip().map_err(|_| MsgError::Malformed)?;
+    end_of(&d)?;
+    Ok(Err(v))
+}
+
+/// Decodes a device message; an unknown variant in [`SKIPPABLE`] is [`Up::Unknown`].
+pub fn decode_up(b: &[u8]) -> Result<Up<'_>, MsgError> {
+    Ok(decode_with(b, &Up::VARIANTS)?.unwrap_or_else(Up::Unknown))
+}
+
+/// Decodes a server message; an unknown variant in [`SKIPPABLE`] is [`Down::Unknown`].
 pub fn decode_down(b: &[u8]) -> Result<Down<'_>, MsgError> {
-    minicbor::decode(b).map_err(|_| MsgError::Malformed)
+    Ok(decode_with(b, &Down::VARIANTS)?.unwrap_or_else(Down::Unknown))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn variant<T: Encode<()>>(m: &T, buf: &mut [u8]) -> u16 {
+        let n = encode(m, buf).unwrap();
+        variant_of(&mut minicbor::Decoder::new(&buf[..n])).unwrap()
+    }
 
     #[test]
     fn every_message_roundtrips() {
@@ -373,27 +598,30 @@ mod tests {
                 next_log_seq: 7 << 32,
             },
             Up::Hello { protocol: 1, visor_version: "0.1.0", boot_count: 1, app: None, next_log_seq: 0 },
+            Up::Event { seq: 3, time_us: 9, event: VisorEvent::Boot { count: 3, reason: 0 } },
+            Up::Event { seq: 4, time_us: 10, event: VisorEvent::Crash(CrashInfo { pc: 1, ..Default::default() }) },
             Up::Log { seq: 5, kind: 0, level: 2, time_us: 1_000_000, text: b"hello: device=kd..." },
             Up::Dropped { count: 3, before_seq: 9 },
             Up::Pong { nonce: 77 },
             Up::Ready,
-            Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: "" },
+            Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: 0 },
             Up::UpdateStatus {
                 installed: u64::MAX,
                 sequence: 3,
                 state: UpdateState::Refused.as_u8(),
                 progress: u32::MAX,
                 total: 40_960,
-                reason: "sequence 3 not above installed 5",
+                reason: UpdateReason::SequenceNotNewer.code(),
             },
             Up::FetchLayer { sequence: 7, component: 0, offset: 8192, len: MAX_FETCH },
         ];
         for m in ups {
+            assert!(Up::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
             let n = encode(&m, &mut buf).unwrap();
             assert_eq!(decode_up(&buf[..n]).unwrap(), m);
         }
         let downs = [
-            Down::Welcome { protocol: 1, unix_us: 1_795_000_000_000_000, log_acked: Some(4) },
+            Down::Welcome { protocol: 2, unix_us: 1_795_000_000_000_000, log_acked: Some(4), features: u32::MAX },
             Down::TimeSync { unix_us: 1 },
             Down::LogAck { upto: u64::MAX },
             Down::Ping { nonce: 1 },
@@ -404,6 +632,7 @@ mod tests {
             Down::UpdateCancel { sequence: u64::MAX },
         ];
         for m in downs {
+            assert!(Down::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
             let n = encode(&m, &mut buf).unwrap();
             assert_eq!(decode_down(&buf[..n]).unwrap(), m);
         }
@@ -452,19 +681,95 @@ mod tests {
                 assert_eq!(decode_down(&buf[..cut]), Err(MsgError::Malformed), "{m:?} cut at {cut}");
             }
         }
-        let up = Up::UpdateStatus { installed: 1, sequence: 2, state: 1, progress: 3, total: 4, reason: "why" };
-        let n = encode(&up, &mut buf).unwrap();
-        for cut in 0..n {
-            assert_eq!(decode_up(&buf[..cut]), Err(MsgError::Malformed));
+        let ups = [
+            Up::UpdateStatus { installed: 1, sequence: 2, state: 1, progress: 3, total: 4, reason: 9 },
+            Up::Event { seq: 1, time_us: 2, event: VisorEvent::Update { sequence: 3, state: 5, reason: 1 } },
+            Up::Event { seq: 1, time_us: 2, event: VisorEvent::Crash(CrashInfo::default()) },
+            Up::Log { seq: 1, kind: 1, level: 2, time_us: 3, text: b"why" },
+        ];
+        for up in ups {
+            let n = encode(&up, &mut buf).unwrap();
+            for cut in 0..n {
+                assert_eq!(decode_up(&buf[..cut]), Err(MsgError::Malformed), "{up:?} cut at {cut}");
+            }
         }
         // A text field that is not UTF-8 is refused.
-        let n = encode(&up, &mut buf).unwrap();
+        let hello = Up::Hello { protocol: 2, visor_version: "why", boot_count: 1, app: None, next_log_seq: 0 };
+        let n = encode(&hello, &mut buf).unwrap();
         let at = buf[..n].windows(3).position(|w| w == b"why").unwrap();
         buf[at] = 0xFF;
         assert_eq!(decode_up(&buf[..n]), Err(MsgError::Malformed));
-        // Variants in the reserved ranges that are not defined are unknown.
-        assert_eq!(decode_down(&[0x82, 0x14, 0x80]), Err(MsgError::Malformed), "variant 20");
-        assert_eq!(decode_up(&[0x82, 0x12, 0x80]), Err(MsgError::Malformed), "variant 18");
+        // A known variant whose fields have the wrong type is malformed, not unknown:
+        // [16, ["x"]] and [1, [1, 2]] (a Log without its fields).
+        assert_eq!(decode_up(&[0x82, 0x10, 0x81, 0x61, b'x']), Err(MsgError::Malformed));
+        assert_eq!(decode_up(&[0x82, 0x01, 0x82, 0x01, 0x02]), Err(MsgError::Malformed));
+        // An event of a known type with bad fields inside a known message is malformed too.
+        assert_eq!(decode_up(&[0x82, 0x05, 0x83, 0x01, 0x02, 0x82, 0x00, 0x80]), Err(MsgError::Malformed));
+    }
+
+    #[test]
+    fn unknown_variants_in_the_reserved_ranges_are_skipped_both_ways() {
+        // [20, []] and [18, [1, "x", [2]]]: defined by a newer peer.
+        assert_eq!(decode_down(&[0x82, 0x14, 0x80]), Ok(Down::Unknown(20)));
+        assert_eq!(decode_up(&[0x82, 0x12, 0x83, 0x01, 0x61, b'x', 0x81, 0x02]), Ok(Up::Unknown(18)));
+        assert_eq!(decode_up(&[0x82, 0x18, 0x20, 0x80]), Ok(Up::Unknown(32)), "debugging range");
+        assert_eq!(decode_down(&[0x82, 0x18, 0x7F, 0x00]), Ok(Down::Unknown(127)), "last skippable");
+        // Outside the ranges, truncated, trailing bytes, or not an array of two: malformed.
+        assert_eq!(decode_down(&[0x82, 0x18, 0x80, 0x80]), Err(MsgError::Malformed), "variant 128");
+        assert_eq!(decode_down(&[0x82, 0x19, 0xFF, 0xFF, 0x80]), Err(MsgError::Malformed), "variant 65535");
+        assert_eq!(decode_up(&[0x82, 0x12, 0x82, 0x01]), Err(MsgError::Malformed), "truncated fields");
+        assert_eq!(decode_up(&[0x82, 0x12, 0x80, 0x00]), Err(MsgError::Malformed), "trailing byte");
+        assert_eq!(decode_up(&[0x83, 0x12, 0x80, 0x00]), Err(MsgError::Malformed), "three items");
+        assert_eq!(decode_up(&[0x9F, 0x12, 0x80, 0xFF]), Err(MsgError::Malformed), "indefinite");
+        // The next known message after an unknown one still decodes (nothing is left over).
+        let mut buf = [0u8; 16];
+        let n = encode(&Up::Pong { nonce: 5 }, &mut buf).unwrap();
+        assert_eq!(decode_up(&buf[..n]), Ok(Up::Pong { nonce: 5 }));
+    }
+
+    #[test]
+    fn hello_negotiates_the_highest_common_version_and_common_features() {
+        let mut buf = [0u8; 128];
+        let newer = Hello {
+            protocol: 9,
+            visor_version: "9.0.0",
+            boot_count: 1,
+            app: Some(("a", "1")),
+            next_log_seq: 5,
+            protocol_min: Some(2),
+            features: Some(features::UPDATES | features::EVENTS | 1 << 30),
+        };
+        let n = encode_hello(&newer, &mut buf).unwrap();
+        assert_eq!(decode_hello(&buf[..n]), Ok(newer.clone()));
+        // The short variant reads the same bytes (the negotiation fields are extra fields).
+        assert!(matches!(decode_up(&buf[..n]), Ok(Up::Hello { protocol: 9, boot_count: 1, .. })));
+        let got = negotiate(&newer, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED).unwrap();
+        assert_eq!(got, Negotiated { protocol: PROTOCOL_VERSION, features: features::UPDATES | features::EVENTS });
+        assert!(got.allows(features::EVENTS) && !got.allows(features::DEBUG) && got.allows(0));
+        // A hello without the negotiation fields speaks exactly `protocol` and no feature.
+        let short = Up::Hello { protocol: 2, visor_version: "x", boot_count: 1, app: None, next_log_seq: 0 };
+        let n = encode(&short, &mut buf).unwrap();
+        let h = decode_hello(&buf[..n]).unwrap();
+        assert_eq!((h.protocol_range(), h.features), ((2, 2), None));
+        assert_eq!(negotiate(&h, 2, 3, features::SUPPORTED), Some(Negotiated { protocol: 2, features: 0 }));
+        // No overlap: refused either way.
+        assert_eq!(negotiate(&Hello { protocol: 1, protocol_min: Some(1), ..h.clone() }, 2, 3, 0), None);
+        assert_eq!(negotiate(&Hello { protocol: 7, protocol_min: Some(4), ..h.clone() }, 2, 3, 0), None);
+        // A min above the max means just the max.
+        assert_eq!(Hello { protocol: 3, protocol_min: Some(5), ..h.clone() }.protocol_range(), (3, 3));
+        // Not a hello.
+        let n = encode(&Up::Ready, &mut buf).unwrap();
+        assert_eq!(decode_hello(&buf[..n]), Err(MsgError::Malformed));
+    }
+
+    #[test]
+    fn features_of_messages() {
+        let status = Up::UpdateStatus { installed: 0, sequence: 0, state: 0, progress: 0, total: 0, reason: 0 };
+        assert_eq!(status.feature(), features::UPDATES);
+        assert_eq!(Up::Event { seq: 0, time_us: 0, event: VisorEvent::Online }.feature(), features::EVENTS);
+        assert_eq!(Up::Pong { nonce: 0 }.feature(), 0);
+        assert_eq!(Down::UpdateCancel { sequence: 1 }.feature(), features::UPDATES);
+        assert_eq!(Down::LogAck { upto: 1 }.feature(), 0);
     }
 
     #[test]
@@ -475,7 +780,7 @@ mod tests {
             assert_eq!(decode_down(&buf[..cut]), Err(MsgError::Malformed));
         }
         assert_eq!(decode_up(&[0xFF, 0x00, 0x13]), Err(MsgError::Malformed));
-        assert_eq!(decode_down(&[0x82, 0x18, 0x63, 0x00]), Err(MsgError::Malformed), "unknown variant");
+        assert_eq!(decode_down(&[0x82, 0x18, 0xC8, 0x00]), Err(MsgError::Malformed), "variant 200");
         let mut tiny = [0u8; 2];
         assert_eq!(encode(&Down::Ping { nonce: 1 }, &mut tiny), Err(MsgError::BufferTooSmall));
     }

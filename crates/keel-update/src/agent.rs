@@ -52,7 +52,7 @@ impl Status {
             state: self.state.as_u8(),
             progress: self.progress,
             total: self.total,
-            reason: self.reason.map_or("", |r| r.as_str()),
+            reason: self.reason.map_or(0, |r| r.code()),
         }
     }
 }

@@ -59,92 +59,9 @@ impl Default for TrialPolicy {
     }
 }
 
-/// Why an update did not complete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Reason {
-    /// The trial app crashed `max_crashes` times.
-    CrashLoop = 1,
-    /// The trial app hung (watchdog) until `max_crashes` was reached.
-    Watchdog = 2,
-    /// The grace time passed without the app confirming.
-    NotConfirmed = 3,
-    /// The grace time passed without the cloud link (policy `ByLink`).
-    NoLink = 4,
-    /// The device reset too often while the trial ran.
-    TrialResets = 5,
-    /// The trial slot did not hold a valid image at boot.
-    TrialImageInvalid = 6,
-    /// The offered sequence number is not above the installed one (anti-rollback).
-    SequenceNotNewer = 7,
-    /// The layer does not fit the slot.
-    TooLarge = 8,
-    /// The downloaded layer does not match the manifest's digest.
-    DigestMismatch = 9,
-    /// The layer is not a valid app image for this device.
-    BadImage = 10,
-    /// The download was abandoned (deployment withdrawn or replaced).
-    Cancelled = 11,
-    /// A trial is running; finish it before the next update.
-    Busy = 12,
-    /// Flash error while installing.
-    Flash = 13,
-    /// The manifest is malformed, not signed by a trusted key, or has no app layer.
-    BadManifest = 14,
-    /// The bundle needs a newer visor.
-    VisorTooOld = 15,
-    /// The server could not serve the layer (`LayerError`).
-    LayerUnavailable = 16,
-}
-
-impl Reason {
-    /// From its code.
-    pub fn from_u8(v: u8) -> Option<Reason> {
-        use Reason::*;
-        [
-            CrashLoop,
-            Watchdog,
-            NotConfirmed,
-            NoLink,
-            TrialResets,
-            TrialImageInvalid,
-            SequenceNotNewer,
-            TooLarge,
-            DigestMismatch,
-            BadImage,
-            Cancelled,
-            Busy,
-            Flash,
-            BadManifest,
-            VisorTooOld,
-            LayerUnavailable,
-        ]
-        .into_iter()
-        .find(|r| *r as u8 == v)
-    }
-
-    /// Short description for reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::CrashLoop => "crash loop",
-            Reason::Watchdog => "watchdog",
-            Reason::NotConfirmed => "not confirmed in time",
-            Reason::NoLink => "no cloud link in the grace time",
-            Reason::TrialResets => "too many resets during the trial",
-            Reason::TrialImageInvalid => "trial image invalid",
-            Reason::SequenceNotNewer => "sequence not above the installed one",
-            Reason::TooLarge => "layer too large for the slot",
-            Reason::DigestMismatch => "layer digest mismatch",
-            Reason::BadImage => "not a valid app image",
-            Reason::Cancelled => "cancelled",
-            Reason::Busy => "a trial is running",
-            Reason::Flash => "flash error",
-            Reason::BadManifest => "manifest invalid or not signed by a trusted key",
-            Reason::VisorTooOld => "needs a newer visor",
-            Reason::LayerUnavailable => "the server could not serve the layer",
-        }
-    }
-}
+/// Why an update did not complete: the one list of reason codes, defined in `keel-abi` (the
+/// journal stores the code as one byte; the values never change).
+pub use keel_proto::msg::UpdateReason as Reason;
 
 /// How the last update ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

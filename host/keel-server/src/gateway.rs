@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use keel_link::msg::{decode_up, Down, LayerErrorCode, Up, UpdateState, LAYER_CHUNK, MAX_FETCH, PROTOCOL_VERSION};
+use keel_link::msg::{
+    decode_up, features, negotiate, Down, LayerErrorCode, Negotiated, Up, UpdateReason, UpdateState, VisorEvent,
+    LAYER_CHUNK, MAX_FETCH, PROTOCOL_MIN, PROTOCOL_VERSION,
+};
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
@@ -125,16 +128,19 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
     let first = read_frame(&mut rd, HANDSHAKE_TIMEOUT).await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
     let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
-    let Ok(Up::Hello { protocol, visor_version, boot_count, app, .. }) = decode_up(&acc.hello) else {
-        return Err(ConnError::Protocol("bad hello"));
-    };
-    let visor_version = visor_version.to_string();
-    let app = app.map(|(a, b)| (a.to_string(), b.to_string()));
-    if protocol != PROTOCOL_VERSION {
-        return Err(ConnError::Protocol("unsupported protocol version"));
-    }
+    let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
+    // The highest version both speak, and the features both announced.
+    let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
+        .ok_or(ConnError::Protocol("no common protocol version"))?;
+    let (visor_version, boot_count) = (hello.visor_version.to_string(), hello.boot_count);
+    let app = hello.app.map(|(a, b)| (a.to_string(), b.to_string()));
     let acked = store.max_seq(&device.id).await?;
-    let welcome = Down::Welcome { protocol: PROTOCOL_VERSION, unix_us: unix_us(), log_acked: acked };
+    let welcome = Down::Welcome {
+        protocol: negotiated.protocol,
+        unix_us: unix_us(),
+        log_acked: acked,
+        features: negotiated.features,
+    };
     let (mut session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
     write_all(&mut wr, &frame).await?;
     // The first handshake message may be a replay; only the device can send a valid `Ready`.
@@ -163,7 +169,8 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
             }
         }
     });
-    let result = exchange(wr, rx, &mut session, store, &device.id).await;
+    let peer = Peer { id: &device.id, visor_version: &visor_version, negotiated };
+    let result = exchange(wr, rx, &mut session, store, &peer).await;
     reader.abort();
     if store.release_online(&device.id, generation) {
         store.device_offline(&device.id).await?;
@@ -171,9 +178,22 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
     result
 }
 
-/// The record to store for a message, if any, and whether it is a device log record (which is
-/// acknowledged) rather than a server note.
-fn record_of(id: &str, msg: Up<'_>, counters: &Counters) -> Result<Option<(LogRecord, bool)>, ConnError> {
+/// The device at the other end of a connection.
+struct Peer<'a> {
+    id: &'a str,
+    visor_version: &'a str,
+    negotiated: Negotiated,
+}
+
+/// The record to store for a message, if any; whether it is a device record (which is
+/// acknowledged) rather than a server note; and the typed event it carries.
+#[allow(clippy::type_complexity)]
+fn record_of(
+    peer: &Peer<'_>,
+    msg: Up<'_>,
+    counters: &Counters,
+) -> Result<Option<(LogRecord, bool, Option<VisorEvent>)>, ConnError> {
+    let id = peer.id;
     Ok(match msg {
         Up::Log { seq, kind, level, time_us, text } => Some((
             LogRecord {
@@ -185,7 +205,19 @@ fn record_of(id: &str, msg: Up<'_>, counters: &Counters) -> Result<Option<(LogRe
                 text: String::from_utf8_lossy(text).into_owned(),
             },
             true,
+            None,
         )),
+        Up::Event { seq, time_us, event } => {
+            if let VisorEvent::Unknown(t) = event {
+                tracing::debug!(device = %id, event = t, "unknown visor event skipped");
+                Counters::add(&counters.unknown_messages, 1);
+            }
+            let mut text = String::new();
+            let _ = event.write_text(peer.visor_version, &mut text);
+            let level = if matches!(event, VisorEvent::Crash(_)) { 1 } else { 2 };
+            let record = LogRecord { seq, kind: 1, level, device_time_us: time_us, received_at: unix_us(), text };
+            Some((record, true, Some(event)))
+        }
         Up::Dropped { count, before_seq } => {
             tracing::warn!(device = %id, count, before_seq, "device dropped log records");
             Counters::add(&counters.log_dropped, count);
@@ -197,15 +229,26 @@ fn record_of(id: &str, msg: Up<'_>, counters: &Counters) -> Result<Option<(LogRe
                 received_at: unix_us(),
                 text: format!("dropped {count}"),
             };
-            Some((note, false))
+            Some((note, false, None))
+        }
+        Up::Unknown(v) => {
+            tracing::debug!(device = %id, variant = v, "unknown message skipped");
+            Counters::add(&counters.unknown_messages, 1);
+            None
         }
         Up::Pong { .. } | Up::Ready | Up::UpdateStatus { .. } | Up::FetchLayer { .. } => None,
         Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
     })
 }
 
-/// Longest `reason` kept from a device's `UpdateStatus`.
-const MAX_REASON: usize = 200;
+/// The text of an update reason code (empty for 0).
+fn reason_text(code: u16) -> String {
+    match (code, UpdateReason::from_u16(code)) {
+        (0, _) => String::new(),
+        (_, Some(r)) => r.as_str().to_string(),
+        (_, None) => format!("reason {code}"),
+    }
+}
 
 /// The bundle a device should run, as the gateway serves it.
 struct Target {
@@ -358,22 +401,15 @@ impl Ota {
     }
 }
 
-/// Cuts `reason` to at most [`MAX_REASON`] bytes on a character boundary.
-fn short(reason: &str) -> String {
-    let mut end = reason.len().min(MAX_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_string()
-}
-
 async fn exchange(
     mut s: tokio::net::tcp::OwnedWriteHalf,
     mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
     session: &mut ServerSession,
     store: &Store,
-    id: &str,
+    peer: &Peer<'_>,
 ) -> Result<(), ConnError> {
+    let id = peer.id;
+    let updates = peer.negotiated.allows(features::UPDATES);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut nonce = 0u32;
@@ -386,11 +422,16 @@ async fn exchange(
                 // Take this frame and every one already waiting (up to a batch), store their
                 // records in one transaction, then acknowledge once.
                 let mut batch = Vec::new();
+                let mut events = Vec::new();
                 let mut acked = None;
                 let mut next = Some(frame.ok_or(ConnError::Protocol("reader ended"))??);
                 while let Some(frame) = next.take() {
                     let plain = session.receive(&frame).map_err(|_| ConnError::Protocol("bad message"))?;
                     let msg = decode_up(&plain).map_err(|_| ConnError::Protocol("malformed message"))?;
+                    // The device must not send what the server did not announce.
+                    if !peer.negotiated.allows(msg.feature()) {
+                        return Err(ConnError::Protocol("message of a feature not negotiated"));
+                    }
                     match msg {
                         Up::UpdateStatus { installed, sequence, state, progress, total, reason } => {
                             match UpdateState::from_u8(state) {
@@ -401,12 +442,14 @@ async fn exchange(
                                         installed,
                                         progress: progress.into(),
                                         total: total.into(),
-                                        reason: short(reason),
+                                        reason: reason_text(reason),
                                         updated_at: unix_us() as i64,
                                     };
                                     store.set_update_status(id, &status).await?;
                                     ota.reported = Some(Reported { installed, sequence, state: st });
-                                    ota.reconcile(&mut s, session, store, id).await?;
+                                    if updates {
+                                        ota.reconcile(&mut s, session, store, id).await?;
+                                    }
                                 }
                                 // A state a newer device knows and this server does not: ignore it.
                                 None => tracing::warn!(device = %id, state, "unknown update state"),
@@ -416,11 +459,12 @@ async fn exchange(
                             ota.fetch(&mut s, session, store, (sequence, component, offset, len)).await?;
                         }
                         msg => {
-                            if let Some((record, is_log)) = record_of(id, msg, store.counters())? {
+                            if let Some((record, is_log, event)) = record_of(peer, msg, store.counters())? {
                                 if is_log {
                                     acked = Some(record.seq);
                                 }
                                 batch.push(record);
+                                events.push(event);
                             }
                         }
                     }
@@ -434,9 +478,20 @@ async fn exchange(
                     let new = store.insert_logs(id, &batch).await?;
                     Counters::add(&counters.log_records, received);
                     Counters::add(&counters.log_duplicates, (batch.len() as u64).saturating_sub(new));
-                    for r in &batch {
-                        if let Some(ev) = DeviceEvent::parse(r.kind, &r.text) {
-                            store.note_event(id, r.received_at, ev).await?;
+                    // The registry and the update history from the typed events.
+                    for (r, ev) in batch.iter().zip(&events) {
+                        match ev {
+                            Some(VisorEvent::Boot { .. }) => {
+                                store.note_event(id, r.received_at, DeviceEvent::Boot(&r.text)).await?
+                            }
+                            Some(VisorEvent::Crash(_)) => {
+                                store.note_event(id, r.received_at, DeviceEvent::Crash(&r.text)).await?
+                            }
+                            Some(VisorEvent::Update { sequence, state, .. }) => {
+                                let state = UpdateState::from_u8(*state).map_or("unknown", |s| s.as_str());
+                                store.note_update_event(id, state, *sequence, &format!("device: {}", r.text)).await?
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -452,7 +507,7 @@ async fn exchange(
                     // Cannot happen while `store` (which holds the sender) lives.
                     Err(broadcast::error::RecvError::Closed) => false,
                 };
-                if ours {
+                if ours && updates {
                     ota.reload(store, id).await?;
                     ota.reconcile(&mut s, session, store, id).await?;
                 }

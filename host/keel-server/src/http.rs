@@ -725,7 +725,7 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
     metric("keel_devices", "gauge", "Registered devices.", devices as u64);
     metric("keel_devices_online", "gauge", "Devices connected to the gateway.", online as u64);
     metric("keel_log_records", "gauge", "Stored log records.", logs as u64);
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
         ("keel_gateway_connections_total", "TCP connections accepted by the gateway.", &c.connections),
         ("keel_gateway_handshakes_total", "Devices authenticated (handshake and Ready).", &c.handshakes),
         (
@@ -743,6 +743,11 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
         ("keel_bundle_uploads_total", "Bundles accepted by POST /v1/bundles.", &c.bundle_uploads),
         ("keel_layer_bytes_served_total", "Update layer bytes sent to devices.", &c.layer_bytes_served),
         ("keel_update_offers_total", "Update offers sent to devices.", &c.offers_sent),
+        (
+            "keel_gateway_unknown_messages_total",
+            "Device messages of a variant or event type this server does not know, skipped.",
+            &c.unknown_messages,
+        ),
     ];
     for (name, help, counter) in counters {
         metric(name, "counter", help, get(counter));

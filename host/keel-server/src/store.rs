@@ -78,6 +78,8 @@ pub struct Counters {
     pub layer_bytes_served: AtomicU64,
     /// Update offers sent to devices.
     pub offers_sent: AtomicU64,
+    /// Device messages (or visor events) of a variant this server does not know, skipped.
+    pub unknown_messages: AtomicU64,
 }
 
 impl Counters {
@@ -105,7 +107,8 @@ struct Live {
 pub struct LogRecord {
     /// Device sequence number.
     pub seq: u64,
-    /// 0 app line, 1 visor event, 2 server note (e.g. "dropped N").
+    /// 0 app line, 1 visor text or event (events are stored rendered), 2 server note (e.g.
+    /// "dropped N").
     pub kind: u8,
     /// Level.
     pub level: u8,
@@ -117,24 +120,14 @@ pub struct LogRecord {
     pub text: String,
 }
 
-/// A device event the registry remembers.
+/// A device event the registry remembers, with its rendered text. The gateway builds it from a
+/// typed visor event (`keel_proto::event::VisorEvent::{Boot, Crash}`), never from text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceEvent<'a> {
-    /// The visor booted (`boot #N visor V ...`).
+    /// The visor booted (`boot #N visor V (reason)`).
     Boot(&'a str),
-    /// The app crashed (`app crash: ...`).
+    /// The app crashed (`app crash: KIND pc=...`).
     Crash(&'a str),
-}
-
-impl<'a> DeviceEvent<'a> {
-    /// Recognises the visor events the registry keeps (see docs/wire-protocol.md, "Visor events").
-    pub fn parse(kind: u8, text: &'a str) -> Option<Self> {
-        match kind {
-            1 if text.starts_with("boot #") => Some(DeviceEvent::Boot(text)),
-            1 if text.starts_with("app crash:") => Some(DeviceEvent::Crash(text)),
-            _ => None,
-        }
-    }
 }
 
 /// The database, and the live state shared by the gateway and the API.

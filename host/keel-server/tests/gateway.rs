@@ -7,6 +7,7 @@ use common::TestDb;
 
 use std::time::Duration;
 
+use keel_link::msg::{Down, Hello, Up};
 use keel_server::gateway::{generate_keypair, serve};
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
@@ -43,9 +44,229 @@ macro_rules! on_both_databases {
 on_both_databases!(logs_arrive_exactly_once_in_order_across_a_server_restart);
 on_both_databases!(garbage_and_unknown_devices_do_not_disturb_connected_ones);
 on_both_databases!(a_replayed_handshake_does_not_bring_a_device_online);
+on_both_databases!(a_newer_device_connects_at_the_common_version);
+on_both_databases!(unknown_messages_are_skipped_bad_frames_end_one_connection);
+on_both_databases!(visor_events_fill_the_registry_without_text_parsing);
+
+/// A device end driven by hand: its session, its frames from the server and its write half.
+struct RawDevice {
+    session: keel_link::session::DeviceSession<rand_core::OsRng>,
+    frames: keel_server::framed::FrameReader<tokio::net::tcp::OwnedReadHalf, { keel_link::session::MAX_FRAME }>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawDevice {
+    /// Connects and handshakes with `hello`; returns the device and the welcome's
+    /// (protocol, features).
+    async fn connect(
+        addr: std::net::SocketAddr,
+        secret: &[u8; 32],
+        server: &[u8; 32],
+        hello: &Hello<'_>,
+    ) -> (Self, (u16, u32)) {
+        use tokio::io::AsyncWriteExt;
+        let mut session = keel_link::session::DeviceSession::new(secret, server).unwrap();
+        let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+        let n = session.start_hello(hello, &mut out).unwrap();
+        let (rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+        wr.write_all(&out[..n]).await.unwrap();
+        let mut frames = keel_server::framed::FrameReader::new(rd);
+        let welcome = frames.next().await.unwrap();
+        let got = match session.receive(&welcome).unwrap() {
+            Down::Welcome { protocol, features, .. } => (protocol, features),
+            other => panic!("expected a welcome, got {other:?}"),
+        };
+        let mut dev = RawDevice { session, frames, wr };
+        dev.send_raw(&encoded(&Up::Ready)).await;
+        (dev, got)
+    }
+
+    async fn send_raw(&mut self, plain: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+        let n = self.session.send_raw(plain, &mut out).unwrap();
+        self.wr.write_all(&out[..n]).await.unwrap();
+    }
+
+    async fn send(&mut self, m: &Up<'_>) {
+        self.send_raw(&encoded(m)).await;
+    }
+
+    /// Waits for a `LogAck` of `seq` or above (skipping anything else); returns its `upto`.
+    async fn acked(&mut self, seq: u64) -> u64 {
+        loop {
+            let f = self.frames.next().await.unwrap();
+            match self.session.receive(&f).unwrap() {
+                Down::LogAck { upto } if upto >= seq => return upto,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn encoded(m: &Up<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; 1024];
+    let n = keel_link::msg::encode(m, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn hello_from(protocol_min: u16, protocol: u16, features: u32) -> Hello<'static> {
+    Hello {
+        protocol,
+        visor_version: "9.9.9",
+        boot_count: 3,
+        app: None,
+        next_log_seq: 3 << 32,
+        protocol_min: Some(protocol_min),
+        features: Some(features),
+    }
+}
+
+async fn a_newer_device_connects_at_the_common_version(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_MIN, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd05", &public_key(&secret), "newer").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gw = tokio::spawn(serve(listener, store.clone(), private));
+    // A device speaking versions PROTOCOL_MIN..=PROTOCOL_VERSION + 7 with features this server
+    // has never heard of.
+    let unknown_bits = 1 << 29 | 1 << 31;
+    let hello = hello_from(PROTOCOL_MIN, PROTOCOL_VERSION + 7, features::SUPPORTED | unknown_bits);
+    let (mut dev, (protocol, feats)) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    assert_eq!(protocol, PROTOCOL_VERSION, "the highest version both speak");
+    assert_eq!(feats, features::SUPPORTED, "only the features both announced");
+    dev.send(&Up::Log { seq: 3 << 32, kind: 0, level: 2, time_us: 1, text: b"from the future" }).await;
+    assert_eq!(dev.acked(3 << 32).await, 3 << 32);
+    assert!(store.device("kd05").await.unwrap().unwrap().online);
+    // A device that announces no features gets none, and a device whose range is entirely
+    // above the server's is refused.
+    let (_dev, (_, feats)) =
+        RawDevice::connect(addr, &secret, &public, &hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, 0)).await;
+    assert_eq!(feats, 0);
+    let too_new = hello_from(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3, features::SUPPORTED);
+    let rejected = store.counters().rejected.load(std::sync::atomic::Ordering::Relaxed);
+    let mut session = keel_link::session::DeviceSession::<rand_core::OsRng>::new(&secret, &public).unwrap();
+    let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+    let n = session.start_hello(&too_new, &mut out).unwrap();
+    let (rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+    tokio::io::AsyncWriteExt::write_all(&mut wr, &out[..n]).await.unwrap();
+    let mut frames = keel_server::framed::FrameReader::<_, { keel_link::session::MAX_FRAME }>::new(rd);
+    assert!(frames.next().await.is_err(), "no welcome: the connection is closed");
+    let now = || store.counters().rejected.load(std::sync::atomic::Ordering::Relaxed);
+    until(|| async { now() > rejected }).await;
+}
+
+async fn unknown_messages_are_skipped_bad_frames_end_one_connection(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_VERSION};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd06", &public_key(&secret), "odd").await.unwrap();
+    let good = new_secret();
+    store.add_device("a", "kd07", &public_key(&good), "good").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gw = tokio::spawn(serve(listener, store.clone(), private));
+    let sim = std::sync::Arc::new(SimDevice::new(good, public, 1));
+    let s2 = sim.clone();
+    let _sim = tokio::spawn(async move { s2.run(addr, 20).await });
+    sim.log("before");
+    let has = |text: &'static str| {
+        let store = store.clone();
+        async move { store.logs("kd07", None, 100).await.unwrap().iter().any(|r| r.text == text) }
+    };
+    until(|| has("before")).await;
+
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    // [18, [1, "x"]] (updates range) and [40, []] (debugging range): from a newer device.
+    dev.send_raw(&[0x82, 0x12, 0x82, 0x01, 0x61, b'x']).await;
+    dev.send_raw(&[0x82, 0x18, 0x28, 0x80]).await;
+    // An event of a type this server does not know: [5, [seq, time, [9, []]]].
+    let seq = 3u64 << 32;
+    let mut ev = vec![0x82, 0x05, 0x83, 0x1B];
+    ev.extend_from_slice(&seq.to_be_bytes());
+    ev.extend_from_slice(&[0x01, 0x82, 0x09, 0x80]);
+    dev.send_raw(&ev).await;
+    dev.send(&Up::Log { seq: seq + 1, kind: 0, level: 2, time_us: 1, text: b"still here" }).await;
+    assert_eq!(dev.acked(seq + 1).await, seq + 1, "the connection went on after the unknown messages");
+    assert_eq!(store.counters().unknown_messages.load(Relaxed), 3, "two messages and one event skipped");
+    let logs = store.logs("kd06", None, 10).await.unwrap();
+    assert_eq!(logs.last().map(|r| r.text.as_str()), Some("still here"));
+
+    // Variant 200 is outside the reserved ranges: malformed, that connection ends.
+    dev.send_raw(&[0x82, 0x18, 0xC8, 0x80]).await;
+    assert!(dev.frames.next().await.is_err(), "closed by the server");
+    // A frame cut short (a header announcing 100 bytes, 10 sent, then the end): only that
+    // connection ends.
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    dev.wr.write_all(&[0x00, 0x64, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await.unwrap();
+    dev.wr.shutdown().await.unwrap();
+    assert!(dev.frames.next().await.is_err(), "closed by the server");
+    // A frame that is not a valid Noise message at all.
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    dev.wr.write_all(&[0x00, 0x03, 1, 2, 3]).await.unwrap();
+    assert!(dev.frames.next().await.is_err(), "closed by the server");
+
+    sim.log("after");
+    until(|| has("after")).await;
+    assert_eq!(sim.stats().sessions, 1, "the other device was never disconnected");
+}
+
+async fn visor_events_fill_the_registry_without_text_parsing(store: Store) {
+    use keel_link::msg::{features, BootReason, CrashInfo, UpdateReason, UpdateState, VisorEvent, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd08", &public_key(&secret), "evented").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gw = tokio::spawn(serve(listener, store.clone(), private));
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let seq = 3u64 << 32;
+    let crash = CrashInfo { kind: 3, pc: 0x0020_0123, lr: 0x0020_0101, sp: 0x2000_0F00, ..Default::default() };
+    let events = [
+        VisorEvent::Boot { count: 3, reason: BootReason::PowerOn.code() },
+        VisorEvent::Crash(crash),
+        VisorEvent::LinkLost { reason: 1 },
+        VisorEvent::Update {
+            sequence: 9,
+            state: UpdateState::RolledBack.as_u8(),
+            reason: UpdateReason::CrashLoop.code(),
+        },
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        dev.send(&Up::Event { seq: seq + i as u64, time_us: 10 + i as u64, event }).await;
+    }
+    until(|| async { store.logs("kd08", None, 10).await.unwrap().len() == 4 }).await;
+    let texts: Vec<String> = store.logs("kd08", None, 10).await.unwrap().into_iter().map(|r| r.text).collect();
+    assert_eq!(texts[0], "boot #3 visor 9.9.9 (power-on)");
+    assert!(texts[1].starts_with("app crash: HardFault pc=0x00200123 lr=0x00200101 sp=0x20000f00"), "{}", texts[1]);
+    assert_eq!(texts[2], "connection lost (server silent)");
+    assert_eq!(texts[3], "update 9: rolled_back (crash loop)");
+    let d = store.device("kd08").await.unwrap().unwrap();
+    assert_eq!(d.last_boot.map(|b| b.1).as_deref(), Some("boot #3 visor 9.9.9 (power-on)"));
+    assert!(d.last_crash.is_some_and(|c| c.1.starts_with("app crash: HardFault")));
+    let history = store.update_events("kd08", 10).await.unwrap();
+    assert!(
+        history.iter().any(|e| e.state == "rolled_back" && e.sequence == 9 && e.text.contains("crash loop")),
+        "{history:?}"
+    );
+    // A text line that looks like an event is just a line: the registry does not parse text.
+    dev.send(&Up::Log { seq: seq + 4, kind: 1, level: 2, time_us: 20, text: b"boot #99 visor fake" }).await;
+    assert_eq!(dev.acked(seq + 4).await, seq + 4);
+    let d = store.device("kd08").await.unwrap().unwrap();
+    assert_eq!(d.last_boot.map(|b| b.1).as_deref(), Some("boot #3 visor 9.9.9 (power-on)"));
+}
 
 async fn a_replayed_handshake_does_not_bring_a_device_online(store: Store) {
-    use keel_link::msg::Up;
     use keel_link::session::{DeviceSession, MAX_FRAME};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (private, public) = generate_keypair();
@@ -57,7 +278,13 @@ async fn a_replayed_handshake_does_not_bring_a_device_online(store: Store) {
     let _gw = tokio::spawn(serve(listener, store.clone(), private));
     // The attacker recorded the device's first handshake message and replays it twice.
     let mut dev = DeviceSession::<rand_core::OsRng>::new(&secret, &public).unwrap();
-    let hello = Up::Hello { protocol: 1, visor_version: "x", boot_count: 1, app: None, next_log_seq: 0 };
+    let hello = Up::Hello {
+        protocol: keel_link::msg::PROTOCOL_VERSION,
+        visor_version: "x",
+        boot_count: 1,
+        app: None,
+        next_log_seq: 0,
+    };
     let mut frame = vec![0u8; MAX_FRAME];
     let n = dev.start(&hello, &mut frame).unwrap();
     for _ in 0..2 {

@@ -275,7 +275,8 @@ fn read_frame(s: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
     let mut byte = [0u8; 1];
     loop {
         s.read_exact(&mut byte)?;
-        let (_, done) = d.push(&byte).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        let (_, done) =
+            d.push(&byte).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}")))?;
         if done.is_some() {
             return Ok(d.frame().to_vec());
         }
@@ -289,7 +290,7 @@ fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reco
 
     use clatter::bytearray::ByteArray;
     use clatter::traits::Dh;
-    use keel_link::msg::{decode_up, Down, Up};
+    use keel_link::msg::{decode_up, features, negotiate, Down, Up, PROTOCOL_MIN, PROTOCOL_VERSION};
     use keel_link::session::server::Accepting;
 
     let server_keys = snow::Builder::new(keel_link::session::NOISE_PARAMS.parse().unwrap()).generate_keypair().unwrap();
@@ -314,18 +315,15 @@ fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reco
         sock.set_read_timeout(Some(LIMIT)).unwrap();
         let acc = Accepting::read(&server_keys.private, &read_frame(&mut sock).unwrap()).unwrap();
         assert_eq!(acc.device_key, device_public, "the device authenticates with its factory key");
-        match decode_up(&acc.hello).unwrap() {
-            Up::Hello { protocol, boot_count, app, .. } => {
-                assert_eq!((protocol, boot_count), (1, 1));
-                if round == 1 {
-                    assert_eq!(app, Some(("hello", "1.2.3")), "the running app is reported");
-                }
-            }
-            other => panic!("{other:?}"),
+        let hello = acc.hello().unwrap();
+        assert_eq!((hello.protocol, hello.boot_count), (keel_link::msg::PROTOCOL_VERSION, 1));
+        if round == 1 {
+            assert_eq!(hello.app, Some(("hello", "1.2.3")), "the running app is reported");
         }
+        let n = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED).expect("a common version");
         let acked = received.last().map(|(s, _)| *s);
-        let (mut session, welcome) =
-            acc.welcome(&Down::Welcome { protocol: 1, unix_us: WALL, log_acked: acked }).unwrap();
+        let welcome = Down::Welcome { protocol: n.protocol, unix_us: WALL, log_acked: acked, features: n.features };
+        let (mut session, welcome) = acc.welcome(&welcome).unwrap();
         sock.write_all(&welcome).unwrap();
         // Collect records until the app has printed three lines with the wall clock set.
         let mut walls = 0;
@@ -338,8 +336,17 @@ fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reco
                 }
             };
             let plain = session.receive(&frame).unwrap();
-            if let Up::Log { seq, text, .. } = decode_up(&plain).unwrap() {
-                let text = String::from_utf8_lossy(text).to_string();
+            let record = match decode_up(&plain).unwrap() {
+                Up::Log { seq, text, .. } => Some((seq, String::from_utf8_lossy(text).to_string())),
+                // Visor events arrive typed; the text is what the server would store.
+                Up::Event { seq, event, .. } => {
+                    let mut text = String::new();
+                    event.write_text("?", &mut text).unwrap();
+                    Some((seq, text))
+                }
+                _ => None,
+            };
+            if let Some((seq, text)) = record {
                 if text.starts_with("hello: device=") && !text.ends_with("wall=not-set") {
                     let wall: u64 = field(&text, "wall").unwrap().parse().unwrap();
                     assert!(wall > WALL && wall < WALL + 600_000_000, "wall clock from the server: {wall}");

@@ -190,7 +190,8 @@ typedef uint32_t keel_status_t;
 
 /* Why the last update was rolled back, refused or failed (keel_update_info_t.last_reason;
  * 0 when there is no reason, e.g. for KEEL_UPDATE_OUTCOME_CONFIRMED). Since ABI 1.1. New codes
- * may be appended: treat an unknown one as "other". */
+ * may be appended: treat an unknown one as "other". The list is keel_abi::UpdateReason (shared
+ * with the update journal and the wire protocol); host/keel-vdev/tests/c_header.rs checks it. */
 /** Rolled back: the trial app crashed too often (the bundle's max_trial_crashes). */
 #define KEEL_UPDATE_REASON_CRASH_LOOP 1
 /** Rolled back: the trial app hung (watchdog kills) too often. */
@@ -217,6 +218,12 @@ typedef uint32_t keel_status_t;
 #define KEEL_UPDATE_REASON_BUSY 12
 /** Failed: flash error while installing. */
 #define KEEL_UPDATE_REASON_FLASH 13
+/** Refused: the manifest is malformed, not signed by a trusted key, or has no app layer. */
+#define KEEL_UPDATE_REASON_BAD_MANIFEST 14
+/** Refused: the bundle needs a newer visor. */
+#define KEEL_UPDATE_REASON_VISOR_TOO_OLD 15
+/** Failed: the server could not serve the layer. */
+#define KEEL_UPDATE_REASON_LAYER_UNAVAILABLE 16
 
 /* Event bits reported by keel_wait(). None is raised by this visor version yet; networking,
  * update and configuration will add bits here. */

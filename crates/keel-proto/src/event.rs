@@ -1,0 +1,442 @@
+//! Structured visor events: what the visor reports about itself (boot, app crash, link loss,
+//! update outcome, ...), typed instead of text so the server reads fields instead of parsing
+//! prefixes.
+//!
+//! An event is encoded like a message, `[type, [fields...]]`, with the same rules: fields are
+//! only added at the end, a receiver ignores fields beyond those it knows, and an unknown type
+//! in 0..=127 decodes as [`VisorEvent::Unknown`] (skipped and counted); anything else malformed
+//! is an error. The device keeps events in its log ring as records of `keel_log::Kind::Event`
+//! whose bytes are [`VisorEvent::encode`]'s output; the link sends them as `Up::Event`.
+//!
+//! Producing one (device side):
+//!
+//! ```
+//! use keel_proto::event::{BootReason, VisorEvent};
+//!
+//! let ev = VisorEvent::Boot { count: 3, reason: BootReason::PowerOn.code() };
+//! let mut buf = [0u8; VisorEvent::MAX_LEN];
+//! let n = ev.encode(&mut buf).unwrap();
+//! // ring.push(keel_log::Kind::Event, 0, now_us, &buf[..n]) on the device; the server renders:
+//! let mut text = String::new();
+//! VisorEvent::decode(&buf[..n]).unwrap().write_text("0.1.0", &mut text).unwrap();
+//! assert_eq!(text, "boot #3 visor 0.1.0 (power-on)");
+//! ```
+
+use core::fmt;
+
+use minicbor::decode::Error as DecError;
+use minicbor::encode::{Error as EncError, Write};
+use minicbor::{Decode, Decoder, Encode, Encoder};
+
+use crate::msg::{MsgError, UpdateState, SKIPPABLE};
+use keel_abi::{CrashReport, FaultKind, UpdateReason, CRASH_STACK_WORDS};
+
+/// Why the visor booted ([`VisorEvent::Boot`]'s `reason`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootReason {
+    /// Power-on, or an external reset (indistinguishable on the reference board).
+    PowerOn = 0,
+    /// The visor reset itself after a fault in an app interrupt handler.
+    AppFaultReset = 1,
+}
+
+impl BootReason {
+    /// Every reason, in code order.
+    pub const ALL: [BootReason; 2] = [BootReason::PowerOn, BootReason::AppFaultReset];
+
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    /// The reason with code `v`, if known.
+    pub fn from_code(v: u8) -> Option<BootReason> {
+        BootReason::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+    /// Text as the server shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootReason::PowerOn => "power-on",
+            BootReason::AppFaultReset => "reset after app fault",
+        }
+    }
+}
+
+/// Why the connection to the server was lost ([`VisorEvent::LinkLost`]'s `reason`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLossReason {
+    /// The server closed the connection (or reset it).
+    PeerClosed = 0,
+    /// Nothing arrived from the server for `SERVER_SILENCE_TIMEOUT_US`.
+    ServerSilent = 1,
+    /// The device lost its network address (DHCP).
+    AddressLost = 2,
+    /// The server sent something invalid (a frame that failed to decrypt or decode).
+    ProtocolError = 3,
+    /// The TCP connection could not be established or failed.
+    NetworkError = 4,
+}
+
+impl LinkLossReason {
+    /// Every reason, in code order.
+    pub const ALL: [LinkLossReason; 5] = [
+        LinkLossReason::PeerClosed,
+        LinkLossReason::ServerSilent,
+        LinkLossReason::AddressLost,
+        LinkLossReason::ProtocolError,
+        LinkLossReason::NetworkError,
+    ];
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    /// The reason with code `v`, if known.
+    pub fn from_code(v: u8) -> Option<LinkLossReason> {
+        LinkLossReason::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+    /// Text as the server shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkLossReason::PeerClosed => "peer closed",
+            LinkLossReason::ServerSilent => "server silent",
+            LinkLossReason::AddressLost => "address lost",
+            LinkLossReason::ProtocolError => "protocol error",
+            LinkLossReason::NetworkError => "network error",
+        }
+    }
+}
+
+/// The parts of a [`CrashReport`] that travel ([`VisorEvent::Crash`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct CrashInfo {
+    /// `keel_abi::FaultKind` as `u32`.
+    #[n(0)]
+    pub kind: u32,
+    /// Stacked program counter (the faulting instruction for precise faults).
+    #[n(1)]
+    pub pc: u32,
+    /// Stacked link register.
+    #[n(2)]
+    pub lr: u32,
+    /// The app's stack pointer at the fault.
+    #[n(3)]
+    pub sp: u32,
+    /// Stacked xPSR.
+    #[n(4)]
+    pub xpsr: u32,
+    /// Configurable Fault Status Register.
+    #[n(5)]
+    pub cfsr: u32,
+    /// HardFault Status Register.
+    #[n(6)]
+    pub hfsr: u32,
+    /// SecureFault Status Register.
+    #[n(7)]
+    pub sfsr: u32,
+    /// BusFault Address Register.
+    #[n(8)]
+    pub bfar: u32,
+    /// EXC_RETURN of the exception that caught the fault.
+    #[n(9)]
+    pub exc_return: u32,
+    /// Top of the app's stack at the fault, from `sp` on.
+    #[n(10)]
+    pub stack: [u32; CRASH_STACK_WORDS],
+}
+
+impl From<&CrashReport> for CrashInfo {
+    fn from(r: &CrashReport) -> Self {
+        CrashInfo {
+            kind: r.kind,
+            pc: r.pc(),
+            lr: r.lr(),
+            sp: r.sp,
+            xpsr: r.frame[7],
+            cfsr: r.cfsr,
+            hfsr: r.hfsr,
+            sfsr: r.sfsr,
+            bfar: r.bfar,
+            exc_return: r.exc_return,
+            stack: r.stack,
+        }
+    }
+}
+
+/// A visor event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisorEvent {
+    /// Type 0: the visor booted.
+    Boot {
+        /// Persistent boot counter.
+        count: u32,
+        /// A [`BootReason`] code.
+        reason: u8,
+    },
+    /// Type 1: the app crashed (or its watchdog expired).
+    Crash(CrashInfo),
+    /// Type 2: the connection to the server was lost.
+    LinkLost {
+        /// A [`LinkLossReason`] code.
+        reason: u8,
+    },
+    /// Type 3: the secure channel is up (the wall clock is set).
+    Online,
+    /// Type 4: an update ended or changed state.
+    Update {
+        /// Manifest sequence number of the bundle.
+        sequence: u64,
+        /// An [`UpdateState`] code.
+        state: u8,
+        /// An [`UpdateReason`] code (0: none).
+        reason: u16,
+    },
+    /// A type in 0..=127 this crate does not know (decoded only, never encoded).
+    Unknown(u16),
+}
+
+impl VisorEvent {
+    /// Upper bound of [`VisorEvent::encode`]'s output.
+    pub const MAX_LEN: usize = 128;
+    /// Types this crate defines.
+    pub const TYPES: [u16; 5] = [0, 1, 2, 3, 4];
+
+    /// The type number.
+    pub fn type_code(&self) -> u16 {
+        match self {
+            VisorEvent::Boot { .. } => 0,
+            VisorEvent::Crash(_) => 1,
+            VisorEvent::LinkLost { .. } => 2,
+            VisorEvent::Online => 3,
+            VisorEvent::Update { .. } => 4,
+            VisorEvent::Unknown(t) => *t,
+        }
+    }
+
+    /// Encodes the event into `buf` (at most [`VisorEvent::MAX_LEN`] bytes); returns the length.
+    /// [`VisorEvent::Unknown`] cannot be encoded ([`MsgError::Malformed`]).
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, MsgError> {
+        if matches!(self, VisorEvent::Unknown(_)) {
+            return Err(MsgError::Malformed);
+        }
+        crate::msg::encode(self, buf)
+    }
+
+    /// Decodes an event from exactly `b`.
+    pub fn decode(b: &[u8]) -> Result<VisorEvent, MsgError> {
+        let mut d = Decoder::new(b);
+        let ev = d.decode().map_err(|_| MsgError::Malformed)?;
+        if d.position() != b.len() {
+            return Err(MsgError::Malformed);
+        }
+        Ok(ev)
+    }
+
+    /// The text the server stores and shows for it (`visor_version` is the device's, from its
+    /// hello), e.g. `boot #3 visor 0.1.0 (power-on)` or `app crash: HardFault pc=0x...`.
+    pub fn write_text<W: fmt::Write>(&self, visor_version: &str, w: &mut W) -> fmt::Result {
+        match *self {
+            VisorEvent::Boot { count, reason } => {
+                write!(w, "boot #{count} visor {visor_version} (")?;
+                match BootReason::from_code(reason) {
+                    Some(r) => w.write_str(r.as_str())?,
+                    None => write!(w, "reason {reason}")?,
+                }
+                w.write_str(")")
+            }
+            VisorEvent::Crash(c) => {
+                match FaultKind::from_u32(c.kind) {
+                    Some(k) => write!(w, "app crash: {}", k.name())?,
+                    None => write!(w, "app crash: kind {:#x}", c.kind)?,
+                }
+                write!(
+                    w,
+                    " pc={:#010x} lr={:#010x} sp={:#010x} xpsr={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x} \
+                     bfar={:#010x} exc_return={:#010x} stack",
+                    c.pc, c.lr, c.sp, c.xpsr, c.cfsr, c.hfsr, c.sfsr, c.bfar, c.exc_return
+                )?;
+                for word in c.stack {
+                    write!(w, " {word:08x}")?;
+                }
+                Ok(())
+            }
+            VisorEvent::LinkLost { reason } => match LinkLossReason::from_code(reason) {
+                Some(r) => write!(w, "connection lost ({})", r.as_str()),
+                None => write!(w, "connection lost (reason {reason})"),
+            },
+            VisorEvent::Online => w.write_str("online"),
+            VisorEvent::Update { sequence, state, reason } => {
+                match UpdateState::from_u8(state) {
+                    Some(s) => write!(w, "update {sequence}: {}", s.as_str())?,
+                    None => write!(w, "update {sequence}: state {state}")?,
+                }
+                match (reason, UpdateReason::from_u16(reason)) {
+                    (0, _) => Ok(()),
+                    (_, Some(r)) => write!(w, " ({})", r.as_str()),
+                    (_, None) => write!(w, " (reason {reason})"),
+                }
+            }
+            VisorEvent::Unknown(t) => write!(w, "unknown visor event {t}"),
+        }
+    }
+}
+
+impl<C> Encode<C> for VisorEvent {
+    fn encode<W: Write>(&self, e: &mut Encoder<W>, ctx: &mut C) -> Result<(), EncError<W::Error>> {
+        e.array(2)?.u16(self.type_code())?;
+        match *self {
+            VisorEvent::Boot { count, reason } => e.array(2)?.u32(count)?.u8(reason)?.ok(),
+            VisorEvent::Crash(c) => c.encode(e, ctx),
+            VisorEvent::LinkLost { reason } => e.array(1)?.u8(reason)?.ok(),
+            VisorEvent::Online => e.array(0)?.ok(),
+            VisorEvent::Update { sequence, state, reason } => e.array(3)?.u64(sequence)?.u8(state)?.u16(reason)?.ok(),
+            VisorEvent::Unknown(_) => Err(EncError::message("an unknown event is not sent")),
+        }
+    }
+}
+
+/// Reads the definite-length field array header of an event: its length.
+fn fields(d: &mut Decoder<'_>, at_least: u64) -> Result<u64, DecError> {
+    match d.array()? {
+        Some(n) if n >= at_least => Ok(n),
+        _ => Err(DecError::message("event fields: a definite array with the known fields")),
+    }
+}
+
+/// Skips the fields after the `known` ones (added by a newer peer).
+fn rest(d: &mut Decoder<'_>, n: u64, known: u64) -> Result<(), DecError> {
+    for _ in known..n {
+        d.skip()?;
+    }
+    Ok(())
+}
+
+impl<'b, C> Decode<'b, C> for VisorEvent {
+    fn decode(d: &mut Decoder<'b>, ctx: &mut C) -> Result<Self, DecError> {
+        if d.array()? != Some(2) {
+            return Err(DecError::message("an event is [type, [fields...]]"));
+        }
+        let t = d.u16()?;
+        let ev = match t {
+            0 => {
+                let n = fields(d, 2)?;
+                let ev = VisorEvent::Boot { count: d.u32()?, reason: d.u8()? };
+                rest(d, n, 2)?;
+                ev
+            }
+            1 => VisorEvent::Crash(CrashInfo::decode(d, ctx)?),
+            2 => {
+                let n = fields(d, 1)?;
+                let ev = VisorEvent::LinkLost { reason: d.u8()? };
+                rest(d, n, 1)?;
+                ev
+            }
+            3 => {
+                let n = fields(d, 0)?;
+                rest(d, n, 0)?;
+                VisorEvent::Online
+            }
+            4 => {
+                let n = fields(d, 3)?;
+                let ev = VisorEvent::Update { sequence: d.u64()?, state: d.u8()?, reason: d.u16()? };
+                rest(d, n, 3)?;
+                ev
+            }
+            t if SKIPPABLE.contains(&t) => {
+                d.skip()?;
+                VisorEvent::Unknown(t)
+            }
+            _ => return Err(DecError::message("event type out of range")),
+        };
+        Ok(ev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::format;
+    use std::string::String;
+
+    use super::*;
+
+    fn all() -> [VisorEvent; 6] {
+        let crash =
+            CrashInfo { kind: 3, pc: 0x0020_0123, lr: u32::MAX, stack: [7; CRASH_STACK_WORDS], ..Default::default() };
+        [
+            VisorEvent::Boot { count: 3, reason: BootReason::PowerOn.code() },
+            VisorEvent::Boot { count: u32::MAX, reason: 200 },
+            VisorEvent::Crash(crash),
+            VisorEvent::LinkLost { reason: LinkLossReason::ServerSilent.code() },
+            VisorEvent::Online,
+            VisorEvent::Update { sequence: u64::MAX, state: UpdateState::RolledBack.as_u8(), reason: u16::MAX },
+        ]
+    }
+
+    #[test]
+    fn every_event_roundtrips_within_max_len() {
+        for ev in all() {
+            let mut buf = [0u8; VisorEvent::MAX_LEN];
+            let n = ev.encode(&mut buf).unwrap();
+            assert_eq!(VisorEvent::decode(&buf[..n]), Ok(ev));
+            for cut in 0..n {
+                assert_eq!(VisorEvent::decode(&buf[..cut]), Err(MsgError::Malformed), "{ev:?} cut at {cut}");
+            }
+        }
+        assert_eq!(VisorEvent::Unknown(9).encode(&mut [0u8; 16]), Err(MsgError::Malformed));
+    }
+
+    #[test]
+    fn unknown_types_are_skipped_and_extra_fields_ignored() {
+        // [9, [1, "x"]]: a type of a newer visor.
+        assert_eq!(VisorEvent::decode(&[0x82, 0x09, 0x82, 0x01, 0x61, b'x']), Ok(VisorEvent::Unknown(9)));
+        // [200, []]: outside the skippable range.
+        assert_eq!(VisorEvent::decode(&[0x82, 0x18, 0xC8, 0x80]), Err(MsgError::Malformed));
+        // [2, [1, 5]]: link lost with a field added by a newer visor.
+        assert_eq!(VisorEvent::decode(&[0x82, 0x02, 0x82, 0x01, 0x05]), Ok(VisorEvent::LinkLost { reason: 1 }));
+        // [2, []]: a known type without its fields.
+        assert_eq!(VisorEvent::decode(&[0x82, 0x02, 0x80]), Err(MsgError::Malformed));
+    }
+
+    #[test]
+    fn rendered_text_keeps_the_prefixes_tools_look_for() {
+        let text = |ev: VisorEvent| {
+            let mut s = String::new();
+            ev.write_text("0.1.0", &mut s).unwrap();
+            s
+        };
+        let [boot, odd_boot, crash, lost, online, update] = all();
+        assert_eq!(text(boot), "boot #3 visor 0.1.0 (power-on)");
+        assert_eq!(text(odd_boot), format!("boot #{} visor 0.1.0 (reason 200)", u32::MAX));
+        assert!(text(crash).starts_with("app crash: HardFault pc=0x00200123 lr=0xffffffff sp=0x00000000"));
+        assert!(text(crash).ends_with(" 00000007 00000007"));
+        assert_eq!(text(lost), "connection lost (server silent)");
+        assert_eq!(text(online), "online");
+        assert_eq!(text(update), format!("update {}: rolled_back (reason 65535)", u64::MAX));
+        let confirmed = VisorEvent::Update { sequence: 4, state: 4, reason: UpdateReason::CrashLoop.code() };
+        assert_eq!(text(confirmed), "update 4: confirmed (crash loop)");
+    }
+
+    #[test]
+    fn crash_info_takes_the_registers_from_the_report() {
+        let mut r = CrashReport { kind: 7, sp: 0x100, cfsr: 2, bfar: 3, exc_return: 0xFFFF_FFBC, ..Default::default() };
+        r.frame[5] = 0xAA; // lr
+        r.frame[6] = 0xBB; // pc
+        r.frame[7] = 0x0100_0000; // xpsr
+        r.stack[7] = 9;
+        let c = CrashInfo::from(&r);
+        assert_eq!((c.kind, c.pc, c.lr, c.sp, c.xpsr), (7, 0xBB, 0xAA, 0x100, 0x0100_0000));
+        assert_eq!((c.cfsr, c.bfar, c.exc_return, c.stack[7]), (2, 3, 0xFFFF_FFBC, 9));
+    }
+
+    #[test]
+    fn reason_codes_roundtrip() {
+        for r in BootReason::ALL {
+            assert_eq!(BootReason::from_code(r.code()), Some(r));
+        }
+        for r in LinkLossReason::ALL {
+            assert_eq!(LinkLossReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(LinkLossReason::from_code(LinkLossReason::ALL.len() as u8), None);
+    }
+}
