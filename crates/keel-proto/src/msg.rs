@@ -785,3 +785,23 @@ mod tests {
         assert_eq!(encode(&Down::Ping { nonce: 1 }, &mut tiny), Err(MsgError::BufferTooSmall));
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    extern crate std;
+    use std::format;
+
+    use super::*;
+
+    /// The CDDL in `docs/wire-protocol.md` names every variant and event type this crate defines,
+    /// with its number, and the document states this crate's protocol version.
+    #[test]
+    fn the_wire_document_lists_every_variant_number() {
+        let doc = include_str!("../../../docs/wire-protocol.md");
+        let cddl = &doc[doc.find("```cddl").expect("a CDDL block")..];
+        for v in Up::VARIANTS.into_iter().chain(Down::VARIANTS).chain(VisorEvent::TYPES) {
+            assert!(cddl.contains(&format!("[{v}, [")), "variant {v} is not in the CDDL");
+        }
+        assert!(doc.contains(&format!("protocol version {PROTOCOL_VERSION}")));
+    }
+}
