@@ -38,30 +38,8 @@ pub enum Step {
     Close,
 }
 
-/// Why a connection ended, as reported in the visor's events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LossReason {
-    /// The TCP connection closed or failed.
-    Closed,
-    /// Nothing arrived from the server for [`SERVER_SILENCE_TIMEOUT_US`].
-    ServerSilent,
-    /// The network address was lost.
-    AddressLost,
-    /// The peer sent something invalid (undecryptable, malformed, oversized).
-    Protocol,
-}
-
-impl LossReason {
-    /// Short text for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LossReason::Closed => "closed",
-            LossReason::ServerSilent => "server silent",
-            LossReason::AddressLost => "address lost",
-            LossReason::Protocol => "protocol error",
-        }
-    }
-}
+/// Why a connection ended, as reported in the visor's `LinkLost` event.
+pub use keel_proto::event::LinkLossReason as LossReason;
 
 /// The connection state machine.
 #[derive(Clone, Debug)]
@@ -72,12 +50,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection that waits for an address (`enabled`), or stays off. `seed` varies the
-    /// backoff jitter between devices and boots.
-    pub fn new(enabled: bool, seed: u64) -> Self {
+    /// A connection that waits for an address (`enabled`), or stays off. Reconnect delays start
+    /// at `min_ms` and double up to 60 s; `seed` varies their jitter between devices and boots.
+    pub fn new(enabled: bool, seed: u64, min_ms: u32) -> Self {
         Connection {
             state: if enabled { State::WaitingForAddress } else { State::Off },
-            backoff: Backoff::new(1_000, 60_000, seed),
+            backoff: Backoff::new(min_ms, 60_000, seed),
             last_rx_us: 0,
         }
     }
@@ -194,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_device_without_a_server_never_connects() {
-        let mut c = Connection::new(false, 1);
+        let mut c = Connection::new(false, 1, 1000);
         assert_eq!(c.address_acquired(), Step::None);
         assert_eq!(c.poll(u64::MAX), Step::None);
         assert_eq!(c.poll_at(), None);
@@ -203,7 +181,7 @@ mod tests {
 
     #[test]
     fn address_then_tcp_then_welcome_is_online() {
-        let mut c = Connection::new(true, 1);
+        let mut c = Connection::new(true, 1, 1000);
         assert_eq!(c.poll_at(), None, "nothing to time while waiting for an address");
         assert_eq!(c.address_acquired(), Step::Connect);
         assert_eq!(c.address_acquired(), Step::None, "a second address does not open a second connection");
@@ -216,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_silent_server_is_dropped_after_the_timeout_and_retried_after_backoff() {
-        let mut c = Connection::new(true, 7);
+        let mut c = Connection::new(true, 7, 1000);
         c.address_acquired();
         c.tcp_connected(0);
         c.welcomed();
@@ -236,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_server_that_never_answers_the_handshake_is_dropped_too() {
-        let mut c = Connection::new(true, 7);
+        let mut c = Connection::new(true, 7, 1000);
         c.address_acquired();
         c.tcp_connected(3 * S);
         assert_eq!(c.poll(3 * S + SERVER_SILENCE_TIMEOUT_US), Step::Close);
@@ -244,7 +222,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_on_repeated_failures_and_resets_once_online() {
-        let mut c = Connection::new(true, 99);
+        let mut c = Connection::new(true, 99, 1000);
         c.address_acquired();
         let mut ceilings = [0u32; 8];
         let mut now = 0;
@@ -267,7 +245,7 @@ mod tests {
 
     #[test]
     fn losing_the_address_closes_and_waits_for_a_new_one() {
-        let mut c = Connection::new(true, 1);
+        let mut c = Connection::new(true, 1, 1000);
         c.address_acquired();
         c.tcp_connected(0);
         assert_eq!(c.address_lost(), Step::Close);
@@ -278,7 +256,7 @@ mod tests {
 
     #[test]
     fn failures_outside_a_connection_are_ignored() {
-        let mut c = Connection::new(true, 1);
+        let mut c = Connection::new(true, 1, 1000);
         assert_eq!(c.failed(0), None);
         assert!(!c.tcp_connected(0), "TCP up without having asked for it");
         assert_eq!(c.state(), State::WaitingForAddress);

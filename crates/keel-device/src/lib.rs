@@ -32,14 +32,15 @@ pub mod trial;
 use core::fmt;
 
 use clatter::traits::Rng;
-use keel_abi::{update_outcome, BootInfo, CrashReport, FaultKind, Status, UpdateInfo};
+use keel_abi::{update_outcome, BootInfo, CrashReport, Status, UpdateInfo};
 use keel_flash::layout::Partition;
 use keel_flash::{FlashStats, Medium, Nor};
 use keel_image::Header;
 use keel_link::device::{DeviceLink, Event};
 use keel_link::frame::Decoder;
-use keel_link::msg::{Up, PROTOCOL_VERSION};
+use keel_link::msg::{Up, UpdateState as WireState, PROTOCOL_VERSION};
 use keel_log::{Kind, LogRing, PushError};
+use keel_proto::event::{BootReason, CrashInfo, VisorEvent};
 use keel_supervisor::{Action, Carry, Policy, Supervisor};
 use keel_update::agent::{self, Agent, Next};
 use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
@@ -121,6 +122,9 @@ pub struct Config {
     pub warm: Option<(Carry, CrashReport)>,
     /// Varies backoff jitter between devices and boots.
     pub seed: u64,
+    /// The first reconnect delay (ms); it doubles per failed attempt up to 60 s. 1 000 on a
+    /// device; simulators and tests may go faster.
+    pub reconnect_min_ms: u32,
 }
 
 /// App-facing event bits ([`keel_abi::events`]).
@@ -137,13 +141,20 @@ pub struct Counters {
     pub frames_out: u64,
     /// Connections dropped for bad input from the server.
     pub protocol_errors: u32,
+    /// Update offers handled.
+    pub offers: u32,
+    /// Layer bytes received and handed to the update agent.
+    pub layer_bytes: u64,
+    /// `FetchLayer` requests sent.
+    pub fetches_sent: u32,
+    /// The last `FetchLayer` sent: (sequence, offset, length).
+    pub last_fetch: Option<(u64, u32, u32)>,
+    /// Server messages of kinds this device does not know, skipped (on every connection).
+    pub unknown_skipped: u64,
 }
 
-/// Length of a formatted visor event.
-const EVENT_MAX: usize = 160;
-
-/// Console and event sink for one input: console lines go to the shell, events also go to the
-/// log ring (and so to the server).
+/// Console and event sink for one input: console lines go to the shell, visor events go to the
+/// log ring as structured records (and so to the server).
 struct Log<'a, const N: usize, O: Output> {
     logs: &'a mut LogRing<N>,
     out: &'a mut O,
@@ -155,26 +166,19 @@ impl<const N: usize, O: Output> Log<'_, N, O> {
         self.out.effect(Effect::Console(args));
     }
 
-    /// An event for the server (and the console).
-    fn event(&mut self, args: fmt::Arguments<'_>) {
-        self.console(args);
-        self.event_quiet(args);
+    /// A visor event for the server: a `Kind::Event` record in the ring, sent as `Up::Event`.
+    fn event(&mut self, ev: VisorEvent) {
+        let mut buf = [0u8; VisorEvent::MAX_LEN];
+        if let Ok(n) = ev.encode(&mut buf) {
+            // The oldest records make room if the ring is full (the drop is counted and reported).
+            let _ = self.logs.push(Kind::Event, 0, self.now, &buf[..n]);
+        }
     }
 
-    /// An event for the server only.
-    fn event_quiet(&mut self, args: fmt::Arguments<'_>) {
-        struct Buf([u8; EVENT_MAX], usize);
-        impl fmt::Write for Buf {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                let n = s.len().min(self.0.len() - self.1);
-                self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
-                self.1 += n;
-                Ok(())
-            }
-        }
-        let mut b = Buf([0; EVENT_MAX], 0);
-        let _ = fmt::Write::write_fmt(&mut b, args);
-        let _ = self.logs.push(Kind::Visor, 2, self.now, &b.0[..b.1]);
+    /// An update event: console line and the typed event.
+    fn update(&mut self, sequence: u64, state: WireState, reason: Option<Reason>, args: fmt::Arguments<'_>) {
+        self.console(args);
+        self.event(VisorEvent::Update { sequence, state: state.as_u8(), reason: reason.map_or(0, |r| r as u16) });
     }
 }
 
@@ -196,6 +200,8 @@ struct Updates<M: Medium> {
     journal: UpdateState,
     /// A `FetchLayer` to send.
     fetch: Option<Next>,
+    /// Test hook: hold `FetchLayer` requests back (see [`Device::hold_fetches`]).
+    hold_fetches: bool,
     /// An `UpdateStatus` is due.
     status_dirty: bool,
     /// App events not taken yet.
@@ -216,17 +222,19 @@ impl<M: Medium> Updates<M> {
                 self.slot = plan.slot;
                 if let Some(r) = plan.rolled_back {
                     let seq = self.journal.last.map_or(0, |l| l.0);
-                    log.event(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+                    let text = format_args!("update: rolled back seq {} ({})", seq, r.as_str());
+                    log.update(seq, WireState::RolledBack, Some(r), text);
                 }
                 if let Phase::Trial(t) = self.journal.phase {
                     if plan.trial {
-                        log.event(format_args!(
+                        let text = format_args!(
                             "update: trial of seq {} in slot {} (boot {} of at most {})",
                             t.seq,
                             plan.slot.as_str(),
                             t.boots,
                             keel_update::MAX_TRIAL_BOOTS
-                        ));
+                        );
+                        log.update(t.seq, WireState::Trial, None, text);
                         self.trial = Some(Trial::new(t.seq, t.policy, link_up));
                     }
                 }
@@ -314,7 +322,9 @@ impl<M: Medium> Updates<M> {
                 self.app_events |= events::UPDATE_READY;
                 log.out.effect(Effect::AppEvents);
                 if first {
-                    log.event(format_args!("update: ready; the app may apply it within {} s", politeness_s));
+                    let seq = self.agent.status(&self.up, &self.flash).sequence;
+                    let text = format_args!("update: ready; the app may apply it within {} s", politeness_s);
+                    log.update(seq, WireState::Installing, None, text);
                 }
                 false
             }
@@ -341,14 +351,19 @@ impl<M: Medium> Updates<M> {
     }
 
     fn rolled_back<const N: usize, O: Output>(&mut self, seq: u64, r: Reason, log: &mut Log<'_, N, O>) {
-        log.event(format_args!("update: rolled back seq {} ({})", seq, r.as_str()));
+        log.update(
+            seq,
+            WireState::RolledBack,
+            Some(r),
+            format_args!("update: rolled back seq {} ({})", seq, r.as_str()),
+        );
         self.trial = None;
         self.slot = self.slot.other();
         self.status_dirty = true;
     }
 
     fn confirmed<const N: usize, O: Output>(&mut self, seq: u64, how: &str, log: &mut Log<'_, N, O>) {
-        log.event(format_args!("update: confirmed seq {} ({})", seq, how));
+        log.update(seq, WireState::Confirmed, None, format_args!("update: confirmed seq {} ({})", seq, how));
         self.trial = None;
         self.status_dirty = true;
         if let Some(a) = self.stats_at_offer.take() {
@@ -481,7 +496,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             sup,
             last_crash,
             app: None,
-            conn: Connection::new(cfg.identity.is_some(), cfg.seed),
+            conn: Connection::new(cfg.identity.is_some(), cfg.seed, cfg.reconnect_min_ms),
             link: None,
             link_failed: false,
             decoder: Decoder::new(),
@@ -500,6 +515,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 stats_at_offer: None,
                 journal: UpdateState::FACTORY,
                 fetch: None,
+                hold_fetches: false,
                 status_dirty: true,
                 app_events: 0,
             },
@@ -512,9 +528,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     pub fn boot(&mut self, now: u64, out: &mut impl Output) {
         // Warm RAM carries a crash series only across the visor's own reset after a fault in an
         // app handler; any other boot is a power-on (or an external reset, indistinguishable).
-        let reason = if self.last_crash.is_some() { "reset after app fault" } else { "power-on" };
+        let reason = if self.last_crash.is_some() { BootReason::AppFaultReset } else { BootReason::PowerOn };
         let mut log = Log { logs: &mut self.logs, out, now };
-        log.event_quiet(format_args!("boot #{} visor {} ({})", self.boot_count, self.visor_version, reason));
+        log.event(VisorEvent::Boot { count: self.boot_count, reason: reason.code() });
         self.updates.boot(false, &mut log);
     }
 
@@ -584,7 +600,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 self.fail(now, out);
             }
             ConnState::Handshaking | ConnState::Online => {
-                self.lost(now, LossReason::Closed, out);
+                self.lost(now, LossReason::PeerClosed, out);
                 self.fail(now, out);
             }
             _ => {}
@@ -635,7 +651,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 counters.sessions += 1;
                 log.out.effect(Effect::SetWallClock(unix_us));
                 log.console(format_args!("net: online (secure channel up, wall clock set)"));
-                log.event_quiet(format_args!("online"));
+                log.event(VisorEvent::Online);
                 if let Some(t) = updates.trial.as_mut() {
                     t.on_link(true);
                 }
@@ -648,8 +664,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 log.out.effect(Effect::SetWallClock(unix_us));
                 None
             }
-            Event::UpdateOffer { envelope } => Some(updates.on_offer(envelope, &mut log)),
+            Event::UpdateOffer { envelope } => {
+                counters.offers += 1;
+                Some(updates.on_offer(envelope, &mut log))
+            }
             Event::LayerData { sequence, component: 0, offset, data } => {
+                counters.layer_bytes += data.len() as u64;
                 updates.on_data(sequence, offset, data, &mut log)
             }
             Event::LayerError { sequence, offset, code, .. } => {
@@ -681,14 +701,15 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     fn protocol_error(&mut self, now: u64, what: &str, out: &mut impl Output) {
         self.counters.protocol_errors += 1;
         out.effect(Effect::Console(format_args!("net: {}; dropping the connection", what)));
-        self.lost(now, LossReason::Protocol, out);
+        self.lost(now, LossReason::ProtocolError, out);
         self.fail(now, out);
     }
 
     /// Reports a lost connection (console and event) and tells the trial.
     fn lost(&mut self, now: u64, reason: LossReason, out: &mut impl Output) {
         let mut log = Log { logs: &mut self.logs, out, now };
-        log.event(format_args!("net: connection lost ({})", reason.as_str()));
+        log.console(format_args!("net: connection lost ({})", reason.as_str()));
+        log.event(VisorEvent::LinkLost { reason: reason.code() });
         if self.conn.is_online() {
             if let Some(t) = self.updates.trial.as_mut() {
                 t.on_link(false);
@@ -698,7 +719,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     fn forget_link(&mut self, out: &mut impl Output) {
         out.effect(Effect::Close);
-        if self.link.take().is_some() {
+        if let Some(link) = self.link.take() {
+            self.counters.unknown_skipped += link.unknown_received();
             if let Some(t) = self.updates.trial.as_mut() {
                 t.on_link(false);
             }
@@ -734,8 +756,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         }
         let link = self.link.as_mut()?;
         let u = &mut self.updates;
-        let sent = if let Some(m) = u.fetch.and_then(|n| n.message()) {
+        let fetch = u.fetch.filter(|_| !u.hold_fetches);
+        let sent = if let Some((m, Next::Fetch { sequence, offset, len })) = fetch.and_then(|n| Some((n.message()?, n)))
+        {
             u.fetch = None;
+            self.counters.fetches_sent += 1;
+            self.counters.last_fetch = Some((sequence, offset, len));
             link.send(&m, buf).map(Some)
         } else if u.status_dirty {
             u.status_dirty = false;
@@ -760,7 +786,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     pub fn wants_transmit(&self) -> bool {
         self.tx_len > 0
             || (self.conn.is_online()
-                && (self.updates.fetch.is_some() || self.updates.status_dirty || !self.logs.is_empty()))
+                && ((self.updates.fetch.is_some() && !self.updates.hold_fetches)
+                    || self.updates.status_dirty
+                    || !self.logs.is_empty()))
     }
 
     // ------------------------------------------------------------------ timers
@@ -834,18 +862,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The app crashed (`watchdog`: it hung). Records the report, counts a trial crash (rolling
     /// back after too many) and starts the restart backoff; returns the backoff (µs).
     pub fn app_crashed(&mut self, now: u64, report: CrashReport, watchdog: bool, out: &mut impl Output) -> u64 {
-        let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
         let mut log = Log { logs: &mut self.logs, out, now };
-        log.event_quiet(format_args!(
-            "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
-            kind,
-            report.pc(),
-            report.lr(),
-            report.sp,
-            report.cfsr,
-            report.hfsr,
-            report.sfsr
-        ));
+        log.event(VisorEvent::Crash(CrashInfo::from(&report)));
         self.last_crash = Some(report);
         self.updates.trial_failed(watchdog, &mut log);
         self.sup.on_crash(now, watchdog)
@@ -895,6 +913,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             self.sup.on_restart_request(0);
         }
         applied
+    }
+
+    /// Test hook: while `hold` is true, `FetchLayer` requests wait (a download stalls as if the
+    /// server were slow); releasing sends the one waiting.
+    pub fn hold_fetches(&mut self, hold: bool) {
+        self.updates.hold_fetches = hold;
     }
 
     /// Takes the app's pending event bits (each event is reported once).
@@ -976,7 +1000,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     /// Counters.
     pub fn counters(&self) -> Counters {
-        self.counters
+        let live = self.link.as_ref().map_or(0, |l| l.unknown_received());
+        Counters { unknown_skipped: self.counters.unknown_skipped + live, ..self.counters }
     }
 
     /// The update status as the device reports it.

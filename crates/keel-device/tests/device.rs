@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use keel_bundle::Policies;
 use keel_device::{earliest, ConnState};
-use keel_link::msg::UpdateState;
+use keel_link::msg::{BootReason, LinkLossReason, UpdateState, VisorEvent};
 use keel_update::{Reason, Slot};
 
 fn state(s: UpdateState) -> u8 {
@@ -75,7 +75,64 @@ fn a_silent_server_is_dropped_after_100_s_and_the_device_reconnects_after_backof
     w.run_until(w.now + 120 * S, &mut |_| AppStep::Run);
     assert!(w.dev.is_online());
     assert_eq!(w.dev.counters().sessions, sessions + 1);
-    assert!(w.server.log_texts().iter().any(|t| t == "net: connection lost (server silent)"));
+    let silent = VisorEvent::LinkLost { reason: LinkLossReason::ServerSilent.code() };
+    assert!(w.server.received.iter().any(|m| matches!(m, Msg::Event { event, .. } if *event == silent)));
+    assert!(w.server.log_texts().iter().any(|t| t == "connection lost (server silent)"));
+}
+
+#[test]
+fn visor_events_travel_typed_boot_crash_and_update_outcome() {
+    let mut w = booted();
+    install(&mut w, by_link(600));
+    w.run_until(w.now + 10 * S, &mut |w| {
+        if w.app.is_some_and(|h| h.version_str() == "2.0.0") {
+            AppStep::Crash
+        } else {
+            AppStep::Run
+        }
+    });
+    let events: Vec<VisorEvent> = w
+        .server
+        .received
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Event { event, .. } => Some(*event),
+            _ => None,
+        })
+        .collect();
+    assert!(events.contains(&VisorEvent::Boot { count: 1, reason: BootReason::PowerOn.code() }));
+    assert!(events.contains(&VisorEvent::Online));
+    assert!(events.iter().any(|e| matches!(e, VisorEvent::Crash(c) if c.kind == 3)));
+    let trial = VisorEvent::Update { sequence: 2, state: UpdateState::Trial.as_u8(), reason: 0 };
+    let rolled_back =
+        VisorEvent::Update { sequence: 2, state: UpdateState::RolledBack.as_u8(), reason: Reason::CrashLoop as u16 };
+    assert!(events.contains(&trial), "{events:?}");
+    assert!(events.contains(&rolled_back), "{events:?}");
+    assert!(w.server.log_texts().iter().any(|t| t == "update 2: rolled_back (crash loop)"));
+}
+
+#[test]
+fn a_server_message_of_an_unknown_kind_is_skipped_and_counted_not_fatal() {
+    let mut w = booted();
+    // A well-formed message of a variant this device does not know, in the skippable range.
+    let frame = w.server.session.as_mut().unwrap().send_raw(&[0x82, 0x18, 0x64, 0x80]).unwrap();
+    w.server.to_device.extend(frame);
+    w.pump();
+    assert_eq!(w.dev.counters().unknown_skipped, 1);
+    assert_eq!(w.dev.counters().protocol_errors, 0);
+    assert!(w.dev.is_online(), "the connection stays up");
+    // And the link still works both ways.
+    w.dev.push_log(w.now, keel_log::Kind::App, 2, b"after the unknown message").unwrap();
+    w.pump();
+    assert!(w.server.log_texts().iter().any(|t| t == "after the unknown message"));
+    // A variant outside the skippable range is malformed: that connection ends, nothing else.
+    let frame = w.server.session.as_mut().unwrap().send_raw(&[0x82, 0x18, 0xC8, 0x80]).unwrap();
+    w.server.to_device.extend(frame);
+    w.pump();
+    assert_eq!(w.dev.counters().protocol_errors, 1);
+    w.run_until(w.now + 5 * S, &mut |_| AppStep::Run);
+    assert!(w.dev.is_online(), "reconnected");
+    assert_eq!(w.dev.counters().unknown_skipped, 1, "counted across connections");
 }
 
 #[test]

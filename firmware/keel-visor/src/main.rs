@@ -391,6 +391,7 @@ extern "C" fn visor_main() -> ! {
         policy: Policy::default(),
         warm,
         seed,
+        reconnect_min_ms: 1_000,
     };
     let nic = factory.as_ref().and_then(|f| net::Nic::new(f, seed, now));
     let updater = keel_update::Updater::reference(app::target(layout::APP_A));

@@ -223,6 +223,7 @@ impl<const N: usize> SimDevice<N> {
             policy: Policy::default(),
             warm: None,
             seed: u64::from_le_bytes(secret[..8].try_into().unwrap_or_default()),
+            reconnect_min_ms: 1_000,
         };
         Device::new(cfg, flash, updater(), 0, &mut Fx::default())
     }

@@ -9,7 +9,9 @@ use keel_flash::sim::SimFlash;
 use keel_flash::{Nor, PAGE_SIZE};
 use keel_image::{Header, Target, HEADER_SIZE};
 use keel_link::frame::Decoder;
-use keel_link::msg::{decode_up, Down, Up, LAYER_CHUNK};
+use keel_link::msg::{
+    decode_up, features, negotiate, Down, Up, VisorEvent, LAYER_CHUNK, PROTOCOL_MIN, PROTOCOL_VERSION,
+};
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_supervisor::Policy;
 use keel_update::Updater;
@@ -106,9 +108,27 @@ pub struct Server {
 pub enum Msg {
     Hello,
     Ready,
-    Log { seq: u64, text: String },
-    Status { installed: u64, sequence: u64, state: u8, reason: String },
-    Fetch { sequence: u64, offset: u32, len: u32 },
+    Log {
+        seq: u64,
+        text: String,
+    },
+    /// A visor event, with the text the server renders for it.
+    Event {
+        seq: u64,
+        event: VisorEvent,
+        text: String,
+    },
+    Status {
+        installed: u64,
+        sequence: u64,
+        state: u8,
+        reason: String,
+    },
+    Fetch {
+        sequence: u64,
+        offset: u32,
+        len: u32,
+    },
     Other,
 }
 
@@ -151,10 +171,16 @@ impl Server {
             match self.session.as_mut() {
                 None => {
                     let acc = Accepting::read(&self.private, &payload).unwrap();
-                    assert!(matches!(decode_up(&acc.hello), Ok(Up::Hello { .. })));
+                    let hello = acc.hello().unwrap();
+                    let n = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
+                        .expect("the device speaks this protocol");
                     self.received.push(Msg::Hello);
-                    let welcome =
-                        Down::Welcome { protocol: 1, unix_us: 1_800_000_000_000_000, log_acked: self.log_acked };
+                    let welcome = Down::Welcome {
+                        protocol: n.protocol,
+                        unix_us: 1_800_000_000_000_000,
+                        log_acked: self.log_acked,
+                        features: n.features,
+                    };
                     let (s, f) = acc.welcome(&welcome).unwrap();
                     self.session = Some(s);
                     self.to_device.extend(f);
@@ -171,9 +197,21 @@ impl Server {
                             }
                             Msg::Log { seq, text: String::from_utf8_lossy(text).into_owned() }
                         }
-                        Up::UpdateStatus { installed, sequence, state, reason, .. } => {
-                            Msg::Status { installed, sequence, state, reason: reason.to_string() }
+                        Up::Event { seq, event, .. } => {
+                            if self.auto_ack {
+                                self.log_acked = Some(seq);
+                                self.send(&Down::LogAck { upto: seq });
+                            }
+                            let mut text = String::new();
+                            event.write_text(env!("CARGO_PKG_VERSION"), &mut text).unwrap();
+                            Msg::Event { seq, event, text }
                         }
+                        Up::UpdateStatus { installed, sequence, state, reason, .. } => Msg::Status {
+                            installed,
+                            sequence,
+                            state,
+                            reason: keel_abi::UpdateReason::from_u16(reason).map_or("", |r| r.as_str()).to_string(),
+                        },
                         Up::FetchLayer { sequence, component, offset, len } => {
                             assert_eq!(component, 0);
                             if self.stall_at.is_some_and(|s| offset >= s) {
@@ -210,11 +248,12 @@ impl Server {
         v
     }
 
+    /// App log lines and rendered visor events, in the order received.
     pub fn log_texts(&self) -> Vec<String> {
         self.received
             .iter()
             .filter_map(|m| match m {
-                Msg::Log { text, .. } => Some(text.clone()),
+                Msg::Log { text, .. } | Msg::Event { text, .. } => Some(text.clone()),
                 _ => None,
             })
             .collect()
@@ -249,6 +288,7 @@ pub fn config(server: &Server, boot: u32) -> Config {
         policy: Policy::default(),
         warm: None,
         seed: 42,
+        reconnect_min_ms: 1000,
     }
 }
 
