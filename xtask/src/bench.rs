@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: sizes and speeds, written to `target/bench/report.json` (a flat JSON
 //! object of `"metric": number`) and printed as a table. Speeds are measured in instructions
 //! under `-icount shift=0` (1 instruction = 1 ns of virtual time), so they are repeatable.
+//!
+//! With `KEEL_BENCH_DEVICE_ONLY` set, only the device metrics run (sizes, stack, system call,
+//! boot, connect, OTA): no gateway, server-memory or power-cut benchmarks.
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Runs the benchmarks.
 pub fn run() -> Result<(), String> {
+    let device_only = std::env::var_os("KEEL_BENCH_DEVICE_ONLY").is_some();
     build::all()?;
     let mut metrics: Vec<(&str, f64, &str)> = Vec::new();
 
@@ -70,6 +74,40 @@ pub fn run() -> Result<(), String> {
     let boot_us = parse_line(&started).map(|p| p.0).unwrap_or(0);
     metrics.push(("boot_to_app_instructions", (boot_us * 1000) as f64, "reset to app start (incl. SHA-256 of image)"));
 
+    // Cloud link: a QEMU device from power-on to online with a real server (wall clock).
+    crate::sh(crate::cargo().current_dir(root()).args(["build", "-q", "-p", "keel-cli"]))?;
+    metrics.push(("device_connect_seconds", device_connect_seconds()?, "QEMU boot to secure channel up, real time"));
+
+    // OTA: a 256 KiB app from upload to confirmed, through a real server, on a QEMU device.
+    let ota = ota_256k(Clock::RealTime)?;
+    metrics.push((
+        "ota_seconds_256k",
+        ota.seconds,
+        "keel apps upload + deploy -> download, install, trial, confirmed (wall clock)",
+    ));
+    metrics.push((
+        "ota_flash_erases_256k",
+        ota.erases,
+        "page erases of that update (slot pages + journal), offer to confirmation",
+    ));
+    metrics.push((
+        "ota_flash_writes_256k",
+        ota.programs,
+        "program operations of that update (one per received chunk or journal record)",
+    ));
+    metrics.push(("ota_flash_units_256k", ota.units, "16-byte program units written by that update"));
+    // The same update under -icount shift=0, for the visor's longest interrupt-masked stretch
+    // (the visor logs it when the app confirms): instructions, repeatable.
+    let ota = ota_256k(Clock::Deterministic)?;
+    metrics.push((
+        "service_max_masked_instructions",
+        ota.masked_max,
+        "longest stretch with interrupts masked (PRIMASK), boot to confirmation of that update",
+    ));
+    if device_only {
+        return write_report(&metrics);
+    }
+
     // Cloud link: gateway throughput with simulated devices (in-process server, SQLite).
     let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
@@ -108,29 +146,6 @@ pub fn run() -> Result<(), String> {
         "server RSS growth with 10 000 simulated devices connected and idle, per device",
     ));
 
-    // Cloud link: a QEMU device from power-on to online with a real server (wall clock).
-    crate::sh(crate::cargo().current_dir(root()).args(["build", "-q", "-p", "keel-cli"]))?;
-    metrics.push(("device_connect_seconds", device_connect_seconds()?, "QEMU boot to secure channel up, real time"));
-
-    // OTA: a 256 KiB app from upload to confirmed, through a real server, on a QEMU device.
-    let (secs, erases, programs, units) = ota_256k()?;
-    metrics.push((
-        "ota_seconds_256k",
-        secs,
-        "keel apps upload + deploy -> download, install, trial, confirmed (wall clock)",
-    ));
-    metrics.push((
-        "ota_flash_erases_256k",
-        erases,
-        "page erases of that update (slot pages + journal), offer to confirmation",
-    ));
-    metrics.push((
-        "ota_flash_writes_256k",
-        programs,
-        "program operations of that update (one per received chunk or journal record)",
-    ));
-    metrics.push(("ota_flash_units_256k", units, "16-byte program units written by that update"));
-
     // OTA: the exhaustive power-cut test (every flash operation of install, confirm, second
     // install, crash loop and rollback; cut before and in the middle of each).
     let dir = root().join("target/bench");
@@ -156,11 +171,18 @@ pub fn run() -> Result<(), String> {
         "cut points after which the device did not boot a valid image or end in the expected state",
     ));
 
+    write_report(&metrics)
+}
+
+/// Writes `target/bench/report.json` and prints the table.
+fn write_report(metrics: &[(&str, f64, &str)]) -> Result<(), String> {
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let body: Vec<String> = metrics.iter().map(|(k, v, _)| format!("  \"{k}\": {v}")).collect();
     let json = format!("{{\n{}\n}}\n", body.join(",\n"));
     std::fs::write(dir.join("report.json"), &json).map_err(|e| e.to_string())?;
     println!("\n{:<34} {:>14}  note", "metric", "value");
-    for (k, v, note) in &metrics {
+    for (k, v, note) in metrics {
         println!("{k:<34} {v:>14}  {note}");
     }
     println!("\nwritten to {}", dir.join("report.json").display());
@@ -198,9 +220,24 @@ fn device_connect_seconds() -> Result<f64, String> {
     Ok((secs * 1000.0).round() / 1000.0)
 }
 
-/// Seconds from `keel apps upload` to the device's confirmation of a 256 KiB app (the `big`
-/// example), and the flash it cost (erases, program operations, units) as the visor reports it.
-fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
+/// What one 256 KiB update cost.
+struct Ota {
+    /// Seconds from `keel apps upload` to the device's confirmation (wall clock).
+    seconds: f64,
+    /// Flash page erases, offer to confirmation.
+    erases: f64,
+    /// Flash program operations.
+    programs: f64,
+    /// 16-byte program units.
+    units: f64,
+    /// The visor's longest interrupt-masked stretch since boot, in instructions (meaningful
+    /// under [`Clock::Deterministic`]).
+    masked_max: f64,
+}
+
+/// A 256 KiB app (the `big` example) from `keel apps upload` to the device's confirmation, and
+/// what it cost as the visor reports it.
+fn ota_256k(clock: Clock) -> Result<Ota, String> {
     let keel = root().join("target/debug/keel");
     let dir = root().join("target/bench/ota");
     let _ = std::fs::remove_dir_all(&dir);
@@ -221,7 +258,7 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
     let build =
         ["bundle", &elf, "--key", &format!("{key}.key"), "--version", "2.0.0", "--sequence", "2", "--out", &bundle];
     crate::run::keel_json(&keel, &build, &env)?;
-    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock };
     let mut r = dev.start().map_err(|e| e.to_string())?;
     r.wait_for("online", LIMIT, |l| l.contains("net: online")).map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
@@ -232,7 +269,11 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
     let line =
         r.wait_for("confirmed", LIMIT, |l| l.contains("update: flash used by seq 2")).map_err(|e| e.to_string())?;
     let secs = t0.elapsed().as_secs_f64();
+    let masked = r.wait_for("masked", LIMIT, |l| l.contains("masked: max_instructions=")).map_err(|e| e.to_string())?;
     r.kill();
+    let masked_max = value_after(&masked, "max_instructions=")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("cannot parse {masked:?}"))?;
     drop(server);
     let num = |after: &str| -> Result<f64, String> {
         line.split(after)
@@ -241,7 +282,13 @@ fn ota_256k() -> Result<(f64, f64, f64, f64), String> {
             .and_then(|v| v.trim_start_matches('(').parse().ok())
             .ok_or_else(|| format!("cannot parse {line:?}"))
     };
-    Ok(((secs * 100.0).round() / 100.0, num(" page erases")?, num(" program operations")?, num(" units)")?))
+    Ok(Ota {
+        seconds: (secs * 100.0).round() / 100.0,
+        erases: num(" page erases")?,
+        programs: num(" program operations")?,
+        units: num(" units)")?,
+        masked_max,
+    })
 }
 
 /// Starts `keel server run` with a fresh data directory in `dir` on the given loopback ports;
