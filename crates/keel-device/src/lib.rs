@@ -668,7 +668,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 counters.offers += 1;
                 Some(updates.on_offer(envelope, &mut log))
             }
-            Event::LayerData { sequence, component: 0, offset, data } => {
+            Event::LayerData { sequence, component, offset, data } if component == updates.agent.component() => {
                 counters.layer_bytes += data.len() as u64;
                 updates.on_data(sequence, offset, data, &mut log)
             }
@@ -757,18 +757,18 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let link = self.link.as_mut()?;
         let u = &mut self.updates;
         let fetch = u.fetch.filter(|_| !u.hold_fetches);
-        let sent = if let Some((m, Next::Fetch { sequence, offset, len })) = fetch.and_then(|n| Some((n.message()?, n)))
-        {
-            u.fetch = None;
-            self.counters.fetches_sent += 1;
-            self.counters.last_fetch = Some((sequence, offset, len));
-            link.send(&m, buf).map(Some)
-        } else if u.status_dirty {
-            u.status_dirty = false;
-            link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
-        } else {
-            link.next_log_frame(&mut self.logs, buf)
-        };
+        let sent =
+            if let Some((m, Next::Fetch { sequence, offset, len, .. })) = fetch.and_then(|n| Some((n.message()?, n))) {
+                u.fetch = None;
+                self.counters.fetches_sent += 1;
+                self.counters.last_fetch = Some((sequence, offset, len));
+                link.send(&m, buf).map(Some)
+            } else if u.status_dirty {
+                u.status_dirty = false;
+                link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
+            } else {
+                link.next_log_frame(&mut self.logs, buf)
+            };
         match sent {
             Ok(Some(n)) => {
                 self.counters.frames_out += 1;

@@ -10,7 +10,7 @@
 //! [`Agent::status`] is what the device reports to the server.
 
 use keel_flash::{Medium, Nor};
-use keel_proto::msg::Up;
+use keel_proto::msg::{Up, MAX_FETCH};
 
 use crate::{Confirm, TrialPolicy};
 use crate::{Download, Error, Offer, Outcome, Phase, Reason, Updater};
@@ -60,13 +60,16 @@ impl Status {
 /// What to do after an agent call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Ask the server for `len` bytes of the bundle's app layer at `offset`.
+    /// Ask the server for `len` bytes of one layer of the bundle at `offset`.
     Fetch {
         /// Bundle sequence number.
         sequence: u64,
-        /// Offset in the layer.
+        /// The layer's component index in manifest order (the app's).
+        component: u8,
+        /// Offset in the **layer** (the bytes as the server stores them). For a full image it
+        /// is also the offset in the slot; a delta-encoded layer will map the two apart.
         offset: u32,
-        /// Bytes.
+        /// Bytes: at most one flash page and at most [`MAX_FETCH`].
         len: u32,
     },
     /// The update is installed and committed: restart the app from [`Updater::boot`]'s plan.
@@ -83,11 +86,12 @@ pub enum Next {
 }
 
 impl Next {
-    /// The message to send for it, if any (`FetchLayer` for [`Next::Fetch`]; the app layer is
-    /// component 0).
+    /// The message to send for it, if any (`FetchLayer` for [`Next::Fetch`]).
     pub fn message(&self) -> Option<Up<'static>> {
         match *self {
-            Next::Fetch { sequence, offset, len } => Some(Up::FetchLayer { sequence, component: 0, offset, len }),
+            Next::Fetch { sequence, component, offset, len } => {
+                Some(Up::FetchLayer { sequence, component, offset, len })
+            }
             _ => None,
         }
     }
@@ -118,12 +122,20 @@ pub struct Agent {
     /// A refusal or failure not recorded in the journal (bad manifest, too-old visor): reported
     /// until the next offer.
     failure: Option<(u64, State, Reason)>,
+    /// Manifest index of the layer being downloaded.
+    component: u8,
 }
 
 impl Agent {
     /// An idle agent.
     pub const fn new() -> Self {
-        Agent { download: None, politeness_s: 0, ready: None, requested_end: 0, failure: None }
+        Agent { download: None, politeness_s: 0, ready: None, requested_end: 0, failure: None, component: 0 }
+    }
+
+    /// The manifest index of the component being downloaded (the app's layer): layer data for
+    /// another component is not this agent's.
+    pub fn component(&self) -> u8 {
+        self.component
     }
 
     /// Handles an offer: `envelope` is the bundle's SUIT envelope without payloads.
@@ -141,7 +153,10 @@ impl Agent {
             Ok(m) => m,
             Err(_) => return self.refuse(0, Reason::BadManifest),
         };
-        let Some(app) = manifest.component("app") else { return self.refuse(manifest.sequence, Reason::BadManifest) };
+        let Some(index) = manifest.components().iter().position(|c| c.id == "app") else {
+            return self.refuse(manifest.sequence, Reason::BadManifest);
+        };
+        let app = manifest.components()[index];
         if manifest.policies.min_visor_version > visor_version {
             return self.refuse(manifest.sequence, Reason::VisorTooOld);
         }
@@ -171,6 +186,8 @@ impl Agent {
         match up.offer(f, &offer) {
             Ok(dl) => {
                 self.download = Some(dl);
+                // A manifest holds at most a handful of components (keel_bundle::MAX_COMPONENTS).
+                self.component = u8::try_from(index).unwrap_or(u8::MAX);
                 self.ready = None;
                 self.politeness_s = manifest.policies.max_politeness_time_s;
                 self.requested_end = 0;
@@ -204,12 +221,14 @@ impl Agent {
         if offset < self.requested_end {
             return Next::None; // still arriving
         }
-        let len = dl.fetch_len().min(dl.offer().size.saturating_sub(offset));
+        // One page, but never more than one request may ask for (a 128 KiB-page flash is
+        // fetched in several requests; the page is journaled when its last byte is written).
+        let len = dl.fetch_len().min(MAX_FETCH).min(dl.offer().size.saturating_sub(offset));
         if len == 0 {
             return Next::None; // complete: `advance` finishes it
         }
         self.requested_end = offset + len;
-        Next::Fetch { sequence: dl.offer().seq, offset, len }
+        Next::Fetch { sequence: dl.offer().seq, component: self.component, offset, len }
     }
 
     /// Asks for the next page, or finishes a download whose bytes are all written (also one

@@ -32,7 +32,7 @@ fn serve(agent: &mut Agent, f: &mut Nor<SimFlash>, first: Next, layer: &[u8], st
     let up = updater();
     let mut next = first;
     let mut fetched = 0;
-    while let Next::Fetch { sequence, offset, len } = next {
+    while let Next::Fetch { sequence, offset, len, .. } = next {
         assert!(len <= FETCH_LEN);
         if stop_after.is_some_and(|s| fetched >= s) {
             return (next, fetched);
@@ -55,7 +55,7 @@ fn a_signed_offer_is_downloaded_page_by_page_and_installed_for_trial() {
     let (env, layer) = bundle(&key(1), 2, &image("2", 30_000), Policies::default());
     let mut agent = Agent::new();
     let first = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
-    assert_eq!(first, Next::Fetch { sequence: 2, offset: 0, len: FETCH_LEN });
+    assert_eq!(first, Next::Fetch { sequence: 2, component: 0, offset: 0, len: FETCH_LEN });
     let s = agent.status(&up, &f);
     assert_eq!((s.state, s.sequence, s.total), (State::Downloading, 2, layer.len() as u32));
     let (last, fetched) = serve(&mut agent, &mut f, first, &layer, None);
@@ -114,7 +114,7 @@ fn a_download_resumes_after_a_reconnect_and_after_a_power_cut() {
     let (_, fetched) = serve(&mut agent, &mut f, first, &layer, Some(2 * FETCH_LEN));
     assert_eq!(fetched, 2 * FETCH_LEN);
     let again = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
-    assert_eq!(again, Next::Fetch { sequence: 2, offset: 2 * FETCH_LEN, len: FETCH_LEN });
+    assert_eq!(again, Next::Fetch { sequence: 2, component: 0, offset: 2 * FETCH_LEN, len: FETCH_LEN });
     // Power cut in the middle of the fourth page.
     let at = f.medium().ops();
     f.medium_mut_for_tests().cut_at(at + 3, CutMode::Torn, 5);
@@ -228,4 +228,43 @@ fn a_layer_the_server_cannot_serve_ends_the_download_with_an_error() {
     assert_eq!((s.state, s.reason), (State::Error, Some(Reason::LayerUnavailable)));
     // The next offer resumes.
     assert!(matches!(agent.on_offer(&up, &mut f, &env, &trusted(), 0), Next::Fetch { sequence: 2, .. }));
+}
+
+#[test]
+fn on_a_flash_with_pages_larger_than_a_request_a_page_is_fetched_in_several_requests() {
+    use keel_flash::layout::Partition;
+    use keel_flash::Geometry;
+    // STM32H7-like sectors: 128 KiB pages, 32-byte units. A request may ask for at most
+    // MAX_FETCH bytes, which the server enforces: the agent splits the page.
+    let g = Geometry::new(128 * 1024, 32).unwrap();
+    let page = g.page_size();
+    let journal = Partition { name: "journal", offset: 0, size: 2 * page };
+    let a = Partition { name: "app-a", offset: 2 * page, size: 2 * page };
+    let b = Partition { name: "app-b", offset: 4 * page, size: 2 * page };
+    let target = keel_image::Target {
+        exec_base: 0x0020_0000,
+        exec_size: 0x0020_0000,
+        slot_capacity: 2 * page - 256,
+        abi: (1, 0),
+    };
+    let up = keel_update::Updater::new(journal, a, b, target);
+    let mut f = Nor::new(SimFlash::with_geometry(6 * page, g));
+    let layer = image("2", 150_000);
+    let layers = [LayerSpec { id: "app", target: Target::AppSlot, bytes: &layer }];
+    let spec = BundleSpec { sequence: 2, layers: &layers, policies: Policies::default() };
+    let env = split_bundle(&build_bundle(&spec, &key(1), |_| Some(a.size)).unwrap()).unwrap().envelope;
+    let mut agent = Agent::new();
+    let mut next = agent.on_offer(&up, &mut f, &env, &trusted(), 0);
+    let mut requests = 0;
+    while let Next::Fetch { sequence, component, offset, len } = next {
+        assert_eq!(component, 0);
+        assert!(len <= keel_proto::msg::MAX_FETCH, "a request within the wire limit: {len}");
+        requests += 1;
+        next = Next::None;
+        for (i, chunk) in layer[offset as usize..(offset + len) as usize].chunks(960).enumerate() {
+            next = agent.on_data(&up, &mut f, sequence, offset + (i * 960) as u32, chunk);
+        }
+    }
+    assert_eq!(next, Next::Installed);
+    assert_eq!(requests, layer.len().div_ceil(keel_proto::msg::MAX_FETCH as usize));
 }

@@ -299,7 +299,7 @@ impl Story {
             let mut next = dev.offer(&bundle.envelope)?;
             loop {
                 match next {
-                    Next::Fetch { sequence, offset, len } => {
+                    Next::Fetch { sequence, offset, len, .. } => {
                         assert_eq!(sequence, bundle.seq);
                         let page = self.geometry.page_size();
                         assert_eq!(len, page.min(bundle.layer.len() as u32 - offset), "a fetch is one page");
