@@ -5,55 +5,62 @@
 //! replayed handshake, an unknown device key, an oversized frame, a message that fails to
 //! authenticate — is closed; no other connection is affected.
 //!
+//! This is the async shell around [`crate::connection::Connection`], which makes every protocol
+//! decision (the `Ready` gate, log batching and acks, pings and time syncs, negotiated features,
+//! update offers, cancels and fetch validation). The shell owns TCP, Noise, the frame reader, the
+//! database, the object store and the timers, and performs the connection's outputs in order.
+//!
 //! Updates (see `docs/wire-protocol.md`, "Updates"): after `Ready` the device reports its update
 //! status; when its target bundle (the deployment) differs from what it reports, the gateway
 //! offers the bundle's envelope and then serves `FetchLayer` requests from the object store.
 //! A deployment made while the device is connected reaches it at once (the store broadcasts
 //! deployment changes to the connection tasks).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use keel_link::msg::{
-    decode_up, features, negotiate, Down, LayerErrorCode, Negotiated, Up, UpdateReason, UpdateState, VisorEvent,
-    LAYER_CHUNK, MAX_FETCH, PROTOCOL_MIN, PROTOCOL_VERSION,
-};
+use keel_link::msg::{encode, features, negotiate, Down, MAX_PLAINTEXT, PROTOCOL_MIN, PROTOCOL_VERSION};
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use crate::connection::{Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target};
+pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
-use crate::ota::{BundleLayer, UpdateStatus};
-use crate::store::{Counters, DeviceEvent, LogRecord, Store};
+use crate::store::{Counters, Device, DeviceEvent, Store};
 use crate::unix_us;
 
-/// How long a new connection may take to send its first handshake message.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write to a device that does not complete in this time ends the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A device that sends nothing for this long is disconnected.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often the gateway pings an idle device.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
-/// The device's wall clock is re-synchronised every this many pings (10 minutes).
-pub const TIME_SYNC_EVERY_PINGS: u32 = 20;
-/// At most this many log records already received are stored in one transaction and
-/// acknowledged with one `LogAck`.
-pub const MAX_BATCH: usize = 64;
 
 /// Why a connection ended.
 #[derive(Debug)]
 pub enum ConnError {
-    /// Network error or timeout.
+    /// Network error (a write that timed out included).
     Io(std::io::Error),
     /// The peer sent something invalid.
     Protocol(&'static str),
+    /// The peer did not send in time (its first handshake message, `Ready`, or anything at all
+    /// for [`IDLE_TIMEOUT`]): not invalid input.
+    Timeout(&'static str),
+    /// The frame reader task ended without a reason (it panicked).
+    ReaderEnded,
     /// The device key is not registered.
     UnknownDevice,
     /// Storage failed.
     Store(sqlx::Error),
+}
+
+impl ConnError {
+    /// True if the connection was refused or dropped for invalid input or an unknown key (what
+    /// `keel_gateway_rejected_total` counts); timeouts, network and storage errors are not.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, ConnError::Protocol(_) | ConnError::UnknownDevice)
+    }
 }
 
 impl From<std::io::Error> for ConnError {
@@ -68,6 +75,25 @@ impl From<sqlx::Error> for ConnError {
     }
 }
 
+impl From<Close> for ConnError {
+    fn from(c: Close) -> Self {
+        if c.is_timeout() {
+            ConnError::Timeout(c.as_str())
+        } else {
+            ConnError::Protocol(c.as_str())
+        }
+    }
+}
+
+impl From<ReadError> for ConnError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => ConnError::Io(e),
+            ReadError::Frame(_) => ConnError::Protocol("oversized frame"),
+        }
+    }
+}
+
 /// Generates a server static key pair: (private, public).
 pub fn generate_keypair() -> (Vec<u8>, [u8; 32]) {
     let params = keel_link::session::NOISE_PARAMS.parse().expect("valid Noise parameters");
@@ -77,16 +103,6 @@ pub fn generate_keypair() -> (Vec<u8>, [u8; 32]) {
 }
 
 type Frames = FrameReader<tokio::net::tcp::OwnedReadHalf, MAX_FRAME>;
-
-/// The next frame (the one codec, `keel_proto::frame::Decoder`), within `timeout`.
-async fn read_frame(r: &mut Frames, timeout: Duration) -> Result<Vec<u8>, ConnError> {
-    match tokio::time::timeout(timeout, r.next()).await {
-        Err(_) => Err(ConnError::Protocol("timeout")),
-        Ok(Err(ReadError::Io(e))) => Err(ConnError::Io(e)),
-        Ok(Err(ReadError::Frame(_))) => Err(ConnError::Protocol("oversized frame")),
-        Ok(Ok(f)) => Ok(f),
-    }
-}
 
 /// Serves device connections from `listener` until the task is dropped or aborted; aborting it
 /// also closes every connection it accepted.
@@ -109,7 +125,7 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
                 conns.spawn(async move {
                     match connection(stream, &store, &key).await {
                         Ok(()) => {}
-                        Err(e @ (ConnError::Protocol(_) | ConnError::UnknownDevice)) => {
+                        Err(e) if e.is_rejection() => {
                             Counters::add(&store.counters().rejected, 1);
                             tracing::info!(%peer, error = ?e, "device connection refused or dropped");
                         }
@@ -122,18 +138,31 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
     }
 }
 
+/// What the device said in its `Hello`, for the registry.
+struct HelloInfo {
+    visor_version: String,
+    app: Option<(String, String)>,
+    boot_count: u32,
+}
+
 async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
-    let (rd, mut wr) = s.into_split();
+    let (rd, wr) = s.into_split();
     let mut rd = Frames::new(rd);
-    let first = read_frame(&mut rd, HANDSHAKE_TIMEOUT).await?;
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.next()).await {
+        Err(_) => return Err(ConnError::Timeout("no handshake in time")),
+        Ok(f) => f?,
+    };
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
     let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
     let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
-    let (visor_version, boot_count) = (hello.visor_version.to_string(), hello.boot_count);
-    let app = hello.app.map(|(a, b)| (a.to_string(), b.to_string()));
+    let info = HelloInfo {
+        visor_version: hello.visor_version.to_string(),
+        app: hello.app.map(|(a, b)| (a.to_string(), b.to_string())),
+        boot_count: hello.boot_count,
+    };
     let acked = store.max_seq(&device.id).await?;
     let welcome = Down::Welcome {
         protocol: negotiated.protocol,
@@ -141,139 +170,264 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
         log_acked: acked,
         features: negotiated.features,
     };
-    let (mut session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
-    write_all(&mut wr, &frame).await?;
-    // The first handshake message may be a replay; only the device can send a valid `Ready`.
-    let ready = read_frame(&mut rd, HANDSHAKE_TIMEOUT).await?;
-    let plain = session.receive(&ready).map_err(|_| ConnError::Protocol("bad ready"))?;
-    if decode_up(&plain) != Ok(Up::Ready) {
-        return Err(ConnError::Protocol("expected ready"));
-    }
-    store
-        .device_online(&device.id, &visor_version, app.as_ref().map(|(a, b)| (a.as_str(), b.as_str())), boot_count)
-        .await?;
-    // A device that reconnects before its old connection timed out has two for a while: only
-    // the newest may mark it offline.
-    let generation = store.claim_online(&device.id);
-    Counters::add(&store.counters().handshakes, 1);
-    tracing::info!(device = %device.id, "device online");
+    let (session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
+    let mut shell = Shell { wr, session, store, device: &device, info, generation: None };
+    write_all(&mut shell.wr, &frame).await?;
+    // Subscribe before the target is read (after `Ready`) so a deployment made in between is
+    // not missed.
+    let deployments = store.subscribe_deployments();
+    let clock = Clock(Instant::now());
+    // The first handshake message may be a replay; the connection accepts nothing but `Ready`
+    // (which only the device can encrypt) until the device is online.
+    let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
     // Frames are read by their own task and handed over a channel, so waiting for one can be
     // combined with timers without losing half-read frames.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
         loop {
-            let f = read_frame(&mut rd, IDLE_TIMEOUT).await;
+            let f = rd.next().await.map_err(ConnError::from);
             let end = f.is_err();
             if tx.send(f).await.is_err() || end {
                 break;
             }
         }
     });
-    let peer = Peer { id: &device.id, visor_version: &visor_version, negotiated };
-    let result = exchange(wr, rx, &mut session, store, &peer).await;
+    let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
     reader.abort();
-    if store.release_online(&device.id, generation) {
-        store.device_offline(&device.id).await?;
+    // A device that reconnects before its old connection timed out has two for a while: only
+    // the newest may mark it offline.
+    if let Some(generation) = shell.generation {
+        if store.release_online(&device.id, generation) {
+            store.device_offline(&device.id).await?;
+        }
     }
     result
 }
 
-/// The device at the other end of a connection.
-struct Peer<'a> {
-    id: &'a str,
-    visor_version: &'a str,
-    negotiated: Negotiated,
-}
+/// Monotonic time since the connection's start, as the connection counts it.
+struct Clock(Instant);
 
-/// The record to store for a message, if any; whether it is a device record (which is
-/// acknowledged) rather than a server note; and the typed event it carries.
-#[allow(clippy::type_complexity)]
-fn record_of(
-    peer: &Peer<'_>,
-    msg: Up<'_>,
-    counters: &Counters,
-) -> Result<Option<(LogRecord, bool, Option<VisorEvent>)>, ConnError> {
-    let id = peer.id;
-    Ok(match msg {
-        Up::Log { seq, kind, level, time_us, text } => Some((
-            LogRecord {
-                seq,
-                kind,
-                level,
-                device_time_us: time_us,
-                received_at: unix_us(),
-                text: String::from_utf8_lossy(text).into_owned(),
-            },
-            true,
-            None,
-        )),
-        Up::Event { seq, time_us, event } => {
-            if let VisorEvent::Unknown(t) = event {
-                tracing::debug!(device = %id, event = t, "unknown visor event skipped");
-                Counters::add(&counters.unknown_messages, 1);
-            }
-            let mut text = String::new();
-            let _ = event.write_text(peer.visor_version, &mut text);
-            let level = if matches!(event, VisorEvent::Crash(_)) { 1 } else { 2 };
-            let record = LogRecord { seq, kind: 1, level, device_time_us: time_us, received_at: unix_us(), text };
-            Some((record, true, Some(event)))
-        }
-        Up::Dropped { count, before_seq } => {
-            tracing::warn!(device = %id, count, before_seq, "device dropped log records");
-            Counters::add(&counters.log_dropped, count);
-            let note = LogRecord {
-                seq: before_seq.saturating_sub(1),
-                kind: 2,
-                level: 1,
-                device_time_us: 0,
-                received_at: unix_us(),
-                text: format!("dropped {count}"),
-            };
-            Some((note, false, None))
-        }
-        Up::Unknown(v) => {
-            tracing::debug!(device = %id, variant = v, "unknown message skipped");
-            Counters::add(&counters.unknown_messages, 1);
-            None
-        }
-        Up::Pong { .. } | Up::Ready | Up::UpdateStatus { .. } | Up::FetchLayer { .. } => None,
-        Up::Hello { .. } => return Err(ConnError::Protocol("hello after handshake")),
-    })
-}
+impl Clock {
+    fn now(&self) -> Now {
+        Now { mono_us: self.0.elapsed().as_micros() as u64, unix_us: unix_us() }
+    }
 
-/// The text of an update reason code (empty for 0).
-fn reason_text(code: u16) -> String {
-    match (code, UpdateReason::from_u16(code)) {
-        (0, _) => String::new(),
-        (_, Some(r)) => r.as_str().to_string(),
-        (_, None) => format!("reason {code}"),
+    fn instant(&self, mono_us: u64) -> Instant {
+        self.0 + Duration::from_micros(mono_us)
     }
 }
 
-/// The bundle a device should run, as the gateway serves it.
-struct Target {
-    bundle_id: String,
-    sequence: u64,
-    envelope: Vec<u8>,
-    layers: Vec<BundleLayer>,
+/// One output of the connection. Messages are kept encoded and encrypted only when written, so
+/// the session's nonces follow the order of the writes whatever runs in between.
+enum Step {
+    Send(Vec<u8>),
+    EncodeFailed,
+    Act(Action),
 }
 
-/// What the device last said about its updates.
-#[derive(Clone, Copy)]
-struct Reported {
-    installed: u64,
-    sequence: u64,
-    state: UpdateState,
+/// The connection's [`Output`] during one input.
+#[derive(Default)]
+struct Steps {
+    steps: VecDeque<Step>,
 }
 
-/// The update side of one connection.
-struct Ota {
-    target: Option<Target>,
-    reported: Option<Reported>,
-    /// The sequence offered on this connection (offered once per connection and deployment, so
-    /// a device that fails on it is not offered it again in a loop).
-    offered: Option<u64>,
-    cancelled: Option<u64>,
+impl Output for Steps {
+    fn send(&mut self, msg: &Down<'_>) {
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        self.steps.push_back(match encode(msg, &mut plain) {
+            Ok(n) => {
+                plain.truncate(n);
+                Step::Send(plain)
+            }
+            Err(_) => Step::EncodeFailed,
+        });
+    }
+
+    fn act(&mut self, action: Action) {
+        self.steps.push_back(Step::Act(action));
+    }
+}
+
+/// The I/O side of one connection.
+struct Shell<'a> {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    session: ServerSession,
+    store: &'a Store,
+    device: &'a Device,
+    info: HelloInfo,
+    /// Set once the device is online (see [`Store::claim_online`]).
+    generation: Option<u64>,
+}
+
+/// Runs `input` on the connection and returns its outputs.
+fn feed(input: impl FnOnce(&mut Steps)) -> VecDeque<Step> {
+    let mut out = Steps::default();
+    input(&mut out);
+    out.steps
+}
+
+impl Shell<'_> {
+    async fn exchange(
+        &mut self,
+        conn: &mut Connection,
+        mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
+        mut deployments: broadcast::Receiver<String>,
+        clock: &Clock,
+    ) -> Result<(), ConnError> {
+        loop {
+            let wake = conn.poll_at().map(|at| clock.instant(at));
+            tokio::select! {
+                frame = frames.recv() => {
+                    // This frame and every one already waiting (while the connection's batch has
+                    // room); then the batch is stored in one transaction and acknowledged once.
+                    let mut next = Some(frame.ok_or(ConnError::ReaderEnded)??);
+                    while let Some(frame) = next.take() {
+                        let now = clock.now();
+                        let steps = match self.session.receive(&frame) {
+                            Ok(plain) => feed(|out| conn.receive_bytes(now, &plain, out)),
+                            Err(_) => feed(|out| conn.undecryptable(out)),
+                        };
+                        self.perform(conn, steps).await?;
+                        if conn.wants_more() {
+                            next = frames.try_recv().ok().transpose()?;
+                        }
+                    }
+                    if let Some(batch) = conn.flush() {
+                        self.store_batch(&batch).await?;
+                        let steps = feed(|out| conn.logs_stored(out));
+                        self.perform(conn, steps).await?;
+                    }
+                }
+                changed = deployments.recv() => {
+                    let ours = match changed {
+                        Ok(dev) => dev == self.device.id,
+                        // Missed some: ours may be among them.
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        // Cannot happen while `store` (which holds the sender) lives.
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if ours {
+                        let steps = feed(|out| conn.deployment_changed(out));
+                        self.perform(conn, steps).await?;
+                    }
+                }
+                () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    let now = clock.now();
+                    let steps = feed(|out| conn.tick(now, out));
+                    self.perform(conn, steps).await?;
+                }
+            }
+        }
+    }
+
+    /// Carries out the connection's outputs in order (a target load feeds the connection again;
+    /// its outputs come next).
+    async fn perform(&mut self, conn: &mut Connection, mut steps: VecDeque<Step>) -> Result<(), ConnError> {
+        let (store, id) = (self.store, self.device.id.as_str());
+        let counters = store.counters();
+        while let Some(step) = steps.pop_front() {
+            match step {
+                Step::Send(plain) => {
+                    let frame = self.session.send_raw(&plain).map_err(|_| ConnError::Protocol("encrypt"))?;
+                    write_all(&mut self.wr, &frame).await?
+                }
+                Step::EncodeFailed => return Err(ConnError::Protocol("encrypt")),
+                Step::Act(action) => match action {
+                    Action::Online => {
+                        let app = self.info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+                        store.device_online(id, &self.info.visor_version, app, self.info.boot_count).await?;
+                        self.generation = Some(store.claim_online(id));
+                        Counters::add(&counters.handshakes, 1);
+                        tracing::info!(device = %id, "device online");
+                    }
+                    Action::LoadTarget => {
+                        let target = store.deployment(id).await?.map(|d| Target {
+                            bundle_id: d.bundle.id,
+                            sequence: d.bundle.sequence,
+                            envelope: d.bundle.envelope,
+                            layers: d.bundle.layers,
+                        });
+                        let more = feed(|out| conn.target(target, out));
+                        for s in more.into_iter().rev() {
+                            steps.push_front(s);
+                        }
+                    }
+                    Action::StoreStatus(status) => {
+                        store.set_update_status(id, &status).await?;
+                    }
+                    Action::NoteUpdate { state, sequence, text } => {
+                        store.note_update_event(id, state, sequence, &text).await?;
+                    }
+                    Action::Fetch(fetch) => self.serve_fetch(&fetch).await?,
+                    Action::Notice(notice) => self.notice(notice),
+                    Action::Close(why) => return Err(why.into()),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a validated range from the object store and sends it (or `Unavailable`). The read
+    /// is async (the local store reads on the blocking pool), so a slow read holds up this
+    /// connection only.
+    async fn serve_fetch(&mut self, fetch: &Fetch) -> Result<(), ConnError> {
+        let range = fetch.range();
+        let data = self.store.read_layer(&fetch.sha256, range.start, range.end).await.ok();
+        match fetch.reply(data.as_deref()) {
+            Ok(messages) => {
+                for m in &messages {
+                    send(&mut self.wr, &mut self.session, m).await?;
+                }
+                Counters::add(&self.store.counters().layer_bytes_served, fetch.len as u64);
+            }
+            Err(refusal) => {
+                tracing::warn!(layer = %fetch.sha256, "layer missing or short in the object store");
+                send(&mut self.wr, &mut self.session, &refusal).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs and counts.
+    fn notice(&self, notice: Notice) {
+        let (id, counters) = (self.device.id.as_str(), self.store.counters());
+        match notice {
+            Notice::UnknownMessage(variant) => {
+                tracing::debug!(device = %id, variant, "unknown message skipped");
+                Counters::add(&counters.unknown_messages, 1);
+            }
+            Notice::UnknownEvent(event) => {
+                tracing::debug!(device = %id, event, "unknown visor event skipped");
+                Counters::add(&counters.unknown_messages, 1);
+            }
+            Notice::Dropped { count, before_seq } => {
+                tracing::warn!(device = %id, count, before_seq, "device dropped log records");
+                Counters::add(&counters.log_dropped, count);
+            }
+            Notice::UnknownUpdateState(state) => tracing::warn!(device = %id, state, "unknown update state"),
+            Notice::Offered { bundle_id, sequence } => {
+                Counters::add(&counters.offers_sent, 1);
+                tracing::info!(device = %id, bundle = %bundle_id, sequence, "update offered");
+            }
+        }
+    }
+
+    /// Stores a batch in one transaction, then the registry and history notes its events carry.
+    async fn store_batch(&self, batch: &Batch) -> Result<(), ConnError> {
+        let (store, id) = (self.store, self.device.id.as_str());
+        let counters = store.counters();
+        let new = store.insert_logs(id, &batch.records).await?;
+        Counters::add(&counters.log_records, batch.received);
+        Counters::add(&counters.log_duplicates, (batch.records.len() as u64).saturating_sub(new));
+        for note in &batch.notes {
+            match note {
+                Note::Boot { at, text } => store.note_event(id, *at, DeviceEvent::Boot(text)).await?,
+                Note::Crash { at, text } => store.note_event(id, *at, DeviceEvent::Crash(text)).await?,
+                Note::Update { state, sequence, text } => store.note_update_event(id, state, *sequence, text).await?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Encrypts and writes one message.
@@ -295,230 +449,26 @@ async fn write_all<W: AsyncWriteExt + Unpin>(s: &mut W, bytes: &[u8]) -> Result<
     }
 }
 
-impl Ota {
-    async fn load(store: &Store, id: &str) -> Result<Ota, ConnError> {
-        Ok(Ota { target: Self::target(store, id).await?, reported: None, offered: None, cancelled: None })
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn target(store: &Store, id: &str) -> Result<Option<Target>, ConnError> {
-        Ok(store.deployment(id).await?.map(|d| Target {
-            bundle_id: d.bundle.id,
-            sequence: d.bundle.sequence,
-            envelope: d.bundle.envelope,
-            layers: d.bundle.layers,
-        }))
-    }
-
-    /// The deployment changed: forget what was offered and look again.
-    async fn reload(&mut self, store: &Store, id: &str) -> Result<(), ConnError> {
-        self.target = Self::target(store, id).await?;
-        self.offered = None;
-        self.cancelled = None;
-        Ok(())
-    }
-
-    /// Sends what the device needs given its target and its last report: `UpdateCancel` for a
-    /// download that is no longer the target, `UpdateOffer` for a target it neither runs nor
-    /// already handles (downloading, installing, on trial, confirmed, refused or rolled back).
-    async fn reconcile(
-        &mut self,
-        s: &mut tokio::net::tcp::OwnedWriteHalf,
-        session: &mut ServerSession,
-        store: &Store,
-        id: &str,
-    ) -> Result<(), ConnError> {
-        // Nothing before the device said where it stands (devices without an update agent never do).
-        let Some(rep) = self.reported else { return Ok(()) };
-        let target_seq = self.target.as_ref().map(|t| t.sequence);
-        if rep.state == UpdateState::Downloading
-            && rep.sequence != 0
-            && target_seq != Some(rep.sequence)
-            && self.cancelled != Some(rep.sequence)
-        {
-            send(s, session, &Down::UpdateCancel { sequence: rep.sequence }).await?;
-            self.cancelled = Some(rep.sequence);
-            store.note_update_event(id, "cancelled", rep.sequence, "download cancelled: no longer the target").await?;
-        }
-        let Some(t) = &self.target else { return Ok(()) };
-        if rep.installed == t.sequence || self.offered == Some(t.sequence) {
-            return Ok(());
-        }
-        let handled = matches!(
-            rep.state,
-            UpdateState::Downloading
-                | UpdateState::Installing
-                | UpdateState::Trial
-                | UpdateState::Confirmed
-                | UpdateState::Refused
-                | UpdateState::RolledBack
-        );
-        if rep.sequence == t.sequence && handled {
-            return Ok(());
-        }
-        send(s, session, &Down::UpdateOffer { envelope: &t.envelope }).await?;
-        self.offered = Some(t.sequence);
-        Counters::add(&store.counters().offers_sent, 1);
-        let text = format!("offered {} (sequence {})", t.bundle_id, t.sequence);
-        store.note_update_event(id, "offered", t.sequence, &text).await?;
-        tracing::info!(device = %id, bundle = %t.bundle_id, sequence = t.sequence, "update offered");
-        Ok(())
-    }
-
-    /// Answers one `FetchLayer`: consecutive `LayerData` covering the range, or one `LayerError`.
-    async fn fetch(
-        &self,
-        s: &mut tokio::net::tcp::OwnedWriteHalf,
-        session: &mut ServerSession,
-        store: &Store,
-        (sequence, component, offset, len): (u64, u8, u32, u32),
-    ) -> Result<(), ConnError> {
-        let refuse = |code: LayerErrorCode| Down::LayerError { sequence, component, offset, code: code as u8 };
-        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence) else {
-            return send(s, session, &refuse(LayerErrorCode::UnknownSequence)).await;
-        };
-        let Some(layer) = t.layers.get(component as usize) else {
-            return send(s, session, &refuse(LayerErrorCode::UnknownComponent)).await;
-        };
-        let end = offset as u64 + len as u64;
-        if len == 0 || len > MAX_FETCH || end > layer.size as u64 {
-            return send(s, session, &refuse(LayerErrorCode::OutOfRange)).await;
-        }
-        // An object store read is async (the local store reads on the blocking pool), so a slow
-        // read holds up this connection only.
-        let data = match store.read_layer(&layer.sha256, offset as u64, end).await {
-            Ok(d) if d.len() == len as usize => d,
-            Ok(_) | Err(_) => {
-                tracing::warn!(layer = %layer.sha256, "layer missing or short in the object store");
-                return send(s, session, &refuse(LayerErrorCode::Unavailable)).await;
-            }
-        };
-        for (i, chunk) in data.chunks(LAYER_CHUNK).enumerate() {
-            let offset = offset + (i * LAYER_CHUNK) as u32;
-            send(s, session, &Down::LayerData { sequence, component, offset, data: chunk }).await?;
-        }
-        Counters::add(&store.counters().layer_bytes_served, len as u64);
-        Ok(())
-    }
-}
-
-async fn exchange(
-    mut s: tokio::net::tcp::OwnedWriteHalf,
-    mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
-    session: &mut ServerSession,
-    store: &Store,
-    peer: &Peer<'_>,
-) -> Result<(), ConnError> {
-    let id = peer.id;
-    let updates = peer.negotiated.allows(features::UPDATES);
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    ping.tick().await;
-    let mut nonce = 0u32;
-    // Subscribe before reading the target so a deployment made in between is not missed.
-    let mut deployments = store.subscribe_deployments();
-    let mut ota = Ota::load(store, id).await?;
-    loop {
-        tokio::select! {
-            frame = frames.recv() => {
-                // Take this frame and every one already waiting (up to a batch), store their
-                // records in one transaction, then acknowledge once.
-                let mut batch = Vec::new();
-                let mut events = Vec::new();
-                let mut acked = None;
-                let mut next = Some(frame.ok_or(ConnError::Protocol("reader ended"))??);
-                while let Some(frame) = next.take() {
-                    let plain = session.receive(&frame).map_err(|_| ConnError::Protocol("bad message"))?;
-                    let msg = decode_up(&plain).map_err(|_| ConnError::Protocol("malformed message"))?;
-                    // The device must not send what the server did not announce.
-                    if !peer.negotiated.allows(msg.feature()) {
-                        return Err(ConnError::Protocol("message of a feature not negotiated"));
-                    }
-                    match msg {
-                        Up::UpdateStatus { installed, sequence, state, progress, total, reason } => {
-                            match UpdateState::from_u8(state) {
-                                Some(st) => {
-                                    let status = UpdateStatus {
-                                        state: st.as_str().into(),
-                                        sequence,
-                                        installed,
-                                        progress: progress.into(),
-                                        total: total.into(),
-                                        reason: reason_text(reason),
-                                        updated_at: unix_us() as i64,
-                                    };
-                                    store.set_update_status(id, &status).await?;
-                                    ota.reported = Some(Reported { installed, sequence, state: st });
-                                    if updates {
-                                        ota.reconcile(&mut s, session, store, id).await?;
-                                    }
-                                }
-                                // A state a newer device knows and this server does not: ignore it.
-                                None => tracing::warn!(device = %id, state, "unknown update state"),
-                            }
-                        }
-                        Up::FetchLayer { sequence, component, offset, len } => {
-                            ota.fetch(&mut s, session, store, (sequence, component, offset, len)).await?;
-                        }
-                        msg => {
-                            if let Some((record, is_log, event)) = record_of(peer, msg, store.counters())? {
-                                if is_log {
-                                    acked = Some(record.seq);
-                                }
-                                batch.push(record);
-                                events.push(event);
-                            }
-                        }
-                    }
-                    if batch.len() < MAX_BATCH {
-                        next = frames.try_recv().ok().transpose()?;
-                    }
-                }
-                if !batch.is_empty() {
-                    let counters = store.counters();
-                    let received = batch.iter().filter(|r| r.kind != 2).count() as u64;
-                    let new = store.insert_logs(id, &batch).await?;
-                    Counters::add(&counters.log_records, received);
-                    Counters::add(&counters.log_duplicates, (batch.len() as u64).saturating_sub(new));
-                    // The registry and the update history from the typed events.
-                    for (r, ev) in batch.iter().zip(&events) {
-                        match ev {
-                            Some(VisorEvent::Boot { .. }) => {
-                                store.note_event(id, r.received_at, DeviceEvent::Boot(&r.text)).await?
-                            }
-                            Some(VisorEvent::Crash(_)) => {
-                                store.note_event(id, r.received_at, DeviceEvent::Crash(&r.text)).await?
-                            }
-                            Some(VisorEvent::Update { sequence, state, .. }) => {
-                                let state = UpdateState::from_u8(*state).map_or("unknown", |s| s.as_str());
-                                store.note_update_event(id, state, *sequence, &format!("device: {}", r.text)).await?
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                if let Some(upto) = acked {
-                    send(&mut s, session, &Down::LogAck { upto }).await?;
-                }
-            }
-            changed = deployments.recv() => {
-                let ours = match changed {
-                    Ok(dev) => dev == id,
-                    // Missed some: ours may be among them.
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    // Cannot happen while `store` (which holds the sender) lives.
-                    Err(broadcast::error::RecvError::Closed) => false,
-                };
-                if ours && updates {
-                    ota.reload(store, id).await?;
-                    ota.reconcile(&mut s, session, store, id).await?;
-                }
-            }
-            _ = ping.tick() => {
-                nonce = nonce.wrapping_add(1);
-                send(&mut s, session, &Down::Ping { nonce }).await?;
-                if nonce % TIME_SYNC_EVERY_PINGS == 0 {
-                    send(&mut s, session, &Down::TimeSync { unix_us: unix_us() }).await?;
-                }
-            }
+    #[test]
+    fn timeouts_and_a_vanished_reader_are_not_rejections() {
+        // What `keel_gateway_rejected_total` counts: invalid input and unknown keys only.
+        assert!(ConnError::Protocol("bad handshake").is_rejection());
+        assert!(ConnError::UnknownDevice.is_rejection());
+        assert!(ConnError::from(Close::ExpectedReady).is_rejection());
+        assert!(ConnError::from(ReadError::Frame(keel_proto::frame::FrameError::TooLarge { len: 9, limit: 8 }))
+            .is_rejection());
+        for e in [
+            ConnError::from(Close::ReadyTimeout),
+            ConnError::from(Close::IdleTimeout),
+            ConnError::Timeout("no handshake in time"),
+            ConnError::ReaderEnded,
+            ConnError::from(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        ] {
+            assert!(!e.is_rejection(), "{e:?}");
         }
     }
 }

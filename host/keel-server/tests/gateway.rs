@@ -47,6 +47,7 @@ on_both_databases!(a_replayed_handshake_does_not_bring_a_device_online);
 on_both_databases!(a_newer_device_connects_at_the_common_version);
 on_both_databases!(unknown_messages_are_skipped_bad_frames_end_one_connection);
 on_both_databases!(visor_events_fill_the_registry_without_text_parsing);
+on_both_databases!(a_handshake_without_ready_times_out_and_is_not_counted_as_rejected);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -400,4 +401,50 @@ fn only_the_newest_connection_of_a_device_marks_it_offline() {
         assert!(store.release_online("kd01", new), "the newest one ends: offline");
         assert!(!store.release_online("kd01", new), "only once");
     });
+}
+
+/// One metric's value from `/metrics`.
+async fn metric(store: &Store, name: &str) -> u64 {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let app = keel_server::http::router(keel_server::http::AppState::new(store.clone(), [9; 32]));
+    let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+    let body = app.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+async fn a_handshake_without_ready_times_out_and_is_not_counted_as_rejected(store: Store) {
+    use keel_server::gateway::HANDSHAKE_TIMEOUT;
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd09", &public_key(&secret), "slow").await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _gw = tokio::spawn(serve(listener, store.clone(), private));
+    // A valid first handshake message (as a replay would be); the welcome comes back, and then
+    // no Ready is ever sent.
+    let mut session = keel_link::session::DeviceSession::<rand_core::OsRng>::new(&secret, &public).unwrap();
+    let hello = hello_from(keel_link::msg::PROTOCOL_VERSION, keel_link::msg::PROTOCOL_VERSION, 0);
+    let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+    let n = session.start_hello(&hello, &mut out).unwrap();
+    let started = tokio::time::Instant::now();
+    let (rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+    wr.write_all(&out[..n]).await.unwrap();
+    let mut frames = keel_server::framed::FrameReader::<_, { keel_link::session::MAX_FRAME }>::new(rd);
+    assert!(frames.next().await.is_ok(), "the welcome");
+    assert!(frames.next().await.is_err(), "closed by the server");
+    assert!(started.elapsed() >= HANDSHAKE_TIMEOUT, "after the Ready deadline, not before");
+    // Then garbage, which is invalid input: only that one counts as rejected.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x00\x05hello").await.unwrap();
+    drop(s);
+    until(|| async { metric(&store, "keel_gateway_rejected_total").await > 0 }).await;
+    assert_eq!(metric(&store, "keel_gateway_rejected_total").await, 1, "the timeout was not counted as rejected");
+    assert_eq!(metric(&store, "keel_gateway_connections_total").await, 2);
+    assert_eq!(metric(&store, "keel_gateway_handshakes_total").await, 0, "never online");
+    assert!(!store.device("kd09").await.unwrap().unwrap().online);
 }
