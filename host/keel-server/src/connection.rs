@@ -220,7 +220,7 @@ impl Fetch {
                 .map(|(i, data)| Down::LayerData {
                     sequence,
                     component,
-                    offset: offset + (i * LAYER_CHUNK) as u32,
+                    offset: offset.saturating_add((i * LAYER_CHUNK) as u32),
                     data,
                 })
                 .collect()),
