@@ -13,7 +13,9 @@
 #![allow(unsafe_code)]
 
 use core::ptr::{read_volatile, write_volatile};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+#[cfg(feature = "measure")]
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Start of the app execution region (NS alias of SSRAM-0's upper half). Apps are linked here.
 pub const APP_EXEC_BASE: u32 = 0x0020_0000;
@@ -398,19 +400,23 @@ pub fn wait_for_interrupt() {
 }
 
 /// Runs `f` with every secure and non-secure interrupt masked (PRIMASK_S), restoring the previous
-/// mask afterwards. Faults are not masked. The outermost section's duration feeds
-/// [`masked_max_cycles`].
+/// mask afterwards. Faults are not masked. With the `measure` feature (bench builds only), the
+/// outermost section's duration feeds [`masked_max_cycles`].
 pub fn critical<R>(f: impl FnOnce() -> R) -> R {
     let primask: u32;
     // SAFETY: saves PRIMASK and masks interrupts; restored below.
     unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
+    #[cfg(feature = "measure")]
     let start = clock_raw();
     let r = f();
     if primask & 1 == 0 {
-        // The time base counts down: elapsed = start - now (wrapping).
-        let masked = start.wrapping_sub(clock_raw());
-        if masked > MASKED_MAX.load(Ordering::Relaxed) {
-            MASKED_MAX.store(masked, Ordering::Relaxed);
+        #[cfg(feature = "measure")]
+        {
+            // The time base counts down: elapsed = start - now (wrapping).
+            let masked = start.wrapping_sub(clock_raw());
+            if masked > MASKED_MAX.load(Ordering::Relaxed) {
+                MASKED_MAX.store(masked, Ordering::Relaxed);
+            }
         }
         // SAFETY: interrupts were enabled on entry.
         unsafe { core::arch::asm!("cpsie i", options(nostack, preserves_flags)) };
@@ -420,10 +426,12 @@ pub fn critical<R>(f: impl FnOnce() -> R) -> R {
 
 /// Longest time interrupts were masked by [`critical`] (outermost sections only; updated with
 /// interrupts still masked, so a plain load and store suffice on this single core).
+#[cfg(feature = "measure")]
 static MASKED_MAX: AtomicU32 = AtomicU32::new(0);
 
 /// The longest stretch, in time-base cycles ([`SYSCLK_HZ`]), that [`critical`] kept interrupts
-/// masked since boot.
+/// masked since boot (`measure` builds only).
+#[cfg(feature = "measure")]
 pub fn masked_max_cycles() -> u32 {
     MASKED_MAX.load(Ordering::Relaxed)
 }

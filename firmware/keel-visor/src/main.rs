@@ -79,8 +79,13 @@ pub struct Visor {
     pub wait_deadline: Option<u64>,
 }
 
+/// Where the visor's state lives: uninitialised RAM (`.bss`), built in place at boot. A
+/// `static` holding the state itself would be initialised data, copied from flash at reset: 17
+/// KiB of flash for nothing.
+static STATE: static_cell::StaticCell<Visor> = static_cell::StaticCell::new();
+
 /// The visor's state. `None` only before `visor_main` initialised it.
-pub static VISOR: Global<Option<Visor>> = Global::new(None);
+pub static VISOR: Global<Option<&'static mut Visor>> = Global::new(None);
 
 /// Switches the secure thread to a fresh idle loop; returns the trampoline result.
 fn go_idle() -> u64 {
@@ -396,17 +401,16 @@ extern "C" fn visor_main() -> ! {
     let nic = factory.as_ref().and_then(|f| net::Nic::new(f, seed, now));
     let updater = keel_update::Updater::reference(app::target(layout::APP_A));
     // Built in place (the core holds the log ring and frame buffers: too big to move around on
-    // the boot stack), then booted.
-    VISOR.with(|v| {
-        let v = v.insert(Visor {
-            core: net::Core::unbooted(config, flash, updater, now),
-            nic,
-            pending: net::Pending::default(),
-            factory,
-            wait_deadline: None,
-        });
-        v.core.boot(now, &mut net::Effects(&mut v.pending));
+    // the boot stack), then booted, then shared.
+    let state = STATE.init_with(|| Visor {
+        core: net::Core::unbooted(config, flash, updater, now),
+        nic,
+        pending: net::Pending::default(),
+        factory,
+        wait_deadline: None,
     });
+    state.core.boot(now, &mut net::Effects(&mut state.pending));
+    VISOR.with(|v| *v = Some(state));
 
     rt::enter_idle_thread()
 }

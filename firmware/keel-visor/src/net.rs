@@ -75,6 +75,8 @@ pub struct Nic {
     tcp: SocketHandle,
     server: (Ipv4Address, u16),
     local_port: u16,
+    /// DHCP gave an address (and has not taken it back).
+    has_address: bool,
     /// The TCP socket was connecting or established at the last poll.
     was_open: bool,
     was_established: bool,
@@ -124,8 +126,13 @@ impl Nic {
         let iface = Interface::new(config, &mut dev, instant(now_us));
         let mut sockets = SocketSet::new(&mut bufs.storage[..]);
         let dhcp = sockets.add(dhcpv4::Socket::new());
-        let socket =
+        let mut socket =
             tcp::Socket::new(tcp::SocketBuffer::new(&mut bufs.rx[..]), tcp::SocketBuffer::new(&mut bufs.tx[..]));
+        // Whole frames are written at once, and a 4 KiB receive window leaves no room for
+        // delayed ACKs: acknowledge every segment at once (a layer download is otherwise paced
+        // by the 10 ms ACK timer) and send small frames (a fetch, a pong) without waiting.
+        socket.set_ack_delay(None);
+        socket.set_nagle_enabled(false);
         let tcp = sockets.add(socket);
         dev.enable_rx_interrupt();
         board::enable_net_irq();
@@ -138,6 +145,7 @@ impl Nic {
             tcp,
             server: (ip, port),
             local_port: 49152 + (seed % 8192) as u16,
+            has_address: false,
             was_open: false,
             was_established: false,
         })
@@ -192,10 +200,14 @@ impl Nic {
                         let _ = self.iface.routes_mut().remove_default_ipv4_route();
                     }
                 };
+                self.has_address = true;
                 core.address_acquired(now, &mut Effects(pending));
             }
             Some(dhcpv4::Event::Deconfigured) => {
-                vlog!("net: address lost");
+                // DHCP also reports this before its first lease: only a lost lease is news.
+                if core::mem::take(&mut self.has_address) {
+                    vlog!("net: address lost");
+                }
                 self.iface.update_ip_addrs(|a| a.clear());
                 core.address_lost(now, &mut Effects(pending));
             }

@@ -86,7 +86,7 @@ fn write_struct<const N: usize>(
     if out.read_u32() != 1 {
         return Status::UnsupportedStructVersion;
     }
-    match VISOR.with(|v| v.as_ref().map(make)) {
+    match VISOR.with(|v| v.as_deref().map(make)) {
         None => Status::InternalError,
         Some(None) => Status::Unavailable,
         Some(Some(bytes)) => {

@@ -146,6 +146,10 @@ struct HelloInfo {
 }
 
 async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
+    // Every write is a whole frame and the protocol is request/response (a fetch and its
+    // layer data): Nagle's algorithm would hold each frame until the previous one is
+    // acknowledged, which a peer's delayed ACK turns into 40 ms per frame.
+    s.set_nodelay(true)?;
     let (rd, wr) = s.into_split();
     let mut rd = Frames::new(rd);
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.next()).await {
