@@ -4,13 +4,13 @@
 
 use keel_bundle::{build_bundle, split_bundle, BundleSpec, LayerSpec, Policies, SigningKey};
 use keel_device::{AppAction, Config, Device, Effect, Identity, Output, MAX_FRAME};
-use keel_flash::layout::Partition;
+use keel_flash::layout::{self, Partition};
 use keel_flash::sim::SimFlash;
-use keel_flash::{Nor, PAGE_SIZE};
+use keel_flash::{Geometry, Nor, PAGE_SIZE};
 use keel_image::{Header, Target, HEADER_SIZE};
 use keel_link::frame::Decoder;
 use keel_link::msg::{
-    decode_up, features, negotiate, Down, Up, VisorEvent, LAYER_CHUNK, PROTOCOL_MIN, PROTOCOL_VERSION,
+    decode_up, features, negotiate, Down, Up, UpdateState, VisorEvent, LAYER_CHUNK, PROTOCOL_MIN, PROTOCOL_VERSION,
 };
 use keel_link::session::server::{Accepting, ServerSession};
 use keel_supervisor::Policy;
@@ -31,6 +31,24 @@ pub const TARGET: Target = Target {
 
 pub fn updater() -> Updater {
     Updater::new(JOURNAL, APP_A, APP_B, TARGET)
+}
+
+/// The journal and app slots of the real partition layout (`keel_flash::layout`) for flash of
+/// geometry `g`: each partition moved up to a page boundary of `g`, slots big enough for the
+/// 2 MiB execution region and a header. For [`Geometry::REFERENCE`] it is the real layout.
+pub fn layout_for(g: Geometry) -> [Partition; 3] {
+    let page = |x: u32| g.page_ceil(x).expect("fits in u32");
+    let journal = Partition { name: "journal", offset: page(layout::JOURNAL.offset), size: 2 * g.page_size() };
+    let slot = page(TARGET.exec_size + HEADER_SIZE as u32);
+    let a = Partition { name: "app-a", offset: page(layout::APP_A.offset).max(journal.end()), size: slot };
+    let b = Partition { name: "app-b", offset: a.end(), size: slot };
+    [journal, a, b]
+}
+
+/// The updater of [`layout_for`]`(g)`, checking images against [`TARGET`] with the slot's capacity.
+pub fn updater_for(g: Geometry) -> Updater {
+    let [journal, a, b] = layout_for(g);
+    Updater::new(journal, a, b, Target { slot_capacity: a.size - HEADER_SIZE as u32, ..TARGET })
 }
 
 pub type Dev = Device<SimFlash, OsRng, 8192>;
@@ -101,6 +119,40 @@ pub struct Server {
     pub layer: Vec<u8>,
     /// Fetches from this offset on are not answered (a stalled download).
     pub stall_at: Option<u32>,
+    /// If set, the server offers updates by itself, as the gateway does (see [`Deployment`]).
+    pub deployment: Option<Deployment>,
+    /// The sequence offered on this connection (offered once per connection).
+    offered: Option<u64>,
+}
+
+/// A signed bundle the server can offer and serve.
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub seq: u64,
+    pub envelope: Vec<u8>,
+    pub layer: Vec<u8>,
+    /// Offered again after the device rolled it back (an operator redeploying it); otherwise a
+    /// rollback is the end of it, as for the gateway.
+    pub retry_after_rollback: bool,
+}
+
+/// What the device last said about updates (`UpdateStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub installed: u64,
+    pub sequence: u64,
+    pub state: u8,
+}
+
+/// The server's update model: which release a device should run, and the gateway's rule for
+/// offering it (`host/keel-server/src/gateway.rs`, `reconcile`): at every `UpdateStatus`, offer
+/// the target unless the device reports it installed, or reports it downloading, installing, on
+/// trial, confirmed, refused or rolled back, or it was already offered on this connection.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub releases: Vec<Release>,
+    /// The release a device that reported this should get (an index in `releases`), if any.
+    pub target: fn(&Report) -> Option<usize>,
 }
 
 /// A device message as the test sees it.
@@ -146,6 +198,8 @@ impl Server {
             auto_ack: true,
             layer: Vec::new(),
             stall_at: None,
+            deployment: None,
+            offered: None,
         }
     }
 
@@ -154,6 +208,48 @@ impl Server {
         self.decoder = Decoder::new();
         self.session = None;
         self.to_device.clear();
+        self.offered = None;
+    }
+
+    /// The last `UpdateStatus` the device sent, if any.
+    pub fn last_report(&self) -> Option<Report> {
+        self.received.iter().rev().find_map(|m| match *m {
+            Msg::Status { installed, sequence, state, .. } => Some(Report { installed, sequence, state }),
+            _ => None,
+        })
+    }
+
+    /// The release the deployment wants for a device that reported `rep`, if any.
+    pub fn target_for(&self, rep: &Report) -> Option<&Release> {
+        let d = self.deployment.as_ref()?;
+        (d.target)(rep).map(|i| &d.releases[i])
+    }
+
+    /// The gateway's reconcile step after an `UpdateStatus`.
+    fn reconcile(&mut self, rep: Report) {
+        let Some(t) = self.target_for(&rep) else { return };
+        if rep.installed == t.seq || self.offered == Some(t.seq) {
+            return;
+        }
+        let mut handled =
+            vec![UpdateState::Downloading, UpdateState::Installing, UpdateState::Trial, UpdateState::Confirmed];
+        handled.push(UpdateState::Refused);
+        if !t.retry_after_rollback {
+            handled.push(UpdateState::RolledBack);
+        }
+        let handled = handled.iter().any(|u| u.as_u8() == rep.state);
+        if rep.sequence == t.seq && handled {
+            return;
+        }
+        let (seq, envelope) = (t.seq, t.envelope.clone());
+        self.send(&Down::UpdateOffer { envelope: &envelope });
+        self.offered = Some(seq);
+    }
+
+    /// The layer of bundle `sequence`: the deployment's release, else [`Server::layer`].
+    fn layer_of(&self, sequence: u64) -> &[u8] {
+        let release = self.deployment.as_ref().and_then(|d| d.releases.iter().find(|r| r.seq == sequence));
+        release.map_or(&self.layer, |r| &r.layer)
     }
 
     pub fn send(&mut self, m: &Down<'_>) {
@@ -206,20 +302,22 @@ impl Server {
                             event.write_text(env!("CARGO_PKG_VERSION"), &mut text).unwrap();
                             Msg::Event { seq, event, text }
                         }
-                        Up::UpdateStatus { installed, sequence, state, reason, .. } => Msg::Status {
-                            installed,
-                            sequence,
-                            state,
-                            reason: keel_abi::UpdateReason::from_u16(reason).map_or("", |r| r.as_str()).to_string(),
-                        },
+                        Up::UpdateStatus { installed, sequence, state, reason, .. } => {
+                            self.reconcile(Report { installed, sequence, state });
+                            Msg::Status {
+                                installed,
+                                sequence,
+                                state,
+                                reason: keel_abi::UpdateReason::from_u16(reason).map_or("", |r| r.as_str()).to_string(),
+                            }
+                        }
                         Up::FetchLayer { sequence, component, offset, len } => {
                             assert_eq!(component, 0);
                             if self.stall_at.is_some_and(|s| offset >= s) {
                                 self.received.push(Msg::Fetch { sequence, offset, len });
                                 continue;
                             }
-                            let layer = self.layer.clone();
-                            let range = &layer[offset as usize..(offset + len) as usize];
+                            let range = self.layer_of(sequence)[offset as usize..(offset + len) as usize].to_vec();
                             for (i, chunk) in range.chunks(LAYER_CHUNK).enumerate() {
                                 let at = offset + (i * LAYER_CHUNK) as u32;
                                 self.send(&Down::LayerData { sequence, component: 0, offset: at, data: chunk });
@@ -274,6 +372,10 @@ pub struct World {
     pub app: Option<Header>,
     pub launches: Vec<keel_update::Slot>,
     pub trace: Vec<String>,
+    /// The partitions the device was built with (to check images as the shell would).
+    pub updater: Updater,
+    /// Boots so far (the boot counter of the device's config).
+    pub boots: u32,
 }
 
 pub fn config(server: &Server, boot: u32) -> Config {
@@ -304,9 +406,18 @@ pub fn factory_flash(v1: &[u8]) -> Nor<SimFlash> {
 
 impl World {
     pub fn new() -> World {
-        let server = Server::new();
+        World::with_flash(factory_flash(&image("1.0.0", 5000)), updater())
+    }
+
+    /// A device that powers on (boot 1, time 0) with this flash and these partitions.
+    pub fn with_flash(flash: Nor<SimFlash>, updater: Updater) -> World {
+        World::with_flash_and_server(flash, updater, Server::new())
+    }
+
+    /// [`World::with_flash`] with this server (e.g. one that keeps its key over many worlds).
+    pub fn with_flash_and_server(flash: Nor<SimFlash>, updater: Updater, server: Server) -> World {
         let mut out = Recorder::default();
-        let dev = Dev::new(config(&server, 1), factory_flash(&image("1.0.0", 5000)), updater(), 0, &mut out);
+        let dev = Dev::new(config(&server, 1), flash, updater, 0, &mut out);
         World {
             dev,
             out,
@@ -317,7 +428,33 @@ impl World {
             app: None,
             launches: Vec::new(),
             trace: Vec::new(),
+            updater,
+            boots: 1,
         }
+    }
+
+    /// True while the flash has power (a `SimFlash` that was cut fails every write and erase).
+    pub fn powered(&self) -> bool {
+        self.dev.flash().medium().powered()
+    }
+
+    /// Power off and on again: a new device on the same flash, with the power restored (a cut
+    /// scheduled on a flash that still has power stays scheduled); RAM (the core, the app, the
+    /// TCP connection) is lost; the server keeps its key and forgets the connection. The time
+    /// goes on.
+    pub fn power_cycle(&mut self) {
+        self.boots += 1;
+        let placeholder = Dev::unbooted(config(&self.server, 0), Nor::new(SimFlash::new(0)), self.updater, self.now);
+        let mut flash = core::mem::replace(&mut self.dev, placeholder).into_flash();
+        if !flash.medium().powered() {
+            flash.medium_mut_for_tests().power_on();
+        }
+        self.server.reset();
+        self.server.received.clear();
+        self.out = Recorder::default();
+        self.dev = Dev::new(config(&self.server, self.boots), flash, self.updater, self.now, &mut self.out);
+        self.tcp = false;
+        self.app = None;
     }
 
     /// Reboots the device on the same flash (a power cycle).
@@ -327,19 +464,24 @@ impl World {
         server.stall_at = None;
         let flash = core::mem::replace(
             &mut self.dev,
-            Dev::new(config(&server, boot), Nor::new(SimFlash::new(16)), updater(), self.now, &mut self.out),
+            Dev::new(config(&server, boot), Nor::new(SimFlash::new(16)), self.updater, self.now, &mut self.out),
         )
         .into_flash();
-        self.dev = Dev::new(config(&server, boot), flash, updater(), self.now, &mut self.out);
+        self.dev = Dev::new(config(&server, boot), flash, self.updater, self.now, &mut self.out);
         self.server = server;
         self.server.reset();
         self.tcp = false;
         self.app = None;
+        self.boots = boot;
     }
 
-    /// Moves bytes both ways until nothing moves, handling connects.
+    /// Moves bytes both ways until nothing moves, handling connects. Stops at once when the
+    /// flash loses power (the device is dead until [`World::power_cycle`]).
     pub fn pump(&mut self) {
         for _ in 0..10_000 {
+            if !self.powered() {
+                return;
+            }
             let mut moved = false;
             if self.out.connects > 0 {
                 self.out.connects = 0;
@@ -362,6 +504,9 @@ impl World {
                 while let Some(n) = self.dev.poll_transmit(self.now, &mut buf) {
                     self.server.take(&buf[..n]);
                     moved = true;
+                }
+                if !self.powered() {
+                    return;
                 }
                 if !self.server.to_device.is_empty() {
                     let bytes = core::mem::take(&mut self.server.to_device);
@@ -388,7 +533,7 @@ impl World {
                     let p = self.dev.partition(slot);
                     let mut hdr = [0u8; HEADER_SIZE];
                     self.dev.flash().read(p.offset, &mut hdr).unwrap();
-                    match updater().check_slot(self.dev.flash(), slot) {
+                    match self.updater.check_slot(self.dev.flash(), slot) {
                         Ok(h) => {
                             self.dev.app_launched(self.now, h);
                             self.app = Some(h);
