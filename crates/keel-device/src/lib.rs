@@ -13,7 +13,8 @@
 //!   deadline).
 //!
 //! The shape follows smoltcp and rustls: the shell feeds inputs with the current time
-//! ([`Device::receive`], [`Device::tcp_connected`], [`Device::app_crashed`], ...), drives timers
+//! ([`Device::handle`] with an [`Input`], or the typed method it maps to: [`Device::receive`],
+//! [`Device::tcp_connected`], [`Device::app_crashed`], ...), drives timers
 //! with [`Device::poll`] at [`Device::poll_at`], and asks for bytes to send with
 //! [`Device::poll_transmit`] (one frame per call, so the work per call is bounded). What the
 //! shell must do — open or close the TCP connection, set the wall clock, print a console line —
@@ -88,6 +89,69 @@ pub enum AppAction {
     /// The app's watchdog expired: stop it and report [`Device::app_crashed`] with
     /// `watchdog: true`.
     KillForWatchdog,
+}
+
+/// One input, for shells that prefer a single entry point ([`Device::handle`]); each maps to the
+/// typed method of the same name.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// [`Device::address_acquired`].
+    AddressAcquired,
+    /// [`Device::address_lost`].
+    AddressLost,
+    /// [`Device::tcp_connected`].
+    TcpConnected,
+    /// [`Device::tcp_closed`].
+    TcpClosed,
+    /// [`Device::receive`]: answered with [`Response::Consumed`].
+    Received(&'a [u8]),
+    /// [`Device::app_launched`]: answered with [`Response::Launched`].
+    AppLaunched(Header),
+    /// [`Device::app_load_failed`]: answered with [`Response::TrySlot`].
+    AppLoadFailed(Slot),
+    /// [`Device::app_crashed`]: answered with [`Response::RestartIn`].
+    AppCrashed {
+        /// What the fault left.
+        report: CrashReport,
+        /// The watchdog expired (the app hung).
+        watchdog: bool,
+    },
+    /// [`Device::app_restart`] with the app's restart code.
+    AppRestart(u32),
+    /// [`Device::app_confirm`]: answered with [`Response::Status`].
+    AppConfirm,
+    /// [`Device::app_apply`]: answered with [`Response::Applied`].
+    AppApply,
+    /// [`Device::push_log`]: answered with [`Response::Logged`].
+    Log {
+        /// App line or visor text.
+        kind: Kind,
+        /// Level.
+        level: u8,
+        /// The text.
+        text: &'a [u8],
+    },
+}
+
+/// What [`Device::handle`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing to answer.
+    Done,
+    /// Bytes of [`Input::Received`] consumed.
+    Consumed(usize),
+    /// The app's boot information after [`Input::AppLaunched`].
+    Launched(BootInfo),
+    /// After [`Input::AppLoadFailed`]: the slot to load next (a rolled-back trial), if any.
+    TrySlot(Option<Slot>),
+    /// After [`Input::AppCrashed`]: the restart backoff (µs).
+    RestartIn(u64),
+    /// The system call's status ([`Input::AppConfirm`]).
+    Status(Status),
+    /// [`Input::AppApply`]: whether an update was committed (the app restarts).
+    Applied(bool),
+    /// [`Input::Log`]: the record's sequence number, or why it was not queued.
+    Logged(Result<u64, PushError>),
 }
 
 /// The device's identity from its factory data.
@@ -532,6 +596,27 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let mut log = Log { logs: &mut self.logs, out, now };
         log.event(VisorEvent::Boot { count: self.boot_count, reason: reason.code() });
         self.updates.boot(false, &mut log);
+    }
+
+    /// Handles one input: the single entry point over the typed methods below.
+    pub fn handle(&mut self, now: u64, input: Input<'_>, out: &mut impl Output) -> Response {
+        match input {
+            Input::AddressAcquired => self.address_acquired(now, out),
+            Input::AddressLost => self.address_lost(now, out),
+            Input::TcpConnected => self.tcp_connected(now, out),
+            Input::TcpClosed => self.tcp_closed(now, out),
+            Input::Received(bytes) => return Response::Consumed(self.receive(now, bytes, out)),
+            Input::AppLaunched(h) => return Response::Launched(self.app_launched(now, h)),
+            Input::AppLoadFailed(slot) => return Response::TrySlot(self.app_load_failed(now, slot, out)),
+            Input::AppCrashed { report, watchdog } => {
+                return Response::RestartIn(self.app_crashed(now, report, watchdog, out))
+            }
+            Input::AppRestart(code) => self.app_restart(now, code, out),
+            Input::AppConfirm => return Response::Status(self.app_confirm(now, out)),
+            Input::AppApply => return Response::Applied(self.app_apply(now, out)),
+            Input::Log { kind, level, text } => return Response::Logged(self.push_log(now, kind, level, text)),
+        }
+        Response::Done
     }
 
     // ------------------------------------------------------------------ network inputs

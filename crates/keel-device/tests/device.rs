@@ -357,3 +357,21 @@ fn the_next_deadline_is_the_earliest_of_every_subsystem() {
     w.dev.watchdog_start(w.now, 1000);
     assert_eq!(w.dev.poll_at(), Some(w.now + S));
 }
+
+#[test]
+fn the_single_entry_point_answers_like_the_typed_methods() {
+    use keel_device::{Input, Response};
+    let mut w = booted();
+    let r =
+        w.dev.handle(w.now, Input::Log { kind: keel_log::Kind::App, level: 2, text: b"through handle" }, &mut w.out);
+    assert!(matches!(r, Response::Logged(Ok(seq)) if seq >> 32 == 1));
+    assert_eq!(w.dev.handle(w.now, Input::AppConfirm, &mut w.out), Response::Status(keel_abi::Status::Unavailable));
+    assert_eq!(w.dev.handle(w.now, Input::AppApply, &mut w.out), Response::Applied(false));
+    assert_eq!(w.dev.handle(w.now, Input::Received(&[]), &mut w.out), Response::Consumed(0));
+    let report = keel_abi::CrashReport { version: 1, kind: 3, ..Default::default() };
+    let r = w.dev.handle(w.now, Input::AppCrashed { report, watchdog: false }, &mut w.out);
+    assert_eq!(r, Response::RestartIn(1_000_000), "first crash: the minimum backoff");
+    assert_eq!(w.dev.last_crash().map(|c| c.kind), Some(3));
+    w.pump();
+    assert!(w.server.log_texts().iter().any(|t| t == "through handle"));
+}

@@ -46,10 +46,11 @@ on_both_databases!(confirm_by_app_each_app_ends_as_the_policy_says);
 /// Bound on every wait: a test that would hang fails instead.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The grace time of the confirm-by-link bundle: long enough for a crashing, panicking or
-/// hanging app to spend its crash budget first (2 crashes: about 1.1 s with the supervisor's 1 s
-/// backoff and a 100 ms watchdog), short enough to wait for in a test.
-const LINK_GRACE_S: u32 = 3;
+/// The grace time of the confirm-by-link bundle: far longer than a crashing, panicking or
+/// hanging app needs to spend its crash budget (2 crashes: about 1.1 s with the supervisor's 1 s
+/// backoff and a 100 ms watchdog), so a slow machine cannot end a trial by grace time first; the
+/// silent app's clock is moved past it instead of waiting.
+const LINK_GRACE_S: u32 = 60;
 
 /// The trial's crash budget.
 const MAX_CRASHES: u8 = 2;
@@ -242,11 +243,19 @@ async fn confirm_by_link_each_app_ends_as_the_policy_says(store: Store) {
         tokio::time::timeout(WAIT, d.wait_online()).await.unwrap();
     }
     w.upload_and_deploy_to_the_tag(bundle(LINK_GRACE_S)).await;
+    // The silent app runs its trial with the link up; its clock moves past the grace time (less
+    // than the silence timeout, so the link stays up through the jump).
+    let silent = &devices[4].3;
+    sim_until(silent, "silent on trial", |s| {
+        s.update.state == UpdateState::Trial && s.app.running.as_deref() == Some("2.0.0")
+    })
+    .await;
+    assert!(silent.on_trial());
+    silent.advance_clock(Duration::from_secs(u64::from(LINK_GRACE_S) + 1));
     for (id, app, expected, d, _) in &devices {
         check(&w, id, d, *app, *expected).await;
     }
     // The silent app was confirmed by the link, not by itself, after its grace time.
-    let silent = &devices[4].3;
     assert_eq!(silent.stats().app.confirms, 0);
     for (_, _, _, _, task) in devices {
         task.abort();
