@@ -148,8 +148,9 @@ pub fn run() -> Result<(), String> {
         "server RSS growth with 10 000 simulated devices connected and idle, per device",
     ));
 
-    // OTA: the exhaustive power-cut test (every flash operation of install, confirm, second
-    // install, crash loop and rollback; cut before and in the middle of each).
+    // OTA: the exhaustive power-cut test through the device core (every flash operation of
+    // download, commit, trial, confirm, crash loop, rollback and polite apply, for a matrix of
+    // flash geometries, plus random cut chains; cut before and in the middle of each).
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let report = dir.join("powercut.json");
@@ -158,7 +159,7 @@ pub fn run() -> Result<(), String> {
     let _ = crate::cargo()
         .current_dir(root())
         .env("KEEL_POWERCUT_REPORT", &report)
-        .args(["test", "-q", "-p", "keel-update", "--test", "powercut"])
+        .args(["test", "-q", "-p", "keel-device", "--test", "powercut"])
         .status();
     let text = std::fs::read_to_string(&report).map_err(|e| format!("{}: {e}", report.display()))?;
     let out = std::process::Output { status: Default::default(), stdout: text.into_bytes(), stderr: Vec::new() };
