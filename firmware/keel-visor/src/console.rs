@@ -22,8 +22,14 @@ impl Write for Console {
 
 /// Writes the line prefix for `source`.
 pub fn prefix(source: &str) {
-    let t = time::now_us_for_log();
+    let t = time::now_us();
     let _ = write!(Console, "[{:5}.{:06} {}] ", t / 1_000_000, t % 1_000_000, source);
+}
+
+/// Writes the line prefix for `source` without the time: for the last lines of a fatal fault or
+/// a panic, which may have interrupted a clock read (reading it again would panic in a loop).
+pub fn prefix_untimed(source: &str) {
+    let _ = write!(Console, "[     -.------ {}] ", source);
 }
 
 /// Writes raw app bytes, replacing anything that is not printable ASCII with `?`.
@@ -40,6 +46,18 @@ macro_rules! vlog {
         use core::fmt::Write as _;
         $crate::board::critical(|| {
             $crate::console::prefix("visor");
+            let _ = writeln!($crate::console::Console, $($arg)*);
+        })
+    }};
+}
+
+/// Logs one visor line without reading the clock ([`prefix_untimed`]): fatal faults and panics.
+#[macro_export]
+macro_rules! vlog_untimed {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        $crate::board::critical(|| {
+            $crate::console::prefix_untimed("visor");
             let _ = writeln!($crate::console::Console, $($arg)*);
         })
     }};

@@ -35,12 +35,6 @@ impl<T> Global<T> {
         board::critical(|| f(&mut self.0.borrow_mut()))
     }
 
-    /// Runs `f` with exclusive access unless the value is already borrowed (then `None`): for
-    /// the paths that must never panic, like the log line of a fatal fault.
-    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        board::critical(|| self.0.try_borrow_mut().ok().map(|mut v| f(&mut v)))
-    }
-
     /// Runs `f` with exclusive access from the service routine (PendSV), **without** masking
     /// interrupts, so the alarm and the NIC interrupt keep their latency while the service
     /// routine does long work (a signature check, an image hash, a flash page).

@@ -281,7 +281,7 @@ fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog:
 /// on MSP_S when known (0 otherwise); if the faulting context used PSP_S, the frame is there.
 fn visor_fatal(what: &str, exc_return: ExcReturn, ipsr: u32, frame: u32) -> ! {
     let pc = rt::visor_fault_pc(exc_return.uses_psp(), frame);
-    vlog!(
+    vlog_untimed!(
         "FATAL {}: exc={} exc_return={:#010x} pc={:#010x} bfar={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
         what,
         ipsr,
@@ -305,7 +305,7 @@ extern "C" fn keel_unexpected() {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    vlog!("PANIC: {}", info);
+    vlog_untimed!("PANIC: {}", info);
     board::system_reset()
 }
 

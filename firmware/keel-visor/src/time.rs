@@ -42,12 +42,6 @@ pub fn now_us() -> u64 {
     CLOCK.with(|c| cycles(c) / CYCLES_PER_US)
 }
 
-/// [`now_us`] for log lines: never panics, even if a visor fault interrupted a clock read (then
-/// it reports 0), so a fault's report cannot turn into a loop of panics.
-pub fn now_us_for_log() -> u64 {
-    CLOCK.try_with(|c| cycles(c) / CYCLES_PER_US).unwrap_or(0)
-}
-
 /// Sets the wall clock (from the server). The monotonic clock is unaffected.
 pub fn set_wall_us(unix_us: u64) {
     CLOCK.with(|c| {
