@@ -544,6 +544,11 @@ impl Reference {
         let (at, sim) =
             self.checkpoints.iter().rev().find(|(at, _)| *at <= op).expect("the factory checkpoint is first");
         let m = flash.medium_mut_for_tests();
+        if m.ops() < *at {
+            // A fresh flash (the factory's): take the whole checkpoint.
+            m.clone_from(sim);
+            return 0;
+        }
         m.power_on();
         for r in story.written.iter() {
             m.write(r.start as u32, &sim.bytes()[r.clone()]).expect("powered");
@@ -653,97 +658,106 @@ fn power_cut_at_every_flash_operation_of_the_device_core_story_and_random_chains
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {})); // failures are collected and reported below
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                // A flash and a server per worker, the flash restored for each job (no megabytes
-                // allocated per job).
-                let mut kit: Option<Kit> = None;
-                let check_untouched = |k: &Kit| {
-                    let story = &stories[k.story];
-                    if !story.untouched_erased(k.flash.medium()) {
-                        let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-                        t.failures
-                            .push(format!("{}: a run wrote outside the journal and the images' pages", story.name));
-                    }
-                };
-                loop {
-                    let i = next_job.fetch_add(1, Ordering::Relaxed);
-                    let Some(&job) = jobs.get(i) else {
-                        if let Some(k) = kit.take() {
-                            check_untouched(&k);
-                        }
-                        break;
-                    };
-                    let (s, plan) = match job {
-                        Job::Point { story, op, mode } => (story, Plan::One(refs[story].checkpoints[0].0 + op, mode)),
-                        Job::Chain { story, index } => {
-                            let r = &refs[story];
-                            (story, chain_plan(seed, index, story, r.checkpoints[0].0, r.total_ops))
+    let swept = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    // A flash and a server per worker, the flash restored for each job (no megabytes
+                    // allocated per job).
+                    let mut kit: Option<Kit> = None;
+                    let check_untouched = |k: &Kit| {
+                        let story = &stories[k.story];
+                        if !story.untouched_erased(k.flash.medium()) {
+                            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                            t.failures
+                                .push(format!("{}: a run wrote outside the journal and the images' pages", story.name));
                         }
                     };
-                    let start_op = plan.first().map_or(0, |c| c.0);
-                    let (story, reference) = (&stories[s], &refs[s]);
-                    let Kit { mut flash, mut server, .. } = match kit.take() {
-                        Some(k) if k.story == s => k,
-                        old => {
-                            if let Some(k) = old {
+                    loop {
+                        let i = next_job.fetch_add(1, Ordering::Relaxed);
+                        let Some(&job) = jobs.get(i) else {
+                            if let Some(k) = kit.take() {
                                 check_untouched(&k);
                             }
-                            Kit {
+                            break;
+                        };
+                        let (s, plan) = match job {
+                            Job::Point { story, op, mode } => {
+                                (story, Plan::One(refs[story].checkpoints[0].0 + op, mode))
+                            }
+                            Job::Chain { story, index } => {
+                                let r = &refs[story];
+                                (story, chain_plan(seed, index, story, r.checkpoints[0].0, r.total_ops))
+                            }
+                        };
+                        let start_op = plan.first().map_or(0, |c| c.0);
+                        let (story, reference) = (&stories[s], &refs[s]);
+                        let old = match kit.take() {
+                            Some(k) if k.story == s => Some(k),
+                            other => {
+                                if let Some(k) = other {
+                                    check_untouched(&k);
+                                }
+                                None
+                            }
+                        };
+                        // Everything a job does is inside: whatever panics is that job's failure.
+                        let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+                            let Kit { mut flash, mut server, .. } = old.unwrap_or_else(|| Kit {
                                 story: s,
                                 flash: Nor::new(reference.checkpoints[0].1.clone()),
                                 server: story.server(),
+                            });
+                            let delta = reference.restore(story, &mut flash, start_op);
+                            // A new story: the server forgets the device (its log position too:
+                            // boot numbers start over).
+                            server.reset();
+                            server.received.clear();
+                            server.log_acked = None;
+                            let mut trace = Trace::default();
+                            let (w, fired) = story.run(flash, server, &plan, delta, &mut trace);
+                            let end = End::of(story, &w, &mut trace);
+                            assert_eq!(end, reference.end, "end state differs from the uninterrupted run's");
+                            if let Plan::One(..) = plan {
+                                assert_eq!(fired, 1, "the cut fires");
                             }
-                        }
-                    };
-                    let delta = reference.restore(story, &mut flash, start_op);
-                    // A new story: the server forgets the device (its log position too: boot
-                    // numbers start over).
-                    server.reset();
-                    server.received.clear();
-                    server.log_acked = None;
-                    let result = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
-                        let mut trace = Trace::default();
-                        let (w, fired) = story.run(flash, server, &plan, delta, &mut trace);
-                        let end = End::of(story, &w, &mut trace);
-                        assert_eq!(end, reference.end, "end state differs from the uninterrupted run's");
-                        if let Plan::One(..) = plan {
-                            assert_eq!(fired, 1, "the cut fires");
-                        }
-                        (w, fired)
-                    }));
-                    let result = result.map(|(w, fired)| {
-                        kit = Some(Kit { story: s, server: w.server, flash: w.dev.into_flash() });
-                        fired
-                    });
-                    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-                    match (job, result) {
-                        (Job::Point { .. }, Ok(_)) => t.points[s].0 += 1,
-                        (Job::Chain { .. }, Ok(fired)) => {
-                            t.points[s].1 += fired;
-                            t.chains[s] += 1;
-                        }
-                        (_, Err(e)) => {
-                            let why = e
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            if matches!(job, Job::Point { .. }) {
-                                t.points[s].0 += 1;
-                            } else {
-                                t.points[s].1 += plan.len();
+                            (w, fired)
+                        }));
+                        let result = result.map(|(w, fired)| {
+                            kit = Some(Kit { story: s, server: w.server, flash: w.dev.into_flash() });
+                            fired
+                        });
+                        let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                        match (job, result) {
+                            (Job::Point { .. }, Ok(_)) => t.points[s].0 += 1,
+                            (Job::Chain { .. }, Ok(fired)) => {
+                                t.points[s].1 += fired;
                                 t.chains[s] += 1;
                             }
-                            t.failures.push(format!("{}: {job:?} (seed {seed}): {why}", story.name));
+                            (_, Err(e)) => {
+                                let why = e
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default();
+                                if matches!(job, Job::Point { .. }) {
+                                    t.points[s].0 += 1;
+                                } else {
+                                    t.points[s].1 += plan.len();
+                                    t.chains[s] += 1;
+                                }
+                                t.failures.push(format!("{}: {job:?} (seed {seed}): {why}", story.name));
+                            }
                         }
                     }
-                }
-            });
-        }
-    });
+                });
+            }
+        })
+    }));
     std::panic::set_hook(quiet);
+    if let Err(e) = swept {
+        std::panic::resume_unwind(e); // a bug of the harness itself, reported with the hook back
+    }
 
     let t = tally.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut total = 0;
