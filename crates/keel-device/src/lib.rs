@@ -273,8 +273,11 @@ struct Updates<M: Medium> {
 }
 
 impl<M: Medium> Updates<M> {
+    /// Reads the journal again after a step that wrote it (a failed read keeps the last state).
     fn refresh(&mut self) {
-        self.journal = self.up.state(&self.flash).unwrap_or(UpdateState::FACTORY);
+        if let Ok(s) = self.up.state(&self.flash) {
+            self.journal = s;
+        }
     }
 
     /// Boot: reads the journal and decides the slot (counting a trial boot).
@@ -480,7 +483,12 @@ impl<M: Medium> Updates<M> {
                 false
             }
             Err(e) => {
-                log.console(format_args!("update: journal error ({})", e));
+                // The decision is not recorded: try again in a second (never spin on a past
+                // deadline while the flash keeps failing).
+                log.console(format_args!("update: journal error ({}); retrying", e));
+                if let Some(t) = self.trial.as_mut() {
+                    t.postpone(now.saturating_add(1_000_000));
+                }
                 false
             }
         }
@@ -873,7 +881,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             || (self.conn.is_online()
                 && ((self.updates.fetch.is_some() && !self.updates.hold_fetches)
                     || self.updates.status_dirty
-                    || !self.logs.is_empty()))
+                    || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))))
     }
 
     // ------------------------------------------------------------------ timers

@@ -54,6 +54,11 @@ impl Trial {
         self.deadline_us
     }
 
+    /// The end of the grace time could not be recorded: decide again at `until`.
+    pub fn postpone(&mut self, until: u64) {
+        self.deadline_us = Some(until);
+    }
+
     /// True once the grace time is over.
     pub fn expired(&self, now: u64) -> bool {
         self.deadline_us.is_some_and(|d| now >= d)

@@ -375,3 +375,35 @@ fn the_single_entry_point_answers_like_the_typed_methods() {
     w.pump();
     assert!(w.server.log_texts().iter().any(|t| t == "through handle"));
 }
+
+#[test]
+fn a_server_that_claims_more_logs_than_the_device_numbered_does_not_stop_its_logs() {
+    let mut w = World::new();
+    // The server stored records of a later boot (the device's boot counter went back: reflashed).
+    w.server.log_acked = Some((7 << 32) | 500);
+    w.run_until(0, &mut |_| AppStep::Run);
+    w.online();
+    w.dev.push_log(w.now, keel_log::Kind::App, 2, b"still heard").unwrap();
+    w.pump();
+    assert!(w.server.log_texts().iter().any(|t| t == "still heard"), "{:?}", w.server.log_texts());
+    assert!(!w.dev.wants_transmit(), "nothing left that the device believes it must send");
+}
+
+#[test]
+fn a_trial_end_the_journal_cannot_record_is_retried_later_not_spun_on() {
+    use keel_flash::sim::CutMode;
+    let mut w = booted();
+    install(&mut w, by_link(30));
+    w.run_until(w.now, &mut |_| AppStep::Run);
+    assert!(w.dev.on_trial());
+    let installed = w.dev.update_info().installed_sequence;
+    // From now on every flash operation fails (the power is going, the visor has not reset yet).
+    let at = w.dev.flash().medium().ops();
+    w.dev.flash_mut_for_tests().medium_mut_for_tests().cut_at(at, CutMode::Before, 1);
+    w.now += 31 * S;
+    w.dev.poll(w.now, &mut w.out);
+    assert!(w.dev.on_trial(), "nothing was decided");
+    let next = w.dev.poll_at().unwrap();
+    assert!(next > w.now, "the next attempt is in the future, not a deadline already past: {next} <= {}", w.now);
+    assert_eq!(w.dev.update_info().installed_sequence, installed, "the cached journal state is kept");
+}

@@ -200,7 +200,13 @@ impl<R: Rng> DeviceLink<R> {
                 if let Some(a) = log_acked {
                     ring.ack(a);
                 }
-                self.cursor = log_acked.map_or(ring.first_seq(), |a| a.saturating_add(1)).max(ring.first_seq());
+                // A server that claims more than this device ever numbered (its log sequence went
+                // back: a reset boot counter, a reflashed device) must not stop the device's logs
+                // for good: new records are sent from the next sequence number on.
+                self.cursor = log_acked
+                    .map_or(ring.first_seq(), |a| a.saturating_add(1))
+                    .max(ring.first_seq())
+                    .min(ring.next_seq());
                 self.online = true;
                 // Proves to the server that this is not a replayed handshake message.
                 let n = self.session.send(&Up::Ready, reply)?;
@@ -242,6 +248,12 @@ impl<R: Rng> DeviceLink<R> {
             return Err(SessionError::NotNegotiated);
         }
         self.session.send(m, out)
+    }
+
+    /// True if [`DeviceLink::next_log_frame`] has something to send: a drop report, or a record
+    /// not sent on this connection yet (records sent but not acknowledged do not count).
+    pub fn has_log_frame<const N: usize>(&self, ring: &LogRing<N>) -> bool {
+        self.online && (ring.dropped() > 0 || ring.iter_from(self.cursor).next().is_some())
     }
 
     /// Writes the next log frame into `out` (a `Dropped` report first, then the oldest record not
