@@ -27,8 +27,9 @@
 //! programs and journals page by page of that flash, and stages at most
 //! [`keel_flash::MAX_PROGRAM_UNIT`] bytes in RAM.
 //!
-//! The host tests (`tests/powercut.rs`, with [`keel_flash::sim::SimFlash`]) drive the update
-//! agent through a whole story with 256 KiB images — download, commit, trial, confirm, a crashing
+//! The power-cut sweep (`crates/keel-device/tests/powercut.rs`, with
+//! [`keel_flash::sim::SimFlash`]) drives the device core, and through it this crate, through a
+//! whole story with 256 KiB images — download, commit, trial, confirm, a crashing
 //! update's crash loop and rollback, a polite update applied by the app — and cut the power
 //! before and in the middle (torn program unit, half-erased page) of every flash operation of it,
 //! for a matrix of flash geometries (8 KiB / 16 B reference, 4 KiB / 8 B, 2 KiB / 16 B,
