@@ -219,6 +219,18 @@ pub fn demo() -> Result<(), String> {
         show(&mut r, mark);
     }
     r.kill();
+    // The visor reports update outcomes as typed events (sequence, state, reason code); the server
+    // renders them. Check that the rollback arrived that way.
+    println!("\n$ keel logs {id}   (update events, as the device core reported them)");
+    let out = std::process::Command::new(&keel).args(["logs", &id]).envs(env).output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let updates: Vec<&str> = text.lines().filter(|l| l.contains("update 2:") || l.contains("update 3:")).collect();
+    for l in &updates {
+        println!("{l}");
+    }
+    if !updates.iter().any(|l| l.contains("update 3: rolled_back (crash loop)")) {
+        return Err("the rollback of v3 did not reach the server as an update event".into());
+    }
     println!("\n$ keel devices show {id}");
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
     drop(server);

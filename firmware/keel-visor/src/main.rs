@@ -98,6 +98,8 @@ fn go_idle() -> u64 {
 /// Loads and starts the app from `slot` (the core decides the slot, and what to do when a trial
 /// image does not load); returns the trampoline result.
 fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
+    // Whatever the secure thread was doing (a `wait` of the app) is abandoned.
+    v.wait_deadline = None;
     let loaded = loop {
         match app::load(v.core.partition(slot)) {
             Ok(loaded) => break Some(loaded),
@@ -138,7 +140,10 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
 /// knows them all.
 fn rearm(v: &mut Visor, now: u64) {
     let nic = v.nic.as_mut().and_then(|n| n.poll_at(now));
-    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, v.wait_deadline]));
+    // A waiting call's deadline counts only ahead of now: once it passed, the call's own loop
+    // sees it at the next wake-up (a stale one must not re-arm the alarm at once forever).
+    let wait = v.wait_deadline.filter(|&d| d > now);
+    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, wait]));
 }
 
 /// PendSV: the service routine. Runs the network and the device core's timers, and acts on what
@@ -171,6 +176,7 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
             AppAction::Launch(slot) => launch(v, slot, now),
             AppAction::KillForWatchdog => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
+                v.wait_deadline = None;
                 record_crash(v, report, now, true);
                 go_idle()
             }
@@ -260,6 +266,7 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
             // active in the core, which only a reset clears: record the crash and reset.
             reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
         }
+        v.wait_deadline = None;
         record_crash(v, report, now, false);
     });
     // The service routine restarts the app after its backoff (and re-arms the alarm).
