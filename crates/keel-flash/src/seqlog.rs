@@ -80,10 +80,22 @@ impl<const R: usize> RecordLog<R> {
     /// last valid record of a page is its newest, and the scan checks CRCs from the last used
     /// slot backwards only until one is valid (usually the first).
     fn scan<M: Medium>(&self, f: &Nor<M>, l: Slots) -> Result<Scan<R>, FlashError> {
+        /// Slots checked at once when skipping a page's erased tail.
+        const TAIL_BLOCK: u32 = 16;
         let mut s = Scan { latest: None, next_free: [Some(0), Some(0)] };
         for page in 0..2u32 {
             let mut last_used: Option<u32> = None;
-            for slot in (0..l.count).rev() {
+            // Skip the page's erased tail a block of slots at a time (a few reads instead of one
+            // per slot: a nearly empty page, like the boot counter's after a page switch, has
+            // hundreds of erased slots). Only whole erased strides are skipped, which the loop
+            // below would skip one by one anyway.
+            let mut end = l.count;
+            while end >= TAIL_BLOCK
+                && f.is_erased(self.base + page * l.page + (end - TAIL_BLOCK) * l.stride, TAIL_BLOCK * l.stride)?
+            {
+                end -= TAIL_BLOCK;
+            }
+            for slot in (0..end).rev() {
                 let mut b = [0u8; R];
                 f.read(self.base + page * l.page + slot * l.stride, &mut b)?;
                 if last_used.is_none() {
