@@ -8,17 +8,20 @@
 //! next deadline instead of waking up periodically, which saves power on silicon and makes
 //! deterministic QEMU runs fast.
 
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+
 use crate::board;
-use crate::global::Global;
 
-struct Clock {
-    /// Wall clock minus monotonic clock, in microseconds, once the server set the time.
-    wall_offset: Option<u64>,
-    hi: u32,
-    last_lo: u32,
-}
-
-static CLOCK: Global<Clock> = Global::new(Clock { wall_offset: None, hi: 0, last_lo: 0 });
+// The clock's state: plain atomics, read and updated inside `board::critical` (so each update is
+// one step for every context), with no borrow flag to check on the system-call path.
+/// High word of the extended cycle counter.
+static HI: AtomicU32 = AtomicU32::new(0);
+/// The counter's low word at the last read (a smaller one means it wrapped).
+static LAST_LO: AtomicU32 = AtomicU32::new(0);
+/// Wall clock minus monotonic clock (µs), low and high words, once the server set the time.
+static WALL_LO: AtomicU32 = AtomicU32::new(0);
+static WALL_HI: AtomicU32 = AtomicU32::new(0);
+static WALL_SET: AtomicBool = AtomicBool::new(false);
 
 const CYCLES_PER_US: u64 = board::SYSCLK_HZ as u64 / 1_000_000;
 
@@ -28,33 +31,39 @@ pub fn init() {
     board::init_alarm();
 }
 
-fn cycles(c: &mut Clock) -> u64 {
+/// The 64-bit cycle count. Call inside `board::critical`.
+fn cycles() -> u64 {
     let lo = board::clock_cycles();
-    if lo < c.last_lo {
-        c.hi = c.hi.wrapping_add(1);
+    let mut hi = HI.load(Relaxed);
+    if lo < LAST_LO.load(Relaxed) {
+        hi = hi.wrapping_add(1);
+        HI.store(hi, Relaxed);
     }
-    c.last_lo = lo;
-    ((c.hi as u64) << 32) | lo as u64
+    LAST_LO.store(lo, Relaxed);
+    ((hi as u64) << 32) | lo as u64
 }
 
 /// Microseconds since the visor started. Never goes backwards.
 pub fn now_us() -> u64 {
-    CLOCK.with(|c| cycles(c) / CYCLES_PER_US)
+    board::critical(|| cycles() / CYCLES_PER_US)
 }
 
 /// Sets the wall clock (from the server). The monotonic clock is unaffected.
 pub fn set_wall_us(unix_us: u64) {
-    CLOCK.with(|c| {
-        let now = cycles(c) / CYCLES_PER_US;
-        c.wall_offset = Some(unix_us.saturating_sub(now));
+    board::critical(|| {
+        let offset = unix_us.saturating_sub(cycles() / CYCLES_PER_US);
+        WALL_LO.store(offset as u32, Relaxed);
+        WALL_HI.store((offset >> 32) as u32, Relaxed);
+        WALL_SET.store(true, Relaxed);
     });
 }
 
 /// Microseconds since the Unix epoch, once the server set the clock.
 pub fn wall_us() -> Option<u64> {
-    CLOCK.with(|c| {
-        let now = cycles(c) / CYCLES_PER_US;
-        c.wall_offset.map(|o| o.saturating_add(now))
+    board::critical(|| {
+        let now = cycles() / CYCLES_PER_US;
+        let offset = ((WALL_HI.load(Relaxed) as u64) << 32) | WALL_LO.load(Relaxed) as u64;
+        WALL_SET.load(Relaxed).then(|| offset.saturating_add(now))
     })
 }
 
