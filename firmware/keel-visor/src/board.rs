@@ -5,11 +5,12 @@
 //! timers, the console UART, the flash medium and warm RAM. No public function here takes a raw
 //! address: registers are named ([`FaultReg`]) or fixed.
 //!
-//! What a port to another chip (STM32U585 is next) replaces is this file's *contents*, not the
-//! visor: the constants and register sequences here, the linker script (`visor.ld`), the vector
-//! table's IRQ numbers in [`crate::rt`], and the drivers `net` and `time` build on (the LAN9118
-//! and the CMSDK timers). The security model (which regions the app gets, the NS reset sequence
-//! in [`reset_ns_core`]) carries over, but each step is written for this board's registers.
+//! What a port to another chip (STM32U585 is next) provides: an implementation of [`Board`] (time
+//! base and alarm, flash medium, network controller, interrupt numbers, security setup; the
+//! visor reaches them only through [`This`], and the vector table takes its interrupt slots from
+//! the trait's constants), this file's memory-map constants and the linker script (`visor.ld`).
+//! The Armv8-M core registers below (SCB, SAU, NVIC, the non-secure aliases, TT) are the same on
+//! every Cortex-M33; the NS reset sequence in [`reset_ns_core`] carries over.
 #![allow(unsafe_code)]
 
 use core::ptr::{read_volatile, write_volatile};
@@ -519,3 +520,124 @@ pub fn flash_slice(offset: u32, len: u32) -> &'static [u8] {
     // slice from here is alive (the visor is single threaded at the points it hashes).
     unsafe { core::slice::from_raw_parts((FLASH_BASE + offset) as *const u8, len as usize) }
 }
+
+/// What the board-independent visor needs from a board: time base and alarm, flash, network
+/// controller, interrupt numbers, and the security setup. The visor reaches the board through
+/// [`This`]; a port (STM32U585 next) implements this trait for its chip, provides its memory map
+/// constants and linker script, and the rest of the visor — the device core, system calls, fault
+/// handling, the network adapter — stays as it is. The core registers every Armv8-M chip has
+/// (SCB, SAU, NVIC, the non-secure aliases, TT) remain free functions of this module.
+pub trait Board {
+    /// The board's name, for the boot banner.
+    const NAME: &'static str;
+    /// Frequency of the time base (Hz).
+    const SYSCLK_HZ: u32;
+    /// Interrupt number of the alarm timer.
+    const ALARM_IRQ: u32;
+    /// Longest alarm delay, in time-base cycles.
+    const ALARM_MAX_CYCLES: u32;
+    /// Interrupt number of the network controller.
+    const NET_IRQ: u32;
+    /// The flash the journal, the slots and the factory data live in.
+    type Flash: keel_flash::Medium;
+    /// The network controller.
+    type Nic: NicDevice;
+
+    /// Starts the free-running time base.
+    fn start_clock();
+    /// Time-base cycles (wrapping 32-bit counter).
+    fn clock_cycles() -> u32;
+    /// Prepares the alarm timer and its interrupt.
+    fn init_alarm();
+    /// Fires the alarm interrupt once after `cycles`.
+    fn arm_alarm(cycles: u32);
+    /// Acknowledges the alarm interrupt.
+    fn ack_alarm();
+    /// The flash medium.
+    fn flash() -> Self::Flash;
+    /// The network controller, if the board has one that answers (handed out once).
+    fn nic() -> Option<Self::Nic>;
+    /// Enables the network controller's interrupt.
+    fn enable_net_irq();
+    /// Masks it (its handler does, until the service routine polled the controller).
+    fn mask_net_irq();
+    /// Unmasks it.
+    fn unmask_net_irq();
+    /// Configures the SAU, the memory and peripheral protection controllers and the interrupt
+    /// targets so the app gets exactly its regions; opens the system-call table
+    /// `nsc_start..nsc_end`.
+    fn configure_security(nsc_start: u32, nsc_end: u32);
+}
+
+/// A network controller as the visor drives it: a smoltcp device with its MAC address and its
+/// receive interrupt.
+pub trait NicDevice: smoltcp::phy::Device {
+    /// The controller's MAC address.
+    fn mac(&self) -> [u8; 6];
+    /// Asserts the interrupt while a received frame waits.
+    fn enable_rx_interrupt(&self);
+    /// Acknowledges the interrupt (before polling the stack).
+    fn ack_interrupt(&self);
+}
+
+impl NicDevice for keel_lan9118::Lan9118 {
+    fn mac(&self) -> [u8; 6] {
+        keel_lan9118::Lan9118::mac(self)
+    }
+    fn enable_rx_interrupt(&self) {
+        keel_lan9118::Lan9118::enable_rx_interrupt(self)
+    }
+    fn ack_interrupt(&self) {
+        keel_lan9118::Lan9118::ack_interrupt(self)
+    }
+}
+
+/// QEMU's `mps2-an505` (SSE-200, Cortex-M33): the reference board.
+pub struct Mps2An505;
+
+impl Board for Mps2An505 {
+    const NAME: &'static str = "mps2-an505";
+    const SYSCLK_HZ: u32 = SYSCLK_HZ;
+    const ALARM_IRQ: u32 = ALARM_IRQ;
+    const ALARM_MAX_CYCLES: u32 = ALARM_MAX_CYCLES;
+    const NET_IRQ: u32 = NET_IRQ;
+    type Flash = FlashMedium;
+    type Nic = keel_lan9118::Lan9118;
+
+    fn start_clock() {
+        start_clock()
+    }
+    fn clock_cycles() -> u32 {
+        clock_cycles()
+    }
+    fn init_alarm() {
+        init_alarm()
+    }
+    fn arm_alarm(cycles: u32) {
+        arm_alarm(cycles)
+    }
+    fn ack_alarm() {
+        ack_alarm()
+    }
+    fn flash() -> FlashMedium {
+        FlashMedium
+    }
+    fn nic() -> Option<keel_lan9118::Lan9118> {
+        lan9118()
+    }
+    fn enable_net_irq() {
+        enable_net_irq()
+    }
+    fn mask_net_irq() {
+        mask_net_irq()
+    }
+    fn unmask_net_irq() {
+        unmask_net_irq()
+    }
+    fn configure_security(nsc_start: u32, nsc_end: u32) {
+        configure_security(nsc_start, nsc_end)
+    }
+}
+
+/// The board this visor is built for.
+pub type This = Mps2An505;

@@ -56,7 +56,7 @@ use keel_supervisor::crash::{self, FaultStatus, NsStacks};
 use keel_supervisor::{fault_kind_from_ipsr, ExcReturn, Policy, Supervisor};
 use sha2::{Digest, Sha256};
 
-use crate::board::{FaultReg, FlashMedium};
+use crate::board::{Board, FaultReg, This};
 use crate::console::Hex;
 use crate::global::Global;
 use crate::rt::{fresh, keep};
@@ -160,7 +160,7 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
         if let Some(nic) = v.nic.as_mut() {
             // Effects of the timers (a connect after backoff, a close after silence).
             nic.poll(now, &mut v.core, &mut v.pending);
-            board::unmask_net_irq();
+            This::unmask_net_irq();
         }
         // Only switch contexts when we interrupted thread mode; if the app (or a system call made
         // from one of its handlers) was in handler mode, try again at the next alarm.
@@ -188,14 +188,14 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
 
 /// The alarm interrupt: a deadline is due; the service routine finds out which and re-arms.
 extern "C" fn keel_alarm() {
-    board::ack_alarm();
+    This::ack_alarm();
     board::pend_service();
 }
 
 /// The Ethernet interrupt: masks itself and wakes the service routine, which polls the
 /// controller and unmasks it.
 extern "C" fn keel_net_irq() {
-    board::mask_net_irq();
+    This::mask_net_irq();
     board::pend_service();
 }
 
@@ -339,12 +339,12 @@ fn log_integrity() {
 extern "C" fn visor_main() -> ! {
     time::init();
     board::uart::init();
-    vlog!("Keel visor {} on mps2-an505", VERSION);
+    vlog!("Keel visor {} on {}", VERSION, This::NAME);
     let (nsc_start, nsc_end) = rt::nsc_range();
     if nsc_start != board::NSC_BASE {
         visor_fatal("NSC table not at its ABI address", ExcReturn(0), 0, 0);
     }
-    board::configure_security(nsc_start, nsc_end);
+    This::configure_security(nsc_start, nsc_end);
     vlog!(
         "security: app code {:#010x}+{:#x}, app RAM {:#010x}+{:#x}, NSC {:#010x}..{:#010x}",
         board::APP_EXEC_BASE,
@@ -355,7 +355,7 @@ extern "C" fn visor_main() -> ! {
         nsc_end
     );
 
-    let mut flash = Nor::new(FlashMedium);
+    let mut flash = Nor::new(This::flash());
     let boots = SeqLog::new(layout::BOOT_COUNTER.offset);
     let boot_count = match boots
         .latest(&flash)

@@ -9,13 +9,12 @@
 //! state.
 
 use keel_device::{Device, MAX_FRAME};
-use keel_lan9118::Lan9118;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
-use crate::board::{self, FlashMedium};
+use crate::board::{Board, This};
 use crate::rng::VisorRng;
 use crate::vlog;
 
@@ -23,7 +22,7 @@ use crate::vlog;
 pub const LOG_RING_BYTES: usize = 8192;
 
 /// The device core as the visor runs it.
-pub type Core = Device<FlashMedium, VisorRng, LOG_RING_BYTES>;
+pub type Core = Device<<This as Board>::Flash, VisorRng, LOG_RING_BYTES>;
 
 const TCP_BUF: usize = 4096;
 
@@ -68,7 +67,7 @@ impl keel_device::Output for Effects<'_> {
 
 /// The NIC, the IP stack and the server's address.
 pub struct Nic {
-    dev: Lan9118,
+    dev: <This as Board>::Nic,
     iface: Interface,
     sockets: SocketSet<'static>,
     dhcp: SocketHandle,
@@ -111,8 +110,8 @@ impl Nic {
             vlog!("net: no server port in the factory data; network stays off");
             return None;
         }
-        let Some(mut dev) = board::lan9118() else {
-            vlog!("net: no LAN9118 found");
+        let Some(mut dev) = This::nic() else {
+            vlog!("net: no network controller found");
             return None;
         };
         let bufs = BUFFERS.try_init(Buffers {
@@ -135,7 +134,7 @@ impl Nic {
         socket.set_nagle_enabled(false);
         let tcp = sockets.add(socket);
         dev.enable_rx_interrupt();
-        board::enable_net_irq();
+        This::enable_net_irq();
         vlog!("net: MAC {}, server {}:{}", mac, ip, port);
         Some(Nic {
             dev,

@@ -47,14 +47,18 @@ VECTORS:
     .word 0
     .word keel_service_entry    @ PendSV: the service routine
     .word {unexpected}          @ SysTick (unused)
-    .word {unexpected}, {unexpected}, {unexpected}   @ IRQ 0-2
-    .word {alarm}               @ IRQ 3: TIMER0, the alarm
-    .rept 44
-    .word {unexpected}          @ IRQ 4-47: not used
+    @ External interrupts 0-63, from the board's interrupt numbers (Board::ALARM_IRQ <
+    @ Board::NET_IRQ): every other slot is unexpected.
+    .rept {alarm_irq}
+    .word {unexpected}
     .endr
-    .word {net}                 @ IRQ 48: LAN9118 Ethernet
-    .rept 15
-    .word {unexpected}          @ IRQ 49-63: not used
+    .word {alarm}               @ the alarm timer
+    .rept {net_irq} - {alarm_irq} - 1
+    .word {unexpected}
+    .endr
+    .word {net}                 @ the network controller
+    .rept 63 - {net_irq}
+    .word {unexpected}
     .endr
 
     .section .text.Reset,"ax",%progbits
@@ -99,6 +103,8 @@ Reset:
     unexpected = sym crate::keel_unexpected,
     alarm = sym crate::keel_alarm,
     net = sym crate::keel_net_irq,
+    alarm_irq = const <crate::board::This as crate::board::Board>::ALARM_IRQ,
+    net_irq = const <crate::board::This as crate::board::Board>::NET_IRQ,
 );
 
 // ------------------------------------------------------------------------------- NSC veneers

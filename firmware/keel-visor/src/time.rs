@@ -4,13 +4,13 @@
 //!
 //! The clock extends the board's free-running 32-bit cycle counter to 64 bits; it must be read at
 //! least once per counter period (about 214 s at 20 MHz), which the alarm guarantees by never
-//! sleeping longer than [`board::ALARM_MAX_CYCLES`]. With nothing to do the visor sleeps until the
+//! sleeping longer than [`Board::ALARM_MAX_CYCLES`]. With nothing to do the visor sleeps until the
 //! next deadline instead of waking up periodically, which saves power on silicon and makes
 //! deterministic QEMU runs fast.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
-use crate::board;
+use crate::board::{self, Board, This};
 
 // The clock's state: plain atomics, read and updated inside `board::critical` (so each update is
 // one step for every context), with no borrow flag to check on the system-call path.
@@ -23,17 +23,17 @@ static WALL_LO: AtomicU32 = AtomicU32::new(0);
 static WALL_HI: AtomicU32 = AtomicU32::new(0);
 static WALL_SET: AtomicBool = AtomicBool::new(false);
 
-const CYCLES_PER_US: u64 = board::SYSCLK_HZ as u64 / 1_000_000;
+const CYCLES_PER_US: u64 = This::SYSCLK_HZ as u64 / 1_000_000;
 
 /// Starts the clock.
 pub fn init() {
-    board::start_clock();
-    board::init_alarm();
+    This::start_clock();
+    This::init_alarm();
 }
 
 /// The 64-bit cycle count. Call inside `board::critical`.
 fn cycles() -> u64 {
-    let lo = board::clock_cycles();
+    let lo = This::clock_cycles();
     let mut hi = HI.load(Relaxed);
     if lo < LAST_LO.load(Relaxed) {
         hi = hi.wrapping_add(1);
@@ -68,13 +68,13 @@ pub fn wall_us() -> Option<u64> {
 }
 
 /// Arms the alarm for `deadline` (µs; `None`: only the clock's own wrap-around wake-up), at
-/// least [`MIN_ALARM_US`] and at most [`board::ALARM_MAX_CYCLES`] away. A deadline already due
+/// least [`MIN_ALARM_US`] and at most [`Board::ALARM_MAX_CYCLES`] away. A deadline already due
 /// fires after the minimum delay, so the caller never spins.
 pub fn arm_at(deadline: Option<u64>) {
     let now = now_us();
     let delay_us = deadline.map_or(u64::MAX, |d| d.saturating_sub(now)).max(MIN_ALARM_US);
-    let cycles = delay_us.saturating_mul(CYCLES_PER_US).min(board::ALARM_MAX_CYCLES as u64);
-    board::arm_alarm(cycles as u32);
+    let cycles = delay_us.saturating_mul(CYCLES_PER_US).min(This::ALARM_MAX_CYCLES as u64);
+    This::arm_alarm(cycles as u32);
 }
 
 /// Shortest alarm delay: a deadline in the past can never cause an interrupt storm.
