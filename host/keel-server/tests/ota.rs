@@ -7,11 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::TestDb;
+use common::{sim_until, TestDb, WAIT};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use keel_bundle::{build_bundle, reference_region_capacity, BundleSpec, LayerSpec, Policies, SigningKey, Target};
@@ -19,7 +18,7 @@ use keel_link::msg::UpdateState;
 use keel_server::gateway::{generate_keypair, serve};
 use keel_server::http::{router, AppState, BundleJson, DeviceJson, UpdateEventJson};
 use keel_server::store::Store;
-use keel_sim::{new_secret, public_key, SimDevice, Stats};
+use keel_sim::{new_secret, public_key, SimDevice};
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -46,9 +45,6 @@ on_both_databases!(a_deployment_reaches_devices_by_id_and_by_tag);
 on_both_databases!(a_tampered_layer_is_refused_by_the_device);
 on_both_databases!(a_download_resumes_after_a_server_restart);
 on_both_databases!(accounts_cannot_see_or_use_each_others_updates);
-
-/// Bound on every wait: a test that would hang fails instead.
-const WAIT: Duration = Duration::from_secs(60);
 
 async fn call(
     app: &axum::Router,
@@ -199,22 +195,8 @@ impl World {
 
     /// Waits until the server stored an update status of `id` in `state`.
     async fn server_state(&self, id: &str, state: UpdateState) {
-        let mut changes = self.store.subscribe_updates();
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if self.store.update_status(id).await.unwrap().is_some_and(|s| s.state == state.as_str()) {
-                    return;
-                }
-                let _ = changes.recv().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("server never saw {id} {}", state.as_str()));
+        common::wait_update_state(&self.store, id, state.as_str()).await;
     }
-}
-
-async fn sim_until(dev: &SimDevice, what: &str, f: impl FnMut(&Stats) -> bool) -> Stats {
-    tokio::time::timeout(WAIT, dev.wait_for(f)).await.unwrap_or_else(|_| panic!("device never reached: {what}"))
 }
 
 async fn uploads_that_fail_a_check_store_nothing(store: Store) {

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::TestDb;
+use common::{sim_until, TestDb, WAIT};
 use http_body_util::BodyExt;
 use keel_bundle::{build_bundle, reference_region_capacity, BundleSpec, LayerSpec, Policies, SigningKey, Target};
 use keel_link::msg::UpdateState;
 use keel_server::gateway::{generate_keypair, serve};
 use keel_server::http::{router, AppState, BundleJson, DeviceJson, UpdateEventJson};
 use keel_server::store::Store;
-use keel_sim::{new_secret, public_key, Outcome, Reason, SimApp, SimDevice, Slot, Stats};
+use keel_sim::{new_secret, public_key, Outcome, Reason, SimApp, SimDevice, Slot};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -42,9 +42,6 @@ macro_rules! on_both_databases {
 
 on_both_databases!(confirm_by_link_each_app_ends_as_the_policy_says);
 on_both_databases!(confirm_by_app_each_app_ends_as_the_policy_says);
-
-/// Bound on every wait: a test that would hang fails instead.
-const WAIT: Duration = Duration::from_secs(60);
 
 /// The grace time of the confirm-by-link bundle: far longer than a crashing, panicking or
 /// hanging app needs to spend its crash budget (2 crashes: about 1.1 s with the supervisor's 1 s
@@ -166,22 +163,8 @@ impl World {
 
     /// Waits until the server stored an update status of `id` in `state`.
     async fn server_state(&self, id: &str, state: UpdateState) {
-        let mut changes = self.store.subscribe_updates();
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if self.store.update_status(id).await.unwrap().is_some_and(|s| s.state == state.as_str()) {
-                    return;
-                }
-                let _ = changes.recv().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("server never saw {id} {}", state.as_str()));
+        common::wait_update_state(&self.store, id, state.as_str()).await;
     }
-}
-
-async fn sim_until(dev: &SimDevice, what: &str, f: impl FnMut(&Stats) -> bool) -> Stats {
-    tokio::time::timeout(WAIT, dev.wait_for(f)).await.unwrap_or_else(|_| panic!("device never reached: {what}"))
 }
 
 fn state_of(o: Outcome) -> UpdateState {

@@ -119,3 +119,33 @@ impl TestDb {
 fn which(name: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {name}")).status().is_ok_and(|s| s.success())
 }
+
+/// Bound on every wait of the update tests: a test that would hang fails instead.
+#[allow(dead_code)] // used by the update tests only
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits (at most [`WAIT`]) until the store holds an update status of device `id` in `state`.
+#[allow(dead_code)] // used by the update tests only
+pub async fn wait_update_state(store: &Store, id: &str, state: &str) {
+    let mut changes = store.subscribe_updates();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if store.update_status(id).await.unwrap().is_some_and(|s| s.state == state) {
+                return;
+            }
+            let _ = changes.recv().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("server never saw {id} {state}"));
+}
+
+/// Waits (at most [`WAIT`]) until a simulated device's stats satisfy `f`; returns them.
+#[allow(dead_code)] // used by the update tests only
+pub async fn sim_until(
+    dev: &keel_sim::SimDevice,
+    what: &str,
+    f: impl FnMut(&keel_sim::Stats) -> bool,
+) -> keel_sim::Stats {
+    tokio::time::timeout(WAIT, dev.wait_for(f)).await.unwrap_or_else(|_| panic!("device never reached: {what}"))
+}
