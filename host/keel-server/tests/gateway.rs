@@ -1,6 +1,7 @@
 //! Gateway and store end to end with simulated devices: real TCP on loopback, and every test
 //! runs on SQLite and on PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use common::TestDb;
@@ -24,30 +25,13 @@ async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) 
     panic!("condition not reached");
 }
 
-macro_rules! on_both_databases {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = super::TestDb::sqlite(stringify!($name));
-                super::$name(db.open().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let db = super::TestDb::postgres(stringify!($name));
-                super::$name(db.open().await).await;
-            }
-        }
-    };
-}
-
-on_both_databases!(logs_arrive_exactly_once_in_order_across_a_server_restart);
-on_both_databases!(garbage_and_unknown_devices_do_not_disturb_connected_ones);
-on_both_databases!(a_replayed_handshake_does_not_bring_a_device_online);
-on_both_databases!(a_newer_device_connects_at_the_common_version);
-on_both_databases!(unknown_messages_are_skipped_bad_frames_end_one_connection);
-on_both_databases!(visor_events_fill_the_registry_without_text_parsing);
-on_both_databases!(a_handshake_without_ready_times_out_and_is_not_counted_as_rejected);
+on_both_databases!("", logs_arrive_exactly_once_in_order_across_a_server_restart);
+on_both_databases!("", garbage_and_unknown_devices_do_not_disturb_connected_ones);
+on_both_databases!("", a_replayed_handshake_does_not_bring_a_device_online);
+on_both_databases!("", a_newer_device_connects_at_the_common_version);
+on_both_databases!("", unknown_messages_are_skipped_bad_frames_end_one_connection);
+on_both_databases!("", visor_events_fill_the_registry_without_text_parsing);
+on_both_databases!("", a_handshake_without_ready_times_out_and_is_not_counted_as_rejected);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {

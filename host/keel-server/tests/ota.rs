@@ -3,6 +3,7 @@
 //! tampered layer, a server restart in the middle of a download, and account isolation. Every
 //! test runs on SQLite and on PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -23,28 +24,11 @@ use object_store::{ObjectStoreExt, PutPayload};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-macro_rules! on_both_databases {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = super::TestDb::sqlite(concat!("ota-", stringify!($name)));
-                super::$name(db.open().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let db = super::TestDb::postgres(concat!("ota-", stringify!($name)));
-                super::$name(db.open().await).await;
-            }
-        }
-    };
-}
-
-on_both_databases!(uploads_that_fail_a_check_store_nothing);
-on_both_databases!(a_deployment_reaches_devices_by_id_and_by_tag);
-on_both_databases!(a_tampered_layer_is_refused_by_the_device);
-on_both_databases!(a_download_resumes_after_a_server_restart);
-on_both_databases!(accounts_cannot_see_or_use_each_others_updates);
+on_both_databases!("ota-", uploads_that_fail_a_check_store_nothing);
+on_both_databases!("ota-", a_deployment_reaches_devices_by_id_and_by_tag);
+on_both_databases!("ota-", a_tampered_layer_is_refused_by_the_device);
+on_both_databases!("ota-", a_download_resumes_after_a_server_restart);
+on_both_databases!("ota-", accounts_cannot_see_or_use_each_others_updates);
 
 async fn call(
     app: &axum::Router,

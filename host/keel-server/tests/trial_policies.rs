@@ -4,6 +4,7 @@
 //! must end in the state the policy says — in its own journal and on the server. Every test runs
 //! on SQLite and on PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -23,25 +24,8 @@ use keel_sim::{new_secret, public_key, Outcome, Reason, SimApp, SimDevice, Slot}
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-macro_rules! on_both_databases {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let db = super::TestDb::sqlite(concat!("trial-", stringify!($name)));
-                super::$name(db.open().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let db = super::TestDb::postgres(concat!("trial-", stringify!($name)));
-                super::$name(db.open().await).await;
-            }
-        }
-    };
-}
-
-on_both_databases!(confirm_by_link_each_app_ends_as_the_policy_says);
-on_both_databases!(confirm_by_app_each_app_ends_as_the_policy_says);
+on_both_databases!("trial-", confirm_by_link_each_app_ends_as_the_policy_says);
+on_both_databases!("trial-", confirm_by_app_each_app_ends_as_the_policy_says);
 
 /// The grace time of the confirm-by-link bundle: far longer than a crashing, panicking or
 /// hanging app needs to spend its crash budget (2 crashes: about 1.1 s with the supervisor's 1 s

@@ -6,6 +6,26 @@ use std::process::Command;
 
 use keel_server::store::Store;
 
+/// Runs `async fn $name(store: Store)` of the test file as two tests, on SQLite and on
+/// PostgreSQL, with database names prefixed `$prefix` (test binaries run in parallel).
+#[allow(unused_macros)] // not every test binary runs on both databases
+macro_rules! on_both_databases {
+    ($prefix:literal, $name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite(concat!($prefix, stringify!($name)));
+                super::$name(db.open().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = super::TestDb::postgres(concat!($prefix, stringify!($name)));
+                super::$name(db.open().await).await;
+            }
+        }
+    };
+}
+
 /// One API request through the router: `token` as a bearer token, `body` as JSON. Returns the
 /// status and the JSON body (`Null` if the body is not JSON).
 #[allow(dead_code)] // not every test binary sends requests
