@@ -86,6 +86,73 @@ void IRQ28_Handler(void) KEEL__WEAK_HANDLER;
 void IRQ29_Handler(void) KEEL__WEAK_HANDLER;
 void IRQ30_Handler(void) KEEL__WEAK_HANDLER;
 void IRQ31_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ32_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ33_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ34_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ35_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ36_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ37_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ38_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ39_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ40_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ41_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ42_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ43_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ44_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ45_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ46_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ47_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ48_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ49_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ50_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ51_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ52_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ53_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ54_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ55_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ56_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ57_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ58_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ59_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ60_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ61_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ62_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ63_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ64_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ65_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ66_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ67_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ68_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ69_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ70_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ71_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ72_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ73_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ74_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ75_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ76_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ77_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ78_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ79_Handler(void) KEEL__WEAK_HANDLER;
+/* The SDK's notification line (KEEL_NOTIFY_DEFAULT_IRQ): its interrupt only wakes the core from
+ * WFI, so its default handler returns at once. */
+void Keel_Notify_Handler(void);
+void IRQ80_Handler(void) __attribute__((weak, alias("Keel_Notify_Handler")));
+void IRQ81_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ82_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ83_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ84_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ85_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ86_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ87_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ88_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ89_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ90_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ91_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ92_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ93_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ94_Handler(void) KEEL__WEAK_HANDLER;
+void IRQ95_Handler(void) KEEL__WEAK_HANDLER;
 
 typedef void (*keel_handler_t)(void);
 
@@ -94,10 +161,10 @@ typedef void (*keel_handler_t)(void);
 struct keel_vector_table {
     uint32_t *initial_sp;
     keel_handler_t system[15];
-    keel_handler_t irq[32];
+    keel_handler_t irq[96];
 };
 
-_Static_assert(sizeof(struct keel_vector_table) == 48 * 4, "vector table size");
+_Static_assert(sizeof(struct keel_vector_table) == 112 * 4, "vector table size");
 
 __attribute__((section(".vectors"), used))
 const struct keel_vector_table __keel_vectors = {
@@ -128,8 +195,28 @@ const struct keel_vector_table __keel_vectors = {
         IRQ20_Handler, IRQ21_Handler, IRQ22_Handler, IRQ23_Handler,
         IRQ24_Handler, IRQ25_Handler, IRQ26_Handler, IRQ27_Handler,
         IRQ28_Handler, IRQ29_Handler, IRQ30_Handler, IRQ31_Handler,
+        IRQ32_Handler, IRQ33_Handler, IRQ34_Handler, IRQ35_Handler,
+        IRQ36_Handler, IRQ37_Handler, IRQ38_Handler, IRQ39_Handler,
+        IRQ40_Handler, IRQ41_Handler, IRQ42_Handler, IRQ43_Handler,
+        IRQ44_Handler, IRQ45_Handler, IRQ46_Handler, IRQ47_Handler,
+        IRQ48_Handler, IRQ49_Handler, IRQ50_Handler, IRQ51_Handler,
+        IRQ52_Handler, IRQ53_Handler, IRQ54_Handler, IRQ55_Handler,
+        IRQ56_Handler, IRQ57_Handler, IRQ58_Handler, IRQ59_Handler,
+        IRQ60_Handler, IRQ61_Handler, IRQ62_Handler, IRQ63_Handler,
+        IRQ64_Handler, IRQ65_Handler, IRQ66_Handler, IRQ67_Handler,
+        IRQ68_Handler, IRQ69_Handler, IRQ70_Handler, IRQ71_Handler,
+        IRQ72_Handler, IRQ73_Handler, IRQ74_Handler, IRQ75_Handler,
+        IRQ76_Handler, IRQ77_Handler, IRQ78_Handler, IRQ79_Handler,
+        IRQ80_Handler, IRQ81_Handler, IRQ82_Handler, IRQ83_Handler,
+        IRQ84_Handler, IRQ85_Handler, IRQ86_Handler, IRQ87_Handler,
+        IRQ88_Handler, IRQ89_Handler, IRQ90_Handler, IRQ91_Handler,
+        IRQ92_Handler, IRQ93_Handler, IRQ94_Handler, IRQ95_Handler,
     },
 };
+
+__attribute__((weak)) void Keel_Notify_Handler(void)
+{
+}
 
 /* Unhandled exception or interrupt: stop here (the app watchdog, if armed, ends the hang; the visor resets the system to clear the
  * active exception)). */

@@ -11,20 +11,30 @@
 //! * Every call is a branch to a **fixed slot** in the visor's non-secure-callable (NSC) region:
 //!   `address = nsc_base + 16 * slot`, Thumb bit set. Slots never move between visor versions;
 //!   unused slots are reserved and answer [`Status::NotImplemented`].
-//! * Up to four 32-bit arguments in `r0..r3`; the result is always a [`Status`] in `r0`.
-//!   Calls that produce data write it through a pointer argument. No call returns data in `r0`.
+//! * Up to four 32-bit arguments in `r0..r3`; the result is a [`Status`] in `r0`, except
+//!   [`Call::MonotonicUs`], which cannot fail and returns its `u64` in `r0:r1`. Other calls that
+//!   produce data write it through a pointer argument.
 //! * Every pointer is checked by the visor for non-secure access over its whole length before it
 //!   is used. A pointer the app may not use yields [`Status::ParameterFault`] — never a fault.
 //! * Structs that may grow carry a `version` field the caller sets (see [`AbiInfo`]); an unknown
 //!   version yields [`Status::UnsupportedStructVersion`].
 //! * Calls may be made from thread mode or from the app's interrupt handlers, except
-//!   [`Call::Wait`] and [`Call::Restart`], which answer [`Status::Unavailable`] from a handler.
+//!   [`Call::Restart`] and [`Call::UpdateApply`], which answer [`Status::Unavailable`] from a
+//!   handler.
+//! * **No call blocks, and no non-secure exception preempts a call**: every call runs with all
+//!   non-secure exceptions masked, so a call is atomic to the app — to its interrupt handlers,
+//!   and to the tasks of any RTOS, whose task switches cannot land inside one. Waiting happens in
+//!   the app: the visor reports asynchronous events as records in a [`notify`] ring in app memory
+//!   and pends an interrupt the app chose ([`Call::NotifySetup`]), and the app sleeps with `wfi`.
 #![no_std]
 
-/// ABI major version: bumped only for incompatible changes (never so far).
-pub const ABI_MAJOR: u16 = 1;
+pub mod notify;
+
+/// ABI major version: bumped only for incompatible changes (2: `wait` replaced by notification
+/// rings, `monotonic_us` returns its value in registers, calls mask non-secure exceptions).
+pub const ABI_MAJOR: u16 = 2;
 /// ABI minor version: bumped when calls or struct versions are added.
-pub const ABI_MINOR: u16 = 1;
+pub const ABI_MINOR: u16 = 0;
 
 /// Size in bytes of one NSC veneer slot.
 pub const SLOT_SIZE: u32 = 16;
@@ -105,10 +115,10 @@ impl Status {
 
 /// The system calls and their fixed slots.
 ///
-/// Slots 0..=10 are the base calls (ABI 1.0). Ranges are reserved by purpose: 16..=31 for
-/// networking and channels, 32..=39 for update control (32..=34 used since ABI 1.1), 40..=47
-/// for configuration and secrets, 48..=55 for debugging, the rest for later use. Unused slots
-/// answer [`Status::NotImplemented`].
+/// Slots 0..=10 are the base calls (slot 6, `wait` in ABI 1, is retired). Ranges are reserved by
+/// purpose: 16..=31 for notifications, networking and channels (16, 17 used), 32..=39 for update
+/// control (32..=34 used), 40..=47 for configuration and secrets, 48..=55 for debugging, the rest
+/// for later use. Unused slots answer [`Status::NotImplemented`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
@@ -118,7 +128,8 @@ pub enum Call {
     /// terminated). `len` must be at least [`DEVICE_ID_LEN`]. [`Status::Unavailable`] if the
     /// device has no factory data (not provisioned).
     DeviceId = 1,
-    /// `monotonic_us(uint64_t *out)`: microseconds since the visor started; never jumps.
+    /// `uint64_t monotonic_us(void)`: microseconds since the visor started, returned in `r0`
+    /// (low word) and `r1` (high word); never jumps and never fails.
     MonotonicUs = 2,
     /// `wall_time_us(uint64_t *out)`: microseconds since the Unix epoch, or
     /// [`Status::TimeNotSet`] until the clock has been synchronised.
@@ -128,10 +139,6 @@ pub enum Call {
     /// `restart(uint32_t reason)`: restarts the app now. Does not return on success.
     /// `reason` is an app-defined code reported as [`BootInfo::restart_code`] after the restart.
     Restart = 5,
-    /// `wait(uint32_t timeout_us, uint32_t *events)`: sleeps until an event in [`events`] is
-    /// pending or `timeout_us` elapsed; writes the pending events (0 on timeout). `events` may be
-    /// NULL.
-    Wait = 6,
     /// `watchdog_start(uint32_t timeout_ms)`: arms the app watchdog; an app that does not call
     /// [`Call::WatchdogKick`] within `timeout_ms` is restarted. Calling it again changes the
     /// timeout. Cannot be disarmed until the next restart.
@@ -142,6 +149,22 @@ pub enum Call {
     BootInfo = 9,
     /// `last_crash(CrashReport *out)`: the last crash report, [`Status::Unavailable`] if none.
     LastCrash = 10,
+    /// `notify_setup(keel_notify_ring *ring, uint32_t bytes, uint32_t irq)`: the visor reports
+    /// asynchronous events as records in `ring` (see [`notify`]; `bytes` =
+    /// [`notify::ring_bytes`] of a power-of-two record count in
+    /// [`notify::MIN_RECORDS`]..=[`notify::MAX_RECORDS`], 4-aligned, in app RAM) and pends the
+    /// app's interrupt `irq` (one of [`notify::APP_IRQS`] on the reference board, which the visor
+    /// then routes to the non-secure world; the app enables it in its NVIC) after every record.
+    /// `ring = NULL` turns notifications off. Setting up a new ring starts it empty; events that
+    /// happened while none was set up (an update ready) are reported in the new one. Every app
+    /// start begins with notifications off.
+    NotifySetup = 16,
+    /// `timer_set(uint32_t deadline_lo, uint32_t deadline_hi, uint32_t tag)`: a one-shot timer on
+    /// the monotonic clock: at the deadline (µs, as [`Call::MonotonicUs`]) the visor posts a
+    /// [`notify::Kind::Timer`] record carrying `tag`. A deadline already past fires at once;
+    /// deadline 0 cancels; a new call replaces the pending timer. [`Status::Unavailable`] without
+    /// a notification ring.
+    TimerSet = 17,
     /// `update_confirm(void)`: the app running as an update on trial confirms that it works;
     /// the update becomes permanent (no rollback any more). [`Status::Unavailable`] if the app
     /// is not on trial (already confirmed, or no update). Since ABI 1.1.
@@ -150,7 +173,7 @@ pub enum Call {
     /// sequence number, and how the last update ended (confirmed, rolled back and why, ...).
     /// Since ABI 1.1.
     UpdateInfo = 33,
-    /// `update_apply(void)`: applies an update that is ready ([`events::UPDATE_READY`]): the
+    /// `update_apply(void)`: applies an update that is ready ([`notify::Kind::UpdateReady`]): the
     /// app is stopped and the new version starts on trial. Does not return on success;
     /// [`Status::Unavailable`] if no update is ready (or from an exception handler). Since ABI 1.1.
     UpdateApply = 34,
@@ -158,18 +181,19 @@ pub enum Call {
 
 impl Call {
     /// Every implemented call, in slot order.
-    pub const ALL: [Call; 14] = [
+    pub const ALL: [Call; 15] = [
         Call::AbiInfo,
         Call::DeviceId,
         Call::MonotonicUs,
         Call::WallTimeUs,
         Call::Log,
         Call::Restart,
-        Call::Wait,
         Call::WatchdogStart,
         Call::WatchdogKick,
         Call::BootInfo,
         Call::LastCrash,
+        Call::NotifySetup,
+        Call::TimerSet,
         Call::UpdateConfirm,
         Call::UpdateInfo,
         Call::UpdateApply,
@@ -178,7 +202,10 @@ impl Call {
     /// Decodes a slot number.
     pub fn from_slot(slot: u32) -> Option<Call> {
         match slot {
-            0..=10 => Call::ALL.get(slot as usize).copied(),
+            0..=5 => Call::ALL.get(slot as usize).copied(),
+            7..=10 => Call::ALL.get(slot as usize - 1).copied(),
+            16 => Some(Call::NotifySetup),
+            17 => Some(Call::TimerSet),
             32 => Some(Call::UpdateConfirm),
             33 => Some(Call::UpdateInfo),
             34 => Some(Call::UpdateApply),
@@ -195,7 +222,8 @@ impl Call {
             Call::WallTimeUs => "keel_wall_time_us",
             Call::Log => "keel_log",
             Call::Restart => "keel_restart",
-            Call::Wait => "keel_wait",
+            Call::NotifySetup => "keel_notify_setup",
+            Call::TimerSet => "keel_timer_set",
             Call::WatchdogStart => "keel_watchdog_start",
             Call::WatchdogKick => "keel_watchdog_kick",
             Call::BootInfo => "keel_boot_info",
@@ -243,14 +271,14 @@ impl LogLevel {
     }
 }
 
-/// Event bits reported by [`Call::Wait`] (a wait returns as soon as one is pending).
+/// Event bits the device core keeps for the app until they are reported as [`notify`] records.
 pub mod events {
-    /// No event: the wait timed out.
+    /// No event.
     pub const NONE: u32 = 0;
     /// An update is downloaded and verified, and its bundle lets the app choose when it is
     /// applied: call [`super::Call::UpdateApply`] at a convenient moment. The visor applies it
-    /// anyway when the bundle's politeness time is over. Pending until the update is applied.
-    /// Since ABI 1.1.
+    /// anyway when the bundle's politeness time is over. Reported once, as a
+    /// [`super::notify::Kind::UpdateReady`] record.
     pub const UPDATE_READY: u32 = 1 << 0;
 }
 
@@ -770,7 +798,7 @@ mod tests {
             assert_eq!(Call::from_slot(c as u32), Some(c));
         }
         let used: std::vec::Vec<u32> = (0..SLOT_COUNT + 2).filter(|s| Call::from_slot(*s).is_some()).collect();
-        assert_eq!(used, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 32, 33, 34]);
+        assert_eq!(used, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 16, 17, 32, 33, 34]);
     }
 
     #[test]

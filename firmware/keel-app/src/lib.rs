@@ -24,6 +24,8 @@
 
 use core::fmt::{self, Write};
 
+pub mod notify;
+
 pub use keel_abi::{
     events, update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status, UpdateInfo,
 };
@@ -55,9 +57,22 @@ pub mod raw {
             f(a0, a1, a2, a3)
         }
     }
+
+    /// Calls system-call `slot` that returns a 64-bit value in `r0:r1` (`monotonic_us`).
+    ///
+    /// # Safety
+    /// As [`call`].
+    #[inline(always)]
+    pub unsafe fn call64(slot: u32) -> u64 {
+        // SAFETY: as in `call`, with a 64-bit result in r0:r1 (AAPCS).
+        unsafe {
+            let f: extern "C" fn() -> u64 = core::mem::transmute(slot_address(slot) as usize);
+            f()
+        }
+    }
 }
 
-fn status(raw: u32) -> Result<(), Status> {
+pub(crate) fn status(raw: u32) -> Result<(), Status> {
     match Status::from_u32(raw) {
         Some(Status::Ok) => Ok(()),
         Some(s) => Err(s),
@@ -103,10 +118,8 @@ pub fn device_id() -> Result<DeviceId, Status> {
 
 /// Microseconds since the visor started.
 pub fn monotonic_us() -> u64 {
-    let mut t = 0u64;
-    // Cannot fail with a valid pointer.
-    let _ = call(Call::MonotonicUs, &mut t as *mut u64 as u32, 0, 0);
-    t
+    // SAFETY: no arguments; the call cannot fail.
+    unsafe { raw::call64(Call::MonotonicUs as u32) }
 }
 
 /// Microseconds since the Unix epoch; `Err(Status::TimeNotSet)` until the clock is synchronised.
@@ -129,11 +142,28 @@ pub fn restart(code: u32) -> Status {
     }
 }
 
-/// Sleeps for `us` microseconds (or until an event); returns the pending events.
+/// Sleeps for `us` microseconds or until the visor reports an update ready; returns the events
+/// seen ([`events::UPDATE_READY`], or 0 when the time is up). Built on [`notify`]: the app
+/// sleeps in its own world with `wfi`; other records that arrive meanwhile are dropped (use
+/// [`notify`] directly to see them all).
 pub fn wait(us: u32) -> u32 {
-    let mut events = 0u32;
-    let _ = call(Call::Wait, us, &mut events as *mut u32 as u32, 0);
-    events
+    let deadline = monotonic_us().saturating_add(us as u64);
+    if notify::timer_set(deadline, notify::SLEEP_TAG).is_err() {
+        return 0;
+    }
+    loop {
+        while let Some(r) = notify::pop() {
+            match notify::Kind::from_u16(r.kind) {
+                Some(notify::Kind::UpdateReady) => return events::UPDATE_READY,
+                Some(notify::Kind::Timer) if r.tag == notify::SLEEP_TAG => return 0,
+                // A lost record may have been an update ready: say so (applying is refused with
+                // UNAVAILABLE if nothing is ready).
+                Some(notify::Kind::Overrun) => return events::UPDATE_READY,
+                _ => {}
+            }
+        }
+        notify::sleep();
+    }
 }
 
 /// Sleeps for `ms` milliseconds (events that end a wait early do not shorten it).
@@ -192,7 +222,7 @@ pub fn update_info() -> Result<UpdateInfo, Status> {
     Ok(v)
 }
 
-/// Applies an update that is ready (after [`keel_abi::events::UPDATE_READY`]): this app stops
+/// Applies an update that is ready (after a [`notify::Kind::UpdateReady`] record): this app stops
 /// and the new version starts on trial. Returns only on error ([`Status::Unavailable`]: none is
 /// ready).
 pub fn update_apply() -> Status {
@@ -284,7 +314,12 @@ mod rt {
         .rept 14
         .word keel_app_unhandled
         .endr
-        .rept 32
+        @ External interrupts 0..95: the notification ring's line, every other one unhandled.
+        .rept {notify_irq}
+        .word keel_app_unhandled
+        .endr
+        .word keel_app_notify_irq
+        .rept 95 - {notify_irq}
         .word keel_app_unhandled
         .endr
 
@@ -318,7 +353,8 @@ mod rt {
         .thumb_func
     keel_app_unhandled:
         udf #2
-    "#
+    "#,
+        notify_irq = const keel_abi::notify::DEFAULT_IRQ,
     );
 }
 

@@ -38,11 +38,39 @@ pub struct Loaded {
     pub entry: u32,
 }
 
-/// What an app image in `slot` must fit: this board's execution region and ABI.
+/// Bytes at the end of the execution region that hold the start stub (see [`prepare_start`]); an
+/// image may not use them.
+pub const STUB_RESERVED: u32 = 64;
+const STUB_OFFSET: u32 = APP_EXEC_SIZE - STUB_RESERVED;
+
+/// The app's start stub (Thumb code, in the app's execution region, run in the non-secure state
+/// before its reset handler, with `r0` = the reset handler and interrupts masked):
+/// ```text
+/// movs r1, #0 ; ldr r2, =SYST_CSR ; str r1, [r2] ; str r1, [r2, #4] ; str r1, [r2, #8]
+/// ldr r2, =ICSR ; ldr r3, =PENDSTCLR ; str r3, [r2] ; movs r2, #0 ; movs r3, #0
+/// cpsie i ; bx r0
+/// ```
+/// It stops the app's SysTick (control, reload and current value) and clears its pending bit:
+/// a SysTick the previous run left running must not fire into the next one, and on QEMU 7.2 the
+/// visor cannot reach SYST_CSR_NS through the secure alias.
+const START_STUB: [u32; 9] = [
+    0x4A05_2100,
+    0x6051_6011,
+    0x4A04_6091,
+    0x6013_4B04,
+    0x2300_2200,
+    0x4700_B662,
+    0xE000_E010, // SYST_CSR (non-secure view)
+    0xE000_ED04, // ICSR (non-secure view)
+    0x0200_0000, // ICSR.PENDSTCLR
+];
+
+/// What an app image in `slot` must fit: this board's execution region (less the start stub)
+/// and ABI.
 pub fn target(slot: layout::Partition) -> Target {
     Target {
         exec_base: APP_EXEC_BASE,
-        exec_size: APP_EXEC_SIZE,
+        exec_size: STUB_OFFSET,
         slot_capacity: slot.size - HEADER_SIZE as u32,
         abi: (keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR),
     }
@@ -50,17 +78,21 @@ pub fn target(slot: layout::Partition) -> Target {
 
 /// Copies the app image from `slot` (chosen by the update journal) into the execution region
 /// and verifies it there. The digest is computed over the copy the CPU will execute, not over
-/// the slot.
-pub fn load(slot: layout::Partition) -> Result<Loaded, LoadError> {
+/// the slot, unless `verified` says this slot's image with this digest was verified before: only
+/// the visor writes the flash, and the update agent never writes the slot the app runs from, so a
+/// restart of the same slot copies again (the app may have changed its code) but does not hash.
+pub fn load(slot: layout::Partition, verified: Option<[u8; 32]>) -> Result<Loaded, LoadError> {
     let target = target(slot);
     let hdr_bytes = board::flash_slice(slot.offset, HEADER_SIZE as u32);
     let header = Header::parse(hdr_bytes, &target).map_err(LoadError::Image)?;
     let image = board::flash_slice(slot.offset + HEADER_SIZE as u32, header.image_size);
     ns_mem::load_into_exec(0, image);
-    let mut h = ImageHasher::new(&header.to_bytes());
-    h.update(ns_mem::exec_region(header.image_size));
-    if h.finish() != header.digest {
-        return Err(LoadError::Image(ImageError::DigestMismatch));
+    if verified != Some(header.digest) {
+        let mut h = ImageHasher::new(&header.to_bytes());
+        h.update(ns_mem::exec_region(header.image_size));
+        if h.finish() != header.digest {
+            return Err(LoadError::Image(ImageError::DigestMismatch));
+        }
     }
     let loaded = ns_mem::exec_region(8);
     let sp = u32::from_le_bytes([loaded[0], loaded[1], loaded[2], loaded[3]]);
@@ -72,21 +104,30 @@ pub fn load(slot: layout::Partition) -> Result<Loaded, LoadError> {
         return Err(LoadError::BadVectorTable);
     }
     let lim = header.stack_limit;
-    if lim != 0 && (lim < APP_RAM_BASE || !lim.is_multiple_of(8) || lim + 32 >= sp) {
+    if lim != 0 && (lim < APP_RAM_BASE || !lim.is_multiple_of(8) || lim.checked_add(32).is_none_or(|l| l >= sp)) {
         return Err(LoadError::BadStackLimit);
     }
     Ok(Loaded { header, sp, entry })
 }
 
 /// Prepares the non-secure core so that an exception return with EXC_RETURN
-/// [`RETURN_TO_APP`] starts the app at its reset handler with a clean state.
+/// [`RETURN_TO_APP`] starts the app with a clean state: the core's non-secure side reset
+/// ([`board::reset_ns_core`]), the app's RAM zeroed, and a first frame that runs the start stub
+/// ([`START_STUB`]) with interrupts masked, which stops the SysTick and enters the reset handler.
 pub fn prepare_start(app: &Loaded) {
     board::reset_ns_core(APP_EXEC_BASE);
-    // A fresh exception frame on the app's main stack: r0-r3, r12 = 0, lr = invalid (the reset
-    // handler must not return), pc = entry, xPSR = Thumb.
+    ns_mem::clear_app_ram();
+    ns_mem::write_exec_words(STUB_OFFSET, &START_STUB);
+    // A fresh exception frame on the app's main stack: r0 = the reset handler (for the stub),
+    // r1-r3, r12 = 0, lr = invalid (the reset handler must not return), pc = the stub,
+    // xPSR = Thumb.
     let frame_sp = app.sp - 32;
-    ns_mem::write_initial_frame(frame_sp, &[0, 0, 0, 0, 0, 0xFFFF_FFFF, app.entry & !1, 0x0100_0000]);
+    ns_mem::write_initial_frame(
+        frame_sp,
+        &[app.entry, 0, 0, 0, 0, 0xFFFF_FFFF, APP_EXEC_BASE + STUB_OFFSET, 0x0100_0000],
+    );
     board::set_ns_stack(frame_sp, app.header.stack_limit);
+    board::set_primask_ns(true);
 }
 
 /// EXC_RETURN: return to non-secure thread mode on MSP_NS, standard frame.

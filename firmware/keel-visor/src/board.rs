@@ -41,6 +41,7 @@ const MPC_SSRAM0: usize = 0x5800_7000;
 const MPC_SSRAM1: usize = 0x5800_8000;
 
 const SCB_ICSR: usize = 0xE000_ED04;
+const SCB_SCR: usize = 0xE000_ED10;
 const SCB_AIRCR: usize = 0xE000_ED0C;
 const SCB_SHPR3: usize = 0xE000_ED20;
 const SCB_SHCSR: usize = 0xE000_ED24;
@@ -60,10 +61,24 @@ const SCB_SHCSR_NS: usize = 0xE002_ED24;
 const SCB_ICSR_NS: usize = 0xE002_ED04;
 const SCB_CFSR_NS: usize = 0xE002_ED28;
 const SCB_HFSR_NS: usize = 0xE002_ED2C;
+const SCB_AIRCR_NS: usize = 0xE002_ED0C;
+const SCB_SCR_NS: usize = 0xE002_ED10;
+const SCB_CCR_NS: usize = 0xE002_ED14;
+const SCB_SHPR1_NS: usize = 0xE002_ED18;
+const MPU_TYPE_NS: usize = 0xE002_ED90;
 const MPU_CTRL_NS: usize = 0xE002_ED94;
+const MPU_RNR_NS: usize = 0xE002_ED98;
+const MPU_RBAR_NS: usize = 0xE002_ED9C;
+const MPU_RLAR_NS: usize = 0xE002_EDA0;
+const MPU_MAIR0_NS: usize = 0xE002_EDC0;
+const MPU_MAIR1_NS: usize = 0xE002_EDC4;
 const NVIC_ICER: usize = 0xE000_E180;
+const NVIC_ISPR: usize = 0xE000_E200;
 const NVIC_ICPR: usize = 0xE000_E280;
+const NVIC_IABR: usize = 0xE000_E300;
 const NVIC_ITNS: usize = 0xE000_E380;
+/// Reset value of CCR: STKALIGN and the (v8-M RES1) NONBASETHRDENA.
+const CCR_RESET: u32 = 0x201;
 
 /// Core clock in Hz.
 pub const SYSCLK_HZ: u32 = 20_000_000;
@@ -175,9 +190,14 @@ pub fn configure_security(nsc_start: u32, nsc_end: u32) {
     sau_region(0, APP_EXEC_BASE, APP_EXEC_BASE + APP_EXEC_SIZE - 1, false);
     sau_region(1, APP_RAM_BASE, APP_RAM_BASE + APP_RAM_SIZE - 1, false);
     sau_region(2, nsc_start, nsc_end - 1, true);
-    // Region 3: non-secure peripheral aliases. The PPCs keep every peripheral secure, so the app
-    // gets none today; opening one is a PPC bit, not an SAU change.
-    sau_region(3, 0x4000_0000, 0x4FFF_FFFF, false);
+    // Nothing else is non-secure: no peripheral is opened to the app. (The IoT kit's PPC-less
+    // blocks at 0x4002_0000 and 0x4008_0000 — among them the non-secure watchdog, which can reset
+    // the whole system — would be reachable through an SAU region over 0x4xxx_xxxx; without one,
+    // an app access to any peripheral is a SecureFault the visor records.)
+    for n in 3..8 {
+        wr(SAU_RNR, n);
+        wr(SAU_RLAR, 0);
+    }
     wr(SAU_CTRL, 1);
     mpc_set_ns(MPC_SSRAM0, APP_EXEC_BASE, APP_EXEC_BASE + APP_EXEC_SIZE);
     mpc_set_ns(MPC_SSRAM1, 0, APP_RAM_SIZE);
@@ -193,6 +213,9 @@ pub fn configure_security(nsc_start: u32, nsc_end: u32) {
     // Secure exception priorities: PendSV 0x60 (the service routine), below the alarm (0x40) and
     // above every app priority (which PRIS maps to 0x80..0xFF).
     wr(SCB_SHPR3, 0x60 << 16);
+    // SCR.SLEEPDEEPS: only the visor decides about deep sleep (the app's SLEEPDEEP would
+    // otherwise turn the visor's own `wfi` into a deep sleep that may stop its alarm).
+    wr(SCB_SCR, rd(SCB_SCR) | (1 << 3));
     barrier();
 }
 
@@ -318,11 +341,43 @@ pub fn clear_ns_exceptions() {
     }
 }
 
-/// Puts the non-secure side back into its reset state before the app (re)starts.
+/// Puts the non-secure side back into its reset state before the app (re)starts, so nothing an
+/// earlier run (or an earlier version) configured carries over: every banked SCB register (CCR,
+/// SCR, the handler priorities, AIRCR.PRIGROUP, VTOR, SHCSR), the MPU with all its regions and
+/// attributes, every interrupt it had (enables, pending bits, priorities, routing), its pending
+/// exceptions and its special registers. The SysTick is stopped by the app's start stub (see
+/// `app::prepare_start`): QEMU 7.2 refuses the secure alias of SYST_CSR_NS.
 pub fn reset_ns_core(vtor: u32) {
-    // The app's SysTick is not stopped here: see docs/threat-model.md, "Known gaps".
     wr(MPU_CTRL_NS, 0);
+    let regions = (rd(MPU_TYPE_NS) >> 8) & 0xFF;
+    for n in 0..regions {
+        wr(MPU_RNR_NS, n);
+        wr(MPU_RBAR_NS, 0);
+        wr(MPU_RLAR_NS, 0);
+    }
+    wr(MPU_RNR_NS, 0);
+    wr(MPU_MAIR0_NS, 0);
+    wr(MPU_MAIR1_NS, 0);
     clear_ns_exceptions();
+    for i in 0..16 {
+        // Every line back to the secure world (the app's notification line is routed again when
+        // it sets up a ring), with its priority reset.
+        let ns = rd(NVIC_ITNS + 4 * i);
+        for bit in 0..32 {
+            if ns & (1 << bit) != 0 {
+                // SAFETY: byte write to the priority register of an interrupt the app had.
+                unsafe { write_volatile((NVIC_IPR + 32 * i + bit) as *mut u8, 0) };
+            }
+        }
+        wr(NVIC_ITNS + 4 * i, 0);
+    }
+    wr(SCB_CCR_NS, CCR_RESET);
+    wr(SCB_SCR_NS, 0);
+    for i in 0..3 {
+        wr(SCB_SHPR1_NS + 4 * i, 0);
+    }
+    // VECTKEY with PRIGROUP = 0; the secure-only bits are not writable through this view.
+    wr(SCB_AIRCR_NS, 0x05FA_0000);
     wr(VTOR_NS, vtor);
     // SAFETY: writes the non-secure banked special registers, which only affect the app.
     unsafe {
@@ -338,6 +393,47 @@ pub fn reset_ns_core(vtor: u32) {
         );
     }
     barrier();
+}
+
+/// Routes interrupt line `irq` to the app (`true`: non-secure, cleared, left for the app to
+/// enable) or back to the visor (`false`: secure, disabled, cleared). Only lines of
+/// [`keel_abi::notify::APP_IRQS`].
+pub fn route_app_irq(irq: u32, to_app: bool) {
+    if !keel_abi::notify::APP_IRQS.contains(&irq) {
+        return;
+    }
+    let (word, bit) = (4 * (irq as usize / 32), 1u32 << (irq % 32));
+    wr(NVIC_ICER + word, bit);
+    wr(NVIC_ICPR + word, bit);
+    let itns = rd(NVIC_ITNS + word);
+    wr(NVIC_ITNS + word, if to_app { itns | bit } else { itns & !bit });
+    barrier();
+}
+
+/// Pends the app's notification interrupt (routed with [`route_app_irq`]).
+pub fn pend_app_irq(irq: u32) {
+    if keel_abi::notify::APP_IRQS.contains(&irq) {
+        wr(NVIC_ISPR + 4 * (irq as usize / 32), 1 << (irq % 32));
+    }
+}
+
+/// Whether any exception of the app is active (a handler of it is running or was preempted):
+/// then the app cannot be stopped by an exception return into another context; only a reset
+/// clears an active exception.
+pub fn ns_exception_active() -> bool {
+    // SHCSR_NS: MEMFAULTACT, BUSFAULTACT, HARDFAULTACT, USGFAULTACT, NMIACT, SVCALLACT,
+    // MONITORACT, PENDSVACT, SYSTICKACT.
+    const ACTIVE: u32 = 0b1101_1010_1111;
+    if rd(SCB_SHCSR_NS) & ACTIVE != 0 {
+        return true;
+    }
+    (0..16).any(|i| rd(NVIC_IABR + 4 * i) & rd(NVIC_ITNS + 4 * i) != 0)
+}
+
+/// Sets PRIMASK_NS (the app's interrupt mask).
+pub fn set_primask_ns(masked: bool) {
+    // SAFETY: a banked non-secure special register; it only affects the app.
+    unsafe { core::arch::asm!("msr primask_ns, {v}", v = in(reg) masked as u32, options(nostack, preserves_flags)) };
 }
 
 /// Sets MSP_NS and MSPLIM_NS.

@@ -41,6 +41,7 @@ mod board;
 mod console;
 mod global;
 mod net;
+mod notify;
 mod ns_mem;
 mod rng;
 mod rt;
@@ -75,8 +76,14 @@ pub struct Visor {
     pub pending: net::Pending,
     /// Factory data, if the device is provisioned.
     pub factory: Option<Factory>,
-    /// Deadline of the `wait` system call in progress, if any.
-    pub wait_deadline: Option<u64>,
+    /// The app's notification ring, once it set one up.
+    pub notify: Option<notify::Ring>,
+    /// The app's timer: deadline and tag.
+    pub timer: Option<(u64, u32)>,
+    /// A system call (`restart`, `update_apply`) asked the service routine to stop the app.
+    pub stop_requested: bool,
+    /// The slot and image digest last verified (a restart of the same slot does not hash again).
+    pub verified: Option<(keel_update::Slot, [u8; 32])>,
 }
 
 /// Where the visor's state lives: uninitialised RAM (`.bss`), built in place at boot. A
@@ -88,7 +95,9 @@ static STATE: static_cell::StaticCell<Visor> = static_cell::StaticCell::new();
 pub static VISOR: Global<Option<&'static mut Visor>> = Global::new(None);
 
 /// Switches the secure thread to a fresh idle loop; returns the trampoline result.
-fn go_idle() -> u64 {
+fn go_idle(v: &mut Visor) -> u64 {
+    v.stop_requested = false;
+    notify::disable(v);
     rt::prepare_idle_thread();
     board::clear_ns_exceptions();
     board::mask_app_exceptions(true);
@@ -98,11 +107,16 @@ fn go_idle() -> u64 {
 /// Loads and starts the app from `slot` (the core decides the slot, and what to do when a trial
 /// image does not load); returns the trampoline result.
 fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
-    // Whatever the secure thread was doing (a `wait` of the app) is abandoned.
-    v.wait_deadline = None;
+    v.stop_requested = false;
+    notify::disable(v);
     let loaded = loop {
-        match app::load(v.core.partition(slot)) {
-            Ok(loaded) => break Some(loaded),
+        let verified = v.verified.filter(|(s, _)| *s == slot).map(|(_, d)| d);
+        v.verified = None;
+        match app::load(v.core.partition(slot), verified) {
+            Ok(loaded) => {
+                v.verified = Some((slot, loaded.header.digest));
+                break Some(loaded);
+            }
             Err(e) => {
                 vlog!("app not started: {} (slot {})", e, slot.as_str());
                 match v.core.app_load_failed(now, slot, &mut net::Effects(&mut v.pending)) {
@@ -112,7 +126,7 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
             }
         }
     };
-    let Some(loaded) = loaded else { return go_idle() };
+    let Some(loaded) = loaded else { return go_idle(v) };
     app::prepare_start(&loaded);
     board::mask_app_exceptions(false);
     // The secure thread (a system call or the idle loop) is abandoned.
@@ -140,14 +154,19 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
 /// knows them all.
 fn rearm(v: &mut Visor, now: u64) {
     let nic = v.nic.as_mut().and_then(|n| n.poll_at(now));
-    // A waiting call's deadline counts only ahead of now: once it passed, the call's own loop
-    // sees it at the next wake-up (a stale one must not re-arm the alarm at once forever).
-    let wait = v.wait_deadline.filter(|&d| d > now);
-    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, wait]));
+    let timer = v.timer.map(|(d, _)| d);
+    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, timer]));
 }
 
-/// PendSV: the service routine. Runs the network and the device core's timers, and acts on what
-/// the core says about the app. Runs with interrupts enabled (see [`Global::with_in_service`]).
+/// PendSV: the service routine. Runs the network and the device core's timers, delivers the
+/// app's notifications, and acts on what the core says about the app. Runs with interrupts
+/// enabled (see [`Global::with_in_service`]).
+///
+/// The app can be stopped or started here only if none of its exceptions is active: an active
+/// exception can only be cleared by a reset. So when the app sits in one of its handlers at the
+/// moment the core wants it gone (a watchdog kill, an installed update to start, a trial ended,
+/// an update to apply), the visor resets the system with the hand-over in warm RAM, and the next
+/// boot does what was due. An app cannot hold off an update or a rollback by living in a handler.
 extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     let exc = ExcReturn(exc_return);
     VISOR.with_in_service(|v| {
@@ -162,24 +181,24 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
             nic.poll(now, &mut v.core, &mut v.pending);
             This::unmask_net_irq();
         }
-        // Only switch contexts when we interrupted thread mode; if the app (or a system call made
-        // from one of its handlers) was in handler mode, try again at the next alarm.
+        notify::poll(v, now);
+        let in_handler = board::ns_exception_active();
         let result = match action {
-            AppAction::KillForWatchdog if !exc.thread_mode() => {
-                // The app hangs inside one of its exception handlers: only a system reset can
-                // take it out (its exception stays active in the core).
+            AppAction::KillForWatchdog if in_handler => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
                 reset_after_app_fault(v, report, now, true, "app hung in an exception handler")
             }
-            _ if !exc.thread_mode() => keep(exc_return),
-            AppAction::None => keep(exc_return),
-            AppAction::Launch(slot) => launch(v, slot, now),
             AppAction::KillForWatchdog => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
-                v.wait_deadline = None;
                 record_crash(v, report, now, true);
-                go_idle()
+                go_idle(v)
             }
+            AppAction::Launch(_) if in_handler => reset_to_start(v, "the app is in an exception handler"),
+            AppAction::Launch(slot) => launch(v, slot, now),
+            // A restart or apply the core holds back (a restart storm's backoff): the app stops
+            // meanwhile.
+            AppAction::None if v.stop_requested && !in_handler => go_idle(v),
+            AppAction::None => keep(exc_return),
         };
         rearm(v, now);
         result
@@ -248,30 +267,65 @@ fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
     vlog!("app restart in {} ms", backoff / 1000);
 }
 
+/// SFSR: INVIS (an exception return found no valid integrity signature) and INVER (an exception
+/// return from the non-secure state that claimed a secure or an invalid context).
+const SFSR_RETURN_FAULTS: u32 = (1 << 1) | (1 << 2);
+/// UFSR.INVPC (in CFSR): an exception or function return with an invalid EXC_RETURN or frame.
+const CFSR_INVPC: u32 = 1 << 18;
+
+/// Whether a fault was the visor's own: its frame is on a secure stack, its stacked PC is in the
+/// visor's code, and it is not one of the exception-return faults, which the app can provoke at
+/// will with a forged EXC_RETURN (S = 1 is app-controlled, so `EXC_RETURN.S` alone proves
+/// nothing).
+fn visor_fault(exc: ExcReturn, frame: u32) -> bool {
+    if !exc.secure_frame() {
+        return false;
+    }
+    let sfsr = board::read_reg(FaultReg::Sfsr);
+    let cfsr = board::read_reg(FaultReg::Cfsr) | board::read_reg(FaultReg::CfsrNs);
+    if sfsr & SFSR_RETURN_FAULTS != 0 || cfsr & CFSR_INVPC != 0 {
+        return false;
+    }
+    rt::in_visor_code(rt::visor_fault_pc(exc.uses_psp(), frame))
+}
+
 /// HardFault, MemManage, BusFault, UsageFault, SecureFault.
 extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     let exc_return = ExcReturn(exc_return);
     let ipsr = board::ipsr();
-    if exc_return.secure_frame() {
-        // The trampoline pushed 10 words below the secure frame.
+    // The trampoline pushed 10 words below the secure frame.
+    if visor_fault(exc_return, sp + 40) {
         visor_fatal("fault in visor code", exc_return, ipsr, sp + 40);
     }
     let now = time::now_us();
     let report = crash_report(fault_kind_from_ipsr(ipsr), exc_return, now);
+    let in_handler = board::ns_exception_active();
     board::clear_fault_status();
     VISOR.with(|v| {
         let v = v.as_mut().expect("visor initialised");
-        if !exc_return.thread_mode() {
-            // The app faulted inside one of its own interrupt handlers. Its exception stays
-            // active in the core, which only a reset clears: record the crash and reset.
+        if in_handler || !exc_return.thread_mode() {
+            // The app faulted inside one of its own exception handlers (or a forged exception
+            // return left one active). Its exception stays active in the core, which only a
+            // reset clears: record the crash and reset.
             reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
         }
-        v.wait_deadline = None;
         record_crash(v, report, now, false);
-    });
-    // The service routine restarts the app after its backoff (and re-arms the alarm).
-    board::pend_service();
-    go_idle()
+        // The service routine restarts the app after its backoff (and re-arms the alarm).
+        board::pend_service();
+        go_idle(v)
+    })
+}
+
+/// The entry shim found more frames left on the secure stack by system calls the app's handlers
+/// preempted and never resumed than nested calls can explain: the app abuses the call gate.
+/// Recorded as a crash of the app; its exception is active, so the system resets.
+pub extern "C" fn keel_abandoned_calls() -> ! {
+    let now = time::now_us();
+    let report = crash_report(FaultKind::SecureFault, ExcReturn(0), now);
+    VISOR.with(|v| {
+        let v = v.as_mut().expect("visor initialised");
+        reset_after_app_fault(v, report, now, false, "app abandoned system calls")
+    })
 }
 
 /// Records a crash of the app that happened inside one of its exception handlers and resets the
@@ -284,10 +338,25 @@ fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog:
     board::system_reset()
 }
 
+/// The core wants the app started (or stopped) while one of its exceptions is active: resets the
+/// system with the hand-over, and the next boot starts what the journal says.
+fn reset_to_start(v: &mut Visor, why: &str) -> ! {
+    warm::save_for_start(v.core.carry(), v.core.last_crash());
+    vlog!("{}: resetting the system to start the app", why);
+    board::system_reset()
+}
+
 /// Logs a fault of the visor itself and resets the system. `frame` is the secure exception frame
 /// on MSP_S when known (0 otherwise); if the faulting context used PSP_S, the frame is there.
 fn visor_fatal(what: &str, exc_return: ExcReturn, ipsr: u32, frame: u32) -> ! {
     let pc = rt::visor_fault_pc(exc_return.uses_psp(), frame);
+    // The app's crash series survives the reset (the visor may have faulted during a borrow of
+    // its state: then it is lost).
+    let _ = VISOR.try_with(|v| {
+        if let Some(v) = v.as_ref() {
+            warm::save_for_start(v.core.carry(), v.core.last_crash());
+        }
+    });
     vlog_untimed!(
         "FATAL {}: exc={} exc_return={:#010x} pc={:#010x} bfar={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x}",
         what,
@@ -414,7 +483,10 @@ extern "C" fn visor_main() -> ! {
         nic,
         pending: net::Pending::default(),
         factory,
-        wait_deadline: None,
+        notify: None,
+        timer: None,
+        stop_requested: false,
+        verified: None,
     });
     state.core.boot(now, &mut net::Effects(&mut state.pending));
     VISOR.with(|v| *v = Some(state));

@@ -13,8 +13,8 @@
 //! Part 1 is what keeps the visor safe: the app's RAM and code region are non-secure in the SAU
 //! and the MPCs, configured at boot and never changed, so a copy through a checked range neither
 //! touches visor memory nor faults. Part 2 honours the app's own privilege model; its handlers
-//! can reprogram its MPU whenever they run (they may preempt a system call), so a proof is
-//! taken just before use and never kept across a sleep ([`Awake`]).
+//! can reprogram its MPU whenever they run, so a proof is tied to the [`Awake`] stretch it was
+//! taken in (a system call, which no app code can interrupt, or one service-routine pass).
 #![allow(unsafe_code)]
 
 use core::marker::PhantomData;
@@ -47,21 +47,16 @@ impl Access for Write {
     const WRITE: bool = true;
 }
 
-/// What an [`NsRange`] is checked under. The app's handlers may reprogram its MPU whenever they
-/// run, and while a system call sleeps they run at will; every [`NsRange`] borrows the `Awake` it
-/// was checked under and [`Awake::sleep`] needs it mutably, so no range survives a sleep taken
-/// through it: after sleeping, check again.
+/// What an [`NsRange`] is checked under: a stretch of visor code during which no app code runs
+/// (a system call, which masks every app exception; a service-routine pass; a fault handler).
+/// The app may reprogram its MPU whenever it runs, so every [`NsRange`] borrows the `Awake` it was
+/// checked under and none outlives it: the next stretch checks again.
 pub struct Awake(PhantomData<*const ()>);
 
 impl Awake {
-    /// A witness for the code that runs now (a system call, a fault handler).
+    /// A witness for the code that runs now.
     pub fn new() -> Self {
         Awake(PhantomData)
-    }
-
-    /// Sleeps until the next interrupt (the app's handlers may run meanwhile).
-    pub fn sleep(&mut self) {
-        board::wait_for_interrupt();
     }
 }
 
@@ -107,6 +102,10 @@ impl<A: Access> NsRange<'_, A> {
     /// Copies the first `buf.len()` bytes of the range (at most its length) into `buf`.
     pub fn read_into(&self, buf: &mut [u8]) {
         assert!(buf.len() <= self.len as usize);
+        if buf.is_empty() {
+            // A zero-length range may be at any address, NULL included: touch nothing.
+            return;
+        }
         // SAFETY: `check` found `ptr..ptr + len` inside the app's RAM or code region, which the
         // SAU and MPCs make non-secure for the whole run of the visor, so these are valid,
         // mapped bytes that are not visor memory (no Rust reference aliases them) and reading
@@ -126,6 +125,9 @@ impl NsRange<'_, Write> {
     /// Copies `data` to the start of the range (at most its length).
     pub fn write_from(&self, data: &[u8]) {
         assert!(data.len() <= self.len as usize);
+        if data.is_empty() {
+            return;
+        }
         // SAFETY: as in `read_into`: app RAM or code, never visor memory, mapped and non-secure;
         // `data` is at most the range's length.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr as *mut u8, data.len()) }
@@ -163,4 +165,23 @@ pub fn exec_region(len: u32) -> &'static [u8] {
     assert!(len <= APP_EXEC_SIZE);
     // SAFETY: in bounds; read only while the app is stopped, so nothing mutates it meanwhile.
     unsafe { core::slice::from_raw_parts(APP_EXEC_BASE as *const u8, len as usize) }
+}
+
+/// Zeroes the app's whole RAM: every app start begins with nothing of the previous run (or the
+/// previous version) in memory. Only while the app is stopped.
+pub fn clear_app_ram() {
+    // SAFETY: the app's RAM, non-secure memory that never aliases the visor's, written while the
+    // app is stopped (the service routine is starting it); word-aligned base and size.
+    unsafe { core::ptr::write_bytes(APP_RAM_BASE as *mut u32, 0, (APP_RAM_SIZE / 4) as usize) }
+}
+
+/// Writes `words` at `offset` into the app execution region (the start stub). Only while the app
+/// is stopped.
+pub fn write_exec_words(offset: u32, words: &[u32]) {
+    assert!(offset.is_multiple_of(4) && offset.checked_add(4 * words.len() as u32).is_some_and(|e| e <= APP_EXEC_SIZE));
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: an aligned word inside the execution region (asserted), non-secure memory the
+        // visor owns while the app is stopped.
+        unsafe { core::ptr::write_volatile((APP_EXEC_BASE + offset + 4 * i as u32) as *mut u32, *w) }
+    }
 }

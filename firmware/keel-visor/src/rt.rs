@@ -12,6 +12,15 @@ use core::arch::{asm, global_asm, naked_asm};
 /// stack's high-water mark.
 const STACK_PAINT: u32 = 0xA5A5_A5A5;
 
+/// The Armv8-M stack seal: the two words at the top of each secure stack. A function return
+/// (`FNC_RETURN`) or exception return that would unstack from an empty secure stack reads the seal
+/// instead of stale words and faults (the app cannot use it to enter secure code).
+const STACK_SEAL: u32 = 0xFEF5_EDA5;
+
+/// Below this depth of live frames on the secure stack, a system call made from an app
+/// exception handler is refused (see `keel_syscall_entry`).
+const NESTED_CALL_LIMIT: u32 = 1024;
+
 extern "C" {
     static __nsc_start: u8;
     static __nsc_end: u8;
@@ -93,11 +102,21 @@ Reset:
     msr msplim, r0
     ldr r0, =__msp_top
     msr psplim, r0
+    @ Seal both stacks and start below the seals.
+    ldr r1, ={seal}
+    str r1, [r0, #-8]
+    str r1, [r0, #-4]
+    sub r0, r0, #8
+    msr msp, r0
+    ldr r0, =__psp_top
+    str r1, [r0, #-8]
+    str r1, [r0, #-4]
     bl {main}
     udf #0
     .ltorg
 "#,
     paint = const STACK_PAINT,
+    seal = const STACK_SEAL,
     main = sym crate::visor_main,
     nmi = sym crate::keel_nmi,
     unexpected = sym crate::keel_unexpected,
@@ -131,27 +150,89 @@ __keel_nsc_table:
     slots = const keel_abi::SLOT_COUNT,
 );
 
-/// Common secure entry of every system call: passes the slot (r12) as 5th argument, calls the
-/// dispatcher, clears the caller-saved registers and flags that could hold secure values, and
-/// returns to the app with BXNS.
+/// Common secure entry of every system call (the veneer put the slot in r12).
+///
+/// 1. It masks every non-secure exception (BASEPRI_S = 0x60, which also holds off the service
+///    routine, PendSV; the alarm and network interrupts at 0x40 still run): no app interrupt,
+///    SysTick or RTOS task switch can preempt the call, so the app cannot abandon a call halfway
+///    and calls are atomic to every task and handler of the app.
+/// 2. It checks the secure stack. Only the few instructions between the `sg` and the mask (and
+///    between the unmask and the `bxns`) can be preempted by the app. If the app then left those
+///    frames behind (an exception return that does not come back), they stay on MSP_S:
+///    - called from the app's thread mode, no app exception is active, so nothing below the
+///      seal is live: the call restarts from the sealed top, reclaiming what was left;
+///    - called from an app handler, the frames may belong to a call that handler preempted and
+///      will resume: the call runs below them, unless they are deeper than
+///      [`NESTED_CALL_LIMIT`], which no legitimate nesting reaches: the app is then abusing the
+///      call gate, and `keel_abandoned_calls` records it as a crash and resets.
+/// 3. It calls the slot's handler from [`crate::syscalls::TABLE`] with r0..r3; the handler
+///    returns r0 (the status, or the low word of a value) and r1.
+/// 4. It overwrites r2, r3, r12 and every flag (GE included) so no secure value reaches the app,
+///    unmasks and returns with BXNS. r4..r11 are preserved by the handler (AAPCS).
 #[unsafe(naked)]
 #[no_mangle]
 unsafe extern "C" fn keel_syscall_entry() {
     naked_asm!(
         "push {{r4, lr}}",
-        "sub sp, sp, #8",
-        "str r12, [sp]",
-        "bl {dispatch}",
-        "add sp, sp, #8",
+        "movs r4, #0x60",
+        "msr basepri, r4",
+        "ldr r4, ={empty}",
+        "cmp sp, r4",
+        "bne 2f",
+        "1:",
+        "ldr r4, ={table}",
+        "ldr r4, [r4, r12, lsl #2]",
+        "blx r4",
+        "5:",
         "pop {{r4, lr}}",
-        "mov r1, lr",
-        "mov r2, lr",
-        "mov r3, lr",
-        "mov r12, lr",
-        "msr APSR_nzcvq, lr",
+        "movs r2, #0",
+        "mov r3, r2",
+        "mov r12, r2",
+        // `msr APSR_nzcvqg, r2` (the GE bits too; the M33 of this board has the DSP extension,
+        // which the target's assembler does not enable).
+        ".inst.w 0xf3828c00",
+        "msr basepri, r2",
         "bxns lr",
-        dispatch = sym crate::syscalls::dispatch,
+        // The stack is not empty.
+        "2:",
+        "mrs r4, ipsr",
+        "cbnz r4, 3f",
+        // From thread mode: everything on the stack was abandoned. Move the two words pushed
+        // above to the sealed top (far above them: they sit below at least one stacked frame)
+        // and continue from there.
+        "ldr r4, ={empty}",
+        "ldr lr, [sp]",
+        "str lr, [r4]",
+        "ldr lr, [sp, #4]",
+        "str lr, [r4, #4]",
+        "mov sp, r4",
+        "b 1b",
+        // From an app handler: run below the frames, within the limit.
+        "3:",
+        "ldr r4, ={limit}",
+        "cmp sp, r4",
+        "bhi 1b",
+        "b {abandoned}",
+        empty = sym __keel_syscall_empty_sp,
+        limit = sym __keel_syscall_limit_sp,
+        table = sym crate::syscalls::TABLE,
+        abandoned = sym crate::keel_abandoned_calls,
     );
+}
+
+// The stack pointer of a system call entered on an empty (sealed) MSP_S, after the entry pushed
+// two words, and the lowest one a nested call may start at: linker-time constants.
+global_asm!(
+    ".global __keel_syscall_empty_sp",
+    ".set __keel_syscall_empty_sp, __msp_top - 16",
+    ".global __keel_syscall_limit_sp",
+    ".set __keel_syscall_limit_sp, __msp_top - 16 - {limit}",
+    limit = const NESTED_CALL_LIMIT,
+);
+
+extern "C" {
+    static __keel_syscall_empty_sp: u8;
+    static __keel_syscall_limit_sp: u8;
 }
 
 // ------------------------------------------------------------------------------- exceptions
@@ -195,8 +276,10 @@ macro_rules! trampoline {
                 "msr APSR_nzcvq, r0",
                 // The abandoned context may have left frames on MSP_S (system calls run there);
                 // nothing below this exception needs them, and the return does not unstack from
-                // MSP_S (it goes to the app's stack or the idle thread's PSP_S).
+                // MSP_S (it goes to the app's stack or the idle thread's PSP_S). Back to just
+                // below the seal.
                 "ldr r1, ={msp_top}",
+                "subs r1, r1, #8",
                 "msr msp, r1",
                 "mov r1, r0",
                 "bx lr",
@@ -226,9 +309,9 @@ unsafe extern "C" fn keel_idle() {
     naked_asm!("1:", "wfi", "b 1b");
 }
 
-/// Top of the secure thread's stack (PSP_S).
+/// Top of the secure thread's stack (PSP_S), below its seal.
 fn psp_top() -> u32 {
-    sym_addr(core::ptr::addr_of!(__psp_top))
+    sym_addr(core::ptr::addr_of!(__psp_top)) - 8
 }
 
 /// Sets PSP_S; only from handler mode (which runs on MSP_S, so PSP_S is not in use).
@@ -304,6 +387,11 @@ fn high_water(bottom: u32, top: u32) -> u32 {
     top - a
 }
 
+/// Whether `pc` lies in the visor's own code: a fault there is a fault of the visor.
+pub fn in_visor_code(pc: u32) -> bool {
+    (crate::board::VISOR_CODE_BASE..sym_addr(core::ptr::addr_of!(__code_end))).contains(&pc)
+}
+
 /// The NSC table's bounds `[start, end)`, from the linker script.
 pub fn nsc_range() -> (u32, u32) {
     (sym_addr(core::ptr::addr_of!(__nsc_start)), sym_addr(core::ptr::addr_of!(__nsc_end)))
@@ -328,7 +416,7 @@ pub fn code_and_nsc() -> (&'static [u8], &'static [u8]) {
 /// the idle loop.
 pub fn enter_idle_thread() -> ! {
     let psp_top = psp_top();
-    let msp_top = sym_addr(core::ptr::addr_of!(__msp_top));
+    let msp_top = sym_addr(core::ptr::addr_of!(__msp_top)) - 8;
     // SAFETY: called last from `visor_main`, which never returns, so the frames on MSP_S are dead
     // and resetting MSP_S loses nothing; PSP_S is the idle thread's own, unused stack.
     unsafe {

@@ -1,84 +1,130 @@
-//! System-call implementations. Every argument is validated here; nothing an app passes can
+//! System-call implementations. Every argument is validated here: no argument an app passes can
 //! make the visor fault. See `docs/abi.md` for the reference.
+//!
+//! The entry shim (`rt::keel_syscall_entry`) masks every app exception before it calls a handler
+//! from [`TABLE`], so a handler runs to completion with no app code in between (no handler
+//! blocks: waiting happens in the app, woken by [`crate::notify`] records), and takes the visor's
+//! state with [`crate::global::Global::with`].
 
-use keel_abi::{AbiInfo, Call, LogLevel, Status, DEVICE_ID_LEN, LOG_MAX_LEN};
+use keel_abi::{notify, AbiInfo, Call, LogLevel, Status, DEVICE_ID_LEN, LOG_MAX_LEN, SLOT_COUNT};
 
+use crate::net::AppAlive;
 use crate::ns_mem::{self, Awake, Read, Write};
-use crate::{board, console, time, VISOR};
+use crate::{board, console, time, Visor, VISOR};
 
-/// Called by the NSC entry shim with the app's r0..r3 and the slot number.
-pub extern "C" fn dispatch(a0: u32, a1: u32, a2: u32, _a3: u32, slot: u32) -> u32 {
-    let mut awake = Awake::new();
-    let status = match Call::from_slot(slot) {
-        Some(call) => handle(&mut awake, call, a0, a1, a2),
-        None => Status::NotImplemented,
-    };
-    status as u32
+/// A system call's handler: r0..r3 in, r0 (and r1) out.
+pub type Handler = extern "C" fn(u32, u32, u32, u32) -> u64;
+
+/// The handler of every slot, indexed by the slot number the veneer passes (unused slots answer
+/// NOT_IMPLEMENTED). Read by the entry shim.
+pub static TABLE: [Handler; SLOT_COUNT as usize] = table();
+
+const fn table() -> [Handler; SLOT_COUNT as usize] {
+    let mut t = [not_implemented as Handler; SLOT_COUNT as usize];
+    t[Call::AbiInfo as usize] = abi_info;
+    t[Call::DeviceId as usize] = device_id;
+    t[Call::MonotonicUs as usize] = monotonic_us;
+    t[Call::WallTimeUs as usize] = wall_time_us;
+    t[Call::Log as usize] = log;
+    t[Call::Restart as usize] = restart;
+    t[Call::WatchdogStart as usize] = watchdog_start;
+    t[Call::WatchdogKick as usize] = watchdog_kick;
+    t[Call::BootInfo as usize] = boot_info;
+    t[Call::LastCrash as usize] = last_crash;
+    t[Call::NotifySetup as usize] = notify_setup;
+    t[Call::TimerSet as usize] = timer_set;
+    t[Call::UpdateConfirm as usize] = update_confirm;
+    t[Call::UpdateInfo as usize] = update_info;
+    t[Call::UpdateApply as usize] = update_apply;
+    t
 }
 
-fn handle(awake: &mut Awake, call: Call, a0: u32, a1: u32, a2: u32) -> Status {
-    match call {
-        Call::AbiInfo => write_struct(awake, a0, |_| {
-            let v = |s: &str| s.parse::<u16>().unwrap_or(0);
-            Some(
-                AbiInfo {
-                    version: 1,
-                    abi_major: keel_abi::ABI_MAJOR,
-                    abi_minor: keel_abi::ABI_MINOR,
-                    visor_major: v(env!("CARGO_PKG_VERSION_MAJOR")),
-                    visor_minor: v(env!("CARGO_PKG_VERSION_MINOR")),
-                    visor_patch: v(env!("CARGO_PKG_VERSION_PATCH")),
-                    reserved: 0,
-                }
-                .to_bytes(),
-            )
-        }),
-        Call::DeviceId => device_id(awake, a0, a1),
-        Call::MonotonicUs => write_u64(awake, a0, Some(time::now_us())),
-        Call::WallTimeUs => write_u64(awake, a0, time::wall_us()),
-        Call::Log => log(awake, a0, a1, a2),
-        Call::Restart => restart(a0),
-        Call::Wait => wait(awake, a0, a1),
-        Call::WatchdogStart => {
-            let now = time::now_us();
-            let s = VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.core.watchdog_start(now, a0)));
-            // The new deadline may be earlier than the armed alarm: the service routine re-arms.
-            board::pend_service();
-            s
-        }
-        Call::WatchdogKick => {
-            let now = time::now_us();
-            VISOR.with(|v| v.as_mut().map_or(Status::InternalError, |v| v.core.watchdog_kick(now)))
-        }
-        Call::BootInfo => write_struct(awake, a0, |v| Some(v.core.boot_info().to_bytes())),
-        Call::LastCrash => write_struct(awake, a0, |v| v.core.last_crash().map(|c| c.to_bytes())),
-        Call::UpdateConfirm => {
-            let now = time::now_us();
-            let s = VISOR.with(|v| {
-                v.as_mut().map_or(Status::InternalError, |v| {
-                    v.core.app_confirm(now, &mut crate::net::Effects(&mut v.pending))
-                })
-            });
-            // The confirmation is reported to the server by the service routine.
-            board::pend_service();
-            if s == Status::Ok {
-                // The update is done: how long did it (and everything since boot) mask interrupts?
-                console::log_masked_max();
+fn ret(s: Status) -> u64 {
+    s as u64
+}
+
+/// Runs `f` on the visor's state; INTERNAL_ERROR before it exists.
+fn with_visor(f: impl FnOnce(&mut Visor) -> Status) -> u64 {
+    ret(VISOR.with(|v| v.as_deref_mut().map_or(Status::InternalError, f)))
+}
+
+extern "C" fn not_implemented(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(Status::NotImplemented)
+}
+
+extern "C" fn abi_info(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(write_struct(&Awake::new(), out, |_| {
+        let v = |s: &str| s.parse::<u16>().unwrap_or(0);
+        Some(
+            AbiInfo {
+                version: 1,
+                abi_major: keel_abi::ABI_MAJOR,
+                abi_minor: keel_abi::ABI_MINOR,
+                visor_major: v(env!("CARGO_PKG_VERSION_MAJOR")),
+                visor_minor: v(env!("CARGO_PKG_VERSION_MINOR")),
+                visor_patch: v(env!("CARGO_PKG_VERSION_PATCH")),
+                reserved: 0,
             }
-            s
-        }
-        Call::UpdateInfo => write_struct(awake, a0, |v| Some(v.core.update_info().to_bytes())),
-        Call::UpdateApply => update_apply(),
+            .to_bytes(),
+        )
+    }))
+}
+
+extern "C" fn monotonic_us(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    time::now_us()
+}
+
+extern "C" fn wall_time_us(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(write_u64(&Awake::new(), out, time::wall_us()))
+}
+
+extern "C" fn watchdog_start(ms: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let s = with_visor(|v| v.core.watchdog_start(now, ms));
+    // The new deadline may be earlier than the armed alarm: the service routine re-arms.
+    board::pend_service();
+    s
+}
+
+extern "C" fn watchdog_kick(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    with_visor(|v| {
+        v.core.app_alive(now);
+        v.core.watchdog_kick(now)
+    })
+}
+
+extern "C" fn boot_info(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(write_struct(&Awake::new(), out, |v| Some(v.core.boot_info().to_bytes())))
+}
+
+extern "C" fn last_crash(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(write_struct(&Awake::new(), out, |v| v.core.last_crash().map(|c| c.to_bytes())))
+}
+
+extern "C" fn update_confirm(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let s = with_visor(|v| v.core.app_confirm(now, &mut crate::net::Effects(&mut v.pending)));
+    // The confirmation is reported to the server by the service routine.
+    board::pend_service();
+    if s == Status::Ok as u64 {
+        // The update is done: how long did it (and everything since boot) mask interrupts?
+        console::log_masked_max();
     }
+    s
+}
+
+extern "C" fn update_info(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    ret(write_struct(&Awake::new(), out, |v| {
+        v.core.app_alive(now);
+        Some(v.core.update_info().to_bytes())
+    }))
 }
 
 /// Writes a versioned struct: checks the pointer for the whole struct, then its `version`.
 /// `make` returns `None` when there is nothing to report ([`Status::Unavailable`]).
-fn write_struct<const N: usize>(
-    awake: &Awake,
-    ptr: u32,
-    make: impl FnOnce(&crate::Visor) -> Option<[u8; N]>,
-) -> Status {
+fn write_struct<const N: usize>(awake: &Awake, ptr: u32, make: impl FnOnce(&mut Visor) -> Option<[u8; N]>) -> Status {
     const { assert!(N >= 4) };
     let Some(out) = ns_mem::check::<Write>(awake, ptr, N as u32) else {
         return Status::ParameterFault;
@@ -86,7 +132,7 @@ fn write_struct<const N: usize>(
     if out.read_u32() != 1 {
         return Status::UnsupportedStructVersion;
     }
-    match VISOR.with(|v| v.as_deref().map(make)) {
+    match VISOR.with(|v| v.as_deref_mut().map(make)) {
         None => Status::InternalError,
         Some(None) => Status::Unavailable,
         Some(Some(bytes)) => {
@@ -109,43 +155,48 @@ fn write_u64(awake: &Awake, ptr: u32, value: Option<u64>) -> Status {
     }
 }
 
-fn device_id(awake: &Awake, ptr: u32, len: u32) -> Status {
+extern "C" fn device_id(ptr: u32, len: u32, _: u32, _: u32) -> u64 {
     if len < DEVICE_ID_LEN {
-        return Status::InvalidBufferSize;
+        return ret(Status::InvalidBufferSize);
     }
-    let Some(out) = ns_mem::check::<Write>(awake, ptr, DEVICE_ID_LEN) else {
-        return Status::ParameterFault;
+    let awake = Awake::new();
+    let Some(out) = ns_mem::check::<Write>(&awake, ptr, DEVICE_ID_LEN) else {
+        return ret(Status::ParameterFault);
     };
-    match VISOR.with(|v| v.as_ref().and_then(|v| v.factory).map(|f| f.device_id_ascii())) {
+    ret(match VISOR.with(|v| v.as_ref().and_then(|v| v.factory).map(|f| f.device_id_ascii())) {
         Some(id) => {
             out.write_from(&id);
             Status::Ok
         }
         None => Status::Unavailable,
-    }
+    })
 }
 
 // The log ring takes every message the system call accepts (see `log`).
 const _: () = assert!(keel_log::MAX_TEXT >= keel_abi::LOG_MAX_LEN as usize);
 
-fn log(awake: &Awake, level: u32, ptr: u32, len: u32) -> Status {
+extern "C" fn log(level: u32, ptr: u32, len: u32, _: u32) -> u64 {
     let Some(level) = LogLevel::from_u32(level) else {
-        return Status::InvalidArgument;
+        return ret(Status::InvalidArgument);
     };
     if len > LOG_MAX_LEN {
-        return Status::LogMessageTooLong;
+        return ret(Status::LogMessageTooLong);
     }
-    let Some(input) = ns_mem::check::<Read>(awake, ptr, len) else {
-        return Status::ParameterFault;
+    let awake = Awake::new();
+    let Some(input) = ns_mem::check::<Read>(&awake, ptr, len) else {
+        return ret(Status::ParameterFault);
     };
+    // Copied once; only the copy is used (the app cannot change it between checks and use).
     let mut buf = [0u8; LOG_MAX_LEN as usize];
     let msg = &mut buf[..len as usize];
     input.read_into(msg);
     let msg = msg.strip_suffix(b"\n").unwrap_or(msg);
-    // Queued for the server; the ring never refuses a message within LOG_MAX_LEN (asserted above).
+    // Queued for the server (the core escapes app text and keeps room for the visor's own
+    // records); the ring never refuses a message within LOG_MAX_LEN (asserted above).
     let now = time::now_us();
     let online = VISOR.with(|v| {
         v.as_mut().is_some_and(|v| {
+            v.core.app_alive(now);
             let _ = v.core.push_log(now, keel_log::Kind::App, level as u8, msg);
             v.core.is_online()
         })
@@ -166,81 +217,77 @@ fn log(awake: &Awake, level: u32, ptr: u32, len: u32) -> Status {
         board::uart::putc(b'\r');
         board::uart::putc(b'\n');
     });
-    Status::Ok
+    ret(Status::Ok)
 }
 
-fn restart(code: u32) -> Status {
+/// Asks the service routine to stop the running app: it runs as soon as this call unmasks, before
+/// any app code (it is above every app priority), so the call never returns to the app.
+fn stop_app(v: &mut Visor) {
+    v.stop_requested = true;
+    board::pend_service();
+}
+
+extern "C" fn restart(code: u32, _: u32, _: u32, _: u32) -> u64 {
     if board::ipsr() != 0 {
-        return Status::Unavailable;
+        return ret(Status::Unavailable);
     }
     let now = time::now_us();
-    VISOR.with(|v| {
-        if let Some(v) = v.as_mut() {
-            v.core.app_restart(now, code, &mut crate::net::Effects(&mut v.pending));
+    with_visor(|v| {
+        v.core.app_restart(now, code, &mut crate::net::Effects(&mut v.pending));
+        stop_app(v);
+        Status::Ok
+    })
+}
+
+extern "C" fn update_apply(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    if board::ipsr() != 0 {
+        return ret(Status::Unavailable);
+    }
+    let now = time::now_us();
+    with_visor(|v| {
+        if !v.core.app_apply(now, &mut crate::net::Effects(&mut v.pending)) {
+            return Status::Unavailable;
         }
-    });
-    // The service routine preempts this thread right away and starts the app afresh; this system
-    // call never returns.
-    board::pend_service();
-    loop {
-        board::wait_for_interrupt();
-    }
+        // The old app never runs again: the service routine starts the new one.
+        stop_app(v);
+        Status::Ok
+    })
 }
 
-fn update_apply() -> Status {
-    if board::ipsr() != 0 {
-        return Status::Unavailable;
-    }
+extern "C" fn notify_setup(ring: u32, bytes: u32, irq: u32, _: u32) -> u64 {
     let now = time::now_us();
-    let applied =
-        VISOR.with(|v| v.as_mut().is_some_and(|v| v.core.app_apply(now, &mut crate::net::Effects(&mut v.pending))));
-    if !applied {
-        return Status::Unavailable;
+    let awake = Awake::new();
+    if ring == 0 {
+        return with_visor(|v| {
+            crate::notify::disable(v);
+            Status::Ok
+        });
     }
-    // As for `restart`: the service routine starts the new app; this call never returns.
-    board::pend_service();
-    loop {
-        board::wait_for_interrupt();
+    let Some(records) = notify::records_for(bytes) else {
+        return ret(Status::InvalidBufferSize);
+    };
+    if !notify::APP_IRQS.contains(&irq) {
+        return ret(Status::InvalidArgument);
     }
+    if !ring.is_multiple_of(4) || ns_mem::check::<Write>(&awake, ring, bytes).is_none() {
+        return ret(Status::ParameterFault);
+    }
+    with_visor(|v| {
+        v.core.app_alive(now);
+        crate::notify::setup(v, &awake, ring, records, irq);
+        Status::Ok
+    })
 }
 
-fn wait(awake: &mut Awake, timeout_us: u32, events_ptr: u32) -> Status {
-    if board::ipsr() != 0 {
-        return Status::Unavailable;
-    }
-    if events_ptr != 0 && ns_mem::check::<Write>(awake, events_ptr, 4).is_none() {
-        return Status::ParameterFault;
-    }
-    let deadline = time::now_us().saturating_add(timeout_us as u64);
-    let set_deadline = |d: Option<u64>| {
-        VISOR.with(|v| {
-            if let Some(v) = v.as_mut() {
-                v.wait_deadline = d;
-            }
-        });
-        // The service routine arms the alarm for it.
+extern "C" fn timer_set(lo: u32, hi: u32, tag: u32, _: u32) -> u64 {
+    let deadline = (hi as u64) << 32 | lo as u64;
+    with_visor(|v| {
+        if v.notify.is_none() {
+            return Status::Unavailable;
+        }
+        v.timer = (deadline != 0).then_some((deadline, tag));
+        // The service routine posts it when due and arms the alarm for it.
         board::pend_service();
-    };
-    set_deadline(Some(deadline));
-    // App interrupts keep running while the secure thread sleeps here. An event ends the wait;
-    // each event is reported once.
-    let ready = || VISOR.with(|v| v.as_ref().is_some_and(|v| v.core.app_events_pending()));
-    while time::now_us() < deadline && !ready() {
-        awake.sleep();
-    }
-    set_deadline(None);
-    // The app's handlers ran during the sleep and may have changed its MPU: check again, before
-    // an event is taken, so a refused pointer does not lose it.
-    let out = match events_ptr {
-        0 => None,
-        p => match ns_mem::check::<Write>(awake, p, 4) {
-            Some(out) => Some(out),
-            None => return Status::ParameterFault,
-        },
-    };
-    let events = VISOR.with(|v| v.as_mut().map_or(keel_abi::events::NONE, |v| v.core.take_app_events()));
-    if let Some(out) = out {
-        out.write_from(&events.to_le_bytes());
-    }
-    Status::Ok
+        Status::Ok
+    })
 }

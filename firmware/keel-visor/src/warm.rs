@@ -19,6 +19,12 @@ pub fn save(carry: Carry, report: &CrashReport) {
     board::warm_write(&b);
 }
 
+/// Saves the hand-over before a reset that is not the app's fault (a start that needs the app out
+/// of an exception handler, or a fault of the visor): the series so far continues.
+pub fn save_for_start(carry: Carry, last: Option<CrashReport>) {
+    save(carry, &last.unwrap_or_default());
+}
+
 /// Takes the hand-over state, if the previous boot left one.
 pub fn take() -> Option<(Carry, CrashReport)> {
     let b = board::warm_read();

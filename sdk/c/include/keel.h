@@ -9,19 +9,25 @@
  * ------------------
  *  - Every call is a branch to a fixed slot in the visor's non-secure-callable (NSC)
  *    region: address = KEEL_NSC_BASE + KEEL_SLOT_SIZE * slot, Thumb bit set. Slots never
- *    move between visor versions; reserved slots (11..31 and 34..63) answer
- *    KEEL_STATUS_NOT_IMPLEMENTED (so does a call that is newer than the running visor: the
- *    update calls, slots 32 and 33, on a visor with ABI 1.0).
- *  - Up to four 32-bit arguments in r0..r3 (normal AAPCS); the result is always a
- *    keel_status_t in r0. Calls that produce data write it through a pointer argument;
- *    no call returns data in r0.
+ *    move between visor versions; reserved slots (6, 11..15, 18..31 and 35..63) answer
+ *    KEEL_STATUS_NOT_IMPLEMENTED (so does a call that is newer than the running visor).
+ *  - Up to four 32-bit arguments in r0..r3 (normal AAPCS); the result is a keel_status_t in
+ *    r0, except keel_monotonic_us(), which cannot fail and returns a uint64_t in r0:r1.
+ *    Other calls that produce data write it through a pointer argument.
  *  - Every pointer is checked by the visor for non-secure access over its whole length
  *    before use. A pointer the app may not use yields KEEL_STATUS_PARAMETER_FAULT, never a
  *    fault.
  *  - Structs that may grow carry a `version` field the caller sets (1 for every struct of
  *    ABI 1.1); an unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
  *  - Calls may be made from thread mode or from the app's interrupt handlers, except
- *    keel_wait() and keel_restart(), which answer KEEL_STATUS_UNAVAILABLE from a handler.
+ *    keel_restart() and keel_update_apply(), which answer KEEL_STATUS_UNAVAILABLE from a
+ *    handler.
+ *  - No call blocks, and no app exception preempts a call: the visor masks every non-secure
+ *    exception for the duration of a call. Calls are therefore atomic to the app's interrupt
+ *    handlers and to the tasks of any RTOS (a task switch never lands inside a call), and
+ *    need no lock. Waiting happens in the app: the visor reports events as records in a
+ *    notification ring in app memory and pends an interrupt line the app chose (see
+ *    keel_notify_setup()); the app sleeps with WFI.
  *  - KEEL_STATUS_INTERNAL_ERROR means the visor hit an unexpected internal error and the
  *    call had no effect; it is not listed again for each call below.
  *
@@ -45,10 +51,11 @@ extern "C" {
 /* Constants                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/** ABI major version: bumped only for incompatible changes (never so far). */
-#define KEEL_ABI_MAJOR 1
+/** ABI major version: bumped only for incompatible changes (2: keel_sleep_us() replaced by
+ *  notification rings, keel_monotonic_us() returns its value, calls mask app exceptions). */
+#define KEEL_ABI_MAJOR 2
 /** ABI minor version: bumped when calls or struct versions are added. */
-#define KEEL_ABI_MINOR 1
+#define KEEL_ABI_MINOR 0
 
 /** Size in bytes of one NSC veneer slot. */
 #define KEEL_SLOT_SIZE 16u
@@ -129,11 +136,12 @@ typedef uint32_t keel_status_t;
 #define KEEL_CALL_WALL_TIME_US 3
 #define KEEL_CALL_LOG 4
 #define KEEL_CALL_RESTART 5
-#define KEEL_CALL_WAIT 6
 #define KEEL_CALL_WATCHDOG_START 7
 #define KEEL_CALL_WATCHDOG_KICK 8
 #define KEEL_CALL_BOOT_INFO 9
 #define KEEL_CALL_LAST_CRASH 10
+#define KEEL_CALL_NOTIFY_SETUP 16
+#define KEEL_CALL_TIMER_SET 17
 /** Since ABI 1.1. */
 #define KEEL_CALL_UPDATE_CONFIRM 32
 /** Since ABI 1.1. */
@@ -225,13 +233,39 @@ typedef uint32_t keel_status_t;
 /** Failed: the server could not serve the layer. */
 #define KEEL_UPDATE_REASON_LAYER_UNAVAILABLE 16
 
-/* Event bits reported by keel_wait(). None is raised by this visor version yet; networking,
- * update and configuration will add bits here. */
-/** No event: the wait timed out. */
+/* Event bits of keel_sleep_us() (the SDK's blocking wait, built on notifications). */
+/** No event: the time is up. */
 #define KEEL_EVENT_NONE 0
 /** An update is downloaded and verified; call keel_update_apply() when convenient (the visor
- *  applies it anyway when the bundle's politeness time is over). Since ABI 1.1. */
+ *  applies it anyway when the bundle's politeness time is over). */
 #define KEEL_EVENT_UPDATE_READY 1u
+
+/* Notification rings (see keel_notify_setup()). Layout, little endian, 4-aligned:
+ *   +0 head (visor: records written, free running)  +4 tail (app: records consumed)
+ *   +8 capacity (visor, at setup)                   +12 reserved
+ *   +16 + 16 * (i % capacity): record i
+ * The ring is full when head - tail >= capacity. A record that finds it full is lost and
+ * counted; a KEEL_NOTIFY_OVERRUN record with the count comes before the next one that fits. */
+/** Bytes before the first record. */
+#define KEEL_NOTIFY_HEADER_LEN 16u
+/** Bytes per record. */
+#define KEEL_NOTIFY_RECORD_LEN 16u
+/** Fewest records a ring may have (a power of two). */
+#define KEEL_NOTIFY_MIN_RECORDS 2u
+/** Most records a ring may have (a power of two). */
+#define KEEL_NOTIFY_MAX_RECORDS 256u
+/** First and last interrupt line an app may choose on mps2-an505. */
+#define KEEL_NOTIFY_IRQ_FIRST 80u
+#define KEEL_NOTIFY_IRQ_LAST 91u
+/** The line the SDK uses by default (its handler is KEEL_NOTIFY_IRQ_HANDLER). */
+#define KEEL_NOTIFY_DEFAULT_IRQ 80u
+/** Record kinds. */
+/** An update is ready (value 0). */
+#define KEEL_NOTIFY_UPDATE_READY 1u
+/** The app's timer expired (tag as set, value = monotonic µs when it fired). */
+#define KEEL_NOTIFY_TIMER 2u
+/** Records were lost because the ring was full (value = how many). */
+#define KEEL_NOTIFY_OVERRUN 3u
 
 /* ---------------------------------------------------------------------------------------- */
 /* Structs (layout frozen per version, identical to the Rust #[repr(C)] structs)            */
@@ -397,15 +431,11 @@ static inline keel_status_t keel_device_id(uint8_t *buf, uint32_t len)
  * keel_monotonic_us - microseconds since the visor started (slot KEEL_CALL_MONOTONIC_US).
  *
  * The clock never jumps (it is not affected by wall-clock synchronisation) and keeps running
- * across app restarts.
- *
- * Returns:
- *  - KEEL_STATUS_OK
- *  - KEEL_STATUS_PARAMETER_FAULT `out` is not app memory
+ * across app restarts. Cannot fail; the value comes back in r0:r1.
  */
-static inline keel_status_t keel_monotonic_us(uint64_t *out)
+static inline uint64_t keel_monotonic_us(void)
 {
-    return ((keel_status_t(*)(uint64_t *))KEEL__SLOT_ADDR(KEEL_CALL_MONOTONIC_US))(out);
+    return ((uint64_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_MONOTONIC_US))();
 }
 
 /**
@@ -458,21 +488,42 @@ static inline keel_status_t keel_restart(uint32_t reason)
 }
 
 /**
- * keel_wait - sleep until an event is pending or a timeout elapses (slot KEEL_CALL_WAIT).
+ * keel_notify_setup - report events in a notification ring (slot KEEL_CALL_NOTIFY_SETUP).
  *
- * Sleeps until an event is pending or `timeout_us` microseconds have elapsed, then writes
- * the pending event bits to *events (KEEL_EVENT_NONE, i.e. 0, on timeout). `events` may be
- * NULL. The call returns early when an event is pending (KEEL_EVENT_UPDATE_READY).
+ * `ring` points to `bytes` = KEEL_NOTIFY_HEADER_LEN + KEEL_NOTIFY_RECORD_LEN * n bytes of app
+ * RAM, 4-aligned, n a power of two in KEEL_NOTIFY_MIN_RECORDS..KEEL_NOTIFY_MAX_RECORDS. The
+ * visor writes the header (head = tail = 0, capacity = n), routes interrupt line `irq`
+ * (KEEL_NOTIFY_IRQ_FIRST..KEEL_NOTIFY_IRQ_LAST) to the app and pends it after every record;
+ * enable the line in the NVIC after the call. An update that became ready before is reported
+ * in the new ring. `ring = NULL` turns notifications off (and cancels the timer). Every app
+ * start begins with notifications off.
  *
  * Returns:
  *  - KEEL_STATUS_OK
- *  - KEEL_STATUS_PARAMETER_FAULT `events` is neither NULL nor app memory
- *  - KEEL_STATUS_UNAVAILABLE     called from an interrupt/exception handler
+ *  - KEEL_STATUS_INVALID_BUFFER_SIZE `bytes` is not a valid ring size
+ *  - KEEL_STATUS_INVALID_ARGUMENT    `irq` is not a line the app may use
+ *  - KEEL_STATUS_PARAMETER_FAULT     the ring is not writable app RAM, or not 4-aligned
  */
-static inline keel_status_t keel_wait(uint32_t timeout_us, uint32_t *events)
+static inline keel_status_t keel_notify_setup(void *ring, uint32_t bytes, uint32_t irq)
 {
-    return ((keel_status_t(*)(uint32_t, uint32_t *))KEEL__SLOT_ADDR(KEEL_CALL_WAIT))(timeout_us,
-                                                                                     events);
+    return ((keel_status_t(*)(void *, uint32_t, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_NOTIFY_SETUP))(
+        ring, bytes, irq);
+}
+
+/**
+ * keel_timer_set - the app's one-shot timer (slot KEEL_CALL_TIMER_SET).
+ *
+ * At `deadline_us` (keel_monotonic_us() time) the visor posts a KEEL_NOTIFY_TIMER record with
+ * `tag`. A deadline in the past fires at once; 0 cancels; a new call replaces the timer.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE no notification ring is set up
+ */
+static inline keel_status_t keel_timer_set(uint64_t deadline_us, uint32_t tag)
+{
+    return ((keel_status_t(*)(uint32_t, uint32_t, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_TIMER_SET))(
+        (uint32_t)deadline_us, (uint32_t)(deadline_us >> 32), tag);
 }
 
 /**
@@ -609,6 +660,93 @@ static inline keel_status_t keel_log_str(uint32_t level, const char *s)
         len++;
     }
     return keel_log(level, (const uint8_t *)s, len);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Notifications: the app's side of the ring                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/** One notification record (16 bytes). */
+typedef struct keel_notify_record {
+    uint16_t kind;  /**< KEEL_NOTIFY_* */
+    uint16_t flags; /**< Reserved, 0. */
+    uint32_t tag;   /**< The timer's tag; 0 for visor events. */
+    uint64_t value; /**< See the kind. */
+} keel_notify_record_t;
+KEEL__STATIC_ASSERT(sizeof(keel_notify_record_t) == 16, "keel_notify_record_t layout");
+
+/** A ring of KEEL_NOTIFY_RING_RECORDS records, the size the SDK helpers use. Declare one
+ *  (aligned, in RAM) and pass it to keel_notify_setup() with sizeof. */
+#ifndef KEEL_NOTIFY_RING_RECORDS
+#define KEEL_NOTIFY_RING_RECORDS 16u
+#endif
+typedef struct keel_notify_ring {
+    volatile uint32_t head;     /**< Written by the visor. */
+    volatile uint32_t tail;     /**< Written by the app. */
+    volatile uint32_t capacity; /**< Written by the visor at setup. */
+    volatile uint32_t reserved;
+    volatile keel_notify_record_t records[KEEL_NOTIFY_RING_RECORDS];
+} __attribute__((aligned(8))) keel_notify_ring_t;
+
+/** Enables interrupt line `irq` in the app's NVIC (after keel_notify_setup() routed it). */
+static inline void keel_notify_enable_irq(uint32_t irq)
+{
+    *(volatile uint8_t *)(uintptr_t)(0xE000E400u + irq) = 0xC0u;
+    *(volatile uint32_t *)(uintptr_t)(0xE000E100u + 4u * (irq / 32u)) = 1u << (irq % 32u);
+}
+
+/** Takes the next record from `ring` into *out; 0 if the ring is empty. */
+static inline int keel_notify_pop(keel_notify_ring_t *ring, keel_notify_record_t *out)
+{
+    uint32_t tail = ring->tail;
+    if (ring->head == tail) {
+        return 0;
+    }
+    volatile keel_notify_record_t *r = &ring->records[tail % KEEL_NOTIFY_RING_RECORDS];
+    out->kind = r->kind;
+    out->flags = r->flags;
+    out->tag = r->tag;
+    out->value = r->value;
+    ring->tail = tail + 1u;
+    return 1;
+}
+
+/** Sleeps (WFI with interrupts masked, so no wake-up is missed) until `ring` has a record or
+ *  any interrupt of the app fired. */
+static inline void keel_notify_sleep(keel_notify_ring_t *ring)
+{
+    __asm volatile("cpsid i" ::: "memory");
+    if (ring->head == ring->tail) {
+        __asm volatile("wfi" ::: "memory");
+    }
+    __asm volatile("cpsie i" ::: "memory");
+}
+
+/** Tag of the timer keel_sleep_us() uses. */
+#define KEEL_SLEEP_TAG 0x534C5050u
+
+/**
+ * keel_sleep_us - sleeps for `us` microseconds or until an update is ready, with `ring` set up
+ * by keel_notify_setup(); returns KEEL_EVENT_UPDATE_READY or KEEL_EVENT_NONE (time up). Other
+ * records that arrive meanwhile are dropped (read the ring yourself to see them all).
+ */
+static inline uint32_t keel_sleep_us(keel_notify_ring_t *ring, uint32_t us)
+{
+    keel_notify_record_t r;
+    if (keel_timer_set(keel_monotonic_us() + us, KEEL_SLEEP_TAG) != KEEL_STATUS_OK) {
+        return KEEL_EVENT_NONE;
+    }
+    for (;;) {
+        while (keel_notify_pop(ring, &r)) {
+            if (r.kind == KEEL_NOTIFY_UPDATE_READY || r.kind == KEEL_NOTIFY_OVERRUN) {
+                return KEEL_EVENT_UPDATE_READY;
+            }
+            if (r.kind == KEEL_NOTIFY_TIMER && r.tag == KEEL_SLEEP_TAG) {
+                return KEEL_EVENT_NONE;
+            }
+        }
+        keel_notify_sleep(ring);
+    }
 }
 
 /**

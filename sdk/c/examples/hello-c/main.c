@@ -104,10 +104,17 @@ int main(void)
         log_failure("keel_update_info", st);
     }
 
+    /* Events (an update ready, the sleep timer) arrive as records in this ring. */
+    static keel_notify_ring_t ring;
+    st = keel_notify_setup(&ring, sizeof ring, KEEL_NOTIFY_DEFAULT_IRQ);
+    if (st != KEEL_STATUS_OK) {
+        log_failure("keel_notify_setup", st);
+    }
+    keel_notify_enable_irq(KEEL_NOTIFY_DEFAULT_IRQ);
+
     for (;;) {
-        uint64_t t = 0;
         uint64_t w = 0;
-        (void)keel_monotonic_us(&t);
+        uint64_t t = keel_monotonic_us();
         st = keel_wall_time_us(&w);
 
         p = append_str(line, end, "hello-c: device=");
@@ -124,6 +131,6 @@ int main(void)
         }
         log_line(line, p);
 
-        (void)keel_wait(1000000u, NULL);
+        (void)keel_sleep_us(&ring, 1000000u);
     }
 }
