@@ -65,12 +65,23 @@ pub fn run() -> Result<(), String> {
     let line = r
         .wait_for("bench result", LIMIT, |l| l.contains("bench: syscall_roundtrip_instructions="))
         .map_err(|e| e.to_string())?;
+    let latency_line = r
+        .wait_for("notification latency", LIMIT, |l| l.contains("bench: notification_latency_instructions="))
+        .map_err(|e| e.to_string())?;
     r.kill();
+    let latency: f64 = value_after(&latency_line, "notification_latency_instructions=")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("cannot parse {latency_line}"))?;
     let per_call: f64 = value_after(&line, "bench: syscall_roundtrip_instructions=")
         .or_else(|| value_after(&line, "syscall_roundtrip_instructions="))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("cannot parse {line}"))?;
     metrics.push(("syscall_roundtrip_instructions", per_call, "monotonic_us call, minus a plain function call"));
+    metrics.push((
+        "notification_latency_instructions",
+        latency,
+        "app timer deadline -> app awake after wfi (alarm, service routine, record, app interrupt); mean of 200",
+    ));
     let boot_us = parse_line(&started).map(|p| p.0).unwrap_or(0);
     metrics.push(("boot_to_app_instructions", (boot_us * 1000) as f64, "reset to app start (incl. SHA-256 of image)"));
 

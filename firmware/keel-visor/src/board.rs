@@ -261,10 +261,12 @@ pub fn init_alarm() {
     wr(NVIC_ISER + 4 * (ALARM_IRQ as usize / 32), 1 << (ALARM_IRQ % 32));
 }
 
-/// After the alarm expired it keeps firing with this period until re-armed. The handler re-arms
-/// it anyway; the short period bounds the lateness if an expiry is ever missed (QEMU 7.2 with
-/// `-icount sleep=off` skips the first expiry when it warps idle time to it).
-const ALARM_REPEAT_CYCLES: u32 = SYSCLK_HZ / 1000;
+/// After the alarm expired it fires again with this period until its interrupt stops it
+/// ([`ack_alarm`]), which bounds the lateness if an expiry is ever missed: QEMU 7.2 with
+/// `-icount sleep=off` skips the first expiry when it warps idle time to it (with a 1 ms period
+/// a 200 µs app timer fired 200 µs late; now 1 µs). No interrupt storm: the first interrupt
+/// stops the timer, and the service routine arms it again.
+const ALARM_REPEAT_CYCLES: u32 = SYSCLK_HZ / 1_000_000;
 
 /// Makes the alarm interrupt fire once after `cycles` (1..=[`ALARM_MAX_CYCLES`]).
 pub fn arm_alarm(cycles: u32) {
@@ -276,8 +278,9 @@ pub fn arm_alarm(cycles: u32) {
     wr(TIMER0_S, 0b1001); // enable, interrupt enable
 }
 
-/// Acknowledges the alarm interrupt.
+/// Acknowledges the alarm interrupt and stops the timer (the service routine re-arms it).
 pub fn ack_alarm() {
+    wr(TIMER0_S, 0);
     wr(TIMER0_S + 0x0C, 1);
 }
 

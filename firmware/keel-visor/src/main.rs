@@ -131,7 +131,9 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
     board::mask_app_exceptions(false);
     // The secure thread (a system call or the idle loop) is abandoned.
     rt::abandon_secure_thread();
-    let info = v.core.app_launched(now, loaded.header);
+    // The app's run (its trial grace time, its watchdog) starts now, after the load and the RAM
+    // clear, not when the service routine began.
+    let info = v.core.app_launched(time::now_us(), loaded.header);
     let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
     vlog!(
         "starting app '{}' {} ({} bytes, sha256 {}) reason={} restarts={} crashes={}",

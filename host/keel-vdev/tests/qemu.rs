@@ -260,7 +260,8 @@ fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
     // silence timeout of device time the visor gives up on the connection and connects again.
     let silent = r.wait_for("silence", LIMIT, |l| msg(l).starts_with("net: nothing from the server")).unwrap();
     let waited = time_us(&silent) - time_us(&reconnected);
-    assert!(waited >= keel_link::device::SERVER_SILENCE_TIMEOUT_US, "dropped after {waited} µs");
+    // The `connected` line is printed a few µs after the moment the silence is measured from.
+    assert!(waited + 50 >= keel_link::device::SERVER_SILENCE_TIMEOUT_US, "dropped after {waited} µs");
     assert!(waited < keel_link::device::SERVER_SILENCE_TIMEOUT_US + 2_000_000, "dropped after {waited} µs");
     let _third = rx.recv_timeout(LIMIT).expect("the device reconnects after the silence").unwrap();
     assert_visor_healthy(&r.kill());

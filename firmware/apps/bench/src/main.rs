@@ -46,6 +46,23 @@ fn main() -> ! {
     unsafe { core::arch::asm!("1:", "subs {n}, {n}, #1", "bne 1b", n = inout(reg) 5_000_000u32 => _) };
     let c1 = keel_app::monotonic_us();
     keel_app::info!("bench: clock_check_10M_instructions_us={}", c1 - c0);
+    // Notification latency: from a timer's deadline to the app running again after `wfi`
+    // (the alarm interrupt, the service routine posting the record, the app's interrupt).
+    const M: u64 = 200;
+    let mut total = 0u64;
+    for i in 0..M {
+        let deadline = keel_app::monotonic_us() + 200;
+        let _ = keel_app::notify::timer_set(deadline, i as u32);
+        loop {
+            match keel_app::notify::pop() {
+                Some(r) if r.tag == i as u32 => break,
+                Some(_) => {}
+                None => keel_app::notify::sleep(),
+            }
+        }
+        total += keel_app::monotonic_us() - deadline;
+    }
+    keel_app::info!("bench: notification_latency_instructions={}", total * 1000 / M);
     keel_app::info!("bench: done");
     loop {
         keel_app::sleep_ms(1000);
