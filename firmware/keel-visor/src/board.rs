@@ -284,6 +284,28 @@ pub fn ack_alarm() {
     wr(TIMER0_S + 0x0C, 1);
 }
 
+/// The SSE-200's S32K watchdog (CMSDK APB watchdog on the 32,768 Hz clock; secure only): its
+/// interrupt is the NMI, its reset output resets the system.
+const S32K_WATCHDOG: usize = 0x5002_E000;
+const WDOG_UNLOCK: u32 = 0x1ACC_E551;
+const S32K_HZ: u32 = 32_768;
+
+/// Starts the secure watchdog: the NMI after [`WATCHDOG_TIMEOUT_MS`] without a feed, a system
+/// reset after twice that.
+pub fn start_watchdog() {
+    wr(S32K_WATCHDOG + 0xC00, WDOG_UNLOCK);
+    wr(S32K_WATCHDOG, S32K_HZ / 1000 * WATCHDOG_TIMEOUT_MS); // LOAD
+    wr(S32K_WATCHDOG + 0x08, 0b11); // CONTROL: INTEN, RESEN
+    wr(S32K_WATCHDOG + 0xC00, 0);
+}
+
+/// Feeds the secure watchdog (clears its interrupt, which reloads the counter).
+pub fn feed_watchdog() {
+    wr(S32K_WATCHDOG + 0xC00, WDOG_UNLOCK);
+    wr(S32K_WATCHDOG + 0x0C, 1); // INTCLR: reload
+    wr(S32K_WATCHDOG + 0xC00, 0);
+}
+
 /// LAN9118 Ethernet controller, secure alias.
 pub const LAN9118_BASE: usize = 0x5200_0000;
 /// Its interrupt number.
@@ -666,7 +688,16 @@ pub trait Board {
     /// targets so the app gets exactly its regions; opens the system-call table
     /// `nsc_start..nsc_end`.
     fn configure_security(nsc_start: u32, nsc_end: u32);
+    /// Starts the visor's hardware watchdog: if [`Board::feed_watchdog`] is not called for
+    /// [`WATCHDOG_TIMEOUT_MS`], the board raises the NMI (whose handler records why and resets),
+    /// and if even that does not run, resets the system.
+    fn start_watchdog();
+    /// Feeds the hardware watchdog.
+    fn feed_watchdog();
 }
+
+/// The visor's hardware watchdog period: the service routine feeds it at least every half of it.
+pub const WATCHDOG_TIMEOUT_MS: u32 = 4_000;
 
 /// A network controller as the visor drives it: a smoltcp device with its MAC address and its
 /// receive interrupt.
@@ -735,6 +766,12 @@ impl Board for Mps2An505 {
     }
     fn configure_security(nsc_start: u32, nsc_end: u32) {
         configure_security(nsc_start, nsc_end)
+    }
+    fn start_watchdog() {
+        start_watchdog()
+    }
+    fn feed_watchdog() {
+        feed_watchdog()
     }
 }
 

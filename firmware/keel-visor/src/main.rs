@@ -157,7 +157,9 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
 fn rearm(v: &mut Visor, now: u64) {
     let nic = v.nic.as_mut().and_then(|n| n.poll_at(now));
     let timer = v.timer.map(|(d, _)| d);
-    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, timer]));
+    // The hardware watchdog is fed by every pass: wake up at least every half of its period.
+    let feed = Some(now + board::WATCHDOG_TIMEOUT_MS as u64 * 500);
+    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, timer, feed]));
 }
 
 /// PendSV: the service routine. Runs the network and the device core's timers, delivers the
@@ -174,6 +176,7 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
     VISOR.with_in_service(|v| {
         let Some(v) = v.as_mut() else { return keep(exc_return) };
         let now = time::now_us();
+        This::feed_watchdog();
         if let Some(nic) = v.nic.as_mut() {
             nic.poll(now, &mut v.core, &mut v.pending);
         }
@@ -373,8 +376,10 @@ fn visor_fatal(what: &str, exc_return: ExcReturn, ipsr: u32, frame: u32) -> ! {
     board::system_reset()
 }
 
+/// The NMI: only the visor's hardware watchdog raises it (the app cannot: `AIRCR.BFHFNMINS` = 0),
+/// when the service routine has not run for [`board::WATCHDOG_TIMEOUT_MS`]: the visor hangs.
 extern "C" fn keel_nmi() {
-    visor_fatal("NMI", ExcReturn(0), 2, 0);
+    visor_fatal("visor watchdog: the service routine stopped running", ExcReturn(0), 2, 0);
 }
 
 extern "C" fn keel_unexpected() {
@@ -409,6 +414,7 @@ fn log_integrity() {
 // ------------------------------------------------------------------------------- boot
 extern "C" fn visor_main() -> ! {
     time::init();
+    This::start_watchdog();
     board::uart::init();
     vlog!("Keel visor {} on {}", VERSION, This::NAME);
     let (nsc_start, nsc_end) = rt::nsc_range();
