@@ -41,6 +41,8 @@ pub fn run() -> Result<(), String> {
         "qemu-tests",
         "--test",
         "qemu",
+        "--test",
+        "embassy",
         "--",
         "--test-threads=2",
     ]))?;

@@ -10,7 +10,9 @@
 //!   the task that waits).
 //!
 //! The interrupt handler is the SDK's (`keel_app_notify_irq` in the vector table); it only wakes
-//! the waiting task. Records are read in order by whoever polls first.
+//! the waiting task. Records are read in order by whoever polls first, and there is one waker
+//! slot: let **one** task read the ring (await [`next`] or [`sleep_until`]) and hand records to
+//! the others (`firmware/apps/embassy-ticker` does it with an embassy-sync `Signal`).
 
 use core::cell::UnsafeCell;
 use core::future::Future;
