@@ -43,32 +43,60 @@ pub mod raw {
         (NSC_BASE + keel_abi::SLOT_SIZE * slot) | 1
     }
 
-    /// Calls system-call `slot` with four arguments and returns the raw status.
+    /// Masks the app's interrupts (PRIMASK) and returns the previous mask.
+    #[inline(always)]
+    fn irq_save() -> u32 {
+        let primask: u32;
+        // SAFETY: reads PRIMASK and masks interrupts; `irq_restore` puts the mask back.
+        unsafe {
+            core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags))
+        };
+        primask
+    }
+
+    /// Restores the mask `irq_save` returned.
+    #[inline(always)]
+    fn irq_restore(primask: u32) {
+        // SAFETY: writes back the caller's own earlier PRIMASK value.
+        unsafe { core::arch::asm!("msr primask, {p}", p = in(reg) primask, options(nostack, preserves_flags)) };
+    }
+
+    /// Calls system-call `slot` with four arguments and returns the raw status. The call is made
+    /// with the app's interrupts masked, as the ABI requires (the visor masks them for the call's
+    /// body; this closes the instructions on the way in and out, so no interrupt or task switch
+    /// of an RTOS can land inside a call).
     ///
     /// # Safety
     /// The visor validates every argument, so no value can harm the visor; but a call that writes
     /// through a pointer writes into *this app's* memory wherever the pointer says.
     #[inline(always)]
     pub unsafe fn call(slot: u32, a0: u32, a1: u32, a2: u32, a3: u32) -> u32 {
+        let m = irq_save();
         // SAFETY: the slot address is a secure gateway veneer with the AAPCS signature below
         // (four word arguments, a word result); the visor never faults on bad arguments.
-        unsafe {
+        let r = unsafe {
             let f: extern "C" fn(u32, u32, u32, u32) -> u32 = core::mem::transmute(slot_address(slot) as usize);
             f(a0, a1, a2, a3)
-        }
+        };
+        irq_restore(m);
+        r
     }
 
-    /// Calls system-call `slot` that returns a 64-bit value in `r0:r1` (`monotonic_us`).
+    /// Calls system-call `slot` that returns a 64-bit value in `r0:r1` (`monotonic_us`), with
+    /// interrupts masked like [`call`].
     ///
     /// # Safety
     /// As [`call`].
     #[inline(always)]
     pub unsafe fn call64(slot: u32) -> u64 {
+        let m = irq_save();
         // SAFETY: as in `call`, with a 64-bit result in r0:r1 (AAPCS).
-        unsafe {
+        let r = unsafe {
             let f: extern "C" fn() -> u64 = core::mem::transmute(slot_address(slot) as usize);
             f()
-        }
+        };
+        irq_restore(m);
+        r
     }
 }
 

@@ -22,6 +22,11 @@
  *  - Calls may be made from thread mode or from the app's interrupt handlers, except
  *    keel_restart() and keel_update_apply(), which answer KEEL_STATUS_UNAVAILABLE from a
  *    handler.
+ *  - Make every call with the app's interrupts masked (PRIMASK): the functions below do
+ *    (save PRIMASK, cpsid i, call, restore). The visor masks every app exception for the call's
+ *    body itself, which keeps the visor safe from any caller; the caller's mask closes the
+ *    instructions on the way in and out, so no app interrupt or RTOS task switch ever lands
+ *    inside a call (one that did could resume another task's secure frame).
  *  - No call blocks, and no app exception preempts a call: the visor masks every non-secure
  *    exception for the duration of a call. Calls are therefore atomic to the app's interrupt
  *    handlers and to the tasks of any RTOS (a task switch never lands inside a call), and
@@ -393,6 +398,29 @@ KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_reason) == 28,
 #define KEEL__SLOT_ADDR(slot) \
     ((uintptr_t)((KEEL_NSC_BASE + KEEL_SLOT_SIZE * (uint32_t)(slot)) | 1u))
 
+/* Every call is made with the app's interrupts masked (PRIMASK), as the ABI requires: the visor
+ * masks them itself for the call's body, and this closes the few instructions on the way in and
+ * out, so no interrupt or RTOS task switch can ever land inside a call. */
+static inline uint32_t keel__irq_save(void)
+{
+    uint32_t primask;
+    __asm volatile("mrs %0, primask\n\tcpsid i" : "=r"(primask)::"memory");
+    return primask;
+}
+
+static inline void keel__irq_restore(uint32_t primask)
+{
+    __asm volatile("msr primask, %0" ::"r"(primask) : "memory");
+}
+
+#define KEEL__CALL(ret_t, fn_t, slot, ...)                                  \
+    __extension__({                                                         \
+        uint32_t keel__m = keel__irq_save();                                \
+        ret_t keel__r = ((fn_t)KEEL__SLOT_ADDR(slot))(__VA_ARGS__);         \
+        keel__irq_restore(keel__m);                                         \
+        keel__r;                                                            \
+    })
+
 /**
  * keel_abi_info - ABI and visor versions (slot KEEL_CALL_ABI_INFO).
  *
@@ -405,7 +433,7 @@ KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_reason) == 28,
  */
 static inline keel_status_t keel_abi_info(keel_abi_info_t *out)
 {
-    return ((keel_status_t(*)(keel_abi_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_ABI_INFO))(out);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(keel_abi_info_t *), KEEL_CALL_ABI_INFO, out);
 }
 
 /**
@@ -423,8 +451,7 @@ static inline keel_status_t keel_abi_info(keel_abi_info_t *out)
  */
 static inline keel_status_t keel_device_id(uint8_t *buf, uint32_t len)
 {
-    return ((keel_status_t(*)(uint8_t *, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_DEVICE_ID))(buf,
-                                                                                         len);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint8_t *, uint32_t), KEEL_CALL_DEVICE_ID, buf, len);
 }
 
 /**
@@ -435,7 +462,7 @@ static inline keel_status_t keel_device_id(uint8_t *buf, uint32_t len)
  */
 static inline uint64_t keel_monotonic_us(void)
 {
-    return ((uint64_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_MONOTONIC_US))();
+    return KEEL__CALL(uint64_t, uint64_t (*)(void), KEEL_CALL_MONOTONIC_US);
 }
 
 /**
@@ -451,7 +478,7 @@ static inline uint64_t keel_monotonic_us(void)
  */
 static inline keel_status_t keel_wall_time_us(uint64_t *out)
 {
-    return ((keel_status_t(*)(uint64_t *))KEEL__SLOT_ADDR(KEEL_CALL_WALL_TIME_US))(out);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint64_t *), KEEL_CALL_WALL_TIME_US, out);
 }
 
 /**
@@ -469,8 +496,7 @@ static inline keel_status_t keel_wall_time_us(uint64_t *out)
  */
 static inline keel_status_t keel_log(uint32_t level, const uint8_t *msg, uint32_t len)
 {
-    return ((keel_status_t(*)(uint32_t, const uint8_t *, uint32_t))KEEL__SLOT_ADDR(
-        KEEL_CALL_LOG))(level, msg, len);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t, const uint8_t *, uint32_t), KEEL_CALL_LOG, level, msg, len);
 }
 
 /**
@@ -484,7 +510,7 @@ static inline keel_status_t keel_log(uint32_t level, const uint8_t *msg, uint32_
  */
 static inline keel_status_t keel_restart(uint32_t reason)
 {
-    return ((keel_status_t(*)(uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_RESTART))(reason);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t), KEEL_CALL_RESTART, reason);
 }
 
 /**
@@ -506,8 +532,7 @@ static inline keel_status_t keel_restart(uint32_t reason)
  */
 static inline keel_status_t keel_notify_setup(void *ring, uint32_t bytes, uint32_t irq)
 {
-    return ((keel_status_t(*)(void *, uint32_t, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_NOTIFY_SETUP))(
-        ring, bytes, irq);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(void *, uint32_t, uint32_t), KEEL_CALL_NOTIFY_SETUP, ring, bytes, irq);
 }
 
 /**
@@ -522,8 +547,7 @@ static inline keel_status_t keel_notify_setup(void *ring, uint32_t bytes, uint32
  */
 static inline keel_status_t keel_timer_set(uint64_t deadline_us, uint32_t tag)
 {
-    return ((keel_status_t(*)(uint32_t, uint32_t, uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_TIMER_SET))(
-        (uint32_t)deadline_us, (uint32_t)(deadline_us >> 32), tag);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t, uint32_t, uint32_t), KEEL_CALL_TIMER_SET, (uint32_t)deadline_us, (uint32_t)(deadline_us >> 32), tag);
 }
 
 /**
@@ -541,7 +565,7 @@ static inline keel_status_t keel_timer_set(uint64_t deadline_us, uint32_t tag)
  */
 static inline keel_status_t keel_watchdog_start(uint32_t timeout_ms)
 {
-    return ((keel_status_t(*)(uint32_t))KEEL__SLOT_ADDR(KEEL_CALL_WATCHDOG_START))(timeout_ms);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t), KEEL_CALL_WATCHDOG_START, timeout_ms);
 }
 
 /**
@@ -553,7 +577,7 @@ static inline keel_status_t keel_watchdog_start(uint32_t timeout_ms)
  */
 static inline keel_status_t keel_watchdog_kick(void)
 {
-    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_WATCHDOG_KICK))();
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(void), KEEL_CALL_WATCHDOG_KICK);
 }
 
 /**
@@ -568,7 +592,7 @@ static inline keel_status_t keel_watchdog_kick(void)
  */
 static inline keel_status_t keel_boot_info(keel_boot_info_t *out)
 {
-    return ((keel_status_t(*)(keel_boot_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_BOOT_INFO))(out);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(keel_boot_info_t *), KEEL_CALL_BOOT_INFO, out);
 }
 
 /**
@@ -584,8 +608,7 @@ static inline keel_status_t keel_boot_info(keel_boot_info_t *out)
  */
 static inline keel_status_t keel_last_crash(keel_crash_report_t *out)
 {
-    return ((keel_status_t(*)(keel_crash_report_t *))KEEL__SLOT_ADDR(KEEL_CALL_LAST_CRASH))(
-        out);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(keel_crash_report_t *), KEEL_CALL_LAST_CRASH, out);
 }
 
 /**
@@ -605,7 +628,7 @@ static inline keel_status_t keel_last_crash(keel_crash_report_t *out)
  */
 static inline keel_status_t keel_update_confirm(void)
 {
-    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_CONFIRM))();
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(void), KEEL_CALL_UPDATE_CONFIRM);
 }
 
 /**
@@ -624,8 +647,7 @@ static inline keel_status_t keel_update_confirm(void)
  */
 static inline keel_status_t keel_update_info(keel_update_info_t *out)
 {
-    return ((keel_status_t(*)(keel_update_info_t *))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_INFO))(
-        out);
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(keel_update_info_t *), KEEL_CALL_UPDATE_INFO, out);
 }
 
 /**
@@ -640,7 +662,7 @@ static inline keel_status_t keel_update_info(keel_update_info_t *out)
  */
 static inline keel_status_t keel_update_apply(void)
 {
-    return ((keel_status_t(*)(void))KEEL__SLOT_ADDR(KEEL_CALL_UPDATE_APPLY))();
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(void), KEEL_CALL_UPDATE_APPLY);
 }
 
 /* ---------------------------------------------------------------------------------------- */
