@@ -115,6 +115,17 @@ fn freertos_tasks_make_a_million_system_calls_under_a_fast_tick() {
     let warmup = result("freertos-stress: warm-up calls=");
     let stress = result("freertos-stress: calls=");
     println!("{warmup}\n{stress}");
+    // Every task made calls (the pool of calls is shared; the high-priority ones block often).
+    for prefix in ["freertos-stress: warm-up calls per task:", "freertos-stress: calls per task:"] {
+        let per_task = result(prefix);
+        println!("{per_task}");
+        let counts: Vec<u64> = per_task[prefix.len()..]
+            .split_whitespace()
+            .map(|kv| kv.split_once('=').and_then(|(_, v)| v.parse().ok()).unwrap_or_else(|| panic!("{per_task}")))
+            .collect();
+        assert_eq!(counts.len(), 5, "{per_task}");
+        assert!(counts.iter().all(|&c| c > 0), "every task made calls: {per_task}");
+    }
     for (line, calls) in [(warmup, WARMUP_CALLS), (stress, STRESS_CALLS)] {
         assert_eq!(num(line, "calls"), calls, "{line}");
         assert_eq!(num(line, "errors"), 0, "{line}");

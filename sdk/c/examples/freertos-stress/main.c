@@ -274,7 +274,6 @@ typedef struct {
     const char *name;
     UBaseType_t priority;
     uint32_t burst; /* calls between two vTaskDelay(1); 0: never blocks */
-    uint32_t quota;
     uint32_t calls;
     uint32_t errors;
     uint64_t last_us;
@@ -285,9 +284,9 @@ typedef struct {
 static worker_t workers[WORKERS] = {
     { .name = "low-a", .priority = 1, .burst = 0 },
     { .name = "low-b", .priority = 1, .burst = 0 },
-    { .name = "mid-a", .priority = 2, .burst = 48 },
-    { .name = "mid-b", .priority = 2, .burst = 40 },
-    { .name = "high", .priority = 3, .burst = 16 },
+    { .name = "mid-a", .priority = 2, .burst = 16 },
+    { .name = "mid-b", .priority = 2, .burst = 12 },
+    { .name = "high", .priority = 3, .burst = 8 },
 };
 
 /* Task memory (in .bss: only the table above has initial values). */
@@ -443,17 +442,36 @@ static void checked_call(worker_t *w, uint32_t n, unsigned kind)
 #endif
 }
 
+/* The phase's calls are one pool that the workers draw from in chunks, so the CPU stays busy
+ * with calls until the last one whatever the priorities: the phase lasts as long as the calls
+ * take, and the total is exact. */
+#define CHUNK 16u
+static uint32_t pool_taken;
+
+static uint32_t claim_calls(void)
+{
+    taskENTER_CRITICAL();
+    uint32_t left = phase_calls - pool_taken;
+    uint32_t n = left < CHUNK ? left : CHUNK;
+    pool_taken += n;
+    taskEXIT_CRITICAL();
+    return n;
+}
+
 static void worker_task(void *arg)
 {
     worker_t *w = arg;
     uint32_t id = (uint32_t)(w - workers);
-    for (uint32_t n = 0; n < w->quota; n++) {
-        unsigned kind = (n % LOG_EVERY == LOG_EVERY - 1u) ? (unsigned)K_LOG
-                                                          : (unsigned)((n + id) % K_KINDS);
-        checked_call(w, n, kind);
-        w->calls++;
-        if (w->burst != 0 && n % w->burst == w->burst - 1u) {
-            vTaskDelay(1);
+    uint32_t n = 0; /* this worker's calls so far */
+    for (uint32_t k; (k = claim_calls()) != 0;) {
+        for (; k > 0; k--, n++) {
+            unsigned kind = (n % LOG_EVERY == LOG_EVERY - 1u) ? (unsigned)K_LOG
+                                                              : (unsigned)((n + id) % K_KINDS);
+            checked_call(w, n, kind);
+            w->calls++;
+            if (w->burst != 0 && n % w->burst == w->burst - 1u) {
+                vTaskDelay(1);
+            }
         }
     }
     xTaskNotifyGive(reporter_handle);
@@ -480,6 +498,18 @@ static void reporter_task(void *arg)
         errors += workers[i].errors;
     }
     line_t l;
+    line_start(&l);
+    line_str(&l, "freertos-stress: ");
+    line_str(&l, phase_name);
+    line_str(&l, "calls per task:");
+    for (uint32_t i = 0; i < WORKERS; i++) {
+        line_str(&l, " ");
+        line_str(&l, workers[i].name);
+        line_str(&l, "=");
+        line_u64(&l, workers[i].calls);
+    }
+    (void)line_log(&l, KEEL_LOG_INFO);
+
     line_start(&l);
     line_str(&l, "freertos-stress: ");
     line_str(&l, phase_name);
@@ -603,10 +633,8 @@ int main(void)
     }
     (void)line_log(&l, KEEL_LOG_INFO);
 
-    /* Split the calls between the workers; the first ones take the remainder. */
     for (uint32_t i = 0; i < WORKERS; i++) {
         worker_t *w = &workers[i];
-        w->quota = phase_calls / WORKERS + (i < phase_calls % WORKERS ? 1u : 0u);
         w->last_us = phase_start_us;
         (void)xTaskCreateStatic(worker_task, w->name, WORKER_STACK_WORDS, w, w->priority,
                                 worker_stacks[i], &worker_tcbs[i]);
