@@ -15,15 +15,19 @@ pub fn firmware() -> Result<(), String> {
     sh(cargo().current_dir(root().join("firmware")).args(["build", "--release", "--workspace"]))
 }
 
-/// Builds the C example app with the Arm GNU toolchain.
+/// Builds the C example apps with the Arm GNU toolchain: `hello-c`, and `freertos-stress`, whose
+/// Makefile gets the FreeRTOS kernel sources through cargo (the `freertos-next` crate).
 pub fn c_apps() -> Result<(), String> {
     let out = root().join("target/c-apps");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    sh(Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(root().join("sdk/c/examples/hello-c"))
-        .arg(format!("BUILD={}", out.display())))
+    for app in ["hello-c", "freertos-stress"] {
+        sh(Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(root().join("sdk/c/examples").join(app))
+            .arg(format!("BUILD={}", out.display())))?;
+    }
+    Ok(())
 }
 
 /// Builds everything that runs on a virtual device.
