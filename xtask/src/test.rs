@@ -43,6 +43,8 @@ pub fn run() -> Result<(), String> {
         "qemu",
         "--test",
         "embassy",
+        "--test",
+        "freertos",
         "--",
         "--test-threads=2",
     ]))?;
