@@ -65,6 +65,12 @@ const START_STUB: [u32; 9] = [
     0x0200_0000, // ICSR.PENDSTCLR
 ];
 
+/// Where the park loop goes, right after the start stub.
+const PARK_OFFSET: u32 = STUB_OFFSET + 4 * START_STUB.len() as u32;
+/// The park loop: `1: wfi ; b 1b`.
+const PARK_LOOP: u32 = 0xE7FD_BF30;
+const _: () = assert!(PARK_OFFSET + 4 <= APP_EXEC_SIZE);
+
 /// What an app image in `slot` must fit: this board's execution region (less the start stub)
 /// and ABI.
 pub fn target(slot: layout::Partition) -> Target {
@@ -130,7 +136,23 @@ pub fn prepare_start(app: &Loaded) {
     board::set_primask_ns(true);
 }
 
+/// Parks the non-secure side while the app is stopped (crashed and waiting for its backoff, or
+/// with no image): a reset non-secure core that runs the start stub (which stops the app's
+/// SysTick: a stopped app's timer must not keep running, and on QEMU 7.2 only non-secure code
+/// can stop it) and then sleeps in a `wfi` loop, with every app exception masked by the visor.
+/// Enter it with [`RETURN_TO_APP`].
+pub fn prepare_park() {
+    board::reset_ns_core(APP_EXEC_BASE);
+    ns_mem::write_exec_words(STUB_OFFSET, &START_STUB);
+    ns_mem::write_exec_words(PARK_OFFSET, &[PARK_LOOP]);
+    let frame_sp = APP_RAM_BASE + APP_RAM_SIZE - 32;
+    ns_mem::write_initial_frame(
+        frame_sp,
+        &[(APP_EXEC_BASE + PARK_OFFSET) | 1, 0, 0, 0, 0, 0xFFFF_FFFF, APP_EXEC_BASE + STUB_OFFSET, 0x0100_0000],
+    );
+    board::set_ns_stack(frame_sp, 0);
+    board::set_primask_ns(true);
+}
+
 /// EXC_RETURN: return to non-secure thread mode on MSP_NS, standard frame.
 pub const RETURN_TO_APP: u32 = 0xFFFF_FFB9;
-/// EXC_RETURN: return to secure thread mode on PSP_S, standard frame (the visor's idle thread).
-pub const RETURN_TO_IDLE: u32 = 0xFFFF_FFFD;

@@ -94,14 +94,16 @@ static STATE: static_cell::StaticCell<Visor> = static_cell::StaticCell::new();
 /// The visor's state. `None` only before `visor_main` initialised it.
 pub static VISOR: Global<Option<&'static mut Visor>> = Global::new(None);
 
-/// Switches the secure thread to a fresh idle loop; returns the trampoline result.
+/// Stops the app: the non-secure side is parked ([`app::prepare_park`]) with every app exception
+/// masked until the core starts the app again; returns the trampoline result.
 fn go_idle(v: &mut Visor) -> u64 {
     v.stop_requested = false;
     notify::disable(v);
-    rt::prepare_idle_thread();
-    board::clear_ns_exceptions();
+    // The secure thread (a system call) is abandoned.
+    rt::abandon_secure_thread();
     board::mask_app_exceptions(true);
-    fresh(app::RETURN_TO_IDLE)
+    app::prepare_park();
+    fresh(app::RETURN_TO_APP)
 }
 
 /// Loads and starts the app from `slot` (the core decides the slot, and what to do when a trial

@@ -327,21 +327,6 @@ pub fn abandon_secure_thread() {
     set_psp_s(psp_top());
 }
 
-/// Writes a fresh exception frame for the idle loop at the top of the secure thread stack and
-/// points PSP_S at it, so that an exception return to secure thread mode on PSP_S enters
-/// `keel_idle`. Only from handler mode.
-pub fn prepare_idle_thread() {
-    let frame_sp = psp_top() - 32;
-    let frame = [0u32, 0, 0, 0, 0, 0xFFFF_FFFF, keel_idle as *const () as u32 & !1, 0x0100_0000];
-    for (i, w) in frame.iter().enumerate() {
-        // SAFETY: the frame lies at the top of the secure thread stack (8-aligned linker symbol,
-        // inside the `.stacks` section), which is not in use while a handler runs (handlers use
-        // MSP_S); the previous thread context is being abandoned.
-        unsafe { core::ptr::write_volatile((frame_sp + 4 * i as u32) as *mut u32, *w) };
-    }
-    set_psp_s(frame_sp);
-}
-
 /// The stacked PC of a fault in the visor itself: the secure frame is at `frame` on MSP_S (0 if
 /// unknown), or on PSP_S when the faulting context used it (`uses_psp`). 0 if unknown.
 pub fn visor_fault_pc(uses_psp: bool, frame: u32) -> u32 {
