@@ -10,6 +10,13 @@
 //!   reports the count with the next batch ([`LogRing::dropped`]) and the server records a
 //!   "dropped N" event. A record larger than [`MAX_TEXT`] is refused with an error (the app gets
 //!   a clear status code), never truncated silently.
+//! * App text is untrusted: [`LogRing::push_app`] escapes it ([`escape`]: every control byte,
+//!   DEL, backslash and byte that is not UTF-8 becomes `\xNN`, `\\` or `\t`, so an app line
+//!   can never carry a line break or a terminal escape to the operator) and keeps **reserved
+//!   room** for the visor: app records may fill at most [`LogRing::app_capacity`] (3/4 of the
+//!   ring) and never push a visor record out. An app record that does not fit is dropped itself
+//!   (newest-drop, counted like any drop). A flood of app lines while the link is down therefore
+//!   cannot evict the visor's boot, crash and update events before they are sent.
 //! * The link reads records from any sequence number on ([`LogRing::iter_from`]), so a batch can
 //!   be re-sent after a reconnect, and releases them with [`LogRing::ack`].
 //!
@@ -71,11 +78,61 @@ impl Record<'_> {
     }
 }
 
-/// Errors of [`LogRing::push`].
+/// Errors of [`LogRing::push`] and [`LogRing::push_app`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushError {
     /// The text is longer than [`MAX_TEXT`].
     TooLong,
+    /// An app record found no room within the app's share of the ring ([`LogRing::push_app`]):
+    /// it was dropped and counted in [`LogRing::dropped`].
+    NoRoom,
+}
+
+/// Writes `text` escaped into `out` and returns the length written: printable ASCII and valid
+/// UTF-8 stay as they are; a backslash becomes `\\`, a tab `\t`, and every other control byte
+/// (0x00-0x1F, 0x7F), every byte of a UTF-8 encoded C1 control (U+0080-U+009F) and every byte
+/// that is not part of valid UTF-8 becomes `\xNN` (lower-case hex). The output is valid UTF-8
+/// without control characters. It stops before an escape that does not fit whole, so a
+/// truncated output is still well formed.
+pub fn escape(text: &[u8], out: &mut [u8]) -> usize {
+    let mut n = 0;
+    let mut put = |piece: &[u8], n: &mut usize| -> bool {
+        if *n + piece.len() > out.len() {
+            return false;
+        }
+        out[*n..*n + piece.len()].copy_from_slice(piece);
+        *n += piece.len();
+        true
+    };
+    let hex = |b: u8| {
+        const H: &[u8; 16] = b"0123456789abcdef";
+        [b'\\', b'x', H[(b >> 4) as usize], H[(b & 15) as usize]]
+    };
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let mut utf8 = [0u8; 4];
+            let bytes = c.encode_utf8(&mut utf8).as_bytes();
+            let ok = match c {
+                '\\' => put(b"\\\\", &mut n),
+                '\t' => put(b"\\t", &mut n),
+                '\u{0}'..='\u{1f}' | '\u{7f}' => put(&hex(c as u8), &mut n),
+                '\u{80}'..='\u{9f}' => {
+                    let (a, b) = (hex(bytes[0]), hex(bytes[1]));
+                    put(&[a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]], &mut n)
+                }
+                _ => put(bytes, &mut n),
+            };
+            if !ok {
+                return n;
+            }
+        }
+        for &b in chunk.invalid() {
+            if !put(&hex(b), &mut n) {
+                return n;
+            }
+        }
+    }
+    n
 }
 
 /// The ring, `N` bytes of storage.
@@ -87,13 +144,26 @@ pub struct LogRing<const N: usize> {
     next_seq: u64,
     count: usize,
     dropped: u64,
+    /// Bytes held by [`Kind::App`] records (headers included).
+    app_used: usize,
 }
 
 impl<const N: usize> LogRing<N> {
     /// An empty ring whose first record will get sequence number `boot << 32`.
     pub const fn new(boot: u32) -> Self {
         let s = (boot as u64) << 32;
-        LogRing { buf: [0; N], head: 0, used: 0, first_seq: s, next_seq: s, count: 0, dropped: 0 }
+        LogRing { buf: [0; N], head: 0, used: 0, first_seq: s, next_seq: s, count: 0, dropped: 0, app_used: 0 }
+    }
+
+    /// Bytes app records may occupy at most (headers included): 3/4 of the ring. The rest is
+    /// reserved for the visor's records.
+    pub const fn app_capacity() -> usize {
+        N - N / 4
+    }
+
+    /// Bytes held by app records.
+    pub fn app_bytes_used(&self) -> usize {
+        self.app_used
     }
 
     /// Number of records held.
@@ -141,13 +211,18 @@ impl<const N: usize> LogRing<N> {
 
     fn drop_oldest(&mut self) {
         let len = self.record_len_at(0);
+        if Kind::from_u8(self.byte(2)) == Kind::App {
+            self.app_used -= len;
+        }
         self.head = (self.head + len) % N;
         self.used -= len;
         self.count -= 1;
         self.first_seq += 1;
     }
 
-    /// Appends a record and returns its sequence number, dropping the oldest records if needed.
+    /// Appends a record as given and returns its sequence number, dropping the oldest records
+    /// if needed. For the visor's own (trusted) records; app text goes through
+    /// [`LogRing::push_app`].
     pub fn push(&mut self, kind: Kind, level: u8, time_us: u64, text: &[u8]) -> Result<u64, PushError> {
         if text.len() > MAX_TEXT || HDR + text.len() > N {
             return Err(PushError::TooLong);
@@ -157,6 +232,39 @@ impl<const N: usize> LogRing<N> {
             self.drop_oldest();
             self.dropped += 1;
         }
+        Ok(self.append(kind, level, time_us, text))
+    }
+
+    /// Appends an app log line: `text` (at most [`MAX_TEXT`] bytes, else [`PushError::TooLong`])
+    /// is [`escape`]d and truncated to [`MAX_TEXT`], then stored as a [`Kind::App`] record if it
+    /// fits within [`LogRing::app_capacity`] and in the ring without dropping anything but older
+    /// app records. Otherwise the line itself is dropped (counted in [`LogRing::dropped`]) and
+    /// the answer is [`PushError::NoRoom`]: app lines never push visor records out.
+    pub fn push_app(&mut self, level: u8, time_us: u64, text: &[u8]) -> Result<u64, PushError> {
+        if text.len() > MAX_TEXT {
+            return Err(PushError::TooLong);
+        }
+        let mut escaped = [0u8; MAX_TEXT];
+        let len = escape(text, &mut escaped);
+        let need = HDR + len;
+        if self.app_used + need > Self::app_capacity() {
+            self.dropped += 1;
+            return Err(PushError::NoRoom);
+        }
+        while N - self.used < need {
+            if self.count == 0 || Kind::from_u8(self.byte(2)) != Kind::App {
+                self.dropped += 1;
+                return Err(PushError::NoRoom);
+            }
+            self.drop_oldest();
+            self.dropped += 1;
+        }
+        Ok(self.append(Kind::App, level, time_us, &escaped[..len]))
+    }
+
+    /// Writes a record that fits.
+    fn append(&mut self, kind: Kind, level: u8, time_us: u64, text: &[u8]) -> u64 {
+        let need = HDR + text.len();
         let mut hdr = [0u8; HDR];
         hdr[0..2].copy_from_slice(&(text.len() as u16).to_le_bytes());
         hdr[2] = kind as u8;
@@ -167,10 +275,13 @@ impl<const N: usize> LogRing<N> {
             self.buf[(start + i) % N] = *b;
         }
         self.used += need;
+        if kind == Kind::App {
+            self.app_used += need;
+        }
         self.count += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        Ok(seq)
+        seq
     }
 
     /// Releases every record with a sequence number `<= upto` (the server has stored them).
@@ -311,6 +422,111 @@ mod tests {
         let mut small = LogRing::<32>::new(0);
         assert_eq!(small.push(Kind::App, 0, 0, &[0; 21]), Err(PushError::TooLong));
         assert!(small.push(Kind::App, 0, 0, &[0; 20]).is_ok());
+    }
+
+    fn escaped(text: &[u8]) -> ([u8; 256], usize) {
+        let mut out = [0u8; 256];
+        let n = escape(text, &mut out);
+        (out, n)
+    }
+
+    #[test]
+    fn app_text_is_escaped_so_it_cannot_forge_lines_or_drive_a_terminal() {
+        let cases: [(&[u8], &[u8]); 8] = [
+            (b"plain text: 42 %", b"plain text: 42 %"),
+            (b"a\nb\r\x1b]0;x\x07", b"a\\x0ab\\x0d\\x1b]0;x\\x07"),
+            (b"tab\there", b"tab\\there"),
+            (b"back\\slash", b"back\\\\slash"),
+            (b"\x00\x7f", b"\\x00\\x7f"),
+            ("caf\u{e9} \u{2713}".as_bytes(), "caf\u{e9} \u{2713}".as_bytes()),
+            ("c1 \u{9b}".as_bytes(), b"c1 \\xc2\\x9b"),
+            (b"bad \xff\xc3", b"bad \\xff\\xc3"),
+        ];
+        for (input, want) in cases {
+            let (out, n) = escaped(input);
+            assert_eq!(&out[..n], want, "{:?}", core::str::from_utf8(input));
+            let text = core::str::from_utf8(&out[..n]).expect("valid UTF-8");
+            assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_truncates_at_an_escape_boundary() {
+        let mut out = [0u8; 6];
+        assert_eq!(escape(b"ab\ncd", &mut out), 6);
+        assert_eq!(&out, b"ab\\x0a");
+        let mut out = [0u8; 5];
+        assert_eq!(escape(b"ab\ncd", &mut out), 2, "never half an escape");
+        let mut out = [0u8; 7];
+        assert_eq!(escape("ab\u{85}".as_bytes(), &mut out), 2, "never half of an escaped C1 control");
+    }
+
+    #[test]
+    fn app_records_are_escaped_and_truncated_to_the_max_text() {
+        let mut r = LogRing::<4096>::new(0);
+        let s = r.push_app(2, 5, b"ok\n       7 [   12.000000 visor] forged").unwrap();
+        let rec = r.iter_from(s).next().unwrap();
+        assert_eq!(rec.kind, Kind::App);
+        let mut t = [0u8; 64];
+        let n = rec.copy_text(&mut t);
+        assert_eq!(&t[..n], b"ok\\x0a       7 [   12.000000 visor] forged");
+        let s = r.push_app(2, 5, &[0x1b; MAX_TEXT]).unwrap();
+        let rec = r.iter_from(s).next().unwrap();
+        assert_eq!(rec.text.0.len() + rec.text.1.len(), MAX_TEXT, "4x longer once escaped: truncated");
+        assert_eq!(r.push_app(2, 5, &[b'a'; MAX_TEXT + 1]), Err(PushError::TooLong));
+        // Visor text is the visor's own: stored as is.
+        let s = r.push(Kind::Visor, 1, 5, b"line\n").unwrap();
+        let mut t = [0u8; 8];
+        let n = r.iter_from(s).next().unwrap().copy_text(&mut t);
+        assert_eq!(&t[..n], b"line\n");
+    }
+
+    #[test]
+    fn app_records_fill_at_most_three_quarters_and_never_evict_visor_records() {
+        let mut r = LogRing::<1024>::new(0);
+        assert_eq!(LogRing::<1024>::app_capacity(), 768);
+        let boot = r.push(Kind::Event, 0, 0, &[1; 20]).unwrap();
+        // 12 + 52 = 64-byte app records: 12 fill the app share exactly.
+        let mut stored = 0;
+        for _ in 0..40 {
+            match r.push_app(2, 0, &[b'x'; 52]) {
+                Ok(_) => stored += 1,
+                Err(e) => assert_eq!(e, PushError::NoRoom),
+            }
+        }
+        assert_eq!(stored, 12);
+        assert_eq!(r.app_bytes_used(), 768);
+        assert_eq!(r.dropped(), 28, "the newest were dropped and counted");
+        assert_eq!(r.first_seq(), boot, "the visor's record is still there");
+        // Visor records fill the rest; app lines still cannot push them out.
+        for _ in 0..7 {
+            r.push(Kind::Visor, 1, 0, &[b'v'; 20]).unwrap();
+        }
+        assert_eq!(r.push_app(2, 0, b"more"), Err(PushError::NoRoom));
+        assert_eq!(r.first_seq(), boot);
+        // Once the server acknowledged them, app lines fit again.
+        r.ack(u64::MAX);
+        assert!(r.push_app(2, 0, b"again").is_ok());
+        assert_eq!(r.app_bytes_used(), 12 + 5);
+    }
+
+    #[test]
+    fn an_app_record_may_push_out_older_app_records_only() {
+        let mut r = LogRing::<256>::new(0);
+        // Visor 64 bytes, then app records of 32 bytes up to the 192-byte share.
+        r.push(Kind::Visor, 1, 0, &[b'v'; 52]).unwrap();
+        for _ in 0..6 {
+            r.push_app(2, 0, &[b'a'; 20]).unwrap();
+        }
+        assert_eq!(r.bytes_used(), 256);
+        r.ack(r.first_seq()); // the visor record is sent and acknowledged: 64 bytes free
+        r.push(Kind::Visor, 1, 0, &[b'w'; 52]).unwrap();
+        // Full again; the app share is full too: the new app line is dropped.
+        assert_eq!(r.push_app(2, 0, &[b'b'; 20]), Err(PushError::NoRoom));
+        // A visor record makes room by dropping the oldest (an app record here).
+        r.push(Kind::Visor, 1, 0, &[b'z'; 20]).unwrap();
+        assert_eq!(r.app_bytes_used(), 5 * 32);
+        assert!(r.iter_from(0).filter(|x| x.kind == Kind::Visor).count() == 2);
     }
 
     #[test]
