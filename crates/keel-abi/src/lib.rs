@@ -337,6 +337,9 @@ pub enum FaultKind {
     SecureFault = 7,
     /// The watchdog expired.
     Watchdog = 0x100,
+    /// The system reset while the app ran, and nothing explains it (no app fault, hang or visor
+    /// reason was recorded before): counted as a crash of the app.
+    Reset = 0x101,
 }
 
 impl FaultKind {
@@ -349,6 +352,7 @@ impl FaultKind {
             6 => Some(FaultKind::UsageFault),
             7 => Some(FaultKind::SecureFault),
             0x100 => Some(FaultKind::Watchdog),
+            0x101 => Some(FaultKind::Reset),
             _ => None,
         }
     }
@@ -361,6 +365,7 @@ impl FaultKind {
             FaultKind::UsageFault => "UsageFault",
             FaultKind::SecureFault => "SecureFault",
             FaultKind::Watchdog => "Watchdog",
+            FaultKind::Reset => "Reset",
         }
     }
 }
@@ -457,11 +462,14 @@ pub enum UpdateReason {
     VisorTooOld = 15,
     /// The server could not serve the layer (`LayerError`).
     LayerUnavailable = 16,
+    /// The grace time passed with the link up, but the trial app gave no sign of life (its
+    /// running instance was too young or silent; policy `ByLink`).
+    NoSignOfLife = 17,
 }
 
 impl UpdateReason {
     /// Every reason, in code order.
-    pub const ALL: [UpdateReason; 16] = [
+    pub const ALL: [UpdateReason; 17] = [
         UpdateReason::CrashLoop,
         UpdateReason::Watchdog,
         UpdateReason::NotConfirmed,
@@ -478,6 +486,7 @@ impl UpdateReason {
         UpdateReason::BadManifest,
         UpdateReason::VisorTooOld,
         UpdateReason::LayerUnavailable,
+        UpdateReason::NoSignOfLife,
     ];
 
     /// The code (never 0).
@@ -514,6 +523,7 @@ impl UpdateReason {
             UpdateReason::BadManifest => "manifest invalid or not signed by a trusted key",
             UpdateReason::VisorTooOld => "needs a newer visor",
             UpdateReason::LayerUnavailable => "the server could not serve the layer",
+            UpdateReason::NoSignOfLife => "no sign of life from the trial app",
         }
     }
 
@@ -536,6 +546,7 @@ impl UpdateReason {
             UpdateReason::BadManifest => "BAD_MANIFEST",
             UpdateReason::VisorTooOld => "VISOR_TOO_OLD",
             UpdateReason::LayerUnavailable => "LAYER_UNAVAILABLE",
+            UpdateReason::NoSignOfLife => "NO_SIGN_OF_LIFE",
         }
     }
 }
