@@ -79,6 +79,11 @@ pub enum Event<'a> {
         /// Bundle sequence number.
         sequence: u64,
     },
+    /// The server has nothing for the device to install now ([`Down::NoUpdate`]).
+    NoUpdate {
+        /// The device's target sequence (0: no deployment).
+        target: u64,
+    },
     /// Nothing the caller needs to act on.
     None,
 }
@@ -181,9 +186,11 @@ impl<R: Rng> DeviceLink<R> {
             Down::TimeSync { unix_us } => Control::TimeSync { unix_us },
             Down::LogAck { upto } => Control::LogAck { upto },
             Down::Ping { nonce } => Control::Ping { nonce },
-            Down::UpdateOffer { .. } | Down::LayerData { .. } | Down::LayerError { .. } | Down::UpdateCancel { .. } => {
-                Control::Update
-            }
+            Down::UpdateOffer { .. }
+            | Down::LayerData { .. }
+            | Down::LayerError { .. }
+            | Down::UpdateCancel { .. }
+            | Down::NoUpdate { .. } => Control::Update,
             Down::Unknown(_) => Control::Unknown,
         };
         match control {
@@ -228,6 +235,7 @@ impl<R: Rng> DeviceLink<R> {
                         Event::LayerError { sequence, component, offset, code }
                     }
                     Down::UpdateCancel { sequence } => Event::UpdateCancel { sequence },
+                    Down::NoUpdate { target } => Event::NoUpdate { target },
                     _ => Event::None,
                 };
                 Ok((event, 0))

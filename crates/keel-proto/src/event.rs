@@ -39,11 +39,32 @@ pub enum BootReason {
     PowerOn = 0,
     /// The visor reset itself after a fault in an app interrupt handler.
     AppFaultReset = 1,
+    /// A reset the visor did not make (none was recorded before it) while the app ran: counted
+    /// as a crash of the app (`keel_abi::FaultKind::Reset`).
+    UnexplainedReset = 2,
+    /// The visor reset itself after the app hung in one of its interrupt handlers (watchdog).
+    AppHangReset = 3,
+    /// The visor reset itself after a fault in its own code ([`VisorEvent::VisorFault`] follows
+    /// with the address).
+    VisorFault = 4,
+    /// The visor reset itself to start the app (a deadline needed the app out of one of its
+    /// exception handlers: an install, a rollback, an apply). Not a crash.
+    StartApp = 5,
+    /// The secure watchdog reset the device (the visor hung).
+    SecureWatchdog = 6,
 }
 
 impl BootReason {
     /// Every reason, in code order.
-    pub const ALL: [BootReason; 2] = [BootReason::PowerOn, BootReason::AppFaultReset];
+    pub const ALL: [BootReason; 7] = [
+        BootReason::PowerOn,
+        BootReason::AppFaultReset,
+        BootReason::UnexplainedReset,
+        BootReason::AppHangReset,
+        BootReason::VisorFault,
+        BootReason::StartApp,
+        BootReason::SecureWatchdog,
+    ];
 
     /// The wire code.
     pub fn code(self) -> u8 {
@@ -58,6 +79,52 @@ impl BootReason {
         match self {
             BootReason::PowerOn => "power-on",
             BootReason::AppFaultReset => "reset after app fault",
+            BootReason::UnexplainedReset => "unexplained reset",
+            BootReason::AppHangReset => "reset after app hang",
+            BootReason::VisorFault => "reset after visor fault",
+            BootReason::StartApp => "reset to start the app",
+            BootReason::SecureWatchdog => "secure watchdog reset",
+        }
+    }
+}
+
+/// Why an app in quarantine may run again ([`VisorEvent::AppReleased`]'s `reason`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The server answered that there is nothing to install (`Down::NoUpdate`).
+    NothingToInstall = 0,
+    /// The offered update was installed: its app starts on trial.
+    UpdateInstalled = 1,
+    /// The offered update was refused or its download failed.
+    UpdateFailed = 2,
+    /// The quarantine's time bound passed without a completed check (e.g. offline).
+    Timeout = 3,
+}
+
+impl ReleaseReason {
+    /// Every reason, in code order.
+    pub const ALL: [ReleaseReason; 4] = [
+        ReleaseReason::NothingToInstall,
+        ReleaseReason::UpdateInstalled,
+        ReleaseReason::UpdateFailed,
+        ReleaseReason::Timeout,
+    ];
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    /// The reason with code `v`, if known.
+    pub fn from_code(v: u8) -> Option<ReleaseReason> {
+        ReleaseReason::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+    /// Text as the server shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::NothingToInstall => "nothing to install",
+            ReleaseReason::UpdateInstalled => "update installed",
+            ReleaseReason::UpdateFailed => "update failed",
+            ReleaseReason::Timeout => "no update check in time",
         }
     }
 }
@@ -191,6 +258,22 @@ pub enum VisorEvent {
         /// An [`UpdateReason`] code (0: none).
         reason: u16,
     },
+    /// Type 5: the app crashed (or reset the device) too often in a row; it is not started again
+    /// until the device asked the server for updates (or a time bound passed).
+    AppQuarantined {
+        /// Consecutive crashes of the series.
+        crashes: u32,
+    },
+    /// Type 6: the app may run again after a quarantine.
+    AppReleased {
+        /// A [`ReleaseReason`] code.
+        reason: u8,
+    },
+    /// Type 7: the previous boot ended in a fault of the visor's own code.
+    VisorFault {
+        /// The faulting program counter.
+        pc: u32,
+    },
     /// A type in 0..=127 this crate does not know (decoded only, never encoded).
     Unknown(u16),
 }
@@ -199,7 +282,7 @@ impl VisorEvent {
     /// Upper bound of [`VisorEvent::encode`]'s output.
     pub const MAX_LEN: usize = 128;
     /// Types this crate defines.
-    pub const TYPES: [u16; 5] = [0, 1, 2, 3, 4];
+    pub const TYPES: [u16; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 
     /// The type number.
     pub fn type_code(&self) -> u16 {
@@ -209,6 +292,9 @@ impl VisorEvent {
             VisorEvent::LinkLost { .. } => 2,
             VisorEvent::Online => 3,
             VisorEvent::Update { .. } => 4,
+            VisorEvent::AppQuarantined { .. } => 5,
+            VisorEvent::AppReleased { .. } => 6,
+            VisorEvent::VisorFault { .. } => 7,
             VisorEvent::Unknown(t) => *t,
         }
     }
@@ -276,6 +362,14 @@ impl VisorEvent {
                     (_, None) => write!(w, " (reason {reason})"),
                 }
             }
+            VisorEvent::AppQuarantined { crashes } => {
+                write!(w, "app quarantined after {crashes} crashes in a row: waiting for an update check")
+            }
+            VisorEvent::AppReleased { reason } => match ReleaseReason::from_code(reason) {
+                Some(r) => write!(w, "app released from quarantine ({})", r.as_str()),
+                None => write!(w, "app released from quarantine (reason {reason})"),
+            },
+            VisorEvent::VisorFault { pc } => write!(w, "visor fault at pc={pc:#010x}"),
             VisorEvent::Unknown(t) => write!(w, "unknown visor event {t}"),
         }
     }
@@ -290,6 +384,9 @@ impl<C> Encode<C> for VisorEvent {
             VisorEvent::LinkLost { reason } => e.array(1)?.u8(reason)?.ok(),
             VisorEvent::Online => e.array(0)?.ok(),
             VisorEvent::Update { sequence, state, reason } => e.array(3)?.u64(sequence)?.u8(state)?.u16(reason)?.ok(),
+            VisorEvent::AppQuarantined { crashes } => e.array(1)?.u32(crashes)?.ok(),
+            VisorEvent::AppReleased { reason } => e.array(1)?.u8(reason)?.ok(),
+            VisorEvent::VisorFault { pc } => e.array(1)?.u32(pc)?.ok(),
             VisorEvent::Unknown(_) => Err(EncError::message("an unknown event is not sent")),
         }
     }
@@ -342,6 +439,24 @@ impl<'b, C> Decode<'b, C> for VisorEvent {
                 rest(d, n, 3)?;
                 ev
             }
+            5 => {
+                let n = fields(d, 1)?;
+                let ev = VisorEvent::AppQuarantined { crashes: d.u32()? };
+                rest(d, n, 1)?;
+                ev
+            }
+            6 => {
+                let n = fields(d, 1)?;
+                let ev = VisorEvent::AppReleased { reason: d.u8()? };
+                rest(d, n, 1)?;
+                ev
+            }
+            7 => {
+                let n = fields(d, 1)?;
+                let ev = VisorEvent::VisorFault { pc: d.u32()? };
+                rest(d, n, 1)?;
+                ev
+            }
             t if SKIPPABLE.contains(&t) => {
                 d.skip()?;
                 VisorEvent::Unknown(t)
@@ -360,7 +475,7 @@ mod tests {
 
     use super::*;
 
-    fn all() -> [VisorEvent; 6] {
+    fn all() -> [VisorEvent; 9] {
         let crash =
             CrashInfo { kind: 3, pc: 0x0020_0123, lr: u32::MAX, stack: [7; CRASH_STACK_WORDS], ..Default::default() };
         [
@@ -370,6 +485,9 @@ mod tests {
             VisorEvent::LinkLost { reason: LinkLossReason::ServerSilent.code() },
             VisorEvent::Online,
             VisorEvent::Update { sequence: u64::MAX, state: UpdateState::RolledBack.as_u8(), reason: u16::MAX },
+            VisorEvent::AppQuarantined { crashes: 3 },
+            VisorEvent::AppReleased { reason: ReleaseReason::NothingToInstall.code() },
+            VisorEvent::VisorFault { pc: 0x1000_0123 },
         ]
     }
 
@@ -405,7 +523,15 @@ mod tests {
             ev.write_text("0.1.0", &mut s).unwrap();
             s
         };
-        let [boot, odd_boot, crash, lost, online, update] = all();
+        let [boot, odd_boot, crash, lost, online, update, quarantined, released, visor_fault] = all();
+        assert_eq!(text(quarantined), "app quarantined after 3 crashes in a row: waiting for an update check");
+        assert_eq!(text(released), "app released from quarantine (nothing to install)");
+        assert_eq!(text(visor_fault), "visor fault at pc=0x10000123");
+        assert_eq!(text(VisorEvent::AppReleased { reason: 9 }), "app released from quarantine (reason 9)");
+        assert_eq!(
+            text(VisorEvent::Boot { count: 2, reason: BootReason::UnexplainedReset.code() }),
+            "boot #2 visor 0.1.0 (unexplained reset)"
+        );
         assert_eq!(text(boot), "boot #3 visor 0.1.0 (power-on)");
         assert_eq!(text(odd_boot), format!("boot #{} visor 0.1.0 (reason 200)", u32::MAX));
         assert!(text(crash).starts_with("app crash: HardFault pc=0x00200123 lr=0xffffffff sp=0x00000000"));
@@ -437,6 +563,13 @@ mod tests {
         for r in LinkLossReason::ALL {
             assert_eq!(LinkLossReason::from_code(r.code()), Some(r));
         }
+        for (i, r) in BootReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.code() as usize, i);
+        }
+        for (i, r) in ReleaseReason::ALL.into_iter().enumerate() {
+            assert_eq!((r.code() as usize, ReleaseReason::from_code(r.code())), (i, Some(r)));
+        }
+        assert_eq!(ReleaseReason::from_code(4), None);
         assert_eq!(LinkLossReason::from_code(LinkLossReason::ALL.len() as u8), None);
     }
 }

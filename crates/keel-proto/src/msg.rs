@@ -20,7 +20,7 @@
 
 use minicbor::{Decode, Encode};
 
-pub use crate::event::{BootReason, CrashInfo, LinkLossReason, VisorEvent};
+pub use crate::event::{BootReason, CrashInfo, LinkLossReason, ReleaseReason, VisorEvent};
 pub use keel_abi::UpdateReason;
 
 /// Highest protocol version spoken by this crate. Version 2 added negotiation, `Event`,
@@ -355,6 +355,17 @@ pub enum Down<'a> {
         #[n(0)]
         sequence: u64,
     },
+    /// The answer to an [`Up::UpdateStatus`] that gets no offer and no cancel while the device
+    /// is not downloading or installing: there is nothing for it to install now (no deployment,
+    /// the target is installed, or the device already handled it). A device that keeps its app
+    /// in quarantine until it has asked the server for updates takes this as the end of the
+    /// check. (Variant 20 stays unassigned: older tests use it as an unknown variant.)
+    #[n(21)]
+    NoUpdate {
+        /// Manifest sequence number of the device's target (0: no deployment).
+        #[n(0)]
+        target: u64,
+    },
     /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
     #[n(65535)]
     Unknown(#[n(0)] u16),
@@ -376,14 +387,16 @@ impl Up<'_> {
 
 impl Down<'_> {
     /// Variant numbers this crate defines.
-    pub const VARIANTS: [u16; 8] = [0, 1, 2, 3, 16, 17, 18, 19];
+    pub const VARIANTS: [u16; 9] = [0, 1, 2, 3, 16, 17, 18, 19, 21];
 
     /// The feature bit the receiver must have announced for this message (0: none needed).
     pub fn feature(&self) -> u32 {
         match self {
-            Down::UpdateOffer { .. } | Down::LayerData { .. } | Down::LayerError { .. } | Down::UpdateCancel { .. } => {
-                features::UPDATES
-            }
+            Down::UpdateOffer { .. }
+            | Down::LayerData { .. }
+            | Down::LayerError { .. }
+            | Down::UpdateCancel { .. }
+            | Down::NoUpdate { .. } => features::UPDATES,
             _ => 0,
         }
     }
@@ -630,6 +643,8 @@ mod tests {
             Down::LayerData { sequence: 7, component: 0, offset: 0, data: &[] },
             Down::LayerError { sequence: 9, component: 3, offset: 1, code: LayerErrorCode::OutOfRange as u8 },
             Down::UpdateCancel { sequence: u64::MAX },
+            Down::NoUpdate { target: 0 },
+            Down::NoUpdate { target: u64::MAX },
         ];
         for m in downs {
             assert!(Down::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
@@ -674,6 +689,7 @@ mod tests {
             Down::UpdateOffer { envelope: &data },
             Down::LayerError { sequence: 1, component: 0, offset: 5, code: 4 },
             Down::UpdateCancel { sequence: 1 },
+            Down::NoUpdate { target: 7 },
         ];
         for m in downs {
             let n = encode(&m, &mut buf).unwrap();
@@ -769,6 +785,7 @@ mod tests {
         assert_eq!(Up::Event { seq: 0, time_us: 0, event: VisorEvent::Online }.feature(), features::EVENTS);
         assert_eq!(Up::Pong { nonce: 0 }.feature(), 0);
         assert_eq!(Down::UpdateCancel { sequence: 1 }.feature(), features::UPDATES);
+        assert_eq!(Down::NoUpdate { target: 1 }.feature(), features::UPDATES);
         assert_eq!(Down::LogAck { upto: 1 }.feature(), 0);
     }
 
