@@ -9,8 +9,15 @@
 //! * the secure link to the server and the sequenced log ring (`keel_link::device::DeviceLink`,
 //!   `keel_log::LogRing`);
 //! * the update agent and the power-fail-safe journal (`keel_update`), and the runtime half of a
-//!   trial ([`trial::Trial`]: grace time, link seen or dropped) and of a polite update (the apply
-//!   deadline).
+//!   trial ([`trial::Trial`]: grace time, link seen or dropped, the trial instance's liveness;
+//!   panics and early restarts count as trial crashes; only the trial instance confirms) and of
+//!   a polite update (the apply deadline);
+//! * reset-loop resistance: the run record the shell keeps in warm RAM
+//!   ([`Device::take_run_record`], [`Config::warm`]; an unexplained reset while the app ran is
+//!   a crash of the app) and the quarantine of an app that crashed too often in a row until the
+//!   device asked the server for updates ([`quarantine`]);
+//! * logs operators can trust: app text is escaped and may fill at most 3/4 of the ring
+//!   ([`Device::push_log`]); requested restarts are rate-limited (`Policy::restart_burst`).
 //!
 //! The shape follows smoltcp and rustls: the shell feeds inputs with the current time
 //! ([`Device::handle`] with an [`Input`], or the typed method it maps to: [`Device::receive`],
@@ -28,12 +35,13 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod quarantine;
 pub mod trial;
 
 use core::fmt;
 
 use clatter::traits::Rng;
-use keel_abi::{update_outcome, BootInfo, CrashReport, Status, UpdateInfo};
+use keel_abi::{update_outcome, BootInfo, CrashReport, FaultKind, Status, UpdateInfo};
 use keel_flash::layout::Partition;
 use keel_flash::{FlashStats, Medium, Nor};
 use keel_image::Header;
@@ -41,13 +49,15 @@ use keel_link::device::{DeviceLink, Event};
 use keel_link::frame::Decoder;
 use keel_link::msg::{Up, UpdateState as WireState, PROTOCOL_VERSION};
 use keel_log::{Kind, LogRing, PushError};
-use keel_proto::event::{BootReason, CrashInfo, VisorEvent};
+use keel_proto::event::{BootReason, CrashInfo, ReleaseReason, VisorEvent};
+use keel_supervisor::handover::{self, ResetCause};
 use keel_supervisor::{Action, Carry, Policy, Supervisor};
 use keel_update::agent::{self, Agent, Next};
 use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
 
 pub use conn::{Connection, LossReason, State as ConnState};
 pub use keel_link::session::MAX_FRAME;
+pub use quarantine::Quarantine;
 pub use trial::Trial;
 
 /// The earliest of some deadlines (µs), if any: the one function every shell uses to arm its
@@ -118,6 +128,8 @@ pub enum Input<'a> {
     },
     /// [`Device::app_restart`] with the app's restart code.
     AppRestart(u32),
+    /// [`Device::app_alive`].
+    AppAlive,
     /// [`Device::app_confirm`]: answered with [`Response::Status`].
     AppConfirm,
     /// [`Device::app_apply`]: answered with [`Response::Applied`].
@@ -182,8 +194,11 @@ pub struct Config {
     pub visor_version: &'static str,
     /// The app restart policy.
     pub policy: Policy,
-    /// The crash series and report carried over a reset the visor made itself after an app fault.
-    pub warm: Option<(Carry, CrashReport)>,
+    /// The run record the previous boot left in warm RAM, if one survived (see
+    /// [`keel_supervisor::handover`] and [`Device::take_run_record`]): the counters, the crash
+    /// series, a quarantine and the last crash report continue; a reset while the app ran that
+    /// the record does not explain counts as a crash.
+    pub warm: Option<handover::Record>,
     /// Varies backoff jitter between devices and boots.
     pub seed: u64,
     /// The first reconnect delay (ms); it doubles per failed attempt up to 60 s. 1 000 on a
@@ -445,16 +460,23 @@ impl<M: Medium> Updates<M> {
         }
     }
 
-    /// A trial app crashed (or asked for a restart before confirming): counts it; after too
-    /// many, rolls back.
-    fn trial_failed<const N: usize, O: Output>(&mut self, watchdog: bool, log: &mut Log<'_, N, O>) {
-        let Some(t) = self.trial else { return };
-        match self.up.app_crashed(&mut self.flash, watchdog) {
-            Ok(Some(r)) => self.rolled_back(t.seq, r, log),
-            Ok(None) => {}
-            Err(e) => log.console(format_args!("update: journal error ({})", e)),
-        }
+    /// A trial app crashed (or asked for a restart that counts): counts it; after too
+    /// many, rolls back. True if it rolled back.
+    fn trial_failed<const N: usize, O: Output>(&mut self, watchdog: bool, log: &mut Log<'_, N, O>) -> bool {
+        let Some(t) = self.trial else { return false };
+        let rolled_back = match self.up.app_crashed(&mut self.flash, watchdog) {
+            Ok(Some(r)) => {
+                self.rolled_back(t.seq, r, log);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                log.console(format_args!("update: journal error ({})", e));
+                false
+            }
+        };
         self.refresh();
+        rolled_back
     }
 
     /// Timers: the politeness time of a ready update, the grace time of a trial. True if the
@@ -467,7 +489,14 @@ impl<M: Medium> Updates<M> {
         if !t.expired(now) {
             return false;
         }
-        let result = self.up.grace_expired(&mut self.flash, t.link_stayed_up());
+        // Confirm-by-link needs the link and a sign of life from the running trial instance.
+        let by_link = t.policy.confirm == keel_update::Confirm::ByLink;
+        let result = if by_link && t.link_stayed_up() && !t.lively(now) {
+            let r = Reason::NoSignOfLife;
+            self.up.rollback(&mut self.flash, r).map(|done| done.then_some(Outcome::RolledBack(r)))
+        } else {
+            self.up.grace_expired(&mut self.flash, t.link_stayed_up())
+        };
         self.refresh();
         match result {
             Ok(Some(Outcome::Confirmed)) => {
@@ -542,6 +571,38 @@ pub struct Device<M: Medium, R: Rng, const LOG: usize> {
     logs: LogRing<LOG>,
     updates: Updates<M>,
     counters: Counters,
+    /// App launches in this boot (the launch generation of the latest).
+    launch_gen: u32,
+    /// The launch generation of the instance running now (`None`: stopped).
+    running_gen: Option<u32>,
+    /// The update check of a quarantined app.
+    quarantine: Option<Quarantine>,
+    /// What the previous boot's run record said about this boot (for the boot events).
+    resumed: Resumed,
+    /// The run record last handed out by [`Device::take_run_record`].
+    record_taken: Option<handover::Record>,
+}
+
+/// How this boot continued from the previous one.
+#[derive(Clone, Copy, Debug)]
+struct Resumed {
+    reason: BootReason,
+    visor_fault_pc: Option<u32>,
+    /// A reset counted as a crash of the app: its report.
+    reset_crash: Option<CrashReport>,
+}
+
+fn release<const N: usize, O: Output>(
+    quarantine: &mut Option<Quarantine>,
+    sup: &mut Supervisor,
+    why: ReleaseReason,
+    log: &mut Log<'_, N, O>,
+) {
+    if quarantine.take().is_some() {
+        sup.release_quarantine();
+        log.console(format_args!("app: released from quarantine ({})", why.as_str()));
+        log.event(VisorEvent::AppReleased { reason: why.code() });
+    }
 }
 
 impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
@@ -555,9 +616,29 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The device before [`Device::boot`]: a plain value, so a shell can build it where it
     /// will live (the visor builds it inside its static state, not on its stack).
     pub fn unbooted(cfg: Config, flash: Nor<M>, updater: Updater, now: u64) -> Self {
+        let mut resumed = Resumed { reason: BootReason::PowerOn, visor_fault_pc: None, reset_crash: None };
         let (sup, last_crash) = match cfg.warm {
-            Some((carry, report)) => {
-                (Supervisor::resume_after_reset(cfg.policy, cfg.boot_count, carry, now), Some(report))
+            Some(rec) => {
+                let (sup, counted) = Supervisor::resume(cfg.policy, cfg.boot_count, &rec, now);
+                resumed.reason = match rec.reset_cause {
+                    ResetCause::None => BootReason::UnexplainedReset,
+                    ResetCause::AppFault => BootReason::AppFaultReset,
+                    ResetCause::AppHung => BootReason::AppHangReset,
+                    ResetCause::VisorFault { pc } => {
+                        resumed.visor_fault_pc = Some(pc);
+                        BootReason::VisorFault
+                    }
+                    ResetCause::StartApp => BootReason::StartApp,
+                    ResetCause::SecureWatchdog => BootReason::SecureWatchdog,
+                };
+                let mut last = rec.last_crash;
+                if counted {
+                    let report =
+                        CrashReport { version: 1, kind: FaultKind::Reset as u32, time_us: now, ..Default::default() };
+                    resumed.reset_crash = Some(report);
+                    last = Some(report);
+                }
+                (sup, last)
             }
             None => (Supervisor::new(cfg.policy, cfg.boot_count), None),
         };
@@ -592,18 +673,56 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 app_events: 0,
             },
             counters: Counters::default(),
+            launch_gen: 0,
+            running_gen: None,
+            quarantine: None,
+            resumed,
+            record_taken: None,
         }
     }
 
     /// Reads the update journal and decides the slot (counting a trial boot, or rolling back
     /// after too many), and queues the boot events. Call once, before anything else.
     pub fn boot(&mut self, now: u64, out: &mut impl Output) {
-        // Warm RAM carries a crash series only across the visor's own reset after a fault in an
-        // app handler; any other boot is a power-on (or an external reset, indistinguishable).
-        let reason = if self.last_crash.is_some() { BootReason::AppFaultReset } else { BootReason::PowerOn };
+        // Without a run record in warm RAM this is a power-on (or an external reset that also
+        // lost the RAM, indistinguishable); otherwise the record says why the last boot ended.
+        let r = self.resumed;
         let mut log = Log { logs: &mut self.logs, out, now };
-        log.event(VisorEvent::Boot { count: self.boot_count, reason: reason.code() });
+        log.event(VisorEvent::Boot { count: self.boot_count, reason: r.reason.code() });
+        if let Some(pc) = r.visor_fault_pc {
+            log.event(VisorEvent::VisorFault { pc });
+        }
+        if let Some(report) = r.reset_crash {
+            log.console(format_args!(
+                "app crash: the device reset while the app ran ({}): counted as a crash",
+                r.reason.as_str()
+            ));
+            log.event(VisorEvent::Crash(CrashInfo::from(&report)));
+        }
         self.updates.boot(false, &mut log);
+        self.sync_quarantine(now, out);
+    }
+
+    /// Starts the update check of a quarantine the supervisor just entered (event, console,
+    /// an `UpdateStatus` to the server if online).
+    fn sync_quarantine(&mut self, now: u64, out: &mut impl Output) {
+        if !self.sup.is_quarantined() || self.quarantine.is_some() {
+            return;
+        }
+        let online = self.conn.is_online();
+        self.quarantine = Some(Quarantine::new(now, online));
+        let crashes = self.sup.consecutive_crashes();
+        let mut log = Log { logs: &mut self.logs, out, now };
+        log.console(format_args!(
+            "app: quarantined after {} crashes in a row; it starts again after an update check (at most {} s without one)",
+            crashes,
+            self.sup.policy().quarantine_max_us / 1_000_000
+        ));
+        log.event(VisorEvent::AppQuarantined { crashes });
+        if online {
+            // Ask the server: it answers the status with an offer or `NoUpdate`.
+            self.updates.status_dirty = true;
+        }
     }
 
     /// Handles one input: the single entry point over the typed methods below.
@@ -620,6 +739,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 return Response::RestartIn(self.app_crashed(now, report, watchdog, out))
             }
             Input::AppRestart(code) => self.app_restart(now, code, out),
+            Input::AppAlive => self.app_alive(now),
             Input::AppConfirm => return Response::Status(self.app_confirm(now, out)),
             Input::AppApply => return Response::Applied(self.app_apply(now, out)),
             Input::Log { kind, level, text } => return Response::Logged(self.push_log(now, kind, level, text)),
@@ -732,7 +852,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     }
 
     fn on_frame(&mut self, now: u64, len: usize, out: &mut impl Output) -> Result<(), &'static str> {
-        let Device { link, decoder, logs, tx, tx_len, updates, conn, sup, counters, .. } = self;
+        let Device { link, decoder, logs, tx, tx_len, updates, conn, sup, counters, quarantine, running_gen, .. } =
+            self;
         let link = link.as_mut().ok_or("no session")?;
         let (event, n) = link.on_frame(&decoder.frame()[..len], logs, tx).map_err(|_| "server message rejected")?;
         *tx_len = n;
@@ -748,8 +869,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 if let Some(t) = updates.trial.as_mut() {
                     t.on_link(true);
                 }
-                // The server learns the update state first thing, and an interrupted download
-                // continues where it stopped.
+                if let Some(q) = quarantine.as_mut() {
+                    q.progress(now);
+                }
+                // The server learns the update state first thing (which is also how a
+                // quarantined app's update check asks), and an interrupted download continues
+                // where it stopped.
                 updates.status_dirty = true;
                 Some(updates.agent.on_connect())
             }
@@ -759,11 +884,23 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             }
             Event::UpdateOffer { envelope } => {
                 counters.offers += 1;
+                if let Some(q) = quarantine.as_mut() {
+                    q.progress(now);
+                }
                 Some(updates.on_offer(envelope, &mut log))
             }
             Event::LayerData { sequence, component, offset, data } if component == updates.agent.component() => {
                 counters.layer_bytes += data.len() as u64;
+                if let Some(q) = quarantine.as_mut() {
+                    q.progress(now);
+                }
                 updates.on_data(sequence, offset, data, &mut log)
+            }
+            Event::NoUpdate { .. } => {
+                if !updates.agent.downloading() {
+                    release(quarantine, sup, ReleaseReason::NothingToInstall, &mut log);
+                }
+                None
             }
             Event::LayerError { sequence, offset, code, .. } => {
                 log.console(format_args!(
@@ -782,10 +919,22 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             }
             _ => None,
         };
+        let checking = matches!(event, Event::UpdateOffer { .. } | Event::LayerData { .. } | Event::LayerError { .. });
+        let link_up = link_up || conn.is_online();
+        let mut installed = false;
         if let Some(next) = next {
-            if updates.next(next, now, link_up || conn.is_online(), &mut log) {
-                sup.on_restart_request(0);
-            }
+            installed = updates.next(next, now, link_up, &mut log);
+        }
+        if quarantine.is_some() && updates.agent.is_ready() {
+            // Nobody to be polite to: the app is not running.
+            installed |= updates.apply("the app is quarantined", link_up, &mut log);
+        }
+        if installed {
+            release(quarantine, sup, ReleaseReason::UpdateInstalled, &mut log);
+            *running_gen = None;
+            sup.on_switch();
+        } else if checking && !updates.agent.downloading() {
+            release(quarantine, sup, ReleaseReason::UpdateFailed, &mut log);
         }
         Ok(())
     }
@@ -803,6 +952,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let mut log = Log { logs: &mut self.logs, out, now };
         log.console(format_args!("net: connection lost ({})", reason.as_str()));
         log.event(VisorEvent::LinkLost { reason: reason.code() });
+        if let Some(q) = self.quarantine.as_mut() {
+            q.offline(now);
+        }
         if self.conn.is_online() {
             if let Some(t) = self.updates.trial.as_mut() {
                 t.on_link(false);
@@ -906,8 +1058,20 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         }
         let link_up = self.conn.is_online();
         let mut log = Log { logs: &mut self.logs, out, now };
-        if self.updates.poll(now, link_up, &mut log) {
-            self.sup.on_restart_request(0);
+        let max = self.sup.policy().quarantine_max_us;
+        if self.quarantine.is_some_and(|q| q.expired(now, max)) {
+            release(&mut self.quarantine, &mut self.sup, ReleaseReason::Timeout, &mut log);
+        }
+        let mut switch = self.updates.poll(now, link_up, &mut log);
+        if self.quarantine.is_some() && self.updates.agent.is_ready() {
+            // Nobody to be polite to: the app is not running.
+            switch |= self.updates.apply("the app is quarantined", link_up, &mut log);
+            if switch {
+                release(&mut self.quarantine, &mut self.sup, ReleaseReason::UpdateInstalled, &mut log);
+            }
+        }
+        if switch {
+            self.switch();
         }
         match self.sup.poll(now) {
             Action::None => AppAction::None,
@@ -919,7 +1083,32 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// When [`Device::poll`] next has something to do (µs), if ever.
     pub fn poll_at(&self) -> Option<u64> {
         let now_if = |b: bool| b.then_some(0);
-        earliest([now_if(self.link_failed), self.conn.poll_at(), self.sup.next_deadline(), self.updates.poll_at()])
+        let quarantine = self.quarantine.map(|q| q.poll_at(self.sup.policy().quarantine_max_us));
+        earliest([
+            now_if(self.link_failed),
+            self.conn.poll_at(),
+            self.sup.next_deadline(),
+            self.updates.poll_at(),
+            quarantine,
+        ])
+    }
+
+    /// The app restarts into another version: the running instance is gone, the supervisor
+    /// starts a new series at once.
+    fn switch(&mut self) {
+        self.running_gen = None;
+        if let Some(t) = self.updates.trial.as_mut() {
+            t.on_stop();
+        }
+        self.sup.on_switch();
+    }
+
+    /// The running instance stopped (crashed, killed, asked for a restart).
+    fn stopped(&mut self) {
+        self.running_gen = None;
+        if let Some(t) = self.updates.trial.as_mut() {
+            t.on_stop();
+        }
     }
 
     // ------------------------------------------------------------------ the app
@@ -927,8 +1116,10 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The app was started from [`AppAction::Launch`]'s slot.
     pub fn app_launched(&mut self, now: u64, header: Header) -> BootInfo {
         self.sup.on_launched(now);
+        self.launch_gen = self.launch_gen.wrapping_add(1);
+        self.running_gen = Some(self.launch_gen);
         if let Some(t) = self.updates.trial.as_mut() {
-            t.on_launch(now);
+            t.on_launch(now, self.launch_gen);
         }
         self.app = Some(header);
         self.sup.boot_info()
@@ -954,28 +1145,77 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     /// The app crashed (`watchdog`: it hung). Records the report, counts a trial crash (rolling
     /// back after too many) and starts the restart backoff; returns the backoff (µs).
+    /// The third crash in a row (see `Policy::quarantine_after`) quarantines the app: it is not
+    /// started again until the device asked the server for updates (or the time bound passed).
     pub fn app_crashed(&mut self, now: u64, report: CrashReport, watchdog: bool, out: &mut impl Output) -> u64 {
+        self.stopped();
         let mut log = Log { logs: &mut self.logs, out, now };
         log.event(VisorEvent::Crash(CrashInfo::from(&report)));
         self.last_crash = Some(report);
-        self.updates.trial_failed(watchdog, &mut log);
-        self.sup.on_crash(now, watchdog)
-    }
-
-    /// The app asked for a restart (`code` is its reason). A trial app that restarts before it
-    /// confirmed counts it as a failed start, like a crash: a panic handler restarts, and a trial
-    /// app panicking at every start must not be confirmed by the link policy.
-    pub fn app_restart(&mut self, now: u64, code: u32, out: &mut impl Output) {
-        if self.updates.trial.is_some() {
-            let mut log = Log { logs: &mut self.logs, out, now };
-            log.console(format_args!("update: the trial app asked for a restart (code {:#x}) before confirming", code));
-            self.updates.trial_failed(false, &mut log);
+        let rolled_back = self.updates.trial_failed(watchdog, &mut log);
+        let backoff = self.sup.on_crash(now, watchdog);
+        if rolled_back {
+            // The previous version runs next: a new series (and no quarantine for it).
+            self.sup.new_series();
         }
-        self.sup.on_restart_request(code);
+        self.sync_quarantine(now, out);
+        backoff
     }
 
-    /// `update_confirm`: the trial app confirms itself.
+    /// The app asked for a restart (`code` is its reason); see [`Device::app_restart_in`].
+    pub fn app_restart(&mut self, now: u64, code: u32, out: &mut impl Output) {
+        self.app_restart_in(now, code, out);
+    }
+
+    /// The app asked for a restart (`code` is its reason). Returns the delay (µs): 0, or the
+    /// backoff of a restart storm (`Policy::restart_burst` requests within
+    /// `Policy::restart_window_us`); either way the app is stopped now and started again at
+    /// [`AppAction::Launch`]. A trial app's restart counts as a trial crash when it carries the
+    /// panic code or comes early in the instance's life ([`Trial::restart_counts`]): a trial app
+    /// panicking at every start must not be confirmed by the link policy.
+    pub fn app_restart_in(&mut self, now: u64, code: u32, out: &mut impl Output) -> u64 {
+        let trial_instance = self.running_trial_instance();
+        let counts = trial_instance && self.updates.trial.is_some_and(|t| t.restart_counts(now, code));
+        self.stopped();
+        if counts {
+            let mut log = Log { logs: &mut self.logs, out, now };
+            log.console(format_args!("update: the trial app asked for a restart (code {:#x}): a failed start", code));
+            if self.updates.trial_failed(false, &mut log) {
+                self.switch();
+                return 0;
+            }
+        }
+        let delay = self.sup.on_restart_request(now, code);
+        if delay > 0 {
+            out.effect(Effect::Console(format_args!("app: restart storm: the restart waits {} ms", delay / 1000)));
+        }
+        delay
+    }
+
+    /// True while the running instance is the one launched from the trial slot.
+    fn running_trial_instance(&self) -> bool {
+        self.updates.trial.is_some_and(|t| t.launched_gen().is_some() && t.launched_gen() == self.running_gen)
+    }
+
+    /// The app gave a sign of life at `now`. The shell calls it from the app's watchdog kick,
+    /// log, update-info and notification-setup calls ([`Device::push_log`] of an app line and
+    /// [`Device::watchdog_kick`] call it themselves); confirm-by-link needs one from the trial
+    /// app (see [`trial`]).
+    pub fn app_alive(&mut self, now: u64) {
+        if self.running_trial_instance() {
+            if let Some(t) = self.updates.trial.as_mut() {
+                t.on_alive(now);
+            }
+        }
+    }
+
+    /// `update_confirm`: the trial app confirms itself. Only the instance launched from the
+    /// trial slot may, while it runs: `Unavailable` otherwise (e.g. the old app between
+    /// `update_apply` and the new app's start).
     pub fn app_confirm(&mut self, now: u64, out: &mut impl Output) -> Status {
+        if !self.running_trial_instance() {
+            return Status::Unavailable;
+        }
         let Some(t) = self.updates.trial else { return Status::Unavailable };
         let result = self.updates.up.confirm(&mut self.updates.flash);
         self.updates.refresh();
@@ -1003,7 +1243,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let mut log = Log { logs: &mut self.logs, out, now };
         let applied = self.updates.apply("asked by the app", link_up, &mut log);
         if applied {
-            self.sup.on_restart_request(0);
+            self.switch();
         }
         applied
     }
@@ -1024,9 +1264,19 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         self.updates.app_events != 0
     }
 
-    /// Queues a log record for the server (oldest records are dropped and counted when full).
+    /// Queues a log record for the server. An app line ([`Kind::App`]) is escaped, may fill at
+    /// most 3/4 of the ring and never pushes a visor record out: if it does not fit it is
+    /// dropped itself ([`PushError::NoRoom`]; counted and reported as dropped); it is also a
+    /// sign of life ([`Device::app_alive`]). Other kinds are the visor's own: stored as given,
+    /// the oldest records making room.
     pub fn push_log(&mut self, now: u64, kind: Kind, level: u8, text: &[u8]) -> Result<u64, PushError> {
-        self.logs.push(kind, level, now, text)
+        match kind {
+            Kind::App => {
+                self.app_alive(now);
+                self.logs.push_app(level, now, text)
+            }
+            _ => self.logs.push(kind, level, now, text),
+        }
     }
 
     /// `watchdog_start`.
@@ -1034,8 +1284,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         self.sup.watchdog_start(now, timeout_ms)
     }
 
-    /// `watchdog_kick`.
+    /// `watchdog_kick` (also a sign of life, [`Device::app_alive`]).
     pub fn watchdog_kick(&mut self, now: u64) -> Status {
+        self.app_alive(now);
         self.sup.watchdog_kick(now)
     }
 
@@ -1074,6 +1325,31 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The supervisor's counters to carry over a reset the visor makes itself.
     pub fn carry(&self) -> Carry {
         self.sup.carry()
+    }
+
+    /// The run record of now, with no reset cause: what the shell keeps in warm RAM (see
+    /// [`keel_supervisor::handover`]). Before a reset it makes itself, the shell writes it once
+    /// more with the cause ([`handover::Record::with_cause`]); at the next boot it hands it back
+    /// through [`Config::warm`].
+    pub fn run_record(&self) -> handover::Record {
+        self.sup.run_record(self.last_crash)
+    }
+
+    /// The run record if it changed since the last call (the first call always returns it): the
+    /// shell writes it to warm RAM then. Call it after every input that touches the app (launch,
+    /// crash, restart, apply, kill) and after [`Device::poll`] (a quarantine, the end of a crash
+    /// series); calling it more often only costs the comparison.
+    pub fn take_run_record(&mut self) -> Option<handover::Record> {
+        let r = self.run_record();
+        (self.record_taken != Some(r)).then(|| {
+            self.record_taken = Some(r);
+            r
+        })
+    }
+
+    /// True while the app is held in quarantine (see [`quarantine`]).
+    pub fn quarantined(&self) -> bool {
+        self.quarantine.is_some()
     }
 
     /// The app supervisor (read-only).

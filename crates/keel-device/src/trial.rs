@@ -4,8 +4,32 @@
 //!
 //! The link is followed as events ([`Trial::on_link`]), not sampled, so a link that drops and
 //! comes back between two polls is still seen to have dropped.
+//!
+//! The rules that close the trial's loopholes live here too:
+//!
+//! * **Restarts count.** A restart the trial app asks for counts as a trial crash if it carries
+//!   the panic code ([`PANIC_RESTART_CODE`], keel-app's panic handler) or comes within
+//!   [`EARLY_RESTART_US`] of the instance's start ([`Trial::restart_counts`]).
+//! * **Confirm-by-link needs a sign of life.** At the end of the grace time, `ByLink` confirms
+//!   only if the link stayed up **and** the running trial instance has run at least half the
+//!   grace time **and** it gave a liveness signal (a watchdog kick, a log line, an update-info
+//!   or notification call: `keel_device::Device::app_alive`) within the last
+//!   [`LIVENESS_WINDOW_US`] ([`Trial::lively`]); otherwise the trial is rolled back ("no sign of
+//!   life").
+//! * **Only the trial instance confirms.** The trial remembers the launch generation of the
+//!   instance started from its slot ([`Trial::launched_gen`]); the device core accepts a
+//!   confirmation only from that instance while it runs (not from the old app between an apply
+//!   and the new app's start).
 
 use keel_update::TrialPolicy;
+
+/// The restart code of keel-app's panic handler (`keel_app::PANIC_RESTART_CODE`).
+pub const PANIC_RESTART_CODE: u32 = 0xDEAD;
+/// A requested restart this soon after the trial instance started counts as a trial crash.
+pub const EARLY_RESTART_US: u64 = 30_000_000;
+/// Confirm-by-link needs a liveness signal from the trial app at most this long before the end
+/// of the grace time.
+pub const LIVENESS_WINDOW_US: u64 = 10_000_000;
 
 /// A running trial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,19 +43,74 @@ pub struct Trial {
     link_up: bool,
     link_seen: bool,
     link_dropped: bool,
+    /// The launch generation of the instance started from the trial slot (the latest).
+    launched_gen: Option<u32>,
+    /// When the running trial instance started (`None`: not running).
+    instance_since: Option<u64>,
+    /// Its latest liveness signal.
+    alive_at: Option<u64>,
 }
 
 impl Trial {
     /// A trial of `seq` under `policy`; `link_up` is the link's state now.
     pub fn new(seq: u64, policy: TrialPolicy, link_up: bool) -> Self {
-        Trial { seq, policy, deadline_us: None, link_up, link_seen: link_up, link_dropped: false }
+        Trial {
+            seq,
+            policy,
+            deadline_us: None,
+            link_up,
+            link_seen: link_up,
+            link_dropped: false,
+            launched_gen: None,
+            instance_since: None,
+            alive_at: None,
+        }
     }
 
-    /// The trial app was launched at `now`: the grace time starts at its first launch.
-    pub fn on_launch(&mut self, now: u64) {
+    fn grace_us(&self) -> u64 {
+        self.policy.grace_s as u64 * 1_000_000
+    }
+
+    /// The trial app was launched at `now` as launch generation `gen`: the grace time starts at
+    /// its first launch; the instance's run time and liveness start now.
+    pub fn on_launch(&mut self, now: u64, gen: u32) {
         if self.deadline_us.is_none() {
-            self.deadline_us = Some(now.saturating_add(self.policy.grace_s as u64 * 1_000_000));
+            self.deadline_us = Some(now.saturating_add(self.grace_us()));
         }
+        self.launched_gen = Some(gen);
+        self.instance_since = Some(now);
+        self.alive_at = None;
+    }
+
+    /// The trial instance stopped (crashed, killed, restarting).
+    pub fn on_stop(&mut self) {
+        self.instance_since = None;
+        self.alive_at = None;
+    }
+
+    /// The running trial instance gave a sign of life at `now`.
+    pub fn on_alive(&mut self, now: u64) {
+        if self.instance_since.is_some() {
+            self.alive_at = Some(now);
+        }
+    }
+
+    /// The launch generation of the latest instance started from the trial slot.
+    pub fn launched_gen(&self) -> Option<u32> {
+        self.launched_gen
+    }
+
+    /// True if a restart the running trial instance asks for at `now` with `code` counts as a
+    /// trial crash: the panic code, or early in the instance's life.
+    pub fn restart_counts(&self, now: u64, code: u32) -> bool {
+        code == PANIC_RESTART_CODE || self.instance_since.is_some_and(|s| now.saturating_sub(s) < EARLY_RESTART_US)
+    }
+
+    /// True if the running trial instance has run at least half the grace time and gave a
+    /// sign of life within [`LIVENESS_WINDOW_US`] of `now`.
+    pub fn lively(&self, now: u64) -> bool {
+        self.instance_since.is_some_and(|s| now.saturating_sub(s) >= self.grace_us() / 2)
+            && self.alive_at.is_some_and(|a| now.saturating_sub(a) <= LIVENESS_WINDOW_US)
     }
 
     /// The cloud link came up (`true`) or went down.
@@ -79,11 +158,41 @@ mod tests {
         let mut t = Trial::new(2, policy(), false);
         assert_eq!(t.poll_at(), None);
         assert!(!t.expired(u64::MAX), "not launched: never expires");
-        t.on_launch(5_000_000);
-        t.on_launch(9_000_000);
+        t.on_launch(5_000_000, 1);
+        t.on_launch(9_000_000, 2);
         assert_eq!(t.poll_at(), Some(15_000_000));
         assert!(!t.expired(14_999_999));
         assert!(t.expired(15_000_000));
+    }
+
+    #[test]
+    fn lively_needs_half_the_grace_time_in_this_instance_and_a_recent_sign_of_life() {
+        const S: u64 = 1_000_000;
+        let mut t = Trial::new(2, policy(), true); // grace 10 s
+        assert!(!t.lively(100 * S), "never launched");
+        t.on_launch(0, 1);
+        t.on_alive(4 * S);
+        assert!(!t.lively(4 * S), "ran 4 s of the 5 needed");
+        assert!(t.lively(5 * S));
+        assert!(t.lively(14 * S));
+        assert!(!t.lively(14 * S + 1), "silent for more than the window");
+        t.on_stop();
+        t.on_alive(15 * S);
+        assert!(!t.lively(15 * S), "not running: no sign of life counts");
+        t.on_launch(16 * S, 2);
+        t.on_alive(20 * S);
+        assert!(!t.lively(20 * S), "a new instance starts from zero");
+        assert_eq!(t.launched_gen(), Some(2));
+        assert_eq!(t.poll_at(), Some(10 * S), "the grace time still ends at the first launch's");
+    }
+
+    #[test]
+    fn panics_and_early_restarts_count_late_deliberate_ones_do_not() {
+        let mut t = Trial::new(2, policy(), true);
+        t.on_launch(0, 1);
+        assert!(t.restart_counts(EARLY_RESTART_US - 1, 0));
+        assert!(!t.restart_counts(EARLY_RESTART_US, 0));
+        assert!(t.restart_counts(u64::MAX, PANIC_RESTART_CODE));
     }
 
     #[test]

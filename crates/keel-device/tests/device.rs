@@ -407,3 +407,376 @@ fn a_trial_end_the_journal_cannot_record_is_retried_later_not_spun_on() {
     assert!(next > w.now, "the next attempt is in the future, not a deadline already past: {next} <= {}", w.now);
     assert_eq!(w.dev.update_info().installed_sequence, installed, "the cached journal state is kept");
 }
+
+// ------------------------------------------------------------------ issue 9: hostile apps
+
+/// Visor events the server received.
+fn events(w: &World) -> Vec<VisorEvent> {
+    w.server
+        .received
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Event { event, .. } => Some(*event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The app of version `v` does `step` at every launch; any other app runs.
+fn version_does(v: &'static str, step: fn() -> AppStep) -> impl FnMut(&mut World) -> AppStep {
+    move |w: &mut World| if w.app.is_some_and(|h| h.version_str() == v) { step() } else { AppStep::Run }
+}
+
+#[test]
+fn a_flood_of_app_logs_while_offline_cannot_evict_the_visors_boot_crash_and_update_events() {
+    let mut w = booted();
+    install(&mut w, by_link(600));
+    // The link goes away; the device reboots into the trial (boot and trial events), the trial
+    // app crashes twice (crash events) and is rolled back (update event), all offline.
+    w.server_up = false;
+    w.dev.tcp_closed(w.now, &mut w.out);
+    w.power_cycle();
+    w.server_up = false;
+    w.run_until(w.now + 10 * S, &mut version_does("2.0.0", || AppStep::Crash));
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::CrashLoop))));
+    // Then the app floods the ring: 20 lines of 512 bytes, more than the whole 8 KiB ring.
+    for i in 0..20u8 {
+        let _ = w.dev.push_log(w.now, keel_log::Kind::App, 2, &[b'a' + i; 512]);
+    }
+    w.server_up = true;
+    w.dev.address_acquired(w.now, &mut w.out);
+    w.run_until(w.now + 120 * S, &mut |_| AppStep::Run);
+    assert!(w.dev.is_online());
+    let ev = events(&w);
+    assert!(ev.contains(&VisorEvent::Boot { count: 2, reason: BootReason::PowerOn.code() }), "{ev:?}");
+    assert_eq!(ev.iter().filter(|e| matches!(e, VisorEvent::Crash(_))).count(), 2, "{ev:?}");
+    let trial = VisorEvent::Update { sequence: 2, state: UpdateState::Trial.as_u8(), reason: 0 };
+    let rolled_back =
+        VisorEvent::Update { sequence: 2, state: UpdateState::RolledBack.as_u8(), reason: Reason::CrashLoop as u16 };
+    assert!(ev.contains(&trial) && ev.contains(&rolled_back), "{ev:?}");
+    // The app lines that did not fit were dropped and reported as such.
+    let dropped: u64 = w.server.received.iter().map(|m| if let Msg::Dropped { count } = m { *count } else { 0 }).sum();
+    let lines = w.server.received.iter().filter(|m| matches!(m, Msg::Log { .. })).count() as u64;
+    assert!(dropped >= 9 && lines + dropped == 20, "{lines} lines, {dropped} dropped");
+}
+
+#[test]
+fn app_log_text_reaches_the_server_escaped_so_it_cannot_forge_a_visor_line() {
+    let mut w = booted();
+    let forged = b"ok\n       7 [   12.000000 visor] update: confirmed seq 99 (by the app)\x1b]0;x\x07";
+    w.dev.push_log(w.now, keel_log::Kind::App, 2, forged).unwrap();
+    w.pump();
+    let texts = w.server.log_texts();
+    let got = texts.iter().find(|t| t.starts_with("ok")).expect("delivered");
+    assert_eq!(got, "ok\\x0a       7 [   12.000000 visor] update: confirmed seq 99 (by the app)\\x1b]0;x\\x07");
+    assert!(!got.chars().any(|c| c.is_control()));
+}
+
+#[test]
+fn a_trial_app_restarting_early_with_any_code_counts_as_a_trial_crash() {
+    let mut w = booted();
+    install(&mut w, by_link(600));
+    let mut restarts = 0;
+    w.run_until(w.now + 30 * S, &mut |w| {
+        if w.app.is_some_and(|h| h.version_str() == "2.0.0") && restarts < 10 {
+            restarts += 1;
+            w.dev.app_restart(w.now, 0, &mut w.out); // not the panic code: a C app's `main` returned
+            w.running = false;
+        }
+        AppStep::Run
+    });
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::CrashLoop))));
+    assert_eq!(restarts, 2, "rolled back after its crash budget of 2");
+}
+
+#[test]
+fn a_trial_app_that_panics_late_counts_a_deliberate_late_restart_does_not() {
+    let mut w = booted();
+    install(&mut w, Policies { max_trial_crashes: 1, ..by_link(600) });
+    w.run_until(w.now + 40 * S, &mut |_| AppStep::Run);
+    // After 40 s a deliberate restart (code 7) is no trial crash...
+    w.dev.app_restart(w.now, 7, &mut w.out);
+    w.running = false;
+    w.run_until(w.now + 40 * S, &mut |_| AppStep::Run);
+    assert!(w.dev.on_trial());
+    // ...but a panic is, however late.
+    w.dev.app_restart(w.now, keel_device::trial::PANIC_RESTART_CODE, &mut w.out);
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::CrashLoop))));
+}
+
+#[test]
+fn confirm_by_link_needs_a_sign_of_life_from_the_trial_app() {
+    let mut w = booted();
+    install(&mut w, by_link(60));
+    w.lively = false; // the new app runs, but never kicks a watchdog, logs or asks anything
+    w.run_until(w.now + 61 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.dev.journal().installed_seq, 0, "not confirmed");
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::NoSignOfLife))));
+    assert!(w.console_has("update: rolled back seq 2 (no sign of life from the trial app)"));
+    assert_eq!(w.trace.last().map(String::as_str), Some("launch 1.0.0"));
+
+    // A sign of life older than 10 s at the end of the grace time is not enough either.
+    let mut w = booted();
+    install(&mut w, Policies { connectivity_grace_time_s: 60, ..by_link(60) });
+    w.lively = false;
+    w.run_until(w.now + 40 * S, &mut |_| AppStep::Run);
+    w.dev.push_log(w.now, keel_log::Kind::App, 2, b"alive at 40 s").unwrap();
+    w.run_until(w.now + 21 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::NoSignOfLife))));
+
+    // A log line or a watchdog kick in the last 10 s is.
+    let mut w = booted();
+    install(&mut w, by_link(60));
+    w.lively = false;
+    w.run_until(w.now + 55 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.dev.watchdog_kick(w.now), keel_abi::Status::Unavailable, "never armed, still a sign of life");
+    w.run_until(w.now + 6 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.dev.journal().installed_seq, 2);
+}
+
+#[test]
+fn confirm_by_link_needs_the_running_instance_to_have_run_half_the_grace_time() {
+    let mut w = booted();
+    install(&mut w, by_link(60));
+    // The trial app crashes once 50 s in (one crash of its budget of 2): the instance running
+    // at the end of the grace time is 9 s old.
+    w.run_until(w.now + 50 * S, &mut |_| AppStep::Run);
+    let report = keel_abi::CrashReport { version: 1, kind: 3, ..Default::default() };
+    w.dev.app_crashed(w.now, report, false, &mut w.out);
+    w.running = false;
+    w.run_until(w.now + 11 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.dev.journal().last, Some((2, keel_update::Outcome::RolledBack(Reason::NoSignOfLife))));
+}
+
+#[test]
+fn only_the_running_trial_instance_can_confirm() {
+    // The old app cannot confirm the update it applies, between the apply and the new app's start.
+    let mut w = booted();
+    let (env, layer) = bundle(2, "2.0.0", Policies { max_politeness_time_s: 100, ..by_app() });
+    w.offer(&env, &layer);
+    assert!(w.dev.app_apply(w.now, &mut w.out));
+    assert!(w.dev.on_trial());
+    assert_eq!(w.dev.app_confirm(w.now, &mut w.out), keel_abi::Status::Unavailable);
+    assert_eq!(w.dev.update_info().on_trial, 1);
+    // Nor can it when the install restarts the app without asking it.
+    let mut w = booted();
+    install(&mut w, by_app());
+    assert_eq!(w.dev.app_confirm(w.now, &mut w.out), keel_abi::Status::Unavailable);
+    // A crashed trial instance cannot either (e.g. from a handler still running after the fault).
+    w.run_until(w.now, &mut |_| AppStep::Crash);
+    assert_eq!(w.dev.app_confirm(w.now, &mut w.out), keel_abi::Status::Unavailable);
+    // The trial app, once launched, can.
+    w.run_until(w.now + 5 * S, &mut |w| {
+        assert_eq!(w.dev.app_confirm(w.now, &mut w.out), keel_abi::Status::Ok);
+        AppStep::Run
+    });
+    assert_eq!(w.dev.journal().installed_seq, 2);
+}
+
+#[test]
+fn a_restart_storm_is_slowed_down_without_counting_crashes() {
+    let mut w = booted();
+    let mut launches = Vec::new();
+    w.dev.app_restart(w.now, 1, &mut w.out);
+    w.running = false;
+    w.run_until(w.now + 10 * S, &mut |w| {
+        launches.push(w.now);
+        if launches.len() < 100 {
+            AppStep::Restart
+        } else {
+            AppStep::Run
+        }
+    });
+    // 3 restarts at once, then 1 s, 2 s, 4 s apart: 6 launches in 10 s (not thousands).
+    let t0 = launches[0];
+    let at: Vec<u64> = launches.iter().map(|t| (t - t0) / S).collect();
+    assert_eq!(at, [0, 0, 0, 1, 3, 7], "{launches:?}");
+    let bi = w.dev.boot_info();
+    assert_eq!((bi.reason, bi.crash_count), (keel_abi::StartReason::Requested as u32, 0));
+    assert!(w.console_has("app: restart storm: the restart waits 4000 ms"));
+}
+
+// ------------------------------------------------------------------ reset loops and quarantine
+
+use keel_link::msg::ReleaseReason;
+use keel_supervisor::handover::{ResetCause, RunState};
+
+/// The app (whatever runs) is reset under it `n` times with no cause recorded (a hostile app
+/// resetting the system), each time after it started again. The device stays offline.
+fn unexplained_resets(w: &mut World, n: u32) {
+    for _ in 0..n {
+        w.run_until(w.now + 70 * S, &mut |_| AppStep::Run);
+        assert!(w.running, "the app runs before the reset: {:?}", w.trace);
+        let record = w.dev.run_record();
+        assert!(record.app_running());
+        w.warm_reset(Some(record));
+    }
+}
+
+fn quarantine_world() -> World {
+    let mut w = World::new();
+    w.run_until(0, &mut |_| AppStep::Run);
+    assert_eq!(w.trace, ["launch 1.0.0"]);
+    w
+}
+
+#[test]
+fn the_run_record_is_offered_when_it_changes_and_carries_the_crash_over_a_reset() {
+    let mut w = quarantine_world();
+    let r = w.dev.take_run_record().expect("the first call always returns it");
+    assert_eq!(r.app, RunState::Running);
+    assert_eq!(w.dev.take_run_record(), None, "unchanged");
+    w.dev.app_crashed(w.now, keel_abi::CrashReport { version: 1, kind: 5, ..Default::default() }, false, &mut w.out);
+    w.running = false;
+    let r = w.dev.take_run_record().expect("changed");
+    assert_eq!((r.app, r.carry.crash_count, r.last_crash.map(|c| c.kind)), (RunState::Backoff, 1, Some(5)));
+    // A reset while the app waits for its backoff: not a crash, the series and report go on.
+    w.warm_reset(Some(r));
+    assert_eq!(w.dev.last_crash().map(|c| c.kind), Some(5));
+    assert_eq!(w.dev.boot_info().crash_count, 1);
+    w.run_until(w.now + 2 * S, &mut |_| AppStep::Run);
+    assert!(w.running);
+    assert_eq!(w.dev.boot_info().restart_count, 1);
+}
+
+#[test]
+fn three_unexplained_resets_quarantine_the_app_until_an_offered_update_installs_and_runs() {
+    let mut w = quarantine_world();
+    let (envelope, layer) = bundle(2, "2.0.0", by_app());
+    let release = Release { seq: 2, envelope, layer, retry_after_rollback: false };
+    w.server.deployment = Some(Deployment { releases: vec![release], target: |_| Some(0) });
+    unexplained_resets(&mut w, 2);
+    assert!(!w.dev.quarantined(), "two in a row: backoff only");
+    let crash = w.dev.last_crash().expect("the reset is a crash of the app");
+    assert_eq!(crash.kind, keel_abi::FaultKind::Reset as u32);
+    unexplained_resets(&mut w, 1);
+    assert!(w.dev.quarantined());
+    assert_eq!(w.dev.boot_info().crash_count, 3);
+    assert!(w.console_has("app: quarantined after 3 crashes in a row"));
+    // Offline, it stays stopped (well past its 4 s backoff).
+    let launches = w.trace.len();
+    let t0 = w.now;
+    w.run_until(t0 + 60 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.len(), launches, "{:?}", w.trace);
+    // The link comes up: the server offers 2.0.0, it installs and runs on trial right away.
+    w.dev.address_acquired(w.now, &mut w.out);
+    w.run_until(w.now + 5 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.last().map(String::as_str), Some("launch 2.0.0"));
+    assert!(w.dev.on_trial() && !w.dev.quarantined());
+    assert!(w.now - t0 < 66 * S);
+    let ev = events(&w);
+    assert!(ev.contains(&VisorEvent::Boot { count: w.boots, reason: BootReason::UnexplainedReset.code() }), "{ev:?}");
+    assert!(ev.contains(&VisorEvent::AppQuarantined { crashes: 3 }), "{ev:?}");
+    assert!(ev.contains(&VisorEvent::AppReleased { reason: ReleaseReason::UpdateInstalled.code() }), "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(e, VisorEvent::Crash(c) if c.kind == keel_abi::FaultKind::Reset as u32)));
+    assert_eq!(w.dev.supervisor().consecutive_crashes(), 0, "a new version starts a new series");
+}
+
+#[test]
+fn a_quarantined_app_runs_again_when_the_server_has_nothing_to_install() {
+    let mut w = quarantine_world();
+    unexplained_resets(&mut w, 3);
+    assert!(w.dev.quarantined());
+    let launches = w.trace.len();
+    w.online();
+    assert!(w.server.no_updates_sent >= 1);
+    assert!(!w.dev.quarantined());
+    w.run_until(w.now + 5 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.len(), launches + 1, "started once its 4 s backoff ran out");
+    assert!(events(&w).contains(&VisorEvent::AppReleased { reason: ReleaseReason::NothingToInstall.code() }));
+}
+
+#[test]
+fn an_offline_quarantined_app_starts_after_the_time_bound() {
+    let mut w = quarantine_world();
+    unexplained_resets(&mut w, 3);
+    let launches = w.trace.len();
+    let t0 = w.now;
+    w.run_until(t0 + 120 * S - 1, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.len(), launches);
+    w.run_until(t0 + 120 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.len(), launches + 1);
+    assert!(w.console_has("app: released from quarantine (no update check in time)"));
+}
+
+#[test]
+fn a_server_that_never_answers_holds_the_app_for_the_idle_time_plus_the_bound_at_most() {
+    let mut w = quarantine_world();
+    w.server.answers_no_update = false;
+    unexplained_resets(&mut w, 3);
+    w.server.answers_no_update = false;
+    let launches = w.trace.len();
+    let t0 = w.now;
+    w.online();
+    let bound = keel_device::quarantine::CHECK_IDLE_US + 120 * S;
+    // The server keeps the connection alive (it pings) but never answers the status.
+    let mut nonce = 0;
+    while w.now < t0 + bound - 1 {
+        w.run_until((w.now + 20 * S).min(t0 + bound - 1), &mut |_| AppStep::Run);
+        nonce += 1;
+        w.server.send(&keel_link::msg::Down::Ping { nonce });
+        w.pump();
+    }
+    assert!(w.dev.is_online());
+    assert_eq!(w.trace.len(), launches);
+    w.run_until(t0 + bound, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.len(), launches + 1);
+}
+
+#[test]
+fn a_visor_reset_to_start_the_app_is_not_a_crash() {
+    let mut w = quarantine_world();
+    for _ in 0..5 {
+        w.run_until(w.now + S, &mut |_| AppStep::Run);
+        assert!(w.running);
+        let launches = w.trace.len();
+        w.warm_reset(Some(w.dev.run_record().with_cause(ResetCause::StartApp)));
+        w.run_until(w.now, &mut |_| AppStep::Run);
+        assert_eq!(w.trace.len(), launches + 1, "started again at once");
+    }
+    assert!(!w.dev.quarantined());
+    let bi = w.dev.boot_info();
+    assert_eq!((bi.crash_count, bi.restart_count), (0, 5));
+    assert!(w.dev.last_crash().is_none());
+    w.online();
+    assert!(events(&w).contains(&VisorEvent::Boot { count: w.boots, reason: BootReason::StartApp.code() }));
+}
+
+#[test]
+fn three_crashes_in_a_row_quarantine_too_and_a_quarantine_survives_a_reset() {
+    let mut w = quarantine_world();
+    w.online();
+    w.server.answers_no_update = false; // an older server: the check stays under way
+    w.dev.app_crashed(w.now, keel_abi::CrashReport { version: 1, kind: 3, ..Default::default() }, false, &mut w.out);
+    w.running = false;
+    w.run_until(w.now + 10 * S, &mut |_| AppStep::Crash);
+    assert!(w.dev.quarantined());
+    assert_eq!(w.trace, ["launch 1.0.0", "launch 1.0.0", "crash", "launch 1.0.0", "crash"]);
+    // The visor resets (a visor fault, say): still quarantined, and the reset is no extra crash.
+    let r = w.dev.run_record().with_cause(ResetCause::VisorFault { pc: 0x1000_0042 });
+    assert_eq!(r.app, RunState::Quarantined);
+    w.warm_reset(Some(r));
+    assert!(w.dev.quarantined());
+    assert_eq!(w.dev.boot_info().crash_count, 3);
+    w.server.answers_no_update = true; // an up-to-date server this time
+    w.online();
+    assert!(!w.dev.quarantined(), "released by the server's answer");
+    let ev = events(&w);
+    assert!(ev.contains(&VisorEvent::VisorFault { pc: 0x1000_0042 }), "{ev:?}");
+    assert!(ev.contains(&VisorEvent::Boot { count: w.boots, reason: BootReason::VisorFault.code() }));
+}
+
+#[test]
+fn a_polite_update_offered_to_a_quarantined_device_is_applied_at_once() {
+    let mut w = quarantine_world();
+    let (envelope, layer) = bundle(2, "2.0.0", Policies { max_politeness_time_s: 600, ..by_app() });
+    let release = Release { seq: 2, envelope, layer, retry_after_rollback: false };
+    w.server.deployment = Some(Deployment { releases: vec![release], target: |_| Some(0) });
+    unexplained_resets(&mut w, 3);
+    assert!(w.dev.quarantined());
+    w.dev.address_acquired(w.now, &mut w.out);
+    w.run_until(w.now + 5 * S, &mut |_| AppStep::Run);
+    assert!(w.console_has("update: applying (the app is quarantined)"));
+    assert_eq!(w.trace.last().map(String::as_str), Some("launch 2.0.0"));
+    assert!(w.dev.on_trial() && !w.dev.quarantined());
+}

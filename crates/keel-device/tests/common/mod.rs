@@ -123,6 +123,11 @@ pub struct Server {
     pub deployment: Option<Deployment>,
     /// The sequence offered on this connection (offered once per connection).
     offered: Option<u64>,
+    /// Answer a status that gets no offer with `NoUpdate`, as the gateway does (false: an older
+    /// server that never answers).
+    pub answers_no_update: bool,
+    /// `NoUpdate` answers sent.
+    pub no_updates_sent: u32,
 }
 
 /// A signed bundle the server can offer and serve.
@@ -176,6 +181,9 @@ pub enum Msg {
         state: u8,
         reason: String,
     },
+    Dropped {
+        count: u64,
+    },
     Fetch {
         sequence: u64,
         offset: u32,
@@ -200,6 +208,8 @@ impl Server {
             stall_at: None,
             deployment: None,
             offered: None,
+            answers_no_update: true,
+            no_updates_sent: 0,
         }
     }
 
@@ -225,11 +235,24 @@ impl Server {
         (d.target)(rep).map(|i| &d.releases[i])
     }
 
-    /// The gateway's reconcile step after an `UpdateStatus`.
+    /// The gateway's reconcile step after an `UpdateStatus`: an offer, or `NoUpdate` when the
+    /// device is not downloading or installing.
     fn reconcile(&mut self, rep: Report) {
-        let Some(t) = self.target_for(&rep) else { return };
+        if !self.offer(rep) && self.answers_no_update {
+            let busy = [UpdateState::Downloading, UpdateState::Installing].iter().any(|s| s.as_u8() == rep.state);
+            if !busy {
+                let target = self.target_for(&rep).map_or(0, |t| t.seq);
+                self.send(&Down::NoUpdate { target });
+                self.no_updates_sent += 1;
+            }
+        }
+    }
+
+    /// Offers the target if the device needs it; true if it did.
+    fn offer(&mut self, rep: Report) -> bool {
+        let Some(t) = self.target_for(&rep) else { return false };
         if rep.installed == t.seq || self.offered == Some(t.seq) {
-            return;
+            return false;
         }
         let mut handled =
             vec![UpdateState::Downloading, UpdateState::Installing, UpdateState::Trial, UpdateState::Confirmed];
@@ -239,11 +262,12 @@ impl Server {
         }
         let handled = handled.iter().any(|u| u.as_u8() == rep.state);
         if rep.sequence == t.seq && handled {
-            return;
+            return false;
         }
         let (seq, envelope) = (t.seq, t.envelope.clone());
         self.send(&Down::UpdateOffer { envelope: &envelope });
         self.offered = Some(seq);
+        true
     }
 
     /// The layer of bundle `sequence`: the deployment's release, else [`Server::layer`].
@@ -311,6 +335,7 @@ impl Server {
                                 reason: keel_abi::UpdateReason::from_u16(reason).map_or("", |r| r.as_str()).to_string(),
                             }
                         }
+                        Up::Dropped { count, .. } => Msg::Dropped { count },
                         Up::FetchLayer { sequence, component, offset, len } => {
                             assert_eq!(component, 0);
                             if self.stall_at.is_some_and(|s| offset >= s) {
@@ -376,6 +401,11 @@ pub struct World {
     pub updater: Updater,
     /// Boots so far (the boot counter of the device's config).
     pub boots: u32,
+    /// The simulated app is running (launched, not crashed or restarting since).
+    pub running: bool,
+    /// A running app gives a sign of life all the time ([`keel_device::Device::app_alive`] at
+    /// every step); false: a mute app.
+    pub lively: bool,
 }
 
 pub fn config(server: &Server, boot: u32) -> Config {
@@ -430,7 +460,26 @@ impl World {
             trace: Vec::new(),
             updater,
             boots: 1,
+            running: false,
+            lively: true,
         }
+    }
+
+    /// A reset that keeps RAM: a new device on the same flash booted with `warm` (the run record
+    /// the shell kept, possibly with a cause), the power and the server as in
+    /// [`World::power_cycle`]; the time goes on.
+    pub fn warm_reset(&mut self, warm: Option<keel_supervisor::handover::Record>) {
+        self.boots += 1;
+        let placeholder = Dev::unbooted(config(&self.server, 0), Nor::new(SimFlash::new(0)), self.updater, self.now);
+        let flash = core::mem::replace(&mut self.dev, placeholder).into_flash();
+        self.server.reset();
+        self.server.received.clear();
+        self.out = Recorder::default();
+        let cfg = Config { warm, ..config(&self.server, self.boots) };
+        self.dev = Dev::new(cfg, flash, self.updater, self.now, &mut self.out);
+        self.tcp = false;
+        self.app = None;
+        self.running = false;
     }
 
     /// True while the flash has power (a `SimFlash` that was cut fails every write and erase).
@@ -455,6 +504,7 @@ impl World {
         self.dev = Dev::new(config(&self.server, self.boots), flash, self.updater, self.now, &mut self.out);
         self.tcp = false;
         self.app = None;
+        self.running = false;
     }
 
     /// Reboots the device on the same flash (a power cycle).
@@ -472,6 +522,7 @@ impl World {
         self.server.reset();
         self.tcp = false;
         self.app = None;
+        self.running = false;
         self.boots = boot;
     }
 
@@ -526,6 +577,9 @@ impl World {
     /// deadline; `app` decides what the app does at each launch.
     pub fn run_until(&mut self, until: u64, app: &mut dyn FnMut(&mut World) -> AppStep) {
         loop {
+            if self.running && self.lively {
+                self.dev.app_alive(self.now);
+            }
             self.pump();
             match self.dev.poll(self.now, &mut self.out) {
                 AppAction::Launch(slot) => {
@@ -537,16 +591,19 @@ impl World {
                         Ok(h) => {
                             self.dev.app_launched(self.now, h);
                             self.app = Some(h);
+                            self.running = true;
                             self.trace.push(format!("launch {}", h.version_str()));
                             self.pump();
                             match app(self) {
                                 AppStep::Run => {}
                                 AppStep::Crash => {
+                                    self.running = false;
                                     self.trace.push("crash".into());
                                     let r = keel_abi::CrashReport { version: 1, kind: 3, ..Default::default() };
                                     self.dev.app_crashed(self.now, r, false, &mut self.out);
                                 }
                                 AppStep::Restart => {
+                                    self.running = false;
                                     self.trace.push("restart".into());
                                     self.dev.app_restart(self.now, 0xDEAD, &mut self.out);
                                 }
@@ -559,6 +616,7 @@ impl World {
                     continue;
                 }
                 AppAction::KillForWatchdog => {
+                    self.running = false;
                     self.trace.push("watchdog".into());
                     let r = keel_abi::CrashReport { version: 1, kind: 6, ..Default::default() };
                     self.dev.app_crashed(self.now, r, true, &mut self.out);
