@@ -32,7 +32,11 @@
 //! * **Unknown variants** are skipped and counted; `Hello` after the handshake is fatal.
 //! * **Updates**: the target, what the device reported, what this connection offered and
 //!   cancelled; [`reconcile`] (a pure function) says what to send; `FetchLayer` requests are
-//!   validated here and served by the shell from the object store ([`Fetch`]).
+//!   validated here and served by the shell from the object store ([`Fetch`]). A report that
+//!   gets neither an offer nor a cancel, from a device that is not downloading or installing,
+//!   is answered with `NoUpdate` once the target is known ([`answers_no_update`]): a device
+//!   whose app is quarantined waits for that answer (or an offer) before it starts the app
+//!   again.
 
 use std::time::Duration;
 
@@ -142,6 +146,13 @@ pub fn reconcile(
     let offer =
         target.is_some_and(|t| rep.installed != t && offered != Some(t) && !(rep.sequence == t && handles(rep.state)));
     Reconcile { cancel, offer }
+}
+
+/// True if a device that reported `state` and gets neither an offer nor a cancel is answered
+/// with `NoUpdate` (there is nothing for it to install now): every state but `downloading` and
+/// `installing`, in which the device is busy with what it was sent.
+pub fn answers_no_update(state: UpdateState) -> bool {
+    !matches!(state, UpdateState::Downloading | UpdateState::Installing)
 }
 
 /// A registry or history entry that a stored record carries (from its typed event).
@@ -359,6 +370,8 @@ pub struct Connection {
     /// The sequence offered on this connection (once per connection and deployment).
     offered: Option<u64>,
     cancelled: Option<u64>,
+    /// The target was loaded (after [`Action::LoadTarget`]): `None` then means no deployment.
+    target_loaded: bool,
 }
 
 fn us(d: Duration) -> u64 {
@@ -399,6 +412,7 @@ impl Connection {
             reported: None,
             offered: None,
             cancelled: None,
+            target_loaded: false,
         }
     }
 
@@ -624,6 +638,7 @@ impl Connection {
             return;
         }
         self.target = target;
+        self.target_loaded = true;
         self.offered = None;
         self.cancelled = None;
         self.reconcile(out);
@@ -646,6 +661,11 @@ impl Connection {
             let text = format!("offered {} (sequence {})", t.bundle_id, t.sequence);
             out.act(Action::NoteUpdate { state: "offered", sequence: t.sequence, text });
             out.act(Action::Notice(Notice::Offered { bundle_id: t.bundle_id.clone(), sequence: t.sequence }));
+        } else if let (true, None, Some(rep)) = (self.target_loaded, r.cancel, self.reported) {
+            if answers_no_update(rep.state) {
+                let target = self.target.as_ref().map_or(0, |t| t.sequence);
+                send(&self.negotiated, out, &Down::NoUpdate { target });
+            }
         }
     }
 

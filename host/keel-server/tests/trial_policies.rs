@@ -40,7 +40,7 @@ const MAX_CRASHES: u8 = 2;
 const SEQ: u64 = 2;
 
 /// The devices: id, app, and the outcome under each policy (by link, by app).
-const DEVICES: [(&str, SimApp, Outcome, Outcome); 5] = [
+const DEVICES: [(&str, SimApp, Outcome, Outcome); 6] = [
     ("kdconfirm", SimApp::Confirm, Outcome::Confirmed, Outcome::Confirmed),
     ("kdcrash", SimApp::Crash, Outcome::RolledBack(Reason::CrashLoop), Outcome::RolledBack(Reason::CrashLoop)),
     ("kdpanic", SimApp::PanicLoop, Outcome::RolledBack(Reason::CrashLoop), Outcome::RolledBack(Reason::CrashLoop)),
@@ -48,7 +48,12 @@ const DEVICES: [(&str, SimApp, Outcome, Outcome); 5] = [
     // Silent: the link policy confirms an app that runs with the link up; the app policy rolls
     // back an app that never confirms.
     ("kdsilent", SimApp::Silent, Outcome::Confirmed, Outcome::RolledBack(Reason::NotConfirmed)),
+    // Mute: runs with the link up but gives no sign of life: the link policy does not confirm it.
+    ("kdmute", SimApp::Mute, Outcome::RolledBack(Reason::NoSignOfLife), Outcome::RolledBack(Reason::NotConfirmed)),
 ];
+
+/// Indices in [`DEVICES`] of the apps that neither crash nor confirm: their clocks jump.
+const QUIET: [usize; 2] = [4, 5];
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[1; 32])
@@ -179,7 +184,9 @@ async fn check(w: &World, id: &str, dev: &SimDevice, app: SimApp, expected: Outc
         SimApp::Crash => assert_eq!(st.app.crashes, u32::from(MAX_CRASHES), "{id}: crashed through its budget"),
         SimApp::PanicLoop => assert_eq!(st.app.restarts, u32::from(MAX_CRASHES), "{id}: panicked through its budget"),
         SimApp::Hang => assert_eq!(st.app.watchdog_kills, u32::from(MAX_CRASHES), "{id}: killed by its watchdog"),
-        SimApp::Silent | SimApp::ApplyPolite => assert_eq!(st.app.confirms, 0, "{id}: never confirmed"),
+        SimApp::Silent | SimApp::Mute | SimApp::ApplyPolite => {
+            assert_eq!(st.app.confirms, 0, "{id}: never confirmed")
+        }
     }
     // The server.
     w.server_state(id, want).await;
@@ -210,15 +217,18 @@ async fn confirm_by_link_each_app_ends_as_the_policy_says(store: Store) {
         tokio::time::timeout(WAIT, d.wait_online()).await.unwrap();
     }
     w.upload_and_deploy_to_the_tag(bundle(LINK_GRACE_S)).await;
-    // The silent app runs its trial with the link up; its clock moves past the grace time (less
-    // than the silence timeout, so the link stays up through the jump).
+    // The silent and mute apps run their trials with the link up; their clocks move past the
+    // grace time (less than the silence timeout, so the link stays up through the jump).
+    for i in QUIET {
+        let quiet = &devices[i].3;
+        sim_until(quiet, "quiet on trial", |s| {
+            s.update.state == UpdateState::Trial && s.app.running.as_deref() == Some("2.0.0")
+        })
+        .await;
+        assert!(quiet.on_trial());
+        quiet.advance_clock(Duration::from_secs(u64::from(LINK_GRACE_S) + 1));
+    }
     let silent = &devices[4].3;
-    sim_until(silent, "silent on trial", |s| {
-        s.update.state == UpdateState::Trial && s.app.running.as_deref() == Some("2.0.0")
-    })
-    .await;
-    assert!(silent.on_trial());
-    silent.advance_clock(Duration::from_secs(u64::from(LINK_GRACE_S) + 1));
     for (id, app, expected, d, _) in &devices {
         check(&w, id, d, *app, *expected).await;
     }
@@ -244,18 +254,22 @@ async fn confirm_by_app_each_app_ends_as_the_policy_says(store: Store) {
     // The silent app runs its trial; 5 s before the app-confirm timeout it is still on it (its
     // clock jumps, so it also drops the silent-looking connection and connects again: waiting
     // for that session shows the device handled the jump)...
-    let silent = &devices[4].3;
-    let st = sim_until(silent, "silent on trial", |s| {
-        s.update.state == UpdateState::Trial && s.app.running.as_deref() == Some("2.0.0")
-    })
-    .await;
     let timeout = Duration::from_secs(u64::from(keel_sim::APP_CONFIRM_TIMEOUT_S));
-    silent.advance_clock(timeout - Duration::from_secs(5));
-    sim_until(silent, "reconnected after the jump", |s| s.sessions > st.sessions).await;
-    assert!(silent.on_trial(), "still on trial 5 s before the timeout");
-    assert_eq!(silent.journal().last, None, "nothing decided yet");
-    // ...and is rolled back once it passed.
-    silent.advance_clock(Duration::from_secs(6));
+    for i in QUIET {
+        let quiet = &devices[i].3;
+        let st = sim_until(quiet, "quiet on trial", |s| {
+            s.update.state == UpdateState::Trial && s.app.running.as_deref() == Some("2.0.0")
+        })
+        .await;
+        quiet.advance_clock(timeout - Duration::from_secs(5));
+        sim_until(quiet, "reconnected after the jump", |s| s.sessions > st.sessions).await;
+        assert!(quiet.on_trial(), "still on trial 5 s before the timeout");
+        assert_eq!(quiet.journal().last, None, "nothing decided yet");
+    }
+    // ...and are rolled back once it passed.
+    for i in QUIET {
+        devices[i].3.advance_clock(Duration::from_secs(6));
+    }
     for (id, app, expected, d, _) in &devices {
         check(&w, id, d, *app, *expected).await;
     }

@@ -81,8 +81,11 @@ pub enum SimApp {
     PanicLoop,
     /// Arms the watchdog at launch ([`HANG_WATCHDOG_MS`]) and never kicks it.
     Hang,
-    /// Runs and never confirms.
+    /// Runs and never confirms (it logs and so gives signs of life).
     Silent,
+    /// Runs, never confirms and gives no sign of life (no log, no watchdog kick): confirm-by-link
+    /// rolls it back ("no sign of life").
+    Mute,
 }
 
 /// What the simulated app went through.
@@ -302,11 +305,17 @@ impl<const N: usize> SimDevice<N> {
         self.stats.subscribe().wait_for(f).await.map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Queues a log line; returns its sequence number.
+    /// Queues an app log line (escaped by the core, like the visor's); returns its sequence
+    /// number, or, if the line was dropped because the app's share of the ring is full, the
+    /// sequence number of the last record queued.
     pub fn log(&self, text: &str) -> u64 {
         let mut g = self.lock();
         let now = self.now(&g);
-        let seq = g.dev.push_log(now, Kind::App, 2, text.as_bytes()).expect("short line");
+        let seq = match g.dev.push_log(now, Kind::App, 2, text.as_bytes()) {
+            Ok(seq) => seq,
+            Err(keel_log::PushError::NoRoom) => g.dev.logs().next_seq().saturating_sub(1),
+            Err(keel_log::PushError::TooLong) => panic!("a log line of at most {} bytes", keel_log::MAX_TEXT),
+        };
         drop(g);
         self.wake.notify_one();
         seq
@@ -413,6 +422,13 @@ impl<const N: usize> SimDevice<N> {
     fn step(&self, g: &mut Inner<N>, net: &mut Net, fx: &mut Fx, addr: SocketAddr, now: u64) -> bool {
         for _ in 0..64 {
             let mut moved = self.effects(g, net, fx, addr, now);
+            if g.stats.app.running.is_some() {
+                // A running simulated app is alive (a real one logs, kicks its watchdog, ...),
+                // except a mute one.
+                if g.app != SimApp::Mute || behaviour_of_running(g).is_none() {
+                    g.dev.app_alive(now);
+                }
+            }
             match g.dev.poll(now, fx) {
                 AppAction::Launch(slot) => {
                     launch(g, slot, now, fx);
@@ -572,6 +588,11 @@ fn sample<const N: usize>(g: &mut Inner<N>) {
     }
 }
 
+/// The behaviour of the app running now (`None`: the factory app, or nothing runs).
+fn behaviour_of_running<const N: usize>(g: &Inner<N>) -> Option<SimApp> {
+    g.dev.app().and_then(|h| behaviour(g, h))
+}
+
 /// The app behaviour for an image: the factory app runs quietly.
 fn behaviour<const N: usize>(g: &Inner<N>, h: &keel_image::Header) -> Option<SimApp> {
     let factory = h.name_str() == update::FACTORY_APP && h.version_str() == update::FACTORY_VERSION;
@@ -598,7 +619,7 @@ fn start<const N: usize>(g: &mut Inner<N>, h: keel_image::Header, now: u64, fx: 
     g.stats.app.launches += 1;
     g.stats.app.running = Some(h.version_str().to_string());
     match behaviour(g, &h) {
-        None | Some(SimApp::Silent) => {}
+        None | Some(SimApp::Silent | SimApp::Mute) => {}
         Some(SimApp::Confirm | SimApp::ApplyPolite) => {
             if g.dev.on_trial() && g.dev.app_confirm(now, fx) == keel_abi::Status::Ok {
                 g.stats.app.confirms += 1;

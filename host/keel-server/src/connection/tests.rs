@@ -445,11 +445,13 @@ fn an_offer_follows_the_status_and_only_once_per_connection() {
     let out = r.take();
     assert!(is_store_status(&out[0]));
     assert_eq!(out[1..], offered(&t)[..]);
-    // The device fails on it and reports an error: not offered again on this connection.
+    // The device fails on it and reports an error: not offered again on this connection, and
+    // told there is nothing (more) for it.
     let failed = Up::UpdateStatus { installed: 3, sequence: 5, state: 7, progress: 0, total: 0, reason: 3 };
     c.receive(at_ms(3), failed, &mut r);
     let out = r.take();
-    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[1], sent(Down::NoUpdate { target: 5 }));
     let Out::Did(Action::StoreStatus(s)) = &out[0] else { panic!("{out:?}") };
     assert_eq!((s.state.as_str(), s.sequence, s.installed), ("error", 5, 3));
     assert_eq!(s.reason, UpdateReason::from_u16(3).unwrap().as_str());
@@ -461,7 +463,9 @@ fn a_deployment_change_is_offered_at_once() {
     r.take();
     c.target(None, &mut r);
     c.receive(at_ms(2), status(3, 3, Confirmed), &mut r);
-    assert!(r.take().iter().all(is_store_status), "no target: nothing to offer");
+    let out = r.take();
+    assert!(is_store_status(&out[0]));
+    assert_eq!(out[1..], [sent(Down::NoUpdate { target: 0 })], "no target: nothing to offer");
     c.deployment_changed(&mut r);
     assert_eq!(r.take(), vec![Out::Did(Action::LoadTarget)]);
     let t = target(6, &[1000]);
@@ -472,7 +476,35 @@ fn a_deployment_change_is_offered_at_once() {
     c.target(Some(t.clone()), &mut r);
     assert_eq!(r.take(), offered(&t));
     c.receive(at_ms(3), status(3, 3, Confirmed), &mut r);
-    assert!(r.take().iter().all(is_store_status), "not twice per connection and deployment");
+    let out = r.take();
+    assert!(is_store_status(&out[0]));
+    assert_eq!(out[1..], [sent(Down::NoUpdate { target: 6 })], "not offered twice per connection and deployment");
+}
+
+#[test]
+fn a_status_that_gets_nothing_is_answered_no_update_once_the_target_is_known() {
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    // Before the target is loaded the server cannot tell: no answer yet.
+    c.receive(at_ms(2), status(3, 3, Idle), &mut r);
+    assert!(r.take().iter().all(is_store_status));
+    // Loaded: the target is installed, so the answer is that there is nothing to install.
+    c.target(Some(target(3, &[1000])), &mut r);
+    assert_eq!(r.take(), vec![sent(Down::NoUpdate { target: 3 })]);
+    // Every status that gets no offer is answered (a device asks again this way), except while
+    // the device is busy with a download or an install.
+    c.receive(at_ms(3), status(3, 3, Confirmed), &mut r);
+    assert_eq!(r.take()[1..], [sent(Down::NoUpdate { target: 3 })]);
+    c.receive(at_ms(4), status(3, 3, Installing), &mut r);
+    assert!(r.take().iter().all(is_store_status));
+    c.receive(at_ms(5), status(3, 3, Downloading), &mut r);
+    assert!(r.take().iter().all(is_store_status));
+    // A device without the updates feature is never sent it.
+    let (mut c, mut r) = online(0);
+    r.take();
+    c.target(None, &mut r);
+    assert!(r.take().is_empty());
+    assert!(answers_no_update(Trial) && answers_no_update(Error) && !answers_no_update(Downloading));
 }
 
 #[test]
