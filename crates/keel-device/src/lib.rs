@@ -1063,12 +1063,13 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             release(&mut self.quarantine, &mut self.sup, ReleaseReason::Timeout, &mut log);
         }
         let mut switch = self.updates.poll(now, link_up, &mut log);
-        if self.quarantine.is_some() && self.updates.agent.is_ready() {
+        if self.quarantine.is_some()
+            && self.updates.agent.is_ready()
             // Nobody to be polite to: the app is not running.
-            switch |= self.updates.apply("the app is quarantined", link_up, &mut log);
-            if switch {
-                release(&mut self.quarantine, &mut self.sup, ReleaseReason::UpdateInstalled, &mut log);
-            }
+            && self.updates.apply("the app is quarantined", link_up, &mut log)
+        {
+            release(&mut self.quarantine, &mut self.sup, ReleaseReason::UpdateInstalled, &mut log);
+            switch = true;
         }
         if switch {
             self.switch();
