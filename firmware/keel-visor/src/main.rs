@@ -29,7 +29,7 @@
 //! * [`global`]: state shared between execution contexts; [`syscalls`]: the system calls.
 //! * [`time`]: the clock and the alarm; [`console`]: the log lines; [`rng`]: randomness.
 //! * [`net`]: smoltcp and the LAN9118 as the core's transport.
-//! * [`warm`]: the hand-over across a reset the visor makes because of the app.
+//! * [`warm`]: the run record in RAM that survives a reset (reset-loop resistance).
 //!
 //! `unsafe` is denied here and allowed only in [`rt`], [`board`], [`ns_mem`] and [`global`].
 #![no_std]
@@ -54,7 +54,8 @@ use keel_device::AppAction;
 use keel_flash::factory::Factory;
 use keel_flash::{layout, Nor, SeqLog};
 use keel_supervisor::crash::{self, FaultStatus, NsStacks};
-use keel_supervisor::{fault_kind_from_ipsr, ExcReturn, Policy, Supervisor};
+use keel_supervisor::handover::ResetCause;
+use keel_supervisor::{fault_kind_from_ipsr, ExcReturn, Policy};
 use sha2::{Digest, Sha256};
 
 use crate::board::{Board, FaultReg, This};
@@ -136,6 +137,7 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
     // The app's run (its trial grace time, its watchdog) starts now, after the load and the RAM
     // clear, not when the service routine began.
     let info = v.core.app_launched(time::now_us(), loaded.header);
+    sync_warm(v);
     let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
     vlog!(
         "starting app '{}' {} ({} bytes, sha256 {}) reason={} restarts={} crashes={}",
@@ -208,8 +210,16 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
             AppAction::None => keep(exc_return),
         };
         rearm(v, now);
+        sync_warm(v);
         result
     })
+}
+
+/// Keeps the run record in warm RAM current (written only when it changed).
+fn sync_warm(v: &mut Visor) {
+    if let Some(r) = v.core.take_run_record() {
+        warm::write(&r);
+    }
 }
 
 /// The alarm interrupt: a deadline is due; the service routine finds out which and re-arms.
@@ -317,6 +327,7 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
             reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
         }
         record_crash(v, report, now, false);
+        sync_warm(v);
         // The service routine restarts the app after its backoff (and re-arms the alarm).
         board::pend_service();
         go_idle(v)
@@ -340,7 +351,8 @@ pub extern "C" fn keel_abandoned_calls() -> ! {
 /// report are carried over the reset (see [`warm`]), so the backoff continues.
 fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
     record_crash(v, report, now, watchdog);
-    warm::save(v.core.carry(), &report);
+    let cause = if watchdog { ResetCause::AppHung } else { ResetCause::AppFault };
+    warm::write(&v.core.run_record().with_cause(cause));
     vlog!("{}: resetting the system to clear it", why);
     board::system_reset()
 }
@@ -348,7 +360,7 @@ fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog:
 /// The core wants the app started (or stopped) while one of its exceptions is active: resets the
 /// system with the hand-over, and the next boot starts what the journal says.
 fn reset_to_start(v: &mut Visor, why: &str) -> ! {
-    warm::save_for_start(v.core.carry(), v.core.last_crash());
+    warm::write(&v.core.run_record().with_cause(ResetCause::StartApp));
     vlog!("{}: resetting the system to start the app", why);
     board::system_reset()
 }
@@ -357,11 +369,12 @@ fn reset_to_start(v: &mut Visor, why: &str) -> ! {
 /// on MSP_S when known (0 otherwise); if the faulting context used PSP_S, the frame is there.
 fn visor_fatal(what: &str, exc_return: ExcReturn, ipsr: u32, frame: u32) -> ! {
     let pc = rt::visor_fault_pc(exc_return.uses_psp(), frame);
-    // The app's crash series survives the reset (the visor may have faulted during a borrow of
-    // its state: then it is lost).
+    let cause = if ipsr == 2 { ResetCause::SecureWatchdog } else { ResetCause::VisorFault { pc } };
+    // The run record says why (the visor may have faulted during a borrow of its state: then the
+    // record written last stands, and the reset counts as unexplained).
     let _ = VISOR.try_with(|v| {
         if let Some(v) = v.as_ref() {
-            warm::save_for_start(v.core.carry(), v.core.last_crash());
+            warm::write(&v.core.run_record().with_cause(cause));
         }
     });
     vlog_untimed!(
@@ -460,12 +473,14 @@ extern "C" fn visor_main() -> ! {
     log_integrity();
     let now = time::now_us();
     let warm = warm::take();
-    if let Some((carry, _)) = &warm {
-        let wait = Supervisor::resume_after_reset(Policy::default(), boot_count, *carry, now)
-            .next_deadline()
-            .unwrap_or(now)
-            .saturating_sub(now);
-        vlog!("reset after an app crash (crashes={}): app restart in {} ms", carry.crash_count, wait / 1000);
+    if let Some(r) = &warm {
+        vlog!(
+            "warm reset: app {:?}, cause {:?}, crashes={} in a row={}",
+            r.app,
+            r.reset_cause,
+            r.carry.crash_count,
+            r.carry.consecutive_crashes
+        );
     }
     let seed = factory.as_ref().map_or(0, |f| {
         rng::seed(&f.device_key, boot_count);
@@ -499,6 +514,7 @@ extern "C" fn visor_main() -> ! {
         verified: None,
     });
     state.core.boot(now, &mut net::Effects(&mut state.pending));
+    sync_warm(state);
     VISOR.with(|v| *v = Some(state));
 
     rt::enter_idle_thread()

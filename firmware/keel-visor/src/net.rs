@@ -283,13 +283,3 @@ impl Nic {
     }
 }
 
-/// Until the device core reports the app's signs of life itself (the trial policy's liveness),
-/// the calls that count as one have nowhere to go.
-pub trait AppAlive {
-    /// The app showed it is alive.
-    fn app_alive(&mut self, now: u64);
-}
-
-impl AppAlive for Core {
-    fn app_alive(&mut self, _now: u64) {}
-}

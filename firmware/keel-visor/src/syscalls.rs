@@ -8,7 +8,6 @@
 
 use keel_abi::{notify, AbiInfo, Call, LogLevel, Status, DEVICE_ID_LEN, LOG_MAX_LEN, SLOT_COUNT};
 
-use crate::net::AppAlive;
 use crate::ns_mem::{self, Awake, Read, Write};
 use crate::{board, console, time, Visor, VISOR};
 
@@ -233,7 +232,8 @@ extern "C" fn restart(code: u32, _: u32, _: u32, _: u32) -> u64 {
     }
     let now = time::now_us();
     with_visor(|v| {
-        v.core.app_restart(now, code, &mut crate::net::Effects(&mut v.pending));
+        // A restart storm delays the start (the core says when); the app stops now either way.
+        let _delay = v.core.app_restart_in(now, code, &mut crate::net::Effects(&mut v.pending));
         stop_app(v);
         Status::Ok
     })
@@ -281,10 +281,12 @@ extern "C" fn notify_setup(ring: u32, bytes: u32, irq: u32, _: u32) -> u64 {
 
 extern "C" fn timer_set(lo: u32, hi: u32, tag: u32, _: u32) -> u64 {
     let deadline = (hi as u64) << 32 | lo as u64;
+    let now = time::now_us();
     with_visor(|v| {
         if v.notify.is_none() {
             return Status::Unavailable;
         }
+        v.core.app_alive(now);
         v.timer = (deadline != 0).then_some((deadline, tag));
         // The service routine posts it when due and arms the alarm for it.
         board::pend_service();

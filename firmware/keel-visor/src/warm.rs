@@ -1,33 +1,29 @@
-//! State handed from one visor boot to the next across a system reset the visor makes itself
-//! (after the app crashed or hung inside one of its exception handlers, which only a reset can
-//! undo): the supervisor's counters and the crash report, so the backoff series and the app's view
-//! of its last crash continue instead of starting over. The encoding (magic, CRC) is
-//! [`keel_supervisor::handover`]; this module only keeps it in RAM that survives a warm reset and
-//! consumes (erases) it at boot. A cold boot finds nothing valid.
+//! The run record in warm RAM: what one visor boot leaves for the next across any reset that
+//! keeps RAM (the visor's own, the hardware watchdog's, one the app provoked). The device core
+//! keeps it current ([`keel_device::Device::take_run_record`]: the app's counters, whether it is
+//! running, its last crash); before a reset the visor makes, it adds why
+//! ([`handover::ResetCause`]). At boot a record that says the app was running and names no cause
+//! is an unexplained reset, counted as a crash of the app, so the backoff and the quarantine of a
+//! reset loop work whoever caused the resets. The encoding (magic, CRC) is
+//! [`keel_supervisor::handover`]; a cold boot finds nothing valid.
 
-use keel_abi::CrashReport;
-use keel_supervisor::{handover, Carry};
+use keel_supervisor::handover::{self, Record};
 
 use crate::board::{self, WARM_RAM_LEN};
 
-const _: () = assert!(handover::LEN <= WARM_RAM_LEN);
+const _: () = assert!(handover::RECORD_LEN <= WARM_RAM_LEN);
 
-/// Saves the hand-over state.
-pub fn save(carry: Carry, report: &CrashReport) {
+/// Writes the run record.
+pub fn write(r: &Record) {
     let mut b = [0u8; WARM_RAM_LEN];
-    b[..handover::LEN].copy_from_slice(&handover::encode(&carry, report));
+    b[..handover::RECORD_LEN].copy_from_slice(&r.encode());
     board::warm_write(&b);
 }
 
-/// Saves the hand-over before a reset that is not the app's fault (a start that needs the app out
-/// of an exception handler, or a fault of the visor): the series so far continues.
-pub fn save_for_start(carry: Carry, last: Option<CrashReport>) {
-    save(carry, &last.unwrap_or_default());
-}
-
-/// Takes the hand-over state, if the previous boot left one.
-pub fn take() -> Option<(Carry, CrashReport)> {
+/// Takes the run record the previous boot left, if any (the area is cleared; the core writes the
+/// new boot's record right after it started).
+pub fn take() -> Option<Record> {
     let b = board::warm_read();
     board::warm_write(&[0; WARM_RAM_LEN]);
-    handover::decode(&b)
+    Record::decode(&b)
 }

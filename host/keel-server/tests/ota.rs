@@ -63,7 +63,7 @@ fn public(k: &SigningKey) -> [u8; 32] {
 /// App slot contents (keel-image header + image) with an image of `size` bytes.
 fn app_slot(size: usize, version: &str) -> Vec<u8> {
     let image: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
-    let h = keel_image::build_header(&image, 0x0020_0000, 0x2800_0000, "hello", version, (1, 0));
+    let h = keel_image::build_header(&image, 0x0020_0000, 0x2800_0000, "hello", version, (2, 0)); // the visor ABI major (keel_abi::ABI_MAJOR)
     let mut slot = h.to_bytes().to_vec();
     slot.extend(image);
     slot

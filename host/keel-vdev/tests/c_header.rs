@@ -84,6 +84,7 @@ fn limits_and_enums_match() {
         ("KEEL_FAULT_USAGEFAULT", FaultKind::UsageFault),
         ("KEEL_FAULT_SECUREFAULT", FaultKind::SecureFault),
         ("KEEL_FAULT_WATCHDOG", FaultKind::Watchdog),
+        ("KEEL_FAULT_RESET", FaultKind::Reset),
     ] {
         assert_eq!(get(&c, name), k as u64);
     }

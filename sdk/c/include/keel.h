@@ -187,6 +187,10 @@ typedef uint32_t keel_status_t;
 #define KEEL_FAULT_SECUREFAULT 7
 /** The watchdog expired. */
 #define KEEL_FAULT_WATCHDOG 0x100
+/** The system reset while the app ran, and nothing explains it (the app provoked it, or power
+ *  was lost with RAM kept): counted as a crash of the app, so a reset loop backs off and ends in
+ *  quarantine. */
+#define KEEL_FAULT_RESET 0x101
 
 /* How the last update ended (keel_update_info_t.last_outcome). Since ABI 1.1. */
 /** No update ended since the factory image. */
@@ -237,6 +241,10 @@ typedef uint32_t keel_status_t;
 #define KEEL_UPDATE_REASON_VISOR_TOO_OLD 15
 /** Failed: the server could not serve the layer. */
 #define KEEL_UPDATE_REASON_LAYER_UNAVAILABLE 16
+/** Rolled back: under confirm-by-link the trial app gave no sign of life (no log line, watchdog
+ *  kick, update_info, notify_setup or timer_set) in the last 10 s of its grace time, or had not
+ *  run half of it. */
+#define KEEL_UPDATE_REASON_NO_SIGN_OF_LIFE 17
 
 /* Event bits of keel_sleep_us() (the SDK's blocking wait, built on notifications). */
 /** No event: the time is up. */
