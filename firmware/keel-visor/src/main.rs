@@ -281,7 +281,9 @@ fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
         report.stack[7]
     );
     let backoff = v.core.app_crashed(now, report, watchdog, &mut net::Effects(&mut v.pending));
-    vlog!("app restart in {} ms", backoff / 1000);
+    if !v.core.quarantined() {
+        vlog!("app restart in {} ms", backoff / 1000);
+    }
 }
 
 /// SFSR: INVIS (an exception return found no valid integrity signature) and INVER (an exception

@@ -282,4 +282,3 @@ impl Nic {
         self.iface.poll_at(instant(now), &self.sockets).map(|t| t.total_micros().max(0) as u64)
     }
 }
-
