@@ -63,7 +63,7 @@ fn key() -> SigningKey {
 /// time (0: the app must confirm).
 fn bundle(grace_s: u32) -> Vec<u8> {
     let image: Vec<u8> = (0..20_000).map(|i| (i * 7 + i / 251) as u8).collect();
-    let h = keel_image::build_header(&image, 0x0020_0000, 0x2800_0000, "hello", "2.0.0", (1, 0));
+    let h = keel_image::build_header(&image, 0x0020_0000, 0x2800_0000, "hello", "2.0.0", (2, 0)); // the visor ABI major (keel_abi::ABI_MAJOR)
     let mut slot = h.to_bytes().to_vec();
     slot.extend(image);
     let policies = Policies {
