@@ -51,7 +51,8 @@ fn visor_boots(lines: &[String]) -> usize {
 }
 
 fn tail(r: &Running) -> String {
-    r.lines.iter().rev().take(60).rev().cloned().collect::<Vec<_>>().join("\n")
+    let lines: Vec<&String> = r.lines.iter().filter(|l| !l.contains("Slirp")).collect();
+    lines[lines.len().saturating_sub(60)..].iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
 }
 
 /// Finding 2, the audit: every system address in the app's probe list (the IoT kit blocks, the

@@ -113,14 +113,34 @@ fn spin_us(us: u64) {
     while now() < end {}
 }
 
-/// Sleeps about `us` microseconds of device time with WFI (no system call blocks; the visor's
-/// interrupts wake the core, and under `-icount sleep=off` idle time costs no wall time).
+/// Sleeps about `us` microseconds of device time without keeping the core busy (so that under
+/// `-icount sleep=off` idle time costs no wall time), always with a visor deadline at the end
+/// (a long idle warp would otherwise jump the device past the server's silence timeout):
+/// ABI 2: an app timer and `wfi` (the visor's alarm wakes the core, even in a handler);
+/// ABI 1: `wait` in thread mode, a busy wait in a handler.
 fn sleep_us(us: u64) {
     let end = now() + us;
-    while now() < end {
-        // SAFETY: waits for an interrupt.
-        unsafe { core::arch::asm!("wfi") };
+    if NOTIFY_LINE.load(Relaxed) != u32::MAX {
+        sys(SLOT_TIMER_SET, end as u32, (end >> 32) as u32, 0);
+        while now() < end {
+            // SAFETY: waits for an interrupt.
+            unsafe { core::arch::asm!("wfi") };
+        }
+        ring_drain();
+    } else if ipsr() == 0 {
+        while now() < end {
+            sys(SLOT_WAIT, (end - now()).min(1_000_000) as u32, 0, 0);
+        }
+    } else {
+        spin_us(us);
     }
+}
+
+fn ipsr() -> u32 {
+    let v: u32;
+    // SAFETY: reads IPSR.
+    unsafe { core::arch::asm!("mrs {}, ipsr", out(reg) v) };
+    v
 }
 
 /// Stays alive in thread mode: a line a second, nothing else.
@@ -283,6 +303,27 @@ fn probe(a: u32) {
     wr(a as usize, v);
 }
 
+/// The PPB's secure alias (0xE002xxxx) from the non-secure side: the architecture makes it
+/// RAZ/WI for non-secure accesses (no visor setting can make it fault), so the check is that it
+/// shows nothing and takes nothing: SAU_CTRL through the alias reads 0 (the real one is 1), and
+/// writing ones to the alias of SCB_NS.VTOR leaves VTOR_NS as it was. True if it held.
+fn ppb_alias_razwi() -> bool {
+    let sau_ctrl = rd(0xE002_EDD0);
+    let vtor = rd(VTOR);
+    wr(0xE002_ED08, 0x0030_0000);
+    barrier();
+    let after = rd(VTOR);
+    let ok = sau_ctrl == 0 && after == vtor && rd(0xE002_ED08) == 0;
+    info!(
+        "hostile: ppb alias: SAU_CTRL reads {:#x}, VTOR {:#x} -> {:#x} after a write to its alias: {}",
+        sau_ctrl,
+        vtor,
+        after,
+        if ok { "RAZ/WI ok" } else { "WRONG" }
+    );
+    ok
+}
+
 /// Finding 2 (audit): every NS-reachable system address the app has no business with. One
 /// probe per start (each must fault); the index is the restart count.
 const PROBES: &[u32] = &[
@@ -371,7 +412,11 @@ fn notify_setup() -> Option<u32> {
     None
 }
 
-/// Consumes every record of the ring; returns the kinds seen as a bit set (1 << kind).
+/// Every record kind consumed so far, as a bit set (1 << kind).
+static SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// Consumes every record of the ring; returns the kinds seen so far (this time and before) as a
+/// bit set (1 << kind).
 fn ring_drain() -> u32 {
     let base = ring_addr() as usize;
     let head = rd(base);
@@ -384,7 +429,7 @@ fn ring_drain() -> u32 {
         tail = tail.wrapping_add(1);
     }
     wr(base + 4, tail);
-    kinds
+    SEEN.fetch_or(kinds, Relaxed) | kinds
 }
 
 /// The notification interrupt of the preemption attack: drains the ring and sets the next
@@ -417,7 +462,7 @@ fn preempt_return() -> ! {
     systick_start(5);
     let mut last = 0u64;
     let mut round = 0u32;
-    let mut report = now() + 1_000_000;
+    let mut report = now();
     loop {
         let t = now();
         let check = |what: &str, ok: bool| preempt_check(what, ok, round);
@@ -470,16 +515,21 @@ fn preempt_abandon() -> ! {
         (*addr_of_mut!(HOSTILE_FAKE_FRAME)).0 = [0, 0, 0, 0, 0, 0xFFFF_FFFF, addr(hostile_resume) & !1, 0x0100_0000];
     }
     install_vectors(&[(VEC_SYSTICK, addr(hostile_abandon))]);
-    systick_start(20_000); // 1 ms
+    info!("hostile: abandon: SysTick armed");
+    systick_start(20_000);
     hostile_abandon_loop()
 }
 
-/// The abandon attack's thread: blocking calls (ABI 1) and other calls, until SysTick abandons it.
+/// The abandon attack's thread: blocking calls (ABI 1) and other calls, until SysTick abandons
+/// it. Each round sets a new period of 1..=13 processor cycles for the next SysTick (about every
+/// 50-650 instructions), so the abandons land everywhere around the gateway.
 #[no_mangle]
 extern "C" fn hostile_abandon_loop() -> ! {
     let n = ABANDONED.fetch_add(1, Relaxed);
-    if n.is_multiple_of(64) {
-        info!("hostile: abandon round {}", n);
+    wr(SYST_RVR, 1 + n % 13);
+    if n.is_multiple_of(256) {
+        // A short fixed message: little app code for the SysTick to land in before the call.
+        let _ = keel_app::log(keel_app::LogLevel::Info, b"hostile: abandon round +256");
     }
     loop {
         sys(SLOT_WAIT, 100_000, 0, 0);
@@ -493,10 +543,7 @@ extern "C" fn hostile_abandon_loop() -> ! {
 /// a politeness time) falls due while the app is in handler mode.
 extern "C" fn svc_live() -> ! {
     let mut n = 0u32;
-    let ipsr: u32;
-    // SAFETY: reads IPSR.
-    unsafe { core::arch::asm!("mrs {}, ipsr", out(reg) ipsr) };
-    info!("hostile: living in handler mode (ipsr={})", ipsr);
+    info!("hostile: living in handler mode (ipsr={})", ipsr());
     loop {
         if n.is_multiple_of(10) {
             info!("hostile: hb {} (handler mode)", n);
@@ -504,6 +551,17 @@ extern "C" fn svc_live() -> ! {
         n += 1;
         sleep_us(100_000);
     }
+}
+
+/// Finding 4 (b) for a trial: the SVCall handler spins without a single system call (no sign of
+/// life any policy could take for one), through the trial's grace time.
+extern "C" fn svc_mute() -> ! {
+    quiet_spin()
+}
+
+fn handler_mute() {
+    install_vectors(&[(VEC_SVCALL, svc_mute as *const () as u32)]);
+    svc_with_r0(0);
 }
 
 fn handler_live() {
@@ -545,9 +603,10 @@ fn poison() {
     let regions = (rd(MPU_TYPE) >> 8) & 0xFF;
     for r in 0..regions {
         wr(MPU_RNR, r);
-        // Read-only, execute-never windows at the top of RAM and over the start of the code.
+        // Read-only, execute-never windows at the top of RAM (filled above) and past the code
+        // this app runs (windows that do not stop the poisoner itself).
         let (base, limit) =
-            if r % 2 == 0 { (APP_RAM_END - 0x1_0000, APP_RAM_END - 32) } else { (APP_CODE, APP_CODE + 0xFE0) };
+            if r % 2 == 0 { (APP_RAM_END - 0x1_0000, APP_RAM_END - 32) } else { (0x0030_0000, 0x0030_FFE0) };
         wr(MPU_RBAR, base | (0b11 << 1) | 1);
         wr(MPU_RLAR, limit | 1);
     }
@@ -580,7 +639,10 @@ fn poison() {
 /// Spins in thread mode without touching memory in ways an unaligned-access trap would catch.
 fn quiet_spin() -> ! {
     loop {
-        core::hint::spin_loop();
+        // A plain `nop`: `spin_loop()` is `yield`, which stops QEMU's virtual clock under
+        // `-icount` (the device would freeze instead of spinning).
+        // SAFETY: no operation.
+        unsafe { core::arch::asm!("nop") };
     }
 }
 
@@ -764,6 +826,11 @@ fn main() -> ! {
     if m != "restart-storm" || start.is_multiple_of(256) {
         info!("hostile: attack {} (start {})", m, start);
     }
+    // Notifications (ABI 2) for the app timer `sleep_us` uses; the modes that test the start
+    // state check first, the poisoner sets up its own.
+    if !matches!(m, "verify" | "poison-restart" | "preempt-return" | "restart-storm") {
+        notify_setup();
+    }
     match m {
         // 1. Forged exception returns (from an SVCall handler) and FNC_RETURN.
         "exc-s1" => forge_exc_return(0xFFFF_FFF8), // S=1, thread, MSP, DCRS=1, ES=0
@@ -783,8 +850,14 @@ fn main() -> ! {
         }
         "sysinfo" => probe(0x4002_0000),
         "secctl-ns" => probe(0x4008_0000),
-        "ppb-s-alias" => probe(0xE002_E000),
+        "ppb-s-alias" => {
+            ppb_alias_razwi();
+        }
         "probe-all" => match PROBES.get(start as usize) {
+            Some(&0xE002_E000) => {
+                ppb_alias_razwi();
+                keel_app::restart(1);
+            }
             Some(&a) => {
                 info!("hostile: probe {} of {} at {:#010x}", start, PROBES.len(), a);
                 probe(a);
@@ -798,6 +871,7 @@ fn main() -> ! {
         "preempt-abandon" => preempt_abandon(),
         // 4. Handler-mode living.
         "handler-live" => handler_live(),
+        "handler-mute" => handler_mute(),
         // 5. Poisoned successor; `verify` is the good update of those tests.
         "poison" => {
             poison();
@@ -814,6 +888,7 @@ fn main() -> ! {
         }
         "verify" => {
             verify(junk);
+            notify_setup();
             if keel_app::update_info().is_ok_and(|u| u.on_trial == 1) {
                 let r = keel_app::update_confirm();
                 info!("hostile: verify: update_confirm -> {}", r.map_or_else(|e| e.name(), |_| "Ok"));
