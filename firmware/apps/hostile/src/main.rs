@@ -389,7 +389,16 @@ static NOTIFY_LINE: AtomicU32 = AtomicU32::new(u32::MAX);
 extern "C" fn tick_return() {
     let n = TICKS.fetch_add(1, Relaxed);
     wr(SYST_RVR, 1 + n % 13);
+    // Every other tick, a call from the handler too (what an RTOS tick hook does), possibly
+    // while the thread's call is in the gateway's window.
+    if n.is_multiple_of(2) {
+        let t = hcall64(2);
+        let last = TICK_LAST.swap(t as u32, Relaxed);
+        preempt_check("monotonic_us in the handler", (t as u32).wrapping_sub(last) < 0x8000_0000, n);
+    }
 }
+
+static TICK_LAST: AtomicU32 = AtomicU32::new(0);
 
 /// The notification ring (ABI 2): header + 8 records.
 #[repr(C, align(16))]
@@ -455,27 +464,40 @@ fn preempt_return() -> ! {
         sys(SLOT_TIMER_SET, at as u32, (at >> 32) as u32, 0);
         info!("hostile: preempt: notifications on line {}", irq);
     }
-    let abi = keel_app::abi_info().map(|a| a.to_bytes());
-    let id = keel_app::device_id().map(|d| *d.as_str().as_bytes().first().unwrap_or(&0));
-    let boot = keel_app::boot_info().map(|b| b.to_bytes());
-    let upd = keel_app::update_info().map(|u| u.to_bytes());
+    // Baselines, then the same calls again and again, made the hostile way ([`hcall`]).
+    let abi = snap(0);
+    let id = snap_id();
+    let boot = snap(9);
+    let upd = snap(33);
+    let crash = snap(10);
     systick_start(5);
     let mut last = 0u64;
     let mut round = 0u32;
     let mut report = now();
     loop {
-        let t = now();
+        let t = hcall64(2);
         let check = |what: &str, ok: bool| preempt_check(what, ok, round);
         check("monotonic_us", t >= last);
         last = t;
-        check("abi_info", keel_app::abi_info().map(|a| a.to_bytes()) == abi);
-        check("device_id", keel_app::device_id().map(|d| *d.as_str().as_bytes().first().unwrap_or(&0)) == id);
-        check("boot_info", keel_app::boot_info().map(|b| b.to_bytes()) == boot);
-        check("update_info", keel_app::update_info().map(|u| u.to_bytes()) == upd);
-        check("watchdog_kick", keel_app::watchdog_kick() == Err(Status::Unavailable));
-        check("log", keel_app::log(keel_app::LogLevel::Debug, b"").is_ok());
-        let w = sys(SLOT_WAIT, 0, 0, 0);
+        check("abi_info", snap(0) == abi);
+        check("device_id", snap_id() == id);
+        check("boot_info", snap(9) == boot);
+        check("update_info", snap(33) == upd);
+        check("watchdog_kick", hcall(8, 0, 0, 0, 0) == Status::Unavailable as u32);
+        // A bad level: the whole argument check, no console output.
+        check("log", hcall(4, 99, b"x".as_ptr() as u32, 1, 0) == Status::InvalidArgument as u32);
+        let w = hcall(SLOT_WAIT, 0, 0, 0, 0);
         check("wait", w == Status::Ok as u32 || w == Status::NotImplemented as u32);
+        check("last_crash", snap(10) == crash);
+        let mut wall = 0u64;
+        let w = hcall(3, &mut wall as *mut u64 as u32, 0, 0, 0);
+        check("wall_time_us", w == Status::Ok as u32 && wall > 1_600_000_000_000_000 || w == Status::TimeNotSet as u32);
+        check("watchdog_start", hcall(7, 0, 0, 0, 0) == Status::InvalidArgument as u32);
+        check("notify_setup", hcall(16, 0x1000_0000, 48, 80, 0) == Status::ParameterFault as u32);
+        check("update_confirm", hcall(32, 0, 0, 0, 0) == Status::Unavailable as u32);
+        check("reserved slot", hcall(11, 0, 0, 0, 0) == Status::NotImplemented as u32);
+        // Returns only while no update is ready; once one is, this attack ends here.
+        check("update_apply", hcall(34, 0, 0, 0, 0) == Status::Unavailable as u32);
         round += 1;
         if t >= report {
             report = t + 1_000_000;
@@ -488,6 +510,42 @@ fn preempt_return() -> ! {
             );
         }
     }
+}
+
+/// A system call the way a hostile app makes it: a plain call of the veneer with the app's
+/// interrupts open (the SDKs mask them around every call; nothing forces an app to).
+#[inline(never)]
+fn hcall(slot: u32, a0: u32, a1: u32, a2: u32, a3: u32) -> u32 {
+    // SAFETY: the veneer takes four words and returns one; the visor checks every argument.
+    unsafe {
+        let f: extern "C" fn(u32, u32, u32, u32) -> u32 = core::mem::transmute(raw::slot_address(slot) as usize);
+        f(a0, a1, a2, a3)
+    }
+}
+
+/// [`hcall`] of a call that returns 64 bits in r0:r1 (`monotonic_us`, ABI 2).
+#[inline(never)]
+fn hcall64(slot: u32) -> u64 {
+    // SAFETY: as `hcall`.
+    unsafe {
+        let f: extern "C" fn() -> u64 = core::mem::transmute(raw::slot_address(slot) as usize);
+        f()
+    }
+}
+
+/// A versioned struct (version 1) filled by call `slot`, with the status in the last word.
+fn snap(slot: u32) -> [u32; 17] {
+    let mut b = [0u32; 17];
+    b[0] = 1;
+    b[16] = hcall(slot, b.as_mut_ptr() as u32, 0, 0, 0);
+    b
+}
+
+fn snap_id() -> [u8; 36] {
+    let mut b = [0u8; 36];
+    let s = hcall(1, b.as_mut_ptr() as u32, 34, 0, 0);
+    b[35] = s as u8;
+    b
 }
 
 static WRONG: AtomicU32 = AtomicU32::new(0);
@@ -532,8 +590,9 @@ extern "C" fn hostile_abandon_loop() -> ! {
         let _ = keel_app::log(keel_app::LogLevel::Info, b"hostile: abandon round +256");
     }
     loop {
-        sys(SLOT_WAIT, 100_000, 0, 0);
-        now();
+        hcall(SLOT_WAIT, 100_000, 0, 0, 0);
+        hcall64(2);
+        hcall(4, 99, b"y".as_ptr() as u32, 1, 0);
     }
 }
 
