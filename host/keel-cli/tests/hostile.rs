@@ -594,7 +594,9 @@ fn poisoned_successor_after_restart() {
     let dirty: Vec<&String> =
         lines[t0..].iter().filter(|l| l.contains("DIRTY") || msg(l).starts_with("app crash")).collect();
     assert!(dirty.is_empty(), "a start did not begin from reset values:\n{dirty:#?}");
-    assert!(lines[t0..].iter().filter(|l| msg(l) == "hostile: verify clean").count() >= 2);
+    // The update's start verified clean; the restarted old app's own check may not have run
+    // before the update replaced it (keel-vdev's `poisoned_restart_starts_clean` always runs it).
+    assert!(lines[t0..].iter().any(|l| msg(l) == "hostile: verify clean"));
 }
 
 // ------------------------------------------------------------------------ 6. trial loopholes
