@@ -545,8 +545,8 @@ fn trial_end(lab: &Lab, q: &mut Running, name: &str, t0: usize, v3: &str, crash:
 }
 
 /// Finding 4 (b): the trial (a bundle with a 10 s grace time) lives in its SVCall handler, with
-/// no system call at all, when its grace time ends. The good update is deployed as soon as the
-/// trial starts, before the grace time ends.
+/// no system call at all (no sign of life), when its grace time ends: it must be rolled back.
+/// The good update is deployed as soon as the trial starts, before the grace time ends.
 #[test]
 fn handler_mode_at_trial_grace_end() {
     let name = "handler-mute-trial";
@@ -555,7 +555,8 @@ fn handler_mode_at_trial_grace_end() {
     let v3 = lab.ship_hello("3.0.0", 3, &[]);
     lab.deploy(&v2);
     let mut q = Running::start(&lab.dev);
-    let t0 = wait_line(&mut q, 0, "the hostile trial", |m| m.starts_with("hostile: attack handler-mute "));
+    // The mute app logs nothing (a log line would be a sign of life): its start is the attack.
+    let t0 = wait_line(&mut q, 0, "the hostile trial", |m| m.starts_with("starting app 'hostile' 2.0.0 "));
     lab.deploy(&v3);
     trial_end(&lab, &mut q, name, t0, &v3, Crash::NotExpected);
 }
