@@ -488,6 +488,14 @@ fn abandoned_calls() {
     assert!(lines.iter().any(|l| msg(l) == "hostile: abandon: SysTick armed"), "the attack ran");
 }
 
+/// Findings 1 and 3 at the gateway: a SysTick taken in the window around a call's body returns
+/// with SPSEL flipped in the visor's EXC_RETURN (the other forgeries run in keel-vdev's
+/// `forged_returns_in_the_gateway_window_are_app_crashes`).
+#[test]
+fn forged_return_in_the_gateway_window() {
+    installed_attack("window-spsel", "window-spsel", Crash::Recorded, &[]);
+}
+
 // ------------------------------------------------------------------------ 4. handler mode
 /// Finding 4 (a): the app lives in its SVCall handler when a deployed update finishes installing.
 #[test]

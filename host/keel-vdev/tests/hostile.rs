@@ -139,6 +139,32 @@ fn abandoned_calls_for_a_while() {
     assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")), "{}", lines.join("\n"));
 }
 
+/// Findings 1 and 3 at the gateway: a SysTick taken in the instructions around a call's masked
+/// body (where the visor's frame is on its stack) returns with a forged EXC_RETURN (SPSEL
+/// flipped, S cleared, DCRS cleared, ES set). Each must end in a recorded app crash: no visor
+/// fault, no reset.
+#[test]
+fn forged_returns_in_the_gateway_window_are_app_crashes() {
+    for mode in ["window-spsel", "window-s0", "window-dcrs0", "window-es1"] {
+        let dev = device(mode, mode);
+        let mut r = dev.start().unwrap();
+        let banners = std::cell::Cell::new(0);
+        let end = r.wait_for("the first crash (or a visor fault or reset)", LIMIT, |l| {
+            banners.set(banners.get() + usize::from(msg(l).starts_with("Keel visor ")));
+            msg(l).starts_with("app crash: ") || l.contains("FATAL") || l.contains("PANIC") || banners.get() > 1
+        });
+        let end = end.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert!(msg(&end).starts_with("app crash: "), "{mode}: {}", tail(&r));
+        // The next start runs the attack again, after the backoff, on the same visor.
+        r.wait_for("the restart", LIMIT, |l| msg(l).starts_with("hostile: attack ") && l.contains("(start 1)"))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let lines = r.kill();
+        assert_eq!(visor_boots(&lines), 1, "{mode}: no reset");
+        assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")), "{mode}");
+        eprintln!("{mode}: {}", msg(&end));
+    }
+}
+
 /// Finding 7 through a restart, without a server: the app poisons every piece of non-secure
 /// core state it can write (and RAM), restarts itself, and its next start must find reset
 /// values everywhere.

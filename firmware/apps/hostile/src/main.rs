@@ -239,6 +239,24 @@ hostile_resume:
     msr control, r0
     isb
     b hostile_abandon_loop
+
+    @ SysTick handler of the gateway-window attack: when it preempted secure code (EXC_RETURN.S,
+    @ bit 6: a system call's window, where the visor's frame is on its stack), it returns with
+    @ its EXC_RETURN XORed with HOSTILE_WINDOW_XOR (and counts it); otherwise it returns as is.
+    .global hostile_tick_window
+    .type hostile_tick_window,%function
+    .thumb_func
+hostile_tick_window:
+    tst lr, #0x40
+    beq 1f
+    ldr r1, =HOSTILE_WINDOW_HITS
+    ldr r2, [r1]
+    adds r2, r2, #1
+    str r2, [r1]
+    ldr r0, =HOSTILE_WINDOW_XOR
+    ldr r0, [r0]
+    eor lr, lr, r0
+1:  bx lr
     .ltorg
 "#
 );
@@ -248,6 +266,7 @@ extern "C" {
     fn hostile_fnc_return();
     fn hostile_abandon();
     fn hostile_resume();
+    fn hostile_tick_window();
     static __ebss: u32;
     static __keel_stack_limit: u32;
 }
@@ -596,6 +615,37 @@ extern "C" fn hostile_abandon_loop() -> ! {
     }
 }
 
+/// What the gateway-window attack XORs into the EXC_RETURN of a SysTick that preempted secure
+/// code (set before the SysTick starts).
+#[no_mangle]
+static HOSTILE_WINDOW_XOR: AtomicU32 = AtomicU32::new(0);
+/// How many SysTicks preempted secure code (and forged their return).
+#[no_mangle]
+static HOSTILE_WINDOW_HITS: AtomicU32 = AtomicU32::new(0);
+
+/// Findings 1 and 3 together, at the gateway: calls made with interrupts open under a SysTick
+/// every 50-650 instructions; a SysTick pending at the end of a call's masked body is taken in
+/// the few instructions before the visor returns, with the visor's frame on its stack
+/// (EXC_RETURN.S = 1). The handler then returns with a forged EXC_RETURN (`xor`: SPSEL flipped,
+/// S cleared, DCRS cleared or ES set). Whatever the core raises is an app fault: an app crash,
+/// never a visor fault.
+fn gateway_window(xor: u32) -> ! {
+    HOSTILE_WINDOW_XOR.store(xor, Relaxed);
+    install_vectors(&[(VEC_SYSTICK, addr(hostile_tick_window))]);
+    info!("hostile: gateway window: SysTick armed, EXC_RETURN ^ {:#x}", xor);
+    systick_start(5);
+    let mut n = 0u32;
+    loop {
+        wr(SYST_RVR, 1 + n % 13);
+        hcall64(2);
+        hcall(8, 0, 0, 0, 0);
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(4096) {
+            let _ = keel_app::log(keel_app::LogLevel::Info, b"hostile: gateway window: 4096 more rounds");
+        }
+    }
+}
+
 // ------------------------------------------------------------------------ 4. handler mode
 /// Finding 4: the app's main loop runs inside its SVCall handler, forever, making system calls
 /// (a heartbeat every 100 ms). Every visor deadline (an update installed, a trial's grace time,
@@ -934,6 +984,10 @@ fn main() -> ! {
         // 3. Preemption of system calls.
         "preempt-return" => preempt_return(),
         "preempt-abandon" => preempt_abandon(),
+        "window-spsel" => gateway_window(0x4),
+        "window-s0" => gateway_window(0x40),
+        "window-dcrs0" => gateway_window(0x20),
+        "window-es1" => gateway_window(0x1),
         // 4. Handler-mode living.
         "handler-live" => handler_live(),
         "handler-mute" => handler_mute(),
