@@ -489,11 +489,18 @@ fn abandoned_calls() {
 }
 
 /// Findings 1 and 3 at the gateway: a SysTick taken in the window around a call's body returns
-/// with SPSEL flipped in the visor's EXC_RETURN (the other forgeries run in keel-vdev's
+/// with SPSEL flipped in the visor's EXC_RETURN (all four forgeries run in keel-vdev's
 /// `forged_returns_in_the_gateway_window_are_app_crashes`).
 #[test]
-fn forged_return_in_the_gateway_window() {
+fn forged_spsel_in_the_gateway_window() {
     installed_attack("window-spsel", "window-spsel", Crash::Recorded, &[]);
+}
+
+/// ... with DCRS cleared: on the visor before issue 9 this is finding 1 exactly ("FATAL fault in
+/// visor code: exc=7 exc_return=0xffffffd9 ... sfsr=0x00000004", then a reset loop).
+#[test]
+fn forged_dcrs_in_the_gateway_window() {
+    installed_attack("window-dcrs0", "window-dcrs0", Crash::Recorded, &[]);
 }
 
 // ------------------------------------------------------------------------ 4. handler mode
