@@ -4,7 +4,8 @@
 //! Every test ends the same way: a good update deployed **before** the attack installs and is
 //! confirmed within [`BOUND_US`] of device time from the first attack; the crash (where the
 //! attack is one) is recorded by the visor and reported to the server as the typed crash event;
-//! the visor is healthy (no FATAL or PANIC line, the device online, the new app answered).
+//! the visor is healthy (no FATAL or PANIC line, its link carried the confirmation, the new app
+//! runs and its calls are answered).
 //!
 //! The attack is chosen by patching the hostile app's 16-byte marker in its ELF file. The
 //! device-time seconds from the first attack to the good update's confirmation are written, per
