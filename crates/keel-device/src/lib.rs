@@ -590,6 +590,9 @@ struct Resumed {
     visor_fault_pc: Option<u32>,
     /// A reset counted as a crash of the app: its report.
     reset_crash: Option<CrashReport>,
+    /// The crash of the app in one of its handlers that made the visor reset: recorded before
+    /// the reset, but its event was in the log ring the reset lost, so it is reported again.
+    carried_crash: Option<CrashReport>,
 }
 
 fn release<const N: usize, O: Output>(
@@ -616,7 +619,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The device before [`Device::boot`]: a plain value, so a shell can build it where it
     /// will live (the visor builds it inside its static state, not on its stack).
     pub fn unbooted(cfg: Config, flash: Nor<M>, updater: Updater, now: u64) -> Self {
-        let mut resumed = Resumed { reason: BootReason::PowerOn, visor_fault_pc: None, reset_crash: None };
+        let mut resumed =
+            Resumed { reason: BootReason::PowerOn, visor_fault_pc: None, reset_crash: None, carried_crash: None };
         let (sup, last_crash) = match cfg.warm {
             Some(rec) => {
                 let (sup, counted) = Supervisor::resume(cfg.policy, cfg.boot_count, &rec, now);
@@ -632,6 +636,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                     ResetCause::SecureWatchdog => BootReason::SecureWatchdog,
                 };
                 let mut last = rec.last_crash;
+                if matches!(rec.reset_cause, ResetCause::AppFault | ResetCause::AppHung) {
+                    resumed.carried_crash = rec.last_crash;
+                }
                 if counted {
                     let report =
                         CrashReport { version: 1, kind: FaultKind::Reset as u32, time_us: now, ..Default::default() };
@@ -691,6 +698,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         log.event(VisorEvent::Boot { count: self.boot_count, reason: r.reason.code() });
         if let Some(pc) = r.visor_fault_pc {
             log.event(VisorEvent::VisorFault { pc });
+        }
+        if let Some(report) = r.carried_crash {
+            log.event(VisorEvent::Crash(CrashInfo::from(&report)));
         }
         if let Some(report) = r.reset_crash {
             log.console(format_args!(

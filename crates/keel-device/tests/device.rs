@@ -780,3 +780,24 @@ fn a_polite_update_offered_to_a_quarantined_device_is_applied_at_once() {
     assert_eq!(w.trace.last().map(String::as_str), Some("launch 2.0.0"));
     assert!(w.dev.on_trial() && !w.dev.quarantined());
 }
+
+#[test]
+fn a_crash_in_an_app_handler_that_reset_the_system_reaches_the_server_after_the_reset() {
+    // The visor records the crash, adds the cause to the run record and resets (only a reset
+    // clears an active exception of the app): the log ring with the crash event is lost, so the
+    // next boot reports the crash again from the record.
+    let mut w = quarantine_world();
+    let report =
+        keel_abi::CrashReport { version: 1, kind: 7, frame: [0, 0, 0, 0, 0, 0, 0x0020_0101, 0], ..Default::default() };
+    w.dev.app_crashed(w.now, report, false, &mut w.out);
+    w.running = false;
+    let record = w.dev.run_record().with_cause(ResetCause::AppFault);
+    w.warm_reset(Some(record));
+    w.online();
+    w.run_until(w.now + 5 * S, &mut |_| AppStep::Run);
+    let crashes: Vec<VisorEvent> = events(&w).into_iter().filter(|e| matches!(e, VisorEvent::Crash(_))).collect();
+    assert_eq!(crashes.len(), 1, "{:?}", events(&w));
+    let VisorEvent::Crash(c) = crashes[0] else { unreachable!() };
+    assert_eq!((c.kind, c.pc), (7, 0x0020_0101));
+    assert_eq!(w.dev.boot_info().crash_count, 1, "counted once, not again for the reset");
+}
