@@ -85,6 +85,40 @@ pub fn run() -> Result<(), String> {
     let boot_us = parse_line(&started).map(|p| p.0).unwrap_or(0);
     metrics.push(("boot_to_app_instructions", (boot_us * 1000) as f64, "reset to app start (incl. SHA-256 of image)"));
 
+    // The hostile-app suite: device time from each attack's first blow to a good update deployed
+    // before it confirmed; the worst case over the suite.
+    let report = build::root().join("target/bench/hostile.json");
+    let _ = std::fs::remove_file(&report);
+    std::fs::create_dir_all(build::root().join("target/bench")).map_err(|e| e.to_string())?;
+    crate::sh(crate::cargo().current_dir(build::root()).env("KEEL_HOSTILE_REPORT", &report).args([
+        "test",
+        "-q",
+        "-p",
+        "keel-cli",
+        "--features",
+        "qemu-tests",
+        "--test",
+        "hostile",
+        "--",
+        "--test-threads=2",
+    ]))?;
+    // The report is a flat JSON object of `"attack": seconds`, one per line.
+    let text = std::fs::read_to_string(&report).map_err(|e| e.to_string())?;
+    let per_attack: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().trim_matches('"').to_string(), v.trim().trim_end_matches(',').parse().ok()?))
+        })
+        .collect();
+    let (worst, secs) = per_attack.iter().cloned().fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    eprintln!("bench: attack_to_update_seconds worst {secs} ({worst}) over {} attacks", per_attack.len());
+    metrics.push((
+        "attack_to_update_seconds",
+        secs,
+        "hostile-app suite: device time (-icount shift=0) from the first attack to a good update deployed before it confirmed; worst attack",
+    ));
+
     // Cloud link: a QEMU device from power-on to online with a real server (wall clock).
     crate::sh(crate::cargo().current_dir(root()).args(["build", "-q", "-p", "keel-cli"]))?;
     metrics.push(("device_connect_seconds", device_connect_seconds()?, "QEMU boot to secure channel up, real time"));

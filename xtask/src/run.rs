@@ -116,7 +116,7 @@ pub fn demo() -> Result<(), String> {
     let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/3: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    println!("\n=== Keel demo 1/4: a self-hosted server, a provisioned device, its logs streamed live ===\n");
     let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
     let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
     let mut server = Kill(
@@ -159,7 +159,7 @@ pub fn demo() -> Result<(), String> {
     r.kill();
     drop(follow);
 
-    println!("\n=== Keel demo 2/3: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
+    println!("\n=== Keel demo 2/4: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
     let dev = Device { clock: Clock::Deterministic, ..dev };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ pub fn demo() -> Result<(), String> {
         println!("{l}");
     }
 
-    println!("\n=== Keel demo 3/3: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
+    println!("\n=== Keel demo 3/4: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
     prepare_device(&flash_path, Some("hello"))?;
     let ship = |app: &str, version: &str, seq: &str| -> Result<String, String> {
         let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
@@ -233,6 +233,53 @@ pub fn demo() -> Result<(), String> {
     }
     println!("\n$ keel devices show {id}");
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
+
+    println!(
+        "\n=== Keel demo 4/4: a hostile app forges an exception return at every start to reset-loop the device;\n\
+         the visor counts the resets, quarantines the app and installs the update waiting for it ===\n"
+    );
+    // A second device whose factory app is the hostile one, in its 'exc-s1' mode: an SVCall
+    // handler that returns with EXC_RETURN.S = 1 (two instructions), which reset-looped devices
+    // before the visor learned to tell the app's faults from its own.
+    let flash2 = dir.join("device2.flash");
+    let fp2 = flash2.display().to_string();
+    let prov2 =
+        keel_json(&keel, &["device", "provision", "--flash", &fp2, "--name", "demo-2", "--signer-key", &pubkey], &env)?;
+    let id2 = json_field(&prov2, "id").ok_or("no device id")?;
+    println!("$ keel device provision --flash {fp2} --name demo-2   (factory app: hostile, mode exc-s1)");
+    let mut elf = std::fs::read(keel_vdev::app_elf("hostile")).map_err(|e| e.to_string())?;
+    let marker = b"@@hostile-mode@@";
+    let at = elf.windows(16).position(|w| w == marker).ok_or("no attack marker in the hostile app")?;
+    elf[at..at + 16].copy_from_slice(b"exc-s1\0\0\0\0\0\0\0\0\0\0");
+    let image = keel_vdev::elf::image_from_elf_bytes(&elf, "hostile", "1.0.0").map_err(|e| e.to_string())?;
+    flash::program_app(&flash2, layout::APP_A, &image).map_err(|e| e.to_string())?;
+    let v4 = ship("hello", "4.0.0", "4")?;
+    println!("$ keel deploy {v4} --device {id2}   (before the device even boots)");
+    keel_json(&keel, &["deploy", &v4, "--device", &id2], &env)?;
+    let dev2 = Device { visor: keel_vdev::visor_elf(), flash: flash2.clone(), clock: Clock::RealTime };
+    let mut r = dev2.start().map_err(|e| e.to_string())?;
+    let done = "update: confirmed seq 4";
+    r.wait_for(done, Duration::from_secs(180), |l| l.contains(done)).map_err(|e| e.to_string())?;
+    r.run_for(Duration::from_millis(300));
+    let mut quarantined = false;
+    for l in &r.lines {
+        if l.contains("app crash: ") && !l.contains("stack")
+            || l.contains("warm reset:")
+            || l.contains("quarantine")
+            || l.contains("update:")
+            || l.contains("starting app")
+            || l.contains("FATAL")
+        {
+            println!("  device | {l}");
+        }
+        quarantined |= l.contains("app: quarantined after 3 crashes in a row");
+    }
+    r.kill();
+    if !quarantined {
+        return Err("the hostile app was not quarantined".into());
+    }
+    println!("\n$ keel devices show {id2}");
+    let _ = std::process::Command::new(&keel).args(["devices", "show", &id2]).envs(env).status();
     drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",

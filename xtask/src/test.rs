@@ -45,10 +45,14 @@ pub fn run() -> Result<(), String> {
         "embassy",
         "--test",
         "freertos",
+        "--test",
+        "hostile",
         "--",
         "--test-threads=2",
     ]))?;
-    eprintln!("\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates)");
+    eprintln!(
+        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite)"
+    );
     sh(cargo().current_dir(root()).args([
         "test",
         "-p",
@@ -59,6 +63,10 @@ pub fn run() -> Result<(), String> {
         "e2e",
         "--test",
         "ota",
+        "--test",
+        "hostile",
+        "--",
+        "--test-threads=2",
     ]))?;
     eprintln!("\nall tests passed");
     Ok(())
