@@ -236,7 +236,7 @@ pub fn demo() -> Result<(), String> {
 
     println!(
         "\n=== Keel demo 4/4: a hostile app forges an exception return at every start to reset-loop the device;\n\
-         the visor counts the resets, quarantines the app and installs the update waiting for it ===\n"
+         the visor records each crash, quarantines the app after three, and an update replaces it ===\n"
     );
     // A second device whose factory app is the hostile one, in its 'exc-s1' mode: an SVCall
     // handler that returns with EXC_RETURN.S = 1 (two instructions), which reset-looped devices
@@ -254,16 +254,19 @@ pub fn demo() -> Result<(), String> {
     let image = keel_vdev::elf::image_from_elf_bytes(&elf, "hostile", "1.0.0").map_err(|e| e.to_string())?;
     flash::program_app(&flash2, layout::APP_A, &image).map_err(|e| e.to_string())?;
     let v4 = ship("hello", "4.0.0", "4")?;
-    println!("$ keel deploy {v4} --device {id2}   (before the device even boots)");
-    keel_json(&keel, &["deploy", &v4, "--device", &id2], &env)?;
     let dev2 = Device { visor: keel_vdev::visor_elf(), flash: flash2.clone(), clock: Clock::RealTime };
     let mut r = dev2.start().map_err(|e| e.to_string())?;
+    let q = "app: quarantined after 3 crashes in a row";
+    r.wait_for(q, Duration::from_secs(120), |l| l.contains(q)).map_err(|e| e.to_string())?;
+    println!("$ keel deploy {v4} --device {id2}   (while the device is in its reset loop)");
+    keel_json(&keel, &["deploy", &v4, "--device", &id2], &env)?;
     let done = "update: confirmed seq 4";
     r.wait_for(done, Duration::from_secs(180), |l| l.contains(done)).map_err(|e| e.to_string())?;
     r.run_for(Duration::from_millis(300));
     let mut quarantined = false;
     for l in &r.lines {
         if l.contains("app crash: ") && !l.contains("stack")
+            || l.contains("hostile: attack")
             || l.contains("warm reset:")
             || l.contains("quarantine")
             || l.contains("update:")
