@@ -247,10 +247,7 @@ pub fn demo() -> Result<(), String> {
         keel_json(&keel, &["device", "provision", "--flash", &fp2, "--name", "demo-2", "--signer-key", &pubkey], &env)?;
     let id2 = json_field(&prov2, "id").ok_or("no device id")?;
     println!("$ keel device provision --flash {fp2} --name demo-2   (factory app: hostile, mode exc-s1)");
-    let mut elf = std::fs::read(keel_vdev::app_elf("hostile")).map_err(|e| e.to_string())?;
-    let marker = b"@@hostile-mode@@";
-    let at = elf.windows(16).position(|w| w == marker).ok_or("no attack marker in the hostile app")?;
-    elf[at..at + 16].copy_from_slice(b"exc-s1\0\0\0\0\0\0\0\0\0\0");
+    let elf = keel_vdev::hostile_elf("exc-s1")?;
     let image = keel_vdev::elf::image_from_elf_bytes(&elf, "hostile", "1.0.0").map_err(|e| e.to_string())?;
     flash::program_app(&flash2, layout::APP_A, &image).map_err(|e| e.to_string())?;
     let v4 = ship("hello", "4.0.0", "4")?;

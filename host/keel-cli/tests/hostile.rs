@@ -108,19 +108,6 @@ impl Drop for Running {
     }
 }
 
-/// The hostile app's ELF with its attack marker replaced by `mode`.
-fn hostile_elf_bytes(mode: &str) -> Vec<u8> {
-    const MARKER: &[u8; 16] = b"@@hostile-mode@@";
-    assert!(mode.len() <= 16, "attack names have at most 16 bytes: {mode}");
-    let mut data = std::fs::read(keel_vdev::app_elf("hostile")).expect("hostile app built (cargo xtask build)");
-    let at: Vec<usize> = data.windows(16).enumerate().filter(|(_, w)| w == MARKER).map(|(i, _)| i).collect();
-    assert_eq!(at.len(), 1, "the marker occurs once in the ELF file");
-    let mut m = [0u8; 16];
-    m[..mode.len()].copy_from_slice(mode.as_bytes());
-    data[at[0]..at[0] + 16].copy_from_slice(&m);
-    data
-}
-
 fn msg(line: &str) -> &str {
     parse_line(line).map_or(line, |(_, _, m)| m)
 }
@@ -217,7 +204,7 @@ impl Lab {
         ]);
         lab.device = prov["device"]["id"].as_str().unwrap().to_string();
         let img = match installed {
-            Ok(mode) => elf::image_from_elf_bytes(&hostile_elf_bytes(mode), "hostile", "1.0.0").unwrap(),
+            Ok(mode) => elf::image_from_elf_bytes(&keel_vdev::hostile_elf(mode).unwrap(), "hostile", "1.0.0").unwrap(),
             Err(app) => elf::image_from_elf(&keel_vdev::app_elf(app), "1.0.0").unwrap(),
         };
         flash::program_app(&fp, layout::APP_A, &img).unwrap();
@@ -253,7 +240,7 @@ impl Lab {
     /// The hostile app in `mode` as a bundle.
     fn ship_hostile(&self, mode: &str, version: &str, seq: u64, extra: &[&str]) -> String {
         let elf = self.dir.join(format!("hostile-{mode}.elf"));
-        std::fs::write(&elf, hostile_elf_bytes(mode)).unwrap();
+        std::fs::write(&elf, keel_vdev::hostile_elf(mode).unwrap()).unwrap();
         self.ship_elf(&elf, "hostile", version, seq, extra)
     }
 
@@ -280,7 +267,7 @@ impl Lab {
     /// Stages the hostile app in `mode` as an update on trial (sequence `seq`, the default trial
     /// policy) through the device's own install path: the next boot runs it on trial.
     fn stage_hostile_trial(&self, mode: &str, seq: u64) {
-        let img = elf::image_from_elf_bytes(&hostile_elf_bytes(mode), "hostile", "2.0.0").unwrap();
+        let img = elf::image_from_elf_bytes(&keel_vdev::hostile_elf(mode).unwrap(), "hostile", "2.0.0").unwrap();
         flash::stage_update(&self.dev.flash, &img, seq, Default::default()).unwrap();
     }
 }

@@ -39,3 +39,26 @@ pub fn app_elf(name: &str) -> PathBuf {
         firmware_dir().join(name)
     }
 }
+
+/// The marker the `hostile` app keeps in its image: the attack it runs (see
+/// `firmware/apps/hostile`).
+const HOSTILE_MARKER: &[u8; 16] = b"@@hostile-mode@@";
+
+/// The `hostile` app's ELF file with its attack marker replaced by `attack` (at most 16 bytes,
+/// NUL-padded): one build, every attack.
+pub fn hostile_elf(attack: &str) -> Result<Vec<u8>, String> {
+    if attack.len() > 16 {
+        return Err(format!("attack names have at most 16 bytes: {attack}"));
+    }
+    let path = app_elf("hostile");
+    let mut data =
+        std::fs::read(&path).map_err(|e| format!("{}: {e} (build it: cargo xtask build)", path.display()))?;
+    let at: Vec<usize> = data.windows(16).enumerate().filter(|(_, w)| w == HOSTILE_MARKER).map(|(i, _)| i).collect();
+    let [at] = at[..] else {
+        return Err(format!("{}: the attack marker occurs {} times, not once", path.display(), at.len()));
+    };
+    let mut m = [0u8; 16];
+    m[..attack.len()].copy_from_slice(attack.as_bytes());
+    data[at..at + 16].copy_from_slice(&m);
+    Ok(data)
+}

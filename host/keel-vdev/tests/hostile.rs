@@ -17,19 +17,6 @@ use keel_vdev::{elf, flash};
 /// Wall-clock guard only (virtual time is deterministic; this stops a hung run).
 const LIMIT: Duration = Duration::from_secs(200);
 
-/// The hostile app's ELF with its attack marker replaced by `mode`.
-fn hostile_elf(mode: &str) -> Vec<u8> {
-    const MARKER: &[u8; 16] = b"@@hostile-mode@@";
-    assert!(mode.len() <= 16, "attack names have at most 16 bytes: {mode}");
-    let mut data = std::fs::read(keel_vdev::app_elf("hostile")).expect("hostile app built (cargo xtask build)");
-    let at: Vec<usize> = data.windows(16).enumerate().filter(|(_, w)| w == MARKER).map(|(i, _)| i).collect();
-    assert_eq!(at.len(), 1, "the marker occurs once in the ELF file");
-    let mut m = [0u8; 16];
-    m[..mode.len()].copy_from_slice(mode.as_bytes());
-    data[at[0]..at[0] + 16].copy_from_slice(&m);
-    data
-}
-
 /// A device without a server, with the hostile app in `mode` in slot A.
 fn device(test: &str, mode: &str) -> Device {
     let dir = keel_vdev::repo_root().join("target/qemu-tests");
@@ -37,7 +24,7 @@ fn device(test: &str, mode: &str) -> Device {
     let path: PathBuf = dir.join(format!("hostile-{test}.flash"));
     let _ = std::fs::remove_file(&path);
     flash::create(&path, &flash::new_factory().unwrap()).unwrap();
-    let img = elf::image_from_elf_bytes(&hostile_elf(mode), "hostile", "1.0.0").unwrap();
+    let img = elf::image_from_elf_bytes(&keel_vdev::hostile_elf(mode).unwrap(), "hostile", "1.0.0").unwrap();
     flash::program_app(&path, layout::APP_A, &img).unwrap();
     Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic }
 }
