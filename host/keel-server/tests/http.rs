@@ -275,3 +275,45 @@ async fn accounts_are_isolated_and_tokens_required_postgres() {
     let db = TestDb::postgres("http");
     two_accounts(db.open().await).await;
 }
+
+/// A request body that sends one KiB and then nothing, ever (a client that announced 60 MB).
+fn stalled_body() -> Body {
+    let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![0u8; 1024])) });
+    Body::from_stream(futures_util::StreamExt::chain(first, futures_util::stream::pending()))
+}
+
+fn upload(token: Option<&str>, announced: u64, body: Body) -> Request<Body> {
+    let mut r = Request::post("/v1/bundles").header("content-length", announced.to_string());
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.body(body).unwrap()
+}
+
+#[tokio::test]
+async fn an_upload_is_authenticated_and_size_checked_before_its_body_is_read() {
+    // Before: the body was read (up to 64 MiB) before the token was checked, so an unauthenticated
+    // client could make the server buffer 64 MiB per connection; this request never got an answer.
+    let db = TestDb::sqlite("http-upload-auth-first");
+    let store = db.open().await;
+    store.create_account("a", "Acme").await.unwrap();
+    let token = store.create_token("a", "cli").await.unwrap();
+    let app = router(AppState::new(store, [9; 32]));
+    let answer = |req| tokio::time::timeout(std::time::Duration::from_secs(10), app.clone().oneshot(req));
+    let resp = answer(upload(None, 60 << 20, stalled_body())).await.expect("answered without the body").unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp =
+        answer(upload(Some("keel_bogus"), 60 << 20, stalled_body())).await.expect("answered without the body").unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Authenticated but announcing more than the largest bundle: refused before reading too.
+    let resp = answer(upload(Some(&token), keel_server::http::MAX_UPLOAD as u64 + 1, stalled_body()))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A body larger than the limit without a length is cut off while reading.
+    let big = Body::from(vec![0u8; keel_server::http::MAX_UPLOAD + 1]);
+    let req = Request::post("/v1/bundles").header("authorization", format!("Bearer {token}")).body(big).unwrap();
+    let resp = answer(req).await.expect("answered").unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
