@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keel_flash::layout;
+use keel_vdev::qemu::message;
 use keel_vdev::qemu::{parse_line, Clock, Device};
 use keel_vdev::{elf, flash};
 
@@ -108,10 +109,6 @@ impl Drop for Running {
     }
 }
 
-fn msg(line: &str) -> &str {
-    parse_line(line).map_or(line, |(_, _, m)| m)
-}
-
 /// Device time of every console line: the visor's timestamps, continued across resets (each
 /// boot starts at 0 again; the next boot is counted from the last line of the one before).
 fn device_times(lines: &[String]) -> Vec<u64> {
@@ -131,7 +128,7 @@ fn device_times(lines: &[String]) -> Vec<u64> {
 }
 
 fn first_line(lines: &[String], from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
-    lines.iter().enumerate().skip(from).find(|(_, l)| pred(msg(l))).map(|(i, _)| i)
+    lines.iter().enumerate().skip(from).find(|(_, l)| pred(message(l))).map(|(i, _)| i)
 }
 
 fn tail(q: &Running) -> String {
@@ -305,7 +302,7 @@ fn wait_line(q: &mut Running, from: usize, what: &str, pred: impl Fn(&str) -> bo
     if let Some(i) = first_line(&q.lines, from, &pred) {
         return i;
     }
-    q.wait_for(what, WALL, |l| pred(msg(l))).unwrap_or_else(|e| panic!("{e}"));
+    q.wait_for(what, WALL, |l| pred(message(l))).unwrap_or_else(|e| panic!("{e}"));
     q.lines.len() - 1
 }
 
@@ -456,7 +453,7 @@ fn security_controller_ns_view() {
 #[test]
 fn ppb_secure_alias() {
     let lines = installed_attack("ppb-s-alias", "ppb-s-alias", Crash::NotExpected, &[]);
-    assert!(lines.iter().any(|l| msg(l).starts_with("hostile: ppb alias: ") && l.ends_with("RAZ/WI ok")));
+    assert!(lines.iter().any(|l| message(l).starts_with("hostile: ppb alias: ") && l.ends_with("RAZ/WI ok")));
 }
 
 // ------------------------------------------------------------------------ 3. preemption
@@ -477,7 +474,7 @@ fn preempted_calls_stay_correct() {
 fn abandoned_calls() {
     let lines = installed_attack("preempt-abandon", "preempt-abandon", Crash::NotExpected, &[]);
     // The long run is keel-vdev's `abandoned_calls_for_a_while`.
-    assert!(lines.iter().any(|l| msg(l) == "hostile: abandon: SysTick armed"), "the attack ran");
+    assert!(lines.iter().any(|l| message(l) == "hostile: abandon: SysTick armed"), "the attack ran");
 }
 
 /// Findings 1 and 3 at the gateway: a SysTick taken in the window around a call's body returns
@@ -507,7 +504,7 @@ fn handler_mode_at_update_installed() {
 #[test]
 fn handler_mode_at_politeness_end() {
     let lines = installed_attack("handler-live-polite", "handler-live", Crash::NotExpected, &["--politeness-s", "5"]);
-    assert!(lines.iter().any(|l| msg(l).starts_with("update: applying")), "the visor applied the update");
+    assert!(lines.iter().any(|l| message(l).starts_with("update: applying")), "the visor applied the update");
 }
 
 /// The hostile app in `mode` is an update on trial (sequence 2, default policy) over the factory
@@ -544,11 +541,11 @@ fn trial_end(lab: &Lab, q: &mut Running, name: &str, t0: usize, v3: &str, crash:
     });
     let lines = finish(lab, q, name, t0, 3, crash, "hello: device=");
     assert!(
-        !lines.iter().any(|l| msg(l).starts_with("update: confirmed seq 2 ")),
+        !lines.iter().any(|l| message(l).starts_with("update: confirmed seq 2 ")),
         "{name}: the hostile trial was confirmed:\n{}",
-        lines.iter().filter(|l| msg(l).starts_with("update: ")).cloned().collect::<Vec<_>>().join("\n")
+        lines.iter().filter(|l| message(l).starts_with("update: ")).cloned().collect::<Vec<_>>().join("\n")
     );
-    assert!(lines.iter().any(|l| msg(l).starts_with("update: rolled back seq 2 ")));
+    assert!(lines.iter().any(|l| message(l).starts_with("update: rolled back seq 2 ")));
     lines
 }
 
@@ -584,9 +581,9 @@ fn poisoned_successor_after_update() {
     let lines = finish(&lab, &mut q, mode, t0, 2, Crash::NotExpected, "hostile: verify: update_confirm -> Ok");
     let v2_start = first_line(&lines, t0, |m| m.starts_with("starting app 'hostile' 2.0.0")).unwrap();
     let after: Vec<&String> =
-        lines[v2_start..].iter().filter(|l| l.contains("DIRTY") || msg(l).starts_with("app crash")).collect();
+        lines[v2_start..].iter().filter(|l| l.contains("DIRTY") || message(l).starts_with("app crash")).collect();
     assert!(after.is_empty(), "the update did not start from reset values:\n{after:#?}");
-    assert!(lines[v2_start..].iter().any(|l| msg(l) == "hostile: verify clean"));
+    assert!(lines[v2_start..].iter().any(|l| message(l) == "hostile: verify clean"));
 }
 
 /// Finding 7 through a restart: the poisoned app restarts itself and checks its own next start
@@ -601,11 +598,11 @@ fn poisoned_successor_after_restart() {
     let t0 = wait_line(&mut q, 0, "the first attack", |m| m.starts_with("hostile: attack poison-restart "));
     let lines = finish(&lab, &mut q, mode, t0, 2, Crash::NotExpected, "hostile: verify: update_confirm -> Ok");
     let dirty: Vec<&String> =
-        lines[t0..].iter().filter(|l| l.contains("DIRTY") || msg(l).starts_with("app crash")).collect();
+        lines[t0..].iter().filter(|l| l.contains("DIRTY") || message(l).starts_with("app crash")).collect();
     assert!(dirty.is_empty(), "a start did not begin from reset values:\n{dirty:#?}");
     // The update's start verified clean; the restarted old app's own check may not have run
     // before the update replaced it (keel-vdev's `poisoned_restart_starts_clean` always runs it).
-    assert!(lines[t0..].iter().any(|l| msg(l) == "hostile: verify clean"));
+    assert!(lines[t0..].iter().any(|l| message(l) == "hostile: verify clean"));
 }
 
 // ------------------------------------------------------------------------ 6. trial loopholes

@@ -179,6 +179,21 @@ pub fn parse_line(line: &str) -> Option<(u64, &str, &str)> {
     Some((t, source, msg))
 }
 
+/// The message of a console line (the whole line if it has no prefix).
+pub fn message(line: &str) -> &str {
+    parse_line(line).map_or(line, |(_, _, m)| m)
+}
+
+/// The device time (µs) of a console line; panics on a line without a prefix (for tests).
+pub fn time_us(line: &str) -> u64 {
+    parse_line(line).unwrap_or_else(|| panic!("no timestamp in {line:?}")).0
+}
+
+/// The value of `key=value` in a console line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +204,10 @@ mod tests {
         assert_eq!(parse_line("[12345.000001 app:I] x"), Some((12_345_000_001, "app:I", "x")));
         assert_eq!(parse_line("garbage"), None);
         assert_eq!(parse_line("[abc visor] x"), None);
+        assert_eq!(message("[    1.000250 visor] hi there"), "hi there");
+        assert_eq!(message("garbage"), "garbage");
+        assert_eq!(time_us("[    2.000001 app:I] x"), 2_000_001);
+        assert_eq!(field("app crash: x pc=0x10 lr=0x20", "pc"), Some("0x10"));
+        assert_eq!(field("pcx=1", "pc"), None);
     }
 }

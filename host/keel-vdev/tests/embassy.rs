@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use keel_flash::layout;
+use keel_vdev::qemu::{field, message, time_us};
 use keel_vdev::qemu::{parse_line, Clock, Device};
 use keel_vdev::{elf, flash};
 
@@ -15,21 +16,9 @@ const APP: &str = "embassy-ticker";
 const PERIOD_US: u64 = 250_000;
 const TICKS: usize = 8;
 
-fn msg(line: &str) -> &str {
-    parse_line(line).map_or(line, |(_, _, m)| m)
-}
-
-fn time_us(line: &str) -> u64 {
-    parse_line(line).unwrap_or_else(|| panic!("no timestamp in {line:?}")).0
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-}
-
 /// The one line whose message is exactly `text`.
 fn the_line<'a>(lines: &'a [String], text: &str) -> &'a String {
-    let found: Vec<&String> = lines.iter().filter(|l| msg(l) == text).collect();
+    let found: Vec<&String> = lines.iter().filter(|l| message(l) == text).collect();
     assert_eq!(found.len(), 1, "one {text:?} line expected: {lines:#?}");
     found[0]
 }
@@ -46,16 +35,20 @@ fn embassy_tasks_tick_every_250_ms_of_device_time_on_keel_notifications() {
     let dev = Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic };
 
     let mut r = dev.start().expect("QEMU starts (run through `cargo xtask test`)");
-    r.wait_for("the done line", LIMIT, |l| msg(l).starts_with("embassy-ticker: done"))
+    r.wait_for("the done line", LIMIT, |l| message(l).starts_with("embassy-ticker: done"))
         .unwrap_or_else(|e| panic!("{e}"));
     let lines = r.kill();
 
     // The visor is healthy and started the app once: no fault, panic or restart.
     for l in &lines {
         assert!(!l.contains("FATAL") && !l.contains("PANIC"), "visor failure: {l}");
-        assert!(!msg(l).starts_with("app crash") && !msg(l).starts_with("panic"), "app failure: {l}");
+        assert!(!message(l).starts_with("app crash") && !message(l).starts_with("panic"), "app failure: {l}");
     }
-    assert_eq!(lines.iter().filter(|l| msg(l).starts_with(&format!("starting app '{APP}'"))).count(), 1, "{lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| message(l).starts_with(&format!("starting app '{APP}'"))).count(),
+        1,
+        "{lines:#?}"
+    );
 
     let started = the_line(&lines, "embassy-ticker: started");
     // Both tasks run: the update watcher is waiting before the first tick.
@@ -64,9 +57,9 @@ fn embassy_tasks_tick_every_250_ms_of_device_time_on_keel_notifications() {
 
     // Eight ticks, in order, each at least 250 ms of device time after the previous line (and
     // not much more: nothing but the timer's notification latency and one log call in between).
-    let ticks: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("embassy-ticker: tick ")).collect();
+    let ticks: Vec<&String> = lines.iter().filter(|l| message(l).starts_with("embassy-ticker: tick ")).collect();
     let numbers: Vec<usize> =
-        ticks.iter().map(|l| msg(l)["embassy-ticker: tick ".len()..].parse().expect("tick number")).collect();
+        ticks.iter().map(|l| message(l)["embassy-ticker: tick ".len()..].parse().expect("tick number")).collect();
     assert_eq!(numbers, (1..=TICKS).collect::<Vec<_>>(), "{lines:#?}");
     assert!(lines.iter().position(|l| l == watcher) < lines.iter().position(|l| l == ticks[0]));
     let mut previous = started;
@@ -78,9 +71,9 @@ fn embassy_tasks_tick_every_250_ms_of_device_time_on_keel_notifications() {
 
     // The done line: eight ticks, and the app's own measure of the time they took agrees with
     // the console's timestamps.
-    let done = lines.iter().find(|l| msg(l).starts_with("embassy-ticker: done")).unwrap();
-    assert_eq!(field(msg(done), "ticks"), Some("8"), "{done}");
-    let elapsed: u64 = field(msg(done), "elapsed_us").expect("elapsed_us").parse().unwrap();
+    let done = lines.iter().find(|l| message(l).starts_with("embassy-ticker: done")).unwrap();
+    assert_eq!(field(message(done), "ticks"), Some("8"), "{done}");
+    let elapsed: u64 = field(message(done), "elapsed_us").expect("elapsed_us").parse().unwrap();
     assert!(elapsed >= TICKS as u64 * PERIOD_US, "{done}");
     assert!(elapsed <= time_us(done) - time_us(started), "{done} after {started}");
     assert!(time_us(done) >= time_us(ticks[TICKS - 1]), "{done}");

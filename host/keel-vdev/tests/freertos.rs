@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_flash::layout;
-use keel_vdev::qemu::{parse_line, Clock, Device};
+use keel_vdev::qemu::{field, message};
+use keel_vdev::qemu::{Clock, Device};
 use keel_vdev::{elf, flash};
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -23,14 +24,6 @@ const STRESS_CALLS: u64 = 1_000_000;
 const WARMUP_CALLS: u64 = 50_000;
 /// The app's SysTick rate (FreeRTOSConfig.h) and so the tick period in µs.
 const TICK_US: u64 = 50;
-
-fn msg(line: &str) -> &str {
-    parse_line(line).map_or(line, |(_, _, m)| m)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-}
 
 fn num(line: &str, key: &str) -> u64 {
     field(line, key)
@@ -42,7 +35,7 @@ fn num(line: &str, key: &str) -> u64 {
 
 /// A line that ends the run early: the visor failed, the app crashed or reported a failure.
 fn is_failure(line: &str) -> bool {
-    let m = msg(line);
+    let m = message(line);
     line.contains("FATAL")
         || line.contains("PANIC")
         || m.starts_with("app crash")
@@ -56,14 +49,14 @@ fn high_water_after_start(lines: &[String], restarts: u32) -> (u64, u64) {
     let start = lines
         .iter()
         .position(|l| {
-            msg(l).starts_with("starting app 'freertos-stress'") && l.contains(&format!("restarts={restarts} "))
+            message(l).starts_with("starting app 'freertos-stress'") && l.contains(&format!("restarts={restarts} "))
         })
         .unwrap_or_else(|| panic!("no app start with restarts={restarts}"));
     let hw = lines[start..]
         .iter()
-        .find(|l| msg(l).starts_with("stack high-water:"))
+        .find(|l| message(l).starts_with("stack high-water:"))
         .unwrap_or_else(|| panic!("no stack high-water line after restart {restarts}"));
-    let m = msg(hw);
+    let m = message(hw);
     (num(m, "main"), num(m, "idle"))
 }
 
@@ -84,7 +77,7 @@ fn freertos_tasks_make_a_million_system_calls_under_a_fast_tick() {
     let mut r = dev.start().expect("QEMU starts (run through `cargo xtask test`)");
     let wall = std::time::Instant::now();
     let end = r
-        .wait_for("freertos-stress: done", LIMIT, |l| msg(l) == "freertos-stress: done" || is_failure(l))
+        .wait_for("freertos-stress: done", LIMIT, |l| message(l) == "freertos-stress: done" || is_failure(l))
         .unwrap_or_else(|e| panic!("{e}"));
     let elapsed = wall.elapsed();
     let lines = r.kill();
@@ -98,8 +91,11 @@ fn freertos_tasks_make_a_million_system_calls_under_a_fast_tick() {
     }
 
     // The app saw this device's id (and compared every later answer with it).
-    let starts: Vec<&str> =
-        lines.iter().map(|l| msg(l)).filter(|m| m.starts_with("freertos-stress:") && m.contains("start:")).collect();
+    let starts: Vec<&str> = lines
+        .iter()
+        .map(|l| message(l))
+        .filter(|m| m.starts_with("freertos-stress:") && m.contains("start:"))
+        .collect();
     assert_eq!(starts.len(), 2, "a warm-up and a stress phase:\n{}", console());
     for s in &starts {
         assert_eq!(field(s, "device"), Some(id.as_str()), "{s}");
@@ -108,7 +104,7 @@ fn freertos_tasks_make_a_million_system_calls_under_a_fast_tick() {
     let result = |prefix: &str| -> &str {
         lines
             .iter()
-            .map(|l| msg(l))
+            .map(|l| message(l))
             .find(|m| m.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", console()))
     };

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_flash::layout;
-use keel_vdev::qemu::{parse_line, Clock, Device, Running};
+use keel_vdev::qemu::message;
+use keel_vdev::qemu::{Clock, Device, Running};
 use keel_vdev::{elf, flash};
 
 /// Wall-clock guard only (virtual time is deterministic; this stops a hung run).
@@ -29,12 +30,8 @@ fn device(test: &str, mode: &str) -> Device {
     Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic }
 }
 
-fn msg(line: &str) -> &str {
-    parse_line(line).map_or(line, |(_, _, m)| m)
-}
-
 fn visor_boots(lines: &[String]) -> usize {
-    lines.iter().filter(|l| msg(l).starts_with("Keel visor ")).count()
+    lines.iter().filter(|l| message(l).starts_with("Keel visor ")).count()
 }
 
 fn tail(r: &Running) -> String {
@@ -53,14 +50,14 @@ fn probe_sweep_every_system_address_faults() {
     // Stops at the end of the list, or at the second visor banner (a probe reset the system).
     let banners = std::cell::Cell::new(0);
     let done = r.wait_for("the probe list done (or a reset)", LIMIT, |l| {
-        banners.set(banners.get() + usize::from(msg(l).starts_with("Keel visor ")));
-        msg(l).contains("hostile: probe list done") || banners.get() > 1
+        banners.set(banners.get() + usize::from(message(l).starts_with("Keel visor ")));
+        message(l).contains("hostile: probe list done") || banners.get() > 1
     });
-    let done = done.is_ok_and(|l| msg(&l).contains("probe list done"));
+    let done = done.is_ok_and(|l| message(&l).contains("probe list done"));
     let lines = r.kill();
-    let probes: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("hostile: probe ")).collect();
+    let probes: Vec<&String> = lines.iter().filter(|l| message(l).starts_with("hostile: probe ")).collect();
     let wrong: Vec<&&String> = probes.iter().filter(|l| l.contains("WRONG")).collect();
-    let crashes = lines.iter().filter(|l| msg(l).starts_with("app crash: ") && l.contains("pc=")).count();
+    let crashes = lines.iter().filter(|l| message(l).starts_with("app crash: ") && l.contains("pc=")).count();
     let summary = format!(
         "{} probes started, {} went through without a fault:\n{}\n{} app crashes, {} visor boots",
         probes.len() - wrong.len(),
@@ -88,7 +85,7 @@ fn preempted_calls_stay_correct_for_a_while() {
     let mut reports = 0;
     while reports < 2 {
         let l = r.wait_for("a preemption report", LIMIT, |l| {
-            msg(l).starts_with("hostile: preempt round ") || l.contains("FATAL")
+            message(l).starts_with("hostile: preempt round ") || l.contains("FATAL")
         });
         let l = l.unwrap_or_else(|e| panic!("{e}"));
         assert!(!l.contains("FATAL"), "{}", tail(&r));
@@ -97,10 +94,10 @@ fn preempted_calls_stay_correct_for_a_while() {
     let lines = r.kill();
     let bad: Vec<&String> = lines
         .iter()
-        .filter(|l| l.contains("WRONG") || l.contains("FATAL") || msg(l).starts_with("app crash"))
+        .filter(|l| l.contains("WRONG") || l.contains("FATAL") || message(l).starts_with("app crash"))
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
-    let last = lines.iter().rev().find(|l| msg(l).starts_with("hostile: preempt round ")).unwrap();
+    let last = lines.iter().rev().find(|l| message(l).starts_with("hostile: preempt round ")).unwrap();
     eprintln!("{last}");
     assert!(last.ends_with("wrong 0"), "{last}");
 }
@@ -115,11 +112,11 @@ fn abandoned_calls_for_a_while() {
     let banners = std::cell::Cell::new(0);
     for _ in 0..40 {
         let l = r.wait_for("256 more abandons", LIMIT, |l| {
-            banners.set(banners.get() + usize::from(msg(l).starts_with("Keel visor ")));
-            msg(l).starts_with("hostile: abandon round ") || l.contains("FATAL") || banners.get() > 1
+            banners.set(banners.get() + usize::from(message(l).starts_with("Keel visor ")));
+            message(l).starts_with("hostile: abandon round ") || l.contains("FATAL") || banners.get() > 1
         });
         let l = l.unwrap_or_else(|e| panic!("{e}"));
-        assert!(msg(&l).starts_with("hostile: abandon round "), "{}", tail(&r));
+        assert!(message(&l).starts_with("hostile: abandon round "), "{}", tail(&r));
     }
     let lines = r.kill();
     assert_eq!(visor_boots(&lines), 1, "no reset");
@@ -137,18 +134,18 @@ fn forged_returns_in_the_gateway_window_are_app_crashes() {
         let mut r = dev.start().unwrap();
         let banners = std::cell::Cell::new(0);
         let end = r.wait_for("the first crash (or a visor fault or reset)", LIMIT, |l| {
-            banners.set(banners.get() + usize::from(msg(l).starts_with("Keel visor ")));
-            msg(l).starts_with("app crash: ") || l.contains("FATAL") || l.contains("PANIC") || banners.get() > 1
+            banners.set(banners.get() + usize::from(message(l).starts_with("Keel visor ")));
+            message(l).starts_with("app crash: ") || l.contains("FATAL") || l.contains("PANIC") || banners.get() > 1
         });
         let end = end.unwrap_or_else(|e| panic!("{mode}: {e}"));
-        assert!(msg(&end).starts_with("app crash: "), "{mode}: {}", tail(&r));
+        assert!(message(&end).starts_with("app crash: "), "{mode}: {}", tail(&r));
         // The next start runs the attack again, after the backoff, on the same visor.
-        r.wait_for("the restart", LIMIT, |l| msg(l).starts_with("hostile: attack ") && l.contains("(start 1)"))
+        r.wait_for("the restart", LIMIT, |l| message(l).starts_with("hostile: attack ") && l.contains("(start 1)"))
             .unwrap_or_else(|e| panic!("{mode}: {e}"));
         let lines = r.kill();
         assert_eq!(visor_boots(&lines), 1, "{mode}: no reset");
         assert!(!lines.iter().any(|l| l.contains("FATAL") || l.contains("PANIC")), "{mode}");
-        eprintln!("{mode}: {}", msg(&end));
+        eprintln!("{mode}: {}", message(&end));
     }
 }
 
@@ -161,12 +158,12 @@ fn poisoned_restart_starts_clean() {
     let mut r = dev.start().unwrap();
     let l = r
         .wait_for("the restarted app's check", LIMIT, |l| {
-            msg(l).starts_with("hostile: verify clean") || msg(l).starts_with("hostile: verify dirty")
+            message(l).starts_with("hostile: verify clean") || message(l).starts_with("hostile: verify dirty")
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let lines = r.kill();
     let dirty: Vec<&String> = lines.iter().filter(|l| l.contains("DIRTY")).collect();
-    assert_eq!(msg(&l), "hostile: verify clean", "{dirty:#?}");
+    assert_eq!(message(&l), "hostile: verify clean", "{dirty:#?}");
 }
 
 /// Runs one attack for a while and prints the console (for looking, not checking).

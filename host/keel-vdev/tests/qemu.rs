@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_flash::layout;
-use keel_vdev::qemu::{parse_line, Clock, Device, Running};
+use keel_vdev::qemu::{field, message, time_us};
+use keel_vdev::qemu::{Clock, Device, Running};
 use keel_vdev::{elf, flash};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -38,18 +39,6 @@ fn start(dev: &Device) -> Running {
     dev.start().expect("QEMU starts (run through `cargo xtask test`)")
 }
 
-fn msg(line: &str) -> &str {
-    parse_line(line).map_or(line, |(_, _, m)| m)
-}
-
-fn time_us(line: &str) -> u64 {
-    parse_line(line).unwrap_or_else(|| panic!("no timestamp in {line:?}")).0
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-}
-
 fn assert_visor_healthy(lines: &[String]) {
     for l in lines {
         assert!(!l.contains("FATAL") && !l.contains("PANIC"), "visor failure: {l}");
@@ -62,11 +51,11 @@ fn hello_prints_id_and_advancing_time(app: &str, prefix: &str) {
     let mut uptimes = Vec::new();
     while uptimes.len() < 4 {
         let l = r
-            .wait_for("hello line", LIMIT, |l| msg(l).starts_with(&format!("{prefix}: device=")))
+            .wait_for("hello line", LIMIT, |l| message(l).starts_with(&format!("{prefix}: device=")))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(field(msg(&l), "device"), Some(id.as_str()), "{l}");
-        assert_eq!(field(msg(&l), "wall"), Some("not-set"), "{l}");
-        uptimes.push(field(msg(&l), "uptime_ms").unwrap().parse::<u64>().unwrap());
+        assert_eq!(field(message(&l), "device"), Some(id.as_str()), "{l}");
+        assert_eq!(field(message(&l), "wall"), Some("not-set"), "{l}");
+        uptimes.push(field(message(&l), "uptime_ms").unwrap().parse::<u64>().unwrap());
     }
     // One line per second of device time, with time advancing accordingly.
     for w in uptimes.windows(2) {
@@ -96,19 +85,21 @@ fn crashy_crash_report_has_the_faulting_pc_and_restarts_follow_the_backoff() {
         .unwrap_or_else(|e| panic!("{e}"));
     let lines = r.kill();
     assert_visor_healthy(&lines);
-    let crashes: Vec<&String> =
-        lines.iter().filter(|l| msg(l).starts_with("app crash: ") && !msg(l).starts_with("app crash: stack")).collect();
-    let starts: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("starting app 'crashy'")).collect();
+    let crashes: Vec<&String> = lines
+        .iter()
+        .filter(|l| message(l).starts_with("app crash: ") && !message(l).starts_with("app crash: stack"))
+        .collect();
+    let starts: Vec<&String> = lines.iter().filter(|l| message(l).starts_with("starting app 'crashy'")).collect();
     assert_eq!(crashes.len(), 5, "{lines:#?}");
     assert_eq!(starts.len(), 6);
     for c in &crashes {
-        assert!(msg(c).starts_with("app crash: SecureFault"), "{c}");
-        let pc = u32::from_str_radix(field(msg(c), "pc").unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert!(message(c).starts_with("app crash: SecureFault"), "{c}");
+        let pc = u32::from_str_radix(field(message(c), "pc").unwrap().trim_start_matches("0x"), 16).unwrap();
         assert_eq!(pc, fault_pc, "crash report PC must be the faulting instruction: {c}");
     }
     // The app sees its own crash report through the last-crash call.
     let seen =
-        lines.iter().find(|l| msg(l).starts_with("crashy: my last crash:")).expect("crashy reads its crash report");
+        lines.iter().find(|l| message(l).starts_with("crashy: my last crash:")).expect("crashy reads its crash report");
     assert!(seen.contains(&format!("SecureFault at pc={:#010x}", fault_pc)), "{seen}");
     // Backoff: 1 s, then 2 s from the crash to the restart (plus the time to load the image,
     // well under 10 ms). From the third crash in a row the app is quarantined until an update
@@ -116,7 +107,7 @@ fn crashy_crash_report_has_the_faulting_pc_and_restarts_follow_the_backoff() {
     for (i, c) in crashes.iter().enumerate() {
         let at = lines.iter().position(|l| l == *c).unwrap();
         let next = lines.iter().position(|l| l == starts[i + 1]).unwrap();
-        let between: Vec<&str> = lines[at..next].iter().map(|l| msg(l)).collect();
+        let between: Vec<&str> = lines[at..next].iter().map(|l| message(l)).collect();
         let expected_us = if i < 2 {
             assert!(!between.iter().any(|l| l.contains("quarantined")), "{between:#?}");
             1_000_000u64 << i
@@ -145,10 +136,10 @@ fn evil_app_cannot_harm_the_visor() {
         flash::read_partition(&dev.flash, layout::JOURNAL).unwrap(),
     );
     let mut r = start(&dev);
-    r.wait_for("all attacks done", LIMIT, |l| msg(l) == "evil: all attacks done").unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("all attacks done", LIMIT, |l| message(l) == "evil: all attacks done").unwrap_or_else(|e| panic!("{e}"));
     // After the attacks the visor still answers correctly.
     for _ in 0..2 {
-        r.wait_for("sanity line", LIMIT, |l| msg(l).starts_with("evil: sanity")).unwrap();
+        r.wait_for("sanity line", LIMIT, |l| message(l).starts_with("evil: sanity")).unwrap();
     }
     let lines = r.kill();
     assert_visor_healthy(&lines);
@@ -156,66 +147,71 @@ fn evil_app_cannot_harm_the_visor() {
     for l in &lines {
         assert!(!l.contains("FAILED") && !l.contains("DID NOT FAULT"), "attack not contained: {l}");
     }
-    let checks = lines.iter().filter(|l| msg(l).starts_with("evil: check ") && l.ends_with(" ok")).count();
+    let checks = lines.iter().filter(|l| message(l).starts_with("evil: check ") && l.ends_with(" ok")).count();
     assert!(checks >= 70, "parameter attacks ran ({checks} checks)");
-    assert!(lines.iter().any(|l| msg(l) == "evil: parameter attacks done, failures=0"));
+    assert!(lines.iter().any(|l| message(l) == "evil: parameter attacks done, failures=0"));
 
     // Every fault attack ended in a contained crash of the app, followed by a restart.
-    let attacks: Vec<usize> =
-        lines.iter().enumerate().filter(|(_, l)| msg(l).starts_with("evil: fault attack #")).map(|(i, _)| i).collect();
+    let attacks: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| message(l).starts_with("evil: fault attack #"))
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(attacks.len(), 16, "all fault attacks ran");
     for (n, &i) in attacks.iter().enumerate() {
         let crash = lines[i..]
             .iter()
-            .find(|l| msg(l).starts_with("app crash: "))
+            .find(|l| message(l).starts_with("app crash: "))
             .unwrap_or_else(|| panic!("attack {n} crashed"));
-        let next_start = lines[i..].iter().position(|l| msg(l).starts_with("starting app 'evil'"));
-        let crash_pos = lines[i..].iter().position(|l| msg(l).starts_with("app crash: ")).unwrap();
+        let next_start = lines[i..].iter().position(|l| message(l).starts_with("starting app 'evil'"));
+        let crash_pos = lines[i..].iter().position(|l| message(l).starts_with("app crash: ")).unwrap();
         assert!(next_start.is_none_or(|s| crash_pos < s), "attack {n}: crash before the next start");
-        let attack = msg(&lines[i]).to_string();
+        let attack = message(&lines[i]).to_string();
         if attack.contains("fault-in-interrupt-handler") {
             // Only a system reset clears an active app exception; the crash series continues.
             let rest = &lines[i..];
             let reset = rest.iter().position(|l| {
-                msg(l).starts_with("warm reset:") && l.contains("cause AppFault") && l.contains("crashes=15 ")
+                message(l).starts_with("warm reset:") && l.contains("cause AppFault") && l.contains("crashes=15 ")
             });
             let next = rest
                 .iter()
-                .position(|l| msg(l).starts_with("starting app 'evil'") && l.contains("restarts=15 crashes=15"));
+                .position(|l| message(l).starts_with("starting app 'evil'") && l.contains("restarts=15 crashes=15"));
             assert!(reset.is_some() && next.is_some() && reset < next, "reset, then backoff and restart");
         }
         if attack.contains("hang-in-exception-handler") {
             let rest = &lines[i..];
             let reset = rest.iter().position(|l| {
-                msg(l).starts_with("warm reset:") && l.contains("cause AppHung") && l.contains("crashes=16 ")
+                message(l).starts_with("warm reset:") && l.contains("cause AppHung") && l.contains("crashes=16 ")
             });
-            assert!(msg(crash).starts_with("app crash: Watchdog"), "{crash}");
+            assert!(message(crash).starts_with("app crash: Watchdog"), "{crash}");
             assert!(reset.is_some(), "the watchdog ends a hang in handler mode with a reset");
         }
         if attack.contains("hang-with-faultmask") {
-            assert!(msg(crash).starts_with("app crash: Watchdog"), "{crash}");
+            assert!(message(crash).starts_with("app crash: Watchdog"), "{crash}");
         }
         if attack.contains("branch-")
             || attack.contains("visor")
             || attack.contains("flash")
             || attack.contains("factory")
         {
-            assert!(msg(crash).starts_with("app crash: SecureFault"), "{attack}: {crash}");
+            assert!(message(crash).starts_with("app crash: SecureFault"), "{attack}: {crash}");
         }
     }
 
     // Visor answers stayed right through every restart.
-    let sanity: Vec<&String> = lines.iter().filter(|l| msg(l).starts_with("evil: sanity")).collect();
+    let sanity: Vec<&String> = lines.iter().filter(|l| message(l).starts_with("evil: sanity")).collect();
     assert!(sanity.len() >= 16);
     for s in &sanity {
-        assert_eq!(field(msg(s), "device"), Some(id.as_str()), "{s}");
+        assert_eq!(field(message(s), "device"), Some(id.as_str()), "{s}");
         let abi = format!("{}.{}", keel_abi::ABI_MAJOR, keel_abi::ABI_MINOR);
-        assert_eq!(field(msg(s), "abi"), Some(abi.as_str()));
+        assert_eq!(field(message(s), "abi"), Some(abi.as_str()));
     }
 
     // The visor's code and secrets are byte-for-byte unchanged: digests taken at boot and at every
     // restart are identical, and the flash file's factory and journal partitions are unchanged.
-    let integrity: Vec<&str> = lines.iter().filter(|l| msg(l).starts_with("integrity: ")).map(|l| msg(l)).collect();
+    let integrity: Vec<&str> =
+        lines.iter().filter(|l| message(l).starts_with("integrity: ")).map(|l| message(l)).collect();
     assert!(integrity.len() >= 17, "digest at boot and at each of the 16 restarts");
     assert!(integrity.iter().all(|d| *d == integrity[0]), "{integrity:#?}");
     let secrets_after = (
@@ -230,9 +226,9 @@ fn flash_contents_survive_restarts_and_kill_9() {
     let (dev, id) = new_device("persist", Some("hello"));
     for boot in 1..=3 {
         let mut r = start(&dev);
-        let l = r.wait_for("boot line", LIMIT, |l| msg(l).starts_with("device ")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(msg(&l), format!("device {id} (boot #{boot})"));
-        r.wait_for("app up", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+        let l = r.wait_for("boot line", LIMIT, |l| message(l).starts_with("device ")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(message(&l), format!("device {id} (boot #{boot})"));
+        r.wait_for("app up", LIMIT, |l| message(l).starts_with("hello: device=")).unwrap();
         r.kill(); // SIGKILL, like pulling the power
     }
 }
@@ -258,23 +254,24 @@ fn the_visor_reaches_its_server_and_reconnects_after_a_drop() {
     flash::program_app(&path, layout::APP_A, &img).unwrap();
     let dev = Device { visor: keel_vdev::visor_elf(), flash: path, clock: Clock::Deterministic };
     let mut r = start(&dev);
-    r.wait_for("address", LIMIT, |l| msg(l).starts_with("net: address 10.0.2.15")).unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("address", LIMIT, |l| message(l).starts_with("net: address 10.0.2.15"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let first = rx.recv_timeout(LIMIT).expect("the device connects").unwrap();
-    r.wait_for("connected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+    r.wait_for("connected", LIMIT, |l| message(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
     // The app keeps running alongside the network.
-    r.wait_for("app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    r.wait_for("app", LIMIT, |l| message(l).starts_with("hello: device=")).unwrap();
     // The server side drops the connection: the device notices and connects again after backoff.
     drop(first);
-    r.wait_for("loss", LIMIT, |l| msg(l).starts_with("net: connection lost")).unwrap_or_else(|e| panic!("{e}"));
-    let retry = r.wait_for("retry", LIMIT, |l| msg(l).starts_with("net: retrying in ")).unwrap();
-    let delay: u64 = msg(&retry).trim_start_matches("net: retrying in ").trim_end_matches(" ms").parse().unwrap();
+    r.wait_for("loss", LIMIT, |l| message(l).starts_with("net: connection lost")).unwrap_or_else(|e| panic!("{e}"));
+    let retry = r.wait_for("retry", LIMIT, |l| message(l).starts_with("net: retrying in ")).unwrap();
+    let delay: u64 = message(&retry).trim_start_matches("net: retrying in ").trim_end_matches(" ms").parse().unwrap();
     assert!((500..=1000).contains(&delay), "first retry after 0.5..1 s (jittered): {delay}");
     let _second = rx.recv_timeout(LIMIT).expect("the device reconnects").unwrap();
     let reconnected =
-        r.wait_for("reconnected", LIMIT, |l| msg(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
+        r.wait_for("reconnected", LIMIT, |l| message(l) == format!("net: connected to 10.0.2.2:{port}")).unwrap();
     // This server accepts but never answers (a hung server, or a half-open link): after the
     // silence timeout of device time the visor gives up on the connection and connects again.
-    let silent = r.wait_for("silence", LIMIT, |l| msg(l).starts_with("net: nothing from the server")).unwrap();
+    let silent = r.wait_for("silence", LIMIT, |l| message(l).starts_with("net: nothing from the server")).unwrap();
     let waited = time_us(&silent) - time_us(&reconnected);
     // The `connected` line is printed a few µs after the moment the silence is measured from.
     assert!(waited + 50 >= keel_link::device::SERVER_SILENCE_TIMEOUT_US, "dropped after {waited} µs");
@@ -381,7 +378,7 @@ fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reco
         assert_eq!(w[1].0, w[0].0 + 1, "gap or duplicate between {:?} and {:?}", w[0], w[1]);
     }
     assert!(received.iter().any(|(_, t)| t.starts_with("boot #1")), "visor events are sent too");
-    assert!(lines.iter().any(|l| msg(l) == "net: online (secure channel up, wall clock set)"));
+    assert!(lines.iter().any(|l| message(l) == "net: online (secure channel up, wall clock set)"));
     assert_visor_healthy(&lines);
 }
 
@@ -389,7 +386,8 @@ fn secure_channel_sets_the_wall_clock_and_delivers_logs_exactly_once_across_reco
 fn missing_or_corrupt_app_is_refused_and_the_visor_keeps_running() {
     let (dev, _) = new_device("noapp", None);
     let mut r = start(&dev);
-    let l = r.wait_for("refusal", LIMIT, |l| msg(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
+    let l =
+        r.wait_for("refusal", LIMIT, |l| message(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
     assert!(l.contains("bad magic"), "{l}");
     assert_visor_healthy(&r.kill());
 
@@ -399,7 +397,8 @@ fn missing_or_corrupt_app_is_refused_and_the_visor_keeps_running() {
     data[(layout::APP_A.offset + 256 + 100) as usize] ^= 0x40;
     std::fs::write(&dev.flash, data).unwrap();
     let mut r = start(&dev);
-    let l = r.wait_for("refusal", LIMIT, |l| msg(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
+    let l =
+        r.wait_for("refusal", LIMIT, |l| message(l).starts_with("app not started")).unwrap_or_else(|e| panic!("{e}"));
     assert!(l.contains("digest mismatch"), "{l}");
     let lines = r.kill();
     assert!(!lines.iter().any(|l| l.contains("app:")), "no app code ran");
@@ -421,17 +420,17 @@ fn a_crashing_update_is_rolled_back_after_its_crash_budget() {
     let policy = TrialPolicy { max_crashes: 3, grace_s: 600, confirm: Confirm::ByApp };
     let dev = device_with_trial("trial-crashy", "hello", "crashy", policy);
     let mut r = start(&dev);
-    r.wait_for("trial", LIMIT, |l| msg(l).starts_with("update: trial of seq 2 in slot B")).unwrap();
+    r.wait_for("trial", LIMIT, |l| message(l).starts_with("update: trial of seq 2 in slot B")).unwrap();
     let back = r
-        .wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (crash loop)")
+        .wait_for("rollback", LIMIT, |l| message(l) == "update: rolled back seq 2 (crash loop)")
         .unwrap_or_else(|e| panic!("{e}"));
-    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    r.wait_for("old app", LIMIT, |l| message(l).starts_with("hello: device=")).unwrap();
     let lines = r.kill();
     assert_visor_healthy(&lines);
     let crashes = lines
         .iter()
         .take_while(|l| *l != &back)
-        .filter(|l| msg(l).starts_with("app crash: ") && !msg(l).contains("stack"))
+        .filter(|l| message(l).starts_with("app crash: ") && !message(l).contains("stack"))
         .count();
     assert_eq!(crashes, 3, "rolled back at the third crash");
     let s = flash::update_state(&dev.flash).unwrap();
@@ -439,10 +438,10 @@ fn a_crashing_update_is_rolled_back_after_its_crash_budget() {
 
     // After a power cycle the device stays on the previous app.
     let mut r = start(&dev);
-    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    r.wait_for("old app", LIMIT, |l| message(l).starts_with("hello: device=")).unwrap();
     let lines = r.kill();
-    assert!(!lines.iter().any(|l| msg(l).contains("update: trial")), "{lines:#?}");
-    assert!(lines.iter().any(|l| msg(l).starts_with("starting app 'hello' 1.0.0")));
+    assert!(!lines.iter().any(|l| message(l).contains("update: trial")), "{lines:#?}");
+    assert!(lines.iter().any(|l| message(l).starts_with("starting app 'hello' 1.0.0")));
 }
 
 #[test]
@@ -452,13 +451,13 @@ fn an_update_that_never_confirms_is_rolled_back_when_its_grace_time_ends() {
     let policy = TrialPolicy { max_crashes: 3, grace_s: 5, confirm: Confirm::ByApp };
     let dev = device_with_trial("trial-unconfirmed", "crashy", "hello-c", policy);
     let mut r = start(&dev);
-    let started = r.wait_for("trial app", LIMIT, |l| msg(l).starts_with("starting app 'hello-c' 2.0.0")).unwrap();
+    let started = r.wait_for("trial app", LIMIT, |l| message(l).starts_with("starting app 'hello-c' 2.0.0")).unwrap();
     let back = r
-        .wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (not confirmed in time)")
+        .wait_for("rollback", LIMIT, |l| message(l) == "update: rolled back seq 2 (not confirmed in time)")
         .unwrap_or_else(|e| panic!("{e}"));
     let waited = time_us(&back) - time_us(&started);
     assert!((5_000_000..5_100_000).contains(&waited), "rolled back {waited} µs after the start");
-    r.wait_for("previous app", LIMIT, |l| msg(l).starts_with("starting app 'crashy' 1.0.0")).unwrap();
+    r.wait_for("previous app", LIMIT, |l| message(l).starts_with("starting app 'crashy' 1.0.0")).unwrap();
     assert_visor_healthy(&r.kill());
     let s = flash::update_state(&dev.flash).unwrap();
     assert_eq!((s.active, s.last), (Slot::A, Some((2, Outcome::RolledBack(Reason::NotConfirmed)))));
@@ -471,20 +470,21 @@ fn an_update_that_confirms_becomes_the_installed_app() {
     let dev = device_with_trial("trial-confirmed", "crashy", "hello", policy);
     let mut r = start(&dev);
     // The visor logs the confirmation inside the app's system call, before the app's own line.
-    r.wait_for("visor", LIMIT, |l| msg(l) == "update: confirmed seq 2 (by the app)").unwrap_or_else(|e| panic!("{e}"));
-    r.wait_for("confirm", LIMIT, |l| msg(l) == "hello: update confirmed").unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("visor", LIMIT, |l| message(l) == "update: confirmed seq 2 (by the app)")
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.wait_for("confirm", LIMIT, |l| message(l) == "hello: update confirmed").unwrap_or_else(|e| panic!("{e}"));
     // Well past the grace time: still running, no rollback.
-    r.wait_for("later", LIMIT, |l| msg(l).starts_with("hello: device=") && time_us(l) > 8_000_000)
+    r.wait_for("later", LIMIT, |l| message(l).starts_with("hello: device=") && time_us(l) > 8_000_000)
         .unwrap_or_else(|e| panic!("{e}"));
     let lines = r.kill();
     assert_visor_healthy(&lines);
-    assert!(!lines.iter().any(|l| msg(l).contains("rolled back")), "{lines:#?}");
+    assert!(!lines.iter().any(|l| message(l).contains("rolled back")), "{lines:#?}");
     let s = flash::update_state(&dev.flash).unwrap();
     assert_eq!((s.active, s.installed_seq, s.phase, s.last), (Slot::B, 2, Phase::Idle, Some((2, Outcome::Confirmed))));
     // The next boot runs slot B, not on trial.
     let mut r = start(&dev);
-    r.wait_for("v2", LIMIT, |l| msg(l).starts_with("starting app 'hello' 2.0.0")).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!r.kill().iter().any(|l| msg(l).contains("update: trial")));
+    r.wait_for("v2", LIMIT, |l| message(l).starts_with("starting app 'hello' 2.0.0")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!r.kill().iter().any(|l| message(l).contains("update: trial")));
 }
 
 #[test]
@@ -493,9 +493,9 @@ fn a_hanging_update_is_rolled_back_by_the_watchdog() {
     let policy = TrialPolicy { max_crashes: 2, grace_s: 600, confirm: Confirm::ByApp };
     let dev = device_with_trial("trial-hang", "hello", "hang", policy);
     let mut r = start(&dev);
-    r.wait_for("rollback", LIMIT, |l| msg(l) == "update: rolled back seq 2 (watchdog)")
+    r.wait_for("rollback", LIMIT, |l| message(l) == "update: rolled back seq 2 (watchdog)")
         .unwrap_or_else(|e| panic!("{e}"));
-    r.wait_for("old app", LIMIT, |l| msg(l).starts_with("hello: device=")).unwrap();
+    r.wait_for("old app", LIMIT, |l| message(l).starts_with("hello: device=")).unwrap();
     assert_visor_healthy(&r.kill());
     let s = flash::update_state(&dev.flash).unwrap();
     assert_eq!((s.active, s.last), (Slot::A, Some((2, Outcome::RolledBack(Reason::Watchdog)))));
