@@ -52,7 +52,7 @@ pub enum ImageError {
     BadSize,
     /// The load address is not the start of the execution region.
     BadLoadAddress,
-    /// The app needs a newer ABI than this visor offers.
+    /// The app was built for an ABI this visor does not run: another major, or a newer minor.
     AbiTooNew,
     /// The digest does not match the contents.
     DigestMismatch,
@@ -69,7 +69,7 @@ impl ImageError {
             ImageError::UnsupportedFormat => "unsupported header format",
             ImageError::BadSize => "image size out of range",
             ImageError::BadLoadAddress => "load address is not the app execution region",
-            ImageError::AbiTooNew => "app needs a newer ABI",
+            ImageError::AbiTooNew => "app built for another ABI (other major or newer minor)",
             ImageError::DigestMismatch => "digest mismatch",
             ImageError::ReservedNotZero => "reserved header field not zero",
         }
