@@ -11,7 +11,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -100,6 +101,13 @@ impl From<QueryRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body larger than {} KiB", MAX_JSON >> 10),
+            );
+        }
         ApiError::bad_request("bad_body", e.body_text())
     }
 }
@@ -111,21 +119,39 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn account(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid API token: send `Authorization: Bearer <token>` (`keel login` stores one; \
-             `keel server init` prints the first)",
-        )
-    };
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    state.store.account_for_token(token.trim()).await?.ok_or_else(unauthorized)
+/// The account of the request's API token: every authenticated handler takes it before any
+/// body extractor, so no request body is read before its token is checked.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The account the token belongs to.
+    pub account: String,
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or invalid API token: send `Authorization: Bearer <token>` (`keel login` stores one; \
+         `keel server init` prints the first)",
+    )
+}
+
+/// The token of an `Authorization` header: scheme `Bearer`, matched case-insensitively (RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for Account {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
+        let account = st.store.account_for_token(token).await?.ok_or_else(unauthorized)?;
+        Ok(Account { account })
+    }
 }
 
 /// A device as the API shows it.
@@ -283,10 +309,10 @@ pub struct DevicesQuery {
     responses((status = 200, body = Vec<DeviceJson>), (status = 401, body = ErrorBody)))]
 async fn list_devices(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     q: Result<Query<DevicesQuery>, QueryRejection>,
 ) -> Result<Json<Vec<DeviceJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let Query(q) = q?;
     let devices = st.store.devices(&acct).await?;
     Ok(Json(
@@ -310,10 +336,10 @@ async fn own_device(st: &AppState, acct: &str, id: &str) -> Result<Device, ApiEr
     responses((status = 200, body = DeviceJson), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceJson>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let mut d: DeviceJson = own_device(&st, &acct, &id).await?.into();
     d.update = update_json(&st.store, &d.id).await?;
     Ok(Json(d))
@@ -371,11 +397,11 @@ fn valid_tag(t: &str) -> bool {
         (status = 404, body = ErrorBody)))]
 async fn patch_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
     body: Result<Json<DevicePatch>, JsonRejection>,
 ) -> Result<Json<DeviceJson>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     let Json(p) = body?;
     if let Some(n) = &p.name {
@@ -408,10 +434,10 @@ async fn patch_device(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     st.store.delete_device(&d.id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -438,11 +464,11 @@ fn beyond_range(after: Option<u64>) -> bool {
         (status = 404, body = ErrorBody)))]
 async fn device_logs(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -512,11 +538,12 @@ impl LiveLogs {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn stream_logs(
     State(st): State<AppState>,
+    auth: Account,
     headers: HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     let Query(q) = q?;
     let last_event_id =
@@ -582,10 +609,10 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
         (status = 409, body = ErrorBody)))]
 async fn create_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceJson>), ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let Json(d) = body?;
     let key =
         parse_key(&d.public_key).ok_or_else(|| ApiError::bad_request("bad_key", "public_key must be 64 hex digits"))?;
@@ -648,8 +675,8 @@ pub struct CreatedToken {
 /// List the account's API tokens (never their secrets).
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
     responses((status = 200, body = Vec<TokenJson>), (status = 401, body = ErrorBody)))]
-async fn list_tokens(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TokenJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+async fn list_tokens(State(st): State<AppState>, auth: Account) -> Result<Json<Vec<TokenJson>>, ApiError> {
+    let acct = auth.account;
     Ok(Json(st.store.tokens(&acct).await?.into_iter().map(Into::into).collect()))
 }
 
@@ -658,10 +685,10 @@ async fn list_tokens(State(st): State<AppState>, headers: HeaderMap) -> Result<J
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn create_token(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     body: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let Json(t) = body?;
     if !valid_name(&t.name) {
         return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
@@ -676,10 +703,10 @@ async fn create_token(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_token(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     if st.store.revoke_token(&acct, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -703,8 +730,8 @@ pub struct ServerInfo {
 /// The server's version and gateway public key (devices pin it in their factory data).
 #[utoipa::path(get, path = "/v1/server", tag = "server",
     responses((status = 200, body = ServerInfo), (status = 401, body = ErrorBody)))]
-async fn server_info(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<ServerInfo>, ApiError> {
-    account(&st, &headers).await?;
+async fn server_info(State(st): State<AppState>, auth: Account) -> Result<Json<ServerInfo>, ApiError> {
+    let _ = auth;
     Ok(Json(ServerInfo { public_key: crate::hex(&st.server_public), version: env!("CARGO_PKG_VERSION").into() }))
 }
 
@@ -809,6 +836,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(show_bundle))
         .routes(routes!(create_deployment))
         .routes(routes!(device_update_events))
+        // JSON bodies are small; the upload route streams its body with its own limit.
+        .layer(DefaultBodyLimit::max(MAX_JSON))
 }
 
 /// The OpenAPI document of the API (also served at `/v1/openapi.json`).
@@ -834,6 +863,9 @@ pub fn router(state: AppState) -> Router {
 
 // ---------------------------------------------------------------------------------------------
 // Updates: signer keys, bundles, deployments.
+
+/// Largest JSON request body of every route but `POST /v1/bundles`: larger ones answer 413.
+pub const MAX_JSON: usize = 64 << 10;
 
 /// Largest request body of `POST /v1/bundles`: a maximal bundle plus headroom. Larger bodies
 /// answer 413 before they are read.
@@ -889,11 +921,8 @@ pub struct NewSignerKey {
 /// List the account's bundle signer keys, revoked ones included.
 #[utoipa::path(get, path = "/v1/signer-keys", tag = "updates",
     responses((status = 200, body = Vec<SignerKeyJson>), (status = 401, body = ErrorBody)))]
-async fn list_signer_keys(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<SignerKeyJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+async fn list_signer_keys(State(st): State<AppState>, auth: Account) -> Result<Json<Vec<SignerKeyJson>>, ApiError> {
+    let acct = auth.account;
     Ok(Json(st.store.signer_keys(&acct).await?.into_iter().map(Into::into).collect()))
 }
 
@@ -903,10 +932,10 @@ async fn list_signer_keys(
         (status = 409, body = ErrorBody)))]
 async fn add_signer_key(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     body: Result<Json<NewSignerKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SignerKeyJson>), ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let Json(k) = body?;
     if !valid_name(&k.name) {
         return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
@@ -935,10 +964,10 @@ async fn add_signer_key(
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn revoke_signer_key(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     match st.store.revoke_signer_key(&acct, &id).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(not_found("signer key", &id, "`keel keys list`")),
@@ -1056,12 +1085,13 @@ fn bundle_error(e: keel_bundle::Error) -> ApiError {
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn upload_bundle(
     State(st): State<AppState>,
+    auth: Account,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<BundleJson>), ApiError> {
     // The token is checked before a byte of the body is read: an unauthenticated upload costs the
     // server its headers only (a `Bytes` extractor would read up to 64 MiB first).
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1144,8 +1174,8 @@ async fn upload_bundle(
 /// List the account's bundles, newest first.
 #[utoipa::path(get, path = "/v1/bundles", tag = "updates",
     responses((status = 200, body = Vec<BundleJson>), (status = 401, body = ErrorBody)))]
-async fn list_bundles(State(st): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<BundleJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+async fn list_bundles(State(st): State<AppState>, auth: Account) -> Result<Json<Vec<BundleJson>>, ApiError> {
+    let acct = auth.account;
     Ok(Json(st.store.bundles(&acct).await?.into_iter().map(Into::into).collect()))
 }
 
@@ -1161,10 +1191,10 @@ async fn own_bundle(st: &AppState, acct: &str, id: &str) -> Result<Bundle, ApiEr
     responses((status = 200, body = BundleJson), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_bundle(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
 ) -> Result<Json<BundleJson>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     Ok(Json(own_bundle(&st, &acct, &id).await?.into()))
 }
 
@@ -1198,10 +1228,10 @@ pub struct DeploymentJson {
         (status = 404, body = ErrorBody)))]
 async fn create_deployment(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     body: Result<Json<NewDeployment>, JsonRejection>,
 ) -> Result<Json<DeploymentJson>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let Json(d) = body?;
     let bundle = match d.bundle.rsplit_once('@') {
         Some((app, version)) => st
@@ -1272,11 +1302,11 @@ pub struct EventsQuery {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn device_update_events(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    auth: Account,
     Path(id): Path<String>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<UpdateEventJson>>, ApiError> {
-    let acct = account(&st, &headers).await?;
+    let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);

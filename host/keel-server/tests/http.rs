@@ -317,3 +317,68 @@ async fn an_upload_is_authenticated_and_size_checked_before_its_body_is_read() {
     let resp = answer(req).await.expect("answered").unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A write request of `method` to `uri` announcing a 1 MB JSON body that stalls after 1 KiB.
+fn stalled_json(method: &str, uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .header("content-length", (1u64 << 20).to_string());
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.body(stalled_body()).unwrap()
+}
+
+#[tokio::test]
+async fn every_write_route_authenticates_before_reading_its_body() {
+    // Before: JSON routes parsed up to 2 MiB of body before checking the token, so a stalled
+    // unauthenticated body held the request (and its buffer) forever.
+    let db = TestDb::sqlite("http-auth-before-body");
+    let store = db.open().await;
+    store.create_account("a", "Acme").await.unwrap();
+    store.add_device("a", "kd00000000000000000000000000000000", &[1; 32], "acme-1").await.unwrap();
+    let token = store.create_token("a", "cli").await.unwrap();
+    let app = router(AppState::new(store, [9; 32]));
+    let answer = |req| tokio::time::timeout(std::time::Duration::from_secs(10), app.clone().oneshot(req));
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let mut writes = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if matches!(method.as_str(), "post" | "patch" | "put" | "delete") {
+                writes.push((method.to_uppercase(), path.replace("{id}", "kd00000000000000000000000000000000")));
+            }
+        }
+    }
+    assert_eq!(writes.len(), 9, "{writes:?}");
+    for (method, uri) in &writes {
+        for bad in [None, Some("keel_bogus")] {
+            let resp = answer(stalled_json(method, uri, bad))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {uri}: no answer before the body"))
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {uri}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{method} {uri}");
+        }
+    }
+    // Authenticated, a JSON body above the small JSON limit answers 413 (the upload route keeps
+    // its own, streamed limit).
+    let big = serde_json::json!({ "name": "x".repeat(1 << 20), "public_key": "00", "id": "kd", "bundle": "b" });
+    for (method, uri) in writes.iter().filter(|(m, u)| m != "DELETE" && u != "/v1/bundles") {
+        let (s, body) = call(&app, method, uri, Some(&token), Some(big.clone())).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+            "{method} {uri}"
+        );
+    }
+    // RFC 9110: the scheme name is case-insensitive.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = Request::get("/v1/devices").header("authorization", format!("{scheme} {token}"));
+        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+    }
+}
