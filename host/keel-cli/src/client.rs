@@ -104,12 +104,20 @@ pub enum DeviceCmd {
 pub enum TokenCmd {
     /// List your account's API tokens (ids and names; secrets are never shown again).
     List(Conn),
-    /// Create an API token; it is printed once.
+    /// Create an API token; it is printed once. Needs an admin token.
     Create {
         #[command(flatten)]
         conn: Conn,
         /// What the token is for, e.g. "ci".
         name: String,
+        /// What it may do: `read` (devices, logs, bundles), `deploy` (also upload bundles,
+        /// deploy, rename and tag devices) or `admin` (also tokens, signer keys, registering
+        /// and deleting devices). At most the scope of the token that creates it.
+        #[arg(long, default_value = "read", value_parser = ["read", "deploy", "admin"])]
+        scope: String,
+        /// Lifetime, e.g. `30d`, `12h`, `15m`, `3600s` (default: no expiry).
+        #[arg(long, value_parser = parse_lifetime)]
+        expires: Option<u64>,
     },
     /// Revoke an API token by id (see `keel token list`).
     Revoke {
@@ -189,6 +197,11 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     Ok(())
 }
 
+/// Device- or user-supplied text for a terminal (escaping comes with the output change).
+pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    std::borrow::Cow::Borrowed(s)
+}
+
 fn split_tags(t: &str) -> Vec<String> {
     t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
 }
@@ -215,24 +228,36 @@ pub fn token(cmd: TokenCmd, json: bool) -> Result<(), String> {
             if json {
                 return print_json(&tokens);
             }
-            println!("{:<14} {:<24} CREATED", "ID", "NAME");
+            println!("{:<14} {:<24} {:<7} {:<20} {:<20} LAST USED", "ID", "NAME", "SCOPE", "CREATED", "EXPIRES");
             for t in tokens {
-                println!("{:<14} {:<24} {}", t.id, t.name, time_str(t.created_at_us));
+                println!(
+                    "{:<14} {:<24} {:<7} {:<20} {:<20} {}",
+                    t.id,
+                    escape(&t.name),
+                    escape(&t.scope),
+                    time_str(t.created_at_us),
+                    t.expires_at_us.map_or("never".into(), time_str),
+                    t.last_used_at_us.map_or("never".into(), time_str)
+                );
             }
             Ok(())
         }
-        TokenCmd::Create { conn, name } => {
-            let t: CreatedToken =
-                request(&conn.api()?, "POST", "/v1/tokens", Some(serde_json::json!({ "name": name })))?;
+        TokenCmd::Create { conn, name, scope, expires } => {
+            let body = serde_json::json!({ "name": name, "scope": scope, "expires_in_s": expires });
+            let t: CreatedToken = request(&conn.api()?, "POST", "/v1/tokens", Some(body))?;
             if json {
                 return print_json(&t);
             }
+            let until = t.expires_at_us.map_or("no expiry".into(), |e| format!("expires {} UTC", time_str(e)));
             println!(
-                "token {} ({})
+                "token {} ({}, scope {}, {until})
 {}
 
 Keep it: it is shown once.",
-                t.id, t.name, t.token
+                t.id,
+                escape(&t.name),
+                t.scope,
+                t.token
             );
             Ok(())
         }
@@ -244,6 +269,28 @@ Keep it: it is shown once.",
             println!("revoked token {id}");
             Ok(())
         }
+    }
+}
+
+/// A lifetime such as `30d`, `12h`, `15m`, `45s` or `3600` (seconds), in seconds.
+fn parse_lifetime(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}': expected a number and a unit, e.g. 30d"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("'{s}': the unit must be s, m, h, d or w")),
+    };
+    match n.checked_mul(mul) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("'{s}': must be above zero and at most 100 years")),
     }
 }
 

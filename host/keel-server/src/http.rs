@@ -37,13 +37,21 @@ pub struct AppState {
     pub server_public: [u8; 32],
     stop_tx: Arc<watch::Sender<bool>>,
     stop_rx: watch::Receiver<bool>,
+    /// Bumped when a token is revoked or a device deleted: live streams re-check at once.
+    auth_tx: Arc<watch::Sender<u64>>,
 }
 
 impl AppState {
     /// State for a server with this store and gateway public key.
     pub fn new(store: Store, server_public: [u8; 32]) -> Self {
         let (stop_tx, stop_rx) = watch::channel(false);
-        AppState { store, server_public, stop_tx: Arc::new(stop_tx), stop_rx }
+        let (auth_tx, _) = watch::channel(0);
+        AppState { store, server_public, stop_tx: Arc::new(stop_tx), stop_rx, auth_tx: Arc::new(auth_tx) }
+    }
+
+    /// Tells live streams that a token or device went away: each re-checks its authorization.
+    fn auth_changed(&self) {
+        self.auth_tx.send_modify(|g| *g += 1);
     }
 
     /// Ends every open live stream (call before a graceful shutdown, which waits for them).
@@ -119,12 +127,69 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The account of the request's API token: every authenticated handler takes it before any
-/// body extractor, so no request body is read before its token is checked.
+/// What a token may do. Each scope includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read devices, logs, bundles, tokens, signer keys, metrics.
+    Read,
+    /// Also change devices' names and tags, upload bundles and deploy them.
+    Deploy,
+    /// Also create and revoke tokens and signer keys, register and delete devices.
+    Admin,
+}
+
+impl Scope {
+    /// Its name in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Deploy => "deploy",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope of a name, if it is one.
+    pub fn parse(s: &str) -> Option<Scope> {
+        [Scope::Read, Scope::Deploy, Scope::Admin].into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// The account of the request's API token, with what the token may do. Every authenticated
+/// handler takes it before any body extractor, so no request body is read before its token is
+/// checked.
 #[derive(Debug, Clone)]
 pub struct Account {
     /// The account the token belongs to.
     pub account: String,
+    /// The token's public id.
+    pub token_id: String,
+    /// The token's scope.
+    pub scope: Scope,
+    /// When the token expires, µs since the epoch.
+    pub expires_at: Option<i64>,
+    /// The token itself (live streams re-check it).
+    #[allow(dead_code)] // read by live streams (next change)
+    token: String,
+}
+
+impl Account {
+    /// `Ok` if the token's scope includes `needed`, else a 403 that says which scope is needed.
+    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
+        if self.scope >= needed {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "this token has scope '{}'; this needs scope '{}' (`keel token create NAME --scope {}` with an \
+                 admin token)",
+                self.scope.as_str(),
+                needed.as_str(),
+                needed.as_str()
+            ),
+        ))
+    }
 }
 
 fn unauthorized() -> ApiError {
@@ -149,8 +214,15 @@ impl FromRequestParts<AppState> for Account {
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
-        let account = st.store.account_for_token(token).await?.ok_or_else(unauthorized)?;
-        Ok(Account { account })
+        let g = st.store.authenticate(token).await?.ok_or_else(unauthorized)?;
+        Ok(Account {
+            account: g.account_id,
+            token_id: g.id,
+            // A scope this server does not know grants the least.
+            scope: Scope::parse(&g.scope).unwrap_or(Scope::Read),
+            expires_at: g.expires_at,
+            token: token.to_string(),
+        })
     }
 }
 
@@ -401,6 +473,7 @@ async fn patch_device(
     Path(id): Path<String>,
     body: Result<Json<DevicePatch>, JsonRejection>,
 ) -> Result<Json<DeviceJson>, ApiError> {
+    auth.require(Scope::Deploy)?;
     let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     let Json(p) = body?;
@@ -437,6 +510,7 @@ async fn delete_device(
     auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::Admin)?;
     let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     st.store.delete_device(&d.id).await?;
@@ -612,6 +686,7 @@ async fn create_device(
     auth: Account,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceJson>), ApiError> {
+    auth.require(Scope::Admin)?;
     let acct = auth.account;
     let Json(d) = body?;
     let key =
@@ -646,11 +721,27 @@ pub struct TokenJson {
     pub name: String,
     /// Creation time, µs since the epoch.
     pub created_at_us: i64,
+    /// `read`, `deploy` or `admin`.
+    #[serde(default)]
+    pub scope: String,
+    /// When it stops working, µs since the epoch (absent: never).
+    #[serde(default)]
+    pub expires_at_us: Option<i64>,
+    /// When it was last used (to the minute), µs since the epoch.
+    #[serde(default)]
+    pub last_used_at_us: Option<i64>,
 }
 
 impl From<TokenInfo> for TokenJson {
     fn from(t: TokenInfo) -> Self {
-        TokenJson { id: t.id, name: t.name, created_at_us: t.created_at }
+        TokenJson {
+            id: t.id,
+            name: t.name,
+            created_at_us: t.created_at,
+            scope: t.scope,
+            expires_at_us: t.expires_at,
+            last_used_at_us: t.last_used_at,
+        }
     }
 }
 
@@ -659,6 +750,13 @@ impl From<TokenInfo> for TokenJson {
 pub struct NewToken {
     /// Name (1..100 characters), e.g. what the token is for.
     pub name: String,
+    /// `read` (the default), `deploy` or `admin`; at most the creating token's own scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Lifetime in seconds (absent: no expiry). A token that expires cannot create one that
+    /// outlives it.
+    #[serde(default)]
+    pub expires_in_s: Option<u64>,
 }
 
 /// A newly created token: the only time the secret is shown.
@@ -670,6 +768,12 @@ pub struct CreatedToken {
     pub name: String,
     /// The secret token (`keel_` + 64 hex digits). Only its hash is stored.
     pub token: String,
+    /// `read`, `deploy` or `admin`.
+    #[serde(default)]
+    pub scope: String,
+    /// When it stops working, µs since the epoch (absent: never).
+    #[serde(default)]
+    pub expires_at_us: Option<i64>,
 }
 
 /// List the account's API tokens (never their secrets).
@@ -680,34 +784,80 @@ async fn list_tokens(State(st): State<AppState>, auth: Account) -> Result<Json<V
     Ok(Json(st.store.tokens(&acct).await?.into_iter().map(Into::into).collect()))
 }
 
-/// Create an API token for the account.
+/// Create an API token for the account (needs scope `admin`). The new token's scope and expiry
+/// cannot exceed the creating token's.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewToken,
-    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 async fn create_token(
     State(st): State<AppState>,
     auth: Account,
     body: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let acct = auth.account;
+    auth.require(Scope::Admin)?;
     let Json(t) = body?;
     if !valid_name(&t.name) {
         return Err(ApiError::bad_request("bad_name", "name must be 1..100 characters without control characters"));
     }
-    let token = st.store.create_token(&acct, &t.name).await?;
+    let scope = match t.scope.as_deref() {
+        None => Scope::Read,
+        Some(s) => Scope::parse(s)
+            .ok_or_else(|| ApiError::bad_request("bad_scope", "scope must be one of read, deploy, admin"))?,
+    };
+    const MAX_LIFETIME_S: u64 = 100 * 365 * 86_400;
+    let expires_at = match t.expires_in_s {
+        None => None,
+        Some(s) if (1..=MAX_LIFETIME_S).contains(&s) => Some(crate::unix_us() as i64 + s as i64 * 1_000_000),
+        Some(_) => {
+            return Err(ApiError::bad_request("bad_expiry", "expires_in_s must be 1..=3153600000 (100 years)"));
+        }
+    };
+    let outlives = match (auth.expires_at, expires_at) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(mine), Some(new)) => new > mine,
+    };
+    if scope > auth.scope || outlives {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "scope_exceeded",
+            "a token cannot create a token with more scope than its own or one that outlives it",
+        ));
+    }
+    let token = st.store.create_token_with(&auth.account, &t.name, scope.as_str(), expires_at).await?;
     let id = crate::store::token_id(&token);
-    Ok((StatusCode::CREATED, Json(CreatedToken { id, name: t.name, token })))
+    tracing::info!(account = %auth.account, by = %auth.token_id, token = %id, scope = scope.as_str(), "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken { id, name: t.name, token, scope: scope.as_str().into(), expires_at_us: expires_at }),
+    ))
 }
 
-/// Revoke one of the account's API tokens (it may be the one making the request).
+/// Revoke one of the account's API tokens (needs scope `admin`; it may be the one making the
+/// request, unless it is the account's last admin token: 409 `last_admin_token`).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn revoke_token(
     State(st): State<AppState>,
     auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::Admin)?;
     let acct = auth.account;
+    let tokens = st.store.tokens(&acct).await?;
+    let now = crate::unix_us() as i64;
+    let live_admin = |t: &TokenInfo| t.scope == "admin" && t.expires_at.is_none_or(|e| e > now);
+    if tokens.iter().any(|t| t.id == id && live_admin(t)) && !tokens.iter().any(|t| t.id != id && live_admin(t)) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_admin_token",
+            "this is the account's last admin token: create another admin token first (`keel token create NAME \
+             --scope admin`), then revoke this one",
+        ));
+    }
     if st.store.revoke_token(&acct, &id).await? {
+        st.auth_changed();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
@@ -935,6 +1085,7 @@ async fn add_signer_key(
     auth: Account,
     body: Result<Json<NewSignerKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SignerKeyJson>), ApiError> {
+    auth.require(Scope::Admin)?;
     let acct = auth.account;
     let Json(k) = body?;
     if !valid_name(&k.name) {
@@ -967,6 +1118,7 @@ async fn revoke_signer_key(
     auth: Account,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::Admin)?;
     let acct = auth.account;
     match st.store.revoke_signer_key(&acct, &id).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
@@ -1091,6 +1243,7 @@ async fn upload_bundle(
 ) -> Result<(StatusCode, Json<BundleJson>), ApiError> {
     // The token is checked before a byte of the body is read: an unauthenticated upload costs the
     // server its headers only (a `Bytes` extractor would read up to 64 MiB first).
+    auth.require(Scope::Deploy)?;
     let acct = auth.account;
     let too_large = || {
         ApiError::new(
@@ -1231,6 +1384,7 @@ async fn create_deployment(
     auth: Account,
     body: Result<Json<NewDeployment>, JsonRejection>,
 ) -> Result<Json<DeploymentJson>, ApiError> {
+    auth.require(Scope::Deploy)?;
     let acct = auth.account;
     let Json(d) = body?;
     let bundle = match d.bundle.rsplit_once('@') {

@@ -55,7 +55,29 @@ pub struct TokenInfo {
     pub name: String,
     /// Creation time, µs since the epoch.
     pub created_at: i64,
+    /// `read`, `deploy` or `admin`.
+    pub scope: String,
+    /// When it stops working, µs since the epoch (`None`: never).
+    pub expires_at: Option<i64>,
+    /// When it was last used (updated at most once a minute), µs since the epoch.
+    pub last_used_at: Option<i64>,
 }
+
+/// What a valid token grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// The account it belongs to.
+    pub account_id: String,
+    /// Its public id.
+    pub id: String,
+    /// `read`, `deploy` or `admin` (as stored; the API maps unknown values to `read`).
+    pub scope: String,
+    /// When it stops working, µs since the epoch.
+    pub expires_at: Option<i64>,
+}
+
+/// `last_used_at` is written at most this often per token (µs), so reads stay reads.
+const LAST_USED_RESOLUTION_US: i64 = 60_000_000;
 
 /// Counters of the gateway since the process started, for `/metrics`.
 #[derive(Debug, Default)]
@@ -275,28 +297,73 @@ impl Store {
         Ok(())
     }
 
-    /// Creates an API token for `account_id` and returns it. Only its hash is stored.
+    /// Creates a full-power (`admin`) API token for `account_id` that never expires and returns
+    /// it. Only its hash is stored.
     pub async fn create_token(&self, account_id: &str, name: &str) -> Result<String, Error> {
+        self.create_token_with(account_id, name, "admin", None).await
+    }
+
+    /// Creates an API token with a scope (`read`, `deploy`, `admin`) and an optional expiry (µs
+    /// since the epoch) and returns it. Only its hash is stored.
+    pub async fn create_token_with(
+        &self,
+        account_id: &str,
+        name: &str,
+        scope: &str,
+        expires_at: Option<i64>,
+    ) -> Result<String, Error> {
         let mut raw = [0u8; 32];
         getrandom::getrandom(&mut raw).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
         let token = format!("keel_{}", hex(&raw));
-        sqlx::query("INSERT INTO api_tokens (token_hash, account_id, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash(&token))
-            .bind(account_id)
-            .bind(name)
-            .bind(unix_us() as i64)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, account_id, name, created_at, scope, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_hash(&token))
+        .bind(account_id)
+        .bind(name)
+        .bind(unix_us() as i64)
+        .bind(scope)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 
-    /// The account a token belongs to, if the token is valid.
+    /// What a token grants, if it is known and not expired. Records its last use (at most once a
+    /// minute per token).
+    pub async fn authenticate(&self, token: &str) -> Result<Option<TokenGrant>, Error> {
+        let hash = token_hash(token);
+        let row =
+            sqlx::query("SELECT account_id, scope, expires_at, last_used_at FROM api_tokens WHERE token_hash = $1")
+                .bind(&hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let now = unix_us() as i64;
+        let expires_at: Option<i64> = row.try_get("expires_at")?;
+        if expires_at.is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        let last_used: Option<i64> = row.try_get("last_used_at")?;
+        if last_used.is_none_or(|t| now - t >= LAST_USED_RESOLUTION_US) {
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2")
+                .bind(now)
+                .bind(&hash)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(TokenGrant {
+            account_id: row.try_get("account_id")?,
+            id: hash[..12].to_string(),
+            scope: row.try_get("scope")?,
+            expires_at,
+        }))
+    }
+
+    /// The account a token belongs to, if the token is valid (known and not expired).
     pub async fn account_for_token(&self, token: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT account_id FROM api_tokens WHERE token_hash = $1")
-            .bind(token_hash(token))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("account_id")).transpose()
+        Ok(self.authenticate(token).await?.map(|g| g.account_id))
     }
 
     /// The devices of an account, by id.
@@ -384,7 +451,8 @@ impl Store {
     /// The tokens of an account.
     pub async fn tokens(&self, account_id: &str) -> Result<Vec<TokenInfo>, Error> {
         let rows = sqlx::query(
-            "SELECT token_hash, name, created_at FROM api_tokens WHERE account_id = $1 ORDER BY created_at, token_hash",
+            "SELECT token_hash, name, created_at, scope, expires_at, last_used_at FROM api_tokens \
+             WHERE account_id = $1 ORDER BY created_at, token_hash",
         )
         .bind(account_id)
         .fetch_all(&self.pool)
@@ -396,6 +464,9 @@ impl Store {
                     id: hash[..12].to_string(),
                     name: r.try_get("name")?,
                     created_at: r.try_get("created_at")?,
+                    scope: r.try_get("scope")?,
+                    expires_at: r.try_get("expires_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
                 })
             })
             .collect()

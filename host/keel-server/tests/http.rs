@@ -382,3 +382,117 @@ async fn every_write_route_authenticates_before_reading_its_body() {
         assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
     }
 }
+
+async fn new_token(app: &axum::Router, by: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    call(app, "POST", "/v1/tokens", Some(by), Some(body)).await
+}
+
+/// Scopes: `read` reads, `deploy` also uploads and deploys, `admin` also manages tokens, signer
+/// keys and device registration. Expired tokens answer 401; the last admin token stays.
+async fn token_scopes_and_expiry(store: Store) {
+    store.create_account("a", "Acme").await.unwrap();
+    store.add_device("a", "kdaaaa", &[1; 32], "acme-1").await.unwrap();
+    let admin = store.create_token("a", "initial").await.unwrap();
+    let app = router(AppState::new(store.clone(), [9; 32]));
+    let (s, body) = new_token(&app, &admin, serde_json::json!({ "name": "ro", "scope": "read" })).await;
+    assert_eq!((s, body["scope"].as_str()), (StatusCode::CREATED, Some("read")), "{body}");
+    let read = body["token"].as_str().unwrap().to_string();
+    let (s, body) = new_token(&app, &admin, serde_json::json!({ "name": "ci", "scope": "deploy" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let deploy = body["token"].as_str().unwrap().to_string();
+    let (s, body) = new_token(&app, &admin, serde_json::json!({ "name": "x", "scope": "root" })).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_scope")));
+
+    let device_body = serde_json::json!({ "id": "kd0123456789abcdef0123456789abcdef", "name": "n",
+        "public_key": "22".repeat(32) });
+    let signer_body = serde_json::json!({ "name": "k", "public_key": "33".repeat(32) });
+    let deploy_body = serde_json::json!({ "bundle": "bn-000000000000", "device": "kdaaaa" });
+    let routes: Vec<(&str, &str, Option<serde_json::Value>, &str)> = vec![
+        ("GET", "/v1/devices", None, "read"),
+        ("GET", "/v1/tokens", None, "read"),
+        ("GET", "/v1/devices/kdaaaa/logs", None, "read"),
+        ("PATCH", "/v1/devices/kdaaaa", Some(serde_json::json!({ "name": "renamed" })), "deploy"),
+        ("POST", "/v1/deployments", Some(deploy_body), "deploy"),
+        ("POST", "/v1/bundles", None, "deploy"),
+        ("POST", "/v1/tokens", Some(serde_json::json!({ "name": "more" })), "admin"),
+        ("POST", "/v1/signer-keys", Some(signer_body), "admin"),
+        ("DELETE", "/v1/signer-keys/sk-000000000000", None, "admin"),
+        ("POST", "/v1/devices", Some(device_body), "admin"),
+        ("DELETE", "/v1/devices/kd0123456789abcdef0123456789abcdef", None, "admin"),
+    ];
+    let rank = |s: &str| ["read", "deploy", "admin"].iter().position(|x| *x == s).unwrap();
+    for (tname, token) in [("read", &read), ("deploy", &deploy), ("admin", &admin)] {
+        for (method, path, body, needs) in &routes {
+            let (s, resp) = call(&app, method, path, Some(token), body.clone()).await;
+            if rank(tname) < rank(needs) {
+                assert_eq!(
+                    (s, resp["error"]["code"].as_str()),
+                    (StatusCode::FORBIDDEN, Some("insufficient_scope")),
+                    "{tname} token: {method} {path}"
+                );
+                assert!(resp["error"]["message"].as_str().unwrap().contains(needs), "{resp}");
+            } else {
+                assert!(
+                    ![StatusCode::FORBIDDEN, StatusCode::UNAUTHORIZED].contains(&s),
+                    "{tname} token: {method} {path}: {s} {resp}"
+                );
+            }
+        }
+    }
+
+    // A token cannot mint one that outlives it.
+    let (s, body) =
+        new_token(&app, &admin, serde_json::json!({ "name": "tmp", "scope": "admin", "expires_in_s": 3600 })).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (tmp, tmp_id) = (body["token"].as_str().unwrap().to_string(), body["id"].as_str().unwrap().to_string());
+    assert!(body["expires_at_us"].as_i64().is_some(), "{body}");
+    let (s, body) = new_token(&app, &tmp, serde_json::json!({ "name": "forever", "scope": "read" })).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("scope_exceeded")), "{body}");
+
+    // Last use is recorded and listed.
+    let (_, list) = get(&app, "/v1/tokens", Some(&admin)).await;
+    let used = list.as_array().unwrap().iter().find(|t| t["name"] == "ro").unwrap();
+    assert!(used["last_used_at_us"].as_i64().is_some(), "{list}");
+    assert_eq!(used["scope"], "read");
+
+    // An expired token answers 401 (poll: it expires one second after creation).
+    let (s, body) = new_token(&app, &admin, serde_json::json!({ "name": "short", "expires_in_s": 1 })).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let short = body["token"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, body) = get(&app, "/v1/devices", Some(&short)).await;
+        if s == StatusCode::UNAUTHORIZED {
+            assert_eq!(body["error"]["code"], "unauthorized");
+            break;
+        }
+        assert_eq!(s, StatusCode::OK);
+        assert!(std::time::Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The last admin token cannot revoke itself (the account would be locked out).
+    assert_eq!(
+        call(&app, "DELETE", &format!("/v1/tokens/{tmp_id}"), Some(&admin), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, list) = get(&app, "/v1/tokens", Some(&admin)).await;
+    let admin_id = list.as_array().unwrap().iter().find(|t| t["name"] == "initial").unwrap()["id"].clone();
+    let (s, body) =
+        call(&app, "DELETE", &format!("/v1/tokens/{}", admin_id.as_str().unwrap()), Some(&admin), None).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("last_admin_token")), "{body}");
+    assert_eq!(get(&app, "/v1/devices", Some(&admin)).await.0, StatusCode::OK);
+}
+
+mod scopes {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let db = super::TestDb::sqlite("http-scopes");
+        super::token_scopes_and_expiry(db.open().await).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = super::TestDb::postgres("http-scopes");
+        super::token_scopes_and_expiry(db.open().await).await;
+    }
+}
