@@ -1,6 +1,13 @@
 //! The HTTP JSON API (`/v1`). Every request carries `Authorization: Bearer <token>`; a token
 //! belongs to one account and sees only that account's devices and logs (others answer 404,
-//! exactly as if they did not exist).
+//! exactly as if they did not exist). Registering a device whose id or key is taken answers the
+//! same 409 `device_unavailable` whichever account holds it.
+//!
+//! Tokens have a scope (`read` < `deploy` < `admin`, see [`Scope`]) and may expire. The
+//! [`Account`] extractor checks the token before any body extractor runs, so no request body
+//! is read for an unauthenticated request; JSON bodies are limited to [`MAX_JSON`], bundle
+//! uploads to [`MAX_UPLOAD`] (streamed). Live log streams re-check their token and device and end
+//! when either goes away.
 //!
 //! Routes are registered through `utoipa-axum`, so the OpenAPI document served at
 //! `/v1/openapi.json` is generated from the same handlers the router serves: a route cannot
@@ -96,6 +103,15 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // A check-then-insert that lost a race to a concurrent request: a conflict, not a fault.
+        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+            tracing::info!(error = %e, "conflict with a concurrent request");
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a concurrent request created the same thing first; list and retry if needed",
+            );
+        }
         tracing::error!(error = %e, "database error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
@@ -168,7 +184,6 @@ pub struct Account {
     /// When the token expires, µs since the epoch.
     pub expires_at: Option<i64>,
     /// The token itself (live streams re-check it).
-    #[allow(dead_code)] // read by live streams (next change)
     token: String,
 }
 
@@ -514,6 +529,7 @@ async fn delete_device(
     let acct = auth.account;
     let d = own_device(&st, &acct, &id).await?;
     st.store.delete_device(&d.id).await?;
+    st.auth_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -560,34 +576,55 @@ pub struct StreamQuery {
     pub after: Option<u64>,
 }
 
+/// How often an idle live stream re-checks its token and device (expiry, changes made through
+/// another server node); revocations and deletions through this node are seen at once.
+const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct LiveLogs {
     store: Store,
+    account: String,
+    token: String,
     device: String,
     cursor: Option<u64>,
     pending: VecDeque<LogRecord>,
     notify: broadcast::Receiver<String>,
     stop: watch::Receiver<bool>,
+    auth: watch::Receiver<u64>,
 }
 
 impl LiveLogs {
-    /// The next record, waiting for one if needed; `None` ends the stream (server stopping or
-    /// database error: the client reconnects with `Last-Event-ID`).
+    /// Whether the stream's token is still valid and its device still belongs to its account.
+    async fn allowed(&self) -> bool {
+        let token_ok =
+            matches!(self.store.authenticate(&self.token).await, Ok(Some(g)) if g.account_id == self.account);
+        token_ok && matches!(self.store.device(&self.device).await, Ok(Some(d)) if d.account_id == self.account)
+    }
+
+    /// The next record, waiting for one if needed; `None` ends the stream (server stopping,
+    /// token revoked or expired, device deleted or moved, or a database error: the client
+    /// reconnects with `Last-Event-ID` and is authorized again).
     async fn next(&mut self) -> Option<LogRecord> {
         loop {
             if let Some(r) = self.pending.pop_front() {
                 return Some(r);
             }
-            if *self.stop.borrow() {
+            if *self.stop.borrow() || !self.allowed().await {
                 return None;
             }
             let page = self.store.logs(&self.device, self.cursor, 500).await.ok()?;
             if let Some(last) = page.last() {
+                // Checked again after the read: the records are the account's only if the device
+                // still is (it may have been deleted and registered elsewhere in between).
+                if !self.allowed().await {
+                    return None;
+                }
                 self.cursor = Some(last.seq);
                 self.pending.extend(page);
                 continue;
             }
             // Nothing new: wait until this device's records are stored (a lagged receiver may
-            // have missed it, so re-read then too) or the server stops.
+            // have missed it, so re-read then too), authorization may have changed, or the
+            // server stops.
             loop {
                 tokio::select! {
                     n = self.notify.recv() => match n {
@@ -595,6 +632,11 @@ impl LiveLogs {
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return None,
                     },
+                    changed = self.auth.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return None,
+                    },
+                    _ = tokio::time::sleep(STREAM_RECHECK) => break,
                     _ = self.stop.changed() => return None,
                 }
             }
@@ -636,6 +678,9 @@ async fn stream_logs(
     };
     let live = LiveLogs {
         store: st.store.clone(),
+        account: acct,
+        token: auth.token,
+        auth: st.auth_tx.subscribe(),
         device: d.id,
         cursor,
         pending: VecDeque::new(),
@@ -698,14 +743,23 @@ async fn create_device(
     if d.tags.len() > 32 || !d.tags.iter().all(|t| valid_tag(t)) {
         return Err(ApiError::bad_request("bad_tags", "at most 32 tags, each 1..64 characters of a-z A-Z 0-9 - _ . :"));
     }
-    if st.store.device(&d.id).await?.is_some() || st.store.device_by_key(&key).await?.is_some() {
-        return Err(ApiError::new(
+    // One answer for an id or key taken in this account or in another, so registration tells
+    // nobody whether another account has a device (only that this id or key cannot be used).
+    let unavailable = || {
+        ApiError::new(
             StatusCode::CONFLICT,
-            "exists",
-            "a device with this id or key is already registered",
-        ));
+            "device_unavailable",
+            "this device id or public key cannot be registered: it is already in use (if the device is in your \
+             account, `keel devices` lists it; otherwise provision it with a new identity)",
+        )
+    };
+    if st.store.device(&d.id).await?.is_some() || st.store.device_by_key(&key).await?.is_some() {
+        return Err(unavailable());
     }
-    st.store.add_device(&acct, &d.id, &key, &d.name).await?;
+    match st.store.add_device(&acct, &d.id, &key, &d.name).await {
+        Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => return Err(unavailable()),
+        r => r?,
+    }
     if !d.tags.is_empty() {
         st.store.set_tags(&d.id, &d.tags).await?;
     }

@@ -496,3 +496,150 @@ mod scopes {
         super::token_scopes_and_expiry(db.open().await).await;
     }
 }
+
+/// Opens a live stream of `device` with `token`; panics unless it answers 200.
+async fn open_stream(app: &axum::Router, device: &str, token: &str) -> Body {
+    let req = Request::get(format!("/v1/devices/{device}/logs/stream?after=0"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
+/// Reads a stream until it ends (within 30 s); returns the texts of the `log` events it carried.
+async fn until_end(body: &mut Body) -> Vec<String> {
+    let mut texts = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.unwrap().into_data() else { continue };
+            for line in String::from_utf8_lossy(&data).lines() {
+                if let Some(d) = line.strip_prefix("data: ") {
+                    texts.push(serde_json::from_str::<LogJson>(d).unwrap().text);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read).await.expect("the stream never ended");
+    texts
+}
+
+/// A live stream stays authorized: it ends when its token is revoked or expires, or when its
+/// device is deleted (and the id re-registered by another account, whose logs it never shows).
+async fn streams_end_when_authorization_ends(store: Store) {
+    let dev = "kd0123456789abcdef0123456789abcdef";
+    store.create_account("a", "Acme").await.unwrap();
+    store.create_account("b", "Bolt").await.unwrap();
+    store.add_device("a", dev, &[1; 32], "acme-1").await.unwrap();
+    let rec =
+        |seq, text: &str| LogRecord { seq, kind: 0, level: 2, device_time_us: 5, received_at: 6, text: text.into() };
+    store.insert_log(dev, &rec(1, "a1")).await.unwrap();
+    let admin = store.create_token("a", "initial").await.unwrap();
+    let tb = store.create_token("b", "initial").await.unwrap();
+    let app = router(AppState::new(store.clone(), [9; 32]));
+    let token = |scope: &str, expires: Option<u64>| {
+        let app = app.clone();
+        let admin = admin.clone();
+        let body = serde_json::json!({ "name": "s", "scope": scope, "expires_in_s": expires });
+        async move {
+            let (s, body) = new_token(&app, &admin, body).await;
+            assert_eq!(s, StatusCode::CREATED, "{body}");
+            (body["token"].as_str().unwrap().to_string(), body["id"].as_str().unwrap().to_string())
+        }
+    };
+
+    // Revoked: the stream ends.
+    let (t1, t1_id) = token("read", None).await;
+    let mut s1 = open_stream(&app, dev, &t1).await;
+    assert_eq!(sse_events(&mut s1, 1).await[0].text, "a1");
+    assert_eq!(
+        call(&app, "DELETE", &format!("/v1/tokens/{t1_id}"), Some(&admin), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    until_end(&mut s1).await;
+
+    // Expired: the stream ends.
+    let (t2, _) = token("read", Some(2)).await;
+    let mut s2 = open_stream(&app, dev, &t2).await;
+    assert_eq!(sse_events(&mut s2, 1).await[0].text, "a1");
+    until_end(&mut s2).await;
+
+    // Deleted, then registered again (same id and key) by account B, which logs a secret: A's
+    // open stream ends and never carries B's record.
+    let (t3, _) = token("read", None).await;
+    let mut s3 = open_stream(&app, dev, &t3).await;
+    assert_eq!(sse_events(&mut s3, 1).await[0].text, "a1");
+    assert_eq!(call(&app, "DELETE", &format!("/v1/devices/{dev}"), Some(&admin), None).await.0, StatusCode::NO_CONTENT);
+    let reg = serde_json::json!({ "id": dev, "name": "bolt-1", "public_key": "01".repeat(32) });
+    assert_eq!(call(&app, "POST", "/v1/devices", Some(&tb), Some(reg)).await.0, StatusCode::CREATED);
+    store.insert_log(dev, &rec(2, "secret of b")).await.unwrap();
+    let seen = until_end(&mut s3).await;
+    assert!(!seen.iter().any(|t| t.contains("secret of b")), "{seen:?}");
+}
+
+/// Registration conflicts answer the same for an id or key of this account and of another one
+/// (no existence oracle), and concurrent registrations answer 201 once and 409 otherwise.
+async fn registration_reveals_no_other_account(store: Store) {
+    store.create_account("a", "Acme").await.unwrap();
+    store.create_account("b", "Bolt").await.unwrap();
+    let ta = store.create_token("a", "initial").await.unwrap();
+    let tb = store.create_token("b", "initial").await.unwrap();
+    let app = router(AppState::new(store.clone(), [9; 32]));
+    let reg =
+        |id: &str, key: u8| serde_json::json!({ "id": id, "name": "n", "public_key": format!("{key:02x}").repeat(32) });
+    // Concurrent registrations of one id: exactly one 201, the others 409 (never 500).
+    let id = "kd11111111111111111111111111111111";
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let (app, tb) = (app.clone(), tb.clone());
+            tokio::spawn(async move { call(&app, "POST", "/v1/devices", Some(&tb), Some(reg(id, 0x40 + i))).await.0 })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(got.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{got:?}");
+    assert!(got.iter().all(|s| [StatusCode::CREATED, StatusCode::CONFLICT].contains(s)), "{got:?}");
+    let id_a = "kdaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    assert_eq!(call(&app, "POST", "/v1/devices", Some(&ta), Some(reg(id_a, 0xa1))).await.0, StatusCode::CREATED);
+    let fresh = "kdffffffffffffffffffffffffffffffff";
+    let answers = [
+        ("own id", call(&app, "POST", "/v1/devices", Some(&ta), Some(reg(id_a, 0x01))).await),
+        ("own key", call(&app, "POST", "/v1/devices", Some(&ta), Some(reg(fresh, 0xa1))).await),
+        ("foreign id", call(&app, "POST", "/v1/devices", Some(&tb), Some(reg(id_a, 0x02))).await),
+        ("foreign key", call(&app, "POST", "/v1/devices", Some(&tb), Some(reg(fresh, 0xa1))).await),
+    ];
+    for (what, (s, body)) in &answers {
+        assert_eq!((*s, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("device_unavailable")), "{what}");
+        assert_eq!(body, &answers[0].1 .1, "{what}: the same answer as for one's own device");
+        assert!(!body.to_string().contains("\"a\"") && !body.to_string().contains("Acme"), "{body}");
+    }
+}
+
+mod authorization_stays_true {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let db = super::TestDb::sqlite("http-authz");
+        super::streams_end_when_authorization_ends(db.open().await).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = super::TestDb::postgres("http-authz");
+        super::streams_end_when_authorization_ends(db.open().await).await;
+    }
+}
+
+mod registration {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let db = super::TestDb::sqlite("http-reg");
+        super::registration_reveals_no_other_account(db.open().await).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = super::TestDb::postgres("http-reg");
+        super::registration_reveals_no_other_account(db.open().await).await;
+    }
+}
