@@ -89,6 +89,7 @@ struct Setup {
     url: String,
     http: u16,
     gw: u16,
+    token: String,
 }
 
 fn setup(name: &str) -> Setup {
@@ -123,12 +124,12 @@ fn setup(name: &str) -> Setup {
     let v1 = elf::image_from_elf(&keel_vdev::app_elf("hello"), "1.0.0").unwrap();
     flash::program_app(&dir.join("dev.flash"), layout::APP_A, &v1).unwrap();
     let dev = Device { visor: keel_vdev::visor_elf(), flash: dir.join("dev.flash"), clock: Clock::Deterministic };
-    Setup { world, server, dev, data, url, http, gw }
+    Setup { world, server, dev, data, url, http, gw, token }
 }
 
 #[test]
 fn updates_confirm_roll_back_refuse_and_resume() {
-    let Setup { world, server, dev, data, url, http, gw } = setup("ota-e2e");
+    let Setup { world, server, dev, data, url, http, gw, token } = setup("ota-e2e");
     let dir = world.dir.clone();
     let stranger = dir.join("stranger").display().to_string();
     world.keel(&["keys", "new", "--out", &stranger]);
@@ -219,7 +220,13 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     let server = start_server(&data, http, gw, false);
     let u = world.wait_state(&mut qemu, 7, "confirmed");
     assert_eq!(u["installed"], 7, "{u}");
-    let metrics = ureq::get(&format!("{url}/metrics")).call().unwrap().into_body().read_to_string().unwrap();
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .header("authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
     let served: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("keel_layer_bytes_served_total "))

@@ -939,13 +939,31 @@ async fn server_info(State(st): State<AppState>, auth: Account) -> Result<Json<S
     Ok(Json(ServerInfo { public_key: crate::hex(&st.server_public), version: env!("CARGO_PKG_VERSION").into() }))
 }
 
-/// Prometheus text exposition of the server's state. No authentication: bind the API to a
-/// trusted network or put it behind a proxy.
-#[utoipa::path(get, path = "/metrics", tag = "server", security(()),
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
+/// Prometheus text exposition of the server's state (any token scope). For a scraper without a
+/// token, serve [`metrics_router`] on a separate listener bound to a trusted network.
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, body = ErrorBody)))]
+async fn metrics(State(st): State<AppState>, auth: Account) -> Result<String, ApiError> {
+    let _ = auth;
+    metrics_text(&st).await
+}
+
+async fn metrics_unauthenticated(State(st): State<AppState>) -> Result<String, ApiError> {
+    metrics_text(&st).await
+}
+
+/// `GET /metrics` without authentication, for a listener of its own (`keel server run --metrics
+/// ADDR`): bind it to loopback or a monitoring network, never to the internet.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", axum::routing::get(metrics_unauthenticated)).with_state(state)
+}
+
+/// The metrics. A scrape costs one query over the devices table (no count of the logs, which
+/// grows without bound) and in-memory counters.
+async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
     use std::fmt::Write;
-    let (devices, online, logs) = st.store.counts().await?;
+    let (devices, online) = st.store.device_counts().await?;
     let c: &Counters = st.store.counters();
     let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let mut out = String::new();
@@ -954,7 +972,6 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
     };
     metric("keel_devices", "gauge", "Registered devices.", devices as u64);
     metric("keel_devices_online", "gauge", "Devices connected to the gateway.", online as u64);
-    metric("keel_log_records", "gauge", "Stored log records.", logs as u64);
     let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
         ("keel_gateway_connections_total", "TCP connections accepted by the gateway.", &c.connections),
         ("keel_gateway_handshakes_total", "Devices authenticated (handshake and Ready).", &c.handshakes),

@@ -391,7 +391,7 @@ fn only_the_newest_connection_of_a_device_marks_it_offline() {
 async fn metric(store: &Store, name: &str) -> u64 {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let app = keel_server::http::router(keel_server::http::AppState::new(store.clone(), [9; 32]));
+    let app = keel_server::http::metrics_router(keel_server::http::AppState::new(store.clone(), [9; 32]));
     let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
     let body = app.oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(body.to_vec()).unwrap();

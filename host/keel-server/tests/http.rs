@@ -67,11 +67,23 @@ async fn two_accounts(store: Store) {
     assert_eq!(logs.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(), ["a2"]);
     assert_eq!(logs[0].source, "app");
 
-    // Prometheus metrics.
-    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.contains("keel_devices 2\n") && text.contains("keel_log_records 3\n"), "{text}");
+    // Prometheus metrics: on the API listener only with a token (any scope); the separate
+    // metrics router serves them without one.
+    let (s, body) = get(&app, "/metrics", None).await;
+    assert_eq!((s, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let scrape = |app: axum::Router, token: Option<String>| async move {
+        let mut req = Request::get("/metrics");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let text = scrape(app.clone(), Some(ta.clone())).await;
+    assert!(text.contains("keel_devices 2\n") && text.contains("keel_gateway_connections_total 0\n"), "{text}");
+    let text = scrape(keel_server::http::metrics_router(state.clone()), None).await;
+    assert!(text.contains("keel_devices 2\n"), "{text}");
 
     // An `after` beyond the stored range matches nothing (it must not wrap around to everything).
     let (s, body) = get(&app, "/v1/devices/kdaaaa/logs?after=18446744073709551615", Some(&ta)).await;

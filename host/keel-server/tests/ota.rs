@@ -327,7 +327,8 @@ async fn a_deployment_reaches_devices_by_id_and_by_tag(store: Store) {
     assert_eq!(d3.stats().update.offers, 1);
 
     // Metrics count uploads, offers and bytes served.
-    let resp = w.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let metrics = keel_server::http::metrics_router(AppState::new(w.store.clone(), [9; 32]));
+    let resp = metrics.oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("keel_bundle_uploads_total 1\n"), "{text}");
     assert!(text.contains("keel_update_offers_total 3\n"), "{text}");

@@ -185,6 +185,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
     if !init.status.success() {
         return Err(format!("keel server init failed: {init_out}{}", String::from_utf8_lossy(&init.stderr)));
     }
+    let token = json_str(&init_out, "token").ok_or_else(|| format!("no token in {init_out}"))?;
     let account = json_str(&init_out, "account").ok_or_else(|| format!("no account in {init_out}"))?;
     let server_public = json_str(&init_out, "server_public_key")
         .and_then(|h| parse_key(&h))
@@ -231,7 +232,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
     // Ready once the API answers (both listeners are bound before it serves).
     let t_start = Instant::now();
     let online_at_start = loop {
-        if let Ok(n) = online_gauge(http).await {
+        if let Ok(n) = online_gauge(http, &token).await {
             break n;
         }
         if let Ok(Some(status)) = server.0.try_wait() {
@@ -263,7 +264,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
     let connect_seconds = t0.elapsed().as_secs_f64();
     // The devices are online once they got `Welcome`; the server counts them after `Ready`.
     loop {
-        let online = online_gauge(http).await?;
+        let online = online_gauge(http, &token).await?;
         if online as usize >= count {
             break;
         }
@@ -279,7 +280,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
         eprintln!("keel-sim idle: warning: server RSS still changing; using the last sample");
     }
     // Still all connected on their first session (no drop and reconnect during the measurement).
-    let online = online_gauge(http).await?;
+    let online = online_gauge(http, &token).await?;
     let reconnects: u64 = sims.iter().map(|d| u64::from(d.stats().sessions.saturating_sub(1))).sum();
     if online as usize != count || reconnects > 0 {
         return Err(format!("devices dropped during the measurement: {online} online, {reconnects} reconnects"));
@@ -351,9 +352,10 @@ async fn settled_rss(pid: u32) -> Result<(u64, bool), String> {
 }
 
 /// `keel_devices_online` from the server's Prometheus `/metrics`.
-async fn online_gauge(http: SocketAddr) -> Result<i64, String> {
+async fn online_gauge(http: SocketAddr, token: &str) -> Result<i64, String> {
     let mut s = TcpStream::connect(http).await.map_err(|e| format!("metrics: {e}"))?;
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| format!("metrics: {e}"))?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.map_err(|e| format!("metrics: {e}"))?;
