@@ -94,6 +94,10 @@ pub enum AppsCmd {
         conn: Conn,
         /// The bundle file.
         bundle: PathBuf,
+        /// Accept a sequence more than 10 years ahead of the clock and of the account's
+        /// bundles (devices that install it refuse every later bundle below it).
+        #[arg(long)]
+        force: bool,
     },
     /// List uploaded bundles, newest first.
     List(Conn),
@@ -113,6 +117,9 @@ pub struct DeployArgs {
     /// Every device with this tag (as tagged now).
     #[arg(long)]
     tag: Option<String>,
+    /// Deploy even if the bundle's signer key has been revoked.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
@@ -264,7 +271,7 @@ impl<R: Read> Read for Progress<R> {
 /// `keel apps ...`.
 pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
     match cmd {
-        AppsCmd::Upload { conn, bundle } => {
+        AppsCmd::Upload { conn, bundle, force } => {
             let api = conn.api()?;
             let bytes = std::fs::read(&bundle).map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
             // The bar goes to stderr, only for a person watching.
@@ -281,7 +288,7 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
             };
             let mut reader = Progress { inner: std::io::Cursor::new(bytes.as_slice()), bar: bar.clone() };
             let result = agent()
-                .post(format!("{}/v1/bundles", api.server))
+                .post(format!("{}/v1/bundles{}", api.server, if force { "?force=true" } else { "" }))
                 .header("authorization", format!("Bearer {}", api.token))
                 .header("content-type", "application/octet-stream")
                 .header("content-length", bytes.len().to_string())
@@ -319,7 +326,7 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
 
 /// `keel deploy`.
 pub fn deploy(a: DeployArgs, json: bool) -> Result<(), String> {
-    let body = serde_json::json!({ "bundle": a.bundle, "device": a.device, "tag": a.tag });
+    let body = serde_json::json!({ "bundle": a.bundle, "device": a.device, "tag": a.tag, "force": a.force });
     let d: DeploymentJson = request(&a.conn.api()?, "POST", "/v1/deployments", Some(body))?;
     if json {
         return print_json(&d);

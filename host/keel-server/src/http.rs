@@ -1085,6 +1085,18 @@ pub fn router(state: AppState) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Updates: signer keys, bundles, deployments.
 
+/// How far (in sequence numbers) a bundle may lead both the Unix time in seconds and the
+/// account's highest sequence without `force`: 10 years of seconds.
+const MAX_SEQUENCE_LEAD: u64 = 10 * 366 * 86_400;
+
+/// Query of `POST /v1/bundles`.
+#[derive(Deserialize, IntoParams, Default)]
+pub struct UploadQuery {
+    /// Accept a sequence more than 10 years ahead of the clock and of the account's bundles.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Largest JSON request body of every route but `POST /v1/bundles`: larger ones answer 413.
 pub const MAX_JSON: usize = 64 << 10;
 
@@ -1303,6 +1315,7 @@ fn bundle_error(e: keel_bundle::Error) -> ApiError {
 /// least 1. A second bundle with the same app name and sequence number is refused (409): devices
 /// install only sequences above what they run, so two bundles cannot share one.
 #[utoipa::path(post, path = "/v1/bundles", tag = "updates",
+    params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle"),
     responses((status = 201, body = BundleJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
@@ -1310,12 +1323,14 @@ async fn upload_bundle(
     State(st): State<AppState>,
     auth: Account,
     headers: HeaderMap,
+    q: Result<Query<UploadQuery>, QueryRejection>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<BundleJson>), ApiError> {
     // The token is checked before a byte of the body is read: an unauthenticated upload costs the
     // server its headers only (a `Bytes` extractor would read up to 64 MiB first).
     auth.require(Scope::Deploy)?;
     let acct = auth.account;
+    let Query(q) = q?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -1367,13 +1382,46 @@ async fn upload_bundle(
             "the sequence number must be 1..=9223372036854775807 (0 means \"factory image\" on devices)",
         ));
     }
-    if let Some(id) = st.store.bundle_with_sequence(&acct, p.app_name, manifest.sequence).await? {
+    // Only what devices can install today: one component `app` written to the app slot (the
+    // update agent fetches component 0 and accepts only `app`).
+    let installable = split.layers.len() == 1
+        && split.layers.iter().all(|l| l.id == "app" && l.target == keel_bundle::Target::AppSlot);
+    if !installable {
+        let got: Vec<String> = split.layers.iter().map(|l| format!("{} -> {}", l.id, l.target)).collect();
+        return Err(ApiError::bad_request(
+            "uninstallable",
+            format!(
+                "no device can install this bundle: devices take exactly one component `app` targeting `app-slot` \
+                 (this one has: {})",
+                got.join(", ")
+            ),
+        ));
+    }
+    // Sequences are unique per account: a device's anti-rollback counter covers every app.
+    if let Some((id, app)) = st.store.bundle_at_sequence(&acct, manifest.sequence).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "duplicate_sequence",
             format!(
-                "bundle {id} of app '{}' already has sequence {}: build the new bundle with a higher --sequence",
-                p.app_name, manifest.sequence
+                "bundle {id} (app '{app}') already has sequence {}: sequences are unique per account, since devices \
+                 install only sequences above the one they run; build the new bundle with a higher --sequence",
+                manifest.sequence
+            ),
+        ));
+    }
+    // A sequence far ahead locks devices out of every later update (they refuse anything lower
+    // than what they run): refused unless forced.
+    let now_s = crate::unix_us() / 1_000_000;
+    let ceiling = st.store.highest_sequence(&acct).await?.max(now_s).saturating_add(MAX_SEQUENCE_LEAD);
+    if manifest.sequence > ceiling && !q.force {
+        return Err(ApiError::bad_request(
+            "sequence_jump",
+            format!(
+                "sequence {} is more than 10 years ahead of both the clock (the `keel bundle` default is the Unix \
+                 time) and the account's highest bundle: once installed, devices refuse every later bundle below \
+                 it. Rebuild with a lower --sequence, or upload with force (`keel apps upload --force`, \
+                 `?force=true`) if this is intended",
+                manifest.sequence
             ),
         ));
     }
@@ -1431,6 +1479,9 @@ pub struct NewDeployment {
     pub device: Option<String>,
     /// Every device with this tag (as they are now; devices tagged later are not included).
     pub tag: Option<String>,
+    /// Deploy even though the bundle's signer key has been revoked.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The result of a deployment.
@@ -1488,6 +1539,20 @@ async fn create_deployment(
         }
         _ => return Err(ApiError::bad_request("bad_target", "give exactly one of `device` and `tag`")),
     };
+    if !d.force {
+        let keys = st.store.signer_keys(&acct).await?;
+        if let Some(k) = keys.iter().find(|k| k.id == bundle.signer_key_id && k.revoked_at.is_some()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "signer_revoked",
+                format!(
+                    "bundle {} was signed with signer key {} ({}), which has been revoked: deploy a bundle signed \
+                     with a current key, or deploy with force (`keel deploy --force`) if you trust this one",
+                    bundle.id, k.id, k.name
+                ),
+            ));
+        }
+    }
     st.store.deploy(&bundle, &devices, &via).await?;
     tracing::info!(bundle = %bundle.id, %via, devices = devices.len(), "deployment");
     Ok(Json(DeploymentJson { bundle: bundle.into(), via, devices }))

@@ -282,6 +282,26 @@ impl Store {
         row.map(|r| r.try_get("id")).transpose()
     }
 
+    /// The account's bundle with this sequence number, whatever its app: (id, app name). A
+    /// device's anti-rollback counter covers every app, so a sequence is unique per account.
+    pub async fn bundle_at_sequence(&self, account_id: &str, sequence: u64) -> Result<Option<(String, String)>, Error> {
+        let row = sqlx::query("SELECT id, app_name FROM bundles WHERE account_id = $1 AND sequence = $2")
+            .bind(account_id)
+            .bind(sequence as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("id")?, r.try_get("app_name")?))).transpose()
+    }
+
+    /// The highest sequence number of the account's bundles (0: none).
+    pub async fn highest_sequence(&self, account_id: &str) -> Result<u64, Error> {
+        let row = sqlx::query("SELECT MAX(sequence) AS m FROM bundles WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("m")?.map_or(0, |m| m as u64))
+    }
+
     /// Stores a verified bundle: its layers in the object store (content-addressed, so a layer
     /// already there is simply rewritten with the same bytes), then the rows in one transaction.
     pub async fn insert_bundle(&self, b: &NewBundle<'_>) -> Result<Bundle, Error> {
