@@ -186,6 +186,7 @@ pub(crate) fn read_response<T: serde::de::DeserializeOwned>(
         serde_json::from_str(&text).map_err(|e| format!("bad response from the server: {e}"))?
     };
     if !status.is_success() {
+        note_api_error(&value, status.as_u16());
         let msg = value["error"]["message"].as_str().unwrap_or("request failed").to_string();
         return Err(format!("{msg} (HTTP {})", status.as_u16()));
     }
@@ -197,9 +198,51 @@ pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     Ok(())
 }
 
-/// Device- or user-supplied text for a terminal (escaping comes with the output change).
+/// Whether a character must not reach a terminal as is: C0 controls (newline and tab included),
+/// DEL, C1 controls, and the Unicode line separators and bidirectional overrides that can make
+/// text look like something else.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Device- or user-supplied text made safe for a terminal line: newline, CR and tab as `\n`,
+/// `\r`, `\t`, other control bytes as `\xNN` (C0, DEL) or `\u{NN}` (C1 and the rest), so an app
+/// can neither forge a line (a visor line in `keel logs`) nor send escape sequences. `--json`
+/// output is never escaped this way (JSON has its own escaping).
 pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    std::borrow::Cow::Borrowed(s)
+    use std::fmt::Write;
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && unsafe_char(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The API's `error.code` and HTTP status of the last failed request, for `--json` errors.
+static LAST_API_ERROR: std::sync::Mutex<Option<(String, u16)>> = std::sync::Mutex::new(None);
+
+fn note_api_error(body: &serde_json::Value, status: u16) {
+    let code = body["error"]["code"].as_str().unwrap_or("http_error").to_string();
+    *LAST_API_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, status));
+}
+
+/// The `error.code` and HTTP status of the API error that ended the command, if one did.
+pub(crate) fn last_api_error() -> Option<(String, u16)> {
+    LAST_API_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 fn split_tags(t: &str) -> Vec<String> {
@@ -215,7 +258,7 @@ pub fn login(a: LoginArgs, json: bool) -> Result<(), String> {
     if json {
         print_json(&serde_json::json!({ "server": api.server, "server_version": info.version, "config": path }))
     } else {
-        println!("logged in to {} (keel {}); saved in {}", api.server, info.version, path.display());
+        println!("logged in to {} (keel {}); saved in {}", api.server, escape(&info.version), path.display());
         Ok(())
     }
 }
@@ -315,48 +358,56 @@ fn print_devices(devs: &[DeviceJson]) {
     println!("{:<36} {:<16} {:<8} {:<10} APP", "ID", "NAME", "ONLINE", "VISOR");
     for d in devs {
         let app = match (&d.app_name, &d.app_version) {
-            (Some(n), Some(v)) => format!("{n} {v}"),
+            (Some(n), Some(v)) => format!("{} {}", escape(n), escape(v)),
             _ => "-".into(),
         };
         println!(
             "{:<36} {:<16} {:<8} {:<10} {}",
-            d.id,
-            d.name,
+            escape(&d.id),
+            escape(&d.name),
             if d.online { "yes" } else { "no" },
-            d.visor_version.as_deref().unwrap_or("-"),
+            escape(d.visor_version.as_deref().unwrap_or("-")),
             app
         );
     }
 }
 
 fn show_device(d: &DeviceJson) {
-    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("id          {}", d.id);
-    println!("name        {}", d.name);
-    println!("tags        {}", if d.tags.is_empty() { "-".into() } else { d.tags.join(", ") });
+    let or_dash = |v: &Option<String>| v.as_deref().map_or("-".into(), |v| escape(v).into_owned());
+    println!("id          {}", escape(&d.id));
+    println!("name        {}", escape(&d.name));
+    let tags: Vec<String> = d.tags.iter().map(|t| escape(t).into_owned()).collect();
+    println!("tags        {}", if tags.is_empty() { "-".into() } else { tags.join(", ") });
     println!("online      {}", if d.online { "yes" } else { "no" });
     println!("last seen   {}", d.last_seen_us.map_or("never".into(), time_str));
     println!("visor       {}", or_dash(&d.visor_version));
     let app = match (&d.app_name, &d.app_version) {
-        (Some(n), Some(v)) => format!("{n} {v}"),
+        (Some(n), Some(v)) => format!("{} {}", escape(n), escape(v)),
         _ => "-".into(),
     };
     println!("app         {app}");
     println!("boot count  {}", d.boot_count.map_or("-".into(), |b| b.to_string()));
     let ev = |e: &Option<keel_server::http::EventJson>| {
-        e.as_ref().map_or("-".into(), |e| format!("{}  {}", time_str(e.at_us), e.text))
+        e.as_ref().map_or("-".into(), |e| format!("{}  {}", time_str(e.at_us), escape(&e.text)))
     };
     println!("last boot   {}", ev(&d.last_boot));
     println!("last crash  {}", ev(&d.last_crash));
-    println!("public key  {}", d.public_key);
+    println!("public key  {}", escape(&d.public_key));
     match &d.update {
-        None => println!("update      - (no bundle deployed: `keel deploy BUNDLE --device {}`)", d.id),
+        None => println!("update      - (no bundle deployed: `keel deploy BUNDLE --device {}`)", escape(&d.id)),
         Some(u) => {
             let target = u.target.as_ref().map_or("none".into(), |t| {
-                format!("{} {} (sequence {}, bundle {}, via {})", t.app, t.version, t.sequence, t.bundle, t.via)
+                format!(
+                    "{} {} (sequence {}, bundle {}, via {})",
+                    escape(&t.app),
+                    escape(&t.version),
+                    t.sequence,
+                    escape(&t.bundle),
+                    escape(&t.via)
+                )
             });
             println!("target      {target}");
-            let mut state = u.state.clone().unwrap_or_else(|| "not reported yet".into());
+            let mut state = u.state.as_deref().map_or_else(|| "not reported yet".into(), |s| escape(s).into_owned());
             if u.state.is_some() && u.sequence != 0 {
                 state.push_str(&format!(" (sequence {})", u.sequence));
             }
@@ -364,7 +415,7 @@ fn show_device(d: &DeviceJson) {
                 state.push_str(&format!(" {pct}% ({} of {} bytes)", u.progress, u.total));
             }
             if !u.reason.is_empty() {
-                state.push_str(&format!(": {}", u.reason));
+                state.push_str(&format!(": {}", escape(&u.reason)));
             }
             println!("update      {state}");
             println!("installed   sequence {}", u.installed);
@@ -454,7 +505,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             if json {
                 return print_json(&serde_json::json!({ "device": d, "flash": flash }));
             }
-            println!("provisioned {} ({}) -> {}", d.id, d.name, flash.display());
+            println!("provisioned {} ({}) -> {}", escape(&d.id), escape(&d.name), flash.display());
             Ok(())
         }
     }
@@ -474,7 +525,14 @@ fn print_log(l: &LogJson, json: bool) {
         println!("{}", serde_json::to_string(l).unwrap_or_default());
     } else {
         let t = l.device_time_us;
-        println!("{:>8} [{:5}.{:06} {:<5}] {}", l.seq & 0xFFFF_FFFF, t / 1_000_000, t % 1_000_000, l.source, l.text);
+        println!(
+            "{:>8} [{:5}.{:06} {:<5}] {}",
+            l.seq & 0xFFFF_FFFF,
+            t / 1_000_000,
+            t % 1_000_000,
+            escape(&l.source),
+            escape(&l.text)
+        );
     }
 }
 
@@ -544,6 +602,7 @@ fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(
     let status = resp.status();
     if !status.is_success() {
         let body: serde_json::Value = resp.into_body().read_json().unwrap_or_default();
+        note_api_error(&body, status.as_u16());
         let msg = body["error"]["message"].as_str().unwrap_or("request failed");
         let e = format!("{msg} (HTTP {})", status.as_u16());
         return Err(if status.is_server_error() { Stream::Broken(e) } else { Stream::Fatal(e) });
@@ -564,4 +623,23 @@ fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_makes_device_text_inert() {
+        assert_eq!(escape("plain text, ünïcödé ✓"), "plain text, ünïcödé ✓");
+        assert!(matches!(escape("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb\r\tc"), r"a\nb\r\tc");
+        assert_eq!(escape("\x1b]0;owned\x07\x1b[2J"), r"\x1b]0;owned\x07\x1b[2J");
+        assert_eq!(escape("nul\0del\x7f"), r"nul\x00del\x7f");
+        assert_eq!(escape("c1\u{9b}31m \u{85}"), r"c1\u{9b}31m \u{85}");
+        assert_eq!(escape("bidi\u{202e}txt\u{2028}"), r"bidi\u{202e}txt\u{2028}");
+        // The escaped text never contains a control character.
+        let all: String = (0u32..0x300).filter_map(char::from_u32).collect();
+        assert!(!escape(&all).chars().any(char::is_control));
+    }
 }

@@ -90,9 +90,15 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "error": e }));
+                // `error` stays the message; an API error adds its machine-readable code and status.
+                let mut v = serde_json::json!({ "error": e });
+                if let Some((code, status)) = client::last_api_error() {
+                    v["code"] = code.into();
+                    v["status"] = status.into();
+                }
+                println!("{v}");
             } else {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", client::escape(&e));
             }
             std::process::ExitCode::FAILURE
         }

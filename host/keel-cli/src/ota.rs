@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use keel_bundle::{BundleSpec, LayerSpec, Policies, Target};
 use keel_server::http::{BundleJson, DeploymentJson, SignerKeyJson};
 
-use crate::client::{agent, print_json, read_response, request, time_str, urlencode, Conn};
+use crate::client::{agent, escape, print_json, read_response, request, time_str, urlencode, Conn};
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
@@ -158,7 +158,7 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
             if json {
                 return print_json(&k);
             }
-            println!("registered signer key {} ({}, key id {})", k.id, k.name, k.kid);
+            println!("registered signer key {} ({}, key id {})", escape(&k.id), escape(&k.name), escape(&k.kid));
             Ok(())
         }
         KeysCmd::List(conn) => {
@@ -169,7 +169,13 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
             println!("{:<16} {:<20} {:<17} {:<20} REVOKED", "ID", "NAME", "KEY ID", "ADDED");
             for k in keys {
                 let revoked = k.revoked_at_us.map_or("-".into(), time_str);
-                println!("{:<16} {:<20} {:<17} {:<20} {revoked}", k.id, k.name, k.kid, time_str(k.created_at_us));
+                println!(
+                    "{:<16} {:<20} {:<17} {:<20} {revoked}",
+                    escape(&k.id),
+                    escape(&k.name),
+                    escape(&k.kid),
+                    time_str(k.created_at_us)
+                );
             }
             Ok(())
         }
@@ -298,8 +304,9 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
             if json {
                 return print_json(&b);
             }
-            println!("uploaded {}: {} {} sequence {} ({} bytes)", b.id, b.app, b.version, b.sequence, b.size);
-            println!("next: keel deploy {}@{} --device ID   (or --tag TAG)", b.app, b.version);
+            let (app, version) = (escape(&b.app), escape(&b.version));
+            println!("uploaded {}: {app} {version} sequence {} ({} bytes)", escape(&b.id), b.sequence, b.size);
+            println!("next: keel deploy {app}@{version} --device ID   (or --tag TAG)");
             Ok(())
         }
         AppsCmd::List(conn) => {
@@ -311,9 +318,9 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
             for b in bundles {
                 println!(
                     "{:<16} {:<16} {:<12} {:>12} {:>10} {}",
-                    b.id,
-                    b.app,
-                    b.version,
+                    escape(&b.id),
+                    escape(&b.app),
+                    escape(&b.version),
                     b.sequence,
                     b.size,
                     time_str(b.uploaded_at_us)
@@ -333,13 +340,13 @@ pub fn deploy(a: DeployArgs, json: bool) -> Result<(), String> {
     }
     println!(
         "{} {} (sequence {}, bundle {}) is now the target of {} device(s) via {}: {}",
-        d.bundle.app,
-        d.bundle.version,
+        escape(&d.bundle.app),
+        escape(&d.bundle.version),
         d.bundle.sequence,
-        d.bundle.id,
+        escape(&d.bundle.id),
         d.devices.len(),
-        d.via,
-        d.devices.join(", ")
+        escape(&d.via),
+        escape(&d.devices.join(", "))
     );
     println!("connected devices get it now, others when they connect; follow with `keel devices show ID`");
     Ok(())
