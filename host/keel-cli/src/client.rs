@@ -627,7 +627,19 @@ fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, parse_lifetime};
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_lifetime("12h"), Ok(12 * 3600));
+        assert_eq!(parse_lifetime("15m"), Ok(900));
+        assert_eq!(parse_lifetime("3600"), Ok(3600));
+        assert_eq!(parse_lifetime("2w"), Ok(14 * 86_400));
+        for bad in ["", "0d", "d", "30y", "-1h", "99999999999999999999d"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn escape_makes_device_text_inert() {

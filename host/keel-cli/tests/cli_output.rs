@@ -106,3 +106,30 @@ async fn json_errors_keep_the_api_error_code() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["error"].as_str().is_some_and(|m| m.contains("--yes")) && v["code"].is_null(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_takes_a_scope_and_a_lifetime() {
+    let s = server("tokens").await;
+    let (ok, out, err) =
+        keel(&s, &s.token, &["token", "create", "ci", "--scope", "deploy", "--expires", "30d", "--json"]).await;
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["scope"], "deploy", "{v}");
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let lifetime_s = (v["expires_at_us"].as_i64().unwrap() - now_us) / 1_000_000;
+    assert!((30 * 86_400 - 60..=30 * 86_400).contains(&lifetime_s), "{v}");
+    // The deploy token cannot create tokens: the API's code comes through `--json`.
+    let deploy = v["token"].as_str().unwrap().to_string();
+    let (ok, out, _) = keel(&s, &deploy, &["token", "create", "more", "--json"]).await;
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["code"].as_str(), v["status"].as_u64()), (Some("insufficient_scope"), Some(403)), "{v}");
+    // The table shows scope and expiry.
+    let (ok, out, _) = keel(&s, &s.token, &["token", "list"]).await;
+    assert!(ok);
+    let line = out.lines().find(|l| l.contains(" ci ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("deploy") && !line.contains("never   "), "{line}");
+    // Bad lifetimes are refused before any request.
+    let (ok, _, err) = keel(&s, &s.token, &["token", "create", "x", "--expires", "30y"]).await;
+    assert!(!ok && err.contains("unit"), "{err}");
+}
