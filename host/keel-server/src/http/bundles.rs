@@ -122,7 +122,7 @@ pub(super) fn bundle_error(e: keel_bundle::Error) -> ApiError {
 #[utoipa::path(post, path = "/v1/bundles", tag = "updates",
     params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle"),
-    responses((status = 201, body = BundleJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = BundleJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn upload_bundle(
     State(st): State<AppState>,

@@ -31,7 +31,7 @@ pub struct DeploymentJson {
 /// the offer at once; others when they connect. A device's earlier target is replaced (a
 /// download in progress of it is cancelled).
 #[utoipa::path(post, path = "/v1/deployments", tag = "updates", request_body = NewDeployment,
-    responses((status = 200, body = DeploymentJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = DeploymentJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(super) async fn create_deployment(
     State(st): State<AppState>,

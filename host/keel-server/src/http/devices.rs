@@ -187,7 +187,7 @@ pub struct DevicePatch {
 /// Rename a device or replace its tags.
 #[utoipa::path(patch, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "Device id")),
     request_body = DevicePatch,
-    responses((status = 200, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub(super) async fn patch_device(
     State(st): State<AppState>,
@@ -226,7 +226,7 @@ pub(super) async fn patch_device(
 
 /// Delete a device with its logs; its key can no longer connect.
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", params(("id" = String, Path, description = "Device id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_device(
     State(st): State<AppState>,
     auth: Account,
@@ -268,7 +268,7 @@ pub(super) fn parse_key(hex: &str) -> Option<[u8; 32]> {
 /// Register a device (its id and static public key) in the account. `keel device provision`
 /// calls this and writes the matching factory data.
 #[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = NewDevice,
-    responses((status = 201, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = DeviceJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(super) async fn create_device(
     State(st): State<AppState>,

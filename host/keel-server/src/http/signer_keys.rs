@@ -58,7 +58,7 @@ pub(super) async fn list_signer_keys(
 
 /// Register a public key whose signatures the account's bundle uploads are verified against.
 #[utoipa::path(post, path = "/v1/signer-keys", tag = "updates", request_body = NewSignerKey,
-    responses((status = 201, body = SignerKeyJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 201, body = SignerKeyJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub(super) async fn add_signer_key(
     State(st): State<AppState>,
@@ -92,7 +92,7 @@ pub(super) async fn add_signer_key(
 /// are refused.
 #[utoipa::path(delete, path = "/v1/signer-keys/{id}", tag = "updates",
     params(("id" = String, Path, description = "Signer key id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke_signer_key(
     State(st): State<AppState>,
     auth: Account,

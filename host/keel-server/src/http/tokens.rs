@@ -124,7 +124,7 @@ pub(super) async fn create_token(
 }
 
 /// Revoke one of the account's API tokens (needs scope `admin`; it may be the one making the
-/// request, unless it is the account's last admin token: 409 `last_admin_token`).
+/// request, unless it is the account's last admin token without expiry: 409 `last_admin_token`).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -136,14 +136,15 @@ pub(super) async fn revoke_token(
     auth.require(Scope::Admin)?;
     let acct = auth.account;
     let tokens = st.store.tokens(&acct).await?;
-    let now = crate::unix_us() as i64;
-    let live_admin = |t: &TokenInfo| t.scope == "admin" && t.expires_at.is_none_or(|e| e > now);
-    if tokens.iter().any(|t| t.id == id && live_admin(t)) && !tokens.iter().any(|t| t.id != id && live_admin(t)) {
+    // An admin token that never expires must remain, or the account could lose every admin
+    // token (by revocation or by expiry) and no API call could make a new one.
+    let lasting_admin = |t: &TokenInfo| t.scope == "admin" && t.expires_at.is_none();
+    if tokens.iter().any(|t| t.id == id && lasting_admin(t)) && !tokens.iter().any(|t| t.id != id && lasting_admin(t)) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "last_admin_token",
-            "this is the account's last admin token: create another admin token first (`keel token create NAME \
-             --scope admin`), then revoke this one",
+            "this is the account's last admin token without expiry: create another one first (`keel token create \
+             NAME --scope admin`), then revoke this one",
         ));
     }
     if st.store.revoke_token(&acct, &id).await? {
