@@ -118,3 +118,30 @@ async fn upload_and_deploy_rules(store: Store) {
     let (s, body) = common::call(&app, "POST", "/v1/deployments", Some(&token), Some(deploy(true))).await;
     assert_eq!(s, StatusCode::OK, "{body}");
 }
+
+on_both_databases!("api-bundles-", concurrent_uploads_of_one_sequence_store_one);
+
+/// Concurrent uploads of bundles (different apps) with one sequence: exactly one is stored.
+async fn concurrent_uploads_of_one_sequence_store_one(store: Store) {
+    store.create_account("a", "Acme").await.unwrap();
+    let token = store.create_token("a", "cli").await.unwrap();
+    let app = router(AppState::new(store.clone(), [9; 32]));
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let pem = keel_bundle::public_key_to_pem(&key.verifying_key()).unwrap();
+    let body = serde_json::json!({ "name": "release", "public_key": pem });
+    assert_eq!(common::call(&app, "POST", "/v1/signer-keys", Some(&token), Some(body)).await.0, StatusCode::CREATED);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (app, token, b) = (app.clone(), token.clone(), bundle(&key, &format!("app{i}"), 42));
+            tokio::spawn(async move { upload(&app, &token, "", b).await.0 })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(got.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{got:?}");
+    assert!(got.iter().all(|s| [StatusCode::CREATED, StatusCode::CONFLICT].contains(s)), "{got:?}");
+    let (_, list) = common::call(&app, "GET", "/v1/bundles", Some(&token), None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}

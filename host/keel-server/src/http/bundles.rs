@@ -202,6 +202,13 @@ pub(super) async fn upload_bundle(
             ),
         ));
     }
+    // From here to the insert, one upload at a time on this node: the sequence checks and the
+    // insert are not one statement, and two concurrent uploads must not both pass them.
+    let _one_at_a_time = st.uploads.lock().await;
+    // The signer key may have been revoked while the body was read and checked.
+    if !st.store.active_signer_keys(&acct).await?.iter().any(|k| k.0 == keys[signer].0) {
+        return Err(bundle_error(keel_bundle::Error::UnknownSigner));
+    }
     // Sequences are unique per account: a device's anti-rollback counter covers every app.
     if let Some((id, app)) = st.store.bundle_at_sequence(&acct, manifest.sequence).await? {
         return Err(ApiError::new(

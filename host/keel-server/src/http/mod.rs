@@ -67,6 +67,8 @@ pub struct AppState {
     stop_rx: watch::Receiver<bool>,
     /// Bumped when a token is revoked or a device deleted: live streams re-check at once.
     auth_tx: Arc<watch::Sender<u64>>,
+    /// Held from an upload's sequence checks to its insert (one upload at a time per node).
+    uploads: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -74,7 +76,14 @@ impl AppState {
     pub fn new(store: Store, server_public: [u8; 32]) -> Self {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (auth_tx, _) = watch::channel(0);
-        AppState { store, server_public, stop_tx: Arc::new(stop_tx), stop_rx, auth_tx: Arc::new(auth_tx) }
+        AppState {
+            store,
+            server_public,
+            stop_tx: Arc::new(stop_tx),
+            stop_rx,
+            auth_tx: Arc::new(auth_tx),
+            uploads: Default::default(),
+        }
     }
 
     /// Tells live streams that a token or device went away: each re-checks its authorization.
