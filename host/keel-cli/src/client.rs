@@ -83,11 +83,15 @@ fn plain_remote_host(url: &str) -> Option<String> {
     (!loopback).then(|| host.to_string())
 }
 
+/// True for a failed TLS handshake (an untrusted certificate, say): retrying will not help.
+fn is_tls_error(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_)) || e.to_string().contains("certificate")
+}
+
 /// A transport error as a message that says what to do.
 pub(crate) fn transport_error(api: &Api, e: ureq::Error) -> String {
-    let tls = matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_)) || e.to_string().contains("certificate");
     match e {
-        e if tls => format!(
+        e if is_tls_error(&e) => format!(
             "TLS with {} failed: {e}. If the server's certificate is from a private CA or self-signed, \
              pass --ca FILE (or KEEL_CA, or `ca = \"FILE\"` in the config)",
             api.server
@@ -563,7 +567,13 @@ fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(
         .header("authorization", &format!("Bearer {}", api.token))
         .header("accept", "text/event-stream")
         .call()
-        .map_err(|e| Stream::Broken(transport_error(api, e)))?;
+        .map_err(|e| {
+            if is_tls_error(&e) {
+                Stream::Fatal(transport_error(api, e))
+            } else {
+                Stream::Broken(transport_error(api, e))
+            }
+        })?;
     let status = resp.status();
     if !status.is_success() {
         let body: serde_json::Value = resp.into_body().read_json().unwrap_or_default();

@@ -175,6 +175,28 @@ fn slowloris_is_closed_and_the_api_still_answers() {
     assert!(after < Duration::from_secs(15), "closed only after {after:?}");
 }
 
+/// An upload whose body stops coming is ended after the grace period (here the 2 s header
+/// timeout): the client gets an answer or a close, not a connection held forever.
+#[test]
+fn a_stalled_upload_is_ended() {
+    let dir = tempdir("stalled");
+    let token = init(&dir);
+    let (http, gw) = (free_port(), free_port());
+    let _server = start(&dir, http, gw, &["--http-header-timeout", "2", "--http-idle-timeout", "30"]);
+    let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap();
+    let head = format!(
+        "POST /v1/bundles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&[0u8; 1000]).unwrap();
+    let started = Instant::now();
+    assert!(closed_by_peer(&mut s, started + Duration::from_secs(20)), "stalled upload still open after 20 s");
+    assert!(started.elapsed() < Duration::from_secs(15), "ended only after {:?}", started.elapsed());
+    // The server still answers.
+    assert_eq!(api_status(http, &token), Some(200));
+}
+
 /// Connections over the per-address cap are closed at once, and a request from another address
 /// is still answered; once the hog lets go, its address is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
