@@ -14,6 +14,10 @@ pub struct Conn {
     /// API token [default: from `keel login`]. `keel server init` prints the first one.
     #[arg(long, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the certificate authority (or self-signed certificate) to trust for an
+    /// https:// server [default: from the config's `ca`, else the public web roots].
+    #[arg(long, env = "KEEL_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 /// A resolved server and token.
@@ -30,7 +34,69 @@ impl Conn {
             "no API token: run `keel login --token <token>` once, or pass --token / set KEEL_TOKEN \
              (`keel server init` prints the first token; `keel token create` makes more)",
         )?;
+        let ca = self.ca.clone().or(file.ca.map(PathBuf::from));
+        if let Some(ca) = ca {
+            trust_ca(&ca)?;
+        }
+        if let Some(host) = plain_remote_host(&server) {
+            eprintln!(
+                "keel: warning: sending the API token over plain http:// to {host}, which is not this machine; \
+                 use https:// (keel server run --tls-cert/--tls-key)"
+            );
+        }
         Ok(Api { server: server.trim_end_matches('/').to_string(), token })
+    }
+}
+
+/// TLS settings of every request of this process (set once by [`Conn::api`] from `--ca`).
+static TLS: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
+
+/// Trusts only the certificates in the PEM file `ca` for https:// servers.
+fn trust_ca(ca: &std::path::Path) -> Result<(), String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| format!("--ca {}: {e}", ca.display()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("--ca {}: no PEM certificate in the file", ca.display()));
+    }
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
+/// The host of a plain `http://` URL when it is not a loopback address or `localhost`.
+fn plain_remote_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit('@').next().unwrap_or("");
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_string())
+}
+
+/// True for a failed TLS handshake (an untrusted certificate, say): retrying will not help.
+fn is_tls_error(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_)) || e.to_string().contains("certificate")
+}
+
+/// A transport error as a message that says what to do.
+pub(crate) fn transport_error(api: &Api, e: ureq::Error) -> String {
+    match e {
+        e if is_tls_error(&e) => format!(
+            "TLS with {} failed: {e}. If the server's certificate is from a private CA or self-signed, \
+             pass --ca FILE (or KEEL_CA, or `ca = \"FILE\"` in the config)",
+            api.server
+        ),
+        e => format!("cannot reach the server at {}: {e} (is `keel server run` running?)", api.server),
     }
 }
 
@@ -148,8 +214,14 @@ pub struct LoginArgs {
     conn: Conn,
 }
 
+/// The HTTP client: https with the trust set by `--ca` (else the public web roots), and HTTP
+/// errors as responses.
 pub(crate) fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(tls) = TLS.get() {
+        cfg = cfg.tls_config(tls.clone());
+    }
+    cfg.build().into()
 }
 
 pub(crate) fn request<T: serde::de::DeserializeOwned>(
@@ -176,8 +248,7 @@ pub(crate) fn read_response<T: serde::de::DeserializeOwned>(
     api: &Api,
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<T, String> {
-    let mut resp = result
-        .map_err(|e| format!("cannot reach the server at {}: {e} (is `keel server run` running?)", api.server))?;
+    let mut resp = result.map_err(|e| transport_error(api, e))?;
     let status = resp.status();
     let text = resp.body_mut().read_to_string().map_err(|e| format!("bad response from the server: {e}"))?;
     let value: serde_json::Value = if text.is_empty() {
@@ -253,8 +324,11 @@ fn split_tags(t: &str) -> Vec<String> {
 pub fn login(a: LoginArgs, json: bool) -> Result<(), String> {
     let api = a.conn.api()?;
     let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
-    let path =
-        crate::config::save(&crate::config::Config { server: Some(api.server.clone()), token: Some(api.token) })?;
+    let path = crate::config::save(&crate::config::Config {
+        server: Some(api.server.clone()),
+        token: Some(api.token),
+        ca: a.conn.ca.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.into()).display().to_string()),
+    })?;
     if json {
         print_json(&serde_json::json!({ "server": api.server, "server_version": info.version, "config": path }))
     } else {
@@ -598,7 +672,13 @@ fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(
         .header("authorization", &format!("Bearer {}", api.token))
         .header("accept", "text/event-stream")
         .call()
-        .map_err(|e| Stream::Broken(format!("cannot reach {}: {e}", api.server)))?;
+        .map_err(|e| {
+            if is_tls_error(&e) {
+                Stream::Fatal(transport_error(api, e))
+            } else {
+                Stream::Broken(transport_error(api, e))
+            }
+        })?;
     let status = resp.status();
     if !status.is_success() {
         let body: serde_json::Value = resp.into_body().read_json().unwrap_or_default();
@@ -653,5 +733,21 @@ mod tests {
         // The escaped text never contains a control character.
         let all: String = (0u32..0x300).filter_map(char::from_u32).collect();
         assert!(!escape(&all).chars().any(char::is_control));
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::plain_remote_host;
+
+    #[test]
+    fn plain_http_to_another_host_is_flagged() {
+        assert_eq!(plain_remote_host("http://keel.example.com:7447"), Some("keel.example.com".into()));
+        assert_eq!(plain_remote_host("http://10.1.2.3/"), Some("10.1.2.3".into()));
+        assert_eq!(plain_remote_host("http://[2001:db8::1]:7447"), Some("2001:db8::1".into()));
+        for quiet in ["http://127.0.0.1:7447", "http://localhost:7447", "http://[::1]:7447", "https://keel.example.com"]
+        {
+            assert_eq!(plain_remote_host(quiet), None, "{quiet}");
+        }
     }
 }

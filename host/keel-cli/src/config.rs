@@ -7,6 +7,7 @@
 //! ```toml
 //! server = "http://127.0.0.1:7447"
 //! token = "keel_…"
+//! ca = "/etc/keel/ca.pem"   # optional: trust this CA for https:// (or --ca / KEEL_CA)
 //! ```
 
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ pub struct Config {
     pub server: Option<String>,
     /// API token.
     pub token: Option<String>,
+    /// PEM file of the certificate authority to trust for an https:// server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// The config file's path.

@@ -1,11 +1,13 @@
-//! `keel server init` and `keel server run`.
+//! `keel server init|run|backup|restore`: a thin parser around [`keel_server::node`] and
+//! [`keel_server::backup`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keel_server::gateway;
-use keel_server::http::{router, AppState};
+use keel_server::listen::HttpLimits;
+use keel_server::node::{self, Config, Node, TlsFiles};
 use keel_server::store::Store;
 
 #[derive(Args, Clone)]
@@ -46,12 +48,43 @@ pub enum ServerCmd {
     Run {
         #[command(flatten)]
         data: DataArgs,
-        /// HTTP API address.
+        /// HTTP API address. Plain HTTP is allowed on loopback addresses only, unless
+        /// --insecure-http; elsewhere give --tls-cert and --tls-key.
         #[arg(long, default_value = "127.0.0.1:7447")]
         http: SocketAddr,
         /// Device gateway address.
         #[arg(long, default_value = "127.0.0.1:7448")]
         gateway: SocketAddr,
+        /// Serve `/metrics` (plain HTTP, no token) on this address as well.
+        #[arg(long, env = "KEEL_METRICS")]
+        metrics: Option<SocketAddr>,
+        /// TLS certificate chain for the API (PEM, leaf first).
+        #[arg(long, env = "KEEL_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key for the API (PEM).
+        #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP on an address that is not loopback (only behind a TLS-terminating
+        /// proxy: tokens would otherwise cross the network in clear).
+        #[arg(long)]
+        insecure_http: bool,
+        /// Seconds a client has to send a request's headers (and finish a TLS handshake); also
+        /// how long a kept-alive connection may wait for its next request.
+        #[arg(long, default_value_t = 10)]
+        http_header_timeout: u64,
+        /// Seconds without a byte in either direction after which an HTTP connection is closed.
+        #[arg(long, default_value_t = 60)]
+        http_idle_timeout: u64,
+        /// Slowest average request body accepted, in bytes per second (0: no minimum).
+        #[arg(long, default_value_t = HttpLimits::default().min_body_rate)]
+        http_min_body_rate: u64,
+        /// Open HTTP connections at most (0: no cap).
+        #[arg(long, default_value_t = HttpLimits::default().max_connections)]
+        http_max_connections: usize,
+        /// Open HTTP connections from one address at most (0: no cap). Behind a reverse proxy
+        /// every request comes from the proxy's address: raise it or set 0.
+        #[arg(long, default_value_t = HttpLimits::default().max_connections_per_ip)]
+        http_max_connections_per_ip: usize,
         /// Keep log records this many days (0 = forever).
         #[arg(long, default_value_t = 30)]
         log_retention_days: u64,
@@ -59,6 +92,24 @@ pub enum ServerCmd {
         /// line) for log collectors. Verbosity: `RUST_LOG` (default `info`).
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KEEL_LOG_FORMAT")]
         log_format: LogFormat,
+    },
+    /// Back up a server's data while it runs: the server key, a consistent copy of the SQLite
+    /// database (with PostgreSQL: a `pg_dump` hint), the update layers and a manifest.
+    Backup {
+        #[command(flatten)]
+        data: DataArgs,
+        /// New directory for the backup (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a new data directory (checked against the backup's manifest).
+    Restore {
+        /// The backup directory (from `keel server backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// New data directory (must not exist or be empty).
+        #[arg(long, env = "KEEL_DATA")]
+        data: PathBuf,
     },
 }
 
@@ -70,13 +121,7 @@ fn object_store(d: &DataArgs) -> Result<std::sync::Arc<dyn object_store::ObjectS
         Some(other) if other.contains("://") => {
             Err(format!("--object-store {other}: give a directory or an s3:// URL"))
         }
-        dir => {
-            let dir = dir.map_or_else(|| d.data.join("objects"), PathBuf::from);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| format!("object store {}: {e}", dir.display()))?;
-            Ok(std::sync::Arc::new(fs))
-        }
+        dir => node::local_object_store(&dir.map_or_else(|| d.data.join("objects"), PathBuf::from)),
     }
 }
 
@@ -103,25 +148,7 @@ fn s3_store(url: &str) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, 
 }
 
 fn database_url(d: &DataArgs) -> String {
-    d.database.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", d.data.join("keel.db").display()))
-}
-
-/// Loads the server key, creating it on first use.
-fn server_key(dir: &Path) -> Result<(Vec<u8>, [u8; 32]), String> {
-    let path = dir.join("server.key");
-    if let Ok(b) = std::fs::read(&path) {
-        let secret: [u8; 32] = b.try_into().map_err(|_| format!("{} is not a 32-byte key", path.display()))?;
-        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes();
-        return Ok((secret.to_vec(), public));
-    }
-    let (private, public) = gateway::generate_keypair();
-    std::fs::write(&path, &private).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
-    Ok((private, public))
+    node::database_url(&d.data, d.database.as_deref())
 }
 
 pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
@@ -129,8 +156,8 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
     rt.block_on(async move {
         match cmd {
             ServerCmd::Init { data, account } => {
-                std::fs::create_dir_all(&data.data).map_err(|e| format!("cannot create {}: {e}", data.data.display()))?;
-                let (_, public) = server_key(&data.data)?;
+                node::create_data_dir(&data.data)?;
+                let (_, public) = node::server_key(&data.data)?;
                 let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?;
                 let id = format!("acct-{}", account);
                 store.create_account(&id, &account).await.map_err(|e| format!("cannot create account: {e}"))?;
@@ -142,7 +169,22 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 }
                 Ok(())
             }
-            ServerCmd::Run { data, http, gateway: gw, log_retention_days, log_format } => {
+            ServerCmd::Run {
+                data,
+                http,
+                gateway,
+                metrics,
+                tls_cert,
+                tls_key,
+                insecure_http,
+                http_header_timeout,
+                http_idle_timeout,
+                http_min_body_rate,
+                http_max_connections,
+                http_max_connections_per_ip,
+                log_retention_days,
+                log_format,
+            } => {
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
                 let fmt = tracing_subscriber::fmt()
@@ -153,54 +195,91 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                     LogFormat::Text => fmt.init(),
                     LogFormat::Json => fmt.json().init(),
                 }
-                std::fs::create_dir_all(&data.data).map_err(|e| e.to_string())?;
-                let (private, public) = server_key(&data.data)?;
-                let objects = object_store(&data)?;
-                let store = Store::open(&database_url(&data)).await.map_err(|e| e.to_string())?.with_object_store(objects);
-                let gl = tokio::net::TcpListener::bind(gw).await.map_err(|e| format!("cannot listen on {gw}: {e}"))?;
-                let hl = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http}: {e}"))?;
-                let gateway_task = tokio::spawn(gateway::serve(gl, store.clone(), private));
-                let retention = (log_retention_days > 0).then(|| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let keep_us = log_retention_days * 86_400 * 1_000_000;
-                        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-                        loop {
-                            every.tick().await;
-                            match store.prune_logs(keel_server::unix_us().saturating_sub(keep_us)).await {
-                                Ok(n) if n > 0 => tracing::info!(records = n, "log retention: pruned"),
-                                Ok(_) => {}
-                                Err(e) => tracing::error!(error = %e, "log retention failed"),
-                            }
-                        }
-                    })
-                });
-                let key = keel_server::hex(&public);
-                match log_format {
-                    LogFormat::Text => eprintln!("keel server: API http://{http}, device gateway {gw}, key {key}"),
-                    LogFormat::Json => tracing::info!(api = %http, gateway = %gw, key, "keel server running"),
-                }
-                let state = AppState::new(store, public);
-                let app = router(state.clone());
-                let stop = async move {
-                    shutdown().await;
-                    // Live log streams never end by themselves; end them so the graceful
-                    // shutdown does not wait forever.
-                    state.stop_streams();
+                let config = Config {
+                    database_url: data.database.clone(),
+                    object_store: Some(object_store(&data)?),
+                    data_dir: data.data,
+                    http,
+                    gateway,
+                    metrics,
+                    tls: tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+                    insecure_http,
+                    http_limits: HttpLimits {
+                        header_timeout: Duration::from_secs(http_header_timeout.max(1)),
+                        idle_timeout: Duration::from_secs(http_idle_timeout.max(1)),
+                        min_body_rate: http_min_body_rate,
+                        max_connections: http_max_connections,
+                        max_connections_per_ip: http_max_connections_per_ip,
+                        ..HttpLimits::default()
+                    },
+                    log_retention_days,
                 };
-                axum::serve(hl, app).with_graceful_shutdown(stop).await.map_err(|e| e.to_string())?;
-                gateway_task.abort();
-                if let Some(r) = retention {
-                    r.abort();
+                let node = Node::start(config).await?;
+                let (api, gw) = (node.api_url(), node.gateway_addr());
+                let key = keel_server::hex(&node.public_key());
+                // The first line's format is read by scripts and tests: keep it.
+                match log_format {
+                    LogFormat::Text => eprintln!("keel server: API {api}, device gateway {gw}, key {key}"),
+                    LogFormat::Json => {
+                        tracing::info!(api = %node.http_addr(), url = %api, gateway = %gw, key, "keel server running")
+                    }
                 }
+                match node.nofile_limit() {
+                    Ok(n) => tracing::info!("open files: {n} (the soft limit, raised to the hard limit)"),
+                    Err(e) => tracing::warn!("open files: cannot raise the limit: {e}"),
+                }
+                if let Some(m) = node.metrics_addr() {
+                    tracing::info!("metrics: http://{m}/metrics");
+                }
+                node.run(shutdown()).await?;
                 match log_format {
                     LogFormat::Text => eprintln!("keel server: stopped"),
                     LogFormat::Json => tracing::info!("keel server stopped"),
                 }
                 Ok(())
             }
+            ServerCmd::Backup { data, out } => {
+                let objects_dir = match data.object_store.as_deref() {
+                    Some(s) if s.contains("://") => None,
+                    Some(dir) => Some(PathBuf::from(dir)),
+                    None => Some(data.data.join("objects")),
+                };
+                let src = keel_server::backup::Source {
+                    data_dir: &data.data,
+                    database_url: data.database.as_deref(),
+                    objects_dir,
+                };
+                let m = keel_server::backup::backup(&src, &out).await?;
+                report("backed up", &out, &m, json)
+            }
+            ServerCmd::Restore { from, data } => {
+                let m = keel_server::backup::restore(&from, &data)?;
+                report("restored into", &data, &m, json)
+            }
         }
     })
+}
+
+fn report(what: &str, dir: &std::path::Path, m: &keel_server::backup::Manifest, json: bool) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "dir": dir, "database": m.database, "files": m.files.len(),
+                "server_public_key": m.server_public_key, "notes": m.notes })
+        );
+    } else {
+        println!(
+            "{what} {} ({} files, database {}, key {})",
+            dir.display(),
+            m.files.len(),
+            m.database,
+            m.server_public_key
+        );
+        for n in &m.notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(())
 }
 
 /// The server's log writer: stderr, where a failed write (say, the reader of a pipe went away)

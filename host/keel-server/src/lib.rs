@@ -7,12 +7,16 @@
 //! keys, bundles (layers content-addressed in an object store), deployments and the update state
 //! devices report; the gateway offers and serves updates from it.
 
+pub mod backup;
 pub mod connection;
 pub mod framed;
 pub mod gateway;
 pub mod http;
+pub mod listen;
+pub mod node;
 pub mod ota;
 pub mod store;
+pub mod tls;
 
 /// Microseconds since the Unix epoch.
 pub fn unix_us() -> u64 {
