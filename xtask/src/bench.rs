@@ -193,6 +193,25 @@ pub fn run() -> Result<(), String> {
         "server RSS growth with 10 000 simulated devices connected and idle, per device",
     ));
 
+    // The server under abuse: the abuse test (a real `keel server run`, 200 simulated devices
+    // logging, unauthenticated uploads, idle connections, slowloris, garbage and replayed
+    // handshakes) prints the operator's API latency it measured while under attack.
+    let out = crate::cargo()
+        .current_dir(root())
+        .args(["test", "-q", "-p", "keel-cli", "--test", "abuse", "--", "--nocapture"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    metrics.push((
+        "api_p99_ms_under_abuse",
+        json_number(&out, "abuse test", "api_p99_ms_under_abuse")?,
+        "p99 of an authenticated API request (a page of logs) every 100 ms while the abuse test attacks the server",
+    ));
+    metrics.push((
+        "server_max_rss_bytes_under_abuse",
+        json_number(&out, "abuse test", "server_max_rss_bytes")?,
+        "largest server RSS sampled during the abuse test (200 devices logging; bound asserted by the test)",
+    ));
+
     // OTA: the exhaustive power-cut test through the device core (every flash operation of
     // download, commit, trial, confirm, crash loop, rollback and polite apply, for a matrix of
     // flash geometries, plus random cut chains; cut before and in the middle of each).

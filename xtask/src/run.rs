@@ -116,7 +116,7 @@ pub fn demo() -> Result<(), String> {
     let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/4: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    println!("\n=== Keel demo 1/5: a self-hosted server, a provisioned device, its logs streamed live ===\n");
     let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
     let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
     let mut server = Kill(
@@ -159,7 +159,7 @@ pub fn demo() -> Result<(), String> {
     r.kill();
     drop(follow);
 
-    println!("\n=== Keel demo 2/4: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
+    println!("\n=== Keel demo 2/5: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
     let dev = Device { clock: Clock::Deterministic, ..dev };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ pub fn demo() -> Result<(), String> {
         println!("{l}");
     }
 
-    println!("\n=== Keel demo 3/4: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
+    println!("\n=== Keel demo 3/5: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
     prepare_device(&flash_path, Some("hello"))?;
     let ship = |app: &str, version: &str, seq: &str| -> Result<String, String> {
         let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
@@ -235,7 +235,7 @@ pub fn demo() -> Result<(), String> {
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
 
     println!(
-        "\n=== Keel demo 4/4: a hostile app forges an exception return at every start to reset-loop the device;\n\
+        "\n=== Keel demo 4/5: a hostile app forges an exception return at every start to reset-loop the device;\n\
          the visor records each crash, quarantines the app after three, and an update replaces it ===\n"
     );
     // A second device whose factory app is the hostile one, in its 'exc-s1' mode: an SVCall
@@ -280,11 +280,78 @@ pub fn demo() -> Result<(), String> {
     }
     println!("\n$ keel devices show {id2}");
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id2]).envs(env).status();
+    server_under_abuse(&keel, &env, "127.0.0.1:7447", &v4, &id2)?;
     drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",
         flash_path.display(),
         flash_path.display()
     );
+    Ok(())
+}
+
+/// Demo part 5: what an attacker without a credential gets from the server, and what a token
+/// with too little scope gets.
+fn server_under_abuse(keel: &Path, env: &[(&str, &str)], http: &str, bundle: &str, device: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    println!(
+        "\n=== Keel demo 5/5: the server holds under abuse: nothing unbounded before authentication, \
+         slow clients closed, scoped tokens ===\n"
+    );
+    // An unauthenticated 60 MB upload is answered before its body is read.
+    let mut s = TcpStream::connect(http).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let head = "POST /v1/bundles HTTP/1.1\r\nHost: keel\r\nContent-Type: application/octet-stream\r\n\
+                Content-Length: 62914560\r\n\r\n";
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 512];
+    let n = s.read(&mut answer).map_err(|e| format!("no answer to an unauthenticated upload: {e}"))?;
+    let status = String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or_default().to_string();
+    println!("unauthenticated upload announcing 60 MB, 0 bytes of body sent -> {status}");
+    if !status.contains(" 401 ") {
+        return Err(format!("an unauthenticated upload was answered {status:?}, not 401"));
+    }
+    // A slowloris client (a header byte every second) is closed by the server.
+    let mut s = TcpStream::connect(http).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /v1/devices HTTP/1.1\r\nHost: keel\r\nX-Slow: ").map_err(|e| e.to_string())?;
+    let t = std::time::Instant::now();
+    let closed = loop {
+        if t.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let mut b = [0u8; 512];
+        match s.read(&mut b) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break true,
+            Ok(_) => {}
+        }
+        if s.write_all(b"a").is_err() {
+            break true;
+        }
+    };
+    if !closed {
+        return Err("a slowloris client was still connected after 60 s".into());
+    }
+    println!("slowloris client (one header byte per second) -> closed by the server after {} s", t.elapsed().as_secs());
+    // A token's scope is enforced: a read-only token can look but not deploy.
+    let created = keel_json(keel, &["token", "create", "demo-viewer", "--scope", "read", "--expires", "1d"], env)?;
+    let viewer = json_field(&created, "token").ok_or("no token from `keel token create`")?;
+    println!("$ keel token create demo-viewer --scope read --expires 1d");
+    let env_viewer: Vec<(&str, &str)> =
+        env.iter().map(|&(k, v)| if k == "KEEL_TOKEN" { (k, viewer.as_str()) } else { (k, v) }).collect();
+    let out = std::process::Command::new(keel)
+        .args(["deploy", bundle, "--device", device, "--json"])
+        .envs(env_viewer.iter().copied())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let answer = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("$ KEEL_TOKEN=<demo-viewer> keel deploy {bundle} --device {device} --json\n{}", answer.trim());
+    if out.status.success() || json_field(&answer, "code").as_deref() != Some("insufficient_scope") {
+        return Err(format!("a read-only token was not refused a deploy: {answer}"));
+    }
     Ok(())
 }
