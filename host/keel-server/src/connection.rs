@@ -416,6 +416,14 @@ impl Connection {
         }
     }
 
+    /// Moves the `Ready` deadline to `mono_us` (the gateway's one deadline for the whole
+    /// handshake, counted from the accept); no effect once `Ready` arrived.
+    pub fn set_ready_deadline(&mut self, mono_us: u64) {
+        if let Phase::AwaitingReady { deadline } = &mut self.phase {
+            *deadline = mono_us;
+        }
+    }
+
     /// True once `Ready` arrived (and until the connection closes).
     pub fn is_online(&self) -> bool {
         self.phase == Phase::Online

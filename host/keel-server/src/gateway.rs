@@ -24,13 +24,15 @@ use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::connection::{Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target};
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
+pub use crate::limits::GatewayLimits;
+use crate::limits::{Admission, Limiter, Refusal};
 use crate::store::{Counters, Device, DeviceEvent, Store};
 use crate::unix_us;
 
@@ -104,12 +106,29 @@ pub fn generate_keypair() -> (Vec<u8>, [u8; 32]) {
 
 type Frames = FrameReader<tokio::net::tcp::OwnedReadHalf, MAX_FRAME>;
 
-/// Serves device connections from `listener` until the task is dropped or aborted; aborting it
-/// also closes every connection it accepted.
+/// Serves device connections from `listener` with the default [`GatewayLimits`] until the task
+/// is dropped or aborted; aborting it also closes every connection it accepted.
 pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>) {
+    serve_until(listener, store, server_private, GatewayLimits::default(), std::future::pending()).await
+}
+
+/// Serves device connections from `listener` within `limits` until `shutdown` completes; then
+/// stops accepting, ends every connection (each marks its device offline) and returns once they
+/// are all closed. Dropping the future instead closes the connections without that.
+pub async fn serve_until(
+    listener: TcpListener,
+    store: Store,
+    server_private: Vec<u8>,
+    limits: GatewayLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limiter = Limiter::new(limits);
+    let (stop, stopping) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
+            () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -120,10 +139,27 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
                         continue;
                     }
                 };
-                let (store, key) = (store.clone(), server_private.clone());
-                Counters::add(&store.counters().connections, 1);
+                let counters = store.counters();
+                Counters::add(&counters.connections, 1);
+                let admission = match limiter.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        // Closed before a byte is read: no Diffie-Hellman, no database.
+                        let c = match refusal {
+                            Refusal::Total => &counters.refused_total_cap,
+                            Refusal::PerAddress => &counters.refused_per_address,
+                            Refusal::Unauthenticated => &counters.refused_unauthenticated,
+                            Refusal::Rate => &counters.refused_rate,
+                        };
+                        Counters::add(c, 1);
+                        tracing::debug!(%peer, ?refusal, "device connection refused at accept");
+                        continue;
+                    }
+                };
+                let deadline = Instant::now() + limiter.limits().handshake_timeout;
+                let (store, key, stopping) = (store.clone(), server_private.clone(), stopping.clone());
                 conns.spawn(async move {
-                    match connection(stream, &store, &key).await {
+                    match connection(stream, &store, &key, admission, deadline, stopping).await {
                         Ok(()) => {}
                         Err(e) if e.is_rejection() => {
                             Counters::add(&store.counters().rejected, 1);
@@ -136,6 +172,9 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    drop(listener);
+    let _ = stop.send(true);
+    while conns.join_next().await.is_some() {}
 }
 
 /// What the device said in its `Hello`, for the registry.
@@ -145,17 +184,59 @@ struct HelloInfo {
     boot_count: u32,
 }
 
-async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
+async fn connection(
+    s: TcpStream,
+    store: &Store,
+    server_private: &[u8],
+    admission: Admission,
+    deadline: Instant,
+    stopping: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
+    let result = connection_inner(s, store, server_private, admission, deadline, stopping).await;
+    let late = Close::ReadyTimeout.as_str();
+    if matches!(result, Err(ConnError::Timeout(why)) if why == HANDSHAKE_LATE || why == late) {
+        Counters::add(&store.counters().handshake_timeouts, 1);
+    }
+    result
+}
+
+/// The error of a handshake (accept through `Ready`) that took longer than the limit.
+const HANDSHAKE_LATE: &str = "handshake not finished in time";
+
+async fn connection_inner(
+    s: TcpStream,
+    store: &Store,
+    server_private: &[u8],
+    admission: Admission,
+    deadline: Instant,
+    stopping: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
+    match tokio::time::timeout_at(deadline, handshake(s, store, server_private)).await {
+        Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(h)) => h.run(store, admission, deadline, stopping).await,
+    }
+}
+
+/// A connection whose `Welcome` was sent.
+struct Handshaken {
+    rd: Frames,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    session: ServerSession,
+    device: Device,
+    info: HelloInfo,
+    negotiated: keel_link::msg::Negotiated,
+}
+
+/// Message 1 through `Welcome`.
+async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<Handshaken, ConnError> {
     // Every write is a whole frame and the protocol is request/response (a fetch and its
     // layer data): Nagle's algorithm would hold each frame until the previous one is
     // acknowledged, which a peer's delayed ACK turns into 40 ms per frame.
     s.set_nodelay(true)?;
     let (rd, wr) = s.into_split();
     let mut rd = Frames::new(rd);
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.next()).await {
-        Err(_) => return Err(ConnError::Timeout("no handshake in time")),
-        Ok(f) => f?,
-    };
+    let first = rd.next().await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
     let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
     let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
@@ -175,37 +256,52 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
         features: negotiated.features,
     };
     let (session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
-    let mut shell = Shell { wr, session, store, device: &device, info, generation: None };
-    write_all(&mut shell.wr, &frame).await?;
-    // Subscribe before the target is read (after `Ready`) so a deployment made in between is
-    // not missed.
-    let deployments = store.subscribe_deployments();
-    let clock = Clock(Instant::now());
-    // The first handshake message may be a replay; the connection accepts nothing but `Ready`
-    // (which only the device can encrypt) until the device is online.
-    let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
-    // Frames are read by their own task and handed over a channel, so waiting for one can be
-    // combined with timers without losing half-read frames.
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let f = rd.next().await.map_err(ConnError::from);
-            let end = f.is_err();
-            if tx.send(f).await.is_err() || end {
-                break;
+    let mut wr = wr;
+    write_all(&mut wr, &frame).await?;
+    Ok(Handshaken { rd, wr, session, device, info, negotiated })
+}
+
+impl Handshaken {
+    async fn run(
+        self,
+        store: &Store,
+        admission: Admission,
+        deadline: Instant,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        let Handshaken { mut rd, wr, session, device, info, negotiated } = self;
+        let mut shell = Shell { wr, session, store, device: &device, info, generation: None, admission, stopping };
+        // Subscribe before the target is read (after `Ready`) so a deployment made in between is
+        // not missed.
+        let deployments = store.subscribe_deployments();
+        let clock = Clock(Instant::now());
+        // The first handshake message may be a replay; the connection accepts nothing but `Ready`
+        // (which only the device can encrypt) until the device is online.
+        let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
+        conn.set_ready_deadline(deadline.saturating_duration_since(clock.0).as_micros() as u64);
+        // Frames are read by their own task and handed over a channel, so waiting for one can be
+        // combined with timers without losing half-read frames.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = rd.next().await.map_err(ConnError::from);
+                let end = f.is_err();
+                if tx.send(f).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
+        reader.abort();
+        // A device that reconnects before its old connection timed out has two for a while: only
+        // the newest may mark it offline.
+        if let Some(generation) = shell.generation {
+            if store.release_online(&device.id, generation) {
+                store.device_offline(&device.id).await?;
             }
         }
-    });
-    let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
-    reader.abort();
-    // A device that reconnects before its old connection timed out has two for a while: only
-    // the newest may mark it offline.
-    if let Some(generation) = shell.generation {
-        if store.release_online(&device.id, generation) {
-            store.device_offline(&device.id).await?;
-        }
+        result
     }
-    result
 }
 
 /// Monotonic time since the connection's start, as the connection counts it.
@@ -261,6 +357,10 @@ struct Shell<'a> {
     info: HelloInfo,
     /// Set once the device is online (see [`Store::claim_online`]).
     generation: Option<u64>,
+    /// Its place within the gateway's limits.
+    admission: Admission,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -278,6 +378,7 @@ impl Shell<'_> {
         mut deployments: broadcast::Receiver<String>,
         clock: &Clock,
     ) -> Result<(), ConnError> {
+        let mut stopping = self.stopping.clone();
         loop {
             let wake = conn.poll_at().map(|at| clock.instant(at));
             tokio::select! {
@@ -315,6 +416,7 @@ impl Shell<'_> {
                         self.perform(conn, steps).await?;
                     }
                 }
+                () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
                     let steps = feed(|out| conn.tick(now, out));
@@ -341,6 +443,7 @@ impl Shell<'_> {
                         let app = self.info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
                         store.device_online(id, &self.info.visor_version, app, self.info.boot_count).await?;
                         self.generation = Some(store.claim_online(id));
+                        self.admission.authenticated();
                         Counters::add(&counters.handshakes, 1);
                         tracing::info!(device = %id, "device online");
                     }

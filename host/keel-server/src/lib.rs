@@ -11,6 +11,7 @@ pub mod connection;
 pub mod framed;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod ota;
 pub mod store;
 

@@ -80,9 +80,51 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     /// Device messages (or visor events) of a variant this server does not know, skipped.
     pub unknown_messages: AtomicU64,
+    /// Gateway connections refused at accept: the total connection cap was reached.
+    pub refused_total_cap: AtomicU64,
+    /// Gateway connections refused at accept: their source address held its cap.
+    pub refused_per_address: AtomicU64,
+    /// Gateway connections refused at accept: the unauthenticated budget (in total or of their
+    /// address) was full.
+    pub refused_unauthenticated: AtomicU64,
+    /// Gateway connections refused at accept: their address started handshakes too fast.
+    pub refused_rate: AtomicU64,
+    /// Gateway connections closed because the handshake (through `Ready`) took too long.
+    pub handshake_timeouts: AtomicU64,
 }
 
 impl Counters {
+    /// The gateway's refusal counters as `/metrics` shows them: (name, help, counter).
+    pub fn refusals(&self) -> [(&'static str, &'static str, &AtomicU64); 5] {
+        [
+            (
+                "keel_gateway_refused_total_cap_total",
+                "Gateway connections refused: total connection cap reached.",
+                &self.refused_total_cap,
+            ),
+            (
+                "keel_gateway_refused_per_address_total",
+                "Gateway connections refused: per-address connection cap reached.",
+                &self.refused_per_address,
+            ),
+            (
+                "keel_gateway_refused_unauthenticated_total",
+                "Gateway connections refused: unauthenticated connection budget full.",
+                &self.refused_unauthenticated,
+            ),
+            (
+                "keel_gateway_refused_rate_total",
+                "Gateway connections refused: handshakes per second per address exceeded.",
+                &self.refused_rate,
+            ),
+            (
+                "keel_gateway_handshake_timeouts_total",
+                "Gateway connections closed: handshake not finished in time.",
+                &self.handshake_timeouts,
+            ),
+        ]
+    }
+
     /// Adds `n` to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);

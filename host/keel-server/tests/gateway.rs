@@ -9,7 +9,7 @@ use common::TestDb;
 use std::time::Duration;
 
 use keel_link::msg::{Down, Hello, Up};
-use keel_server::gateway::{generate_keypair, serve};
+use keel_server::gateway::{generate_keypair, serve, serve_until, GatewayLimits};
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
 use tokio::net::TcpListener;
@@ -32,6 +32,9 @@ on_both_databases!("", a_newer_device_connects_at_the_common_version);
 on_both_databases!("", unknown_messages_are_skipped_bad_frames_end_one_connection);
 on_both_databases!("", visor_events_fill_the_registry_without_text_parsing);
 on_both_databases!("", a_handshake_without_ready_times_out_and_is_not_counted_as_rejected);
+on_both_databases!("", a_flood_of_garbage_and_replays_does_not_delay_a_device);
+on_both_databases!("", connection_caps_and_the_handshake_rate_are_enforced);
+on_both_databases!("", the_whole_handshake_has_one_deadline);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -431,4 +434,187 @@ async fn a_handshake_without_ready_times_out_and_is_not_counted_as_rejected(stor
     assert_eq!(metric(&store, "keel_gateway_connections_total").await, 2);
     assert_eq!(metric(&store, "keel_gateway_handshakes_total").await, 0, "never online");
     assert!(!store.device("kd09").await.unwrap().unwrap().online);
+}
+
+/// Limits that also apply on loopback (each test's attackers use their own 127.0.0.x).
+fn loopback_limits() -> GatewayLimits {
+    GatewayLimits { limit_loopback: true, ..GatewayLimits::default() }
+}
+
+/// Starts a gateway with `limits`; returns its address (it stops when the test's runtime ends).
+async fn gateway_with(store: &Store, private: Vec<u8>, limits: GatewayLimits) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_until(listener, store.clone(), private, limits, std::future::pending()));
+    addr
+}
+
+/// A TCP connection to `addr` from the loopback address `src`.
+async fn connect_from(src: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// True if the server closes `s` within `within` (what it sent before is skipped).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// How many of `conns` the server closes within `within` (all waited for at once).
+async fn count_closed(conns: &mut [tokio::net::TcpStream], within: Duration) -> usize {
+    let waits = conns.iter_mut().map(|s| closed_within(s, within));
+    futures_util::future::join_all(waits).await.into_iter().filter(|c| *c).count()
+}
+
+/// A first handshake message of the device with `secret` (what a replayer recorded).
+fn message_one(secret: &[u8; 32], server: &[u8; 32]) -> Vec<u8> {
+    let mut session = keel_link::session::DeviceSession::<rand_core::OsRng>::new(secret, server).unwrap();
+    let hello = hello_from(keel_link::msg::PROTOCOL_VERSION, keel_link::msg::PROTOCOL_VERSION, 0);
+    let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+    let n = session.start_hello(&hello, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn a_flood_of_garbage_and_replays_does_not_delay_a_device(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let (victim, good) = (new_secret(), new_secret());
+    store.add_device("a", "kd10", &public_key(&victim), "victim").await.unwrap();
+    store.add_device("a", "kd11", &public_key(&good), "good").await.unwrap();
+    // Garbage is held for the whole (long) handshake time: only the budgets protect the device.
+    let limits = GatewayLimits {
+        max_unauthenticated: 200,
+        max_unauthenticated_per_address: 64,
+        handshake_timeout: Duration::from_secs(60),
+        ..loopback_limits()
+    };
+    let addr = gateway_with(&store, private, limits).await;
+    // 500 connections of half a frame header from one address, 100 replays of a real device's
+    // first handshake message from another.
+    let mut garbage = Vec::new();
+    for _ in 0..500 {
+        let mut s = connect_from([127, 0, 0, 2], addr).await;
+        s.write_all(b"\x00").await.unwrap();
+        garbage.push(s);
+    }
+    let replay = message_one(&victim, &public);
+    let mut replays = Vec::new();
+    for _ in 0..100 {
+        let mut s = connect_from([127, 0, 0, 3], addr).await;
+        s.write_all(&replay).await.unwrap();
+        replays.push(s);
+    }
+    // The device connects during the flood and its lines are stored.
+    let dev = std::sync::Arc::new(SimDevice::new(good, public, 1));
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    for i in 0..50 {
+        dev.log(&format!("line {i}"));
+    }
+    tokio::time::timeout(Duration::from_secs(20), until(|| async { app_lines(&store, "kd11").await.len() == 50 }))
+        .await
+        .expect("the device's lines are stored during the flood");
+    assert_eq!(dev.stats().sessions, 1, "admitted at its first attempt");
+    // Each flooding address holds its budget; the rest was refused at once.
+    let within = Duration::from_secs(3);
+    let closed = tokio::join!(count_closed(&mut garbage, within), count_closed(&mut replays, within));
+    assert_eq!(closed, (500 - 64, 100 - 64));
+    assert_eq!(load(&store.counters().refused_unauthenticated), 436 + 36);
+    assert!(!store.device("kd10").await.unwrap().unwrap().online, "no replay brought the victim online");
+    assert_eq!(metric(&store, "keel_gateway_refused_unauthenticated_total").await, 436 + 36);
+}
+
+async fn connection_caps_and_the_handshake_rate_are_enforced(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let good = new_secret();
+    store.add_device("a", "kd12", &public_key(&good), "good").await.unwrap();
+    let slow = Duration::from_secs(60);
+    // Per address: 8 connections held, the 12 others refused at accept.
+    let limits = GatewayLimits { max_per_address: 8, handshake_timeout: slow, ..loopback_limits() };
+    let addr = gateway_with(&store, private.clone(), limits).await;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(connect_from([127, 0, 0, 5], addr).await);
+    }
+    assert_eq!(count_closed(&mut conns, Duration::from_secs(3)).await, 12);
+    assert_eq!(load(&store.counters().refused_per_address), 12);
+    // Another address is not affected by that one's cap.
+    let mut other = connect_from([127, 0, 0, 6], addr).await;
+    assert!(!closed_within(&mut other, Duration::from_millis(300)).await);
+
+    // Handshakes per second: a burst of 5, then 1 per second.
+    let limits = GatewayLimits {
+        handshake_burst_per_address: 5.0,
+        handshakes_per_second_per_address: 1.0,
+        handshake_timeout: slow,
+        ..loopback_limits()
+    };
+    let addr = gateway_with(&store, private.clone(), limits).await;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect_from([127, 0, 0, 7], addr).await;
+        s.write_all(b"\x00").await.unwrap();
+        conns.push(s);
+    }
+    let refused = count_closed(&mut conns, Duration::from_secs(2)).await;
+    assert!((13..=15).contains(&refused), "{refused} refused");
+    assert_eq!(load(&store.counters().refused_rate), refused as u64);
+
+    // In total: 4 connections; an authenticated device holds one of them.
+    let limits = GatewayLimits { max_connections: 4, handshake_timeout: slow, ..loopback_limits() };
+    let addr = gateway_with(&store, private, limits).await;
+    let dev = std::sync::Arc::new(SimDevice::new(good, public, 1));
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    dev.wait_online().await;
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        conns.push(connect_from([127, 0, 1, i], addr).await);
+    }
+    assert_eq!(count_closed(&mut conns, Duration::from_secs(3)).await, 3);
+    assert_eq!(load(&store.counters().refused_total_cap), 3);
+    dev.log("still served");
+    until(|| async { app_lines(&store, "kd12").await.len() == 1 }).await;
+}
+
+async fn the_whole_handshake_has_one_deadline(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd13", &public_key(&secret), "replayed").await.unwrap();
+    let deadline = Duration::from_secs(2);
+    let addr = gateway_with(&store, private, GatewayLimits { handshake_timeout: deadline, ..loopback_limits() }).await;
+    // A replayer sends the first message late (but within the deadline) and never `Ready`:
+    // the connection still ends at the deadline counted from the accept.
+    let replay = message_one(&secret, &public);
+    let started = tokio::time::Instant::now();
+    let mut s = connect_from([127, 0, 0, 8], addr).await;
+    s.write_all(&replay[..1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a slow client, not a synchronisation
+    s.write_all(&replay[1..]).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await, "closed by the server");
+    let took = started.elapsed();
+    assert!(took >= deadline && took < deadline + Duration::from_millis(900), "closed after {took:?}");
+    until(|| async { load(&store.counters().handshake_timeouts) == 1 }).await;
 }
