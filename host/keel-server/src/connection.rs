@@ -195,6 +195,9 @@ pub struct Batch {
     pub received: u64,
     /// The highest device sequence number in the batch: acknowledged once stored.
     pub ack: Option<u64>,
+    /// Device records acknowledged but left out of `records`: their sequence number is above
+    /// [`MAX_STORED_SEQ`].
+    pub unstorable: u64,
 }
 
 /// A validated `FetchLayer`: read `[offset, offset + len)` of the layer and answer with
@@ -385,6 +388,31 @@ fn send(negotiated: &Negotiated, out: &mut impl Output, m: &Down<'_>) {
     }
 }
 
+/// Device-supplied bytes as stored text, the same on SQLite and PostgreSQL (which refuses NUL in
+/// text): valid UTF-8 is kept as it is except NUL, which becomes `\x00`; each byte that is not
+/// part of valid UTF-8 becomes `\xNN` (lowercase hex). A backslash is kept as it is, so a device
+/// that sends the characters `\x00` is shown the same as one that sent a NUL.
+pub fn escape_device_text(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\0' {
+                out.push_str("\\x00");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The largest device sequence number the store holds (its column is a signed 64-bit integer).
+pub const MAX_STORED_SEQ: u64 = i64::MAX as u64;
+
 /// The text of an update reason code (empty for 0).
 fn reason_text(code: u16) -> String {
     match (code, UpdateReason::from_u16(code)) {
@@ -532,7 +560,10 @@ impl Connection {
         }
         match msg {
             Up::Log { seq, kind, level, time_us, text } => {
-                let text = String::from_utf8_lossy(text).into_owned();
+                let text = escape_device_text(text);
+                // 0 app line, 1 visor text; 2 (server note) and unknown kinds are the server's
+                // to write, not the device's: stored as visor text.
+                let kind = if kind == 0 { 0 } else { 1 };
                 let record = LogRecord { seq, kind, level, device_time_us: time_us, received_at: now.unix_us, text };
                 self.push(record, true, None);
             }
@@ -604,6 +635,11 @@ impl Connection {
             self.batch.received += 1;
             self.batch.ack = Some(self.batch.ack.map_or(record.seq, |a| a.max(record.seq)));
         }
+        if record.seq > MAX_STORED_SEQ {
+            // Acknowledged (or the device would resend it forever) but not storable: counted.
+            self.batch.unstorable += 1;
+            return;
+        }
         self.batch.records.push(record);
         self.batch.notes.extend(note);
     }
@@ -615,9 +651,9 @@ impl Connection {
     }
 
     /// The records gathered since the last flush, to store in one transaction (`None`: nothing to
-    /// store). Call [`Connection::logs_stored`] once they are stored.
+    /// store or acknowledge; `records` may be empty when only unstorable records came). Call [`Connection::logs_stored`] once they are stored.
     pub fn flush(&mut self) -> Option<Batch> {
-        if self.phase == Phase::Closed || self.batch.records.is_empty() {
+        if self.phase == Phase::Closed || (self.batch.records.is_empty() && self.batch.ack.is_none()) {
             return None;
         }
         let batch = std::mem::take(&mut self.batch);

@@ -28,7 +28,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::connection::{Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target};
+use crate::connection::{
+    escape_device_text, Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target,
+};
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
 pub use crate::limits::GatewayLimits;
@@ -243,9 +245,10 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
+    // Device strings are stored escaped like log text (no NUL reaches the database).
     let info = HelloInfo {
-        visor_version: hello.visor_version.to_string(),
-        app: hello.app.map(|(a, b)| (a.to_string(), b.to_string())),
+        visor_version: escape_device_text(hello.visor_version.as_bytes()),
+        app: hello.app.map(|(a, b)| (escape_device_text(a.as_bytes()), escape_device_text(b.as_bytes()))),
         boot_count: hello.boot_count,
     };
     let acked = store.max_seq(&device.id).await?;
@@ -525,6 +528,10 @@ impl Shell<'_> {
         let counters = store.counters();
         let new = store.insert_logs(id, &batch.records).await?;
         Counters::add(&counters.log_records, batch.received);
+        Counters::add(&counters.log_unstorable, batch.unstorable);
+        if batch.unstorable > 0 {
+            tracing::warn!(device = %id, count = batch.unstorable, "log records above sequence 2^63 - 1 not stored");
+        }
         Counters::add(&counters.log_duplicates, (batch.records.len() as u64).saturating_sub(new));
         for note in &batch.notes {
             match note {

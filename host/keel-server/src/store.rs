@@ -80,6 +80,9 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     /// Device messages (or visor events) of a variant this server does not know, skipped.
     pub unknown_messages: AtomicU64,
+    /// Device log records acknowledged but not stored: their sequence number is above 2^63 - 1,
+    /// which no database column holds.
+    pub log_unstorable: AtomicU64,
     /// Gateway connections refused at accept: the total connection cap was reached.
     pub refused_total_cap: AtomicU64,
     /// Gateway connections refused at accept: their source address held its cap.
@@ -158,7 +161,8 @@ pub struct LogRecord {
     pub device_time_us: u64,
     /// When the server stored it.
     pub received_at: u64,
-    /// Text (lossy UTF-8).
+    /// Text. Device bytes are stored escaped (see `connection::escape_device_text`): NUL and
+    /// bytes that are not valid UTF-8 as `\xNN`.
     pub text: String,
 }
 
@@ -555,6 +559,9 @@ impl Store {
     /// Stores records in one transaction; sequence numbers already stored are ignored. Returns
     /// how many were new. Live log streams of the device are woken once.
     pub async fn insert_logs(&self, device_id: &str, records: &[LogRecord]) -> Result<u64, Error> {
+        if records.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
         for r in records {

@@ -35,6 +35,7 @@ on_both_databases!("", a_handshake_without_ready_times_out_and_is_not_counted_as
 on_both_databases!("", a_flood_of_garbage_and_replays_does_not_delay_a_device);
 on_both_databases!("", connection_caps_and_the_handshake_rate_are_enforced);
 on_both_databases!("", the_whole_handshake_has_one_deadline);
+on_both_databases!("", bad_bytes_from_a_device_are_stored_alike_on_both_databases);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -617,4 +618,48 @@ async fn the_whole_handshake_has_one_deadline(store: Store) {
     let took = started.elapsed();
     assert!(took >= deadline && took < deadline + Duration::from_millis(900), "closed after {took:?}");
     until(|| async { load(&store.counters().handshake_timeouts) == 1 }).await;
+}
+
+async fn bad_bytes_from_a_device_are_stored_alike_on_both_databases(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd14", &public_key(&secret), "odd bytes").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    // NUL bytes in every string of the hello.
+    let hello = Hello {
+        visor_version: "9.9\0.9",
+        app: Some(("a\0pp", "1.0\0")),
+        ..hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED)
+    };
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let seq = 3u64 << 32;
+    // NUL, invalid UTF-8 and a device-chosen "server note" kind; a sequence number no database
+    // column holds; then an ordinary line.
+    dev.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"nul\0here" }).await;
+    dev.send(&Up::Log { seq: seq + 1, kind: 0, level: 2, time_us: 2, text: b"bad \xff\xfe utf-8 \xe2\x82" }).await;
+    dev.send(&Up::Log { seq: seq + 2, kind: 2, level: 1, time_us: 3, text: b"dropped 999" }).await;
+    dev.send(&Up::Log { seq: 1 << 63 | 5, kind: 0, level: 2, time_us: 4, text: b"too far" }).await;
+    dev.send(&Up::Log { seq: seq + 3, kind: 0, level: 2, time_us: 5, text: b"plain \\x41 and \xc3\xa9" }).await;
+    assert_eq!(dev.acked(1 << 63 | 5).await, 1 << 63 | 5, "everything acknowledged: nothing is resent forever");
+    let logs = store.logs("kd14", None, 100).await.unwrap();
+    let texts: Vec<(u64, u8, &str)> = logs.iter().map(|r| (r.seq, r.kind, r.text.as_str())).collect();
+    assert_eq!(
+        texts,
+        [
+            (seq, 0, "nul\\x00here"),
+            (seq + 1, 0, "bad \\xff\\xfe utf-8 \\xe2\\x82"),
+            (seq + 2, 1, "dropped 999"),
+            (seq + 3, 0, "plain \\x41 and \u{e9}"),
+        ],
+        "a device cannot write a server note (kind 2)"
+    );
+    let (_, _, stored) = store.counts().await.unwrap();
+    assert_eq!(stored, 4, "no hidden row for the sequence number above 2^63 - 1");
+    assert_eq!(load(&store.counters().log_unstorable), 1);
+    let d = store.device("kd14").await.unwrap().unwrap();
+    assert_eq!(d.visor_version.as_deref(), Some("9.9\\x00.9"));
+    assert_eq!(d.app, Some(("a\\x00pp".to_string(), "1.0\\x00".to_string())));
+    assert!(d.online);
 }

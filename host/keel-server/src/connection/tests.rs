@@ -777,3 +777,11 @@ fn reconcile_edges() {
         assert_eq!(handles(s), !matches!(s, Idle | Error), "{s:?}");
     }
 }
+
+#[test]
+fn device_text_is_escaped_the_same_way_everywhere() {
+    assert_eq!(escape_device_text(b"plain \xc3\xa9"), "plain \u{e9}");
+    assert_eq!(escape_device_text(b"a\0b"), "a\\x00b");
+    assert_eq!(escape_device_text(b"\xff\xe2\x82 x"), "\\xff\\xe2\\x82 x");
+    assert_eq!(escape_device_text(b""), "");
+}
