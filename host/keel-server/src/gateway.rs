@@ -17,6 +17,7 @@
 //! deployment changes to the connection tasks).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_link::msg::{encode, features, negotiate, Down, MAX_PLAINTEXT, PROTOCOL_MIN, PROTOCOL_VERSION};
@@ -125,12 +126,30 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limiter = Limiter::new(limits);
+    let (name, lease) = (limiter.limits().node_name.clone(), limiter.limits().presence_lease);
+    // This run's presence: the devices of a previous run of this node are offline from here on.
+    let node: Arc<str> = loop {
+        match store.start_node(&name, lease).await {
+            Ok(id) => break id.into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the gateway node; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop, stopping) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = renew.tick() => match store.renew_node(&node, lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(%node, "this gateway node's lease was taken over by a newer run"),
+                Err(e) => tracing::warn!(%node, error = %e, "cannot renew the gateway node's lease"),
+            },
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -160,8 +179,9 @@ pub async fn serve_until(
                 };
                 let deadline = Instant::now() + limiter.limits().handshake_timeout;
                 let (store, key, stopping) = (store.clone(), server_private.clone(), stopping.clone());
+                let node = node.clone();
                 conns.spawn(async move {
-                    match connection(stream, &store, &key, admission, deadline, stopping).await {
+                    match connection(stream, &store, &key, Ctx { admission, deadline, stopping, node }).await {
                         Ok(()) => {}
                         Err(e) if e.is_rejection() => {
                             Counters::add(&store.counters().rejected, 1);
@@ -177,6 +197,21 @@ pub async fn serve_until(
     drop(listener);
     let _ = stop.send(true);
     while conns.join_next().await.is_some() {}
+    if let Err(e) = store.stop_node(&node).await {
+        tracing::warn!(%node, error = %e, "cannot end the gateway node's presence (its lease will run out)");
+    }
+}
+
+/// What a connection gets from the gateway besides its socket.
+struct Ctx {
+    /// Its place within the limits.
+    admission: Admission,
+    /// The handshake (accept through `Ready`) must end by then.
+    deadline: Instant,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
+    /// This gateway run's node id (presence).
+    node: Arc<str>,
 }
 
 /// What the device said in its `Hello`, for the registry.
@@ -186,15 +221,8 @@ struct HelloInfo {
     boot_count: u32,
 }
 
-async fn connection(
-    s: TcpStream,
-    store: &Store,
-    server_private: &[u8],
-    admission: Admission,
-    deadline: Instant,
-    stopping: watch::Receiver<bool>,
-) -> Result<(), ConnError> {
-    let result = connection_inner(s, store, server_private, admission, deadline, stopping).await;
+async fn connection(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
+    let result = connection_inner(s, store, server_private, ctx).await;
     let late = Close::ReadyTimeout.as_str();
     if matches!(result, Err(ConnError::Timeout(why)) if why == HANDSHAKE_LATE || why == late) {
         Counters::add(&store.counters().handshake_timeouts, 1);
@@ -205,18 +233,11 @@ async fn connection(
 /// The error of a handshake (accept through `Ready`) that took longer than the limit.
 const HANDSHAKE_LATE: &str = "handshake not finished in time";
 
-async fn connection_inner(
-    s: TcpStream,
-    store: &Store,
-    server_private: &[u8],
-    admission: Admission,
-    deadline: Instant,
-    stopping: watch::Receiver<bool>,
-) -> Result<(), ConnError> {
-    match tokio::time::timeout_at(deadline, handshake(s, store, server_private)).await {
+async fn connection_inner(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
+    match tokio::time::timeout_at(ctx.deadline, handshake(s, store, server_private)).await {
         Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(h)) => h.run(store, admission, deadline, stopping).await,
+        Ok(Ok(h)) => h.run(store, ctx).await,
     }
 }
 
@@ -265,15 +286,11 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
 }
 
 impl Handshaken {
-    async fn run(
-        self,
-        store: &Store,
-        admission: Admission,
-        deadline: Instant,
-        stopping: watch::Receiver<bool>,
-    ) -> Result<(), ConnError> {
+    async fn run(self, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
         let Handshaken { mut rd, wr, session, device, info, negotiated } = self;
-        let mut shell = Shell { wr, session, store, device: &device, info, generation: None, admission, stopping };
+        let Ctx { admission, deadline, stopping, node } = ctx;
+        let mut shell =
+            Shell { wr, session, store, device: &device, info, generation: None, admission, stopping, node };
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
         let deployments = store.subscribe_deployments();
@@ -297,11 +314,11 @@ impl Handshaken {
         let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
         reader.abort();
         // A device that reconnects before its old connection timed out has two for a while: only
-        // the newest may mark it offline.
+        // the newest (on whichever node) may mark it offline; the store checks it in the same
+        // statement.
         if let Some(generation) = shell.generation {
-            if store.release_online(&device.id, generation) {
-                store.device_offline(&device.id).await?;
-            }
+            store.release_online(&device.id, generation);
+            store.device_offline(&device.id, &shell.node, generation).await?;
         }
         result
     }
@@ -364,6 +381,8 @@ struct Shell<'a> {
     admission: Admission,
     /// Becomes true when the gateway stops.
     stopping: watch::Receiver<bool>,
+    /// This gateway run's node id.
+    node: Arc<str>,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -444,8 +463,12 @@ impl Shell<'_> {
                 Step::Act(action) => match action {
                     Action::Online => {
                         let app = self.info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-                        store.device_online(id, &self.info.visor_version, app, self.info.boot_count).await?;
-                        self.generation = Some(store.claim_online(id));
+                        // The session first, then the row: a connection that ends meanwhile cannot
+                        // clear this one's presence (review #9).
+                        let generation = store.claim_online(id);
+                        self.generation = Some(generation);
+                        let boot = self.info.boot_count;
+                        store.device_online(id, &self.info.visor_version, app, boot, &self.node, generation).await?;
                         self.admission.authenticated();
                         Counters::add(&counters.handshakes, 1);
                         tracing::info!(device = %id, "device online");

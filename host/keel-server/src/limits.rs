@@ -34,6 +34,15 @@ pub struct GatewayLimits {
     pub handshakes_per_second_per_address: f64,
     /// ... and in a burst. Default 500.
     pub handshake_burst_per_address: f64,
+    /// This gateway's node name. Devices are shown online only while their node's lease is
+    /// current; a gateway that starts ends the leases of a previous run with the same name (a
+    /// crash or kill leaves no device shown online). Default `"local"`: one gateway per database;
+    /// give each node of several its own name.
+    pub node_name: String,
+    /// How long a node's presence lease lasts; it is renewed every third of it. Default 30 s: a
+    /// crashed node's devices are shown offline at most this long after the crash (at once if
+    /// it restarts).
+    pub presence_lease: Duration,
     /// Whether the per-address limits also apply to loopback addresses. Default `false` (a local
     /// proxy or a benchmark on the same host is one address); tests turn it on.
     pub limit_loopback: bool,
@@ -49,6 +58,8 @@ impl Default for GatewayLimits {
             handshake_timeout: Duration::from_secs(10),
             handshakes_per_second_per_address: 100.0,
             handshake_burst_per_address: 500.0,
+            node_name: "local".to_string(),
+            presence_lease: Duration::from_secs(30),
             limit_loopback: false,
         }
     }

@@ -206,7 +206,7 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
         account_id: r.try_get("account_id")?,
         public_key: r.try_get("public_key")?,
         name: r.try_get("name")?,
-        online: r.try_get::<i64, _>("online")? != 0,
+        online: r.try_get::<Option<i64>, _>("online_lease")?.is_some_and(|until| until > unix_us() as i64),
         last_seen: r.try_get("last_seen")?,
         visor_version: r.try_get("visor_version")?,
         app: app_name.zip(app_version),
@@ -219,7 +219,8 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
 
 macro_rules! device_columns {
     () => {
-        "id, account_id, public_key, name, online, last_seen, visor_version, app_name, app_version, boot_count, \
+        "id, account_id, public_key, name, \
+         (SELECT n.lease_until FROM gateway_nodes n WHERE n.id = devices.online_node) AS online_lease, last_seen, visor_version, app_name, app_version, boot_count, \
          last_boot_at, last_boot, last_crash_at, last_crash"
     };
 }
@@ -471,9 +472,10 @@ impl Store {
     /// Counts for monitoring: (devices, devices online, stored log records).
     pub async fn counts(&self) -> Result<(i64, i64, i64), Error> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices WHERE online = 1) AS o, \
-             (SELECT COUNT(*) FROM logs) AS l",
+            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices v JOIN gateway_nodes n \
+             ON n.id = v.online_node WHERE n.lease_until > $1) AS o, (SELECT COUNT(*) FROM logs) AS l",
         )
+        .bind(unix_us() as i64)
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("d")?, row.try_get("o")?, row.try_get("l")?))
@@ -508,18 +510,79 @@ impl Store {
         self.with_tags(d).await
     }
 
-    /// Records a hello: online, versions, boot count.
+    /// Starts a gateway node named `name` with a presence lease of `lease`: ends the presence of
+    /// every device of a previous run with the same name (it crashed or was killed); returns the
+    /// new run's node id (for [`Store::device_online`] and [`Store::renew_node`]).
+    pub async fn start_node(&self, name: &str, lease: std::time::Duration) -> Result<String, Error> {
+        let mut raw = [0u8; 8];
+        getrandom::getrandom(&mut raw).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
+        let id = format!("{name}/{}", hex(&raw));
+        let now = unix_us() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 \
+             WHERE online_node IN (SELECT id FROM gateway_nodes WHERE name = $2)",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM gateway_nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO gateway_nodes (id, name, started_at, lease_until) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(name)
+            .bind(now)
+            .bind(now.saturating_add(lease.as_micros() as i64))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Extends node `id`'s lease to `lease` from now; false if the node is gone (a newer run of
+    /// the same name started, or it was stopped).
+    pub async fn renew_node(&self, id: &str, lease: std::time::Duration) -> Result<bool, Error> {
+        let until = (unix_us() as i64).saturating_add(lease.as_micros() as i64);
+        let done = sqlx::query("UPDATE gateway_nodes SET lease_until = $1 WHERE id = $2")
+            .bind(until)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Node `id` stops: every device it still shows online is offline, and the node is gone.
+    pub async fn stop_node(&self, id: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 WHERE online_node = $2",
+        )
+        .bind(unix_us() as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM gateway_nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Records a hello: the device is online on node `node` (see [`Store::start_node`]) through
+    /// the connection `session` (unique within the node), with its versions and boot count.
+    #[allow(clippy::too_many_arguments)]
     pub async fn device_online(
         &self,
         id: &str,
         visor_version: &str,
         app: Option<(&str, &str)>,
         boot_count: u32,
+        node: &str,
+        session: u64,
     ) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE devices SET online = 1, last_seen = $1, visor_version = $2, app_name = $3, app_version = $4, \
-             boot_count = $5 WHERE id = $6",
+            "UPDATE devices SET online_node = $1, online_session = $2, last_seen = $3, visor_version = $4, \
+             app_name = $5, app_version = $6, boot_count = $7 WHERE id = $8",
         )
+        .bind(node)
+        .bind(session as i64)
         .bind(unix_us() as i64)
         .bind(visor_version)
         .bind(app.map(|a| a.0))
@@ -531,14 +594,20 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a device offline.
-    pub async fn device_offline(&self, id: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE devices SET online = 0, last_seen = $1 WHERE id = $2")
-            .bind(unix_us() as i64)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Marks a device offline if connection `session` of node `node` is still the one that
+    /// marked it online (a newer connection, on any node, keeps it online). Returns whether it did.
+    pub async fn device_offline(&self, id: &str, node: &str, session: u64) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 \
+             WHERE id = $2 AND online_node = $3 AND online_session = $4",
+        )
+        .bind(unix_us() as i64)
+        .bind(id)
+        .bind(node)
+        .bind(session as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Highest stored sequence number of a device.

@@ -663,3 +663,101 @@ async fn bad_bytes_from_a_device_are_stored_alike_on_both_databases(store: Store
     assert_eq!(d.app, Some(("a\\x00pp".to_string(), "1.0\\x00".to_string())));
     assert!(d.online);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_a_lease_sqlite() {
+    presence_is_a_lease(TestDb::sqlite("presence-lease")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_a_lease_postgres() {
+    presence_is_a_lease(TestDb::postgres("presence-lease")).await;
+}
+
+/// A gateway "process" of its own (its own runtime and store), to kill without any cleanup.
+struct Node {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+}
+
+impl Node {
+    fn start(url: &str, private: Vec<u8>, limits: GatewayLimits) -> Node {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = url.to_string();
+        rt.spawn(async move {
+            let store = Store::open(&url).await.unwrap();
+            let listener = TcpListener::from_std(listener).unwrap();
+            serve_until(listener, store, private, limits, std::future::pending()).await
+        });
+        Node { rt, addr }
+    }
+
+    /// kill -9: every task of the node is dropped, nothing runs afterwards.
+    fn kill(self) {
+        self.rt.shutdown_background();
+    }
+}
+
+async fn presence_is_a_lease(db: TestDb) {
+    let store = db.open().await;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd15", &public_key(&secret), "leased").await.unwrap();
+    let online = || {
+        let store = store.clone();
+        async move { store.device("kd15").await.unwrap().unwrap().online }
+    };
+    let run_device = |addr| {
+        let dev = std::sync::Arc::new(SimDevice::new(secret, public, 1));
+        let d2 = dev.clone();
+        (dev, tokio::spawn(async move { d2.run(addr, 20).await }))
+    };
+
+    // A node is killed, then starts again under the same name: its devices are offline at once
+    // (long before the lease would run out), before any of them reconnects.
+    let limits =
+        GatewayLimits { node_name: "n1".into(), presence_lease: Duration::from_secs(3600), ..loopback_limits() };
+    let node = Node::start(&db.url, private.clone(), limits.clone());
+    let (_, sim) = run_device(node.addr);
+    until(|| async { online().await }).await;
+    sim.abort();
+    node.kill();
+    assert!(online().await, "nothing ran after the kill");
+    let again = Node::start(&db.url, private.clone(), limits);
+    until(|| async { !online().await }).await;
+
+    // A node is killed and never comes back: its devices go offline when its lease ends.
+    let limits =
+        GatewayLimits { node_name: "n2".into(), presence_lease: Duration::from_millis(1500), ..loopback_limits() };
+    let node = Node::start(&db.url, private.clone(), limits);
+    let (_, sim) = run_device(node.addr);
+    until(|| async { online().await }).await;
+    sim.abort();
+    node.kill();
+    let killed = tokio::time::Instant::now();
+    until(|| async { !online().await }).await;
+    assert!(killed.elapsed() < Duration::from_secs(5), "offline within the lease");
+    let (_, _, _) = store.counts().await.unwrap();
+
+    // A graceful stop marks the node's devices offline before it returns.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = GatewayLimits { node_name: "n3".into(), ..loopback_limits() };
+    let gw = tokio::spawn(serve_until(listener, store.clone(), private, limits, async {
+        let _ = stopped.await;
+    }));
+    let (dev, sim) = run_device(addr);
+    until(|| async { online().await }).await;
+    dev.log("before the stop");
+    until(|| async { app_lines(&store, "kd15").await.len() == 1 }).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gw).await.expect("the gateway drains and returns").unwrap();
+    assert!(!online().await, "offline once the gateway returned");
+    sim.abort();
+    again.kill();
+}
