@@ -13,3 +13,13 @@ CREATE INDEX gateway_nodes_name ON gateway_nodes (name);
 ALTER TABLE devices ADD COLUMN online_node TEXT;
 ALTER TABLE devices ADD COLUMN online_session BIGINT;
 CREATE INDEX devices_online_node ON devices (online_node);
+
+-- What the server noticed about a device (not in its log sequence space): a log sequence that
+-- went back, a quota reached.
+CREATE TABLE device_events (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX device_events_device ON device_events (device_id, at);

@@ -249,6 +249,8 @@ struct Handshaken {
     device: Device,
     info: HelloInfo,
     negotiated: keel_link::msg::Negotiated,
+    /// (the device's next log sequence number, the highest stored): its sequence went back.
+    regression: Option<(u64, u64)>,
 }
 
 /// Message 1 through `Welcome`.
@@ -272,7 +274,10 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
         app: hello.app.map(|(a, b)| (escape_device_text(a.as_bytes()), escape_device_text(b.as_bytes()))),
         boot_count: hello.boot_count,
     };
-    let acked = store.max_seq(&device.id).await?;
+    // Resume below the device's own next number: a stored number above it (its sequence went
+    // back, or one bogus record) must not make the device discard its new records.
+    let (acked, above) = store.resume_point(&device.id, hello.next_log_seq).await?;
+    let regression = above.map(|max| (hello.next_log_seq, max));
     let welcome = Down::Welcome {
         protocol: negotiated.protocol,
         unix_us: unix_us(),
@@ -282,15 +287,25 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     let (session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
     let mut wr = wr;
     write_all(&mut wr, &frame).await?;
-    Ok(Handshaken { rd, wr, session, device, info, negotiated })
+    Ok(Handshaken { rd, wr, session, device, info, negotiated, regression })
 }
 
 impl Handshaken {
     async fn run(self, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
-        let Handshaken { mut rd, wr, session, device, info, negotiated } = self;
+        let Handshaken { mut rd, wr, session, device, info, negotiated, regression } = self;
         let Ctx { admission, deadline, stopping, node } = ctx;
-        let mut shell =
-            Shell { wr, session, store, device: &device, info, generation: None, admission, stopping, node };
+        let mut shell = Shell {
+            wr,
+            session,
+            store,
+            device: &device,
+            info,
+            generation: None,
+            admission,
+            stopping,
+            node,
+            regression,
+        };
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
         let deployments = store.subscribe_deployments();
@@ -383,6 +398,9 @@ struct Shell<'a> {
     stopping: watch::Receiver<bool>,
     /// This gateway run's node id.
     node: Arc<str>,
+    /// Recorded as an event once the device is authenticated (a replayed old handshake must
+    /// not record one).
+    regression: Option<(u64, u64)>,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -471,6 +489,14 @@ impl Shell<'_> {
                         store.device_online(id, &self.info.visor_version, app, boot, &self.node, generation).await?;
                         self.admission.authenticated();
                         Counters::add(&counters.handshakes, 1);
+                        if let Some((next, max)) = self.regression.take() {
+                            let text = format!(
+                                "log sequence went back: the device numbers its next record {next:#x}, records up \
+                                 to {max:#x} are stored; resuming below {next:#x}"
+                            );
+                            tracing::warn!(device = %id, "{text}");
+                            store.note_server_event(id, "log_regression", &text).await?;
+                        }
                         tracing::info!(device = %id, "device online");
                     }
                     Action::LoadTarget => {

@@ -166,6 +166,17 @@ pub struct LogRecord {
     pub text: String,
 }
 
+/// Something the server noticed about a device (a log sequence that went back, a quota reached).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// Server time, µs since the epoch.
+    pub at: i64,
+    /// What: `log_regression`, `log_quota`, `update_event_quota`.
+    pub kind: String,
+    /// Details.
+    pub text: String,
+}
+
 /// A device event the registry remembers, with its rendered text. The gateway builds it from a
 /// typed visor event (`keel_proto::event::VisorEvent::{Boot, Crash}`), never from text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -409,6 +420,7 @@ impl Store {
             "DELETE FROM device_updates WHERE device_id = $1",
             "DELETE FROM deployments WHERE device_id = $1",
             "DELETE FROM logs WHERE device_id = $1",
+            "DELETE FROM device_events WHERE device_id = $1",
             "DELETE FROM device_tags WHERE device_id = $1",
             "DELETE FROM devices WHERE id = $1",
         ] {
@@ -608,6 +620,58 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Where a device's log delivery resumes: the highest stored sequence number of its own
+    /// records (server notes excluded) below `next_log_seq`, the number the device will give its
+    /// next record (from its `Hello`); and the highest stored one of all, if that is at or above
+    /// `next_log_seq` (the device's sequence went back: a reset boot counter, a reflash, or one
+    /// bogus number, which must not make the device discard its new records).
+    pub async fn resume_point(&self, device_id: &str, next_log_seq: u64) -> Result<(Option<u64>, Option<u64>), Error> {
+        let next = next_log_seq.min(i64::MAX as u64) as i64;
+        let row = sqlx::query(
+            "SELECT MAX(CASE WHEN seq < $2 THEN seq END) AS r, MAX(seq) AS m FROM logs \
+             WHERE device_id = $1 AND kind <> 2",
+        )
+        .bind(device_id)
+        .bind(next)
+        .fetch_one(&self.pool)
+        .await?;
+        let resume = row.try_get::<Option<i64>, _>("r")?.map(|v| v as u64);
+        let max = row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64);
+        Ok((resume, max.filter(|&m| m >= next as u64)))
+    }
+
+    /// Records a server event about a device, unless the same one (kind and text) is recorded
+    /// already.
+    pub async fn note_server_event(&self, device_id: &str, kind: &str, text: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO device_events (device_id, at, kind, text) SELECT $1, $2, $3, $4 \
+             WHERE NOT EXISTS (SELECT 1 FROM device_events WHERE device_id = $1 AND kind = $3 AND text = $4)",
+        )
+        .bind(device_id)
+        .bind(unix_us() as i64)
+        .bind(kind)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` server events of a device, oldest first.
+    pub async fn device_events(&self, device_id: &str, limit: u32) -> Result<Vec<ServerEvent>, Error> {
+        let rows =
+            sqlx::query("SELECT at, kind, text FROM device_events WHERE device_id = $1 ORDER BY at DESC LIMIT $2")
+                .bind(device_id)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut events = rows
+            .iter()
+            .map(|r| Ok(ServerEvent { at: r.try_get("at")?, kind: r.try_get("kind")?, text: r.try_get("text")? }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        events.reverse();
+        Ok(events)
     }
 
     /// Highest stored sequence number of a device.

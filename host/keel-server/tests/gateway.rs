@@ -36,6 +36,7 @@ on_both_databases!("", a_flood_of_garbage_and_replays_does_not_delay_a_device);
 on_both_databases!("", connection_caps_and_the_handshake_rate_are_enforced);
 on_both_databases!("", the_whole_handshake_has_one_deadline);
 on_both_databases!("", bad_bytes_from_a_device_are_stored_alike_on_both_databases);
+on_both_databases!("", a_device_whose_boot_counter_went_back_still_gets_its_lines_stored);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -760,4 +761,39 @@ async fn presence_is_a_lease(db: TestDb) {
     assert!(!online().await, "offline once the gateway returned");
     sim.abort();
     again.kill();
+}
+
+async fn a_device_whose_boot_counter_went_back_still_gets_its_lines_stored(store: Store) {
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd16", &public_key(&secret), "reflashed").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    // Boot 7 logs and is stored.
+    let dev = std::sync::Arc::new(SimDevice::new(secret, public, 7));
+    let d2 = dev.clone();
+    let sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    for i in 0..5 {
+        dev.log(&format!("boot 7 line {i}"));
+    }
+    until(|| async { app_lines(&store, "kd16").await.len() == 5 }).await;
+    sim.abort();
+    // The same device after its boot counter was reset (boot 3): lines logged before it
+    // connects, and after.
+    let dev = std::sync::Arc::new(SimDevice::new(secret, public, 3));
+    for i in 0..5 {
+        dev.log(&format!("boot 3 line {i}"));
+    }
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    dev.wait_online().await;
+    dev.log("boot 3 line 5");
+    until(|| async { app_lines(&store, "kd16").await.len() == 11 }).await;
+    let lines = app_lines(&store, "kd16").await;
+    let texts: Vec<&str> = lines.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(&texts[..6], (0..6).map(|i| format!("boot 3 line {i}")).collect::<Vec<_>>(), "stored in its own order");
+    let events = store.device_events("kd16", 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "log_regression");
+    assert!(events[0].text.contains("went back"), "{events:?}");
 }
