@@ -77,6 +77,9 @@ pub struct Target {
     pub bundle_id: String,
     /// Manifest sequence number.
     pub sequence: u64,
+    /// Hex SHA-256 of the manifest: with the sequence, what identifies the bundle (two apps of
+    /// an account may have bundles with the same sequence).
+    pub manifest_digest: String,
     /// The envelope without payloads (what `UpdateOffer` carries).
     pub envelope: Vec<u8>,
     /// Layers in manifest order (index = `FetchLayer`'s `component`).
@@ -373,6 +376,9 @@ pub struct Connection {
     /// The sequence offered on this connection (once per connection and deployment).
     offered: Option<u64>,
     cancelled: Option<u64>,
+    /// The bundle (sequence, manifest digest) last offered on this connection: what the device
+    /// downloads when it reports that sequence.
+    working: Option<(u64, String)>,
     /// The target was loaded (after [`Action::LoadTarget`]): `None` then means no deployment.
     target_loaded: bool,
 }
@@ -440,6 +446,7 @@ impl Connection {
             reported: None,
             offered: None,
             cancelled: None,
+            working: None,
             target_loaded: false,
         }
     }
@@ -681,10 +688,32 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
+        // Another bundle with the sequence of the one the device is downloading or installing
+        // (from this connection's offer): the device cannot tell them apart by sequence, so its
+        // work is cancelled and the new bundle offered.
+        let replaced = match (&self.working, &target, self.reported) {
+            (Some((seq, digest)), Some(t), Some(rep))
+                if t.sequence == *seq
+                    && t.manifest_digest != *digest
+                    && rep.sequence == *seq
+                    && matches!(rep.state, UpdateState::Downloading | UpdateState::Installing) =>
+            {
+                Some((*seq, rep.installed))
+            }
+            _ => None,
+        };
         self.target = target;
         self.target_loaded = true;
         self.offered = None;
         self.cancelled = None;
+        if let Some((sequence, installed)) = replaced {
+            send(&self.negotiated, out, &Down::UpdateCancel { sequence });
+            self.working = None;
+            let text = "download cancelled: no longer the target".to_string();
+            out.act(Action::NoteUpdate { state: "cancelled", sequence, text });
+            // What the device does next is to drop that work.
+            self.reported = Some(Reported { installed, sequence: 0, state: UpdateState::Idle });
+        }
         self.reconcile(out);
     }
 
@@ -702,6 +731,7 @@ impl Connection {
         if let (true, Some(t)) = (r.offer, &self.target) {
             send(&self.negotiated, out, &Down::UpdateOffer { envelope: &t.envelope });
             self.offered = Some(t.sequence);
+            self.working = Some((t.sequence, t.manifest_digest.clone()));
             let text = format!("offered {} (sequence {})", t.bundle_id, t.sequence);
             out.act(Action::NoteUpdate { state: "offered", sequence: t.sequence, text });
             out.act(Action::Notice(Notice::Offered { bundle_id: t.bundle_id.clone(), sequence: t.sequence }));
@@ -718,7 +748,11 @@ impl Connection {
     /// of the layer; otherwise a [`Fetch`] for the shell.
     fn fetch(&mut self, sequence: u64, component: u8, offset: u32, len: u32, out: &mut impl Output) {
         let refuse = |code: LayerErrorCode| Down::LayerError { sequence, component, offset, code: code as u8 };
-        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence) else {
+        // The target's sequence, and (if this connection offered one with that sequence) the
+        // same bundle: never another bundle's bytes for a download of the first.
+        let same_bundle =
+            |t: &Target| self.working.as_ref().is_none_or(|(s, d)| *s != t.sequence || *d == t.manifest_digest);
+        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence && same_bundle(t)) else {
             return send(&self.negotiated, out, &refuse(LayerErrorCode::UnknownSequence));
         };
         let Some(layer) = t.layers.get(component as usize) else {

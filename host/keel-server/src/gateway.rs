@@ -503,6 +503,7 @@ impl Shell<'_> {
                         let target = store.deployment(id).await?.map(|d| Target {
                             bundle_id: d.bundle.id,
                             sequence: d.bundle.sequence,
+                            manifest_digest: d.bundle.manifest_digest,
                             envelope: d.bundle.envelope,
                             layers: d.bundle.layers,
                         });
