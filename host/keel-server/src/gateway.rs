@@ -13,8 +13,9 @@
 //! Updates (see `docs/wire-protocol.md`, "Updates"): after `Ready` the device reports its update
 //! status; when its target bundle (the deployment) differs from what it reports, the gateway
 //! offers the bundle's envelope and then serves `FetchLayer` requests from the object store.
-//! A deployment made while the device is connected reaches it at once (the store broadcasts
-//! deployment changes to the connection tasks).
+//! A deployment made while the device is connected reaches it at once: the store sends it to
+//! that device's mailbox on the [`crate::bus::Bus`], as it does the end of the session when the
+//! device is deleted.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,10 +26,11 @@ use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::bus::{DeviceMessage, Mailbox, Presence};
 use crate::connection::{
     escape_device_text, Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target,
 };
@@ -128,8 +130,9 @@ pub async fn serve_until(
     let limiter = Limiter::new(limits);
     let (name, lease) = (limiter.limits().node_name.clone(), limiter.limits().presence_lease);
     // This run's presence: the devices of a previous run of this node are offline from here on.
+    let presence = store.presence();
     let node: Arc<str> = loop {
-        match store.start_node(&name, lease).await {
+        match presence.start_node(&name, lease).await {
             Ok(id) => break id.into(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register the gateway node; retrying");
@@ -145,7 +148,7 @@ pub async fn serve_until(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = renew.tick() => match store.renew_node(&node, lease).await {
+            _ = renew.tick() => match presence.renew_node(&node, lease).await {
                 Ok(true) => {}
                 Ok(false) => tracing::error!(%node, "this gateway node's lease was taken over by a newer run"),
                 Err(e) => tracing::warn!(%node, error = %e, "cannot renew the gateway node's lease"),
@@ -197,7 +200,7 @@ pub async fn serve_until(
     drop(listener);
     let _ = stop.send(true);
     while conns.join_next().await.is_some() {}
-    if let Err(e) = store.stop_node(&node).await {
+    if let Err(e) = presence.stop_node(&node).await {
         tracing::warn!(%node, error = %e, "cannot end the gateway node's presence (its lease will run out)");
     }
 }
@@ -308,7 +311,7 @@ impl Handshaken {
         };
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
-        let deployments = store.subscribe_deployments();
+        let mailbox = store.bus().mailbox(&device.id);
         let clock = Clock(Instant::now());
         // The first handshake message may be a replay; the connection accepts nothing but `Ready`
         // (which only the device can encrypt) until the device is online.
@@ -326,7 +329,7 @@ impl Handshaken {
                 }
             }
         });
-        let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
+        let result = shell.exchange(&mut conn, rx, mailbox, &clock).await;
         reader.abort();
         // A device that reconnects before its old connection timed out has two for a while: only
         // the newest (on whichever node) may mark it offline; the store checks it in the same
@@ -415,7 +418,7 @@ impl Shell<'_> {
         &mut self,
         conn: &mut Connection,
         mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
-        mut deployments: broadcast::Receiver<String>,
+        mut mailbox: Mailbox,
         clock: &Clock,
     ) -> Result<(), ConnError> {
         let mut stopping = self.stopping.clone();
@@ -443,19 +446,16 @@ impl Shell<'_> {
                         self.perform(conn, steps).await?;
                     }
                 }
-                changed = deployments.recv() => {
-                    let ours = match changed {
-                        Ok(dev) => dev == self.device.id,
-                        // Missed some: ours may be among them.
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        // Cannot happen while `store` (which holds the sender) lives.
-                        Err(broadcast::error::RecvError::Closed) => false,
-                    };
-                    if ours {
+                msg = mailbox.recv() => match msg {
+                    DeviceMessage::DeploymentChanged => {
                         let steps = feed(|out| conn.deployment_changed(out));
                         self.perform(conn, steps).await?;
                     }
-                }
+                    DeviceMessage::EndSession { reason } => {
+                        tracing::info!(device = %self.device.id, reason, "device session ended by the server");
+                        return Ok(());
+                    }
+                },
                 () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
@@ -500,6 +500,7 @@ impl Shell<'_> {
                         tracing::info!(device = %id, "device online");
                     }
                     Action::LoadTarget => {
+                        Counters::add(&counters.target_loads, 1);
                         let target = store.deployment(id).await?.map(|d| Target {
                             bundle_id: d.bundle.id,
                             sequence: d.bundle.sequence,

@@ -7,6 +7,7 @@
 //! keys, bundles (layers content-addressed in an object store), deployments and the update state
 //! devices report; the gateway offers and serves updates from it.
 
+pub mod bus;
 pub mod connection;
 pub mod framed;
 pub mod gateway;

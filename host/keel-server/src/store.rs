@@ -12,6 +12,7 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 
+use crate::bus::{Bus, DeviceMessage, LocalBus, StorePresence};
 use crate::{hex, unix_us};
 
 /// Storage errors (database unreachable, constraint violated, ...).
@@ -83,6 +84,9 @@ pub struct Counters {
     /// Device log records acknowledged but not stored: their sequence number is above 2^63 - 1,
     /// which no database column holds.
     pub log_unstorable: AtomicU64,
+    /// Device targets (deployments) read by gateway connections: at `Ready` and after each
+    /// change of that device's deployment.
+    pub target_loads: AtomicU64,
     /// Gateway connections refused at accept: the total connection cap was reached.
     pub refused_total_cap: AtomicU64,
     /// Gateway connections refused at accept: their source address held its cap.
@@ -143,7 +147,8 @@ struct Live {
     online: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     next_generation: AtomicU64,
     new_logs: broadcast::Sender<String>,
-    pub(crate) deployments: broadcast::Sender<String>,
+    /// Messages to device connections (per device).
+    bus: Arc<dyn Bus>,
     pub(crate) updates: broadcast::Sender<String>,
 }
 
@@ -247,14 +252,13 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
         let (new_logs, _) = broadcast::channel(1024);
-        let (deployments, _) = broadcast::channel(1024);
         let (updates, _) = broadcast::channel(1024);
         let live = Live {
             counters: Counters::default(),
             online: Default::default(),
             next_generation: AtomicU64::new(1),
             new_logs,
-            deployments,
+            bus: Arc::new(LocalBus::default()),
             updates,
         };
         Ok(Store { pool, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
@@ -271,10 +275,14 @@ impl Store {
         &self.objects
     }
 
-    /// Subscribes to deployment changes: receives the id of each device whose target bundle
-    /// changed. A lagging receiver misses ids; the gateway then re-reads its device's target.
-    pub fn subscribe_deployments(&self) -> broadcast::Receiver<String> {
-        self.live.deployments.subscribe()
+    /// The bus that carries messages to device connections (deployment changes, session ends).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.live.bus
+    }
+
+    /// Which gateway node holds which device (leases in this database).
+    pub fn presence(&self) -> StorePresence {
+        StorePresence(self.clone())
     }
 
     /// Subscribes to update status changes: receives the id of each device whose update status
@@ -284,8 +292,8 @@ impl Store {
     }
 
     pub(crate) fn notify_deployment(&self, device_id: &str) {
-        // No receiver (no connected gateway task) is not an error.
-        let _ = self.live.deployments.send(device_id.to_string());
+        // Only that device's connections hear of it (none connected is not an error).
+        self.live.bus.send(device_id, DeviceMessage::DeploymentChanged);
     }
 
     pub(crate) fn notify_update(&self, device_id: &str) {
@@ -426,7 +434,10 @@ impl Store {
         ] {
             sqlx::query(q).bind(device_id).execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        // Its open session ends too (through the device's mailbox).
+        self.live.bus.send(device_id, DeviceMessage::EndSession { reason: "device deleted" });
+        Ok(())
     }
 
     /// Remembers a boot or crash event of a device (from its visor's events) for the registry.

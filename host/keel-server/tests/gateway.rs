@@ -37,6 +37,7 @@ on_both_databases!("", connection_caps_and_the_handshake_rate_are_enforced);
 on_both_databases!("", the_whole_handshake_has_one_deadline);
 on_both_databases!("", bad_bytes_from_a_device_are_stored_alike_on_both_databases);
 on_both_databases!("", a_device_whose_boot_counter_went_back_still_gets_its_lines_stored);
+on_both_databases!("", deleting_a_device_ends_its_open_session);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -796,4 +797,33 @@ async fn a_device_whose_boot_counter_went_back_still_gets_its_lines_stored(store
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, "log_regression");
     assert!(events[0].text.contains("went back"), "{events:?}");
+}
+
+async fn deleting_a_device_ends_its_open_session(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let (secret, other) = (new_secret(), new_secret());
+    store.add_device("a", "kd17", &public_key(&secret), "deleted").await.unwrap();
+    store.add_device("a", "kd18", &public_key(&other), "kept").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let (mut kept, _) = RawDevice::connect(addr, &other, &public, &hello).await;
+    let seq = 3u64 << 32;
+    dev.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"before" }).await;
+    assert_eq!(dev.acked(seq).await, seq);
+    store.delete_device("kd17").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if dev.frames.next().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the deleted device's session was ended by the server");
+    // The other device's session goes on.
+    kept.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"still here" }).await;
+    assert_eq!(kept.acked(seq).await, seq);
 }
