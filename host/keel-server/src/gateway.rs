@@ -37,7 +37,7 @@ use crate::connection::{
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
 pub use crate::limits::GatewayLimits;
-use crate::limits::{Admission, Limiter, Refusal};
+use crate::limits::{Admission, Limiter, Quota, Refusal};
 use crate::store::{Counters, Device, DeviceEvent, Store};
 use crate::unix_us;
 
@@ -514,7 +514,10 @@ impl Shell<'_> {
                         }
                     }
                     Action::StoreStatus(status) => {
-                        store.set_update_status(id, &status).await?;
+                        let room = self.update_event_room().await?;
+                        if store.store_update_status(id, &status, room).await? && room {
+                            self.admission.limiter().count_update_event(id, unix_us());
+                        }
                     }
                     Action::NoteUpdate { state, sequence, text } => {
                         store.note_update_event(id, state, sequence, &text).await?;
@@ -573,22 +576,71 @@ impl Shell<'_> {
         }
     }
 
+    /// Whether the device may add an update event now; the first refusal of the day is recorded
+    /// as a device event.
+    async fn update_event_room(&self) -> Result<bool, ConnError> {
+        let (store, id) = (self.store, self.device.id.as_str());
+        match self.admission.limiter().update_event_room(id, unix_us()) {
+            Quota::Room => Ok(true),
+            Quota::Full { first } => {
+                Counters::add(&store.counters().update_events_quota_dropped, 1);
+                if first {
+                    let cap = self.admission.limiter().limits().update_events_per_device_per_day;
+                    let text = format!("update event quota reached ({cap} per day): further events of the day are not recorded (day {})", unix_us() / 86_400_000_000);
+                    tracing::warn!(device = %id, "{text}");
+                    store.note_server_event(id, "update_event_quota", &text).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// Stores a batch in one transaction, then the registry and history notes its events carry.
     async fn store_batch(&self, batch: &Batch) -> Result<(), ConnError> {
         let (store, id) = (self.store, self.device.id.as_str());
         let counters = store.counters();
-        let new = store.insert_logs(id, &batch.records).await?;
+        // The daily log quota: records above it are acknowledged (the device must not resend
+        // them forever) but not stored; the first refusal of the day is recorded as an event.
+        let limiter = self.admission.limiter();
+        let (mut kept, mut refused, mut first) = (Vec::with_capacity(batch.records.len()), 0u64, false);
+        for r in &batch.records {
+            match limiter.admit_log(id, r.received_at, r.text.len() as u64 + 32) {
+                Quota::Room => kept.push(r.clone()),
+                Quota::Full { first: f } => {
+                    refused += 1;
+                    first |= f;
+                }
+            }
+        }
+        if refused > 0 {
+            Counters::add(&counters.log_quota_dropped, refused);
+            if first {
+                let cap = limiter.limits().log_bytes_per_device_per_day;
+                let text = format!(
+                    "log quota reached ({cap} bytes per day): further records of the day are not stored (day {})",
+                    unix_us() / 86_400_000_000
+                );
+                tracing::warn!(device = %id, "{text}");
+                store.note_server_event(id, "log_quota", &text).await?;
+            }
+        }
+        let new = store.insert_logs(id, &kept).await?;
         Counters::add(&counters.log_records, batch.received);
         Counters::add(&counters.log_unstorable, batch.unstorable);
         if batch.unstorable > 0 {
             tracing::warn!(device = %id, count = batch.unstorable, "log records above sequence 2^63 - 1 not stored");
         }
-        Counters::add(&counters.log_duplicates, (batch.records.len() as u64).saturating_sub(new));
+        Counters::add(&counters.log_duplicates, (kept.len() as u64).saturating_sub(new));
         for note in &batch.notes {
             match note {
                 Note::Boot { at, text } => store.note_event(id, *at, DeviceEvent::Boot(text)).await?,
                 Note::Crash { at, text } => store.note_event(id, *at, DeviceEvent::Crash(text)).await?,
-                Note::Update { state, sequence, text } => store.note_update_event(id, state, *sequence, text).await?,
+                Note::Update { state, sequence, text } => {
+                    if self.update_event_room().await? {
+                        limiter.count_update_event(id, unix_us());
+                        store.note_update_event(id, state, *sequence, text).await?
+                    }
+                }
             }
         }
         Ok(())

@@ -748,7 +748,7 @@ async fn metrics(State(st): State<AppState>) -> Result<String, ApiError> {
             &c.unknown_messages,
         ),
     ];
-    for (name, help, counter) in counters.into_iter().chain(c.refusals()) {
+    for (name, help, counter) in counters.into_iter().chain(c.limit_counters()) {
         metric(name, "counter", help, get(counter));
     }
     Ok(out)

@@ -43,6 +43,13 @@ pub struct GatewayLimits {
     /// crashed node's devices are shown offline at most this long after the crash (at once if
     /// it restarts).
     pub presence_lease: Duration,
+    /// Log bytes (text plus 32 per record) one device may have stored per UTC day (counted by
+    /// this gateway since it started); records above are acknowledged, not stored, and counted.
+    /// Default 16 MiB.
+    pub log_bytes_per_device_per_day: u64,
+    /// Update events (history entries from the device's own reports) one device may add per
+    /// UTC day; above it its statuses are still stored, without history entries. Default 500.
+    pub update_events_per_device_per_day: u32,
     /// Whether the per-address limits also apply to loopback addresses. Default `false` (a local
     /// proxy or a benchmark on the same host is one address); tests turn it on.
     pub limit_loopback: bool,
@@ -58,6 +65,8 @@ impl Default for GatewayLimits {
             handshake_timeout: Duration::from_secs(10),
             handshakes_per_second_per_address: 100.0,
             handshake_burst_per_address: 500.0,
+            log_bytes_per_device_per_day: 16 << 20,
+            update_events_per_device_per_day: 500,
             node_name: "local".to_string(),
             presence_lease: Duration::from_secs(30),
             limit_loopback: false,
@@ -87,6 +96,30 @@ struct Source {
     refilled: Instant,
 }
 
+/// One device's use of its daily quotas.
+#[derive(Debug, Default)]
+struct Usage {
+    day: u64,
+    log_bytes: u64,
+    update_events: u32,
+    log_refused: bool,
+    events_refused: bool,
+}
+
+/// Whether a quota has room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    /// Yes (and it was counted, for [`Limiter::admit_log`]).
+    Room,
+    /// No; `first` is true the first time today (record one event).
+    Full {
+        /// The first refusal of the day.
+        first: bool,
+    },
+}
+
+const DAY_US: u64 = 86_400_000_000;
+
 #[derive(Debug, Default)]
 struct State {
     total: usize,
@@ -100,6 +133,7 @@ struct State {
 pub struct Limiter {
     limits: GatewayLimits,
     state: Mutex<State>,
+    usage: Mutex<HashMap<String, Usage>>,
 }
 
 /// The key per-address limits count under: IPv4 addresses as they are (IPv4-mapped IPv6
@@ -131,7 +165,7 @@ impl Source {
 impl Limiter {
     /// Admission control for `limits`.
     pub fn new(limits: GatewayLimits) -> Arc<Limiter> {
-        Arc::new(Limiter { limits, state: Mutex::new(State::default()) })
+        Arc::new(Limiter { limits, state: Mutex::new(State::default()), usage: Mutex::default() })
     }
 
     /// The limits.
@@ -187,6 +221,50 @@ impl Limiter {
         Ok(Admission { limiter: self.clone(), key, authenticated: false })
     }
 
+    fn with_usage<T>(&self, device: &str, now_us: u64, f: impl FnOnce(&mut Usage) -> T) -> T {
+        let mut all = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let day = now_us / DAY_US;
+        if all.len() > 100_000 {
+            all.retain(|_, u| u.day == day);
+        }
+        let u = all.entry(device.to_string()).or_default();
+        if u.day != day {
+            *u = Usage { day, ..Usage::default() };
+        }
+        f(u)
+    }
+
+    /// Counts a log record of `bytes` of `device` at `now_us` against its daily quota.
+    pub fn admit_log(&self, device: &str, now_us: u64, bytes: u64) -> Quota {
+        let cap = self.limits.log_bytes_per_device_per_day;
+        self.with_usage(device, now_us, |u| {
+            if u.log_bytes.saturating_add(bytes) > cap {
+                Quota::Full { first: !std::mem::replace(&mut u.log_refused, true) }
+            } else {
+                u.log_bytes += bytes;
+                Quota::Room
+            }
+        })
+    }
+
+    /// Whether `device` may add an update event now (not counted: see
+    /// [`Limiter::count_update_event`]).
+    pub fn update_event_room(&self, device: &str, now_us: u64) -> Quota {
+        let cap = self.limits.update_events_per_device_per_day;
+        self.with_usage(device, now_us, |u| {
+            if u.update_events >= cap {
+                Quota::Full { first: !std::mem::replace(&mut u.events_refused, true) }
+            } else {
+                Quota::Room
+            }
+        })
+    }
+
+    /// Counts an update event of `device`.
+    pub fn count_update_event(&self, device: &str, now_us: u64) {
+        self.with_usage(device, now_us, |u| u.update_events += 1);
+    }
+
     /// Connections held now: (in total, not yet authenticated).
     pub fn held(&self) -> (usize, usize) {
         let st = self.lock();
@@ -203,6 +281,11 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The limiter this admission belongs to (quotas).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
     /// The device authenticated: the connection leaves the unauthenticated budget.
     pub fn authenticated(&mut self) {
         if std::mem::replace(&mut self.authenticated, true) {

@@ -84,6 +84,10 @@ pub struct Counters {
     /// Device log records acknowledged but not stored: their sequence number is above 2^63 - 1,
     /// which no database column holds.
     pub log_unstorable: AtomicU64,
+    /// Device log records acknowledged but not stored: the device was over its daily log quota.
+    pub log_quota_dropped: AtomicU64,
+    /// Update events not recorded: the device was over its daily update event quota.
+    pub update_events_quota_dropped: AtomicU64,
     /// Device targets (deployments) read by gateway connections: at `Ready` and after each
     /// change of that device's deployment.
     pub target_loads: AtomicU64,
@@ -101,9 +105,30 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// The gateway's refusal counters as `/metrics` shows them: (name, help, counter).
-    pub fn refusals(&self) -> [(&'static str, &'static str, &AtomicU64); 5] {
+    /// The gateway's counters of what its limits and quotas refused, as `/metrics` shows them:
+    /// (name, help, counter).
+    pub fn limit_counters(&self) -> [(&'static str, &'static str, &AtomicU64); 9] {
         [
+            (
+                "keel_log_records_unstorable_total",
+                "Log records acknowledged but not stored: sequence number above 2^63 - 1.",
+                &self.log_unstorable,
+            ),
+            (
+                "keel_log_records_quota_dropped_total",
+                "Log records acknowledged but not stored: the device was over its daily log quota.",
+                &self.log_quota_dropped,
+            ),
+            (
+                "keel_update_events_quota_dropped_total",
+                "Update events not recorded: the device was over its daily update event quota.",
+                &self.update_events_quota_dropped,
+            ),
+            (
+                "keel_gateway_target_loads_total",
+                "Device targets read by gateway connections (at Ready and on a deployment change).",
+                &self.target_loads,
+            ),
             (
                 "keel_gateway_refused_total_cap_total",
                 "Gateway connections refused: total connection cap reached.",

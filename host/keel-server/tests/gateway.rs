@@ -38,6 +38,7 @@ on_both_databases!("", the_whole_handshake_has_one_deadline);
 on_both_databases!("", bad_bytes_from_a_device_are_stored_alike_on_both_databases);
 on_both_databases!("", a_device_whose_boot_counter_went_back_still_gets_its_lines_stored);
 on_both_databases!("", deleting_a_device_ends_its_open_session);
+on_both_databases!("", daily_quotas_bound_what_one_device_stores);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -826,4 +827,38 @@ async fn deleting_a_device_ends_its_open_session(store: Store) {
     // The other device's session goes on.
     kept.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"still here" }).await;
     assert_eq!(kept.acked(seq).await, seq);
+}
+
+async fn daily_quotas_bound_what_one_device_stores(store: Store) {
+    use keel_link::msg::{features, UpdateState, VisorEvent, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd19", &public_key(&secret), "chatty").await.unwrap();
+    // 10 records of 68 bytes (36 + 32) per day, 3 update events.
+    let limits =
+        GatewayLimits { log_bytes_per_device_per_day: 680, update_events_per_device_per_day: 3, ..loopback_limits() };
+    let addr = gateway_with(&store, private, limits).await;
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let seq = 3u64 << 32;
+    for i in 0..25 {
+        let text = format!("a line of thirty-six bytes, no. {i:03}");
+        dev.send(&Up::Log { seq: seq + i, kind: 0, level: 2, time_us: i, text: text.as_bytes() }).await;
+    }
+    assert_eq!(dev.acked(seq + 24).await, seq + 24, "all acknowledged");
+    assert_eq!(store.logs("kd19", None, 100).await.unwrap().len(), 10, "the quota's worth stored");
+    assert_eq!(load(&store.counters().log_quota_dropped), 15);
+    // Update events: alternating states, each a change.
+    for i in 0..10u64 {
+        let state = if i % 2 == 0 { UpdateState::Downloading } else { UpdateState::Error };
+        let event = VisorEvent::Update { sequence: 7, state: state.as_u8(), reason: 0 };
+        dev.send(&Up::Event { seq: seq + 100 + i, time_us: i, event }).await;
+    }
+    assert_eq!(dev.acked(seq + 109).await, seq + 109);
+    let history = store.update_events("kd19", 100).await.unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    let events = store.device_events("kd19", 10).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["log_quota", "update_event_quota"], "one event per quota");
 }
