@@ -38,7 +38,7 @@ pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INT
 use crate::framed::{FrameReader, ReadError};
 pub use crate::limits::GatewayLimits;
 use crate::limits::{Admission, Limiter, Quota, Refusal};
-use crate::store::{Counters, Device, DeviceEvent, Store};
+use crate::store::{Counters, DeviceEvent, Store};
 use crate::unix_us;
 
 /// A write to a device that does not complete in this time ends the connection.
@@ -217,6 +217,12 @@ struct Ctx {
     node: Arc<str>,
 }
 
+/// The device a connection authenticates as.
+struct Known {
+    /// Its id.
+    id: String,
+}
+
 /// What the device said in its `Hello`, for the registry.
 struct HelloInfo {
     visor_version: String,
@@ -249,7 +255,7 @@ struct Handshaken {
     rd: Frames,
     wr: tokio::net::tcp::OwnedWriteHalf,
     session: ServerSession,
-    device: Device,
+    device: Known,
     info: HelloInfo,
     negotiated: keel_link::msg::Negotiated,
     /// (the device's next log sequence number, the highest stored): its sequence went back.
@@ -266,7 +272,8 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     let mut rd = Frames::new(rd);
     let first = rd.next().await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
-    let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
+    let id = store.device_id_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
+    let device = Known { id };
     let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
@@ -391,7 +398,7 @@ struct Shell<'a> {
     wr: tokio::net::tcp::OwnedWriteHalf,
     session: ServerSession,
     store: &'a Store,
-    device: &'a Device,
+    device: &'a Known,
     info: HelloInfo,
     /// Set once the device is online (see [`Store::claim_online`]).
     generation: Option<u64>,

@@ -550,6 +550,16 @@ impl Store {
         self.with_tags(d).await
     }
 
+    /// The id of the device with this static public key, if registered: one indexed lookup (what
+    /// the gateway needs before a handshake completes).
+    pub async fn device_id_by_key(&self, public_key: &[u8; 32]) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT id FROM devices WHERE public_key = $1")
+            .bind(hex(public_key))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("id")).transpose()
+    }
+
     /// A device by id.
     pub async fn device(&self, id: &str) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = $1");
