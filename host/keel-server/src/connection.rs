@@ -48,8 +48,10 @@ use keel_proto::msg::{
 use crate::ota::{BundleLayer, UpdateStatus};
 use crate::store::LogRecord;
 
-/// How long a new connection may take to send its first handshake message (enforced by the
-/// shell) and then its `Ready` (enforced here).
+/// How long a connection may take from its accept to its `Ready`, by default: the gateway's
+/// `GatewayLimits::handshake_timeout` gives each connection one deadline for the whole
+/// handshake ([`Connection::set_ready_deadline`]); a connection without one waits this long for
+/// `Ready`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A device that sends nothing for this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
