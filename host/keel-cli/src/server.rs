@@ -212,6 +212,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                         max_connections_per_ip: http_max_connections_per_ip,
                         ..HttpLimits::default()
                     },
+                    gateway_limits: Default::default(),
                     log_retention_days,
                 };
                 let node = Node::start(config).await?;

@@ -34,7 +34,8 @@ async fn server(name: &str) -> Server {
     store.create_account("a", "Acme").await.unwrap();
     store.add_device("a", DEV, &[1; 32], "acme-1").await.unwrap();
     // What a device reports about itself (hello strings) and logs is device-controlled.
-    store.device_online(DEV, "0.1\x1b[31m", Some(("evil\napp", "1\r\0")), 3).await.unwrap();
+    let node = store.start_node("cli-test", std::time::Duration::from_secs(60)).await.unwrap();
+    store.device_online(DEV, "0.1\x1b[31m", Some(("evil\napp", "1\r\0")), 3, &node, 1).await.unwrap();
     let rec = LogRecord { seq: 1 << 32, kind: 0, level: 2, device_time_us: 5, received_at: 6, text: FORGED.into() };
     store.insert_log(DEV, &rec).await.unwrap();
     let token = store.create_token("a", "cli").await.unwrap();

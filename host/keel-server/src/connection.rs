@@ -48,8 +48,10 @@ use keel_proto::msg::{
 use crate::ota::{BundleLayer, UpdateStatus};
 use crate::store::LogRecord;
 
-/// How long a new connection may take to send its first handshake message (enforced by the
-/// shell) and then its `Ready` (enforced here).
+/// How long a connection may take from its accept to its `Ready`, by default: the gateway's
+/// `GatewayLimits::handshake_timeout` gives each connection one deadline for the whole
+/// handshake ([`Connection::set_ready_deadline`]); a connection without one waits this long for
+/// `Ready`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A device that sends nothing for this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -77,6 +79,9 @@ pub struct Target {
     pub bundle_id: String,
     /// Manifest sequence number.
     pub sequence: u64,
+    /// Hex SHA-256 of the manifest: with the sequence, what identifies the bundle (two apps of
+    /// an account may have bundles with the same sequence).
+    pub manifest_digest: String,
     /// The envelope without payloads (what `UpdateOffer` carries).
     pub envelope: Vec<u8>,
     /// Layers in manifest order (index = `FetchLayer`'s `component`).
@@ -195,6 +200,9 @@ pub struct Batch {
     pub received: u64,
     /// The highest device sequence number in the batch: acknowledged once stored.
     pub ack: Option<u64>,
+    /// Device records acknowledged but left out of `records`: their sequence number is above
+    /// [`MAX_STORED_SEQ`].
+    pub unstorable: u64,
 }
 
 /// A validated `FetchLayer`: read `[offset, offset + len)` of the layer and answer with
@@ -370,6 +378,9 @@ pub struct Connection {
     /// The sequence offered on this connection (once per connection and deployment).
     offered: Option<u64>,
     cancelled: Option<u64>,
+    /// The bundle (sequence, manifest digest) last offered on this connection: what the device
+    /// downloads when it reports that sequence.
+    working: Option<(u64, String)>,
     /// The target was loaded (after [`Action::LoadTarget`]): `None` then means no deployment.
     target_loaded: bool,
 }
@@ -384,6 +395,31 @@ fn send(negotiated: &Negotiated, out: &mut impl Output, m: &Down<'_>) {
         out.send(m);
     }
 }
+
+/// Device-supplied bytes as stored text, the same on SQLite and PostgreSQL (which refuses NUL in
+/// text): valid UTF-8 is kept as it is except NUL, which becomes `\x00`; each byte that is not
+/// part of valid UTF-8 becomes `\xNN` (lowercase hex). A backslash is kept as it is, so a device
+/// that sends the characters `\x00` is shown the same as one that sent a NUL.
+pub fn escape_device_text(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\0' {
+                out.push_str("\\x00");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// The largest device sequence number the store holds (its column is a signed 64-bit integer).
+pub const MAX_STORED_SEQ: u64 = i64::MAX as u64;
 
 /// The text of an update reason code (empty for 0).
 fn reason_text(code: u16) -> String {
@@ -412,7 +448,16 @@ impl Connection {
             reported: None,
             offered: None,
             cancelled: None,
+            working: None,
             target_loaded: false,
+        }
+    }
+
+    /// Moves the `Ready` deadline to `mono_us` (the gateway's one deadline for the whole
+    /// handshake, counted from the accept); no effect once `Ready` arrived.
+    pub fn set_ready_deadline(&mut self, mono_us: u64) {
+        if let Phase::AwaitingReady { deadline } = &mut self.phase {
+            *deadline = mono_us;
         }
     }
 
@@ -524,7 +569,10 @@ impl Connection {
         }
         match msg {
             Up::Log { seq, kind, level, time_us, text } => {
-                let text = String::from_utf8_lossy(text).into_owned();
+                let text = escape_device_text(text);
+                // 0 app line, 1 visor text; 2 (server note) and unknown kinds are the server's
+                // to write, not the device's: stored as visor text.
+                let kind = if kind == 0 { 0 } else { 1 };
                 let record = LogRecord { seq, kind, level, device_time_us: time_us, received_at: now.unix_us, text };
                 self.push(record, true, None);
             }
@@ -596,6 +644,11 @@ impl Connection {
             self.batch.received += 1;
             self.batch.ack = Some(self.batch.ack.map_or(record.seq, |a| a.max(record.seq)));
         }
+        if record.seq > MAX_STORED_SEQ {
+            // Acknowledged (or the device would resend it forever) but not storable: counted.
+            self.batch.unstorable += 1;
+            return;
+        }
         self.batch.records.push(record);
         self.batch.notes.extend(note);
     }
@@ -607,9 +660,9 @@ impl Connection {
     }
 
     /// The records gathered since the last flush, to store in one transaction (`None`: nothing to
-    /// store). Call [`Connection::logs_stored`] once they are stored.
+    /// store or acknowledge; `records` may be empty when only unstorable records came). Call [`Connection::logs_stored`] once they are stored.
     pub fn flush(&mut self) -> Option<Batch> {
-        if self.phase == Phase::Closed || self.batch.records.is_empty() {
+        if self.phase == Phase::Closed || (self.batch.records.is_empty() && self.batch.ack.is_none()) {
             return None;
         }
         let batch = std::mem::take(&mut self.batch);
@@ -637,10 +690,32 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
+        // Another bundle with the sequence of the one the device is downloading or installing
+        // (from this connection's offer): the device cannot tell them apart by sequence, so its
+        // work is cancelled and the new bundle offered.
+        let replaced = match (&self.working, &target, self.reported) {
+            (Some((seq, digest)), Some(t), Some(rep))
+                if t.sequence == *seq
+                    && t.manifest_digest != *digest
+                    && rep.sequence == *seq
+                    && matches!(rep.state, UpdateState::Downloading | UpdateState::Installing) =>
+            {
+                Some((*seq, rep.installed))
+            }
+            _ => None,
+        };
         self.target = target;
         self.target_loaded = true;
         self.offered = None;
         self.cancelled = None;
+        if let Some((sequence, installed)) = replaced {
+            send(&self.negotiated, out, &Down::UpdateCancel { sequence });
+            self.working = None;
+            let text = "download cancelled: no longer the target".to_string();
+            out.act(Action::NoteUpdate { state: "cancelled", sequence, text });
+            // What the device does next is to drop that work.
+            self.reported = Some(Reported { installed, sequence: 0, state: UpdateState::Idle });
+        }
         self.reconcile(out);
     }
 
@@ -658,6 +733,7 @@ impl Connection {
         if let (true, Some(t)) = (r.offer, &self.target) {
             send(&self.negotiated, out, &Down::UpdateOffer { envelope: &t.envelope });
             self.offered = Some(t.sequence);
+            self.working = Some((t.sequence, t.manifest_digest.clone()));
             let text = format!("offered {} (sequence {})", t.bundle_id, t.sequence);
             out.act(Action::NoteUpdate { state: "offered", sequence: t.sequence, text });
             out.act(Action::Notice(Notice::Offered { bundle_id: t.bundle_id.clone(), sequence: t.sequence }));
@@ -674,7 +750,11 @@ impl Connection {
     /// of the layer; otherwise a [`Fetch`] for the shell.
     fn fetch(&mut self, sequence: u64, component: u8, offset: u32, len: u32, out: &mut impl Output) {
         let refuse = |code: LayerErrorCode| Down::LayerError { sequence, component, offset, code: code as u8 };
-        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence) else {
+        // The target's sequence, and (if this connection offered one with that sequence) the
+        // same bundle: never another bundle's bytes for a download of the first.
+        let same_bundle =
+            |t: &Target| self.working.as_ref().is_none_or(|(s, d)| *s != t.sequence || *d == t.manifest_digest);
+        let Some(t) = self.target.as_ref().filter(|t| t.sequence == sequence && same_bundle(t)) else {
             return send(&self.negotiated, out, &refuse(LayerErrorCode::UnknownSequence));
         };
         let Some(layer) = t.layers.get(component as usize) else {

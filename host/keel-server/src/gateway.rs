@@ -13,10 +13,12 @@
 //! Updates (see `docs/wire-protocol.md`, "Updates"): after `Ready` the device reports its update
 //! status; when its target bundle (the deployment) differs from what it reports, the gateway
 //! offers the bundle's envelope and then serves `FetchLayer` requests from the object store.
-//! A deployment made while the device is connected reaches it at once (the store broadcasts
-//! deployment changes to the connection tasks).
+//! A deployment made while the device is connected reaches it at once: the store sends it to
+//! that device's mailbox on the [`crate::bus::Bus`], as it does the end of the session when the
+//! device is deleted.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_link::msg::{encode, features, negotiate, Down, MAX_PLAINTEXT, PROTOCOL_MIN, PROTOCOL_VERSION};
@@ -24,14 +26,19 @@ use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::connection::{Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target};
+use crate::bus::{DeviceMessage, Mailbox, Presence};
+use crate::connection::{
+    escape_device_text, Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target,
+};
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
-use crate::store::{Counters, Device, DeviceEvent, Store};
+pub use crate::limits::GatewayLimits;
+use crate::limits::{Admission, Limiter, Quota, Refusal};
+use crate::store::{Counters, DeviceEvent, Store};
 use crate::unix_us;
 
 /// A write to a device that does not complete in this time ends the connection.
@@ -104,12 +111,48 @@ pub fn generate_keypair() -> (Vec<u8>, [u8; 32]) {
 
 type Frames = FrameReader<tokio::net::tcp::OwnedReadHalf, MAX_FRAME>;
 
-/// Serves device connections from `listener` until the task is dropped or aborted; aborting it
-/// also closes every connection it accepted.
+/// Serves device connections from `listener` with the default [`GatewayLimits`] until the task
+/// is dropped or aborted; aborting it also closes every connection it accepted.
 pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>) {
+    serve_until(listener, store, server_private, GatewayLimits::default(), std::future::pending()).await
+}
+
+/// Serves device connections from `listener` within `limits` until `shutdown` completes; then
+/// stops accepting, ends every connection (each marks its device offline) and returns once they
+/// are all closed. Dropping the future instead closes the connections without that.
+pub async fn serve_until(
+    listener: TcpListener,
+    store: Store,
+    server_private: Vec<u8>,
+    limits: GatewayLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limiter = Limiter::new(limits);
+    let (name, lease) = (limiter.limits().node_name.clone(), limiter.limits().presence_lease);
+    // This run's presence: the devices of a previous run of this node are offline from here on.
+    let presence = store.presence();
+    let node: Arc<str> = loop {
+        match presence.start_node(&name, lease).await {
+            Ok(id) => break id.into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the gateway node; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (stop, stopping) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
+            () = &mut shutdown => break,
+            _ = renew.tick() => match presence.renew_node(&node, lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(%node, "this gateway node's lease was taken over by a newer run"),
+                Err(e) => tracing::warn!(%node, error = %e, "cannot renew the gateway node's lease"),
+            },
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -120,10 +163,28 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
                         continue;
                     }
                 };
-                let (store, key) = (store.clone(), server_private.clone());
-                Counters::add(&store.counters().connections, 1);
+                let counters = store.counters();
+                Counters::add(&counters.connections, 1);
+                let admission = match limiter.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        // Closed before a byte is read: no Diffie-Hellman, no database.
+                        let c = match refusal {
+                            Refusal::Total => &counters.refused_total_cap,
+                            Refusal::PerAddress => &counters.refused_per_address,
+                            Refusal::Unauthenticated => &counters.refused_unauthenticated,
+                            Refusal::Rate => &counters.refused_rate,
+                        };
+                        Counters::add(c, 1);
+                        tracing::debug!(%peer, ?refusal, "device connection refused at accept");
+                        continue;
+                    }
+                };
+                let deadline = Instant::now() + limiter.limits().handshake_timeout;
+                let (store, key, stopping) = (store.clone(), server_private.clone(), stopping.clone());
+                let node = node.clone();
                 conns.spawn(async move {
-                    match connection(stream, &store, &key).await {
+                    match connection(stream, &store, &key, Ctx { admission, deadline, stopping, node }).await {
                         Ok(()) => {}
                         Err(e) if e.is_rejection() => {
                             Counters::add(&store.counters().rejected, 1);
@@ -136,6 +197,30 @@ pub async fn serve(listener: TcpListener, store: Store, server_private: Vec<u8>)
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    drop(listener);
+    let _ = stop.send(true);
+    while conns.join_next().await.is_some() {}
+    if let Err(e) = presence.stop_node(&node).await {
+        tracing::warn!(%node, error = %e, "cannot end the gateway node's presence (its lease will run out)");
+    }
+}
+
+/// What a connection gets from the gateway besides its socket.
+struct Ctx {
+    /// Its place within the limits.
+    admission: Admission,
+    /// The handshake (accept through `Ready`) must end by then.
+    deadline: Instant,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
+    /// This gateway run's node id (presence).
+    node: Arc<str>,
+}
+
+/// The device a connection authenticates as.
+struct Known {
+    /// Its id.
+    id: String,
 }
 
 /// What the device said in its `Hello`, for the registry.
@@ -145,29 +230,64 @@ struct HelloInfo {
     boot_count: u32,
 }
 
-async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<(), ConnError> {
+async fn connection(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
+    let result = connection_inner(s, store, server_private, ctx).await;
+    let late = Close::ReadyTimeout.as_str();
+    if matches!(result, Err(ConnError::Timeout(why)) if why == HANDSHAKE_LATE || why == late) {
+        Counters::add(&store.counters().handshake_timeouts, 1);
+    }
+    result
+}
+
+/// The error of a handshake (accept through `Ready`) that took longer than the limit.
+const HANDSHAKE_LATE: &str = "handshake not finished in time";
+
+async fn connection_inner(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
+    match tokio::time::timeout_at(ctx.deadline, handshake(s, store, server_private)).await {
+        Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(h)) => h.run(store, ctx).await,
+    }
+}
+
+/// A connection whose `Welcome` was sent.
+struct Handshaken {
+    rd: Frames,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    session: ServerSession,
+    device: Known,
+    info: HelloInfo,
+    negotiated: keel_link::msg::Negotiated,
+    /// (the device's next log sequence number, the highest stored): its sequence went back.
+    regression: Option<(u64, u64)>,
+}
+
+/// Message 1 through `Welcome`.
+async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<Handshaken, ConnError> {
     // Every write is a whole frame and the protocol is request/response (a fetch and its
     // layer data): Nagle's algorithm would hold each frame until the previous one is
     // acknowledged, which a peer's delayed ACK turns into 40 ms per frame.
     s.set_nodelay(true)?;
     let (rd, wr) = s.into_split();
     let mut rd = Frames::new(rd);
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.next()).await {
-        Err(_) => return Err(ConnError::Timeout("no handshake in time")),
-        Ok(f) => f?,
-    };
+    let first = rd.next().await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
-    let device = store.device_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
+    let id = store.device_id_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
+    let device = Known { id };
     let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
+    // Device strings are stored escaped like log text (no NUL reaches the database).
     let info = HelloInfo {
-        visor_version: hello.visor_version.to_string(),
-        app: hello.app.map(|(a, b)| (a.to_string(), b.to_string())),
+        visor_version: escape_device_text(hello.visor_version.as_bytes()),
+        app: hello.app.map(|(a, b)| (escape_device_text(a.as_bytes()), escape_device_text(b.as_bytes()))),
         boot_count: hello.boot_count,
     };
-    let acked = store.max_seq(&device.id).await?;
+    // Resume below the device's own next number: a stored number above it (its sequence went
+    // back, or one bogus record) must not make the device discard its new records.
+    let (acked, above) = store.resume_point(&device.id, hello.next_log_seq).await?;
+    let regression = above.map(|max| (hello.next_log_seq, max));
     let welcome = Down::Welcome {
         protocol: negotiated.protocol,
         unix_us: unix_us(),
@@ -175,37 +295,58 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8]) -> Resul
         features: negotiated.features,
     };
     let (session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
-    let mut shell = Shell { wr, session, store, device: &device, info, generation: None };
-    write_all(&mut shell.wr, &frame).await?;
-    // Subscribe before the target is read (after `Ready`) so a deployment made in between is
-    // not missed.
-    let deployments = store.subscribe_deployments();
-    let clock = Clock(Instant::now());
-    // The first handshake message may be a replay; the connection accepts nothing but `Ready`
-    // (which only the device can encrypt) until the device is online.
-    let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
-    // Frames are read by their own task and handed over a channel, so waiting for one can be
-    // combined with timers without losing half-read frames.
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let f = rd.next().await.map_err(ConnError::from);
-            let end = f.is_err();
-            if tx.send(f).await.is_err() || end {
-                break;
+    let mut wr = wr;
+    write_all(&mut wr, &frame).await?;
+    Ok(Handshaken { rd, wr, session, device, info, negotiated, regression })
+}
+
+impl Handshaken {
+    async fn run(self, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
+        let Handshaken { mut rd, wr, session, device, info, negotiated, regression } = self;
+        let Ctx { admission, deadline, stopping, node } = ctx;
+        let mut shell = Shell {
+            wr,
+            session,
+            store,
+            device: &device,
+            info,
+            generation: None,
+            admission,
+            stopping,
+            node,
+            regression,
+        };
+        // Subscribe before the target is read (after `Ready`) so a deployment made in between is
+        // not missed.
+        let mailbox = store.bus().mailbox(&device.id);
+        let clock = Clock(Instant::now());
+        // The first handshake message may be a replay; the connection accepts nothing but `Ready`
+        // (which only the device can encrypt) until the device is online.
+        let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
+        conn.set_ready_deadline(deadline.saturating_duration_since(clock.0).as_micros() as u64);
+        // Frames are read by their own task and handed over a channel, so waiting for one can be
+        // combined with timers without losing half-read frames.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = rd.next().await.map_err(ConnError::from);
+                let end = f.is_err();
+                if tx.send(f).await.is_err() || end {
+                    break;
+                }
             }
+        });
+        let result = shell.exchange(&mut conn, rx, mailbox, &clock).await;
+        reader.abort();
+        // A device that reconnects before its old connection timed out has two for a while: only
+        // the newest (on whichever node) may mark it offline; the store checks it in the same
+        // statement.
+        if let Some(generation) = shell.generation {
+            store.release_online(&device.id, generation);
+            store.device_offline(&device.id, &shell.node, generation).await?;
         }
-    });
-    let result = shell.exchange(&mut conn, rx, deployments, &clock).await;
-    reader.abort();
-    // A device that reconnects before its old connection timed out has two for a while: only
-    // the newest may mark it offline.
-    if let Some(generation) = shell.generation {
-        if store.release_online(&device.id, generation) {
-            store.device_offline(&device.id).await?;
-        }
+        result
     }
-    result
 }
 
 /// Monotonic time since the connection's start, as the connection counts it.
@@ -257,10 +398,19 @@ struct Shell<'a> {
     wr: tokio::net::tcp::OwnedWriteHalf,
     session: ServerSession,
     store: &'a Store,
-    device: &'a Device,
+    device: &'a Known,
     info: HelloInfo,
     /// Set once the device is online (see [`Store::claim_online`]).
     generation: Option<u64>,
+    /// Its place within the gateway's limits.
+    admission: Admission,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
+    /// This gateway run's node id.
+    node: Arc<str>,
+    /// Recorded as an event once the device is authenticated (a replayed old handshake must
+    /// not record one).
+    regression: Option<(u64, u64)>,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -275,9 +425,10 @@ impl Shell<'_> {
         &mut self,
         conn: &mut Connection,
         mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
-        mut deployments: broadcast::Receiver<String>,
+        mut mailbox: Mailbox,
         clock: &Clock,
     ) -> Result<(), ConnError> {
+        let mut stopping = self.stopping.clone();
         loop {
             let wake = conn.poll_at().map(|at| clock.instant(at));
             tokio::select! {
@@ -302,19 +453,17 @@ impl Shell<'_> {
                         self.perform(conn, steps).await?;
                     }
                 }
-                changed = deployments.recv() => {
-                    let ours = match changed {
-                        Ok(dev) => dev == self.device.id,
-                        // Missed some: ours may be among them.
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        // Cannot happen while `store` (which holds the sender) lives.
-                        Err(broadcast::error::RecvError::Closed) => false,
-                    };
-                    if ours {
+                msg = mailbox.recv() => match msg {
+                    DeviceMessage::DeploymentChanged => {
                         let steps = feed(|out| conn.deployment_changed(out));
                         self.perform(conn, steps).await?;
                     }
-                }
+                    DeviceMessage::EndSession { reason } => {
+                        tracing::info!(device = %self.device.id, reason, "device session ended by the server");
+                        return Ok(());
+                    }
+                },
+                () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
                     let steps = feed(|out| conn.tick(now, out));
@@ -339,15 +488,30 @@ impl Shell<'_> {
                 Step::Act(action) => match action {
                     Action::Online => {
                         let app = self.info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-                        store.device_online(id, &self.info.visor_version, app, self.info.boot_count).await?;
-                        self.generation = Some(store.claim_online(id));
+                        // The session first, then the row: a connection that ends meanwhile cannot
+                        // clear this one's presence (review #9).
+                        let generation = store.claim_online(id);
+                        self.generation = Some(generation);
+                        let boot = self.info.boot_count;
+                        store.device_online(id, &self.info.visor_version, app, boot, &self.node, generation).await?;
+                        self.admission.authenticated();
                         Counters::add(&counters.handshakes, 1);
+                        if let Some((next, max)) = self.regression.take() {
+                            let text = format!(
+                                "log sequence went back: the device numbers its next record {next:#x}, records up \
+                                 to {max:#x} are stored; resuming below {next:#x}"
+                            );
+                            tracing::warn!(device = %id, "{text}");
+                            store.note_server_event(id, "log_regression", &text).await?;
+                        }
                         tracing::info!(device = %id, "device online");
                     }
                     Action::LoadTarget => {
+                        Counters::add(&counters.target_loads, 1);
                         let target = store.deployment(id).await?.map(|d| Target {
                             bundle_id: d.bundle.id,
                             sequence: d.bundle.sequence,
+                            manifest_digest: d.bundle.manifest_digest,
                             envelope: d.bundle.envelope,
                             layers: d.bundle.layers,
                         });
@@ -357,7 +521,10 @@ impl Shell<'_> {
                         }
                     }
                     Action::StoreStatus(status) => {
-                        store.set_update_status(id, &status).await?;
+                        let room = self.update_event_room().await?;
+                        if store.store_update_status(id, &status, room).await? && room {
+                            self.admission.limiter().count_update_event(id, unix_us());
+                        }
                     }
                     Action::NoteUpdate { state, sequence, text } => {
                         store.note_update_event(id, state, sequence, &text).await?;
@@ -416,18 +583,71 @@ impl Shell<'_> {
         }
     }
 
+    /// Whether the device may add an update event now; the first refusal of the day is recorded
+    /// as a device event.
+    async fn update_event_room(&self) -> Result<bool, ConnError> {
+        let (store, id) = (self.store, self.device.id.as_str());
+        match self.admission.limiter().update_event_room(id, unix_us()) {
+            Quota::Room => Ok(true),
+            Quota::Full { first } => {
+                Counters::add(&store.counters().update_events_quota_dropped, 1);
+                if first {
+                    let cap = self.admission.limiter().limits().update_events_per_device_per_day;
+                    let text = format!("update event quota reached ({cap} per day): further events of the day are not recorded (day {})", unix_us() / 86_400_000_000);
+                    tracing::warn!(device = %id, "{text}");
+                    store.note_server_event(id, "update_event_quota", &text).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// Stores a batch in one transaction, then the registry and history notes its events carry.
     async fn store_batch(&self, batch: &Batch) -> Result<(), ConnError> {
         let (store, id) = (self.store, self.device.id.as_str());
         let counters = store.counters();
-        let new = store.insert_logs(id, &batch.records).await?;
+        // The daily log quota: records above it are acknowledged (the device must not resend
+        // them forever) but not stored; the first refusal of the day is recorded as an event.
+        let limiter = self.admission.limiter();
+        let (mut kept, mut refused, mut first) = (Vec::with_capacity(batch.records.len()), 0u64, false);
+        for r in &batch.records {
+            match limiter.admit_log(id, r.received_at, r.text.len() as u64 + 32) {
+                Quota::Room => kept.push(r.clone()),
+                Quota::Full { first: f } => {
+                    refused += 1;
+                    first |= f;
+                }
+            }
+        }
+        if refused > 0 {
+            Counters::add(&counters.log_quota_dropped, refused);
+            if first {
+                let cap = limiter.limits().log_bytes_per_device_per_day;
+                let text = format!(
+                    "log quota reached ({cap} bytes per day): further records of the day are not stored (day {})",
+                    unix_us() / 86_400_000_000
+                );
+                tracing::warn!(device = %id, "{text}");
+                store.note_server_event(id, "log_quota", &text).await?;
+            }
+        }
+        let new = store.insert_logs(id, &kept).await?;
         Counters::add(&counters.log_records, batch.received);
-        Counters::add(&counters.log_duplicates, (batch.records.len() as u64).saturating_sub(new));
+        Counters::add(&counters.log_unstorable, batch.unstorable);
+        if batch.unstorable > 0 {
+            tracing::warn!(device = %id, count = batch.unstorable, "log records above sequence 2^63 - 1 not stored");
+        }
+        Counters::add(&counters.log_duplicates, (kept.len() as u64).saturating_sub(new));
         for note in &batch.notes {
             match note {
                 Note::Boot { at, text } => store.note_event(id, *at, DeviceEvent::Boot(text)).await?,
                 Note::Crash { at, text } => store.note_event(id, *at, DeviceEvent::Crash(text)).await?,
-                Note::Update { state, sequence, text } => store.note_update_event(id, state, *sequence, text).await?,
+                Note::Update { state, sequence, text } => {
+                    if self.update_event_room().await? {
+                        limiter.count_update_event(id, unix_us());
+                        store.note_update_event(id, state, *sequence, text).await?
+                    }
+                }
             }
         }
         Ok(())

@@ -8,10 +8,12 @@
 //! devices report; the gateway offers and serves updates from it.
 
 pub mod backup;
+pub mod bus;
 pub mod connection;
 pub mod framed;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod listen;
 pub mod node;
 pub mod ota;

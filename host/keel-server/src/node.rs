@@ -44,6 +44,8 @@ pub struct Config {
     pub insecure_http: bool,
     /// Bounds on HTTP connections (API and metrics listeners).
     pub http_limits: HttpLimits,
+    /// Bounds on device connections (the gateway), its quotas and presence lease.
+    pub gateway_limits: crate::limits::GatewayLimits,
     /// Keep log records this many days (0 = forever).
     pub log_retention_days: u64,
 }
@@ -61,6 +63,7 @@ impl Config {
             tls: None,
             insecure_http: false,
             http_limits: HttpLimits::default(),
+            gateway_limits: crate::limits::GatewayLimits::default(),
             log_retention_days: 30,
         }
     }
@@ -259,7 +262,18 @@ impl Node {
         // After the caller's first line (scripts read it), never before.
         warn_if_shared(&config.data_dir);
         warn_if_shared(&config.data_dir.join("server.key"));
-        let gateway_task = tokio::spawn(crate::gateway::serve(gateway, store.clone(), secret.to_vec()));
+        // The gateway drains on the same stop signal as the HTTP listeners: its connections end
+        // and mark their devices offline before `run` returns.
+        let (gw_stop_tx, gw_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let gateway_task = tokio::spawn(crate::gateway::serve_until(
+            gateway,
+            store.clone(),
+            secret.to_vec(),
+            config.gateway_limits.clone(),
+            async move {
+                let _ = gw_stop_rx.await;
+            },
+        ));
         let retention = (config.log_retention_days > 0).then(|| {
             let (store, days) = (store.clone(), config.log_retention_days);
             tokio::spawn(async move {
@@ -300,7 +314,8 @@ impl Node {
         if let Some(m) = metrics_task {
             let _ = m.await;
         }
-        gateway_task.abort();
+        let _ = gw_stop_tx.send(());
+        let _ = gateway_task.await;
         if let Some(r) = retention {
             r.abort();
         }

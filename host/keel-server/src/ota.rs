@@ -482,6 +482,17 @@ impl Store {
     /// Stores what a device reported. A change of state, sequence or reason (not mere progress)
     /// also adds an update event. Returns whether it was such a change.
     pub async fn set_update_status(&self, device_id: &str, s: &UpdateStatus) -> Result<bool, Error> {
+        self.store_update_status(device_id, s, true).await
+    }
+
+    /// [`Store::set_update_status`], adding the update event only if `record_event` (a device over
+    /// its update event quota). Returns whether it was a change.
+    pub async fn store_update_status(
+        &self,
+        device_id: &str,
+        s: &UpdateStatus,
+        record_event: bool,
+    ) -> Result<bool, Error> {
         let before = self.update_status(device_id).await?;
         let changed =
             before.as_ref().is_none_or(|b| (&b.state, b.sequence, &b.reason) != (&s.state, s.sequence, &s.reason));
@@ -501,7 +512,7 @@ impl Store {
         .bind(s.updated_at)
         .execute(&mut *tx)
         .await?;
-        if changed {
+        if changed && record_event {
             let text = if s.reason.is_empty() {
                 format!("{} (installed {})", s.state, s.installed)
             } else {

@@ -12,6 +12,7 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 
+use crate::bus::{Bus, DeviceMessage, LocalBus, StorePresence};
 use crate::{hex, unix_us};
 
 /// Storage errors (database unreachable, constraint violated, ...).
@@ -102,9 +103,82 @@ pub struct Counters {
     pub offers_sent: AtomicU64,
     /// Device messages (or visor events) of a variant this server does not know, skipped.
     pub unknown_messages: AtomicU64,
+    /// Device log records acknowledged but not stored: their sequence number is above 2^63 - 1,
+    /// which no database column holds.
+    pub log_unstorable: AtomicU64,
+    /// Device log records acknowledged but not stored: the device was over its daily log quota.
+    pub log_quota_dropped: AtomicU64,
+    /// Update events not recorded: the device was over its daily update event quota.
+    pub update_events_quota_dropped: AtomicU64,
+    /// Device targets (deployments) read by gateway connections: at `Ready` and after each
+    /// change of that device's deployment.
+    pub target_loads: AtomicU64,
+    /// Gateway connections refused at accept: the total connection cap was reached.
+    pub refused_total_cap: AtomicU64,
+    /// Gateway connections refused at accept: their source address held its cap.
+    pub refused_per_address: AtomicU64,
+    /// Gateway connections refused at accept: the unauthenticated budget (in total or of their
+    /// address) was full.
+    pub refused_unauthenticated: AtomicU64,
+    /// Gateway connections refused at accept: their address started handshakes too fast.
+    pub refused_rate: AtomicU64,
+    /// Gateway connections closed because the handshake (through `Ready`) took too long.
+    pub handshake_timeouts: AtomicU64,
 }
 
 impl Counters {
+    /// The gateway's counters of what its limits and quotas refused, as `/metrics` shows them:
+    /// (name, help, counter).
+    pub fn limit_counters(&self) -> [(&'static str, &'static str, &AtomicU64); 9] {
+        [
+            (
+                "keel_log_records_unstorable_total",
+                "Log records acknowledged but not stored: sequence number above 2^63 - 1.",
+                &self.log_unstorable,
+            ),
+            (
+                "keel_log_records_quota_dropped_total",
+                "Log records acknowledged but not stored: the device was over its daily log quota.",
+                &self.log_quota_dropped,
+            ),
+            (
+                "keel_update_events_quota_dropped_total",
+                "Update events not recorded: the device was over its daily update event quota.",
+                &self.update_events_quota_dropped,
+            ),
+            (
+                "keel_gateway_target_loads_total",
+                "Device targets read by gateway connections (at Ready and on a deployment change).",
+                &self.target_loads,
+            ),
+            (
+                "keel_gateway_refused_total_cap_total",
+                "Gateway connections refused: total connection cap reached.",
+                &self.refused_total_cap,
+            ),
+            (
+                "keel_gateway_refused_per_address_total",
+                "Gateway connections refused: per-address connection cap reached.",
+                &self.refused_per_address,
+            ),
+            (
+                "keel_gateway_refused_unauthenticated_total",
+                "Gateway connections refused: unauthenticated connection budget full.",
+                &self.refused_unauthenticated,
+            ),
+            (
+                "keel_gateway_refused_rate_total",
+                "Gateway connections refused: handshakes per second per address exceeded.",
+                &self.refused_rate,
+            ),
+            (
+                "keel_gateway_handshake_timeouts_total",
+                "Gateway connections closed: handshake not finished in time.",
+                &self.handshake_timeouts,
+            ),
+        ]
+    }
+
     /// Adds `n` to a counter.
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
@@ -120,7 +194,8 @@ struct Live {
     online: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     next_generation: AtomicU64,
     new_logs: broadcast::Sender<String>,
-    pub(crate) deployments: broadcast::Sender<String>,
+    /// Messages to device connections (per device).
+    bus: Arc<dyn Bus>,
     pub(crate) updates: broadcast::Sender<String>,
 }
 
@@ -138,7 +213,19 @@ pub struct LogRecord {
     pub device_time_us: u64,
     /// When the server stored it.
     pub received_at: u64,
-    /// Text (lossy UTF-8).
+    /// Text. Device bytes are stored escaped (see `connection::escape_device_text`): NUL and
+    /// bytes that are not valid UTF-8 as `\xNN`.
+    pub text: String,
+}
+
+/// Something the server noticed about a device (a log sequence that went back, a quota reached).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// Server time, µs since the epoch.
+    pub at: i64,
+    /// What: `log_regression`, `log_quota`, `update_event_quota`.
+    pub kind: String,
+    /// Details.
     pub text: String,
 }
 
@@ -182,7 +269,7 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
         account_id: r.try_get("account_id")?,
         public_key: r.try_get("public_key")?,
         name: r.try_get("name")?,
-        online: r.try_get::<i64, _>("online")? != 0,
+        online: r.try_get::<Option<i64>, _>("online_lease")?.is_some_and(|until| until > unix_us() as i64),
         last_seen: r.try_get("last_seen")?,
         visor_version: r.try_get("visor_version")?,
         app: app_name.zip(app_version),
@@ -195,7 +282,8 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device, Error> {
 
 macro_rules! device_columns {
     () => {
-        "id, account_id, public_key, name, online, last_seen, visor_version, app_name, app_version, boot_count, \
+        "id, account_id, public_key, name, \
+         (SELECT n.lease_until FROM gateway_nodes n WHERE n.id = devices.online_node) AS online_lease, last_seen, visor_version, app_name, app_version, boot_count, \
          last_boot_at, last_boot, last_crash_at, last_crash"
     };
 }
@@ -211,14 +299,13 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
         let (new_logs, _) = broadcast::channel(1024);
-        let (deployments, _) = broadcast::channel(1024);
         let (updates, _) = broadcast::channel(1024);
         let live = Live {
             counters: Counters::default(),
             online: Default::default(),
             next_generation: AtomicU64::new(1),
             new_logs,
-            deployments,
+            bus: Arc::new(LocalBus::default()),
             updates,
         };
         Ok(Store { pool, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
@@ -235,10 +322,14 @@ impl Store {
         &self.objects
     }
 
-    /// Subscribes to deployment changes: receives the id of each device whose target bundle
-    /// changed. A lagging receiver misses ids; the gateway then re-reads its device's target.
-    pub fn subscribe_deployments(&self) -> broadcast::Receiver<String> {
-        self.live.deployments.subscribe()
+    /// The bus that carries messages to device connections (deployment changes, session ends).
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.live.bus
+    }
+
+    /// Which gateway node holds which device (leases in this database).
+    pub fn presence(&self) -> StorePresence {
+        StorePresence(self.clone())
     }
 
     /// Subscribes to update status changes: receives the id of each device whose update status
@@ -248,8 +339,8 @@ impl Store {
     }
 
     pub(crate) fn notify_deployment(&self, device_id: &str) {
-        // No receiver (no connected gateway task) is not an error.
-        let _ = self.live.deployments.send(device_id.to_string());
+        // Only that device's connections hear of it (none connected is not an error).
+        self.live.bus.send(device_id, DeviceMessage::DeploymentChanged);
     }
 
     pub(crate) fn notify_update(&self, device_id: &str) {
@@ -429,12 +520,16 @@ impl Store {
             "DELETE FROM device_updates WHERE device_id = $1",
             "DELETE FROM deployments WHERE device_id = $1",
             "DELETE FROM logs WHERE device_id = $1",
+            "DELETE FROM device_events WHERE device_id = $1",
             "DELETE FROM device_tags WHERE device_id = $1",
             "DELETE FROM devices WHERE id = $1",
         ] {
             sqlx::query(q).bind(device_id).execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        // Its open session ends too (through the device's mailbox).
+        self.live.bus.send(device_id, DeviceMessage::EndSession { reason: "device deleted" });
+        Ok(())
     }
 
     /// Remembers a boot or crash event of a device (from its visor's events) for the registry.
@@ -507,9 +602,10 @@ impl Store {
     /// table: not for `/metrics` (see [`Store::device_counts`]).
     pub async fn counts(&self) -> Result<(i64, i64, i64), Error> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices WHERE online = 1) AS o, \
-             (SELECT COUNT(*) FROM logs) AS l",
+            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices v JOIN gateway_nodes n \
+             ON n.id = v.online_node WHERE n.lease_until > $1) AS o, (SELECT COUNT(*) FROM logs) AS l",
         )
+        .bind(unix_us() as i64)
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("d")?, row.try_get("o")?, row.try_get("l")?))
@@ -536,6 +632,16 @@ impl Store {
         self.with_tags(d).await
     }
 
+    /// The id of the device with this static public key, if registered: one indexed lookup (what
+    /// the gateway needs before a handshake completes).
+    pub async fn device_id_by_key(&self, public_key: &[u8; 32]) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT id FROM devices WHERE public_key = $1")
+            .bind(hex(public_key))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("id")).transpose()
+    }
+
     /// A device by id.
     pub async fn device(&self, id: &str) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = $1");
@@ -544,18 +650,79 @@ impl Store {
         self.with_tags(d).await
     }
 
-    /// Records a hello: online, versions, boot count.
+    /// Starts a gateway node named `name` with a presence lease of `lease`: ends the presence of
+    /// every device of a previous run with the same name (it crashed or was killed); returns the
+    /// new run's node id (for [`Store::device_online`] and [`Store::renew_node`]).
+    pub async fn start_node(&self, name: &str, lease: std::time::Duration) -> Result<String, Error> {
+        let mut raw = [0u8; 8];
+        getrandom::getrandom(&mut raw).map_err(|e| Error::Protocol(format!("no randomness: {e}")))?;
+        let id = format!("{name}/{}", hex(&raw));
+        let now = unix_us() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 \
+             WHERE online_node IN (SELECT id FROM gateway_nodes WHERE name = $2)",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM gateway_nodes WHERE name = $1").bind(name).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO gateway_nodes (id, name, started_at, lease_until) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(name)
+            .bind(now)
+            .bind(now.saturating_add(lease.as_micros() as i64))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Extends node `id`'s lease to `lease` from now; false if the node is gone (a newer run of
+    /// the same name started, or it was stopped).
+    pub async fn renew_node(&self, id: &str, lease: std::time::Duration) -> Result<bool, Error> {
+        let until = (unix_us() as i64).saturating_add(lease.as_micros() as i64);
+        let done = sqlx::query("UPDATE gateway_nodes SET lease_until = $1 WHERE id = $2")
+            .bind(until)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Node `id` stops: every device it still shows online is offline, and the node is gone.
+    pub async fn stop_node(&self, id: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 WHERE online_node = $2",
+        )
+        .bind(unix_us() as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM gateway_nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Records a hello: the device is online on node `node` (see [`Store::start_node`]) through
+    /// the connection `session` (unique within the node), with its versions and boot count.
+    #[allow(clippy::too_many_arguments)]
     pub async fn device_online(
         &self,
         id: &str,
         visor_version: &str,
         app: Option<(&str, &str)>,
         boot_count: u32,
+        node: &str,
+        session: u64,
     ) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE devices SET online = 1, last_seen = $1, visor_version = $2, app_name = $3, app_version = $4, \
-             boot_count = $5 WHERE id = $6",
+            "UPDATE devices SET online_node = $1, online_session = $2, last_seen = $3, visor_version = $4, \
+             app_name = $5, app_version = $6, boot_count = $7 WHERE id = $8",
         )
+        .bind(node)
+        .bind(session as i64)
         .bind(unix_us() as i64)
         .bind(visor_version)
         .bind(app.map(|a| a.0))
@@ -567,14 +734,72 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a device offline.
-    pub async fn device_offline(&self, id: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE devices SET online = 0, last_seen = $1 WHERE id = $2")
-            .bind(unix_us() as i64)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Marks a device offline if connection `session` of node `node` is still the one that
+    /// marked it online (a newer connection, on any node, keeps it online). Returns whether it did.
+    pub async fn device_offline(&self, id: &str, node: &str, session: u64) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE devices SET online_node = NULL, online_session = NULL, last_seen = $1 \
+             WHERE id = $2 AND online_node = $3 AND online_session = $4",
+        )
+        .bind(unix_us() as i64)
+        .bind(id)
+        .bind(node)
+        .bind(session as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Where a device's log delivery resumes: the highest stored sequence number of its own
+    /// records (server notes excluded) below `next_log_seq`, the number the device will give its
+    /// next record (from its `Hello`); and the highest stored one of all, if that is at or above
+    /// `next_log_seq` (the device's sequence went back: a reset boot counter, a reflash, or one
+    /// bogus number, which must not make the device discard its new records).
+    pub async fn resume_point(&self, device_id: &str, next_log_seq: u64) -> Result<(Option<u64>, Option<u64>), Error> {
+        let next = next_log_seq.min(i64::MAX as u64) as i64;
+        let row = sqlx::query(
+            "SELECT MAX(CASE WHEN seq < $2 THEN seq END) AS r, MAX(seq) AS m FROM logs \
+             WHERE device_id = $1 AND kind <> 2",
+        )
+        .bind(device_id)
+        .bind(next)
+        .fetch_one(&self.pool)
+        .await?;
+        let resume = row.try_get::<Option<i64>, _>("r")?.map(|v| v as u64);
+        let max = row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64);
+        Ok((resume, max.filter(|&m| m >= next as u64)))
+    }
+
+    /// Records a server event about a device, unless the same one (kind and text) is recorded
+    /// already.
+    pub async fn note_server_event(&self, device_id: &str, kind: &str, text: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO device_events (device_id, at, kind, text) SELECT $1, $2, $3, $4 \
+             WHERE NOT EXISTS (SELECT 1 FROM device_events WHERE device_id = $1 AND kind = $3 AND text = $4)",
+        )
+        .bind(device_id)
+        .bind(unix_us() as i64)
+        .bind(kind)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// The newest `limit` server events of a device, oldest first.
+    pub async fn device_events(&self, device_id: &str, limit: u32) -> Result<Vec<ServerEvent>, Error> {
+        let rows =
+            sqlx::query("SELECT at, kind, text FROM device_events WHERE device_id = $1 ORDER BY at DESC LIMIT $2")
+                .bind(device_id)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut events = rows
+            .iter()
+            .map(|r| Ok(ServerEvent { at: r.try_get("at")?, kind: r.try_get("kind")?, text: r.try_get("text")? }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        events.reverse();
+        Ok(events)
     }
 
     /// Highest stored sequence number of a device.
@@ -595,6 +820,9 @@ impl Store {
     /// Stores records in one transaction; sequence numbers already stored are ignored. Returns
     /// how many were new. Live log streams of the device are woken once.
     pub async fn insert_logs(&self, device_id: &str, records: &[LogRecord]) -> Result<u64, Error> {
+        if records.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         let mut new = 0;
         for r in records {

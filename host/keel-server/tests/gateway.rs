@@ -9,7 +9,7 @@ use common::TestDb;
 use std::time::Duration;
 
 use keel_link::msg::{Down, Hello, Up};
-use keel_server::gateway::{generate_keypair, serve};
+use keel_server::gateway::{generate_keypair, serve, serve_until, GatewayLimits};
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
 use tokio::net::TcpListener;
@@ -32,6 +32,13 @@ on_both_databases!("", a_newer_device_connects_at_the_common_version);
 on_both_databases!("", unknown_messages_are_skipped_bad_frames_end_one_connection);
 on_both_databases!("", visor_events_fill_the_registry_without_text_parsing);
 on_both_databases!("", a_handshake_without_ready_times_out_and_is_not_counted_as_rejected);
+on_both_databases!("", a_flood_of_garbage_and_replays_does_not_delay_a_device);
+on_both_databases!("", connection_caps_and_the_handshake_rate_are_enforced);
+on_both_databases!("", the_whole_handshake_has_one_deadline);
+on_both_databases!("", bad_bytes_from_a_device_are_stored_alike_on_both_databases);
+on_both_databases!("", a_device_whose_boot_counter_went_back_still_gets_its_lines_stored);
+on_both_databases!("", deleting_a_device_ends_its_open_session);
+on_both_databases!("", daily_quotas_bound_what_one_device_stores);
 
 /// A device end driven by hand: its session, its frames from the server and its write half.
 struct RawDevice {
@@ -230,7 +237,9 @@ async fn visor_events_fill_the_registry_without_text_parsing(store: Store) {
     for (i, event) in events.into_iter().enumerate() {
         dev.send(&Up::Event { seq: seq + i as u64, time_us: 10 + i as u64, event }).await;
     }
-    until(|| async { store.logs("kd08", None, 10).await.unwrap().len() == 4 }).await;
+    // The acknowledgement goes out once the records and what they say about the device (its
+    // registry entry, the update history) are stored.
+    assert_eq!(dev.acked(seq + 3).await, seq + 3);
     let texts: Vec<String> = store.logs("kd08", None, 10).await.unwrap().into_iter().map(|r| r.text).collect();
     assert_eq!(texts[0], "boot #3 visor 9.9.9 (power-on)");
     assert!(texts[1].starts_with("app crash: HardFault pc=0x00200123 lr=0x00200101 sp=0x20000f00"), "{}", texts[1]);
@@ -431,4 +440,427 @@ async fn a_handshake_without_ready_times_out_and_is_not_counted_as_rejected(stor
     assert_eq!(metric(&store, "keel_gateway_connections_total").await, 2);
     assert_eq!(metric(&store, "keel_gateway_handshakes_total").await, 0, "never online");
     assert!(!store.device("kd09").await.unwrap().unwrap().online);
+}
+
+/// Limits that also apply on loopback (each test's attackers use their own 127.0.0.x).
+fn loopback_limits() -> GatewayLimits {
+    GatewayLimits { limit_loopback: true, ..GatewayLimits::default() }
+}
+
+/// Starts a gateway with `limits`; returns its address (it stops when the test's runtime ends).
+async fn gateway_with(store: &Store, private: Vec<u8>, limits: GatewayLimits) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_until(listener, store.clone(), private, limits, std::future::pending()));
+    addr
+}
+
+/// A TCP connection to `addr` from the loopback address `src`.
+async fn connect_from(src: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// True if the server closes `s` within `within` (what it sent before is skipped).
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// How many of `conns` the server closes within `within` (all waited for at once).
+async fn count_closed(conns: &mut [tokio::net::TcpStream], within: Duration) -> usize {
+    let waits = conns.iter_mut().map(|s| closed_within(s, within));
+    futures_util::future::join_all(waits).await.into_iter().filter(|c| *c).count()
+}
+
+/// A first handshake message of the device with `secret` (what a replayer recorded).
+fn message_one(secret: &[u8; 32], server: &[u8; 32]) -> Vec<u8> {
+    let mut session = keel_link::session::DeviceSession::<rand_core::OsRng>::new(secret, server).unwrap();
+    let hello = hello_from(keel_link::msg::PROTOCOL_VERSION, keel_link::msg::PROTOCOL_VERSION, 0);
+    let mut out = vec![0u8; keel_link::session::MAX_FRAME];
+    let n = session.start_hello(&hello, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn a_flood_of_garbage_and_replays_does_not_delay_a_device(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let (victim, good) = (new_secret(), new_secret());
+    store.add_device("a", "kd10", &public_key(&victim), "victim").await.unwrap();
+    store.add_device("a", "kd11", &public_key(&good), "good").await.unwrap();
+    // Garbage is held for the whole (long) handshake time: only the budgets protect the device.
+    let limits = GatewayLimits {
+        max_unauthenticated: 200,
+        max_unauthenticated_per_address: 64,
+        handshake_timeout: Duration::from_secs(60),
+        ..loopback_limits()
+    };
+    let addr = gateway_with(&store, private, limits).await;
+    // 500 connections of half a frame header from one address, 100 replays of a real device's
+    // first handshake message from another.
+    let mut garbage = Vec::new();
+    for _ in 0..500 {
+        let mut s = connect_from([127, 0, 0, 2], addr).await;
+        s.write_all(b"\x00").await.unwrap();
+        garbage.push(s);
+    }
+    let replay = message_one(&victim, &public);
+    let mut replays = Vec::new();
+    for _ in 0..100 {
+        let mut s = connect_from([127, 0, 0, 3], addr).await;
+        s.write_all(&replay).await.unwrap();
+        replays.push(s);
+    }
+    // The device connects during the flood and its lines are stored.
+    let dev = std::sync::Arc::new(SimDevice::new(good, public, 1));
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    for i in 0..50 {
+        dev.log(&format!("line {i}"));
+    }
+    tokio::time::timeout(Duration::from_secs(20), until(|| async { app_lines(&store, "kd11").await.len() == 50 }))
+        .await
+        .expect("the device's lines are stored during the flood");
+    assert_eq!(dev.stats().sessions, 1, "admitted at its first attempt");
+    // Each flooding address holds its budget; the rest was refused at once.
+    let within = Duration::from_secs(3);
+    let closed = tokio::join!(count_closed(&mut garbage, within), count_closed(&mut replays, within));
+    assert_eq!(closed, (500 - 64, 100 - 64));
+    assert_eq!(load(&store.counters().refused_unauthenticated), 436 + 36);
+    assert!(!store.device("kd10").await.unwrap().unwrap().online, "no replay brought the victim online");
+    assert_eq!(metric(&store, "keel_gateway_refused_unauthenticated_total").await, 436 + 36);
+}
+
+async fn connection_caps_and_the_handshake_rate_are_enforced(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let good = new_secret();
+    store.add_device("a", "kd12", &public_key(&good), "good").await.unwrap();
+    let slow = Duration::from_secs(60);
+    // Per address: 8 connections held, the 12 others refused at accept.
+    let limits = GatewayLimits { max_per_address: 8, handshake_timeout: slow, ..loopback_limits() };
+    let addr = gateway_with(&store, private.clone(), limits).await;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(connect_from([127, 0, 0, 5], addr).await);
+    }
+    assert_eq!(count_closed(&mut conns, Duration::from_secs(3)).await, 12);
+    assert_eq!(load(&store.counters().refused_per_address), 12);
+    // Another address is not affected by that one's cap.
+    let mut other = connect_from([127, 0, 0, 6], addr).await;
+    assert!(!closed_within(&mut other, Duration::from_millis(300)).await);
+
+    // Handshakes per second: a burst of 5, then 1 per second.
+    let limits = GatewayLimits {
+        handshake_burst_per_address: 5.0,
+        handshakes_per_second_per_address: 1.0,
+        handshake_timeout: slow,
+        ..loopback_limits()
+    };
+    let addr = gateway_with(&store, private.clone(), limits).await;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect_from([127, 0, 0, 7], addr).await;
+        s.write_all(b"\x00").await.unwrap();
+        conns.push(s);
+    }
+    let refused = count_closed(&mut conns, Duration::from_secs(2)).await;
+    assert!((13..=15).contains(&refused), "{refused} refused");
+    assert_eq!(load(&store.counters().refused_rate), refused as u64);
+
+    // In total: 4 connections; an authenticated device holds one of them.
+    let limits = GatewayLimits { max_connections: 4, handshake_timeout: slow, ..loopback_limits() };
+    let addr = gateway_with(&store, private, limits).await;
+    let dev = std::sync::Arc::new(SimDevice::new(good, public, 1));
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    dev.wait_online().await;
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        conns.push(connect_from([127, 0, 1, i], addr).await);
+    }
+    assert_eq!(count_closed(&mut conns, Duration::from_secs(3)).await, 3);
+    assert_eq!(load(&store.counters().refused_total_cap), 3);
+    dev.log("still served");
+    until(|| async { app_lines(&store, "kd12").await.len() == 1 }).await;
+}
+
+async fn the_whole_handshake_has_one_deadline(store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd13", &public_key(&secret), "replayed").await.unwrap();
+    let deadline = Duration::from_secs(2);
+    let addr = gateway_with(&store, private, GatewayLimits { handshake_timeout: deadline, ..loopback_limits() }).await;
+    // A replayer sends the first message late (but within the deadline) and never `Ready`:
+    // the connection still ends at the deadline counted from the accept.
+    let replay = message_one(&secret, &public);
+    let started = tokio::time::Instant::now();
+    let mut s = connect_from([127, 0, 0, 8], addr).await;
+    s.write_all(&replay[..1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a slow client, not a synchronisation
+    s.write_all(&replay[1..]).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)).await, "closed by the server");
+    let took = started.elapsed();
+    assert!(took >= deadline && took < deadline + Duration::from_millis(900), "closed after {took:?}");
+    until(|| async { load(&store.counters().handshake_timeouts) == 1 }).await;
+}
+
+async fn bad_bytes_from_a_device_are_stored_alike_on_both_databases(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd14", &public_key(&secret), "odd bytes").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    // NUL bytes in every string of the hello.
+    let hello = Hello {
+        visor_version: "9.9\0.9",
+        app: Some(("a\0pp", "1.0\0")),
+        ..hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED)
+    };
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let seq = 3u64 << 32;
+    // NUL, invalid UTF-8 and a device-chosen "server note" kind; a sequence number no database
+    // column holds; then an ordinary line.
+    dev.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"nul\0here" }).await;
+    dev.send(&Up::Log { seq: seq + 1, kind: 0, level: 2, time_us: 2, text: b"bad \xff\xfe utf-8 \xe2\x82" }).await;
+    dev.send(&Up::Log { seq: seq + 2, kind: 2, level: 1, time_us: 3, text: b"dropped 999" }).await;
+    dev.send(&Up::Log { seq: 1 << 63 | 5, kind: 0, level: 2, time_us: 4, text: b"too far" }).await;
+    dev.send(&Up::Log { seq: seq + 3, kind: 0, level: 2, time_us: 5, text: b"plain \\x41 and \xc3\xa9" }).await;
+    assert_eq!(dev.acked(1 << 63 | 5).await, 1 << 63 | 5, "everything acknowledged: nothing is resent forever");
+    let logs = store.logs("kd14", None, 100).await.unwrap();
+    let texts: Vec<(u64, u8, &str)> = logs.iter().map(|r| (r.seq, r.kind, r.text.as_str())).collect();
+    assert_eq!(
+        texts,
+        [
+            (seq, 0, "nul\\x00here"),
+            (seq + 1, 0, "bad \\xff\\xfe utf-8 \\xe2\\x82"),
+            (seq + 2, 1, "dropped 999"),
+            (seq + 3, 0, "plain \\x41 and \u{e9}"),
+        ],
+        "a device cannot write a server note (kind 2)"
+    );
+    let (_, _, stored) = store.counts().await.unwrap();
+    assert_eq!(stored, 4, "no hidden row for the sequence number above 2^63 - 1");
+    assert_eq!(load(&store.counters().log_unstorable), 1);
+    let d = store.device("kd14").await.unwrap().unwrap();
+    assert_eq!(d.visor_version.as_deref(), Some("9.9\\x00.9"));
+    assert_eq!(d.app, Some(("a\\x00pp".to_string(), "1.0\\x00".to_string())));
+    assert!(d.online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_a_lease_sqlite() {
+    presence_is_a_lease(TestDb::sqlite("presence-lease")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_a_lease_postgres() {
+    presence_is_a_lease(TestDb::postgres("presence-lease")).await;
+}
+
+/// A gateway "process" of its own (its own runtime and store), to kill without any cleanup.
+struct Node {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+}
+
+impl Node {
+    fn start(url: &str, private: Vec<u8>, limits: GatewayLimits) -> Node {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = url.to_string();
+        rt.spawn(async move {
+            let store = Store::open(&url).await.unwrap();
+            let listener = TcpListener::from_std(listener).unwrap();
+            serve_until(listener, store, private, limits, std::future::pending()).await
+        });
+        Node { rt, addr }
+    }
+
+    /// kill -9: every task of the node is dropped, nothing runs afterwards.
+    fn kill(self) {
+        self.rt.shutdown_background();
+    }
+}
+
+async fn presence_is_a_lease(db: TestDb) {
+    let store = db.open().await;
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd15", &public_key(&secret), "leased").await.unwrap();
+    let online = || {
+        let store = store.clone();
+        async move { store.device("kd15").await.unwrap().unwrap().online }
+    };
+    let run_device = |addr| {
+        let dev = std::sync::Arc::new(SimDevice::new(secret, public, 1));
+        let d2 = dev.clone();
+        (dev, tokio::spawn(async move { d2.run(addr, 20).await }))
+    };
+
+    // A node is killed, then starts again under the same name: its devices are offline at once
+    // (long before the lease would run out), before any of them reconnects.
+    let limits =
+        GatewayLimits { node_name: "n1".into(), presence_lease: Duration::from_secs(3600), ..loopback_limits() };
+    let node = Node::start(&db.url, private.clone(), limits.clone());
+    let (_, sim) = run_device(node.addr);
+    until(|| async { online().await }).await;
+    sim.abort();
+    node.kill();
+    assert!(online().await, "nothing ran after the kill");
+    let again = Node::start(&db.url, private.clone(), limits);
+    until(|| async { !online().await }).await;
+
+    // A node is killed and never comes back: its devices go offline when its lease ends.
+    let limits =
+        GatewayLimits { node_name: "n2".into(), presence_lease: Duration::from_millis(1500), ..loopback_limits() };
+    let node = Node::start(&db.url, private.clone(), limits);
+    let (_, sim) = run_device(node.addr);
+    until(|| async { online().await }).await;
+    sim.abort();
+    node.kill();
+    let killed = tokio::time::Instant::now();
+    until(|| async { !online().await }).await;
+    assert!(killed.elapsed() < Duration::from_secs(5), "offline within the lease");
+    let (_, _, _) = store.counts().await.unwrap();
+
+    // A graceful stop marks the node's devices offline before it returns.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = GatewayLimits { node_name: "n3".into(), ..loopback_limits() };
+    let gw = tokio::spawn(serve_until(listener, store.clone(), private, limits, async {
+        let _ = stopped.await;
+    }));
+    let (dev, sim) = run_device(addr);
+    until(|| async { online().await }).await;
+    dev.log("before the stop");
+    until(|| async { app_lines(&store, "kd15").await.len() == 1 }).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gw).await.expect("the gateway drains and returns").unwrap();
+    assert!(!online().await, "offline once the gateway returned");
+    sim.abort();
+    again.kill();
+}
+
+async fn a_device_whose_boot_counter_went_back_still_gets_its_lines_stored(store: Store) {
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd16", &public_key(&secret), "reflashed").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    // Boot 7 logs and is stored.
+    let dev = std::sync::Arc::new(SimDevice::new(secret, public, 7));
+    let d2 = dev.clone();
+    let sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    for i in 0..5 {
+        dev.log(&format!("boot 7 line {i}"));
+    }
+    until(|| async { app_lines(&store, "kd16").await.len() == 5 }).await;
+    sim.abort();
+    // The same device after its boot counter was reset (boot 3): lines logged before it
+    // connects, and after.
+    let dev = std::sync::Arc::new(SimDevice::new(secret, public, 3));
+    for i in 0..5 {
+        dev.log(&format!("boot 3 line {i}"));
+    }
+    let d2 = dev.clone();
+    let _sim = tokio::spawn(async move { d2.run(addr, 20).await });
+    dev.wait_online().await;
+    dev.log("boot 3 line 5");
+    until(|| async { app_lines(&store, "kd16").await.len() == 11 }).await;
+    let lines = app_lines(&store, "kd16").await;
+    let texts: Vec<&str> = lines.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(&texts[..6], (0..6).map(|i| format!("boot 3 line {i}")).collect::<Vec<_>>(), "stored in its own order");
+    let events = store.device_events("kd16", 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "log_regression");
+    assert!(events[0].text.contains("went back"), "{events:?}");
+}
+
+async fn deleting_a_device_ends_its_open_session(store: Store) {
+    use keel_link::msg::{features, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let (secret, other) = (new_secret(), new_secret());
+    store.add_device("a", "kd17", &public_key(&secret), "deleted").await.unwrap();
+    store.add_device("a", "kd18", &public_key(&other), "kept").await.unwrap();
+    let addr = gateway_with(&store, private, loopback_limits()).await;
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let (mut kept, _) = RawDevice::connect(addr, &other, &public, &hello).await;
+    let seq = 3u64 << 32;
+    dev.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"before" }).await;
+    assert_eq!(dev.acked(seq).await, seq);
+    store.delete_device("kd17").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if dev.frames.next().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the deleted device's session was ended by the server");
+    // The other device's session goes on.
+    kept.send(&Up::Log { seq, kind: 0, level: 2, time_us: 1, text: b"still here" }).await;
+    assert_eq!(kept.acked(seq).await, seq);
+}
+
+async fn daily_quotas_bound_what_one_device_stores(store: Store) {
+    use keel_link::msg::{features, UpdateState, VisorEvent, PROTOCOL_VERSION};
+    let (private, public) = generate_keypair();
+    store.create_account("a", "A").await.unwrap();
+    let secret = new_secret();
+    store.add_device("a", "kd19", &public_key(&secret), "chatty").await.unwrap();
+    // 10 records of 68 bytes (36 + 32) per day, 3 update events.
+    let limits =
+        GatewayLimits { log_bytes_per_device_per_day: 680, update_events_per_device_per_day: 3, ..loopback_limits() };
+    let addr = gateway_with(&store, private, limits).await;
+    let hello = hello_from(PROTOCOL_VERSION, PROTOCOL_VERSION, features::SUPPORTED);
+    let (mut dev, _) = RawDevice::connect(addr, &secret, &public, &hello).await;
+    let seq = 3u64 << 32;
+    for i in 0..25 {
+        let text = format!("a line of thirty-six bytes, no. {i:03}");
+        dev.send(&Up::Log { seq: seq + i, kind: 0, level: 2, time_us: i, text: text.as_bytes() }).await;
+    }
+    assert_eq!(dev.acked(seq + 24).await, seq + 24, "all acknowledged");
+    assert_eq!(store.logs("kd19", None, 100).await.unwrap().len(), 10, "the quota's worth stored");
+    assert_eq!(load(&store.counters().log_quota_dropped), 15);
+    // Update events: alternating states, each a change.
+    for i in 0..10u64 {
+        let state = if i % 2 == 0 { UpdateState::Downloading } else { UpdateState::Error };
+        let event = VisorEvent::Update { sequence: 7, state: state.as_u8(), reason: 0 };
+        dev.send(&Up::Event { seq: seq + 100 + i, time_us: i, event }).await;
+    }
+    assert_eq!(dev.acked(seq + 109).await, seq + 109);
+    let history = store.update_events("kd19", 100).await.unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    let events = store.device_events("kd19", 10).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["log_quota", "update_event_quota"], "one event per quota");
 }

@@ -29,6 +29,7 @@ on_both_databases!("ota-", a_deployment_reaches_devices_by_id_and_by_tag);
 on_both_databases!("ota-", a_tampered_layer_is_refused_by_the_device);
 on_both_databases!("ota-", a_download_resumes_after_a_server_restart);
 on_both_databases!("ota-", accounts_cannot_see_or_use_each_others_updates);
+on_both_databases!("ota-", a_large_tag_deploy_reloads_no_unrelated_connection);
 
 async fn call(
     app: &axum::Router,
@@ -452,5 +453,43 @@ async fn accounts_cannot_see_or_use_each_others_updates(store: Store) {
     let (s, _) = w.deploy(serde_json::json!({ "bundle": a_bundle.id, "device": "kdaa" })).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(w.events("kdaa").await.len(), 1);
+    w.gateway.abort();
+}
+
+async fn a_large_tag_deploy_reloads_no_unrelated_connection(store: Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = world(store).await;
+    let loads = || w.store.counters().target_loads.load(Relaxed);
+    let (other, t1) = w.device("kd-other", &[], 0).await;
+    tokio::time::timeout(WAIT, other.wait_online()).await.unwrap();
+    // 1,100 registered devices tagged "fleet", and one connected member of the tag.
+    let tags = vec!["fleet".to_string()];
+    for i in 0..1100 {
+        let id = format!("kd{i:032x}");
+        w.store.add_device("a", &id, &public_key(&new_secret()), &id).await.unwrap();
+        w.store.set_tags(&id, &tags).await.unwrap();
+    }
+    let (member, t2) = w.device("kd-member", &["fleet"], 0).await;
+    tokio::time::timeout(WAIT, member.wait_online()).await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while loads() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("both connections loaded their target");
+    let b = w.upload_ok(bundle(&key(1), 5, "1.1.0", 1000)).await;
+    let (s, body) = w.deploy(serde_json::json!({ "bundle": b.id, "tag": "fleet" })).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["devices"].as_array().map(Vec::len), Some(1101));
+    sim_until(&member, "offered", |s| s.update.offers == 1).await;
+    // Then one more deployment, to the unrelated device itself: once it is offered, any reload
+    // the tag deployment caused on its connection has happened before.
+    let (s, body) = w.deploy(serde_json::json!({ "bundle": b.id, "device": "kd-other" })).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    sim_until(&other, "offered", |s| s.update.offers == 1).await;
+    assert_eq!(loads(), 4, "the member and the unrelated device reloaded once each, for their own deployments");
+    t1.abort();
+    t2.abort();
     w.gateway.abort();
 }

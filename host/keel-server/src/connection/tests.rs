@@ -75,6 +75,7 @@ fn target(sequence: u64, sizes: &[u32]) -> Target {
     Target {
         bundle_id: format!("bn-{sequence}"),
         sequence,
+        manifest_digest: format!("{sequence:02x}").repeat(32),
         envelope: vec![0xE0, sequence as u8],
         layers: sizes.iter().enumerate().map(|(i, s)| layer(i as u8, *s)).collect(),
     }
@@ -531,6 +532,34 @@ fn a_stale_download_is_cancelled_once_and_the_new_target_offered() {
     assert_eq!(r.take(), cancelled(6));
 }
 
+#[test]
+fn another_bundle_with_the_same_sequence_is_cancelled_offered_and_never_served_in_its_place() {
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    let a = target(5, &[4096]);
+    c.target(Some(a.clone()), &mut r);
+    c.receive(at_ms(2), status(3, 0, Idle), &mut r);
+    assert_eq!(r.take()[1..], offered(&a)[..]);
+    c.receive(at_ms(3), status(3, 5, Downloading), &mut r);
+    r.take();
+    // Another app's bundle with the same sequence becomes the target while 5 downloads.
+    let b = Target {
+        bundle_id: "bn-other".into(),
+        manifest_digest: "ee".repeat(32),
+        envelope: vec![0xE0, 0xBB],
+        ..target(5, &[8192])
+    };
+    c.target(Some(b.clone()), &mut r);
+    let mut want = cancelled(5);
+    want.extend(offered(&b));
+    assert_eq!(r.take(), want, "cancelled and offered again, although the sequence is the same");
+    // Until the device starts the new download, its fetches are for the old bundle's bytes.
+    c.receive(at_ms(4), status(3, 5, Downloading), &mut r);
+    r.take();
+    let out = fetch_reply(&mut c, 5, 0, 0, 1024);
+    assert!(matches!(&out[..], [Out::Did(Action::Fetch(f))] if f.sha256 == b.layers[0].sha256), "{out:?}");
+}
+
 // ---------------------------------------------------------------- fetches
 
 fn fetch_reply(c: &mut Connection, sequence: u64, component: u8, offset: u32, len: u32) -> Vec<Out> {
@@ -776,4 +805,12 @@ fn reconcile_edges() {
     for s in UpdateState::ALL {
         assert_eq!(handles(s), !matches!(s, Idle | Error), "{s:?}");
     }
+}
+
+#[test]
+fn device_text_is_escaped_the_same_way_everywhere() {
+    assert_eq!(escape_device_text(b"plain \xc3\xa9"), "plain \u{e9}");
+    assert_eq!(escape_device_text(b"a\0b"), "a\\x00b");
+    assert_eq!(escape_device_text(b"\xff\xe2\x82 x"), "\\xff\\xe2\\x82 x");
+    assert_eq!(escape_device_text(b""), "");
 }

@@ -76,7 +76,7 @@ pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
             &c.unknown_messages,
         ),
     ];
-    for (name, help, counter) in counters {
+    for (name, help, counter) in counters.into_iter().chain(c.limit_counters()) {
         metric(name, "counter", help, get(counter));
     }
     Ok(out)
