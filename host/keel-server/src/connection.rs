@@ -378,6 +378,9 @@ pub struct Connection {
     /// The sequence offered on this connection (once per connection and deployment).
     offered: Option<u64>,
     cancelled: Option<u64>,
+    /// The last status stored (installed, sequence, state, progress, total, reason): the same
+    /// status again is not stored again.
+    last_status: Option<(u64, u64, u8, u32, u32, u16)>,
     /// The bundle (sequence, manifest digest) last offered on this connection: what the device
     /// downloads when it reports that sequence.
     working: Option<(u64, String)>,
@@ -449,6 +452,7 @@ impl Connection {
             offered: None,
             cancelled: None,
             working: None,
+            last_status: None,
             target_loaded: false,
         }
     }
@@ -613,15 +617,20 @@ impl Connection {
             Up::UpdateStatus { installed, sequence, state, progress, total, reason } => {
                 match UpdateState::from_u8(state) {
                     Some(st) => {
-                        out.act(Action::StoreStatus(UpdateStatus {
-                            state: st.as_str().into(),
-                            sequence,
-                            installed,
-                            progress: progress.into(),
-                            total: total.into(),
-                            reason: reason_text(reason),
-                            updated_at: now.unix_us as i64,
-                        }));
+                        // A repeated identical status (a device that reports in a loop) is
+                        // answered as usual but stored once.
+                        let key = (installed, sequence, state, progress, total, reason);
+                        if self.last_status.replace(key) != Some(key) {
+                            out.act(Action::StoreStatus(UpdateStatus {
+                                state: st.as_str().into(),
+                                sequence,
+                                installed,
+                                progress: progress.into(),
+                                total: total.into(),
+                                reason: reason_text(reason),
+                                updated_at: now.unix_us as i64,
+                            }));
+                        }
                         self.reported = Some(Reported { installed, sequence, state: st });
                         self.reconcile(out);
                     }

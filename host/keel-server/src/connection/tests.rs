@@ -478,8 +478,8 @@ fn a_deployment_change_is_offered_at_once() {
     assert_eq!(r.take(), offered(&t));
     c.receive(at_ms(3), status(3, 3, Confirmed), &mut r);
     let out = r.take();
-    assert!(is_store_status(&out[0]));
-    assert_eq!(out[1..], [sent(Down::NoUpdate { target: 6 })], "not offered twice per connection and deployment");
+    // (The same status as before: answered, not stored again.)
+    assert_eq!(out, [sent(Down::NoUpdate { target: 6 })], "not offered twice per connection and deployment");
 }
 
 #[test]
@@ -558,6 +558,27 @@ fn another_bundle_with_the_same_sequence_is_cancelled_offered_and_never_served_i
     r.take();
     let out = fetch_reply(&mut c, 5, 0, 0, 1024);
     assert!(matches!(&out[..], [Out::Did(Action::Fetch(f))] if f.sha256 == b.layers[0].sha256), "{out:?}");
+}
+
+#[test]
+fn a_repeated_identical_status_is_not_stored_again() {
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    c.target(None, &mut r);
+    c.receive(at_ms(2), status(3, 3, Confirmed), &mut r);
+    assert!(is_store_status(&r.take()[0]));
+    for i in 0..100 {
+        c.receive(at_ms(3 + i), status(3, 3, Confirmed), &mut r);
+        let out = r.take();
+        assert!(!out.iter().any(is_store_status), "coalesced: {out:?}");
+        assert_eq!(out, [sent(Down::NoUpdate { target: 0 })], "still answered");
+    }
+    // Progress is a change.
+    let progress = Up::UpdateStatus { installed: 3, sequence: 4, state: 1, progress: 10, total: 20, reason: 0 };
+    c.receive(at_ms(200), progress.clone(), &mut r);
+    assert!(is_store_status(&r.take()[0]));
+    c.receive(at_ms(201), progress, &mut r);
+    assert!(!r.take().iter().any(is_store_status));
 }
 
 // ---------------------------------------------------------------- fetches
