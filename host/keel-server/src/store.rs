@@ -246,7 +246,12 @@ pub enum DeviceEvent<'a> {
 /// directory).
 #[derive(Clone)]
 pub struct Store {
+    /// Writes, and reads that must share a writer's transaction. SQLite: one connection.
     pub(crate) pool: AnyPool,
+    /// Reads. SQLite: more connections beside the writer (WAL lets readers run while it
+    /// commits), so the API's reads never queue behind the gateway's log commits; PostgreSQL:
+    /// the same pool.
+    pub(crate) reader: AnyPool,
     live: Arc<Live>,
     objects: Arc<dyn ObjectStore>,
 }
@@ -288,6 +293,9 @@ macro_rules! device_columns {
     };
 }
 
+/// Read connections beside SQLite's one writer.
+const SQLITE_READERS: u32 = 4;
+
 impl Store {
     /// Opens (and migrates) the database at `url`: `sqlite://path?mode=rwc` or `postgres://...`.
     pub async fn open(url: &str) -> Result<Store, Error> {
@@ -298,6 +306,11 @@ impl Store {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
+        let reader = if url.starts_with("sqlite:") && !url.contains(":memory:") && !url.contains("mode=memory") {
+            AnyPoolOptions::new().max_connections(SQLITE_READERS).connect(url).await?
+        } else {
+            pool.clone()
+        };
         let (new_logs, _) = broadcast::channel(1024);
         let (updates, _) = broadcast::channel(1024);
         let live = Live {
@@ -308,7 +321,7 @@ impl Store {
             bus: Arc::new(LocalBus::default()),
             updates,
         };
-        Ok(Store { pool, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
+        Ok(Store { pool, reader, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
     }
 
     /// The same store with update layers kept in `objects` (e.g. `LocalFileSystem`, S3).
@@ -428,7 +441,7 @@ impl Store {
         let row =
             sqlx::query("SELECT account_id, scope, expires_at, last_used_at FROM api_tokens WHERE token_hash = $1")
                 .bind(&hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reader)
                 .await?;
         let Some(row) = row else { return Ok(None) };
         let now = unix_us() as i64;
@@ -460,14 +473,14 @@ impl Store {
     /// The devices of an account, by id.
     pub async fn devices(&self, account_id: &str) -> Result<Vec<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE account_id = $1 ORDER BY id");
-        let rows = sqlx::query(q).bind(account_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(q).bind(account_id).fetch_all(&self.reader).await?;
         let mut devices: Vec<Device> = rows.iter().map(device_from_row).collect::<Result<_, _>>()?;
         let tags = sqlx::query(
             "SELECT t.device_id, t.tag FROM device_tags t JOIN devices d ON d.id = t.device_id \
              WHERE d.account_id = $1 ORDER BY t.device_id, t.tag",
         )
         .bind(account_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         for t in &tags {
             let id: String = t.try_get("device_id")?;
@@ -482,7 +495,7 @@ impl Store {
         let Some(mut d) = d else { return Ok(None) };
         let rows = sqlx::query("SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
             .bind(&d.id)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         d.tags = rows.iter().map(|r| r.try_get("tag")).collect::<Result<_, _>>()?;
         Ok(Some(d))
@@ -550,7 +563,7 @@ impl Store {
              WHERE account_id = $1 ORDER BY created_at, token_hash",
         )
         .bind(account_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter()
             .map(|r| {
@@ -591,9 +604,11 @@ impl Store {
     /// Counts for monitoring: (devices, devices online). Cheap enough for every scrape.
     pub async fn device_counts(&self) -> Result<(i64, i64), Error> {
         let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices WHERE online = 1) AS o",
+            "SELECT (SELECT COUNT(*) FROM devices) AS d, (SELECT COUNT(*) FROM devices v JOIN gateway_nodes n \
+             ON n.id = v.online_node WHERE n.lease_until > $1) AS o",
         )
-        .fetch_one(&self.pool)
+        .bind(unix_us() as i64)
+        .fetch_one(&self.reader)
         .await?;
         Ok((row.try_get("d")?, row.try_get("o")?))
     }
@@ -606,7 +621,7 @@ impl Store {
              ON n.id = v.online_node WHERE n.lease_until > $1) AS o, (SELECT COUNT(*) FROM logs) AS l",
         )
         .bind(unix_us() as i64)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?;
         Ok((row.try_get("d")?, row.try_get("o")?, row.try_get("l")?))
     }
@@ -627,7 +642,7 @@ impl Store {
     /// The device with this static public key, if registered.
     pub async fn device_by_key(&self, public_key: &[u8; 32]) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE public_key = $1");
-        let row = sqlx::query(q).bind(hex(public_key)).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(q).bind(hex(public_key)).fetch_optional(&self.reader).await?;
         let d = row.as_ref().map(device_from_row).transpose()?;
         self.with_tags(d).await
     }
@@ -637,7 +652,7 @@ impl Store {
     pub async fn device_id_by_key(&self, public_key: &[u8; 32]) -> Result<Option<String>, Error> {
         let row = sqlx::query("SELECT id FROM devices WHERE public_key = $1")
             .bind(hex(public_key))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.map(|r| r.try_get("id")).transpose()
     }
@@ -645,7 +660,7 @@ impl Store {
     /// A device by id.
     pub async fn device(&self, id: &str) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = $1");
-        let row = sqlx::query(q).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(q).bind(id).fetch_optional(&self.reader).await?;
         let d = row.as_ref().map(device_from_row).transpose()?;
         self.with_tags(d).await
     }
@@ -763,7 +778,7 @@ impl Store {
         )
         .bind(device_id)
         .bind(next)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?;
         let resume = row.try_get::<Option<i64>, _>("r")?.map(|v| v as u64);
         let max = row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64);
@@ -792,7 +807,7 @@ impl Store {
             sqlx::query("SELECT at, kind, text FROM device_events WHERE device_id = $1 ORDER BY at DESC LIMIT $2")
                 .bind(device_id)
                 .bind(limit as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await?;
         let mut events = rows
             .iter()
@@ -806,7 +821,7 @@ impl Store {
     pub async fn max_seq(&self, device_id: &str) -> Result<Option<u64>, Error> {
         let row = sqlx::query("SELECT MAX(seq) AS m FROM logs WHERE device_id = $1")
             .bind(device_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reader)
             .await?;
         Ok(row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64))
     }
@@ -866,7 +881,7 @@ impl Store {
         .bind(device_id)
         .bind(after.map_or(-1, |a| a as i64))
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter()
             .map(|r| {
