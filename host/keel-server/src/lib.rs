@@ -1,15 +1,21 @@
 //! # Keel server
 //!
-//! The self-hosted side of Keel. Today: [`store`] (devices and logs in SQLite or PostgreSQL
-//! through one set of portable migrations) and [`gateway`] (the devices' secure channel: Noise
-//! over TCP, protocol and sessions from `keel-link`, shared with the visor and the simulator).
-//! The HTTP API, accounts and tokens, the CLI and metrics build on these. [`ota`] holds signer
-//! keys, bundles (layers content-addressed in an object store), deployments and the update state
-//! devices report; the gateway offers and serves updates from it.
+//! The self-hosted side of Keel, in layers:
+//! - [`node`] assembles a server: listeners ([`listen`], [`tls`]), the gateway, the API, log
+//!   retention and a graceful shutdown; the `keel` CLI is a parser around it.
+//! - Front ends: [`http`] (the JSON API: one router per resource, an `Account` extractor that
+//!   checks the token and its scope before any body is read) and [`gateway`] (devices' Noise
+//!   connections, an async shell around the sans-IO [`connection`], bounded by [`limits`]).
+//! - [`domain`]: the rules with no transport in them (bundle acceptance, deployment resolution);
+//!   offer reconciliation is sans-IO in [`connection`].
+//! - State: [`store`] and [`ota`] (SQLite or PostgreSQL through one set of portable migrations,
+//!   layers in an object store), [`bus`] (live state: per-device mailboxes and presence leases
+//!   behind traits, in-process today), [`backup`].
 
 pub mod backup;
 pub mod bus;
 pub mod connection;
+pub mod domain;
 pub mod framed;
 pub mod gateway;
 pub mod http;

@@ -2,10 +2,6 @@
 
 use super::*;
 
-/// How far (in sequence numbers) a bundle may lead both the Unix time in seconds and the
-/// account's highest sequence without `force`: 10 years of seconds.
-pub(super) const MAX_SEQUENCE_LEAD: u64 = 10 * 366 * 86_400;
-
 /// Query of `POST /v1/bundles`.
 #[derive(Deserialize, IntoParams, Default)]
 pub struct UploadQuery {
@@ -155,103 +151,8 @@ pub(super) async fn upload_bundle(
             ApiError::bad_request("bad_body", e.to_string())
         }
     })?;
-    if bytes.len() > keel_bundle::MAX_BUNDLE_SIZE {
-        return Err(bundle_error(keel_bundle::Error::TooLarge));
-    }
-    // Structure and layer digests (no signature yet).
-    let split = keel_bundle::split_bundle(&bytes).map_err(bundle_error)?;
-    // Signature against the account's keys, then regions, on the envelope the devices will get.
-    let keys = st.store.active_signer_keys(&acct).await?;
-    if keys.is_empty() {
-        return Err(ApiError::bad_request(
-            "no_signer_keys",
-            "your account has no signer keys: register the public key that signs your bundles with \
-             `keel keys add KEY.pub --name NAME` (`keel keys new --out KEY` makes a key pair)",
-        ));
-    }
-    let publics: Vec<[u8; 32]> = keys.iter().map(|k| k.1).collect();
-    let env = keel_bundle::Envelope::parse(&split.envelope).map_err(bundle_error)?;
-    let signer = env.verify_signature(&publics).map_err(bundle_error)?;
-    let manifest = keel_bundle::verify_envelope(&split.envelope, &publics, keel_bundle::reference_region_capacity)
-        .map_err(bundle_error)?;
-    let p = manifest.policies;
-    if p.app_name.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_bundle",
-            "the bundle names no app (policy app_name is empty): `keel bundle` takes the name from the ELF",
-        ));
-    }
-    if manifest.sequence == 0 || manifest.sequence > i64::MAX as u64 {
-        return Err(ApiError::bad_request(
-            "bad_sequence",
-            "the sequence number must be 1..=9223372036854775807 (0 means \"factory image\" on devices)",
-        ));
-    }
-    // Only what devices can install today: one component `app` written to the app slot (the
-    // update agent fetches component 0 and accepts only `app`).
-    let installable = split.layers.len() == 1
-        && split.layers.iter().all(|l| l.id == "app" && l.target == keel_bundle::Target::AppSlot);
-    if !installable {
-        let got: Vec<String> = split.layers.iter().map(|l| format!("{} -> {}", l.id, l.target)).collect();
-        return Err(ApiError::bad_request(
-            "uninstallable",
-            format!(
-                "no device can install this bundle: devices take exactly one component `app` targeting `app-slot` \
-                 (this one has: {})",
-                got.join(", ")
-            ),
-        ));
-    }
-    // From here to the insert, one upload at a time on this node: the sequence checks and the
-    // insert are not one statement, and two concurrent uploads must not both pass them.
-    let _one_at_a_time = st.uploads.lock().await;
-    // The signer key may have been revoked while the body was read and checked.
-    if !st.store.active_signer_keys(&acct).await?.iter().any(|k| k.0 == keys[signer].0) {
-        return Err(bundle_error(keel_bundle::Error::UnknownSigner));
-    }
-    // Sequences are unique per account: a device's anti-rollback counter covers every app.
-    if let Some((id, app)) = st.store.bundle_at_sequence(&acct, manifest.sequence).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "duplicate_sequence",
-            format!(
-                "bundle {id} (app '{app}') already has sequence {}: sequences are unique per account, since devices \
-                 install only sequences above the one they run; build the new bundle with a higher --sequence",
-                manifest.sequence
-            ),
-        ));
-    }
-    // A sequence far ahead locks devices out of every later update (they refuse anything lower
-    // than what they run): refused unless forced.
-    let now_s = crate::unix_us() / 1_000_000;
-    let ceiling = st.store.highest_sequence(&acct).await?.max(now_s).saturating_add(MAX_SEQUENCE_LEAD);
-    if manifest.sequence > ceiling && !q.force {
-        return Err(ApiError::bad_request(
-            "sequence_jump",
-            format!(
-                "sequence {} is more than 10 years ahead of both the clock (the `keel bundle` default is the Unix \
-                 time) and the account's highest bundle: once installed, devices refuse every later bundle below \
-                 it. Rebuild with a lower --sequence, or upload with force (`keel apps upload --force`, \
-                 `?force=true`) if this is intended",
-                manifest.sequence
-            ),
-        ));
-    }
-    let layers =
-        split.layers.iter().map(|l| (l.id.as_str(), l.target.as_str(), l.bytes.as_slice(), l.digest)).collect();
-    let new = NewBundle {
-        account_id: &acct,
-        app_name: p.app_name,
-        app_version: p.app_version,
-        sequence: manifest.sequence,
-        manifest_digest: env.manifest_digest(),
-        envelope: &split.envelope,
-        signer_key_id: &keys[signer].0,
-        layers,
-    };
-    let b = st.store.insert_bundle(&new).await?;
-    Counters::add(&st.store.counters().bundle_uploads, 1);
-    tracing::info!(bundle = %b.id, app = %b.app_name, sequence = b.sequence, "bundle uploaded");
+    // Every check of the domain's bundle acceptance, then the insert.
+    let b = crate::domain::bundles::accept(&st.store, &st.uploads, &acct, &bytes, q.force).await?;
     Ok((StatusCode::CREATED, Json(b.into())))
 }
 
@@ -280,4 +181,77 @@ pub(super) async fn show_bundle(
 ) -> Result<Json<BundleJson>, ApiError> {
     let acct = auth.account;
     Ok(Json(own_bundle(&st, &acct, &id).await?.into()))
+}
+
+impl From<crate::domain::Error> for ApiError {
+    fn from(e: crate::domain::Error) -> Self {
+        use crate::domain::Error as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::TooLarge => bundle_error(keel_bundle::Error::TooLarge),
+            E::Bundle(e) => bundle_error(e),
+            E::NoSignerKeys => ApiError::bad_request(
+                "no_signer_keys",
+                "your account has no signer keys: register the public key that signs your bundles with \
+                 `keel keys add KEY.pub --name NAME` (`keel keys new --out KEY` makes a key pair)",
+            ),
+            E::NoAppName => ApiError::bad_request(
+                "bad_bundle",
+                "the bundle names no app (policy app_name is empty): `keel bundle` takes the name from the ELF",
+            ),
+            E::BadSequence => ApiError::bad_request(
+                "bad_sequence",
+                "the sequence number must be 1..=9223372036854775807 (0 means \"factory image\" on devices)",
+            ),
+            E::Uninstallable { components } => ApiError::bad_request(
+                "uninstallable",
+                format!(
+                    "no device can install this bundle: devices take exactly one component `app` targeting \
+                     `app-slot` (this one has: {})",
+                    components.join(", ")
+                ),
+            ),
+            E::DuplicateSequence { sequence, bundle, app } => ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_sequence",
+                format!(
+                    "bundle {bundle} (app '{app}') already has sequence {sequence}: sequences are unique per \
+                     account, since devices install only sequences above the one they run; build the new bundle \
+                     with a higher --sequence"
+                ),
+            ),
+            E::SequenceJump { sequence } => ApiError::bad_request(
+                "sequence_jump",
+                format!(
+                    "sequence {sequence} is more than 10 years ahead of both the clock (the `keel bundle` default \
+                     is the Unix time) and the account's highest bundle: once installed, devices refuse every \
+                     later bundle below it. Rebuild with a lower --sequence, or upload with force (`keel apps \
+                     upload --force`, `?force=true`) if this is intended"
+                ),
+            ),
+            E::BundleNotFound(b) => not_found("bundle", &b, "`keel apps list`"),
+            E::BadBundleRef => ApiError::bad_request("bad_bundle", "bundle: give a bundle id or APP@VERSION"),
+            E::DeviceNotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no device '{id}' in your account (`keel devices` lists them)"),
+            ),
+            E::BadTag => ApiError::bad_request("bad_tags", "tag: 1..64 characters of a-z A-Z 0-9 - _ . :"),
+            E::TagNotFound(tag) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no device in your account has tag '{tag}' (`keel devices --tag {tag}`)"),
+            ),
+            E::BadTarget => ApiError::bad_request("bad_target", "give exactly one of `device` and `tag`"),
+            E::SignerRevoked { bundle, key, name } => ApiError::new(
+                StatusCode::CONFLICT,
+                "signer_revoked",
+                format!(
+                    "bundle {bundle} was signed with signer key {key} ({name}), which has been revoked: deploy a \
+                     bundle signed with a current key, or deploy with force (`keel deploy --force`) if you trust \
+                     this one"
+                ),
+            ),
+        }
+    }
 }

@@ -41,53 +41,9 @@ pub(super) async fn create_deployment(
     auth.require(Scope::Deploy)?;
     let acct = auth.account;
     let Json(d) = body?;
-    let bundle = match d.bundle.rsplit_once('@') {
-        Some((app, version)) => st
-            .store
-            .bundle_by_version(&acct, app, version)
-            .await?
-            .ok_or_else(|| not_found("bundle", &d.bundle, "`keel apps list`"))?,
-        None if d.bundle.is_empty() => {
-            return Err(ApiError::bad_request("bad_bundle", "bundle: give a bundle id or APP@VERSION"))
-        }
-        None => own_bundle(&st, &acct, &d.bundle).await?,
-    };
-    let (devices, via) = match (&d.device, &d.tag) {
-        (Some(dev), None) => (vec![own_device(&st, &acct, dev).await?.id], "device".to_string()),
-        (None, Some(tag)) => {
-            if !valid_tag(tag) {
-                return Err(ApiError::bad_request("bad_tags", "tag: 1..64 characters of a-z A-Z 0-9 - _ . :"));
-            }
-            let ids: Vec<String> =
-                st.store.devices(&acct).await?.into_iter().filter(|x| x.tags.contains(tag)).map(|x| x.id).collect();
-            if ids.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no device in your account has tag '{tag}' (`keel devices --tag {tag}`)"),
-                ));
-            }
-            (ids, format!("tag:{tag}"))
-        }
-        _ => return Err(ApiError::bad_request("bad_target", "give exactly one of `device` and `tag`")),
-    };
-    if !d.force {
-        let keys = st.store.signer_keys(&acct).await?;
-        if let Some(k) = keys.iter().find(|k| k.id == bundle.signer_key_id && k.revoked_at.is_some()) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "signer_revoked",
-                format!(
-                    "bundle {} was signed with signer key {} ({}), which has been revoked: deploy a bundle signed \
-                     with a current key, or deploy with force (`keel deploy --force`) if you trust this one",
-                    bundle.id, k.id, k.name
-                ),
-            ));
-        }
-    }
-    st.store.deploy(&bundle, &devices, &via).await?;
-    tracing::info!(bundle = %bundle.id, %via, devices = devices.len(), "deployment");
-    Ok(Json(DeploymentJson { bundle: bundle.into(), via, devices }))
+    let audience = crate::domain::deployments::Audience::from_parts(d.device, d.tag)?;
+    let done = crate::domain::deployments::deploy(&st.store, &acct, &d.bundle, &audience, d.force).await?;
+    Ok(Json(DeploymentJson { bundle: done.bundle.into(), via: done.via, devices: done.devices }))
 }
 
 /// One entry of a device's update history.

@@ -37,7 +37,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::ota::{Bundle, NewBundle, SignerKey, UpdateEvent};
+use crate::ota::{Bundle, SignerKey, UpdateEvent};
 use crate::store::{Counters, Device, LogRecord, Store, TokenInfo};
 
 mod bundles;
@@ -286,9 +286,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control)
 }
 
-fn valid_tag(t: &str) -> bool {
-    (1..=64).contains(&t.len()) && t.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c))
-}
+use crate::domain::valid_tag;
 
 #[derive(OpenApi)]
 #[openapi(
