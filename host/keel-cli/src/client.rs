@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keel_server::http::{CreatedToken, DeviceJson, DevicePatch, LogJson, NewDevice, ServerInfo, TokenJson};
+use keel_api::{CreatedToken, DeviceJson, DevicePatch, LogJson, NewDevice, ServerInfo, TokenJson};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -461,7 +461,7 @@ fn show_device(d: &DeviceJson) {
     };
     println!("app         {app}");
     println!("boot count  {}", d.boot_count.map_or("-".into(), |b| b.to_string()));
-    let ev = |e: &Option<keel_server::http::EventJson>| {
+    let ev = |e: &Option<keel_api::EventJson>| {
         e.as_ref().map_or("-".into(), |e| format!("{}  {}", time_str(e.at_us), escape(&e.text)))
     };
     println!("last boot   {}", ev(&d.last_boot));

@@ -9,8 +9,8 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use keel_api::{BundleJson, DeploymentJson, SignerKeyJson};
 use keel_bundle::{BundleSpec, LayerSpec, Policies, Target};
-use keel_server::http::{BundleJson, DeploymentJson, SignerKeyJson};
 
 use crate::client::{agent, escape, print_json, read_response, request, time_str, urlencode, Conn};
 

@@ -30,10 +30,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -51,6 +50,7 @@ mod tokens;
 pub use bundles::*;
 pub use deployments::*;
 pub use devices::*;
+pub use keel_api::*;
 pub use logs::*;
 pub use server::*;
 pub use signer_keys::*;
@@ -103,22 +103,6 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-}
-
-/// The body of every error response.
-#[derive(Serialize, Deserialize, ToSchema, Debug)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// Error details.
-#[derive(Serialize, Deserialize, ToSchema, Debug)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code (`unauthorized`, `not_found`, `bad_request`, ...).
-    pub code: String,
-    /// What happened and what to do about it.
-    pub message: String,
 }
 
 impl ApiError {

@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// `GET /v1/server`.
-#[derive(Serialize, Deserialize, ToSchema, Debug)]
-pub struct ServerInfo {
-    /// Hex of the gateway's static public key.
-    pub public_key: String,
-    /// Server version.
-    pub version: String,
-}
-
 /// The server's version and gateway public key (devices pin it in their factory data).
 #[utoipa::path(get, path = "/v1/server", tag = "server",
     responses((status = 200, body = ServerInfo), (status = 401, body = ErrorBody)))]

@@ -1,0 +1,24 @@
+//! # keel-api
+//!
+//! The Keel server's HTTP API as types: the JSON bodies of requests and answers and the query
+//! parameters, with their OpenAPI schemas. The server (`keel-server`'s `http` module) serves
+//! them; the CLI, the simulator, xtask and the tests read and send them, so a field renamed on
+//! one side fails to compile on the other. See `GET /v1/openapi.json` for the routes.
+
+mod bundles;
+mod deployments;
+mod devices;
+mod errors;
+mod logs;
+mod server;
+mod signer_keys;
+mod tokens;
+
+pub use bundles::*;
+pub use deployments::*;
+pub use devices::*;
+pub use errors::*;
+pub use logs::*;
+pub use server::*;
+pub use signer_keys::*;
+pub use tokens::*;
