@@ -1,7 +1,11 @@
 //! The one frame codec (`keel_proto::frame::Decoder`) over an async byte stream.
 
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use keel_proto::frame::{Decoder, FrameError};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Why [`FrameReader::next`] returned no frame.
 #[derive(Debug)]
@@ -12,44 +16,94 @@ pub enum ReadError {
     Frame(FrameError),
 }
 
+/// Bytes read from the stream at a time, into a buffer on the stack of the poll (never kept).
+const READ_CHUNK: usize = 4096;
+
 /// Reads length-prefixed frames of at most `N` bytes from `R`, feeding whatever arrives to a
-/// [`Decoder`]; bytes after a frame stay buffered for the next call (so the reader is cancel-safe
-/// between calls only if the caller does not drop it).
+/// [`Decoder`]. Bytes after a frame stay buffered for the next call.
+///
+/// [`FrameReader::next`] is cancel-safe: everything it read is kept in the reader, so it can
+/// wait in a `select!` beside timers and be dropped there without losing a half-read frame.
+///
+/// An idle reader holds no buffer: the decoder is allocated while a frame is partly received,
+/// the bytes left after a frame only while there are any, and reads go to a buffer on the
+/// stack (so a gateway holding many idle connections pays nothing per connection here).
 pub struct FrameReader<R, const N: usize> {
     inner: R,
-    decoder: Box<Decoder<N>>,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+    /// Present while a frame is partly received.
+    decoder: Option<Box<Decoder<N>>>,
+    /// Bytes received after the last complete frame, from `pos` on (empty when none).
+    rest: Vec<u8>,
+    pos: usize,
 }
 
 impl<R: AsyncRead + Unpin, const N: usize> FrameReader<R, N> {
     /// A reader over `inner`.
     pub fn new(inner: R) -> Self {
-        FrameReader {
-            inner,
-            decoder: Box::new(Decoder::new()),
-            buf: vec![0; 4096].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        FrameReader { inner, decoder: None, rest: Vec::new(), pos: 0 }
     }
 
-    /// The next complete frame's payload.
+    /// The next complete frame's payload (cancel-safe).
     pub async fn next(&mut self) -> Result<Vec<u8>, ReadError> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// A frame that can be had without waiting (already buffered or already received by the
+    /// socket), or `None`.
+    pub async fn try_next(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        poll_fn(|cx| match self.poll_next(cx) {
+            Poll::Pending => Poll::Ready(Ok(None)),
+            Poll::Ready(r) => Poll::Ready(r.map(Some)),
+        })
+        .await
+    }
+
+    /// Feeds `input` to the decoder: bytes consumed and the frame, if one completed (the
+    /// decoder is then freed).
+    fn push(&mut self, input: &[u8]) -> Result<(usize, Option<Vec<u8>>), ReadError> {
+        let decoder = self.decoder.get_or_insert_with(|| Box::new(Decoder::new()));
+        let (used, done) = decoder.push(input).map_err(ReadError::Frame)?;
+        if done.is_none() {
+            return Ok((used, None));
+        }
+        let frame = decoder.frame().to_vec();
+        self.decoder = None;
+        Ok((used, Some(frame)))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>, ReadError>> {
         loop {
-            if self.start < self.end {
-                let (used, done) = self.decoder.push(&self.buf[self.start..self.end]).map_err(ReadError::Frame)?;
-                self.start += used;
-                if done.is_some() {
-                    return Ok(self.decoder.frame().to_vec());
+            if self.pos < self.rest.len() {
+                let rest = std::mem::take(&mut self.rest);
+                let r = self.push(&rest[self.pos..]);
+                self.rest = rest;
+                let (used, frame) = r?;
+                self.pos += used;
+                if self.pos == self.rest.len() {
+                    (self.rest, self.pos) = (Vec::new(), 0);
+                }
+                if let Some(f) = frame {
+                    return Poll::Ready(Ok(f));
                 }
             }
-            let n = self.inner.read(&mut self.buf).await.map_err(ReadError::Io)?;
-            if n == 0 {
-                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            let mut buf = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e))),
+                Poll::Ready(Ok(())) => {}
             }
-            (self.start, self.end) = (0, n);
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())));
+            }
+            let (used, frame) = self.push(&buf[..n])?;
+            if used < n {
+                (self.rest, self.pos) = (buf[used..n].to_vec(), 0);
+            }
+            if let Some(f) = frame {
+                return Poll::Ready(Ok(f));
+            }
         }
     }
 

@@ -183,7 +183,7 @@ pub async fn serve_until(
                 let deadline = Instant::now() + limiter.limits().handshake_timeout;
                 let (store, key, stopping) = (store.clone(), server_private.clone(), stopping.clone());
                 let node = node.clone();
-                conns.spawn(async move {
+                let fut = async move {
                     match connection(stream, &store, &key, Ctx { admission, deadline, stopping, node }).await {
                         Ok(()) => {}
                         Err(e) if e.is_rejection() => {
@@ -192,7 +192,8 @@ pub async fn serve_until(
                         }
                         Err(e) => tracing::info!(%peer, error = ?e, "device connection closed"),
                     }
-                });
+                };
+                conns.spawn(fut);
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -243,10 +244,12 @@ async fn connection(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx
 const HANDSHAKE_LATE: &str = "handshake not finished in time";
 
 async fn connection_inner(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
-    match tokio::time::timeout_at(ctx.deadline, handshake(s, store, server_private)).await {
+    // Boxed: the handshake's state (Noise, database queries) is freed once it is done, so an idle
+    // connection's task does not keep room for it.
+    match tokio::time::timeout_at(ctx.deadline, Box::pin(handshake(s, store, server_private))).await {
         Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(h)) => h.run(store, ctx).await,
+        Ok(Ok(h)) => Box::new(h).run(store, ctx).await,
     }
 }
 
@@ -272,9 +275,13 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     let mut rd = Frames::new(rd);
     let first = rd.next().await?;
     let acc = Accepting::read(server_private, &first).map_err(|_| ConnError::Protocol("bad handshake"))?;
-    let id = store.device_id_by_key(&acc.device_key).await?.ok_or(ConnError::UnknownDevice)?;
-    let device = Known { id };
     let hello = acc.hello().map_err(|_| ConnError::Protocol("bad hello"))?;
+    // The device's id and where its log delivery resumes, in one query. Resume below the
+    // device's own next number: a stored number above it (its sequence went back, or one bogus
+    // record) must not make the device discard its new records.
+    let (id, acked, above) =
+        store.device_for_handshake(&acc.device_key, hello.next_log_seq).await?.ok_or(ConnError::UnknownDevice)?;
+    let device = Known { id };
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
@@ -284,9 +291,6 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
         app: hello.app.map(|(a, b)| (escape_device_text(a.as_bytes()), escape_device_text(b.as_bytes()))),
         boot_count: hello.boot_count,
     };
-    // Resume below the device's own next number: a stored number above it (its sequence went
-    // back, or one bogus record) must not make the device discard its new records.
-    let (acked, above) = store.resume_point(&device.id, hello.next_log_seq).await?;
     let regression = above.map(|max| (hello.next_log_seq, max));
     let welcome = Down::Welcome {
         protocol: negotiated.protocol,
@@ -301,8 +305,9 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
 }
 
 impl Handshaken {
-    async fn run(self, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
-        let Handshaken { mut rd, wr, session, device, info, negotiated, regression } = self;
+    /// Boxed, so the task of a connection does not keep room for it as well as for the shell.
+    async fn run(self: Box<Self>, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
+        let Handshaken { mut rd, wr, session, device, info, negotiated, regression } = *self;
         let Ctx { admission, deadline, stopping, node } = ctx;
         let mut shell = Shell {
             wr,
@@ -324,26 +329,15 @@ impl Handshaken {
         // (which only the device can encrypt) until the device is online.
         let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
         conn.set_ready_deadline(deadline.saturating_duration_since(clock.0).as_micros() as u64);
-        // Frames are read by their own task and handed over a channel, so waiting for one can be
-        // combined with timers without losing half-read frames.
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let f = rd.next().await.map_err(ConnError::from);
-                let end = f.is_err();
-                if tx.send(f).await.is_err() || end {
-                    break;
-                }
-            }
-        });
-        let result = shell.exchange(&mut conn, rx, mailbox, &clock).await;
-        reader.abort();
+        // The frame reader is cancel-safe: waiting for a frame is combined with timers and the
+        // mailbox in one task, without losing half-read frames.
+        let result = shell.exchange(&mut conn, &mut rd, mailbox, &clock).await;
         // A device that reconnects before its old connection timed out has two for a while: only
         // the newest (on whichever node) may mark it offline; the store checks it in the same
         // statement.
         if let Some(generation) = shell.generation {
             store.release_online(&device.id, generation);
-            store.device_offline(&device.id, &shell.node, generation).await?;
+            Box::pin(store.device_offline(&device.id, &shell.node, generation)).await?;
         }
         result
     }
@@ -424,39 +418,21 @@ impl Shell<'_> {
     async fn exchange(
         &mut self,
         conn: &mut Connection,
-        mut frames: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ConnError>>,
+        frames: &mut Frames,
         mut mailbox: Mailbox,
         clock: &Clock,
     ) -> Result<(), ConnError> {
         let mut stopping = self.stopping.clone();
+        // What runs on an input (database, object store, writes) is boxed: its state exists only
+        // while it runs, not in every idle connection's task.
         loop {
             let wake = conn.poll_at().map(|at| clock.instant(at));
             tokio::select! {
-                frame = frames.recv() => {
-                    // This frame and every one already waiting (while the connection's batch has
-                    // room); then the batch is stored in one transaction and acknowledged once.
-                    let mut next = Some(frame.ok_or(ConnError::ReaderEnded)??);
-                    while let Some(frame) = next.take() {
-                        let now = clock.now();
-                        let steps = match self.session.receive(&frame) {
-                            Ok(plain) => feed(|out| conn.receive_bytes(now, &plain, out)),
-                            Err(_) => feed(|out| conn.undecryptable(out)),
-                        };
-                        self.perform(conn, steps).await?;
-                        if conn.wants_more() {
-                            next = frames.try_recv().ok().transpose()?;
-                        }
-                    }
-                    if let Some(batch) = conn.flush() {
-                        self.store_batch(&batch).await?;
-                        let steps = feed(|out| conn.logs_stored(out));
-                        self.perform(conn, steps).await?;
-                    }
-                }
+                frame = frames.next() => Box::pin(self.frames(conn, frames, frame?, clock)).await?,
                 msg = mailbox.recv() => match msg {
                     DeviceMessage::DeploymentChanged => {
                         let steps = feed(|out| conn.deployment_changed(out));
-                        self.perform(conn, steps).await?;
+                        Box::pin(self.perform(conn, steps)).await?;
                     }
                     DeviceMessage::EndSession { reason } => {
                         tracing::info!(device = %self.device.id, reason, "device session ended by the server");
@@ -467,10 +443,39 @@ impl Shell<'_> {
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
                     let steps = feed(|out| conn.tick(now, out));
-                    self.perform(conn, steps).await?;
+                    Box::pin(self.perform(conn, steps)).await?;
                 }
             }
         }
+    }
+
+    /// A frame and every one already received (while the connection's batch has room); then the
+    /// batch is stored in one transaction and acknowledged once.
+    async fn frames(
+        &mut self,
+        conn: &mut Connection,
+        frames: &mut Frames,
+        first: Vec<u8>,
+        clock: &Clock,
+    ) -> Result<(), ConnError> {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            let now = clock.now();
+            let steps = match self.session.receive(&frame) {
+                Ok(plain) => feed(|out| conn.receive_bytes(now, &plain, out)),
+                Err(_) => feed(|out| conn.undecryptable(out)),
+            };
+            self.perform(conn, steps).await?;
+            if conn.wants_more() {
+                next = frames.try_next().await?;
+            }
+        }
+        if let Some(batch) = conn.flush() {
+            self.store_batch(&batch).await?;
+            let steps = feed(|out| conn.logs_stored(out));
+            self.perform(conn, steps).await?;
+        }
+        Ok(())
     }
 
     /// Carries out the connection's outputs in order (a target load feeds the connection again;
@@ -631,7 +636,18 @@ impl Shell<'_> {
                 store.note_server_event(id, "log_quota", &text).await?;
             }
         }
-        let new = store.insert_logs(id, &kept).await?;
+        // The registry's boot and crash notes commit with the records (one transaction); update
+        // events follow (they depend on the update event quota).
+        let events: Vec<(u64, DeviceEvent<'_>)> = batch
+            .notes
+            .iter()
+            .filter_map(|note| match note {
+                Note::Boot { at, text } => Some((*at, DeviceEvent::Boot(text))),
+                Note::Crash { at, text } => Some((*at, DeviceEvent::Crash(text))),
+                Note::Update { .. } => None,
+            })
+            .collect();
+        let new = store.insert_logs_noting(id, &kept, &events).await?;
         Counters::add(&counters.log_records, batch.received);
         Counters::add(&counters.log_unstorable, batch.unstorable);
         if batch.unstorable > 0 {
@@ -640,8 +656,7 @@ impl Shell<'_> {
         Counters::add(&counters.log_duplicates, (kept.len() as u64).saturating_sub(new));
         for note in &batch.notes {
             match note {
-                Note::Boot { at, text } => store.note_event(id, *at, DeviceEvent::Boot(text)).await?,
-                Note::Crash { at, text } => store.note_event(id, *at, DeviceEvent::Crash(text)).await?,
+                Note::Boot { .. } | Note::Crash { .. } => {}
                 Note::Update { state, sequence, text } => {
                     if self.update_event_room().await? {
                         limiter.count_update_event(id, unix_us());

@@ -471,7 +471,7 @@ impl Store {
     pub async fn deployment(&self, device_id: &str) -> Result<Option<Deployment>, Error> {
         let row = sqlx::query("SELECT bundle_id, via, deployed_at FROM deployments WHERE device_id = $1")
             .bind(device_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let bundle_id: String = row.try_get("bundle_id")?;

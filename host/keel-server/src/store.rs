@@ -197,6 +197,97 @@ struct Live {
     /// Messages to device connections (per device).
     bus: Arc<dyn Bus>,
     pub(crate) updates: broadcast::Sender<String>,
+    /// Gateway writes waiting for the next group commit.
+    group: std::sync::Mutex<Vec<Job>>,
+}
+
+/// A queued write and where its result goes.
+type Job = (Write, tokio::sync::oneshot::Sender<Result<u64, Error>>);
+
+/// A gateway write that commits together with other connections' (see [`Store::write`]).
+#[derive(Debug)]
+enum Write {
+    /// [`Store::device_online`].
+    Online {
+        id: String,
+        visor_version: String,
+        app: Option<(String, String)>,
+        boot_count: u32,
+        node: String,
+        session: u64,
+    },
+    /// [`Store::insert_logs_noting`]: the records, then (time, crash?, text) of the events.
+    Logs { device: String, records: Vec<LogRecord>, events: Vec<(u64, bool, String)> },
+}
+
+impl Write {
+    /// Runs the write in the group's transaction: rows it added (logs) or changed.
+    async fn run(&self, c: &mut sqlx::AnyConnection) -> Result<u64, Error> {
+        match self {
+            Write::Online { id, visor_version, app, boot_count, node, session } => {
+                let done = sqlx::query(
+                    "UPDATE devices SET online_node = $1, online_session = $2, last_seen = $3, visor_version = $4, \
+                     app_name = $5, app_version = $6, boot_count = $7 WHERE id = $8",
+                )
+                .bind(node.as_str())
+                .bind(*session as i64)
+                .bind(unix_us() as i64)
+                .bind(visor_version.as_str())
+                .bind(app.as_ref().map(|a| a.0.as_str()))
+                .bind(app.as_ref().map(|a| a.1.as_str()))
+                .bind(*boot_count as i64)
+                .bind(id.as_str())
+                .execute(&mut *c)
+                .await?;
+                Ok(done.rows_affected())
+            }
+            Write::Logs { device, records, events } => {
+                let mut new = 0;
+                for r in records {
+                    new += Store::insert_one(&mut *c, device, r).await?;
+                }
+                for (at, crash, text) in events {
+                    let event = if *crash { DeviceEvent::Crash(text) } else { DeviceEvent::Boot(text) };
+                    Store::note_event_in(&mut *c, device, *at, event).await?;
+                }
+                Ok(new)
+            }
+        }
+    }
+}
+
+/// Commits a group of writes in one transaction (one WAL sync for all of them), each inside its
+/// own savepoint so that one failing write fails alone; answers each once the group committed.
+async fn commit_group(mut c: sqlx::pool::PoolConnection<sqlx::Any>, jobs: Vec<Job>) {
+    use sqlx::Connection as _;
+    let mut results = Vec::with_capacity(jobs.len());
+    let committed = async {
+        let mut tx = c.begin().await?;
+        for (w, _) in &jobs {
+            sqlx::query("SAVEPOINT keel_write").execute(&mut *tx).await?;
+            let r = w.run(&mut tx).await;
+            if r.is_err() {
+                sqlx::query("ROLLBACK TO SAVEPOINT keel_write").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT keel_write").execute(&mut *tx).await?;
+            results.push(r);
+        }
+        tx.commit().await
+    }
+    .await;
+    match committed {
+        Ok(()) => {
+            for ((_, reply), r) in jobs.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(Error::Protocol(format!("group commit failed: {text}"))));
+            }
+        }
+    }
 }
 
 /// One stored log record.
@@ -320,6 +411,7 @@ impl Store {
             new_logs,
             bus: Arc::new(LocalBus::default()),
             updates,
+            group: Default::default(),
         };
         Ok(Store { pool, reader, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
     }
@@ -547,12 +639,21 @@ impl Store {
 
     /// Remembers a boot or crash event of a device (from its visor's events) for the registry.
     pub async fn note_event(&self, device_id: &str, at_us: u64, event: DeviceEvent<'_>) -> Result<(), Error> {
+        Self::note_event_in(&mut *self.pool.acquire().await?, device_id, at_us, event).await
+    }
+
+    async fn note_event_in(
+        c: &mut sqlx::AnyConnection,
+        device_id: &str,
+        at_us: u64,
+        event: DeviceEvent<'_>,
+    ) -> Result<(), Error> {
         let q = match event {
             DeviceEvent::Boot(_) => "UPDATE devices SET last_boot_at = $1, last_boot = $2 WHERE id = $3",
             DeviceEvent::Crash(_) => "UPDATE devices SET last_crash_at = $1, last_crash = $2 WHERE id = $3",
         };
         let (DeviceEvent::Boot(text) | DeviceEvent::Crash(text)) = event;
-        sqlx::query(q).bind(at_us as i64).bind(text).bind(device_id).execute(&self.pool).await?;
+        sqlx::query(q).bind(at_us as i64).bind(text).bind(device_id).execute(c).await?;
         Ok(())
     }
 
@@ -657,6 +758,30 @@ impl Store {
         row.map(|r| r.try_get("id")).transpose()
     }
 
+    /// What a handshake needs from the database, in one query: the id of the device with this
+    /// static public key (`None`: not registered) and its [`Store::resume_point`] for
+    /// `next_log_seq`.
+    #[allow(clippy::type_complexity)]
+    pub async fn device_for_handshake(
+        &self,
+        public_key: &[u8; 32],
+        next_log_seq: u64,
+    ) -> Result<Option<(String, Option<u64>, Option<u64>)>, Error> {
+        let next = next_log_seq.min(i64::MAX as u64) as i64;
+        let row = sqlx::query(
+            "SELECT d.id AS id, MAX(CASE WHEN l.seq < $2 THEN l.seq END) AS r, MAX(l.seq) AS m FROM devices d \
+             LEFT JOIN logs l ON l.device_id = d.id AND l.kind <> 2 WHERE d.public_key = $1 GROUP BY d.id",
+        )
+        .bind(hex(public_key))
+        .bind(next)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let resume = row.try_get::<Option<i64>, _>("r")?.map(|v| v as u64);
+        let max = row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64);
+        Ok(Some((row.try_get("id")?, resume, max.filter(|&m| m >= next as u64))))
+    }
+
     /// A device by id.
     pub async fn device(&self, id: &str) -> Result<Option<Device>, Error> {
         let q = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = $1");
@@ -732,21 +857,39 @@ impl Store {
         node: &str,
         session: u64,
     ) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE devices SET online_node = $1, online_session = $2, last_seen = $3, visor_version = $4, \
-             app_name = $5, app_version = $6, boot_count = $7 WHERE id = $8",
-        )
-        .bind(node)
-        .bind(session as i64)
-        .bind(unix_us() as i64)
-        .bind(visor_version)
-        .bind(app.map(|a| a.0))
-        .bind(app.map(|a| a.1))
-        .bind(boot_count as i64)
-        .bind(id)
-        .execute(&self.pool)
+        self.write(Write::Online {
+            id: id.into(),
+            visor_version: visor_version.into(),
+            app: app.map(|(a, b)| (a.into(), b.into())),
+            boot_count,
+            node: node.into(),
+            session,
+        })
         .await?;
         Ok(())
+    }
+
+    /// Group commit of gateway writes: the write is queued; whoever gets the writer connection
+    /// commits every write queued by then in one transaction (on SQLite one WAL sync for many
+    /// connections' writes instead of one each). Returns once this write committed (a log batch
+    /// is acknowledged only after that). The commit runs as its own task, so a caller that is
+    /// dropped meanwhile never abandons the writes of others.
+    async fn write(&self, w: Write) -> Result<u64, Error> {
+        let (reply, mut done) = tokio::sync::oneshot::channel();
+        self.live.group.lock().unwrap_or_else(|e| e.into_inner()).push((w, reply));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut done => return r.unwrap_or(Err(Error::WorkerCrashed)),
+                c = self.pool.acquire() => {
+                    let c = c?;
+                    let jobs = std::mem::take(&mut *self.live.group.lock().unwrap_or_else(|e| e.into_inner()));
+                    if !jobs.is_empty() {
+                        let _ = tokio::spawn(commit_group(c, jobs)).await;
+                    }
+                }
+            }
+        }
     }
 
     /// Marks a device offline if connection `session` of node `node` is still the one that
@@ -835,15 +978,28 @@ impl Store {
     /// Stores records in one transaction; sequence numbers already stored are ignored. Returns
     /// how many were new. Live log streams of the device are woken once.
     pub async fn insert_logs(&self, device_id: &str, records: &[LogRecord]) -> Result<u64, Error> {
-        if records.is_empty() {
+        self.insert_logs_noting(device_id, records, &[]).await
+    }
+
+    /// [`Store::insert_logs`], and the boot and crash events the records carry noted for the
+    /// registry (as [`Store::note_event`]) in the same transaction: one commit for both.
+    pub async fn insert_logs_noting(
+        &self,
+        device_id: &str,
+        records: &[LogRecord],
+        events: &[(u64, DeviceEvent<'_>)],
+    ) -> Result<u64, Error> {
+        if records.is_empty() && events.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
-        let mut new = 0;
-        for r in records {
-            new += Self::insert_one(&mut tx, device_id, r).await?;
-        }
-        tx.commit().await?;
+        let events = events
+            .iter()
+            .map(|&(at, e)| match e {
+                DeviceEvent::Boot(t) => (at, false, t.to_string()),
+                DeviceEvent::Crash(t) => (at, true, t.to_string()),
+            })
+            .collect();
+        let new = self.write(Write::Logs { device: device_id.into(), records: records.to_vec(), events }).await?;
         if new > 0 {
             // No receiver (no live stream) is not an error.
             let _ = self.live.new_logs.send(device_id.to_string());
@@ -851,11 +1007,7 @@ impl Store {
         Ok(new)
     }
 
-    async fn insert_one(
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        device_id: &str,
-        r: &LogRecord,
-    ) -> Result<u64, Error> {
+    async fn insert_one(c: &mut sqlx::AnyConnection, device_id: &str, r: &LogRecord) -> Result<u64, Error> {
         let done = sqlx::query(
             "INSERT INTO logs (device_id, seq, kind, level, device_time_us, received_at, text) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device_id, seq) DO NOTHING",
@@ -867,7 +1019,7 @@ impl Store {
         .bind(r.device_time_us as i64)
         .bind(r.received_at as i64)
         .bind(&r.text)
-        .execute(&mut **tx)
+        .execute(c)
         .await?;
         Ok(done.rows_affected())
     }
