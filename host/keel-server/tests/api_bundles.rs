@@ -6,27 +6,16 @@
 #[macro_use]
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use common::TestDb;
-use http_body_util::BodyExt;
 use keel_bundle::{build_bundle, reference_region_capacity, BundleSpec, LayerSpec, Policies, SigningKey, Target};
 use keel_server::http::{router, AppState};
 use keel_server::store::Store;
-use tower::ServiceExt;
 
 on_both_databases!("api-bundles-", upload_and_deploy_rules);
 
 async fn upload(app: &axum::Router, token: &str, query: &str, bundle: Vec<u8>) -> (StatusCode, serde_json::Value) {
-    let req = Request::post(format!("/v1/bundles{query}"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/octet-stream")
-        .body(Body::from(bundle))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    common::upload(app, token, query, bundle).await
 }
 
 fn app_slot(size: usize, name: &str, version: &str) -> Vec<u8> {

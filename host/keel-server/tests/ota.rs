@@ -42,15 +42,7 @@ async fn call(
 }
 
 async fn upload(app: &axum::Router, token: &str, bundle: Vec<u8>) -> (StatusCode, serde_json::Value) {
-    let req = Request::post("/v1/bundles")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/octet-stream")
-        .body(Body::from(bundle))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    common::upload(app, token, "", bundle).await
 }
 
 fn key(seed: u8) -> SigningKey {

@@ -57,6 +57,30 @@ pub async fn call(
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
 
+/// `POST /v1/bundles{query}` with the raw bundle bytes and `token`. Returns the status and the
+/// JSON body (`Null` if the body is not JSON).
+#[allow(dead_code)] // not every test binary uploads
+pub async fn upload(
+    app: &axum::Router,
+    token: &str,
+    query: &str,
+    bundle: Vec<u8>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = Request::post(format!("/v1/bundles{query}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(bundle))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
 /// A database the test owns; PostgreSQL is stopped when it is dropped.
 pub struct TestDb {
     pub url: String,
