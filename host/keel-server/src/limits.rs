@@ -147,10 +147,17 @@ fn source_key(ip: IpAddr, limits: &GatewayLimits) -> Option<IpAddr> {
     if local_host && !limits.limit_loopback {
         return None;
     }
-    Some(match ip {
-        IpAddr::V4(_) => ip,
+    Some(address_key(ip))
+}
+
+/// The address a per-address limit counts a peer under, on every listener: IPv4 as it is
+/// (IPv4-mapped IPv6 included), IPv6 by its /64 (one host usually holds a whole /64, so counting
+/// single IPv6 addresses would let one attacker take every slot).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-    })
+    }
 }
 
 impl Source {

@@ -91,6 +91,9 @@ struct Slot {
 
 impl Slots {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        // The same key as the gateway's limits: an IPv6 host cannot multiply its share by
+        // using more addresses of its /64.
+        let ip = crate::limits::address_key(ip);
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *g;
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
@@ -350,5 +353,30 @@ impl hyper::body::Body for MinRate {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn the_per_address_cap_counts_an_ipv6_host_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let slots = Arc::new(Slots {
+            limits: HttpLimits { max_connections_per_ip: 2, ..HttpLimits::default() },
+            open: Mutex::default(),
+        });
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:2:abcd::9".parse().unwrap();
+        let held = [slots.take(a).expect("first"), slots.take(b).expect("second")];
+        assert!(slots.take(c).is_none(), "a third address of the same /64 is over the cap");
+        assert!(slots.take("2001:db8:1:3::1".parse().unwrap()).is_some(), "another /64 is another host");
+        drop(held);
+        assert!(slots.take(c).is_some(), "slots come back when connections close");
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let _v = [slots.take(v4).unwrap(), slots.take(mapped).unwrap()];
+        assert!(slots.take(v4).is_none(), "an IPv4-mapped address counts as its IPv4 address");
     }
 }
