@@ -59,7 +59,8 @@ pub struct UpdateJson {
     pub progress_pct: Option<u8>,
     /// Why (for `refused`, `rolled_back`, `error`).
     pub reason: String,
-    /// When the device reported it, µs since the epoch.
+    /// When the device first reported this status, µs since the epoch (a report repeating it
+    /// exactly, as after a reconnect, does not move it).
     pub updated_at_us: Option<i64>,
 }
 

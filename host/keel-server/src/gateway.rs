@@ -127,6 +127,8 @@ pub async fn serve_until(
     limits: GatewayLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    // Shared by every connection (no copy of the key per connection).
+    let server_private: Arc<[u8]> = server_private.into();
     let limiter = Limiter::new(limits);
     let (name, lease) = (limiter.limits().node_name.clone(), limiter.limits().presence_lease);
     // This run's presence: the devices of a previous run of this node are offline from here on.
@@ -181,19 +183,8 @@ pub async fn serve_until(
                     }
                 };
                 let deadline = Instant::now() + limiter.limits().handshake_timeout;
-                let (store, key, stopping) = (store.clone(), server_private.clone(), stopping.clone());
-                let node = node.clone();
-                let fut = async move {
-                    match connection(stream, &store, &key, Ctx { admission, deadline, stopping, node }).await {
-                        Ok(()) => {}
-                        Err(e) if e.is_rejection() => {
-                            Counters::add(&store.counters().rejected, 1);
-                            tracing::info!(%peer, error = ?e, "device connection refused or dropped");
-                        }
-                        Err(e) => tracing::info!(%peer, error = ?e, "device connection closed"),
-                    }
-                };
-                conns.spawn(fut);
+                let ctx = Ctx { admission, deadline, stopping: stopping.clone(), node: node.clone() };
+                conns.spawn(connection(stream, peer, store.clone(), server_private.clone(), ctx));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -220,8 +211,8 @@ struct Ctx {
 
 /// The device a connection authenticates as.
 struct Known {
-    /// Its id.
-    id: String,
+    /// Its id (shared with the session's inputs while they run).
+    id: Arc<str>,
 }
 
 /// What the device said in its `Hello`, for the registry.
@@ -231,27 +222,54 @@ struct HelloInfo {
     boot_count: u32,
 }
 
-async fn connection(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
-    let result = connection_inner(s, store, server_private, ctx).await;
+/// One device connection, accept to close, as one task. Everything it holds for as long as the
+/// device is connected is in its [`Session`] box and in this future; what only the handshake or
+/// an input needs is boxed apart and freed when done (10 000 idle devices cost what they keep).
+async fn connection(s: TcpStream, peer: std::net::SocketAddr, store: Store, server_private: Arc<[u8]>, ctx: Ctx) {
+    // Taken in its own statement: a temporary of a `match` scrutinee would live (and keep the
+    // handshake's allocation) until the match ends, that is for the whole session.
+    let handshaken = tokio::time::timeout_at(ctx.deadline, Box::pin(handshake(s, &store, &server_private))).await;
+    let result = match handshaken {
+        Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(h)) => {
+            let mut session = Session::start(h, &store, ctx);
+            let result = session.run().await;
+            // A device that reconnects before its old connection timed out has two for a
+            // while: only the newest (on whichever node) may mark it offline; the store checks
+            // it in the same statement.
+            let shell = &session.shell;
+            match shell.generation {
+                Some(generation) => {
+                    store.release_online(&shell.device.id, generation);
+                    match Box::pin(store.device_offline(&shell.device.id, &shell.node, generation)).await {
+                        Ok(_) => result,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                None => result,
+            }
+        }
+    };
     let late = Close::ReadyTimeout.as_str();
-    if matches!(result, Err(ConnError::Timeout(why)) if why == HANDSHAKE_LATE || why == late) {
-        Counters::add(&store.counters().handshake_timeouts, 1);
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            if matches!(e, ConnError::Timeout(why) if why == HANDSHAKE_LATE || why == late) {
+                Counters::add(&store.counters().handshake_timeouts, 1);
+            }
+            if e.is_rejection() {
+                Counters::add(&store.counters().rejected, 1);
+                tracing::info!(%peer, error = ?e, "device connection refused or dropped");
+            } else {
+                tracing::info!(%peer, error = ?e, "device connection closed");
+            }
+        }
     }
-    result
 }
 
 /// The error of a handshake (accept through `Ready`) that took longer than the limit.
 const HANDSHAKE_LATE: &str = "handshake not finished in time";
-
-async fn connection_inner(s: TcpStream, store: &Store, server_private: &[u8], ctx: Ctx) -> Result<(), ConnError> {
-    // Boxed: the handshake's state (Noise, database queries) is freed once it is done, so an idle
-    // connection's task does not keep room for it.
-    match tokio::time::timeout_at(ctx.deadline, Box::pin(handshake(s, store, server_private))).await {
-        Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(h)) => Box::new(h).run(store, ctx).await,
-    }
-}
 
 /// A connection whose `Welcome` was sent.
 struct Handshaken {
@@ -281,7 +299,7 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     // record) must not make the device discard its new records.
     let (id, acked, above) =
         store.device_for_handshake(&acc.device_key, hello.next_log_seq).await?.ok_or(ConnError::UnknownDevice)?;
-    let device = Known { id };
+    let device = Known { id: id.into() };
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
@@ -304,42 +322,38 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     Ok(Handshaken { rd, wr, session, device, info, negotiated, regression })
 }
 
-impl Handshaken {
-    /// Boxed, so the task of a connection does not keep room for it as well as for the shell.
-    async fn run(self: Box<Self>, store: &Store, ctx: Ctx) -> Result<(), ConnError> {
-        let Handshaken { mut rd, wr, session, device, info, negotiated, regression } = *self;
+/// What a connection keeps while its device is connected, in one box.
+struct Session<'a> {
+    shell: Shell<'a>,
+    conn: Connection,
+    rd: Frames,
+    mailbox: Mailbox,
+    clock: Clock,
+}
+
+impl<'a> Session<'a> {
+    /// The session of a device whose `Welcome` was sent.
+    fn start(h: Handshaken, store: &'a Store, ctx: Ctx) -> Box<Session<'a>> {
+        let Handshaken { rd, wr, session, device, info, negotiated, regression } = h;
         let Ctx { admission, deadline, stopping, node } = ctx;
-        let mut shell = Shell {
-            wr,
-            session,
-            store,
-            device: &device,
-            info,
-            generation: None,
-            admission,
-            stopping,
-            node,
-            regression,
-        };
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
         let mailbox = store.bus().mailbox(&device.id);
         let clock = Clock(Instant::now());
         // The first handshake message may be a replay; the connection accepts nothing but `Ready`
         // (which only the device can encrypt) until the device is online.
-        let mut conn = Connection::new(negotiated, &shell.info.visor_version, clock.now());
+        let mut conn = Connection::new(negotiated, &info.visor_version, clock.now());
         conn.set_ready_deadline(deadline.saturating_duration_since(clock.0).as_micros() as u64);
+        let shell = Shell { wr, session, store, device, info, generation: None, admission, stopping, node, regression };
+        Box::new(Session { shell, conn, rd, mailbox, clock })
+    }
+
+    /// Runs the session until the device or the server ends it.
+    async fn run(&mut self) -> Result<(), ConnError> {
+        let Session { shell, conn, rd, mailbox, clock } = self;
         // The frame reader is cancel-safe: waiting for a frame is combined with timers and the
         // mailbox in one task, without losing half-read frames.
-        let result = shell.exchange(&mut conn, &mut rd, mailbox, &clock).await;
-        // A device that reconnects before its old connection timed out has two for a while: only
-        // the newest (on whichever node) may mark it offline; the store checks it in the same
-        // statement.
-        if let Some(generation) = shell.generation {
-            store.release_online(&device.id, generation);
-            Box::pin(store.device_offline(&device.id, &shell.node, generation)).await?;
-        }
-        result
+        shell.exchange(conn, rd, mailbox, clock).await
     }
 }
 
@@ -372,12 +386,11 @@ struct Steps {
 
 impl Output for Steps {
     fn send(&mut self, msg: &Down<'_>) {
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        // Encoded on the stack and kept at its own length: a queued message does not hold a
+        // buffer of the largest size.
+        let mut plain = [0u8; MAX_PLAINTEXT];
         self.steps.push_back(match encode(msg, &mut plain) {
-            Ok(n) => {
-                plain.truncate(n);
-                Step::Send(plain)
-            }
+            Ok(n) => Step::Send(plain[..n].to_vec()),
             Err(_) => Step::EncodeFailed,
         });
     }
@@ -392,7 +405,7 @@ struct Shell<'a> {
     wr: tokio::net::tcp::OwnedWriteHalf,
     session: ServerSession,
     store: &'a Store,
-    device: &'a Known,
+    device: Known,
     info: HelloInfo,
     /// Set once the device is online (see [`Store::claim_online`]).
     generation: Option<u64>,
@@ -419,12 +432,14 @@ impl Shell<'_> {
         &mut self,
         conn: &mut Connection,
         frames: &mut Frames,
-        mut mailbox: Mailbox,
+        mailbox: &mut Mailbox,
         clock: &Clock,
     ) -> Result<(), ConnError> {
         let mut stopping = self.stopping.clone();
         // What runs on an input (database, object store, writes) is boxed: its state exists only
-        // while it runs, not in every idle connection's task.
+        // while it runs, not in every idle connection's task. Inside, the larger and rarer
+        // awaits (queries, the object store, event notes) are boxed again, so an input waiting
+        // for the group commit (a fleet connecting at once) holds little.
         loop {
             let wake = conn.poll_at().map(|at| clock.instant(at));
             tokio::select! {
@@ -481,7 +496,8 @@ impl Shell<'_> {
     /// Carries out the connection's outputs in order (a target load feeds the connection again;
     /// its outputs come next).
     async fn perform(&mut self, conn: &mut Connection, mut steps: VecDeque<Step>) -> Result<(), ConnError> {
-        let (store, id) = (self.store, self.device.id.as_str());
+        let (store, id) = (self.store, self.device.id.clone());
+        let id = &*id;
         let counters = store.counters();
         while let Some(step) = steps.pop_front() {
             match step {
@@ -507,13 +523,13 @@ impl Shell<'_> {
                                  to {max:#x} are stored; resuming below {next:#x}"
                             );
                             tracing::warn!(device = %id, "{text}");
-                            store.note_server_event(id, "log_regression", &text).await?;
+                            Box::pin(store.note_server_event(id, "log_regression", &text)).await?;
                         }
                         tracing::info!(device = %id, "device online");
                     }
                     Action::LoadTarget => {
                         Counters::add(&counters.target_loads, 1);
-                        let target = store.deployment(id).await?.map(|d| Target {
+                        let target = Box::pin(store.deployment(id)).await?.map(|d| Target {
                             bundle_id: d.bundle.id,
                             sequence: d.bundle.sequence,
                             manifest_digest: d.bundle.manifest_digest,
@@ -527,14 +543,14 @@ impl Shell<'_> {
                     }
                     Action::StoreStatus(status) => {
                         let room = self.update_event_room().await?;
-                        if store.store_update_status(id, &status, room).await? && room {
+                        if Box::pin(store.store_update_status(id, &status, room)).await? && room {
                             self.admission.limiter().count_update_event(id, unix_us());
                         }
                     }
                     Action::NoteUpdate { state, sequence, text } => {
-                        store.note_update_event(id, state, sequence, &text).await?;
+                        Box::pin(store.note_update_event(id, state, sequence, &text)).await?;
                     }
-                    Action::Fetch(fetch) => self.serve_fetch(&fetch).await?,
+                    Action::Fetch(fetch) => Box::pin(self.serve_fetch(&fetch)).await?,
                     Action::Notice(notice) => self.notice(notice),
                     Action::Close(why) => return Err(why.into()),
                 },
@@ -566,7 +582,7 @@ impl Shell<'_> {
 
     /// Logs and counts.
     fn notice(&self, notice: Notice) {
-        let (id, counters) = (self.device.id.as_str(), self.store.counters());
+        let (id, counters) = (&*self.device.id, self.store.counters());
         match notice {
             Notice::UnknownMessage(variant) => {
                 tracing::debug!(device = %id, variant, "unknown message skipped");
@@ -591,7 +607,7 @@ impl Shell<'_> {
     /// Whether the device may add an update event now; the first refusal of the day is recorded
     /// as a device event.
     async fn update_event_room(&self) -> Result<bool, ConnError> {
-        let (store, id) = (self.store, self.device.id.as_str());
+        let (store, id) = (self.store, &*self.device.id);
         match self.admission.limiter().update_event_room(id, unix_us()) {
             Quota::Room => Ok(true),
             Quota::Full { first } => {
@@ -600,7 +616,7 @@ impl Shell<'_> {
                     let cap = self.admission.limiter().limits().update_events_per_device_per_day;
                     let text = format!("update event quota reached ({cap} per day): further events of the day are not recorded (day {})", unix_us() / 86_400_000_000);
                     tracing::warn!(device = %id, "{text}");
-                    store.note_server_event(id, "update_event_quota", &text).await?;
+                    Box::pin(store.note_server_event(id, "update_event_quota", &text)).await?;
                 }
                 Ok(false)
             }
@@ -609,7 +625,7 @@ impl Shell<'_> {
 
     /// Stores a batch in one transaction, then the registry and history notes its events carry.
     async fn store_batch(&self, batch: &Batch) -> Result<(), ConnError> {
-        let (store, id) = (self.store, self.device.id.as_str());
+        let (store, id) = (self.store, &*self.device.id);
         let counters = store.counters();
         // The daily log quota: records above it are acknowledged (the device must not resend
         // them forever) but not stored; the first refusal of the day is recorded as an event.
@@ -633,7 +649,7 @@ impl Shell<'_> {
                     unix_us() / 86_400_000_000
                 );
                 tracing::warn!(device = %id, "{text}");
-                store.note_server_event(id, "log_quota", &text).await?;
+                Box::pin(store.note_server_event(id, "log_quota", &text)).await?;
             }
         }
         // The registry's boot and crash notes commit with the records (one transaction); update
@@ -660,7 +676,7 @@ impl Shell<'_> {
                 Note::Update { state, sequence, text } => {
                     if self.update_event_room().await? {
                         limiter.count_update_event(id, unix_us());
-                        store.note_update_event(id, state, *sequence, text).await?
+                        Box::pin(store.note_update_event(id, state, *sequence, text)).await?
                     }
                 }
             }

@@ -7,7 +7,7 @@
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
-use sqlx::Row;
+use sqlx::{AnyPool, Row};
 
 use crate::store::{Error, Store};
 use crate::{hex, unhex, unix_us};
@@ -493,58 +493,27 @@ impl Store {
         s: &UpdateStatus,
         record_event: bool,
     ) -> Result<bool, Error> {
-        let before = self.update_status(device_id).await?;
+        // Read on the reader pool: a device that reconnects and reports what it reported before
+        // (every idle device after a server restart) costs no write at all.
+        let before = Box::pin(self.stored_update_status(device_id, &self.reader)).await?;
+        let same = |b: &UpdateStatus| {
+            (&b.state, b.sequence, b.installed, b.progress, b.total, &b.reason)
+                == (&s.state, s.sequence, s.installed, s.progress, s.total, &s.reason)
+        };
+        if before.as_ref().is_some_and(same) {
+            return Ok(false);
+        }
         let changed =
             before.as_ref().is_none_or(|b| (&b.state, b.sequence, &b.reason) != (&s.state, s.sequence, &s.reason));
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO device_updates (device_id, state, sequence, installed, progress, total, reason, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id) DO UPDATE SET state = $2, \
-             sequence = $3, installed = $4, progress = $5, total = $6, reason = $7, updated_at = $8",
-        )
-        .bind(device_id)
-        .bind(&s.state)
-        .bind(s.sequence as i64)
-        .bind(s.installed as i64)
-        .bind(s.progress as i64)
-        .bind(s.total as i64)
-        .bind(&s.reason)
-        .bind(s.updated_at)
-        .execute(&mut *tx)
+        // Joins the gateway's group commit: a fleet reporting at once (after a restart) is
+        // written in a few transactions, not one each.
+        self.write(crate::store::Write::Status {
+            device: device_id.into(),
+            status: s.clone(),
+            event: changed && record_event,
+            confirmed: changed && s.state == "confirmed",
+        })
         .await?;
-        if changed && record_event {
-            let text = if s.reason.is_empty() {
-                format!("{} (installed {})", s.state, s.installed)
-            } else {
-                format!("{}: {} (installed {})", s.state, s.reason, s.installed)
-            };
-            sqlx::query("INSERT INTO update_events (device_id, at, state, sequence, text) VALUES ($1, $2, $3, $4, $5)")
-                .bind(device_id)
-                .bind(s.updated_at)
-                .bind(&s.state)
-                .bind(s.sequence as i64)
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if changed && s.state == "confirmed" {
-            // The device now runs its target bundle's app: the registry shows it without
-            // waiting for the next connection's hello.
-            macro_rules! of_target {
-                () => {
-                    "FROM bundles b JOIN deployments d ON d.bundle_id = b.id WHERE d.device_id = $1 AND b.sequence = $2"
-                };
-            }
-            let q = concat!(
-                "UPDATE devices SET app_name = COALESCE((SELECT b.app_name ",
-                of_target!(),
-                "), app_name), app_version = COALESCE((SELECT b.app_version ",
-                of_target!(),
-                "), app_version) WHERE id = $1"
-            );
-            sqlx::query(q).bind(device_id).bind(s.sequence as i64).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         self.notify_update(device_id);
         Ok(changed)
     }
@@ -569,14 +538,77 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a device's update status in `c`'s transaction: the row, the history entry when
+    /// `event`, and the registry's app when `confirmed` (see [`Store::store_update_status`]).
+    pub(crate) async fn write_update_status(
+        c: &mut sqlx::AnyConnection,
+        device_id: &str,
+        s: &UpdateStatus,
+        event: bool,
+        confirmed: bool,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "INSERT INTO device_updates (device_id, state, sequence, installed, progress, total, reason, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id) DO UPDATE SET state = $2, \
+             sequence = $3, installed = $4, progress = $5, total = $6, reason = $7, updated_at = $8",
+        )
+        .bind(device_id)
+        .bind(&s.state)
+        .bind(s.sequence as i64)
+        .bind(s.installed as i64)
+        .bind(s.progress as i64)
+        .bind(s.total as i64)
+        .bind(&s.reason)
+        .bind(s.updated_at)
+        .execute(&mut *c)
+        .await?;
+        if event {
+            let text = if s.reason.is_empty() {
+                format!("{} (installed {})", s.state, s.installed)
+            } else {
+                format!("{}: {} (installed {})", s.state, s.reason, s.installed)
+            };
+            sqlx::query("INSERT INTO update_events (device_id, at, state, sequence, text) VALUES ($1, $2, $3, $4, $5)")
+                .bind(device_id)
+                .bind(s.updated_at)
+                .bind(&s.state)
+                .bind(s.sequence as i64)
+                .bind(text)
+                .execute(&mut *c)
+                .await?;
+        }
+        if confirmed {
+            // The device now runs its target bundle's app: the registry shows it without
+            // waiting for the next connection's hello.
+            macro_rules! of_target {
+                () => {
+                    "FROM bundles b JOIN deployments d ON d.bundle_id = b.id WHERE d.device_id = $1 AND b.sequence = $2"
+                };
+            }
+            let q = concat!(
+                "UPDATE devices SET app_name = COALESCE((SELECT b.app_name ",
+                of_target!(),
+                "), app_name), app_version = COALESCE((SELECT b.app_version ",
+                of_target!(),
+                "), app_version) WHERE id = $1"
+            );
+            sqlx::query(q).bind(device_id).bind(s.sequence as i64).execute(&mut *c).await?;
+        }
+        Ok(done.rows_affected())
+    }
+
     /// The last update status a device reported, if any.
     pub async fn update_status(&self, device_id: &str) -> Result<Option<UpdateStatus>, Error> {
+        self.stored_update_status(device_id, &self.pool).await
+    }
+
+    async fn stored_update_status(&self, device_id: &str, pool: &AnyPool) -> Result<Option<UpdateStatus>, Error> {
         let row = sqlx::query(
             "SELECT state, sequence, installed, progress, total, reason, updated_at FROM device_updates \
              WHERE device_id = $1",
         )
         .bind(device_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
         row.map(|r| {
             Ok(UpdateStatus {

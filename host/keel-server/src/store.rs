@@ -198,7 +198,16 @@ struct Live {
     bus: Arc<dyn Bus>,
     pub(crate) updates: broadcast::Sender<String>,
     /// Gateway writes waiting for the next group commit.
-    group: std::sync::Mutex<Vec<Job>>,
+    group: std::sync::Mutex<Group>,
+}
+
+/// The queue of the group commit.
+#[derive(Debug, Default)]
+struct Group {
+    /// Writes waiting for the next commit.
+    jobs: Vec<Job>,
+    /// Whether a committer task runs (it commits until the queue is empty, then ends).
+    committing: bool,
 }
 
 /// A queued write and where its result goes.
@@ -206,7 +215,7 @@ type Job = (Write, tokio::sync::oneshot::Sender<Result<u64, Error>>);
 
 /// A gateway write that commits together with other connections' (see [`Store::write`]).
 #[derive(Debug)]
-enum Write {
+pub(crate) enum Write {
     /// [`Store::device_online`].
     Online {
         id: String,
@@ -218,6 +227,9 @@ enum Write {
     },
     /// [`Store::insert_logs_noting`]: the records, then (time, crash?, text) of the events.
     Logs { device: String, records: Vec<LogRecord>, events: Vec<(u64, bool, String)> },
+    /// [`Store::store_update_status`]: the status, whether it adds a history entry and whether
+    /// it confirms the target's app.
+    Status { device: String, status: crate::ota::UpdateStatus, event: bool, confirmed: bool },
 }
 
 impl Write {
@@ -251,6 +263,9 @@ impl Write {
                     Store::note_event_in(&mut *c, device, *at, event).await?;
                 }
                 Ok(new)
+            }
+            Write::Status { device, status, event, confirmed } => {
+                Store::write_update_status(c, device, status, *event, *confirmed).await
             }
         }
     }
@@ -869,23 +884,48 @@ impl Store {
         Ok(())
     }
 
-    /// Group commit of gateway writes: the write is queued; whoever gets the writer connection
-    /// commits every write queued by then in one transaction (on SQLite one WAL sync for many
-    /// connections' writes instead of one each). Returns once this write committed (a log batch
-    /// is acknowledged only after that). The commit runs as its own task, so a caller that is
+    /// Group commit of gateway writes: the write is queued; one committer task (started by the
+    /// write that finds none running) takes the writer connection and commits every write
+    /// queued by then in one transaction (on SQLite one WAL sync for many connections' writes
+    /// instead of one each), and again until the queue is empty. Returns once this write
+    /// committed (a log batch is acknowledged only after that). A waiting caller holds nothing
+    /// but its answer's channel, so a fleet connecting at once queues cheaply; a caller that is
     /// dropped meanwhile never abandons the writes of others.
-    async fn write(&self, w: Write) -> Result<u64, Error> {
-        let (reply, mut done) = tokio::sync::oneshot::channel();
-        self.live.group.lock().unwrap_or_else(|e| e.into_inner()).push((w, reply));
+    pub(crate) async fn write(&self, w: Write) -> Result<u64, Error> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut g = self.live.group.lock().unwrap_or_else(|e| e.into_inner());
+            g.jobs.push((w, reply));
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if start {
+            tokio::spawn(self.clone().commit_queued());
+        }
+        done.await.unwrap_or(Err(Error::WorkerCrashed))
+    }
+
+    /// The committer task of [`Store::write`].
+    async fn commit_queued(self) {
+        let take = || {
+            let mut g = self.live.group.lock().unwrap_or_else(|e| e.into_inner());
+            let jobs = std::mem::take(&mut g.jobs);
+            if jobs.is_empty() {
+                g.committing = false;
+            }
+            jobs
+        };
         loop {
-            tokio::select! {
-                biased;
-                r = &mut done => return r.unwrap_or(Err(Error::WorkerCrashed)),
-                c = self.pool.acquire() => {
-                    let c = c?;
-                    let jobs = std::mem::take(&mut *self.live.group.lock().unwrap_or_else(|e| e.into_inner()));
-                    if !jobs.is_empty() {
-                        let _ = tokio::spawn(commit_group(c, jobs)).await;
+            let c = self.pool.acquire().await;
+            let jobs = take();
+            if jobs.is_empty() {
+                return;
+            }
+            match c {
+                Ok(c) => commit_group(c, jobs).await,
+                Err(e) => {
+                    let text = e.to_string();
+                    for (_, reply) in jobs {
+                        let _ = reply.send(Err(Error::Protocol(format!("no database connection: {text}"))));
                     }
                 }
             }

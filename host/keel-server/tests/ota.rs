@@ -29,6 +29,7 @@ on_both_databases!("ota-", a_deployment_reaches_devices_by_id_and_by_tag);
 on_both_databases!("ota-", a_tampered_layer_is_refused_by_the_device);
 on_both_databases!("ota-", a_download_resumes_after_a_server_restart);
 on_both_databases!("ota-", accounts_cannot_see_or_use_each_others_updates);
+on_both_databases!("ota-", a_repeated_status_is_not_written_again);
 on_both_databases!("ota-", a_large_tag_deploy_reloads_no_unrelated_connection);
 
 async fn call(
@@ -484,4 +485,29 @@ async fn a_large_tag_deploy_reloads_no_unrelated_connection(store: Store) {
     t1.abort();
     t2.abort();
     w.gateway.abort();
+}
+
+async fn a_repeated_status_is_not_written_again(store: Store) {
+    use keel_server::ota::UpdateStatus;
+    store.create_account("a", "Acme").await.unwrap();
+    store.add_device("a", "kd01", &[7; 32], "one").await.unwrap();
+    let status = |progress, at| UpdateStatus {
+        state: "downloading".into(),
+        sequence: 5,
+        installed: 1,
+        progress,
+        total: 100,
+        reason: String::new(),
+        updated_at: at,
+    };
+    // The first report is stored and is a change (an update event).
+    assert!(store.store_update_status("kd01", &status(10, 1_000), true).await.unwrap());
+    // The same report again (a device reconnecting, a fleet after a server restart): nothing
+    // is written, so the registry keeps when the device first reported it.
+    assert!(!store.store_update_status("kd01", &status(10, 2_000), true).await.unwrap());
+    assert_eq!(store.update_status("kd01").await.unwrap(), Some(status(10, 1_000)));
+    // Progress is written (not an event), with its time.
+    assert!(!store.store_update_status("kd01", &status(20, 3_000), true).await.unwrap());
+    assert_eq!(store.update_status("kd01").await.unwrap(), Some(status(20, 3_000)));
+    assert_eq!(store.update_events("kd01", 10).await.unwrap().len(), 1);
 }

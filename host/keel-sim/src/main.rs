@@ -22,9 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 const USAGE: &str = "usage:
   keel-sim bench [DEVICES] [LOG_LINES]
       handshakes and log ingestion against an in-process server
-  keel-sim idle --server-bin PATH [--count N] [--concurrency K]
+  keel-sim idle --server-bin PATH [--count N] [--concurrency K] [--hold SECS]
       RSS of a `keel server run` child process per connected idle device
-      (N devices, default 10000; at most K handshakes in flight, default 64)";
+      (N devices, default 10000; at most K handshakes in flight, default 64;
+      --hold keeps them connected SECS more seconds after the measurement, for a heap profiler)";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -154,6 +155,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
     let mut server_bin = None;
     let mut count: usize = 10_000;
     let mut concurrency: usize = 64;
+    let mut hold = Duration::ZERO;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"));
@@ -161,6 +163,7 @@ async fn idle(args: &[String]) -> Result<(), String> {
             "--server-bin" => server_bin = Some(PathBuf::from(value()?)),
             "--count" => count = value()?.parse().map_err(|_| "--count: not a number")?,
             "--concurrency" => concurrency = value()?.parse().map_err(|_| "--concurrency: not a number")?,
+            "--hold" => hold = Duration::from_secs(value()?.parse().map_err(|_| "--hold: not a number")?),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
     }
@@ -284,6 +287,10 @@ async fn idle(args: &[String]) -> Result<(), String> {
     let reconnects: u64 = sims.iter().map(|d| u64::from(d.stats().sessions.saturating_sub(1))).sum();
     if online as usize != count || reconnects > 0 {
         return Err(format!("devices dropped during the measurement: {online} online, {reconnects} reconnects"));
+    }
+    if !hold.is_zero() {
+        eprintln!("keel-sim idle: measured; holding the devices connected for {} s", hold.as_secs());
+        tokio::time::sleep(hold).await;
     }
     drop(server);
     drop(dir);
