@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// Query of `POST /v1/bundles`.
-#[derive(Deserialize, IntoParams, Default)]
+#[derive(Serialize, Deserialize, IntoParams, Debug, Clone, Default)]
 pub struct UploadQuery {
     /// Accept a sequence more than 10 years ahead of the clock and of the account's bundles.
     #[serde(default)]

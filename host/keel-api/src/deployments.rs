@@ -45,7 +45,7 @@ pub struct UpdateEventJson {
 }
 
 /// Query of the update events endpoint.
-#[derive(Deserialize, IntoParams)]
+#[derive(Serialize, Deserialize, IntoParams, Debug, Clone, Default)]
 pub struct EventsQuery {
     /// The most recent this many (default 100, max 1000).
     pub limit: Option<u32>,

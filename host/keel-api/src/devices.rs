@@ -91,7 +91,7 @@ pub struct EventJson {
 }
 
 /// Query of the device list.
-#[derive(Deserialize, IntoParams)]
+#[derive(Serialize, Deserialize, IntoParams, Debug, Clone, Default)]
 pub struct DevicesQuery {
     /// Only devices with this tag.
     pub tag: Option<String>,

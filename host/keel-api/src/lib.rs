@@ -4,8 +4,15 @@
 //! parameters, with their OpenAPI schemas. The server (`keel-server`'s `http` module) serves
 //! them; the CLI, the simulator, xtask and the tests read and send them, so a field renamed on
 //! one side fails to compile on the other. See `GET /v1/openapi.json` for the routes.
+//!
+//! With the feature `client`, [`Client`] is a typed blocking client of the API (ureq with rustls;
+//! one method per route, errors as [`ApiError`] with the HTTP status and the API's `error.code`);
+//! the CLI, the simulator's idle bench and the tests talk to the server through it. The server
+//! leaves the feature off.
 
 mod bundles;
+#[cfg(feature = "client")]
+mod client;
 mod deployments;
 mod devices;
 mod errors;
@@ -15,6 +22,8 @@ mod signer_keys;
 mod tokens;
 
 pub use bundles::*;
+#[cfg(feature = "client")]
+pub use client::{ApiError, Client, LogStream};
 pub use deployments::*;
 pub use devices::*;
 pub use errors::*;

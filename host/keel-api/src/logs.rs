@@ -21,7 +21,7 @@ pub struct LogJson {
 }
 
 /// Query of the logs endpoint.
-#[derive(Deserialize, IntoParams)]
+#[derive(Serialize, Deserialize, IntoParams, Debug, Clone, Default)]
 pub struct LogQuery {
     /// Only records with a sequence number above this.
     pub after: Option<u64>,
@@ -30,7 +30,7 @@ pub struct LogQuery {
 }
 
 /// Query of the live log stream.
-#[derive(Deserialize, IntoParams)]
+#[derive(Serialize, Deserialize, IntoParams, Debug, Clone, Default)]
 pub struct StreamQuery {
     /// Start after this sequence number (the `Last-Event-ID` header, sent by reconnecting SSE
     /// clients, takes precedence). Without either, the stream starts with records stored from now on.

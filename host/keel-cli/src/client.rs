@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keel_api::{CreatedToken, DeviceJson, DevicePatch, LogJson, NewDevice, ServerInfo, TokenJson};
+use keel_api::{ApiError, Client, DevicePatch, DevicesQuery, LogJson, LogQuery, NewDevice, NewToken, StreamQuery};
+use keel_api::{DeviceJson, ServerInfo};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -20,52 +21,30 @@ pub struct Conn {
     pub ca: Option<PathBuf>,
 }
 
-/// A resolved server and token.
-pub(crate) struct Api {
-    pub(crate) server: String,
-    pub(crate) token: String,
-}
-
 impl Conn {
-    pub(crate) fn api(&self) -> Result<Api, String> {
+    /// The API client of the server and token these options (or the config file) name, trusting
+    /// the `--ca` file if one is given. Warns about a token sent over plain http to another host.
+    pub(crate) fn client(&self) -> Result<Client, String> {
         let file = crate::config::load()?;
         let server = self.server.clone().or(file.server).unwrap_or_else(|| crate::config::DEFAULT_SERVER.into());
         let token = self.token.clone().or(file.token).ok_or(
             "no API token: run `keel login --token <token>` once, or pass --token / set KEEL_TOKEN \
              (`keel server init` prints the first token; `keel token create` makes more)",
         )?;
+        let mut client = Client::new(server).with_token(token);
         let ca = self.ca.clone().or(file.ca.map(PathBuf::from));
         if let Some(ca) = ca {
-            trust_ca(&ca)?;
+            let pem = std::fs::read(&ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            client = client.with_ca(&pem).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
         }
-        if let Some(host) = plain_remote_host(&server) {
+        if let Some(host) = plain_remote_host(client.base_url()) {
             eprintln!(
                 "keel: warning: sending the API token over plain http:// to {host}, which is not this machine; \
                  use https:// (keel server run --tls-cert/--tls-key)"
             );
         }
-        Ok(Api { server: server.trim_end_matches('/').to_string(), token })
+        Ok(client)
     }
-}
-
-/// TLS settings of every request of this process (set once by [`Conn::api`] from `--ca`).
-static TLS: std::sync::OnceLock<ureq::tls::TlsConfig> = std::sync::OnceLock::new();
-
-/// Trusts only the certificates in the PEM file `ca` for https:// servers.
-fn trust_ca(ca: &std::path::Path) -> Result<(), String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| format!("--ca {}: {e}", ca.display()))? {
-            certs.push(c);
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!("--ca {}: no PEM certificate in the file", ca.display()));
-    }
-    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build();
-    let _ = TLS.set(tls);
-    Ok(())
 }
 
 /// The host of a plain `http://` URL when it is not a loopback address or `localhost`.
@@ -83,20 +62,20 @@ fn plain_remote_host(url: &str) -> Option<String> {
     (!loopback).then(|| host.to_string())
 }
 
-/// True for a failed TLS handshake (an untrusted certificate, say): retrying will not help.
-fn is_tls_error(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_)) || e.to_string().contains("certificate")
-}
-
-/// A transport error as a message that says what to do.
-pub(crate) fn transport_error(api: &Api, e: ureq::Error) -> String {
-    match e {
-        e if is_tls_error(&e) => format!(
-            "TLS with {} failed: {e}. If the server's certificate is from a private CA or self-signed, \
-             pass --ca FILE (or KEEL_CA, or `ca = \"FILE\"` in the config)",
-            api.server
+/// An API client's error as the message the command ends with: advice for a failed TLS handshake
+/// or an unreachable server; an error answer's code and status are kept for `--json` errors.
+pub(crate) fn api_error(e: ApiError) -> String {
+    match &e {
+        ApiError::Api { code, status, .. } => {
+            *LAST_API_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some((code.clone(), *status));
+            e.to_string()
+        }
+        ApiError::Transport { tls: true, .. } => format!(
+            "{e}. If the server's certificate is from a private CA or self-signed, \
+             pass --ca FILE (or KEEL_CA, or `ca = \"FILE\"` in the config)"
         ),
-        e => format!("cannot reach the server at {}: {e} (is `keel server run` running?)", api.server),
+        ApiError::Transport { .. } => format!("{e} (is `keel server run` running?)"),
+        ApiError::Decode { .. } | ApiError::Local { .. } => e.to_string(),
     }
 }
 
@@ -214,56 +193,6 @@ pub struct LoginArgs {
     conn: Conn,
 }
 
-/// The HTTP client: https with the trust set by `--ca` (else the public web roots), and HTTP
-/// errors as responses.
-pub(crate) fn agent() -> ureq::Agent {
-    let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
-    if let Some(tls) = TLS.get() {
-        cfg = cfg.tls_config(tls.clone());
-    }
-    cfg.build().into()
-}
-
-pub(crate) fn request<T: serde::de::DeserializeOwned>(
-    api: &Api,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<T, String> {
-    let url = format!("{}{}", api.server, path);
-    let auth = format!("Bearer {}", api.token);
-    let a = agent();
-    let result = match (method, body) {
-        ("GET", None) => a.get(&url).header("authorization", &auth).call(),
-        ("DELETE", None) => a.delete(&url).header("authorization", &auth).call(),
-        ("POST", Some(b)) => a.post(&url).header("authorization", &auth).send_json(b),
-        ("PATCH", Some(b)) => a.patch(&url).header("authorization", &auth).send_json(b),
-        _ => return Err(format!("unsupported request {method} {path}")),
-    };
-    read_response(api, result)
-}
-
-/// Turns a response into `T`, or its JSON error into a message.
-pub(crate) fn read_response<T: serde::de::DeserializeOwned>(
-    api: &Api,
-    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<T, String> {
-    let mut resp = result.map_err(|e| transport_error(api, e))?;
-    let status = resp.status();
-    let text = resp.body_mut().read_to_string().map_err(|e| format!("bad response from the server: {e}"))?;
-    let value: serde_json::Value = if text.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).map_err(|e| format!("bad response from the server: {e}"))?
-    };
-    if !status.is_success() {
-        note_api_error(&value, status.as_u16());
-        let msg = value["error"]["message"].as_str().unwrap_or("request failed").to_string();
-        return Err(format!("{msg} (HTTP {})", status.as_u16()));
-    }
-    serde_json::from_value(value).map_err(|e| format!("unexpected response: {e}"))
-}
-
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), String> {
     println!("{}", serde_json::to_string(v).map_err(|e| e.to_string())?);
     Ok(())
@@ -306,11 +235,6 @@ pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 /// The API's `error.code` and HTTP status of the last failed request, for `--json` errors.
 static LAST_API_ERROR: std::sync::Mutex<Option<(String, u16)>> = std::sync::Mutex::new(None);
 
-fn note_api_error(body: &serde_json::Value, status: u16) {
-    let code = body["error"]["code"].as_str().unwrap_or("http_error").to_string();
-    *LAST_API_ERROR.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, status));
-}
-
 /// The `error.code` and HTTP status of the API error that ended the command, if one did.
 pub(crate) fn last_api_error() -> Option<(String, u16)> {
     LAST_API_ERROR.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -322,17 +246,18 @@ fn split_tags(t: &str) -> Vec<String> {
 
 /// `keel login`: checks the token against the server and saves both in the config file.
 pub fn login(a: LoginArgs, json: bool) -> Result<(), String> {
-    let api = a.conn.api()?;
-    let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
+    let api = a.conn.client()?;
+    let info: ServerInfo = api.server_info().map_err(api_error)?;
+    let server = api.base_url();
     let path = crate::config::save(&crate::config::Config {
-        server: Some(api.server.clone()),
-        token: Some(api.token),
+        server: Some(server.to_string()),
+        token: api.token().map(String::from),
         ca: a.conn.ca.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.into()).display().to_string()),
     })?;
     if json {
-        print_json(&serde_json::json!({ "server": api.server, "server_version": info.version, "config": path }))
+        print_json(&serde_json::json!({ "server": server, "server_version": info.version, "config": path }))
     } else {
-        println!("logged in to {} (keel {}); saved in {}", api.server, escape(&info.version), path.display());
+        println!("logged in to {server} (keel {}); saved in {}", escape(&info.version), path.display());
         Ok(())
     }
 }
@@ -341,7 +266,7 @@ pub fn login(a: LoginArgs, json: bool) -> Result<(), String> {
 pub fn token(cmd: TokenCmd, json: bool) -> Result<(), String> {
     match cmd {
         TokenCmd::List(conn) => {
-            let tokens: Vec<TokenJson> = request(&conn.api()?, "GET", "/v1/tokens", None)?;
+            let tokens = conn.client()?.tokens().map_err(api_error)?;
             if json {
                 return print_json(&tokens);
             }
@@ -360,8 +285,8 @@ pub fn token(cmd: TokenCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
         TokenCmd::Create { conn, name, scope, expires } => {
-            let body = serde_json::json!({ "name": name, "scope": scope, "expires_in_s": expires });
-            let t: CreatedToken = request(&conn.api()?, "POST", "/v1/tokens", Some(body))?;
+            let new = NewToken { name, scope: Some(scope), expires_in_s: expires };
+            let t = conn.client()?.create_token(&new).map_err(api_error)?;
             if json {
                 return print_json(&t);
             }
@@ -379,7 +304,7 @@ Keep it: it is shown once.",
             Ok(())
         }
         TokenCmd::Revoke { conn, id } => {
-            request::<serde_json::Value>(&conn.api()?, "DELETE", &format!("/v1/tokens/{id}"), None)?;
+            conn.client()?.revoke_token(&id).map_err(api_error)?;
             if json {
                 return print_json(&serde_json::json!({ "revoked": id }));
             }
@@ -500,8 +425,7 @@ fn show_device(d: &DeviceJson) {
 pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
     match cmd {
         DeviceCmd::List { conn, tag } => {
-            let q = tag.map_or(String::new(), |t| format!("?tag={}", urlencode(&t)));
-            let devs: Vec<DeviceJson> = request(&conn.api()?, "GET", &format!("/v1/devices{q}"), None)?;
+            let devs = conn.client()?.devices(&DevicesQuery { tag }).map_err(api_error)?;
             if json {
                 return print_json(&devs);
             }
@@ -509,7 +433,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
         DeviceCmd::Show { conn, device } => {
-            let d: DeviceJson = request(&conn.api()?, "GET", &format!("/v1/devices/{}", urlencode(&device)), None)?;
+            let d = conn.client()?.device(&device).map_err(api_error)?;
             if json {
                 return print_json(&d);
             }
@@ -521,9 +445,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
                 return Err("nothing to change: pass --name and/or --tags".into());
             }
             let patch = DevicePatch { name, tags: tags.as_deref().map(split_tags) };
-            let body = serde_json::to_value(&patch).map_err(|e| e.to_string())?;
-            let d: DeviceJson =
-                request(&conn.api()?, "PATCH", &format!("/v1/devices/{}", urlencode(&device)), Some(body))?;
+            let d = conn.client()?.patch_device(&device, &patch).map_err(api_error)?;
             if json {
                 return print_json(&d);
             }
@@ -534,7 +456,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             if !yes {
                 return Err(format!("deleting {device} removes it and all its logs; run again with --yes to confirm"));
             }
-            request::<serde_json::Value>(&conn.api()?, "DELETE", &format!("/v1/devices/{}", urlencode(&device)), None)?;
+            conn.client()?.delete_device(&device).map_err(api_error)?;
             if json {
                 return print_json(&serde_json::json!({ "deleted": device }));
             }
@@ -551,14 +473,14 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
                     })?)
                 }
             };
-            let api = conn.api()?;
+            let api = conn.client()?;
             if flash.exists() {
                 return Err(format!(
                     "{} exists; provisioning writes a new flash file (choose another path)",
                     flash.display()
                 ));
             }
-            let info: ServerInfo = request(&api, "GET", "/v1/server", None)?;
+            let info = api.server_info().map_err(api_error)?;
             let mut factory =
                 keel_vdev::flash::new_factory_for(&gateway_host, gateway_port).map_err(|e| e.to_string())?;
             if let Some(k) = signer {
@@ -573,8 +495,7 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             let id = String::from_utf8_lossy(&factory.device_id_ascii()).to_string();
             let new =
                 NewDevice { id: id.clone(), name, public_key: keel_server::hex(&public), tags: split_tags(&tags) };
-            let d: DeviceJson =
-                request(&api, "POST", "/v1/devices", Some(serde_json::to_value(&new).map_err(|e| e.to_string())?))?;
+            let d = api.register_device(&new).map_err(api_error)?;
             keel_vdev::flash::create(&flash, &factory).map_err(|e| format!("cannot write {}: {e}", flash.display()))?;
             if json {
                 return print_json(&serde_json::json!({ "device": d, "flash": flash }));
@@ -583,15 +504,6 @@ pub fn device(cmd: DeviceCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-pub(crate) fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn print_log(l: &LogJson, json: bool) {
@@ -613,14 +525,12 @@ fn print_log(l: &LogJson, json: bool) {
 /// Prints a device's logs: a table, a JSON array with `--json`, or (with `--follow`) one line or
 /// one JSON object per record as they arrive.
 pub fn logs(a: LogsArgs, json: bool) -> Result<(), String> {
-    let api = a.conn.api()?;
-    let dev = urlencode(&a.device);
+    let api = a.conn.client()?;
     let mut after = a.after;
     let mut all: Vec<LogJson> = Vec::new();
     // Stored records first, a page at a time.
     loop {
-        let q = after.map_or(String::new(), |s| format!("&after={s}"));
-        let page: Vec<LogJson> = request(&api, "GET", &format!("/v1/devices/{dev}/logs?limit=1000{q}"), None)?;
+        let page = api.logs(&a.device, &LogQuery { after, limit: Some(1000) }).map_err(api_error)?;
         let full = page.len() == 1000;
         after = page.last().map(|l| l.seq).or(after);
         if json && !a.follow {
@@ -643,7 +553,7 @@ pub fn logs(a: LogsArgs, json: bool) -> Result<(), String> {
     // Then the live stream, resumed after the last record seen whenever it breaks.
     let mut retry = Duration::from_millis(250);
     loop {
-        match follow(&api, &dev, &mut after, json) {
+        match follow(&api, &a.device, &mut after, json) {
             Ok(()) => retry = Duration::from_millis(250),
             Err(Stream::Fatal(e)) => return Err(e),
             Err(Stream::Broken(e)) => {
@@ -658,48 +568,31 @@ pub fn logs(a: LogsArgs, json: bool) -> Result<(), String> {
 enum Stream {
     /// Worth retrying (network, server restart).
     Broken(String),
-    /// Not worth retrying (bad token, unknown device).
+    /// Not worth retrying (bad token, unknown device, untrusted certificate).
     Fatal(String),
 }
 
-/// Reads the SSE stream until it ends; advances `after` with every record printed.
-fn follow(api: &Api, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(), Stream> {
-    use std::io::{BufRead, BufReader, Write};
+/// Reads the live stream until it ends; advances `after` with every record printed.
+fn follow(api: &Client, dev: &str, after: &mut Option<u64>, json: bool) -> Result<(), Stream> {
+    use std::io::Write;
     // Sequence numbers start at 1 << 32 (boot 1), so `after=0` means every record.
-    let url = format!("{}/v1/devices/{dev}/logs/stream?after={}", api.server, after.unwrap_or(0));
-    let resp = agent()
-        .get(&url)
-        .header("authorization", &format!("Bearer {}", api.token))
-        .header("accept", "text/event-stream")
-        .call()
-        .map_err(|e| {
-            if is_tls_error(&e) {
-                Stream::Fatal(transport_error(api, e))
-            } else {
-                Stream::Broken(transport_error(api, e))
-            }
+    let stream = api.stream_logs(dev, &StreamQuery { after: Some(after.unwrap_or(0)) }).map_err(|e| {
+        if e.is_transient() {
+            Stream::Broken(api_error(e))
+        } else {
+            Stream::Fatal(api_error(e))
+        }
+    })?;
+    for l in stream {
+        // A broken connection or a bad event: what broke, then a reconnect.
+        let l = l.map_err(|e| match e {
+            ApiError::Transport { message, .. } => Stream::Broken(message),
+            e => Stream::Broken(e.to_string()),
         })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body: serde_json::Value = resp.into_body().read_json().unwrap_or_default();
-        note_api_error(&body, status.as_u16());
-        let msg = body["error"]["message"].as_str().unwrap_or("request failed");
-        let e = format!("{msg} (HTTP {})", status.as_u16());
-        return Err(if status.is_server_error() { Stream::Broken(e) } else { Stream::Fatal(e) });
-    }
-    let mut data = String::new();
-    for line in BufReader::new(resp.into_body().into_reader()).lines() {
-        let line = line.map_err(|e| Stream::Broken(e.to_string()))?;
-        if let Some(d) = line.strip_prefix("data:") {
-            data.push_str(d.trim_start());
-        } else if line.is_empty() && !data.is_empty() {
-            let l: LogJson = serde_json::from_str(&data).map_err(|e| Stream::Broken(format!("bad event: {e}")))?;
-            data.clear();
-            if after.is_none_or(|a| l.seq > a) {
-                *after = Some(l.seq);
-                print_log(&l, json);
-                let _ = std::io::stdout().flush();
-            }
+        if after.is_none_or(|a| l.seq > a) {
+            *after = Some(l.seq);
+            print_log(&l, json);
+            let _ = std::io::stdout().flush();
         }
     }
     Ok(())

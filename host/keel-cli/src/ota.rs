@@ -9,10 +9,10 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use keel_api::{BundleJson, DeploymentJson, SignerKeyJson};
+use keel_api::{NewDeployment, NewSignerKey, UploadQuery};
 use keel_bundle::{BundleSpec, LayerSpec, Policies, Target};
 
-use crate::client::{agent, escape, print_json, read_response, request, time_str, urlencode, Conn};
+use crate::client::{api_error, escape, print_json, time_str, Conn};
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
@@ -153,8 +153,8 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
                     file.display()
                 ));
             }
-            let body = serde_json::json!({ "name": name, "public_key": text.trim() });
-            let k: SignerKeyJson = request(&conn.api()?, "POST", "/v1/signer-keys", Some(body))?;
+            let new = NewSignerKey { name, public_key: text.trim().to_string() };
+            let k = conn.client()?.add_signer_key(&new).map_err(api_error)?;
             if json {
                 return print_json(&k);
             }
@@ -162,7 +162,7 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
         KeysCmd::List(conn) => {
-            let keys: Vec<SignerKeyJson> = request(&conn.api()?, "GET", "/v1/signer-keys", None)?;
+            let keys = conn.client()?.signer_keys().map_err(api_error)?;
             if json {
                 return print_json(&keys);
             }
@@ -180,7 +180,7 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
         KeysCmd::Revoke { conn, id } => {
-            request::<serde_json::Value>(&conn.api()?, "DELETE", &format!("/v1/signer-keys/{}", urlencode(&id)), None)?;
+            conn.client()?.revoke_signer_key(&id).map_err(api_error)?;
             if json {
                 return print_json(&serde_json::json!({ "revoked": id }));
             }
@@ -278,13 +278,19 @@ impl<R: Read> Read for Progress<R> {
 pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
     match cmd {
         AppsCmd::Upload { conn, bundle, force } => {
-            let api = conn.api()?;
-            let bytes = std::fs::read(&bundle).map_err(|e| format!("cannot read {}: {e}", bundle.display()))?;
+            let api = conn.client()?;
+            let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", bundle.display());
+            let file = std::fs::File::open(&bundle).map_err(cannot_read)?;
+            let meta = file.metadata().map_err(cannot_read)?;
+            if meta.is_dir() {
+                return Err(format!("cannot read {}: it is a directory", bundle.display()));
+            }
+            let len = meta.len();
             // The bar goes to stderr, only for a person watching.
             let bar = if json || !std::io::stderr().is_terminal() {
                 indicatif::ProgressBar::hidden()
             } else {
-                let bar = indicatif::ProgressBar::new(bytes.len() as u64);
+                let bar = indicatif::ProgressBar::new(len);
                 if let Ok(style) =
                     indicatif::ProgressStyle::with_template("uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
                 {
@@ -292,15 +298,11 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
                 }
                 bar
             };
-            let mut reader = Progress { inner: std::io::Cursor::new(bytes.as_slice()), bar: bar.clone() };
-            let result = agent()
-                .post(format!("{}/v1/bundles{}", api.server, if force { "?force=true" } else { "" }))
-                .header("authorization", format!("Bearer {}", api.token))
-                .header("content-type", "application/octet-stream")
-                .header("content-length", bytes.len().to_string())
-                .send(ureq::SendBody::from_reader(&mut reader));
+            // The file is streamed as it is sent, through the bar.
+            let mut reader = Progress { inner: std::io::BufReader::new(file), bar: bar.clone() };
+            let result = api.upload_bundle(&mut reader, len, &UploadQuery { force });
             bar.finish_and_clear();
-            let b: BundleJson = read_response(&api, result).map_err(|e| format!("{}: {e}", bundle.display()))?;
+            let b = result.map_err(|e| format!("{}: {}", bundle.display(), api_error(e)))?;
             if json {
                 return print_json(&b);
             }
@@ -310,7 +312,7 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
             Ok(())
         }
         AppsCmd::List(conn) => {
-            let bundles: Vec<BundleJson> = request(&conn.api()?, "GET", "/v1/bundles", None)?;
+            let bundles = conn.client()?.bundles().map_err(api_error)?;
             if json {
                 return print_json(&bundles);
             }
@@ -333,8 +335,8 @@ pub fn apps(cmd: AppsCmd, json: bool) -> Result<(), String> {
 
 /// `keel deploy`.
 pub fn deploy(a: DeployArgs, json: bool) -> Result<(), String> {
-    let body = serde_json::json!({ "bundle": a.bundle, "device": a.device, "tag": a.tag, "force": a.force });
-    let d: DeploymentJson = request(&a.conn.api()?, "POST", "/v1/deployments", Some(body))?;
+    let new = NewDeployment { bundle: a.bundle, device: a.device, tag: a.tag, force: a.force };
+    let d = a.conn.client()?.deploy(&new).map_err(api_error)?;
     if json {
         return print_json(&d);
     }

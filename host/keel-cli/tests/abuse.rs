@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, keel, start_server};
+use keel_api::{ApiError, Client, LogQuery, NewDevice};
 use keel_link::msg::{features, Hello, PROTOCOL_MIN, PROTOCOL_VERSION};
 use keel_link::session::DeviceSession;
 use keel_sim::{new_secret, public_key, SimDevice};
@@ -73,12 +74,9 @@ fn soft_open_files() -> u64 {
     line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
+/// The operator's API client: the first token, every request answered within 20 s.
+fn client(api: &str, token: &str) -> Client {
+    Client::new(api).with_token(token).with_timeout(Duration::from_secs(20))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,13 +102,10 @@ async fn the_server_keeps_serving_its_fleet_under_abuse() {
     let gateway: SocketAddr = ([127, 0, 0, 1], gw_port).into();
 
     // The fleet, plus one spare device whose handshake the attacker replays.
+    let operator = client(&api, &token);
     let register = |id: &str, key: &[u8; 32]| {
-        let mut r = agent()
-            .post(&format!("{api}/v1/devices"))
-            .header("Authorization", &format!("Bearer {token}"))
-            .send_json(serde_json::json!({ "id": id, "name": "abuse", "public_key": hex(key) }))
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "register {id}: {}", r.body_mut().read_to_string().unwrap_or_default());
+        let new = NewDevice { id: id.into(), name: "abuse".into(), public_key: hex(key), tags: Vec::new() };
+        operator.register_device(&new).unwrap_or_else(|e| panic!("register {id}: {e}"));
     };
     let mut sims = Vec::new();
     for i in 0..DEVICES {
@@ -146,20 +141,16 @@ async fn the_server_keeps_serving_its_fleet_under_abuse() {
     });
     let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let probe = std::thread::spawn({
-        let (api, token, probing) = (api.clone(), token.clone(), probing.clone());
+        let (operator, probing) = (operator.clone(), probing.clone());
         move || {
-            let agent = agent();
             let mut lat = Vec::new();
             let mut failures = Vec::new();
+            let (device, page) = (format!("kd{:032x}", 7), LogQuery { after: None, limit: Some(10) });
             while probing.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = agent
-                    .get(&format!("{api}/v1/devices/kd{:032x}/logs?limit=10", 7))
-                    .header("Authorization", &format!("Bearer {token}"))
-                    .call();
-                match r {
-                    Ok(r) if r.status().as_u16() == 200 => lat.push(t.elapsed()),
-                    Ok(r) => failures.push(format!("status {}", r.status())),
+                match operator.logs(&device, &page) {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(e @ ApiError::Api { .. }) => failures.push(format!("status {e}")),
                     Err(e) => failures.push(e.to_string()),
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -369,23 +360,14 @@ async fn the_server_keeps_serving_its_fleet_under_abuse() {
     stop.notify_one();
     rss_task.await.unwrap();
     let (lat, failures) = probe.join().unwrap();
-    let agent = agent();
     for i in 0..DEVICES {
         let mut after = None::<u64>;
         let mut texts = Vec::new();
         loop {
-            let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
-            let page: Vec<serde_json::Value> = agent
-                .get(&format!("{api}/v1/devices/kd{i:032x}/logs?limit=1000{q}"))
-                .header("Authorization", &format!("Bearer {token}"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_json()
-                .unwrap();
+            let page = operator.logs(&format!("kd{i:032x}"), &LogQuery { after, limit: Some(1000) }).unwrap();
             let Some(last) = page.last() else { break };
-            after = last["seq"].as_u64();
-            texts.extend(page.iter().filter_map(|l| l["text"].as_str().map(str::to_string)));
+            after = Some(last.seq);
+            texts.extend(page.into_iter().map(|l| l.text));
         }
         let prefix = format!("d{i} line ");
         let lines: Vec<_> = texts.into_iter().filter(|t| t.starts_with(&prefix)).collect();

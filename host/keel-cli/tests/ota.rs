@@ -220,13 +220,7 @@ fn updates_confirm_roll_back_refuse_and_resume() {
     let server = start_server(&data, http, gw, false);
     let u = world.wait_state(&mut qemu, 7, "confirmed");
     assert_eq!(u["installed"], 7, "{u}");
-    let metrics = ureq::get(&format!("{url}/metrics"))
-        .header("authorization", &format!("Bearer {token}"))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = keel_api::Client::new(&url).with_token(&token).metrics().unwrap();
     let served: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("keel_layer_bytes_served_total "))

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_api::{Client, NewDevice};
 use keel_bundle::{build_bundle, reference_region_capacity, BundleSpec, LayerSpec, Policies, SigningKey, Target};
 use keel_sim::{new_secret, public_key, SimDevice};
 
@@ -103,8 +104,9 @@ fn init(data: &Path) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-/// A raw HTTP/1.1 GET with a token over `s`; the status code, or `None` if the connection
-/// ended (or timed out) without an answer.
+/// A raw HTTP/1.1 GET with a token over the connection `s` (one the test holds: over the cap, from
+/// another address); the status code, or `None` if the connection ended (or timed out) without
+/// an answer.
 fn get_status(s: &mut TcpStream, path: &str, token: &str) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
@@ -114,9 +116,20 @@ fn get_status(s: &mut TcpStream, path: &str, token: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// `GET /v1/tokens` over plain HTTP on a new connection (a new client each time): the status, or
+/// `None` if no answer came within 10 s.
 fn api_status(http: u16, token: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", http)).ok()?;
-    get_status(&mut s, "/v1/tokens", token)
+    let api = Client::new(format!("http://127.0.0.1:{http}")).with_token(token).with_timeout(Duration::from_secs(10));
+    match api.tokens() {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    }
+}
+
+/// Registers a device with the API.
+fn register(url: &str, token: &str, id: &str, name: &str, key: &[u8; 32]) {
+    let new = NewDevice { id: id.into(), name: name.into(), public_key: keel_server::hex(key), tags: Vec::new() };
+    Client::new(url).with_token(token).register_device(&new).unwrap_or_else(|e| panic!("register {id}: {e}"));
 }
 
 /// True once the peer has closed `s` (a read returns end of file or an error other than a
@@ -392,12 +405,7 @@ async fn backup_and_restore_keep_devices_logs_and_bundles() {
     // A device, its log line, a signer key and a bundle.
     let secret = new_secret();
     let dev_id = format!("kd{}", "ab".repeat(16));
-    let body = serde_json::json!({ "id": dev_id, "name": "d1", "public_key": keel_server::hex(&public_key(&secret)) });
-    let resp = ureq::post(&format!("{url}/v1/devices"))
-        .header("authorization", &format!("Bearer {token}"))
-        .send_json(body)
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    register(&url, &token, &dev_id, "d1", &public_key(&secret));
     let signer = SigningKey::from_bytes(&[7; 32]);
     let pubfile = dir.join("signer.pub");
     std::fs::write(&pubfile, keel_server::hex(&signer.verifying_key().to_bytes())).unwrap();
@@ -477,12 +485,7 @@ async fn a_huge_log_retention_keeps_logs() {
     let server_public: [u8; 32] = keel_server::unhex(&key_hex).unwrap().try_into().unwrap();
     let secret = new_secret();
     let dev_id = format!("kd{}", "cd".repeat(16));
-    let body = serde_json::json!({ "id": dev_id, "name": "d", "public_key": keel_server::hex(&public_key(&secret)) });
-    let resp = ureq::post(&format!("{url}/v1/devices"))
-        .header("authorization", &format!("Bearer {token}"))
-        .send_json(body)
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    register(&url, &token, &dev_id, "d", &public_key(&secret));
     let dev = Arc::new(SimDevice::new(secret, server_public, 1));
     let d = dev.clone();
     let task = tokio::spawn(async move { d.run(SocketAddr::from(([127, 0, 0, 1], gw)), 20).await });
@@ -501,8 +504,8 @@ fn metrics_listen_on_their_own_address() {
     let token = init(&dir);
     let (http, gw, metrics) = (free_port(), free_port(), free_port());
     let _server = start(&dir, http, gw, &["--metrics", &format!("127.0.0.1:{metrics}")]);
-    let text =
-        ureq::get(&format!("http://127.0.0.1:{metrics}/metrics")).call().unwrap().into_body().read_to_string().unwrap();
+    // Without a token: the metrics listener has no authentication.
+    let text = Client::new(format!("http://127.0.0.1:{metrics}")).metrics().unwrap();
     assert!(text.contains("keel_"), "{text}");
     let mut s = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
     assert_eq!(get_status(&mut s, "/v1/tokens", &token), Some(404));

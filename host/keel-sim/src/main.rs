@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use keel_server::gateway::{generate_keypair, serve};
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const USAGE: &str = "usage:
   keel-sim bench [DEVICES] [LOG_LINES]
@@ -358,14 +357,14 @@ async fn settled_rss(pid: u32) -> Result<(u64, bool), String> {
     }
 }
 
-/// `keel_devices_online` from the server's Prometheus `/metrics`.
+/// `keel_devices_online` from the server's Prometheus `/metrics`, through the API client (a new
+/// connection each time: none is held open while the server's memory is measured).
 async fn online_gauge(http: SocketAddr, token: &str) -> Result<i64, String> {
-    let mut s = TcpStream::connect(http).await.map_err(|e| format!("metrics: {e}"))?;
-    let req =
-        format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("metrics: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.map_err(|e| format!("metrics: {e}"))?;
+    let api = keel_api::Client::new(format!("http://{http}")).with_token(token).with_timeout(Duration::from_secs(30));
+    let body = tokio::task::spawn_blocking(move || api.metrics())
+        .await
+        .map_err(|e| format!("metrics: {e}"))?
+        .map_err(|e| format!("metrics: {e}"))?;
     body.lines()
         .find_map(|l| l.strip_prefix("keel_devices_online ")?.trim().parse().ok())
         .ok_or_else(|| format!("no keel_devices_online in /metrics: {body:?}"))
