@@ -560,7 +560,7 @@ impl Connection {
                 self.phase = Phase::Online;
                 self.next_ping = now.mono_us + us(PING_INTERVAL);
                 out.act(Action::Online);
-                if self.negotiated.allows(features::UPDATES) {
+                if self.negotiated.allows(features::UPDATES) && !self.target_loaded {
                     out.act(Action::LoadTarget);
                 }
                 return;
@@ -683,6 +683,16 @@ impl Connection {
     pub fn logs_stored(&mut self, out: &mut impl Output) {
         if let (Some(upto), Phase::Online) = (self.storing.take(), self.phase) {
             send(&self.negotiated, out, &Down::LogAck { upto });
+        }
+    }
+
+    /// Before `Ready`: the shell knows the device has no deployment (read with the handshake,
+    /// and none made since), so no [`Action::LoadTarget`] follows `Ready`. A deployment made
+    /// later arrives as usual through [`Connection::deployment_changed`].
+    pub fn known_without_target(&mut self) {
+        if matches!(self.phase, Phase::AwaitingReady { .. }) {
+            self.target = None;
+            self.target_loaded = true;
         }
     }
 

@@ -127,8 +127,6 @@ pub async fn serve_until(
     limits: GatewayLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    // Shared by every connection (no copy of the key per connection).
-    let server_private: Arc<[u8]> = server_private.into();
     let limiter = Limiter::new(limits);
     let (name, lease) = (limiter.limits().node_name.clone(), limiter.limits().presence_lease);
     // This run's presence: the devices of a previous run of this node are offline from here on.
@@ -145,6 +143,8 @@ pub async fn serve_until(
     let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (stop, stopping) = watch::channel(false);
+    // What every connection shares (nothing of it is copied per connection).
+    let shared = Arc::new(Shared { store: store.clone(), server_private, node: node.clone(), stopping });
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -183,8 +183,7 @@ pub async fn serve_until(
                     }
                 };
                 let deadline = Instant::now() + limiter.limits().handshake_timeout;
-                let ctx = Ctx { admission, deadline, stopping: stopping.clone(), node: node.clone() };
-                conns.spawn(connection(stream, peer, store.clone(), server_private.clone(), ctx));
+                conns.spawn(connection(stream, peer, admission, deadline, shared.clone()));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -220,41 +219,63 @@ struct HelloInfo {
     visor_version: String,
     app: Option<(String, String)>,
     boot_count: u32,
+    /// (the device's next log sequence number, the highest stored): its sequence went back.
+    /// Recorded as an event once the device is authenticated (a replayed old handshake must
+    /// not record one).
+    regression: Option<(u64, u64)>,
+}
+
+/// What the gateway's connections share.
+struct Shared {
+    store: Store,
+    server_private: Vec<u8>,
+    /// This gateway run's node id (presence).
+    node: Arc<str>,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
 }
 
 /// One device connection, accept to close, as one task. Everything it holds for as long as the
 /// device is connected is in its [`Session`] box and in this future; what only the handshake or
 /// an input needs is boxed apart and freed when done (10 000 idle devices cost what they keep).
-async fn connection(s: TcpStream, peer: std::net::SocketAddr, store: Store, server_private: Arc<[u8]>, ctx: Ctx) {
-    // Taken in its own statement: a temporary of a `match` scrutinee would live (and keep the
-    // handshake's allocation) until the match ends, that is for the whole session.
-    let handshaken = tokio::time::timeout_at(ctx.deadline, Box::pin(handshake(s, &store, &server_private))).await;
-    let result = match handshaken {
-        Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(h)) => {
-            let mut session = Session::start(h, &store, ctx);
-            let result = session.run().await;
-            // A device that reconnects before its old connection timed out has two for a
-            // while: only the newest (on whichever node) may mark it offline; the store checks
-            // it in the same statement.
-            let shell = &session.shell;
-            match shell.generation {
-                Some(generation) => {
-                    store.release_online(&shell.device.id, generation);
-                    match Box::pin(store.device_offline(&shell.device.id, &shell.node, generation)).await {
-                        Ok(_) => result,
-                        Err(e) => Err(e.into()),
+/// An `async` block rather than an `async fn`: the future keeps its inputs once, not twice.
+fn connection(
+    s: TcpStream,
+    peer: std::net::SocketAddr,
+    admission: Admission,
+    deadline: Instant,
+    shared: Arc<Shared>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let store = &shared.store;
+        // Taken in its own statement: a temporary of a `match` scrutinee would live (and keep
+        // the handshake's allocation) until the match ends, that is for the whole session.
+        let handshaken = tokio::time::timeout_at(deadline, Box::pin(handshake(s, store, &shared.server_private))).await;
+        let result = match handshaken {
+            Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(h)) => {
+                let ctx = Ctx { admission, deadline, stopping: shared.stopping.clone(), node: shared.node.clone() };
+                let mut session = Session::start(h, store, ctx);
+                let result = session.run().await;
+                // A device that reconnects before its old connection timed out has two for a
+                // while: only the newest (on whichever node) may mark it offline; the store
+                // checks it in the same statement.
+                let shell = &session.shell;
+                match shell.generation {
+                    Some(generation) => {
+                        store.release_online(&shell.device.id, generation);
+                        match Box::pin(store.device_offline(&shell.device.id, &shell.node, generation)).await {
+                            Ok(_) => result,
+                            Err(e) => Err(e.into()),
+                        }
                     }
+                    None => result,
                 }
-                None => result,
             }
-        }
-    };
-    let late = Close::ReadyTimeout.as_str();
-    match result {
-        Ok(()) => {}
-        Err(e) => {
+        };
+        let late = Close::ReadyTimeout.as_str();
+        if let Err(e) = result {
             if matches!(e, ConnError::Timeout(why) if why == HANDSHAKE_LATE || why == late) {
                 Counters::add(&store.counters().handshake_timeouts, 1);
             }
@@ -279,12 +300,12 @@ struct Handshaken {
     device: Known,
     info: HelloInfo,
     negotiated: keel_link::msg::Negotiated,
-    /// (the device's next log sequence number, the highest stored): its sequence went back.
-    regression: Option<(u64, u64)>,
+    /// The device had no deployment at the lookup; the deployment epoch read before it.
+    no_target: Option<u64>,
 }
 
 /// Message 1 through `Welcome`.
-async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<Handshaken, ConnError> {
+async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result<Box<Handshaken>, ConnError> {
     // Every write is a whole frame and the protocol is request/response (a fetch and its
     // layer data): Nagle's algorithm would hold each frame until the previous one is
     // acknowledged, which a peer's delayed ACK turns into 40 ms per frame.
@@ -297,9 +318,14 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     // The device's id and where its log delivery resumes, in one query. Resume below the
     // device's own next number: a stored number above it (its sequence went back, or one bogus
     // record) must not make the device discard its new records.
-    let (id, acked, above) =
+    // Read before the lookup: if no deployment is made until the session's mailbox exists, the
+    // lookup's "no deployment" still holds then (see `Store::deploy_epoch`).
+    let epoch = store.deploy_epoch();
+    let found =
         store.device_for_handshake(&acc.device_key, hello.next_log_seq).await?.ok_or(ConnError::UnknownDevice)?;
-    let device = Known { id: id.into() };
+    let (acked, above) = (found.log_acked, found.log_above);
+    let device = Known { id: found.id.into() };
+    let no_target = (!found.deployed).then_some(epoch);
     // The highest version both speak, and the features both announced.
     let negotiated = negotiate(&hello, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED)
         .ok_or(ConnError::Protocol("no common protocol version"))?;
@@ -308,8 +334,8 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
         visor_version: escape_device_text(hello.visor_version.as_bytes()),
         app: hello.app.map(|(a, b)| (escape_device_text(a.as_bytes()), escape_device_text(b.as_bytes()))),
         boot_count: hello.boot_count,
+        regression: above.map(|max| (hello.next_log_seq, max)),
     };
-    let regression = above.map(|max| (hello.next_log_seq, max));
     let welcome = Down::Welcome {
         protocol: negotiated.protocol,
         unix_us: unix_us(),
@@ -319,7 +345,8 @@ async fn handshake(s: TcpStream, store: &Store, server_private: &[u8]) -> Result
     let (session, frame) = acc.welcome(&welcome).map_err(|_| ConnError::Protocol("welcome"))?;
     let mut wr = wr;
     write_all(&mut wr, &frame).await?;
-    Ok(Handshaken { rd, wr, session, device, info, negotiated, regression })
+    // Boxed: the connection's future keeps no room for it during the session.
+    Ok(Box::new(Handshaken { rd, wr, session, device, info, negotiated, no_target }))
 }
 
 /// What a connection keeps while its device is connected, in one box.
@@ -333,8 +360,8 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// The session of a device whose `Welcome` was sent.
-    fn start(h: Handshaken, store: &'a Store, ctx: Ctx) -> Box<Session<'a>> {
-        let Handshaken { rd, wr, session, device, info, negotiated, regression } = h;
+    fn start(h: Box<Handshaken>, store: &'a Store, ctx: Ctx) -> Box<Session<'a>> {
+        let Handshaken { rd, wr, session, device, info, negotiated, no_target } = *h;
         let Ctx { admission, deadline, stopping, node } = ctx;
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
@@ -344,7 +371,13 @@ impl<'a> Session<'a> {
         // (which only the device can encrypt) until the device is online.
         let mut conn = Connection::new(negotiated, &info.visor_version, clock.now());
         conn.set_ready_deadline(deadline.saturating_duration_since(clock.0).as_micros() as u64);
-        let shell = Shell { wr, session, store, device, info, generation: None, admission, stopping, node, regression };
+        // No deployment at the lookup and none made since (the mailbox exists now): no target
+        // to load after `Ready` (a fleet reconnecting at once spares the database a query each).
+        if no_target.is_some_and(|epoch| epoch == store.deploy_epoch()) {
+            conn.known_without_target();
+        }
+        let hello = Some(Box::new(info));
+        let shell = Shell { wr, session, store, device, hello, generation: None, admission, stopping, node };
         Box::new(Session { shell, conn, rd, mailbox, clock })
     }
 
@@ -406,7 +439,8 @@ struct Shell<'a> {
     session: ServerSession,
     store: &'a Store,
     device: Known,
-    info: HelloInfo,
+    /// What the hello said, until the device is online (then it is in the registry).
+    hello: Option<Box<HelloInfo>>,
     /// Set once the device is online (see [`Store::claim_online`]).
     generation: Option<u64>,
     /// Its place within the gateway's limits.
@@ -415,9 +449,6 @@ struct Shell<'a> {
     stopping: watch::Receiver<bool>,
     /// This gateway run's node id.
     node: Arc<str>,
-    /// Recorded as an event once the device is authenticated (a replayed old handshake must
-    /// not record one).
-    regression: Option<(u64, u64)>,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -508,16 +539,18 @@ impl Shell<'_> {
                 Step::EncodeFailed => return Err(ConnError::Protocol("encrypt")),
                 Step::Act(action) => match action {
                     Action::Online => {
-                        let app = self.info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+                        let info = self.hello.take().ok_or(ConnError::Protocol("online twice"))?;
+                        let app = info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
                         // The session first, then the row: a connection that ends meanwhile cannot
                         // clear this one's presence (review #9).
                         let generation = store.claim_online(id);
                         self.generation = Some(generation);
-                        let boot = self.info.boot_count;
-                        store.device_online(id, &self.info.visor_version, app, boot, &self.node, generation).await?;
+                        store
+                            .device_online(id, &info.visor_version, app, info.boot_count, &self.node, generation)
+                            .await?;
                         self.admission.authenticated();
                         Counters::add(&counters.handshakes, 1);
-                        if let Some((next, max)) = self.regression.take() {
+                        if let Some((next, max)) = info.regression {
                             let text = format!(
                                 "log sequence went back: the device numbers its next record {next:#x}, records up \
                                  to {max:#x} are stored; resuming below {next:#x}"

@@ -460,6 +460,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.deployments_committed();
         for d in device_ids {
             self.notify_deployment(d);
             self.notify_update(d);

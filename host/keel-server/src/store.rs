@@ -193,6 +193,8 @@ struct Live {
     /// Per online device, the generation of its newest connection.
     online: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     next_generation: AtomicU64,
+    /// Counts the deployments made through this store (see [`Store::deploy_epoch`]).
+    deploy_epoch: AtomicU64,
     new_logs: broadcast::Sender<String>,
     /// Messages to device connections (per device).
     bus: Arc<dyn Bus>,
@@ -271,27 +273,50 @@ impl Write {
     }
 }
 
-/// Commits a group of writes in one transaction (one WAL sync for all of them), each inside its
-/// own savepoint so that one failing write fails alone; answers each once the group committed.
+/// Commits a group of writes in one transaction (one WAL sync for all of them). First as they
+/// are, one statement per write; if one of them fails, the transaction is rolled back and the
+/// group runs again with each write inside its own savepoint, so that the failing write fails
+/// alone (three statements per write: only when needed). Answers each once the group committed.
 async fn commit_group(mut c: sqlx::pool::PoolConnection<sqlx::Any>, jobs: Vec<Job>) {
     use sqlx::Connection as _;
-    let mut results = Vec::with_capacity(jobs.len());
-    let committed = async {
+    let together = async {
         let mut tx = c.begin().await?;
+        let mut results = Vec::with_capacity(jobs.len());
         for (w, _) in &jobs {
-            sqlx::query("SAVEPOINT keel_write").execute(&mut *tx).await?;
-            let r = w.run(&mut tx).await;
-            if r.is_err() {
-                sqlx::query("ROLLBACK TO SAVEPOINT keel_write").execute(&mut *tx).await?;
+            match w.run(&mut tx).await {
+                Ok(n) => results.push(Ok(n)),
+                // Dropping the transaction rolls it back.
+                Err(_) => return Ok(None),
             }
-            sqlx::query("RELEASE SAVEPOINT keel_write").execute(&mut *tx).await?;
-            results.push(r);
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(Some(results))
     }
     .await;
+    let committed = match together {
+        Ok(Some(results)) => Ok(results),
+        Ok(None) => {
+            async {
+                let mut results = Vec::with_capacity(jobs.len());
+                let mut tx = c.begin().await?;
+                for (w, _) in &jobs {
+                    sqlx::query("SAVEPOINT keel_write").execute(&mut *tx).await?;
+                    let r = w.run(&mut tx).await;
+                    if r.is_err() {
+                        sqlx::query("ROLLBACK TO SAVEPOINT keel_write").execute(&mut *tx).await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT keel_write").execute(&mut *tx).await?;
+                    results.push(r);
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+            .await
+        }
+        Err(e) => Err(e),
+    };
     match committed {
-        Ok(()) => {
+        Ok(results) => {
             for ((_, reply), r) in jobs.into_iter().zip(results) {
                 let _ = reply.send(r);
             }
@@ -303,6 +328,21 @@ async fn commit_group(mut c: sqlx::pool::PoolConnection<sqlx::Any>, jobs: Vec<Jo
             }
         }
     }
+}
+
+/// A device as a handshake finds it ([`Store::device_for_handshake`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeLookup {
+    /// Its id.
+    pub id: String,
+    /// The highest stored log record below the device's next sequence number (where delivery
+    /// resumes), if any.
+    pub log_acked: Option<u64>,
+    /// The highest stored record, if it is at or above the device's next number (its sequence
+    /// went back).
+    pub log_above: Option<u64>,
+    /// Whether it has a deployment (a target bundle).
+    pub deployed: bool,
 }
 
 /// One stored log record.
@@ -402,6 +442,9 @@ macro_rules! device_columns {
 /// Read connections beside SQLite's one writer.
 const SQLITE_READERS: u32 = 4;
 
+/// Page cache of each SQLite reader (negative: KiB).
+const READER_CACHE: &str = "PRAGMA cache_size = -512";
+
 impl Store {
     /// Opens (and migrates) the database at `url`: `sqlite://path?mode=rwc` or `postgres://...`.
     pub async fn open(url: &str) -> Result<Store, Error> {
@@ -413,7 +456,17 @@ impl Store {
         }
         sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error::Migrate(Box::new(e)))?;
         let reader = if url.starts_with("sqlite:") && !url.contains(":memory:") && !url.contains("mode=memory") {
-            AnyPoolOptions::new().max_connections(SQLITE_READERS).connect(url).await?
+            AnyPoolOptions::new()
+                .max_connections(SQLITE_READERS)
+                .after_connect(|c, _| {
+                    Box::pin(async move {
+                        // The readers' page caches are small: the kernel's file cache holds the
+                        // database once for all of them (SQLite's default is 2 MiB each).
+                        sqlx::query(READER_CACHE).execute(c).await.map(|_| ())
+                    })
+                })
+                .connect(url)
+                .await?
         } else {
             pool.clone()
         };
@@ -423,6 +476,7 @@ impl Store {
             counters: Counters::default(),
             online: Default::default(),
             next_generation: AtomicU64::new(1),
+            deploy_epoch: AtomicU64::new(0),
             new_logs,
             bus: Arc::new(LocalBus::default()),
             updates,
@@ -456,6 +510,19 @@ impl Store {
     /// or events were stored.
     pub fn subscribe_updates(&self) -> broadcast::Receiver<String> {
         self.live.updates.subscribe()
+    }
+
+    /// Moves on after every deployment, once it is committed and before the devices' mailboxes
+    /// hear of it. A connection that read "no deployment" with its handshake and subscribed to
+    /// its mailbox afterwards can trust that read if this did not move in between: a deployment
+    /// committed after the read moved it before the subscription, or its notification comes
+    /// after the subscription.
+    pub(crate) fn deploy_epoch(&self) -> u64 {
+        self.live.deploy_epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn deployments_committed(&self) {
+        self.live.deploy_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn notify_deployment(&self, device_id: &str) {
@@ -773,18 +840,17 @@ impl Store {
         row.map(|r| r.try_get("id")).transpose()
     }
 
-    /// What a handshake needs from the database, in one query: the id of the device with this
-    /// static public key (`None`: not registered) and its [`Store::resume_point`] for
-    /// `next_log_seq`.
-    #[allow(clippy::type_complexity)]
+    /// What a handshake needs to know of the device with `public_key` (one indexed query): see
+    /// [`HandshakeLookup`]. Log delivery resumes below the device's own `next_log_seq`.
     pub async fn device_for_handshake(
         &self,
         public_key: &[u8; 32],
         next_log_seq: u64,
-    ) -> Result<Option<(String, Option<u64>, Option<u64>)>, Error> {
+    ) -> Result<Option<HandshakeLookup>, Error> {
         let next = next_log_seq.min(i64::MAX as u64) as i64;
         let row = sqlx::query(
-            "SELECT d.id AS id, MAX(CASE WHEN l.seq < $2 THEN l.seq END) AS r, MAX(l.seq) AS m FROM devices d \
+            "SELECT d.id AS id, MAX(CASE WHEN l.seq < $2 THEN l.seq END) AS r, MAX(l.seq) AS m, \
+             (SELECT COUNT(*) FROM deployments t WHERE t.device_id = d.id) AS t FROM devices d \
              LEFT JOIN logs l ON l.device_id = d.id AND l.kind <> 2 WHERE d.public_key = $1 GROUP BY d.id",
         )
         .bind(hex(public_key))
@@ -794,7 +860,12 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let resume = row.try_get::<Option<i64>, _>("r")?.map(|v| v as u64);
         let max = row.try_get::<Option<i64>, _>("m")?.map(|v| v as u64);
-        Ok(Some((row.try_get("id")?, resume, max.filter(|&m| m >= next as u64))))
+        Ok(Some(HandshakeLookup {
+            id: row.try_get("id")?,
+            log_acked: resume,
+            log_above: max.filter(|&m| m >= next as u64),
+            deployed: row.try_get::<i64, _>("t")? > 0,
+        }))
     }
 
     /// A device by id.

@@ -133,6 +133,30 @@ fn ready_brings_the_device_online_and_asks_for_its_target() {
 }
 
 #[test]
+fn a_device_known_without_target_loads_nothing_until_a_deployment() {
+    let (mut c, mut r) = new_conn(ALL_FEATURES);
+    c.known_without_target();
+    c.receive(at_ms(5), Up::Ready, &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Online)], "no target to load");
+    // Its status is answered as for a loaded empty target.
+    c.receive(at_ms(6), status(3, 3, Confirmed), &mut r);
+    let out = r.take();
+    assert!(is_store_status(&out[0]));
+    assert_eq!(out[1..], [sent(Down::NoUpdate { target: 0 })]);
+    // A deployment made later is loaded as usual.
+    c.deployment_changed(&mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::LoadTarget)]);
+    // Once online it means nothing: a target already known is not forgotten.
+    let t = target(6, &[1000]);
+    c.target(Some(t.clone()), &mut r);
+    assert_eq!(r.take(), offered(&t));
+    c.known_without_target();
+    c.receive(at_ms(7), status(3, 3, Confirmed), &mut r);
+    let out = r.take();
+    assert!(!out.contains(&sent(Down::NoUpdate { target: 0 })), "the target was forgotten: {out:?}");
+}
+
+#[test]
 fn a_message_before_ready_closes_and_nothing_is_stored() {
     for first in [log(1, b"early"), Up::Pong { nonce: 1 }, Up::Unknown(40), status(0, 0, Idle)] {
         let (mut c, mut r) = new_conn(ALL_FEATURES);
