@@ -238,7 +238,9 @@ struct Shared {
 /// One device connection, accept to close, as one task. Everything it holds for as long as the
 /// device is connected is in its [`Session`] box and in this future; what only the handshake or
 /// an input needs is boxed apart and freed when done (10 000 idle devices cost what they keep).
-/// An `async` block rather than an `async fn`: the future keeps its inputs once, not twice.
+/// An `async` block rather than an `async fn`: the future keeps its inputs once, not twice
+/// (an `async fn` moves its arguments into locals and keeps room for both).
+#[allow(clippy::manual_async_fn)]
 fn connection(
     s: TcpStream,
     peer: std::net::SocketAddr,
