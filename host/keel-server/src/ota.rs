@@ -7,7 +7,7 @@
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 
 use crate::store::{Error, Store};
 use crate::{hex, unhex, unix_us};
@@ -81,6 +81,13 @@ pub struct Deployment {
     /// When, µs since the epoch.
     pub deployed_at: i64,
 }
+
+/// [`Store::write_status_if_new`]: the status equals the stored one (nothing written).
+pub(crate) const STATUS_SAME: u64 = 0;
+/// Only progress or the installed sequence moved (written, no update event).
+pub(crate) const STATUS_PROGRESS: u64 = 1;
+/// State, sequence or reason changed (written, an update event unless over quota).
+pub(crate) const STATUS_CHANGED: u64 = 2;
 
 /// The last update status a device reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -494,29 +501,53 @@ impl Store {
         s: &UpdateStatus,
         record_event: bool,
     ) -> Result<bool, Error> {
-        // Read on the reader pool: a device that reconnects and reports what it reported before
-        // (every idle device after a server restart) costs no write at all.
-        let before = Box::pin(self.stored_update_status(device_id, &self.reader)).await?;
-        let same = |b: &UpdateStatus| {
-            (&b.state, b.sequence, b.installed, b.progress, b.total, &b.reason)
-                == (&s.state, s.sequence, s.installed, s.progress, s.total, &s.reason)
-        };
-        if before.as_ref().is_some_and(same) {
-            return Ok(false);
+        // Joins the gateway's group commit (a fleet reporting at once, after a restart, is
+        // written in a few transactions, not one each), which compares it with the stored status
+        // in the same transaction: a device that reconnects and reports what it reported before
+        // changes nothing.
+        let done = self
+            .write(crate::store::Write::Status { device: device_id.into(), status: s.clone(), record_event })
+            .await?;
+        if done != STATUS_SAME {
+            self.notify_update(device_id);
         }
-        let changed =
-            before.as_ref().is_none_or(|b| (&b.state, b.sequence, &b.reason) != (&s.state, s.sequence, &s.reason));
-        // Joins the gateway's group commit: a fleet reporting at once (after a restart) is
-        // written in a few transactions, not one each.
-        self.write(crate::store::Write::Status {
-            device: device_id.into(),
-            status: s.clone(),
-            event: changed && record_event,
-            confirmed: changed && s.state == "confirmed",
-        })
+        Ok(done == STATUS_CHANGED)
+    }
+
+    /// Runs in the group commit's transaction (see [`Store::store_update_status`]): writes the
+    /// status unless it equals the stored one; returns [`STATUS_SAME`], [`STATUS_PROGRESS`] or
+    /// [`STATUS_CHANGED`].
+    pub(crate) async fn write_status_if_new(
+        c: &mut sqlx::AnyConnection,
+        device_id: &str,
+        s: &UpdateStatus,
+        record_event: bool,
+    ) -> Result<u64, Error> {
+        let row = sqlx::query(
+            "SELECT state, sequence, installed, progress, total, reason FROM device_updates WHERE device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_optional(&mut *c)
         .await?;
-        self.notify_update(device_id);
-        Ok(changed)
+        let before = match row {
+            Some(r) => Some((
+                r.try_get::<String, _>("state")?,
+                r.try_get::<i64, _>("sequence")? as u64,
+                r.try_get::<i64, _>("installed")? as u64,
+                r.try_get::<i64, _>("progress")? as u64,
+                r.try_get::<i64, _>("total")? as u64,
+                r.try_get::<String, _>("reason")?,
+            )),
+            None => None,
+        };
+        if before.as_ref().is_some_and(|b| {
+            (&b.0, b.1, b.2, b.3, b.4, &b.5) == (&s.state, s.sequence, s.installed, s.progress, s.total, &s.reason)
+        }) {
+            return Ok(STATUS_SAME);
+        }
+        let changed = before.as_ref().is_none_or(|b| (&b.0, b.1, &b.5) != (&s.state, s.sequence, &s.reason));
+        Store::write_update_status(c, device_id, s, changed && record_event, changed && s.state == "confirmed").await?;
+        Ok(if changed { STATUS_CHANGED } else { STATUS_PROGRESS })
     }
 
     /// Adds a server note (`offered`, `cancelled`, ...) to a device's update history.
@@ -600,16 +631,12 @@ impl Store {
 
     /// The last update status a device reported, if any.
     pub async fn update_status(&self, device_id: &str) -> Result<Option<UpdateStatus>, Error> {
-        self.stored_update_status(device_id, &self.pool).await
-    }
-
-    async fn stored_update_status(&self, device_id: &str, pool: &AnyPool) -> Result<Option<UpdateStatus>, Error> {
         let row = sqlx::query(
             "SELECT state, sequence, installed, progress, total, reason, updated_at FROM device_updates \
              WHERE device_id = $1",
         )
         .bind(device_id)
-        .fetch_optional(pool)
+        .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
             Ok(UpdateStatus {

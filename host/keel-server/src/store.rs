@@ -229,9 +229,8 @@ pub(crate) enum Write {
     },
     /// [`Store::insert_logs_noting`]: the records, then (time, crash?, text) of the events.
     Logs { device: String, records: Vec<LogRecord>, events: Vec<(u64, bool, String)> },
-    /// [`Store::store_update_status`]: the status, whether it adds a history entry and whether
-    /// it confirms the target's app.
-    Status { device: String, status: crate::ota::UpdateStatus, event: bool, confirmed: bool },
+    /// [`Store::store_update_status`]: the status, and whether a change may add a history entry.
+    Status { device: String, status: crate::ota::UpdateStatus, record_event: bool },
 }
 
 impl Write {
@@ -266,8 +265,8 @@ impl Write {
                 }
                 Ok(new)
             }
-            Write::Status { device, status, event, confirmed } => {
-                Store::write_update_status(c, device, status, *event, *confirmed).await
+            Write::Status { device, status, record_event } => {
+                Store::write_status_if_new(c, device, status, *record_event).await
             }
         }
     }
