@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use keel_server::limits::GatewayLimits;
 use keel_server::listen::HttpLimits;
 use keel_server::node::{self, Config, Node, TlsFiles};
 use keel_server::store::Store;
@@ -23,6 +24,74 @@ pub struct DataArgs {
     /// `AWS_ENDPOINT` for S3-compatible stores). Default: `objects/` in the data directory.
     #[arg(long, env = "KEEL_OBJECT_STORE")]
     pub object_store: Option<String>,
+}
+
+/// The device gateway's limits and presence (see docs/operations.md); defaults from
+/// [`GatewayLimits::default`].
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Device gateway")]
+pub struct GatewayArgs {
+    /// This gateway's node name: devices are shown online only while their node's presence
+    /// lease is current, and a node that starts ends the presence of its previous run. Give each
+    /// node of several sharing one database its own name.
+    #[arg(long, env = "KEEL_NODE_NAME", default_value_t = GatewayLimits::default().node_name)]
+    node_name: String,
+    /// Seconds a node's presence lease lasts (renewed every third of it): how long a crashed
+    /// node's devices can still be shown online.
+    #[arg(long, default_value_t = GatewayLimits::default().presence_lease.as_secs())]
+    presence_lease: u64,
+    /// Device connections held at once.
+    #[arg(long, default_value_t = GatewayLimits::default().max_connections)]
+    gateway_max_connections: usize,
+    /// Device connections held at once from one source address (devices behind one NAT share
+    /// an address).
+    #[arg(long, default_value_t = GatewayLimits::default().max_per_address)]
+    gateway_max_per_address: usize,
+    /// Connections held at once that have not finished their handshake.
+    #[arg(long, default_value_t = GatewayLimits::default().max_unauthenticated)]
+    gateway_max_unauthenticated: usize,
+    /// ... of them from one source address.
+    #[arg(long, default_value_t = GatewayLimits::default().max_unauthenticated_per_address)]
+    gateway_max_unauthenticated_per_address: usize,
+    /// Seconds a device has from its connection's accept to the end of its handshake.
+    #[arg(long, default_value_t = GatewayLimits::default().handshake_timeout.as_secs())]
+    handshake_timeout: u64,
+    /// New device connections per second one source address may start, sustained.
+    #[arg(long, default_value_t = GatewayLimits::default().handshakes_per_second_per_address)]
+    handshake_rate: f64,
+    /// ... and in a burst.
+    #[arg(long, default_value_t = GatewayLimits::default().handshake_burst_per_address)]
+    handshake_burst: f64,
+    /// Log bytes one device may have stored per UTC day (text plus 32 per record); above it
+    /// records are acknowledged and counted, not stored.
+    #[arg(long, default_value_t = GatewayLimits::default().log_bytes_per_device_per_day)]
+    log_quota: u64,
+    /// Update history entries one device may add per UTC day.
+    #[arg(long, default_value_t = GatewayLimits::default().update_events_per_device_per_day)]
+    update_event_quota: u32,
+    /// Apply the per-address limits to this host's own 127.0.0.1 and ::1 too (exempt by
+    /// default: a local proxy or benchmark is one address).
+    #[arg(long)]
+    limit_loopback: bool,
+}
+
+impl GatewayArgs {
+    fn limits(&self) -> GatewayLimits {
+        GatewayLimits {
+            max_connections: self.gateway_max_connections,
+            max_per_address: self.gateway_max_per_address,
+            max_unauthenticated: self.gateway_max_unauthenticated,
+            max_unauthenticated_per_address: self.gateway_max_unauthenticated_per_address,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+            handshakes_per_second_per_address: self.handshake_rate,
+            handshake_burst_per_address: self.handshake_burst,
+            node_name: self.node_name.clone(),
+            presence_lease: Duration::from_secs(self.presence_lease.max(3)),
+            log_bytes_per_device_per_day: self.log_quota,
+            update_events_per_device_per_day: self.update_event_quota,
+            limit_loopback: self.limit_loopback,
+        }
+    }
 }
 
 /// Format of the server's own log.
@@ -88,6 +157,8 @@ pub enum ServerCmd {
         /// Keep log records this many days (0 = forever).
         #[arg(long, default_value_t = 30)]
         log_retention_days: u64,
+        #[command(flatten)]
+        gateway_limits: GatewayArgs,
         /// Format of the server's own log on stderr: `text` for people, `json` (one object per
         /// line) for log collectors. Verbosity: `RUST_LOG` (default `info`).
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "KEEL_LOG_FORMAT")]
@@ -183,6 +254,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 http_max_connections,
                 http_max_connections_per_ip,
                 log_retention_days,
+                gateway_limits,
                 log_format,
             } => {
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -212,7 +284,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                         max_connections_per_ip: http_max_connections_per_ip,
                         ..HttpLimits::default()
                     },
-                    gateway_limits: Default::default(),
+                    gateway_limits: gateway_limits.limits(),
                     log_retention_days,
                 };
                 let node = Node::start(config).await?;

@@ -247,6 +247,28 @@ async fn connections_over_the_per_address_cap_are_refused() {
     let _ = server;
 }
 
+/// The gateway's limits are `keel server run` flags: with at most two unauthenticated
+/// connections per address, applied to loopback too, a third from 127.0.0.1 is closed at once
+/// while the first two wait for their handshake (its time limit raised to a minute).
+#[test]
+fn the_gateway_limits_are_flags() {
+    let dir = tempdir("gwflags");
+    init(&dir);
+    let (http, gw) = (free_port(), free_port());
+    let limits = ["--gateway-max-unauthenticated-per-address", "2", "--limit-loopback", "--handshake-timeout", "60"];
+    let server = start(&dir, http, gw, &limits);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", gw)).unwrap()).collect();
+    let mut third = TcpStream::connect(("127.0.0.1", gw)).unwrap();
+    assert!(closed_by_peer(&mut third, Instant::now() + Duration::from_secs(5)), "the third connection was kept");
+    for s in &mut held {
+        assert!(
+            !closed_by_peer(s, Instant::now() + Duration::from_secs(1)),
+            "a connection within the limit was closed"
+        );
+    }
+    let _ = server;
+}
+
 /// `keel server run` says what open-file limit it got, after its first line (which keeps its
 /// format for scripts).
 #[test]
