@@ -104,6 +104,8 @@ pub enum LogFormat {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerCmd {
     /// Create the data directory, the server key and a first account with an API token.
     Init {
