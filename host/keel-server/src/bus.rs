@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 pub enum DeviceMessage {
     /// The device's deployment changed: re-read the target.
     DeploymentChanged,
-    /// End the device's session (the device was deleted).
+    /// End the device's session (the device was deleted, its gateway stops).
     EndSession {
         /// Why, for the log.
         reason: &'static str,
@@ -37,10 +37,13 @@ pub const MAILBOX_CAPACITY: usize = 64;
 
 /// Delivers messages to device mailboxes.
 pub trait Bus: Send + Sync + Debug {
-    /// Opens a mailbox for a connection of `device_id` (closed when dropped).
-    fn mailbox(&self, device_id: &str) -> Mailbox;
+    /// Opens a mailbox for a connection of `device_id` held by gateway node `node` (closed when
+    /// dropped).
+    fn mailbox(&self, device_id: &Arc<str>, node: &Arc<str>) -> Mailbox;
     /// Sends `msg` to every open mailbox of `device_id`; returns how many got it.
     fn send(&self, device_id: &str, msg: DeviceMessage) -> usize;
+    /// Ends every session held by gateway node `node` (it stops); returns how many were told.
+    fn end_node(&self, node: &str, reason: &'static str) -> usize;
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +101,9 @@ impl Mailbox {
     }
 }
 
-type Mailboxes = Mutex<HashMap<String, Vec<(u64, Arc<Slot>)>>>;
+/// The open mailboxes by device (the key shares the connection's id string): (mailbox id, its
+/// gateway node, the slot).
+type Mailboxes = Mutex<HashMap<Arc<str>, Vec<(u64, Arc<str>, Arc<Slot>)>>>;
 
 /// The in-process [`Bus`].
 #[derive(Debug, Default)]
@@ -111,7 +116,7 @@ pub struct LocalBus {
 #[derive(Debug)]
 struct LocalClose {
     boxes: Arc<Mailboxes>,
-    device: String,
+    device: Arc<str>,
     id: u64,
 }
 
@@ -119,7 +124,7 @@ impl Drop for LocalClose {
     fn drop(&mut self) {
         let mut boxes = self.boxes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = boxes.get_mut(&self.device) {
-            v.retain(|(id, _)| *id != self.id);
+            v.retain(|(id, _, _)| *id != self.id);
             if v.is_empty() {
                 boxes.remove(&self.device);
             }
@@ -128,23 +133,34 @@ impl Drop for LocalClose {
 }
 
 impl Bus for LocalBus {
-    fn mailbox(&self, device_id: &str) -> Mailbox {
+    fn mailbox(&self, device_id: &Arc<str>, node: &Arc<str>) -> Mailbox {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
         let mut boxes = self.boxes.lock().unwrap_or_else(|e| e.into_inner());
-        boxes.entry(device_id.to_string()).or_default().push((id, slot.clone()));
+        boxes.entry(device_id.clone()).or_default().push((id, node.clone(), slot.clone()));
         drop(boxes);
-        let close = LocalClose { boxes: self.boxes.clone(), device: device_id.to_string(), id };
+        let close = LocalClose { boxes: self.boxes.clone(), device: device_id.clone(), id };
         Mailbox::new(slot, Box::new(close))
     }
 
     fn send(&self, device_id: &str, msg: DeviceMessage) -> usize {
         let slots: Vec<Arc<Slot>> = {
             let boxes = self.boxes.lock().unwrap_or_else(|e| e.into_inner());
-            boxes.get(device_id).map(|v| v.iter().map(|(_, s)| s.clone()).collect()).unwrap_or_default()
+            boxes.get(device_id).map(|v| v.iter().map(|(_, _, s)| s.clone()).collect()).unwrap_or_default()
         };
         for s in &slots {
             s.push(msg.clone());
+        }
+        slots.len()
+    }
+
+    fn end_node(&self, node: &str, reason: &'static str) -> usize {
+        let slots: Vec<Arc<Slot>> = {
+            let boxes = self.boxes.lock().unwrap_or_else(|e| e.into_inner());
+            boxes.values().flatten().filter(|(_, n, _)| &**n == node).map(|(_, _, s)| s.clone()).collect()
+        };
+        for s in &slots {
+            s.push(DeviceMessage::EndSession { reason });
         }
         slots.len()
     }
@@ -188,9 +204,10 @@ mod tests {
     #[test]
     fn messages_reach_only_their_device_and_repeats_coalesce() {
         let bus = LocalBus::default();
-        let mut a = bus.mailbox("kda");
-        let mut a2 = bus.mailbox("kda");
-        let mut b = bus.mailbox("kdb");
+        let (kda, kdb, node): (Arc<str>, Arc<str>, Arc<str>) = ("kda".into(), "kdb".into(), "n1".into());
+        let mut a = bus.mailbox(&kda, &node);
+        let mut a2 = bus.mailbox(&kda, &node);
+        let mut b = bus.mailbox(&kdb, &node);
         for _ in 0..5000 {
             assert_eq!(bus.send("kda", DeviceMessage::DeploymentChanged), 2);
         }
@@ -202,5 +219,16 @@ mod tests {
         assert_eq!(bus.send("kda", DeviceMessage::EndSession { reason: "x" }), 1);
         drop((a2, b));
         assert!(bus.boxes.lock().unwrap().is_empty(), "closed mailboxes are forgotten");
+    }
+
+    #[test]
+    fn a_stopping_node_ends_its_own_sessions_only() {
+        let bus = LocalBus::default();
+        let (kda, kdb, n1, n2): (Arc<str>, Arc<str>, Arc<str>, Arc<str>) =
+            ("kda".into(), "kdb".into(), "n1".into(), "n2".into());
+        let (mut a1, mut b1, mut a2) = (bus.mailbox(&kda, &n1), bus.mailbox(&kdb, &n1), bus.mailbox(&kda, &n2));
+        assert_eq!(bus.end_node("n1", "stop"), 2);
+        let end = Some(DeviceMessage::EndSession { reason: "stop" });
+        assert_eq!((a1.try_recv(), b1.try_recv(), a2.try_recv()), (end.clone(), end, None));
     }
 }

@@ -373,7 +373,8 @@ pub struct Connection {
     /// The ack of the batch handed to the shell, sent once it is stored.
     storing: Option<u64>,
     unknown: u64,
-    target: Option<Target>,
+    /// Boxed: most connections have none, and an idle one should not keep room for it.
+    target: Option<Box<Target>>,
     reported: Option<Reported>,
     /// The sequence offered on this connection (once per connection and deployment).
     offered: Option<u64>,
@@ -482,7 +483,7 @@ impl Connection {
 
     /// The current target, if any.
     pub fn current_target(&self) -> Option<&Target> {
-        self.target.as_ref()
+        self.target.as_deref()
     }
 
     /// When [`Connection::tick`] has something to do (monotonic µs).
@@ -723,7 +724,7 @@ impl Connection {
             }
             _ => None,
         };
-        self.target = target;
+        self.target = target.map(Box::new);
         self.target_loaded = true;
         self.offered = None;
         self.cancelled = None;
@@ -749,7 +750,7 @@ impl Connection {
             let text = "download cancelled: no longer the target".to_string();
             out.act(Action::NoteUpdate { state: "cancelled", sequence, text });
         }
-        if let (true, Some(t)) = (r.offer, &self.target) {
+        if let (true, Some(t)) = (r.offer, self.target.as_deref()) {
             send(&self.negotiated, out, &Down::UpdateOffer { envelope: &t.envelope });
             self.offered = Some(t.sequence);
             self.working = Some((t.sequence, t.manifest_digest.clone()));

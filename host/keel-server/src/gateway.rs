@@ -18,6 +18,7 @@
 //! device is deleted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,6 @@ use keel_link::session::server::{Accepting, ServerSession};
 use keel_link::session::MAX_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -142,9 +142,9 @@ pub async fn serve_until(
     };
     let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (stop, stopping) = watch::channel(false);
     // What every connection shares (nothing of it is copied per connection).
-    let shared = Arc::new(Shared { store: store.clone(), server_private, node: node.clone(), stopping });
+    let shared =
+        Arc::new(Shared { store: store.clone(), server_private, node: node.clone(), stopped: AtomicBool::new(false) });
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -189,7 +189,9 @@ pub async fn serve_until(
         }
     }
     drop(listener);
-    let _ = stop.send(true);
+    // Sessions that start from here on end at once; those open are told through their mailbox.
+    shared.stopped.store(true, Ordering::SeqCst);
+    store.bus().end_node(&node, "the gateway is stopping");
     while conns.join_next().await.is_some() {}
     if let Err(e) = presence.stop_node(&node).await {
         tracing::warn!(%node, error = %e, "cannot end the gateway node's presence (its lease will run out)");
@@ -202,8 +204,6 @@ struct Ctx {
     admission: Admission,
     /// The handshake (accept through `Ready`) must end by then.
     deadline: Instant,
-    /// Becomes true when the gateway stops.
-    stopping: watch::Receiver<bool>,
     /// This gateway run's node id (presence).
     node: Arc<str>,
 }
@@ -231,8 +231,8 @@ struct Shared {
     server_private: Vec<u8>,
     /// This gateway run's node id (presence).
     node: Arc<str>,
-    /// Becomes true when the gateway stops.
-    stopping: watch::Receiver<bool>,
+    /// Set when the gateway stops (before its sessions are told to end).
+    stopped: AtomicBool,
 }
 
 /// One device connection, accept to close, as one task. Everything it holds for as long as the
@@ -257,9 +257,10 @@ fn connection(
             Err(_) => Err(ConnError::Timeout(HANDSHAKE_LATE)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(h)) => {
-                let ctx = Ctx { admission, deadline, stopping: shared.stopping.clone(), node: shared.node.clone() };
+                let ctx = Ctx { admission, deadline, node: shared.node.clone() };
                 let mut session = Session::start(h, store, ctx);
-                let result = session.run().await;
+                // Its mailbox exists now: a stop from here on reaches it; one before, this sees.
+                let result = if shared.stopped.load(Ordering::SeqCst) { Ok(()) } else { session.run().await };
                 // A device that reconnects before its old connection timed out has two for a
                 // while: only the newest (on whichever node) may mark it offline; the store
                 // checks it in the same statement.
@@ -364,10 +365,10 @@ impl<'a> Session<'a> {
     /// The session of a device whose `Welcome` was sent.
     fn start(h: Box<Handshaken>, store: &'a Store, ctx: Ctx) -> Box<Session<'a>> {
         let Handshaken { rd, wr, session, device, info, negotiated, no_target } = *h;
-        let Ctx { admission, deadline, stopping, node } = ctx;
+        let Ctx { admission, deadline, node } = ctx;
         // Subscribe before the target is read (after `Ready`) so a deployment made in between is
         // not missed.
-        let mailbox = store.bus().mailbox(&device.id);
+        let mailbox = store.bus().mailbox(&device.id, &node);
         let clock = Clock(Instant::now());
         // The first handshake message may be a replay; the connection accepts nothing but `Ready`
         // (which only the device can encrypt) until the device is online.
@@ -379,7 +380,7 @@ impl<'a> Session<'a> {
             conn.known_without_target();
         }
         let hello = Some(Box::new(info));
-        let shell = Shell { wr, session, store, device, hello, generation: None, admission, stopping, node };
+        let shell = Shell { wr, session, store, device, hello, generation: None, admission, node };
         Box::new(Session { shell, conn, rd, mailbox, clock })
     }
 
@@ -447,8 +448,6 @@ struct Shell<'a> {
     generation: Option<u64>,
     /// Its place within the gateway's limits.
     admission: Admission,
-    /// Becomes true when the gateway stops.
-    stopping: watch::Receiver<bool>,
     /// This gateway run's node id.
     node: Arc<str>,
 }
@@ -468,7 +467,6 @@ impl Shell<'_> {
         mailbox: &mut Mailbox,
         clock: &Clock,
     ) -> Result<(), ConnError> {
-        let mut stopping = self.stopping.clone();
         // What runs on an input (database, object store, writes) is boxed: its state exists only
         // while it runs, not in every idle connection's task. Inside, the larger and rarer
         // awaits (queries, the object store, event notes) are boxed again, so an input waiting
@@ -487,7 +485,6 @@ impl Shell<'_> {
                         return Ok(());
                     }
                 },
-                () = async { drop(stopping.wait_for(|s| *s).await) } => return Ok(()),
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
                     let steps = feed(|out| conn.tick(now, out));
@@ -529,8 +526,8 @@ impl Shell<'_> {
     /// Carries out the connection's outputs in order (a target load feeds the connection again;
     /// its outputs come next).
     async fn perform(&mut self, conn: &mut Connection, mut steps: VecDeque<Step>) -> Result<(), ConnError> {
-        let (store, id) = (self.store, self.device.id.clone());
-        let id = &*id;
+        let (store, device) = (self.store, self.device.id.clone());
+        let id = &*device;
         let counters = store.counters();
         while let Some(step) = steps.pop_front() {
             match step {
@@ -545,7 +542,7 @@ impl Shell<'_> {
                         let app = info.app.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
                         // The session first, then the row: a connection that ends meanwhile cannot
                         // clear this one's presence (review #9).
-                        let generation = store.claim_online(id);
+                        let generation = store.claim_online(&device);
                         self.generation = Some(generation);
                         store
                             .device_online(id, &info.visor_version, app, info.boot_count, &self.node, generation)

@@ -191,7 +191,7 @@ impl Counters {
 struct Live {
     counters: Counters,
     /// Per online device, the generation of its newest connection.
-    online: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    online: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
     next_generation: AtomicU64,
     /// Counts the deployments made through this store (see [`Store::deploy_epoch`]).
     deploy_epoch: AtomicU64,
@@ -534,9 +534,9 @@ impl Store {
     }
 
     /// Records a new connection of `device_id` as its newest; returns its generation.
-    pub fn claim_online(&self, device_id: &str) -> u64 {
+    pub fn claim_online(&self, device_id: &Arc<str>) -> u64 {
         let g = self.live.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.live.online.lock().unwrap_or_else(|e| e.into_inner()).insert(device_id.to_string(), g);
+        self.live.online.lock().unwrap_or_else(|e| e.into_inner()).insert(device_id.clone(), g);
         g
     }
 

@@ -388,8 +388,9 @@ fn only_the_newest_connection_of_a_device_marks_it_offline() {
     rt.block_on(async {
         let db = common::TestDb::sqlite("online-generations");
         let store = db.open().await;
-        let old = store.claim_online("kd01");
-        let new = store.claim_online("kd01");
+        let id: std::sync::Arc<str> = "kd01".into();
+        let old = store.claim_online(&id);
+        let new = store.claim_online(&id);
         assert!(!store.release_online("kd01", old), "the old connection ends after the device reconnected");
         assert!(store.release_online("kd01", new), "the newest one ends: offline");
         assert!(!store.release_online("kd01", new), "only once");
