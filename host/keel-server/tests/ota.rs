@@ -277,6 +277,17 @@ async fn a_deployment_reaches_devices_by_id_and_by_tag(store: Store) {
     for d in [&d1, &d2, &d3] {
         tokio::time::timeout(WAIT, d.wait_online()).await.unwrap();
     }
+    // The server has handled their `Ready`s (a device is online once it has the server's
+    // `Welcome`, a little before): every deployment below reaches them as a notification, so
+    // each device is offered each bundle once (a deploy landing between a session's start and
+    // its `Ready` could load the target twice, and a reload offers again by design).
+    tokio::time::timeout(WAIT, async {
+        while w.store.counters().handshakes.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the server has the three devices online");
     // A 40 KiB layer: five pages.
     let b = w.upload_ok(bundle(&key(1), 5, "1.1.0", 40_000)).await;
     let size = b.size;
