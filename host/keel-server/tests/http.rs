@@ -656,3 +656,34 @@ mod registration {
         super::registration_reveals_no_other_account(db.open().await).await;
     }
 }
+
+/// One token cannot hold the API's connections with live streams: the 17th stream of a token is
+/// refused with 429 `too_many_streams` (before: every one was opened), another token still gets
+/// one, and a closed stream gives its place back.
+#[tokio::test]
+async fn live_streams_per_token_are_capped() {
+    let db = TestDb::sqlite("http-stream-cap");
+    let store = db.open().await;
+    let dev = "kd0123456789abcdef0123456789abcdef";
+    store.create_account("a", "Acme").await.unwrap();
+    store.add_device("a", dev, &[1; 32], "acme-1").await.unwrap();
+    let (t1, t2) = (store.create_token("a", "one").await.unwrap(), store.create_token("a", "two").await.unwrap());
+    let app = router(AppState::new(store.clone(), [9; 32]));
+    let path = format!("/v1/devices/{dev}/logs/stream");
+    let mut open = Vec::new();
+    for _ in 0..keel_server::http::MAX_STREAMS_PER_TOKEN {
+        open.push(open_stream(&app, dev, &t1).await);
+    }
+    // (An opened stream never ends: the time limit is what fails on a server without the cap.)
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(5), get(&app, &path, Some(&t1)));
+    let (s, body) = refused.await.expect("the token's 17th stream was opened");
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_streams")),
+        "{body}"
+    );
+    let other = open_stream(&app, dev, &t2).await;
+    open.pop();
+    open.push(open_stream(&app, dev, &t1).await);
+    drop((open, other));
+}

@@ -50,7 +50,40 @@ pub(super) async fn device_logs(
 /// another server node); revocations and deletions through this node are seen at once.
 pub(super) const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A token's place among its live streams; given back when the stream ends.
+struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    token_id: String,
+}
+
+impl StreamSlot {
+    /// A slot for `token_id`, or `None` if it holds [`MAX_STREAMS_PER_TOKEN`] already.
+    fn take(st: &AppState, token_id: &str) -> Option<StreamSlot> {
+        let mut m = st.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(token_id.to_string()).or_default();
+        if *n >= MAX_STREAMS_PER_TOKEN {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { streams: st.streams.clone(), token_id: token_id.to_string() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.token_id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.token_id);
+            }
+        }
+    }
+}
+
 pub(super) struct LiveLogs {
+    /// Held for as long as the stream is open.
+    _slot: StreamSlot,
     store: Store,
     account: String,
     token: String,
@@ -121,7 +154,8 @@ impl LiveLogs {
     params(("id" = String, Path, description = "Device id"), StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this sequence number")),
     responses((status = 200, description = "`text/event-stream` of `log` events, data: LogJson", content_type = "text/event-stream"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "The token holds 16 live streams already (`too_many_streams`)", body = ErrorBody)))]
 pub(super) async fn stream_logs(
     State(st): State<AppState>,
     auth: Account,
@@ -139,6 +173,16 @@ pub(super) async fn stream_logs(
                 ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a sequence number")
             })?),
         };
+    let slot = StreamSlot::take(&st, &auth.token_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this token holds {MAX_STREAMS_PER_TOKEN} live log streams already: close one (or use another token) \
+                 and try again"
+            ),
+        )
+    })?;
     // Subscribe before the first read so nothing stored in between is missed.
     let notify = st.store.subscribe_logs();
     let cursor = match last_event_id.or(q.after) {
@@ -147,6 +191,7 @@ pub(super) async fn stream_logs(
         None => st.store.max_seq(&d.id).await?,
     };
     let live = LiveLogs {
+        _slot: slot,
         store: st.store.clone(),
         account: acct,
         token: auth.token,

@@ -69,7 +69,13 @@ pub struct AppState {
     auth_tx: Arc<watch::Sender<u64>>,
     /// Held from an upload's sequence checks to its insert (one upload at a time per node).
     uploads: Arc<tokio::sync::Mutex<()>>,
+    /// Open live streams per token id (see [`MAX_STREAMS_PER_TOKEN`]).
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
+
+/// Live log streams one token may hold open at once on this node: each holds a connection and a
+/// task, and the API's connection slots are shared by every client.
+pub const MAX_STREAMS_PER_TOKEN: usize = 16;
 
 impl AppState {
     /// State for a server with this store and gateway public key.
@@ -83,6 +89,7 @@ impl AppState {
             stop_rx,
             auth_tx: Arc::new(auth_tx),
             uploads: Default::default(),
+            streams: Default::default(),
         }
     }
 
