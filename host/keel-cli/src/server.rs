@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use keel_server::http::ApiRate;
 use keel_server::limits::GatewayLimits;
 use keel_server::listen::HttpLimits;
 use keel_server::node::{self, Config, Node, TlsFiles};
@@ -159,6 +160,13 @@ pub enum ServerCmd {
         /// Keep log records this many days (0 = forever).
         #[arg(long, default_value_t = 30)]
         log_retention_days: u64,
+        /// API requests one token may make per second, sustained (0: no limit); over it the
+        /// API answers 429 `rate_limited` with `Retry-After`.
+        #[arg(long, default_value_t = ApiRate::default().per_second)]
+        api_rate: f64,
+        /// ... and at once after a quiet time.
+        #[arg(long, default_value_t = ApiRate::default().burst)]
+        api_burst: f64,
         #[command(flatten)]
         gateway_limits: GatewayArgs,
         /// Format of the server's own log on stderr: `text` for people, `json` (one object per
@@ -256,6 +264,8 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                 http_max_connections,
                 http_max_connections_per_ip,
                 log_retention_days,
+                api_rate,
+                api_burst,
                 gateway_limits,
                 log_format,
             } => {
@@ -288,6 +298,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> Result<(), String> {
                     },
                     gateway_limits: gateway_limits.limits(),
                     log_retention_days,
+                    api_rate: ApiRate { per_second: api_rate, burst: api_burst },
                 };
                 let node = Node::start(config).await?;
                 let (api, gw) = (node.api_url(), node.gateway_addr());

@@ -48,6 +48,8 @@ pub struct Config {
     pub gateway_limits: crate::limits::GatewayLimits,
     /// Keep log records this many days (0 = forever).
     pub log_retention_days: u64,
+    /// API requests per token.
+    pub api_rate: crate::http::ApiRate,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             http_limits: HttpLimits::default(),
             gateway_limits: crate::limits::GatewayLimits::default(),
             log_retention_days: 30,
+            api_rate: Default::default(),
         }
     }
 
@@ -288,7 +291,7 @@ impl Node {
                 }
             })
         });
-        let state = crate::http::AppState::new(store, public);
+        let state = crate::http::AppState::new(store, public).with_api_rate(config.api_rate);
         let app = crate::http::router(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {

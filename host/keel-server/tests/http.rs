@@ -687,3 +687,30 @@ async fn live_streams_per_token_are_capped() {
     open.push(open_stream(&app, dev, &t1).await);
     drop((open, other));
 }
+
+/// A token that hammers the API is slowed down, alone: past its burst it is answered 429
+/// `rate_limited` with `Retry-After` (before: every request was served), while another token is
+/// served as usual.
+#[tokio::test]
+async fn requests_per_token_are_rate_limited() {
+    use keel_server::http::ApiRate;
+    let db = TestDb::sqlite("http-rate");
+    let store = db.open().await;
+    store.create_account("a", "Acme").await.unwrap();
+    let (t1, t2) = (store.create_token("a", "one").await.unwrap(), store.create_token("a", "two").await.unwrap());
+    let app = router(AppState::new(store.clone(), [9; 32]).with_api_rate(ApiRate { per_second: 0.5, burst: 5.0 }));
+    for _ in 0..5 {
+        assert_eq!(get(&app, "/v1/devices", Some(&t1)).await.0, StatusCode::OK);
+    }
+    let req = Request::get("/v1/devices").header("authorization", format!("Bearer {t1}")).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(get(&app, "/v1/devices", Some(&t2)).await.0, StatusCode::OK, "another token is not slowed");
+    // A bad token is refused as before (401), whatever the rate.
+    assert_eq!(get(&app, "/v1/devices", Some("kt-bogus")).await.0, StatusCode::UNAUTHORIZED);
+}

@@ -71,6 +71,26 @@ pub struct AppState {
     uploads: Arc<tokio::sync::Mutex<()>>,
     /// Open live streams per token id (see [`MAX_STREAMS_PER_TOKEN`]).
     streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Requests per token (see [`ApiRate`]).
+    rate: ApiRate,
+    /// Per token id: requests left in its bucket and when it was last refilled.
+    buckets: Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>>,
+}
+
+/// How many API requests one token may make: a token bucket per token, refilled at `per_second`
+/// up to `burst`. `per_second` 0: no limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApiRate {
+    /// Requests per second, sustained. Default 200.
+    pub per_second: f64,
+    /// Requests at once after a quiet time. Default 2 000.
+    pub burst: f64,
+}
+
+impl Default for ApiRate {
+    fn default() -> Self {
+        ApiRate { per_second: 200.0, burst: 2000.0 }
+    }
 }
 
 /// Live log streams one token may hold open at once on this node: each holds a connection and a
@@ -90,6 +110,33 @@ impl AppState {
             auth_tx: Arc::new(auth_tx),
             uploads: Default::default(),
             streams: Default::default(),
+            rate: ApiRate::default(),
+            buckets: Default::default(),
+        }
+    }
+
+    /// The same state with another request rate per token.
+    pub fn with_api_rate(mut self, rate: ApiRate) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Takes one request from `token_id`'s bucket; `Err(seconds)` to wait if it is empty.
+    fn take_request(&self, token_id: &str) -> Result<(), u64> {
+        let ApiRate { per_second, burst } = self.rate;
+        if per_second <= 0.0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (left, at) = buckets.entry(token_id.to_string()).or_insert((burst.max(1.0), now));
+        *left = (*left + now.duration_since(*at).as_secs_f64() * per_second).min(burst.max(1.0));
+        *at = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *left) / per_second).ceil().max(1.0) as u64)
         }
     }
 
@@ -110,11 +157,13 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -160,7 +209,11 @@ impl From<JsonRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -251,6 +304,20 @@ impl FromRequestParts<AppState> for Account {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or_else(unauthorized)?;
         let g = st.store.authenticate(token).await?.ok_or_else(unauthorized)?;
+        if let Err(wait) = st.take_request(&g.id) {
+            let per_second = st.rate.per_second;
+            return Err(ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "this token made more than {per_second:.0} requests a second: wait {wait} s (Retry-After) \
+                         and slow down, or ask the operator to raise --api-rate"
+                    ),
+                )
+            });
+        }
         Ok(Account {
             account: g.account_id,
             token_id: g.id,
