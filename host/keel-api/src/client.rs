@@ -79,12 +79,13 @@ impl ApiError {
         }
     }
 
-    /// Whether it is worth trying again later: no answer (except a failed TLS handshake), or a
-    /// server error (5xx).
+    /// Whether it is worth trying again later: no answer (except a failed TLS handshake), a
+    /// server error (5xx), or 429 (the token's request rate or live streams).
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { tls, .. } => !tls,
-            ApiError::Api { status, .. } => *status >= 500,
+            // 429: a token over its request rate or its live streams; it passes.
+            ApiError::Api { status, .. } => *status >= 500 || *status == 429,
             ApiError::Decode { .. } | ApiError::Local { .. } => false,
         }
     }
