@@ -1159,3 +1159,36 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> LogRecord {
+        LogRecord { seq, kind: 0, level: 2, device_time_us: 1, received_at: 2, text: format!("line {seq}") }
+    }
+
+    /// Writes queued together commit in one transaction; one that fails (a record of a device
+    /// that does not exist) fails alone and the others are stored.
+    #[tokio::test]
+    async fn a_failing_write_fails_alone_in_its_group() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.create_account("a", "A").await.unwrap();
+        store.add_device("a", "kd01", &[1; 32], "one").await.unwrap();
+        // Hold SQLite's one writer connection so that the writes below queue into one group.
+        let held = store.pool.acquire().await.unwrap();
+        let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+        let good = tokio::spawn(async move { s1.insert_logs("kd01", &[rec(1), rec(2)]).await });
+        let bad = tokio::spawn(async move { s2.insert_logs("kd-none", &[rec(1)]).await });
+        let more = tokio::spawn(async move { s3.insert_logs("kd01", &[rec(3)]).await });
+        while store.live.group.lock().unwrap().jobs.len() < 3 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        assert_eq!(good.await.unwrap().unwrap(), 2);
+        assert!(bad.await.unwrap().is_err(), "a record of an unknown device is refused");
+        assert_eq!(more.await.unwrap().unwrap(), 1);
+        let seqs: Vec<u64> = store.logs("kd01", None, 10).await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+}
