@@ -697,10 +697,13 @@ impl Connection {
         }
     }
 
-    /// The device's deployment changed (or may have: the notification lagged).
+    /// The device's deployment changed (or may have: the notification lagged). Before `Ready`
+    /// the target is loaded once the device is online (even if it was known to have none).
     pub fn deployment_changed(&mut self, out: &mut impl Output) {
-        if self.phase == Phase::Online && self.negotiated.allows(features::UPDATES) {
-            out.act(Action::LoadTarget);
+        match self.phase {
+            Phase::Online if self.negotiated.allows(features::UPDATES) => out.act(Action::LoadTarget),
+            Phase::AwaitingReady { .. } => self.target_loaded = false,
+            _ => {}
         }
     }
 

@@ -976,6 +976,22 @@ impl Store {
 
     /// The committer task of [`Store::write`].
     async fn commit_queued(self) {
+        // A panic in a write must not leave the queue without a committer for good (every
+        // later write would wait forever): the writes it held get an error (their answer's
+        // channel is dropped) and a new committer takes the rest.
+        struct Restart<'a>(&'a Store);
+        impl Drop for Restart<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut g = self.0.live.group.lock().unwrap_or_else(|e| e.into_inner());
+                    g.committing = !g.jobs.is_empty();
+                    if g.committing {
+                        tokio::spawn(self.0.clone().commit_queued());
+                    }
+                }
+            }
+        }
+        let _restart = Restart(&self);
         let take = || {
             let mut g = self.live.group.lock().unwrap_or_else(|e| e.into_inner());
             let jobs = std::mem::take(&mut g.jobs);

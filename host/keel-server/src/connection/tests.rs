@@ -157,6 +157,18 @@ fn a_device_known_without_target_loads_nothing_until_a_deployment() {
 }
 
 #[test]
+fn a_deployment_made_before_ready_is_loaded_at_ready_even_if_none_was_known() {
+    // The session started knowing the device had no deployment; one was made before its
+    // `Ready` arrived (the notification reached the mailbox then).
+    let (mut c, mut r) = new_conn(ALL_FEATURES);
+    c.known_without_target();
+    c.deployment_changed(&mut r);
+    assert_eq!(r.take(), vec![], "nothing to do before Ready");
+    c.receive(at_ms(5), Up::Ready, &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Online), Out::Did(Action::LoadTarget)]);
+}
+
+#[test]
 fn a_message_before_ready_closes_and_nothing_is_stored() {
     for first in [log(1, b"early"), Up::Pong { nonce: 1 }, Up::Unknown(40), status(0, 0, Idle)] {
         let (mut c, mut r) = new_conn(ALL_FEATURES);
