@@ -404,6 +404,18 @@ fn decode32(hw1: u16, hw2: u16) -> Result<Op, Error> {
                 // Load word.
                 return load_word(hw1, hw2);
             }
+            if op2 & 0b110_0101 == 0b000_0001 && h2 >> 12 == 15 && h1 & 0xF != 15 && h1 & 0x80 == 0 {
+                // Load byte/halfword with Rt = PC: PLD/PLI and NOP hints, else UNPREDICTABLE
+                // (writeback, unprivileged) or UNDEFINED.
+                let m = (h2 >> 6) & 0x3F;
+                return if m == 0 || m & 0b11_1100 == 0b11_0000 {
+                    Ok(Op::Other)
+                } else if m & 0b10_0100 == 0b10_0100 || m & 0b11_1100 == 0b11_1000 {
+                    Err(Error::Unpredictable)
+                } else {
+                    Ok(Op::Trap(Trap::Undefined))
+                };
+            }
             if op2 & 0b110_0111 == 0b000_0111 {
                 return Ok(Op::Trap(Trap::Undefined));
             }

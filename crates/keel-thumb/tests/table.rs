@@ -61,7 +61,7 @@ fn b_t3_conditional_wide() {
     // beq.w +0x100: F000 8080; bne.w -2: F47F AFFF (S=1, J1=J2=1, imm6=3F, imm11=7FF);
     // largest forward +0xFFFFE: F03F AFFF (S=0 J1=1 J2=1); largest backward -0x100000: F400 8000.
     let cases = [
-        (0xF000u16, 0x8080u16, 0i64 + 0x100),
+        (0xF000u16, 0x8080u16, 0x100i64),
         (0xF47F, 0xAFFF, -2),
         (0xF43F, 0xAFFE, -4),
         (0xF03F, 0xAFFF, 0xFFFFE),
