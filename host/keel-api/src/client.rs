@@ -434,6 +434,11 @@ fn query<Q: Serialize>(q: &Q) -> String {
     }
 }
 
+/// The largest event a [`LogStream`] accepts (a record's JSON is a few KiB at most): a server
+/// (or whatever answers in its place) that sends an endless line or event ends the stream with
+/// an error instead of filling the client's memory.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
 /// A live log stream ([`Client::stream_logs`]): records as the server sends them. It ends when the
 /// server ends the stream (a restart, the token revoked); a broken connection or an event that is
 /// not a record is its last item, an `Err`.
@@ -451,8 +456,14 @@ impl Iterator for LogStream {
         let mut line = String::new();
         while !self.done {
             line.clear();
-            match self.lines.read_line(&mut line) {
+            // One byte more than allowed, so an over-long line is told from one that fits.
+            match (&mut self.lines).take(MAX_EVENT_BYTES as u64 + 1).read_line(&mut line) {
                 Ok(0) => self.done = true,
+                Ok(_) if line.len() > MAX_EVENT_BYTES || self.data.len() + line.len() > MAX_EVENT_BYTES => {
+                    self.done = true;
+                    let message = format!("an event larger than {} KiB", MAX_EVENT_BYTES >> 10);
+                    return Some(Err(ApiError::Decode { message }));
+                }
                 Ok(_) => {
                     let line = line.trim_end_matches(['\n', '\r']);
                     if let Some(d) = line.strip_prefix("data:") {

@@ -23,7 +23,7 @@ mod tokens;
 
 pub use bundles::*;
 #[cfg(feature = "client")]
-pub use client::{ApiError, Client, LogStream};
+pub use client::{ApiError, Client, LogStream, MAX_EVENT_BYTES};
 pub use deployments::*;
 pub use devices::*;
 pub use errors::*;

@@ -285,3 +285,34 @@ fn tls_with_a_private_ca() {
     assert!(plain.tokens().is_err());
     let _ = std::fs::remove_dir_all(&pki);
 }
+
+/// Something answering in the server's place (a broken proxy, a hostile host on plain HTTP)
+/// streams one endless event: the stream ends with an error once the event passes
+/// `MAX_EVENT_BYTES`, instead of growing the client's memory (before: it kept reading and, when
+/// the connection closed, ended as if nothing was wrong).
+#[test]
+fn an_endless_event_ends_the_stream_with_an_error() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req).unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: ").unwrap();
+        let chunk = [b'x'; 8192];
+        // Four times the limit, then the connection closes; a client past the limit stops reading.
+        for _ in 0..(4 * keel_api::MAX_EVENT_BYTES / chunk.len()) {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let client = Client::new(format!("http://{addr}")).with_token("kt-any");
+    let mut stream = client.stream_logs("kd01", &StreamQuery::default()).unwrap();
+    let first = stream.next().expect("an item");
+    assert!(matches!(&first, Err(ApiError::Decode { message }) if message.contains("larger than")), "{first:?}");
+    assert!(stream.next().is_none());
+    drop(stream);
+    server.join().unwrap();
+}
