@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod debug;
 mod ota;
 mod server;
 
@@ -69,6 +70,15 @@ enum Cmd {
     Apps(ota::AppsCmd),
     /// Make a bundle the target of a device or of every device with a tag.
     Deploy(ota::DeployArgs),
+    /// Debug a device's app with gdb: serves the GDB remote protocol on 127.0.0.1 and talks to
+    /// the device through an end-to-end encrypted session (see docs/debugging.md).
+    ///
+    ///   keel keys new --debug --out me                   # once: me.debug.key + me.debug.pub
+    ///   keel bundle app.elf --key release.key --version 1.2.0 --debug-key me.debug.pub
+    ///   keel debug DEVICE --key me.debug.key --elf app.elf
+    ///   gdb-multiarch app.elf -ex 'target extended-remote :8001'
+    #[command(verbatim_doc_comment)]
+    Debug(debug::DebugArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Bundle(a) => ota::bundle(a, cli.json),
         Cmd::Apps(c) => ota::apps(c, cli.json),
         Cmd::Deploy(a) => ota::deploy(a, cli.json),
+        Cmd::Debug(a) => debug::command(a, cli.json),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,10 +20,16 @@ pub enum KeysCmd {
     ///
     /// Keep NAME.key off the server and out of version control: whoever has it can sign
     /// updates your devices accept. Register NAME.pub with `keel keys add NAME.pub`.
+    ///
+    /// With --debug: a remote debugging key pair instead (X25519): NAME.debug.key (secret,
+    /// mode 0600, for `keel debug --key`) and NAME.debug.pub (for `keel bundle --debug-key`).
     New {
         /// Path without extension: writes NAME.key and NAME.pub (never overwrites).
         #[arg(long, value_name = "NAME")]
         out: PathBuf,
+        /// Make a debug key pair (NAME.debug.key, NAME.debug.pub).
+        #[arg(long)]
+        debug: bool,
     },
     /// Register a public key with the server: bundles must be signed by a registered key.
     Add {
@@ -81,8 +87,10 @@ pub struct BundleArgs {
     /// Lowest visor version that may install it, as MAJOR.MINOR.PATCH.
     #[arg(long)]
     min_visor: Option<String>,
-    /// Public key (PEM file or 64 hex digits) allowed to open remote debugging sessions.
-    #[arg(long)]
+    /// Debug public key (NAME.debug.pub from `keel keys new --debug`, or its 64 hex digits):
+    /// its holder may debug the app remotely (`keel debug`). An app bundled without a debug
+    /// key cannot be debugged.
+    #[arg(long, value_name = "PUB")]
     debug_key: Option<String>,
 }
 
@@ -124,7 +132,8 @@ pub struct DeployArgs {
 
 pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
     match cmd {
-        KeysCmd::New { out } => {
+        KeysCmd::New { out, debug: true } => new_debug_key(&out, json),
+        KeysCmd::New { out, debug: false } => {
             let secret = out.with_extension("key");
             let public = out.with_extension("pub");
             for p in [&secret, &public] {
@@ -190,6 +199,64 @@ pub fn keys(cmd: KeysCmd, json: bool) -> Result<(), String> {
     }
 }
 
+/// `keel keys new --debug`: an X25519 key pair for remote debugging sessions.
+fn new_debug_key(out: &Path, json: bool) -> Result<(), String> {
+    use rand_core::RngCore;
+    let secret_path = out.with_extension("debug.key");
+    let public_path = out.with_extension("debug.pub");
+    for p in [&secret_path, &public_path] {
+        if p.exists() {
+            return Err(format!("{} exists; keys are never overwritten (choose another --out)", p.display()));
+        }
+    }
+    let mut secret = [0u8; 32];
+    rand_core::OsRng.try_fill_bytes(&mut secret).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let public = keel_debug::session::public_key(&secret);
+    let public_hex = keel_server::hex(&public);
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut text = keel_server::hex(&secret);
+        text.push('\n');
+        opts.open(&secret_path)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+            .map_err(|e| format!("cannot write {}: {e}", secret_path.display()))?;
+        secret.fill(0);
+    }
+    std::fs::write(&public_path, format!("{public_hex}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", public_path.display()))?;
+    if json {
+        return print_json(&serde_json::json!({
+            "secret": secret_path, "public": public_path, "public_key": public_hex,
+        }));
+    }
+    println!("wrote {} (secret, keep it safe) and {}", secret_path.display(), public_path.display());
+    println!(
+        "\nnext: keel bundle app.elf --key RELEASE.key --version V --debug-key {}\n      keel debug DEVICE --key {}",
+        public_path.display(),
+        secret_path.display()
+    );
+    Ok(())
+}
+
+/// The X25519 debug public key `--debug-key` names: a NAME.debug.pub file or 64 hex digits.
+fn debug_public_key(arg: &str) -> Result<[u8; 32], String> {
+    let text = if Path::new(arg).exists() {
+        std::fs::read_to_string(arg).map_err(|e| format!("cannot read {arg}: {e}"))?
+    } else {
+        arg.to_string()
+    };
+    if text.contains("PRIVATE KEY") || arg.ends_with(".debug.key") {
+        return Err(format!("--debug-key {arg}: that is a secret key; give the public one (NAME.debug.pub)"));
+    }
+    crate::debug::parse_key_hex(&text).ok_or_else(|| {
+        format!("--debug-key {arg}: expected a debug public key (NAME.debug.pub from `keel keys new --debug`, 64 hex digits)")
+    })
+}
+
 fn parse_visor_version(v: &str) -> Result<u32, String> {
     keel_bundle::parse_visor_version(v)
         .ok_or_else(|| format!("--min-visor {v}: expected MAJOR.MINOR.PATCH, e.g. 0.2.0"))
@@ -202,21 +269,14 @@ pub fn bundle(a: BundleArgs, json: bool) -> Result<(), String> {
         None => a.elf.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     let data = std::fs::read(&a.elf).map_err(|e| format!("cannot read {}: {e}", a.elf.display()))?;
+    let debug_key = a.debug_key.as_deref().map(debug_public_key).transpose()?;
+    // The key goes in the manifest and in the image header (covered by its digest): the visor
+    // accepts debug sessions for the running app only with it.
     let image = keel_vdev::elf::image_from_elf_bytes(&data, &name, &a.version)
-        .map_err(|e| format!("{}: {e}", a.elf.display()))?;
+        .map_err(|e| format!("{}: {e}", a.elf.display()))?
+        .with_debug_key(debug_key);
     let slot = image.slot_bytes();
     let key = keel_bundle::read_secret_key_file(&a.key).map_err(|e| format!("cannot read {}: {e}", a.key.display()))?;
-    let debug_key = match &a.debug_key {
-        None => None,
-        Some(k) => {
-            let text = if Path::new(k).exists() {
-                std::fs::read_to_string(k).map_err(|e| format!("cannot read {k}: {e}"))?
-            } else {
-                k.clone()
-            };
-            Some(keel_bundle::public_key_from_text(&text).map_err(|e| format!("--debug-key: {e}"))?)
-        }
-    };
     let sequence = match a.sequence {
         Some(s) => s,
         None => std::time::SystemTime::now()
@@ -247,6 +307,7 @@ pub fn bundle(a: BundleArgs, json: bool) -> Result<(), String> {
         return print_json(&serde_json::json!({
             "bundle": out, "app": name, "version": a.version, "sequence": sequence,
             "size": bytes.len(), "app_layer_size": slot.len(), "key_id": kid,
+            "debug_key": debug_key.map(|k| keel_server::hex(&k)),
         }));
     }
     println!(
@@ -256,6 +317,9 @@ pub fn bundle(a: BundleArgs, json: bool) -> Result<(), String> {
         slot.len(),
         bytes.len()
     );
+    if debug_key.is_none() {
+        println!("no --debug-key: this app cannot be debugged remotely");
+    }
     println!("next: keel apps upload {}", out.display());
     Ok(())
 }
