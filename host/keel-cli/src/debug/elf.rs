@@ -90,7 +90,7 @@ impl CodeImage {
     pub fn samples(&self, size: usize) -> Vec<(u32, Vec<u8>)> {
         let Some((addr, data)) = self.sections.iter().max_by_key(|s| s.1.len()) else { return Vec::new() };
         let n = size.min(data.len());
-        let mut offs = vec![0, (data.len() / 2) & !3, data.len() - n];
+        let mut offs = vec![0, ((data.len() / 2) & !3).min(data.len() - n), data.len() - n];
         offs.dedup();
         offs.into_iter().map(|o| (addr + o as u32, data[o..o + n].to_vec())).collect()
     }

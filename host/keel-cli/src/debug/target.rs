@@ -849,3 +849,273 @@ pub fn restart_name(r: RestartReason) -> &'static str {
         RestartReason::Other => "restarted by the device",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::debug::sim::{self, Sim, SimProbe};
+
+    fn attached(with_elf: bool) -> (Debuggee, Arc<Mutex<Sim>>) {
+        let (p, sim) = SimProbe::demo();
+        let code = with_elf.then(|| CodeImage::from_sections(sim::demo_code()));
+        let mut d = Debuggee::new(Box::new(p), code);
+        let stop = d.attach().unwrap();
+        assert_eq!(stop.reason, StopReason::Halted);
+        (d, sim)
+    }
+
+    fn last_batch(sim: &Arc<Mutex<Sim>>) -> Vec<String> {
+        sim.lock().unwrap().log.last().cloned().unwrap_or_default()
+    }
+
+    /// Moves the halted app to `pc` (as if stopped there).
+    fn stop_at(d: &mut Debuggee, sim: &Arc<Mutex<Sim>>, pc: u32) {
+        sim.lock().unwrap().regs[wire::PC] = pc;
+        d.halt().unwrap();
+        assert_eq!(d.regs()[wire::PC], pc);
+    }
+
+    fn wait_stop(d: &mut Debuggee) -> Stop {
+        for _ in 0..100 {
+            if let Some(DeviceEvent::Stop(s)) = d.poll(Duration::from_millis(10)).unwrap() {
+                return s;
+            }
+        }
+        panic!("no stop");
+    }
+
+    #[test]
+    fn attach_is_one_round_trip_and_checks_the_elf() {
+        let (d, _) = attached(true);
+        assert_eq!(d.round_trips(), 1);
+        assert!(d.code.is_some());
+        // Another image than the device's: not used.
+        let (p, _) = SimProbe::demo();
+        let mut code = sim::demo_code();
+        code[1].1[0] ^= 1;
+        let mut d = Debuggee::new(Box::new(p), Some(CodeImage::from_sections(code)));
+        d.attach().unwrap();
+        assert!(d.code.is_none());
+        assert_eq!(d.take_notes().len(), 1);
+    }
+
+    #[test]
+    fn register_writes_wait_for_the_next_request() {
+        let (mut d, sim) = attached(true);
+        d.write_reg(0, 0x1234).unwrap();
+        d.write_reg(0, 0x5678).unwrap();
+        d.write_reg(wire::PC, sim::DEMO_FUNC).unwrap();
+        assert_eq!(d.round_trips(), 1);
+        assert_eq!(d.regs()[0], 0x5678);
+        d.resume().unwrap();
+        assert_eq!(d.round_trips(), 2);
+        assert_eq!(
+            last_batch(&sim),
+            vec![
+                "WriteReg { n: 0, value: 22136 }".to_string(),
+                format!("WriteReg {{ n: 15, value: {} }}", sim::DEMO_FUNC),
+                "Resume".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_stack_pointer_writes_are_errors_at_once() {
+        let (mut d, _) = attached(true);
+        let sp = d.regs()[wire::SP];
+        assert!(matches!(d.write_reg(wire::SP, 0x2800_0100), Err(Fail::Target(_))));
+        assert_eq!(d.regs()[wire::SP], sp);
+        assert_eq!(d.round_trips(), 2);
+    }
+
+    #[test]
+    fn memory_is_cached_while_halted_and_code_comes_from_the_elf() {
+        let (mut d, _) = attached(true);
+        let rt = d.round_trips();
+        // Code: from the ELF file.
+        assert_eq!(d.read_mem(sim::DEMO_FUNC, 4).unwrap(), vec![0x02, 0x30, 0x70, 0x47]);
+        assert_eq!(d.round_trips(), rt);
+        // RAM: one round trip, then from the cache (the stack block came with it).
+        let words = d.read_mem(board::APP_RAM_BASE, 16).unwrap();
+        assert_eq!(words[..4], sim::DEMO_RAM_WORDS[0].to_le_bytes());
+        assert_eq!(d.round_trips(), rt + 1);
+        d.read_mem(board::APP_RAM_BASE + 200, 100).unwrap(); // crosses into the next block
+        let sp = d.regs()[wire::SP];
+        d.read_mem(sp - 8, 16).unwrap();
+        assert_eq!(d.round_trips(), rt + 2);
+        d.read_mem(board::APP_RAM_BASE + 4, 4).unwrap();
+        assert_eq!(d.round_trips(), rt + 2);
+        // A long read: several ops per request, and the requests fit.
+        assert_eq!(d.read_mem(board::APP_RAM_BASE + 0x10000, 2000).unwrap().len(), 2000);
+        // Outside the app's memory: refused without asking.
+        let rt = d.round_trips();
+        assert!(d.read_mem(sim::DEMO_VENEER, 4).is_err());
+        assert_eq!(d.round_trips(), rt);
+        // Running drops the cache.
+        d.resume().unwrap();
+        d.halt().unwrap();
+        let rt = d.round_trips();
+        d.read_mem(board::APP_RAM_BASE, 4).unwrap();
+        assert_eq!(d.round_trips(), rt + 1);
+    }
+
+    #[test]
+    fn writes_update_the_cache_and_the_elf_copy() {
+        let (mut d, sim) = attached(true);
+        d.read_mem(board::APP_RAM_BASE, 8).unwrap();
+        d.write_mem(board::APP_RAM_BASE + 2, &[0xaa, 0xbb]).unwrap();
+        let rt = d.round_trips();
+        assert_eq!(d.read_mem(board::APP_RAM_BASE, 4).unwrap(), vec![0xef, 0xbe, 0xaa, 0xbb]);
+        assert_eq!(d.round_trips(), rt);
+        // A write to code: the device's copy is read from then on.
+        d.write_mem(sim::DEMO_FUNC, &[0x03, 0x30]).unwrap();
+        assert_eq!(d.read_mem(sim::DEMO_FUNC, 2).unwrap(), vec![0x03, 0x30]);
+        assert_eq!(sim.lock().unwrap().read(sim::DEMO_FUNC, 2).unwrap(), vec![0x03, 0x30]);
+    }
+
+    #[test]
+    fn breakpoints_cost_nothing_until_the_app_runs() {
+        let (mut d, sim) = attached(true);
+        let rt = d.round_trips();
+        for _ in 0..3 {
+            d.insert_breakpoint(sim::DEMO_FUNC).unwrap();
+            d.insert_breakpoint(sim::DEMO_BRANCH).unwrap();
+            d.remove_breakpoint(sim::DEMO_BRANCH);
+            d.remove_breakpoint(sim::DEMO_FUNC);
+        }
+        d.insert_breakpoint(sim::DEMO_FUNC).unwrap();
+        assert_eq!(d.round_trips(), rt);
+        assert!(d.insert_breakpoint(sim::DEMO_VENEER).is_err());
+        assert!(d.insert_breakpoint(sim::DEMO_FUNC + 1).is_err());
+        d.resume().unwrap();
+        assert_eq!(last_batch(&sim), vec![format!("SetBreak {{ addr: {}, temporary: false }}", sim::DEMO_FUNC), "Resume".into()]);
+        let s = wait_stop(&mut d);
+        assert_eq!((s.reason, s.regs[wire::PC]), (StopReason::Breakpoint, sim::DEMO_FUNC));
+        // gdb takes them all out and puts them back around a stop: nothing to send.
+        d.remove_breakpoint(sim::DEMO_FUNC);
+        d.insert_breakpoint(sim::DEMO_FUNC).unwrap();
+        d.insert_breakpoint(sim::DEMO_AFTER_CALL).unwrap();
+        d.remove_breakpoint(sim::DEMO_FUNC);
+        // Next resume: only the difference.
+        d.resume().unwrap();
+        assert_eq!(
+            last_batch(&sim),
+            vec![
+                format!("ClearBreak {{ addr: {} }}", sim::DEMO_FUNC),
+                format!("SetBreak {{ addr: {}, temporary: false }}", sim::DEMO_AFTER_CALL),
+                "Resume".into()
+            ]
+        );
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_AFTER_CALL);
+        assert_eq!(d.planted().iter().copied().collect::<Vec<_>>(), vec![sim::DEMO_AFTER_CALL]);
+        for a in 0..MAX_USER_BREAKPOINTS as u32 - 1 {
+            d.insert_breakpoint(board::APP_CODE_BASE + 0x1000 + 2 * a).unwrap();
+        }
+        assert!(d.insert_breakpoint(board::APP_CODE_BASE + 0x2000).is_err());
+    }
+
+    #[test]
+    fn a_step_is_one_request() {
+        let (mut d, sim) = attached(true);
+        stop_at(&mut d, &sim, sim::DEMO_CALL);
+        let rt = d.round_trips();
+        assert_eq!(d.step().unwrap(), Step::Running);
+        assert_eq!(d.round_trips(), rt + 1);
+        assert_eq!(last_batch(&sim), vec![format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_FUNC), "Resume".into()]);
+        let s = wait_stop(&mut d);
+        assert_eq!(s.regs[wire::PC], sim::DEMO_FUNC);
+        assert_eq!(s.regs[wire::LR], sim::DEMO_AFTER_CALL | 1);
+        assert!(sim.lock().unwrap().breakpoints().is_empty());
+        // The return (bx lr) goes back after the call.
+        d.step().unwrap();
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_FUNC + 2);
+        d.step().unwrap();
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_AFTER_CALL);
+    }
+
+    #[test]
+    fn a_step_without_the_elf_fetches_the_code_first() {
+        let (mut d, sim) = attached(false);
+        stop_at(&mut d, &sim, sim::DEMO_BRANCH);
+        let rt = d.round_trips();
+        d.step().unwrap();
+        assert_eq!(d.round_trips(), rt + 2);
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_LOOP);
+    }
+
+    #[test]
+    fn a_system_call_is_stepped_over() {
+        let (mut d, sim) = attached(true);
+        stop_at(&mut d, &sim, sim::DEMO_SYSCALL);
+        d.step().unwrap();
+        assert_eq!(last_batch(&sim)[0], format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_SYSCALL + 2));
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_BRANCH);
+    }
+
+    #[test]
+    fn a_step_from_a_breakpoint_lifts_it_and_the_next_resume_plants_it_again() {
+        let (mut d, sim) = attached(true);
+        d.insert_breakpoint(sim::DEMO_FUNC).unwrap();
+        d.resume().unwrap();
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_FUNC);
+        d.step().unwrap();
+        assert_eq!(
+            last_batch(&sim),
+            vec![
+                format!("ClearBreak {{ addr: {} }}", sim::DEMO_FUNC),
+                format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_FUNC + 2),
+                "Resume".into()
+            ]
+        );
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_FUNC + 2);
+        d.resume().unwrap();
+        assert_eq!(last_batch(&sim)[0], format!("SetBreak {{ addr: {}, temporary: false }}", sim::DEMO_FUNC));
+        assert_eq!(wait_stop(&mut d).regs[wire::PC], sim::DEMO_FUNC);
+    }
+
+    #[test]
+    fn traps_are_not_stepped() {
+        let (mut d, sim) = attached(true);
+        stop_at(&mut d, &sim, sim::DEMO_FUNC);
+        d.write_mem(sim::DEMO_FUNC, &0xde00u16.to_le_bytes()).unwrap(); // udf #0
+        assert!(matches!(d.step().unwrap(), Step::Refused(signal::ILL, _)));
+        // The written code was read back from the device, and nothing ran.
+        let batch = last_batch(&sim);
+        assert_eq!(batch[0], format!("ReadMem {{ addr: {}, len: 256 }}", sim::DEMO_FUNC & !255));
+        assert!(batch.iter().all(|op| op.starts_with("ReadMem")));
+        assert!(d.is_halted());
+    }
+
+    #[test]
+    fn an_exception_return_breaks_at_the_stacked_pc() {
+        let (mut d, sim) = attached(true);
+        {
+            let mut s = sim.lock().unwrap();
+            s.regs[wire::XPSR] = 0x0100_000f; // SysTick handler
+            s.regs[wire::LR] = 0xffff_fff9; // back to thread mode on the main stack
+            let sp = s.regs[wire::SP];
+            s.write(sp + 24, &(sim::DEMO_BRANCH | 1).to_le_bytes()).unwrap();
+        }
+        stop_at(&mut d, &sim, sim::DEMO_FUNC + 2); // bx lr
+        d.step().unwrap();
+        assert_eq!(last_batch(&sim)[0], format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_BRANCH));
+    }
+
+    #[test]
+    fn restart_and_detach() {
+        let (mut d, sim) = attached(true);
+        d.insert_breakpoint(sim::DEMO_FUNC).unwrap();
+        d.resume().unwrap();
+        wait_stop(&mut d);
+        d.restart().unwrap();
+        assert!(!d.is_halted());
+        assert!(d.planted().is_empty());
+        assert!(d.breakpoints().contains(&sim::DEMO_FUNC));
+        d.halt().unwrap();
+        d.detach().unwrap();
+        let s = sim.lock().unwrap();
+        assert!(s.detached && !s.halted && s.breakpoints().is_empty());
+    }
+}
