@@ -17,9 +17,9 @@ pub const APP_REGIONS: [(u32, u32); 2] = [(APP_CODE_BASE, APP_CODE_SIZE), (APP_R
 
 /// Whether `[addr, addr + len)` lies inside one app region.
 pub fn accessible(addr: u32, len: u32) -> bool {
-    APP_REGIONS.iter().any(|&(base, size)| {
-        addr >= base && u64::from(addr) + u64::from(len) <= u64::from(base) + u64::from(size)
-    })
+    APP_REGIONS
+        .iter()
+        .any(|&(base, size)| addr >= base && u64::from(addr) + u64::from(len) <= u64::from(base) + u64::from(size))
 }
 
 /// Whether a software breakpoint can be planted at `addr` (app memory, halfword aligned).

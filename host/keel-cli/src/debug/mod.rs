@@ -102,9 +102,8 @@ pub fn read_debug_secret(path: &Path) -> Result<[u8; 32], String> {
         return Err(format!("{} is a public key: --key takes the secret one (NAME.debug.key)", path.display()));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_key_hex(&text).ok_or_else(|| {
-        format!("{}: not a debug key (64 hex digits, made by `keel keys new --debug`)", path.display())
-    })
+    parse_key_hex(&text)
+        .ok_or_else(|| format!("{}: not a debug key (64 hex digits, made by `keel keys new --debug`)", path.display()))
 }
 
 /// Serves one gdb connection on `127.0.0.1:PORT` with the probe `probe_factory` makes: prints
@@ -180,10 +179,17 @@ pub fn run(opts: &Options, probe_factory: impl FnOnce() -> Result<Box<dyn Probe>
                 End::Killed => "the app was restarted",
             };
             if opts.json {
-                println!("{}", serde_json::json!({ "end": end, "gdb_packets": session.packets,
-                    "device_round_trips": session.d.round_trips() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "end": end, "gdb_packets": session.packets,
+                    "device_round_trips": session.d.round_trips() })
+                );
             } else {
-                println!("{end}: {what} ({} gdb packets, {} device round trips)", session.packets, session.d.round_trips());
+                println!(
+                    "{end}: {what} ({} gdb packets, {} device round trips)",
+                    session.packets,
+                    session.d.round_trips()
+                );
             }
             Ok(())
         }

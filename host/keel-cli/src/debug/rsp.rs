@@ -199,7 +199,13 @@ mod tests {
     fn packets_acks_and_interrupts() {
         assert_eq!(
             inputs(b"+$g#67\x03-$qC#b4"),
-            vec![Input::Ack, Input::Packet(b"g".to_vec()), Input::Interrupt, Input::Nack, Input::Packet(b"qC".to_vec())]
+            vec![
+                Input::Ack,
+                Input::Packet(b"g".to_vec()),
+                Input::Interrupt,
+                Input::Nack,
+                Input::Packet(b"qC".to_vec())
+            ]
         );
         assert_eq!(inputs(b"$g#68"), vec![Input::Corrupt]);
         assert_eq!(inputs(b"$g#zz"), vec![Input::Corrupt]);

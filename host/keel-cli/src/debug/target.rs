@@ -120,7 +120,6 @@ pub struct Debuggee {
     probe: Box<dyn Probe>,
     regs: Regs,
     halted: bool,
-    last_stop: Option<Stop>,
     pending_regs: BTreeMap<usize, u32>,
     blocks: HashMap<u32, Vec<u8>>,
     code: Option<CodeImage>,
@@ -139,7 +138,6 @@ impl Debuggee {
             probe,
             regs: [0; NREGS],
             halted: false,
-            last_stop: None,
             pending_regs: BTreeMap::new(),
             blocks: HashMap::new(),
             code,
@@ -164,12 +162,6 @@ impl Debuggee {
     /// The registers where the app is halted (with gdb's writes applied).
     pub fn regs(&self) -> &Regs {
         &self.regs
-    }
-
-    /// The last stop.
-    #[cfg(test)]
-    pub fn last_stop(&self) -> Option<&Stop> {
-        self.last_stop.as_ref()
     }
 
     /// Messages for the user that came up since the last call (gdb shows them as console
@@ -245,7 +237,6 @@ impl Debuggee {
             DeviceEvent::Stop(s) => {
                 self.regs = s.regs;
                 self.halted = true;
-                self.last_stop = Some(*s);
                 self.blocks.clear();
                 self.pending_regs.clear();
             }
@@ -327,7 +318,9 @@ impl Debuggee {
         let differs = samples.iter().zip(&out[1..]).any(|((_, want), got)| *got != OpOutcome::Ok(want.clone()));
         if differs {
             self.code = None;
-            self.note("the app on the device is not the one in the --elf file: its code is read from the device".into());
+            self.note(
+                "the app on the device is not the one in the --elf file: its code is read from the device".into(),
+            );
         }
         self.wait_halted()
     }
@@ -352,9 +345,7 @@ impl Debuggee {
             }
             return match &out[0] {
                 OpOutcome::Ok(_) => Ok(()),
-                OpOutcome::Err(s) => {
-                    Err(Fail::Target(format!("cannot write {}: {}", wire::REG_NAMES[i], s.as_str())))
-                }
+                OpOutcome::Err(s) => Err(Fail::Target(format!("cannot write {}: {}", wire::REG_NAMES[i], s.as_str()))),
             };
         }
         self.regs[i] = value;
@@ -404,8 +395,7 @@ impl Debuggee {
                 blocks.push(b);
             }
         }
-        let reqs: Vec<Req> =
-            blocks.iter().map(|&addr| Req::Op(Op::ReadMem { addr, len: BLOCK as u16 })).collect();
+        let reqs: Vec<Req> = blocks.iter().map(|&addr| Req::Op(Op::ReadMem { addr, len: BLOCK as u16 })).collect();
         let out = self.send(&reqs)?;
         let mut refused = Vec::new();
         for (b, o) in blocks.into_iter().zip(out) {
@@ -430,7 +420,9 @@ impl Debuggee {
         for o in self.send(&reqs)? {
             match o {
                 OpOutcome::Ok(d) => v.extend_from_slice(&d),
-                OpOutcome::Err(s) => return Err(Fail::Target(format!("cannot read memory at {addr:#x}: {}", s.as_str()))),
+                OpOutcome::Err(s) => {
+                    return Err(Fail::Target(format!("cannot read memory at {addr:#x}: {}", s.as_str())))
+                }
             }
         }
         self.stats.mem_bytes_from_device += v.len() as u64;
@@ -508,8 +500,12 @@ impl Debuggee {
         let end = u64::from(addr) + data.len() as u64;
         // The agent refuses writes over its breakpoints: take those out first (the next
         // resume plants them again, over the new code, if gdb still wants them).
-        let over: Vec<u32> =
-            self.planted.iter().copied().filter(|&b| u64::from(b) + 2 > u64::from(addr) && u64::from(b) < end).collect();
+        let over: Vec<u32> = self
+            .planted
+            .iter()
+            .copied()
+            .filter(|&b| u64::from(b) + 2 > u64::from(addr) && u64::from(b) < end)
+            .collect();
         let mut reqs: Vec<Req> = over.iter().map(|&addr| Req::Op(Op::ClearBreak { addr })).collect();
         for (i, chunk) in data.chunks(MAX_MEM).enumerate() {
             reqs.push(Req::Write(addr + (i * MAX_MEM) as u32, chunk.to_vec()));
@@ -695,7 +691,9 @@ impl Debuggee {
                     _ => {
                         return refuse(
                             signal::ILL,
-                            format!("exception return ({v:#x}) at {pc:#x}: set a breakpoint where it goes and continue"),
+                            format!(
+                                "exception return ({v:#x}) at {pc:#x}: set a breakpoint where it goes and continue"
+                            ),
                         )
                     }
                 },
@@ -711,7 +709,10 @@ impl Debuggee {
             if board::can_break(back) {
                 return Ok(Ok(back));
             }
-            return refuse(signal::SEGV, format!("single step from {pc:#x} goes to {target:#x}, out of the app's memory"));
+            return refuse(
+                signal::SEGV,
+                format!("single step from {pc:#x} goes to {target:#x}, out of the app's memory"),
+            );
         }
         refuse(signal::SEGV, format!("cannot read the memory needed to single-step at {pc:#x}"))
     }
@@ -990,7 +991,10 @@ mod tests {
         assert!(d.insert_breakpoint(sim::DEMO_VENEER).is_err());
         assert!(d.insert_breakpoint(sim::DEMO_FUNC + 1).is_err());
         d.resume().unwrap();
-        assert_eq!(last_batch(&sim), vec![format!("SetBreak {{ addr: {}, temporary: false }}", sim::DEMO_FUNC), "Resume".into()]);
+        assert_eq!(
+            last_batch(&sim),
+            vec![format!("SetBreak {{ addr: {}, temporary: false }}", sim::DEMO_FUNC), "Resume".into()]
+        );
         let s = wait_stop(&mut d);
         assert_eq!((s.reason, s.regs[wire::PC]), (StopReason::Breakpoint, sim::DEMO_FUNC));
         // gdb takes them all out and puts them back around a stop: nothing to send.
@@ -1023,7 +1027,10 @@ mod tests {
         let rt = d.round_trips();
         assert_eq!(d.step().unwrap(), Step::Running);
         assert_eq!(d.round_trips(), rt + 1);
-        assert_eq!(last_batch(&sim), vec![format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_FUNC), "Resume".into()]);
+        assert_eq!(
+            last_batch(&sim),
+            vec![format!("SetBreak {{ addr: {}, temporary: true }}", sim::DEMO_FUNC), "Resume".into()]
+        );
         let s = wait_stop(&mut d);
         assert_eq!(s.regs[wire::PC], sim::DEMO_FUNC);
         assert_eq!(s.regs[wire::LR], sim::DEMO_AFTER_CALL | 1);
