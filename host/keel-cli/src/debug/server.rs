@@ -117,6 +117,8 @@ pub struct Session<W: Write> {
     signal: u8,
     /// gdb believes a process is there (not after `vKill`).
     attached: bool,
+    /// The app was taken hold of (halted) for this connection.
+    taken: bool,
     /// Packets received from gdb.
     pub packets: u64,
 }
@@ -136,6 +138,7 @@ impl<W: Write> Session<W> {
             last_sent: Vec::new(),
             signal: signal::TRAP,
             attached: true,
+            taken: false,
             packets: 0,
         }
     }
@@ -183,11 +186,11 @@ impl<W: Write> Session<W> {
         }
     }
 
-    /// Serves gdb until it detaches, kills or goes away. The app is halted first (gdb expects
-    /// a stopped target when it connects).
+    /// Serves gdb until it detaches, kills or goes away. The app is halted by the first packet
+    /// that needs it (`?`, right after the handshake gdb answers locally): gdb expects a stopped
+    /// target when it connects, and this way its first packets wait for no round trip (gdb
+    /// gives up on a reply after `remotetimeout`, 2 s by default).
     pub fn serve(&mut self) -> Result<End, Fail> {
-        let stop = self.d.attach()?;
-        self.signal = target::stop_signal(&stop, false);
         loop {
             if self.queue.is_empty() {
                 if self.closed {
@@ -262,6 +265,13 @@ impl<W: Write> Session<W> {
     /// Makes sure the app is halted where gdb believes it is stopped (it may have restarted
     /// behind gdb's back).
     fn ensure_halted(&mut self) -> Result<(), Fail> {
+        if !self.taken {
+            let stop = self.d.attach()?;
+            self.signal = target::stop_signal(&stop, false);
+            self.taken = true;
+            self.d.take_restart();
+            return Ok(());
+        }
         if let Some(r) = self.d.take_restart() {
             eprintln!("keel debug: the app was restarted ({}); halting it again", target::restart_name(r));
         }
@@ -390,6 +400,8 @@ impl<W: Write> Session<W> {
                 if self.extended {
                     Action::Nothing
                 } else {
+                    // gdb closes the connection: end the device session too.
+                    soft(self.d.detach())?;
                     Action::End(None, End::Killed)
                 }
             }
@@ -459,6 +471,7 @@ impl<W: Write> Session<W> {
         }
         if text.starts_with("vAttach;") {
             self.attached = true;
+            self.taken = true;
             let stop = self.d.halt()?;
             self.signal = target::stop_signal(&stop, false);
             return Ok(reply(self.stop_reply(self.signal)));
@@ -466,6 +479,7 @@ impl<W: Write> Session<W> {
         if text.starts_with("vRun;") {
             self.d.restart()?;
             self.attached = true;
+            self.taken = true;
             self.d.halt()?;
             self.signal = signal::TRAP;
             return Ok(reply(self.stop_reply(self.signal)));
@@ -595,4 +609,76 @@ fn xfer_args(text: &str) -> Option<(&str, usize, usize)> {
     let (annex, range) = text.rsplit_once(':')?;
     let (off, len) = range.split_once(',')?;
     Some((annex, usize::from_str_radix(off, 16).ok()?, usize::from_str_radix(len, 16).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debug::sim::{self, SimProbe};
+    use keel_debug::wire::RestartReason;
+
+    fn session() -> (Session<Vec<u8>>, std::sync::Arc<std::sync::Mutex<sim::Sim>>) {
+        let (p, sim) = SimProbe::demo();
+        (Session::new(Debuggee::new(Box::new(p), None), Vec::new(), None), sim)
+    }
+
+    fn replies(a: Action) -> Vec<String> {
+        match a {
+            Action::Reply(ps) => ps.into_iter().map(|p| String::from_utf8(p).unwrap()).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_handshake_costs_no_round_trip() {
+        let (mut s, sim) = session();
+        for p in ["qSupported:xmlRegisters=arm", "vMustReplyEmpty", "QStartNoAckMode", "!", "qTStatus", "vCont?"] {
+            s.handle(p.as_bytes()).unwrap();
+        }
+        s.handle(b"qXfer:features:read:target.xml:0,ffb").unwrap();
+        assert_eq!(sim.lock().unwrap().round_trips, 0);
+        let stop = replies(s.handle(b"?").unwrap());
+        assert!(stop[0].starts_with("T05thread:1;0f:"), "{stop:?}");
+        assert_eq!(sim.lock().unwrap().round_trips, 1);
+        assert_eq!(replies(s.handle(b"qXfer:features:read:other.xml:0,ffb").unwrap()), ["E00"]);
+        assert_eq!(replies(s.handle(b"Z2,28000000,4").unwrap()), [""]);
+        assert_eq!(replies(s.handle(b"vCont;r200000,200010:1").unwrap()), [""]);
+    }
+
+    #[test]
+    fn a_restart_while_running_is_reported_as_a_stop() {
+        let (mut s, sim) = session();
+        s.handle(b"?").unwrap();
+        assert_eq!(s.handle(b"c").unwrap(), Action::Wait);
+        sim.lock().unwrap().restart_app(RestartReason::Crashed);
+        let stop = String::from_utf8(s.wait_stop().unwrap().unwrap()).unwrap();
+        assert!(stop.starts_with("T05"), "{stop}");
+        let console = String::from_utf8_lossy(&s.out).to_string();
+        assert!(console.contains(&rsp::hex(b"app restarted (it crashed)")), "{console}");
+        assert!(s.d.is_halted());
+    }
+
+    #[test]
+    fn a_restart_while_halted_is_noticed_before_the_next_packet() {
+        let (mut s, sim) = session();
+        s.handle(b"?").unwrap();
+        sim.lock().unwrap().restart_app(RestartReason::Updated);
+        s.d.idle().unwrap();
+        assert!(!s.d.is_halted());
+        let regs = replies(s.handle(b"g").unwrap());
+        assert!(s.d.is_halted());
+        assert_eq!(&regs[0][15 * 8..16 * 8], rsp::hex_u32_le(sim.lock().unwrap().regs[15]));
+    }
+
+    #[test]
+    fn an_unsteppable_instruction_stops_with_a_message() {
+        let (mut s, _) = session();
+        s.handle(b"?").unwrap();
+        s.handle(format!("P0f={}", rsp::hex_u32_le(0x0020_0000)).as_bytes()).unwrap();
+        // 0x200000 holds the initial stack pointer 0x28001000: 0x1000 is `asrs r0, r0, #32`
+        // and 0x2800 is `cmp r0, #0`; make it `udf` instead.
+        s.handle(b"M200000,2:00de").unwrap();
+        let r = replies(s.handle(b"vCont;s:1").unwrap());
+        assert!(r[0].starts_with('O') && r[1].starts_with("T04"), "{r:?}");
+    }
 }

@@ -216,6 +216,17 @@ impl Sim {
         }
     }
 
+    /// The app starts again (it crashed, an update came, or the debugger asked).
+    pub fn restart_app(&mut self, reason: RestartReason) {
+        // The code is loaded again: the breakpoints are simply gone.
+        for b in std::mem::take(&mut self.bps) {
+            let _ = self.write(b.addr, &b.original.to_le_bytes());
+        }
+        self.regs = demo_regs();
+        self.events.push_back(DeviceEvent::Restarted(reason));
+        self.run();
+    }
+
     fn op(&mut self, op: &Op<'_>) -> Result<Vec<u8>, Status> {
         match *op {
             Op::Hello => Ok(vec![self.halted as u8]),
@@ -313,12 +324,7 @@ impl Sim {
                 Ok(Vec::new())
             }
             Op::Restart => {
-                for b in std::mem::take(&mut self.bps) {
-                    let _ = self.write(b.addr, &b.original.to_le_bytes());
-                }
-                self.regs = demo_regs();
-                self.events.push_back(DeviceEvent::Restarted(RestartReason::Requested));
-                self.run();
+                self.restart_app(RestartReason::Requested);
                 Ok(Vec::new())
             }
         }
