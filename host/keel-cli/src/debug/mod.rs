@@ -126,14 +126,13 @@ pub fn run(opts: &Options, probe_factory: impl FnOnce() -> Result<Box<dyn Probe>
     let listener = TcpListener::bind(("127.0.0.1", opts.port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e} (choose another --port)", opts.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // stdout may be a pipe whose reader only wanted this line: never fail on it.
     if opts.json {
-        println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+        say(&serde_json::json!({ "listening": addr.to_string() }).to_string());
     } else {
-        println!("GDB server listening on {addr}");
-        println!("connect with: gdb-multiarch app.elf -ex 'target extended-remote {addr}'");
+        say(&format!("GDB server listening on {addr}"));
+        eprintln!("keel debug: connect with: gdb-multiarch app.elf -ex 'target extended-remote {addr}'");
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
 
     // Wait for gdb, keeping the device session alive.
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -178,24 +177,24 @@ pub fn run(opts: &Options, probe_factory: impl FnOnce() -> Result<Box<dyn Probe>
                 End::Detached | End::Disconnected => "the app runs on, without breakpoints",
                 End::Killed => "the app was restarted",
             };
+            let (packets, trips) = (session.packets, session.d.round_trips());
             if opts.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "end": end, "gdb_packets": session.packets,
-                    "device_round_trips": session.d.round_trips() })
-                );
+                say(&serde_json::json!({ "end": end, "gdb_packets": packets, "device_round_trips": trips }).to_string());
             } else {
-                println!(
-                    "{end}: {what} ({} gdb packets, {} device round trips)",
-                    session.packets,
-                    session.d.round_trips()
-                );
+                say(&format!("{end}: {what} ({packets} gdb packets, {trips} device round trips)"));
             }
             Ok(())
         }
         Err(Fail::Probe(e)) => Err(lost(&e.0)),
         Err(Fail::Target(msg)) => Err(format!("{msg}; gdb was disconnected")),
     }
+}
+
+/// A line on stdout; a closed stdout is not an error.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 fn lost(why: &str) -> String {
