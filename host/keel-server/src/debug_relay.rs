@@ -116,13 +116,7 @@ impl Direction {
 impl DebugRelay {
     /// A relay that reaches devices through `bus` and counts in `counters`.
     pub fn new(bus: Arc<dyn Bus>, counters: Arc<Counters>) -> DebugRelay {
-        DebugRelay {
-            bus,
-            counters,
-            clients: Mutex::default(),
-            next: AtomicU64::new(1),
-            capture: Mutex::new(None),
-        }
+        DebugRelay { bus, counters, clients: Mutex::default(), next: AtomicU64::new(1), capture: Mutex::new(None) }
     }
 
     /// Appends every frame forwarded from now on to the file at `path` (created with mode 0600
@@ -142,18 +136,16 @@ impl DebugRelay {
         Ok(())
     }
 
-    fn capturing(&self) -> bool {
-        self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    fn captured(&self, dir: Direction, frame: &[u8]) {
-        let mut c = self.capture.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = c.as_mut() {
+    /// Appends a capture line if capturing. Called with the capture lock held from before the
+    /// frame is handed on until after the line is written, so the file's order is the order in
+    /// which the frames could be seen (an answer is never written before its question).
+    fn capture_line(capture: &mut Option<std::fs::File>, dir: Direction, frame: &[u8]) {
+        if let Some(f) = capture.as_mut() {
             // One write per line, so lines of concurrent sessions never interleave.
             let line = format!("{} {}\n", dir.as_str(), crate::hex(frame));
             if let Err(e) = f.write_all(line.as_bytes()) {
                 tracing::warn!(error = %e, "debug capture: cannot write; capture stopped");
-                *c = None;
+                *capture = None;
             }
         }
     }
@@ -190,12 +182,13 @@ impl DebugRelay {
     /// connection of the device got it.
     pub fn to_device(&self, device: &str, frame: &[u8]) -> bool {
         let c = &self.counters;
+        let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
         if self.bus.send(device, DeviceMessage::Debug(frame.into())) == 0 {
             Counters::add(&c.debug_dropped_offline, 1);
             return false;
         }
         Counters::add(&c.debug_to_device, 1);
-        self.captured(Direction::ToDevice, frame);
+        Self::capture_line(&mut capture, Direction::ToDevice, frame);
         true
     }
 
@@ -208,13 +201,14 @@ impl DebugRelay {
             Counters::add(&c.debug_dropped_no_client, 1);
             return false;
         };
+        let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
         // The capture (a rare diagnostic) writes the frame once it is queued.
-        let copy = self.capturing().then(|| frame.clone());
+        let copy = capture.is_some().then(|| frame.clone());
         match tx.try_send(frame) {
             Ok(()) => {
                 Counters::add(&c.debug_to_client, 1);
                 if let Some(frame) = copy {
-                    self.captured(Direction::ToClient, &frame);
+                    Self::capture_line(&mut capture, Direction::ToClient, &frame);
                 }
                 true
             }

@@ -130,10 +130,8 @@ impl Session {
         let mut stop = self.st.stop_rx.clone();
         let mut auth = self.st.auth_tx.subscribe();
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
-        let mut recheck = tokio::time::interval_at(
-            tokio::time::Instant::now() + logs::STREAM_RECHECK,
-            logs::STREAM_RECHECK,
-        );
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + logs::STREAM_RECHECK, logs::STREAM_RECHECK);
         let mut heard = Instant::now();
         let counters = self.st.store.counters();
         let device = self.att.device().to_string();
@@ -196,7 +194,6 @@ impl Session {
             }
         }
     }
-
 }
 
 /// Whether the session's token is still valid with scope `deploy` and its device still belongs

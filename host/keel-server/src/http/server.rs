@@ -85,16 +85,17 @@ pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
             "Debug frames relayed from a debugger to its device's connection.",
             get(&c.debug_to_device),
         ),
-        ("keel_debug_frames_to_client_total", "Debug frames relayed from a device to its debugger.", get(&c.debug_to_client)),
+        (
+            "keel_debug_frames_to_client_total",
+            "Debug frames relayed from a device to its debugger.",
+            get(&c.debug_to_client),
+        ),
     ];
     for (name, help, value) in debug {
         metric(name, "counter", help, value);
     }
     let name = "keel_debug_frames_dropped_total";
-    let _ = write!(
-        out,
-        "# HELP {name} Debug frames dropped by the relay, by reason.\n# TYPE {name} counter\n"
-    );
+    let _ = write!(out, "# HELP {name} Debug frames dropped by the relay, by reason.\n# TYPE {name} counter\n");
     let dropped: [(&str, u64); 6] = [
         ("no_client", get(&c.debug_dropped_no_client)),
         ("client_slow", get(&c.debug_dropped_client_slow)),
