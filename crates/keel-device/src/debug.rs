@@ -49,6 +49,12 @@ impl DebugService {
         self.rx_len = frame.len();
     }
 
+    /// True while a received frame waits for [`crate::Device::debug_service`] (the link reads
+    /// no further meanwhile).
+    pub fn has_frame(&self) -> bool {
+        self.rx_len != 0
+    }
+
     /// The agent (read-only: sessions, breakpoints, halt state).
     pub fn agent(&self) -> &Agent {
         &self.agent

@@ -237,6 +237,10 @@ const DEBUGGER_RESTART: u32 = 0x4B44_4247;
 /// resumes, restarts or halts the app as the agent says. Returns the trampoline result when the
 /// app's context changes (`None`: return where the service routine interrupted).
 fn serve_debug(v: &mut Visor, now: u64, exc_return: u32, sp: u32) -> Option<u64> {
+    if v.core.debug().is_some_and(|d| d.has_frame()) {
+        // The link stopped reading at this frame: another pass reads what follows it.
+        board::pend_service();
+    }
     let mut target = debug::AppTarget { halted: v.halted.as_mut(), awake: ns_mem::Awake::new() };
     match v.core.debug_service(now, &mut target) {
         keel_device::DebugAction::Resume => {
