@@ -373,7 +373,11 @@ impl Agent {
                 if data.len() > MAX_MEM {
                     return Err(Status::BadArgument);
                 }
-                let overlaps = self.breakpoints.iter().flatten().any(|b| b.addr < addr.wrapping_add(data.len() as u32) && addr < b.addr + 2);
+                let overlaps = self
+                    .breakpoints
+                    .iter()
+                    .flatten()
+                    .any(|b| b.addr < addr.wrapping_add(data.len() as u32) && addr < b.addr + 2);
                 if overlaps {
                     // Writing over a planted breakpoint would lose either the write or the
                     // original code: the debugger must remove the breakpoint first.

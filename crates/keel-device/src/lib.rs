@@ -59,6 +59,7 @@ use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
 pub use conn::{Connection, LossReason, State as ConnState};
 pub use debug::{DebugAction, DebugService, DebugTarget, RestartReason, StopReason};
 pub use keel_link::session::MAX_FRAME;
+pub use keel_proto::event::CRASH_DUMP_BYTES;
 pub use quarantine::Quarantine;
 pub use trial::Trial;
 
@@ -869,7 +870,19 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     fn on_frame(&mut self, now: u64, len: usize, out: &mut impl Output) -> Result<(), &'static str> {
         let Device {
-            link, decoder, logs, tx, tx_len, updates, conn, sup, counters, quarantine, running_gen, debug, ..
+            link,
+            decoder,
+            logs,
+            tx,
+            tx_len,
+            updates,
+            conn,
+            sup,
+            counters,
+            quarantine,
+            running_gen,
+            debug,
+            ..
         } = self;
         let link = link.as_mut().ok_or("no session")?;
         let (event, n) = link.on_frame(&decoder.frame()[..len], logs, tx).map_err(|_| "server message rejected")?;
@@ -1034,17 +1047,18 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         };
         let sent = if let Some(n) = debug {
             link.send(&Up::Debug { frame: &frame[..n] }, buf).map(Some)
-        } else if let Some((m, Next::Fetch { sequence, offset, len, .. })) = fetch.and_then(|n| Some((n.message()?, n))) {
-                u.fetch = None;
-                self.counters.fetches_sent += 1;
-                self.counters.last_fetch = Some((sequence, offset, len));
-                link.send(&m, buf).map(Some)
-            } else if u.status_dirty {
-                u.status_dirty = false;
-                link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
-            } else {
-                link.next_log_frame(&mut self.logs, buf)
-            };
+        } else if let Some((m, Next::Fetch { sequence, offset, len, .. })) = fetch.and_then(|n| Some((n.message()?, n)))
+        {
+            u.fetch = None;
+            self.counters.fetches_sent += 1;
+            self.counters.last_fetch = Some((sequence, offset, len));
+            link.send(&m, buf).map(Some)
+        } else if u.status_dirty {
+            u.status_dirty = false;
+            link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
+        } else {
+            link.next_log_frame(&mut self.logs, buf)
+        };
         match sent {
             Ok(Some(n)) => {
                 self.counters.frames_out += 1;
@@ -1065,7 +1079,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 && ((self.updates.fetch.is_some() && !self.updates.hold_fetches)
                     || self.updates.status_dirty
                     || self.debug.as_ref().is_some_and(|d| d.agent.has_pending())
-                || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))))
+                    || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))))
     }
 
     // ------------------------------------------------------------------ timers
@@ -1290,6 +1304,27 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         }
         self.sync_quarantine(now, out);
         backoff
+    }
+
+    /// After [`Device::app_crashed`]: the crash's r0-r12 and the top of the app's stack (from
+    /// its `sp`, at most `keel_proto::event::CRASH_DUMP_BYTES`), queued as structured events for
+    /// a post-mortem debugger.
+    pub fn app_crash_dump(&mut self, now: u64, regs: [u32; 13], stack: &[u32]) {
+        use keel_proto::event::{CRASH_CHUNK_WORDS, CRASH_DUMP_BYTES};
+        let mut push = |ev: VisorEvent| {
+            let mut buf = [0u8; VisorEvent::MAX_LEN];
+            if let Ok(n) = ev.encode(&mut buf) {
+                let _ = self.logs.push(Kind::Event, 0, now, &buf[..n]);
+            }
+        };
+        push(VisorEvent::CrashRegs { regs });
+        let stack = &stack[..stack.len().min(CRASH_DUMP_BYTES / 4)];
+        for (i, chunk) in stack.chunks(CRASH_CHUNK_WORDS).enumerate() {
+            let mut words = [0u32; CRASH_CHUNK_WORDS];
+            words[..chunk.len()].copy_from_slice(chunk);
+            let offset = (i * 4 * CRASH_CHUNK_WORDS) as u16;
+            push(VisorEvent::CrashStack { offset, words, len: chunk.len() as u8 });
+        }
     }
 
     /// The app asked for a restart (`code` is its reason); see [`Device::app_restart_in`].

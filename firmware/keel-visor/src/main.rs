@@ -208,11 +208,11 @@ extern "C" fn service_handler(exc_return: u32, sp: u32) -> u64 {
             _ if debug.is_some() => debug.unwrap_or(keep(exc_return)),
             AppAction::KillForWatchdog if in_handler => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
-                reset_after_app_fault(v, report, now, true, "app hung in an exception handler")
+                reset_after_app_fault(v, report, app_callee(exc, sp), now, true, "app hung in an exception handler")
             }
             AppAction::KillForWatchdog => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
-                record_crash(v, report, now, true);
+                record_crash(v, report, app_callee(exc, sp), now, true);
                 go_idle(v)
             }
             AppAction::Launch(_) if in_handler => reset_to_start(v, "the app is in an exception handler"),
@@ -247,7 +247,7 @@ fn serve_debug(v: &mut Visor, now: u64, exc_return: u32, sp: u32) -> Option<u64>
             let h = v.halted.take()?;
             if let Some(report) = h.fault {
                 // It stopped on a fault: resuming it is the crash's usual restart.
-                record_crash(v, report, now, false);
+                record_crash(v, report, h.callee, now, false);
                 return Some(go_idle(v));
             }
             rt::return_into(sp, &h.callee, h.exc_return);
@@ -321,7 +321,19 @@ fn crash_report(kind: FaultKind, exc_return: ExcReturn, now: u64) -> CrashReport
     crash::crash_report(kind, exc_return, now, status, NsStacks { msp, psp }, |a| ns_mem::read_u32(&awake, a))
 }
 
-fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
+/// The app's r4-r11 from the trampoline frame at `sp`, if the exception interrupted the app
+/// itself (zeros otherwise: they belong to visor code).
+fn app_callee(exc: ExcReturn, sp: u32) -> [u32; 8] {
+    if exc.secure_frame() {
+        [0; 8]
+    } else {
+        rt::trampoline_callee_regs(sp)
+    }
+}
+
+/// Records a crash of the app: the report, then the registers and the top of its stack for a
+/// post-mortem debugger (`callee`: r4-r11, read from the trampoline frame).
+fn record_crash(v: &mut Visor, report: CrashReport, callee: [u32; 8], now: u64, watchdog: bool) {
     let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
     vlog!(
         "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} xpsr={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x} bfar={:#010x} exc_return={:#010x}",
@@ -348,6 +360,26 @@ fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
         report.stack[7]
     );
     let backoff = v.core.app_crashed(now, report, watchdog, &mut net::Effects(&mut v.pending));
+    let f = report.frame;
+    let regs = [
+        f[0], f[1], f[2], f[3], callee[0], callee[1], callee[2], callee[3], callee[4], callee[5], callee[6], callee[7],
+        f[4],
+    ];
+    let mut stack = [0u32; keel_device::CRASH_DUMP_BYTES / 4];
+    let awake = ns_mem::Awake::new();
+    let mut n = 0;
+    // Only a frame the app's own stack held (a secure frame left `sp` raw): then the words from
+    // its stack pointer up, as far as the app could read them.
+    if report.frame[6] != 0 {
+        while n < stack.len() {
+            match ns_mem::read_u32(&awake, report.sp.wrapping_add(4 * n as u32)) {
+                Some(w) => stack[n] = w,
+                None => break,
+            }
+            n += 1;
+        }
+    }
+    v.core.app_crash_dump(now, regs, &stack[..n]);
     if !v.core.quarantined() {
         vlog!("app restart in {} ms", backoff / 1000);
     }
@@ -398,9 +430,16 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
             // The app faulted inside one of its own exception handlers (or a forged exception
             // return left one active). Its exception stays active in the core, which only a
             // reset clears: record the crash and reset.
-            reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
+            reset_after_app_fault(
+                v,
+                report,
+                app_callee(exc_return, sp),
+                now,
+                false,
+                "app fault in an exception handler",
+            );
         }
-        record_crash(v, report, now, false);
+        record_crash(v, report, app_callee(exc_return, sp), now, false);
         sync_warm(v);
         // The service routine restarts the app after its backoff (and re-arms the alarm).
         board::pend_service();
@@ -416,7 +455,9 @@ fn debug_stop(v: &mut Visor, exc: ExcReturn, sp: u32, report: CrashReport, in_ha
     let bkpt = if exc.secure_frame() { None } else { debug::bkpt_at(report.pc()) };
     if in_handler || !exc.thread_mode() {
         let pc = report.pc() & !1;
-        if bkpt.is_some() && v.core.debug_drop_breakpoint(pc, &mut debug::AppTarget { halted: None, awake: ns_mem::Awake::new() }) {
+        if bkpt.is_some()
+            && v.core.debug_drop_breakpoint(pc, &mut debug::AppTarget { halted: None, awake: ns_mem::Awake::new() })
+        {
             vlog!("debug: breakpoint at {:#010x} hit in an app exception handler: removed, the handler continues", pc);
             return Some(keep(exc.0));
         }
@@ -441,15 +482,22 @@ pub extern "C" fn keel_abandoned_calls() -> ! {
     let report = crash_report(FaultKind::SecureFault, ExcReturn(0), now);
     VISOR.with(|v| {
         let v = v.as_mut().expect("visor initialised");
-        reset_after_app_fault(v, report, now, false, "app abandoned system calls")
+        reset_after_app_fault(v, report, [0; 8], now, false, "app abandoned system calls")
     })
 }
 
 /// Records a crash of the app that happened inside one of its exception handlers and resets the
 /// system: an active exception of the app can only be cleared by a reset. The crash series and
 /// report are carried over the reset (see [`warm`]), so the backoff continues.
-fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
-    record_crash(v, report, now, watchdog);
+fn reset_after_app_fault(
+    v: &mut Visor,
+    report: CrashReport,
+    callee: [u32; 8],
+    now: u64,
+    watchdog: bool,
+    why: &str,
+) -> ! {
+    record_crash(v, report, callee, now, watchdog);
     let cause = if watchdog { ResetCause::AppHung } else { ResetCause::AppFault };
     warm::write(&v.core.run_record().with_cause(cause));
     vlog!("{}: resetting the system to clear it", why);
