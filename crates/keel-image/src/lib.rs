@@ -36,7 +36,8 @@ const O_ABI_MINOR: usize = 0x16;
 const O_FLAGS: usize = 0x18;
 const O_NAME: usize = 0x20;
 const O_VERSION: usize = 0x40;
-// 0x60..0xA0 reserved (zero)
+const O_DEBUG_KEY: usize = 0x60;
+// 0x80..0xA0 reserved (zero)
 const O_DIGEST: usize = 0xA0;
 
 /// What can be wrong with an image.
@@ -101,6 +102,9 @@ pub struct Header {
     pub name: [u8; NAME_LEN],
     /// App version string, NUL padded.
     pub version: [u8; VERSION_LEN],
+    /// The X25519 public key allowed to open remote debugging sessions with this app; all zero:
+    /// the app cannot be debugged. Covered by the digest, so by the bundle's signature too.
+    pub debug_key: [u8; 32],
     /// SHA-256 over `header[..HASHED_LEN] ++ image`.
     pub digest: [u8; 32],
 }
@@ -143,7 +147,7 @@ impl Header {
         if rd16(b, O_FORMAT) != FORMAT_VERSION || rd16(b, O_HDR_SIZE) as usize != HEADER_SIZE {
             return Err(ImageError::UnsupportedFormat);
         }
-        if b[0x1C..0x20].iter().chain(&b[0x60..O_DIGEST]).chain(&b[O_DIGEST + 32..]).any(|&x| x != 0) {
+        if b[0x1C..0x20].iter().chain(&b[O_DEBUG_KEY + 32..O_DIGEST]).chain(&b[O_DIGEST + 32..]).any(|&x| x != 0) {
             return Err(ImageError::ReservedNotZero);
         }
         let mut h = Header {
@@ -155,8 +159,10 @@ impl Header {
             flags: rd32(b, O_FLAGS),
             name: [0; NAME_LEN],
             version: [0; VERSION_LEN],
+            debug_key: [0; 32],
             digest: [0; 32],
         };
+        h.debug_key.copy_from_slice(&b[O_DEBUG_KEY..O_DEBUG_KEY + 32]);
         h.name.copy_from_slice(&b[O_NAME..O_NAME + NAME_LEN]);
         h.version.copy_from_slice(&b[O_VERSION..O_VERSION + VERSION_LEN]);
         h.digest.copy_from_slice(&b[O_DIGEST..O_DIGEST + 32]);
@@ -186,6 +192,21 @@ impl Header {
         str_field(&self.version)
     }
 
+    /// The debug key, if the app may be debugged.
+    pub fn debug_key(&self) -> Option<[u8; 32]> {
+        self.debug_key.iter().any(|&b| b != 0).then_some(self.debug_key)
+    }
+
+    /// The same header for the same `image` with `key` as its debug key (digest recomputed).
+    pub fn with_debug_key(&self, key: Option<[u8; 32]>, image: &[u8]) -> Header {
+        let mut h = *self;
+        h.debug_key = key.unwrap_or([0; 32]);
+        let mut hasher = ImageHasher::new(&h.to_bytes());
+        hasher.update(image);
+        h.digest = hasher.finish();
+        h
+    }
+
     /// Serialises the header, with `digest` as given.
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
@@ -200,6 +221,7 @@ impl Header {
         b[O_FLAGS..O_FLAGS + 4].copy_from_slice(&self.flags.to_le_bytes());
         b[O_NAME..O_NAME + NAME_LEN].copy_from_slice(&self.name);
         b[O_VERSION..O_VERSION + VERSION_LEN].copy_from_slice(&self.version);
+        b[O_DEBUG_KEY..O_DEBUG_KEY + 32].copy_from_slice(&self.debug_key);
         b[O_DIGEST..O_DIGEST + 32].copy_from_slice(&self.digest);
         b
     }
@@ -244,6 +266,7 @@ pub fn build_header(
         flags: 0,
         name: [0; NAME_LEN],
         version: [0; VERSION_LEN],
+        debug_key: [0; 32],
         digest: [0; 32],
     };
     let n = name.len().min(NAME_LEN - 1);

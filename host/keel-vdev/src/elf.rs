@@ -62,6 +62,12 @@ impl AppImage {
         v.extend_from_slice(&self.image);
         v
     }
+
+    /// The same image, debuggable with `key` (an X25519 public key; see `keel keys new --debug`).
+    pub fn with_debug_key(mut self, key: Option<[u8; 32]>) -> AppImage {
+        self.header = self.header.with_debug_key(key, &self.image);
+        self
+    }
 }
 
 /// Builds an app image from ELF bytes. Loadable contents must lie in the execution region; the
