@@ -47,7 +47,8 @@ impl Lab {
         let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let flash_path = dir.join("dev.flash");
         let fp = flash_path.display().to_string();
-        let prov = keel(&["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gw.to_string()], &envr);
+        let prov =
+            keel(&["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gw.to_string()], &envr);
         let id = prov["device"]["id"].as_str().unwrap().to_string();
         let keys = keel(&["keys", "new", "--debug", "--out", &dir.join("dev").display().to_string()], &envr);
         let key = PathBuf::from(keys["secret"].as_str().unwrap());
@@ -138,7 +139,10 @@ impl Gdb {
             .spawn()
             .expect("gdb-multiarch (cargo xtask test installs it)");
         let (tx, rx) = channel();
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for l in BufReader::new(r).lines().map_while(Result::ok) {
@@ -163,9 +167,10 @@ impl Gdb {
         let deadline = Instant::now() + LIMIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!("gdb did not finish `{c}`; so far:\n{}{out}", self.transcript)
-            });
+            let line = self
+                .rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("gdb did not finish `{c}`; so far:\n{}{out}", self.transcript));
             if line.contains(&marker) {
                 break;
             }
