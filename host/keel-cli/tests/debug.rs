@@ -8,7 +8,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use keel_debug::session::{Client as Session, Refusal, MAX_FRAME};
+use keel_debug::wire::{Event, Op, OpResult, Request, Results, Status, Stop, StopReason, MAX_MESSAGE, PC};
 use keel_flash::layout;
+use rand_core::OsRng;
 use keel_vdev::qemu::{Clock, Device, Running};
 use keel_vdev::{elf, flash};
 
@@ -47,8 +50,7 @@ impl Lab {
         let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let flash_path = dir.join("dev.flash");
         let fp = flash_path.display().to_string();
-        let prov =
-            keel(&["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gw.to_string()], &envr);
+        let prov = keel(&["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gw.to_string()], &envr);
         let id = prov["device"]["id"].as_str().unwrap().to_string();
         let keys = keel(&["keys", "new", "--debug", "--out", &dir.join("dev").display().to_string()], &envr);
         let key = PathBuf::from(keys["secret"].as_str().unwrap());
@@ -115,6 +117,75 @@ impl Lab {
     /// Waits for an app log line with `prefix` in the device console; returns it.
     fn app_line(&mut self, prefix: &str) -> String {
         self.qemu.wait_for(prefix, LIMIT, |l| l.contains(prefix)).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+}
+
+/// The debug session without gdb: the wire protocol straight through the relay.
+struct Raw {
+    session: Session<OsRng>,
+    socket: keel_api::DebugSocket,
+    next: u16,
+}
+
+impl Raw {
+    fn open(lab: &Lab, secret: &[u8; 32]) -> Result<Raw, Refusal> {
+        let envr = lab.envr();
+        let url = envr.iter().find(|(k, _)| *k == "KEEL_SERVER").unwrap().1;
+        let token = envr.iter().find(|(k, _)| *k == "KEEL_TOKEN").unwrap().1;
+        let api = keel_api::Client::new(url).with_token(token);
+        let device = api.device(&lab.id).unwrap();
+        let device_key: [u8; 32] = keel_server::unhex(&device.public_key).unwrap().try_into().unwrap();
+        let mut session = Session::<OsRng>::new(secret, &device_key).unwrap();
+        let mut socket = api.debug_socket(&lab.id).unwrap();
+        let mut f = [0u8; MAX_FRAME];
+        let n = session.start(0, &mut f).unwrap();
+        socket.send(&f[..n]).unwrap();
+        let reply = socket.recv(LIMIT).unwrap().expect("an answer to the handshake");
+        if let Some(r) = Refusal::parse(&reply) {
+            return Err(r);
+        }
+        let mut plain = [0u8; MAX_FRAME];
+        session.open(&reply, &mut plain).expect("the device's handshake authenticates");
+        Ok(Raw { session, socket, next: 1 })
+    }
+
+    fn event(&mut self) -> Option<Vec<u8>> {
+        let f = self.socket.recv(LIMIT).ok()??;
+        let mut plain = [0u8; MAX_FRAME];
+        let n = self.session.open(&f, &mut plain).expect("frames from the device authenticate");
+        Some(plain[..n].to_vec())
+    }
+
+    /// One request; the results as `Ok(data)` / `Err(status)`.
+    fn request(&mut self, ops: &[Op<'_>]) -> Vec<Result<Vec<u8>, Status>> {
+        let mut p = [0u8; MAX_MESSAGE];
+        let n = Request::encode(self.next, ops, &mut p).unwrap();
+        self.next += 1;
+        let mut f = [0u8; MAX_FRAME];
+        let m = self.session.seal(&p[..n], &mut f).unwrap();
+        self.socket.send(&f[..m]).unwrap();
+        loop {
+            let plain = self.event().expect("a reply");
+            if let Event::Reply { results, .. } = Event::decode(&plain).unwrap() {
+                let mut r = Results::new(results);
+                return ops
+                    .iter()
+                    .map(|op| match r.next(op).unwrap() {
+                        OpResult::Ok(d) => Ok(d.to_vec()),
+                        OpResult::Err(s) => Err(s),
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    fn stop(&mut self) -> Stop {
+        loop {
+            let plain = self.event().expect("a stop");
+            if let Event::Stop(s) = Event::decode(&plain).unwrap() {
+                return s;
+            }
+        }
     }
 }
 
@@ -343,4 +414,39 @@ fn sessions_need_the_apps_debug_key() {
     let lab = Lab::start("not-debuggable", "debuggee", false, None);
     let err = lab.debug_refused(&lab.key);
     assert!(err.contains("without a debug key"), "{err}");
+}
+
+#[test]
+fn breakpoints_without_gdb_and_an_update_while_halted() {
+    let mut lab = Lab::start("update-halted", "debuggee", true, None);
+    lab.app_line("debuggee: tick=");
+    let secret_hex = std::fs::read_to_string(&lab.key).unwrap();
+    let secret: [u8; 32] = keel_server::unhex(secret_hex.trim()).unwrap().try_into().unwrap();
+    let mut raw = Raw::open(&lab, &secret).unwrap();
+    let elf_path = keel_vdev::app_elf("debuggee");
+    let scaled = elf::symbol_address(&elf_path, "scaled").unwrap().unwrap() as u32 & !1;
+    let before = raw.request(&[Op::ReadMem { addr: scaled, len: 16 }]).remove(0).unwrap();
+    assert_eq!(raw.request(&[Op::Halt]), vec![Ok(vec![])]);
+    assert_eq!(raw.stop().reason, StopReason::Halted);
+    let r = raw.request(&[Op::SetBreak { addr: scaled, temporary: false }, Op::Resume]);
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    let stop = raw.stop();
+    assert_eq!((stop.reason, stop.regs[PC]), (StopReason::Breakpoint, scaled));
+    // The breakpoint is hidden from reads; secure memory is refused.
+    let r = raw.request(&[Op::ReadMem { addr: scaled, len: 16 }, Op::ReadMem { addr: 0x1000_0000, len: 4 }]);
+    assert_eq!(r[0].as_ref().unwrap(), &before);
+    assert_eq!(r[1], Err(Status::Denied));
+    // Halted at the breakpoint: the device stays online and an update still arrives, installs
+    // and starts (the new app has no debug key: the session ends).
+    assert_eq!(keel(&["device", "show", &lab.id], &lab.envr())["online"], true);
+    let out = lab.dir.join("hello-2.keelb").display().to_string();
+    let hello = keel_vdev::app_elf("hello").display().to_string();
+    let key = format!("{}.key", lab.release);
+    let envr = lab.envr();
+    keel(&["bundle", &hello, "--key", &key, "--version", "2.0.0", "--politeness-s", "2", "--out", &out], &envr);
+    let bundle = keel(&["apps", "upload", &out], &envr)["id"].as_str().unwrap().to_string();
+    keel(&["deploy", &bundle, "--device", &lab.id], &envr);
+    lab.qemu.wait_for("v2 starts", LIMIT, |l| l.contains("starting app 'hello' 2.0.0")).unwrap();
+    lab.app_line("hello: device=");
+    assert_eq!(Raw::open(&lab, &secret).err(), Some(Refusal::NotDebuggable));
 }
