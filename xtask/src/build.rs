@@ -20,7 +20,7 @@ pub fn firmware() -> Result<(), String> {
 pub fn c_apps() -> Result<(), String> {
     let out = root().join("target/c-apps");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    for app in ["hello-c", "freertos-stress"] {
+    for app in ["hello-c", "debuggee-c", "freertos-stress"] {
         sh(Command::new("make")
             .arg("-s")
             .arg("-C")

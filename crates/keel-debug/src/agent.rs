@@ -110,15 +110,31 @@ impl Agent {
         }
     }
 
-    /// The running app and its debug key (from its image header; `None`: not debuggable). A
-    /// session for another key ends.
+    /// The app and its debug key (from its image header; `None`: not debuggable); `running`:
+    /// started and not stopped (a crashed app waits for its restart). A session for another key
+    /// ends: a new app with another key is not the developer's to debug.
     pub fn set_app(&mut self, running: bool, key: Option<[u8; 32]>) {
-        if key != self.app_key || !running {
+        if key != self.app_key {
             self.session = None;
             self.reply_id = None;
+            self.send_reply = false;
+            self.stop = None;
+            self.restarted = None;
         }
         self.app_running = running;
         self.app_key = key;
+    }
+
+    /// The debug key of the app, if it has one.
+    pub fn app_key(&self) -> Option<[u8; 32]> {
+        self.app_key
+    }
+
+    /// True when [`Agent::poll_transmit`] has a frame to send.
+    pub fn has_pending(&self) -> bool {
+        self.refusal.is_some()
+            || (self.send_reply && (self.send_raw || self.session.is_some()))
+            || (self.session.is_some() && (self.stop.is_some() || self.restarted.is_some()))
     }
 
     /// True while a session is open.
@@ -357,7 +373,11 @@ impl Agent {
                 if data.len() > MAX_MEM {
                     return Err(Status::BadArgument);
                 }
-                let overlaps = self.breakpoints.iter().flatten().any(|b| b.addr < addr.wrapping_add(data.len() as u32) && addr < b.addr + 2);
+                let overlaps = self
+                    .breakpoints
+                    .iter()
+                    .flatten()
+                    .any(|b| b.addr < addr.wrapping_add(data.len() as u32) && addr < b.addr + 2);
                 if overlaps {
                     // Writing over a planted breakpoint would lose either the write or the
                     // original code: the debugger must remove the breakpoint first.
@@ -436,6 +456,18 @@ impl Agent {
         if self.session.is_some() {
             self.restarted = Some(reason);
         }
+    }
+
+    /// Takes out the breakpoint at `addr` (the original code goes back); false if there is none.
+    /// For a breakpoint the app cannot be halted at (inside one of its exception handlers).
+    pub fn drop_breakpoint(&mut self, addr: u32, t: &mut impl Target) -> bool {
+        let Some(slot) = self.breakpoints.iter_mut().find(|s| s.is_some_and(|b| b.addr == addr)) else {
+            return false;
+        };
+        if let Some(b) = slot.take() {
+            let _ = t.write(b.addr, &b.original.to_le_bytes());
+        }
+        true
     }
 
     /// Whether a `bkpt` the app hit is the debugger's business: a session is open.

@@ -24,8 +24,29 @@
 
 /// Registers the agent reports, in this order (the GDB M-profile numbering continues it).
 pub const REG_NAMES: [&str; NREGS] = [
-    "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "sp", "lr", "pc", "xpsr", "msp",
-    "psp", "primask", "basepri", "faultmask", "control",
+    "r0",
+    "r1",
+    "r2",
+    "r3",
+    "r4",
+    "r5",
+    "r6",
+    "r7",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "sp",
+    "lr",
+    "pc",
+    "xpsr",
+    "msp",
+    "psp",
+    "primask",
+    "basepri",
+    "faultmask",
+    "control",
 ];
 /// Number of registers in [`Regs`].
 pub const NREGS: usize = 23;

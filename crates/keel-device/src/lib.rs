@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod debug;
 pub mod quarantine;
 pub mod trial;
 
@@ -56,7 +57,9 @@ use keel_update::agent::{self, Agent, Next};
 use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
 
 pub use conn::{Connection, LossReason, State as ConnState};
+pub use debug::{DebugAction, DebugService, DebugTarget, RestartReason, StopReason};
 pub use keel_link::session::MAX_FRAME;
+pub use keel_proto::event::CRASH_DUMP_BYTES;
 pub use quarantine::Quarantine;
 pub use trial::Trial;
 
@@ -581,6 +584,8 @@ pub struct Device<M: Medium, R: Rng, const LOG: usize> {
     resumed: Resumed,
     /// The run record last handed out by [`Device::take_run_record`].
     record_taken: Option<handover::Record>,
+    /// Remote debugging (a provisioned device only).
+    debug: Option<DebugService>,
 }
 
 /// How this boot continued from the previous one.
@@ -685,6 +690,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             quarantine: None,
             resumed,
             record_taken: None,
+            debug: cfg.identity.map(|i| DebugService::new(i.device_key)),
         }
     }
 
@@ -837,7 +843,8 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         if !self.conn.is_connected() || self.link.is_none() {
             return bytes.len(); // nothing to talk to: discard
         }
-        while !rest.is_empty() && self.tx_len == 0 {
+        // A debug frame waits for the shell's `debug_service` before the next is read.
+        while !rest.is_empty() && self.tx_len == 0 && self.debug.as_ref().is_none_or(|d| d.rx_len == 0) {
             let (used, done) = match self.decoder.push(rest) {
                 Ok(r) => r,
                 Err(_) => {
@@ -862,8 +869,21 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     }
 
     fn on_frame(&mut self, now: u64, len: usize, out: &mut impl Output) -> Result<(), &'static str> {
-        let Device { link, decoder, logs, tx, tx_len, updates, conn, sup, counters, quarantine, running_gen, .. } =
-            self;
+        let Device {
+            link,
+            decoder,
+            logs,
+            tx,
+            tx_len,
+            updates,
+            conn,
+            sup,
+            counters,
+            quarantine,
+            running_gen,
+            debug,
+            ..
+        } = self;
         let link = link.as_mut().ok_or("no session")?;
         let (event, n) = link.on_frame(&decoder.frame()[..len], logs, tx).map_err(|_| "server message rejected")?;
         *tx_len = n;
@@ -920,6 +940,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 let next = updates.agent.on_layer_error(sequence);
                 updates.refresh();
                 Some(next)
+            }
+            Event::Debug { frame } => {
+                if let Some(d) = debug.as_mut() {
+                    d.keep(frame);
+                }
+                None
             }
             Event::UpdateCancel { sequence } => {
                 updates.agent.on_cancel(&updates.up, &mut updates.flash, sequence);
@@ -1012,18 +1038,27 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let link = self.link.as_mut()?;
         let u = &mut self.updates;
         let fetch = u.fetch.filter(|_| !u.hold_fetches);
-        let sent =
-            if let Some((m, Next::Fetch { sequence, offset, len, .. })) = fetch.and_then(|n| Some((n.message()?, n))) {
-                u.fetch = None;
-                self.counters.fetches_sent += 1;
-                self.counters.last_fetch = Some((sequence, offset, len));
-                link.send(&m, buf).map(Some)
-            } else if u.status_dirty {
-                u.status_dirty = false;
-                link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
-            } else {
-                link.next_log_frame(&mut self.logs, buf)
-            };
+        let mut frame = [0u8; keel_proto::msg::MAX_DEBUG_FRAME];
+        let debug = match self.debug.as_mut() {
+            Some(d) if link.negotiated().is_some_and(|n| n.allows(keel_proto::msg::features::DEBUG)) => {
+                d.agent.poll_transmit(&mut frame)
+            }
+            _ => None,
+        };
+        let sent = if let Some(n) = debug {
+            link.send(&Up::Debug { frame: &frame[..n] }, buf).map(Some)
+        } else if let Some((m, Next::Fetch { sequence, offset, len, .. })) = fetch.and_then(|n| Some((n.message()?, n)))
+        {
+            u.fetch = None;
+            self.counters.fetches_sent += 1;
+            self.counters.last_fetch = Some((sequence, offset, len));
+            link.send(&m, buf).map(Some)
+        } else if u.status_dirty {
+            u.status_dirty = false;
+            link.send(&u.agent.status(&u.up, &u.flash).message(), buf).map(Some)
+        } else {
+            link.next_log_frame(&mut self.logs, buf)
+        };
         match sent {
             Ok(Some(n)) => {
                 self.counters.frames_out += 1;
@@ -1043,6 +1078,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             || (self.conn.is_online()
                 && ((self.updates.fetch.is_some() && !self.updates.hold_fetches)
                     || self.updates.status_dirty
+                    || self.debug.as_ref().is_some_and(|d| d.agent.has_pending())
                     || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))))
     }
 
@@ -1101,6 +1137,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             self.sup.next_deadline(),
             self.updates.poll_at(),
             quarantine,
+            self.debug.as_ref().and_then(|d| d.agent.poll_at()),
         ])
     }
 
@@ -1108,6 +1145,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// starts a new series at once.
     fn switch(&mut self) {
         self.running_gen = None;
+        self.debug_restart_reason(RestartReason::Updated);
         if let Some(t) = self.updates.trial.as_mut() {
             t.on_stop();
         }
@@ -1117,9 +1155,97 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The running instance stopped (crashed, killed, asked for a restart).
     fn stopped(&mut self) {
         self.running_gen = None;
+        if let Some(d) = self.debug.as_mut() {
+            d.halted_at = None;
+            let key = d.agent.app_key();
+            d.agent.set_app(false, key);
+        }
         if let Some(t) = self.updates.trial.as_mut() {
             t.on_stop();
         }
+    }
+
+    // ------------------------------------------------------------------ debugging
+
+    fn debug_restart_reason(&mut self, r: RestartReason) {
+        if let Some(d) = self.debug.as_mut() {
+            d.restart_reason.get_or_insert(r);
+        }
+    }
+
+    /// The debug service, if the device is provisioned.
+    pub fn debug(&self) -> Option<&DebugService> {
+        self.debug.as_ref()
+    }
+
+    /// Serves the debug frame received last (if any) and the session's timeout against the app
+    /// as the shell reaches it; says what to do with the app. Call after feeding received bytes,
+    /// and at [`Device::poll_at`].
+    pub fn debug_service(&mut self, now: u64, t: &mut impl DebugTarget) -> DebugAction {
+        let Some(d) = self.debug.as_mut() else { return DebugAction::None };
+        let was_halted = d.agent.is_halted();
+        let mut action = d.agent.poll(now, t);
+        if d.rx_len > 0 {
+            let n = core::mem::take(&mut d.rx_len);
+            let DebugService { agent, rx, .. } = d;
+            match agent.receive::<R>(now, &rx[..n], t) {
+                DebugAction::None => {}
+                a => action = a,
+            }
+        }
+        if action == DebugAction::Restart {
+            d.restart_reason = Some(RestartReason::Requested);
+        }
+        if was_halted && !d.agent.is_halted() {
+            self.debug_unhalt(now);
+        }
+        action
+    }
+
+    /// The app stopped for the debugger (a served halt, a breakpoint, a fault while a session is
+    /// open): its watchdog and trial grace time pause until it runs again.
+    pub fn debug_stopped(&mut self, now: u64, reason: StopReason, detail: u32, t: &mut impl DebugTarget) {
+        let Some(d) = self.debug.as_mut() else { return };
+        d.agent.stopped(reason, detail, t);
+        d.halted_at.get_or_insert(now);
+        self.sup.halt(now);
+        if self.running_trial_instance() {
+            if let Some(tr) = self.updates.trial.as_mut() {
+                tr.halt(now);
+            }
+        }
+    }
+
+    fn debug_unhalt(&mut self, now: u64) {
+        if let Some(d) = self.debug.as_mut() {
+            d.halted_at = None;
+        }
+        self.sup.unhalt(now);
+        if let Some(tr) = self.updates.trial.as_mut() {
+            tr.unhalt(now);
+        }
+    }
+
+    /// Takes out the session's breakpoint at `addr`, if there is one (see
+    /// [`keel_debug::agent::Agent::drop_breakpoint`]).
+    pub fn debug_drop_breakpoint(&mut self, addr: u32, t: &mut impl DebugTarget) -> bool {
+        self.debug.as_mut().is_some_and(|d| d.agent.drop_breakpoint(addr, t))
+    }
+
+    /// True while a debug session is open (a `bkpt` or a fault of the app is then the
+    /// debugger's, and halts the app instead of restarting it).
+    pub fn debug_wants_stops(&self) -> bool {
+        self.debug.as_ref().is_some_and(|d| d.agent.wants_stops())
+    }
+
+    /// True while a halt waits for the app to be haltable.
+    pub fn debug_halt_wanted(&self) -> bool {
+        self.debug.as_ref().is_some_and(|d| d.agent.halt_wanted())
+    }
+
+    /// True while the debugger holds the app halted.
+    pub fn debug_halted(&self) -> bool {
+        self.debug.as_ref().is_some_and(|d| d.agent.is_halted())
     }
 
     // ------------------------------------------------------------------ the app
@@ -1127,6 +1253,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The app was started from [`AppAction::Launch`]'s slot.
     pub fn app_launched(&mut self, now: u64, header: Header) -> BootInfo {
         self.sup.on_launched(now);
+        if let Some(d) = self.debug.as_mut() {
+            let reason = d.restart_reason.take().unwrap_or(RestartReason::Other);
+            d.halted_at = None;
+            d.agent.set_app(true, header.debug_key());
+            d.agent.app_restarted(reason);
+        }
         self.launch_gen = self.launch_gen.wrapping_add(1);
         self.running_gen = Some(self.launch_gen);
         if let Some(t) = self.updates.trial.as_mut() {
@@ -1160,6 +1292,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// started again until the device asked the server for updates (or the time bound passed).
     pub fn app_crashed(&mut self, now: u64, report: CrashReport, watchdog: bool, out: &mut impl Output) -> u64 {
         self.stopped();
+        self.debug_restart_reason(RestartReason::Crashed);
         let mut log = Log { logs: &mut self.logs, out, now };
         log.event(VisorEvent::Crash(CrashInfo::from(&report)));
         self.last_crash = Some(report);
@@ -1171,6 +1304,27 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         }
         self.sync_quarantine(now, out);
         backoff
+    }
+
+    /// After [`Device::app_crashed`]: the crash's r0-r12 and the top of the app's stack (from
+    /// its `sp`, at most `keel_proto::event::CRASH_DUMP_BYTES`), queued as structured events for
+    /// a post-mortem debugger.
+    pub fn app_crash_dump(&mut self, now: u64, regs: [u32; 13], stack: &[u32]) {
+        use keel_proto::event::{CRASH_CHUNK_WORDS, CRASH_DUMP_BYTES};
+        let mut push = |ev: VisorEvent| {
+            let mut buf = [0u8; VisorEvent::MAX_LEN];
+            if let Ok(n) = ev.encode(&mut buf) {
+                let _ = self.logs.push(Kind::Event, 0, now, &buf[..n]);
+            }
+        };
+        push(VisorEvent::CrashRegs { regs });
+        let stack = &stack[..stack.len().min(CRASH_DUMP_BYTES / 4)];
+        for (i, chunk) in stack.chunks(CRASH_CHUNK_WORDS).enumerate() {
+            let mut words = [0u32; CRASH_CHUNK_WORDS];
+            words[..chunk.len()].copy_from_slice(chunk);
+            let offset = (i * 4 * CRASH_CHUNK_WORDS) as u16;
+            push(VisorEvent::CrashStack { offset, words, len: chunk.len() as u8 });
+        }
     }
 
     /// The app asked for a restart (`code` is its reason); see [`Device::app_restart_in`].

@@ -49,6 +49,8 @@ pub struct Trial {
     instance_since: Option<u64>,
     /// Its latest liveness signal.
     alive_at: Option<u64>,
+    /// Since when a debugger holds the app halted: the grace time stops meanwhile.
+    halted_since: Option<u64>,
 }
 
 impl Trial {
@@ -64,6 +66,7 @@ impl Trial {
             launched_gen: None,
             instance_since: None,
             alive_at: None,
+            halted_since: None,
         }
     }
 
@@ -84,6 +87,7 @@ impl Trial {
 
     /// The trial instance stopped (crashed, killed, restarting).
     pub fn on_stop(&mut self) {
+        self.halted_since = None;
         self.instance_since = None;
         self.alive_at = None;
     }
@@ -128,9 +132,23 @@ impl Trial {
         self.link_seen && !self.link_dropped && self.link_up
     }
 
-    /// When the grace time ends (once the app was launched).
+    /// When the grace time ends (once the app was launched; never while halted).
     pub fn poll_at(&self) -> Option<u64> {
-        self.deadline_us
+        self.deadline_us.filter(|_| self.halted_since.is_none())
+    }
+
+    /// A debugger halted the app at `now`: the grace time stops (a halted trial is neither
+    /// confirmed nor rolled back).
+    pub fn halt(&mut self, now: u64) {
+        self.halted_since.get_or_insert(now);
+    }
+
+    /// The app runs again at `now`: the grace time continues where it stopped.
+    pub fn unhalt(&mut self, now: u64) {
+        let Some(since) = self.halted_since.take() else { return };
+        let d = now.saturating_sub(since);
+        self.deadline_us = self.deadline_us.map(|t| t.saturating_add(d));
+        self.instance_since = self.instance_since.map(|t| t.saturating_add(d));
     }
 
     /// The end of the grace time could not be recorded: decide again at `until`.
@@ -140,7 +158,7 @@ impl Trial {
 
     /// True once the grace time is over.
     pub fn expired(&self, now: u64) -> bool {
-        self.deadline_us.is_some_and(|d| now >= d)
+        self.halted_since.is_none() && self.deadline_us.is_some_and(|d| now >= d)
     }
 }
 

@@ -8,7 +8,9 @@
 //!
 //! Update messages from the server (offer, layer data, layer error, cancel) are handed to the
 //! caller as [`Event`]s that borrow from the session's receive buffer; the caller's update agent
-//! answers with [`DeviceLink::send`] (`UpdateStatus`, `FetchLayer`).
+//! answers with [`DeviceLink::send`] (`UpdateStatus`, `FetchLayer`). Remote debugging frames
+//! (feature `DEBUG`) come the same way ([`Event::Debug`], opaque bytes for the caller's debug
+//! service) and go with [`DeviceLink::send`] (`Up::Debug`).
 //!
 //! Negotiation: the hello announces the link's protocol range (`PROTOCOL_MIN..=PROTOCOL_VERSION`)
 //! and features ([`DeviceLink::with_features`], default `features::SUPPORTED`); the welcome's
@@ -84,18 +86,37 @@ pub enum Event<'a> {
         /// The device's target sequence (0: no deployment).
         target: u64,
     },
+    /// One opaque frame from the debugger attached through the server ([`Down::Debug`], feature
+    /// `DEBUG`): a transport message of the end-to-end debug session, for the debug service.
+    Debug {
+        /// At most `msg::MAX_DEBUG_FRAME` bytes.
+        frame: &'a [u8],
+    },
     /// Nothing the caller needs to act on.
     None,
 }
 
 /// A server message the link answers itself, copied out of the receive buffer.
 enum Control {
-    Welcome { protocol: u16, unix_us: u64, log_acked: Option<u64>, features: u32 },
+    Welcome {
+        protocol: u16,
+        unix_us: u64,
+        log_acked: Option<u64>,
+        features: u32,
+    },
     Unknown,
-    TimeSync { unix_us: u64 },
-    LogAck { upto: u64 },
-    Ping { nonce: u32 },
-    Update,
+    TimeSync {
+        unix_us: u64,
+    },
+    LogAck {
+        upto: u64,
+    },
+    Ping {
+        nonce: u32,
+    },
+    /// A message handed to the caller as an event borrowing from the receive buffer (updates,
+    /// debugging).
+    Borrowed,
 }
 
 /// The device side of one connection.
@@ -166,7 +187,7 @@ impl<R: Rng> DeviceLink<R> {
 
     /// Handles one received frame payload. A reply the protocol requires (`Ready` after
     /// `Welcome`, `Pong` after `Ping`) is written to `reply`; the returned length is 0 if none.
-    /// Update messages come back as events borrowing from the link's receive buffer.
+    /// Update and debug messages come back as events borrowing from the link's receive buffer.
     pub fn on_frame<const N: usize>(
         &mut self,
         payload: &[u8],
@@ -190,7 +211,8 @@ impl<R: Rng> DeviceLink<R> {
             | Down::LayerData { .. }
             | Down::LayerError { .. }
             | Down::UpdateCancel { .. }
-            | Down::NoUpdate { .. } => Control::Update,
+            | Down::NoUpdate { .. }
+            | Down::Debug { .. } => Control::Borrowed,
             Down::Unknown(_) => Control::Unknown,
         };
         match control {
@@ -225,7 +247,7 @@ impl<R: Rng> DeviceLink<R> {
                 Ok((Event::None, 0))
             }
             Control::Ping { nonce } => Ok((Event::None, self.session.send(&Up::Pong { nonce }, reply)?)),
-            Control::Update => {
+            Control::Borrowed => {
                 let event = match self.session.last()? {
                     Down::UpdateOffer { envelope } => Event::UpdateOffer { envelope },
                     Down::LayerData { sequence, component, offset, data } => {
@@ -236,6 +258,7 @@ impl<R: Rng> DeviceLink<R> {
                     }
                     Down::UpdateCancel { sequence } => Event::UpdateCancel { sequence },
                     Down::NoUpdate { target } => Event::NoUpdate { target },
+                    Down::Debug { frame } => Event::Debug { frame },
                     _ => Event::None,
                 };
                 Ok((event, 0))
@@ -243,8 +266,11 @@ impl<R: Rng> DeviceLink<R> {
         }
     }
 
-    /// Encrypts any device message (e.g. `UpdateStatus`, `FetchLayer`) into one frame in `out`.
-    /// Only once the link is online (after `Welcome`); `Hello` and `Ready` are the link's own.
+    /// Encrypts any device message (e.g. `UpdateStatus`, `FetchLayer`, `Debug`) into one frame in
+    /// `out`. Only once the link is online (after `Welcome`); `Hello` and `Ready` are the link's
+    /// own. A message of a feature the server did not announce is
+    /// [`SessionError::NotNegotiated`]; a debug frame over `MAX_DEBUG_FRAME` is
+    /// [`SessionError::TooLarge`].
     pub fn send(&mut self, m: &Up<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
         if !self.online {
             return Err(SessionError::NotReady);

@@ -178,10 +178,14 @@ impl<R: Rng> DeviceSession<R> {
         msg::decode_down(&self.rx[..self.rx_len]).map_err(|_| SessionError::Malformed)
     }
 
-    /// Encrypts `m` into one frame in `out` (`Up::Unknown` is never sent).
+    /// Encrypts `m` into one frame in `out` (`Up::Unknown` is never sent; a message over a limit
+    /// of its variant, such as a debug frame over `MAX_DEBUG_FRAME`, is [`SessionError::TooLarge`]).
     pub fn send(&mut self, m: &Up<'_>, out: &mut [u8]) -> Result<usize, SessionError> {
         if matches!(m, Up::Unknown(_)) {
             return Err(SessionError::Unexpected);
+        }
+        if !m.within_limits() {
+            return Err(SessionError::TooLarge);
         }
         let mut plain = [0u8; MAX_PLAINTEXT];
         let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;
@@ -281,10 +285,15 @@ pub mod server {
     }
 
     impl ServerSession {
-        /// Encrypts `m` into one frame (`Down::Unknown` is never sent).
+        /// Encrypts `m` into one frame (`Down::Unknown` is never sent; a message over a limit of
+        /// its variant, such as a debug frame over `MAX_DEBUG_FRAME`, is
+        /// [`SessionError::TooLarge`]).
         pub fn send(&mut self, m: &Down<'_>) -> Result<Vec<u8>, SessionError> {
             if matches!(m, Down::Unknown(_)) {
                 return Err(SessionError::Unexpected);
+            }
+            if !m.within_limits() {
+                return Err(SessionError::TooLarge);
             }
             let mut plain = [0u8; MAX_PLAINTEXT];
             let n = msg::encode(m, &mut plain).map_err(|_| SessionError::TooLarge)?;

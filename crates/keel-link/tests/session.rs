@@ -350,3 +350,79 @@ fn device_link_sends_event_records_as_events_and_skips_unknown_server_messages()
 fn unknown_frame(srv: &mut keel_link::session::server::ServerSession, plain: &[u8]) -> Vec<u8> {
     srv.send_raw(plain).unwrap()
 }
+
+#[test]
+fn device_link_carries_debug_frames_both_ways_when_negotiated() {
+    use keel_link::device::Event;
+    use keel_link::msg::MAX_DEBUG_FRAME;
+    use keel_log::LogRing;
+    let k = keys();
+    let (mut link, mut srv, mut out) = linked(&k, features::SUPPORTED, |_| Down::Welcome {
+        protocol: 2,
+        unix_us: 1,
+        log_acked: None,
+        features: features::DEBUG,
+    });
+    assert!(link.is_online());
+    let mut ring = LogRing::<256>::new(1);
+    // Server -> device: an event borrowing the opaque frame, no reply from the link.
+    for len in [0, 1, 100, MAX_DEBUG_FRAME] {
+        let frame: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+        let wire = payload(&srv.send(&Down::Debug { frame: &frame }).unwrap());
+        let (event, n) = link.on_frame(&wire, &mut ring, &mut out).unwrap();
+        assert_eq!((event, n), (Event::Debug { frame: &frame }, 0));
+    }
+    // Device -> server through the link's send path, in order, interleaved with other messages.
+    for i in 0..50u8 {
+        let frame = [i; 64];
+        let n = link.send(&Up::Debug { frame: &frame }, &mut out).unwrap();
+        assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Debug { frame: &frame });
+        if i % 10 == 0 {
+            let ping = payload(&srv.send(&Down::Ping { nonce: i as u32 }).unwrap());
+            let (_, n) = link.on_frame(&ping, &mut ring, &mut out).unwrap();
+            let pong = srv.receive(&payload(&out[..n])).unwrap();
+            assert_eq!(decode_up(&pong).unwrap(), Up::Pong { nonce: i as u32 });
+        }
+    }
+    let full = [0xEE; MAX_DEBUG_FRAME];
+    let n = link.send(&Up::Debug { frame: &full }, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Debug { frame: &full });
+    // One byte over the limit: refused by both sessions, nothing is sent (the counters stay in
+    // step: the next message still decrypts).
+    let long = [0xEE; MAX_DEBUG_FRAME + 1];
+    assert_eq!(link.send(&Up::Debug { frame: &long }, &mut out), Err(SessionError::TooLarge));
+    assert!(matches!(srv.send(&Down::Debug { frame: &long }), Err(SessionError::TooLarge)));
+    let n = link.send(&Up::Debug { frame: b"after" }, &mut out).unwrap();
+    assert_eq!(decode_up(&srv.receive(&payload(&out[..n])).unwrap()).unwrap(), Up::Debug { frame: b"after" });
+    // A server that sends an over-long frame anyway (raw bytes): malformed, the connection ends.
+    let mut plain = vec![0u8; 1024];
+    let n = keel_link::msg::encode(&Down::Debug { frame: &long }, &mut plain).unwrap();
+    let bad = unknown_frame(&mut srv, &plain[..n]);
+    assert_eq!(link.on_frame(&payload(&bad), &mut ring, &mut out), Err(SessionError::Malformed));
+}
+
+#[test]
+fn device_link_refuses_debug_frames_without_the_debug_feature() {
+    use keel_log::LogRing;
+    let k = keys();
+    // The device announces DEBUG, the server does not.
+    let (mut link, mut srv, mut out) = linked(&k, features::SUPPORTED, |_| Down::Welcome {
+        protocol: 2,
+        unix_us: 1,
+        log_acked: None,
+        features: features::UPDATES | features::EVENTS,
+    });
+    assert!(link.is_online());
+    assert_eq!(link.send(&Up::Debug { frame: b"x" }, &mut out), Err(SessionError::NotNegotiated));
+    let mut ring = LogRing::<256>::new(1);
+    let frame = srv.send(&Down::Debug { frame: b"x" }).unwrap();
+    assert_eq!(link.on_frame(&payload(&frame), &mut ring, &mut out), Err(SessionError::NotNegotiated));
+    // A device that does not announce DEBUG: a welcome granting it is refused.
+    let (link, _, _) = linked(&k, features::UPDATES | features::EVENTS, |_| Down::Welcome {
+        protocol: 2,
+        unix_us: 1,
+        log_acked: None,
+        features: features::DEBUG,
+    });
+    assert!(!link.is_online());
+}

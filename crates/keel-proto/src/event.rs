@@ -274,15 +274,39 @@ pub enum VisorEvent {
         /// The faulting program counter.
         pc: u32,
     },
+    /// Type 8: the registers of the crash just reported (r0-r12; pc, lr, sp and xPSR are in
+    /// the [`VisorEvent::Crash`] before it): with the stack chunks, a post-mortem debugger
+    /// unwinds the crash (`keel crash show --gdb`).
+    CrashRegs {
+        /// r0..r12.
+        regs: [u32; 13],
+    },
+    /// Type 9: a piece of the app's stack at the crash just reported: [`CRASH_CHUNK_WORDS`]
+    /// words from `sp + offset` (the chunks of one crash follow its [`VisorEvent::CrashRegs`]
+    /// in order; an unreadable word ends the dump early).
+    CrashStack {
+        /// Byte offset from the crash's `sp`.
+        offset: u16,
+        /// The words (0 past the readable end, which `len` gives).
+        words: [u32; CRASH_CHUNK_WORDS],
+        /// Words of `words` that were read.
+        len: u8,
+    },
     /// A type in 0..=127 this crate does not know (decoded only, never encoded).
     Unknown(u16),
 }
+
+/// Words in one [`VisorEvent::CrashStack`] chunk.
+pub const CRASH_CHUNK_WORDS: usize = 16;
+/// Bytes of app stack a crash dump holds at most (six chunks): enough for gdb to unwind about a
+/// dozen frames of typical embedded code (see docs/debugging.md).
+pub const CRASH_DUMP_BYTES: usize = 6 * 4 * CRASH_CHUNK_WORDS;
 
 impl VisorEvent {
     /// Upper bound of [`VisorEvent::encode`]'s output.
     pub const MAX_LEN: usize = 128;
     /// Types this crate defines.
-    pub const TYPES: [u16; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+    pub const TYPES: [u16; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 
     /// The type number.
     pub fn type_code(&self) -> u16 {
@@ -295,6 +319,8 @@ impl VisorEvent {
             VisorEvent::AppQuarantined { .. } => 5,
             VisorEvent::AppReleased { .. } => 6,
             VisorEvent::VisorFault { .. } => 7,
+            VisorEvent::CrashRegs { .. } => 8,
+            VisorEvent::CrashStack { .. } => 9,
             VisorEvent::Unknown(t) => *t,
         }
     }
@@ -370,6 +396,20 @@ impl VisorEvent {
                 None => write!(w, "app released from quarantine (reason {reason})"),
             },
             VisorEvent::VisorFault { pc } => write!(w, "visor fault at pc={pc:#010x}"),
+            VisorEvent::CrashRegs { regs } => {
+                w.write_str("app crash registers")?;
+                for (i, r) in regs.iter().enumerate() {
+                    write!(w, " r{i}={r:#010x}")?;
+                }
+                Ok(())
+            }
+            VisorEvent::CrashStack { offset, words, len } => {
+                write!(w, "app crash stack +{offset}:")?;
+                for word in words.iter().take(len as usize) {
+                    write!(w, " {word:08x}")?;
+                }
+                Ok(())
+            }
             VisorEvent::Unknown(t) => write!(w, "unknown visor event {t}"),
         }
     }
@@ -387,6 +427,20 @@ impl<C> Encode<C> for VisorEvent {
             VisorEvent::AppQuarantined { crashes } => e.array(1)?.u32(crashes)?.ok(),
             VisorEvent::AppReleased { reason } => e.array(1)?.u8(reason)?.ok(),
             VisorEvent::VisorFault { pc } => e.array(1)?.u32(pc)?.ok(),
+            VisorEvent::CrashRegs { regs } => {
+                e.array(13)?;
+                for r in regs {
+                    e.u32(r)?;
+                }
+                Ok(())
+            }
+            VisorEvent::CrashStack { offset, words, len } => {
+                e.array(2 + len as u64)?.u16(offset)?.u8(len)?;
+                for w in words.iter().take(len as usize) {
+                    e.u32(*w)?;
+                }
+                Ok(())
+            }
             VisorEvent::Unknown(_) => Err(EncError::message("an unknown event is not sent")),
         }
     }
@@ -457,6 +511,29 @@ impl<'b, C> Decode<'b, C> for VisorEvent {
                 rest(d, n, 1)?;
                 ev
             }
+            8 => {
+                let n = fields(d, 13)?;
+                let mut regs = [0u32; 13];
+                for r in regs.iter_mut() {
+                    *r = d.u32()?;
+                }
+                rest(d, n, 13)?;
+                VisorEvent::CrashRegs { regs }
+            }
+            9 => {
+                let n = fields(d, 2)?;
+                let offset = d.u16()?;
+                let len = d.u8()?;
+                if len as usize > CRASH_CHUNK_WORDS || n < 2 + len as u64 {
+                    return Err(DecError::message("crash stack: at most 16 words, all present"));
+                }
+                let mut words = [0u32; CRASH_CHUNK_WORDS];
+                for w in words.iter_mut().take(len as usize) {
+                    *w = d.u32()?;
+                }
+                rest(d, n, 2 + len as u64)?;
+                VisorEvent::CrashStack { offset, words, len }
+            }
             t if SKIPPABLE.contains(&t) => {
                 d.skip()?;
                 VisorEvent::Unknown(t)
@@ -475,7 +552,7 @@ mod tests {
 
     use super::*;
 
-    fn all() -> [VisorEvent; 9] {
+    fn all() -> [VisorEvent; 12] {
         let crash =
             CrashInfo { kind: 3, pc: 0x0020_0123, lr: u32::MAX, stack: [7; CRASH_STACK_WORDS], ..Default::default() };
         [
@@ -488,6 +565,9 @@ mod tests {
             VisorEvent::AppQuarantined { crashes: 3 },
             VisorEvent::AppReleased { reason: ReleaseReason::NothingToInstall.code() },
             VisorEvent::VisorFault { pc: 0x1000_0123 },
+            VisorEvent::CrashRegs { regs: [u32::MAX; 13] },
+            VisorEvent::CrashStack { offset: 320, words: [u32::MAX; CRASH_CHUNK_WORDS], len: 16 },
+            VisorEvent::CrashStack { offset: 0, words: [0; CRASH_CHUNK_WORDS], len: 0 },
         ]
     }
 
@@ -501,13 +581,13 @@ mod tests {
                 assert_eq!(VisorEvent::decode(&buf[..cut]), Err(MsgError::Malformed), "{ev:?} cut at {cut}");
             }
         }
-        assert_eq!(VisorEvent::Unknown(9).encode(&mut [0u8; 16]), Err(MsgError::Malformed));
+        assert_eq!(VisorEvent::Unknown(10).encode(&mut [0u8; 16]), Err(MsgError::Malformed));
     }
 
     #[test]
     fn unknown_types_are_skipped_and_extra_fields_ignored() {
-        // [9, [1, "x"]]: a type of a newer visor.
-        assert_eq!(VisorEvent::decode(&[0x82, 0x09, 0x82, 0x01, 0x61, b'x']), Ok(VisorEvent::Unknown(9)));
+        // [10, [1, "x"]]: a type of a newer visor.
+        assert_eq!(VisorEvent::decode(&[0x82, 0x0A, 0x82, 0x01, 0x61, b'x']), Ok(VisorEvent::Unknown(10)));
         // [200, []]: outside the skippable range.
         assert_eq!(VisorEvent::decode(&[0x82, 0x18, 0xC8, 0x80]), Err(MsgError::Malformed));
         // [2, [1, 5]]: link lost with a field added by a newer visor.
@@ -523,7 +603,7 @@ mod tests {
             ev.write_text("0.1.0", &mut s).unwrap();
             s
         };
-        let [boot, odd_boot, crash, lost, online, update, quarantined, released, visor_fault] = all();
+        let [boot, odd_boot, crash, lost, online, update, quarantined, released, visor_fault, ..] = all();
         assert_eq!(text(quarantined), "app quarantined after 3 crashes in a row: waiting for an update check");
         assert_eq!(text(released), "app released from quarantine (nothing to install)");
         assert_eq!(text(visor_fault), "visor fault at pc=0x10000123");

@@ -39,12 +39,14 @@ pub mod features {
     pub const UPDATES: u32 = 1 << 0;
     /// Structured visor events (`Up::Event`).
     pub const EVENTS: u32 = 1 << 1;
-    /// Remote debugging (variants 32..=47; not defined yet).
+    /// Remote debugging (variants 32..=47): `Up::Debug` and `Down::Debug`, opaque end-to-end
+    /// encrypted frames between the debugger (the CLI) and the visor's debug service, which the
+    /// server relays without reading.
     pub const DEBUG: u32 = 1 << 2;
     /// Configuration and app channels (variants 48..=63; not defined yet).
     pub const CHANNELS: u32 = 1 << 3;
     /// Every feature this crate implements.
-    pub const SUPPORTED: u32 = UPDATES | EVENTS;
+    pub const SUPPORTED: u32 = UPDATES | EVENTS | DEBUG;
 }
 
 /// The outcome of a negotiation: the version both speak and the features both announced.
@@ -262,6 +264,16 @@ pub enum Up<'a> {
         #[n(3)]
         len: u32,
     },
+    /// One opaque frame of a remote debugging session (feature [`features::DEBUG`]) from the
+    /// device's debug service to the debugger attached through the server. The bytes are a
+    /// transport message of the end-to-end session between the visor and the debugger: the
+    /// server relays them without reading them.
+    #[n(32)]
+    Debug {
+        /// At most [`MAX_DEBUG_FRAME`] bytes (a longer one is not sent and does not decode).
+        #[cbor(b(0), with = "minicbor::bytes")]
+        frame: &'a [u8],
+    },
     /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
     #[n(65535)]
     Unknown(#[n(0)] u16),
@@ -366,6 +378,14 @@ pub enum Down<'a> {
         #[n(0)]
         target: u64,
     },
+    /// One opaque frame of a remote debugging session (feature [`features::DEBUG`]) from the
+    /// debugger attached through the server to the device's debug service (see [`Up::Debug`]).
+    #[n(32)]
+    Debug {
+        /// At most [`MAX_DEBUG_FRAME`] bytes (a longer one is not sent and does not decode).
+        #[cbor(b(0), with = "minicbor::bytes")]
+        frame: &'a [u8],
+    },
     /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
     #[n(65535)]
     Unknown(#[n(0)] u16),
@@ -373,21 +393,31 @@ pub enum Down<'a> {
 
 impl Up<'_> {
     /// Variant numbers this crate defines.
-    pub const VARIANTS: [u16; 8] = [0, 1, 2, 3, 4, 5, 16, 17];
+    pub const VARIANTS: [u16; 9] = [0, 1, 2, 3, 4, 5, 16, 17, 32];
 
     /// The feature bit the receiver must have announced for this message (0: none needed).
     pub fn feature(&self) -> u32 {
         match self {
             Up::UpdateStatus { .. } | Up::FetchLayer { .. } => features::UPDATES,
             Up::Event { .. } => features::EVENTS,
+            Up::Debug { .. } => features::DEBUG,
             _ => 0,
+        }
+    }
+
+    /// False for a message over a size limit of its variant (a [`Up::Debug`] frame over
+    /// [`MAX_DEBUG_FRAME`]): the sessions refuse to send it and [`decode_up`] calls it malformed.
+    pub fn within_limits(&self) -> bool {
+        match self {
+            Up::Debug { frame } => frame.len() <= MAX_DEBUG_FRAME,
+            _ => true,
         }
     }
 }
 
 impl Down<'_> {
     /// Variant numbers this crate defines.
-    pub const VARIANTS: [u16; 9] = [0, 1, 2, 3, 16, 17, 18, 19, 21];
+    pub const VARIANTS: [u16; 10] = [0, 1, 2, 3, 16, 17, 18, 19, 21, 32];
 
     /// The feature bit the receiver must have announced for this message (0: none needed).
     pub fn feature(&self) -> u32 {
@@ -397,7 +427,18 @@ impl Down<'_> {
             | Down::LayerError { .. }
             | Down::UpdateCancel { .. }
             | Down::NoUpdate { .. } => features::UPDATES,
+            Down::Debug { .. } => features::DEBUG,
             _ => 0,
+        }
+    }
+
+    /// False for a message over a size limit of its variant (a [`Down::Debug`] frame over
+    /// [`MAX_DEBUG_FRAME`]): the sessions refuse to send it and [`decode_down`] calls it
+    /// malformed.
+    pub fn within_limits(&self) -> bool {
+        match self {
+            Down::Debug { frame } => frame.len() <= MAX_DEBUG_FRAME,
+            _ => true,
         }
     }
 }
@@ -411,6 +452,14 @@ pub const MAX_FETCH: u32 = 8192;
 /// Largest `data` of one [`Down::LayerData`]: the encoded message (at most 22 bytes of CBOR
 /// around the data) stays within [`MAX_PLAINTEXT`]. A full page is 9 messages.
 pub const LAYER_CHUNK: usize = 960;
+
+/// Largest opaque frame of one [`Up::Debug`] or [`Down::Debug`]: the encoded message (at most 8
+/// bytes of CBOR around the frame: `[32, [bstr]]` with a two-byte length) stays within
+/// [`MAX_PLAINTEXT`]. The frame is a transport message of the end-to-end debug session
+/// (ciphertext and its tag), so that session's plaintext is at most this minus its tag.
+pub const MAX_DEBUG_FRAME: usize = 960;
+
+const _: () = assert!(MAX_DEBUG_FRAME + 8 <= MAX_PLAINTEXT, "a full debug frame fits one message");
 
 /// The device's update state, as carried in [`Up::UpdateStatus`].
 #[repr(u8)]
@@ -582,12 +631,20 @@ fn decode_with<'b, T: Decode<'b, ()>>(b: &'b [u8], known: &[u16]) -> Result<Resu
 
 /// Decodes a device message; an unknown variant in [`SKIPPABLE`] is [`Up::Unknown`].
 pub fn decode_up(b: &[u8]) -> Result<Up<'_>, MsgError> {
-    Ok(decode_with(b, &Up::VARIANTS)?.unwrap_or_else(Up::Unknown))
+    let m = decode_with(b, &Up::VARIANTS)?.unwrap_or_else(Up::Unknown);
+    if !m.within_limits() {
+        return Err(MsgError::Malformed);
+    }
+    Ok(m)
 }
 
 /// Decodes a server message; an unknown variant in [`SKIPPABLE`] is [`Down::Unknown`].
 pub fn decode_down(b: &[u8]) -> Result<Down<'_>, MsgError> {
-    Ok(decode_with(b, &Down::VARIANTS)?.unwrap_or_else(Down::Unknown))
+    let m = decode_with(b, &Down::VARIANTS)?.unwrap_or_else(Down::Unknown);
+    if !m.within_limits() {
+        return Err(MsgError::Malformed);
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -627,6 +684,8 @@ mod tests {
                 reason: UpdateReason::SequenceNotNewer.code(),
             },
             Up::FetchLayer { sequence: 7, component: 0, offset: 8192, len: MAX_FETCH },
+            Up::Debug { frame: b"\x00opaque ciphertext\xff" },
+            Up::Debug { frame: &[] },
         ];
         for m in ups {
             assert!(Up::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
@@ -645,6 +704,8 @@ mod tests {
             Down::UpdateCancel { sequence: u64::MAX },
             Down::NoUpdate { target: 0 },
             Down::NoUpdate { target: u64::MAX },
+            Down::Debug { frame: &[0xA5; 100] },
+            Down::Debug { frame: &[] },
         ];
         for m in downs {
             assert!(Down::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
@@ -664,6 +725,62 @@ mod tests {
         // A 230-byte envelope is far inside the limit too.
         let env = [0x5A; 400];
         assert!(encode(&Down::UpdateOffer { envelope: &env }, &mut buf).is_ok());
+    }
+
+    #[test]
+    fn a_full_debug_frame_fits_one_message_and_a_longer_one_is_refused() {
+        let frame = [0x5A; MAX_DEBUG_FRAME];
+        let mut buf = [0u8; MAX_PLAINTEXT];
+        let up = Up::Debug { frame: &frame };
+        let n = encode(&up, &mut buf).unwrap();
+        assert!(n <= MAX_DEBUG_FRAME + 8, "{n} bytes");
+        assert_eq!(decode_up(&buf[..n]), Ok(up.clone()));
+        assert!(up.within_limits());
+        let down = Down::Debug { frame: &frame };
+        let n = encode(&down, &mut buf).unwrap();
+        assert_eq!(decode_down(&buf[..n]), Ok(down));
+        // One byte more: the message would still fit, but the frame is over the limit, so no
+        // peer sends it and a receiver treats it as malformed (it ends the connection).
+        let long = [0x5A; MAX_DEBUG_FRAME + 1];
+        assert!(!Up::Debug { frame: &long }.within_limits());
+        assert!(!Down::Debug { frame: &long }.within_limits());
+        let n = encode(&Up::Debug { frame: &long }, &mut buf).unwrap();
+        assert_eq!(decode_up(&buf[..n]), Err(MsgError::Malformed));
+        let n = encode(&Down::Debug { frame: &long }, &mut buf).unwrap();
+        assert_eq!(decode_down(&buf[..n]), Err(MsgError::Malformed));
+        // A debug message without its frame, or with text instead of bytes, is malformed.
+        assert_eq!(decode_down(&[0x82, 0x18, 0x20, 0x80]), Err(MsgError::Malformed));
+        assert_eq!(decode_up(&[0x82, 0x18, 0x20, 0x81, 0x61, b'x']), Err(MsgError::Malformed));
+        // Truncated anywhere: malformed.
+        let n = encode(&Up::Debug { frame: b"abc" }, &mut buf).unwrap();
+        for cut in 0..n {
+            assert_eq!(decode_up(&buf[..cut]), Err(MsgError::Malformed), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn debug_needs_the_debug_feature() {
+        assert_eq!(Up::Debug { frame: b"x" }.feature(), features::DEBUG);
+        assert_eq!(Down::Debug { frame: b"x" }.feature(), features::DEBUG);
+        const { assert!(features::SUPPORTED & features::DEBUG != 0, "this crate implements it") };
+        // A device that does not announce DEBUG does not get it, whatever the server supports.
+        let h = Hello {
+            protocol: PROTOCOL_VERSION,
+            visor_version: "1",
+            boot_count: 1,
+            app: None,
+            next_log_seq: 0,
+            protocol_min: None,
+            features: Some(features::UPDATES | features::EVENTS),
+        };
+        let n = negotiate(&h, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED).unwrap();
+        assert!(!n.allows(Up::Debug { frame: b"x" }.feature()));
+        let with = Hello { features: Some(features::SUPPORTED), ..h };
+        let n = negotiate(&with, PROTOCOL_MIN, PROTOCOL_VERSION, features::SUPPORTED).unwrap();
+        assert!(n.allows(Down::Debug { frame: b"x" }.feature()));
+        // A server without DEBUG does not negotiate it either.
+        let n = negotiate(&with, PROTOCOL_MIN, PROTOCOL_VERSION, features::UPDATES | features::EVENTS).unwrap();
+        assert!(!n.allows(features::DEBUG));
     }
 
     #[test]
@@ -728,7 +845,8 @@ mod tests {
         // [20, []] and [18, [1, "x", [2]]]: defined by a newer peer.
         assert_eq!(decode_down(&[0x82, 0x14, 0x80]), Ok(Down::Unknown(20)));
         assert_eq!(decode_up(&[0x82, 0x12, 0x83, 0x01, 0x61, b'x', 0x81, 0x02]), Ok(Up::Unknown(18)));
-        assert_eq!(decode_up(&[0x82, 0x18, 0x20, 0x80]), Ok(Up::Unknown(32)), "debugging range");
+        assert_eq!(decode_up(&[0x82, 0x18, 0x21, 0x80]), Ok(Up::Unknown(33)), "debugging range");
+        assert_eq!(decode_down(&[0x82, 0x18, 0x2F, 0x80]), Ok(Down::Unknown(47)), "debugging range");
         assert_eq!(decode_down(&[0x82, 0x18, 0x7F, 0x00]), Ok(Down::Unknown(127)), "last skippable");
         // Outside the ranges, truncated, trailing bytes, or not an array of two: malformed.
         assert_eq!(decode_down(&[0x82, 0x18, 0x80, 0x80]), Err(MsgError::Malformed), "variant 128");

@@ -147,6 +147,8 @@ pub struct Supervisor {
     requests_n: usize,
     /// Requests delayed in the current storm (drives its backoff).
     storm: u32,
+    /// Since when a debugger holds the app halted: its watchdog does not run meanwhile.
+    halted_since: Option<u64>,
 }
 
 impl Supervisor {
@@ -166,6 +168,7 @@ impl Supervisor {
             requests: [0; RESTART_HISTORY],
             requests_n: 0,
             storm: 0,
+            halted_since: None,
         }
     }
 
@@ -277,6 +280,7 @@ impl Supervisor {
 
     /// The app was started at `now`.
     pub fn on_launched(&mut self, now: u64) {
+        self.halted_since = None;
         if self.launches > 0 {
             self.restart_count = self.restart_count.saturating_add(1);
         }
@@ -287,6 +291,7 @@ impl Supervisor {
 
     /// The app crashed (or was killed by the watchdog) at `now`. Returns the backoff in µs.
     pub fn on_crash(&mut self, now: u64, watchdog: bool) -> u64 {
+        self.halted_since = None;
         if let AppState::Running { since_us } = self.state {
             if now.saturating_sub(since_us) >= self.policy.stable_after_us {
                 self.consecutive_crashes = 0;
@@ -343,6 +348,7 @@ impl Supervisor {
     /// back): at once, as a new series, never rate-limited. The app sees reason `Requested`
     /// with code 0.
     pub fn on_switch(&mut self) {
+        self.halted_since = None;
         self.new_series();
         self.reason = StartReason::Requested;
         self.restart_code = 0;
@@ -409,6 +415,29 @@ impl Supervisor {
         }
     }
 
+    /// A debugger halted the app at `now`: its watchdog stops counting until [`Supervisor::unhalt`].
+    pub fn halt(&mut self, now: u64) {
+        self.halted_since.get_or_insert(now);
+    }
+
+    /// The debugger let the app run again at `now`: the watchdog and the series' clock continue
+    /// where they stopped (a halt neither kills the app nor ends a crash series).
+    pub fn unhalt(&mut self, now: u64) {
+        let Some(since) = self.halted_since.take() else { return };
+        let d = now.saturating_sub(since);
+        if let Some((_, deadline)) = self.watchdog.as_mut() {
+            *deadline = deadline.saturating_add(d);
+        }
+        if let AppState::Running { since_us } = &mut self.state {
+            *since_us = since_us.saturating_add(d);
+        }
+    }
+
+    /// True while a debugger holds the app halted.
+    pub fn is_halted(&self) -> bool {
+        self.halted_since.is_some()
+    }
+
     /// When a running app's series (or restart storm) ends, if one is in progress.
     fn stable_at(&self) -> Option<u64> {
         match self.state {
@@ -431,7 +460,7 @@ impl Supervisor {
             AppState::Backoff { until_us } if now >= until_us => Action::Launch,
             AppState::Backoff { .. } => Action::None,
             AppState::Running { .. } => match self.watchdog {
-                Some((_, deadline)) if now >= deadline => Action::KillForWatchdog,
+                Some((_, deadline)) if now >= deadline && self.halted_since.is_none() => Action::KillForWatchdog,
                 _ => Action::None,
             },
         }
@@ -444,6 +473,7 @@ impl Supervisor {
             AppState::NoImage | AppState::Quarantined { .. } => None,
             AppState::LaunchPending => Some(0),
             AppState::Backoff { until_us } => Some(until_us),
+            AppState::Running { .. } if self.halted_since.is_some() => None,
             AppState::Running { .. } => [self.watchdog.map(|(_, d)| d), self.stable_at()].into_iter().flatten().min(),
         }
     }
@@ -523,6 +553,21 @@ mod tests {
         assert_eq!(bi.restart_code, 42);
         assert_eq!(bi.restart_count, 1);
         assert_eq!(bi.crash_count, 0);
+    }
+
+    #[test]
+    fn a_halted_app_is_not_killed_by_its_watchdog() {
+        let mut s = sup();
+        assert_eq!(s.poll(0), Action::Launch);
+        s.on_launched(0);
+        assert_eq!(s.watchdog_start(0, 100), Status::Ok);
+        s.halt(50_000);
+        assert_eq!(s.next_deadline(), None, "no wake-ups while halted");
+        assert_eq!(s.poll(10_000_000), Action::None);
+        s.unhalt(10_000_000);
+        // 50 ms were left when it halted.
+        assert_eq!(s.poll(10_049_999), Action::None);
+        assert_eq!(s.poll(10_050_000), Action::KillForWatchdog);
     }
 
     #[test]

@@ -493,6 +493,24 @@ pub fn control_ns() -> u32 {
     c
 }
 
+/// PRIMASK_NS, BASEPRI_NS and FAULTMASK_NS (what the debugger shows of the app's masks).
+pub fn ns_masks() -> [u32; 3] {
+    let (p, b, f): (u32, u32, u32);
+    // SAFETY: reading banked registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mrs {p}, primask_ns",
+            "mrs {b}, basepri_ns",
+            "mrs {f}, faultmask_ns",
+            p = out(reg) p,
+            b = out(reg) b,
+            f = out(reg) f,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    [p, b, f]
+}
+
 /// Masks (true) or unmasks every non-secure exception via BASEPRI_S. While the app is stopped
 /// nothing of it may run, not even an interrupt or an exception it left pending.
 pub fn mask_app_exceptions(mask: bool) {

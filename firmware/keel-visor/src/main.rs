@@ -39,6 +39,7 @@
 mod app;
 mod board;
 mod console;
+mod debug;
 mod global;
 mod net;
 mod notify;
@@ -85,6 +86,8 @@ pub struct Visor {
     pub stop_requested: bool,
     /// The slot and image digest last verified (a restart of the same slot does not hash again).
     pub verified: Option<(keel_update::Slot, [u8; 32])>,
+    /// The app, halted for the debugger.
+    pub halted: Option<debug::Halted>,
 }
 
 /// Where the visor's state lives: uninitialised RAM (`.bss`), built in place at boot. A
@@ -99,6 +102,7 @@ pub static VISOR: Global<Option<&'static mut Visor>> = Global::new(None);
 /// masked until the core starts the app again; returns the trampoline result.
 fn go_idle(v: &mut Visor) -> u64 {
     v.stop_requested = false;
+    v.halted = None;
     notify::disable(v);
     // The secure thread (a system call) is abandoned.
     rt::abandon_secure_thread();
@@ -111,6 +115,7 @@ fn go_idle(v: &mut Visor) -> u64 {
 /// image does not load); returns the trampoline result.
 fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
     v.stop_requested = false;
+    v.halted = None;
     notify::disable(v);
     let loaded = loop {
         let verified = v.verified.filter(|(s, _)| *s == slot).map(|(_, d)| d);
@@ -163,7 +168,9 @@ fn rearm(v: &mut Visor, now: u64) {
     let timer = v.timer.map(|(d, _)| d);
     // The hardware watchdog is fed by every pass: wake up at least every half of its period.
     let feed = Some(now + board::WATCHDOG_TIMEOUT_MS as u64 * 500);
-    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, timer, feed]));
+    // A halt the app could not take yet (it was in a handler or a system call): try again soon.
+    let halt = v.core.debug_halt_wanted().then_some(now + HALT_RETRY_US);
+    time::arm_at(keel_device::earliest([v.core.poll_at(), nic, timer, feed, halt]));
 }
 
 /// PendSV: the service routine. Runs the network and the device core's timers, delivers the
@@ -175,7 +182,7 @@ fn rearm(v: &mut Visor, now: u64) {
 /// moment the core wants it gone (a watchdog kill, an installed update to start, a trial ended,
 /// an update to apply), the visor resets the system with the hand-over in warm RAM, and the next
 /// boot does what was due. An app cannot hold off an update or a rollback by living in a handler.
-extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
+extern "C" fn service_handler(exc_return: u32, sp: u32) -> u64 {
     let exc = ExcReturn(exc_return);
     VISOR.with_in_service(|v| {
         let Some(v) = v.as_mut() else { return keep(exc_return) };
@@ -192,14 +199,20 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
         }
         notify::poll(v, now);
         let in_handler = board::ns_exception_active();
+        // The debugger's requests, unless the app is about to be replaced anyway.
+        let debug = match action {
+            AppAction::None => serve_debug(v, now, exc_return, sp),
+            _ => None,
+        };
         let result = match action {
+            _ if debug.is_some() => debug.unwrap_or(keep(exc_return)),
             AppAction::KillForWatchdog if in_handler => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
-                reset_after_app_fault(v, report, now, true, "app hung in an exception handler")
+                reset_after_app_fault(v, report, app_callee(exc, sp), now, true, "app hung in an exception handler")
             }
             AppAction::KillForWatchdog => {
                 let report = crash_report(FaultKind::Watchdog, exc, now);
-                record_crash(v, report, now, true);
+                record_crash(v, report, app_callee(exc, sp), now, true);
                 go_idle(v)
             }
             AppAction::Launch(_) if in_handler => reset_to_start(v, "the app is in an exception handler"),
@@ -213,6 +226,60 @@ extern "C" fn service_handler(exc_return: u32, _sp: u32) -> u64 {
         sync_warm(v);
         result
     })
+}
+
+/// How soon a halt the app could not take is tried again (µs).
+const HALT_RETRY_US: u64 = 2_000;
+/// The restart code of a restart the debugger asked for (`kill`).
+const DEBUGGER_RESTART: u32 = 0x4B44_4247;
+
+/// Serves the debugger from the service routine: runs its request against the app, then
+/// resumes, restarts or halts the app as the agent says. Returns the trampoline result when the
+/// app's context changes (`None`: return where the service routine interrupted).
+fn serve_debug(v: &mut Visor, now: u64, exc_return: u32, sp: u32) -> Option<u64> {
+    if v.core.debug().is_some_and(|d| d.has_frame()) {
+        // The link stopped reading at this frame: another pass reads what follows it.
+        board::pend_service();
+    }
+    let mut target = debug::AppTarget { halted: v.halted.as_mut(), awake: ns_mem::Awake::new() };
+    match v.core.debug_service(now, &mut target) {
+        keel_device::DebugAction::Resume => {
+            let h = v.halted.take()?;
+            if let Some(report) = h.fault {
+                // It stopped on a fault: resuming it is the crash's usual restart.
+                record_crash(v, report, h.callee, now, false);
+                return Some(go_idle(v));
+            }
+            rt::return_into(sp, &h.callee, h.exc_return);
+            board::mask_app_exceptions(false);
+            rt::abandon_secure_thread();
+            return Some(keep(h.exc_return));
+        }
+        keel_device::DebugAction::Restart => {
+            v.halted = None;
+            let _delay = v.core.app_restart_in(now, DEBUGGER_RESTART, &mut net::Effects(&mut v.pending));
+            vlog!("debug: app restart requested by the debugger");
+            return Some(go_idle(v));
+        }
+        keel_device::DebugAction::Halt | keel_device::DebugAction::None => {}
+    }
+    if v.core.debug_halt_wanted() && v.halted.is_none() {
+        let h = debug::Halted::capture(exc_return, sp)?;
+        return Some(halt(v, h, now, keel_device::StopReason::Halted, 0));
+    }
+    None
+}
+
+/// Holds the app halted in context `h` and tells the debugger why; returns the trampoline
+/// result that enters the visor's idle thread.
+fn halt(v: &mut Visor, h: debug::Halted, now: u64, reason: keel_device::StopReason, detail: u32) -> u64 {
+    v.halted = Some(h);
+    let mut target = debug::AppTarget { halted: v.halted.as_mut(), awake: ns_mem::Awake::new() };
+    v.core.debug_stopped(now, reason, detail, &mut target);
+    board::mask_app_exceptions(true);
+    // The stop event goes out from the service routine.
+    board::pend_service();
+    fresh(rt::idle_thread_entry())
 }
 
 /// Keeps the run record in warm RAM current (written only when it changed).
@@ -254,7 +321,19 @@ fn crash_report(kind: FaultKind, exc_return: ExcReturn, now: u64) -> CrashReport
     crash::crash_report(kind, exc_return, now, status, NsStacks { msp, psp }, |a| ns_mem::read_u32(&awake, a))
 }
 
-fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
+/// The app's r4-r11 from the trampoline frame at `sp`, if the exception interrupted the app
+/// itself (zeros otherwise: they belong to visor code).
+fn app_callee(exc: ExcReturn, sp: u32) -> [u32; 8] {
+    if exc.secure_frame() {
+        [0; 8]
+    } else {
+        rt::trampoline_callee_regs(sp)
+    }
+}
+
+/// Records a crash of the app: the report, then the registers and the top of its stack for a
+/// post-mortem debugger (`callee`: r4-r11, read from the trampoline frame).
+fn record_crash(v: &mut Visor, report: CrashReport, callee: [u32; 8], now: u64, watchdog: bool) {
     let kind = FaultKind::from_u32(report.kind).map_or("?", |k| k.name());
     vlog!(
         "app crash: {} pc={:#010x} lr={:#010x} sp={:#010x} xpsr={:#010x} cfsr={:#010x} hfsr={:#010x} sfsr={:#010x} bfar={:#010x} exc_return={:#010x}",
@@ -281,6 +360,26 @@ fn record_crash(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool) {
         report.stack[7]
     );
     let backoff = v.core.app_crashed(now, report, watchdog, &mut net::Effects(&mut v.pending));
+    let f = report.frame;
+    let regs = [
+        f[0], f[1], f[2], f[3], callee[0], callee[1], callee[2], callee[3], callee[4], callee[5], callee[6], callee[7],
+        f[4],
+    ];
+    let mut stack = [0u32; keel_device::CRASH_DUMP_BYTES / 4];
+    let awake = ns_mem::Awake::new();
+    let mut n = 0;
+    // Only a frame the app's own stack held (a secure frame left `sp` raw): then the words from
+    // its stack pointer up, as far as the app could read them.
+    if report.frame[6] != 0 {
+        while n < stack.len() {
+            match ns_mem::read_u32(&awake, report.sp.wrapping_add(4 * n as u32)) {
+                Some(w) => stack[n] = w,
+                None => break,
+            }
+            n += 1;
+        }
+    }
+    v.core.app_crash_dump(now, regs, &stack[..n]);
     if !v.core.quarantined() {
         vlog!("app restart in {} ms", backoff / 1000);
     }
@@ -322,18 +421,57 @@ extern "C" fn fault_handler(exc_return: u32, sp: u32) -> u64 {
     board::clear_fault_status();
     VISOR.with(|v| {
         let v = v.as_mut().expect("visor initialised");
+        if v.core.debug_wants_stops() {
+            if let Some(r) = debug_stop(v, exc_return, sp, report, in_handler, now) {
+                return r;
+            }
+        }
         if in_handler || !exc_return.thread_mode() {
             // The app faulted inside one of its own exception handlers (or a forged exception
             // return left one active). Its exception stays active in the core, which only a
             // reset clears: record the crash and reset.
-            reset_after_app_fault(v, report, now, false, "app fault in an exception handler");
+            reset_after_app_fault(
+                v,
+                report,
+                app_callee(exc_return, sp),
+                now,
+                false,
+                "app fault in an exception handler",
+            );
         }
-        record_crash(v, report, now, false);
+        record_crash(v, report, app_callee(exc_return, sp), now, false);
         sync_warm(v);
         // The service routine restarts the app after its backoff (and re-arms the alarm).
         board::pend_service();
         go_idle(v)
     })
+}
+
+/// A `bkpt` or a fault of the app while a debug session is open: the app halts there for the
+/// debugger instead of crashing (a fault is recorded when the debugger lets it go on). A
+/// breakpoint of the session hit inside an app exception handler is taken out and the handler
+/// continues (the app cannot be halted there). `None`: the usual crash path.
+fn debug_stop(v: &mut Visor, exc: ExcReturn, sp: u32, report: CrashReport, in_handler: bool, now: u64) -> Option<u64> {
+    let bkpt = if exc.secure_frame() { None } else { debug::bkpt_at(report.pc()) };
+    if in_handler || !exc.thread_mode() {
+        let pc = report.pc() & !1;
+        if bkpt.is_some()
+            && v.core.debug_drop_breakpoint(pc, &mut debug::AppTarget { halted: None, awake: ns_mem::Awake::new() })
+        {
+            vlog!("debug: breakpoint at {:#010x} hit in an app exception handler: removed, the handler continues", pc);
+            return Some(keep(exc.0));
+        }
+        return None;
+    }
+    let mut h = debug::Halted::capture(exc.0, sp)?;
+    let (reason, detail) = match bkpt {
+        Some(imm) => (keel_device::StopReason::Breakpoint, imm),
+        None => {
+            h.fault = Some(report);
+            (keel_device::StopReason::Fault, report.kind)
+        }
+    };
+    Some(halt(v, h, now, reason, detail))
 }
 
 /// The entry shim found more frames left on the secure stack by system calls the app's handlers
@@ -344,15 +482,22 @@ pub extern "C" fn keel_abandoned_calls() -> ! {
     let report = crash_report(FaultKind::SecureFault, ExcReturn(0), now);
     VISOR.with(|v| {
         let v = v.as_mut().expect("visor initialised");
-        reset_after_app_fault(v, report, now, false, "app abandoned system calls")
+        reset_after_app_fault(v, report, [0; 8], now, false, "app abandoned system calls")
     })
 }
 
 /// Records a crash of the app that happened inside one of its exception handlers and resets the
 /// system: an active exception of the app can only be cleared by a reset. The crash series and
 /// report are carried over the reset (see [`warm`]), so the backoff continues.
-fn reset_after_app_fault(v: &mut Visor, report: CrashReport, now: u64, watchdog: bool, why: &str) -> ! {
-    record_crash(v, report, now, watchdog);
+fn reset_after_app_fault(
+    v: &mut Visor,
+    report: CrashReport,
+    callee: [u32; 8],
+    now: u64,
+    watchdog: bool,
+    why: &str,
+) -> ! {
+    record_crash(v, report, callee, now, watchdog);
     let cause = if watchdog { ResetCause::AppHung } else { ResetCause::AppFault };
     warm::write(&v.core.run_record().with_cause(cause));
     vlog!("{}: resetting the system to clear it", why);
@@ -514,6 +659,7 @@ extern "C" fn visor_main() -> ! {
         timer: None,
         stop_requested: false,
         verified: None,
+        halted: None,
     });
     state.core.boot(now, &mut net::Effects(&mut state.pending));
     sync_warm(state);

@@ -185,3 +185,17 @@ pub fn write_exec_words(offset: u32, words: &[u32]) {
         unsafe { core::ptr::write_volatile((APP_EXEC_BASE + offset + 4 * i as u32) as *mut u32, *w) }
     }
 }
+
+/// Writes `data` at `addr` in the app execution region for the debugger (a software breakpoint,
+/// or code the developer changes), whatever the app's own MPU says about its code: a debug
+/// probe writes code too. False if the range is not entirely inside the region.
+pub fn patch_exec(addr: u32, data: &[u8]) -> bool {
+    let Some(end) = addr.checked_add(data.len() as u32) else { return false };
+    if data.is_empty() || addr < APP_EXEC_BASE || end > APP_EXEC_BASE + APP_EXEC_SIZE {
+        return false;
+    }
+    // SAFETY: in bounds of the execution region (checked above): non-secure memory (SAU, MPC0)
+    // that never aliases the visor's; the app is halted or, at worst, sees a halfword change.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
+    true
+}

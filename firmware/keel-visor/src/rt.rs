@@ -327,6 +327,51 @@ pub fn abandon_secure_thread() {
     set_psp_s(psp_top());
 }
 
+/// The app's r4-r11 as an exception trampoline pushed them at `sp` (the handler's second
+/// argument), when the exception was taken from the app: the core does not stack them when a
+/// secure exception interrupts non-secure code, so they are still the app's on entry.
+pub fn trampoline_callee_regs(sp: u32) -> [u32; 8] {
+    let mut r = [0u32; 8];
+    for (i, v) in r.iter_mut().enumerate() {
+        // SAFETY: `sp` is the trampoline's own frame on MSP_S (10 words: r3-r11, lr), live for
+        // the whole handler; words 1..=8 are r4-r11.
+        *v = unsafe { core::ptr::read_volatile((sp as *const u32).add(1 + i)) };
+    }
+    r
+}
+
+/// Makes the trampoline at `sp` return into a halted app's context: r4-r11 and the EXC_RETURN
+/// it pops are replaced by the app's, so its exception return unstacks the app's frame (still on
+/// the app's stack) with the app's registers. The handler then returns [`keep`].
+pub fn return_into(sp: u32, callee: &[u32; 8], exc_return: u32) {
+    for (i, v) in callee.iter().enumerate() {
+        // SAFETY: as in `trampoline_callee_regs`: the trampoline's frame on MSP_S; words 1..=8
+        // are the r4-r11 it pops before returning.
+        unsafe { core::ptr::write_volatile((sp as *mut u32).add(1 + i), *v) };
+    }
+    // SAFETY: word 9 of the same frame is the EXC_RETURN it pops into lr and returns with.
+    unsafe { core::ptr::write_volatile((sp as *mut u32).add(9), exc_return) };
+}
+
+/// EXC_RETURN: secure thread mode on PSP_S, standard frame.
+const RETURN_TO_SECURE_THREAD: u32 = 0xFFFF_FFFD;
+
+/// Prepares a fresh idle thread (a first frame on PSP_S that enters the `wfi` loop) and returns
+/// the EXC_RETURN that enters it; the handler returns it with [`fresh`]. Used while the app is
+/// halted for the debugger: the app's context stays where it is, untouched.
+pub fn idle_thread_entry() -> u32 {
+    let frame = psp_top() - 32;
+    let words = [0, 0, 0, 0, 0, 0xFFFF_FFFF, (keel_idle as *const () as u32) & !1, 0x0100_0000];
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: the top 32 bytes of the idle thread's own stack (PSP_S), which nothing uses:
+        // only handler mode runs (on MSP_S) while this is written, and the idle thread is
+        // abandoned.
+        unsafe { core::ptr::write_volatile((frame as *mut u32).add(i), *w) };
+    }
+    set_psp_s(frame);
+    RETURN_TO_SECURE_THREAD
+}
+
 /// The stacked PC of a fault in the visor itself: the secure frame is at `frame` on MSP_S (0 if
 /// unknown), or on PSP_S when the faulting context used it (`uses_psp`). 0 if unknown.
 pub fn visor_fault_pc(uses_psp: bool, frame: u32) -> u32 {

@@ -20,6 +20,9 @@ use serde::Serialize;
 use ureq::http::{Method, Request, Response};
 use ureq::{AsSendBody, Body};
 
+mod debug;
+pub use debug::{DebugSocket, MAX_DEBUG_FRAME};
+
 use crate::{
     BundleJson, CreatedToken, DeploymentJson, DeviceJson, DevicePatch, DevicesQuery, EventsQuery, LogJson, LogQuery,
     NewDeployment, NewDevice, NewSignerKey, NewToken, ServerInfo, SignerKeyJson, StreamQuery, TokenJson,
@@ -125,6 +128,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     tls: Option<ureq::tls::TlsConfig>,
+    /// The certificates of [`Client::with_ca`] (DER), for the debug websocket's TLS.
+    ca: Option<std::sync::Arc<Vec<Vec<u8>>>>,
     timeout: Option<Duration>,
     agent: ureq::Agent,
 }
@@ -141,7 +146,8 @@ impl Client {
     /// is dropped), without a token, trusting the public web roots for https.
     pub fn new(base_url: impl Into<String>) -> Client {
         let base = base_url.into().trim_end_matches('/').to_string();
-        let mut c = Client { base, token: None, tls: None, timeout: None, agent: ureq::Agent::new_with_defaults() };
+        let mut c =
+            Client { base, token: None, tls: None, ca: None, timeout: None, agent: ureq::Agent::new_with_defaults() };
         c.rebuild();
         c
     }
@@ -166,6 +172,7 @@ impl Client {
         if certs.is_empty() {
             return Err(ApiError::Local { message: "no PEM certificate in the file".into() });
         }
+        self.ca = Some(std::sync::Arc::new(certs.iter().map(|c| c.der().to_vec()).collect()));
         let roots = ureq::tls::RootCerts::new_with_certs(&certs);
         self.tls = Some(ureq::tls::TlsConfig::builder().root_certs(roots).build());
         self.rebuild();

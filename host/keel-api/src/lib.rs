@@ -7,8 +7,9 @@
 //!
 //! With the feature `client`, [`Client`] is a typed blocking client of the API (ureq with rustls;
 //! one method per route, errors as [`ApiError`] with the HTTP status and the API's `error.code`);
-//! the CLI, the simulator's idle bench and the tests talk to the server through it. The server
-//! leaves the feature off.
+//! the CLI, the simulator's idle bench and the tests talk to the server through it;
+//! [`Client::debug_socket`] opens the remote debugging relay's websocket ([`DebugSocket`],
+//! tungstenite over TCP or rustls). The server leaves the feature off.
 
 mod bundles;
 #[cfg(feature = "client")]
@@ -23,7 +24,7 @@ mod tokens;
 
 pub use bundles::*;
 #[cfg(feature = "client")]
-pub use client::{ApiError, Client, LogStream, MAX_EVENT_BYTES};
+pub use client::{ApiError, Client, DebugSocket, LogStream, MAX_DEBUG_FRAME, MAX_EVENT_BYTES};
 pub use deployments::*;
 pub use devices::*;
 pub use errors::*;

@@ -22,6 +22,9 @@ const DEV: &str = "kd0123456789abcdef0123456789abcdef";
 /// A server node on loopback, stopped (gracefully) and its data removed when dropped.
 struct Server {
     url: String,
+    /// The device gateway and its key.
+    gateway: SocketAddr,
+    server_public: [u8; 32],
     /// An admin token of account `a`.
     token: String,
     dir: PathBuf,
@@ -55,11 +58,12 @@ impl Server {
             (Node::start(config).await.unwrap(), token)
         });
         let url = node.api_url();
+        let (gateway, server_public) = (node.gateway_addr(), node.public_key());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = rt.spawn(node.run(async {
             let _ = stopped.await;
         }));
-        Server { url, token, dir, rt, stop: Some(stop), done: Some(done) }
+        Server { url, gateway, server_public, token, dir, rt, stop: Some(stop), done: Some(done) }
     }
 
     fn client(&self) -> Client {
@@ -315,4 +319,161 @@ fn an_endless_event_ends_the_stream_with_an_error() {
     assert!(stream.next().is_none());
     drop(stream);
     server.join().unwrap();
+}
+
+/// A device on the gateway (blocking, in a thread) that answers each debug frame with the frame
+/// reversed, until its connection ends.
+fn echo_device(gateway: SocketAddr, server_public: &[u8; 32], secret: &[u8; 32]) -> std::thread::JoinHandle<()> {
+    use keel_link::msg::{features, Down, Hello, Up, PROTOCOL_MIN, PROTOCOL_VERSION};
+    use keel_link::session::{DeviceSession, MAX_FRAME};
+    use std::io::Write;
+    let mut session = DeviceSession::<rand_core::OsRng>::new(secret, server_public).unwrap();
+    let mut tcp = std::net::TcpStream::connect(gateway).unwrap();
+    std::thread::spawn(move || {
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            visor_version: "9.9.9",
+            boot_count: 1,
+            app: None,
+            next_log_seq: 1 << 32,
+            protocol_min: Some(PROTOCOL_MIN),
+            features: Some(features::SUPPORTED),
+        };
+        let mut out = vec![0u8; MAX_FRAME];
+        let n = session.start_hello(&hello, &mut out).unwrap();
+        tcp.write_all(&out[..n]).unwrap();
+        let mut first = true;
+        loop {
+            let mut len = [0u8; 2];
+            if tcp.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut payload = vec![0u8; u16::from_be_bytes(len) as usize];
+            if tcp.read_exact(&mut payload).is_err() {
+                return;
+            }
+            let reply = match session.receive(&payload).unwrap() {
+                Down::Welcome { .. } if first => Some(Up::Ready),
+                Down::Ping { nonce } => Some(Up::Pong { nonce }),
+                Down::Debug { frame } => {
+                    let rev: Vec<u8> = frame.iter().rev().copied().collect();
+                    let n = session.send(&Up::Debug { frame: &rev }, &mut out).unwrap();
+                    if tcp.write_all(&out[..n]).is_err() {
+                        return;
+                    }
+                    None
+                }
+                _ => None,
+            };
+            first = false;
+            if let Some(m) = reply {
+                let n = session.send(&m, &mut out).unwrap();
+                if tcp.write_all(&out[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Registers a device with a fresh key through the API; returns its id and secret.
+fn debuggee(api: &Client, id: &str) -> [u8; 32] {
+    use rand_core::RngCore;
+    let mut secret = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut secret);
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
+    let hex: String = public.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    api.register_device(&NewDevice { id: id.into(), name: "debuggee".into(), public_key: hex, tags: vec![] }).unwrap();
+    secret
+}
+
+fn wait_online(api: &Client, id: &str) {
+    for _ in 0..3000 {
+        if api.device(id).unwrap().online {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{id} never came online");
+}
+
+/// Frames through the relay and back, what the relay forwarded in the capture, and every way a
+/// debug socket ends. Over plain HTTP, with the capture started by `KEEL_DEBUG_CAPTURE` (as
+/// `keel server run` would); then over TLS with a private CA.
+#[test]
+fn debug_socket_over_http_and_https() {
+    let id = "kd0000000000000000000000000000db01";
+    let capture = std::env::temp_dir().join(format!("keel-api-client-{}-capture.txt", std::process::id()));
+    let _ = std::fs::remove_file(&capture);
+    // Set only while this node starts (the variable is read once, at start).
+    std::env::set_var("KEEL_DEBUG_CAPTURE", &capture);
+    let s = Server::start("debug", None);
+    std::env::remove_var("KEEL_DEBUG_CAPTURE");
+    let api = s.client();
+    let secret = debuggee(&api, id);
+    let _device = echo_device(s.gateway, &s.server_public, &secret);
+    wait_online(&api, id);
+
+    let mut dbg = api.debug_socket(id).unwrap();
+    assert_eq!(dbg.recv(Duration::from_millis(50)).unwrap(), None, "nothing yet: a timeout, not an error");
+    let mut expected = String::new();
+    for (i, len) in [1usize, 64, 500, keel_api::MAX_DEBUG_FRAME].into_iter().enumerate() {
+        let frame: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+        dbg.send(&frame).unwrap();
+        let echo = dbg.recv(Duration::from_secs(10)).unwrap().expect("the echo");
+        let rev: Vec<u8> = frame.iter().rev().copied().collect();
+        assert_eq!(echo, rev);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        expected += &format!("down {}\nup {}\n", hex(&frame), hex(&rev));
+    }
+    assert_eq!(std::fs::read_to_string(&capture).unwrap(), expected, "the capture holds exactly the frames");
+    let _ = std::fs::remove_file(&capture);
+    // Too large: refused here, nothing sent; the socket still works.
+    let e = dbg.send(&[0u8; keel_api::MAX_DEBUG_FRAME + 1]).unwrap_err();
+    assert!(matches!(e, ApiError::Local { .. }), "{e:?}");
+    dbg.send(b"ok").unwrap();
+    assert_eq!(dbg.recv(Duration::from_secs(10)).unwrap().unwrap(), b"ko");
+
+    // Refusals are the API's answers.
+    let ro = api.create_token(&NewToken { name: "ro".into(), scope: Some("read".into()), expires_in_s: None });
+    let ro = Client::new(&s.url).with_token(ro.unwrap().token);
+    assert_eq!(api_error(ro.debug_socket(id)), (403, "insufficient_scope".into()));
+    assert_eq!(api_error(api.debug_socket("kd0000000000000000000000000000db02")), (404, "not_found".into()));
+    assert_eq!(api_error(Client::new(&s.url).debug_socket(id)), (401, "unauthorized".into()));
+
+    // A second socket for the device (a debugger resuming) replaces the first.
+    let mut again = api.debug_socket(id).unwrap();
+    let e = dbg.recv(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(dbg.close_reason(), Some((1000, "replaced")), "{e}");
+    assert!(e.to_string().contains("replaced"), "{e}");
+    assert!(dbg.send(b"late").is_err());
+    again.send(b"abc").unwrap();
+    assert_eq!(again.recv(Duration::from_secs(10)).unwrap().unwrap(), b"cba");
+    again.close().unwrap();
+
+    // Over TLS, trusting a private CA.
+    let pki = std::env::temp_dir().join(format!("keel-api-client-{}-dbgpki", std::process::id()));
+    let (ca, files) = test_pki(&pki);
+    let s = Server::start("debug-tls", Some(files));
+    let api = Client::new(&s.url).with_token(&s.token).with_ca(&ca).unwrap();
+    let secret = debuggee(&api, id);
+    let _device = echo_device(s.gateway, &s.server_public, &secret);
+    wait_online(&api, id);
+    let mut dbg = api.debug_socket(id).unwrap();
+    dbg.send(b"over tls").unwrap();
+    assert_eq!(dbg.recv(Duration::from_secs(10)).unwrap().unwrap(), b"slt revo");
+    assert_eq!(dbg.recv(Duration::from_millis(50)).unwrap(), None);
+    dbg.send(b"again").unwrap();
+    assert_eq!(dbg.recv(Duration::from_secs(10)).unwrap().unwrap(), b"niaga");
+    dbg.close().unwrap();
+    // The public roots do not know the CA: a TLS error.
+    let e = s.client().debug_socket(id).unwrap_err();
+    assert!(matches!(&e, ApiError::Transport { tls: true, .. }), "{e:?}");
+    // The server stopping closes the socket with a reason.
+    let mut dbg = api.debug_socket(id).unwrap();
+    let mut s = s;
+    s.stop();
+    let e = dbg.recv(Duration::from_secs(15)).unwrap_err();
+    assert!(e.to_string().contains("stopping"), "{e}");
+    let _ = std::fs::remove_dir_all(&pki);
 }

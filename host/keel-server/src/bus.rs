@@ -7,7 +7,9 @@
 //! several nodes replaces them (e.g. with PostgreSQL `LISTEN/NOTIFY` or a message broker)
 //! without touching the gateway. Unlike one broadcast channel that every connection listens to,
 //! a message reaches only the connections of its device, so a deployment to many devices costs
-//! nothing to the others, and nothing overflows: a mailbox coalesces repeated notifications.
+//! nothing to the others, and nothing overflows: a mailbox coalesces repeated notifications and
+//! holds at most [`MAILBOX_CAPACITY`] messages (remote debugging frames, which are never
+//! coalesced, are dropped oldest first when it is full, and counted: [`Bus::dropped`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -28,11 +30,14 @@ pub enum DeviceMessage {
         /// Why, for the log.
         reason: &'static str,
     },
+    /// One opaque remote debugging frame from the attached debugger, to send to the device as
+    /// `Down::Debug` (see `crate::debug_relay`). Never coalesced.
+    Debug(Box<[u8]>),
 }
 
 /// At most this many messages wait in one mailbox; repeated `DeploymentChanged` and
-/// `EndSession` are coalesced, so only future payload-carrying messages can reach it (the oldest
-/// is then dropped).
+/// `EndSession` are coalesced, so only payload-carrying messages (debug frames) can fill it: the
+/// oldest debug frame is then dropped (a notification never is) and counted.
 pub const MAILBOX_CAPACITY: usize = 64;
 
 /// Delivers messages to device mailboxes.
@@ -44,6 +49,11 @@ pub trait Bus: Send + Sync + Debug {
     fn send(&self, device_id: &str, msg: DeviceMessage) -> usize;
     /// Ends every session held by gateway node `node` (it stops); returns how many were told.
     fn end_node(&self, node: &str, reason: &'static str) -> usize;
+    /// Messages dropped so far because a mailbox was full (debug frames: notifications are
+    /// coalesced and never dropped).
+    fn dropped(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -53,17 +63,26 @@ struct Slot {
 }
 
 impl Slot {
-    fn push(&self, msg: DeviceMessage) {
+    /// Queues `msg`; returns true if a message was dropped to make room.
+    fn push(&self, msg: DeviceMessage) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let coalesce = matches!(msg, DeviceMessage::DeploymentChanged | DeviceMessage::EndSession { .. });
+        let mut dropped = false;
         if !(coalesce && q.contains(&msg)) {
             if q.len() >= MAILBOX_CAPACITY {
-                q.pop_front();
+                // The oldest debug frame goes first: a notification must never be lost to a
+                // flood of frames.
+                match q.iter().position(|m| matches!(m, DeviceMessage::Debug(_))) {
+                    Some(i) => drop(q.remove(i)),
+                    None => drop(q.pop_front()),
+                }
+                dropped = true;
             }
             q.push_back(msg);
         }
         drop(q);
         self.notify.notify_one();
+        dropped
     }
 
     fn pop(&self) -> Option<DeviceMessage> {
@@ -110,6 +129,7 @@ type Mailboxes = Mutex<HashMap<Arc<str>, Vec<(u64, Arc<str>, Arc<Slot>)>>>;
 pub struct LocalBus {
     boxes: Arc<Mailboxes>,
     next: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// Unregisters a [`LocalBus`] mailbox when dropped.
@@ -149,9 +169,15 @@ impl Bus for LocalBus {
             boxes.get(device_id).map(|v| v.iter().map(|(_, _, s)| s.clone()).collect()).unwrap_or_default()
         };
         for s in &slots {
-            s.push(msg.clone());
+            if s.push(msg.clone()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         slots.len()
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     fn end_node(&self, node: &str, reason: &'static str) -> usize {
@@ -160,7 +186,9 @@ impl Bus for LocalBus {
             boxes.values().flatten().filter(|(_, n, _)| &**n == node).map(|(_, _, s)| s.clone()).collect()
         };
         for s in &slots {
-            s.push(DeviceMessage::EndSession { reason });
+            if s.push(DeviceMessage::EndSession { reason }) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         slots.len()
     }
@@ -219,6 +247,29 @@ mod tests {
         assert_eq!(bus.send("kda", DeviceMessage::EndSession { reason: "x" }), 1);
         drop((a2, b));
         assert!(bus.boxes.lock().unwrap().is_empty(), "closed mailboxes are forgotten");
+    }
+
+    #[test]
+    fn debug_frames_are_bounded_never_coalesced_and_never_push_out_a_notification() {
+        let bus = LocalBus::default();
+        let (kda, node): (Arc<str>, Arc<str>) = ("kda".into(), "n1".into());
+        let mut a = bus.mailbox(&kda, &node);
+        let frame = |i: u32| DeviceMessage::Debug(i.to_be_bytes().to_vec().into_boxed_slice());
+        assert_eq!(bus.send("kda", DeviceMessage::DeploymentChanged), 1);
+        for i in 0..1000 {
+            assert_eq!(bus.send("kda", frame(i)), 1);
+        }
+        assert_eq!(bus.send("kdb", frame(0)), 0, "no mailbox: nobody got it");
+        // The notification survived; the newest frames are kept, in order, up to the bound.
+        assert_eq!(a.try_recv(), Some(DeviceMessage::DeploymentChanged));
+        let kept: Vec<DeviceMessage> = std::iter::from_fn(|| a.try_recv()).collect();
+        assert_eq!(kept.len(), MAILBOX_CAPACITY - 1);
+        assert_eq!(kept, (1000 - kept.len() as u32..1000).map(frame).collect::<Vec<_>>());
+        assert_eq!(bus.dropped(), 1000 - (MAILBOX_CAPACITY as u64 - 1));
+        // The same frame twice is two frames.
+        bus.send("kda", frame(7));
+        bus.send("kda", frame(7));
+        assert_eq!((a.try_recv(), a.try_recv(), a.try_recv()), (Some(frame(7)), Some(frame(7)), None));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! * completions: [`Connection::flush`] when no more frames wait (or [`Connection::wants_more`]
 //!   says the batch is full), then [`Connection::logs_stored`] once the batch is stored;
 //!   [`Connection::target`] with the deployment after an [`Action::LoadTarget`];
-//! * [`Connection::deployment_changed`] when the device's deployment changed.
+//! * [`Connection::deployment_changed`] when the device's deployment changed;
+//! * [`Connection::debug_to_device`] with a remote debugging frame from the attached debugger.
 //!
 //! What the shell must do comes out, in order, through an [`Output`]: messages to encrypt and
 //! send, and [`Action`]s (store, note, serve a fetch, count, close). The shell performs them in
@@ -37,12 +38,16 @@
 //!   is answered with `NoUpdate` once the target is known ([`answers_no_update`]): a device
 //!   whose app is quarantined waits for that answer (or an offer) before it starts the app
 //!   again.
+//! * **Remote debugging** (feature `DEBUG`): frames are opaque and only relayed, never parsed.
+//!   A device's `Debug` becomes [`Action::Debug`] for the relay; a debugger's frame is sent as
+//!   `Down::Debug` only to an online device that announced `DEBUG` (otherwise it is dropped and
+//!   counted, [`Notice::DebugDropped`]).
 
 use std::time::Duration;
 
 use keel_proto::msg::{
     decode_up, features, Down, LayerErrorCode, Negotiated, Up, UpdateReason, UpdateState, VisorEvent, LAYER_CHUNK,
-    MAX_FETCH,
+    MAX_DEBUG_FRAME, MAX_FETCH,
 };
 
 use crate::ota::{BundleLayer, UpdateStatus};
@@ -271,6 +276,19 @@ pub enum Notice {
         /// Its sequence.
         sequence: u64,
     },
+    /// A debugger's frame was not sent to the device.
+    DebugDropped(DebugDrop),
+}
+
+/// Why a debugger's frame was not sent to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugDrop {
+    /// The device did not announce the `DEBUG` feature.
+    NotNegotiated,
+    /// The device is not online on this connection (before `Ready`, or closed).
+    Offline,
+    /// The frame is longer than `MAX_DEBUG_FRAME`.
+    TooLarge,
 }
 
 /// Why the connection ends.
@@ -335,6 +353,9 @@ pub enum Action {
     },
     /// Read a layer range from the object store and send [`Fetch::reply`].
     Fetch(Fetch),
+    /// Hand this opaque frame from the device to the debugger attached to it (the relay drops
+    /// it if none is).
+    Debug(Box<[u8]>),
     /// Log or count.
     Notice(Notice),
     /// End the connection.
@@ -640,6 +661,8 @@ impl Connection {
                 }
             }
             Up::FetchLayer { sequence, component, offset, len } => self.fetch(sequence, component, offset, len, out),
+            // Opaque: relayed as it is, never parsed.
+            Up::Debug { frame } => out.act(Action::Debug(frame.into())),
             Up::Unknown(v) => {
                 self.unknown += 1;
                 out.act(Action::Notice(Notice::UnknownMessage(v)));
@@ -704,6 +727,24 @@ impl Connection {
             Phase::Online if self.negotiated.allows(features::UPDATES) => out.act(Action::LoadTarget),
             Phase::AwaitingReady { .. } => self.target_loaded = false,
             _ => {}
+        }
+    }
+
+    /// A frame from the debugger attached to this device: sent as `Down::Debug` if the device is
+    /// online and announced `DEBUG`, otherwise dropped ([`Notice::DebugDropped`]).
+    pub fn debug_to_device(&mut self, frame: &[u8], out: &mut impl Output) {
+        let drop = if self.phase != Phase::Online {
+            Some(DebugDrop::Offline)
+        } else if !self.negotiated.allows(features::DEBUG) {
+            Some(DebugDrop::NotNegotiated)
+        } else if frame.len() > MAX_DEBUG_FRAME {
+            Some(DebugDrop::TooLarge)
+        } else {
+            None
+        };
+        match drop {
+            None => out.send(&Down::Debug { frame }),
+            Some(why) => out.act(Action::Notice(Notice::DebugDropped(why))),
         }
     }
 

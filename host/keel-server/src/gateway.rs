@@ -16,6 +16,10 @@
 //! A deployment made while the device is connected reaches it at once: the store sends it to
 //! that device's mailbox on the [`crate::bus::Bus`], as it does the end of the session when the
 //! device is deleted.
+//!
+//! Remote debugging: the device's `Debug` frames go to the debugger attached to it through
+//! [`crate::debug_relay`], and a debugger's frames arrive in the mailbox
+//! ([`DeviceMessage::Debug`]) and are sent as `Down::Debug`; opaque both ways.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::bus::{DeviceMessage, Mailbox, Presence};
 use crate::connection::{
-    escape_device_text, Action, Batch, Close, Connection, Fetch, Note, Notice, Now, Output, Target,
+    escape_device_text, Action, Batch, Close, Connection, DebugDrop, Fetch, Note, Notice, Now, Output, Target,
 };
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
@@ -484,6 +488,10 @@ impl Shell<'_> {
                         tracing::info!(device = %self.device.id, reason, "device session ended by the server");
                         return Ok(());
                     }
+                    DeviceMessage::Debug(frame) => {
+                        let steps = feed(|out| conn.debug_to_device(&frame, out));
+                        Box::pin(self.perform(conn, steps)).await?;
+                    }
                 },
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
@@ -583,6 +591,9 @@ impl Shell<'_> {
                         Box::pin(store.note_update_event(id, state, sequence, &text)).await?;
                     }
                     Action::Fetch(fetch) => Box::pin(self.serve_fetch(&fetch)).await?,
+                    Action::Debug(frame) => {
+                        store.debug_relay().to_client(id, frame);
+                    }
                     Action::Notice(notice) => self.notice(notice),
                     Action::Close(why) => return Err(why.into()),
                 },
@@ -632,6 +643,15 @@ impl Shell<'_> {
             Notice::Offered { bundle_id, sequence } => {
                 Counters::add(&counters.offers_sent, 1);
                 tracing::info!(device = %id, bundle = %bundle_id, sequence, "update offered");
+            }
+            Notice::DebugDropped(why) => {
+                match why {
+                    DebugDrop::Offline => Counters::add(&counters.debug_dropped_offline, 1),
+                    DebugDrop::NotNegotiated | DebugDrop::TooLarge => {
+                        Counters::add(&counters.debug_dropped_not_negotiated, 1)
+                    }
+                }
+                tracing::debug!(device = %id, ?why, "debug frame not sent to the device");
             }
         }
     }

@@ -6,6 +6,8 @@
 //! - Front ends: [`http`] (the JSON API: one router per resource, an `Account` extractor that
 //!   checks the token and its scope before any body is read) and [`gateway`] (devices' Noise
 //!   connections, an async shell around the sans-IO [`connection`], bounded by [`limits`]).
+//! - [`debug_relay`]: remote debugging, opaque end-to-end encrypted frames between a debugger's
+//!   websocket and a device's gateway connection (forwarded, bounded and counted, never read).
 //! - [`domain`]: the rules with no transport in them (bundle acceptance, deployment resolution);
 //!   offer reconciliation is sans-IO in [`connection`].
 //! - State: [`store`] and [`ota`] (SQLite or PostgreSQL through one set of portable migrations,
@@ -15,6 +17,7 @@
 pub mod backup;
 pub mod bus;
 pub mod connection;
+pub mod debug_relay;
 pub mod domain;
 pub mod framed;
 pub mod gateway;

@@ -15,6 +15,10 @@
 //!
 //! Shutdown is graceful: accepting stops, open requests finish, then connections close (waiting
 //! at most [`HttpLimits::shutdown_grace`]).
+//!
+//! Connections may be upgraded (the remote debugging websocket): the upgraded stream leaves
+//! hyper, this listener's slot and its idle timeout, and is bounded by its handler instead
+//! (`crate::http` closes it on shutdown, on silence and when replaced).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -133,7 +137,11 @@ pub async fn serve(
     stats: Arc<HttpStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Graceful shutdown: every connection holds a sender of `alive` and watches `stop`; once
+    // stopped, they finish their requests and close, and the last one dropping its sender ends
+    // the wait.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     let slots = Arc::new(Slots { limits: limits.clone(), open: Mutex::default() });
     let mut last_reject_log: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -160,7 +168,7 @@ pub async fn serve(
             continue;
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let watcher = graceful.watcher();
+        let watcher = Watcher { stop: stop_rx.clone(), _alive: alive_tx.clone() };
         let (app, tls, limits, stats) = (app.clone(), tls.clone(), limits.clone(), stats.clone());
         tokio::spawn(async move {
             let _slot = slot;
@@ -168,7 +176,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    if tokio::time::timeout(limits.shutdown_grace, alive_rx.recv()).await.is_err() {
         tracing::info!("HTTP shutdown: closing connections that did not finish in time");
     }
 }
@@ -180,7 +190,7 @@ async fn connection(
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: HttpLimits,
     stats: Arc<HttpStats>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) {
     let _ = tcp.set_nodelay(true);
     let activity = Activity::new();
@@ -210,7 +220,14 @@ async fn connection(
     }
 }
 
-async fn serve_io<I>(io: I, app: Router, limits: &HttpLimits, watcher: hyper_util::server::graceful::Watcher)
+/// A connection's part in the graceful shutdown: it watches `stop` and holds its `alive` sender
+/// until it closes.
+struct Watcher {
+    stop: tokio::sync::watch::Receiver<bool>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+}
+
+async fn serve_io<I>(io: I, app: Router, limits: &HttpLimits, mut watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,8 +239,21 @@ where
     });
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
+    // With upgrades: a websocket handshake hands the stream over to its handler.
+    let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    tokio::pin!(conn);
+    let done = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = watcher.stop.wait_for(|s| *s) => None,
+    };
+    let result = match done {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended");
     }
 }

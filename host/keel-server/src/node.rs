@@ -215,6 +215,20 @@ impl Node {
             None => local_object_store(&config.data_dir.join("objects"))?,
         };
         let store = Store::open(&config.database_url()).await.map_err(|e| e.to_string())?.with_object_store(objects);
+        // A diagnostic of the remote debugging relay, read once here (no flag: see
+        // `crate::debug_relay`).
+        if let Some(path) = std::env::var_os(crate::debug_relay::CAPTURE_ENV).filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            store
+                .debug_relay()
+                .capture_to(Some(&path))
+                .map_err(|e| format!("{}: cannot open {}: {e}", crate::debug_relay::CAPTURE_ENV, path.display()))?;
+            tracing::warn!(
+                path = %path.display(),
+                "capturing every remote debugging frame the relay forwards ({})",
+                crate::debug_relay::CAPTURE_ENV
+            );
+        }
         let bind = |a: SocketAddr| async move {
             tokio::net::TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))
         };
@@ -246,6 +260,14 @@ impl Node {
     /// The bound metrics address, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Appends every remote debugging frame the relay forwards, both ways, to the file at
+    /// `path` as `<down|up> <hex>` lines (`None`: stop). A diagnostic: it shows what the relay
+    /// sees, which is ciphertext. `Node::start` starts one from the environment variable
+    /// `KEEL_DEBUG_CAPTURE` if it is set.
+    pub fn set_debug_capture(&self, path: Option<&Path>) -> Result<(), String> {
+        self.store.debug_relay().capture_to(path).map_err(|e| format!("debug capture: {e}"))
     }
 
     /// The server's static public key (devices pin it).

@@ -124,6 +124,25 @@ pub struct Counters {
     pub refused_rate: AtomicU64,
     /// Gateway connections closed because the handshake (through `Ready`) took too long.
     pub handshake_timeouts: AtomicU64,
+    /// Remote debugging frames relayed from a debugger to a device's connection.
+    pub debug_to_device: AtomicU64,
+    /// Remote debugging frames relayed from a device to its debugger.
+    pub debug_to_client: AtomicU64,
+    /// Debug frames from a device dropped: no debugger attached.
+    pub debug_dropped_no_client: AtomicU64,
+    /// Debug frames from a device dropped: its debugger's queue was full (it reads too slowly).
+    pub debug_dropped_client_slow: AtomicU64,
+    /// Debug frames from a debugger dropped: the device is offline.
+    pub debug_dropped_offline: AtomicU64,
+    /// Debug frames from a debugger dropped: over the session's frame rate.
+    pub debug_dropped_rate: AtomicU64,
+    /// Debug frames from a debugger dropped by the device's connection: the device did not
+    /// announce `DEBUG`, was not online yet, or the frame was too large.
+    pub debug_dropped_not_negotiated: AtomicU64,
+    /// Debuggers attached (websocket sessions opened).
+    pub debug_sessions: AtomicU64,
+    /// Debuggers that replaced the one attached to the same device.
+    pub debug_sessions_replaced: AtomicU64,
 }
 
 impl Counters {
@@ -189,7 +208,9 @@ impl Counters {
 /// notification of new log records (which live log streams wait on).
 #[derive(Debug)]
 struct Live {
-    counters: Counters,
+    counters: Arc<Counters>,
+    /// The remote debugging relay.
+    debug_relay: Arc<crate::debug_relay::DebugRelay>,
     /// Per online device, the generation of its newest connection.
     online: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
     next_generation: AtomicU64,
@@ -471,13 +492,17 @@ impl Store {
         };
         let (new_logs, _) = broadcast::channel(1024);
         let (updates, _) = broadcast::channel(1024);
+        let counters = Arc::new(Counters::default());
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::default());
+        let debug_relay = Arc::new(crate::debug_relay::DebugRelay::new(bus.clone(), counters.clone()));
         let live = Live {
-            counters: Counters::default(),
+            counters,
+            debug_relay,
             online: Default::default(),
             next_generation: AtomicU64::new(1),
             deploy_epoch: AtomicU64::new(0),
             new_logs,
-            bus: Arc::new(LocalBus::default()),
+            bus,
             updates,
             group: Default::default(),
         };
@@ -498,6 +523,11 @@ impl Store {
     /// The bus that carries messages to device connections (deployment changes, session ends).
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.live.bus
+    }
+
+    /// The remote debugging relay (debuggers attached to devices, frames both ways).
+    pub fn debug_relay(&self) -> &Arc<crate::debug_relay::DebugRelay> {
+        &self.live.debug_relay
     }
 
     /// Which gateway node holds which device (leases in this database).

@@ -259,6 +259,7 @@ async fn openapi_covers_every_route() {
         "GET /v1/bundles/{id}",
         "GET /v1/devices",
         "GET /v1/devices/{id}",
+        "GET /v1/devices/{id}/debug",
         "GET /v1/devices/{id}/logs",
         "GET /v1/devices/{id}/logs/stream",
         "GET /v1/devices/{id}/update-events",

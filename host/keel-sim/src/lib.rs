@@ -457,6 +457,12 @@ impl<const N: usize> SimDevice<N> {
                     moved = true;
                     sample(g);
                 }
+                if g.dev.debug().is_some_and(|d| d.has_frame()) {
+                    // A simulated app has no code or memory to debug: the agent answers
+                    // (refuses) and the link reads on.
+                    let _ = g.dev.debug_service(now, &mut NoAppMemory);
+                    moved = true;
+                }
                 moved |= self.effects(g, net, fx, addr, now);
             }
             while net.stream.is_some() && net.tx.len() < TX_CAP {
@@ -684,5 +690,23 @@ mod tests {
         assert_eq!(st.update.offers, 0, "the journal it starts with is no offer");
         assert_eq!(d.journal().last, Some((4, Outcome::Confirmed)));
         assert!(!d.on_trial());
+    }
+}
+
+/// The simulated app as a debugger would see it: no registers, no memory.
+struct NoAppMemory;
+
+impl keel_device::DebugTarget for NoAppMemory {
+    fn regs(&self) -> [u32; keel_debug::wire::NREGS] {
+        [0; keel_debug::wire::NREGS]
+    }
+    fn write_reg(&mut self, _: usize, _: u32) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Unsupported)
+    }
+    fn read(&self, _: u32, _: &mut [u8]) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Denied)
+    }
+    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Denied)
     }
 }

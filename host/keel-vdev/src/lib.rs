@@ -33,8 +33,8 @@ pub fn visor_elf() -> PathBuf {
 
 /// The ELF of an example app (`hello`, `crashy`, `evil`, `bench`, or `hello-c`).
 pub fn app_elf(name: &str) -> PathBuf {
-    if name == "hello-c" {
-        repo_root().join("target/c-apps/hello-c.elf")
+    if name.ends_with("-c") {
+        repo_root().join(format!("target/c-apps/{name}.elf"))
     } else {
         firmware_dir().join(name)
     }

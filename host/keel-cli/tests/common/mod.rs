@@ -34,8 +34,14 @@ pub fn keel(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
 /// Starts `keel server run`; returns once it says where it listens. With `json_log` the
 /// server logs one JSON object per line, and the first says it runs.
 pub fn start_server(data: &str, http: u16, gw: u16, json_log: bool) -> Kill {
+    start_server_with(data, http, gw, json_log, &[])
+}
+
+/// [`start_server`] with extra environment variables for the server.
+pub fn start_server_with(data: &str, http: u16, gw: u16, json_log: bool, env: &[(&str, &str)]) -> Kill {
     let mut server = Kill(
         Command::new(KEEL)
+            .envs(env.iter().copied())
             .args(["server", "run", "--data", data, "--http", &format!("127.0.0.1:{http}")])
             .args(["--gateway", &format!("127.0.0.1:{gw}")])
             .args(["--log-format", if json_log { "json" } else { "text" }])

@@ -871,3 +871,43 @@ fn device_text_is_escaped_the_same_way_everywhere() {
     assert_eq!(escape_device_text(b"\xff\xe2\x82 x"), "\\xff\\xe2\\x82 x");
     assert_eq!(escape_device_text(b""), "");
 }
+
+#[test]
+fn debug_frames_are_relayed_opaque_both_ways_when_negotiated() {
+    let (mut c, mut r) = online(ALL_FEATURES | features::DEBUG);
+    // Device -> debugger: handed to the relay as it is (bytes that are no CBOR, no RSP).
+    let frame: Vec<u8> = (0..=255u8).rev().collect();
+    c.receive(at_ms(2), Up::Debug { frame: &frame }, &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Debug(frame.clone().into_boxed_slice()))]);
+    // Nothing is batched or acknowledged for it.
+    assert_eq!(c.flush(), None);
+    // Debugger -> device: sent as Down::Debug, up to MAX_DEBUG_FRAME.
+    c.debug_to_device(&frame, &mut r);
+    assert_eq!(r.take(), vec![sent(Down::Debug { frame: &frame })]);
+    let full = [7u8; MAX_DEBUG_FRAME];
+    c.debug_to_device(&full, &mut r);
+    assert_eq!(r.take(), vec![sent(Down::Debug { frame: &full })]);
+    c.debug_to_device(&[7u8; MAX_DEBUG_FRAME + 1], &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Notice(Notice::DebugDropped(DebugDrop::TooLarge)))]);
+    // Debug frames count as traffic: a device busy debugging is not idle.
+    c.receive(secs(100), Up::Debug { frame: b"x" }, &mut r);
+    c.tick(secs(200), &mut r);
+    assert!(!r.take().contains(&closed(Close::IdleTimeout)));
+}
+
+#[test]
+fn debug_frames_need_the_debug_feature_and_an_online_device() {
+    // Before Ready: dropped, the device is not online yet.
+    let (mut c, mut r) = new_conn(ALL_FEATURES | features::DEBUG);
+    c.debug_to_device(b"early", &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Notice(Notice::DebugDropped(DebugDrop::Offline)))]);
+    // A device without DEBUG: the server never sends it a frame...
+    let (mut c, mut r) = online(ALL_FEATURES);
+    c.debug_to_device(b"frame", &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Notice(Notice::DebugDropped(DebugDrop::NotNegotiated)))]);
+    // ...and a frame from it is a protocol error.
+    c.receive(at_ms(3), Up::Debug { frame: b"frame" }, &mut r);
+    assert_eq!(r.take(), vec![closed(Close::FeatureNotNegotiated)]);
+    c.debug_to_device(b"late", &mut r);
+    assert_eq!(r.take(), vec![Out::Did(Action::Notice(Notice::DebugDropped(DebugDrop::Offline)))]);
+}

@@ -14,8 +14,9 @@
 //! exist without being documented. Errors are always JSON: `{"error": {"code", "message"}}`
 //! ([`ApiError`], the one error type of every handler).
 //!
-//! One module per resource: `devices`, `logs`, `tokens`, `signer_keys`, `bundles`, `deployments`
-//! and `server` (version, metrics, health, the document); this module holds the state, the
+//! One module per resource: `devices`, `logs`, `debug` (the remote debugging websocket),
+//! `tokens`, `signer_keys`, `bundles`, `deployments` and `server` (version, metrics, health, the
+//! document); this module holds the state, the
 //! error type, authentication ([`Account`], [`Scope`]) and the router.
 
 use std::collections::VecDeque;
@@ -40,6 +41,7 @@ use crate::ota::{Bundle, SignerKey, UpdateEvent};
 use crate::store::{Counters, Device, LogRecord, Store, TokenInfo};
 
 mod bundles;
+mod debug;
 mod deployments;
 mod devices;
 mod logs;
@@ -48,6 +50,7 @@ mod signer_keys;
 mod tokens;
 
 pub use bundles::*;
+pub use debug::{BURST as DEBUG_BURST, IDLE as DEBUG_IDLE, PING as DEBUG_PING, RATE as DEBUG_RATE};
 pub use deployments::*;
 pub use devices::*;
 pub use keel_api::*;
@@ -119,6 +122,14 @@ impl AppState {
     pub fn with_api_rate(mut self, rate: ApiRate) -> Self {
         self.rate = rate;
         self
+    }
+
+    /// The same state with every remote debugging frame the relay forwards appended to the file
+    /// at `path` (a diagnostic; see [`crate::debug_relay`]). The capture belongs to the store's
+    /// relay, so it applies to the gateway sharing this store too.
+    pub fn with_debug_capture(self, path: &std::path::Path) -> std::io::Result<Self> {
+        self.store.debug_relay().capture_to(Some(path))?;
+        Ok(self)
     }
 
     /// Takes one request from `token_id`'s bucket; `Err(seconds)` to wait if it is empty.
@@ -377,6 +388,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(show_device, patch_device, delete_device))
         .routes(routes!(device_logs))
         .routes(routes!(stream_logs))
+        .routes(routes!(debug::debug_device))
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
         .routes(routes!(list_signer_keys, add_signer_key))

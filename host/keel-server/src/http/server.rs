@@ -70,6 +70,43 @@ pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
     for (name, help, counter) in counters.into_iter().chain(c.limit_counters()) {
         metric(name, "counter", help, get(counter));
     }
+    // Remote debugging relay.
+    let relay = st.store.debug_relay();
+    metric("keel_debug_sessions", "gauge", "Debuggers attached to devices now.", relay.sessions() as u64);
+    let debug: [(&str, &str, u64); 4] = [
+        ("keel_debug_sessions_total", "Debuggers attached (websockets opened).", get(&c.debug_sessions)),
+        (
+            "keel_debug_sessions_replaced_total",
+            "Debuggers that replaced the one attached to the same device.",
+            get(&c.debug_sessions_replaced),
+        ),
+        (
+            "keel_debug_frames_to_device_total",
+            "Debug frames relayed from a debugger to its device's connection.",
+            get(&c.debug_to_device),
+        ),
+        (
+            "keel_debug_frames_to_client_total",
+            "Debug frames relayed from a device to its debugger.",
+            get(&c.debug_to_client),
+        ),
+    ];
+    for (name, help, value) in debug {
+        metric(name, "counter", help, value);
+    }
+    let name = "keel_debug_frames_dropped_total";
+    let _ = write!(out, "# HELP {name} Debug frames dropped by the relay, by reason.\n# TYPE {name} counter\n");
+    let dropped: [(&str, u64); 6] = [
+        ("no_client", get(&c.debug_dropped_no_client)),
+        ("client_slow", get(&c.debug_dropped_client_slow)),
+        ("device_offline", get(&c.debug_dropped_offline)),
+        ("rate", get(&c.debug_dropped_rate)),
+        ("mailbox_full", st.store.bus().dropped()),
+        ("not_negotiated", get(&c.debug_dropped_not_negotiated)),
+    ];
+    for (reason, value) in dropped {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
+    }
     Ok(out)
 }
 

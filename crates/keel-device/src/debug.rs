@@ -1,0 +1,62 @@
+//! Remote debugging inside the device core: the debug agent ([`keel_debug::agent`]) fed with the
+//! opaque frames of the link (`Down::Debug`), and what a halt means for the rest of the device.
+//!
+//! The core does not touch the app: the shell (the visor) implements
+//! [`keel_debug::agent::Target`] over the halted app's registers and TT-checked memory, calls
+//! [`crate::Device::debug_service`] after feeding received bytes, and performs the
+//! [`DebugAction`] it returns. While the app is halted its watchdog and its trial's grace time are
+//! paused ([`crate::Device::debug_stopped`], [`crate::Device::debug_resumed`]); the link, the
+//! log ring and the update agent run on. An update that becomes ready while the app is halted is
+//! applied as usual: starting the new app ends the halt, and the agent forgets its breakpoints
+//! (the code was loaded again, so there is nothing to restore).
+
+use keel_debug::agent::Agent;
+pub use keel_debug::agent::{Action as DebugAction, Target as DebugTarget};
+pub use keel_debug::wire::{RestartReason, StopReason};
+use keel_proto::msg::MAX_DEBUG_FRAME;
+
+/// The device's debug service: the agent and one received frame waiting for the shell.
+pub struct DebugService {
+    pub(crate) agent: Agent,
+    pub(crate) rx: [u8; MAX_DEBUG_FRAME],
+    pub(crate) rx_len: usize,
+    /// Why the app will start next, for the debugger (the first reason given wins).
+    pub(crate) restart_reason: Option<RestartReason>,
+    pub(crate) halted_at: Option<u64>,
+    /// Frames dropped because the previous one was still waiting (the CLI retransmits).
+    pub(crate) dropped: u32,
+}
+
+impl DebugService {
+    pub(crate) fn new(device_key: [u8; 32]) -> Self {
+        DebugService {
+            agent: Agent::new(device_key),
+            rx: [0; MAX_DEBUG_FRAME],
+            rx_len: 0,
+            restart_reason: None,
+            halted_at: None,
+            dropped: 0,
+        }
+    }
+
+    /// Keeps a frame for [`crate::Device::debug_service`].
+    pub(crate) fn keep(&mut self, frame: &[u8]) {
+        if self.rx_len != 0 || frame.is_empty() || frame.len() > self.rx.len() {
+            self.dropped = self.dropped.wrapping_add(1);
+            return;
+        }
+        self.rx[..frame.len()].copy_from_slice(frame);
+        self.rx_len = frame.len();
+    }
+
+    /// True while a received frame waits for [`crate::Device::debug_service`] (the link reads
+    /// no further meanwhile).
+    pub fn has_frame(&self) -> bool {
+        self.rx_len != 0
+    }
+
+    /// The agent (read-only: sessions, breakpoints, halt state).
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+}
