@@ -6,14 +6,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use keel_debug::session::{Client as Session, Refusal, MAX_FRAME};
 use keel_debug::wire::{Event, Op, OpResult, Request, Results, Status, Stop, StopReason, MAX_MESSAGE, PC};
 use keel_flash::layout;
-use rand_core::OsRng;
 use keel_vdev::qemu::{Clock, Device, Running};
 use keel_vdev::{elf, flash};
+use rand_core::OsRng;
 
 mod common;
 
@@ -22,6 +22,8 @@ use common::*;
 /// One server, one provisioned QEMU device running `app`, and a debug key pair.
 struct Lab {
     dir: PathBuf,
+    /// The release signing key (the device trusts it for updates).
+    release: String,
     env: Vec<(String, String)>,
     id: String,
     key: PathBuf,
@@ -50,7 +52,15 @@ impl Lab {
         let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let flash_path = dir.join("dev.flash");
         let fp = flash_path.display().to_string();
-        let prov = keel(&["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gw.to_string()], &envr);
+        let release = dir.join("release").display().to_string();
+        keel(&["keys", "new", "--out", &release], &envr);
+        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
+        let signer = format!("{release}.pub");
+        let gws = gw.to_string();
+        let prov = keel(
+            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
+            &envr,
+        );
         let id = prov["device"]["id"].as_str().unwrap().to_string();
         let keys = keel(&["keys", "new", "--debug", "--out", &dir.join("dev").display().to_string()], &envr);
         let key = PathBuf::from(keys["secret"].as_str().unwrap());
@@ -62,7 +72,7 @@ impl Lab {
         let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
         let mut qemu = dev.start().unwrap();
         qemu.wait_for("online", LIMIT, |l| l.contains("net: online")).unwrap();
-        Lab { dir, env, id, key, public, qemu, _server: server }
+        Lab { dir, release, env, id, key, public, qemu, _server: server }
     }
 
     fn envr(&self) -> Vec<(&str, &str)> {
