@@ -314,14 +314,14 @@ fn elf_bytes(elf: &Path, expr: &str) -> String {
 fn bytes_of(listing: &str) -> String {
     listing
         .lines()
-        .filter_map(|l| l.split_once(':').map(|(_, b)| b.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .filter_map(|l| l.rsplit_once(">:").map(|(_, b)| b.split_whitespace().collect::<Vec<_>>().join(" ")))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 /// The scripted session of the issue: break, continue, bt, print, set var, step, next, finish,
 /// delete, continue, Ctrl-C, detach; then the app runs on with its original code.
-fn scripted_session(app: &str, scale_var: &str, main_fn: &str) {
+fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) {
     let stats = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-stats.json"));
     let capture = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-capture.txt"));
     let _ = std::fs::remove_file(&capture);
@@ -336,7 +336,7 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str) {
     let out = gdb.cmd("break scaled");
     assert!(out.contains("Breakpoint 1 at"), "{out}");
     let out = gdb.cmd("continue");
-    assert!(out.contains("Breakpoint 1, scaled"), "{}", gdb.transcript);
+    assert!(out.contains("Breakpoint 1, ") && out.contains("scaled (x="), "{}", gdb.transcript);
     // Halted at a breakpoint: the device stays online.
     let envr = lab.envr();
     assert_eq!(keel(&["device", "show", &lab.id], &envr)["online"], true);
@@ -351,9 +351,11 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str) {
 
     // Into offset() by single steps, then out again with the new scale in the result.
     let mut inside = false;
-    for _ in 0..8 {
+    for _ in 0..12 {
         let out = gdb.cmd("step");
-        if out.contains("offset") {
+        // Entering shows the frame, `offset (v=...) at ...` (a source line `offset(product)` is
+        // not inside it).
+        if out.contains("offset (") {
             inside = true;
             break;
         }
@@ -383,8 +385,10 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str) {
     let (_debug2, port2) = lab.debug_server(&lab.key.clone(), &elf, &stats.with_extension("2.json"));
     let mut gdb = Gdb::start(&elf);
     gdb.cmd(&format!("target extended-remote 127.0.0.1:{port2}"));
-    let live = bytes_of(&gdb.cmd("x/32xb scaled"));
-    assert_eq!(live, elf_bytes(&elf, "scaled"), "the code of scaled() is the ELF's after detach");
+    let listing = gdb.cmd(&format!("x/32xb {scaled_fn}"));
+    let live = bytes_of(&listing);
+    assert!(!live.is_empty(), "{listing}");
+    assert_eq!(live, elf_bytes(&elf, scaled_fn), "the code of scaled() is the ELF's after detach");
     gdb.cmd("detach");
     drop(gdb);
 
@@ -403,12 +407,12 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str) {
 
 #[test]
 fn gdb_session_rust_app() {
-    scripted_session("debuggee", "SCALE.v.value", "debuggee::main");
+    scripted_session("debuggee", "debuggee::SCALE.v.value", "debuggee::main", "debuggee::scaled");
 }
 
 #[test]
 fn gdb_session_c_app() {
-    scripted_session("debuggee-c", "scale", "main");
+    scripted_session("debuggee-c", "scale", "main", "scaled");
 }
 
 #[test]

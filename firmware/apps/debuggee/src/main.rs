@@ -8,16 +8,23 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 keel_app::entry!(main);
 
-/// The scale `scaled` applies; a debugger changes it (`set var SCALE.v.value = 7`).
-static SCALE: AtomicU32 = AtomicU32::new(1);
+/// The scale `scaled` applies; a debugger changes it (`set var debuggee::SCALE.v.value = 7`).
+#[no_mangle]
+pub static SCALE: AtomicU32 = AtomicU32::new(1);
 
 /// `x` scaled: the function a debugger breaks in.
 #[inline(never)]
 #[no_mangle]
 pub fn scaled(x: u32) -> u32 {
-    let scale = SCALE.load(Ordering::Relaxed);
-    let product = x.wrapping_mul(scale);
+    let product = x.wrapping_mul(current_scale());
     offset(product)
+}
+
+/// The scale now (a call of its own, so a breakpoint in `scaled` lands on `scaled`'s own line).
+#[inline(never)]
+#[no_mangle]
+pub fn current_scale() -> u32 {
+    SCALE.load(Ordering::Relaxed)
 }
 
 /// Adds 1000 to `v` (a call to step into and finish out of).

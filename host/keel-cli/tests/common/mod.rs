@@ -52,6 +52,11 @@ pub fn start_server_with(data: &str, http: u16, gw: u16, json_log: bool, env: &[
     let mut stderr = BufReader::new(server.0.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
+    // A diagnostic warning (e.g. KEEL_DEBUG_CAPTURE) may come before the line that says it runs.
+    while !json_log && first.contains(" WARN ") {
+        first.clear();
+        stderr.read_line(&mut first).unwrap();
+    }
     // Keep reading the server's log so it never blocks on a full pipe; in JSON mode every line
     // must be one JSON object.
     std::thread::spawn(move || {
