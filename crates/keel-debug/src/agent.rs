@@ -278,6 +278,7 @@ impl Agent {
     fn run(&mut self, req: Request<'_>, t: &mut impl Target) -> Action {
         let mut action = Action::None;
         let mut end = false;
+        let mut failed = false;
         let mut buf = [0u8; MAX_MESSAGE];
         let mut w = Writer::new(&mut buf);
         let _ = begin_reply(&mut w, req.id);
@@ -286,10 +287,16 @@ impl Agent {
             if w.u8(Status::Ok as u8).is_err() {
                 break;
             }
-            let status = match self.op(op, t, &mut w, &mut action) {
-                Ok(()) => Status::Ok,
-                Err(s) => s,
+            let status = match op {
+                // The app never runs on without what the request set up before (e.g. a step's
+                // temporary breakpoint that was refused).
+                Op::Resume if failed => Status::Skipped,
+                _ => match self.op(op, t, &mut w, &mut action) {
+                    Ok(()) => Status::Ok,
+                    Err(s) => s,
+                },
             };
+            failed |= status != Status::Ok;
             if status != Status::Ok {
                 w.truncate(mark);
                 let _ = w.u8(status as u8);

@@ -137,6 +137,9 @@ pub enum Status {
     NoApp = 5,
     /// The op is not supported by this visor.
     Unsupported = 6,
+    /// Not run: an earlier op of the same request failed, and this one would let the app run
+    /// without what the request set up before it (a `resume` after a refused step breakpoint).
+    Skipped = 7,
 }
 
 impl Status {
@@ -150,6 +153,7 @@ impl Status {
             4 => Status::NoRoom,
             5 => Status::NoApp,
             6 => Status::Unsupported,
+            7 => Status::Skipped,
             _ => return None,
         })
     }
@@ -164,6 +168,7 @@ impl Status {
             Status::NoRoom => "too many breakpoints",
             Status::NoApp => "no app running",
             Status::Unsupported => "unsupported",
+            Status::Skipped => "skipped (an earlier op failed)",
         }
     }
 }

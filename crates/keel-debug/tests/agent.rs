@@ -329,6 +329,10 @@ fn hostile_requests_are_refused_not_obeyed() {
     let ops: Vec<Op<'_>> = (0..17).map(|i| Op::SetBreak { addr: CODE + 0x400 + 2 * i, temporary: false }).collect();
     let (_, r) = w.request(&ops);
     assert_eq!(r[16], Err(Status::NoRoom));
+    // A resume after a failed op of the same request does not run.
+    let (a, r) = w.request(&[Op::SetBreak { addr: SECURE, temporary: true }, Op::Resume]);
+    assert_eq!((a, r[1].clone()), (Action::None, Err(Status::Skipped)));
+    assert!(w.agent.is_halted());
     // Garbage inside a valid frame ends the session.
     let mut f = [0u8; MAX_FRAME];
     let n = w.client.seal(&[1, 0, 0xEE], &mut f).unwrap();

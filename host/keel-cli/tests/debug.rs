@@ -145,18 +145,23 @@ impl Raw {
         let api = keel_api::Client::new(url).with_token(token);
         let device = api.device(&lab.id).unwrap();
         let device_key: [u8; 32] = keel_server::unhex(&device.public_key).unwrap().try_into().unwrap();
-        let mut session = Session::<OsRng>::new(secret, &device_key).unwrap();
         let mut socket = api.debug_socket(&lab.id).unwrap();
-        let mut f = [0u8; MAX_FRAME];
-        let n = session.start(0, &mut f).unwrap();
-        socket.send(&f[..n]).unwrap();
-        let reply = socket.recv(LIMIT).unwrap().expect("an answer to the handshake");
-        if let Some(r) = Refusal::parse(&reply) {
-            return Err(r);
+        // The device may be online a moment before the server has its session: like the CLI,
+        // start the handshake again until it is answered.
+        for _ in 0..20 {
+            let mut session = Session::<OsRng>::new(secret, &device_key).unwrap();
+            let mut f = [0u8; MAX_FRAME];
+            let n = session.start(0, &mut f).unwrap();
+            socket.send(&f[..n]).unwrap();
+            let Some(reply) = socket.recv(std::time::Duration::from_secs(3)).unwrap() else { continue };
+            if let Some(r) = Refusal::parse(&reply) {
+                return Err(r);
+            }
+            let mut plain = [0u8; MAX_FRAME];
+            session.open(&reply, &mut plain).expect("the device's handshake authenticates");
+            return Ok(Raw { session, socket, next: 1 });
         }
-        let mut plain = [0u8; MAX_FRAME];
-        session.open(&reply, &mut plain).expect("the device's handshake authenticates");
-        Ok(Raw { session, socket, next: 1 })
+        panic!("no answer to the handshake");
     }
 
     fn event(&mut self) -> Option<Vec<u8>> {
@@ -463,4 +468,30 @@ fn breakpoints_without_gdb_and_an_update_while_halted() {
     lab.qemu.wait_for("v2 starts", LIMIT, |l| l.contains("starting app 'hello' 2.0.0")).unwrap();
     lab.app_line("hello: device=");
     assert_eq!(Raw::open(&lab, &secret).err(), Some(Refusal::NotDebuggable));
+}
+
+#[test]
+fn a_tampered_frame_ends_the_session_and_the_app_runs_on() {
+    let mut lab = Lab::start("tamper", "debuggee", true, None);
+    let secret_hex = std::fs::read_to_string(&lab.key).unwrap();
+    let secret: [u8; 32] = keel_server::unhex(secret_hex.trim()).unwrap().try_into().unwrap();
+    let mut raw = Raw::open(&lab, &secret).unwrap();
+    assert_eq!(raw.request(&[Op::Halt]), vec![Ok(vec![])]);
+    assert_eq!(raw.stop().reason, StopReason::Halted);
+    let tick = |l: &str| l.split("tick=").nth(1).and_then(|t| t.split(' ').next()).and_then(|t| t.parse::<u64>().ok());
+    let halted_at = lab.qemu.console_so_far().iter().rev().find_map(|l| tick(l)).unwrap_or(0);
+    // The relay flips one bit of a request: the visor ends the session and lets the app go.
+    let mut p = [0u8; MAX_MESSAGE];
+    let n = Request::encode(99, &[Op::Ping], &mut p).unwrap();
+    let mut f = [0u8; MAX_FRAME];
+    let m = raw.session.seal(&p[..n], &mut f).unwrap();
+    f[m - 1] ^= 0x01;
+    raw.socket.send(&f[..m]).unwrap();
+    let resumed = lab.qemu.wait_for("ticks again", LIMIT, |l| tick(l).is_some_and(|t| t > halted_at + 1)).unwrap();
+    assert!(resumed.contains("debuggee: tick="), "{resumed}");
+    // The session is gone: a well-formed request gets no answer.
+    let n = Request::encode(100, &[Op::ReadRegs], &mut p).unwrap();
+    let m = raw.session.seal(&p[..n], &mut f).unwrap();
+    raw.socket.send(&f[..m]).unwrap();
+    assert_eq!(raw.socket.recv(std::time::Duration::from_secs(3)).unwrap(), None);
 }

@@ -149,6 +149,14 @@ impl Running {
         let _ = self.wait_for("end of run", d, |_| false);
     }
 
+    /// Every console line printed so far (QEMU keeps running).
+    pub fn console_so_far(&mut self) -> &[String] {
+        while let Ok(l) = self.rx.try_recv() {
+            self.lines.push(l);
+        }
+        &self.lines
+    }
+
     /// Kills QEMU (like pulling the power) and returns the console.
     pub fn kill(mut self) -> Vec<String> {
         let _ = self.child.kill();
