@@ -51,7 +51,7 @@ pub fn run() -> Result<(), String> {
         "--test-threads=2",
     ]))?;
     eprintln!(
-        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite)"
+        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite; remote debugging with gdb)"
     );
     sh(cargo().current_dir(root()).args([
         "test",
@@ -65,6 +65,8 @@ pub fn run() -> Result<(), String> {
         "ota",
         "--test",
         "hostile",
+        "--test",
+        "debug",
         "--",
         "--test-threads=2",
     ]))?;
