@@ -24,9 +24,9 @@ mod debug;
 pub use debug::{DebugSocket, MAX_DEBUG_FRAME};
 
 use crate::{
-    BundleJson, CrashJson, CrashSummaryJson, CreatedToken, DeploymentJson, DeviceJson, DevicePatch, DevicesQuery, EventsQuery, LogJson, LogQuery,
-    NewDeployment, NewDevice, NewSignerKey, NewToken, ServerInfo, SignerKeyJson, StreamQuery, TokenJson,
-    UpdateEventJson, UploadQuery,
+    BundleJson, CrashJson, CrashSummaryJson, CreatedToken, DeploymentJson, DeviceJson, DevicePatch, DevicesQuery,
+    EventsQuery, LogJson, LogQuery, NewDeployment, NewDevice, NewSignerKey, NewToken, ServerInfo, SignerKeyJson,
+    StreamQuery, TokenJson, UpdateEventJson, UploadQuery,
 };
 
 /// Why a request failed.

@@ -630,9 +630,11 @@ impl Connection {
                         Some(CrashPart::Crash { seq, device_time_us: time_us, received_at: at, info })
                     }
                     VisorEvent::CrashRegs { regs } => Some(CrashPart::Regs { seq, regs }),
-                    VisorEvent::CrashStack { offset, words, len } => {
-                        Some(CrashPart::Stack { seq, offset, words: words.iter().take(len as usize).copied().collect() })
-                    }
+                    VisorEvent::CrashStack { offset, words, len } => Some(CrashPart::Stack {
+                        seq,
+                        offset,
+                        words: words.iter().take(len as usize).copied().collect(),
+                    }),
                     _ => None,
                 };
                 let record = LogRecord { seq, kind: 1, level, device_time_us: time_us, received_at: at, text };

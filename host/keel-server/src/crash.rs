@@ -242,8 +242,7 @@ impl Store {
                 for r in regs {
                     query = query.bind(*r as i64);
                 }
-                let done =
-                    query.bind(device_id).bind(*seq as i64).bind(boot_start(*seq)).execute(&mut *c).await?;
+                let done = query.bind(device_id).bind(*seq as i64).bind(boot_start(*seq)).execute(&mut *c).await?;
                 Ok(done.rows_affected() > 0)
             }
             CrashPart::Stack { seq, offset, words } => {
@@ -292,7 +291,8 @@ impl Store {
 
     /// One crash dump of an account's device.
     pub async fn crash(&self, account_id: &str, device_id: &str, crash_id: &str) -> Result<Option<Crash>, Error> {
-        let q = concat!("SELECT ", crash_columns!(), " FROM crashes WHERE id = $1 AND device_id = $2 AND account_id = $3");
+        let q =
+            concat!("SELECT ", crash_columns!(), " FROM crashes WHERE id = $1 AND device_id = $2 AND account_id = $3");
         let row = sqlx::query(q).bind(crash_id).bind(device_id).bind(account_id).fetch_optional(&self.reader).await?;
         row.as_ref().map(crash_from_row).transpose()
     }

@@ -172,7 +172,10 @@ async fn a_crash_dump_is_assembled_across_connections_and_served(store: Store) {
     assert_eq!(crashes.len(), 1);
     let c = &crashes[0];
     assert!(c.id.starts_with("cr-") && c.id.len() == 15, "{}", c.id);
-    assert_eq!((c.kind.as_str(), c.kind_code, c.pc, c.lr, c.sp), ("BusFault", 5, 0x0020_0123, 0x0020_0101, 0x2000_0F00));
+    assert_eq!(
+        (c.kind.as_str(), c.kind_code, c.pc, c.lr, c.sp),
+        ("BusFault", 5, 0x0020_0123, 0x0020_0101, 0x2000_0F00)
+    );
     assert_eq!((c.app_name.as_deref(), c.app_version.as_deref()), (Some("hello"), Some("1.2.0")));
     assert_eq!((c.stack_bytes, c.seq, c.device_time_us), (37 * 4, seq, 1000));
     assert!(c.received_at_us > 0);
