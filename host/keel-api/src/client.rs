@@ -24,9 +24,9 @@ mod debug;
 pub use debug::{DebugSocket, MAX_DEBUG_FRAME};
 
 use crate::{
-    BundleJson, CreatedToken, DeploymentJson, DeviceJson, DevicePatch, DevicesQuery, EventsQuery, LogJson, LogQuery,
-    NewDeployment, NewDevice, NewSignerKey, NewToken, ServerInfo, SignerKeyJson, StreamQuery, TokenJson,
-    UpdateEventJson, UploadQuery,
+    BundleJson, CrashJson, CrashSummaryJson, CreatedToken, DeploymentJson, DeviceJson, DevicePatch, DevicesQuery,
+    EventsQuery, LogJson, LogQuery, NewDeployment, NewDevice, NewSignerKey, NewToken, ServerInfo, SignerKeyJson,
+    StreamQuery, TokenJson, UpdateEventJson, UploadQuery,
 };
 
 /// Why a request failed.
@@ -250,6 +250,18 @@ impl Client {
     /// `GET /v1/devices/{id}/update-events`: the device's update history.
     pub fn update_events(&self, id: &str, q: &EventsQuery) -> Result<Vec<UpdateEventJson>, ApiError> {
         self.get(&format!("/v1/devices/{}/update-events{}", segment(id), query(q)))
+    }
+
+    // Crash dumps.
+
+    /// `GET /v1/devices/{id}/crashes`: the device's crash dumps, newest first (at most 20).
+    pub fn crashes(&self, device: &str) -> Result<Vec<CrashSummaryJson>, ApiError> {
+        self.get(&format!("/v1/devices/{}/crashes", segment(device)))
+    }
+
+    /// `GET /v1/devices/{id}/crashes/{crash_id}`: one crash dump with its registers and stack.
+    pub fn crash(&self, device: &str, crash_id: &str) -> Result<CrashJson, ApiError> {
+        self.get(&format!("/v1/devices/{}/crashes/{}", segment(device), segment(crash_id)))
     }
 
     // Logs.

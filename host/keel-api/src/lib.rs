@@ -14,6 +14,7 @@
 mod bundles;
 #[cfg(feature = "client")]
 mod client;
+mod crashes;
 mod deployments;
 mod devices;
 mod errors;
@@ -25,6 +26,7 @@ mod tokens;
 pub use bundles::*;
 #[cfg(feature = "client")]
 pub use client::{ApiError, Client, DebugSocket, LogStream, MAX_DEBUG_FRAME, MAX_EVENT_BYTES};
+pub use crashes::*;
 pub use deployments::*;
 pub use devices::*;
 pub use errors::*;

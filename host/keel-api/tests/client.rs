@@ -477,3 +477,101 @@ fn debug_socket_over_http_and_https() {
     assert!(e.to_string().contains("stopping"), "{e}");
     let _ = std::fs::remove_dir_all(&pki);
 }
+
+/// A device on the gateway (blocking) that reports one crash with its registers and 20 words
+/// of stack (a full chunk and a short one), and returns once the server acknowledged them.
+fn crashing_device(gateway: SocketAddr, server_public: &[u8; 32], secret: &[u8; 32]) {
+    use keel_link::msg::{features, CrashInfo, Down, Hello, Up, VisorEvent, PROTOCOL_MIN, PROTOCOL_VERSION};
+    use keel_link::session::{DeviceSession, MAX_FRAME};
+    use std::io::Write;
+    let mut session = DeviceSession::<rand_core::OsRng>::new(secret, server_public).unwrap();
+    let mut tcp = std::net::TcpStream::connect(gateway).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        visor_version: "9.9.9",
+        boot_count: 2,
+        app: Some(("crashy", "0.3.0")),
+        next_log_seq: 2 << 32,
+        protocol_min: Some(PROTOCOL_MIN),
+        features: Some(features::SUPPORTED),
+    };
+    let mut out = vec![0u8; MAX_FRAME];
+    let n = session.start_hello(&hello, &mut out).unwrap();
+    tcp.write_all(&out[..n]).unwrap();
+    let read = |tcp: &mut std::net::TcpStream| {
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).unwrap();
+        let mut payload = vec![0u8; u16::from_be_bytes(len) as usize];
+        tcp.read_exact(&mut payload).unwrap();
+        payload
+    };
+    let welcome = read(&mut tcp);
+    assert!(matches!(session.receive(&welcome).unwrap(), Down::Welcome { .. }));
+    let info =
+        CrashInfo { kind: 6, pc: 0x0020_0456, lr: 0x0020_0401, sp: 0x2001_0000, cfsr: 1 << 16, ..Default::default() };
+    let mut words = [0u32; 16];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = 0x1000 + i as u32;
+    }
+    let events = [
+        VisorEvent::Crash(info),
+        VisorEvent::CrashRegs { regs: std::array::from_fn(|i| i as u32) },
+        VisorEvent::CrashStack { offset: 0, words, len: 16 },
+        VisorEvent::CrashStack { offset: 64, words, len: 4 },
+    ];
+    let mut messages = vec![Up::Ready];
+    messages.extend(events.iter().enumerate().map(|(i, &event)| Up::Event {
+        seq: (2 << 32) + i as u64,
+        time_us: 7,
+        event,
+    }));
+    for m in &messages {
+        let n = session.send(m, &mut out).unwrap();
+        tcp.write_all(&out[..n]).unwrap();
+    }
+    loop {
+        let payload = read(&mut tcp);
+        if let Down::LogAck { upto } = session.receive(&payload).unwrap() {
+            if upto == (2 << 32) + 3 {
+                return;
+            }
+        }
+    }
+}
+
+/// Crash dumps: the list and one dump, as a post-mortem debugger reads them.
+#[test]
+fn crash_dumps() {
+    let id = "kd00000000000000000000000000000c01";
+    let s = Server::start("crashes", None);
+    let api = s.client();
+    let secret = debuggee(&api, id);
+    assert!(api.crashes(id).unwrap().is_empty());
+    crashing_device(s.gateway, &s.server_public, &secret);
+
+    let list = api.crashes(id).unwrap();
+    assert_eq!(list.len(), 1);
+    let c = &list[0];
+    assert_eq!(
+        (c.kind.as_str(), c.kind_code, c.pc, c.lr, c.sp),
+        ("UsageFault", 6, 0x0020_0456, 0x0020_0401, 0x2001_0000)
+    );
+    assert_eq!((c.app_name.as_deref(), c.app_version.as_deref(), c.stack_bytes), (Some("crashy"), Some("0.3.0"), 80));
+    let full = api.crash(id, &c.id).unwrap();
+    assert_eq!(full.summary(), *c);
+    assert_eq!((full.cfsr, full.stack_base), (1 << 16, 0x2001_0000));
+    assert_eq!(full.regs, Some((0..13).collect()));
+    let words = (0..16).chain(0..4).map(|i| 0x1000u32 + i);
+    let hex: String = words.flat_map(u32::to_le_bytes).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(full.stack_hex, hex);
+
+    // A read token is enough; an unknown crash or device is 404.
+    let ro = api.create_token(&NewToken { name: "ro".into(), scope: Some("read".into()), expires_in_s: None });
+    let ro = Client::new(&s.url).with_token(ro.unwrap().token);
+    assert_eq!(ro.crash(id, &c.id).unwrap(), full);
+    assert_eq!(api_error(ro.crash(id, "cr-000000000000")), (404, "not_found".into()));
+    assert_eq!(api_error(ro.crash(id, "../../tokens")), (404, "not_found".into()));
+    assert_eq!(api_error(ro.crashes("kd0000000000000000000000000000c002")), (404, "not_found".into()));
+    assert_eq!(api_error(Client::new(&s.url).crashes(id)), (401, "unauthorized".into()));
+}

@@ -50,6 +50,7 @@ use keel_proto::msg::{
     MAX_DEBUG_FRAME, MAX_FETCH,
 };
 
+use crate::crash::CrashPart;
 use crate::ota::{BundleLayer, UpdateStatus};
 use crate::store::LogRecord;
 
@@ -201,6 +202,9 @@ pub struct Batch {
     /// What the records' events add to the registry and the update history, in order (after the
     /// records are stored).
     pub notes: Vec<Note>,
+    /// The crash dump parts the records' crash events carry (see [`crate::crash`]), in order;
+    /// each applies only if its record (same sequence number) is stored for the first time.
+    pub crashes: Vec<CrashPart>,
     /// Device records among `records` (server notes excluded), for the received counter.
     pub received: u64,
     /// The highest device sequence number in the batch: acknowledged once stored.
@@ -621,8 +625,22 @@ impl Connection {
                     }),
                     _ => None,
                 };
+                let crash = match event {
+                    VisorEvent::Crash(info) => {
+                        Some(CrashPart::Crash { seq, device_time_us: time_us, received_at: at, info })
+                    }
+                    VisorEvent::CrashRegs { regs } => Some(CrashPart::Regs { seq, regs }),
+                    VisorEvent::CrashStack { offset, words, len } => Some(CrashPart::Stack {
+                        seq,
+                        offset,
+                        words: words.iter().take(len as usize).copied().collect(),
+                    }),
+                    _ => None,
+                };
                 let record = LogRecord { seq, kind: 1, level, device_time_us: time_us, received_at: at, text };
-                self.push(record, true, note);
+                if self.push(record, true, note) {
+                    self.batch.crashes.extend(crash);
+                }
             }
             Up::Dropped { count, before_seq } => {
                 out.act(Action::Notice(Notice::Dropped { count, before_seq }));
@@ -672,7 +690,8 @@ impl Connection {
         }
     }
 
-    fn push(&mut self, record: LogRecord, device: bool, note: Option<Note>) {
+    /// Adds a record to the batch; false if it is not stored (acknowledged and counted only).
+    fn push(&mut self, record: LogRecord, device: bool, note: Option<Note>) -> bool {
         if device {
             self.batch.received += 1;
             self.batch.ack = Some(self.batch.ack.map_or(record.seq, |a| a.max(record.seq)));
@@ -680,10 +699,11 @@ impl Connection {
         if record.seq > MAX_STORED_SEQ {
             // Acknowledged (or the device would resend it forever) but not storable: counted.
             self.batch.unstorable += 1;
-            return;
+            return false;
         }
         self.batch.records.push(record);
         self.batch.notes.extend(note);
+        true
     }
 
     /// True while the batch being gathered has room: the shell hands over frames already waiting

@@ -715,7 +715,9 @@ impl Shell<'_> {
                 Note::Update { .. } => None,
             })
             .collect();
-        let new = store.insert_logs_noting(id, &kept, &events).await?;
+        // Crash dump parts go with their records: one whose record the quota refused (or that
+        // was stored before) is not applied.
+        let new = store.insert_logs_with_crashes(id, &kept, &events, &batch.crashes).await?;
         Counters::add(&counters.log_records, batch.received);
         Counters::add(&counters.log_unstorable, batch.unstorable);
         if batch.unstorable > 0 {

@@ -10,6 +10,7 @@
 //!   websocket and a device's gateway connection (forwarded, bounded and counted, never read).
 //! - [`domain`]: the rules with no transport in them (bundle acceptance, deployment resolution);
 //!   offer reconciliation is sans-IO in [`connection`].
+//! - [`crash`]: crash dumps for post-mortem debugging, assembled from the visor's crash events.
 //! - State: [`store`] and [`ota`] (SQLite or PostgreSQL through one set of portable migrations,
 //!   layers in an object store), [`bus`] (live state: per-device mailboxes and presence leases
 //!   behind traits, in-process today), [`backup`].
@@ -17,6 +18,7 @@
 pub mod backup;
 pub mod bus;
 pub mod connection;
+pub mod crash;
 pub mod debug_relay;
 pub mod domain;
 pub mod framed;

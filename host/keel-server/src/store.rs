@@ -13,6 +13,7 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 
 use crate::bus::{Bus, DeviceMessage, LocalBus, StorePresence};
+use crate::crash::CrashPart;
 use crate::{hex, unix_us};
 
 /// Storage errors (database unreachable, constraint violated, ...).
@@ -248,8 +249,9 @@ pub(crate) enum Write {
         node: String,
         session: u64,
     },
-    /// [`Store::insert_logs_noting`]: the records, then (time, crash?, text) of the events.
-    Logs { device: String, records: Vec<LogRecord>, events: Vec<(u64, bool, String)> },
+    /// [`Store::insert_logs_noting`]: the records, then (time, crash?, text) of the events, then
+    /// the crash dump parts of the records stored for the first time.
+    Logs { device: String, records: Vec<LogRecord>, events: Vec<(u64, bool, String)>, crashes: Vec<CrashPart> },
     /// [`Store::store_update_status`]: the status, and whether a change may add a history entry.
     Status { device: String, status: crate::ota::UpdateStatus, record_event: bool },
 }
@@ -275,14 +277,24 @@ impl Write {
                 .await?;
                 Ok(done.rows_affected())
             }
-            Write::Logs { device, records, events } => {
+            Write::Logs { device, records, events, crashes } => {
                 let mut new = 0;
+                // Sequence numbers stored now for the first time: only their crash parts apply
+                // (a redelivered record must not add to a dump twice).
+                let mut fresh = Vec::new();
                 for r in records {
-                    new += Store::insert_one(&mut *c, device, r).await?;
+                    let n = Store::insert_one(&mut *c, device, r).await?;
+                    if n > 0 && !crashes.is_empty() {
+                        fresh.push(r.seq);
+                    }
+                    new += n;
                 }
                 for (at, crash, text) in events {
                     let event = if *crash { DeviceEvent::Crash(text) } else { DeviceEvent::Boot(text) };
                     Store::note_event_in(&mut *c, device, *at, event).await?;
+                }
+                for part in crashes.iter().filter(|p| fresh.contains(&p.seq())) {
+                    Store::apply_crash_part(&mut *c, device, part).await?;
                 }
                 Ok(new)
             }
@@ -736,6 +748,7 @@ impl Store {
             "DELETE FROM device_updates WHERE device_id = $1",
             "DELETE FROM deployments WHERE device_id = $1",
             "DELETE FROM logs WHERE device_id = $1",
+            "DELETE FROM crashes WHERE device_id = $1",
             "DELETE FROM device_events WHERE device_id = $1",
             "DELETE FROM device_tags WHERE device_id = $1",
             "DELETE FROM devices WHERE id = $1",
@@ -1145,6 +1158,19 @@ impl Store {
         records: &[LogRecord],
         events: &[(u64, DeviceEvent<'_>)],
     ) -> Result<u64, Error> {
+        self.insert_logs_with_crashes(device_id, records, events, &[]).await
+    }
+
+    /// [`Store::insert_logs_noting`], and the crash dump parts the records carry (see
+    /// [`crate::crash`]) in the same transaction. A part applies only if its record (same
+    /// sequence number) is among `records` and was not stored before.
+    pub async fn insert_logs_with_crashes(
+        &self,
+        device_id: &str,
+        records: &[LogRecord],
+        events: &[(u64, DeviceEvent<'_>)],
+        crashes: &[CrashPart],
+    ) -> Result<u64, Error> {
         if records.is_empty() && events.is_empty() {
             return Ok(0);
         }
@@ -1155,7 +1181,9 @@ impl Store {
                 DeviceEvent::Crash(t) => (at, true, t.to_string()),
             })
             .collect();
-        let new = self.write(Write::Logs { device: device_id.into(), records: records.to_vec(), events }).await?;
+        let crashes = crashes.to_vec();
+        let new =
+            self.write(Write::Logs { device: device_id.into(), records: records.to_vec(), events, crashes }).await?;
         if new > 0 {
             // No receiver (no live stream) is not an error.
             let _ = self.live.new_logs.send(device_id.to_string());

@@ -259,6 +259,8 @@ async fn openapi_covers_every_route() {
         "GET /v1/bundles/{id}",
         "GET /v1/devices",
         "GET /v1/devices/{id}",
+        "GET /v1/devices/{id}/crashes",
+        "GET /v1/devices/{id}/crashes/{crash_id}",
         "GET /v1/devices/{id}/debug",
         "GET /v1/devices/{id}/logs",
         "GET /v1/devices/{id}/logs/stream",

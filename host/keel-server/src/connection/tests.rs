@@ -338,6 +338,39 @@ fn events_are_rendered_stored_acknowledged_and_noted() {
     );
 }
 
+#[test]
+fn crash_events_carry_their_dump_parts_with_their_records() {
+    use crate::crash::CrashPart;
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    let info = CrashInfo { kind: 5, pc: 0x0020_0123, sp: 0x2000_0F00, ..Default::default() };
+    let mut words = [0u32; 16];
+    words[..3].copy_from_slice(&[1, 2, 3]);
+    let events = [
+        VisorEvent::Crash(info),
+        VisorEvent::AppQuarantined { crashes: 3 },
+        VisorEvent::CrashRegs { regs: [7; 13] },
+        VisorEvent::CrashStack { offset: 0, words, len: 3 },
+    ];
+    for (i, event) in events.into_iter().enumerate() {
+        c.receive(at_ms(2), Up::Event { seq: 10 + i as u64, time_us: 5, event }, &mut r);
+    }
+    // A crash event whose sequence number cannot be stored carries no part either.
+    let last = VisorEvent::Crash(info);
+    c.receive(at_ms(2), Up::Event { seq: MAX_STORED_SEQ + 1, time_us: 5, event: last }, &mut r);
+    let b = c.flush().unwrap();
+    assert_eq!((b.records.len(), b.unstorable), (4, 1));
+    assert_eq!(
+        b.crashes,
+        vec![
+            CrashPart::Crash { seq: 10, device_time_us: 5, received_at: UNIX0 + 2000, info },
+            CrashPart::Regs { seq: 12, regs: [7; 13] },
+            CrashPart::Stack { seq: 13, offset: 0, words: vec![1, 2, 3] },
+        ]
+    );
+    assert!(b.records[2].text.starts_with("app crash registers r0=0x00000007"), "{}", b.records[2].text);
+}
+
 // ---------------------------------------------------------------- unknown variants and features
 
 #[test]

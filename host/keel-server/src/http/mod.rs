@@ -14,7 +14,7 @@
 //! exist without being documented. Errors are always JSON: `{"error": {"code", "message"}}`
 //! ([`ApiError`], the one error type of every handler).
 //!
-//! One module per resource: `devices`, `logs`, `debug` (the remote debugging websocket),
+//! One module per resource: `devices`, `logs`, `crashes` (post-mortem crash dumps), `debug` (the remote debugging websocket),
 //! `tokens`, `signer_keys`, `bundles`, `deployments` and `server` (version, metrics, health, the
 //! document); this module holds the state, the
 //! error type, authentication ([`Account`], [`Scope`]) and the router.
@@ -41,6 +41,7 @@ use crate::ota::{Bundle, SignerKey, UpdateEvent};
 use crate::store::{Counters, Device, LogRecord, Store, TokenInfo};
 
 mod bundles;
+mod crashes;
 mod debug;
 mod deployments;
 mod devices;
@@ -50,6 +51,7 @@ mod signer_keys;
 mod tokens;
 
 pub use bundles::*;
+pub use crashes::*;
 pub use debug::{BURST as DEBUG_BURST, IDLE as DEBUG_IDLE, PING as DEBUG_PING, RATE as DEBUG_RATE};
 pub use deployments::*;
 pub use devices::*;
@@ -387,6 +389,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(list_devices, create_device))
         .routes(routes!(show_device, patch_device, delete_device))
         .routes(routes!(device_logs))
+        .routes(routes!(list_crashes))
+        .routes(routes!(show_crash))
         .routes(routes!(stream_logs))
         .routes(routes!(debug::debug_device))
         .routes(routes!(list_tokens, create_token))
