@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod crash;
 mod debug;
 mod ota;
 mod server;
@@ -79,6 +80,9 @@ enum Cmd {
     ///   gdb-multiarch app.elf -ex 'target extended-remote :8001'
     #[command(verbatim_doc_comment)]
     Debug(debug::DebugArgs),
+    /// Crash dumps from devices: list, show, and serve one to gdb for a post-mortem (`bt`).
+    #[command(subcommand)]
+    Crash(crash::CrashCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Apps(c) => ota::apps(c, cli.json),
         Cmd::Deploy(a) => ota::deploy(a, cli.json),
         Cmd::Debug(a) => debug::command(a, cli.json),
+        Cmd::Crash(c) => crash::command(c, cli.json),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

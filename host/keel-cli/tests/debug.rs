@@ -495,3 +495,47 @@ fn a_tampered_frame_ends_the_session_and_the_app_runs_on() {
     raw.socket.send(&f[..m]).unwrap();
     assert_eq!(raw.socket.recv(std::time::Duration::from_secs(3)).unwrap(), None);
 }
+
+#[test]
+fn a_crash_from_the_field_opens_in_gdb() {
+    let mut lab = Lab::start("post-mortem", "crashy", false, None);
+    lab.qemu.wait_for("the crash", LIMIT, |l| l.contains("app crash: SecureFault")).unwrap();
+    // The dump arrives as events after the crash report: wait until the server has its stack.
+    let env = lab.env.clone();
+    let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut list = serde_json::Value::Null;
+    for _ in 0..600 {
+        list = keel(&["crash", "list", &lab.id], &envr);
+        if list[0]["stack_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        lab.qemu.run_for(std::time::Duration::from_millis(100));
+    }
+    assert!(list[0]["stack_bytes"].as_u64().unwrap_or(0) > 0, "{list}");
+    let elf = keel_vdev::app_elf("crashy");
+    let fault = elf::symbol_address(&elf, "crashy_fault_insn").unwrap().unwrap();
+    assert_eq!(list[0]["pc"].as_u64(), Some(fault & !1), "{list}");
+
+    let mut child = Command::new(KEEL)
+        .args(["crash", "show", &lab.id, "--last", "--gdb", "--port", "0", "--elf"])
+        .arg(&elf)
+        .envs(envr.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _serving = Kill(child);
+    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let mut gdb = Gdb::start(&elf);
+    gdb.cmd(&format!("target remote 127.0.0.1:{port}"));
+    let bt = gdb.cmd("bt");
+    // The faulting instruction carries its own label inside crashy_do_fault().
+    let faulting = bt.contains("crashy_fault_insn") || bt.contains("crashy_do_fault");
+    assert!(bt.contains("#0") && faulting, "{}", gdb.transcript);
+    assert!(bt.contains("crashy::main"), "the backtrace reaches main:\n{}", gdb.transcript);
+    let regs = gdb.cmd("info registers pc");
+    assert!(regs.contains(&format!("{:#x}", fault & !1)), "{regs}");
+    gdb.cmd("detach");
+}
