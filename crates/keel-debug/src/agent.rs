@@ -24,6 +24,10 @@ use crate::wire::{
 pub const SESSION_TIMEOUT_US: u64 = 30_000_000;
 /// Software breakpoints one session may plant.
 pub const MAX_BREAKPOINTS: usize = 16;
+/// A handshake costs the visor three X25519 operations: at most one per this long (µs) is
+/// served; the others are dropped unanswered (the CLI tries again), so whoever can send frames
+/// through the relay cannot keep the visor busy with them.
+pub const HANDSHAKE_INTERVAL_US: u64 = 250_000;
 /// The instruction planted: `bkpt #0x4b` ('K').
 pub const BKPT: u16 = 0xBE4B;
 
@@ -82,6 +86,8 @@ pub struct Agent {
     pending_detach: bool,
     frames_in: u32,
     sessions: u32,
+    last_handshake_us: Option<u64>,
+    handshakes_dropped: u32,
 }
 
 impl Agent {
@@ -107,6 +113,8 @@ impl Agent {
             pending_detach: false,
             frames_in: 0,
             sessions: 0,
+            last_handshake_us: None,
+            handshakes_dropped: 0,
         }
     }
 
@@ -229,7 +237,17 @@ impl Agent {
         self.run(req, t)
     }
 
+    /// Handshakes dropped because they came too fast ([`HANDSHAKE_INTERVAL_US`]).
+    pub fn handshakes_dropped(&self) -> u32 {
+        self.handshakes_dropped
+    }
+
     fn handshake<R: Rng>(&mut self, now: u64, frame: &[u8], t: &mut impl Target) -> Action {
+        if self.last_handshake_us.is_some_and(|l| now < l.saturating_add(HANDSHAKE_INTERVAL_US)) {
+            self.handshakes_dropped = self.handshakes_dropped.wrapping_add(1);
+            return Action::None;
+        }
+        self.last_handshake_us = Some(now);
         let refuse = |a: &mut Agent, r: Refusal| {
             a.refusal = Some(r);
             Action::None

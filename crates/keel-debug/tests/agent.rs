@@ -97,6 +97,8 @@ impl World {
     }
 
     fn handshake(&mut self) -> Result<bool, Refusal> {
+        // Handshakes are rate limited: each test handshake comes a while after the previous.
+        self.now += keel_debug::agent::HANDSHAKE_INTERVAL_US;
         let mut f = [0u8; MAX_FRAME];
         let n = self.client.start(0, &mut f).unwrap();
         let (_, frames) = self.deliver(&f[..n]);
@@ -339,4 +341,20 @@ fn hostile_requests_are_refused_not_obeyed() {
     let (_, out) = w.deliver(&f[..n]);
     assert!(out.is_empty());
     assert!(!w.agent.has_session());
+}
+
+#[test]
+fn a_flood_of_handshakes_costs_one_per_interval() {
+    let mut w = World::debuggable();
+    let mut answered = 0;
+    for _ in 0..100 {
+        let mut c = Client::<OsRng>::new(&DEBUG_SECRET, &public_key(&DEVICE_SECRET)).unwrap();
+        let mut f = [0u8; MAX_FRAME];
+        let n = c.start(0, &mut f).unwrap();
+        let (_, out) = w.deliver(&f[..n]);
+        answered += out.len();
+        w.now += 1_000; // 100 handshakes in 100 ms
+    }
+    assert_eq!(answered, 1);
+    assert_eq!(w.agent.handshakes_dropped(), 99);
 }
