@@ -116,7 +116,7 @@ pub fn demo() -> Result<(), String> {
     let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/5: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    println!("\n=== Keel demo 1/6: a self-hosted server, a provisioned device, its logs streamed live ===\n");
     let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
     let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
     let mut server = Kill(
@@ -159,7 +159,7 @@ pub fn demo() -> Result<(), String> {
     r.kill();
     drop(follow);
 
-    println!("\n=== Keel demo 2/5: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
+    println!("\n=== Keel demo 2/6: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
     let dev = Device { clock: Clock::Deterministic, ..dev };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ pub fn demo() -> Result<(), String> {
         println!("{l}");
     }
 
-    println!("\n=== Keel demo 3/5: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
+    println!("\n=== Keel demo 3/6: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
     prepare_device(&flash_path, Some("hello"))?;
     let ship = |app: &str, version: &str, seq: &str| -> Result<String, String> {
         let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
@@ -235,7 +235,7 @@ pub fn demo() -> Result<(), String> {
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
 
     println!(
-        "\n=== Keel demo 4/5: a hostile app forges an exception return at every start to reset-loop the device;\n\
+        "\n=== Keel demo 4/6: a hostile app forges an exception return at every start to reset-loop the device;\n\
          the visor records each crash, quarantines the app after three, and an update replaces it ===\n"
     );
     // A second device whose factory app is the hostile one, in its 'exc-s1' mode: an SVCall
@@ -281,6 +281,7 @@ pub fn demo() -> Result<(), String> {
     println!("\n$ keel devices show {id2}");
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id2]).envs(env).status();
     server_under_abuse(&keel, &env, "127.0.0.1:7447", &v4, &id2)?;
+    remote_debugging(&keel, &env, &dir, &flash_path, &id)?;
     drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",
@@ -296,7 +297,7 @@ fn server_under_abuse(keel: &Path, env: &[(&str, &str)], http: &str, bundle: &st
     use std::io::{Read, Write};
     use std::net::TcpStream;
     println!(
-        "\n=== Keel demo 5/5: the server holds under abuse: nothing unbounded before authentication, \
+        "\n=== Keel demo 5/6: the server holds under abuse: nothing unbounded before authentication, \
          slow clients closed, scoped tokens ===\n"
     );
     // An unauthenticated 60 MB upload is answered before its body is read.
@@ -352,6 +353,100 @@ fn server_under_abuse(keel: &Path, env: &[(&str, &str)], http: &str, bundle: &st
     println!("$ KEEL_TOKEN=<demo-viewer> keel deploy {bundle} --device {device} --json\n{}", answer.trim());
     if out.status.success() || json_field(&answer, "code").as_deref() != Some("insufficient_scope") {
         return Err(format!("a read-only token was not refused a deploy: {answer}"));
+    }
+    Ok(())
+}
+
+/// Runs `keel ARGS` in the background until it prints its first line (a listening address);
+/// returns the process and the port.
+fn serve_gdb(keel: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(Kill, String), String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(keel)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    let out = child.stdout.take().ok_or("no output")?;
+    std::io::BufReader::new(out).read_line(&mut line).map_err(|e| e.to_string())?;
+    println!("$ keel {}\n{}", args.join(" "), line.trim());
+    let port = line.trim().rsplit(':').next().unwrap_or_default().to_string();
+    Ok((Kill(child), port))
+}
+
+/// Runs gdb-multiarch in batch mode on `elf` with `commands`; prints and returns its output.
+fn gdb_batch(elf: &Path, port: &str, commands: &[&str]) -> Result<String, String> {
+    let mut cmd = std::process::Command::new("gdb-multiarch");
+    cmd.args(["-nx", "-q", "-batch", "-ex", "set pagination off"]).arg(elf);
+    cmd.args(["-ex", &format!("target extended-remote 127.0.0.1:{port}")]);
+    for c in commands {
+        cmd.args(["-ex", c]);
+    }
+    println!(
+        "$ gdb-multiarch {} -ex 'target extended-remote :{port}' -ex '{}'",
+        elf.display(),
+        commands.join("' -ex '")
+    );
+    let out = cmd.output().map_err(|e| format!("gdb-multiarch: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        println!("  gdb | {l}");
+    }
+    Ok(text)
+}
+
+/// Demo part 6: remote debugging with stock gdb through the server, end-to-end encrypted, and a
+/// crash from part 2 opened post mortem.
+fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &Path, id: &str) -> Result<(), String> {
+    println!(
+        "\n=== Keel demo 6/6: gdb on the device through the server (end-to-end encrypted), and a crash \
+         from the field opened in gdb ===\n"
+    );
+    let dbg = dir.join("dev").display().to_string();
+    let keys = keel_json(keel, &["keys", "new", "--debug", "--out", &dbg], env)?;
+    let public = json_field(&keys, "public_key").ok_or("no debug key")?;
+    println!("$ keel keys new --debug --out dev   (dev.debug.key stays here; dev.debug.pub goes in the bundle)");
+    let pk: Vec<u8> =
+        (0..public.len() / 2).filter_map(|i| u8::from_str_radix(public.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+    let pk: [u8; 32] = pk.try_into().map_err(|_| "bad debug key")?;
+    let elf_path = keel_vdev::app_elf("debuggee");
+    let image = elf::image_from_elf(&elf_path, "1.0.0").map_err(|e| e.to_string())?.with_debug_key(Some(pk));
+    flash::program_app(flash_path, layout::APP_A, &image).map_err(|e| e.to_string())?;
+    println!("(the device's app is now 'debuggee', built with dev.debug.pub in its signed header)");
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.to_path_buf(), clock: Clock::RealTime };
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    r.wait_for("online", Duration::from_secs(60), |l| l.contains("net: online")).map_err(|e| e.to_string())?;
+    r.wait_for("app", Duration::from_secs(60), |l| l.contains("debuggee: tick=")).map_err(|e| e.to_string())?;
+    let key = format!("{dbg}.debug.key");
+    let elf_s = elf_path.display().to_string();
+    let (server, port) = serve_gdb(keel, &["debug", id, "--key", &key, "--elf", &elf_s, "--port", "0"], env)?;
+    let out = gdb_batch(
+        &elf_path,
+        &port,
+        &["break scaled", "continue", "bt", "print x", "set var debuggee::SCALE.v.value = 7", "finish", "detach"],
+    )?;
+    drop(server);
+    if !out.contains("Breakpoint 1, ") || !out.contains("debuggee::main") || !out.contains("Value returned") {
+        return Err("the gdb session did not break in scaled() and finish it".into());
+    }
+    let seven =
+        r.wait_for("scale 7", Duration::from_secs(30), |l| l.contains("debuggee: tick=")).map_err(|e| e.to_string())?;
+    println!("  device | {seven}   (the app runs on, with the scale gdb set)");
+    r.kill();
+
+    // Part 2's crashy crashes were stored with their registers and stack.
+    println!("\n$ keel crash list {id}");
+    let _ = std::process::Command::new(keel).args(["crash", "list", id]).envs(env.iter().copied()).status();
+    let crashy = keel_vdev::app_elf("crashy");
+    let crashy_s = crashy.display().to_string();
+    let (server, port) =
+        serve_gdb(keel, &["crash", "show", id, "--last", "--gdb", "--elf", &crashy_s, "--port", "0"], env)?;
+    let out = gdb_batch(&crashy, &port, &["bt", "info registers pc sp lr"])?;
+    drop(server);
+    if !out.contains("crashy_fault_insn") && !out.contains("crashy_do_fault") {
+        return Err("the post-mortem backtrace does not show the faulting function".into());
     }
     Ok(())
 }
