@@ -60,3 +60,30 @@ impl DebugService {
         &self.agent
     }
 }
+
+/// A visor text line for the log ring, formatted without a heap (cut at 120 bytes).
+pub(crate) struct Line {
+    buf: [u8; 120],
+    len: usize,
+}
+
+impl Line {
+    pub(crate) fn new(args: core::fmt::Arguments<'_>) -> Line {
+        let mut l = Line { buf: [0; 120], len: 0 };
+        let _ = core::fmt::write(&mut l, args);
+        l
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl core::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}

@@ -1184,6 +1184,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     pub fn debug_service(&mut self, now: u64, t: &mut impl DebugTarget) -> DebugAction {
         let Some(d) = self.debug.as_mut() else { return DebugAction::None };
         let was_halted = d.agent.is_halted();
+        let (sessions, had_session) = (d.agent.sessions(), d.agent.has_session());
         let mut action = d.agent.poll(now, t);
         if d.rx_len > 0 {
             let n = core::mem::take(&mut d.rx_len);
@@ -1195,6 +1196,17 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         }
         if action == DebugAction::Restart {
             d.restart_reason = Some(RestartReason::Requested);
+        }
+        // An audit trail in the device's logs: who debugged, the server keeps it.
+        let line = if d.agent.sessions() != sessions {
+            Some(debug::Line::new(format_args!("debug: session opened (debug key of the running app)")))
+        } else if had_session && !d.agent.has_session() {
+            Some(debug::Line::new(format_args!("debug: session ended")))
+        } else {
+            None
+        };
+        if let Some(l) = line {
+            let _ = self.logs.push(Kind::Visor, 2, now, l.bytes());
         }
         if was_halted && !d.agent.is_halted() {
             self.debug_unhalt(now);
@@ -1208,6 +1220,14 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let Some(d) = self.debug.as_mut() else { return };
         d.agent.stopped(reason, detail, t);
         d.halted_at.get_or_insert(now);
+        let why = match reason {
+            StopReason::Halted => "halt request",
+            StopReason::Breakpoint => "breakpoint",
+            StopReason::Fault => "fault",
+        };
+        let pc = t.regs()[keel_debug::wire::PC];
+        let l = debug::Line::new(format_args!("debug: app halted ({}) at pc={:#010x}", why, pc));
+        let _ = self.logs.push(Kind::Visor, 2, now, l.bytes());
         self.sup.halt(now);
         if self.running_trial_instance() {
             if let Some(tr) = self.updates.trial.as_mut() {

@@ -345,6 +345,18 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
     // Halted at a breakpoint: the device stays online.
     let envr = lab.envr();
     assert_eq!(keel(&["device", "show", &lab.id], &envr)["online"], true);
+    // ... and keeps logging: the visor's own line about the halt reaches the server meanwhile.
+    let mut seen = false;
+    for _ in 0..100 {
+        let logs = keel(&["logs", &lab.id], &envr);
+        let texts: Vec<&str> = logs.as_array().unwrap().iter().filter_map(|r| r["text"].as_str()).collect();
+        if texts.iter().any(|t| t.starts_with("debug: app halted (breakpoint) at pc=")) {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "the halted device's log line reaches the server");
 
     let out = gdb.cmd("bt");
     assert!(out.contains("#0") && out.contains("scaled") && out.contains(main_fn), "{}", gdb.transcript);
