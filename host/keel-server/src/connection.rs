@@ -28,6 +28,9 @@
 //!   and the connection never sends a message of a feature the device did not announce.
 //! * **Log batching.** Records (and events) received back to back are stored in one batch of at
 //!   most [`MAX_BATCH`], acknowledged with one `LogAck` of the highest sequence number once stored.
+//! * **Crash dumps.** A crash, crash registers or crash stack event also puts a
+//!   [`CrashPart`] in the batch ([`Batch::crashes`]); the store assembles the dump from the
+//!   parts whose record it stores for the first time (see [`crate::crash`]).
 //! * **Keepalive.** A `Ping` every [`PING_INTERVAL`], a `TimeSync` every
 //!   [`TIME_SYNC_EVERY_PINGS`] pings; a device silent for [`IDLE_TIMEOUT`] is disconnected.
 //! * **Unknown variants** are skipped and counted; `Hello` after the handshake is fatal.

@@ -180,11 +180,12 @@ async fn unknown_messages_are_skipped_bad_frames_end_one_connection(store: Store
     // [18, [1, "x"]] (updates range) and [40, []] (debugging range): from a newer device.
     dev.send_raw(&[0x82, 0x12, 0x82, 0x01, 0x61, b'x']).await;
     dev.send_raw(&[0x82, 0x18, 0x28, 0x80]).await;
-    // An event of a type this server does not know: [5, [seq, time, [9, []]]].
+    // An event of a type this server does not know: [5, [seq, time, [10, []]]] (9 is the
+    // crash stack chunk now).
     let seq = 3u64 << 32;
     let mut ev = vec![0x82, 0x05, 0x83, 0x1B];
     ev.extend_from_slice(&seq.to_be_bytes());
-    ev.extend_from_slice(&[0x01, 0x82, 0x09, 0x80]);
+    ev.extend_from_slice(&[0x01, 0x82, 0x0A, 0x80]);
     dev.send_raw(&ev).await;
     dev.send(&Up::Log { seq: seq + 1, kind: 0, level: 2, time_us: 1, text: b"still here" }).await;
     assert_eq!(dev.acked(seq + 1).await, seq + 1, "the connection went on after the unknown messages");
