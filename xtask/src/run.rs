@@ -408,19 +408,30 @@ fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     let keys = keel_json(keel, &["keys", "new", "--debug", "--out", &dbg], env)?;
     let public = json_field(&keys, "public_key").ok_or("no debug key")?;
     println!("$ keel keys new --debug --out dev   (dev.debug.key stays here; dev.debug.pub goes in the bundle)");
-    let pk: Vec<u8> =
-        (0..public.len() / 2).filter_map(|i| u8::from_str_radix(public.get(2 * i..2 * i + 2)?, 16).ok()).collect();
-    let pk: [u8; 32] = pk.try_into().map_err(|_| "bad debug key")?;
+    if public.len() != 64 {
+        return Err("no debug public key from `keel keys new --debug`".into());
+    }
+    // The app to debug ships like any update, with the debug key in its signed bundle.
     let elf_path = keel_vdev::app_elf("debuggee");
-    let image = elf::image_from_elf(&elf_path, "1.0.0").map_err(|e| e.to_string())?.with_debug_key(Some(pk));
-    flash::program_app(flash_path, layout::APP_A, &image).map_err(|e| e.to_string())?;
-    println!("(the device's app is now 'debuggee', built with dev.debug.pub in its signed header)");
+    let elf_s = elf_path.display().to_string();
+    let bundle = dir.join("debuggee-5.0.0.keelb").display().to_string();
+    let release = dir.join("release.key").display().to_string();
+    let debug_pub = format!("{dbg}.debug.pub");
+    let args = ["bundle", &elf_s, "--key", &release, "--version", "5.0.0", "--sequence", "5"];
+    let args: Vec<&str> = args.into_iter().chain(["--debug-key", &debug_pub, "--out", &bundle]).collect();
+    keel_json(keel, &args, env)?;
+    let up = keel_json(keel, &["apps", "upload", &bundle], env)?;
+    let bn = json_field(&up, "id").ok_or("no bundle id")?;
+    keel_json(keel, &["deploy", &bn, "--device", id], env)?;
+    println!("$ keel bundle debuggee.elf --key release.key --version 5.0.0 --debug-key dev.debug.pub");
+    println!("$ keel apps upload debuggee-5.0.0.keelb && keel deploy {bn} --device {id}");
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.to_path_buf(), clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
-    r.wait_for("online", Duration::from_secs(60), |l| l.contains("net: online")).map_err(|e| e.to_string())?;
+    let started = "starting app 'debuggee'";
+    r.wait_for(started, Duration::from_secs(120), |l| l.contains(started)).map_err(|e| e.to_string())?;
     r.wait_for("app", Duration::from_secs(60), |l| l.contains("debuggee: tick=")).map_err(|e| e.to_string())?;
+    println!("  device | (installed, running) {}", r.lines.last().map(String::as_str).unwrap_or_default());
     let key = format!("{dbg}.debug.key");
-    let elf_s = elf_path.display().to_string();
     let (server, port) = serve_gdb(keel, &["debug", id, "--key", &key, "--elf", &elf_s, "--port", "0"], env)?;
     let out = gdb_batch(
         &elf_path,
