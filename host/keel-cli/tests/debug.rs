@@ -340,6 +340,8 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
 
     let out = gdb.cmd("break scaled");
     assert!(out.contains("Breakpoint 1 at"), "{out}");
+    let bp = out.split("Breakpoint 1 at 0x").nth(1).and_then(|r| r.split(':').next()).unwrap();
+    let bp_addr = u32::from_str_radix(bp, 16).unwrap();
     let out = gdb.cmd("continue");
     assert!(out.contains("Breakpoint 1, ") && out.contains("scaled (x="), "{}", gdb.transcript);
     // Halted at a breakpoint: the device stays online.
@@ -411,10 +413,18 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
 
     // The relay saw only ciphertext: none of the RSP packets of the session.
     let seen = std::fs::read_to_string(&capture).unwrap();
-    assert!(seen.lines().count() > 20, "the capture holds the session's frames");
-    for packet in ["scaled", "$m", "$Z0", "qSupported"] {
-        let hex: String = packet.bytes().map(|b| format!("{b:02x}")).collect();
-        assert!(!seen.contains(&hex), "the relay saw {packet:?} in the clear");
+    let frames: Vec<Vec<u8>> =
+        seen.lines().filter_map(|l| keel_server::unhex(l.split_whitespace().nth(1)?)).collect();
+    assert!(frames.len() > 20, "the capture holds the session's frames");
+    // What went through in plaintext inside the session: the breakpoint request on scaled() and
+    // the stop event it caused (debug wire encodings), and no RSP either.
+    let mut set_break = vec![0x08];
+    set_break.extend_from_slice(&bp_addr.to_le_bytes());
+    set_break.push(0);
+    let stop_at_bkpt = [0x81, 0x01, 0x4b, 0x00, 0x00, 0x00].to_vec();
+    for needle in [set_break, stop_at_bkpt, b"qSupported".to_vec(), b"$Z0,".to_vec()] {
+        let found = frames.iter().any(|f| f.windows(needle.len()).any(|w| w == needle.as_slice()));
+        assert!(!found, "the relay saw {needle:02x?} in the clear");
     }
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let (packets, trips) = (stats["gdb_packets"].as_u64().unwrap(), stats["device_round_trips"].as_u64().unwrap());
