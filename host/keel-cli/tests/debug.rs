@@ -413,8 +413,7 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
 
     // The relay saw only ciphertext: none of the RSP packets of the session.
     let seen = std::fs::read_to_string(&capture).unwrap();
-    let frames: Vec<Vec<u8>> =
-        seen.lines().filter_map(|l| keel_server::unhex(l.split_whitespace().nth(1)?)).collect();
+    let frames: Vec<Vec<u8>> = seen.lines().filter_map(|l| keel_server::unhex(l.split_whitespace().nth(1)?)).collect();
     assert!(frames.len() > 20, "the capture holds the session's frames");
     // What went through in plaintext inside the session: the breakpoint request on scaled() and
     // the stop event it caused (debug wire encodings), and no RSP either.
