@@ -442,14 +442,22 @@ fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     if !out.contains("Breakpoint 1, ") || !out.contains("debuggee::main") || !out.contains("Value returned") {
         return Err("the gdb session did not break in scaled() and finish it".into());
     }
-    let seven =
-        r.wait_for("scale 7", Duration::from_secs(30), |l| l.contains("debuggee: tick=")).map_err(|e| e.to_string())?;
+    // The next lines use the scale gdb set: value = tick * 7 + 1000.
+    let scaled_by_7 = |l: &str| {
+        let num = |key: &str| l.split(key).nth(1)?.split(' ').next()?.parse::<u64>().ok();
+        matches!((num("tick="), num("value=")), (Some(t), Some(v)) if v == t * 7 + 1000)
+    };
+    let seven = r.wait_for("scale 7", Duration::from_secs(30), scaled_by_7).map_err(|e| e.to_string())?;
     println!("  device | {seven}   (the app runs on, with the scale gdb set)");
     r.kill();
 
     // Part 2's crashy crashes were stored with their registers and stack.
-    println!("\n$ keel crash list {id}");
-    let _ = std::process::Command::new(keel).args(["crash", "list", id]).envs(env.iter().copied()).status();
+    println!("\n$ keel crash list {id} | head -3");
+    let out = std::process::Command::new(keel).args(["crash", "list", id]).envs(env.iter().copied()).output();
+    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    for l in list.lines().take(3) {
+        println!("{l}");
+    }
     let crashy = keel_vdev::app_elf("crashy");
     let crashy_s = crashy.display().to_string();
     let (server, port) =
