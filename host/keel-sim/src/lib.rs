@@ -666,6 +666,24 @@ fn app_events<const N: usize>(g: &mut Inner<N>, now: u64, fx: &mut Fx) {
     }
 }
 
+/// The simulated app as a debugger would see it: no registers, no memory.
+struct NoAppMemory;
+
+impl keel_device::DebugTarget for NoAppMemory {
+    fn regs(&self) -> [u32; keel_debug::wire::NREGS] {
+        [0; keel_debug::wire::NREGS]
+    }
+    fn write_reg(&mut self, _: usize, _: u32) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Unsupported)
+    }
+    fn read(&self, _: u32, _: &mut [u8]) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Denied)
+    }
+    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), keel_debug::wire::Status> {
+        Err(keel_debug::wire::Status::Denied)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,23 +708,5 @@ mod tests {
         assert_eq!(st.update.offers, 0, "the journal it starts with is no offer");
         assert_eq!(d.journal().last, Some((4, Outcome::Confirmed)));
         assert!(!d.on_trial());
-    }
-}
-
-/// The simulated app as a debugger would see it: no registers, no memory.
-struct NoAppMemory;
-
-impl keel_device::DebugTarget for NoAppMemory {
-    fn regs(&self) -> [u32; keel_debug::wire::NREGS] {
-        [0; keel_debug::wire::NREGS]
-    }
-    fn write_reg(&mut self, _: usize, _: u32) -> Result<(), keel_debug::wire::Status> {
-        Err(keel_debug::wire::Status::Unsupported)
-    }
-    fn read(&self, _: u32, _: &mut [u8]) -> Result<(), keel_debug::wire::Status> {
-        Err(keel_debug::wire::Status::Denied)
-    }
-    fn write(&mut self, _: u32, _: &[u8]) -> Result<(), keel_debug::wire::Status> {
-        Err(keel_debug::wire::Status::Denied)
     }
 }
