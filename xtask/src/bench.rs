@@ -36,9 +36,7 @@ pub fn run() -> Result<(), String> {
 
     // Sizes of the visor image.
     let sections = elf::sections(&keel_vdev::visor_elf()).map_err(|e| e.to_string())?;
-    let in_code = |a: u64| (0x1000_0000..0x1008_0000).contains(&a);
-    let flash_bytes: u64 = sections.iter().filter(|s| s.3 && in_code(s.1)).map(|s| s.2).sum::<u64>()
-        + sections.iter().filter(|s| s.0 == ".data").map(|s| s.2).sum::<u64>();
+    let flash_bytes = visor_flash_bytes(&keel_vdev::visor_elf())?;
     let static_ram: u64 = sections.iter().filter(|s| s.0 == ".data" || s.0 == ".bss").map(|s| s.2).sum();
     metrics.push(("visor_flash_bytes", flash_bytes as f64, "code + read-only data + NSC table + .data image"));
 
@@ -260,7 +258,112 @@ pub fn run() -> Result<(), String> {
         "cut points after which the device did not boot a valid image or end in the expected state",
     ));
 
+    debugging(&mut metrics, flash_bytes)?;
+
     write_report(&metrics)
+}
+
+/// The remote-debugging benchmarks: the debug test's benchmark (a real server, QEMU devices,
+/// gdb-multiarch) prints one JSON line; and what the debug service costs in visor flash.
+fn debugging(metrics: &mut Vec<(&str, f64, &str)>, flash_bytes: u64) -> Result<(), String> {
+    let out = crate::cargo()
+        .current_dir(root())
+        .args(["test", "-q", "-p", "keel-cli", "--features", "qemu-tests", "--test", "debug", "--"])
+        .args(["--ignored", "--exact", "bench_debugging", "--nocapture"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let debug = |key: &str| json_number(&out, "debug benchmark", key);
+    metrics.push((
+        "gdb_roundtrip_ms_relay",
+        debug("gdb_roundtrip_ms_relay")?,
+        "one RSP request that needs the device (m, 4 bytes, a block not cached), keel debug -> server -> QEMU device on loopback; mean of 50, median of 3 rounds",
+    ));
+    metrics.push((
+        "gdb_roundtrip_ms_qemu_gdbstub",
+        debug("gdb_roundtrip_ms_qemu_gdbstub")?,
+        "the same 50 m packets against QEMU's own gdbstub (-gdb tcp:...) on the same visor and app image; median of 3 rounds",
+    ));
+    metrics.push((
+        "gdb_session_seconds",
+        debug("gdb_session_seconds")?,
+        "scripted gdb-multiarch session through keel debug (debuggee: target, break, continue, bt, print, set var, step into offset(), finish x2, next, delete, continue, Ctrl-C once the app logs, detach), wall clock",
+    ));
+    metrics.push((
+        "gdb_device_round_trips",
+        debug("gdb_device_round_trips")?,
+        "device round trips of that session (keel debug --stats)",
+    ));
+    metrics.push((
+        "gdb_packets_relay",
+        debug("gdb_packets_relay")?,
+        "RSP packets gdb sent in that session (keel debug --stats)",
+    ));
+    metrics.push((
+        "gdb_packets_qemu_gdbstub",
+        debug("gdb_packets_qemu_gdbstub")?,
+        "RSP packets gdb sends for the same commands against QEMU's gdbstub (set debug remote 1, `Sending packet:` lines); each one a round trip to the target",
+    ));
+
+    // What the debug service costs in visor flash: this visor against the one built from the
+    // commit before the debug work.
+    match visor_flash_before_debug() {
+        Ok(before) => metrics.push((
+            "visor_flash_bytes_debug_growth",
+            flash_bytes as f64 - before as f64,
+            "visor_flash_bytes now minus the visor built from the parent of the commit that added crates/keel-debug (git worktree under target/bench); includes every later visor change too (the crash-dump capture came after)",
+        )),
+        Err(e) => eprintln!("bench: no visor_flash_bytes_debug_growth: {e}"),
+    }
+
+    Ok(())
+}
+
+/// Visor flash: code, read-only data, the NSC table and the `.data` image.
+fn visor_flash_bytes(path: &std::path::Path) -> Result<u64, String> {
+    let sections = elf::sections(path).map_err(|e| e.to_string())?;
+    let in_code = |a: u64| (0x1000_0000..0x1008_0000).contains(&a);
+    Ok(sections.iter().filter(|s| s.3 && in_code(s.1)).map(|s| s.2).sum::<u64>()
+        + sections.iter().filter(|s| s.0 == ".data").map(|s| s.2).sum::<u64>())
+}
+
+/// [`visor_flash_bytes`] of the visor built from the commit before the debug work (the parent of
+/// the commit that added `crates/keel-debug`), in a git worktree `target/bench/visor-before-debug`
+/// with its own target directory. Needs the repository's history (not a shallow clone).
+fn visor_flash_before_debug() -> Result<u64, String> {
+    let git = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new("git")
+            .current_dir(root())
+            .args(args)
+            .output()
+            .map_err(|e| format!("git: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let added = git(&["log", "--format=%H", "--diff-filter=A", "--", "crates/keel-debug/Cargo.toml"])?;
+    let first = added.lines().last().ok_or("no commit adds crates/keel-debug (a shallow clone?)")?;
+    let base = git(&["rev-parse", &format!("{first}^")])?;
+    let wt = root().join("target/bench/visor-before-debug");
+    git(&["worktree", "prune"])?;
+    if wt.join(".git").exists() {
+        let wts = wt.display().to_string();
+        git(&["-C", &wts, "checkout", "-q", "--detach", &base])?;
+    } else {
+        let _ = std::fs::remove_dir_all(&wt);
+        git(&["worktree", "add", "-q", "--detach", &wt.display().to_string(), &base])?;
+    }
+    let fw = wt.join("firmware");
+    crate::sh(crate::cargo().current_dir(&fw).env("CARGO_TARGET_DIR", fw.join("target")).args([
+        "build",
+        "--release",
+        "-p",
+        "keel-visor",
+    ]))?;
+    let elf = fw.join("target/thumbv8m.main-none-eabi/release/keel-visor");
+    let bytes = visor_flash_bytes(&elf)?;
+    eprintln!("bench: visor flash at {} (before the debug work): {bytes} bytes", &base[..12]);
+    Ok(bytes)
 }
 
 /// Writes `target/bench/report.json` and prints the table.

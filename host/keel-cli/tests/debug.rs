@@ -2,7 +2,7 @@
 //! -> the Keel server's relay -> a QEMU device running the visor and a debuggable app, with the
 //! session encrypted end to end between the CLI and the visor.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -324,41 +324,38 @@ fn bytes_of(listing: &str) -> String {
         .join(" ")
 }
 
-/// The scripted session of the issue: break, continue, bt, print, set var, step, next, finish,
-/// delete, continue, Ctrl-C, detach; then the app runs on with its original code.
-fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) {
-    let stats = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-stats.json"));
-    let capture = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-capture.txt"));
-    let _ = std::fs::remove_file(&capture);
-    let mut lab = Lab::start(app, app, true, Some(&capture));
-    let elf = keel_vdev::app_elf(app);
-    lab.app_line(&format!("{app}: tick="));
-    let (_debug, port) = lab.debug_server(&lab.key.clone(), &elf, &stats);
-    let mut gdb = Gdb::start(&elf);
-    let out = gdb.cmd(&format!("target extended-remote 127.0.0.1:{port}"));
+/// What the scripted session measured.
+struct SessionNumbers {
+    /// Wall time of the scripted commands, `target extended-remote` to the end of `detach`.
+    seconds: f64,
+    /// The `--stats` file `keel debug` wrote for that session.
+    stats: serde_json::Value,
+}
+
+/// The scripted gdb commands of the issue against `target` (a `target ...` command): break,
+/// continue, bt, print, set var, step, next, finish, delete, continue, Ctrl-C, detach.
+/// `console` waits for a line of the device's console containing its argument and returns it;
+/// `at_break` runs once, halted at the first breakpoint. Returns the wall time of the commands
+/// (without `at_break`'s).
+fn script(
+    gdb: &mut Gdb,
+    target: &str,
+    scale_var: &str,
+    main_fn: &str,
+    console: &mut dyn FnMut(&str) -> String,
+    at_break: &mut dyn FnMut(),
+) -> f64 {
+    let t0 = Instant::now();
+    let out = gdb.cmd(target);
     assert!(!out.contains("Remote communication error") && !out.contains("failed"), "{out}");
 
     let out = gdb.cmd("break scaled");
     assert!(out.contains("Breakpoint 1 at"), "{out}");
-    let bp = out.split("Breakpoint 1 at 0x").nth(1).and_then(|r| r.split(':').next()).unwrap();
-    let bp_addr = u32::from_str_radix(bp, 16).unwrap();
     let out = gdb.cmd("continue");
     assert!(out.contains("Breakpoint 1, ") && out.contains("scaled (x="), "{}", gdb.transcript);
-    // Halted at a breakpoint: the device stays online.
-    let envr = lab.envr();
-    assert_eq!(keel(&["device", "show", &lab.id], &envr)["online"], true);
-    // ... and keeps logging: the visor's own line about the halt reaches the server meanwhile.
-    let mut seen = false;
-    for _ in 0..100 {
-        let logs = keel(&["logs", &lab.id], &envr);
-        let texts: Vec<&str> = logs.as_array().unwrap().iter().filter_map(|r| r["text"].as_str()).collect();
-        if texts.iter().any(|t| t.starts_with("debug: app halted (breakpoint) at pc=")) {
-            seen = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(seen, "the halted device's log line reaches the server");
+    let t1 = Instant::now();
+    at_break();
+    let aside = t1.elapsed();
 
     let out = gdb.cmd("bt");
     assert!(out.contains("#0") && out.contains("scaled") && out.contains(main_fn), "{}", gdb.transcript);
@@ -391,13 +388,58 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
 
     // Continue, and Ctrl-C once the app logs with its new scale.
     gdb.send("continue");
-    let line = lab.app_line(&format!("value={}", (x + 3) * 7 + 1000));
+    let line = console(&format!("value={}", (x + 3) * 7 + 1000));
     assert!(line.contains("tick="), "{line}");
     gdb.interrupt();
     gdb.expect("SIGINT");
     let out = gdb.cmd("detach");
     assert!(out.contains("Detaching") || out.contains("detached"), "{}", gdb.transcript);
+    (t0.elapsed() - aside).as_secs_f64()
+}
+
+/// The scripted session through `keel debug`; then the app runs on with its original code, and
+/// the relay saw only ciphertext.
+fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) -> SessionNumbers {
+    let stats = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-stats.json"));
+    let capture = keel_vdev::repo_root().join(format!("target/debug-e2e/{app}-capture.txt"));
+    let _ = std::fs::remove_file(&capture);
+    let _ = std::fs::remove_file(&stats);
+    let mut lab = Lab::start(app, app, true, Some(&capture));
+    let elf = keel_vdev::app_elf(app);
+    lab.app_line(&format!("{app}: tick="));
+    let (mut debug, port) = lab.debug_server(&lab.key.clone(), &elf, &stats);
+    let mut gdb = Gdb::start(&elf);
+    let envr: Vec<(&str, &str)> = lab.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let id = lab.id.clone();
+    let qemu = &mut lab.qemu;
+    let seconds = script(
+        &mut gdb,
+        &format!("target extended-remote 127.0.0.1:{port}"),
+        scale_var,
+        main_fn,
+        &mut |what| qemu.wait_for(what, LIMIT, |l| l.contains(what)).unwrap_or_else(|e| panic!("{e:?}")),
+        // Halted at a breakpoint: the device stays online and keeps logging (the visor's own
+        // line about the halt reaches the server meanwhile).
+        &mut || {
+            assert_eq!(keel(&["device", "show", &id], &envr)["online"], true);
+            let mut seen = false;
+            for _ in 0..100 {
+                let logs = keel(&["logs", &id], &envr);
+                let texts: Vec<&str> = logs.as_array().unwrap().iter().filter_map(|r| r["text"].as_str()).collect();
+                if texts.iter().any(|t| t.starts_with("debug: app halted (breakpoint) at pc=")) {
+                    seen = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert!(seen, "the halted device's log line reaches the server");
+        },
+    );
+    let _ = std::fs::write(stats.with_extension("transcript.txt"), &gdb.transcript);
+    let transcript = gdb.transcript.clone();
     drop(gdb);
+    // `keel debug` exits after the detach, writing its stats.
+    wait_exit(&mut debug);
 
     // The app runs on, with the new scale, and its code is what the ELF says.
     lab.app_line(&format!("{app}: tick="));
@@ -417,6 +459,8 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
     assert!(frames.len() > 20, "the capture holds the session's frames");
     // What went through in plaintext inside the session: the breakpoint request on scaled() and
     // the stop event it caused (debug wire encodings), and no RSP either.
+    let bp = transcript.split("Breakpoint 1 at 0x").nth(1).and_then(|r| r.split(':').next()).unwrap();
+    let bp_addr = u32::from_str_radix(bp, 16).unwrap();
     let mut set_break = vec![0x08];
     set_break.extend_from_slice(&bp_addr.to_le_bytes());
     set_break.push(0);
@@ -429,6 +473,16 @@ fn scripted_session(app: &str, scale_var: &str, main_fn: &str, scaled_fn: &str) 
     let (packets, trips) = (stats["gdb_packets"].as_u64().unwrap(), stats["device_round_trips"].as_u64().unwrap());
     assert!(trips < packets, "the CLI answers most packets itself: {trips} round trips for {packets} packets");
     drop(lab);
+    SessionNumbers { seconds, stats }
+}
+
+/// Waits (bounded) for a process that is about to exit on its own.
+fn wait_exit(p: &mut Kill) {
+    let deadline = Instant::now() + LIMIT;
+    while p.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -559,4 +613,210 @@ fn a_crash_from_the_field_opens_in_gdb() {
     let regs = gdb.cmd("info registers pc");
     assert!(regs.contains(&format!("{:#x}", fault & !1)), "{regs}");
     gdb.cmd("detach");
+}
+
+/// A minimal GDB remote-protocol client (`$payload#checksum`, acknowledgements unless the server
+/// takes `QStartNoAckMode`): enough to time packets against a GDB server.
+struct Rsp {
+    out: std::net::TcpStream,
+    input: BufReader<std::net::TcpStream>,
+    ack: bool,
+}
+
+impl Rsp {
+    /// Connects and leaves acknowledgement mode if the server can.
+    fn connect(port: u16) -> Rsp {
+        let out = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        out.set_nodelay(true).unwrap();
+        out.set_read_timeout(Some(LIMIT)).unwrap();
+        let input = BufReader::new(out.try_clone().unwrap());
+        let mut rsp = Rsp { out, input, ack: true };
+        // QEMU's stub may announce the stop of the machine before it answers.
+        let mut p = rsp.ask("QStartNoAckMode");
+        while p.starts_with('T') {
+            p = rsp.packet();
+        }
+        // QEMU 7.2's stub has no `QStartNoAckMode` (an empty answer): acknowledgements then stay
+        // on, without costing a round trip (the `+` comes before each answer, ours goes
+        // unanswered).
+        assert!(p == "OK" || p.is_empty(), "QStartNoAckMode: {p}");
+        rsp.ack = p.is_empty();
+        rsp
+    }
+
+    /// Sends a packet; returns the first packet of the answer.
+    fn ask(&mut self, payload: &str) -> String {
+        let sum = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        write!(self.out, "${payload}#{sum:02x}").unwrap();
+        self.out.flush().unwrap();
+        self.packet()
+    }
+
+    /// The next packet (acknowledgements before it are skipped).
+    fn packet(&mut self) -> String {
+        let mut byte = [0u8; 1];
+        loop {
+            self.input.read_exact(&mut byte).unwrap();
+            if byte[0] == b'$' {
+                break;
+            }
+        }
+        let mut body = Vec::new();
+        self.input.read_until(b'#', &mut body).unwrap();
+        body.pop();
+        let mut sum = [0u8; 2];
+        self.input.read_exact(&mut sum).unwrap();
+        if self.ack {
+            self.out.write_all(b"+").unwrap();
+        }
+        String::from_utf8(body).unwrap()
+    }
+
+    /// A `monitor` command: its console output (`O` packets up to `OK`).
+    fn monitor(&mut self, cmd: &str) -> String {
+        let hex: String = cmd.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut p = self.ask(&format!("qRcmd,{hex}"));
+        let mut text = Vec::new();
+        while p != "OK" {
+            let h = p.strip_prefix('O').unwrap_or_else(|| panic!("monitor {cmd}: {p}"));
+            text.extend((0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()));
+            p = self.packet();
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    /// The times (ms) of `READS` reads of 4 bytes, 1 KiB apart from `base`: with an empty cache
+    /// in `keel debug`, each is one device round trip.
+    fn read_ms(&mut self, base: u32) -> Vec<f64> {
+        (0..READS)
+            .map(|i| {
+                let t0 = Instant::now();
+                let r = self.ask(&format!("m{:x},4", base + i * 1024));
+                assert!(!r.is_empty() && !r.starts_with('E'), "m{:x},4: {r}", base + i * 1024);
+                t0.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect()
+    }
+}
+
+/// Memory reads per timed round.
+const READS: u32 = 50;
+/// Where each timed round reads (app RAM, 64 KiB apart, above the debuggee's stack, data and
+/// `.bss`, so no block was prefetched with the stack).
+const ROUNDS: [u32; 3] = [0x2801_0000, 0x2802_0000, 0x2803_0000];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The rounds of reads from `rsp` (times in ms, one `Vec` per round).
+fn timed_rounds(rsp: &mut Rsp) -> Vec<Vec<f64>> {
+    ROUNDS.iter().map(|&base| rsp.read_ms(base)).collect()
+}
+
+/// The median over the rounds of each round's mean, the means, and the median of all reads.
+fn summary(rounds: &[Vec<f64>]) -> (f64, Vec<f64>, f64) {
+    let means: Vec<f64> = rounds.iter().map(|r| mean(r)).collect();
+    (median(means.clone()), means, median(rounds.concat()))
+}
+
+/// `monitor stats`' device round trips.
+fn round_trips(rsp: &mut Rsp) -> u64 {
+    let s = rsp.monitor("stats");
+    let head = s.split(" device round trips").next().unwrap();
+    head.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{s}"))
+}
+
+/// The debugging benchmarks of `cargo xtask bench` (it runs this with `--ignored --exact`): one
+/// JSON line on stdout.
+#[test]
+#[ignore = "a benchmark, run by cargo xtask bench"]
+fn bench_debugging() {
+    let root = keel_vdev::repo_root();
+    let elf = keel_vdev::app_elf("debuggee");
+
+    // The scripted session through `keel debug`.
+    let session = scripted_session("debuggee", "debuggee::SCALE.v.value", "debuggee::main", "debuggee::scaled");
+    let packets_relay = session.stats["gdb_packets"].as_u64().unwrap();
+    let trips = session.stats["device_round_trips"].as_u64().unwrap();
+
+    // Round trips: `m` packets that each need the device, CLI -> server -> device.
+    let mut lab = Lab::start("bench-relay", "debuggee", true, None);
+    lab.app_line("debuggee: tick=");
+    let stats = lab.dir.join("stats.json");
+    let (mut debug, port) = lab.debug_server(&lab.key.clone(), &elf, &stats);
+    let mut rsp = Rsp::connect(port);
+    assert!(rsp.ask("?").starts_with('T'), "the app halts when gdb asks");
+    let before = round_trips(&mut rsp);
+    let relay = summary(&timed_rounds(&mut rsp));
+    let grew = round_trips(&mut rsp) - before;
+    assert_eq!(grew, (READS as usize * ROUNDS.len()) as u64, "one device round trip per read");
+    assert_eq!(rsp.ask("D"), "OK");
+    wait_exit(&mut debug);
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(s["device_round_trips"].as_u64().unwrap() >= grew, "{s}");
+    let pk: [u8; 32] = keel_server::unhex(&lab.public).unwrap().try_into().unwrap();
+    drop(lab);
+
+    // The same reads against QEMU's own gdbstub, on the same visor and app image (no server:
+    // the stub needs none).
+    let dir = root.join("target/debug-e2e/bench-gdbstub");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let flash_path = dir.join("dev.flash");
+    flash::create(&flash_path, &flash::new_factory().unwrap()).unwrap();
+    let img = elf::image_from_elf(&elf, "1.0.0").unwrap().with_debug_key(Some(pk));
+    flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
+    let stub = free_port();
+    let mut qemu = dev.start_with_gdbstub(stub).unwrap();
+    qemu.wait_for("app", LIMIT, |l| l.contains("debuggee: tick=")).unwrap();
+    let mut rsp = Rsp::connect(stub);
+    assert!(rsp.ask("?").starts_with('T'), "QEMU stops the machine for the debugger");
+    let direct = summary(&timed_rounds(&mut rsp));
+    // Detaching resumes the machine; the stub takes the next debugger.
+    assert_eq!(rsp.ask("D"), "OK");
+    drop(rsp);
+
+    // The scripted session against QEMU's gdbstub, counting the packets gdb sends.
+    let log = dir.join("gdb-remote.log");
+    let mut gdb = Gdb::start(&elf);
+    // The remote-protocol log goes to the file only (mixed into gdb's output it would garble
+    // what the script reads).
+    gdb.cmd(&format!("set logging file {}", log.display()));
+    gdb.cmd("set logging overwrite on");
+    gdb.cmd("set logging debugredirect on");
+    gdb.cmd("set logging enabled on");
+    gdb.cmd("set debug remote 1");
+    script(
+        &mut gdb,
+        &format!("target extended-remote 127.0.0.1:{stub}"),
+        "debuggee::SCALE.v.value",
+        "debuggee::main",
+        &mut |what| qemu.wait_for(what, LIMIT, |l| l.contains(what)).unwrap_or_else(|e| panic!("{e:?}")),
+        &mut || {},
+    );
+    gdb.cmd("set debug remote 0");
+    gdb.cmd("set logging enabled off");
+    std::fs::write(dir.join("gdb-transcript.txt"), &gdb.transcript).unwrap();
+    drop(gdb);
+    let sent = std::fs::read_to_string(&log).unwrap();
+    let packets_qemu = sent.lines().filter(|l| l.contains("Sending packet:")).count();
+    assert!(packets_qemu > 20, "{sent}");
+    drop(qemu);
+
+    // The means are what the metrics report; the medians of single reads show the floor (the
+    // relay's reads are spread, a few take 10-30 ms).
+    println!(
+        "{{\"gdb_roundtrip_ms_relay\": {:.3}, \"gdb_roundtrip_ms_qemu_gdbstub\": {:.4}, \"gdb_session_seconds\": {:.2}, \
+         \"gdb_device_round_trips\": {trips}, \"gdb_packets_relay\": {packets_relay}, \"gdb_packets_qemu_gdbstub\": \
+         {packets_qemu}, \"relay_round_means_ms\": {:.3?}, \"qemu_gdbstub_round_means_ms\": {:.4?}, \
+         \"relay_read_median_ms\": {:.3}, \"qemu_gdbstub_read_median_ms\": {:.4}}}",
+        relay.0, direct.0, session.seconds, relay.1, direct.1, relay.2, direct.2,
+    );
 }

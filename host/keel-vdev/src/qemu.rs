@@ -48,9 +48,22 @@ impl Device {
 
     /// Starts QEMU and captures its console.
     pub fn start(&self) -> std::io::Result<Running> {
+        self.spawn(self.command())
+    }
+
+    /// Like [`Device::start`], with QEMU's own gdbstub listening on `127.0.0.1:port` (the
+    /// whole system, secure world included, as a debug probe would see it; for comparisons with
+    /// `keel debug`). QEMU stops the machine while a debugger is attached.
+    pub fn start_with_gdbstub(&self, port: u16) -> std::io::Result<Running> {
+        let mut c = self.command();
+        c.arg("-gdb").arg(format!("tcp:127.0.0.1:{port}"));
+        self.spawn(c)
+    }
+
+    fn spawn(&self, mut command: Command) -> std::io::Result<Running> {
         check_file(&self.visor, "visor ELF")?;
         check_file(&self.flash, "flash file")?;
-        let mut child = self.command().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = channel();
