@@ -13,13 +13,12 @@
 use keel_debug::agent::Agent;
 pub use keel_debug::agent::{Action as DebugAction, Target as DebugTarget};
 pub use keel_debug::wire::{RestartReason, StopReason};
-use keel_proto::msg::MAX_DEBUG_FRAME;
 
-/// The device's debug service: the agent and one received frame waiting for the shell.
+/// The device's debug service: the agent, and whether a received frame waits for the shell (it
+/// stays in the link's receive buffer meanwhile: the link reads no further until it is served).
 pub struct DebugService {
     pub(crate) agent: Agent,
-    pub(crate) rx: [u8; MAX_DEBUG_FRAME],
-    pub(crate) rx_len: usize,
+    pub(crate) pending: bool,
     /// Why the app will start next, for the debugger (the first reason given wins).
     pub(crate) restart_reason: Option<RestartReason>,
     pub(crate) halted_at: Option<u64>,
@@ -31,28 +30,25 @@ impl DebugService {
     pub(crate) fn new(device_key: [u8; 32]) -> Self {
         DebugService {
             agent: Agent::new(device_key),
-            rx: [0; MAX_DEBUG_FRAME],
-            rx_len: 0,
+            pending: false,
             restart_reason: None,
             halted_at: None,
             dropped: 0,
         }
     }
 
-    /// Keeps a frame for [`crate::Device::debug_service`].
-    pub(crate) fn keep(&mut self, frame: &[u8]) {
-        if self.rx_len != 0 || frame.is_empty() || frame.len() > self.rx.len() {
+    /// A frame arrived for [`crate::Device::debug_service`].
+    pub(crate) fn keep(&mut self) {
+        if self.pending {
             self.dropped = self.dropped.wrapping_add(1);
-            return;
         }
-        self.rx[..frame.len()].copy_from_slice(frame);
-        self.rx_len = frame.len();
+        self.pending = true;
     }
 
     /// True while a received frame waits for [`crate::Device::debug_service`] (the link reads
     /// no further meanwhile).
     pub fn has_frame(&self) -> bool {
-        self.rx_len != 0
+        self.pending
     }
 
     /// The agent (read-only: sessions, breakpoints, halt state).

@@ -844,7 +844,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             return bytes.len(); // nothing to talk to: discard
         }
         // A debug frame waits for the shell's `debug_service` before the next is read.
-        while !rest.is_empty() && self.tx_len == 0 && self.debug.as_ref().is_none_or(|d| d.rx_len == 0) {
+        while !rest.is_empty() && self.tx_len == 0 && self.debug.as_ref().is_none_or(|d| !d.pending) {
             let (used, done) = match self.decoder.push(rest) {
                 Ok(r) => r,
                 Err(_) => {
@@ -941,9 +941,9 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 updates.refresh();
                 Some(next)
             }
-            Event::Debug { frame } => {
+            Event::Debug { .. } => {
                 if let Some(d) = debug.as_mut() {
-                    d.keep(frame);
+                    d.keep();
                 }
                 None
             }
@@ -1186,12 +1186,12 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         let was_halted = d.agent.is_halted();
         let (sessions, had_session) = (d.agent.sessions(), d.agent.has_session());
         let mut action = d.agent.poll(now, t);
-        if d.rx_len > 0 {
-            let n = core::mem::take(&mut d.rx_len);
-            let DebugService { agent, rx, .. } = d;
-            match agent.receive::<R>(now, &rx[..n], t) {
-                DebugAction::None => {}
-                a => action = a,
+        if core::mem::take(&mut d.pending) {
+            if let Some(frame) = self.link.as_ref().and_then(|l| l.last_debug_frame()) {
+                match d.agent.receive::<R>(now, frame, t) {
+                    DebugAction::None => {}
+                    a => action = a,
+                }
             }
         }
         if action == DebugAction::Restart {

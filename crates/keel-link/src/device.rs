@@ -164,6 +164,15 @@ impl<R: Rng> DeviceLink<R> {
         self.negotiated
     }
 
+    /// The frame of the last message received, if it was a [`Down::Debug`]: it stays in the
+    /// session's receive buffer until the next frame, so the device core need not copy it.
+    pub fn last_debug_frame(&self) -> Option<&[u8]> {
+        match self.session.last() {
+            Ok(Down::Debug { frame }) => Some(frame),
+            _ => None,
+        }
+    }
+
     /// Server messages of variants this crate does not know, skipped on this connection.
     pub fn unknown_received(&self) -> u64 {
         self.unknown
