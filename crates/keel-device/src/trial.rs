@@ -222,6 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn a_halted_trial_neither_expires_nor_loses_its_remaining_grace_time() {
+        const S: u64 = 1_000_000;
+        let mut t = Trial::new(2, policy(), true); // grace 10 s
+        t.on_launch(0, 1);
+        t.halt(4 * S);
+        assert_eq!(t.poll_at(), None, "no wake-up while halted");
+        assert!(!t.expired(100 * S), "a halted trial is not decided");
+        t.unhalt(100 * S);
+        // 6 s were left when it halted.
+        assert_eq!(t.poll_at(), Some(106 * S));
+        assert!(!t.expired(106 * S - 1));
+        assert!(t.expired(106 * S));
+    }
+
+    #[test]
     fn a_drop_is_remembered_even_if_the_link_comes_back() {
         let mut t = Trial::new(2, policy(), true);
         assert!(t.link_stayed_up());
