@@ -29,7 +29,9 @@ struct Lab {
     key: PathBuf,
     public: String,
     qemu: Running,
-    _server: Kill,
+    /// The server's data directory and ports (to start it again).
+    server_at: (String, u16, u16),
+    server: Option<Kill>,
 }
 
 impl Lab {
@@ -72,7 +74,21 @@ impl Lab {
         let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path, clock: Clock::RealTime };
         let mut qemu = dev.start().unwrap();
         qemu.wait_for("online", LIMIT, |l| l.contains("net: online")).unwrap();
-        Lab { dir, release, env, id, key, public, qemu, _server: server }
+        Lab { dir, release, env, id, key, public, qemu, server_at: (data, http, gw), server: Some(server) }
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same data and ports.
+    fn restart_server(&mut self) {
+        drop(self.server.take());
+        let (data, http, gw) = self.server_at.clone();
+        self.server = Some(start_server(&data, http, gw, false));
+    }
+
+    fn api(&self) -> keel_api::Client {
+        let envr = self.envr();
+        let url = envr.iter().find(|(k, _)| *k == "KEEL_SERVER").unwrap().1;
+        let token = envr.iter().find(|(k, _)| *k == "KEEL_TOKEN").unwrap().1;
+        keel_api::Client::new(url).with_token(token)
     }
 
     fn envr(&self) -> Vec<(&str, &str)> {
@@ -192,6 +208,45 @@ impl Raw {
                     .collect();
             }
         }
+    }
+
+    /// One request, sent again with the same id (the agent answers a repeat without running it
+    /// twice) until it is answered; the relay socket is opened again when it drops.
+    fn request_until_answered(&mut self, lab: &Lab, ops: &[Op<'_>]) -> Vec<Result<Vec<u8>, Status>> {
+        let id = self.next;
+        self.next += 1;
+        let mut p = [0u8; MAX_MESSAGE];
+        let n = Request::encode(id, ops, &mut p).unwrap();
+        for _ in 0..40 {
+            let mut f = [0u8; MAX_FRAME];
+            let m = self.session.seal(&p[..n], &mut f).unwrap();
+            if self.socket.send(&f[..m]).is_err() {
+                if let Ok(s) = lab.api().debug_socket(&lab.id) {
+                    self.socket = s;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
+            let deadline = Instant::now() + std::time::Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let Ok(Some(fr)) = self.socket.recv(std::time::Duration::from_millis(500)) else { continue };
+                let mut plain = [0u8; MAX_FRAME];
+                let k = self.session.open(&fr, &mut plain).expect("frames from the device authenticate");
+                if let Ok(Event::Reply { id: rid, results }) = Event::decode(&plain[..k]) {
+                    if rid == id {
+                        let mut r = Results::new(results);
+                        return ops
+                            .iter()
+                            .map(|op| match r.next(op).unwrap() {
+                                OpResult::Ok(d) => Ok(d.to_vec()),
+                                OpResult::Err(s) => Err(s),
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
+        panic!("request {id} never answered");
     }
 
     fn stop(&mut self) -> Stop {
@@ -819,4 +874,53 @@ fn bench_debugging() {
          \"relay_read_median_ms\": {:.3}, \"qemu_gdbstub_read_median_ms\": {:.4}}}",
         relay.0, direct.0, session.seconds, relay.1, direct.1, relay.2, direct.2,
     );
+}
+
+#[test]
+fn a_session_survives_a_server_restart() {
+    let mut lab = Lab::start("server-restart", "debuggee", true, None);
+    let secret_hex = std::fs::read_to_string(&lab.key).unwrap();
+    let secret: [u8; 32] = keel_server::unhex(secret_hex.trim()).unwrap().try_into().unwrap();
+    let mut raw = Raw::open(&lab, &secret).unwrap();
+    assert_eq!(raw.request(&[Op::Halt]), vec![Ok(vec![])]);
+    let stop = raw.stop();
+    // The server dies and comes back: the device reconnects, the debugger's websocket is opened
+    // again, and the same end-to-end session goes on with the app still halted where it was.
+    lab.restart_server();
+    lab.qemu.wait_for("lost", LIMIT, |l| l.contains("net: connection lost")).unwrap();
+    lab.qemu.wait_for("online again", LIMIT, |l| l.contains("net: online")).unwrap();
+    if let Ok(s) = lab.api().debug_socket(&lab.id) {
+        raw.socket = s;
+    }
+    let regs = raw.request_until_answered(&lab, &[Op::ReadRegs]).remove(0).expect("still halted");
+    let before: Vec<u8> = stop.regs.iter().flat_map(|r| r.to_le_bytes()).collect();
+    assert_eq!(regs[..4 * 17], before[..4 * 17], "r0-r12, sp, lr, pc and xpsr as they were at the halt");
+    assert_eq!(raw.request_until_answered(&lab, &[Op::Detach]), vec![Ok(vec![])]);
+    lab.app_line("debuggee: tick=");
+}
+
+#[test]
+fn kill_restarts_the_app_and_the_session_hears_it() {
+    let mut lab = Lab::start("kill", "debuggee", true, None);
+    let secret_hex = std::fs::read_to_string(&lab.key).unwrap();
+    let secret: [u8; 32] = keel_server::unhex(secret_hex.trim()).unwrap().try_into().unwrap();
+    let mut raw = Raw::open(&lab, &secret).unwrap();
+    assert_eq!(raw.request(&[Op::Halt]), vec![Ok(vec![])]);
+    raw.stop();
+    assert_eq!(raw.request(&[Op::Restart]), vec![Ok(vec![])]);
+    let restarted = loop {
+        let plain = raw.event().expect("an event");
+        if let Event::Restarted(r) = Event::decode(&plain).unwrap() {
+            break r;
+        }
+    };
+    assert_eq!(restarted, keel_debug::wire::RestartReason::Requested);
+    let line = lab
+        .qemu
+        .wait_for("restart", LIMIT, |l| l.contains("starting app 'debuggee'") && l.contains("restarts=1"))
+        .unwrap();
+    assert!(line.contains("reason=requested"), "{line}");
+    // The session goes on with the new instance.
+    assert_eq!(raw.request(&[Op::Ping]), vec![Ok(vec![])]);
+    lab.app_line("debuggee: started");
 }
