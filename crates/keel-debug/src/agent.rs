@@ -22,6 +22,13 @@ use crate::wire::{
 /// removed and a halted app resumes. The CLI pings every few seconds, so this is how long a
 /// session survives a dropped link.
 pub const SESSION_TIMEOUT_US: u64 = 30_000_000;
+/// A session whose CLI has not yet sent one authenticated frame ends after this long (µs): the
+/// relay can replay a recorded first handshake message, and such a session must not keep the app
+/// halted nor turn its faults into halts.
+pub const UNCONFIRMED_TIMEOUT_US: u64 = 5_000_000;
+/// Length of a handshake's first message as the CLI sends it (a `hello` payload): anything else
+/// is dropped before any X25519 work and without using up the handshake rate.
+pub const HANDSHAKE_LEN: usize = 1 + 32 + 48 + 3 + 16;
 /// Software breakpoints one session may plant.
 pub const MAX_BREAKPOINTS: usize = 16;
 /// A handshake costs the visor three X25519 operations: at most one per this long (µs) is
@@ -70,6 +77,9 @@ pub struct Agent {
     app_key: Option<[u8; 32]>,
     app_running: bool,
     session: Option<Responder>,
+    /// The CLI has sent an authenticated frame in this session (not just a handshake, which the
+    /// relay could replay).
+    confirmed: bool,
     last_rx_us: u64,
     halted: bool,
     halt_wanted: bool,
@@ -98,6 +108,7 @@ impl Agent {
             app_key: None,
             app_running: false,
             session: None,
+            confirmed: false,
             last_rx_us: 0,
             halted: false,
             halt_wanted: false,
@@ -128,6 +139,10 @@ impl Agent {
             self.send_reply = false;
             self.stop = None;
             self.restarted = None;
+        }
+        if !running {
+            // A halt asked for the app that stopped meanwhile is moot.
+            self.halt_wanted = false;
         }
         self.app_running = running;
         self.app_key = key;
@@ -172,12 +187,20 @@ impl Agent {
 
     /// When [`Agent::poll`] needs to run next.
     pub fn poll_at(&self) -> Option<u64> {
-        self.session.as_ref().map(|_| self.last_rx_us.saturating_add(SESSION_TIMEOUT_US))
+        self.session.as_ref().map(|_| self.last_rx_us.saturating_add(self.timeout()))
+    }
+
+    fn timeout(&self) -> u64 {
+        if self.confirmed {
+            SESSION_TIMEOUT_US
+        } else {
+            UNCONFIRMED_TIMEOUT_US
+        }
     }
 
     /// Ends a silent session (breakpoints out, the app resumed).
     pub fn poll(&mut self, now: u64, t: &mut impl Target) -> Action {
-        if self.session.is_some() && now >= self.last_rx_us.saturating_add(SESSION_TIMEOUT_US) {
+        if self.session.is_some() && now >= self.last_rx_us.saturating_add(self.timeout()) {
             return self.end_session(t);
         }
         Action::None
@@ -185,6 +208,8 @@ impl Agent {
 
     fn end_session(&mut self, t: &mut impl Target) -> Action {
         self.session = None;
+        self.confirmed = false;
+        self.restarted = None;
         self.reply_id = None;
         self.send_reply = false;
         self.stop = None;
@@ -228,6 +253,7 @@ impl Agent {
             Err(_) => return self.end_session(t),
         };
         self.last_rx_us = now;
+        self.confirmed = true;
         let Ok(req) = Request::decode(&plain[..n]) else { return self.end_session(t) };
         if self.reply_id == Some(req.id) {
             // A retransmission: the same answer again.
@@ -243,6 +269,10 @@ impl Agent {
     }
 
     fn handshake<R: Rng>(&mut self, now: u64, frame: &[u8], t: &mut impl Target) -> Action {
+        if frame.len() != HANDSHAKE_LEN {
+            self.refusal = Some(Refusal::BadHandshake);
+            return Action::None;
+        }
         if self.last_handshake_us.is_some_and(|l| now < l.saturating_add(HANDSHAKE_INTERVAL_US)) {
             self.handshakes_dropped = self.handshakes_dropped.wrapping_add(1);
             return Action::None;
@@ -264,9 +294,9 @@ impl Agent {
             Some(_) => {}
         }
         // A new session: whatever the previous one planted goes (the new CLI does not know it).
-        let mut action = Action::None;
         self.clear_breakpoints(t, false);
         self.stop = None;
+        self.restarted = None;
         self.pending_detach = false;
         let id = acc.id;
         let mut plain = [0u8; 8];
@@ -276,27 +306,34 @@ impl Agent {
         let mut out = [0u8; 128];
         match acc.answer(&plain[..len], &mut out) {
             Ok((resp, n)) => {
+                // Until the CLI proves it holds the key with a transport frame, the session
+                // neither halts the app nor extends a halt: the silence clock keeps running
+                // from the last authenticated frame of a session it replaces.
+                if self.session.is_none() {
+                    self.last_rx_us = now;
+                }
                 self.session = Some(resp);
+                self.confirmed = false;
                 self.sessions = self.sessions.wrapping_add(1);
-                self.last_rx_us = now;
                 self.reply[..n].copy_from_slice(&out[..n]);
                 self.reply_len = n;
                 self.reply_id = None;
                 self.send_reply = true;
                 self.send_raw = true;
-                if self.halt_wanted && !self.halted {
-                    action = Action::Halt;
-                }
+                self.halt_wanted = false;
             }
             Err(_) => return refuse(self, Refusal::BadHandshake),
         }
-        action
+        Action::None
     }
 
     fn run(&mut self, req: Request<'_>, t: &mut impl Target) -> Action {
         let mut action = Action::None;
         let mut end = false;
         let mut failed = false;
+        // Once an op let the app go (resume, restart, detach), no later op of the request may
+        // change that again: the agent and the visor must agree on whether the app is halted.
+        let mut settled = false;
         let mut buf = [0u8; MAX_MESSAGE];
         let mut w = Writer::new(&mut buf);
         let _ = begin_reply(&mut w, req.id);
@@ -309,12 +346,14 @@ impl Agent {
                 // The app never runs on without what the request set up before (e.g. a step's
                 // temporary breakpoint that was refused).
                 Op::Resume if failed => Status::Skipped,
+                Op::Halt | Op::Resume | Op::Restart if settled => Status::Skipped,
                 _ => match self.op(op, t, &mut w, &mut action) {
                     Ok(()) => Status::Ok,
                     Err(s) => s,
                 },
             };
             failed |= status != Status::Ok;
+            settled |= status == Status::Ok && matches!(op, Op::Resume | Op::Restart | Op::Detach);
             if status != Status::Ok {
                 w.truncate(mark);
                 let _ = w.u8(status as u8);
@@ -497,7 +536,7 @@ impl Agent {
 
     /// Whether a `bkpt` the app hit is the debugger's business: a session is open.
     pub fn wants_stops(&self) -> bool {
-        self.session.is_some()
+        self.session.is_some() && self.confirmed
     }
 
     /// The next frame to send to the CLI, if any, into `out` (at least [`MAX_FRAME`] bytes).

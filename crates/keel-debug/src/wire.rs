@@ -137,8 +137,9 @@ pub enum Status {
     NoApp = 5,
     /// The op is not supported by this visor.
     Unsupported = 6,
-    /// Not run: an earlier op of the same request failed, and this one would let the app run
-    /// without what the request set up before it (a `resume` after a refused step breakpoint).
+    /// Not run: a `resume` after a failed op of the same request (it would let the app run
+    /// without what the request set up, e.g. a refused step breakpoint), or a `halt`, `resume` or
+    /// `restart` after an op of the same request already let the app go.
     Skipped = 7,
 }
 
@@ -168,7 +169,7 @@ impl Status {
             Status::NoRoom => "too many breakpoints",
             Status::NoApp => "no app running",
             Status::Unsupported => "unsupported",
-            Status::Skipped => "skipped (an earlier op failed)",
+            Status::Skipped => "skipped (an earlier op of the request failed or let the app go)",
         }
     }
 }

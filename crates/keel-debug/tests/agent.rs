@@ -358,3 +358,66 @@ fn a_flood_of_handshakes_costs_one_per_interval() {
     assert_eq!(answered, 1);
     assert_eq!(w.agent.handshakes_dropped(), 99);
 }
+
+#[test]
+fn a_replayed_handshake_cannot_keep_the_app_halted_or_turn_faults_into_halts() {
+    let mut w = World::debuggable();
+    // The relay recorded the CLI's first message.
+    let mut f = [0u8; MAX_FRAME];
+    let n = w.client.start(0, &mut f).unwrap();
+    let recorded = f[..n].to_vec();
+    w.now += keel_debug::agent::HANDSHAKE_INTERVAL_US;
+    let (_, answer) = w.deliver(&recorded);
+    // The real CLI goes on: the session is confirmed, and the app is halted.
+    w.open(&answer[0]);
+    w.halt();
+    assert!(w.agent.wants_stops());
+    // Later the relay replays the handshake every 4 s, after the CLI went quiet.
+    let quiet_since = w.now;
+    for _ in 0..20 {
+        w.now += 4_000_000;
+        let _ = w.agent.poll(w.now, &mut w.target);
+        let (a, _) = w.deliver(&recorded);
+        assert_eq!(a, Action::None, "a replayed handshake never halts");
+        assert!(!w.agent.wants_stops(), "an unconfirmed session does not turn faults into halts");
+        if !w.agent.is_halted() {
+            break;
+        }
+    }
+    assert!(!w.agent.is_halted(), "the app was resumed");
+    assert!(w.now - quiet_since <= keel_debug::agent::UNCONFIRMED_TIMEOUT_US + 4_000_000);
+}
+
+#[test]
+fn ops_after_one_that_let_the_app_go_cannot_halt_it_again() {
+    let mut w = World::debuggable();
+    w.handshake().unwrap();
+    w.halt();
+    let (a, r) = w.request(&[Op::Resume, Op::Halt]);
+    assert_eq!((a, r[1].clone()), (Action::Resume, Err(Status::Skipped)));
+    assert!(!w.agent.is_halted() && !w.agent.halt_wanted());
+    w.agent.stopped(StopReason::Breakpoint, 0, &mut w.target);
+    let (a, r) = w.request(&[Op::Detach, Op::Halt]);
+    assert_eq!((a, r[1].clone()), (Action::Resume, Err(Status::Skipped)));
+    assert!(!w.agent.halt_wanted(), "no halt is left over for after the session");
+}
+
+#[test]
+fn a_halt_asked_for_an_app_that_stopped_is_dropped() {
+    let mut w = World::debuggable();
+    w.handshake().unwrap();
+    let (a, _) = w.request(&[Op::Halt]);
+    assert_eq!(a, Action::Halt);
+    w.agent.set_app(false, Some(public_key(&DEBUG_SECRET)));
+    assert!(!w.agent.halt_wanted());
+}
+
+#[test]
+fn malformed_handshakes_do_not_use_up_the_handshake_rate() {
+    let mut w = World::debuggable();
+    for _ in 0..10 {
+        let (_, out) = w.deliver(&[0x00]);
+        assert_eq!(out.iter().filter_map(|f| Refusal::parse(f)).next(), Some(Refusal::BadHandshake));
+    }
+    assert_eq!(w.handshake(), Ok(false), "the real handshake right after is served");
+}

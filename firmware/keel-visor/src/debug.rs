@@ -41,7 +41,9 @@ impl Halted {
     /// frame. `None` unless it was interrupted in thread mode with its frame on its own stack.
     pub fn capture(exc_return: u32, sp: u32) -> Option<Halted> {
         let exc = ExcReturn(exc_return);
-        if exc.secure_frame() || !exc.thread_mode() || board::ns_exception_active() {
+        // DCRS = 0 (callee registers stacked below the frame) never happens for an exception
+        // taken from the app; a forged return could claim it, so such a context is not halted.
+        if exc.secure_frame() || !exc.thread_mode() || !exc.dcrs() || board::ns_exception_active() {
             return None;
         }
         let (msp, psp) = board::ns_stack_pointers();
@@ -69,12 +71,12 @@ pub struct AppTarget<'a> {
 impl AppTarget<'_> {
     fn frame_word(&self, i: u32) -> Option<u32> {
         let h = self.halted.as_ref()?;
-        ns_mem::read_u32(&self.awake, h.frame + 4 * i)
+        ns_mem::read_u32(&self.awake, h.frame.wrapping_add(4 * i))
     }
 
     fn set_frame_word(&mut self, i: u32, v: u32) -> Result<(), Status> {
         let h = self.halted.as_ref().ok_or(Status::NotHalted)?;
-        let r = ns_mem::check::<Write>(&self.awake, h.frame + 4 * i, 4).ok_or(Status::Denied)?;
+        let r = ns_mem::check::<Write>(&self.awake, h.frame.wrapping_add(4 * i), 4).ok_or(Status::Denied)?;
         r.write_from(&v.to_le_bytes());
         Ok(())
     }
@@ -94,7 +96,9 @@ impl DebugTarget for AppTarget<'_> {
         r[16] = xpsr;
         // The app's stack pointer before the exception: above the frame and the alignment pad.
         let exc = ExcReturn(h.exc_return);
-        let sp = h.frame + exc.stacked_bytes() + if xpsr & (1 << 9) != 0 { 4 } else { 0 };
+        // (The app chose its stack pointer: wrap, never overflow.)
+        let pad = if xpsr & (1 << 9) != 0 { 4 } else { 0 };
+        let sp = h.frame.wrapping_add(exc.stacked_bytes()).wrapping_add(pad);
         r[13] = sp;
         let (msp, psp) = board::ns_stack_pointers();
         r[17] = if exc.uses_psp() { msp } else { sp };

@@ -202,7 +202,13 @@ extern "C" fn service_handler(exc_return: u32, sp: u32) -> u64 {
         // The debugger's requests, unless the app is about to be replaced anyway.
         let debug = match action {
             AppAction::None => serve_debug(v, now, exc_return, sp),
-            _ => None,
+            _ => {
+                if v.core.debug().is_some_and(|d| d.has_frame()) {
+                    // The link reads on only once the frame is served: another pass soon.
+                    board::pend_service();
+                }
+                None
+            }
         };
         let result = match action {
             _ if debug.is_some() => debug.unwrap_or(keep(exc_return)),
@@ -256,14 +262,19 @@ fn serve_debug(v: &mut Visor, now: u64, exc_return: u32, sp: u32) -> Option<u64>
             return Some(keep(h.exc_return));
         }
         keel_device::DebugAction::Restart => {
-            v.halted = None;
             let _delay = v.core.app_restart_in(now, DEBUGGER_RESTART, &mut net::Effects(&mut v.pending));
             vlog!("debug: app restart requested by the debugger");
-            return Some(go_idle(v));
+            if v.halted.take().is_some() || !board::ns_exception_active() {
+                return Some(go_idle(v));
+            }
+            // Inside one of its handlers the app cannot be stopped: the usual stop path waits
+            // until it is back in thread mode.
+            v.stop_requested = true;
+            return None;
         }
         keel_device::DebugAction::Halt | keel_device::DebugAction::None => {}
     }
-    if v.core.debug_halt_wanted() && v.halted.is_none() {
+    if v.core.debug_halt_wanted() && v.halted.is_none() && !v.stop_requested {
         let h = debug::Halted::capture(exc_return, sp)?;
         return Some(halt(v, h, now, keel_device::StopReason::Halted, 0));
     }
