@@ -146,6 +146,17 @@ impl Lab {
     }
 }
 
+/// The results of a reply to `ops`, owned: `Ok(data)` or `Err(status)` per op.
+fn outcomes(ops: &[Op<'_>], results: &[u8]) -> Vec<Result<Vec<u8>, Status>> {
+    let mut r = Results::new(results);
+    ops.iter()
+        .map(|op| match r.next(op).unwrap() {
+            OpResult::Ok(d) => Ok(d.to_vec()),
+            OpResult::Err(s) => Err(s),
+        })
+        .collect()
+}
+
 /// The debug session without gdb: the wire protocol straight through the relay.
 struct Raw {
     session: Session<OsRng>,
@@ -198,14 +209,7 @@ impl Raw {
         loop {
             let plain = self.event().expect("a reply");
             if let Event::Reply { results, .. } = Event::decode(&plain).unwrap() {
-                let mut r = Results::new(results);
-                return ops
-                    .iter()
-                    .map(|op| match r.next(op).unwrap() {
-                        OpResult::Ok(d) => Ok(d.to_vec()),
-                        OpResult::Err(s) => Err(s),
-                    })
-                    .collect();
+                return outcomes(ops, results);
             }
         }
     }
@@ -234,14 +238,7 @@ impl Raw {
                 let k = self.session.open(&fr, &mut plain).expect("frames from the device authenticate");
                 if let Ok(Event::Reply { id: rid, results }) = Event::decode(&plain[..k]) {
                     if rid == id {
-                        let mut r = Results::new(results);
-                        return ops
-                            .iter()
-                            .map(|op| match r.next(op).unwrap() {
-                                OpResult::Ok(d) => Ok(d.to_vec()),
-                                OpResult::Err(s) => Err(s),
-                            })
-                            .collect();
+                        return outcomes(ops, results);
                     }
                 }
             }
