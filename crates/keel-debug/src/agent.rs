@@ -82,6 +82,9 @@ pub struct Agent {
     confirmed: bool,
     last_rx_us: u64,
     halted: bool,
+    /// Why the app is halted (a halt re-reported to a new session keeps its reason: a fault
+    /// stays a fault, whose resume restarts the app).
+    halted_for: (StopReason, u32),
     halt_wanted: bool,
     breakpoints: [Option<Breakpoint>; MAX_BREAKPOINTS],
     /// The last reply's plaintext (or the handshake's answer, already a frame) and its id.
@@ -111,6 +114,7 @@ impl Agent {
             confirmed: false,
             last_rx_us: 0,
             halted: false,
+            halted_for: (StopReason::Halted, 0),
             halt_wanted: false,
             breakpoints: [None; MAX_BREAKPOINTS],
             reply: [0; MAX_MESSAGE],
@@ -387,8 +391,9 @@ impl Agent {
                     self.halt_wanted = true;
                     *action = Action::Halt;
                 } else {
-                    // Already halted: say so again (GDB's interrupt needs a stop).
-                    self.stop = Some(Stop { reason: StopReason::Halted, detail: 0, regs: t.regs() });
+                    // Already halted: say so again, with why (GDB's interrupt needs a stop).
+                    let (reason, detail) = self.halted_for;
+                    self.stop = Some(Stop { reason, detail, regs: t.regs() });
                 }
                 Ok(())
             }
@@ -506,6 +511,7 @@ impl Agent {
     /// session is open. Temporary breakpoints go; the CLI hears why, with the registers.
     pub fn stopped(&mut self, reason: StopReason, detail: u32, t: &mut impl Target) {
         self.halted = true;
+        self.halted_for = (reason, detail);
         self.halt_wanted = false;
         self.clear_breakpoints(t, true);
         self.stop = Some(Stop { reason, detail, regs: t.regs() });

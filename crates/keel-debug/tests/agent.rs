@@ -421,3 +421,25 @@ fn malformed_handshakes_do_not_use_up_the_handshake_rate() {
     }
     assert_eq!(w.handshake(), Ok(false), "the real handshake right after is served");
 }
+
+#[test]
+fn a_new_session_hears_why_the_app_is_halted() {
+    let mut w = World::debuggable();
+    w.handshake().unwrap();
+    let (a, _) = w.request(&[Op::Halt]);
+    assert_eq!(a, Action::Halt);
+    // The app faulted meanwhile and is held there; the CLI restarts and opens a new session.
+    w.agent.stopped(StopReason::Fault, 3, &mut w.target);
+    w.drain();
+    w.client = Client::new(&DEBUG_SECRET, &public_key(&DEVICE_SECRET)).unwrap();
+    assert_eq!(w.handshake(), Ok(true), "the hello says halted");
+    let f = w.request_frame(&[Op::Halt]);
+    let (a, frames) = w.deliver(&f);
+    assert_eq!(a, Action::None, "already halted");
+    // The reply, then the stop.
+    let plain = w.open(&frames[1]);
+    match Event::decode(&plain).unwrap() {
+        Event::Stop(s) => assert_eq!((s.reason, s.detail), (StopReason::Fault, 3)),
+        e => panic!("{e:?}"),
+    }
+}
