@@ -14,6 +14,9 @@ use keel_debug::agent::Agent;
 pub use keel_debug::agent::{Action as DebugAction, Target as DebugTarget};
 pub use keel_debug::wire::{RestartReason, StopReason};
 
+// Every frame of the end-to-end session fits the link's opaque debug frame.
+const _: () = assert!(keel_debug::session::MAX_FRAME <= keel_proto::msg::MAX_DEBUG_FRAME);
+
 /// The device's debug service: the agent, and whether a received frame waits for the shell (it
 /// stays in the link's receive buffer meanwhile: the link reads no further until it is served).
 pub struct DebugService {

@@ -166,10 +166,7 @@ struct Raw {
 
 impl Raw {
     fn open(lab: &Lab, secret: &[u8; 32]) -> Result<Raw, Refusal> {
-        let envr = lab.envr();
-        let url = envr.iter().find(|(k, _)| *k == "KEEL_SERVER").unwrap().1;
-        let token = envr.iter().find(|(k, _)| *k == "KEEL_TOKEN").unwrap().1;
-        let api = keel_api::Client::new(url).with_token(token);
+        let api = lab.api();
         let device = api.device(&lab.id).unwrap();
         let device_key: [u8; 32] = keel_server::unhex(&device.public_key).unwrap().try_into().unwrap();
         let mut socket = api.debug_socket(&lab.id).unwrap();

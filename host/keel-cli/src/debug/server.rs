@@ -629,6 +629,68 @@ mod tests {
         }
     }
 
+    /// Whatever gdb (or anything that connects to the port) sends, the server answers or
+    /// refuses: no packet may panic it or make it hang. Real commands, cut and mutated.
+    #[test]
+    fn hostile_packets_never_panic() {
+        let seeds: &[&[u8]] = &[
+            b"?",
+            b"g",
+            b"G00112233",
+            b"p0f",
+            b"P0f=00002000",
+            b"m200000,10",
+            b"M200000,2:00de",
+            b"X28000000,4:abcd",
+            b"Z0,200100,2",
+            b"z0,200100,2",
+            b"c",
+            b"s",
+            b"vCont;s:1",
+            b"vCont;c",
+            b"vCont;r200000,200010:1",
+            b"qXfer:features:read:target.xml:0,ffb",
+            b"qXfer:memory-map:read::0,fff",
+            b"qRcmd,7265736574",
+            b"qSupported:xmlRegisters=arm",
+            b"Hg0",
+            b"D",
+            b"k",
+            b"vAttach;1",
+            b"vRun",
+            b"QStartNoAckMode",
+            b"qC",
+            b"qfThreadInfo",
+            b"qOffsets",
+            b"qSymbol::",
+            b"T1",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3_000 {
+            let (mut s, _sim) = session();
+            let _ = s.handle(b"?");
+            for _ in 0..4 {
+                let mut p = seeds[next() as usize % seeds.len()].to_vec();
+                match next() % 4 {
+                    0 => p.truncate(next() as usize % (p.len() + 1)),
+                    1 => {
+                        let i = next() as usize % p.len();
+                        p[i] = next() as u8;
+                    }
+                    2 => p.extend((0..next() % 40).map(|_| b"0123456789abcdef,:;=xX-"[next() as usize % 23])),
+                    _ => p.extend(std::iter::repeat_n(b'f', 20)),
+                }
+                let _ = s.handle(&p);
+            }
+        }
+    }
+
     #[test]
     fn the_handshake_costs_no_round_trip() {
         let (mut s, sim) = session();
