@@ -575,3 +575,10 @@ fn crash_dumps() {
     assert_eq!(api_error(ro.crashes("kd0000000000000000000000000000c002")), (404, "not_found".into()));
     assert_eq!(api_error(Client::new(&s.url).crashes(id)), (401, "unauthorized".into()));
 }
+
+/// The client keeps its own copy of the relay's frame limit (it does not depend on the wire
+/// crate): it must be the protocol's.
+#[test]
+fn the_clients_debug_frame_limit_is_the_protocols() {
+    assert_eq!(keel_api::MAX_DEBUG_FRAME, keel_link::msg::MAX_DEBUG_FRAME);
+}

@@ -37,10 +37,6 @@ use crate::store::Counters;
 /// Frames from a device waiting for its debugger's websocket; more are dropped.
 pub const CLIENT_QUEUE: usize = 64;
 
-// The typed client (keel-api, which does not depend on the wire crate) keeps its own copy of the
-// frame limit: they must agree.
-const _: () = assert!(keel_api::MAX_DEBUG_FRAME == keel_proto::msg::MAX_DEBUG_FRAME);
-
 /// Environment variable read once when a server node starts (`Node::start`): the path of a
 /// capture file (see the module documentation).
 pub const CAPTURE_ENV: &str = "KEEL_DEBUG_CAPTURE";

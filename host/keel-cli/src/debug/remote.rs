@@ -23,6 +23,9 @@ use rand_core::OsRng;
 use super::probe::{DeviceEvent, OpOutcome, Probe, ProbeError};
 use crate::client::Conn;
 
+// Every session frame fits what the typed client may send (its copy of the relay's limit).
+const _: () = assert!(keel_debug::session::MAX_FRAME <= keel_api::MAX_DEBUG_FRAME);
+
 /// A request unanswered for this long is sent again.
 const RETRY: Duration = Duration::from_secs(2);
 /// How long a request may go unanswered (link drops included) before the session is given up.
