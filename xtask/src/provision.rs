@@ -4,14 +4,23 @@ use std::process::Command;
 
 use crate::sh;
 
-const APT_PACKAGES: &[&str] =
-    &["qemu-system-arm", "gdb-multiarch", "gcc-arm-none-eabi", "binutils-arm-none-eabi", "make"];
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-arm",
+    "gdb-multiarch",
+    "gcc-arm-none-eabi",
+    "binutils-arm-none-eabi",
+    "make",
+    "mosquitto",
+    "mosquitto-clients",
+];
 const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-arm", "qemu-system-arm"),
     ("gdb-multiarch", "gdb-multiarch"),
     ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
     ("arm-none-eabi-objdump", "binutils-arm-none-eabi"),
     ("make", "make"),
+    ("mosquitto", "mosquitto"),
+    ("mosquitto_pub", "mosquitto-clients"),
 ];
 const RUST_TARGET: &str = "thumbv8m.main-none-eabi";
 
