@@ -28,13 +28,14 @@
 //!   and pends an interrupt the app chose ([`Call::NotifySetup`]), and the app sleeps with `wfi`.
 #![no_std]
 
+pub mod chan;
 pub mod notify;
 
 /// ABI major version: bumped only for incompatible changes (2: `wait` replaced by notification
 /// rings, `monotonic_us` returns its value in registers, calls mask non-secure exceptions).
 pub const ABI_MAJOR: u16 = 2;
 /// ABI minor version: bumped when calls or struct versions are added.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 
 /// Size in bytes of one NSC veneer slot.
 pub const SLOT_SIZE: u32 = 16;
@@ -74,11 +75,34 @@ pub enum Status {
     LogMessageTooLong = 8,
     /// The visor hit an unexpected internal error; the call had no effect.
     InternalError = 9,
+    /// The handle names no open channel (never opened, closed, or from an earlier app start).
+    /// Since ABI 2.1.
+    InvalidHandle = 10,
+    /// Every channel slot is in use ([`chan::MAX_CHANNELS`]). Since ABI 2.1.
+    TooManyChannels = 11,
+    /// The channel was closed by the server or the link (see [`chan::Reason`]); close it.
+    /// Since ABI 2.1.
+    ChannelClosed = 12,
+    /// Not now: the transmit buffer has no room for the message yet. Retry after a
+    /// [`notify::Kind::ChannelWritable`] record (or later). Since ABI 2.1.
+    WouldBlock = 13,
+    /// The device is not connected to the server. Since ABI 2.1.
+    NetworkNotConnected = 14,
+    /// Too many requests in a short time; retry later. Since ABI 2.1.
+    RateLimited = 15,
+    /// A buffer is not aligned as the call requires ([`chan::BUFFER_ALIGN`]). Since ABI 2.1.
+    InvalidBufferAlignment = 16,
+    /// The channel kind is not one of [`chan::Kind`]. Since ABI 2.1.
+    UnknownChannelKind = 17,
+    /// A buffer overlaps another channel's buffer or the notification ring. Since ABI 2.1.
+    BufferInUse = 18,
+    /// Nothing to read: no complete message waits on the channel. Since ABI 2.1.
+    NoData = 19,
 }
 
 impl Status {
     /// All statuses, in numeric order.
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 20] = [
         Status::Ok,
         Status::TimeNotSet,
         Status::ParameterFault,
@@ -89,6 +113,16 @@ impl Status {
         Status::Unavailable,
         Status::LogMessageTooLong,
         Status::InternalError,
+        Status::InvalidHandle,
+        Status::TooManyChannels,
+        Status::ChannelClosed,
+        Status::WouldBlock,
+        Status::NetworkNotConnected,
+        Status::RateLimited,
+        Status::InvalidBufferAlignment,
+        Status::UnknownChannelKind,
+        Status::BufferInUse,
+        Status::NoData,
     ];
 
     /// Decodes a raw `r0` value.
@@ -109,6 +143,16 @@ impl Status {
             Status::Unavailable => "UNAVAILABLE",
             Status::LogMessageTooLong => "LOG_MESSAGE_TOO_LONG",
             Status::InternalError => "INTERNAL_ERROR",
+            Status::InvalidHandle => "INVALID_HANDLE",
+            Status::TooManyChannels => "TOO_MANY_CHANNELS",
+            Status::ChannelClosed => "CHANNEL_CLOSED",
+            Status::WouldBlock => "WOULD_BLOCK",
+            Status::NetworkNotConnected => "NETWORK_NOT_CONNECTED",
+            Status::RateLimited => "RATE_LIMITED",
+            Status::InvalidBufferAlignment => "INVALID_BUFFER_ALIGNMENT",
+            Status::UnknownChannelKind => "UNKNOWN_CHANNEL_KIND",
+            Status::BufferInUse => "BUFFER_IN_USE",
+            Status::NoData => "NO_DATA",
         }
     }
 }
@@ -165,6 +209,39 @@ pub enum Call {
     /// deadline 0 cancels; a new call replaces the pending timer. [`Status::Unavailable`] without
     /// a notification ring.
     TimerSet = 17,
+    /// `net_request(uint32_t tag)`: the app wants the network. Requests are counted (at most
+    /// [`chan::MAX_NET_REQUESTS`]); while the app holds one, every change of the link's state is
+    /// reported as a [`notify::Kind::NetStatus`] record with `tag`, starting with the current
+    /// state at once. The visor stays in charge of the link: it keeps it up for its own needs
+    /// (updates, logs) whatever the app does. Since ABI 2.1.
+    NetRequest = 18,
+    /// `net_release(void)`: drops one request; [`Status::Unavailable`] if the app holds none.
+    /// Since ABI 2.1.
+    NetRelease = 19,
+    /// `net_status(keel_net_status_t *out)`: the link's state, why it is wanted and why it is
+    /// down ([`chan::NetStatus`]). Since ABI 2.1.
+    NetStatus = 20,
+    /// `chan_open(const keel_chan_open_t *params, uint32_t *handle_out)`: opens a channel to a
+    /// service of the server with the app's own receive and transmit buffers
+    /// ([`chan::OpenParams`]). Since ABI 2.1.
+    ChanOpen = 21,
+    /// `chan_send(uint32_t handle, const uint8_t *msg, uint32_t len)`: queues one whole message
+    /// in the channel's transmit buffer; the visor sends it as the server's credit allows.
+    /// Since ABI 2.1.
+    ChanSend = 22,
+    /// `chan_recv(uint32_t handle, keel_chan_msg_t *out)`: where the oldest complete message
+    /// lies in the receive buffer ([`chan::MsgInfo`]); [`Status::NoData`] if none. The app reads
+    /// it in place, then calls [`Call::ChanConsume`]. Since ABI 2.1.
+    ChanRecv = 23,
+    /// `chan_consume(uint32_t handle)`: frees the oldest message (the one [`Call::ChanRecv`]
+    /// reported); the visor gives its room back to the server as credit. Since ABI 2.1.
+    ChanConsume = 24,
+    /// `chan_close(uint32_t *handle)`: closes the channel and writes 0 to `*handle` — also when
+    /// the handle was already closed or invalid (then [`Status::InvalidHandle`]). Since ABI 2.1.
+    ChanClose = 25,
+    /// `chan_info(uint32_t handle, keel_chan_info_t *out)`: the channel's kind, state, closure
+    /// reason and buffer levels ([`chan::ChanInfo`]). Since ABI 2.1.
+    ChanInfo = 26,
     /// `update_confirm(void)`: the app running as an update on trial confirms that it works;
     /// the update becomes permanent (no rollback any more). [`Status::Unavailable`] if the app
     /// is not on trial (already confirmed, or no update). Since ABI 1.1.
@@ -181,7 +258,7 @@ pub enum Call {
 
 impl Call {
     /// Every implemented call, in slot order.
-    pub const ALL: [Call; 15] = [
+    pub const ALL: [Call; 24] = [
         Call::AbiInfo,
         Call::DeviceId,
         Call::MonotonicUs,
@@ -194,6 +271,15 @@ impl Call {
         Call::LastCrash,
         Call::NotifySetup,
         Call::TimerSet,
+        Call::NetRequest,
+        Call::NetRelease,
+        Call::NetStatus,
+        Call::ChanOpen,
+        Call::ChanSend,
+        Call::ChanRecv,
+        Call::ChanConsume,
+        Call::ChanClose,
+        Call::ChanInfo,
         Call::UpdateConfirm,
         Call::UpdateInfo,
         Call::UpdateApply,
@@ -206,6 +292,7 @@ impl Call {
             7..=10 => Call::ALL.get(slot as usize - 1).copied(),
             16 => Some(Call::NotifySetup),
             17 => Some(Call::TimerSet),
+            18..=26 => Call::ALL.get(slot as usize - 6).copied(),
             32 => Some(Call::UpdateConfirm),
             33 => Some(Call::UpdateInfo),
             34 => Some(Call::UpdateApply),
@@ -224,6 +311,15 @@ impl Call {
             Call::Restart => "keel_restart",
             Call::NotifySetup => "keel_notify_setup",
             Call::TimerSet => "keel_timer_set",
+            Call::NetRequest => "keel_net_request",
+            Call::NetRelease => "keel_net_release",
+            Call::NetStatus => "keel_net_status",
+            Call::ChanOpen => "keel_chan_open",
+            Call::ChanSend => "keel_chan_send",
+            Call::ChanRecv => "keel_chan_recv",
+            Call::ChanConsume => "keel_chan_consume",
+            Call::ChanClose => "keel_chan_close",
+            Call::ChanInfo => "keel_chan_info",
             Call::WatchdogStart => "keel_watchdog_start",
             Call::WatchdogKick => "keel_watchdog_kick",
             Call::BootInfo => "keel_boot_info",
@@ -809,7 +905,7 @@ mod tests {
             assert_eq!(Call::from_slot(c as u32), Some(c));
         }
         let used: std::vec::Vec<u32> = (0..SLOT_COUNT + 2).filter(|s| Call::from_slot(*s).is_some()).collect();
-        assert_eq!(used, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 16, 17, 32, 33, 34]);
+        assert_eq!(used, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 32, 33, 34]);
     }
 
     #[test]

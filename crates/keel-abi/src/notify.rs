@@ -61,6 +61,20 @@ pub enum Kind {
     Timer = 2,
     /// Records were lost because the ring was full. `value`: how many, since the previous record.
     Overrun = 3,
+    /// The link's state changed (and once at once after [`crate::Call::NetRequest`]). `tag`: the
+    /// request's tag; `value`: [`crate::chan::NetStatus::to_value`] (state in bits 0..8, offline
+    /// reason in bits 8..16, wanted-by bits in 32..64). Since ABI 2.1.
+    NetStatus = 4,
+    /// A complete message waits on a channel ([`crate::Call::ChanRecv`]). One record per message.
+    /// `tag`: the channel's tag; `value`: its handle. Since ABI 2.1.
+    ChannelReadable = 5,
+    /// Room came free in a channel's transmit buffer after a send answered
+    /// [`crate::Status::WouldBlock`] (MQTT channels only: HTTP and config channels carry one
+    /// request). `tag`, `value`: as [`Kind::ChannelReadable`]. Since ABI 2.1.
+    ChannelWritable = 6,
+    /// The server or the link closed a channel. `tag`: the channel's tag; `value`: the handle in
+    /// bits 0..32, the [`crate::chan::Reason`] in bits 32..40. Since ABI 2.1.
+    ChannelClosed = 7,
 }
 
 impl Kind {
@@ -70,6 +84,10 @@ impl Kind {
             1 => Some(Kind::UpdateReady),
             2 => Some(Kind::Timer),
             3 => Some(Kind::Overrun),
+            4 => Some(Kind::NetStatus),
+            5 => Some(Kind::ChannelReadable),
+            6 => Some(Kind::ChannelWritable),
+            7 => Some(Kind::ChannelClosed),
             _ => None,
         }
     }
@@ -80,6 +98,10 @@ impl Kind {
             Kind::UpdateReady => "UPDATE_READY",
             Kind::Timer => "TIMER",
             Kind::Overrun => "OVERRUN",
+            Kind::NetStatus => "NET_STATUS",
+            Kind::ChannelReadable => "CHANNEL_READABLE",
+            Kind::ChannelWritable => "CHANNEL_WRITABLE",
+            Kind::ChannelClosed => "CHANNEL_CLOSED",
         }
     }
 }

@@ -57,6 +57,7 @@ use keel_update::agent::{self, Agent, Next};
 use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
 
 pub use conn::{Connection, LossReason, State as ConnState};
+pub use keel_channel::device::{AppMemory, ChanCounters, Channels};
 pub use debug::{DebugAction, DebugService, DebugTarget, RestartReason, StopReason};
 pub use keel_link::session::MAX_FRAME;
 pub use keel_proto::event::CRASH_DUMP_BYTES;
@@ -89,6 +90,25 @@ pub enum Effect<'a> {
 pub trait Output {
     /// Carries out one effect.
     fn effect(&mut self, effect: Effect<'_>);
+
+    /// The running app's memory, for the channel messages a received frame carries (written
+    /// into the app's receive buffers). `None` (the default): no app memory is reachable, and a
+    /// channel that receives data closes with `BufferFault`.
+    fn app_memory(&mut self) -> Option<&mut dyn AppMemory> {
+        None
+    }
+}
+
+/// App memory that refuses every access (no app runs, or the shell has none).
+pub struct NoAppMemory;
+
+impl AppMemory for NoAppMemory {
+    fn read(&mut self, _: u32, _: &mut [u8]) -> bool {
+        false
+    }
+    fn write(&mut self, _: u32, _: &[u8]) -> bool {
+        false
+    }
 }
 
 /// What the shell must do with the app after [`Device::poll`].
@@ -586,6 +606,15 @@ pub struct Device<M: Medium, R: Rng, const LOG: usize> {
     record_taken: Option<handover::Record>,
     /// Remote debugging (a provisioned device only).
     debug: Option<DebugService>,
+    /// The app's channels.
+    chans: Channels,
+    /// Network requests the app holds, and the tag of its latest.
+    net_requests: u32,
+    net_tag: u32,
+    /// The link state last reported to the app (`NetStatus` records).
+    net_reported: Option<u64>,
+    /// Alternates the link between channel messages and the core's own.
+    chan_turn: bool,
 }
 
 /// How this boot continued from the previous one.
@@ -691,6 +720,11 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             resumed,
             record_taken: None,
             debug: cfg.identity.map(|i| DebugService::new(i.device_key)),
+            chans: Channels::new(),
+            net_requests: 0,
+            net_tag: 0,
+            net_reported: None,
+            chan_turn: false,
         }
     }
 
@@ -882,6 +916,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             quarantine,
             running_gen,
             debug,
+            chans,
             ..
         } = self;
         let link = link.as_mut().ok_or("no session")?;
@@ -889,6 +924,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         *tx_len = n;
         let mut log = Log { logs, out, now };
         let link_up = conn.is_online();
+        let checking = matches!(event, Event::UpdateOffer { .. } | Event::LayerData { .. } | Event::LayerError { .. });
         let next = match event {
             Event::Online { unix_us } => {
                 conn.welcomed();
@@ -947,6 +983,13 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 }
                 None
             }
+            Event::Channel(m) => {
+                match log.out.app_memory() {
+                    Some(mem) => chans.receive(&m, mem),
+                    None => chans.receive(&m, &mut NoAppMemory),
+                };
+                None
+            }
             Event::UpdateCancel { sequence } => {
                 updates.agent.on_cancel(&updates.up, &mut updates.flash, sequence);
                 updates.apply_deadline = updates.agent.is_ready().then_some(updates.apply_deadline).flatten();
@@ -955,7 +998,6 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             }
             _ => None,
         };
-        let checking = matches!(event, Event::UpdateOffer { .. } | Event::LayerData { .. } | Event::LayerError { .. });
         let link_up = link_up || conn.is_online();
         let mut installed = false;
         if let Some(next) = next {
@@ -1010,6 +1052,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         self.tx_len = 0;
         self.updates.fetch = None;
         self.decoder = Decoder::new();
+        self.chans.link_lost();
     }
 
     /// Closes the connection and backs off.
@@ -1022,7 +1065,15 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     /// The next frame to send (framed and encrypted) into `buf`, which must hold [`MAX_FRAME`]
     /// bytes; call only when the transport can take that much. One frame per call.
-    pub fn poll_transmit(&mut self, _now: u64, buf: &mut [u8]) -> Option<usize> {
+    pub fn poll_transmit(&mut self, now: u64, buf: &mut [u8]) -> Option<usize> {
+        self.poll_transmit_with(now, buf, &mut NoAppMemory)
+    }
+
+    /// [`Device::poll_transmit`] with the running app's memory, from which channel messages are
+    /// read as they are sent. Channel messages and the core's own (debugging, update fetches
+    /// and status, logs) take turns, so busy channels cannot hold up an update and an update
+    /// cannot hold up the channels.
+    pub fn poll_transmit_with(&mut self, _now: u64, buf: &mut [u8], mem: &mut dyn AppMemory) -> Option<usize> {
         if buf.len() < MAX_FRAME || self.link_failed {
             return None;
         }
@@ -1035,7 +1086,26 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         if !self.conn.is_online() {
             return None;
         }
+        let core_wants = self.core_wants_transmit();
         let link = self.link.as_mut()?;
+        let channels = link.negotiated().is_some_and(|n| n.allows(keel_proto::msg::features::CHANNELS));
+        if channels && self.chans.wants_transmit() && (self.chan_turn || !core_wants) {
+            self.chan_turn = false;
+            let mut piece = [0u8; keel_proto::msg::MAX_CHAN_DATA];
+            if let Some(m) = self.chans.poll_transmit(mem, &mut piece) {
+                return match link.send(&m, buf) {
+                    Ok(n) => {
+                        self.counters.frames_out += 1;
+                        Some(n)
+                    }
+                    Err(_) => {
+                        self.link_failed = true;
+                        None
+                    }
+                };
+            }
+        }
+        self.chan_turn = true;
         let u = &mut self.updates;
         let fetch = u.fetch.filter(|_| !u.hold_fetches);
         let mut frame = [0u8; keel_proto::msg::MAX_DEBUG_FRAME];
@@ -1074,12 +1144,14 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     /// True when [`Device::poll_transmit`] has something to send.
     pub fn wants_transmit(&self) -> bool {
-        self.tx_len > 0
-            || (self.conn.is_online()
-                && ((self.updates.fetch.is_some() && !self.updates.hold_fetches)
-                    || self.updates.status_dirty
-                    || self.debug.as_ref().is_some_and(|d| d.agent.has_pending())
-                    || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))))
+        self.tx_len > 0 || (self.conn.is_online() && (self.core_wants_transmit() || self.chans.wants_transmit()))
+    }
+
+    fn core_wants_transmit(&self) -> bool {
+        (self.updates.fetch.is_some() && !self.updates.hold_fetches)
+            || self.updates.status_dirty
+            || self.debug.as_ref().is_some_and(|d| d.agent.has_pending())
+            || self.link.as_ref().is_some_and(|l| l.has_log_frame(&self.logs))
     }
 
     // ------------------------------------------------------------------ timers
@@ -1145,6 +1217,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// starts a new series at once.
     fn switch(&mut self) {
         self.running_gen = None;
+        self.app_gone();
         self.debug_restart_reason(RestartReason::Updated);
         if let Some(t) = self.updates.trial.as_mut() {
             t.on_stop();
@@ -1155,6 +1228,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
     /// The running instance stopped (crashed, killed, asked for a restart).
     fn stopped(&mut self) {
         self.running_gen = None;
+        self.app_gone();
         if let Some(d) = self.debug.as_mut() {
             d.halted_at = None;
             let key = d.agent.app_key();
@@ -1163,6 +1237,119 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         if let Some(t) = self.updates.trial.as_mut() {
             t.on_stop();
         }
+    }
+
+    // ------------------------------------------------------------------ network and channels
+
+    /// The app instance is gone: its channels and network requests with it.
+    fn app_gone(&mut self) {
+        self.chans.reset();
+        self.net_requests = 0;
+        self.net_reported = None;
+    }
+
+    /// The link's state as the app sees it ([`keel_abi::Call::NetStatus`]).
+    pub fn net_status(&self) -> keel_abi::chan::NetStatus {
+        use keel_abi::chan::{wanted, NetState, OfflineReason};
+        let (state, offline) = match self.conn.state() {
+            ConnState::Online => (NetState::Connected, OfflineReason::None),
+            ConnState::Connecting | ConnState::Handshaking => (NetState::Connecting, OfflineReason::None),
+            ConnState::Backoff { .. } => (NetState::Offline, OfflineReason::Backoff),
+            ConnState::WaitingForAddress => (NetState::Offline, OfflineReason::NoAddress),
+            ConnState::Off => (NetState::Offline, OfflineReason::NotProvisioned),
+        };
+        let app = if self.net_requests > 0 { wanted::APP } else { 0 };
+        keel_abi::chan::NetStatus {
+            version: 1,
+            state: state as u32,
+            offline: offline as u32,
+            wanted_by: app | wanted::VISOR,
+            app_requests: self.net_requests,
+        }
+    }
+
+    /// The app wants the network ([`keel_abi::Call::NetRequest`]); its state changes are
+    /// reported with `tag` while it holds a request (the current state at once).
+    pub fn net_request(&mut self, now: u64, tag: u32) -> Status {
+        self.app_alive(now);
+        if self.net_requests >= keel_abi::chan::MAX_NET_REQUESTS {
+            return Status::Unavailable;
+        }
+        self.net_requests += 1;
+        self.net_tag = tag;
+        self.net_reported = None;
+        Status::Ok
+    }
+
+    /// Drops one network request ([`keel_abi::Call::NetRelease`]).
+    pub fn net_release(&mut self, now: u64) -> Status {
+        self.app_alive(now);
+        if self.net_requests == 0 {
+            return Status::Unavailable;
+        }
+        self.net_requests -= 1;
+        Status::Ok
+    }
+
+    /// The next notification record for the app: a network state change (while the app holds
+    /// a request), then the channels' records in order.
+    pub fn take_notification(&mut self) -> Option<keel_abi::notify::Record> {
+        if self.net_requests > 0 {
+            let v = self.net_status().to_value();
+            if self.net_reported != Some(v & 0xFFFF) {
+                self.net_reported = Some(v & 0xFFFF);
+                return Some(keel_abi::notify::Record::new(keel_abi::notify::Kind::NetStatus, self.net_tag, v));
+            }
+        }
+        self.chans.take_notification()
+    }
+
+    /// True if [`Device::take_notification`] has a record.
+    pub fn notifications_pending(&self) -> bool {
+        (self.net_requests > 0 && self.net_reported != Some(self.net_status().to_value() & 0xFFFF))
+            || self.chans.counters().notes_lost > 0
+            || self.chans_has_notes()
+    }
+
+    fn chans_has_notes(&self) -> bool {
+        self.chans.has_notifications()
+    }
+
+    /// Notification records lost because the channels' queue was full (the shell adds them to
+    /// the ring's overrun count).
+    pub fn take_notifications_lost(&mut self) -> u64 {
+        self.chans.take_notes_lost()
+    }
+
+    /// The app's channels (read only).
+    pub fn channels(&self) -> &Channels {
+        &self.chans
+    }
+
+    /// Opens a channel ([`keel_abi::Call::ChanOpen`]); the shell checked both buffers and copied
+    /// the endpoint. `reserved`: app memory the buffers must not overlap (the notification
+    /// ring).
+    pub fn chan_open(
+        &mut self,
+        now: u64,
+        p: &keel_abi::chan::OpenParams,
+        endpoint: &[u8],
+        reserved: &[(u32, u32)],
+    ) -> Result<u32, Status> {
+        self.app_alive(now);
+        let online = self.conn.is_online()
+            && self
+                .link
+                .as_ref()
+                .and_then(|l| l.negotiated())
+                .is_some_and(|n| n.allows(keel_proto::msg::features::CHANNELS));
+        self.chans.open(p, endpoint, online, reserved)
+    }
+
+    /// The app's channel calls that need its memory ([`keel_abi::Call::ChanSend`], ...).
+    pub fn chans_mut(&mut self, now: u64) -> &mut Channels {
+        self.app_alive(now);
+        &mut self.chans
     }
 
     // ------------------------------------------------------------------ debugging

@@ -37,7 +37,7 @@ pub const SERVER_SILENCE_TIMEOUT_US: u64 = 100_000_000;
 
 /// What the caller should know after a server message. Byte fields borrow from the link's
 /// receive buffer: handle the event before the next frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// The secure channel is up; the server's wall clock (µs since the epoch).
     Online {
@@ -92,6 +92,9 @@ pub enum Event<'a> {
         /// At most `msg::MAX_DEBUG_FRAME` bytes.
         frame: &'a [u8],
     },
+    /// A channel message ([`Down::ChanOpened`], [`Down::ChanData`], [`Down::ChanCredit`],
+    /// [`Down::ChanClosed`], feature `CHANNELS`), for the app's channel table.
+    Channel(Down<'a>),
     /// Nothing the caller needs to act on.
     None,
 }
@@ -221,7 +224,11 @@ impl<R: Rng> DeviceLink<R> {
             | Down::LayerError { .. }
             | Down::UpdateCancel { .. }
             | Down::NoUpdate { .. }
-            | Down::Debug { .. } => Control::Borrowed,
+            | Down::Debug { .. }
+            | Down::ChanOpened { .. }
+            | Down::ChanData { .. }
+            | Down::ChanCredit { .. }
+            | Down::ChanClosed { .. } => Control::Borrowed,
             Down::Unknown(_) => Control::Unknown,
         };
         match control {
@@ -268,6 +275,10 @@ impl<R: Rng> DeviceLink<R> {
                     Down::UpdateCancel { sequence } => Event::UpdateCancel { sequence },
                     Down::NoUpdate { target } => Event::NoUpdate { target },
                     Down::Debug { frame } => Event::Debug { frame },
+                    m @ (Down::ChanOpened { .. }
+                    | Down::ChanData { .. }
+                    | Down::ChanCredit { .. }
+                    | Down::ChanClosed { .. }) => Event::Channel(m),
                     _ => Event::None,
                 };
                 Ok((event, 0))

@@ -43,10 +43,12 @@ pub mod features {
     /// encrypted frames between the debugger (the CLI) and the visor's debug service, which the
     /// server relays without reading.
     pub const DEBUG: u32 = 1 << 2;
-    /// Configuration and app channels (variants 48..=63; not defined yet).
+    /// App channels (variants 48..=63): `ChanOpen`, `ChanOpened`, `ChanData`, `ChanCredit`,
+    /// `ChanClose`, `ChanClosed` — the app's messages to and from the server's services (HTTP
+    /// proxy, managed MQTT, configuration and secrets), with credit-based flow control.
     pub const CHANNELS: u32 = 1 << 3;
     /// Every feature this crate implements.
-    pub const SUPPORTED: u32 = UPDATES | EVENTS | DEBUG;
+    pub const SUPPORTED: u32 = UPDATES | EVENTS | DEBUG | CHANNELS;
 }
 
 /// The outcome of a negotiation: the version both speak and the features both announced.
@@ -274,6 +276,57 @@ pub enum Up<'a> {
         #[cbor(b(0), with = "minicbor::bytes")]
         frame: &'a [u8],
     },
+    /// The app opened a channel (feature [`features::CHANNELS`]). Sent when the channel's first
+    /// message is ready to go (a channel that never sends anything never reaches the server).
+    /// `ch` is chosen by the device and never reused within a connection.
+    #[n(48)]
+    ChanOpen {
+        /// The device's id of the channel.
+        #[n(0)]
+        ch: u32,
+        /// The service (`keel_abi::chan::Kind`).
+        #[n(1)]
+        kind: u8,
+        /// The endpoint (MQTT: broker profile), at most 64 bytes.
+        #[cbor(b(2), with = "minicbor::bytes")]
+        endpoint: &'a [u8],
+        /// Initial credit for the server's messages: the app's receive buffer size. Also the
+        /// largest message cost (`keel_abi::chan::record_cost`) the channel can receive.
+        #[n(3)]
+        window: u32,
+    },
+    /// A piece of one app message on a channel (feature [`features::CHANNELS`]); `last` ends
+    /// the message. Pieces of one message are consecutive on its channel.
+    #[n(49)]
+    ChanData {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+        /// True on the message's last piece.
+        #[n(1)]
+        last: bool,
+        /// At most [`MAX_CHAN_DATA`] bytes.
+        #[cbor(b(2), with = "minicbor::bytes")]
+        data: &'a [u8],
+    },
+    /// More credit for the server's messages on a channel: the app consumed messages.
+    #[n(50)]
+    ChanCredit {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+        /// Bytes (in `record_cost` units) added to the server's credit.
+        #[n(1)]
+        bytes: u32,
+    },
+    /// The app closed a channel (or the device dropped it); the server ends the service's work
+    /// for it.
+    #[n(51)]
+    ChanClose {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+    },
     /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
     #[n(65535)]
     Unknown(#[n(0)] u16),
@@ -386,6 +439,49 @@ pub enum Down<'a> {
         #[cbor(b(0), with = "minicbor::bytes")]
         frame: &'a [u8],
     },
+    /// The server accepted a channel (feature [`features::CHANNELS`]).
+    #[n(48)]
+    ChanOpened {
+        /// The device's id of the channel.
+        #[n(0)]
+        ch: u32,
+        /// Initial credit for the device's messages (the server's buffer for this channel).
+        #[n(1)]
+        window: u32,
+    },
+    /// A piece of one message from the service on a channel (see [`Up::ChanData`]).
+    #[n(49)]
+    ChanData {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+        /// True on the message's last piece.
+        #[n(1)]
+        last: bool,
+        /// At most [`MAX_CHAN_DATA`] bytes.
+        #[cbor(b(2), with = "minicbor::bytes")]
+        data: &'a [u8],
+    },
+    /// More credit for the device's messages on a channel.
+    #[n(50)]
+    ChanCredit {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+        /// Bytes (in `record_cost` units) added to the device's credit.
+        #[n(1)]
+        bytes: u32,
+    },
+    /// The server closed (or refused) a channel; `reason` is a `keel_abi::chan::Reason`.
+    #[n(51)]
+    ChanClosed {
+        /// The channel.
+        #[n(0)]
+        ch: u32,
+        /// Why.
+        #[n(1)]
+        reason: u8,
+    },
     /// A message in [`SKIPPABLE`] this crate does not know (decoded only, never sent).
     #[n(65535)]
     Unknown(#[n(0)] u16),
@@ -393,7 +489,7 @@ pub enum Down<'a> {
 
 impl Up<'_> {
     /// Variant numbers this crate defines.
-    pub const VARIANTS: [u16; 9] = [0, 1, 2, 3, 4, 5, 16, 17, 32];
+    pub const VARIANTS: [u16; 13] = [0, 1, 2, 3, 4, 5, 16, 17, 32, 48, 49, 50, 51];
 
     /// The feature bit the receiver must have announced for this message (0: none needed).
     pub fn feature(&self) -> u32 {
@@ -401,6 +497,9 @@ impl Up<'_> {
             Up::UpdateStatus { .. } | Up::FetchLayer { .. } => features::UPDATES,
             Up::Event { .. } => features::EVENTS,
             Up::Debug { .. } => features::DEBUG,
+            Up::ChanOpen { .. } | Up::ChanData { .. } | Up::ChanCredit { .. } | Up::ChanClose { .. } => {
+                features::CHANNELS
+            }
             _ => 0,
         }
     }
@@ -410,6 +509,8 @@ impl Up<'_> {
     pub fn within_limits(&self) -> bool {
         match self {
             Up::Debug { frame } => frame.len() <= MAX_DEBUG_FRAME,
+            Up::ChanData { data, .. } => data.len() <= MAX_CHAN_DATA,
+            Up::ChanOpen { endpoint, .. } => endpoint.len() <= MAX_ENDPOINT,
             _ => true,
         }
     }
@@ -417,7 +518,7 @@ impl Up<'_> {
 
 impl Down<'_> {
     /// Variant numbers this crate defines.
-    pub const VARIANTS: [u16; 10] = [0, 1, 2, 3, 16, 17, 18, 19, 21, 32];
+    pub const VARIANTS: [u16; 14] = [0, 1, 2, 3, 16, 17, 18, 19, 21, 32, 48, 49, 50, 51];
 
     /// The feature bit the receiver must have announced for this message (0: none needed).
     pub fn feature(&self) -> u32 {
@@ -428,6 +529,9 @@ impl Down<'_> {
             | Down::UpdateCancel { .. }
             | Down::NoUpdate { .. } => features::UPDATES,
             Down::Debug { .. } => features::DEBUG,
+            Down::ChanOpened { .. } | Down::ChanData { .. } | Down::ChanCredit { .. } | Down::ChanClosed { .. } => {
+                features::CHANNELS
+            }
             _ => 0,
         }
     }
@@ -438,6 +542,7 @@ impl Down<'_> {
     pub fn within_limits(&self) -> bool {
         match self {
             Down::Debug { frame } => frame.len() <= MAX_DEBUG_FRAME,
+            Down::ChanData { data, .. } => data.len() <= MAX_CHAN_DATA,
             _ => true,
         }
     }
@@ -460,6 +565,15 @@ pub const LAYER_CHUNK: usize = 960;
 pub const MAX_DEBUG_FRAME: usize = 960;
 
 const _: () = assert!(MAX_DEBUG_FRAME + 8 <= MAX_PLAINTEXT, "a full debug frame fits one message");
+
+/// Largest `data` of one [`Up::ChanData`] or [`Down::ChanData`]: the encoded message (at most
+/// 14 bytes of CBOR around the data: `[49, [u32, bool, bstr]]`) stays within [`MAX_PLAINTEXT`].
+pub const MAX_CHAN_DATA: usize = 960;
+
+/// Longest endpoint name of an [`Up::ChanOpen`].
+pub const MAX_ENDPOINT: usize = 64;
+
+const _: () = assert!(MAX_CHAN_DATA + 14 <= MAX_PLAINTEXT, "a full channel piece fits one message");
 
 /// The device's update state, as carried in [`Up::UpdateStatus`].
 #[repr(u8)]
@@ -686,6 +800,11 @@ mod tests {
             Up::FetchLayer { sequence: 7, component: 0, offset: 8192, len: MAX_FETCH },
             Up::Debug { frame: b"\x00opaque ciphertext\xff" },
             Up::Debug { frame: &[] },
+            Up::ChanOpen { ch: u32::MAX, kind: 2, endpoint: b"telemetry", window: 65_536 },
+            Up::ChanData { ch: 3, last: true, data: b"\x01\x00request" },
+            Up::ChanData { ch: 0, last: false, data: &[] },
+            Up::ChanCredit { ch: 3, bytes: u32::MAX },
+            Up::ChanClose { ch: 9 },
         ];
         for m in ups {
             assert!(Up::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
@@ -706,6 +825,10 @@ mod tests {
             Down::NoUpdate { target: u64::MAX },
             Down::Debug { frame: &[0xA5; 100] },
             Down::Debug { frame: &[] },
+            Down::ChanOpened { ch: 1, window: 16_384 },
+            Down::ChanData { ch: u32::MAX, last: false, data: &[7; 200] },
+            Down::ChanCredit { ch: 2, bytes: 8 },
+            Down::ChanClosed { ch: 2, reason: 3 },
         ];
         for m in downs {
             assert!(Down::VARIANTS.contains(&variant(&m, &mut buf)), "{m:?} is listed in VARIANTS");
@@ -938,5 +1061,29 @@ mod doc_tests {
             assert!(cddl.contains(&format!("[{v}, [")), "variant {v} is not in the CDDL");
         }
         assert!(doc.contains(&format!("protocol version {PROTOCOL_VERSION}")));
+    }
+
+    #[test]
+    fn a_full_channel_piece_fits_one_message_and_a_longer_one_is_refused() {
+        let data = [0xC3; MAX_CHAN_DATA];
+        let mut buf = [0u8; MAX_PLAINTEXT];
+        let up = Up::ChanData { ch: u32::MAX, last: true, data: &data };
+        let n = encode(&up, &mut buf).unwrap();
+        assert!(n <= MAX_CHAN_DATA + 14, "{n} bytes");
+        assert_eq!(decode_up(&buf[..n]), Ok(up));
+        let down = Down::ChanData { ch: u32::MAX, last: false, data: &data };
+        let n = encode(&down, &mut buf).unwrap();
+        assert_eq!(decode_down(&buf[..n]), Ok(down));
+        let long = [0xC3; MAX_CHAN_DATA + 1];
+        let n = encode(&Up::ChanData { ch: 1, last: true, data: &long }, &mut buf).unwrap();
+        assert_eq!(decode_up(&buf[..n]), Err(MsgError::Malformed));
+        let n = encode(&Down::ChanData { ch: 1, last: true, data: &long }, &mut buf).unwrap();
+        assert_eq!(decode_down(&buf[..n]), Err(MsgError::Malformed));
+        let name = [b'a'; MAX_ENDPOINT + 1];
+        let n = encode(&Up::ChanOpen { ch: 1, kind: 2, endpoint: &name, window: 64 }, &mut buf).unwrap();
+        assert_eq!(decode_up(&buf[..n]), Err(MsgError::Malformed));
+        // Every channel message belongs to the CHANNELS feature.
+        assert_eq!(Up::ChanClose { ch: 1 }.feature(), features::CHANNELS);
+        assert_eq!(Down::ChanCredit { ch: 1, bytes: 1 }.feature(), features::CHANNELS);
     }
 }

@@ -363,10 +363,50 @@ pub enum Action {
     /// Hand this opaque frame from the device to the debugger attached to it (the relay drops
     /// it if none is).
     Debug(Box<[u8]>),
+    /// A channel message from the device's app (feature `CHANNELS`), for the connection's
+    /// channel hub ([`crate::channels`]).
+    Channel(ChanUp),
     /// Log or count.
     Notice(Notice),
     /// End the connection.
     Close(Close),
+}
+
+/// A device's channel message, owned (see `Up::ChanOpen` and the others).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChanUp {
+    /// The app opened a channel.
+    Open {
+        /// Channel id.
+        ch: u32,
+        /// `keel_abi::chan::Kind` code.
+        kind: u8,
+        /// Endpoint name.
+        endpoint: Vec<u8>,
+        /// The device's receive window.
+        window: u32,
+    },
+    /// A piece of one app message.
+    Data {
+        /// Channel id.
+        ch: u32,
+        /// Last piece of the message.
+        last: bool,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// More credit for the server's messages.
+    Credit {
+        /// Channel id.
+        ch: u32,
+        /// Bytes.
+        bytes: u32,
+    },
+    /// The app closed a channel.
+    Close {
+        /// Channel id.
+        ch: u32,
+    },
 }
 
 /// Where a connection's outputs go, in order.
@@ -684,6 +724,12 @@ impl Connection {
             Up::FetchLayer { sequence, component, offset, len } => self.fetch(sequence, component, offset, len, out),
             // Opaque: relayed as it is, never parsed.
             Up::Debug { frame } => out.act(Action::Debug(frame.into())),
+            Up::ChanOpen { ch, kind, endpoint, window } => {
+                out.act(Action::Channel(ChanUp::Open { ch, kind, endpoint: endpoint.to_vec(), window }))
+            }
+            Up::ChanData { ch, last, data } => out.act(Action::Channel(ChanUp::Data { ch, last, data: data.to_vec() })),
+            Up::ChanCredit { ch, bytes } => out.act(Action::Channel(ChanUp::Credit { ch, bytes })),
+            Up::ChanClose { ch } => out.act(Action::Channel(ChanUp::Close { ch })),
             Up::Unknown(v) => {
                 self.unknown += 1;
                 out.act(Action::Notice(Notice::UnknownMessage(v)));

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::bus::{DeviceMessage, Mailbox, Presence};
-use crate::connection::{
+use crate::connection::{ChanUp, 
     escape_device_text, Action, Batch, Close, Connection, DebugDrop, Fetch, Note, Notice, Now, Output, Target,
 };
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
@@ -594,6 +594,7 @@ impl Shell<'_> {
                     Action::Debug(frame) => {
                         store.debug_relay().to_client(id, frame);
                     }
+                    Action::Channel(up) => self.channel(up).await?,
                     Action::Notice(notice) => self.notice(notice),
                     Action::Close(why) => return Err(why.into()),
                 },
@@ -619,6 +620,16 @@ impl Shell<'_> {
                 tracing::warn!(layer = %fetch.sha256, "layer missing or short in the object store");
                 send(&mut self.wr, &mut self.session, &refusal).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// A channel message from the device's app. Services are not wired yet: every channel is
+    /// refused (the app sees `Reason::Refused`).
+    async fn channel(&mut self, up: ChanUp) -> Result<(), ConnError> {
+        if let ChanUp::Open { ch, .. } = up {
+            let refusal = Down::ChanClosed { ch, reason: keel_abi::chan::Reason::Refused as u8 };
+            send(&mut self.wr, &mut self.session, &refusal).await?;
         }
         Ok(())
     }
