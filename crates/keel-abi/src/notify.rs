@@ -189,6 +189,12 @@ impl Writer {
         self.lost
     }
 
+    /// Counts `n` records lost before they reached the ring (a queue in front of it was full):
+    /// reported with the next overrun record like records the ring had no room for.
+    pub fn add_lost(&mut self, n: u32) {
+        self.lost = self.lost.saturating_add(n);
+    }
+
     /// Free slots according to the app's `tail`; a `tail` that claims more was consumed than
     /// was written (a corrupt ring) counts as full.
     fn free(&self, mem: &mut impl RingMemory) -> u32 {

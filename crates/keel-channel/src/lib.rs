@@ -22,6 +22,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "device")]
 pub mod device;
 pub mod msg;
 #[cfg(feature = "alloc")]

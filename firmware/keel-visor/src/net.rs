@@ -41,6 +41,8 @@ static BUFFERS: static_cell::StaticCell<Buffers> = static_cell::StaticCell::new(
 pub struct Pending {
     connect: bool,
     close: bool,
+    /// The app's memory, for channel messages received while the core runs.
+    app_mem: crate::ns_mem::AppMem,
 }
 
 /// The visor's [`keel_device::Output`]: network effects are recorded, the rest done at once.
@@ -62,6 +64,10 @@ impl keel_device::Output for Effects<'_> {
             keel_device::Effect::AppEvents => {}
             keel_device::Effect::Console(a) => vlog!("{}", a),
         }
+    }
+
+    fn app_memory(&mut self) -> Option<&mut dyn keel_device::AppMemory> {
+        Some(&mut self.0.app_mem)
     }
 }
 
@@ -251,7 +257,7 @@ impl Nic {
                 if s.send_capacity() - s.send_queue() < MAX_FRAME {
                     break;
                 }
-                let Some(n) = core.poll_transmit(now, &mut frame) else { break };
+                let Some(n) = core.poll_transmit_with(now, &mut frame, &mut crate::ns_mem::AppMem) else { break };
                 match s.send_slice(&frame[..n]) {
                     Ok(sent) if sent == n => progress = true,
                     _ => {

@@ -13,8 +13,16 @@ use crate::{board, Visor};
 /// A ring the app set up.
 pub struct Ring {
     base: u32,
+    bytes: u32,
     irq: u32,
     writer: Writer,
+}
+
+impl Ring {
+    /// The ring's place in app memory (address, bytes): channel buffers may not overlap it.
+    pub fn region(&self) -> (u32, u32) {
+        (self.base, self.bytes)
+    }
 }
 
 struct Memory<'a> {
@@ -47,7 +55,7 @@ pub fn setup(v: &mut Visor, awake: &Awake, base: u32, records: u32, irq: u32) {
         }
     }
     board::route_app_irq(irq, true);
-    v.notify = Some(Ring { base, irq, writer: Writer::new(records) });
+    v.notify = Some(Ring { base, bytes: keel_abi::notify::ring_bytes(records), irq, writer: Writer::new(records) });
     deliver_core_events(v, awake);
 }
 
@@ -70,14 +78,24 @@ pub fn post(v: &mut Visor, awake: &Awake, record: Record) {
     }
 }
 
-/// Reports the core's pending app events (an update ready) as records, once a ring exists.
+/// Reports the core's pending app events (an update ready, network state changes, channel
+/// events) as records, in the order they happened, once a ring exists.
 pub fn deliver_core_events(v: &mut Visor, awake: &Awake) {
-    if v.notify.is_none() || !v.core.app_events_pending() {
+    if v.notify.is_none() {
         return;
     }
-    let events = v.core.take_app_events();
-    if events & keel_abi::events::UPDATE_READY != 0 {
-        post(v, awake, Record::new(Kind::UpdateReady, 0, 0));
+    if v.core.app_events_pending() {
+        let events = v.core.take_app_events();
+        if events & keel_abi::events::UPDATE_READY != 0 {
+            post(v, awake, Record::new(Kind::UpdateReady, 0, 0));
+        }
+    }
+    let lost = v.core.take_notifications_lost();
+    if let Some(ring) = v.notify.as_mut() {
+        ring.writer.add_lost(lost.min(u32::MAX as u64) as u32);
+    }
+    while let Some(r) = v.core.take_notification() {
+        post(v, awake, r);
     }
 }
 

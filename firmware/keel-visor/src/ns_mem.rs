@@ -199,3 +199,33 @@ pub fn patch_exec(addr: u32, data: &[u8]) -> bool {
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
     true
 }
+
+/// The app's memory for the device core's channels ([`keel_device::AppMemory`]): every access is
+/// checked when it happens, under the privilege of the code that runs now (the caller's in a
+/// system call; the app's thread mode in the service routine), like a pointer argument.
+#[derive(Default)]
+pub struct AppMem;
+
+impl keel_device::AppMemory for AppMem {
+    fn read(&mut self, addr: u32, buf: &mut [u8]) -> bool {
+        let awake = Awake::new();
+        match check::<Read>(&awake, addr, buf.len() as u32) {
+            Some(r) => {
+                r.read_into(buf);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write(&mut self, addr: u32, data: &[u8]) -> bool {
+        let awake = Awake::new();
+        match check::<Write>(&awake, addr, data.len() as u32) {
+            Some(w) => {
+                w.write_from(data);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -32,6 +32,15 @@ const fn table() -> [Handler; SLOT_COUNT as usize] {
     t[Call::LastCrash as usize] = last_crash;
     t[Call::NotifySetup as usize] = notify_setup;
     t[Call::TimerSet as usize] = timer_set;
+    t[Call::NetRequest as usize] = net_request;
+    t[Call::NetRelease as usize] = net_release;
+    t[Call::NetStatus as usize] = net_status;
+    t[Call::ChanOpen as usize] = chan_open;
+    t[Call::ChanSend as usize] = chan_send;
+    t[Call::ChanRecv as usize] = chan_recv;
+    t[Call::ChanConsume as usize] = chan_consume;
+    t[Call::ChanClose as usize] = chan_close;
+    t[Call::ChanInfo as usize] = chan_info;
     t[Call::UpdateConfirm as usize] = update_confirm;
     t[Call::UpdateInfo as usize] = update_info;
     t[Call::UpdateApply as usize] = update_apply;
@@ -272,6 +281,12 @@ extern "C" fn notify_setup(ring: u32, bytes: u32, irq: u32, _: u32) -> u64 {
     if !ring.is_multiple_of(4) || ns_mem::check::<Write>(&awake, ring, bytes).is_none() {
         return ret(Status::ParameterFault);
     }
+    let in_use = VISOR.with(|v| {
+        v.as_ref().is_some_and(|v| v.core.channels().buffers().any(|b| keel_abi::chan::overlaps(b, (ring, bytes))))
+    });
+    if in_use {
+        return ret(Status::BufferInUse);
+    }
     with_visor(|v| {
         v.core.app_alive(now);
         crate::notify::setup(v, &awake, ring, records, irq);
@@ -291,5 +306,132 @@ extern "C" fn timer_set(lo: u32, hi: u32, tag: u32, _: u32) -> u64 {
         // The service routine posts it when due and arms the alarm for it.
         board::pend_service();
         Status::Ok
+    })
+}
+
+// ------------------------------------------------------------------ network and channels (ABI 2.1)
+
+extern "C" fn net_request(tag: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let s = with_visor(|v| v.core.net_request(now, tag));
+    // The service routine reports the current state as a record.
+    board::pend_service();
+    s
+}
+
+extern "C" fn net_release(_: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    with_visor(|v| v.core.net_release(now))
+}
+
+extern "C" fn net_status(out: u32, _: u32, _: u32, _: u32) -> u64 {
+    ret(write_struct(&Awake::new(), out, |v| Some(v.core.net_status().to_bytes())))
+}
+
+extern "C" fn chan_open(params: u32, handle_out: u32, _: u32, _: u32) -> u64 {
+    use keel_abi::chan::{OpenParams, MAX_ENDPOINT, OPEN_PARAMS_LEN};
+    let now = time::now_us();
+    let awake = Awake::new();
+    let Some(input) = ns_mem::check::<Read>(&awake, params, OPEN_PARAMS_LEN) else {
+        return ret(Status::ParameterFault);
+    };
+    let Some(out) = ns_mem::check::<Write>(&awake, handle_out, 4) else {
+        return ret(Status::ParameterFault);
+    };
+    // Copied once; only the copy is used.
+    let mut raw = [0u8; OPEN_PARAMS_LEN as usize];
+    input.read_into(&mut raw);
+    let p = OpenParams::from_bytes(&raw);
+    if let Err(s) = p.check() {
+        return ret(s);
+    }
+    let writable = |addr: u32, len: u32| ns_mem::check::<Write>(&awake, addr, len).is_some();
+    if !writable(p.rx_buf, p.rx_len) || !writable(p.tx_buf, p.tx_len) {
+        return ret(Status::ParameterFault);
+    }
+    let mut endpoint = [0u8; MAX_ENDPOINT as usize];
+    let endpoint = &mut endpoint[..p.endpoint_len as usize];
+    match ns_mem::check::<Read>(&awake, p.endpoint, p.endpoint_len) {
+        Some(e) => e.read_into(endpoint),
+        None => return ret(Status::ParameterFault),
+    }
+    with_visor(|v| {
+        let ring = v.notify.as_ref().map(|r| r.region());
+        let reserved = ring.as_slice();
+        match v.core.chan_open(now, &p, endpoint, reserved) {
+            Ok(h) => {
+                out.write_from(&h.to_le_bytes());
+                Status::Ok
+            }
+            Err(s) => s,
+        }
+    })
+}
+
+extern "C" fn chan_send(handle: u32, msg: u32, len: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let s = with_visor(|v| v.core.chans_mut(now).send(now, handle, msg, len, &mut ns_mem::AppMem));
+    if s == Status::Ok as u64 {
+        // The service routine sends it.
+        board::pend_service();
+    }
+    s
+}
+
+extern "C" fn chan_recv(handle: u32, out: u32, _: u32, _: u32) -> u64 {
+    use keel_abi::chan::MsgInfo;
+    let now = time::now_us();
+    let awake = Awake::new();
+    let Some(dst) = ns_mem::check::<Write>(&awake, out, core::mem::size_of::<MsgInfo>() as u32) else {
+        return ret(Status::ParameterFault);
+    };
+    if dst.read_u32() != 1 {
+        return ret(Status::UnsupportedStructVersion);
+    }
+    with_visor(|v| match v.core.chans_mut(now).recv(handle, &mut ns_mem::AppMem) {
+        Ok(info) => {
+            dst.write_from(&info.to_bytes());
+            Status::Ok
+        }
+        Err(s) => s,
+    })
+}
+
+extern "C" fn chan_consume(handle: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let s = with_visor(|v| v.core.chans_mut(now).consume(handle, &mut ns_mem::AppMem));
+    // Room came free: the service routine gives it to the server as credit.
+    board::pend_service();
+    s
+}
+
+extern "C" fn chan_close(handle_ptr: u32, _: u32, _: u32, _: u32) -> u64 {
+    let now = time::now_us();
+    let awake = Awake::new();
+    let Some(h) = ns_mem::check::<Write>(&awake, handle_ptr, 4) else {
+        return ret(Status::ParameterFault);
+    };
+    let handle = h.read_u32();
+    let s = with_visor(|v| v.core.chans_mut(now).close(handle));
+    // Zeroed whatever the handle was: closing twice is harmless.
+    h.write_from(&0u32.to_le_bytes());
+    board::pend_service();
+    s
+}
+
+extern "C" fn chan_info(handle: u32, out: u32, _: u32, _: u32) -> u64 {
+    let awake = Awake::new();
+    let Some(dst) = ns_mem::check::<Write>(&awake, out, 24) else {
+        return ret(Status::ParameterFault);
+    };
+    if dst.read_u32() != 1 {
+        return ret(Status::UnsupportedStructVersion);
+    }
+    with_visor(|v| match v.core.channels().info(handle) {
+        Ok(info) => {
+            dst.write_from(&info.to_bytes());
+            Status::Ok
+        }
+        Err(s) => s,
     })
 }
