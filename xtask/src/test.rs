@@ -51,7 +51,7 @@ pub fn run() -> Result<(), String> {
         "--test-threads=2",
     ]))?;
     eprintln!(
-        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite; remote debugging with gdb)"
+        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite; remote debugging with gdb; app connectivity: HTTPS, MQTT, config and secrets)"
     );
     sh(cargo().current_dir(root()).args([
         "test",
@@ -67,6 +67,8 @@ pub fn run() -> Result<(), String> {
         "hostile",
         "--test",
         "debug",
+        "--test",
+        "connect",
         "--",
         "--test-threads=2",
     ]))?;

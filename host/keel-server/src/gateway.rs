@@ -384,7 +384,8 @@ impl<'a> Session<'a> {
             conn.known_without_target();
         }
         let hello = Some(Box::new(info));
-        let shell = Shell { wr, session, store, device, hello, generation: None, admission, node };
+        let chans = crate::channels::ChannelHub::new(store.clone(), store.channel_services(), &device.id);
+        let shell = Shell { wr, session, store, device, hello, generation: None, admission, node, chans };
         Box::new(Session { shell, conn, rd, mailbox, clock })
     }
 
@@ -454,6 +455,8 @@ struct Shell<'a> {
     admission: Admission,
     /// This gateway run's node id.
     node: Arc<str>,
+    /// The app channels of this connection.
+    chans: crate::channels::ChannelHub,
 }
 
 /// Runs `input` on the connection and returns its outputs.
@@ -493,6 +496,7 @@ impl Shell<'_> {
                         Box::pin(self.perform(conn, steps)).await?;
                     }
                 },
+                downs = self.chans.next() => self.send_channel(downs).await?,
                 () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     let now = clock.now();
                     let steps = feed(|out| conn.tick(now, out));
@@ -624,12 +628,16 @@ impl Shell<'_> {
         Ok(())
     }
 
-    /// A channel message from the device's app. Services are not wired yet: every channel is
-    /// refused (the app sees `Reason::Refused`).
+    /// A channel message from the device's app, for the connection's channel hub.
     async fn channel(&mut self, up: ChanUp) -> Result<(), ConnError> {
-        if let ChanUp::Open { ch, .. } = up {
-            let refusal = Down::ChanClosed { ch, reason: keel_abi::chan::Reason::Refused as u8 };
-            send(&mut self.wr, &mut self.session, &refusal).await?;
+        let downs = self.chans.on_up(up);
+        self.send_channel(downs).await
+    }
+
+    /// Sends the channel hub's messages to the device, in order.
+    async fn send_channel(&mut self, downs: Vec<crate::channels::ChanDown>) -> Result<(), ConnError> {
+        for d in &downs {
+            send(&mut self.wr, &mut self.session, &d.message()).await?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod bus;
+pub mod channels;
 pub mod connection;
 pub mod crash;
 pub mod debug_relay;

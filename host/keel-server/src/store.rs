@@ -223,6 +223,8 @@ struct Live {
     pub(crate) updates: broadcast::Sender<String>,
     /// Gateway writes waiting for the next group commit.
     group: std::sync::Mutex<Group>,
+    /// The app channels' services (HTTP proxy, managed MQTT), started on first use.
+    channel_services: std::sync::OnceLock<Option<Arc<crate::channels::Services>>>,
 }
 
 /// The queue of the group commit.
@@ -517,6 +519,7 @@ impl Store {
             bus,
             updates,
             group: Default::default(),
+            channel_services: Default::default(),
         };
         Ok(Store { pool, reader, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
     }
@@ -535,6 +538,21 @@ impl Store {
     /// The bus that carries messages to device connections (deployment changes, session ends).
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.live.bus
+    }
+
+    /// The services behind devices' app channels, started on first use (`None`, logged once,
+    /// if they cannot start: channels are then refused).
+    pub fn channel_services(&self) -> Option<Arc<crate::channels::Services>> {
+        self.live
+            .channel_services
+            .get_or_init(|| match crate::channels::Services::from_env() {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::error!("app channel services cannot start: {e}");
+                    None
+                }
+            })
+            .clone()
     }
 
     /// The remote debugging relay (debuggers attached to devices, frames both ways).

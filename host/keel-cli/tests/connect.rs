@@ -1,0 +1,209 @@
+//! App connectivity end to end: QEMU devices whose apps reach the outside world through the
+//! visor's link and the Keel server — an HTTPS request to a local server, configuration and
+//! secrets set with the CLI, a managed MQTT session with a real Mosquitto broker (TLS between the
+//! server and the broker), the destination policy, and the faults: broker down, server restarted
+//! mid-session, the link dropping under an MQTT session.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keel_flash::layout;
+use keel_testpeers::{HttpServer, Mosquitto, TestCa};
+use keel_vdev::qemu::{Clock, Device, Running};
+use keel_vdev::{elf, flash};
+
+mod common;
+
+use common::*;
+
+/// One server, one provisioned QEMU device running `app`.
+struct Lab {
+    env: Vec<(String, String)>,
+    id: String,
+    qemu: Option<Running>,
+    flash: PathBuf,
+    server_at: (String, u16, u16),
+    server_env: Vec<(String, String)>,
+    server: Option<Kill>,
+}
+
+impl Lab {
+    /// Provisions a device for `app`; `server_env` goes to the server (its proxy CA, ...).
+    /// The device is not started: set its configuration first ([`Lab::boot`]).
+    fn new(name: &str, app: &str, server_env: &[(&str, &str)]) -> Lab {
+        let dir = keel_vdev::repo_root().join("target/connect-e2e").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data").display().to_string();
+        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
+        let (http, gw) = (free_port(), free_port());
+        let server = start_server_with(&data, http, gw, false, server_env);
+        let env = vec![
+            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
+            ("KEEL_TOKEN".to_string(), token),
+            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
+        ];
+        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let flash_path = dir.join("dev.flash");
+        let fp = flash_path.display().to_string();
+        let release = dir.join("release").display().to_string();
+        keel(&["keys", "new", "--out", &release], &envr);
+        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
+        let signer = format!("{release}.pub");
+        let gws = gw.to_string();
+        let prov = keel(
+            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
+            &envr,
+        );
+        let id = prov["device"]["id"].as_str().unwrap().to_string();
+        let img = elf::image_from_elf(&keel_vdev::app_elf(app), "1.0.0").unwrap();
+        flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
+        Lab {
+            env,
+            id,
+            qemu: None,
+            flash: flash_path,
+            server_at: (data, http, gw),
+            server_env: server_env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            server: Some(server),
+        }
+    }
+
+    fn envr(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    /// `keel ARGS --json`.
+    fn keel(&self, args: &[&str]) -> serde_json::Value {
+        keel(args, &self.envr())
+    }
+
+    /// `keel secrets set KEY` with the value on standard input (as a user would).
+    fn secret(&self, key: &str, value: &str, device: Option<&str>) {
+        use std::io::Write;
+        let mut args = vec!["secrets", "set", key, "--json"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let mut child = Command::new(KEEL)
+            .args(&args)
+            .envs(self.envr())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "keel secrets set: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn boot(&mut self) {
+        let dev = Device { visor: keel_vdev::visor_elf(), flash: self.flash.clone(), clock: Clock::RealTime };
+        let mut qemu = dev.start().unwrap();
+        qemu.wait_for("online", LIMIT, |l| l.contains("net: online")).unwrap();
+        self.qemu = Some(qemu);
+    }
+
+    /// Waits for a console line containing `needle`; returns it.
+    fn wait(&mut self, what: &str, needle: &str) -> String {
+        self.qemu.as_mut().unwrap().wait_for(what, LIMIT, |l| l.contains(needle)).unwrap()
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same data and ports.
+    fn restart_server(&mut self) {
+        drop(self.server.take());
+        let (data, http, gw) = self.server_at.clone();
+        let env: Vec<(&str, &str)> = self.server_env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        self.server = Some(start_server_with(&data, http, gw, false, &env));
+    }
+}
+
+/// The test CA's PEM in a file, for the server's `KEEL_PROXY_CA`.
+fn ca_file(ca: &TestCa, name: &str) -> String {
+    let dir = keel_vdev::repo_root().join("target/connect-e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&p, &ca.cert_pem).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn http_get_reaches_a_local_https_server_and_the_policy_refuses_the_rest() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::new("keel connect test CA");
+    let leaf = ca.localhost();
+    let https = rt.block_on(HttpServer::start_tls(&leaf, |req| async move {
+        (200, vec![("content-type".to_string(), "text/plain".to_string())], format!("hello from {}", req.path).into_bytes())
+    }));
+    let ca_path = ca_file(&ca, "http");
+    let mut lab = Lab::new("http-get", "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
+    let port = https.port.to_string();
+    // The server may reach this one local port; everything else private stays denied.
+    lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "https"]);
+    lab.keel(&["config", "set", "http-get/url", &format!("https://localhost:{port}/hello")]);
+    lab.boot();
+    let line = lab.wait("the response", "http-get: status=");
+    assert!(line.contains("status=200") && line.contains("hello from /hello"), "{line}");
+    lab.wait("success", "http-get: PASS");
+    // The destination no rule allows (a private address) is refused by the server.
+    let line = lab.wait("the refusal", "http-get: denied");
+    assert!(line.contains("result=7"), "DENIED is 7: {line}");
+}
+
+#[test]
+fn config_and_secrets_set_with_the_cli_reach_the_app() {
+    let mut lab = Lab::new("config-demo", "config-demo", &[]);
+    lab.keel(&["config", "set", "greeting", "hello-keel"]);
+    let id = lab.id.clone();
+    lab.keel(&["config", "set", "site", "lab-7", "--device", &id]);
+    lab.secret("api-key", "s3cr3t-api-key-0123456789", None);
+    // The secret's value is never listed.
+    let listed = lab.keel(&["secrets", "list"]).to_string();
+    assert!(!listed.contains("s3cr3t"), "{listed}");
+    lab.boot();
+    let line = lab.wait("the values", "config-demo: greeting=");
+    assert!(line.contains("greeting=hello-keel") && line.contains("site=lab-7"), "{line}");
+    assert!(line.contains("api-key-len=25"), "{line}");
+    lab.wait("success", "config-demo: PASS");
+}
+
+#[test]
+fn mqtt_telemetry_through_a_tls_broker_survives_the_broker_and_the_server_going_down() {
+    let mut broker = Mosquitto::start_tls();
+    let mut lab = Lab::new("mqtt-telemetry", "mqtt-telemetry", &[]);
+    let port = broker.port.to_string();
+    lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
+    lab.keel(&["config", "set", "mqtt/telemetry/url", &format!("mqtts://localhost:{port}")]);
+    lab.keel(&["config", "set", "mqtt/telemetry/ca", broker.ca_pem.as_deref().unwrap()]);
+    let id = lab.id.clone();
+    let mut readings = broker.subscribe(&format!("sensor/{id}"));
+    lab.boot();
+    lab.wait("the first publish", "mqtt-telemetry: published n=");
+    let reading = readings.next(LIMIT).expect("a reading at the broker");
+    assert!(reading.contains("\"n\":"), "{reading}");
+
+    // A command published with mosquitto_pub reaches the app.
+    broker.publish(&format!("command/{id}"), b"led on", 1, false);
+    lab.wait("the command", "mqtt-telemetry: led=on");
+
+    // The broker goes down and comes back: the session reconnects on its own.
+    broker.kill();
+    lab.wait("the session's state", "mqtt-telemetry: status reconnecting");
+    broker.restart();
+    lab.wait("the session's state", "mqtt-telemetry: status connected");
+    broker.publish(&format!("command/{id}"), b"led off", 1, false);
+    lab.wait("a command after the broker came back", "mqtt-telemetry: led=off");
+
+    // The server restarts under the session: the link drops, the app's channel ends with
+    // `link lost`, and the app reconnects once the device is online again.
+    lab.restart_server();
+    let line = lab.wait("the channel's end", "mqtt-telemetry: channel closed");
+    assert!(line.contains("reason=3"), "LINK_LOST is 3: {line}");
+    lab.wait("the new session", "mqtt-telemetry: session_present=");
+    lab.wait("publishing again", "mqtt-telemetry: published n=");
+    broker.publish(&format!("command/{id}"), b"led on", 1, false);
+    lab.wait("a command after the server restart", "mqtt-telemetry: led=on");
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,651 @@
+//! The app channels of one device connection: the server's end of every channel the device's
+//! app opened, and the services behind them (the HTTP proxy, managed MQTT sessions,
+//! configuration and secrets).
+//!
+//! Flow control is `keel_channel::peer::Peer`'s (credit both ways); this module adds what only
+//! a server has: a task per channel running its service, the per-device limits (open channels,
+//! open rate), and the account's destination policy. A service exchanges whole app messages
+//! (`keel_channel::msg`) with its channel: it receives the device's requests in order, answers
+//! with messages, and ends the channel with a [`Reason`]. Every message a device sends is
+//! untrusted: a malformed one is answered with an error message, never a panic.
+//!
+//! The gateway's shell owns one [`ChannelHub`] per connection; when the connection ends the hub
+//! is dropped, which ends every channel's task (an MQTT session outlives it for its grace
+//! period: that is the point of a managed session).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use keel_abi::chan::{Kind, Reason};
+use keel_channel::msg::{self, config_result, http_result, mqtt_state, Items, Msg, Strs};
+use keel_channel::peer::Peer;
+use tokio::sync::mpsc;
+
+use crate::connection::ChanUp;
+use crate::policy::{self, Rule};
+use crate::proxy::http::{HttpError, HttpLimits, HttpProxy, HttpRequest};
+use crate::proxy::mqtt::{BrokerSettings, MqttCommand, MqttEvent, MqttHub, MqttLimits, Will};
+use crate::proxy::Destinations;
+use crate::settings::{FetchItem, FetchOutcome, Scope, StoreKind};
+use crate::store::Store;
+
+/// Channels one device may have open at once (the device's own limit is 8 too).
+pub const MAX_CHANNELS: usize = 8;
+/// Credit granted to the device per channel: the largest request it may send.
+pub const IN_WINDOW: u32 = 16 * 1024;
+/// Channel opens a device may make in a burst...
+pub const OPEN_BURST: f64 = 32.0;
+/// ...and per second after it.
+pub const OPENS_PER_SECOND: f64 = 20.0;
+
+/// The services every connection's channels share (one set per server).
+pub struct Services {
+    /// The HTTP proxy.
+    pub http: HttpProxy,
+    /// The managed MQTT sessions.
+    pub mqtt: MqttHub,
+}
+
+impl Services {
+    /// The services with default limits; `KEEL_PROXY_CA` names a PEM file of extra CAs the
+    /// HTTP proxy trusts besides the system's roots (an account or test CA).
+    pub fn from_env() -> Result<Services, String> {
+        let extra = match std::env::var_os("KEEL_PROXY_CA") {
+            Some(p) => vec![std::fs::read(&p).map_err(|e| format!("KEEL_PROXY_CA {}: {e}", p.to_string_lossy()))?],
+            None => vec![],
+        };
+        let http = HttpProxy::new(HttpLimits::default(), &extra)?;
+        let mqtt = MqttHub::new(MqttLimits::default()).map_err(|e| e.to_string())?;
+        Ok(Services { http, mqtt })
+    }
+}
+
+/// The account's destination rules as the engines' policy.
+struct AccountPolicy {
+    rules: Vec<Rule>,
+}
+
+impl Destinations for AccountPolicy {
+    fn check(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> Result<(), String> {
+        match policy::check(&self.rules, scheme, host, port, ip) {
+            policy::Decision::Allow => Ok(()),
+            d => Err(d.reason().unwrap_or("denied").to_string()),
+        }
+    }
+}
+
+/// A message the shell must send to the device (owned).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChanDown {
+    /// `Down::ChanOpened`.
+    Opened {
+        /// Channel.
+        ch: u32,
+        /// Credit for the device.
+        window: u32,
+    },
+    /// `Down::ChanData`.
+    Data {
+        /// Channel.
+        ch: u32,
+        /// Last piece.
+        last: bool,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+    /// `Down::ChanCredit`.
+    Credit {
+        /// Channel.
+        ch: u32,
+        /// Bytes.
+        bytes: u32,
+    },
+    /// `Down::ChanClosed`.
+    Closed {
+        /// Channel.
+        ch: u32,
+        /// A [`Reason`] code.
+        reason: u8,
+    },
+}
+
+impl ChanDown {
+    /// The wire message.
+    pub fn message(&self) -> keel_proto::msg::Down<'_> {
+        use keel_proto::msg::Down;
+        match *self {
+            ChanDown::Opened { ch, window } => Down::ChanOpened { ch, window },
+            ChanDown::Data { ch, last, ref data } => Down::ChanData { ch, last, data },
+            ChanDown::Credit { ch, bytes } => Down::ChanCredit { ch, bytes },
+            ChanDown::Closed { ch, reason } => Down::ChanClosed { ch, reason },
+        }
+    }
+}
+
+/// What a channel's service produces.
+#[derive(Debug)]
+enum Out {
+    /// A message for the app.
+    Msg(Vec<u8>),
+    /// Done with a request of this many bytes: give the credit back.
+    Release(usize),
+    /// End the channel (after the messages already queued).
+    Close(Reason),
+}
+
+struct Chan {
+    peer: Peer,
+    input: mpsc::UnboundedSender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+    closing: Option<Reason>,
+}
+
+impl Drop for Chan {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a channel's service needs.
+#[derive(Clone)]
+struct Ctx {
+    store: Store,
+    services: Arc<Services>,
+    device: Arc<str>,
+    /// The channel's largest message to the device.
+    max_message: usize,
+}
+
+/// The channels of one connection.
+pub struct ChannelHub {
+    store: Store,
+    services: Option<Arc<Services>>,
+    device: Arc<str>,
+    chans: HashMap<u32, Chan>,
+    out_tx: mpsc::UnboundedSender<(u32, Out)>,
+    out_rx: mpsc::UnboundedReceiver<(u32, Out)>,
+    tokens: f64,
+    tokens_at: Instant,
+}
+
+impl ChannelHub {
+    /// The hub of `device`'s connection; `services` is `None` when the server could not start
+    /// them (every channel is then refused).
+    pub fn new(store: Store, services: Option<Arc<Services>>, device: &str) -> ChannelHub {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        ChannelHub {
+            store,
+            services,
+            device: device.into(),
+            chans: HashMap::new(),
+            out_tx,
+            out_rx,
+            tokens: OPEN_BURST,
+            tokens_at: Instant::now(),
+        }
+    }
+
+    /// Channels open.
+    pub fn open_count(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// A channel message from the device; returns the messages to send back, in order.
+    pub fn on_up(&mut self, up: ChanUp) -> Vec<ChanDown> {
+        let mut out = vec![];
+        match up {
+            ChanUp::Open { ch, kind, endpoint, window } => self.open(ch, kind, endpoint, window, &mut out),
+            ChanUp::Data { ch, last, data } => {
+                let Some(c) = self.chans.get_mut(&ch) else { return out };
+                match c.peer.data(last, &data) {
+                    Ok(Some(m)) => {
+                        let _ = c.input.send(m);
+                    }
+                    Ok(None) => {}
+                    Err(r) => {
+                        self.chans.remove(&ch);
+                        out.push(ChanDown::Closed { ch, reason: r as u8 });
+                    }
+                }
+            }
+            ChanUp::Credit { ch, bytes } => {
+                let Some(c) = self.chans.get_mut(&ch) else { return out };
+                if let Err(r) = c.peer.credit(bytes) {
+                    self.chans.remove(&ch);
+                    out.push(ChanDown::Closed { ch, reason: r as u8 });
+                } else {
+                    self.pump(ch, &mut out);
+                }
+            }
+            ChanUp::Close { ch } => {
+                self.chans.remove(&ch);
+            }
+        }
+        out
+    }
+
+    fn open(&mut self, ch: u32, kind: u8, endpoint: Vec<u8>, window: u32, out: &mut Vec<ChanDown>) {
+        let refuse = |out: &mut Vec<ChanDown>, r: Reason| out.push(ChanDown::Closed { ch, reason: r as u8 });
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * OPENS_PER_SECOND).min(OPEN_BURST);
+        self.tokens_at = now;
+        if self.chans.contains_key(&ch) || !(8..=keel_abi::chan::MAX_BUFFER).contains(&window) {
+            return refuse(out, Reason::ProtocolError);
+        }
+        if self.tokens < 1.0 {
+            return refuse(out, Reason::RateLimited);
+        }
+        self.tokens -= 1.0;
+        let (Some(kind), Some(services)) = (Kind::from_u32(kind as u32), self.services.clone()) else {
+            return refuse(out, Reason::Refused);
+        };
+        if self.chans.len() >= MAX_CHANNELS {
+            return refuse(out, Reason::Refused);
+        }
+        let endpoint = String::from_utf8_lossy(&endpoint).into_owned();
+        let peer = Peer::new(ch, window, IN_WINDOW);
+        let ctx = Ctx { store: self.store.clone(), services, device: self.device.clone(), max_message: peer.max_message() };
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let tx = self.out_tx.clone();
+        let task = tokio::spawn(async move {
+            let o = Outbox { ch, tx };
+            match kind {
+                Kind::Http => http(ctx, in_rx, &o).await,
+                Kind::Config => config(ctx, in_rx, &o).await,
+                Kind::Mqtt => mqtt(ctx, endpoint, in_rx, &o).await,
+            }
+        });
+        self.chans.insert(ch, Chan { peer, input: in_tx, task, closing: None });
+        out.push(ChanDown::Opened { ch, window: IN_WINDOW });
+    }
+
+    /// The next output of a channel's service (await this in the connection's loop).
+    pub async fn next(&mut self) -> Vec<ChanDown> {
+        let Some((ch, o)) = self.out_rx.recv().await else {
+            return vec![];
+        };
+        let mut out = vec![];
+        self.on_service(ch, o, &mut out);
+        // Whatever else is ready, in one go.
+        while let Ok((ch, o)) = self.out_rx.try_recv() {
+            self.on_service(ch, o, &mut out);
+        }
+        out
+    }
+
+    fn on_service(&mut self, ch: u32, o: Out, out: &mut Vec<ChanDown>) {
+        let Some(c) = self.chans.get_mut(&ch) else { return };
+        match o {
+            Out::Msg(m) => {
+                if c.peer.push(m).is_err() {
+                    // The services size their answers to the buffer; this is a last resort.
+                    let e = Msg::Error { code: http_result::RESPONSE_TOO_LARGE, text: b"message too large" };
+                    let _ = c.peer.push(e.to_vec().unwrap_or_default());
+                }
+            }
+            Out::Release(n) => {
+                let bytes = c.peer.release(n);
+                if bytes > 0 {
+                    out.push(ChanDown::Credit { ch, bytes });
+                }
+            }
+            Out::Close(r) => c.closing = Some(r),
+        }
+        self.pump(ch, out);
+    }
+
+    /// Sends what the device's credit allows; ends a closing channel once its queue is empty.
+    fn pump(&mut self, ch: u32, out: &mut Vec<ChanDown>) {
+        let Some(c) = self.chans.get_mut(&ch) else { return };
+        while let Some((last, data)) = c.peer.next_piece() {
+            out.push(ChanDown::Data { ch, last, data: data.to_vec() });
+            c.peer.piece_sent();
+        }
+        if let Some(r) = c.closing {
+            if c.peer.queued().0 == 0 {
+                self.chans.remove(&ch);
+                out.push(ChanDown::Closed { ch, reason: r as u8 });
+            }
+        }
+    }
+}
+
+/// A service's way back to its channel.
+struct Outbox {
+    ch: u32,
+    tx: mpsc::UnboundedSender<(u32, Out)>,
+}
+
+impl Outbox {
+    fn msg(&self, m: &Msg<'_>) {
+        if let Ok(v) = m.to_vec() {
+            let _ = self.tx.send((self.ch, Out::Msg(v)));
+        }
+    }
+    fn release(&self, n: usize) {
+        let _ = self.tx.send((self.ch, Out::Release(n)));
+    }
+    fn close(&self, r: Reason) {
+        let _ = self.tx.send((self.ch, Out::Close(r)));
+    }
+}
+
+async fn account_policy(ctx: &Ctx) -> Option<AccountPolicy> {
+    let account = ctx.store.device_account(&ctx.device).await.ok().flatten()?;
+    let rules = ctx.store.destination_rules(&account).await.ok()?;
+    Some(AccountPolicy { rules })
+}
+
+fn http_code(e: &HttpError) -> u8 {
+    match e {
+        HttpError::UnsupportedScheme => http_result::UNSUPPORTED_SCHEME,
+        HttpError::UnsupportedMethod => http_result::UNSUPPORTED_METHOD,
+        HttpError::InvalidUrl | HttpError::BodyTooLarge => http_result::BAD_REQUEST,
+        HttpError::InvalidHeaders => http_result::INVALID_HEADERS,
+        HttpError::InvalidTimeout => http_result::INVALID_TIMEOUT,
+        HttpError::Denied(_) => http_result::DENIED,
+        HttpError::Timeout => http_result::TIMEOUT,
+        HttpError::RequestFailed(_) => http_result::REQUEST_FAILED,
+        HttpError::ResponseTooLarge => http_result::RESPONSE_TOO_LARGE,
+        HttpError::RateLimited => http_result::RATE_LIMITED,
+    }
+}
+
+fn failure(code: u8, why: &str) -> Msg<'_> {
+    Msg::HttpResponse { result: code, status: 0, headers: Strs::Items(&[]), body: why.as_bytes() }
+}
+
+/// One HTTP request per channel: the first message is the request; any other is answered
+/// `ALREADY_SENT`. The channel stays open until the app closes it (it reads the response from
+/// its buffer meanwhile).
+async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox) {
+    let Some(first) = input.recv().await else { return };
+    o.release(first.len());
+    let req = match Msg::decode(&first) {
+        Ok(Msg::HttpRequest { method, url, timeout_ms, headers, body }) => {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+            let hs: Option<Vec<(String, String)>> = headers
+                .iter()
+                .map(|h| msg::split_header(h).and_then(|(n, v)| Some((text(n)?, text(v)?))))
+                .collect();
+            match (text(method), text(url), hs) {
+                (Some(method), Some(url), Some(headers)) => {
+                    Some(HttpRequest { method, url, headers, body: body.to_vec(), timeout_ms })
+                }
+                (_, _, None) => {
+                    o.msg(&failure(http_result::INVALID_HEADERS, "headers must be 'Name: value' in UTF-8"));
+                    None
+                }
+                _ => {
+                    o.msg(&failure(http_result::BAD_REQUEST, "method and URL must be UTF-8"));
+                    None
+                }
+            }
+        }
+        _ => {
+            o.msg(&failure(http_result::BAD_REQUEST, "the first message of an HTTP channel is a request"));
+            None
+        }
+    };
+    if let Some(req) = req {
+        let answer = match account_policy(&ctx).await {
+            None => Err(HttpError::Denied("the device's account has no policy".into())),
+            Some(p) => ctx.services.http.execute(&p, req, ctx.max_message.saturating_sub(64)).await,
+        };
+        match answer {
+            Ok(r) => {
+                let lines: Vec<Vec<u8>> = r.headers.iter().map(|(n, v)| format!("{n}: {v}").into_bytes()).collect();
+                let lines: Vec<&[u8]> = lines.iter().take(msg::MAX_HTTP_HEADERS).map(Vec::as_slice).collect();
+                let m = Msg::HttpResponse { result: http_result::OK, status: r.status, headers: Strs::Items(&lines), body: &r.body };
+                match m.to_vec() {
+                    Ok(v) if v.len() <= ctx.max_message => o.msg(&m),
+                    _ => o.msg(&failure(http_result::RESPONSE_TOO_LARGE, "the response does not fit the receive buffer")),
+                }
+            }
+            Err(e) => o.msg(&failure(http_code(&e), &e.to_string())),
+        }
+    }
+    while let Some(more) = input.recv().await {
+        o.release(more.len());
+        o.msg(&failure(http_result::ALREADY_SENT, "one request per channel: open another"));
+    }
+}
+
+/// One configuration fetch per channel.
+async fn config(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox) {
+    let Some(first) = input.recv().await else { return };
+    o.release(first.len());
+    let bad = |code: u8| Msg::ConfigResult { result: code, items: Items::Items(&[]) };
+    let items = match Msg::decode(&first) {
+        Ok(Msg::ConfigFetch { keys }) => keys
+            .iter()
+            .map(|(scope, store, key)| {
+                let scope = match scope {
+                    msg::config::SCOPE_ACCOUNT => Some(Scope::Account),
+                    msg::config::SCOPE_DEVICE => Some(Scope::Device),
+                    _ => None,
+                };
+                let store = match store {
+                    msg::config::STORE_CONFIG => Some(StoreKind::Config),
+                    msg::config::STORE_SECRET => Some(StoreKind::Secret),
+                    _ => None,
+                };
+                let key = String::from_utf8(key.to_vec()).ok();
+                match (scope, store, key) {
+                    (Some(scope), Some(store), Some(key)) => Some(FetchItem { scope, store, key }),
+                    _ => None,
+                }
+            })
+            .collect::<Vec<_>>(),
+        _ => {
+            o.msg(&bad(config_result::BAD_REQUEST));
+            return;
+        }
+    };
+    let valid: Vec<FetchItem> = items.iter().flatten().cloned().collect();
+    let found = ctx.store.fetch_for_device(&ctx.device, &valid).await;
+    let mut found = match found {
+        Ok(f) => f.into_iter(),
+        Err(e) => {
+            tracing::warn!(device = %ctx.device, "config fetch failed: {e}");
+            vec![FetchOutcome::NotFound; 0].into_iter()
+        }
+    };
+    let results: Vec<(u8, Vec<u8>)> = items
+        .iter()
+        .map(|i| match i {
+            None => (config_result::INVALID_KEY, vec![]),
+            Some(_) => match found.next() {
+                Some(FetchOutcome::Found(v)) => (config_result::OK, v),
+                Some(FetchOutcome::NotFound) => (config_result::NOT_FOUND, vec![]),
+                Some(FetchOutcome::Invalid) => (config_result::INVALID_KEY, vec![]),
+                None => (config_result::SERVER_ERROR, vec![]),
+            },
+        })
+        .collect();
+    let refs: Vec<(u8, &[u8])> = results.iter().map(|(r, v)| (*r, v.as_slice())).collect();
+    let m = Msg::ConfigResult { result: config_result::OK, items: Items::Items(&refs) };
+    match m.to_vec() {
+        Ok(v) if v.len() <= ctx.max_message => o.msg(&m),
+        _ => o.msg(&bad(config_result::RESPONSE_TOO_LARGE)),
+    }
+    while let Some(more) = input.recv().await {
+        o.release(more.len());
+    }
+}
+
+/// The broker profile `name` from the device's configuration: `mqtt/<name>/url`
+/// (`mqtts://host[:port]` or `mqtt://...`), optional `mqtt/<name>/ca`, `.../client-cert`,
+/// `.../username`, `.../client-id`, and secrets `mqtt/<name>/password`, `.../client-key`. Each
+/// key is looked up for the device first, then for its account.
+async fn profile(ctx: &Ctx, name: &str) -> Result<BrokerSettings, String> {
+    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)) {
+        return Err(format!("'{name}' is not a profile name"));
+    }
+    let keys = ["url", "ca", "client-cert", "username", "client-id", "password", "client-key"];
+    let mut items = vec![];
+    for (i, k) in keys.iter().enumerate() {
+        let store = if i >= 5 { StoreKind::Secret } else { StoreKind::Config };
+        for scope in [Scope::Device, Scope::Account] {
+            items.push(FetchItem { scope, store, key: format!("mqtt/{name}/{k}") });
+        }
+    }
+    let found = ctx.store.fetch_for_device(&ctx.device, &items).await.map_err(|e| e.to_string())?;
+    let value = |i: usize| -> Option<Vec<u8>> {
+        found[2 * i..2 * i + 2].iter().find_map(|f| if let FetchOutcome::Found(v) = f { Some(v.clone()) } else { None })
+    };
+    let text = |i: usize| value(i).and_then(|v| String::from_utf8(v).ok());
+    let url = text(0).ok_or_else(|| format!("profile '{name}' has no mqtt/{name}/url"))?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!("mqtt/{name}/url must start with mqtts:// or mqtt://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().map_err(|_| "bad port".to_string())?)
+        }
+        _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    Ok(BrokerSettings {
+        host,
+        port,
+        tls,
+        ca_pem: value(1),
+        client_cert_pem: value(2),
+        username: text(3),
+        client_id: text(4).unwrap_or_else(|| ctx.device.to_string()),
+        password: text(5),
+        client_key_pem: value(6),
+    })
+}
+
+fn state(s: crate::proxy::mqtt::RequestState) -> u8 {
+    use crate::proxy::mqtt::RequestState as R;
+    match s {
+        R::Completed => mqtt_state::COMPLETED,
+        R::InvalidParameters => mqtt_state::INVALID_PARAMETERS,
+        R::AlreadyConnected => mqtt_state::ALREADY_CONNECTED,
+        R::NotConnected => mqtt_state::NOT_CONNECTED,
+        R::NxDomain => mqtt_state::NX_DOMAIN,
+        R::UnknownCa => mqtt_state::UNKNOWN_CA,
+        R::CertificateExpired => mqtt_state::CERTIFICATE_EXPIRED,
+        R::SocketError | R::BrokerRefused => mqtt_state::SOCKET_ERROR,
+        R::RateLimited => mqtt_state::RATE_LIMITED,
+        R::Denied => mqtt_state::DENIED,
+    }
+}
+
+/// The device's managed MQTT session for one profile: app messages become session commands,
+/// session events become app messages.
+async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox) {
+    let name = if endpoint.is_empty() { "default".to_string() } else { endpoint };
+    let refuse = |why: &str| {
+        o.msg(&Msg::MqttConnectResult { state: mqtt_state::DENIED, reason: 0, session_present: false });
+        o.msg(&Msg::MqttStatus { state: msg::mqtt_session::DOWN, reason: why.as_bytes() });
+        o.close(Reason::ByServer);
+    };
+    let settings = match profile(&ctx, &name).await {
+        Ok(s) => s,
+        Err(why) => return refuse(&why),
+    };
+    let Some(policy) = account_policy(&ctx).await else { return refuse("the device's account has no policy") };
+    let mut att = match ctx.services.mqtt.attach(&ctx.device, &name, settings, Arc::new(policy)) {
+        Ok(a) => a,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    loop {
+        tokio::select! {
+            m = input.recv() => {
+                let Some(m) = m else { return };
+                o.release(m.len());
+                let cmd = match Msg::decode(&m) {
+                    Ok(Msg::MqttConnect { clean_start, keepalive_s, will }) => Some(MqttCommand::Connect {
+                        clean_start,
+                        keepalive_s,
+                        will: will.map(|w| Will {
+                            topic: String::from_utf8_lossy(w.topic).into_owned(),
+                            payload: w.payload.to_vec(),
+                            qos: w.qos,
+                            retain: w.retain,
+                        }),
+                    }),
+                    Ok(Msg::MqttSubscribe { id, topics }) => Some(MqttCommand::Subscribe {
+                        id,
+                        topics: topics.iter().map(|(t, q)| (String::from_utf8_lossy(t).into_owned(), q)).collect(),
+                    }),
+                    Ok(Msg::MqttUnsubscribe { id, topics }) => Some(MqttCommand::Unsubscribe {
+                        id,
+                        topics: topics.iter().map(|t| String::from_utf8_lossy(t).into_owned()).collect(),
+                    }),
+                    Ok(Msg::MqttPublish { id, qos, retain, topic, payload }) => Some(MqttCommand::Publish {
+                        id,
+                        topic: String::from_utf8_lossy(topic).into_owned(),
+                        payload: payload.to_vec(),
+                        qos,
+                        retain,
+                    }),
+                    Ok(Msg::MqttAck { id }) => Some(MqttCommand::Ack { id }),
+                    Ok(Msg::MqttDisconnect) => Some(MqttCommand::Disconnect),
+                    _ => {
+                        o.msg(&Msg::Error { code: http_result::BAD_REQUEST, text: b"not an MQTT request" });
+                        None
+                    }
+                };
+                if let Some(cmd) = cmd {
+                    if att.commands.try_send(cmd).is_err() {
+                        o.msg(&Msg::Error { code: http_result::RATE_LIMITED, text: b"too many requests in flight" });
+                    }
+                }
+            }
+            ev = att.events.recv() => {
+                let Some(ev) = ev else {
+                    o.msg(&Msg::MqttStatus { state: msg::mqtt_session::DOWN, reason: b"session replaced or closed" });
+                    o.close(Reason::ByServer);
+                    return;
+                };
+                match ev {
+                    MqttEvent::ConnectResult { state: s, reason, session_present } => {
+                        o.msg(&Msg::MqttConnectResult { state: state(s), reason, session_present })
+                    }
+                    MqttEvent::SubscribeResult { id, state: s, codes } => {
+                        o.msg(&Msg::MqttSubscribeResult { id, state: state(s), codes: &codes })
+                    }
+                    MqttEvent::UnsubscribeResult { id, state: s } => o.msg(&Msg::MqttUnsubscribeResult { id, state: state(s) }),
+                    MqttEvent::PublishResult { id, state: s, reason } => {
+                        o.msg(&Msg::MqttPublishResult { id, state: state(s), reason })
+                    }
+                    MqttEvent::Message { id, topic, payload, qos, retain } => {
+                        let m = Msg::MqttMessage { id, qos, retain, topic: topic.as_bytes(), payload: &payload };
+                        if m.encoded_len().is_ok_and(|n| n <= ctx.max_message) {
+                            o.msg(&m);
+                        } else {
+                            o.msg(&Msg::MqttLost { reason: 1, topic: topic.as_bytes(), len: payload.len() as u32 });
+                            let _ = att.commands.try_send(MqttCommand::Ack { id });
+                        }
+                    }
+                    MqttEvent::Lost { reason, topic, len, .. } => {
+                        let r = match reason {
+                            crate::proxy::mqtt::LostReason::TooLarge => 1,
+                            crate::proxy::mqtt::LostReason::RateLimited => 2,
+                            crate::proxy::mqtt::LostReason::QueueFull => 3,
+                        };
+                        o.msg(&Msg::MqttLost { reason: r, topic: topic.as_bytes(), len })
+                    }
+                    MqttEvent::Status { state: s, reason } => {
+                        o.msg(&Msg::MqttStatus { state: s as u8, reason: reason.as_bytes() })
+                    }
+                    MqttEvent::Disconnected { state: s, code } => {
+                        o.msg(&Msg::MqttDisconnectResult { state: state(s), code })
+                    }
+                }
+            }
+        }
+    }
+}
