@@ -10,6 +10,8 @@
 //!   websocket and a device's gateway connection (forwarded, bounded and counted, never read).
 //! - [`domain`]: the rules with no transport in them (bundle acceptance, deployment resolution);
 //!   offer reconciliation is sans-IO in [`connection`].
+//! - [`proxy`]: outbound engines for device apps (HTTP requests and managed MQTT sessions the
+//!   server performs on a device's behalf, behind a destination policy).
 //! - [`crash`]: crash dumps for post-mortem debugging, assembled from the visor's crash events.
 //! - State: [`store`] and [`ota`] (SQLite or PostgreSQL through one set of portable migrations,
 //!   layers in an object store), [`bus`] (live state: per-device mailboxes and presence leases
@@ -29,6 +31,7 @@ pub mod limits;
 pub mod listen;
 pub mod node;
 pub mod ota;
+pub mod proxy;
 pub mod store;
 pub mod tls;
 

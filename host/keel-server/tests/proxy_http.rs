@@ -1,0 +1,297 @@
+//! The HTTP engine against real local servers (HTTPS with a throwaway CA, and plain HTTP).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use keel_server::proxy::http::{HttpError, HttpLimits, HttpProxy, HttpRequest};
+use keel_server::proxy::Destinations;
+use keel_testpeers::{counted_stream, full, HttpServer, Leaf, Request, TestCa};
+
+/// Allows the listed addresses (and plain HTTP only if `http`), recording every check.
+struct AllowIps {
+    ips: Vec<IpAddr>,
+    http: bool,
+    checks: Mutex<Vec<(String, String, u16, IpAddr)>>,
+}
+
+impl AllowIps {
+    fn new(ips: &[&str], http: bool) -> Self {
+        AllowIps { ips: ips.iter().map(|i| i.parse().unwrap()).collect(), http, checks: Mutex::new(vec![]) }
+    }
+}
+
+impl Destinations for AllowIps {
+    fn check(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> Result<(), String> {
+        self.checks.lock().unwrap().push((scheme.to_string(), host.to_string(), port, ip));
+        if scheme == "http" && !self.http {
+            return Err("plain http not allowed".into());
+        }
+        if self.ips.contains(&ip) {
+            Ok(())
+        } else {
+            Err(format!("{ip} not allowed"))
+        }
+    }
+}
+
+fn get(url: String) -> HttpRequest {
+    HttpRequest { method: "GET".into(), url, headers: vec![], body: vec![], timeout_ms: 5_000 }
+}
+
+/// Echoes the request as text: method, path, headers, then the body.
+async fn echo(r: Request) -> hyper::Response<keel_testpeers::Body> {
+    let mut text = format!("{} {}\n", r.method, r.path);
+    for (n, v) in &r.headers {
+        text.push_str(&format!("{n}: {v}\n"));
+    }
+    text.push('\n');
+    let mut body = text.into_bytes();
+    body.extend_from_slice(&r.body);
+    let status = if r.path.starts_with("/missing") { 404 } else { 200 };
+    hyper::Response::builder().status(status).header("x-echo", "yes").body(full(body)).unwrap()
+}
+
+struct Setup {
+    _ca: TestCa,
+    proxy: HttpProxy,
+    server: HttpServer,
+}
+
+async fn setup() -> Setup {
+    let ca = TestCa::new("proxy test CA");
+    let leaf: Leaf = ca.localhost();
+    let server = HttpServer::start_tls(&leaf, echo).await;
+    let proxy = HttpProxy::new(HttpLimits::default(), &[ca.cert_pem.clone().into_bytes()]).unwrap();
+    Setup { _ca: ca, proxy, server }
+}
+
+#[tokio::test]
+async fn get_with_headers_reads_back_headers_and_body() {
+    let s = setup().await;
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    let mut req = get(format!("https://127.0.0.1:{}/hello?x=1", s.server.port));
+    req.headers = vec![("X-Test".into(), "one".into()), ("Accept".into(), "text/plain".into())];
+    let resp = s.proxy.execute(&dest, req, 64 << 10).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.headers.iter().any(|(n, v)| n == "x-echo" && v == "yes"), "{:?}", resp.headers);
+    let body = String::from_utf8(resp.body).unwrap();
+    assert!(body.starts_with("GET /hello?x=1\n"), "{body}");
+    assert!(body.contains("x-test: one\n"), "{body}");
+    assert!(body.contains("accept: text/plain\n"), "{body}");
+    assert!(body.contains(&format!("host: 127.0.0.1:{}\n", s.server.port)), "{body}");
+    let stats = s.proxy.stats();
+    assert_eq!((stats.requests, stats.completed), (1, 1));
+    assert!(stats.bytes_in > 0 && stats.bytes_out > 0);
+}
+
+#[tokio::test]
+async fn post_body_is_echoed() {
+    let s = setup().await;
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let req = HttpRequest {
+        method: "POST".into(),
+        url: format!("https://127.0.0.1:{}/post", s.server.port),
+        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+        body: payload.clone(),
+        timeout_ms: 5_000,
+    };
+    let resp = s.proxy.execute(&dest, req, 64 << 10).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let split = resp.body.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    let head = String::from_utf8_lossy(&resp.body[..split]);
+    assert!(head.contains("content-length: 10000\n"), "{head}");
+    assert_eq!(&resp.body[split..], &payload[..]);
+}
+
+#[tokio::test]
+async fn not_found_and_redirects_pass_through_as_statuses() {
+    let ca = TestCa::new("proxy test CA");
+    let server = HttpServer::start_tls(&ca.localhost(), |r: Request| async move {
+        if r.path == "/moved" {
+            hyper::Response::builder().status(302).header("location", "/elsewhere").body(full("")).unwrap()
+        } else {
+            hyper::Response::builder().status(404).body(full("nope")).unwrap()
+        }
+    })
+    .await;
+    let proxy = HttpProxy::new(HttpLimits::default(), &[ca.cert_pem.into_bytes()]).unwrap();
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    let resp = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/missing", server.port)), 4096).await.unwrap();
+    assert_eq!((resp.status, resp.body.as_slice()), (404, &b"nope"[..]));
+    let resp = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/moved", server.port)), 4096).await.unwrap();
+    assert_eq!(resp.status, 302);
+    assert!(resp.headers.iter().any(|(n, v)| n == "location" && v == "/elsewhere"));
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2, "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let ca = TestCa::new("proxy test CA");
+    let server = HttpServer::start_tls(&ca.localhost(), |_r: Request| std::future::pending()).await;
+    let proxy = HttpProxy::new(HttpLimits::default(), &[ca.cert_pem.into_bytes()]).unwrap();
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    let mut req = get(format!("https://127.0.0.1:{}/slow", server.port));
+    req.timeout_ms = 1_000;
+    assert_eq!(proxy.execute(&dest, req, 4096).await, Err(HttpError::Timeout));
+    assert_eq!(proxy.stats().timeouts, 1);
+}
+
+#[tokio::test]
+async fn a_response_larger_than_the_limit_is_refused_without_reading_it_all() {
+    let ca = TestCa::new("proxy test CA");
+    let produced = Arc::new(AtomicUsize::new(0));
+    let p = produced.clone();
+    // 4096 chunks of 16 KiB (64 MiB), chunked (no Content-Length); and a declared 1 MiB body.
+    let server = HttpServer::start_tls(&ca.localhost(), move |r: Request| {
+        let p = p.clone();
+        async move {
+            if r.path == "/declared" {
+                return hyper::Response::new(full(vec![b'y'; 1 << 20]));
+            }
+            hyper::Response::new(counted_stream(16 << 10, 4096, p))
+        }
+    })
+    .await;
+    let proxy = HttpProxy::new(HttpLimits::default(), &[ca.cert_pem.into_bytes()]).unwrap();
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    let r = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/big", server.port)), 64 << 10).await;
+    assert_eq!(r, Err(HttpError::ResponseTooLarge));
+    let r = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/declared", server.port)), 64 << 10).await;
+    assert_eq!(r, Err(HttpError::ResponseTooLarge));
+    // The server's stream stops once its connection is gone (socket buffers hold a few MiB).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = usize::MAX;
+    while std::time::Instant::now() < deadline {
+        let now = produced.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(last < 4096, "the whole body was produced ({last} chunks)");
+    // The headers count: a limit below the response head refuses even an empty body.
+    let r = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/declared", server.port)), 20).await;
+    assert_eq!(r, Err(HttpError::ResponseTooLarge));
+    assert_eq!(proxy.stats().too_large, 3);
+}
+
+#[tokio::test]
+async fn a_denied_destination_is_never_connected_to() {
+    let s = setup().await;
+    let dest = AllowIps::new(&["192.0.2.1"], true);
+    let r = s.proxy.execute(&dest, get(format!("https://127.0.0.1:{}/", s.server.port)), 4096).await;
+    assert_eq!(r, Err(HttpError::Denied("127.0.0.1 not allowed".into())));
+    assert_eq!(s.server.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(s.proxy.stats().denied, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_ca_fails_with_a_tls_reason() {
+    let s = setup().await;
+    // Mozilla's roots only: the test CA is unknown.
+    let proxy = HttpProxy::new(HttpLimits::default(), &[]).unwrap();
+    let dest = AllowIps::new(&["127.0.0.1"], false);
+    match proxy.execute(&dest, get(format!("https://127.0.0.1:{}/", s.server.port)), 4096).await {
+        Err(HttpError::RequestFailed(reason)) => {
+            assert!(reason.starts_with("tls:"), "{reason}");
+            assert!(reason.contains("UnknownIssuer"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(HttpProxy::new(HttpLimits::default(), &[b"not a pem".to_vec()]).is_err());
+}
+
+#[tokio::test]
+async fn plain_http_only_where_the_policy_allows_it() {
+    let server = HttpServer::start_plain(echo).await;
+    let proxy = HttpProxy::new(HttpLimits::default(), &[]).unwrap();
+    let url = format!("http://127.0.0.1:{}/plain", server.port);
+    let strict = AllowIps::new(&["127.0.0.1"], false);
+    assert_eq!(
+        proxy.execute(&strict, get(url.clone()), 4096).await,
+        Err(HttpError::Denied("plain http not allowed".into()))
+    );
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+    let lax = AllowIps::new(&["127.0.0.1"], true);
+    let resp = proxy.execute(&lax, get(url), 4096).await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(lax.checks.lock().unwrap()[0].0, "http");
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_before_any_connection() {
+    let s = setup().await;
+    let dest = AllowIps::new(&["127.0.0.1"], true);
+    let url = format!("https://127.0.0.1:{}/", s.server.port);
+    let with_header = |n: &str, v: &str| {
+        let mut r = get(url.clone());
+        r.headers = vec![(n.into(), v.into())];
+        r
+    };
+    for (req, want) in [
+        (with_header("X-Evil", "a\r\nInjected: 1"), HttpError::InvalidHeaders),
+        (with_header("X-Evil\r\nInjected", "1"), HttpError::InvalidHeaders),
+        (with_header("Bad Name", "1"), HttpError::InvalidHeaders),
+        (with_header("Host", "example.com"), HttpError::InvalidHeaders),
+        (with_header("transfer-encoding", "chunked"), HttpError::InvalidHeaders),
+        (with_header("Content-Length", "5"), HttpError::InvalidHeaders),
+        (
+            HttpRequest { headers: (0..33).map(|i| (format!("x-{i}"), "v".into())).collect(), ..get(url.clone()) },
+            HttpError::InvalidHeaders,
+        ),
+        (HttpRequest { method: "CONNECT".into(), ..get(url.clone()) }, HttpError::UnsupportedMethod),
+        (HttpRequest { method: "get".into(), ..get(url.clone()) }, HttpError::UnsupportedMethod),
+        (get(format!("ftp://127.0.0.1:{}/", s.server.port)), HttpError::UnsupportedScheme),
+        (get(format!("https://user:pw@127.0.0.1:{}/", s.server.port)), HttpError::InvalidUrl),
+        (get(format!("https://127.0.0.1:{}/{}", s.server.port, "a".repeat(2048))), HttpError::InvalidUrl),
+        (HttpRequest { timeout_ms: 999, ..get(url.clone()) }, HttpError::InvalidTimeout),
+        (HttpRequest { timeout_ms: 60_001, ..get(url.clone()) }, HttpError::InvalidTimeout),
+    ] {
+        assert_eq!(s.proxy.execute(&dest, req.clone(), 4096).await, Err(want), "{req:?}");
+    }
+    assert_eq!(s.server.connections.load(Ordering::SeqCst), 0);
+    assert!(dest.checks.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_name_is_judged_by_the_address_it_resolves_to() {
+    let s = setup().await;
+    let url = format!("https://localhost:{}/named", s.server.port);
+    let only_loopback = AllowIps::new(&["127.0.0.1"], false);
+    let resp = s.proxy.execute(&only_loopback, get(url.clone()), 4096).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let checks = only_loopback.checks.lock().unwrap().clone();
+    assert!(checks.iter().any(|(scheme, host, port, ip)| scheme == "https"
+        && host == "localhost"
+        && *port == s.server.port
+        && *ip == "127.0.0.1".parse::<IpAddr>().unwrap()));
+    // The same name, with 127.0.0.1 refused: denied without a connection.
+    let before = s.server.connections.load(Ordering::SeqCst);
+    let public_only = AllowIps::new(&["192.0.2.1"], false);
+    assert!(matches!(s.proxy.execute(&public_only, get(url), 4096).await, Err(HttpError::Denied(_))));
+    assert_eq!(s.server.connections.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_server_wide() {
+    let ca = TestCa::new("proxy test CA");
+    let server = HttpServer::start_tls(&ca.localhost(), |_r: Request| std::future::pending()).await;
+    let limits = HttpLimits { max_concurrent: 1, ..HttpLimits::default() };
+    let proxy = HttpProxy::new(limits, &[ca.cert_pem.into_bytes()]).unwrap();
+    let dest = Arc::new(AllowIps::new(&["127.0.0.1"], false));
+    let url = format!("https://127.0.0.1:{}/", server.port);
+    let (p, d, u) = (proxy.clone(), dest.clone(), url.clone());
+    let first =
+        tokio::spawn(async move { p.execute(d.as_ref(), HttpRequest { timeout_ms: 3_000, ..get(u) }, 4096).await });
+    // Wait until the first request holds its connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.connections.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.execute(dest.as_ref(), get(url), 4096).await, Err(HttpError::RateLimited));
+    assert_eq!(first.await.unwrap(), Err(HttpError::Timeout));
+    assert_eq!(proxy.stats().rate_limited, 1);
+}
