@@ -167,7 +167,8 @@ fn print_config(e: &ConfigEntryJson) {
 pub fn config(cmd: ConfigCmd, json: bool) -> Result<(), String> {
     match cmd {
         ConfigCmd::Set { conn, key, value, device } => {
-            let e = conn.client()?.config_set(&key, &SetValue::text(value), device.device.as_deref()).map_err(api_error)?;
+            let e =
+                conn.client()?.config_set(&key, &SetValue::text(value), device.device.as_deref()).map_err(api_error)?;
             if json {
                 return print_json(&e);
             }
@@ -285,7 +286,8 @@ fn rule_line(r: &PolicyRuleJson) -> String {
 /// `keel policy ...`.
 pub fn policy(cmd: PolicyCmd, json: bool) -> Result<(), String> {
     let add = |a: RuleArgs, action: &str| -> Result<(), String> {
-        let new = NewPolicyRule { action: action.into(), target: a.target, port: a.port, scheme: a.scheme, first: a.first };
+        let new =
+            NewPolicyRule { action: action.into(), target: a.target, port: a.port, scheme: a.scheme, first: a.first };
         let r = a.conn.client()?.policy_add(&new).map_err(api_error)?;
         if json {
             return print_json(&r);

@@ -202,8 +202,8 @@ pub enum Target {
 
 impl Target {
     /// Parses a target: a network (`10.0.0.0/8`, `::1`, `127.0.0.1`), `*.DOMAIN`, or a host name
-    /// (letters, digits, `-` and `_` in dot-separated labels of 1..=63 characters, at most 253 in
-    /// all; any case; a trailing dot is ignored).
+    /// (letters, digits, `-` and `_` in dot-separated labels of 1..=63 characters that neither
+    /// start nor end with `-`, at most 253 in all; any case; a trailing dot is ignored).
     pub fn parse(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if let Some(c) = Cidr::parse(s) {
@@ -258,7 +258,10 @@ pub fn normalize_host(host: &str) -> Option<String> {
     let ok = !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            (1..=63).contains(&l.len()) && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
         });
     ok.then_some(h)
 }
