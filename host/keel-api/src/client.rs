@@ -21,6 +21,7 @@ use ureq::http::{Method, Request, Response};
 use ureq::{AsSendBody, Body};
 
 mod debug;
+mod settings;
 pub use debug::{DebugSocket, MAX_DEBUG_FRAME};
 
 use crate::{

@@ -20,6 +20,7 @@ mod devices;
 mod errors;
 mod logs;
 mod server;
+mod settings;
 mod signer_keys;
 mod tokens;
 
@@ -32,5 +33,6 @@ pub use devices::*;
 pub use errors::*;
 pub use logs::*;
 pub use server::*;
+pub use settings::*;
 pub use signer_keys::*;
 pub use tokens::*;

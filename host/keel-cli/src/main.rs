@@ -11,6 +11,7 @@ mod crash;
 mod debug;
 mod ota;
 mod server;
+mod settings;
 
 use clap::{Parser, Subcommand};
 
@@ -83,6 +84,26 @@ enum Cmd {
     /// Crash dumps from devices: list, show, and serve one to gdb for a post-mortem (`bt`).
     #[command(subcommand)]
     Crash(crash::CrashCmd),
+    /// Config values apps fetch through their device's link (account-wide or per device).
+    ///
+    ///   keel config set mqtt/main/host broker.example.com
+    ///   keel config set sample-rate 10 --device ID
+    ///   keel config list --json
+    #[command(subcommand, verbatim_doc_comment)]
+    Config(settings::ConfigCmd),
+    /// Secrets apps fetch through their device's link: encrypted at rest, write-only.
+    ///
+    ///   keel secrets set mqtt/main/password < pw.txt   # VALUE from stdin: not in shell history
+    ///   keel secrets list
+    #[command(subcommand, verbatim_doc_comment)]
+    Secrets(settings::SecretsCmd),
+    /// Which destinations the server may connect to for devices (HTTP(S), MQTT): rules, first
+    /// match wins; by default public addresses over https and mqtts only.
+    ///
+    ///   keel policy allow 10.20.0.5 --port 8883 --scheme mqtts
+    ///   keel policy list
+    #[command(subcommand, verbatim_doc_comment)]
+    Policy(settings::PolicyCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +122,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Deploy(a) => ota::deploy(a, cli.json),
         Cmd::Debug(a) => debug::command(a, cli.json),
         Cmd::Crash(c) => crash::command(c, cli.json),
+        Cmd::Config(c) => settings::config(c, cli.json),
+        Cmd::Secrets(c) => settings::secrets(c, cli.json),
+        Cmd::Policy(c) => settings::policy(c, cli.json),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

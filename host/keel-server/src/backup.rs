@@ -1,7 +1,8 @@
 //! Backup and restore of a node's data directory: `keel server backup` and `keel server restore`.
 //!
 //! A backup directory holds `server.key` (the fleet's pinned identity: without it no device can
-//! connect to a restored server), `keel.db` (a consistent online copy of the SQLite database
+//! connect to a restored server), `secrets.key` if the data directory has one (the master key
+//! of the stored secrets), `keel.db` (a consistent online copy of the SQLite database
 //! made with `VACUUM INTO` while the server runs), `objects/` (the update layers) and
 //! `manifest.json` (what is there, with sizes and SHA-256 digests that restore checks).
 //!
@@ -72,6 +73,23 @@ pub async fn backup(src: &Source<'_>, out: &Path) -> Result<Manifest, String> {
         key.as_slice().try_into().map_err(|_| format!("{} is not a 32-byte key", key_path.display()))?;
     let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes();
     write_private(&out.join("server.key"), &key)?;
+    // The secrets' master key (see `crate::settings`): without it the stored secrets are lost.
+    let secrets_key = src.data_dir.join(crate::settings::SECRETS_KEY_FILE);
+    match std::fs::read(&secrets_key) {
+        Ok(k) => write_private(&out.join(crate::settings::SECRETS_KEY_FILE), &k)?,
+        // A server that takes its key from the environment has no file: say so.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var_os(crate::settings::SECRETS_KEY_ENV).is_some() {
+                notes.push(format!(
+                    "no {} in the data directory: if the server takes its secrets key from {}, keep that value with \
+             this backup (without it the stored secrets cannot be decrypted)",
+                    crate::settings::SECRETS_KEY_FILE,
+                    crate::settings::SECRETS_KEY_ENV
+                ))
+            }
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", secrets_key.display())),
+    }
 
     let url = crate::node::database_url(src.data_dir, src.database_url);
     let database = if url.starts_with("sqlite:") {

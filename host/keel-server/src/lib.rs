@@ -13,6 +13,8 @@
 //! - [`proxy`]: outbound engines for device apps (HTTP requests and managed MQTT sessions the
 //!   server performs on a device's behalf, behind a destination policy).
 //! - [`crash`]: crash dumps for post-mortem debugging, assembled from the visor's crash events.
+//! - [`settings`]: config values and secrets (encrypted at rest) that apps fetch through their
+//!   device's link; [`policy`]: which destinations the server may connect to for a device.
 //! - State: [`store`] and [`ota`] (SQLite or PostgreSQL through one set of portable migrations,
 //!   layers in an object store), [`bus`] (live state: per-device mailboxes and presence leases
 //!   behind traits, in-process today), [`backup`].
@@ -31,7 +33,9 @@ pub mod limits;
 pub mod listen;
 pub mod node;
 pub mod ota;
+pub mod policy;
 pub mod proxy;
+pub mod settings;
 pub mod store;
 pub mod tls;
 

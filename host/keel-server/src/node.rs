@@ -1,7 +1,7 @@
 //! One server node: everything `keel server run` starts, assembled from a [`Config`].
 //!
-//! [`Node::start`] prepares the data directory (mode 0700) and the server key (mode 0600,
-//! created atomically), raises the open-file limit, opens the database and the object store and
+//! [`Node::start`] prepares the data directory (mode 0700), the server key and the secrets key
+//! (`KEEL_SECRETS_KEY`, else `secrets.key`; both files mode 0600, created atomically), raises the open-file limit, opens the database and the object store and
 //! binds the listeners; [`Node::run`] serves the HTTP API ([`crate::listen`], optionally over TLS),
 //! the device gateway, the optional metrics listener and log retention until its shutdown future
 //! completes, then stops gracefully. [`run`] does both.
@@ -186,6 +186,8 @@ pub struct Node {
     metrics: Option<tokio::net::TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     nofile: std::io::Result<u64>,
+    /// `secrets.key` was made by this start (logged once the node runs).
+    secrets_key_created: bool,
     /// Counters of the API listener.
     pub http_stats: Arc<HttpStats>,
 }
@@ -214,7 +216,16 @@ impl Node {
             Some(o) => o.clone(),
             None => local_object_store(&config.data_dir.join("objects"))?,
         };
-        let store = Store::open(&config.database_url()).await.map_err(|e| e.to_string())?.with_object_store(objects);
+        // Secrets at rest and the operator's destination rules (see `crate::settings`).
+        let (secrets_key, key_source) = crate::settings::MasterKey::load(&config.data_dir)?;
+        let operator_rules = crate::policy::operator_rules_from_env()?;
+        let store = Store::open(&config.database_url())
+            .await
+            .map_err(|e| e.to_string())?
+            .with_object_store(objects)
+            .with_secrets_key(secrets_key)
+            .with_operator_rules(operator_rules);
+        let secrets_key_created = key_source == crate::settings::KeySource::Created;
         // A diagnostic of the remote debugging relay, read once here (no flag: see
         // `crate::debug_relay`).
         if let Some(path) = std::env::var_os(crate::debug_relay::CAPTURE_ENV).filter(|p| !p.is_empty()) {
@@ -238,7 +249,19 @@ impl Node {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        Ok(Node { config, store, secret, public, http, gateway, metrics, tls, nofile, http_stats: Arc::default() })
+        Ok(Node {
+            config,
+            store,
+            secret,
+            public,
+            http,
+            gateway,
+            metrics,
+            tls,
+            nofile,
+            secrets_key_created,
+            http_stats: Arc::default(),
+        })
     }
 
     /// The API's URL (`https://` with TLS).
@@ -283,10 +306,20 @@ impl Node {
     /// Serves until `shutdown` completes, then ends live log streams, lets open HTTP requests
     /// finish and stops the gateway and retention.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-        let Node { config, store, secret, public, http, gateway, metrics, tls, http_stats, .. } = self;
+        let Node {
+            config, store, secret, public, http, gateway, metrics, tls, http_stats, secrets_key_created, ..
+        } = self;
         // After the caller's first line (scripts read it), never before.
         warn_if_shared(&config.data_dir);
         warn_if_shared(&config.data_dir.join("server.key"));
+        let secrets_key = config.data_dir.join(crate::settings::SECRETS_KEY_FILE);
+        warn_if_shared(&secrets_key);
+        if secrets_key_created {
+            tracing::info!(
+                "created {}: it encrypts the secrets; back it up with the database (without it they are lost)",
+                secrets_key.display()
+            );
+        }
         // The gateway drains on the same stop signal as the HTTP listeners: its connections end
         // and mark their devices offline before `run` returns.
         let (gw_stop_tx, gw_stop_rx) = tokio::sync::oneshot::channel::<()>();

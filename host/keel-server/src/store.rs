@@ -434,6 +434,8 @@ pub struct Store {
     pub(crate) reader: AnyPool,
     live: Arc<Live>,
     objects: Arc<dyn ObjectStore>,
+    /// The master key of secrets and the operator's destination rules (see [`crate::settings`]).
+    pub(crate) settings: Arc<crate::settings::SettingsConfig>,
 }
 
 fn token_hash(token: &str) -> String {
@@ -521,7 +523,13 @@ impl Store {
             group: Default::default(),
             channel_services: Default::default(),
         };
-        Ok(Store { pool, reader, live: Arc::new(live), objects: Arc::new(InMemory::new()) })
+        Ok(Store {
+            pool,
+            reader,
+            live: Arc::new(live),
+            objects: Arc::new(InMemory::new()),
+            settings: Default::default(),
+        })
     }
 
     /// The same store with update layers kept in `objects` (e.g. `LocalFileSystem`, S3).
@@ -769,6 +777,7 @@ impl Store {
             "DELETE FROM crashes WHERE device_id = $1",
             "DELETE FROM device_events WHERE device_id = $1",
             "DELETE FROM device_tags WHERE device_id = $1",
+            "DELETE FROM settings WHERE device_id = $1",
             "DELETE FROM devices WHERE id = $1",
         ] {
             sqlx::query(q).bind(device_id).execute(&mut *tx).await?;

@@ -15,7 +15,8 @@
 //! ([`ApiError`], the one error type of every handler).
 //!
 //! One module per resource: `devices`, `logs`, `crashes` (post-mortem crash dumps), `debug` (the remote debugging websocket),
-//! `tokens`, `signer_keys`, `bundles`, `deployments` and `server` (version, metrics, health, the
+//! `tokens`, `signer_keys`, `bundles`, `deployments`, `settings` (config values, secrets and the
+//! destination policy) and `server` (version, metrics, health, the
 //! document); this module holds the state, the
 //! error type, authentication ([`Account`], [`Scope`]) and the router.
 
@@ -47,6 +48,7 @@ mod deployments;
 mod devices;
 mod logs;
 mod server;
+mod settings;
 mod signer_keys;
 mod tokens;
 
@@ -365,7 +367,8 @@ use crate::domain::valid_tag;
         Authenticate with `Authorization: Bearer <token>`."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "devices"), (name = "logs"), (name = "tokens"), (name = "updates"), (name = "server"))
+    tags((name = "devices"), (name = "logs"), (name = "tokens"), (name = "updates"), (name = "config"),
+        (name = "policy"), (name = "server"))
 )]
 struct ApiDoc;
 
@@ -404,6 +407,18 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(show_bundle))
         .routes(routes!(create_deployment))
         .routes(routes!(device_update_events))
+        .routes(routes!(settings::list_config))
+        .routes(routes!(settings::get_config, settings::put_config, settings::delete_config))
+        .routes(routes!(settings::list_device_config))
+        .routes(routes!(settings::get_device_config, settings::put_device_config, settings::delete_device_config))
+        .routes(routes!(settings::list_secrets))
+        .routes(routes!(settings::put_secret, settings::delete_secret))
+        .routes(routes!(settings::list_device_secrets))
+        .routes(routes!(settings::put_device_secret, settings::delete_device_secret))
+        .routes(routes!(settings::show_policy))
+        .routes(routes!(settings::add_policy_rule))
+        .routes(routes!(settings::remove_policy_rule))
+        .routes(routes!(settings::check_policy))
         // JSON bodies are small; the upload route streams its body with its own limit.
         .layer(DefaultBodyLimit::max(MAX_JSON))
 }
@@ -418,6 +433,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn add_openapi_route(doc: &mut utoipa::openapi::OpenApi) {
     let (_, d) = OpenApiRouter::<Arc<String>>::new().routes(routes!(openapi_json)).split_for_parts();
     doc.merge(d);
+    // A wildcard (`{*key}`, the rest of the path: keys may contain `/`) is a plain path
+    // parameter in OpenAPI.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths.into_iter().map(|(p, item)| (p.replace("{*", "{"), item)).collect();
 }
 
 /// The API router.
