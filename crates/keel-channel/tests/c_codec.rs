@@ -9,7 +9,7 @@
 //!   field, checks it refuses every truncation and a trailing byte, and feeds it thousands of
 //!   mutated messages on which it must agree with [`Msg::decode`] (accept, refuse, and what).
 
-use std::fmt::Write as _;
+use core::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
