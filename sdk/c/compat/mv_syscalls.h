@@ -551,7 +551,7 @@ enum MvStatus mvMqttReadDisconnectResponse(MvChannelHandle handle, struct MvMqtt
 /* Logging                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/** compat: Keel logs without an app buffer; the buffer is only checked (4-aligned, >= 512). */
+/** compat: Keel logs without an app buffer; the buffer is only checked (non-NULL, 4-aligned). */
 enum MvStatus mvServerLoggingInit(uint8_t *buffer, uint32_t length_bytes);
 /** One log line (compat: at most 512 bytes, Keel's limit: LOGMESSAGETOOLONG beyond).
  *  UNAVAILABLE before mvServerLoggingInit(). */
