@@ -20,7 +20,13 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
+/// The test program, built once for all tests (they run in parallel).
 fn build() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_once).clone()
+}
+
+fn build_once() -> PathBuf {
     let root = repo_root();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("keel_chan_test-{}", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
