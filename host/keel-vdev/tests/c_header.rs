@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use keel_abi::chan::{self, ChanInfo, MsgInfo, NetState, NetStatus, OfflineReason, OpenParams, Reason, State};
+use keel_abi::notify::{self, Kind as NotifyKind};
 use keel_abi::{
     update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, StartReason, Status, UpdateInfo, UpdateReason,
 };
@@ -163,6 +165,10 @@ fn struct_sizes_and_offsets_match() {
         ("keel_boot_info_t", size_of::<BootInfo>()),
         ("keel_crash_report_t", size_of::<CrashReport>()),
         ("keel_update_info_t", size_of::<UpdateInfo>()),
+        ("keel_net_status_t", size_of::<NetStatus>()),
+        ("keel_chan_open_t", size_of::<OpenParams>()),
+        ("keel_chan_msg_t", size_of::<MsgInfo>()),
+        ("keel_chan_info_t", size_of::<ChanInfo>()),
     ] {
         assert_eq!(sizes.get(ty), Some(&size), "sizeof({ty})");
     }
@@ -175,5 +181,137 @@ fn struct_sizes_and_offsets_match() {
         ("last_reason", offset_of!(UpdateInfo, last_reason)),
     ] {
         assert_eq!(offsets.get(&format!("keel_update_info_t.{field}")), Some(&off), "keel_update_info_t.{field}");
+    }
+    let abi21: [(&str, &str, usize); 24] = [
+        ("keel_net_status_t", "version", offset_of!(NetStatus, version)),
+        ("keel_net_status_t", "state", offset_of!(NetStatus, state)),
+        ("keel_net_status_t", "offline", offset_of!(NetStatus, offline)),
+        ("keel_net_status_t", "wanted_by", offset_of!(NetStatus, wanted_by)),
+        ("keel_net_status_t", "app_requests", offset_of!(NetStatus, app_requests)),
+        ("keel_chan_open_t", "version", offset_of!(OpenParams, version)),
+        ("keel_chan_open_t", "kind", offset_of!(OpenParams, kind)),
+        ("keel_chan_open_t", "tag", offset_of!(OpenParams, tag)),
+        ("keel_chan_open_t", "rx_buf", offset_of!(OpenParams, rx_buf)),
+        ("keel_chan_open_t", "rx_len", offset_of!(OpenParams, rx_len)),
+        ("keel_chan_open_t", "tx_buf", offset_of!(OpenParams, tx_buf)),
+        ("keel_chan_open_t", "tx_len", offset_of!(OpenParams, tx_len)),
+        ("keel_chan_open_t", "endpoint", offset_of!(OpenParams, endpoint)),
+        ("keel_chan_open_t", "endpoint_len", offset_of!(OpenParams, endpoint_len)),
+        ("keel_chan_msg_t", "version", offset_of!(MsgInfo, version)),
+        ("keel_chan_msg_t", "offset", offset_of!(MsgInfo, offset)),
+        ("keel_chan_msg_t", "len", offset_of!(MsgInfo, len)),
+        ("keel_chan_msg_t", "pending", offset_of!(MsgInfo, pending)),
+        ("keel_chan_info_t", "kind", offset_of!(ChanInfo, kind)),
+        ("keel_chan_info_t", "state", offset_of!(ChanInfo, state)),
+        ("keel_chan_info_t", "reason", offset_of!(ChanInfo, reason)),
+        ("keel_chan_info_t", "rx_pending", offset_of!(ChanInfo, rx_pending)),
+        ("keel_chan_info_t", "tx_free", offset_of!(ChanInfo, tx_free)),
+        ("keel_chan_info_t", "version", offset_of!(ChanInfo, version)),
+    ];
+    for (ty, field, off) in abi21 {
+        assert_eq!(offsets.get(&format!("{ty}.{field}")), Some(&off), "{ty}.{field}");
+    }
+    // Every field of the ABI 2.1 structs is asserted (no field left unchecked).
+    for ty in ["keel_net_status_t", "keel_chan_open_t", "keel_chan_msg_t", "keel_chan_info_t"] {
+        let in_header = offsets.keys().filter(|k| k.starts_with(&format!("{ty}."))).count();
+        let in_list = abi21.iter().filter(|(t, _, _)| *t == ty).count();
+        assert_eq!(in_header, in_list, "{ty}: the header asserts other fields");
+        assert_eq!(in_list * 4, sizes[ty], "{ty}: every field is a 32-bit word");
+    }
+    assert_eq!(size_of::<OpenParams>() as u32, chan::OPEN_PARAMS_LEN);
+}
+
+#[test]
+fn channel_constants_match() {
+    let c = constants();
+    for (name, v) in [
+        ("KEEL_CHAN_MAX_CHANNELS", chan::MAX_CHANNELS as u64),
+        ("KEEL_NET_MAX_REQUESTS", chan::MAX_NET_REQUESTS as u64),
+        ("KEEL_CHAN_BUFFER_ALIGN", chan::BUFFER_ALIGN as u64),
+        ("KEEL_CHAN_MIN_RX", chan::MIN_RX as u64),
+        ("KEEL_CHAN_MIN_TX", chan::MIN_TX as u64),
+        ("KEEL_CHAN_MAX_BUFFER", chan::MAX_BUFFER as u64),
+        ("KEEL_CHAN_MAX_ENDPOINT", chan::MAX_ENDPOINT as u64),
+        ("KEEL_CHAN_RECORD_HEADER", chan::RECORD_HEADER as u64),
+        ("KEEL_CHAN_OPEN_PARAMS_LEN", chan::OPEN_PARAMS_LEN as u64),
+        ("KEEL_NET_WANTED_APP", chan::wanted::APP as u64),
+        ("KEEL_NET_WANTED_VISOR", chan::wanted::VISOR as u64),
+    ] {
+        assert_eq!(get(&c, name), v, "{name}");
+    }
+    let mut kinds = Vec::new();
+    for v in 0..16u32 {
+        if let Some(k) = chan::Kind::from_u32(v) {
+            let name = format!("KEEL_CHAN_KIND_{}", format!("{k:?}").to_uppercase());
+            assert_eq!(get(&c, &name), v as u64, "{name}");
+            kinds.push(name);
+        }
+    }
+    kinds.sort();
+    assert_eq!(with_prefix(&c, "KEEL_CHAN_KIND_"), kinds, "keel.h defines other kinds");
+    let reasons = [
+        ("NONE", Reason::None),
+        ("BY_SERVER", Reason::ByServer),
+        ("REFUSED", Reason::Refused),
+        ("LINK_LOST", Reason::LinkLost),
+        ("BUFFER_FAULT", Reason::BufferFault),
+        ("PROTOCOL_ERROR", Reason::ProtocolError),
+        ("BY_APP", Reason::ByApp),
+        ("RATE_LIMITED", Reason::RateLimited),
+    ];
+    for (name, r) in reasons {
+        assert_eq!(get(&c, &format!("KEEL_CHAN_REASON_{name}")), r as u64, "{name}");
+    }
+    // Every reason the crate knows is in the list above, and the header has no other.
+    assert_eq!((0..=255u8).filter(|v| Reason::from_u8(*v).is_some()).count(), reasons.len());
+    let mut names: Vec<String> = reasons.iter().map(|(n, _)| format!("KEEL_CHAN_REASON_{n}")).collect();
+    names.sort();
+    assert_eq!(with_prefix(&c, "KEEL_CHAN_REASON_"), names, "keel.h defines other reasons");
+    for (name, s) in [("OPENING", State::Opening), ("OPEN", State::Open), ("CLOSED", State::Closed)] {
+        assert_eq!(get(&c, &format!("KEEL_CHAN_STATE_{name}")), s as u64, "{name}");
+    }
+    for (name, s) in
+        [("OFFLINE", NetState::Offline), ("CONNECTING", NetState::Connecting), ("CONNECTED", NetState::Connected)]
+    {
+        assert_eq!(get(&c, &format!("KEEL_NET_STATE_{name}")), s as u64, "{name}");
+    }
+    for (name, r) in [
+        ("NONE", OfflineReason::None),
+        ("NO_ADDRESS", OfflineReason::NoAddress),
+        ("BACKOFF", OfflineReason::Backoff),
+        ("NOT_PROVISIONED", OfflineReason::NotProvisioned),
+    ] {
+        assert_eq!(get(&c, &format!("KEEL_NET_OFFLINE_{name}")), r as u64, "{name}");
+    }
+}
+
+#[test]
+fn notification_constants_match() {
+    let c = constants();
+    let mut names = Vec::new();
+    for v in 0..=u16::MAX {
+        if let Some(k) = NotifyKind::from_u16(v) {
+            let name = format!("KEEL_NOTIFY_{}", k.name());
+            assert_eq!(get(&c, &name), v as u64, "{name}");
+            names.push(name);
+        }
+    }
+    assert_eq!(names.len(), 7);
+    assert_eq!(get(&c, "KEEL_NOTIFY_HEADER_LEN"), notify::HEADER_LEN as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_RECORD_LEN"), notify::RECORD_LEN as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_MIN_RECORDS"), notify::MIN_RECORDS as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_MAX_RECORDS"), notify::MAX_RECORDS as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_IRQ_FIRST"), *notify::APP_IRQS.start() as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_IRQ_LAST"), *notify::APP_IRQS.end() as u64);
+    assert_eq!(get(&c, "KEEL_NOTIFY_DEFAULT_IRQ"), notify::DEFAULT_IRQ as u64);
+}
+
+#[test]
+fn status_names_match() {
+    // keel_status_name() returns the same names as Status::name().
+    let text = header();
+    for s in Status::ALL {
+        let case = format!("case KEEL_STATUS_{}: return \"{}\";", s.name(), s.name());
+        assert!(text.contains(&case), "keel_status_name() lacks `{case}`");
     }
 }

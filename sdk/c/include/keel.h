@@ -9,7 +9,7 @@
  * ------------------
  *  - Every call is a branch to a fixed slot in the visor's non-secure-callable (NSC)
  *    region: address = KEEL_NSC_BASE + KEEL_SLOT_SIZE * slot, Thumb bit set. Slots never
- *    move between visor versions; reserved slots (6, 11..15, 18..31 and 35..63) answer
+ *    move between visor versions; reserved slots (6, 11..15, 27..31 and 35..63) answer
  *    KEEL_STATUS_NOT_IMPLEMENTED (so does a call that is newer than the running visor).
  *  - Up to four 32-bit arguments in r0..r3 (normal AAPCS); the result is a keel_status_t in
  *    r0, except keel_monotonic_us(), which cannot fail and returns a uint64_t in r0:r1.
@@ -18,7 +18,7 @@
  *    before use. A pointer the app may not use yields KEEL_STATUS_PARAMETER_FAULT, never a
  *    fault.
  *  - Structs that may grow carry a `version` field the caller sets (1 for every struct of
- *    ABI 1.1); an unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
+ *    ABI 2.1); an unknown version yields KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION.
  *  - Calls may be made from thread mode or from the app's interrupt handlers, except
  *    keel_restart() and keel_update_apply(), which answer KEEL_STATUS_UNAVAILABLE from a
  *    handler.
@@ -60,7 +60,7 @@ extern "C" {
  *  notification rings, keel_monotonic_us() returns its value, calls mask app exceptions). */
 #define KEEL_ABI_MAJOR 2
 /** ABI minor version: bumped when calls or struct versions are added. */
-#define KEEL_ABI_MINOR 0
+#define KEEL_ABI_MINOR 1
 
 /** Size in bytes of one NSC veneer slot. */
 #define KEEL_SLOT_SIZE 16u
@@ -121,7 +121,30 @@ enum keel_status {
     /** A log message exceeds KEEL_LOG_MAX_LEN. */
     KEEL_STATUS_LOG_MESSAGE_TOO_LONG = 8,
     /** The visor hit an unexpected internal error; the call had no effect. */
-    KEEL_STATUS_INTERNAL_ERROR = 9
+    KEEL_STATUS_INTERNAL_ERROR = 9,
+    /** The handle names no open channel (never opened, closed, or from an earlier app start).
+     *  Since ABI 2.1. */
+    KEEL_STATUS_INVALID_HANDLE = 10,
+    /** Every channel slot is in use (KEEL_CHAN_MAX_CHANNELS). Since ABI 2.1. */
+    KEEL_STATUS_TOO_MANY_CHANNELS = 11,
+    /** The channel was closed by the server or the link (see keel_chan_info_t.reason); close
+     *  it. Since ABI 2.1. */
+    KEEL_STATUS_CHANNEL_CLOSED = 12,
+    /** Not now: the transmit buffer has no room for the message yet. Retry after a
+     *  KEEL_NOTIFY_CHANNEL_WRITABLE record (or later). Since ABI 2.1. */
+    KEEL_STATUS_WOULD_BLOCK = 13,
+    /** The device is not connected to the server. Since ABI 2.1. */
+    KEEL_STATUS_NETWORK_NOT_CONNECTED = 14,
+    /** Too many requests in a short time; retry later. Since ABI 2.1. */
+    KEEL_STATUS_RATE_LIMITED = 15,
+    /** A buffer is not aligned as the call requires (KEEL_CHAN_BUFFER_ALIGN). Since ABI 2.1. */
+    KEEL_STATUS_INVALID_BUFFER_ALIGNMENT = 16,
+    /** The channel kind is not a KEEL_CHAN_KIND_* value. Since ABI 2.1. */
+    KEEL_STATUS_UNKNOWN_CHANNEL_KIND = 17,
+    /** A buffer overlaps another channel's buffer or the notification ring. Since ABI 2.1. */
+    KEEL_STATUS_BUFFER_IN_USE = 18,
+    /** Nothing to read: no complete message waits on the channel. Since ABI 2.1. */
+    KEEL_STATUS_NO_DATA = 19
 };
 
 /** Type of every system-call result: one of enum keel_status, always 32 bits. */
@@ -131,10 +154,11 @@ typedef uint32_t keel_status_t;
 /* Call slots                                                                               */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Slot numbers of the system calls. Slots 0..10 are the base calls (ABI 1.0); 32 and 33 are
- * the update calls (since ABI 1.1). The other slots are reserved: 11..15 for further core
- * calls, 16..31 for networking and channels, 34..39 for update control, 40..47 for
- * configuration and secrets, 48..55 for debugging, the rest for later use. */
+/* Slot numbers of the system calls. Slots 0..10 are the base calls (ABI 1.0; 6 is retired);
+ * 32..34 the update calls (since ABI 1.1); 16 and 17 notifications (ABI 2.0); 18..26 network
+ * and channels (since ABI 2.1). The other slots are reserved: 11..15 for further core calls,
+ * 27..31 for networking and channels, 35..39 for update control, 40..47 for configuration and
+ * secrets, 48..55 for debugging, the rest for later use. */
 #define KEEL_CALL_ABI_INFO 0
 #define KEEL_CALL_DEVICE_ID 1
 #define KEEL_CALL_MONOTONIC_US 2
@@ -147,6 +171,24 @@ typedef uint32_t keel_status_t;
 #define KEEL_CALL_LAST_CRASH 10
 #define KEEL_CALL_NOTIFY_SETUP 16
 #define KEEL_CALL_TIMER_SET 17
+/** Since ABI 2.1. */
+#define KEEL_CALL_NET_REQUEST 18
+/** Since ABI 2.1. */
+#define KEEL_CALL_NET_RELEASE 19
+/** Since ABI 2.1. */
+#define KEEL_CALL_NET_STATUS 20
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_OPEN 21
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_SEND 22
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_RECV 23
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_CONSUME 24
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_CLOSE 25
+/** Since ABI 2.1. */
+#define KEEL_CALL_CHAN_INFO 26
 /** Since ABI 1.1. */
 #define KEEL_CALL_UPDATE_CONFIRM 32
 /** Since ABI 1.1. */
@@ -279,6 +321,128 @@ typedef uint32_t keel_status_t;
 #define KEEL_NOTIFY_TIMER 2u
 /** Records were lost because the ring was full (value = how many). */
 #define KEEL_NOTIFY_OVERRUN 3u
+/** The link's state changed (and once at once after keel_net_request()). tag = the request's
+ *  tag; value = state in bits 0..8 (KEEL_NET_STATE_*), offline reason in bits 8..16
+ *  (KEEL_NET_OFFLINE_*), wanted-by bits (KEEL_NET_WANTED_*) in bits 32..64: see
+ *  KEEL_NOTIFY_NET_STATE() and friends. Since ABI 2.1. */
+#define KEEL_NOTIFY_NET_STATUS 4u
+/** A complete message waits on a channel (keel_chan_recv()); one record per message. tag = the
+ *  channel's tag; value = its handle. Since ABI 2.1. */
+#define KEEL_NOTIFY_CHANNEL_READABLE 5u
+/** Room came free in a channel's transmit buffer after keel_chan_send() answered
+ *  KEEL_STATUS_WOULD_BLOCK. MQTT channels only: HTTP and config channels carry one request
+ *  and never report it. tag, value: as KEEL_NOTIFY_CHANNEL_READABLE. Since ABI 2.1. */
+#define KEEL_NOTIFY_CHANNEL_WRITABLE 6u
+/** The server or the link closed a channel. tag = the channel's tag; value = the handle in
+ *  bits 0..32, the KEEL_CHAN_REASON_* in bits 32..40. Since ABI 2.1. */
+#define KEEL_NOTIFY_CHANNEL_CLOSED 7u
+
+/** Fields of a KEEL_NOTIFY_NET_STATUS record's value. */
+#define KEEL_NOTIFY_NET_STATE(value) ((uint32_t)((value) & 0xFFu))
+#define KEEL_NOTIFY_NET_OFFLINE(value) ((uint32_t)(((value) >> 8) & 0xFFu))
+#define KEEL_NOTIFY_NET_WANTED_BY(value) ((uint32_t)((uint64_t)(value) >> 32))
+/** Fields of a KEEL_NOTIFY_CHANNEL_* record's value. */
+#define KEEL_NOTIFY_CHAN_HANDLE(value) ((uint32_t)((value) & 0xFFFFFFFFu))
+#define KEEL_NOTIFY_CHAN_REASON(value) ((uint32_t)(((uint64_t)(value) >> 32) & 0xFFu))
+
+/* Network control and channels (since ABI 2.1). The app never touches the network: it asks for
+ * it (keel_net_request()) and opens channels to services of the Keel server (an HTTP(S) proxy,
+ * a managed MQTT session, configuration and secrets) with its own receive and transmit buffers.
+ *
+ * Buffers hold message records: u32 length (LE), the message bytes, zero padding to a multiple
+ * of 4 (KEEL_CHAN_RECORD_COST(len) bytes). Both are linear: records are appended from offset 0,
+ * and a buffer starts again at offset 0 once every record in it has been consumed/sent.
+ *  - rx: the visor writes every message the server sends; keel_chan_recv() says where the
+ *    oldest complete one lies (read it in place), keel_chan_consume() frees it.
+ *  - tx: keel_chan_send() copies one whole message into it; the visor sends it as the server's
+ *    credit allows. The app must not touch the transmit buffer itself.
+ * Rules: both buffers 4-aligned (KEEL_CHAN_BUFFER_ALIGN), lengths multiples of 4 within
+ * KEEL_CHAN_MIN_RX (rx) / KEEL_CHAN_MIN_TX (tx) .. KEEL_CHAN_MAX_BUFFER, writable app RAM, not
+ * overlapping each other, another open channel's buffers or the notification ring. The largest
+ * message a channel can receive is rx_len - 4; send one of at most tx_len - 4 bytes.
+ * The messages themselves are defined in keel_chan.h. */
+/** Most channels open at once. */
+#define KEEL_CHAN_MAX_CHANNELS 8u
+/** Most network requests the app may hold at once. */
+#define KEEL_NET_MAX_REQUESTS 255u
+/** Required alignment of both buffers. */
+#define KEEL_CHAN_BUFFER_ALIGN 4u
+/** Smallest receive buffer. */
+#define KEEL_CHAN_MIN_RX 64u
+/** Smallest transmit buffer. */
+#define KEEL_CHAN_MIN_TX 64u
+/** Largest buffer (either direction). */
+#define KEEL_CHAN_MAX_BUFFER 65536u
+/** Longest endpoint name. */
+#define KEEL_CHAN_MAX_ENDPOINT 64u
+/** Bytes of the length word in front of every message record. */
+#define KEEL_CHAN_RECORD_HEADER 4u
+/** Size in bytes of keel_chan_open_t. */
+#define KEEL_CHAN_OPEN_PARAMS_LEN 36u
+/** Bytes one message of `len` bytes takes in a buffer (and in credit). */
+#define KEEL_CHAN_RECORD_COST(len) (KEEL_CHAN_RECORD_HEADER + (((uint32_t)(len) + 3u) & ~3u))
+
+/* Channel kinds (keel_chan_open_t.kind). */
+/** One HTTP(S) request and its response (the server makes the request). */
+#define KEEL_CHAN_KIND_HTTP 1u
+/** A managed MQTT session: the server holds the broker connection; the endpoint names the
+ *  broker profile configured on the server. */
+#define KEEL_CHAN_KIND_MQTT 2u
+/** One fetch of configuration values and secrets. */
+#define KEEL_CHAN_KIND_CONFIG 3u
+
+/* Why a channel is closed (keel_chan_info_t.reason, KEEL_NOTIFY_CHANNEL_CLOSED). */
+/** Not closed. */
+#define KEEL_CHAN_REASON_NONE 0u
+/** The server ended the channel (its service is done or failed; the last message says why). */
+#define KEEL_CHAN_REASON_BY_SERVER 1u
+/** The server refused to open it (unknown endpoint or kind, the device's channel limit). */
+#define KEEL_CHAN_REASON_REFUSED 2u
+/** The link to the server dropped (or the server restarted): in-flight requests are lost;
+ *  open a new channel once the network is back. */
+#define KEEL_CHAN_REASON_LINK_LOST 3u
+/** The visor could not write the receive buffer or read the transmit buffer (the app's memory
+ *  protection forbids it now, or the app overwrote a record's length word). */
+#define KEEL_CHAN_REASON_BUFFER_FAULT 4u
+/** The server broke the channel protocol. */
+#define KEEL_CHAN_REASON_PROTOCOL_ERROR 5u
+/** The app closed it. */
+#define KEEL_CHAN_REASON_BY_APP 6u
+/** The server's rate limit for this device. */
+#define KEEL_CHAN_REASON_RATE_LIMITED 7u
+
+/* A channel's state (keel_chan_info_t.state). */
+/** Open locally; the server has not accepted it yet (messages wait in the transmit buffer). */
+#define KEEL_CHAN_STATE_OPENING 0u
+/** Open at both ends. */
+#define KEEL_CHAN_STATE_OPEN 1u
+/** Closed by the server or the link (see reason). Messages already received can still be
+ *  read; close the handle to free the slot. */
+#define KEEL_CHAN_STATE_CLOSED 2u
+
+/* The link's state (keel_net_status_t.state). */
+/** Not connected; keel_net_status_t.offline says why. */
+#define KEEL_NET_STATE_OFFLINE 0u
+/** Connecting (address, TCP, handshake). */
+#define KEEL_NET_STATE_CONNECTING 1u
+/** Connected to the server: channels can open. */
+#define KEEL_NET_STATE_CONNECTED 2u
+
+/* Why the link is down (keel_net_status_t.offline). */
+/** It is not down. */
+#define KEEL_NET_OFFLINE_NONE 0u
+/** No network address yet (no cable, no DHCP answer). */
+#define KEEL_NET_OFFLINE_NO_ADDRESS 1u
+/** Waiting before the next attempt after a failed one. */
+#define KEEL_NET_OFFLINE_BACKOFF 2u
+/** The device is not provisioned (no identity): it never connects. */
+#define KEEL_NET_OFFLINE_NOT_PROVISIONED 3u
+
+/* Who wants the link (keel_net_status_t.wanted_by bits). */
+/** The app holds at least one network request. */
+#define KEEL_NET_WANTED_APP 1u
+/** The visor's own needs (updates, logs, remote debugging): always, in this version. */
+#define KEEL_NET_WANTED_VISOR 2u
 
 /* ---------------------------------------------------------------------------------------- */
 /* Structs (layout frozen per version, identical to the Rust #[repr(C)] structs)            */
@@ -397,6 +561,83 @@ KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_outcome) == 24,
                     "keel_update_info_t.last_outcome");
 KEEL__STATIC_ASSERT(offsetof(keel_update_info_t, last_reason) == 28,
                     "keel_update_info_t.last_reason");
+
+/** Output of keel_net_status() (and, packed, the value of a KEEL_NOTIFY_NET_STATUS record).
+ *  Set `version` to 1 before the call. Since ABI 2.1. */
+typedef struct keel_net_status {
+    uint32_t version;      /**< Struct version, set by the caller (1). */
+    uint32_t state;        /**< KEEL_NET_STATE_*. */
+    uint32_t offline;      /**< KEEL_NET_OFFLINE_*. */
+    uint32_t wanted_by;    /**< KEEL_NET_WANTED_* bits. */
+    uint32_t app_requests; /**< Network requests the app holds. */
+} keel_net_status_t;
+
+/** Input of keel_chan_open() (KEEL_CHAN_OPEN_PARAMS_LEN bytes). Addresses are 32-bit words, as
+ *  in the ABI: fill the struct with keel_chan_open_init(). Since ABI 2.1. */
+typedef struct keel_chan_open {
+    uint32_t version;      /**< Struct version, set by the caller (1). */
+    uint32_t kind;         /**< KEEL_CHAN_KIND_*. */
+    uint32_t tag;          /**< Carried in every notification record of this channel. */
+    uint32_t rx_buf;       /**< Receive buffer address. */
+    uint32_t rx_len;       /**< Receive buffer length. */
+    uint32_t tx_buf;       /**< Transmit buffer address. */
+    uint32_t tx_len;       /**< Transmit buffer length. */
+    uint32_t endpoint;     /**< Endpoint name address (MQTT: the broker profile; empty for HTTP
+                                and config). Printable ASCII without spaces. */
+    uint32_t endpoint_len; /**< Endpoint name length, at most KEEL_CHAN_MAX_ENDPOINT. */
+} keel_chan_open_t;
+
+/** Output of keel_chan_recv(). Set `version` to 1 before the call. Since ABI 2.1. */
+typedef struct keel_chan_msg {
+    uint32_t version; /**< Struct version, set by the caller (1). */
+    uint32_t offset;  /**< Offset of the message's first byte in the receive buffer. */
+    uint32_t len;     /**< Message length in bytes. */
+    uint32_t pending; /**< Complete messages waiting, this one included. */
+} keel_chan_msg_t;
+
+/** Output of keel_chan_info(). Set `version` to 1 before the call. Since ABI 2.1. */
+typedef struct keel_chan_info {
+    uint32_t version;    /**< Struct version, set by the caller (1). */
+    uint32_t kind;       /**< KEEL_CHAN_KIND_*. */
+    uint32_t state;      /**< KEEL_CHAN_STATE_*. */
+    uint32_t reason;     /**< KEEL_CHAN_REASON_* (0 while open). */
+    uint32_t rx_pending; /**< Complete messages waiting in the receive buffer. */
+    uint32_t tx_free;    /**< Largest message keel_chan_send() would accept now. */
+} keel_chan_info_t;
+
+KEEL__STATIC_ASSERT(sizeof(keel_net_status_t) == 20, "keel_net_status_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_net_status_t, version) == 0, "keel_net_status_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_net_status_t, state) == 4, "keel_net_status_t.state");
+KEEL__STATIC_ASSERT(offsetof(keel_net_status_t, offline) == 8, "keel_net_status_t.offline");
+KEEL__STATIC_ASSERT(offsetof(keel_net_status_t, wanted_by) == 12, "keel_net_status_t.wanted_by");
+KEEL__STATIC_ASSERT(offsetof(keel_net_status_t, app_requests) == 16,
+                    "keel_net_status_t.app_requests");
+
+KEEL__STATIC_ASSERT(sizeof(keel_chan_open_t) == 36, "keel_chan_open_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, version) == 0, "keel_chan_open_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, kind) == 4, "keel_chan_open_t.kind");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, tag) == 8, "keel_chan_open_t.tag");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, rx_buf) == 12, "keel_chan_open_t.rx_buf");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, rx_len) == 16, "keel_chan_open_t.rx_len");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, tx_buf) == 20, "keel_chan_open_t.tx_buf");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, tx_len) == 24, "keel_chan_open_t.tx_len");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, endpoint) == 28, "keel_chan_open_t.endpoint");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_open_t, endpoint_len) == 32,
+                    "keel_chan_open_t.endpoint_len");
+
+KEEL__STATIC_ASSERT(sizeof(keel_chan_msg_t) == 16, "keel_chan_msg_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_msg_t, version) == 0, "keel_chan_msg_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_msg_t, offset) == 4, "keel_chan_msg_t.offset");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_msg_t, len) == 8, "keel_chan_msg_t.len");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_msg_t, pending) == 12, "keel_chan_msg_t.pending");
+
+KEEL__STATIC_ASSERT(sizeof(keel_chan_info_t) == 24, "keel_chan_info_t size");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, version) == 0, "keel_chan_info_t.version");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, kind) == 4, "keel_chan_info_t.kind");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, state) == 8, "keel_chan_info_t.state");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, reason) == 12, "keel_chan_info_t.reason");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, rx_pending) == 16, "keel_chan_info_t.rx_pending");
+KEEL__STATIC_ASSERT(offsetof(keel_chan_info_t, tx_free) == 20, "keel_chan_info_t.tx_free");
 
 /* ---------------------------------------------------------------------------------------- */
 /* System calls                                                                             */
@@ -620,6 +861,169 @@ static inline keel_status_t keel_last_crash(keel_crash_report_t *out)
 }
 
 /**
+ * keel_net_request - the app wants the network (slot KEEL_CALL_NET_REQUEST). Since ABI 2.1.
+ *
+ * Requests are counted (at most KEEL_NET_MAX_REQUESTS). While the app holds one, every change
+ * of the link's state is reported as a KEEL_NOTIFY_NET_STATUS record carrying `tag`, starting
+ * with the current state at once. The visor stays in charge of the link: it keeps it up for its
+ * own needs (updates, logs) whatever the app does. Channels open only while it is connected.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE     the app already holds KEEL_NET_MAX_REQUESTS requests
+ *  - KEEL_STATUS_NOT_IMPLEMENTED the visor is older than ABI 2.1
+ */
+static inline keel_status_t keel_net_request(uint32_t tag)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t), KEEL_CALL_NET_REQUEST, tag);
+}
+
+/**
+ * keel_net_release - drops one network request (slot KEEL_CALL_NET_RELEASE). Since ABI 2.1.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_UNAVAILABLE the app holds no request
+ */
+static inline keel_status_t keel_net_release(void)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(void), KEEL_CALL_NET_RELEASE);
+}
+
+/**
+ * keel_net_status - the link's state, who wants it and why it is down (slot
+ * KEEL_CALL_NET_STATUS). Since ABI 2.1. Set out->version = 1 before the call.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT            `out` is not app memory (sizeof(*out) bytes)
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION out->version is not supported
+ */
+static inline keel_status_t keel_net_status(keel_net_status_t *out)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(keel_net_status_t *), KEEL_CALL_NET_STATUS, out);
+}
+
+/**
+ * keel_chan_open - opens a channel to a service of the server (slot KEEL_CALL_CHAN_OPEN).
+ * Since ABI 2.1.
+ *
+ * `params` (fill it with keel_chan_open_init()) names the kind, the tag of the channel's
+ * notification records, the app's receive and transmit buffers and the endpoint. On success
+ * *handle_out is the channel's handle (never 0). The channel is announced to the server with its
+ * first message (keel_chan_send()); messages queue in the transmit buffer meanwhile. Checks, in
+ * this order: version, kind, endpoint length, alignment, sizes, overlap of the two buffers, then
+ * the endpoint's characters, a free slot, overlap with other channels and the ring, the link.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_PARAMETER_FAULT            params, handle_out, a buffer or the endpoint is not
+ *                                           (writable) app RAM
+ *  - KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION params->version is not 1
+ *  - KEEL_STATUS_UNKNOWN_CHANNEL_KIND       params->kind is not a KEEL_CHAN_KIND_*
+ *  - KEEL_STATUS_INVALID_ARGUMENT           endpoint too long or not printable ASCII
+ *  - KEEL_STATUS_INVALID_BUFFER_ALIGNMENT   a buffer is not KEEL_CHAN_BUFFER_ALIGN-aligned
+ *  - KEEL_STATUS_INVALID_BUFFER_SIZE        a length is not a multiple of 4 within the limits
+ *  - KEEL_STATUS_BUFFER_IN_USE              the buffers overlap each other, another channel's
+ *                                           buffers or the notification ring
+ *  - KEEL_STATUS_TOO_MANY_CHANNELS          KEEL_CHAN_MAX_CHANNELS channels are open
+ *  - KEEL_STATUS_NETWORK_NOT_CONNECTED      the device is not connected to the server
+ */
+static inline keel_status_t keel_chan_open(const keel_chan_open_t *params, uint32_t *handle_out)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(const keel_chan_open_t *, uint32_t *), KEEL_CALL_CHAN_OPEN, params, handle_out);
+}
+
+/**
+ * keel_chan_send - queues one whole message in the channel's transmit buffer (slot
+ * KEEL_CALL_CHAN_SEND). Since ABI 2.1.
+ *
+ * The message (encode it with keel_chan.h) is copied: `msg` may be reused at once. The visor
+ * sends it as the server's credit and the link allow.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_INVALID_HANDLE      no such open channel
+ *  - KEEL_STATUS_CHANNEL_CLOSED      the server or the link closed it (see keel_chan_info())
+ *  - KEEL_STATUS_INVALID_BUFFER_SIZE the message can never fit the transmit buffer
+ *  - KEEL_STATUS_WOULD_BLOCK         no room now: retry after KEEL_NOTIFY_CHANNEL_WRITABLE
+ *                                    (MQTT) or later
+ *  - KEEL_STATUS_RATE_LIMITED        too many channels were opened (announced) recently
+ *  - KEEL_STATUS_PARAMETER_FAULT     msg[0..len) is not app memory
+ */
+static inline keel_status_t keel_chan_send(uint32_t handle, const void *msg, uint32_t len)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t, const void *, uint32_t), KEEL_CALL_CHAN_SEND, handle, msg, len);
+}
+
+/**
+ * keel_chan_recv - where the oldest complete message lies in the receive buffer (slot
+ * KEEL_CALL_CHAN_RECV). Since ABI 2.1. Set out->version = 1 before the call.
+ *
+ * The message is rx_buf[out->offset .. out->offset + out->len): read it in place (see
+ * keel_chan_msg_ptr()), then free it with keel_chan_consume(). Messages already received can
+ * still be read after the channel was closed by the server or the link.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_NO_DATA         no complete message waits
+ *  - KEEL_STATUS_CHANNEL_CLOSED  none waits and the channel is closed
+ *  - KEEL_STATUS_INVALID_HANDLE  no such open channel
+ *  - KEEL_STATUS_PARAMETER_FAULT / KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION  as usual
+ */
+static inline keel_status_t keel_chan_recv(uint32_t handle, keel_chan_msg_t *out)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t, keel_chan_msg_t *), KEEL_CALL_CHAN_RECV, handle, out);
+}
+
+/**
+ * keel_chan_consume - frees the oldest message, the one keel_chan_recv() reported (slot
+ * KEEL_CALL_CHAN_CONSUME). Since ABI 2.1. Its room goes back to the server as credit.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_NO_DATA        no message waits
+ *  - KEEL_STATUS_INVALID_HANDLE no such open channel
+ *  - KEEL_STATUS_CHANNEL_CLOSED the record's length word in the buffer was overwritten (the
+ *                               channel is closed with KEEL_CHAN_REASON_BUFFER_FAULT)
+ */
+static inline keel_status_t keel_chan_consume(uint32_t handle)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t), KEEL_CALL_CHAN_CONSUME, handle);
+}
+
+/**
+ * keel_chan_close - closes a channel and writes 0 to *handle (slot KEEL_CALL_CHAN_CLOSE).
+ * Since ABI 2.1.
+ *
+ * *handle becomes 0 also when it was already closed or invalid (then the call answers
+ * KEEL_STATUS_INVALID_HANDLE). The buffers belong to the app again when the call returns.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_INVALID_HANDLE  *handle names no open channel (*handle is zeroed anyway)
+ *  - KEEL_STATUS_PARAMETER_FAULT `handle` is not writable app memory
+ */
+static inline keel_status_t keel_chan_close(uint32_t *handle)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t *), KEEL_CALL_CHAN_CLOSE, handle);
+}
+
+/**
+ * keel_chan_info - the channel's kind, state, closure reason and buffer levels (slot
+ * KEEL_CALL_CHAN_INFO). Since ABI 2.1. Set out->version = 1 before the call.
+ *
+ * Returns:
+ *  - KEEL_STATUS_OK
+ *  - KEEL_STATUS_INVALID_HANDLE no such open channel
+ *  - KEEL_STATUS_PARAMETER_FAULT / KEEL_STATUS_UNSUPPORTED_STRUCT_VERSION  as usual
+ */
+static inline keel_status_t keel_chan_info(uint32_t handle, keel_chan_info_t *out)
+{
+    return KEEL__CALL(keel_status_t, keel_status_t (*)(uint32_t, keel_chan_info_t *), KEEL_CALL_CHAN_INFO, handle, out);
+}
+
+/**
  * keel_update_confirm - confirm the update on trial (slot KEEL_CALL_UPDATE_CONFIRM).
  * Since ABI 1.1.
  *
@@ -692,6 +1096,32 @@ static inline keel_status_t keel_log_str(uint32_t level, const char *s)
     return keel_log(level, (const uint8_t *)s, len);
 }
 
+/**
+ * keel_chan_open_init - fills *p for keel_chan_open(): version 1, `kind` (KEEL_CHAN_KIND_*),
+ * `tag`, the buffers and the endpoint (NULL/0 for none). Buffers: 4-aligned, lengths multiples
+ * of 4 (see KEEL_CHAN_MIN_RX, KEEL_CHAN_MIN_TX, KEEL_CHAN_MAX_BUFFER).
+ */
+static inline void keel_chan_open_init(keel_chan_open_t *p, uint32_t kind, uint32_t tag, void *rx,
+                                       uint32_t rx_len, void *tx, uint32_t tx_len,
+                                       const char *endpoint, uint32_t endpoint_len)
+{
+    p->version = 1;
+    p->kind = kind;
+    p->tag = tag;
+    p->rx_buf = (uint32_t)(uintptr_t)rx;
+    p->rx_len = rx_len;
+    p->tx_buf = (uint32_t)(uintptr_t)tx;
+    p->tx_len = tx_len;
+    p->endpoint = (uint32_t)(uintptr_t)endpoint;
+    p->endpoint_len = endpoint_len;
+}
+
+/** The first byte of the message `m` (from keel_chan_recv()) in receive buffer `rx`. */
+static inline const uint8_t *keel_chan_msg_ptr(const void *rx, const keel_chan_msg_t *m)
+{
+    return (const uint8_t *)rx + m->offset;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Notifications: the app's side of the ring                                                 */
 /* ---------------------------------------------------------------------------------------- */
@@ -700,7 +1130,7 @@ static inline keel_status_t keel_log_str(uint32_t level, const char *s)
 typedef struct keel_notify_record {
     uint16_t kind;  /**< KEEL_NOTIFY_* */
     uint16_t flags; /**< Reserved, 0. */
-    uint32_t tag;   /**< The timer's tag; 0 for visor events. */
+    uint32_t tag;   /**< The timer's, request's or channel's tag; 0 for visor events. */
     uint64_t value; /**< See the kind. */
 } keel_notify_record_t;
 KEEL__STATIC_ASSERT(sizeof(keel_notify_record_t) == 16, "keel_notify_record_t layout");
@@ -797,6 +1227,16 @@ static inline const char *keel_status_name(keel_status_t status)
     case KEEL_STATUS_UNAVAILABLE: return "UNAVAILABLE";
     case KEEL_STATUS_LOG_MESSAGE_TOO_LONG: return "LOG_MESSAGE_TOO_LONG";
     case KEEL_STATUS_INTERNAL_ERROR: return "INTERNAL_ERROR";
+    case KEEL_STATUS_INVALID_HANDLE: return "INVALID_HANDLE";
+    case KEEL_STATUS_TOO_MANY_CHANNELS: return "TOO_MANY_CHANNELS";
+    case KEEL_STATUS_CHANNEL_CLOSED: return "CHANNEL_CLOSED";
+    case KEEL_STATUS_WOULD_BLOCK: return "WOULD_BLOCK";
+    case KEEL_STATUS_NETWORK_NOT_CONNECTED: return "NETWORK_NOT_CONNECTED";
+    case KEEL_STATUS_RATE_LIMITED: return "RATE_LIMITED";
+    case KEEL_STATUS_INVALID_BUFFER_ALIGNMENT: return "INVALID_BUFFER_ALIGNMENT";
+    case KEEL_STATUS_UNKNOWN_CHANNEL_KIND: return "UNKNOWN_CHANNEL_KIND";
+    case KEEL_STATUS_BUFFER_IN_USE: return "BUFFER_IN_USE";
+    case KEEL_STATUS_NO_DATA: return "NO_DATA";
     default: return "UNKNOWN";
     }
 }
