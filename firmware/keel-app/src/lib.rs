@@ -313,6 +313,24 @@ impl Write for LineBuf {
     }
 }
 
+/// Shows bytes as text in logs: printable ASCII as is, every other byte as `\xNN` (for
+/// payloads and values the server or a remote party chose).
+#[derive(Clone, Copy)]
+pub struct Text<'a>(pub &'a [u8]);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &c in self.0 {
+            if (0x20..0x7F).contains(&c) && c != b'\\' {
+                f.write_char(c as char)?;
+            } else {
+                write!(f, "\\x{c:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Formats and logs one line. Used by [`info!`], [`warn!`] and [`error!`].
 pub fn log_fmt(level: LogLevel, args: fmt::Arguments<'_>) {
     let mut b = LineBuf::new();
