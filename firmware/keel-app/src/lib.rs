@@ -19,12 +19,30 @@
 //! The crate provides the vector table and reset handler, safe wrappers for every system call
 //! (the raw ones are in [`raw`]), formatting log macros and a panic handler that logs the panic
 //! and asks the visor for a restart.
+//!
+//! Since ABI 2.1 an app can reach the cloud through the visor: [`net`] asks for the network and
+//! watches the link, [`chan`] opens channels to the Keel server's services over buffers the app
+//! provides, and [`http`], [`config`] and [`mqtt`] are ready-made clients of those services
+//! (an HTTP(S) request, a configuration and secrets fetch, a managed MQTT session). Each offers
+//! blocking calls with timeouts and async ones for an executor (see [`notify`]).
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 use core::fmt::{self, Write};
 
+pub mod chan;
+pub mod config;
+mod error;
+pub mod http;
+pub mod mqtt;
+pub mod net;
 pub mod notify;
+
+pub use error::Error;
+/// The app messages channels carry (`keel-channel`'s codec): message types, result codes and
+/// their limits. The helpers in [`http`], [`config`] and [`mqtt`] encode and decode them.
+pub use keel_channel::msg;
 
 pub use keel_abi::{
     events, update_outcome, AbiInfo, BootInfo, Call, CrashReport, FaultKind, LogLevel, StartReason, Status, UpdateInfo,
@@ -172,25 +190,28 @@ pub fn restart(code: u32) -> Status {
 
 /// Sleeps for `us` microseconds or until the visor reports an update ready; returns the events
 /// seen ([`events::UPDATE_READY`], or 0 when the time is up). Built on [`notify`]: the app
-/// sleeps in its own world with `wfi`; other records that arrive meanwhile are dropped (use
+/// sleeps in its own world with `wfi`; other records queued meanwhile are dropped (use
 /// [`notify`] directly to see them all).
 pub fn wait(us: u32) -> u32 {
-    let deadline = monotonic_us().saturating_add(us as u64);
-    if notify::timer_set(deadline, notify::SLEEP_TAG).is_err() {
+    if notify::init().is_err() {
         return 0;
     }
+    let deadline = monotonic_us().saturating_add(us as u64);
     loop {
+        let seen = notify::events();
         while let Some(r) = notify::pop() {
             match notify::Kind::from_u16(r.kind) {
                 Some(notify::Kind::UpdateReady) => return events::UPDATE_READY,
-                Some(notify::Kind::Timer) if r.tag == notify::SLEEP_TAG => return 0,
                 // A lost record may have been an update ready: say so (applying is refused with
                 // UNAVAILABLE if nothing is ready).
                 Some(notify::Kind::Overrun) => return events::UPDATE_READY,
                 _ => {}
             }
         }
-        notify::sleep();
+        if monotonic_us() >= deadline {
+            return 0;
+        }
+        notify::block(seen, Some(deadline));
     }
 }
 
@@ -288,6 +309,24 @@ impl Write for LineBuf {
         let n = s.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
+        Ok(())
+    }
+}
+
+/// Shows bytes as text in logs: printable ASCII as is, every other byte as `\xNN` (for
+/// payloads and values the server or a remote party chose).
+#[derive(Clone, Copy)]
+pub struct Text<'a>(pub &'a [u8]);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &c in self.0 {
+            if (0x20..0x7F).contains(&c) && c != b'\\' {
+                f.write_char(c as char)?;
+            } else {
+                write!(f, "\\x{c:02x}")?;
+            }
+        }
         Ok(())
     }
 }

@@ -6,12 +6,12 @@
 //!   keeps idling;
 //! * `updates` waits for the visor to report an update ready and applies it.
 //!
-//! **One consumer of the ring.** keel-app has one notification ring and one waker slot: two tasks
-//! awaiting [`keel_app::notify::next`] at once would steal each other's records (and the second
-//! would overwrite the first one's waker). So `ticker` is the only task that reads the ring (its
-//! sleeps are `next()` loops); records other than its own timer are handed to [`dispatch`], which
+//! **One consumer of the records.** keel-app queues the ring's records for whoever reads first:
+//! two tasks awaiting [`keel_app::notify::next`] at once would steal each other's records (several
+//! futures may wait at once, but each record goes to one of them). So `ticker` is the only task
+//! that reads records (its sleeps are `next()` loops); records are handed to [`dispatch`], which
 //! forwards "update ready" to `updates` through an embassy-sync [`Signal`]. After its last tick
-//! `ticker` goes on reading the ring with `next()` for the same reason.
+//! `ticker` goes on reading records with `next()` for the same reason.
 //!
 //! **The executor.** Tasks, wakers and the run queue are embassy-executor's (`raw::Executor`);
 //! the platform, the loop that polls and sleeps, is [`KeelExecutor`] below, the custom platform
