@@ -20,11 +20,20 @@ pub fn firmware() -> Result<(), String> {
 pub fn c_apps() -> Result<(), String> {
     let out = root().join("target/c-apps");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    for app in ["hello-c", "debuggee-c", "freertos-stress"] {
+    for app in ["hello-c", "debuggee-c", "freertos-stress", "freertos-channels"] {
         sh(Command::new("make")
             .arg("-s")
             .arg("-C")
             .arg(root().join("sdk/c/examples").join(app))
+            .arg(format!("BUILD={}", out.display())))?;
+    }
+    // The Microvisor compatibility layer's conformance apps: C written against `mv_syscalls.h`
+    // alone, built with plain arm-none-eabi-gcc.
+    for app in ["mv-http-get", "mv-config", "mv-mqtt", "mv-update"] {
+        sh(Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(root().join("sdk/c/compat/examples").join(app))
             .arg(format!("BUILD={}", out.display())))?;
     }
     Ok(())

@@ -347,7 +347,8 @@ impl ChanInfo {
     /// The struct as the app sees it in memory.
     pub fn to_bytes(&self) -> [u8; 24] {
         let mut b = [0u8; 24];
-        for (i, v) in [self.version, self.kind, self.state, self.reason, self.rx_pending, self.tx_free].iter().enumerate()
+        for (i, v) in
+            [self.version, self.kind, self.state, self.reason, self.rx_pending, self.tx_free].iter().enumerate()
         {
             b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
         }

@@ -249,7 +249,8 @@ impl Channels {
         }
         let free = self.slots.iter().position(|s| s.is_none()).ok_or(Status::TooManyChannels)?;
         let mine = [(p.rx_buf, p.rx_len), (p.tx_buf, p.tx_len)];
-        if self.buffers().chain(reserved.iter().copied()).any(|o| mine.iter().any(|m| keel_abi::chan::overlaps(*m, o))) {
+        if self.buffers().chain(reserved.iter().copied()).any(|o| mine.iter().any(|m| keel_abi::chan::overlaps(*m, o)))
+        {
             return Err(Status::BufferInUse);
         }
         if !online {
@@ -464,9 +465,11 @@ impl Channels {
             | Down::ChanClosed { ch, .. } => ch,
             _ => return false,
         };
-        let Some(i) = self.slots.iter().position(|s| {
-            s.as_ref().is_some_and(|c| c.ch == ch && matches!(c.wire, Wire::Requested | Wire::Open))
-        }) else {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|c| c.ch == ch && matches!(c.wire, Wire::Requested | Wire::Open)))
+        else {
             self.counters.stray += 1;
             return true;
         };
@@ -572,7 +575,11 @@ impl Channels {
     /// The next channel message for the link, if any: closes first, then one step of one
     /// channel in turn (open, credit, or one piece of its current message). `piece` holds the
     /// bytes of a `ChanData`.
-    pub fn poll_transmit<'p>(&'p mut self, mem: &mut (impl AppMemory + ?Sized), piece: &'p mut [u8; MAX_CHAN_DATA]) -> Option<Up<'p>> {
+    pub fn poll_transmit<'p>(
+        &'p mut self,
+        mem: &mut (impl AppMemory + ?Sized),
+        piece: &'p mut [u8; MAX_CHAN_DATA],
+    ) -> Option<Up<'p>> {
         if self.n_closes > 0 {
             let ch = self.closes[0];
             self.closes.copy_within(1..self.n_closes, 0);
@@ -618,7 +625,12 @@ impl Channels {
     }
 
     /// Reads the next piece of channel `i`'s current message into `piece`.
-    fn piece(&mut self, i: usize, mem: &mut (impl AppMemory + ?Sized), piece: &mut [u8; MAX_CHAN_DATA]) -> Option<usize> {
+    fn piece(
+        &mut self,
+        i: usize,
+        mem: &mut (impl AppMemory + ?Sized),
+        piece: &mut [u8; MAX_CHAN_DATA],
+    ) -> Option<usize> {
         let c = self.slots[i].as_mut()?;
         let (len, sent) = match c.tx_cur {
             Some(cur) => cur,

@@ -284,15 +284,15 @@ macro_rules! list_impl {
 }
 
 list_impl!(Strs, &'a [u8], |d: &mut Dec<'a>| d.str(), |e: &mut Enc<'_>, s: &[u8]| e.str(s));
-list_impl!(
-    Subs,
-    Sub<'a>,
-    |d: &mut Dec<'a>| -> Result<Sub<'a>, Error> { Ok((d.str()?, d.u8()?)) },
-    |e: &mut Enc<'_>, (t, q): Sub<'_>| {
-        e.str(t);
-        e.u8(q)
-    }
-);
+list_impl!(Subs, Sub<'a>, |d: &mut Dec<'a>| -> Result<Sub<'a>, Error> { Ok((d.str()?, d.u8()?)) }, |e: &mut Enc<
+    '_,
+>,
+                                                                                                    (t, q): Sub<
+    '_,
+>| {
+    e.str(t);
+    e.u8(q)
+});
 list_impl!(
     Keys,
     Key<'a>,

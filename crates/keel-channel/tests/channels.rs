@@ -148,9 +148,7 @@ fn pump(dev: &mut Channels, srv: &mut Server, mem: &mut Mem) -> Vec<String> {
 }
 
 fn notes(dev: &mut Channels) -> Vec<(Note, u32, u64)> {
-    std::iter::from_fn(|| dev.take_notification())
-        .map(|r| (Note::from_u16(r.kind).unwrap(), r.tag, r.value))
-        .collect()
+    std::iter::from_fn(|| dev.take_notification()).map(|r| (Note::from_u16(r.kind).unwrap(), r.tag, r.value)).collect()
 }
 
 #[test]
@@ -187,7 +185,8 @@ fn a_request_and_a_response_larger_than_one_piece() {
 #[test]
 fn the_server_sends_only_what_the_receive_buffer_can_hold() {
     let (mut dev, mut mem, mut srv) = (Channels::new(), Mem::new(), Server::new(4096));
-    let h = dev.open(&params(Kind::Mqtt, (BASE + 0x1000, 1024), (BASE + 0x3000, 256)), b"telemetry", true, &[]).unwrap();
+    let h =
+        dev.open(&params(Kind::Mqtt, (BASE + 0x1000, 1024), (BASE + 0x3000, 256)), b"telemetry", true, &[]).unwrap();
     mem.put(BASE + 0x8000, b"connect");
     assert_eq!(dev.send(0, h, BASE + 0x8000, 7, &mut mem), Status::Ok);
     pump(&mut dev, &mut srv, &mut mem);
@@ -295,7 +294,10 @@ fn open_checks_limits_overlaps_and_the_network() {
     let ring = (BASE + 0xF000, 16 + 16 * 8);
     let p = |i: u32| params(Kind::Http, (BASE + i * 0x400, 256), (BASE + i * 0x400 + 0x100, 256));
     assert_eq!(dev.open(&p(0), b"", false, &[]), Err(Status::NetworkNotConnected));
-    assert_eq!(dev.open(&params(Kind::Http, (BASE + 0xF000, 256), (BASE, 64)), b"", true, &[ring]), Err(Status::BufferInUse));
+    assert_eq!(
+        dev.open(&params(Kind::Http, (BASE + 0xF000, 256), (BASE, 64)), b"", true, &[ring]),
+        Err(Status::BufferInUse)
+    );
     assert_eq!(dev.open(&p(0), b"bad endpoint", true, &[]), Err(Status::InvalidArgument), "a space");
     let hs: Vec<u32> = (0..8).map(|i| dev.open(&p(i), b"", true, &[ring]).unwrap()).collect();
     assert_eq!(dev.open(&p(20), b"", true, &[]), Err(Status::TooManyChannels));

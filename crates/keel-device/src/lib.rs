@@ -57,8 +57,8 @@ use keel_update::agent::{self, Agent, Next};
 use keel_update::{Outcome, Phase, Reason, Slot, UpdateState, Updater};
 
 pub use conn::{Connection, LossReason, State as ConnState};
-pub use keel_channel::device::{AppMemory, ChanCounters, Channels};
 pub use debug::{DebugAction, DebugService, DebugTarget, RestartReason, StopReason};
+pub use keel_channel::device::{AppMemory, ChanCounters, Channels};
 pub use keel_link::session::MAX_FRAME;
 pub use keel_proto::event::CRASH_DUMP_BYTES;
 pub use quarantine::Quarantine;

@@ -135,7 +135,10 @@ fn http_get_reaches_a_local_https_server_and_the_policy_refuses_the_rest() {
     let ca = TestCa::new("keel connect test CA");
     let leaf = ca.localhost();
     let https = rt.block_on(HttpServer::start_tls(&leaf, |req| async move {
-        (200, vec![("content-type".to_string(), "text/plain".to_string())], format!("hello from {}", req.path).into_bytes())
+        hyper::Response::builder()
+            .header("content-type", "text/plain")
+            .body(keel_testpeers::full(format!("hello from {}", req.path)))
+            .unwrap()
     }));
     let ca_path = ca_file(&ca, "http");
     let mut lab = Lab::new("http-get", "http-get", &[("KEEL_PROXY_CA", &ca_path)]);

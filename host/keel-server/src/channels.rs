@@ -48,6 +48,12 @@ pub struct Services {
     pub mqtt: MqttHub,
 }
 
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
 impl Services {
     /// The services with default limits; `KEEL_PROXY_CA` names a PEM file of extra CAs the
     /// HTTP proxy trusts besides the system's roots (an account or test CA).
@@ -71,7 +77,8 @@ impl Destinations for AccountPolicy {
     fn check(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> Result<(), String> {
         match policy::check(&self.rules, scheme, host, port, ip) {
             policy::Decision::Allow => Ok(()),
-            d => Err(d.reason().unwrap_or("denied").to_string()),
+            policy::Decision::Deny { reason, rule: Some(rule) } => Err(format!("{reason} (rule {rule})")),
+            policy::Decision::Deny { reason, rule: None } => Err(reason),
         }
     }
 }
@@ -247,7 +254,8 @@ impl ChannelHub {
         }
         let endpoint = String::from_utf8_lossy(&endpoint).into_owned();
         let peer = Peer::new(ch, window, IN_WINDOW);
-        let ctx = Ctx { store: self.store.clone(), services, device: self.device.clone(), max_message: peer.max_message() };
+        let ctx =
+            Ctx { store: self.store.clone(), services, device: self.device.clone(), max_message: peer.max_message() };
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         let tx = self.out_tx.clone();
         let task = tokio::spawn(async move {
@@ -367,10 +375,8 @@ async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox)
     let req = match Msg::decode(&first) {
         Ok(Msg::HttpRequest { method, url, timeout_ms, headers, body }) => {
             let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
-            let hs: Option<Vec<(String, String)>> = headers
-                .iter()
-                .map(|h| msg::split_header(h).and_then(|(n, v)| Some((text(n)?, text(v)?))))
-                .collect();
+            let hs: Option<Vec<(String, String)>> =
+                headers.iter().map(|h| msg::split_header(h).and_then(|(n, v)| Some((text(n)?, text(v)?)))).collect();
             match (text(method), text(url), hs) {
                 (Some(method), Some(url), Some(headers)) => {
                     Some(HttpRequest { method, url, headers, body: body.to_vec(), timeout_ms })
@@ -399,10 +405,17 @@ async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox)
             Ok(r) => {
                 let lines: Vec<Vec<u8>> = r.headers.iter().map(|(n, v)| format!("{n}: {v}").into_bytes()).collect();
                 let lines: Vec<&[u8]> = lines.iter().take(msg::MAX_HTTP_HEADERS).map(Vec::as_slice).collect();
-                let m = Msg::HttpResponse { result: http_result::OK, status: r.status, headers: Strs::Items(&lines), body: &r.body };
+                let m = Msg::HttpResponse {
+                    result: http_result::OK,
+                    status: r.status,
+                    headers: Strs::Items(&lines),
+                    body: &r.body,
+                };
                 match m.to_vec() {
                     Ok(v) if v.len() <= ctx.max_message => o.msg(&m),
-                    _ => o.msg(&failure(http_result::RESPONSE_TOO_LARGE, "the response does not fit the receive buffer")),
+                    _ => {
+                        o.msg(&failure(http_result::RESPONSE_TOO_LARGE, "the response does not fit the receive buffer"))
+                    }
                 }
             }
             Err(e) => o.msg(&failure(http_code(&e), &e.to_string())),
@@ -508,9 +521,10 @@ async fn profile(ctx: &Ctx, name: &str) -> Result<BrokerSettings, String> {
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().map_err(|_| "bad port".to_string())?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse().map_err(|_| "bad port".to_string())?,
+        ),
         _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
     };
     Ok(BrokerSettings {

@@ -35,8 +35,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::bus::{DeviceMessage, Mailbox, Presence};
-use crate::connection::{ChanUp, 
-    escape_device_text, Action, Batch, Close, Connection, DebugDrop, Fetch, Note, Notice, Now, Output, Target,
+use crate::connection::{
+    escape_device_text, Action, Batch, ChanUp, Close, Connection, DebugDrop, Fetch, Note, Notice, Now, Output, Target,
 };
 pub use crate::connection::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_BATCH, PING_INTERVAL, TIME_SYNC_EVERY_PINGS};
 use crate::framed::{FrameReader, ReadError};
