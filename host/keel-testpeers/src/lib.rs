@@ -260,14 +260,29 @@ impl Mosquitto {
     }
 
     /// Subscribes with `mosquitto_sub` to `filter` at QoS 1; returns once the broker
-    /// acknowledged the subscription.
+    /// acknowledged the subscription (tries 3 times).
     pub fn subscribe(&self, filter: &str) -> Subscriber {
-        let mut child = Command::new("mosquitto_sub")
+        let mut why = String::new();
+        for attempt in 0..3 {
+            match self.try_subscribe(filter, attempt) {
+                Ok(s) => return s,
+                Err(e) => why = e,
+            }
+        }
+        panic!("mosquitto_sub did not subscribe: {why}\nbroker log:\n{}", self.log());
+    }
+
+    fn try_subscribe(&self, filter: &str, attempt: u32) -> Result<Subscriber, String> {
+        let err_path = self.dir.path().join(format!("sub-{}-{attempt}.err", free_port()));
+        let err = std::fs::File::create(&err_path).expect("stderr file");
+        // Line-buffered output (a pipe is block-buffered): the SUBACK line arrives when it happens.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(self.client_args())
             .args(["-t", filter, "-q", "1", "-v", "-d"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("run mosquitto_sub (is `mosquitto-clients` installed?)");
         let stdout = child.stdout.take().expect("stdout");
@@ -276,7 +291,7 @@ impl Mosquitto {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
                 let text = String::from_utf8_lossy(&line).into_owned();
-                if text.starts_with("Client ") {
+                if text.starts_with("Client ") || text.starts_with("Subscribed (mid:") {
                     if text.contains("received SUBACK") {
                         let _ = ready_tx.send(());
                     }
@@ -287,8 +302,14 @@ impl Mosquitto {
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(10)).expect("mosquitto_sub did not subscribe");
-        Subscriber { child, rx }
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(()) => Ok(Subscriber { child, rx }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("{e}: {}", std::fs::read_to_string(&err_path).unwrap_or_default()))
+            }
+        }
     }
 }
 

