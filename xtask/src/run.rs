@@ -116,7 +116,7 @@ pub fn demo() -> Result<(), String> {
     let data = dir.join("data").display().to_string();
     let flash_path = dir.join("device.flash");
 
-    println!("\n=== Keel demo 1/6: a self-hosted server, a provisioned device, its logs streamed live ===\n");
+    println!("\n=== Keel demo 1/7: a self-hosted server, a provisioned device, its logs streamed live ===\n");
     let init = keel_json(&keel, &["server", "init", "--data", &data], &[])?;
     let token = json_field(&init, "token").ok_or("no token from `keel server init`")?;
     let mut server = Kill(
@@ -159,7 +159,7 @@ pub fn demo() -> Result<(), String> {
     r.kill();
     drop(follow);
 
-    println!("\n=== Keel demo 2/6: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
+    println!("\n=== Keel demo 2/7: 'crashy' faults; the visor reports the crash and restarts it with backoff ===\n");
     prepare_device(&flash_path, Some("crashy"))?;
     let dev = Device { clock: Clock::Deterministic, ..dev };
     let mut r = dev.start().map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ pub fn demo() -> Result<(), String> {
         println!("{l}");
     }
 
-    println!("\n=== Keel demo 3/6: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
+    println!("\n=== Keel demo 3/7: over-the-air updates: v1 -> v2 confirmed, a crashing v3 rolled back ===\n");
     prepare_device(&flash_path, Some("hello"))?;
     let ship = |app: &str, version: &str, seq: &str| -> Result<String, String> {
         let out = dir.join(format!("{app}-{version}.keelb")).display().to_string();
@@ -235,7 +235,7 @@ pub fn demo() -> Result<(), String> {
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id]).envs(env).status();
 
     println!(
-        "\n=== Keel demo 4/6: a hostile app forges an exception return at every start to reset-loop the device;\n\
+        "\n=== Keel demo 4/7: a hostile app forges an exception return at every start to reset-loop the device;\n\
          the visor records each crash, quarantines the app after three, and an update replaces it ===\n"
     );
     // A second device whose factory app is the hostile one, in its 'exc-s1' mode: an SVCall
@@ -282,6 +282,7 @@ pub fn demo() -> Result<(), String> {
     let _ = std::process::Command::new(&keel).args(["devices", "show", &id2]).envs(env).status();
     server_under_abuse(&keel, &env, "127.0.0.1:7447", &v4, &id2)?;
     remote_debugging(&keel, &env, &dir, &flash_path, &id)?;
+    app_connectivity(&keel, &env, &dir, &flash_path, &id)?;
     drop(server);
     println!(
         "\nThe device's flash file is {} (boot it again: cargo xtask qemu --device {}).",
@@ -297,7 +298,7 @@ fn server_under_abuse(keel: &Path, env: &[(&str, &str)], http: &str, bundle: &st
     use std::io::{Read, Write};
     use std::net::TcpStream;
     println!(
-        "\n=== Keel demo 5/6: the server holds under abuse: nothing unbounded before authentication, \
+        "\n=== Keel demo 5/7: the server holds under abuse: nothing unbounded before authentication, \
          slow clients closed, scoped tokens ===\n"
     );
     // An unauthenticated 60 MB upload is answered before its body is read.
@@ -401,7 +402,7 @@ fn gdb_batch(elf: &Path, port: &str, commands: &[&str]) -> Result<String, String
 /// crash from part 2 opened post mortem.
 fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &Path, id: &str) -> Result<(), String> {
     println!(
-        "\n=== Keel demo 6/6: gdb on the device through the server (end-to-end encrypted), and a crash \
+        "\n=== Keel demo 6/7: gdb on the device through the server (end-to-end encrypted), and a crash \
          from the field opened in gdb ===\n"
     );
     let dbg = dir.join("dev").display().to_string();
@@ -467,5 +468,57 @@ fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     if !out.contains("crashy_fault_insn") && !out.contains("crashy_do_fault") {
         return Err("the post-mortem backtrace does not show the faulting function".into());
     }
+    Ok(())
+}
+
+/// Demo part 7: configuration and a secret set with the CLI reach the app through the visor's
+/// channel to the server (the same path HTTP requests and MQTT sessions take).
+fn app_connectivity(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &Path, id: &str) -> Result<(), String> {
+    println!(
+        "\n=== Keel demo 7/7: the app reaches the cloud through the visor's link: config and a secret set \
+         with the CLI reach it over a channel ===\n"
+    );
+    keel_json(keel, &["config", "set", "greeting", "hello-from-the-server"], env)?;
+    keel_json(keel, &["config", "set", "site", "demo-lab", "--device", id], env)?;
+    let mut child = std::process::Command::new(keel)
+        .args(["secrets", "set", "api-key", "--json"])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"not-for-your-eyes").map_err(|e| e.to_string())?;
+    }
+    if !child.wait().map_err(|e| e.to_string())?.success() {
+        return Err("keel secrets set failed".into());
+    }
+    println!("$ keel config set greeting hello-from-the-server");
+    println!("$ keel config set site demo-lab --device {id}");
+    println!("$ keel secrets set api-key   (the value from standard input; it is encrypted at rest and never shown)");
+    let elf = keel_vdev::app_elf("config-demo").display().to_string();
+    let bundle = dir.join("config-demo-6.0.0.keelb").display().to_string();
+    let release = dir.join("release.key").display().to_string();
+    let args = ["bundle", &elf, "--key", &release, "--version", "6.0.0", "--sequence", "6", "--out", &bundle];
+    keel_json(keel, &args, env)?;
+    let up = keel_json(keel, &["apps", "upload", &bundle], env)?;
+    let bn = json_field(&up, "id").ok_or("no bundle id")?;
+    keel_json(keel, &["deploy", &bn, "--device", id], env)?;
+    println!("$ keel bundle config-demo.elf ... && keel apps upload ... && keel deploy {bn} --device {id}");
+    let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.to_path_buf(), clock: Clock::RealTime };
+    let mut r = dev.start().map_err(|e| e.to_string())?;
+    let line = r
+        .wait_for("the values", Duration::from_secs(120), |l| l.contains("config-demo: greeting="))
+        .map_err(|e| e.to_string())?;
+    println!("  device | {line}");
+    r.wait_for("success", Duration::from_secs(30), |l| l.contains("config-demo: PASS")).map_err(|e| e.to_string())?;
+    r.kill();
+    if !line.contains("greeting=hello-from-the-server") || !line.contains("site=demo-lab") {
+        return Err("the app did not get the values set with the CLI".into());
+    }
+    println!("\n$ keel secrets list");
+    let _ = std::process::Command::new(keel).args(["secrets", "list"]).envs(env.iter().copied()).status();
     Ok(())
 }

@@ -3,7 +3,7 @@
  * buffer, written against mv_syscalls.h only.
  *
  * Requests the network, waits for it, opens an HTTP channel, sends GET URL (compiled in:
- * -DURL='"https://..."', default https://10.0.2.2:8443/hello), waits for CHANNELDATAREADABLE,
+ * -DURL='"https://..."', default https://localhost:18443/hello), waits for CHANNELDATAREADABLE,
  * reads the response (data, every header by index, the body by offset), checks the API's edge
  * rules (INDEXINVALID past the last header, OFFSETINVALID past the body, a second request
  * answers REQUESTALREADYSENT, no CHANNELDATAWRITESPACE event on an HTTP channel, mvCloseChannel
@@ -22,7 +22,7 @@
 #include "mv_syscalls.h"
 
 #ifndef URL
-#define URL "https://10.0.2.2:8443/hello"
+#define URL "https://localhost:18443/hello"
 #endif
 
 #define NOTE_IRQ 81u
