@@ -23,14 +23,19 @@ pub enum ConfigCmd {
     ///
     ///   keel config set mqtt/main/host broker.example.com
     ///   keel config set sample-rate 10 --device kd0123...
+    ///   keel config set mqtt/main/ca --from-file broker-ca.pem
     #[command(verbatim_doc_comment)]
     Set {
         #[command(flatten)]
         conn: Conn,
         /// Key: 1..=128 bytes of A-Z a-z 0-9 . _ / - (e.g. `mqtt/main/host`).
         key: String,
-        /// The value (text, at most 4096 bytes).
-        value: String,
+        /// The value (text, at most 4096 bytes); or give --from-file.
+        #[arg(allow_hyphen_values = true, required_unless_present = "from_file")]
+        value: Option<String>,
+        /// Read the value from this file (a PEM certificate, say) instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        from_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         device: DeviceOpt,
     },
@@ -166,7 +171,13 @@ fn print_config(e: &ConfigEntryJson) {
 /// `keel config ...`.
 pub fn config(cmd: ConfigCmd, json: bool) -> Result<(), String> {
     match cmd {
-        ConfigCmd::Set { conn, key, value, device } => {
+        ConfigCmd::Set { conn, key, value, from_file, device } => {
+            let value = match (value, from_file) {
+                (Some(v), _) => v,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| format!("cannot read {}: {e} (the value must be UTF-8 text)", f.display()))?,
+                (None, None) => return Err("give a VALUE or --from-file FILE".into()),
+            };
             let e =
                 conn.client()?.config_set(&key, &SetValue::text(value), device.device.as_deref()).map_err(api_error)?;
             if json {

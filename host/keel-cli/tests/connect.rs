@@ -178,7 +178,9 @@ fn mqtt_telemetry_through_a_tls_broker_survives_the_broker_and_the_server_going_
     let port = broker.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
     lab.keel(&["config", "set", "mqtt/telemetry/url", &format!("mqtts://localhost:{port}")]);
-    lab.keel(&["config", "set", "mqtt/telemetry/ca", broker.ca_pem.as_deref().unwrap()]);
+    let ca = keel_vdev::repo_root().join("target/connect-e2e/broker-ca.pem");
+    std::fs::write(&ca, broker.ca_pem.as_deref().unwrap()).unwrap();
+    lab.keel(&["config", "set", "mqtt/telemetry/ca", "--from-file", &ca.display().to_string()]);
     let id = lab.id.clone();
     let mut readings = broker.subscribe(&format!("sensor/{id}"));
     lab.boot();
