@@ -151,3 +151,86 @@ async fn config_secrets_and_policy_from_the_cli() {
     let (ok, out, _) = keel(&s, &s.admin, &["secrets", "set", "--help"], None).await;
     assert!(ok && out.contains("shell history") && out.contains("keel secrets set mqtt/main/password"), "{out}");
 }
+
+/// `keel server run` makes `secrets.key` (0600) at first start and keeps it, applies
+/// `KEEL_POLICY_ALLOW`, and refuses to start with a bad `KEEL_SECRETS_KEY` or `KEEL_POLICY_ALLOW`.
+#[test]
+fn the_server_process_manages_its_secrets_key_and_operator_rules() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("keel-cli-settings-{}-process", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let out =
+        Command::new(KEEL).args(["server", "init", "--data", &data.display().to_string(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_string();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = |env: &[(&str, &str)]| {
+        let http = free();
+        let mut child = Command::new(KEEL)
+            .args(["server", "run", "--data", &data.display().to_string()])
+            .args(["--http", &format!("127.0.0.1:{http}"), "--gateway", &format!("127.0.0.1:{}", free())])
+            .env_remove("KEEL_SECRETS_KEY")
+            .env_remove("KEEL_POLICY_ALLOW")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+        (child, http, first)
+    };
+    let stop = |mut c: std::process::Child| {
+        let _ = c.kill();
+        let _ = c.wait();
+    };
+    let keel = |http: u16, args: &[&str], stdin: &str| {
+        let mut child = Command::new(KEEL)
+            .args(args)
+            .arg("--json")
+            .env("KEEL_SERVER", format!("http://127.0.0.1:{http}"))
+            .env("KEEL_TOKEN", &token)
+            .env("KEEL_CONFIG", dir.join("none.toml"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "keel {args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    let (server, http, first) = run(&[("KEEL_POLICY_ALLOW", "127.0.0.1/32, 10.0.0.0/8")]);
+    assert!(first.contains("keel server: API"), "{first}");
+    let key_file = data.join("secrets.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    keel(http, &["secrets", "set", "db/password"], PLAIN);
+    let p = keel(http, &["policy", "list"], "");
+    let targets: Vec<&str> =
+        p["operator_rules"].as_array().unwrap().iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["127.0.0.1/32", "10.0.0.0/8"]);
+    stop(server);
+    // A restart keeps the key; the database never held the plaintext.
+    let (server, http, _) = run(&[]);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+    assert_eq!(keel(http, &["policy", "list"], "")["operator_rules"], serde_json::json!([]));
+    stop(server);
+    let db = std::fs::read(data.join("keel.db")).unwrap();
+    assert!(!db.windows(PLAIN.len()).any(|w| w == PLAIN.as_bytes()));
+    // Bad settings stop the server with a message that says what is wrong.
+    for (var, value) in [("KEEL_SECRETS_KEY", "abcd"), ("KEEL_POLICY_ALLOW", "127.0.0.1/32,localhost")] {
+        let (mut server, _, first) = run(&[(var, value)]);
+        let status = server.wait().unwrap();
+        assert!(!status.success(), "{var}={value} started");
+        assert!(first.contains(var), "{var}: {first}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -331,9 +331,11 @@ fn rule_id() -> Result<String, Error> {
     Ok(format!("pr-{}", hex(&raw)))
 }
 
-/// Takes the account's row lock for a count-then-insert (PostgreSQL; SQLite has one writer).
+/// Takes the account's row lock for a count-then-insert, so concurrent writers of one account
+/// cannot both pass the limit (PostgreSQL; SQLite has one writer). A non-key column: rows that
+/// only reference the account (devices, crashes) are not held up.
 async fn lock_account(c: &mut sqlx::AnyConnection, account: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE accounts SET id = id WHERE id = $1").bind(account).execute(c).await?;
+    sqlx::query("UPDATE accounts SET name = name WHERE id = $1").bind(account).execute(c).await?;
     Ok(())
 }
 

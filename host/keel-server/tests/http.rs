@@ -250,22 +250,34 @@ async fn openapi_covers_every_route() {
     }
     ops.sort();
     let expected = [
+        "DELETE /v1/config/{key}",
         "DELETE /v1/devices/{id}",
+        "DELETE /v1/devices/{id}/config/{key}",
+        "DELETE /v1/devices/{id}/secrets/{key}",
+        "DELETE /v1/policy/rules/{id}",
+        "DELETE /v1/secrets/{key}",
         "DELETE /v1/signer-keys/{id}",
         "DELETE /v1/tokens/{id}",
         "GET /healthz",
         "GET /metrics",
         "GET /v1/bundles",
         "GET /v1/bundles/{id}",
+        "GET /v1/config",
+        "GET /v1/config/{key}",
         "GET /v1/devices",
         "GET /v1/devices/{id}",
+        "GET /v1/devices/{id}/config",
+        "GET /v1/devices/{id}/config/{key}",
         "GET /v1/devices/{id}/crashes",
         "GET /v1/devices/{id}/crashes/{crash_id}",
         "GET /v1/devices/{id}/debug",
         "GET /v1/devices/{id}/logs",
         "GET /v1/devices/{id}/logs/stream",
+        "GET /v1/devices/{id}/secrets",
         "GET /v1/devices/{id}/update-events",
         "GET /v1/openapi.json",
+        "GET /v1/policy",
+        "GET /v1/secrets",
         "GET /v1/server",
         "GET /v1/signer-keys",
         "GET /v1/tokens",
@@ -273,8 +285,14 @@ async fn openapi_covers_every_route() {
         "POST /v1/bundles",
         "POST /v1/deployments",
         "POST /v1/devices",
+        "POST /v1/policy/check",
+        "POST /v1/policy/rules",
         "POST /v1/signer-keys",
         "POST /v1/tokens",
+        "PUT /v1/config/{key}",
+        "PUT /v1/devices/{id}/config/{key}",
+        "PUT /v1/devices/{id}/secrets/{key}",
+        "PUT /v1/secrets/{key}",
     ];
     assert_eq!(ops, expected);
 }
@@ -366,7 +384,7 @@ async fn every_write_route_authenticates_before_reading_its_body() {
             }
         }
     }
-    assert_eq!(writes.len(), 9, "{writes:?}");
+    assert_eq!(writes.len(), 20, "{writes:?}");
     for (method, uri) in &writes {
         for bad in [None, Some("keel_bogus")] {
             let resp = answer(stalled_json(method, uri, bad))

@@ -147,11 +147,12 @@ async fn set(
     body: Result<Json<SetValue>, JsonRejection>,
 ) -> Result<Entry, ApiError> {
     auth.require(if store == StoreKind::Secret { Scope::Admin } else { Scope::Deploy })?;
+    // A body that is too large or not JSON answers as on every route, before the path's checks.
+    let Json(v) = body?;
     let device = scope_device(st, &auth.account, device).await?;
     if !crate::settings::valid_key(key) {
         return Err(bad_key(key));
     }
-    let Json(v) = body?;
     let value = value_bytes(v)?;
     if store == StoreKind::Secret && !st.store.has_secrets_key() {
         return Err(secrets_unavailable());
