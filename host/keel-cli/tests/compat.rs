@@ -101,6 +101,14 @@ impl Lab {
         keel(args, &self.envr())
     }
 
+    /// `keel config set KEY VALUE` for any value: a PEM begins with `-----`, which clap takes
+    /// for an option unless it follows `--` (`keel config set mqtt/x/ca "$(cat ca.pem)"` fails
+    /// with "unexpected argument").
+    fn config(&self, key: &str, value: &str) {
+        let out = Command::new(KEEL).args(["config", "set", "--json", key, "--", value]).envs(self.envr()).output().unwrap();
+        assert!(out.status.success(), "keel config set {key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `keel secrets set KEY` with the value on standard input (as a user would).
     fn secret(&self, key: &str, value: &str) {
         use std::io::Write;
@@ -228,7 +236,7 @@ fn mv_mqtt_conformance() {
     let port = broker.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
     lab.keel(&["config", "set", "mqtt/default/url", &format!("mqtts://localhost:{port}")]);
-    lab.keel(&["config", "set", "mqtt/default/ca", broker.ca_pem.as_deref().unwrap()]);
+    lab.config("mqtt/default/ca", broker.ca_pem.as_deref().unwrap());
     let id = lab.id.clone();
     let mut sensor = broker.subscribe(&format!("sensor/{id}/#"));
     lab.boot();
@@ -301,7 +309,7 @@ fn freertos_channels_workload() {
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &mqtt_port, "--scheme", "mqtts"]);
     lab.keel(&["config", "set", "greeting", "hello-rtos"]);
     lab.keel(&["config", "set", "mqtt/default/url", &format!("mqtts://localhost:{mqtt_port}")]);
-    lab.keel(&["config", "set", "mqtt/default/ca", broker.ca_pem.as_deref().unwrap()]);
+    lab.config("mqtt/default/ca", broker.ca_pem.as_deref().unwrap());
     let id = lab.id.clone();
     let mut sensor = broker.subscribe(&format!("sensor/{id}/rtos"));
     lab.boot();
