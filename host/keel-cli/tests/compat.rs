@@ -43,7 +43,12 @@ fn c_app(dir: &str, sub: Option<&str>, defs: Option<&str>) -> PathBuf {
         make.arg(format!("DEFS={d}"));
     }
     let o = make.output().expect("run make (arm-none-eabi-gcc needed)");
-    assert!(o.status.success(), "make {dir}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "make {dir}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let name = Path::new(dir).file_name().unwrap().to_str().unwrap();
     out.join(format!("{name}.elf"))
 }
@@ -105,7 +110,8 @@ impl Lab {
     /// for an option unless it follows `--` (`keel config set mqtt/x/ca "$(cat ca.pem)"` fails
     /// with "unexpected argument").
     fn config(&self, key: &str, value: &str) {
-        let out = Command::new(KEEL).args(["config", "set", "--json", key, "--", value]).envs(self.envr()).output().unwrap();
+        let out =
+            Command::new(KEEL).args(["config", "set", "--json", key, "--", value]).envs(self.envr()).output().unwrap();
         assert!(out.status.success(), "keel config set {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -267,8 +273,22 @@ fn mv_update_conformance() {
     let out = lab.dir.join("mv-update-2.0.0.keelb").display().to_string();
     let elf = v2.display().to_string();
     lab.keel(&[
-        "bundle", &elf, "--key", &key, "--version", "2.0.0", "--sequence", "2", "--name", "mv-update",
-        "--politeness-s", "300", "--grace-s", "10", "--out", &out,
+        "bundle",
+        &elf,
+        "--key",
+        &key,
+        "--version",
+        "2.0.0",
+        "--sequence",
+        "2",
+        "--name",
+        "mv-update",
+        "--politeness-s",
+        "300",
+        "--grace-s",
+        "10",
+        "--out",
+        &out,
     ]);
     let bundle = lab.keel(&["apps", "upload", &out])["id"].as_str().unwrap().to_string();
     let id = lab.id.clone();
