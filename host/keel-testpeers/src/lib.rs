@@ -421,6 +421,16 @@ impl HttpServer {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = hyper::Response<Body>> + Send + 'static,
     {
+        Self::start_tls_on(0, leaf, handler).await
+    }
+
+    /// [`HttpServer::start_tls`] on 127.0.0.1:`port` (0: a free port), for clients whose URL
+    /// is fixed (compiled into a device app). Panics if the port cannot be bound.
+    pub async fn start_tls_on<F, Fut>(port: u16, leaf: &Leaf, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = hyper::Response<Body>> + Send + 'static,
+    {
         let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .expect("leaf PEM");
@@ -433,7 +443,7 @@ impl HttpServer {
                 .with_single_cert(certs, key)
                 .expect("server certificate");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), handler).await
+        Self::start_inner(port, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), handler).await
     }
 
     /// Starts a plain HTTP server calling `handler` for each request.
@@ -442,15 +452,17 @@ impl HttpServer {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = hyper::Response<Body>> + Send + 'static,
     {
-        Self::start_inner(None, handler).await
+        Self::start_inner(0, None, handler).await
     }
 
-    async fn start_inner<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Self
+    async fn start_inner<F, Fut>(port: u16, tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Self
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = hyper::Response<Body>> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().expect("addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);

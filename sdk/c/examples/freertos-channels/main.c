@@ -30,7 +30,7 @@
 #include "keel_chan.h"
 
 #ifndef URL
-#define URL "https://10.0.2.2:8443/hello"
+#define URL "https://localhost:18444/hello"
 #endif
 #ifndef CONFIG_KEY
 #define CONFIG_KEY "greeting"
