@@ -259,8 +259,32 @@ pub fn run() -> Result<(), String> {
     ));
 
     debugging(&mut metrics, flash_bytes)?;
+    connectivity(&mut metrics)?;
 
     write_report(&metrics)
+}
+
+/// The app connectivity benchmarks: the connect test's benchmark (a real server, QEMU devices, a
+/// local HTTPS server, Mosquitto with TLS) prints one JSON line.
+fn connectivity(metrics: &mut Vec<(&str, f64, &str)>) -> Result<(), String> {
+    let out = crate::cargo()
+        .current_dir(root())
+        .args(["test", "-q", "-p", "keel-cli", "--features", "qemu-tests", "--test", "connect", "--"])
+        .args(["--ignored", "--exact", "bench_connectivity", "--nocapture"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let get = |key: &str| json_number(&out, "connectivity benchmark", key);
+    metrics.push((
+        "http_request_ms",
+        get("http_request_ms")?,
+        "http-get's HTTPS GET through the visor's channel and the server's proxy to a local HTTPS server, app GET line to its status line as the host reads QEMU's console (proxy TLS handshake included); median of 5 boots",
+    ));
+    metrics.push((
+        "mqtt_publish_to_broker_ms",
+        get("mqtt_publish_to_broker_ms")?,
+        "mqtt-telemetry's QoS 1 publish, from its `publishing` console line to the message at mosquitto_sub on a TLS Mosquitto (device -> server's managed session -> broker), loopback; median of 10",
+    ));
+    Ok(())
 }
 
 /// The remote-debugging benchmarks: the debug test's benchmark (a real server, QEMU devices,

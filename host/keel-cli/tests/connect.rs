@@ -210,3 +210,76 @@ fn mqtt_telemetry_through_a_tls_broker_survives_the_broker_and_the_server_going_
     broker.publish(&format!("command/{id}"), b"led on", 1, false);
     lab.wait("a command after the server restart", "mqtt-telemetry: led=on");
 }
+
+/// The app connectivity benchmark (`cargo xtask bench` runs it; ignored by `cargo test`): one
+/// JSON line with
+/// * `http_request_ms`: `http-get`'s request to the local HTTPS server, from the app's `GET`
+///   console line to its `status=` line (device -> server's proxy -> HTTPS server and back; the
+///   proxy's TLS handshake to the server included), median of 5 device boots;
+/// * `mqtt_publish_to_broker_ms`: `mqtt-telemetry`'s publish, from its `publishing n=` console
+///   line to the message at a `mosquitto_sub` on the broker (device -> server -> TLS broker),
+///   median of 10 readings.
+///
+/// Console lines are timed as the host reads them from QEMU (real time, loopback).
+#[test]
+#[ignore]
+fn bench_connectivity() {
+    use std::time::Instant;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = TestCa::new("keel connect bench CA");
+    let leaf = ca.localhost();
+    let https = rt.block_on(HttpServer::start_tls(&leaf, |req| async move {
+        hyper::Response::builder().body(keel_testpeers::full(format!("hello from {}", req.path))).unwrap()
+    }));
+    let ca_path = ca_file(&ca, "bench");
+    let mut http_ms = vec![];
+    for round in 0..5 {
+        let mut lab = Lab::new(&format!("bench-http-{round}"), "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
+        let port = https.port.to_string();
+        lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "https"]);
+        lab.keel(&["config", "set", "http-get/url", &format!("https://localhost:{port}/hello")]);
+        lab.boot();
+        lab.wait("the request", "http-get: GET https://localhost");
+        let t0 = Instant::now();
+        lab.wait("the response", "http-get: status=200");
+        http_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+
+    let broker = Mosquitto::start_tls();
+    let mut lab = Lab::new("bench-mqtt", "mqtt-telemetry", &[]);
+    let port = broker.port.to_string();
+    lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
+    lab.keel(&["config", "set", "mqtt/telemetry/url", &format!("mqtts://localhost:{port}")]);
+    let ca = keel_vdev::repo_root().join("target/connect-e2e/bench-broker-ca.pem");
+    std::fs::write(&ca, broker.ca_pem.as_deref().unwrap()).unwrap();
+    lab.keel(&["config", "set", "mqtt/telemetry/ca", "--from-file", &ca.display().to_string()]);
+    let id = lab.id.clone();
+    let mut readings = broker.subscribe(&format!("sensor/{id}"));
+    lab.boot();
+    lab.wait("the session", "mqtt-telemetry: subscribed");
+    let mut mqtt_ms = vec![];
+    while mqtt_ms.len() < 10 {
+        let line = lab.wait("a publish", "mqtt-telemetry: publishing n=");
+        let t0 = Instant::now();
+        let n = line.split("n=").nth(1).unwrap().trim().to_string();
+        loop {
+            let got = readings.next(LIMIT).expect("a reading at the broker");
+            if got.contains(&format!("\"n\":{n},")) {
+                mqtt_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+    }
+    println!(
+        "{{\"http_request_ms\": {:.2}, \"mqtt_publish_to_broker_ms\": {:.2}, \"http_request_ms_all\": {:.2?}, \"mqtt_publish_to_broker_ms_all\": {:.2?}}}",
+        median(http_ms.clone()),
+        median(mqtt_ms.clone()),
+        http_ms,
+        mqtt_ms
+    );
+}

@@ -143,6 +143,9 @@ fn run(s: &mut Session<'_>, command_topic: &str, sensor_topic: &str, n: &mut u32
             *n += 1;
             let mut payload = LineBuf::new();
             let _ = write!(payload, "{{\"n\":{},\"uptime_ms\":{}}}", *n, now / 1000);
+            // The line's time on the console is when the publish starts (the bench measures from
+            // it to the broker).
+            keel_app::info!("mqtt-telemetry: publishing n={}", *n);
             match s.publish(sensor_topic, payload.as_bytes(), 1, false) {
                 Ok(id) => {
                     in_flight[slot] = (id, *n);
