@@ -44,7 +44,7 @@ pub const OPEN_BURST: u32 = 16;
 /// ...then one more every this many microseconds (20 per second).
 pub const OPEN_EVERY_US: u64 = 50_000;
 /// Notification records held until the shell posts them.
-pub const NOTE_QUEUE: usize = 32;
+pub const NOTE_QUEUE: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wire {
@@ -96,6 +96,8 @@ struct Chan {
     tx_credit: u32,
     /// The head message costs more than the credit: wait for `ChanCredit`.
     tx_stalled: bool,
+    /// The server's window (`ChanOpened`): no message may cost more (`u32::MAX` until known).
+    tx_window: u32,
     tx_blocked: bool,
 }
 
@@ -282,6 +284,7 @@ impl Channels {
             tx_cur: None,
             tx_credit: 0,
             tx_stalled: false,
+            tx_window: u32::MAX,
             tx_blocked: false,
         });
         self.counters.opened += 1;
@@ -330,10 +333,11 @@ impl Channels {
         if let Wire::Closed(_) = c.wire {
             return Status::ChannelClosed;
         }
-        let cost = record_cost(len);
-        if len > c.tx.len || cost > c.tx.len {
+        // `len` first: `record_cost` of a length near u32::MAX would overflow.
+        if len > c.tx.len || record_cost(len) > c.tx.len || record_cost(len) > c.tx_window {
             return Status::InvalidBufferSize;
         }
+        let cost = record_cost(len);
         if c.wire == Wire::Local {
             self.refill(now);
             if self.tokens == 0 {
@@ -479,6 +483,7 @@ impl Channels {
                 if c.wire == Wire::Requested {
                     c.wire = Wire::Open;
                     c.tx_credit = window;
+                    c.tx_window = window;
                 } else {
                     self.fail(i, Reason::ProtocolError);
                 }
@@ -645,6 +650,11 @@ impl Channels {
                 if len > avail || record_cost(len) > avail {
                     // The app overwrote the length word of a queued message.
                     self.fail(i, Reason::BufferFault);
+                    return None;
+                }
+                if record_cost(len) > c.tx_window {
+                    // Queued before the server said its window, and larger: it can never go.
+                    self.fail(i, Reason::ProtocolError);
                     return None;
                 }
                 if record_cost(len) > c.tx_credit {

@@ -390,6 +390,9 @@ fn a_full_transmit_buffer_blocks_and_mqtt_hears_when_it_drains() {
     assert_eq!(dev.send(0, h, BASE + 0x8000, 200, &mut mem), Status::Ok);
     assert_eq!(dev.send(0, h, BASE + 0x8000, 200, &mut mem), Status::WouldBlock);
     assert_eq!(dev.send(0, h, BASE + 0x8000, 253, &mut mem), Status::InvalidBufferSize, "never fits");
+    for huge in [0xFFFF_FFFD, u32::MAX] {
+        assert_eq!(dev.send(0, h, BASE + 0x8000, huge, &mut mem), Status::InvalidBufferSize, "no overflow");
+    }
     assert_eq!(dev.info(h).unwrap().tx_free, 256 - 204 - 4);
     pump(&mut dev, &mut srv, &mut mem);
     assert_eq!(notes(&mut dev), vec![(Note::ChannelWritable, 0x7A6, h as u64)]);
@@ -415,4 +418,23 @@ fn reset_forgets_every_channel_and_tells_the_server() {
     assert_eq!(dev.open_count(), 0);
     assert_eq!(dev.info(h), Err(Status::InvalidHandle));
     assert_eq!(pump(&mut dev, &mut srv, &mut mem), vec!["close 1"]);
+}
+
+#[test]
+fn a_message_larger_than_the_servers_window_is_refused_not_stalled() {
+    let (mut dev, mut mem, mut srv) = (Channels::new(), Mem::new(), Server::new(64));
+    let h = dev.open(&params(Kind::Mqtt, (BASE + 0x1000, 512), (BASE + 0x3000, 512)), b"p", true, &[]).unwrap();
+    mem.put(BASE + 0x8000, &[1; 200]);
+    // Queued before the server's window is known: it fails the channel once the window says no.
+    assert_eq!(dev.send(0, h, BASE + 0x8000, 100, &mut mem), Status::Ok);
+    pump(&mut dev, &mut srv, &mut mem);
+    assert_eq!(dev.info(h).unwrap().reason, Reason::ProtocolError as u32);
+    assert_eq!(dev.close(h), Status::Ok);
+    // Once the window is known, a send above it is refused at once.
+    let h = dev.open(&params(Kind::Mqtt, (BASE + 0x1000, 512), (BASE + 0x3000, 512)), b"p", true, &[]).unwrap();
+    assert_eq!(dev.send(0, h, BASE + 0x8000, 8, &mut mem), Status::Ok);
+    pump(&mut dev, &mut srv, &mut mem);
+    assert_eq!(dev.info(h).unwrap().state, State::Open as u32);
+    assert_eq!(dev.send(0, h, BASE + 0x8000, 100, &mut mem), Status::InvalidBufferSize);
+    assert_eq!(dev.send(0, h, BASE + 0x8000, 60, &mut mem), Status::Ok);
 }

@@ -400,8 +400,10 @@ extern "C" fn chan_recv(handle: u32, out: u32, _: u32, _: u32) -> u64 {
 extern "C" fn chan_consume(handle: u32, _: u32, _: u32, _: u32) -> u64 {
     let now = time::now_us();
     let s = with_visor(|v| v.core.chans_mut(now).consume(handle, &mut ns_mem::AppMem));
-    // Room came free: the service routine gives it to the server as credit.
-    board::pend_service();
+    if s == Status::Ok as u64 {
+        // Room came free: the service routine gives it to the server as credit.
+        board::pend_service();
+    }
     s
 }
 
@@ -415,7 +417,10 @@ extern "C" fn chan_close(handle_ptr: u32, _: u32, _: u32, _: u32) -> u64 {
     let s = with_visor(|v| v.core.chans_mut(now).close(handle));
     // Zeroed whatever the handle was: closing twice is harmless.
     h.write_from(&0u32.to_le_bytes());
-    board::pend_service();
+    if s == Status::Ok as u64 {
+        // The server is told.
+        board::pend_service();
+    }
     s
 }
 

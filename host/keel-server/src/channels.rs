@@ -35,6 +35,10 @@ use crate::store::Store;
 pub const MAX_CHANNELS: usize = 8;
 /// Credit granted to the device per channel: the largest request it may send.
 pub const IN_WINDOW: u32 = 16 * 1024;
+/// Bytes of a channel's messages the server holds for a device that does not consume them;
+/// beyond, a service's message is dropped (an MQTT message not acked is delivered again by the
+/// broker later) and the channel counts it.
+pub const MAX_QUEUED: usize = 64 * 1024;
 /// Channel opens a device may make in a burst...
 pub const OPEN_BURST: f64 = 32.0;
 /// ...and per second after it.
@@ -288,7 +292,9 @@ impl ChannelHub {
         let Some(c) = self.chans.get_mut(&ch) else { return };
         match o {
             Out::Msg(m) => {
-                if c.peer.push(m).is_err() {
+                if c.peer.queued().1 + m.len() > MAX_QUEUED {
+                    tracing::debug!(device = %self.device, ch, "channel queue full: message dropped");
+                } else if c.peer.push(m).is_err() {
                     // The services size their answers to the buffer; this is a last resort.
                     let e = Msg::Error { code: http_result::RESPONSE_TOO_LARGE, text: b"message too large" };
                     let _ = c.peer.push(e.to_vec().unwrap_or_default());
@@ -421,10 +427,18 @@ async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox)
             Err(e) => o.msg(&failure(http_code(&e), &e.to_string())),
         }
     }
-    while let Some(more) = input.recv().await {
+    if let Some(more) = input.recv().await {
+        // One request per channel: a second one ends it (answering each would let a device
+        // that never reads make the server queue answers).
         o.release(more.len());
-        o.msg(&failure(http_result::ALREADY_SENT, "one request per channel: open another"));
+        o.close(Reason::ProtocolError);
     }
+}
+
+/// Whether a device may read `key` through a config channel: not the server's own keys (the
+/// managed MQTT profiles' `mqtt/...`: broker credentials and TLS material stay on the server).
+pub fn device_may_read(key: &str) -> bool {
+    !key.starts_with("mqtt/")
 }
 
 /// One configuration fetch per channel.
@@ -446,7 +460,7 @@ async fn config(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbo
                     msg::config::STORE_SECRET => Some(StoreKind::Secret),
                     _ => None,
                 };
-                let key = String::from_utf8(key.to_vec()).ok();
+                let key = String::from_utf8(key.to_vec()).ok().filter(|k| device_may_read(k));
                 match (scope, store, key) {
                     (Some(scope), Some(store), Some(key)) => Some(FetchItem { scope, store, key }),
                     _ => None,
@@ -660,6 +674,21 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_cannot_read_the_servers_mqtt_credentials() {
+        for key in ["mqtt/default/password", "mqtt/telemetry/client-key", "mqtt/x/url"] {
+            assert!(!device_may_read(key), "{key}");
+        }
+        for key in ["greeting", "api-key", "site/mqtt/x", "mqttx/y"] {
+            assert!(device_may_read(key), "{key}");
         }
     }
 }

@@ -689,15 +689,17 @@ mod tests {
     use super::*;
 
     /// The idle bench runs 10 000 devices in one process with a 1 KiB ring: a device without
-    /// updates is its core (decoder, tx buffer, ring, supervisor, update agent, and the debug
-    /// agent: 1.3 KiB, most of it the last reply kept for a retransmission) and no flash.
+    /// updates is its core (decoder, tx buffer, ring, supervisor, update agent, the debug
+    /// agent: 1.3 KiB, most of it the last reply kept for a retransmission, and the app's
+    /// channel table: about 1.3 KiB for 8 channels and 16 queued notification records) and no
+    /// flash.
     #[test]
     fn an_idle_device_without_updates_stays_small() {
         let d = SimDevice::<1024>::with_ring(new_secret(), [1; 32], 1);
         let state = std::mem::size_of::<Inner<1024>>();
         let handle = std::mem::size_of::<SimDevice<1024>>();
         assert!(d.lock().dev.flash().medium().bytes().is_empty(), "no flash allocated");
-        assert!(state + handle < 10 * 1024, "{state} + {handle} bytes per device");
+        assert!(state + handle < 11 * 1024, "{state} + {handle} bytes per device");
         eprintln!("idle device: {state} bytes of state + {handle} bytes of handle");
     }
 
