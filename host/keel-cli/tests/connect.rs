@@ -4,128 +4,19 @@
 //! server and the broker), the destination policy, and the faults: broker down, server restarted
 //! mid-session, the link dropping under an MQTT session.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-use keel_flash::layout;
 use keel_testpeers::{HttpServer, Mosquitto, TestCa};
-use keel_vdev::qemu::{Clock, Device, Running};
-use keel_vdev::{elf, flash};
 
 mod common;
+#[path = "common/lab.rs"]
+mod lab;
 
 use common::*;
+use lab::{ca_file, Lab};
 
-/// One server, one provisioned QEMU device running `app`.
-struct Lab {
-    env: Vec<(String, String)>,
-    id: String,
-    qemu: Option<Running>,
-    flash: PathBuf,
-    server_at: (String, u16, u16),
-    server_env: Vec<(String, String)>,
-    server: Option<Kill>,
-}
+const SUITE: &str = "connect-e2e";
 
-impl Lab {
-    /// Provisions a device for `app`; `server_env` goes to the server (its proxy CA, ...).
-    /// The device is not started: set its configuration first ([`Lab::boot`]).
-    fn new(name: &str, app: &str, server_env: &[(&str, &str)]) -> Lab {
-        let dir = keel_vdev::repo_root().join("target/connect-e2e").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let data = dir.join("data").display().to_string();
-        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
-        let (http, gw) = (free_port(), free_port());
-        let server = start_server_with(&data, http, gw, false, server_env);
-        let env = vec![
-            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
-            ("KEEL_TOKEN".to_string(), token),
-            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
-        ];
-        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        let flash_path = dir.join("dev.flash");
-        let fp = flash_path.display().to_string();
-        let release = dir.join("release").display().to_string();
-        keel(&["keys", "new", "--out", &release], &envr);
-        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
-        let signer = format!("{release}.pub");
-        let gws = gw.to_string();
-        let prov = keel(
-            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
-            &envr,
-        );
-        let id = prov["device"]["id"].as_str().unwrap().to_string();
-        let img = elf::image_from_elf(&keel_vdev::app_elf(app), "1.0.0").unwrap();
-        flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
-        Lab {
-            env,
-            id,
-            qemu: None,
-            flash: flash_path,
-            server_at: (data, http, gw),
-            server_env: server_env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            server: Some(server),
-        }
-    }
-
-    fn envr(&self) -> Vec<(&str, &str)> {
-        self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
-    }
-
-    /// `keel ARGS --json`.
-    fn keel(&self, args: &[&str]) -> serde_json::Value {
-        keel(args, &self.envr())
-    }
-
-    /// `keel secrets set KEY` with the value on standard input (as a user would).
-    fn secret(&self, key: &str, value: &str, device: Option<&str>) {
-        use std::io::Write;
-        let mut args = vec!["secrets", "set", key, "--json"];
-        if let Some(d) = device {
-            args.extend(["--device", d]);
-        }
-        let mut child = Command::new(KEEL)
-            .args(&args)
-            .envs(self.envr())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "keel secrets set: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn boot(&mut self) {
-        let dev = Device { visor: keel_vdev::visor_elf(), flash: self.flash.clone(), clock: Clock::RealTime };
-        let mut qemu = dev.start().unwrap();
-        qemu.wait_for("online", LIMIT, |l| l.contains("net: online")).unwrap();
-        self.qemu = Some(qemu);
-    }
-
-    /// Waits for a console line containing `needle`; returns it.
-    fn wait(&mut self, what: &str, needle: &str) -> String {
-        self.qemu.as_mut().unwrap().wait_for(what, LIMIT, |l| l.contains(needle)).unwrap()
-    }
-
-    /// Kills the server (like a crash) and starts it again on the same data and ports.
-    fn restart_server(&mut self) {
-        drop(self.server.take());
-        let (data, http, gw) = self.server_at.clone();
-        let env: Vec<(&str, &str)> = self.server_env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        self.server = Some(start_server_with(&data, http, gw, false, &env));
-    }
-}
-
-/// The test CA's PEM in a file, for the server's `KEEL_PROXY_CA`.
-fn ca_file(ca: &TestCa, name: &str) -> String {
-    let dir = keel_vdev::repo_root().join("target/connect-e2e");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(format!("{name}-ca.pem"));
-    std::fs::write(&p, &ca.cert_pem).unwrap();
-    p.display().to_string()
+fn lab(name: &str, app: &str, server_env: &[(&str, &str)]) -> Lab {
+    Lab::new(SUITE, name, &keel_vdev::app_elf(app), server_env)
 }
 
 #[test]
@@ -139,8 +30,8 @@ fn http_get_reaches_a_local_https_server_and_the_policy_refuses_the_rest() {
             .body(keel_testpeers::full(format!("hello from {}", req.path)))
             .unwrap()
     }));
-    let ca_path = ca_file(&ca, "http");
-    let mut lab = Lab::new("http-get", "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
+    let ca_path = ca_file(SUITE, &ca, "http");
+    let mut lab = lab("http-get", "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
     let port = https.port.to_string();
     // The server may reach this one local port; everything else private stays denied.
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "https"]);
@@ -156,7 +47,7 @@ fn http_get_reaches_a_local_https_server_and_the_policy_refuses_the_rest() {
 
 #[test]
 fn config_and_secrets_set_with_the_cli_reach_the_app() {
-    let mut lab = Lab::new("config-demo", "config-demo", &[]);
+    let mut lab = lab("config-demo", "config-demo", &[]);
     lab.keel(&["config", "set", "greeting", "hello-keel"]);
     let id = lab.id.clone();
     lab.keel(&["config", "set", "site", "lab-7", "--device", &id]);
@@ -174,10 +65,11 @@ fn config_and_secrets_set_with_the_cli_reach_the_app() {
 #[test]
 fn mqtt_telemetry_through_a_tls_broker_survives_the_broker_and_the_server_going_down() {
     let mut broker = Mosquitto::start_tls();
-    let mut lab = Lab::new("mqtt-telemetry", "mqtt-telemetry", &[]);
+    let mut lab = lab("mqtt-telemetry", "mqtt-telemetry", &[]);
     let port = broker.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
     lab.keel(&["config", "set", "mqtt/telemetry/url", &format!("mqtts://localhost:{port}")]);
+    // From a file, as an operator would set a PEM.
     let ca = keel_vdev::repo_root().join("target/connect-e2e/broker-ca.pem");
     std::fs::write(&ca, broker.ca_pem.as_deref().unwrap()).unwrap();
     lab.keel(&["config", "set", "mqtt/telemetry/ca", "--from-file", &ca.display().to_string()]);
@@ -236,10 +128,10 @@ fn bench_connectivity() {
     let https = rt.block_on(HttpServer::start_tls(&leaf, |req| async move {
         hyper::Response::builder().body(keel_testpeers::full(format!("hello from {}", req.path))).unwrap()
     }));
-    let ca_path = ca_file(&ca, "bench");
+    let ca_path = ca_file(SUITE, &ca, "bench");
     let mut http_ms = vec![];
     for round in 0..5 {
-        let mut lab = Lab::new(&format!("bench-http-{round}"), "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
+        let mut lab = lab(&format!("bench-http-{round}"), "http-get", &[("KEEL_PROXY_CA", &ca_path)]);
         let port = https.port.to_string();
         lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "https"]);
         lab.keel(&["config", "set", "http-get/url", &format!("https://localhost:{port}/hello")]);
@@ -251,13 +143,11 @@ fn bench_connectivity() {
     }
 
     let broker = Mosquitto::start_tls();
-    let mut lab = Lab::new("bench-mqtt", "mqtt-telemetry", &[]);
+    let mut lab = lab("bench-mqtt", "mqtt-telemetry", &[]);
     let port = broker.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "mqtts"]);
     lab.keel(&["config", "set", "mqtt/telemetry/url", &format!("mqtts://localhost:{port}")]);
-    let ca = keel_vdev::repo_root().join("target/connect-e2e/bench-broker-ca.pem");
-    std::fs::write(&ca, broker.ca_pem.as_deref().unwrap()).unwrap();
-    lab.keel(&["config", "set", "mqtt/telemetry/ca", "--from-file", &ca.display().to_string()]);
+    lab.config("mqtt/telemetry/ca", broker.ca_pem.as_deref().unwrap());
     let id = lab.id.clone();
     let mut readings = broker.subscribe(&format!("sensor/{id}"));
     lab.boot();

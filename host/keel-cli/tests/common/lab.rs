@@ -1,0 +1,163 @@
+#![allow(dead_code)]
+//! A lab for the app connectivity tests: one `keel` server process, one provisioned QEMU device
+//! running an app, and the CLI to configure both (`connect.rs`, `compat.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use keel_flash::layout;
+use keel_testpeers::TestCa;
+use keel_vdev::qemu::{Clock, Device, Running};
+use keel_vdev::{elf, flash};
+
+use super::*;
+
+/// One server, one provisioned QEMU device running an app.
+pub struct Lab {
+    env: Vec<(String, String)>,
+    /// The lab's directory (server data, flash file, keys).
+    pub dir: PathBuf,
+    /// The device id.
+    pub id: String,
+    qemu: Option<Running>,
+    flash: PathBuf,
+    server_at: (String, u16, u16),
+    server_env: Vec<(String, String)>,
+    server: Option<Kill>,
+}
+
+impl Lab {
+    /// Provisions a device under `target/<suite>/<name>` with `app` (version 1.0.0 in slot A);
+    /// `server_env` goes to the server (its proxy CA, ...). The device is not started: configure
+    /// it first, then [`Lab::boot`].
+    pub fn new(suite: &str, name: &str, app: &Path, server_env: &[(&str, &str)]) -> Lab {
+        let dir = keel_vdev::repo_root().join("target").join(suite).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data").display().to_string();
+        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
+        let (http, gw) = (free_port(), free_port());
+        let server = start_server_with(&data, http, gw, false, server_env);
+        let env = vec![
+            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
+            ("KEEL_TOKEN".to_string(), token),
+            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
+        ];
+        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let flash_path = dir.join("dev.flash");
+        let fp = flash_path.display().to_string();
+        let release = dir.join("release").display().to_string();
+        keel(&["keys", "new", "--out", &release], &envr);
+        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
+        let signer = format!("{release}.pub");
+        let gws = gw.to_string();
+        let prov = keel(
+            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
+            &envr,
+        );
+        let id = prov["device"]["id"].as_str().unwrap().to_string();
+        let img = elf::image_from_elf(app, "1.0.0").unwrap();
+        flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
+        Lab {
+            env,
+            dir,
+            id,
+            qemu: None,
+            flash: flash_path,
+            server_at: (data, http, gw),
+            server_env: server_env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            server: Some(server),
+        }
+    }
+
+    /// The CLI's environment (server, token).
+    pub fn envr(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    /// `keel ARGS --json`.
+    pub fn keel(&self, args: &[&str]) -> serde_json::Value {
+        keel(args, &self.envr())
+    }
+
+    /// `keel config set KEY VALUE` for any value (a PEM starting with `-----` too).
+    pub fn config(&self, key: &str, value: &str) {
+        self.keel(&["config", "set", key, value]);
+    }
+
+    /// `keel secrets set KEY` with the value on standard input (as a user would).
+    pub fn secret(&self, key: &str, value: &str, device: Option<&str>) {
+        use std::io::Write;
+        let mut args = vec!["secrets", "set", key, "--json"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let mut child = Command::new(KEEL)
+            .args(&args)
+            .envs(self.envr())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "keel secrets set: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts the device and waits until it is online.
+    pub fn boot(&mut self) {
+        let dev = Device { visor: keel_vdev::visor_elf(), flash: self.flash.clone(), clock: Clock::RealTime };
+        self.qemu = Some(dev.start().unwrap());
+        self.wait("the link", "net: online");
+    }
+
+    /// The running device.
+    pub fn qemu(&mut self) -> &mut Running {
+        self.qemu.as_mut().expect("booted")
+    }
+
+    /// Waits for a console line containing `needle`; returns it. Fails with the console's last
+    /// lines.
+    pub fn wait(&mut self, what: &str, needle: &str) -> String {
+        self.qemu().wait_for(what, LIMIT, |l| l.contains(needle)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits for `<app>: PASS` (returned) and fails at once on `<app>: FAIL`, with the
+    /// console's last lines.
+    pub fn pass(&mut self, app: &str) -> String {
+        let pass = format!("{app}: PASS");
+        let fail = format!("{app}: FAIL");
+        let line = self
+            .qemu()
+            .wait_for(&format!("{pass} (or FAIL)"), LIMIT, |l| l.contains(&pass) || l.contains(&fail))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if line.contains(&fail) {
+            panic!("{line}\nconsole:\n{}", self.tail(60));
+        }
+        line
+    }
+
+    /// The last `n` console lines.
+    pub fn tail(&mut self, n: usize) -> String {
+        let lines = self.qemu().console_so_far();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same data and ports.
+    pub fn restart_server(&mut self) {
+        drop(self.server.take());
+        let (data, http, gw) = self.server_at.clone();
+        let env: Vec<(&str, &str)> = self.server_env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        self.server = Some(start_server_with(&data, http, gw, false, &env));
+    }
+}
+
+/// The test CA's PEM in a file under `target/<suite>`, for the server's `KEEL_PROXY_CA`.
+pub fn ca_file(suite: &str, ca: &TestCa, name: &str) -> String {
+    let dir = keel_vdev::repo_root().join("target").join(suite);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&p, &ca.cert_pem).unwrap();
+    p.display().to_string()
+}
