@@ -22,21 +22,27 @@ use keel_abi::Status;
 use keel_proto::msg::{Down, Up, MAX_CHAN_DATA};
 
 impl<T: AppMemory + ?Sized> AppMemory for &mut T {
-    fn read(&mut self, addr: u32, buf: &mut [u8]) -> bool {
-        (**self).read(addr, buf)
+    fn read(&mut self, addr: u32, buf: &mut [u8], unprivileged: bool) -> bool {
+        (**self).read(addr, buf, unprivileged)
     }
-    fn write(&mut self, addr: u32, data: &[u8]) -> bool {
-        (**self).write(addr, data)
+    fn write(&mut self, addr: u32, data: &[u8], unprivileged: bool) -> bool {
+        (**self).write(addr, data, unprivileged)
     }
 }
 
 /// The app's memory as the visor reaches it. Every access is checked when it happens (the app
-/// may change its memory protection at any time); a refused access returns `false`.
+/// may change its memory protection at any time), with the app privilege it is made for:
+/// `unprivileged` (the app's thread mode with `CONTROL.nPRIV` set, e.g. an RTOS task) or
+/// privileged. A refused access returns `false`.
+///
+/// A channel's buffers are always reached with the privilege of the code that opened it, also
+/// later from the visor's own service routine: a buffer an unprivileged task registered is never
+/// written once the app's MPU takes it from unprivileged code.
 pub trait AppMemory {
     /// Reads `buf.len()` bytes at `addr`.
-    fn read(&mut self, addr: u32, buf: &mut [u8]) -> bool;
+    fn read(&mut self, addr: u32, buf: &mut [u8], unprivileged: bool) -> bool;
     /// Writes `data` at `addr`.
-    fn write(&mut self, addr: u32, data: &[u8]) -> bool;
+    fn write(&mut self, addr: u32, data: &[u8], unprivileged: bool) -> bool;
 }
 
 /// Token bucket of wire opens: a burst of this many channels...
@@ -76,6 +82,8 @@ struct Chan {
     endpoint_len: u8,
     rx: Region,
     tx: Region,
+    /// Opened by unprivileged app code: its buffers are checked as unprivileged.
+    unprivileged: bool,
     wire: Wire,
     // Receive side.
     rx_read: u32,
@@ -235,7 +243,8 @@ impl Channels {
         self.slots.get(i)?.as_ref().filter(|c| c.handle == handle).map(|_| i)
     }
 
-    /// Opens a channel. The shell has checked that both buffers are writable app memory and
+    /// Opens a channel. The shell has checked that both buffers are writable app memory for the
+    /// caller (`unprivileged`: the caller's privilege, used for every later access to them) and
     /// copied the endpoint; `reserved` are other regions the buffers must not overlap (the
     /// notification ring).
     pub fn open(
@@ -244,6 +253,7 @@ impl Channels {
         endpoint: &[u8],
         online: bool,
         reserved: &[(u32, u32)],
+        unprivileged: bool,
     ) -> Result<u32, Status> {
         let kind = p.check()?;
         if endpoint.len() > MAX_ENDPOINT as usize || endpoint.iter().any(|c| !(0x21..0x7F).contains(c)) {
@@ -271,6 +281,7 @@ impl Channels {
             endpoint_len: endpoint.len() as u8,
             rx: Region { addr: p.rx_buf, len: p.rx_len },
             tx: Region { addr: p.tx_buf, len: p.tx_len },
+            unprivileged,
             wire: Wire::Local,
             rx_read: 0,
             rx_write: 0,
@@ -324,8 +335,17 @@ impl Channels {
         }
     }
 
-    /// Queues one whole message in the channel's transmit buffer (the app's call).
-    pub fn send(&mut self, now: u64, handle: u32, src: u32, len: u32, mem: &mut (impl AppMemory + ?Sized)) -> Status {
+    /// Queues one whole message in the channel's transmit buffer (the app's call; `src` is
+    /// read with the caller's privilege, `caller_unprivileged`).
+    pub fn send(
+        &mut self,
+        now: u64,
+        handle: u32,
+        src: u32,
+        len: u32,
+        caller_unprivileged: bool,
+        mem: &mut (impl AppMemory + ?Sized),
+    ) -> Status {
         let Some(i) = self.slot_of(handle) else {
             return Status::InvalidHandle;
         };
@@ -354,21 +374,21 @@ impl Channels {
             return Status::WouldBlock;
         }
         // Copy the message into the transmit buffer, through a small bounce buffer.
-        let dst = c.tx.addr + c.tx_write;
+        let (dst, up) = (c.tx.addr + c.tx_write, c.unprivileged);
         let mut chunk = [0u8; 64];
         let mut off = 0;
         while off < len {
             let n = (len - off).min(64) as usize;
-            if !mem.read(src + off, &mut chunk[..n]) {
+            if !mem.read(src + off, &mut chunk[..n], caller_unprivileged) {
                 return Status::ParameterFault;
             }
-            if !mem.write(dst + 4 + off, &chunk[..n]) {
+            if !mem.write(dst + 4 + off, &chunk[..n], up) {
                 return Status::ParameterFault;
             }
             off += n as u32;
         }
         let pad = (cost - 4 - len) as usize;
-        if !mem.write(dst, &len.to_le_bytes()) || !mem.write(dst + 4 + len, &[0u8; 3][..pad]) {
+        if !mem.write(dst, &len.to_le_bytes(), up) || !mem.write(dst + 4 + len, &[0u8; 3][..pad], up) {
             return Status::ParameterFault;
         }
         c.tx_write += cost;
@@ -410,7 +430,7 @@ impl Channels {
     fn head_len(&mut self, i: usize, mem: &mut (impl AppMemory + ?Sized)) -> Result<u32, Status> {
         let c = self.slots[i].as_ref().expect("present");
         let mut w = [0u8; 4];
-        if !mem.read(c.rx.addr + c.rx_read, &mut w) {
+        if !mem.read(c.rx.addr + c.rx_read, &mut w, c.unprivileged) {
             self.fail(i, Reason::BufferFault);
             return Err(Status::ChannelClosed);
         }
@@ -524,7 +544,7 @@ impl Channels {
             return self.fail(i, Reason::ProtocolError);
         }
         let at = c.rx.addr + c.rx_write;
-        if !mem.write(at + 4 + c.rx_partial, data) {
+        if !mem.write(at + 4 + c.rx_partial, data, c.unprivileged) {
             return self.fail(i, Reason::BufferFault);
         }
         c.rx_partial = partial;
@@ -532,7 +552,9 @@ impl Channels {
             return;
         }
         let pad = (cost - 4 - partial) as usize;
-        if !mem.write(at, &partial.to_le_bytes()) || !mem.write(at + 4 + partial, &[0u8; 3][..pad]) {
+        if !mem.write(at, &partial.to_le_bytes(), c.unprivileged)
+            || !mem.write(at + 4 + partial, &[0u8; 3][..pad], c.unprivileged)
+        {
             return self.fail(i, Reason::BufferFault);
         }
         c.rx_write += cost;
@@ -641,7 +663,7 @@ impl Channels {
             Some(cur) => cur,
             None => {
                 let mut w = [0u8; 4];
-                if !mem.read(c.tx.addr + c.tx_read, &mut w) {
+                if !mem.read(c.tx.addr + c.tx_read, &mut w, c.unprivileged) {
                     self.fail(i, Reason::BufferFault);
                     return None;
                 }
@@ -666,7 +688,7 @@ impl Channels {
             }
         };
         let n = (len - sent).min(MAX_CHAN_DATA as u32);
-        if !mem.read(c.tx.addr + c.tx_read + 4 + sent, &mut piece[..n as usize]) {
+        if !mem.read(c.tx.addr + c.tx_read + 4 + sent, &mut piece[..n as usize], c.unprivileged) {
             self.fail(i, Reason::BufferFault);
             return None;
         }

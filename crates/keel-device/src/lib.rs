@@ -103,10 +103,10 @@ pub trait Output {
 pub struct NoAppMemory;
 
 impl AppMemory for NoAppMemory {
-    fn read(&mut self, _: u32, _: &mut [u8]) -> bool {
+    fn read(&mut self, _: u32, _: &mut [u8], _: bool) -> bool {
         false
     }
-    fn write(&mut self, _: u32, _: &[u8]) -> bool {
+    fn write(&mut self, _: u32, _: &[u8], _: bool) -> bool {
         false
     }
 }
@@ -1304,17 +1304,6 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         self.chans.take_notification()
     }
 
-    /// True if [`Device::take_notification`] has a record.
-    pub fn notifications_pending(&self) -> bool {
-        (self.net_requests > 0 && self.net_reported != Some(self.net_status().to_value() & 0xFFFF))
-            || self.chans.counters().notes_lost > 0
-            || self.chans_has_notes()
-    }
-
-    fn chans_has_notes(&self) -> bool {
-        self.chans.has_notifications()
-    }
-
     /// Notification records lost because the channels' queue was full (the shell adds them to
     /// the ring's overrun count).
     pub fn take_notifications_lost(&mut self) -> u64 {
@@ -1326,15 +1315,16 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
         &self.chans
     }
 
-    /// Opens a channel ([`keel_abi::Call::ChanOpen`]); the shell checked both buffers and copied
-    /// the endpoint. `reserved`: app memory the buffers must not overlap (the notification
-    /// ring).
+    /// Opens a channel ([`keel_abi::Call::ChanOpen`]); the shell checked both buffers for the
+    /// caller (`unprivileged`: its privilege, used for every later access) and copied the
+    /// endpoint. `reserved`: app memory the buffers must not overlap (the notification ring).
     pub fn chan_open(
         &mut self,
         now: u64,
         p: &keel_abi::chan::OpenParams,
         endpoint: &[u8],
         reserved: &[(u32, u32)],
+        unprivileged: bool,
     ) -> Result<u32, Status> {
         self.app_alive(now);
         let online = self.conn.is_online()
@@ -1343,7 +1333,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
                 .as_ref()
                 .and_then(|l| l.negotiated())
                 .is_some_and(|n| n.allows(keel_proto::msg::features::CHANNELS));
-        self.chans.open(p, endpoint, online, reserved)
+        self.chans.open(p, endpoint, online, reserved, unprivileged)
     }
 
     /// The app's channel calls that need its memory ([`keel_abi::Call::ChanSend`], ...).

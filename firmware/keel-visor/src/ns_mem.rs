@@ -71,10 +71,23 @@ pub struct NsRange<'a, A: Access> {
 /// Checks that the app may access `len` bytes at `ptr` (for writing too with [`Write`]); the
 /// returned token is what the copy functions need.
 pub fn check<'a, A: Access>(_awake: &'a Awake, ptr: u32, len: u32) -> Option<NsRange<'a, A>> {
-    allowed(ptr, len, A::WRITE).then_some(NsRange { ptr, len, _awake: PhantomData })
+    allowed(ptr, len, A::WRITE, caller_unprivileged()).then_some(NsRange { ptr, len, _awake: PhantomData })
 }
 
-fn allowed(ptr: u32, len: u32, write: bool) -> bool {
+/// [`check`] for an app privilege given explicitly (`unprivileged`: as the app's thread mode
+/// with `CONTROL_NS.nPRIV` set), not the caller's: for memory the app registered earlier (a
+/// channel's buffers) and the visor reaches later from its service routine.
+pub fn check_as<'a, A: Access>(_awake: &'a Awake, ptr: u32, len: u32, unprivileged: bool) -> Option<NsRange<'a, A>> {
+    allowed(ptr, len, A::WRITE, unprivileged).then_some(NsRange { ptr, len, _awake: PhantomData })
+}
+
+/// True if the code that called the visor is the app's thread mode running unprivileged; its
+/// handlers (and thread mode with `nPRIV` clear) are privileged.
+pub fn caller_unprivileged() -> bool {
+    board::ipsr() == 0 && board::control_ns() & 1 != 0
+}
+
+fn allowed(ptr: u32, len: u32, write: bool, unprivileged: bool) -> bool {
     if len == 0 {
         return true;
     }
@@ -84,8 +97,6 @@ fn allowed(ptr: u32, len: u32, write: bool) -> bool {
     if !inside(ptr, end, APP_RAM_BASE, APP_RAM_SIZE) && !inside(ptr, end, APP_EXEC_BASE, APP_EXEC_SIZE) {
         return false;
     }
-    // Called from the app's thread mode: use its privilege level; from its handlers: privileged.
-    let unprivileged = board::ipsr() == 0 && board::control_ns() & 1 != 0;
     let q = |a| {
         if unprivileged {
             tt::ttat(a)
@@ -201,15 +212,16 @@ pub fn patch_exec(addr: u32, data: &[u8]) -> bool {
 }
 
 /// The app's memory for the device core's channels ([`keel_device::AppMemory`]): every access is
-/// checked when it happens, under the privilege of the code that runs now (the caller's in a
-/// system call; the app's thread mode in the service routine), like a pointer argument.
+/// checked when it happens, like a pointer argument, under the app privilege the core asks for
+/// (the privilege of the code that opened the channel, or of the caller of `chan_send`), whether
+/// the visor runs a system call or its service routine.
 #[derive(Default)]
 pub struct AppMem;
 
 impl keel_device::AppMemory for AppMem {
-    fn read(&mut self, addr: u32, buf: &mut [u8]) -> bool {
+    fn read(&mut self, addr: u32, buf: &mut [u8], unprivileged: bool) -> bool {
         let awake = Awake::new();
-        match check::<Read>(&awake, addr, buf.len() as u32) {
+        match check_as::<Read>(&awake, addr, buf.len() as u32, unprivileged) {
             Some(r) => {
                 r.read_into(buf);
                 true
@@ -218,9 +230,9 @@ impl keel_device::AppMemory for AppMem {
         }
     }
 
-    fn write(&mut self, addr: u32, data: &[u8]) -> bool {
+    fn write(&mut self, addr: u32, data: &[u8], unprivileged: bool) -> bool {
         let awake = Awake::new();
-        match check::<Write>(&awake, addr, data.len() as u32) {
+        match check_as::<Write>(&awake, addr, data.len() as u32, unprivileged) {
             Some(w) => {
                 w.write_from(data);
                 true

@@ -358,7 +358,7 @@ extern "C" fn chan_open(params: u32, handle_out: u32, _: u32, _: u32) -> u64 {
     with_visor(|v| {
         let ring = v.notify.as_ref().map(|r| r.region());
         let reserved = ring.as_slice();
-        match v.core.chan_open(now, &p, endpoint, reserved) {
+        match v.core.chan_open(now, &p, endpoint, reserved, ns_mem::caller_unprivileged()) {
             Ok(h) => {
                 out.write_from(&h.to_le_bytes());
                 Status::Ok
@@ -370,7 +370,8 @@ extern "C" fn chan_open(params: u32, handle_out: u32, _: u32, _: u32) -> u64 {
 
 extern "C" fn chan_send(handle: u32, msg: u32, len: u32, _: u32) -> u64 {
     let now = time::now_us();
-    let s = with_visor(|v| v.core.chans_mut(now).send(now, handle, msg, len, &mut ns_mem::AppMem));
+    let caller = ns_mem::caller_unprivileged();
+    let s = with_visor(|v| v.core.chans_mut(now).send(now, handle, msg, len, caller, &mut ns_mem::AppMem));
     if s == Status::Ok as u64 {
         // The service routine sends it.
         board::pend_service();

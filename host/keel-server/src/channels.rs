@@ -39,6 +39,10 @@ pub const IN_WINDOW: u32 = 16 * 1024;
 /// beyond, a service's message is dropped (an MQTT message not acked is delivered again by the
 /// broker later) and the channel counts it.
 pub const MAX_QUEUED: usize = 64 * 1024;
+/// Room left for the response message's own framing when the proxy's response limit is derived
+/// from the channel's largest message (the header, the status, a length per header line and
+/// the body's): whatever it does not cover is caught when the message is encoded.
+const RESPONSE_FRAMING: usize = 64;
 /// Channel opens a device may make in a burst...
 pub const OPEN_BURST: f64 = 32.0;
 /// ...and per second after it.
@@ -243,7 +247,7 @@ impl ChannelHub {
         self.tokens =
             (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * OPENS_PER_SECOND).min(OPEN_BURST);
         self.tokens_at = now;
-        if self.chans.contains_key(&ch) || !(8..=keel_abi::chan::MAX_BUFFER).contains(&window) {
+        if self.chans.contains_key(&ch) || !(keel_abi::chan::MIN_RX..=keel_abi::chan::MAX_BUFFER).contains(&window) {
             return refuse(out, Reason::ProtocolError);
         }
         if self.tokens < 1.0 {
@@ -405,7 +409,7 @@ async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox)
     if let Some(req) = req {
         let answer = match account_policy(&ctx).await {
             None => Err(HttpError::Denied("the device's account has no policy".into())),
-            Some(p) => ctx.services.http.execute(&p, req, ctx.max_message.saturating_sub(64)).await,
+            Some(p) => ctx.services.http.execute(&p, req, ctx.max_message.saturating_sub(RESPONSE_FRAMING)).await,
         };
         match answer {
             Ok(r) => {
@@ -570,6 +574,49 @@ fn state(s: crate::proxy::mqtt::RequestState) -> u8 {
     }
 }
 
+/// The session command for an app's MQTT request, or the answer refusing it: topics must be
+/// UTF-8 (MQTT's rule; converting them lossily would publish to, or subscribe to, another topic
+/// than the app named).
+fn mqtt_command(req: Msg<'_>) -> Result<MqttCommand, Msg<'static>> {
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+    let invalid = mqtt_state::INVALID_PARAMETERS;
+    match req {
+        Msg::MqttConnect { clean_start, keepalive_s, will } => {
+            let will = match will {
+                None => None,
+                Some(w) => Some(Will {
+                    topic: text(w.topic).ok_or(Msg::MqttConnectResult {
+                        state: invalid,
+                        reason: 0,
+                        session_present: false,
+                    })?,
+                    payload: w.payload.to_vec(),
+                    qos: w.qos,
+                    retain: w.retain,
+                }),
+            };
+            Ok(MqttCommand::Connect { clean_start, keepalive_s, will })
+        }
+        Msg::MqttSubscribe { id, topics } => {
+            let topics: Option<Vec<(String, u8)>> = topics.iter().map(|(t, q)| Some((text(t)?, q))).collect();
+            let topics = topics.ok_or(Msg::MqttSubscribeResult { id, state: invalid, codes: &[] })?;
+            Ok(MqttCommand::Subscribe { id, topics })
+        }
+        Msg::MqttUnsubscribe { id, topics } => {
+            let topics: Option<Vec<String>> = topics.iter().map(text).collect();
+            let topics = topics.ok_or(Msg::MqttUnsubscribeResult { id, state: invalid })?;
+            Ok(MqttCommand::Unsubscribe { id, topics })
+        }
+        Msg::MqttPublish { id, qos, retain, topic, payload } => {
+            let topic = text(topic).ok_or(Msg::MqttPublishResult { id, state: invalid, reason: 0 })?;
+            Ok(MqttCommand::Publish { id, topic, payload: payload.to_vec(), qos, retain })
+        }
+        Msg::MqttAck { id } => Ok(MqttCommand::Ack { id }),
+        Msg::MqttDisconnect => Ok(MqttCommand::Disconnect),
+        _ => Err(Msg::Error { code: http_result::BAD_REQUEST, text: b"not an MQTT request" }),
+    }
+}
+
 /// The device's managed MQTT session for one profile: app messages become session commands,
 /// session events become app messages.
 async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox) {
@@ -594,34 +641,14 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
                 let Some(m) = m else { return };
                 o.release(m.len());
                 let cmd = match Msg::decode(&m) {
-                    Ok(Msg::MqttConnect { clean_start, keepalive_s, will }) => Some(MqttCommand::Connect {
-                        clean_start,
-                        keepalive_s,
-                        will: will.map(|w| Will {
-                            topic: String::from_utf8_lossy(w.topic).into_owned(),
-                            payload: w.payload.to_vec(),
-                            qos: w.qos,
-                            retain: w.retain,
-                        }),
-                    }),
-                    Ok(Msg::MqttSubscribe { id, topics }) => Some(MqttCommand::Subscribe {
-                        id,
-                        topics: topics.iter().map(|(t, q)| (String::from_utf8_lossy(t).into_owned(), q)).collect(),
-                    }),
-                    Ok(Msg::MqttUnsubscribe { id, topics }) => Some(MqttCommand::Unsubscribe {
-                        id,
-                        topics: topics.iter().map(|t| String::from_utf8_lossy(t).into_owned()).collect(),
-                    }),
-                    Ok(Msg::MqttPublish { id, qos, retain, topic, payload }) => Some(MqttCommand::Publish {
-                        id,
-                        topic: String::from_utf8_lossy(topic).into_owned(),
-                        payload: payload.to_vec(),
-                        qos,
-                        retain,
-                    }),
-                    Ok(Msg::MqttAck { id }) => Some(MqttCommand::Ack { id }),
-                    Ok(Msg::MqttDisconnect) => Some(MqttCommand::Disconnect),
-                    _ => {
+                    Ok(req) => match mqtt_command(req) {
+                        Ok(cmd) => Some(cmd),
+                        Err(answer) => {
+                            o.msg(&answer);
+                            None
+                        }
+                    },
+                    Err(_) => {
                         o.msg(&Msg::Error { code: http_result::BAD_REQUEST, text: b"not an MQTT request" });
                         None
                     }
@@ -681,6 +708,29 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mqtt_topics_that_are_not_utf8_are_refused_not_rewritten() {
+        let bad: &[u8] = b"sensor/\xff";
+        let subs = [(bad, 1u8)];
+        let cases = [
+            (
+                Msg::MqttPublish { id: 7, qos: 1, retain: false, topic: bad, payload: b"x" },
+                msg::ty::MQTT_PUBLISH_RESULT,
+            ),
+            (Msg::MqttSubscribe { id: 8, topics: msg::Subs::Items(&subs) }, msg::ty::MQTT_SUBSCRIBE_RESULT),
+            (Msg::MqttUnsubscribe { id: 9, topics: Strs::Items(&[bad]) }, msg::ty::MQTT_UNSUBSCRIBE_RESULT),
+        ];
+        for (req, answer) in cases {
+            let refusal = mqtt_command(req).expect_err("refused");
+            assert_eq!(refusal.ty(), answer);
+            let v = refusal.to_vec().unwrap();
+            assert_eq!(Msg::decode(&v).unwrap(), refusal);
+        }
+        let ok = Msg::MqttPublish { id: 1, qos: 0, retain: false, topic: b"sensor/\xc3\xa9", payload: b"" };
+        assert!(matches!(mqtt_command(ok), Ok(MqttCommand::Publish { topic, .. }) if topic == "sensor/\u{e9}"));
+        assert!(mqtt_command(Msg::MqttLost { reason: 1, topic: b"t", len: 1 }).is_err(), "not a request");
+    }
 
     #[test]
     fn devices_cannot_read_the_servers_mqtt_credentials() {

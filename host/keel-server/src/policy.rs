@@ -439,6 +439,12 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("loopback")
     } else if in_net(0xa9fe_0000, 16) {
         Some("link-local")
+    } else if in_net(0xc000_0000, 24) {
+        Some("IETF protocol assignments (192.0.0.0/24)")
+    } else if in_net(0xc612_0000, 15) {
+        Some("benchmarking (198.18.0.0/15)")
+    } else if in_net(0xc000_0200, 24) || in_net(0xc633_6400, 24) || in_net(0xcb00_7100, 24) {
+        Some("documentation")
     } else if in_net(0xe000_0000, 4) {
         Some("multicast")
     } else if in_net(0xf000_0000, 4) {
@@ -572,6 +578,13 @@ mod tests {
             "2002:c0a8:0101::",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "100::1",
+            "192.0.0.9",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.200",
+            "::ffff:198.18.0.1",
         ] {
             assert!(special_address(ip(a)).is_some(), "{a} should be special");
             let d = check(&[], "https", "api.example.com", 443, ip(a));
