@@ -1326,9 +1326,8 @@ static enum MvStatus topic_count(uint32_t n)
 enum MvStatus mvMqttRequestSubscribe(MvChannelHandle handle, const struct MvMqttSubscribeRequest *request)
 {
     struct chan *c;
-    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT,
-                                  request != NULL && (request->num_subscriptions == 0 || request->subscriptions != NULL),
-                                  &c);
+    int args_ok = request != NULL && (request->num_subscriptions == 0 || request->subscriptions != NULL);
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT, args_ok, &c);
     if (st != MV_STATUS_OKAY || (st = topic_count(request->num_subscriptions)) != MV_STATUS_OKAY) {
         return st;
     }
