@@ -189,6 +189,13 @@ static void copy(uint8_t *dst, const uint8_t *src, uint32_t n)
     }
 }
 
+/* How mvClose*() and mvRelease*() end: the caller's handle is zeroed, valid (`found`) or not. */
+static enum MvStatus closed(uint32_t *handle, int found)
+{
+    *handle = 0;
+    return found ? MV_STATUS_OKAY : MV_STATUS_INVALIDHANDLE;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Status mapping                                                                           */
 /* ---------------------------------------------------------------------------------------- */
@@ -369,13 +376,15 @@ static void chan_event(uint32_t keel, enum MvEventType type)
     }
 }
 
-static void update_event(void)
+/* Reports UPDATEDOWNLOADED to the UPDATE system notifications: to all of them, or (`owed_only`)
+ * to those opened when an update was already ready. */
+static void report_update(int owed_only)
 {
-    update_ready = 1;
     for (uint32_t i = 0; i < MV_COMPAT_MAX_SYSTEM; i++) {
         uint32_t m = lock();
         uint32_t ch = 0, tag = 0;
-        if (syss[i].handle != 0 && syss[i].source == MV_SYSTEMNOTIFICATIONSOURCE_UPDATE) {
+        if (syss[i].handle != 0 &&
+            (owed_only ? syss[i].owed : syss[i].source == MV_SYSTEMNOTIFICATIONSOURCE_UPDATE)) {
             ch = syss[i].center;
             tag = syss[i].tag;
             syss[i].owed = 0;
@@ -413,24 +422,13 @@ static void resync(void)
 void MV_COMPAT_IRQ_HANDLER(void)
 {
     /* Updates ready before the app opened its UPDATE system notification. */
-    for (uint32_t i = 0; i < MV_COMPAT_MAX_SYSTEM; i++) {
-        uint32_t m = lock();
-        uint32_t ch = 0, tag = 0;
-        if (syss[i].handle != 0 && syss[i].owed) {
-            syss[i].owed = 0;
-            ch = syss[i].center;
-            tag = syss[i].tag;
-        }
-        unlock(m);
-        if (ch != 0) {
-            deliver(ch, MV_EVENTTYPE_UPDATEDOWNLOADED, tag);
-        }
-    }
+    report_update(1);
     keel_notify_record_t r;
     while (ring_ready && keel_notify_pop(&ring, &r)) {
         switch (r.kind) {
         case KEEL_NOTIFY_UPDATE_READY:
-            update_event();
+            update_ready = 1;
+            report_update(0);
             break;
         case KEEL_NOTIFY_NET_STATUS:
             net_changed(KEEL_NOTIFY_NET_STATE(r.value), KEEL_NOTIFY_NET_OFFLINE(r.value), 0);
@@ -510,8 +508,7 @@ enum MvStatus mvCloseNotifications(MvNotificationHandle *handle)
         c->handle = 0;
     }
     unlock(m);
-    *handle = 0;
-    return c != NULL ? MV_STATUS_OKAY : MV_STATUS_INVALIDHANDLE;
+    return closed(handle, c != NULL);
 }
 
 enum MvStatus mvOpenSystemNotification(const struct MvOpenSystemNotificationParams *params,
@@ -582,8 +579,7 @@ enum MvStatus mvCloseSystemNotification(MvSystemEventHandle *handle)
         s->handle = 0;
     }
     unlock(m);
-    *handle = 0;
-    return s != NULL ? MV_STATUS_OKAY : MV_STATUS_INVALIDHANDLE;
+    return closed(handle, s != NULL);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -708,8 +704,7 @@ enum MvStatus mvReleaseNetwork(MvNetworkHandle *handle)
         n->handle = 0;
     }
     unlock(m);
-    *handle = 0;
-    return n != NULL ? MV_STATUS_OKAY : MV_STATUS_INVALIDHANDLE;
+    return closed(handle, n != NULL);
 }
 
 enum MvStatus mvGetNetworkStatus(MvNetworkHandle handle, enum MvNetworkStatus *status)
@@ -855,8 +850,7 @@ enum MvStatus mvCloseChannel(MvChannelHandle *handle)
         c->handle = 0;
     }
     unlock(m);
-    *handle = 0;
-    return c != NULL ? MV_STATUS_OKAY : MV_STATUS_INVALIDHANDLE;
+    return closed(handle, c != NULL);
 }
 
 enum MvStatus mvGetChannelClosureReason(MvChannelHandle handle, enum MvClosureReason *reason_out)
@@ -888,6 +882,17 @@ static enum MvStatus head_raw(const struct chan *c, const uint8_t **msg, uint32_
     *msg = keel_chan_msg_ptr(c->rx, &mi);
     *len = mi.len;
     return MV_STATUS_OKAY;
+}
+
+/* head_raw() of the channel `handle` (INVALIDHANDLE if there is none); *cp: the channel. */
+static enum MvStatus chan_head_raw(MvChannelHandle handle, struct chan **cp, const uint8_t **msg, uint32_t *len)
+{
+    struct chan *c = find_chan(handle);
+    if (c == NULL) {
+        return MV_STATUS_INVALIDHANDLE;
+    }
+    *cp = c;
+    return head_raw(c, msg, len);
 }
 
 /* The oldest message, decoded. MQTT channels: Keel's own messages (session status, errors)
@@ -922,13 +927,10 @@ enum MvStatus mvReadChannel(MvChannelHandle handle, uint8_t **read_pointer_out, 
     if (read_pointer_out == NULL || length_out == NULL) {
         return MV_STATUS_PARAMETERFAULT;
     }
-    struct chan *c = find_chan(handle);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
+    struct chan *c;
     const uint8_t *msg;
     uint32_t len;
-    enum MvStatus st = head_raw(c, &msg, &len);
+    enum MvStatus st = chan_head_raw(handle, &c, &msg, &len);
     if (st == MV_STATUS_RESPONSENOTPRESENT) {
         *read_pointer_out = NULL;
         *length_out = 0;
@@ -945,13 +947,10 @@ enum MvStatus mvReadChannel(MvChannelHandle handle, uint8_t **read_pointer_out, 
 
 enum MvStatus mvReadChannelComplete(MvChannelHandle handle, uint32_t consumed)
 {
-    struct chan *c = find_chan(handle);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
+    struct chan *c;
     const uint8_t *msg;
     uint32_t len;
-    enum MvStatus st = head_raw(c, &msg, &len);
+    enum MvStatus st = chan_head_raw(handle, &c, &msg, &len);
     if (st == MV_STATUS_RESPONSENOTPRESENT) {
         return MV_STATUS_OKAY;
     }
@@ -1009,19 +1008,6 @@ enum MvStatus mvWriteChannelStream(MvChannelHandle handle, const uint8_t *data, 
     return st;
 }
 
-/* Sends the request encoded in `w` (over `scratch`, under the lock). */
-static enum MvStatus send_encoded(struct chan *c, const keel_msg_writer_t *w)
-{
-    int32_t n = keel_msg_w_finish(w);
-    if (n == KEEL_MSG_ERR_BUFFER_TOO_SMALL) {
-        return MV_STATUS_INVALIDBUFFERSIZE;
-    }
-    if (n < 0) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    return send_raw(c, scratch, (uint32_t)n);
-}
-
 static keel_msg_str_t str(struct MvSizedString s)
 {
     keel_msg_str_t r = {s.data, s.length};
@@ -1041,24 +1027,83 @@ static enum MvStatus copy_out(struct MvSizedStringBuffer b, keel_msg_str_t v)
     return n == v.len ? MV_STATUS_OKAY : MV_STATUS_INVALIDBUFFERSIZE;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* HTTP                                                                                     */
-/* ---------------------------------------------------------------------------------------- */
-
 static struct chan *chan_of_type(MvChannelHandle handle, uint32_t type)
 {
     struct chan *c = find_chan(handle);
     return (c != NULL && c->type == type) ? c : NULL;
 }
 
-enum MvStatus mvSendHttpRequest(MvChannelHandle handle, const struct MvHttpRequest *request)
+/* The first checks of a call on a channel of type `type`: the handle (INVALIDHANDLE), then the
+ * caller's other arguments (`args_ok`, else PARAMETERFAULT). *cp: the channel. */
+static enum MvStatus typed_chan(MvChannelHandle handle, uint32_t type, int args_ok, struct chan **cp)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_HTTP);
+    struct chan *c = chan_of_type(handle, type);
     if (c == NULL) {
         return MV_STATUS_INVALIDHANDLE;
     }
-    if (request == NULL || (request->num_headers != 0 && request->headers == NULL)) {
+    if (!args_ok) {
         return MV_STATUS_PARAMETERFAULT;
+    }
+    *cp = c;
+    return MV_STATUS_OKAY;
+}
+
+/* typed_chan(), then the channel's oldest message, decoded (head()). `cp` may be NULL. */
+static enum MvStatus chan_head(MvChannelHandle handle, uint32_t type, int args_ok, struct chan **cp, keel_msg_t *m)
+{
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, type, args_ok, &c);
+    if (st != MV_STATUS_OKAY) {
+        return st;
+    }
+    if (cp != NULL) {
+        *cp = c;
+    }
+    return head(c, m);
+}
+
+/* Starts encoding a request into `scratch`, with its header. Takes the lock: end_request()
+ * releases it. */
+static uint32_t begin_request(keel_msg_writer_t *w, uint32_t type, uint32_t flags, uint32_t count, uint32_t max,
+                              uint32_t id)
+{
+    uint32_t m = lock();
+    keel_msg_w_init(w, scratch, sizeof scratch);
+    keel_msg_w_header(w, type, flags, count, max, id);
+    return m;
+}
+
+/* Sends the request encoded in `w` (begin_request()) and releases the lock `m`. `one_shot`: the
+ * channel carries one request (HTTP, config), which is now sent. */
+static enum MvStatus end_request(struct chan *c, const keel_msg_writer_t *w, uint32_t m, int one_shot)
+{
+    int32_t n = keel_msg_w_finish(w);
+    enum MvStatus st;
+    if (n == KEEL_MSG_ERR_BUFFER_TOO_SMALL) {
+        st = MV_STATUS_INVALIDBUFFERSIZE;
+    } else if (n < 0) {
+        st = MV_STATUS_PARAMETERFAULT;
+    } else {
+        st = send_raw(c, scratch, (uint32_t)n);
+    }
+    if (st == MV_STATUS_OKAY && one_shot) {
+        c->sent = 1;
+    }
+    unlock(m);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* HTTP                                                                                     */
+/* ---------------------------------------------------------------------------------------- */
+
+enum MvStatus mvSendHttpRequest(MvChannelHandle handle, const struct MvHttpRequest *request)
+{
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_HTTP,
+                                  request != NULL && (request->num_headers == 0 || request->headers != NULL), &c);
+    if (st != MV_STATUS_OKAY) {
+        return st;
     }
     if (c->sent) {
         return MV_STATUS_REQUESTALREADYSENT;
@@ -1066,10 +1111,8 @@ enum MvStatus mvSendHttpRequest(MvChannelHandle handle, const struct MvHttpReque
     if (request->num_headers > KEEL_MSG_MAX_HTTP_HEADERS) {
         return MV_STATUS_TOOMANYELEMENTS;
     }
-    uint32_t m = lock();
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_HTTP_REQUEST, 0, request->num_headers, KEEL_MSG_MAX_HTTP_HEADERS, 0);
+    uint32_t m = begin_request(&w, KEEL_MSG_HTTP_REQUEST, 0, request->num_headers, KEEL_MSG_MAX_HTTP_HEADERS, 0);
     keel_msg_w_str(&w, str(request->method));
     keel_msg_w_str(&w, str(request->url));
     keel_msg_w_u32(&w, request->timeout_ms);
@@ -1078,25 +1121,13 @@ enum MvStatus mvSendHttpRequest(MvChannelHandle handle, const struct MvHttpReque
         keel_msg_w_str(&w, h);
     }
     keel_msg_w_blob(&w, str(request->body));
-    enum MvStatus st = send_encoded(c, &w);
-    if (st == MV_STATUS_OKAY) {
-        c->sent = 1;
-    }
-    unlock(m);
-    return st;
+    return end_request(c, &w, m, 1);
 }
 
 enum MvStatus mvReadHttpResponseData(MvChannelHandle handle, struct MvHttpResponseData *out)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_HTTP);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_HTTP, out != NULL, NULL, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1119,15 +1150,8 @@ enum MvStatus mvReadHttpResponseData(MvChannelHandle handle, struct MvHttpRespon
 
 enum MvStatus mvReadHttpResponseHeader(MvChannelHandle handle, uint32_t header_index, uint8_t *buf, uint32_t size)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_HTTP);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (buf == NULL && size != 0) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_HTTP, buf != NULL || size == 0, NULL, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1150,15 +1174,8 @@ enum MvStatus mvReadHttpResponseHeader(MvChannelHandle handle, uint32_t header_i
 
 enum MvStatus mvReadHttpResponseBody(MvChannelHandle handle, uint32_t offset, uint8_t *buf, uint32_t size)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_HTTP);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (buf == NULL && size != 0) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_HTTP, buf != NULL || size == 0, NULL, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1182,12 +1199,11 @@ enum MvStatus mvReadHttpResponseBody(MvChannelHandle handle, uint32_t offset, ui
 
 enum MvStatus mvSendConfigFetchRequest(MvChannelHandle handle, const struct MvConfigKeyFetchParams *request)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_CONFIGFETCH);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (request == NULL || (request->num_items != 0 && request->keys_to_fetch == NULL)) {
-        return MV_STATUS_PARAMETERFAULT;
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_CONFIGFETCH,
+                                  request != NULL && (request->num_items == 0 || request->keys_to_fetch != NULL), &c);
+    if (st != MV_STATUS_OKAY) {
+        return st;
     }
     if (c->sent) {
         return MV_STATUS_REQUESTALREADYSENT;
@@ -1212,35 +1228,21 @@ enum MvStatus mvSendConfigFetchRequest(MvChannelHandle handle, const struct MvCo
             }
         }
     }
-    uint32_t m = lock();
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_CONFIG_FETCH, 0, request->num_items, KEEL_MSG_MAX_CONFIG_KEYS, 0);
+    uint32_t m = begin_request(&w, KEEL_MSG_CONFIG_FETCH, 0, request->num_items, KEEL_MSG_MAX_CONFIG_KEYS, 0);
     for (uint32_t i = 0; i < request->num_items; i++) {
         const struct MvConfigKeyToFetch *k = &request->keys_to_fetch[i];
         keel_msg_w_u8(&w, (uint32_t)k->scope);
         keel_msg_w_u8(&w, (uint32_t)k->store);
         keel_msg_w_str(&w, str(k->key));
     }
-    enum MvStatus st = send_encoded(c, &w);
-    if (st == MV_STATUS_OKAY) {
-        c->sent = 1;
-    }
-    unlock(m);
-    return st;
+    return end_request(c, &w, m, 1);
 }
 
 enum MvStatus mvReadConfigFetchResponseData(MvChannelHandle handle, struct MvConfigResponseData *out)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_CONFIGFETCH);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_CONFIGFETCH, out != NULL, NULL, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1255,15 +1257,8 @@ enum MvStatus mvReadConfigFetchResponseData(MvChannelHandle handle, struct MvCon
 
 enum MvStatus mvReadConfigResponseItem(MvChannelHandle handle, const struct MvConfigResponseReadItemParams *params)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_CONFIGFETCH);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (params == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_CONFIGFETCH, params != NULL, NULL, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1290,147 +1285,125 @@ enum MvStatus mvReadConfigResponseItem(MvChannelHandle handle, const struct MvCo
 /* MQTT                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
+static uint32_t clamp(uint32_t v, uint32_t max)
+{
+    return v > max ? max : v;
+}
+
 enum MvStatus mvMqttRequestConnect(MvChannelHandle handle, const struct MvMqttConnectRequest *request)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (request == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT, request != NULL, &c);
+    if (st != MV_STATUS_OKAY) {
+        return st;
     }
     const struct MvMqttWill *w0 = request->will;
     if (w0 != NULL && (w0->topic.length == 0 || w0->topic.data == NULL)) {
         return MV_STATUS_REQUIREDELEMENTMISSING;
     }
-    uint32_t m = lock();
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_CONNECT, (request->clean_start ? 1u : 0u) | (w0 != NULL ? 2u : 0u), 0, 0, 0);
-    keel_msg_w_u16(&w, request->keepalive > 0xFFFFu ? 0xFFFFu : request->keepalive);
+    uint32_t m = begin_request(&w, KEEL_MSG_MQTT_CONNECT, (request->clean_start ? 1u : 0u) | (w0 != NULL ? 2u : 0u),
+                               0, 0, 0);
+    keel_msg_w_u16(&w, clamp(request->keepalive, 0xFFFFu));
     if (w0 != NULL) {
         keel_msg_w_str(&w, str(w0->topic));
         keel_msg_w_blob(&w, str(w0->payload));
-        keel_msg_w_u8(&w, w0->qos > 0xFFu ? 0xFFu : w0->qos);
+        keel_msg_w_u8(&w, clamp(w0->qos, 0xFFu));
         keel_msg_w_u8(&w, w0->retain ? 1u : 0u);
     }
-    enum MvStatus st = send_encoded(c, &w);
-    unlock(m);
-    return st;
+    return end_request(c, &w, m, 0);
+}
+
+/* The checks of the number of topics of an MQTT (un)subscribe. */
+static enum MvStatus topic_count(uint32_t n)
+{
+    if (n > KEEL_MSG_MAX_MQTT_TOPICS) {
+        return MV_STATUS_TOOMANYELEMENTS;
+    }
+    return n == 0 ? MV_STATUS_REQUIREDELEMENTMISSING : MV_STATUS_OKAY;
 }
 
 enum MvStatus mvMqttRequestSubscribe(MvChannelHandle handle, const struct MvMqttSubscribeRequest *request)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
+    struct chan *c;
+    int args_ok = request != NULL && (request->num_subscriptions == 0 || request->subscriptions != NULL);
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT, args_ok, &c);
+    if (st != MV_STATUS_OKAY || (st = topic_count(request->num_subscriptions)) != MV_STATUS_OKAY) {
+        return st;
     }
-    if (request == NULL || (request->num_subscriptions != 0 && request->subscriptions == NULL)) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    if (request->num_subscriptions > KEEL_MSG_MAX_MQTT_TOPICS) {
-        return MV_STATUS_TOOMANYELEMENTS;
-    }
-    if (request->num_subscriptions == 0) {
-        return MV_STATUS_REQUIREDELEMENTMISSING;
-    }
-    uint32_t m = lock();
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_SUBSCRIBE, 0, request->num_subscriptions, KEEL_MSG_MAX_MQTT_TOPICS,
-                      request->correlation_id);
+    uint32_t m = begin_request(&w, KEEL_MSG_MQTT_SUBSCRIBE, 0, request->num_subscriptions, KEEL_MSG_MAX_MQTT_TOPICS,
+                               request->correlation_id);
     for (uint32_t i = 0; i < request->num_subscriptions; i++) {
         const struct MvMqttSubscription *s = &request->subscriptions[i];
         keel_msg_w_str(&w, str(s->topic));
-        keel_msg_w_u8(&w, s->desired_qos > 0xFFu ? 0xFFu : s->desired_qos);
+        keel_msg_w_u8(&w, clamp(s->desired_qos, 0xFFu));
     }
-    enum MvStatus st = send_encoded(c, &w);
-    unlock(m);
-    return st;
+    return end_request(c, &w, m, 0);
 }
 
 enum MvStatus mvMqttRequestUnsubscribe(MvChannelHandle handle, const struct MvMqttUnsubscribeRequest *request)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT,
+                                  request != NULL && (request->num_topics == 0 || request->topics != NULL), &c);
+    if (st != MV_STATUS_OKAY || (st = topic_count(request->num_topics)) != MV_STATUS_OKAY) {
+        return st;
     }
-    if (request == NULL || (request->num_topics != 0 && request->topics == NULL)) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    if (request->num_topics > KEEL_MSG_MAX_MQTT_TOPICS) {
-        return MV_STATUS_TOOMANYELEMENTS;
-    }
-    if (request->num_topics == 0) {
-        return MV_STATUS_REQUIREDELEMENTMISSING;
-    }
-    uint32_t m = lock();
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_UNSUBSCRIBE, 0, request->num_topics, KEEL_MSG_MAX_MQTT_TOPICS,
-                      request->correlation_id);
+    uint32_t m = begin_request(&w, KEEL_MSG_MQTT_UNSUBSCRIBE, 0, request->num_topics, KEEL_MSG_MAX_MQTT_TOPICS,
+                               request->correlation_id);
     for (uint32_t i = 0; i < request->num_topics; i++) {
         keel_msg_w_str(&w, str(request->topics[i]));
     }
-    enum MvStatus st = send_encoded(c, &w);
-    unlock(m);
-    return st;
+    return end_request(c, &w, m, 0);
 }
 
 enum MvStatus mvMqttRequestPublish(MvChannelHandle handle, const struct MvMqttPublishRequest *request)
 {
+    struct chan *c;
+    enum MvStatus st = typed_chan(handle, MV_CHANNELTYPE_MQTT, request != NULL, &c);
+    if (st != MV_STATUS_OKAY) {
+        return st;
+    }
+    keel_msg_writer_t w;
+    uint32_t m = begin_request(&w, KEEL_MSG_MQTT_PUBLISH, request->retain ? 1u : 0u, 0, 0, request->correlation_id);
+    keel_msg_w_u8(&w, clamp(request->desired_qos, 0xFFu));
+    keel_msg_w_str(&w, str(request->topic));
+    keel_msg_w_blob(&w, str(request->payload));
+    return end_request(c, &w, m, 0);
+}
+
+/* An MQTT request that is only a header (acknowledge, disconnect), encoded on the stack. */
+static enum MvStatus mqtt_bare(MvChannelHandle handle, uint32_t type, uint32_t id)
+{
     struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
     if (c == NULL) {
         return MV_STATUS_INVALIDHANDLE;
     }
-    if (request == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    uint32_t m = lock();
+    uint8_t msg[KEEL_MSG_HEADER_LEN];
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, scratch, sizeof scratch);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_PUBLISH, request->retain ? 1u : 0u, 0, 0, request->correlation_id);
-    keel_msg_w_u8(&w, request->desired_qos > 0xFFu ? 0xFFu : request->desired_qos);
-    keel_msg_w_str(&w, str(request->topic));
-    keel_msg_w_blob(&w, str(request->payload));
-    enum MvStatus st = send_encoded(c, &w);
-    unlock(m);
-    return st;
+    keel_msg_w_init(&w, msg, sizeof msg);
+    keel_msg_w_header(&w, type, 0, 0, 0, id);
+    int32_t n = keel_msg_w_finish(&w);
+    return n < 0 ? MV_STATUS_INTERNALERROR : send_raw(c, msg, (uint32_t)n);
 }
 
 enum MvStatus mvMqttAcknowledgeMessage(MvChannelHandle handle, uint32_t correlation_id)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    uint8_t msg[KEEL_MSG_HEADER_LEN];
-    int32_t n = keel_msg_mqtt_ack(msg, sizeof msg, correlation_id);
-    return n < 0 ? MV_STATUS_INTERNALERROR : send_raw(c, msg, (uint32_t)n);
+    return mqtt_bare(handle, KEEL_MSG_MQTT_ACK, correlation_id);
 }
 
 enum MvStatus mvMqttRequestDisconnect(MvChannelHandle handle)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    uint8_t msg[KEEL_MSG_HEADER_LEN];
-    int32_t n = keel_msg_mqtt_disconnect(msg, sizeof msg);
-    return n < 0 ? MV_STATUS_INTERNALERROR : send_raw(c, msg, (uint32_t)n);
+    return mqtt_bare(handle, KEEL_MSG_MQTT_DISCONNECT, 0);
 }
 
 enum MvStatus mvMqttGetNextReadableDataType(MvChannelHandle handle, enum MvMqttReadableDataType *data_type)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
-    }
-    if (data_type == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
+    struct chan *c;
     keel_msg_t m;
-    enum MvStatus st = head(c, &m);
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_MQTT, data_type != NULL, &c, &m);
     if (st == MV_STATUS_RESPONSENOTPRESENT) {
         *data_type = MV_MQTTREADABLEDATATYPE_NONE;
         return MV_STATUS_OKAY;
@@ -1455,24 +1428,19 @@ enum MvStatus mvMqttGetNextReadableDataType(MvChannelHandle handle, enum MvMqttR
     return MV_STATUS_OKAY;
 }
 
-/* The oldest message of an MQTT channel if it is of type `type`. */
-static enum MvStatus mqtt_head(MvChannelHandle handle, uint32_t type, struct chan **cp, keel_msg_t *m)
+/* The first steps of the MQTT readers: the output (`out_ok`, else PARAMETERFAULT), the handle
+ * (INVALIDHANDLE), then the oldest message of the channel, which must be of type `type`
+ * (WRONGDATAREQUESTED). The reader copies it out, then calls consume(). */
+static enum MvStatus mqtt_head(MvChannelHandle handle, uint32_t type, int out_ok, struct chan **cp, keel_msg_t *m)
 {
-    struct chan *c = chan_of_type(handle, MV_CHANNELTYPE_MQTT);
-    if (c == NULL) {
-        return MV_STATUS_INVALIDHANDLE;
+    if (!out_ok) {
+        return MV_STATUS_PARAMETERFAULT;
     }
-    enum MvStatus st = head(c, m);
-    if (st != MV_STATUS_OKAY) {
-        return st;
-    }
-    if (m->type != type) {
-        return MV_STATUS_WRONGDATAREQUESTED;
-    }
-    *cp = c;
-    return MV_STATUS_OKAY;
+    enum MvStatus st = chan_head(handle, MV_CHANNELTYPE_MQTT, 1, cp, m);
+    return (st == MV_STATUS_OKAY && m->type != type) ? MV_STATUS_WRONGDATAREQUESTED : st;
 }
 
+/* Consumes the message mqtt_head() returned; `st`: the reader's status, unless that is OKAY. */
 static enum MvStatus consume(struct chan *c, enum MvStatus st)
 {
     c->read_off = 0;
@@ -1484,10 +1452,7 @@ enum MvStatus mvMqttReadConnectResponse(MvChannelHandle handle, struct MvMqttCon
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_CONNECT_RESULT, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_CONNECT_RESULT, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1500,10 +1465,7 @@ enum MvStatus mvMqttReadSubscribeResponse(MvChannelHandle handle, const struct M
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_SUBSCRIBE_RESULT, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_SUBSCRIBE_RESULT, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1530,10 +1492,7 @@ enum MvStatus mvMqttReadUnsubscribeResponse(MvChannelHandle handle, const struct
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_UNSUBSCRIBE_RESULT, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_UNSUBSCRIBE_RESULT, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1550,10 +1509,7 @@ enum MvStatus mvMqttReadPublishResponse(MvChannelHandle handle, struct MvMqttPub
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_PUBLISH_RESULT, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_PUBLISH_RESULT, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1567,10 +1523,7 @@ enum MvStatus mvMqttReceiveMessage(MvChannelHandle handle, const struct MvMqttMe
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_MESSAGE, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_MESSAGE, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1592,10 +1545,7 @@ enum MvStatus mvMqttReceiveLostMessageInfo(MvChannelHandle handle, const struct 
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_LOST, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_LOST, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }
@@ -1616,10 +1566,7 @@ enum MvStatus mvMqttReadDisconnectResponse(MvChannelHandle handle, struct MvMqtt
 {
     struct chan *c;
     keel_msg_t m;
-    if (out == NULL) {
-        return MV_STATUS_PARAMETERFAULT;
-    }
-    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_DISCONNECT_RESULT, &c, &m);
+    enum MvStatus st = mqtt_head(handle, KEEL_MSG_MQTT_DISCONNECT_RESULT, out != NULL, &c, &m);
     if (st != MV_STATUS_OKAY) {
         return st;
     }

@@ -313,15 +313,17 @@ static inline void keel_msg_w_init(keel_msg_writer_t *w, void *buf, uint32_t cap
     w->err = 0;
 }
 
+/** Records KEEL_MSG_ERR_MALFORMED unless an error is recorded already (internal). */
+static inline void keel_msg__w_malformed(keel_msg_writer_t *w)
+{
+    w->err = w->err ? w->err : KEEL_MSG_ERR_MALFORMED;
+}
+
 static inline void keel_msg_w_bytes(keel_msg_writer_t *w, const void *p, uint32_t n)
 {
     const uint8_t *s = (const uint8_t *)p;
-    if (n != 0 && s == NULL) {
-        w->err = w->err ? w->err : KEEL_MSG_ERR_MALFORMED;
-        return;
-    }
-    if (n > 0xFFFFFFFFu - w->pos) {
-        w->err = w->err ? w->err : KEEL_MSG_ERR_MALFORMED;
+    if ((n != 0 && s == NULL) || n > 0xFFFFFFFFu - w->pos) {
+        keel_msg__w_malformed(w);
         return;
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -354,7 +356,7 @@ static inline void keel_msg_w_u32(keel_msg_writer_t *w, uint32_t v)
 static inline void keel_msg_w_str(keel_msg_writer_t *w, keel_msg_str_t s)
 {
     if (s.len > 0xFFFFu) {
-        w->err = w->err ? w->err : KEEL_MSG_ERR_MALFORMED;
+        keel_msg__w_malformed(w);
         return;
     }
     keel_msg_w_u16(w, s.len);
@@ -373,13 +375,21 @@ static inline void keel_msg_w_header(keel_msg_writer_t *w, uint32_t type, uint32
                                      uint32_t count, uint32_t max, uint32_t id)
 {
     if (count > max) {
-        w->err = w->err ? w->err : KEEL_MSG_ERR_MALFORMED;
+        keel_msg__w_malformed(w);
         return;
     }
     keel_msg_w_u8(w, type);
     keel_msg_w_u8(w, flags);
     keel_msg_w_u16(w, count);
     keel_msg_w_u32(w, id);
+}
+
+/** Starts a message in buf[0..cap) with its header (internal: the encoders' first step). */
+static inline void keel_msg__w_begin(keel_msg_writer_t *w, void *buf, uint32_t cap, uint32_t type,
+                                     uint32_t flags, uint32_t count, uint32_t max, uint32_t id)
+{
+    keel_msg_w_init(w, buf, cap);
+    keel_msg_w_header(w, type, flags, count, max, id);
 }
 
 /** The message's length, or KEEL_MSG_ERR_MALFORMED / KEEL_MSG_ERR_BUFFER_TOO_SMALL. */
@@ -411,12 +421,12 @@ static inline int32_t keel_msg_http_request(void *buf, uint32_t cap, keel_msg_st
                                             const keel_msg_str_t *headers, uint32_t n_headers,
                                             keel_msg_str_t body)
 {
-    keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
     if (n_headers != 0 && headers == NULL) {
         return KEEL_MSG_ERR_MALFORMED;
     }
-    keel_msg_w_header(&w, KEEL_MSG_HTTP_REQUEST, 0, n_headers, KEEL_MSG_MAX_HTTP_HEADERS, 0);
+    keel_msg_writer_t w;
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_HTTP_REQUEST, 0, n_headers, KEEL_MSG_MAX_HTTP_HEADERS,
+                      0);
     keel_msg_w_str(&w, method);
     keel_msg_w_str(&w, url);
     keel_msg_w_u32(&w, timeout_ms);
@@ -432,12 +442,11 @@ static inline int32_t keel_msg_http_request(void *buf, uint32_t cap, keel_msg_st
 static inline int32_t keel_msg_config_fetch(void *buf, uint32_t cap, const keel_msg_key_t *keys,
                                             uint32_t n_keys)
 {
-    keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
     if (n_keys != 0 && keys == NULL) {
         return KEEL_MSG_ERR_MALFORMED;
     }
-    keel_msg_w_header(&w, KEEL_MSG_CONFIG_FETCH, 0, n_keys, KEEL_MSG_MAX_CONFIG_KEYS, 0);
+    keel_msg_writer_t w;
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_CONFIG_FETCH, 0, n_keys, KEEL_MSG_MAX_CONFIG_KEYS, 0);
     for (uint32_t i = 0; i < n_keys && w.err == 0; i++) {
         keel_msg_w_u8(&w, keys[i].scope);
         keel_msg_w_u8(&w, keys[i].store);
@@ -451,10 +460,9 @@ static inline int32_t keel_msg_config_fetch(void *buf, uint32_t cap, const keel_
 static inline int32_t keel_msg_mqtt_connect(void *buf, uint32_t cap, int clean_start,
                                             uint16_t keepalive_s, const keel_msg_will_t *will)
 {
-    keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
     uint32_t flags = (clean_start ? 1u : 0u) | (will != NULL ? 2u : 0u);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_CONNECT, flags, 0, 0, 0);
+    keel_msg_writer_t w;
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_CONNECT, flags, 0, 0, 0);
     keel_msg_w_u16(&w, keepalive_s);
     if (will != NULL) {
         keel_msg_w_str(&w, will->topic);
@@ -470,12 +478,11 @@ static inline int32_t keel_msg_mqtt_connect(void *buf, uint32_t cap, int clean_s
 static inline int32_t keel_msg_mqtt_subscribe(void *buf, uint32_t cap, uint32_t id,
                                               const keel_msg_sub_t *subs, uint32_t n)
 {
-    keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
     if (n != 0 && subs == NULL) {
         return KEEL_MSG_ERR_MALFORMED;
     }
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_SUBSCRIBE, 0, n, KEEL_MSG_MAX_MQTT_TOPICS, id);
+    keel_msg_writer_t w;
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_SUBSCRIBE, 0, n, KEEL_MSG_MAX_MQTT_TOPICS, id);
     for (uint32_t i = 0; i < n && w.err == 0; i++) {
         keel_msg_w_str(&w, subs[i].topic);
         keel_msg_w_u8(&w, subs[i].qos);
@@ -487,12 +494,11 @@ static inline int32_t keel_msg_mqtt_subscribe(void *buf, uint32_t cap, uint32_t 
 static inline int32_t keel_msg_mqtt_unsubscribe(void *buf, uint32_t cap, uint32_t id,
                                                 const keel_msg_str_t *topics, uint32_t n)
 {
-    keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
     if (n != 0 && topics == NULL) {
         return KEEL_MSG_ERR_MALFORMED;
     }
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_UNSUBSCRIBE, 0, n, KEEL_MSG_MAX_MQTT_TOPICS, id);
+    keel_msg_writer_t w;
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_UNSUBSCRIBE, 0, n, KEEL_MSG_MAX_MQTT_TOPICS, id);
     for (uint32_t i = 0; i < n && w.err == 0; i++) {
         keel_msg_w_str(&w, topics[i]);
     }
@@ -505,8 +511,7 @@ static inline int32_t keel_msg_mqtt_publish(void *buf, uint32_t cap, uint32_t id
                                             keel_msg_str_t payload)
 {
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_PUBLISH, retain ? 1u : 0u, 0, 0, id);
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_PUBLISH, retain ? 1u : 0u, 0, 0, id);
     keel_msg_w_u8(&w, qos);
     keel_msg_w_str(&w, topic);
     keel_msg_w_blob(&w, payload);
@@ -517,8 +522,7 @@ static inline int32_t keel_msg_mqtt_publish(void *buf, uint32_t cap, uint32_t id
 static inline int32_t keel_msg_mqtt_ack(void *buf, uint32_t cap, uint32_t id)
 {
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_ACK, 0, 0, 0, id);
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_ACK, 0, 0, 0, id);
     return keel_msg_w_finish(&w);
 }
 
@@ -526,8 +530,7 @@ static inline int32_t keel_msg_mqtt_ack(void *buf, uint32_t cap, uint32_t id)
 static inline int32_t keel_msg_mqtt_disconnect(void *buf, uint32_t cap)
 {
     keel_msg_writer_t w;
-    keel_msg_w_init(&w, buf, cap);
-    keel_msg_w_header(&w, KEEL_MSG_MQTT_DISCONNECT, 0, 0, 0, 0);
+    keel_msg__w_begin(&w, buf, cap, KEEL_MSG_MQTT_DISCONNECT, 0, 0, 0, 0);
     return keel_msg_w_finish(&w);
 }
 
@@ -573,10 +576,10 @@ static inline uint32_t keel_msg__u32(keel_msg__reader_t *r)
              : 0;
 }
 
-static inline keel_msg_str_t keel_msg__str(keel_msg__reader_t *r)
+/** The next `n` bytes (empty if there are fewer). */
+static inline keel_msg_str_t keel_msg__bytes(keel_msg__reader_t *r, uint32_t n)
 {
     keel_msg_str_t s = {NULL, 0};
-    uint32_t n = keel_msg__u16(r);
     const uint8_t *p = keel_msg__take(r, n);
     if (p != NULL) {
         s.data = p;
@@ -585,16 +588,14 @@ static inline keel_msg_str_t keel_msg__str(keel_msg__reader_t *r)
     return s;
 }
 
+static inline keel_msg_str_t keel_msg__str(keel_msg__reader_t *r)
+{
+    return keel_msg__bytes(r, keel_msg__u16(r));
+}
+
 static inline keel_msg_str_t keel_msg__blob(keel_msg__reader_t *r)
 {
-    keel_msg_str_t s = {NULL, 0};
-    uint32_t n = keel_msg__u32(r);
-    const uint8_t *p = keel_msg__take(r, n);
-    if (p != NULL) {
-        s.data = p;
-        s.len = n;
-    }
-    return s;
+    return keel_msg__bytes(r, keel_msg__u32(r));
 }
 
 /**
@@ -665,8 +666,7 @@ static inline int keel_msg_decode(const void *msg, uint32_t len, keel_msg_t *out
             return KEEL_MSG_ERR_MALFORMED;
         }
         m.u.mqtt_subscribe_result.state = keel_msg__u8(&r);
-        m.u.mqtt_subscribe_result.codes.data = keel_msg__take(&r, m.count);
-        m.u.mqtt_subscribe_result.codes.len = m.count;
+        m.u.mqtt_subscribe_result.codes = keel_msg__bytes(&r, m.count);
         break;
     }
     case KEEL_MSG_MQTT_UNSUBSCRIBE_RESULT:

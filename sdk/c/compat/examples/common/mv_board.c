@@ -114,10 +114,10 @@ void board_sleep(void)
     __asm volatile("wfi" ::: "memory");
 }
 
-uint32_t board_wait_flag(volatile uint32_t *flag, uint32_t timeout_ms)
+uint32_t board_wait_flag(volatile uint32_t *flag, volatile uint32_t *stop, uint32_t timeout_ms)
 {
     uint32_t start = board_ms();
-    while (*flag == 0 && board_ms() - start < timeout_ms) {
+    while (*flag == 0 && *stop == 0 && board_ms() - start < timeout_ms) {
         board_sleep();
     }
     return *flag;
@@ -136,6 +136,35 @@ int board_wait_connected(MvNetworkHandle net, uint32_t timeout_ms)
         }
         board_sleep();
     }
+}
+
+const char *board_connect(const struct MvNotificationSetup *setup, uint32_t net_tag, uint32_t timeout_ms,
+                          MvNotificationHandle *nh, MvNetworkHandle *net, enum MvStatus *st)
+{
+    *st = mvSetupNotifications(setup, nh);
+    if (*st != MV_STATUS_OKAY || *nh == 0) {
+        return "mvSetupNotifications";
+    }
+    struct MvRequestNetworkParams np = {.version = 1, .v1 = {.notification_handle = *nh, .notification_tag = net_tag}};
+    *st = mvRequestNetwork(&np, net);
+    if (*st != MV_STATUS_OKAY || *net == 0) {
+        return "mvRequestNetwork";
+    }
+    if (!board_wait_connected(*net, timeout_ms)) {
+        *st = MV_STATUS_NETWORKNOTCONNECTED;
+        return "network";
+    }
+    return NULL;
+}
+
+struct MvSizedString board_str(const char *s)
+{
+    uint32_t n = 0;
+    while (s[n] != '\0') {
+        n++;
+    }
+    struct MvSizedString r = {(const uint8_t *)s, n};
+    return r;
 }
 
 void board_idle(void)

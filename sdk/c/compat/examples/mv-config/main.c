@@ -57,16 +57,6 @@ static void fail(const char *step, enum MvStatus st)
     board_idle();
 }
 
-static struct MvSizedString sized(const char *s)
-{
-    uint32_t n = 0;
-    while (s[n] != '\0') {
-        n++;
-    }
-    struct MvSizedString r = {(const uint8_t *)s, n};
-    return r;
-}
-
 static const char *item_result(enum MvConfigKeyFetchResult r)
 {
     switch (r) {
@@ -83,20 +73,13 @@ int main(void)
     board_log("mv-config: start key=%s secret=%s", CONFIG_KEY, SECRET_KEY);
 
     MvNotificationHandle nh = 0;
+    MvNetworkHandle net = 0;
     struct MvNotificationSetup ns = {.irq = NOTE_IRQ, .buffer = (struct MvNotification *)notes,
                                      .buffer_size = sizeof notes};
-    enum MvStatus st = mvSetupNotifications(&ns, &nh);
-    if (st != MV_STATUS_OKAY) {
-        fail("mvSetupNotifications", st);
-    }
-    MvNetworkHandle net = 0;
-    struct MvRequestNetworkParams np = {.version = 1, .v1 = {.notification_handle = nh, .notification_tag = TAG_NET}};
-    st = mvRequestNetwork(&np, &net);
-    if (st != MV_STATUS_OKAY) {
-        fail("mvRequestNetwork", st);
-    }
-    if (!board_wait_connected(net, 60000)) {
-        fail("network", MV_STATUS_NETWORKNOTCONNECTED);
+    enum MvStatus st;
+    const char *step = board_connect(&ns, TAG_NET, 60000, &nh, &net, &st);
+    if (step != NULL) {
+        fail(step, st);
     }
 
     MvChannelHandle ch = 0;
@@ -111,9 +94,9 @@ int main(void)
         fail("mvOpenChannel", st);
     }
     struct MvConfigKeyToFetch keys[3] = {
-        {MV_CONFIGKEYFETCHSCOPE_ACCOUNT, MV_CONFIGKEYFETCHSTORE_CONFIG, sized(CONFIG_KEY)},
-        {MV_CONFIGKEYFETCHSCOPE_ACCOUNT, MV_CONFIGKEYFETCHSTORE_SECRET, sized(SECRET_KEY)},
-        {MV_CONFIGKEYFETCHSCOPE_DEVICE, MV_CONFIGKEYFETCHSTORE_CONFIG, sized(MISSING_KEY)},
+        {MV_CONFIGKEYFETCHSCOPE_ACCOUNT, MV_CONFIGKEYFETCHSTORE_CONFIG, board_str(CONFIG_KEY)},
+        {MV_CONFIGKEYFETCHSCOPE_ACCOUNT, MV_CONFIGKEYFETCHSTORE_SECRET, board_str(SECRET_KEY)},
+        {MV_CONFIGKEYFETCHSCOPE_DEVICE, MV_CONFIGKEYFETCHSTORE_CONFIG, board_str(MISSING_KEY)},
     };
     struct MvConfigKeyFetchParams req = {.num_items = 3, .keys_to_fetch = keys};
     st = mvSendConfigFetchRequest(ch, &req);
@@ -123,11 +106,7 @@ int main(void)
     if (mvSendConfigFetchRequest(ch, &req) != MV_STATUS_REQUESTALREADYSENT) {
         fail("second request", MV_STATUS_OKAY);
     }
-    uint32_t start = board_ms();
-    while (readable == 0 && closed == 0 && board_ms() - start < 30000) {
-        board_sleep();
-    }
-    if (readable == 0) {
+    if (!board_wait_flag(&readable, &closed, 30000)) {
         fail("waiting for the values", closed ? MV_STATUS_CHANNELCLOSED : MV_STATUS_RESPONSENOTPRESENT);
     }
     struct MvConfigResponseData rd;

@@ -76,36 +76,19 @@ static void fail(const char *step, enum MvStatus st)
     board_idle();
 }
 
-static uint32_t len_of(const char *s)
-{
-    uint32_t n = 0;
-    while (s[n] != '\0') {
-        n++;
-    }
-    return n;
-}
-
 int main(void)
 {
     board_init();
     board_log("mv-http-get: start url=%s", URL);
 
     MvNotificationHandle nh = 0;
+    MvNetworkHandle net = 0;
     struct MvNotificationSetup ns = {.irq = NOTE_IRQ, .buffer = (struct MvNotification *)notes,
                                      .buffer_size = sizeof notes};
-    enum MvStatus st = mvSetupNotifications(&ns, &nh);
-    if (st != MV_STATUS_OKAY || nh == 0) {
-        fail("mvSetupNotifications", st);
-    }
-
-    MvNetworkHandle net = 0;
-    struct MvRequestNetworkParams np = {.version = 1, .v1 = {.notification_handle = nh, .notification_tag = TAG_NET}};
-    st = mvRequestNetwork(&np, &net);
-    if (st != MV_STATUS_OKAY || net == 0) {
-        fail("mvRequestNetwork", st);
-    }
-    if (!board_wait_connected(net, 60000)) {
-        fail("network", MV_STATUS_NETWORKNOTCONNECTED);
+    enum MvStatus st;
+    const char *step = board_connect(&ns, TAG_NET, 60000, &nh, &net, &st);
+    if (step != NULL) {
+        fail(step, st);
     }
 
     MvChannelHandle ch = 0;
@@ -123,7 +106,7 @@ int main(void)
     static const char accept[] = "Accept: */*";
     struct MvHttpHeader hdr = {sizeof accept - 1u, (const uint8_t *)accept};
     struct MvHttpRequest req = {.method = {(const uint8_t *)"GET", 3},
-                                .url = {(const uint8_t *)URL, len_of(URL)},
+                                .url = board_str(URL),
                                 .num_headers = 1,
                                 .headers = &hdr,
                                 .body = {(const uint8_t *)"", 0},
@@ -137,11 +120,7 @@ int main(void)
         fail("second request", st);
     }
 
-    uint32_t start = board_ms();
-    while (readable == 0 && closed == 0 && board_ms() - start < 30000) {
-        board_sleep();
-    }
-    if (readable == 0) {
+    if (!board_wait_flag(&readable, &closed, 30000)) {
         fail("waiting for the response", closed ? MV_STATUS_CHANNELCLOSED : MV_STATUS_RESPONSENOTPRESENT);
     }
 

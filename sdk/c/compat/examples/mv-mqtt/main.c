@@ -79,16 +79,6 @@ static uint32_t cat(char *dst, uint32_t cap, const char *a, const char *b)
     return n;
 }
 
-static struct MvSizedString sized(const char *s)
-{
-    uint32_t n = 0;
-    while (s[n] != '\0') {
-        n++;
-    }
-    struct MvSizedString r = {(const uint8_t *)s, n};
-    return r;
-}
-
 /* Waits for the next readable item of the channel and returns its type (NONE on timeout). */
 static enum MvMqttReadableDataType next(uint32_t timeout_ms)
 {
@@ -134,7 +124,7 @@ static void expect(enum MvMqttReadableDataType want, const char *what)
 
 static void publish(const char *topic, const uint8_t *payload, uint32_t len, uint32_t id)
 {
-    struct MvMqttPublishRequest pub = {.correlation_id = id, .topic = sized(topic),
+    struct MvMqttPublishRequest pub = {.correlation_id = id, .topic = board_str(topic),
                                        .payload = {payload, len}, .desired_qos = 1, .retain = 0};
     enum MvStatus st = mvMqttRequestPublish(ch, &pub);
     if (st != MV_STATUS_OKAY) {
@@ -165,26 +155,18 @@ int main(void)
     board_log("mv-mqtt: start device=%s profile=%s", device, PROFILE[0] ? PROFILE : "(default)");
 
     MvNotificationHandle nh = 0;
+    MvNetworkHandle net = 0;
     struct MvNotificationSetup ns = {.irq = NOTE_IRQ, .buffer = (struct MvNotification *)notes,
                                      .buffer_size = sizeof notes};
-    st = mvSetupNotifications(&ns, &nh);
-    if (st != MV_STATUS_OKAY) {
-        fail("mvSetupNotifications", st);
-    }
-    MvNetworkHandle net = 0;
-    struct MvRequestNetworkParams np = {.version = 1, .v1 = {.notification_handle = nh, .notification_tag = TAG_NET}};
-    st = mvRequestNetwork(&np, &net);
-    if (st != MV_STATUS_OKAY) {
-        fail("mvRequestNetwork", st);
-    }
-    if (!board_wait_connected(net, 60000)) {
-        fail("network", MV_STATUS_NETWORKNOTCONNECTED);
+    const char *step = board_connect(&ns, TAG_NET, 60000, &nh, &net, &st);
+    if (step != NULL) {
+        fail(step, st);
     }
     struct MvOpenChannelParams cp = {
         .version = 1,
         .v1 = {.notification_handle = nh, .notification_tag = TAG_MQTT, .network_handle = net,
                .receive_buffer = rx, .receive_buffer_len = sizeof rx, .send_buffer = tx,
-               .send_buffer_len = sizeof tx, .channel_type = MV_CHANNELTYPE_MQTT, .endpoint = sized(PROFILE)}};
+               .send_buffer_len = sizeof tx, .channel_type = MV_CHANNELTYPE_MQTT, .endpoint = board_str(PROFILE)}};
     st = mvOpenChannel(&cp, &ch);
     if (st != MV_STATUS_OKAY) {
         fail("mvOpenChannel", st);
@@ -193,9 +175,9 @@ int main(void)
     /* Broker, client id, credentials and TLS are the server profile's on Keel: these are the
      * values a Microvisor app passes, accepted and ignored. */
     struct MvMqttConnectRequest conn = {.protocol_version = MV_MQTTPROTOCOLVERSION_V5,
-                                        .host = sized("broker.example.com"),
+                                        .host = board_str("broker.example.com"),
                                         .port = 8883,
-                                        .clientid = sized(device),
+                                        .clientid = board_str(device),
                                         .authentication = {.method = MV_MQTTAUTHENTICATIONMETHOD_NONE},
                                         .tls_credentials = NULL,
                                         .keepalive = 60,
@@ -215,7 +197,7 @@ int main(void)
     }
     board_log("mv-mqtt: connected reason=%u", (unsigned)cr.reason_code);
 
-    struct MvMqttSubscription sub = {.topic = sized(cmd_topic), .desired_qos = 1};
+    struct MvMqttSubscription sub = {.topic = board_str(cmd_topic), .desired_qos = 1};
     struct MvMqttSubscribeRequest sr = {.correlation_id = 1, .subscriptions = &sub, .num_subscriptions = 1};
     st = mvMqttRequestSubscribe(ch, &sr);
     if (st != MV_STATUS_OKAY) {
