@@ -133,6 +133,15 @@ extern "C" fn update_info(out: u32, _: u32, _: u32, _: u32) -> u64 {
 /// Writes a versioned struct: checks the pointer for the whole struct, then its `version`.
 /// `make` returns `None` when there is nothing to report ([`Status::Unavailable`]).
 fn write_struct<const N: usize>(awake: &Awake, ptr: u32, make: impl FnOnce(&mut Visor) -> Option<[u8; N]>) -> Status {
+    write_struct_or(awake, ptr, |v| make(v).ok_or(Status::Unavailable))
+}
+
+/// [`write_struct`] for a call that may fail with any status (nothing is written then).
+fn write_struct_or<const N: usize>(
+    awake: &Awake,
+    ptr: u32,
+    make: impl FnOnce(&mut Visor) -> Result<[u8; N], Status>,
+) -> Status {
     const { assert!(N >= 4) };
     let Some(out) = ns_mem::check::<Write>(awake, ptr, N as u32) else {
         return Status::ParameterFault;
@@ -142,8 +151,8 @@ fn write_struct<const N: usize>(awake: &Awake, ptr: u32, make: impl FnOnce(&mut 
     }
     match VISOR.with(|v| v.as_deref_mut().map(make)) {
         None => Status::InternalError,
-        Some(None) => Status::Unavailable,
-        Some(Some(bytes)) => {
+        Some(Err(s)) => s,
+        Some(Ok(bytes)) => {
             out.write_from(&bytes);
             Status::Ok
         }
@@ -380,22 +389,10 @@ extern "C" fn chan_send(handle: u32, msg: u32, len: u32, _: u32) -> u64 {
 }
 
 extern "C" fn chan_recv(handle: u32, out: u32, _: u32, _: u32) -> u64 {
-    use keel_abi::chan::MsgInfo;
     let now = time::now_us();
-    let awake = Awake::new();
-    let Some(dst) = ns_mem::check::<Write>(&awake, out, core::mem::size_of::<MsgInfo>() as u32) else {
-        return ret(Status::ParameterFault);
-    };
-    if dst.read_u32() != 1 {
-        return ret(Status::UnsupportedStructVersion);
-    }
-    with_visor(|v| match v.core.chans_mut(now).recv(handle, &mut ns_mem::AppMem) {
-        Ok(info) => {
-            dst.write_from(&info.to_bytes());
-            Status::Ok
-        }
-        Err(s) => s,
-    })
+    ret(write_struct_or(&Awake::new(), out, |v| {
+        v.core.chans_mut(now).recv(handle, &mut ns_mem::AppMem).map(|m| m.to_bytes())
+    }))
 }
 
 extern "C" fn chan_consume(handle: u32, _: u32, _: u32, _: u32) -> u64 {
@@ -426,18 +423,5 @@ extern "C" fn chan_close(handle_ptr: u32, _: u32, _: u32, _: u32) -> u64 {
 }
 
 extern "C" fn chan_info(handle: u32, out: u32, _: u32, _: u32) -> u64 {
-    let awake = Awake::new();
-    let Some(dst) = ns_mem::check::<Write>(&awake, out, 24) else {
-        return ret(Status::ParameterFault);
-    };
-    if dst.read_u32() != 1 {
-        return ret(Status::UnsupportedStructVersion);
-    }
-    with_visor(|v| match v.core.channels().info(handle) {
-        Ok(info) => {
-            dst.write_from(&info.to_bytes());
-            Status::Ok
-        }
-        Err(s) => s,
-    })
+    ret(write_struct_or(&Awake::new(), out, |v| v.core.channels().info(handle).map(|i| i.to_bytes())))
 }

@@ -38,32 +38,13 @@ impl Lab {
     /// `debuggable`: the app's header names the lab's debug key.
     fn start(name: &str, app: &str, debuggable: bool, capture: Option<&Path>) -> Lab {
         let dir = keel_vdev::repo_root().join("target/debug-e2e").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let data = dir.join("data").display().to_string();
-        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
-        let (http, gw) = (free_port(), free_port());
         let capture = capture.map(|c| c.display().to_string());
         let server_env: Vec<(&str, &str)> = capture.iter().map(|c| ("KEEL_DEBUG_CAPTURE", c.as_str())).collect();
-        let server = start_server_with(&data, http, gw, false, &server_env);
-        let env = vec![
-            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
-            ("KEEL_TOKEN".to_string(), token),
-            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
-        ];
-        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let srv = TestServer::start(&dir, &server_env);
         let flash_path = dir.join("dev.flash");
-        let fp = flash_path.display().to_string();
-        let release = dir.join("release").display().to_string();
-        keel(&["keys", "new", "--out", &release], &envr);
-        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
-        let signer = format!("{release}.pub");
-        let gws = gw.to_string();
-        let prov = keel(
-            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
-            &envr,
-        );
-        let id = prov["device"]["id"].as_str().unwrap().to_string();
+        let (id, release) = srv.provision(&dir, name, &flash_path);
+        let (env, data, http, gw, server) = (srv.env, srv.data, srv.http, srv.gw, srv.process);
+        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         let keys = keel(&["keys", "new", "--debug", "--out", &dir.join("dev").display().to_string()], &envr);
         let key = PathBuf::from(keys["secret"].as_str().unwrap());
         let public = keys["public_key"].as_str().unwrap().to_string();

@@ -32,41 +32,20 @@ impl Lab {
     /// it first, then [`Lab::boot`].
     pub fn new(suite: &str, name: &str, app: &Path, server_env: &[(&str, &str)]) -> Lab {
         let dir = keel_vdev::repo_root().join("target").join(suite).join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let data = dir.join("data").display().to_string();
-        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
-        let (http, gw) = (free_port(), free_port());
-        let server = start_server_with(&data, http, gw, false, server_env);
-        let env = vec![
-            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
-            ("KEEL_TOKEN".to_string(), token),
-            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
-        ];
-        let envr: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let server = TestServer::start(&dir, server_env);
         let flash_path = dir.join("dev.flash");
-        let fp = flash_path.display().to_string();
-        let release = dir.join("release").display().to_string();
-        keel(&["keys", "new", "--out", &release], &envr);
-        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
-        let signer = format!("{release}.pub");
-        let gws = gw.to_string();
-        let prov = keel(
-            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
-            &envr,
-        );
-        let id = prov["device"]["id"].as_str().unwrap().to_string();
+        let (id, _release) = server.provision(&dir, name, &flash_path);
         let img = elf::image_from_elf(app, "1.0.0").unwrap();
         flash::program_app(&flash_path, layout::APP_A, &img).unwrap();
         Lab {
-            env,
+            env: server.env.clone(),
             dir,
             id,
             qemu: None,
             flash: flash_path,
-            server_at: (data, http, gw),
+            server_at: (server.data.clone(), server.http, server.gw),
             server_env: server_env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            server: Some(server),
+            server: Some(server.process),
         }
     }
 

@@ -83,3 +83,57 @@ pub fn keel_err(args: &[&str], env: &[(&str, &str)]) -> String {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["error"].as_str().unwrap_or_default().to_string()
 }
+
+/// A fresh server for one test: `keel server init` in `dir/data`, then `keel server run` on free
+/// loopback ports with `server_env`.
+pub struct TestServer {
+    /// The CLI's environment for it (`KEEL_SERVER`, `KEEL_TOKEN`, no config file).
+    pub env: Vec<(String, String)>,
+    /// Its data directory.
+    pub data: String,
+    /// API port.
+    pub http: u16,
+    /// Device gateway port.
+    pub gw: u16,
+    /// The process.
+    pub process: Kill,
+}
+
+impl TestServer {
+    /// Starts one under `dir` (which it creates empty).
+    pub fn start(dir: &std::path::Path, server_env: &[(&str, &str)]) -> TestServer {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let data = dir.join("data").display().to_string();
+        let token = keel(&["server", "init", "--data", &data], &[])["token"].as_str().unwrap().to_string();
+        let (http, gw) = (free_port(), free_port());
+        let process = start_server_with(&data, http, gw, false, server_env);
+        let env = vec![
+            ("KEEL_SERVER".to_string(), format!("http://127.0.0.1:{http}")),
+            ("KEEL_TOKEN".to_string(), token),
+            ("KEEL_CONFIG".to_string(), dir.join("none.toml").display().to_string()),
+        ];
+        TestServer { env, data, http, gw, process }
+    }
+
+    /// [`TestServer::env`] as the helpers take it.
+    pub fn envr(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+    }
+
+    /// Makes a release signing key `dir/release` (trusted by the account) and provisions a device
+    /// named `name` into the flash file `flash` for this server, trusting that key for updates.
+    /// Returns the device id and the key's path without extension.
+    pub fn provision(&self, dir: &std::path::Path, name: &str, flash: &std::path::Path) -> (String, String) {
+        let envr = self.envr();
+        let release = dir.join("release").display().to_string();
+        keel(&["keys", "new", "--out", &release], &envr);
+        keel(&["keys", "add", &format!("{release}.pub"), "--name", "release"], &envr);
+        let (fp, gws, signer) = (flash.display().to_string(), self.gw.to_string(), format!("{release}.pub"));
+        let prov = keel(
+            &["device", "provision", "--flash", &fp, "--name", name, "--gateway-port", &gws, "--signer-key", &signer],
+            &envr,
+        );
+        (prov["device"]["id"].as_str().unwrap().to_string(), release)
+    }
+}
