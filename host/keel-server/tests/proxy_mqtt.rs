@@ -537,3 +537,29 @@ async fn a_topic_longer_than_the_limit_is_dropped_as_too_large() {
     }
     assert_eq!(message(next(&mut att).await).1, "long/ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_count_toward_the_queued_bytes() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = MqttHub::new(MqttLimits { queue_bytes: 300, ..fast_limits() }).unwrap();
+    let s = settings(&broker, "wordy");
+    let mut att = hub.attach("dev13", "p", s.clone(), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    subscribe(&mut att, 1, "qb/#", 1).await;
+    drop(att);
+    // 203-byte topics, 1-byte payloads: the first fits in 300 bytes, the second does not.
+    let topic = |i: u32| format!("qb/{i}{}", "t".repeat(199));
+    for i in 0..2 {
+        broker_publish(&broker, &topic(i), b"m", 1).await;
+    }
+    wait_stats(&hub, "the session did not get both", |s| s.received >= 2 && s.lost >= 1).await;
+    let mut att = hub.attach("dev13", "p", s, loopback()).unwrap();
+    assert!(connected(&mut att, false).await);
+    let (id, t, _, _) = message(next(&mut att).await);
+    assert_eq!(t, topic(0));
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    match next(&mut att).await {
+        MqttEvent::Lost { reason: LostReason::QueueFull, count: 1, topic: t, .. } => assert_eq!(t, topic(1)),
+        other => panic!("{other:?}"),
+    }
+}
