@@ -1,12 +1,12 @@
 //! The HTTP engine against real local servers (HTTPS with a throwaway CA, and plain HTTP).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use keel_server::proxy::http::{HttpError, HttpLimits, HttpProxy, HttpRequest};
 use keel_server::proxy::Destinations;
-use keel_testpeers::{counted_stream, full, HttpServer, Leaf, Request, TestCa};
+use keel_testpeers::{counted_stream, full, HttpServer, Leaf, Request, StreamProbe, TestCa};
 
 /// Allows the listed addresses (and plain HTTP only if `http`), recording every check.
 struct AllowIps {
@@ -141,8 +141,8 @@ async fn a_server_that_never_answers_times_out() {
 #[tokio::test]
 async fn a_response_larger_than_the_limit_is_refused_without_reading_it_all() {
     let ca = TestCa::new("proxy test CA");
-    let produced = Arc::new(AtomicUsize::new(0));
-    let p = produced.clone();
+    let probe = StreamProbe::new();
+    let p = probe.clone();
     // 4096 chunks of 16 KiB (64 MiB), chunked (no Content-Length); and a declared 1 MiB body.
     let server = HttpServer::start_tls(&ca.localhost(), move |r: Request| {
         let p = p.clone();
@@ -160,18 +160,12 @@ async fn a_response_larger_than_the_limit_is_refused_without_reading_it_all() {
     assert_eq!(r, Err(HttpError::ResponseTooLarge));
     let r = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/declared", server.port)), 64 << 10).await;
     assert_eq!(r, Err(HttpError::ResponseTooLarge));
-    // The server's stream stops once its connection is gone (socket buffers hold a few MiB).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut last = usize::MAX;
-    while std::time::Instant::now() < deadline {
-        let now = produced.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert!(last < 4096, "the whole body was produced ({last} chunks)");
+    // The server's stream stops (is dropped) once its connection is gone, long before its end
+    // (socket buffers hold a few MiB).
+    let dropped = tokio::time::timeout(std::time::Duration::from_secs(10), probe.dropped()).await;
+    assert!(dropped.is_ok(), "the server's stream is still going ({} chunks)", probe.produced());
+    let produced = probe.produced();
+    assert!(produced < 4096, "the whole body was produced ({produced} chunks)");
     // The headers count: a limit below the response head refuses even an empty body.
     let r = proxy.execute(&dest, get(format!("https://127.0.0.1:{}/declared", server.port)), 20).await;
     assert_eq!(r, Err(HttpError::ResponseTooLarge));
@@ -287,10 +281,8 @@ async fn concurrency_is_bounded_server_wide() {
     let first =
         tokio::spawn(async move { p.execute(d.as_ref(), HttpRequest { timeout_ms: 3_000, ..get(u) }, 4096).await });
     // Wait until the first request holds its connection.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while server.connections.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait_connections(1)).await;
+    assert!(accepted.is_ok(), "the first request did not connect");
     assert_eq!(proxy.execute(dest.as_ref(), get(url), 4096).await, Err(HttpError::RateLimited));
     assert_eq!(first.await.unwrap(), Err(HttpError::Timeout));
     assert_eq!(proxy.stats().rate_limited, 1);

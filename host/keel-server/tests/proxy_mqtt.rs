@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_server::proxy::mqtt::{
-    BrokerSettings, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, RequestState, SessionState, Will,
+    BrokerSettings, LostReason, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, MqttStats, RequestState,
+    SessionState, Will,
 };
 use keel_server::proxy::Destinations;
 use keel_testpeers::{Mosquitto, TestCa};
@@ -76,6 +77,14 @@ async fn wait_for(att: &mut MqttAttachment, pred: impl Fn(&MqttEvent) -> bool) -
             Ok(None) => panic!("the attachment's events ended"),
             Err(_) => panic!("no matching event within {WAIT:?}"),
         }
+    }
+}
+
+/// Waits until the hub's counters satisfy `pred`; panics with `what` after [`WAIT`].
+async fn wait_stats(hub: &MqttHub, what: &str, pred: impl FnMut(&MqttStats) -> bool) -> MqttStats {
+    match tokio::time::timeout(WAIT, hub.wait_stats(pred)).await {
+        Ok(stats) => stats,
+        Err(_) => panic!("{what} within {WAIT:?}: {:?}", hub.stats()),
     }
 }
 
@@ -239,11 +248,7 @@ async fn the_will_is_published_when_a_detached_session_expires() {
     drop(att); // the device's link dropped; after the grace period the session ends abruptly
     let got = tokio::task::spawn_blocking(move || sub.next(WAIT)).await.unwrap();
     assert_eq!(got.as_deref(), Some("will/dev3 gone"));
-    let deadline = std::time::Instant::now() + WAIT;
-    while hub.stats().sessions != 0 {
-        assert!(std::time::Instant::now() < deadline, "the session was not removed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stats(&hub, "the session was not removed", |s| s.sessions == 0).await;
 }
 
 // Known gap: in about one run of three Mosquitto sees the TLS connection end without the
@@ -308,11 +313,7 @@ async fn messages_published_while_detached_are_delivered_on_reattach() {
         broker_publish(&broker, &format!("q/{i}"), format!("m{i}").as_bytes(), 1).await;
     }
     // Wait until the session has them all (its queue holds 3: m1 to m3; m4 is dropped).
-    let deadline = std::time::Instant::now() + WAIT;
-    while hub.stats().received < 5 || hub.stats().lost < 1 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", hub.stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stats(&hub, "the session did not get them all", |s| s.received >= 5 && s.lost >= 1).await;
     let mut att = hub.attach("dev6", "p", s, loopback()).unwrap();
     assert!(connected(&mut att, false).await, "the session was kept");
     let mut payloads = vec![];
@@ -414,4 +415,151 @@ async fn sessions_are_bounded_per_hub() {
     assert!(hub.attach("b", "p", settings(&broker, "b"), loopback()).is_err());
     // Re-attaching an existing session is always allowed.
     assert!(hub.attach("a", "p", settings(&broker, "a"), loopback()).is_ok());
+}
+
+/// A "broker" that accepts TCP connections and then never closes them: it answers nothing, or
+/// (with `connack`) a CONNACK to the first bytes and nothing after. Each connection's end as
+/// the broker sees it (its read returned 0 or an error) is reported on `ended`.
+struct SilentBroker {
+    port: u16,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<()>,
+    ended: tokio::sync::mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentBroker {
+    async fn start(connack: bool) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+        let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let _ = accepted_tx.send(());
+                let ended_tx = ended_tx.clone();
+                held.spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut answered = !connack;
+                    while let Ok(1..) = tcp.read(&mut buf).await {
+                        if !answered {
+                            let _ = tcp.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                            answered = true;
+                        }
+                    }
+                    let _ = ended_tx.send(());
+                    // Never closes its end.
+                    std::future::pending::<()>().await;
+                    drop(tcp);
+                });
+            }
+        });
+        SilentBroker { port, accepted, ended, task }
+    }
+
+    fn settings(&self, client_id: &str) -> BrokerSettings {
+        BrokerSettings {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            tls: false,
+            ca_pem: None,
+            client_cert_pem: None,
+            client_key_pem: None,
+            username: None,
+            password: None,
+            client_id: client_id.into(),
+        }
+    }
+
+    async fn wait(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>, what: &str) {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(())) => {}
+            _ => panic!("{what} within {WAIT:?}"),
+        }
+    }
+}
+
+impl Drop for SilentBroker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_connections_to_a_silent_broker_are_closed() {
+    let limits = MqttLimits { connect_timeout: Duration::from_secs(1), ..fast_limits() };
+    let hub = MqttHub::new(limits).unwrap();
+
+    // A broker that never answers: the connection attempt times out, and the relay lets go of
+    // its connection to the broker although the broker never closes it.
+    let mut silent = SilentBroker::start(false).await;
+    let mut att = hub.attach("dev10", "p", silent.settings("mute"), loopback()).unwrap();
+    connect(&att, true, None).await;
+    SilentBroker::wait(&mut silent.accepted, "the relay did not connect to the broker").await;
+    match next(&mut att).await {
+        MqttEvent::ConnectResult { state: RequestState::SocketError, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    SilentBroker::wait(&mut silent.ended, "the broker's connection did not end").await;
+    wait_stats(&hub, "the relay connection was not closed", |s| s.relay_connections == 0).await;
+
+    // A broker that answers CONNACK and then nothing: closing the session closes the relay's
+    // connection to it.
+    let mut mute = SilentBroker::start(true).await;
+    let mut att = hub.attach("dev11", "p", mute.settings("hush"), loopback()).unwrap();
+    assert!(!connected(&mut att, true).await);
+    SilentBroker::wait(&mut mute.accepted, "the relay did not connect to the broker").await;
+    assert_eq!(hub.stats().relay_connections, 1);
+    hub.close("dev11", "p");
+    SilentBroker::wait(&mut mute.ended, "the broker's connection did not end").await;
+    wait_stats(&hub, "the relay connection was not closed", |s| s.relay_connections == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_longer_than_the_limit_is_dropped_as_too_large() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let mut att = hub.attach("dev12", "p", settings(&broker, "long"), loopback()).unwrap();
+    assert!(!connected(&mut att, true).await);
+    subscribe(&mut att, 1, "long/#", 0).await;
+    // Longer than max_topic_len (256), within the broker's limit (65535).
+    let topic = format!("long/{}", "x".repeat(1000));
+    broker_publish(&broker, &topic, b"big", 0).await;
+    broker_publish(&broker, "long/ok", b"fine", 0).await;
+    match next(&mut att).await {
+        MqttEvent::Lost { reason: LostReason::TooLarge, topic: t, len, count } => {
+            assert_eq!((count, len), (1, 3));
+            assert!(t.len() <= 256 && topic.starts_with(&t), "the reported topic is cut to the limit: {}", t.len());
+        }
+        MqttEvent::Message { topic: t, .. } => panic!("delivered a topic of {} bytes", t.len()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(message(next(&mut att).await).1, "long/ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_count_toward_the_queued_bytes() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = MqttHub::new(MqttLimits { queue_bytes: 300, ..fast_limits() }).unwrap();
+    let s = settings(&broker, "wordy");
+    let mut att = hub.attach("dev13", "p", s.clone(), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    subscribe(&mut att, 1, "qb/#", 1).await;
+    drop(att);
+    // 203-byte topics, 1-byte payloads: the first fits in 300 bytes, the second does not.
+    let topic = |i: u32| format!("qb/{i}{}", "t".repeat(199));
+    for i in 0..2 {
+        broker_publish(&broker, &topic(i), b"m", 1).await;
+    }
+    wait_stats(&hub, "the session did not get both", |s| s.received >= 2 && s.lost >= 1).await;
+    let mut att = hub.attach("dev13", "p", s, loopback()).unwrap();
+    assert!(connected(&mut att, false).await);
+    let (id, t, _, _) = message(next(&mut att).await);
+    assert_eq!(t, topic(0));
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    match next(&mut att).await {
+        MqttEvent::Lost { reason: LostReason::QueueFull, count: 1, topic: t, .. } => assert_eq!(t, topic(1)),
+        other => panic!("{other:?}"),
+    }
 }

@@ -5,9 +5,11 @@
 //!   [`Subscriber`] and [`Mosquitto::publish`] drive `mosquitto_sub` / `mosquitto_pub`
 //!   (package `mosquitto-clients`) against it.
 //! - [`HttpServer`]: a local HTTP or HTTPS server (hyper) around an async handler, counting the
-//!   connections it accepted.
+//!   connections it accepted; [`counted_stream`] bodies report how far they got and when the
+//!   server dropped them ([`StreamProbe`]).
 //!
-//! Readiness is waited for by connecting, never by sleeping.
+//! Readiness is waited for by connecting, never by sleeping; events in the peers (a connection
+//! accepted, a response body dropped) can be awaited.
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -349,16 +351,48 @@ pub fn full(data: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(data.into()).boxed()
 }
 
-/// A body of `chunks` chunks of `chunk` bytes each, counting in `produced` how many chunks
-/// the server produced (a client that stops reading stops it early).
-pub fn counted_stream(chunk: usize, chunks: usize, produced: Arc<AtomicUsize>) -> Body {
-    CountedStream { chunk: Bytes::from(vec![b'x'; chunk]), left: chunks, produced }.boxed()
+/// What a [`counted_stream`] reports: how many chunks it produced, and when the server dropped
+/// it (finished, or its connection went away).
+#[derive(Debug)]
+pub struct StreamProbe {
+    produced: AtomicUsize,
+    dropped: tokio::sync::watch::Sender<bool>,
+}
+
+impl StreamProbe {
+    /// A probe for one stream.
+    pub fn new() -> Arc<Self> {
+        Arc::new(StreamProbe { produced: AtomicUsize::new(0), dropped: tokio::sync::watch::Sender::new(false) })
+    }
+
+    /// Chunks produced so far.
+    pub fn produced(&self) -> usize {
+        self.produced.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the server dropped the stream (no chunk is produced after that).
+    pub async fn dropped(&self) {
+        let mut rx = self.dropped.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+/// A body of `chunks` chunks of `chunk` bytes each, reporting to `probe` (a client that stops
+/// reading stops it early).
+pub fn counted_stream(chunk: usize, chunks: usize, probe: Arc<StreamProbe>) -> Body {
+    CountedStream { chunk: Bytes::from(vec![b'x'; chunk]), left: chunks, probe }.boxed()
 }
 
 struct CountedStream {
     chunk: Bytes,
     left: usize,
-    produced: Arc<AtomicUsize>,
+    probe: Arc<StreamProbe>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.probe.dropped.send_replace(true);
+    }
 }
 
 impl hyper::body::Body for CountedStream {
@@ -373,7 +407,7 @@ impl hyper::body::Body for CountedStream {
             return std::task::Poll::Ready(None);
         }
         self.left -= 1;
-        self.produced.fetch_add(1, Ordering::SeqCst);
+        self.probe.produced.fetch_add(1, Ordering::SeqCst);
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.clone()))))
     }
 }
@@ -405,6 +439,8 @@ pub struct HttpServer {
     pub port: u16,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// The same count, to wait on.
+    accepted: Arc<tokio::sync::watch::Sender<usize>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -415,6 +451,12 @@ impl Drop for HttpServer {
 }
 
 impl HttpServer {
+    /// Waits until at least `n` connections were accepted.
+    pub async fn wait_connections(&self, n: usize) {
+        let mut rx = self.accepted.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
     /// Starts an HTTPS server with `leaf` (ALPN `http/1.1`) calling `handler` for each request.
     pub async fn start_tls<F, Fut>(leaf: &Leaf, handler: F) -> Self
     where
@@ -467,10 +509,20 @@ impl HttpServer {
         let connections = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let counter = connections.clone();
+        let accepted = Arc::new(tokio::sync::watch::Sender::new(0));
+        let accepted_tx = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
-                counter.fetch_add(1, Ordering::SeqCst);
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => {
+                        // Out of file descriptors, say: not a busy loop.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                accepted_tx.send_replace(n);
                 let handler = handler.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -508,6 +560,6 @@ impl HttpServer {
                 });
             }
         });
-        HttpServer { port, connections, task }
+        HttpServer { port, connections, accepted, task }
     }
 }

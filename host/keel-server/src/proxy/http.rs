@@ -35,7 +35,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 use tokio_rustls::rustls;
 
-use super::{connect_first, find_rustls_error, resolve_allowed, Destinations, ResolveError};
+use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations};
 
 /// The shortest timeout a request may ask for, in milliseconds.
 pub const MIN_TIMEOUT_MS: u32 = 1_000;
@@ -236,15 +236,6 @@ struct Prepared {
     out_bytes: u64,
 }
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl HttpProxy {
     /// Builds the engine: `limits`, and the TLS roots — Mozilla's compiled in, plus every
     /// certificate of `extra_roots_pem` (PEM bundles). Errors name the bundle that failed.
@@ -393,13 +384,12 @@ impl HttpProxy {
         max_response: usize,
     ) -> Result<HttpResponse, HttpError> {
         let scheme = if p.https { "https" } else { "http" };
-        let addrs = resolve_allowed(dest, scheme, &p.host, p.port).await.map_err(|e| match e {
-            ResolveError::Denied(r) => HttpError::Denied(r),
-            ResolveError::NxDomain(r) => HttpError::RequestFailed(format!("dns: {r}")),
-        })?;
-        let tcp = connect_first(&addrs, Duration::from_secs(10))
-            .await
-            .map_err(|e| HttpError::RequestFailed(format!("connect: {e}")))?;
+        let tcp =
+            connect_allowed(dest, scheme, &p.host, p.port, Duration::from_secs(10)).await.map_err(|e| match e {
+                ConnectError::Denied(r) => HttpError::Denied(r),
+                ConnectError::NxDomain(r) => HttpError::RequestFailed(format!("dns: {r}")),
+                ConnectError::Connect(e) => HttpError::RequestFailed(format!("connect: {e}")),
+            })?;
         let mut builder = hyper::client::conn::http1::Builder::new();
         // Bounds the response head (and each read) to about the response limit; hyper's minimum
         // is 8 KiB.

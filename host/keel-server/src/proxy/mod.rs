@@ -30,28 +30,19 @@ pub trait Destinations: Send + Sync + 'static {
     fn check(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> Result<(), String>;
 }
 
-/// Why [`resolve_allowed`] found no address to connect to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ResolveError {
-    /// The name did not resolve (or resolved to nothing).
-    NxDomain(String),
-    /// Every address it resolved to was refused by the policy (the first refusal's reason).
-    Denied(String),
-}
-
 /// Resolves `host` (a name or an address literal, IPv6 without brackets) and returns the
 /// addresses `dest` allows for `scheme`, in resolver order, each at most once.
-pub(crate) async fn resolve_allowed(
+async fn resolve_allowed(
     dest: &dyn Destinations,
     scheme: &str,
     host: &str,
     port: u16,
-) -> Result<Vec<SocketAddr>, ResolveError> {
+) -> Result<Vec<SocketAddr>, ConnectError> {
     let candidates: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| ResolveError::NxDomain(format!("{host}: {e}")))?
+            .map_err(|e| ConnectError::NxDomain(format!("{host}: {e}")))?
             .map(|a| a.ip())
             .collect(),
     };
@@ -73,14 +64,38 @@ pub(crate) async fn resolve_allowed(
         return Ok(allowed);
     }
     match first_refusal {
-        Some(reason) => Err(ResolveError::Denied(reason)),
-        None => Err(ResolveError::NxDomain(format!("{host}: no address"))),
+        Some(reason) => Err(ConnectError::Denied(reason)),
+        None => Err(ConnectError::NxDomain(format!("{host}: no address"))),
     }
+}
+
+/// Why [`connect_allowed`] made no connection.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The name did not resolve (or resolved to nothing).
+    NxDomain(String),
+    /// Every address it resolved to was refused by the policy (the first refusal's reason).
+    Denied(String),
+    /// No allowed address accepted the connection (the last error).
+    Connect(std::io::Error),
+}
+
+/// Resolves `host`, asks `dest` about each address and connects to the first allowed one that
+/// accepts within `per_address` ([`resolve_allowed`], then [`connect_first`]).
+pub(crate) async fn connect_allowed(
+    dest: &dyn Destinations,
+    scheme: &str,
+    host: &str,
+    port: u16,
+    per_address: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let addrs = resolve_allowed(dest, scheme, host, port).await?;
+    connect_first(&addrs, per_address).await.map_err(ConnectError::Connect)
 }
 
 /// Connects to the first of `addrs` that accepts within `per_address` each; the last error if
 /// none does.
-pub(crate) async fn connect_first(addrs: &[SocketAddr], per_address: Duration) -> std::io::Result<TcpStream> {
+async fn connect_first(addrs: &[SocketAddr], per_address: Duration) -> std::io::Result<TcpStream> {
     let mut last = std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address");
     for addr in addrs {
         match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
@@ -95,6 +110,15 @@ pub(crate) async fn connect_first(addrs: &[SocketAddr], per_address: Duration) -
         }
     }
     Err(last)
+}
+
+/// Aborts a spawned task when dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The rustls crypto provider of the engines (ring; no C toolchain beyond ring's own).

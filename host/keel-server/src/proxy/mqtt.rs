@@ -30,11 +30,16 @@
 //! checks each address with the session's [`Destinations`] and connects to an allowed one.
 //! rumqttc's TLS runs end to end through it, with the broker's *name* as SNI and for the
 //! certificate check. The relay is the only way rumqttc 0.25 lets the server choose the
-//! address connected to.
+//! address connected to. A relay connection ends with the broker connection it was made for
+//! (when the session drops it), 5 s after either side closed its direction, or after three
+//! keepalive periods without a byte either way; nothing waits on a silent broker for ever.
 //!
 //! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe, in-flight
 //! publishes per session, sessions per hub, and a token bucket on messages from the broker per
-//! session (excess dropped, reported as [`LostReason::RateLimited`]).
+//! session (excess dropped, reported as [`LostReason::RateLimited`]). A message from the broker
+//! with a longer topic or a larger payload is dropped ([`LostReason::TooLarge`]); a packet
+//! larger than the largest acceptable message (`max_payload + max_topic_len` and its header)
+//! is not read at all: it ends the broker connection, which is then reconnected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +55,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-use super::{connect_first, find_rustls_error, resolve_allowed, Destinations, ResolveError};
+use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations};
 
 /// Where and how to reach a broker (a device profile's settings).
 #[derive(Clone, PartialEq, Eq)]
@@ -202,7 +207,8 @@ pub enum LostReason {
     QueueFull = 0,
     /// The session's inbound message rate was exceeded.
     RateLimited = 1,
-    /// The payload is larger than [`MqttLimits::max_payload`].
+    /// The topic is longer than [`MqttLimits::max_topic_len`] or the payload larger than
+    /// [`MqttLimits::max_payload`].
     TooLarge = 2,
 }
 
@@ -261,7 +267,7 @@ pub enum MqttEvent {
     Lost {
         /// Why.
         reason: LostReason,
-        /// The last dropped message's topic.
+        /// The last dropped message's topic (cut to [`MqttLimits::max_topic_len`] bytes).
         topic: String,
         /// The last dropped message's payload length.
         len: u32,
@@ -293,7 +299,7 @@ pub struct MqttLimits {
     pub detached_grace: Duration,
     /// Messages waiting for the device (attached or not). Default 64.
     pub queue_messages: usize,
-    /// Payload bytes waiting for the device. Default 64 KiB.
+    /// Bytes (topics and payloads) of the messages waiting for the device. Default 64 KiB.
     pub queue_bytes: usize,
     /// A topic or filter's length in bytes. Default 256.
     pub max_topic_len: usize,
@@ -360,9 +366,10 @@ pub struct MqttStats {
     pub delivered: u64,
     /// Messages dropped (rate, size, queue).
     pub lost: u64,
+    /// Connections through the relay open now (each holds a socket to the broker).
+    pub relay_connections: u64,
 }
 
-#[derive(Default)]
 struct Counters {
     connections: AtomicU64,
     connect_failures: AtomicU64,
@@ -371,6 +378,29 @@ struct Counters {
     received: AtomicU64,
     delivered: AtomicU64,
     lost: AtomicU64,
+    relay_connections: AtomicU64,
+    /// Bumped after the counters (or the number of sessions) may have changed.
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            connections: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            relay_connections: AtomicU64::new(0),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
+
+    fn changed(&self) {
+        self.changed.send_modify(|_| ());
+    }
 }
 
 /// Why [`MqttHub::attach`] refused.
@@ -420,17 +450,8 @@ struct Shared {
     limits: MqttLimits,
     sessions: Mutex<HashMap<Key, Entry>>,
     next_id: AtomicU64,
-    counters: Counters,
+    counters: Arc<Counters>,
     relay: Arc<Relay>,
-}
-
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The server-wide registry of managed MQTT sessions.
@@ -460,17 +481,19 @@ impl MqttHub {
     pub fn new(limits: MqttLimits) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
+        let counters = Arc::new(Counters::new());
         let relay = Arc::new(Relay {
             port: listener.local_addr()?.port(),
             targets: Mutex::new(HashMap::new()),
             connect_timeout: limits.connect_timeout,
+            counters: counters.clone(),
         });
         Ok(MqttHub {
             shared: Arc::new(Shared {
                 limits,
                 sessions: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                counters: Counters::default(),
+                counters,
                 relay,
             }),
             listener: Mutex::new(Some(listener)),
@@ -517,6 +540,7 @@ impl MqttHub {
         let _ = ctl_tx.send(ctl);
         sessions.insert(key.clone(), Entry { id, ctl: ctl_tx });
         drop(sessions);
+        self.shared.counters.changed();
         let session = Session::new(self.shared.clone(), key, id, ctl_rx);
         tokio::spawn(session.run());
         Ok(attachment)
@@ -535,6 +559,8 @@ impl MqttHub {
         if let Some(entry) = sessions.remove(&(device_id.to_string(), profile.to_string())) {
             let _ = entry.ctl.send(Ctl::Close);
         }
+        drop(sessions);
+        self.shared.counters.changed();
     }
 
     fn send(&self, device_id: &str, profile: &str, ctl: Ctl) {
@@ -557,6 +583,21 @@ impl MqttHub {
             received: l(&c.received),
             delivered: l(&c.delivered),
             lost: l(&c.lost),
+            relay_connections: l(&c.relay_connections),
+        }
+    }
+
+    /// Waits until `pred` holds for the counters (checked again whenever they may have changed)
+    /// and returns them. Callers bound the wait (`tokio::time::timeout`).
+    pub async fn wait_stats(&self, mut pred: impl FnMut(&MqttStats) -> bool) -> MqttStats {
+        let mut changed = self.shared.counters.changed.subscribe();
+        loop {
+            let stats = self.stats();
+            if pred(&stats) {
+                return stats;
+            }
+            // The sender lives as long as the hub.
+            let _ = changed.changed().await;
         }
     }
 
@@ -570,8 +611,10 @@ impl MqttHub {
         let relay = self.shared.relay.clone();
         *task = Some(AbortOnDrop(tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(relay.clone().serve(stream));
+                match listener.accept().await {
+                    Ok((stream, _)) => drop(tokio::spawn(relay.clone().serve(stream))),
+                    Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
+                }
             }
         })));
     }
@@ -586,19 +629,53 @@ struct Target {
     host: String,
     port: u16,
     dest: Arc<dyn Destinations>,
+    /// A relay connection with no traffic either way for this long is closed (a few keepalive
+    /// periods: the client pings at least once per period).
+    idle: Duration,
     /// Why the relay refused the last attempt (read by the session's driver).
     failure: Mutex<Option<(RequestState, String)>>,
+    /// Set when the broker connection this target was made for is gone ([`TargetGuard`]):
+    /// its relay connections close and new ones are refused.
+    closed: tokio::sync::watch::Sender<bool>,
 }
+
+/// Closes a [`Target`] when dropped (with the [`Conn`] that holds it).
+struct TargetGuard(Arc<Target>);
+
+impl Drop for TargetGuard {
+    fn drop(&mut self) {
+        self.0.closed.send_replace(true);
+    }
+}
+
+/// How long a relay connection stays up after one direction ended (the other may still
+/// deliver what is on its way).
+const RELAY_LINGER: Duration = Duration::from_secs(5);
+
+/// Pause after a failed accept (out of file descriptors, say) before the next one.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 struct Relay {
     port: u16,
     /// By the expected `Proxy-Authorization` value.
     targets: Mutex<HashMap<String, Arc<Target>>>,
     connect_timeout: Duration,
+    counters: Arc<Counters>,
 }
 
 impl Relay {
-    async fn serve(self: Arc<Self>, mut inbound: TcpStream) {
+    /// Serves one connection from a session's client, counted in `relay_connections` until both
+    /// its sockets are closed.
+    async fn serve(self: Arc<Self>, inbound: TcpStream) {
+        let counters = self.counters.clone();
+        counters.relay_connections.fetch_add(1, Ordering::Relaxed);
+        counters.changed();
+        self.serve_inner(inbound).await;
+        counters.relay_connections.fetch_sub(1, Ordering::Relaxed);
+        counters.changed();
+    }
+
+    async fn serve_inner(self: Arc<Self>, mut inbound: TcpStream) {
         let mut head = Vec::with_capacity(512);
         let read_head = async {
             let mut buf = [0u8; 512];
@@ -616,7 +693,6 @@ impl Relay {
         }
         let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 4);
         let text = String::from_utf8_lossy(&head[..end]).into_owned();
-        let early = head[end..].to_vec();
         let mut lines = text.split("\r\n");
         let request = lines.next().unwrap_or("");
         let auth = lines
@@ -624,7 +700,7 @@ impl Relay {
             .find(|(n, _)| n.trim().eq_ignore_ascii_case("proxy-authorization"))
             .map(|(_, v)| v.trim().to_string());
         let target = auth.and_then(|a| self.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&a).cloned());
-        let Some(target) = target else {
+        let Some(target) = target.filter(|t| !*t.closed.borrow()) else {
             let _ = inbound.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
             return;
         };
@@ -633,38 +709,92 @@ impl Relay {
             let _ = inbound.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
             return;
         }
+        let mut closed = target.closed.subscribe();
+        tokio::select! {
+            _ = self.relay_to(&target, inbound, &head[end..]) => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
+    }
+
+    /// Connects to the target and relays between it and `inbound` (`early`: bytes the client
+    /// sent after its request).
+    async fn relay_to(&self, target: &Target, mut inbound: TcpStream, early: &[u8]) {
         let fail = |state: RequestState, reason: String| {
             *target.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((state, reason));
         };
-        let addrs = match resolve_allowed(target.dest.as_ref(), target.scheme, &target.host, target.port).await {
-            Ok(a) => a,
-            Err(ResolveError::Denied(r)) => {
-                fail(RequestState::Denied, r);
-                let _ = inbound.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
-                return;
-            }
-            Err(ResolveError::NxDomain(r)) => {
-                fail(RequestState::NxDomain, r);
-                let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                return;
-            }
-        };
-        let mut outbound = match connect_first(&addrs, self.connect_timeout).await {
+        let connected =
+            connect_allowed(target.dest.as_ref(), target.scheme, &target.host, target.port, self.connect_timeout).await;
+        let mut outbound = match connected {
             Ok(s) => s,
             Err(e) => {
-                fail(RequestState::SocketError, format!("connect: {e}"));
-                let _ = inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                let (state, reason, answer): (_, _, &[u8]) = match e {
+                    ConnectError::Denied(r) => (RequestState::Denied, r, b"HTTP/1.1 403 Forbidden\r\n\r\n"),
+                    ConnectError::NxDomain(r) => (RequestState::NxDomain, r, b"HTTP/1.1 502 Bad Gateway\r\n\r\n"),
+                    ConnectError::Connect(e) => {
+                        (RequestState::SocketError, format!("connect: {e}"), b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                    }
+                };
+                fail(state, reason);
+                let _ = inbound.write_all(answer).await;
                 return;
             }
         };
         if inbound.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err()
-            || outbound.write_all(&early).await.is_err()
+            || outbound.write_all(early).await.is_err()
         {
             return;
         }
         let _ = inbound.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        pump(&mut inbound, &mut outbound, target.idle).await;
     }
+}
+
+/// Copies both ways between `a` and `b` until both directions ended, one ended
+/// [`RELAY_LINGER`] ago, or nothing moved either way for `idle`.
+async fn pump(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) {
+    let start = tokio::time::Instant::now();
+    // When data last moved, in milliseconds since `start`.
+    let last = AtomicU64::new(0);
+    let (mut a_read, mut a_write) = a.split();
+    let (mut b_read, mut b_write) = b.split();
+    let up = one_way(&mut a_read, &mut b_write, &last, start);
+    let down = one_way(&mut b_read, &mut a_write, &last, start);
+    let idle_out = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::pin!(up, down, idle_out);
+    tokio::select! {
+        _ = &mut up => { let _ = tokio::time::timeout(RELAY_LINGER, &mut down).await; }
+        _ = &mut down => { let _ = tokio::time::timeout(RELAY_LINGER, &mut up).await; }
+        _ = &mut idle_out => {}
+    }
+}
+
+/// Copies from `r` to `w` until `r` ends (then shuts `w` down) or either fails; notes in `last`
+/// when data moved.
+async fn one_way<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, start: tokio::time::Instant)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 /// Standard base64 with padding.
@@ -813,6 +943,8 @@ struct Conn {
     client: AsyncClient,
     rx: mpsc::Receiver<Driven>,
     _driver: AbortOnDrop,
+    /// Its relay connections close with it.
+    _target: TargetGuard,
     state: ConnState,
     /// Publishes handed to rumqttc, not yet written (id, QoS).
     pending_pubs: VecDeque<(u32, u8)>,
@@ -900,6 +1032,8 @@ impl Session {
 
     async fn run(mut self) {
         loop {
+            // Whatever the last turn handled may have moved a counter.
+            self.shared.counters.changed();
             if self.events.is_some() {
                 self.flush_lost();
             }
@@ -947,6 +1081,8 @@ impl Session {
         if sessions.get(&self.key).is_some_and(|e| e.id == self.id) {
             sessions.remove(&self.key);
         }
+        drop(sessions);
+        self.shared.counters.changed();
     }
 
     /// Handles a control message; true if the session must end.
@@ -980,7 +1116,7 @@ impl Session {
         for id in std::mem::take(&mut self.delivered).into_iter().rev() {
             if let Some(p) = self.unacked.get(&id) {
                 self.queued_msgs += 1;
-                self.queued_bytes += p.payload.len();
+                self.queued_bytes += size(p);
                 self.queue.push_front(message(id, p));
             }
         }
@@ -1017,9 +1153,9 @@ impl Session {
 
     fn send_one(&mut self) {
         let (Some(events), Some(ev)) = (&self.events, self.queue.pop_front()) else { return };
-        if let MqttEvent::Message { id, qos, payload, .. } = &ev {
+        if let MqttEvent::Message { id, qos, topic, payload, .. } = &ev {
             self.queued_msgs -= 1;
-            self.queued_bytes -= payload.len();
+            self.queued_bytes -= topic.len() + payload.len();
             if *qos == 1 {
                 self.delivered.insert(*id);
             }
@@ -1041,9 +1177,10 @@ impl Session {
                 let _ = c.client.try_ack(p);
             }
         }
+        let topic = truncated(&p.topic, self.shared.limits.max_topic_len).to_string();
         let e = self.lost.entry(reason).or_insert((0, String::new(), 0));
         e.0 += 1;
-        e.1 = p.topic.clone();
+        e.1 = topic;
         e.2 = p.payload.len() as u32;
     }
 
@@ -1183,11 +1320,14 @@ impl Session {
         }
         self.reset();
         let mut o = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
-        o.set_keep_alive(Duration::from_secs(if keepalive_s == 0 { 60 } else { u64::from(keepalive_s) }));
+        let keepalive = Duration::from_secs(if keepalive_s == 0 { 60 } else { u64::from(keepalive_s) });
+        o.set_keep_alive(keepalive);
         o.set_clean_session(clean_start);
         o.set_manual_acks(true);
         o.set_inflight(limits.max_inflight_publishes.clamp(1, 100) as u16);
-        let packet = (limits.max_payload + limits.max_topic_len + 64).max(1 << 20);
+        // The largest message the session accepts, plus the PUBLISH header (at most 9 bytes).
+        // A larger packet from the broker ends the connection (rumqttc cannot skip it).
+        let packet = limits.max_payload + limits.max_topic_len + 64;
         o.set_max_packet_size(packet, packet);
         if let Some(user) = &settings.username {
             o.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
@@ -1212,7 +1352,9 @@ impl Session {
             host: settings.host.clone(),
             port: settings.port,
             dest,
+            idle: keepalive * 3,
             failure: Mutex::new(None),
+            closed: tokio::sync::watch::Sender::new(false),
         });
         self.shared.relay.targets.lock().unwrap_or_else(|e| e.into_inner()).insert(self.auth.clone(), target.clone());
         let (client, mut el) = AsyncClient::new(o, 64);
@@ -1220,11 +1362,12 @@ impl Session {
         net.set_connection_timeout(limits.connect_timeout.as_secs().max(1));
         el.set_network_options(net);
         let (tx, rx) = mpsc::channel(16);
-        let driver = tokio::spawn(drive(el, tx, target, limits.reconnect_min, limits.reconnect_max));
+        let driver = tokio::spawn(drive(el, tx, target.clone(), limits.reconnect_min, limits.reconnect_max));
         self.conn = Some(Conn {
             client,
             rx,
             _driver: AbortOnDrop(driver),
+            _target: TargetGuard(target),
             state: ConnState::Connecting,
             pending_pubs: VecDeque::new(),
             inflight_pubs: HashMap::new(),
@@ -1341,9 +1484,9 @@ impl Session {
         self.delivered.clear();
         let mut removed = (0, 0);
         self.queue.retain(|e| match e {
-            MqttEvent::Message { id, payload, .. } if stale.contains(id) => {
+            MqttEvent::Message { id, topic, payload, .. } if stale.contains(id) => {
                 removed.0 += 1;
-                removed.1 += payload.len();
+                removed.1 += topic.len() + payload.len();
                 false
             }
             _ => true,
@@ -1401,21 +1544,35 @@ impl Session {
             return self.lose(LostReason::RateLimited, &p);
         }
         self.tokens -= 1.0;
-        if p.payload.len() > limits.max_payload {
+        if p.topic.len() > limits.max_topic_len || p.payload.len() > limits.max_payload {
             return self.lose(LostReason::TooLarge, &p);
         }
-        if self.queued_msgs >= limits.queue_messages || self.queued_bytes + p.payload.len() > limits.queue_bytes {
+        if self.queued_msgs >= limits.queue_messages || self.queued_bytes + size(&p) > limits.queue_bytes {
             return self.lose(LostReason::QueueFull, &p);
         }
         let id = self.next_msg;
         self.next_msg = self.next_msg.wrapping_add(1).max(1);
         self.queued_msgs += 1;
-        self.queued_bytes += p.payload.len();
+        self.queued_bytes += size(&p);
         self.queue.push_back(message(id, &p));
         if p.qos == QoS::AtLeastOnce {
             self.unacked.insert(id, p);
         }
     }
+}
+
+/// What a message counts toward [`MqttLimits::queue_bytes`]: its topic and payload.
+fn size(p: &Publish) -> usize {
+    p.topic.len() + p.payload.len()
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn message(id: u32, p: &Publish) -> MqttEvent {
