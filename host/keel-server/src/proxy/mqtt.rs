@@ -37,9 +37,14 @@
 //! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe, in-flight
 //! publishes per session, sessions per hub, and a token bucket on messages from the broker per
 //! session (excess dropped, reported as [`LostReason::RateLimited`]). A message from the broker
-//! with a longer topic or a larger payload is dropped ([`LostReason::TooLarge`]); a packet
-//! larger than the largest acceptable message (`max_payload + max_topic_len` and its header)
-//! is not read at all: it ends the broker connection, which is then reconnected.
+//! with a longer topic or a larger payload is dropped ([`LostReason::TooLarge`]), and neither is
+//! queued. The client reads packets up to [`MAX_BROKER_PACKET`] so that such a message is read and
+//! reported, not refused: rumqttc cannot skip a packet over its limit, it ends the connection, and
+//! the broker would deliver the same QoS 1 message again after every reconnect (a session stuck
+//! in a reconnect loop). Only a packet above that (1 MiB) does so.
+
+/// The largest packet the session reads from a broker (see the module docs).
+pub const MAX_BROKER_PACKET: usize = 1 << 20;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1325,9 +1330,9 @@ impl Session {
         o.set_clean_session(clean_start);
         o.set_manual_acks(true);
         o.set_inflight(limits.max_inflight_publishes.clamp(1, 100) as u16);
-        // The largest message the session accepts, plus the PUBLISH header (at most 9 bytes).
-        // A larger packet from the broker ends the connection (rumqttc cannot skip it).
-        let packet = limits.max_payload + limits.max_topic_len + 64;
+        // Large enough to read, and drop with a report, any message over the session's limits
+        // (see the module docs); memory is bounded by what is queued, which is checked.
+        let packet = MAX_BROKER_PACKET.max(limits.max_payload + limits.max_topic_len + 64);
         o.set_max_packet_size(packet, packet);
         if let Some(user) = &settings.username {
             o.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
