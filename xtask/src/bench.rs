@@ -284,6 +284,28 @@ fn connectivity(metrics: &mut Vec<(&str, f64, &str)>) -> Result<(), String> {
         get("mqtt_publish_to_broker_ms")?,
         "mqtt-telemetry's QoS 1 publish, from its `publishing` console line to the message at mosquitto_sub on a TLS Mosquitto (device -> server's managed session -> broker), loopback; median of 10",
     ));
+    let out = crate::cargo()
+        .current_dir(root())
+        .args(["test", "-q", "-p", "keel-cli", "--features", "qemu-tests", "--test", "channel_faults", "--"])
+        .args(["--ignored", "--exact", "bench_channels", "--nocapture"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let get = |key: &str| json_number(&out, "channel benchmark", key);
+    metrics.push((
+        "notification_latency_us",
+        get("notification_latency_us")?,
+        "a channel's READABLE record, from the visor writing it to the app's code holding it (SDK interrupt handler, queue, wake from wfi), -icount shift=0; mean of 20",
+    ));
+    metrics.push((
+        "channel_throughput_kib_s",
+        get("channel_throughput_kib_s")?,
+        "48 KiB HTTPS responses received by the app per second of device time while a 256 KiB update downloads over the same link (real time, loopback)",
+    ));
+    metrics.push((
+        "update_download_with_channels_s",
+        get("update_download_with_channels_s")?,
+        "that 256 KiB update, deployment to ready, as the host sees it, with the channel streaming",
+    ));
     Ok(())
 }
 

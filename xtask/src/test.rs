@@ -51,7 +51,7 @@ pub fn run() -> Result<(), String> {
         "--test-threads=2",
     ]))?;
     eprintln!(
-        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite; remote debugging with gdb; app connectivity: HTTPS, MQTT, config and secrets; the Microvisor-compatible C apps and a FreeRTOS app on channels)"
+        "\n== end to end: server, CLI, QEMU device (logs; over-the-air updates; kill -9 during updates; the hostile-app suite; remote debugging with gdb; app connectivity: HTTPS, MQTT, config and secrets, channels under faults and during an update; the Microvisor-compatible C apps and a FreeRTOS app on channels)"
     );
     sh(cargo().current_dir(root()).args([
         "test",
@@ -71,6 +71,8 @@ pub fn run() -> Result<(), String> {
         "connect",
         "--test",
         "compat",
+        "--test",
+        "channel_faults",
         "--",
         "--test-threads=2",
     ]))?;

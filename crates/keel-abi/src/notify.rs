@@ -66,7 +66,9 @@ pub enum Kind {
     /// reason in bits 8..16, wanted-by bits in 32..64). Since ABI 2.1.
     NetStatus = 4,
     /// A complete message waits on a channel ([`crate::Call::ChanRecv`]). One record per message.
-    /// `tag`: the channel's tag; `value`: its handle. Since ABI 2.1.
+    /// `tag`: the channel's tag; `value`: its handle in bits 0..32, and in bits 32..64 the low
+    /// 32 bits of the monotonic time (µs) at which the visor wrote the record
+    /// ([`Record::posted_at_us`]: event latency, arrival times). Since ABI 2.1.
     ChannelReadable = 5,
     /// Room came free in a channel's transmit buffer after a send answered
     /// [`crate::Status::WouldBlock`] (MQTT channels only: HTTP and config channels carry one
@@ -124,6 +126,32 @@ impl Record {
     /// A record of `kind`.
     pub fn new(kind: Kind, tag: u32, value: u64) -> Record {
         Record { kind: kind as u16, flags: 0, tag, value }
+    }
+
+    /// The channel handle of a channel record (readable, writable, closed).
+    pub fn channel_handle(&self) -> Option<u32> {
+        match Kind::from_u16(self.kind)? {
+            Kind::ChannelReadable | Kind::ChannelWritable | Kind::ChannelClosed => Some(self.value as u32),
+            _ => None,
+        }
+    }
+
+    /// When the visor wrote a readable or writable record: the low 32 bits of the monotonic
+    /// time in µs (compare with the low 32 bits of the app's clock, wrapping).
+    pub fn posted_at_us(&self) -> Option<u32> {
+        match Kind::from_u16(self.kind)? {
+            Kind::ChannelReadable | Kind::ChannelWritable => Some((self.value >> 32) as u32),
+            _ => None,
+        }
+    }
+
+    /// Stamps a readable or writable record with the time the visor writes it (`now_us`, its
+    /// low 32 bits, into bits 32..64 of `value`); other records are left as they are.
+    pub fn stamped(mut self, now_us: u64) -> Record {
+        if self.posted_at_us().is_some() {
+            self.value = (self.value & 0xFFFF_FFFF) | (now_us & 0xFFFF_FFFF) << 32;
+        }
+        self
     }
 
     /// Its bytes in the ring.
@@ -303,6 +331,19 @@ mod tests {
 
     fn timer(tag: u32) -> Record {
         Record::new(Kind::Timer, tag, tag as u64 * 10)
+    }
+
+    #[test]
+    fn channel_records_carry_their_handle_and_the_time_they_were_written() {
+        let r = Record::new(Kind::ChannelReadable, 7, 0x0000_0102).stamped(0x1_2345_6789);
+        assert_eq!(r.channel_handle(), Some(0x102));
+        assert_eq!(r.posted_at_us(), Some(0x2345_6789), "the low 32 bits of the clock");
+        // A closed record keeps its reason in bits 32..40; others are not stamped.
+        let closed = Record::new(Kind::ChannelClosed, 7, 0x102 | 3 << 32).stamped(0xFFFF_FFFF);
+        assert_eq!(closed.value, 0x102 | 3 << 32);
+        assert_eq!(closed.posted_at_us(), None);
+        let timer = Record::new(Kind::Timer, 1, 42).stamped(99);
+        assert_eq!((timer.value, timer.channel_handle()), (42, None));
     }
 
     #[test]

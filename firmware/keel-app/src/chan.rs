@@ -99,6 +99,17 @@ impl<'b> Channel<'b> {
         self.handle
     }
 
+    /// Queues this channel's notification records ([`Kind`](crate::notify::Kind)
+    /// `CHANNEL_READABLE`, `CHANNEL_WRITABLE`, `CHANNEL_CLOSED`) for [`crate::notify::pop`] and
+    /// [`crate::notify::next`] from now on. By default the SDK drops them (the channel's own
+    /// waits check its state with system calls); keep them to dispatch or time events yourself
+    /// (a readable record carries the visor's time of writing it: see
+    /// [`keel_abi::notify::Record::posted_at_us`]). Queued records count against the queue's
+    /// [`crate::notify::QUEUE`]: read them.
+    pub fn keep_records(&self) {
+        notify::keep_channel_records(self.handle);
+    }
+
     /// The channel's kind.
     pub fn kind(&self) -> Kind {
         self.kind

@@ -118,6 +118,15 @@ pub mod raw {
     }
 }
 
+/// Runs `f` with the app's interrupts masked (a critical section on this single core), then
+/// restores the mask as it was. The visor keeps running meanwhile: it writes notification
+/// records into the ring (counting those that find it full, see [`notify`]) and the SDK's
+/// handler moves them out once the mask is lifted. System calls may be made inside; blocking
+/// SDK helpers should not (nothing wakes them until the end).
+pub fn interrupt_free<R>(f: impl FnOnce() -> R) -> R {
+    notify::masked(f)
+}
+
 pub(crate) fn status(raw: u32) -> Result<(), Status> {
     match Status::from_u32(raw) {
         Some(Status::Ok) => Ok(()),

@@ -111,7 +111,7 @@ fn word(i: usize) -> *mut u32 {
 }
 
 /// Runs `f` with the app's interrupts masked (PRIMASK), restoring the previous mask.
-fn masked<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn masked<R>(f: impl FnOnce() -> R) -> R {
     let primask: u32;
     // SAFETY: saves PRIMASK and masks interrupts; restored below.
     unsafe { core::arch::asm!("mrs {p}, primask", "cpsid i", p = out(reg) primask, options(nostack, preserves_flags)) };
@@ -174,10 +174,7 @@ fn ring_pop() -> Option<Record> {
 
 /// The channel handle a record is about, if it is a channel record.
 fn channel_of(r: &Record) -> Option<u32> {
-    match Kind::from_u16(r.kind)? {
-        Kind::ChannelReadable | Kind::ChannelWritable | Kind::ChannelClosed => Some(r.value as u32),
-        _ => None,
-    }
+    r.channel_handle()
 }
 
 impl State {
@@ -354,6 +351,17 @@ pub(crate) fn forget_channel_records(handle: u32) {
             }
         }
         s.len = n;
+    });
+}
+
+/// Queues the records of channel `handle` again, after [`forget_channel_records`] (see
+/// [`crate::chan::Channel::keep_records`]).
+pub(crate) fn keep_channel_records(handle: u32) {
+    with(|s| {
+        s.pump();
+        if let Some(q) = s.quiet.iter_mut().find(|q| **q == handle) {
+            *q = 0;
+        }
     });
 }
 

@@ -95,7 +95,8 @@ pub fn deliver_core_events(v: &mut Visor, awake: &Awake) {
         ring.writer.add_lost(lost.min(u32::MAX as u64) as u32);
     }
     while let Some(r) = v.core.take_notification() {
-        post(v, awake, r);
+        // Channel records carry the time they are written (the app's latency measurements).
+        post(v, awake, r.stamped(crate::time::now_us()));
     }
 }
 

@@ -14,6 +14,10 @@ pub enum Clock {
     /// `-icount shift=0,sleep=off`: one instruction = 1 ns of virtual time, idle time skipped.
     /// Runs are bit-for-bit repeatable and time-dependent tests are deterministic.
     Deterministic,
+    /// `-icount shift=0,sleep=on`: one instruction = 1 ns of virtual time while the device
+    /// runs, idle time follows real time. For devices that talk to real peers (whose answers
+    /// take real time) when what is measured is instructions.
+    Counted,
 }
 
 /// A QEMU invocation for one virtual device.
@@ -40,8 +44,14 @@ impl Device {
         // User-mode networking: the device reaches the host's loopback as 10.0.2.2 (and nothing
         // listens for connections from outside).
         c.args(["-nic", "user,model=lan9118"]);
-        if self.clock == Clock::Deterministic {
-            c.args(["-icount", "shift=0,sleep=off"]);
+        match self.clock {
+            Clock::RealTime => {}
+            Clock::Deterministic => {
+                c.args(["-icount", "shift=0,sleep=off"]);
+            }
+            Clock::Counted => {
+                c.args(["-icount", "shift=0,sleep=on"]);
+            }
         }
         c
     }

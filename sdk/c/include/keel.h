@@ -327,7 +327,9 @@ typedef uint32_t keel_status_t;
  *  KEEL_NOTIFY_NET_STATE() and friends. Since ABI 2.1. */
 #define KEEL_NOTIFY_NET_STATUS 4u
 /** A complete message waits on a channel (keel_chan_recv()); one record per message. tag = the
- *  channel's tag; value = its handle. Since ABI 2.1. */
+ *  channel's tag; value = its handle in bits 0..32 and, in bits 32..64, the low 32 bits of the
+ *  monotonic time (us) at which the visor wrote the record (KEEL_NOTIFY_CHAN_TIME()). Since ABI
+ *  2.1. */
 #define KEEL_NOTIFY_CHANNEL_READABLE 5u
 /** Room came free in a channel's transmit buffer after keel_chan_send() answered
  *  KEEL_STATUS_WOULD_BLOCK. MQTT channels only: HTTP and config channels carry one request
@@ -344,6 +346,8 @@ typedef uint32_t keel_status_t;
 /** Fields of a KEEL_NOTIFY_CHANNEL_* record's value. */
 #define KEEL_NOTIFY_CHAN_HANDLE(value) ((uint32_t)((value) & 0xFFFFFFFFu))
 #define KEEL_NOTIFY_CHAN_REASON(value) ((uint32_t)(((uint64_t)(value) >> 32) & 0xFFu))
+/** When the visor wrote a READABLE or WRITABLE record (low 32 bits of keel_monotonic_us()). */
+#define KEEL_NOTIFY_CHAN_TIME(value) ((uint32_t)((uint64_t)(value) >> 32))
 
 /* Network control and channels (since ABI 2.1). The app never touches the network: it asks for
  * it (keel_net_request()) and opens channels to services of the Keel server (an HTTP(S) proxy,

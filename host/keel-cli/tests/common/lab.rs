@@ -86,7 +86,12 @@ impl Lab {
 
     /// Starts the device and waits until it is online.
     pub fn boot(&mut self) {
-        let dev = Device { visor: keel_vdev::visor_elf(), flash: self.flash.clone(), clock: Clock::RealTime };
+        self.boot_with(Clock::RealTime);
+    }
+
+    /// [`Lab::boot`] with the virtual clock `clock`.
+    pub fn boot_with(&mut self, clock: Clock) {
+        let dev = Device { visor: keel_vdev::visor_elf(), flash: self.flash.clone(), clock };
         self.qemu = Some(dev.start().unwrap());
         self.wait("the link", "net: online");
     }
