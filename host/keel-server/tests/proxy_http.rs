@@ -357,7 +357,7 @@ const BUSY: &str = "dns: too many name lookups in progress";
 async fn name_lookups_are_bounded_per_device_and_server_wide_until_their_threads_return() {
     let (tarpit, mut started) = Tarpit::new();
     let _release = ReleaseOnDrop(tarpit.clone());
-    let limits = DnsLimits { timeout: Duration::from_secs(60), per_device: 2, max_concurrent: 3 };
+    let limits = DnsLimits { timeout: Duration::from_secs(60), per_device: 2, per_account: 8, max_concurrent: 3 };
     let lookups = NameLookups::new(limits, tarpit.clone());
     let proxy = HttpProxy::with_lookups(HttpLimits::default(), &[], lookups.clone()).unwrap();
     let server = HttpServer::start_plain(echo).await;
@@ -451,4 +451,35 @@ async fn one_account_cannot_take_every_request_permit() {
     assert_eq!(first.await.unwrap(), Err(HttpError::Timeout));
     let stats = proxy.stats();
     assert_eq!((stats.account_limited, stats.rate_limited, stats.in_progress), (1, 0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_take_every_name_lookup() {
+    let (tarpit, mut started) = Tarpit::new();
+    let _release = ReleaseOnDrop(tarpit.clone());
+    let limits = DnsLimits { timeout: Duration::from_secs(60), per_device: 2, per_account: 3, max_concurrent: 8 };
+    let lookups = NameLookups::new(limits, tarpit.clone());
+    let proxy = HttpProxy::with_lookups(HttpLimits::default(), &[], lookups.clone()).unwrap();
+    let server = HttpServer::start_plain(echo).await;
+    let dest = Arc::new(AllowIps::new(&["127.0.0.1"], true));
+    let ok_url = format!("http://ok.test:{}/", server.port);
+    let mut held = vec![];
+    // Account A's devices hold three lookups in the tarpit (two devices, within their own caps).
+    for (device, name) in [("a1", "x"), ("a1", "y"), ("a2", "z")] {
+        let (p, d) = (proxy.clone(), dest.clone());
+        let url = format!("http://{name}.tarpit/");
+        held.push(tokio::spawn(async move {
+            p.execute(&tenant("A", device), d.as_ref(), HttpRequest { timeout_ms: 5_000, ..get(url) }, 4096).await
+        }));
+        entered(&mut started).await;
+    }
+    // A third device of A is refused although it has none in progress...
+    let r = proxy.execute(&tenant("A", "a3"), dest.as_ref(), get(ok_url.clone()), 4096).await;
+    assert_eq!(r, Err(HttpError::RequestFailed(BUSY.into())));
+    // ... and account B is served.
+    let resp = proxy.execute(&tenant("B", "b1"), dest.as_ref(), get(ok_url), 4096).await.unwrap();
+    assert_eq!(resp.status, 200);
+    for t in held {
+        t.abort();
+    }
 }

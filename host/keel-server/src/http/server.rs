@@ -173,7 +173,7 @@ fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) 
         out,
         "keel_proxy_dns_lookups_refused_total",
         "counter",
-        "Name lookups refused: the device's or the server's lookups were all in progress.",
+        "Name lookups refused: the device's, its account's or the server's lookups were all in progress.",
         d.refused,
     );
     let m = services.mqtt.stats();

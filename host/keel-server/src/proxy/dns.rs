@@ -5,9 +5,10 @@
 //! that never answers would hold a thread per lookup, and could fill the pool (shared with file
 //! I/O and the database). So every lookup of [`NameLookups`]:
 //!
-//! * needs a free slot: at most [`DnsLimits::per_device`] lookups of one device and
-//!   [`DnsLimits::max_concurrent`] server-wide are in progress; beyond, the lookup is refused at
-//!   once ([`ConnectError::LookupsBusy`]: the HTTP proxy answers `REQUEST_FAILED` "dns: too many
+//! * needs a free slot: at most [`DnsLimits::per_device`] lookups of one device,
+//!   [`DnsLimits::per_account`] of the devices of one account (so one tenant cannot take every
+//!   slot) and [`DnsLimits::max_concurrent`] server-wide are in progress; beyond, the lookup is
+//!   refused at once ([`ConnectError::LookupsBusy`]: the HTTP proxy answers `REQUEST_FAILED` "dns: too many
 //!   name lookups in progress", an MQTT connection `RATE_LIMITED`), never queued;
 //! * is given up after [`DnsLimits::timeout`] ([`ConnectError::LookupTimeout`]: "name lookup
 //!   timed out");
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::ConnectError;
+use super::{ConnectError, Tenant};
 
 /// Resolves names, blocking: called on a thread of Tokio's blocking pool.
 pub trait Resolver: Send + Sync + 'static {
@@ -49,13 +50,16 @@ pub struct DnsLimits {
     pub timeout: Duration,
     /// Lookups in progress for one device. Default 2.
     pub per_device: usize,
+    /// Lookups in progress for the devices of one account. Default 16 (a quarter of the
+    /// server-wide default).
+    pub per_account: usize,
     /// Lookups in progress server-wide. Default 64.
     pub max_concurrent: usize,
 }
 
 impl Default for DnsLimits {
     fn default() -> Self {
-        DnsLimits { timeout: Duration::from_secs(5), per_device: 2, max_concurrent: 64 }
+        DnsLimits { timeout: Duration::from_secs(5), per_device: 2, per_account: 16, max_concurrent: 64 }
     }
 }
 
@@ -68,7 +72,8 @@ pub struct DnsStats {
     pub in_progress: u64,
     /// Lookups that did not answer within [`DnsLimits::timeout`].
     pub timed_out: u64,
-    /// Lookups refused because the device's or the server's lookups were all in progress.
+    /// Lookups refused because the device's, its account's or the server's lookups were all in
+    /// progress.
     pub refused: u64,
 }
 
@@ -80,11 +85,12 @@ struct Counters {
     refused: AtomicU64,
 }
 
-/// Lookups in progress (their threads not returned yet), server-wide and per device (only
-/// devices with one in progress have an entry: at most `max_concurrent`).
+/// Lookups in progress (their threads not returned yet), server-wide, per account and per
+/// device (only those with one in progress have an entry: at most `max_concurrent` each).
 #[derive(Default)]
 struct Busy {
     total: usize,
+    per_account: HashMap<String, usize>,
     per_device: HashMap<String, usize>,
 }
 
@@ -165,14 +171,14 @@ impl NameLookups {
         }
     }
 
-    /// The addresses of `host` (a name), looked up for `device`: refused at once
-    /// ([`ConnectError::LookupsBusy`]) if the device's or the server's lookups are all in
-    /// progress, given up after [`DnsLimits::timeout`] ([`ConnectError::LookupTimeout`]). The
+    /// The addresses of `host` (a name), looked up for `who`: refused at once
+    /// ([`ConnectError::LookupsBusy`]) if the device's, its account's or the server's lookups are
+    /// all in progress, given up after [`DnsLimits::timeout`] ([`ConnectError::LookupTimeout`]). The
     /// lookup's slots are held by its blocking thread until the resolver returns, so a lookup
     /// given up (timed out, or its request dropped) still counts until its thread is free.
-    pub(crate) async fn lookup(&self, device: &str, host: &str, port: u16) -> Result<Vec<IpAddr>, ConnectError> {
+    pub(crate) async fn lookup(&self, who: &Tenant, host: &str, port: u16) -> Result<Vec<IpAddr>, ConnectError> {
         let c = &self.inner.counters;
-        let Some(slot) = Slot::take(&self.inner, device) else {
+        let Some(slot) = Slot::take(&self.inner, who) else {
             c.refused.fetch_add(1, Ordering::Relaxed);
             self.inner.changed.send_modify(|_| ());
             return Err(ConnectError::LookupsBusy);
@@ -197,27 +203,39 @@ impl NameLookups {
     }
 }
 
-/// One lookup's place among the device's and the server's lookups in progress; freed when
-/// dropped (by the blocking thread, once the resolver returned).
+/// One lookup's place among the device's, its account's and the server's lookups in progress;
+/// freed when dropped (by the blocking thread, once the resolver returned).
 struct Slot {
     inner: Arc<Inner>,
-    device: String,
+    who: Tenant,
 }
 
 impl Slot {
-    fn take(inner: &Arc<Inner>, device: &str) -> Option<Slot> {
+    fn take(inner: &Arc<Inner>, who: &Tenant) -> Option<Slot> {
         let mut busy = inner.busy.lock().unwrap_or_else(|e| e.into_inner());
         let limits = &inner.limits;
-        let mine = busy.per_device.get(device).copied().unwrap_or(0);
-        if busy.total >= limits.max_concurrent || mine >= limits.per_device {
+        let device = busy.per_device.get(&who.device).copied().unwrap_or(0);
+        let account = busy.per_account.get(&who.account).copied().unwrap_or(0);
+        if busy.total >= limits.max_concurrent || account >= limits.per_account || device >= limits.per_device {
             return None;
         }
         busy.total += 1;
-        busy.per_device.insert(device.to_string(), mine + 1);
+        busy.per_account.insert(who.account.clone(), account + 1);
+        busy.per_device.insert(who.device.clone(), device + 1);
         drop(busy);
         inner.counters.in_progress.fetch_add(1, Ordering::Relaxed);
         inner.changed.send_modify(|_| ());
-        Some(Slot { inner: inner.clone(), device: device.to_string() })
+        Some(Slot { inner: inner.clone(), who: who.clone() })
+    }
+}
+
+/// Takes one from `key`'s count, forgetting it at zero.
+fn release(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -225,12 +243,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.total = busy.total.saturating_sub(1);
-        if let Some(n) = busy.per_device.get_mut(&self.device) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                busy.per_device.remove(&self.device);
-            }
-        }
+        release(&mut busy.per_account, &self.who.account);
+        release(&mut busy.per_device, &self.who.device);
         drop(busy);
         self.inner.counters.in_progress.fetch_sub(1, Ordering::Relaxed);
         self.inner.changed.send_modify(|_| ());

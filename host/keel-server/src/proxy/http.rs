@@ -460,7 +460,7 @@ impl HttpProxy {
     ) -> Result<HttpResponse, HttpError> {
         let scheme = if p.https { "https" } else { "http" };
         let lookups = &self.inner.lookups;
-        let connected = connect_allowed(lookups, &who.device, dest, scheme, &p.host, p.port, Duration::from_secs(10));
+        let connected = connect_allowed(lookups, who, dest, scheme, &p.host, p.port, Duration::from_secs(10));
         let tcp = connected.await.map_err(|e| match e {
             ConnectError::Denied(r) => HttpError::Denied(r),
             ConnectError::NxDomain(r) => HttpError::RequestFailed(format!("dns: {r}")),

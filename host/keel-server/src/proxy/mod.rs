@@ -43,11 +43,11 @@ pub trait Destinations: Send + Sync + 'static {
 }
 
 /// Resolves `host` (a name or an address literal, IPv6 without brackets) through `lookups`
-/// (for `device`) and returns the addresses `dest` allows for `scheme`, in resolver order, each
+/// (for `who`) and returns the addresses `dest` allows for `scheme`, in resolver order, each
 /// at most once.
 async fn resolve_allowed(
     lookups: &NameLookups,
-    device: &str,
+    who: &Tenant,
     dest: &dyn Destinations,
     scheme: &str,
     host: &str,
@@ -55,7 +55,7 @@ async fn resolve_allowed(
 ) -> Result<Vec<SocketAddr>, ConnectError> {
     let candidates: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => lookups.lookup(device, host, port).await?,
+        Err(_) => lookups.lookup(who, host, port).await?,
     };
     let mut allowed: Vec<SocketAddr> = Vec::new();
     let mut first_refusal = None;
@@ -87,8 +87,8 @@ pub(crate) enum ConnectError {
     NxDomain(String),
     /// Every address it resolved to was refused by the policy (the first refusal's reason).
     Denied(String),
-    /// [`DnsLimits::per_device`] or [`DnsLimits::max_concurrent`] lookups are in progress: the
-    /// name was not looked up.
+    /// [`DnsLimits::per_device`], [`DnsLimits::per_account`] or [`DnsLimits::max_concurrent`]
+    /// lookups are in progress: the name was not looked up.
     LookupsBusy,
     /// The lookup did not answer within [`DnsLimits::timeout`].
     LookupTimeout,
@@ -100,14 +100,14 @@ pub(crate) enum ConnectError {
 /// accepts within `per_address` ([`resolve_allowed`], then [`connect_first`]).
 pub(crate) async fn connect_allowed(
     lookups: &NameLookups,
-    device: &str,
+    who: &Tenant,
     dest: &dyn Destinations,
     scheme: &str,
     host: &str,
     port: u16,
     per_address: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let addrs = resolve_allowed(lookups, device, dest, scheme, host, port).await?;
+    let addrs = resolve_allowed(lookups, who, dest, scheme, host, port).await?;
     connect_first(&addrs, per_address).await.map_err(ConnectError::Connect)
 }
 

@@ -625,7 +625,7 @@ impl MqttHub {
         sessions.insert(key.clone(), Entry { id, account: who.account.clone(), ctl: ctl_tx });
         drop(sessions);
         self.shared.counters.changed();
-        let session = Session::new(self.shared.clone(), key, id, ctl_rx);
+        let session = Session::new(self.shared.clone(), key, who.account.clone(), id, ctl_rx);
         tokio::spawn(session.run());
         Ok(attachment)
     }
@@ -710,8 +710,9 @@ impl MqttHub {
 
 /// Where one session may connect.
 struct Target {
-    /// The device the session is for (its name lookups count toward its limit).
-    device: String,
+    /// The device the session is for (its name lookups count toward its and its account's
+    /// limits).
+    who: Tenant,
     scheme: &'static str,
     host: String,
     port: u16,
@@ -812,7 +813,7 @@ impl Relay {
         };
         let connected = connect_allowed(
             &self.lookups,
-            &target.device,
+            &target.who,
             target.dest.as_ref(),
             target.scheme,
             &target.host,
@@ -1075,6 +1076,8 @@ impl Conn {
 struct Session {
     shared: Arc<Shared>,
     key: Key,
+    /// The account of the device that made it.
+    account: String,
     id: u64,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     settings: Option<BrokerSettings>,
@@ -1103,7 +1106,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, key: Key, id: u64, ctl: mpsc::UnboundedReceiver<Ctl>) -> Self {
+    fn new(shared: Arc<Shared>, key: Key, account: String, id: u64, ctl: mpsc::UnboundedReceiver<Ctl>) -> Self {
         let mut secret = [0u8; 16];
         let _ = getrandom::getrandom(&mut secret);
         let token = crate::hex(&secret);
@@ -1112,6 +1115,7 @@ impl Session {
         Session {
             shared,
             key,
+            account,
             id,
             ctl,
             settings: None,
@@ -1454,7 +1458,7 @@ impl Session {
             port: self.shared.relay.port,
         });
         let target = Arc::new(Target {
-            device: self.key.0.clone(),
+            who: Tenant { account: self.account.clone(), device: self.key.0.clone() },
             scheme: if settings.tls { "mqtts" } else { "mqtt" },
             host: settings.host.clone(),
             port: settings.port,
