@@ -175,9 +175,10 @@ impl Services {
             Some(p) => vec![std::fs::read(&p).map_err(|e| format!("KEEL_PROXY_CA {}: {e}", p.to_string_lossy()))?],
             None => vec![],
         };
-        let lookups = NameLookups::default();
-        let http = HttpProxy::with_lookups(HttpLimits::default(), &extra, lookups.clone())?;
-        let mqtt = MqttHub::with_lookups(MqttLimits::default(), lookups).map_err(|e| e.to_string())?;
+        let (http_limits, mqtt_limits, dns_limits) = limits_from_env(|k| std::env::var(k).ok())?;
+        let lookups = NameLookups::system(dns_limits);
+        let http = HttpProxy::with_lookups(http_limits, &extra, lookups.clone())?;
+        let mqtt = MqttHub::with_lookups(mqtt_limits, lookups).map_err(|e| e.to_string())?;
         Ok(Services::new(http, mqtt))
     }
 
@@ -199,6 +200,37 @@ impl Services {
             refused_invalid: l(&c.refused_invalid),
         }
     }
+}
+
+/// The services' capacity settings from the environment (`get` reads a variable), each one
+/// optional (see docs/operations.md):
+/// `KEEL_PROXY_HTTP_MAX` / `KEEL_PROXY_HTTP_PER_ACCOUNT` (concurrent HTTP requests, server-wide
+/// and per account), `KEEL_MQTT_MAX_SESSIONS` / `KEEL_MQTT_SESSIONS_PER_ACCOUNT` (managed MQTT
+/// sessions), `KEEL_PROXY_DNS_MAX` / `KEEL_PROXY_DNS_PER_ACCOUNT` (name lookups in progress).
+/// A share larger than its server-wide limit is the limit (no share).
+pub fn limits_from_env(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(HttpLimits, MqttLimits, crate::proxy::DnsLimits), String> {
+    let num = |key: &str, default: usize| -> Result<usize, String> {
+        match get(key) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{key}={v:?}: expected a whole number above 0")),
+            },
+        }
+    };
+    let mut http = HttpLimits::default();
+    http.max_concurrent = num("KEEL_PROXY_HTTP_MAX", http.max_concurrent)?;
+    http.max_per_account = num("KEEL_PROXY_HTTP_PER_ACCOUNT", http.max_per_account)?.min(http.max_concurrent);
+    let mut mqtt = MqttLimits::default();
+    mqtt.max_sessions = num("KEEL_MQTT_MAX_SESSIONS", mqtt.max_sessions)?;
+    mqtt.max_sessions_per_account =
+        num("KEEL_MQTT_SESSIONS_PER_ACCOUNT", mqtt.max_sessions_per_account)?.min(mqtt.max_sessions);
+    let mut dns = crate::proxy::DnsLimits::default();
+    dns.max_concurrent = num("KEEL_PROXY_DNS_MAX", dns.max_concurrent)?;
+    dns.per_account = num("KEEL_PROXY_DNS_PER_ACCOUNT", dns.per_account)?.min(dns.max_concurrent);
+    Ok((http, mqtt, dns))
 }
 
 /// Counts a channel in [`ChannelStats::open`] while it lives.
@@ -322,16 +354,19 @@ pub struct ChannelHub {
     services: Option<Arc<Services>>,
     device: Arc<str>,
     chans: HashMap<u32, Chan>,
-    out_tx: mpsc::UnboundedSender<(u32, Out)>,
-    out_rx: mpsc::UnboundedReceiver<(u32, Out)>,
+    /// The services' outputs, made at the first open: most connections never open a channel,
+    /// and an idle fleet should not pay a queue per device (about 2 KB each).
+    out: Option<Outputs>,
 }
+
+/// Both ends of the queue of the services' outputs (channel number, output).
+type Outputs = (mpsc::UnboundedSender<(u32, Out)>, mpsc::UnboundedReceiver<(u32, Out)>);
 
 impl ChannelHub {
     /// The hub of `device`'s connection; `services` is `None` when the server could not start
     /// them (every channel is then refused).
     pub fn new(store: Store, services: Option<Arc<Services>>, device: &str) -> ChannelHub {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        ChannelHub { store, services, device: device.into(), chans: HashMap::new(), out_tx, out_rx }
+        ChannelHub { store, services, device: device.into(), chans: HashMap::new(), out: None }
     }
 
     /// Channels open.
@@ -403,7 +438,7 @@ impl ChannelHub {
         let ctx =
             Ctx { store: self.store.clone(), services, device: self.device.clone(), max_message: peer.max_message() };
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let tx = self.out_tx.clone();
+        let tx = self.out.get_or_insert_with(mpsc::unbounded_channel).0.clone();
         let task = tokio::spawn(async move {
             let o = Outbox { ch, tx };
             match kind {
@@ -418,13 +453,20 @@ impl ChannelHub {
 
     /// The next output of a channel's service (await this in the connection's loop).
     pub async fn next(&mut self) -> Vec<ChanDown> {
-        let Some((ch, o)) = self.out_rx.recv().await else {
+        let Some((_, rx)) = self.out.as_mut() else {
+            // No channel was ever opened: nothing can come.
+            return std::future::pending().await;
+        };
+        let Some((ch, o)) = rx.recv().await else {
             return vec![];
         };
-        let mut out = vec![];
-        self.on_service(ch, o, &mut out);
+        let mut ready = vec![(ch, o)];
         // Whatever else is ready, in one go.
-        while let Ok((ch, o)) = self.out_rx.try_recv() {
+        while let Ok(x) = rx.try_recv() {
+            ready.push(x);
+        }
+        let mut out = vec![];
+        for (ch, o) in ready {
             self.on_service(ch, o, &mut out);
         }
         out
@@ -851,6 +893,31 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_settings_come_from_the_environment_and_garbage_is_refused() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let (h, m, d) = limits_from_env(env(&[])).unwrap();
+        assert_eq!((h.max_concurrent, h.max_per_account), (256, 64));
+        assert_eq!((m.max_sessions, m.max_sessions_per_account), (10_000, 10_000), "no MQTT share by default");
+        assert_eq!((d.max_concurrent, d.per_account), (64, 16));
+        let (h, m, d) = limits_from_env(env(&[
+            ("KEEL_PROXY_HTTP_PER_ACCOUNT", "32"),
+            ("KEEL_MQTT_SESSIONS_PER_ACCOUNT", "2500"),
+            ("KEEL_PROXY_DNS_MAX", "8"),
+            ("KEEL_PROXY_DNS_PER_ACCOUNT", "100"),
+        ]))
+        .unwrap();
+        assert_eq!((h.max_concurrent, h.max_per_account), (256, 32));
+        assert_eq!(m.max_sessions_per_account, 2_500);
+        assert_eq!((d.max_concurrent, d.per_account), (8, 8), "a share above the limit is the limit");
+        for bad in ["0", "-1", "many", ""] {
+            let e = limits_from_env(move |k: &str| (k == "KEEL_MQTT_MAX_SESSIONS").then(|| bad.to_string()));
+            assert!(e.unwrap_err().contains("KEEL_MQTT_MAX_SESSIONS"), "{bad:?}");
+        }
+    }
 
     #[test]
     fn mqtt_topics_that_are_not_utf8_are_refused_not_rewritten() {

@@ -302,8 +302,10 @@ pub enum MqttEvent {
 pub struct MqttLimits {
     /// Sessions held at once. Default 10,000.
     pub max_sessions: usize,
-    /// Sessions held at once for the devices of one account. Default 2,500 (a quarter of the
-    /// server-wide default).
+    /// Sessions held at once for the devices of one account. Default 10,000, the server-wide
+    /// default: no share, since a session is one device's, and a single-account server must be
+    /// able to give every device one. A server shared by several tenants sets a share
+    /// (`KEEL_MQTT_SESSIONS_PER_ACCOUNT`).
     pub max_sessions_per_account: usize,
     /// How long a session outlives its attachment. Default 10 min.
     pub detached_grace: Duration,
@@ -339,7 +341,7 @@ impl Default for MqttLimits {
     fn default() -> Self {
         MqttLimits {
             max_sessions: 10_000,
-            max_sessions_per_account: 2_500,
+            max_sessions_per_account: 10_000,
             detached_grace: Duration::from_secs(600),
             queue_messages: 64,
             queue_bytes: 64 << 10,
