@@ -3,8 +3,11 @@
 //! configuration and secrets).
 //!
 //! Flow control is `keel_channel::peer::Peer`'s (credit both ways); this module adds what only
-//! a server has: a task per channel running its service, the per-device limits (open channels,
-//! open rate), and the account's destination policy. A service exchanges whole app messages
+//! a server has: a task per channel running its service, the per-device limits (open channels
+//! per connection; the open rate per device id, server-wide, so a reconnect does not reset it:
+//! [`OpenBudget`]), and the account's destination policy. The engines behind the services bound
+//! what one account (requests, MQTT sessions) and one device (name lookups) may take of the
+//! server's capacity. A service exchanges whole app messages
 //! (`keel_channel::msg`) with its channel: it receives the device's requests in order, answers
 //! with messages, and ends the channel with a [`Reason`]. Every message a device sends is
 //! untrusted: a malformed one is answered with an error message, never a panic.
@@ -15,7 +18,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keel_abi::chan::{Kind, Reason};
@@ -27,7 +31,7 @@ use crate::connection::ChanUp;
 use crate::policy::{self, Rule};
 use crate::proxy::http::{HttpError, HttpLimits, HttpProxy, HttpRequest};
 use crate::proxy::mqtt::{BrokerSettings, MqttCommand, MqttEvent, MqttHub, MqttLimits, Will};
-use crate::proxy::Destinations;
+use crate::proxy::{Destinations, NameLookups, Tenant};
 use crate::settings::{FetchItem, FetchOutcome, Scope, StoreKind};
 use crate::store::Store;
 
@@ -47,13 +51,114 @@ const RESPONSE_FRAMING: usize = 64;
 pub const OPEN_BURST: f64 = 32.0;
 /// ...and per second after it.
 pub const OPENS_PER_SECOND: f64 = 20.0;
+/// Devices whose open budget the server remembers at once ([`OpenBudget`]).
+pub const OPEN_BUDGET_DEVICES: usize = 65_536;
+/// How often a full [`OpenBudget`] may look for buckets to forget.
+const OPEN_BUDGET_SWEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The services every connection's channels share (one set per server).
+/// The per-device budgets of channel opens, server-wide: a token bucket per device id
+/// ([`OPEN_BURST`], then [`OPENS_PER_SECOND`]), kept across the device's connections so a device
+/// that reconnects does not get a fresh burst. A bucket that has refilled to the full burst is
+/// the same as none: when the map holds its bound of devices, such buckets are forgotten; if none
+/// has (more than the bound of devices opened channels within the last 1.6 s), an unknown
+/// device's open is refused (`RATE_LIMITED`) rather than given a burst the bound could not
+/// remember.
+pub struct OpenBudget {
+    max_devices: usize,
+    state: Mutex<Budgets>,
+}
+
+struct Budgets {
+    buckets: HashMap<Arc<str>, Bucket>,
+    last_sweep: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// The tokens at `now`.
+    fn at(self, now: Instant) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * OPENS_PER_SECOND).min(OPEN_BURST)
+    }
+}
+
+impl OpenBudget {
+    /// Budgets for at most `max_devices` devices at once.
+    pub fn new(max_devices: usize) -> Self {
+        OpenBudget { max_devices, state: Mutex::new(Budgets { buckets: HashMap::new(), last_sweep: None }) }
+    }
+
+    /// Takes one open from `device`'s budget at `now`; false if there is none left.
+    pub fn take(&self, device: &str, now: Instant) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = st.buckets.get_mut(device) {
+            let tokens = b.at(now);
+            b.at = b.at.max(now);
+            if tokens < 1.0 {
+                b.tokens = tokens;
+                return false;
+            }
+            b.tokens = tokens - 1.0;
+            return true;
+        }
+        if st.buckets.len() >= self.max_devices {
+            if st.last_sweep.is_some_and(|t| now.saturating_duration_since(t) < OPEN_BUDGET_SWEEP) {
+                return false;
+            }
+            st.last_sweep = Some(now);
+            st.buckets.retain(|_, b| b.at(now) < OPEN_BURST);
+            if st.buckets.len() >= self.max_devices {
+                return false;
+            }
+        }
+        st.buckets.insert(device.into(), Bucket { tokens: OPEN_BURST - 1.0, at: now });
+        true
+    }
+
+    /// Devices with a bucket now.
+    pub fn devices(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).buckets.len()
+    }
+}
+
+/// Counters of the app channels of every connection ([`Services::channel_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Channels open now.
+    pub open: u64,
+    /// Channels opened.
+    pub opened: u64,
+    /// Opens refused by the device's open budget (rate).
+    pub refused_rate: u64,
+    /// Opens refused because the device had [`MAX_CHANNELS`] open.
+    pub refused_limit: u64,
+    /// Opens refused as invalid (unknown kind, channel in use, bad window) or because the
+    /// services could not start.
+    pub refused_invalid: u64,
+}
+
+#[derive(Default)]
+struct ChanCounters {
+    open: AtomicU64,
+    opened: AtomicU64,
+    refused_rate: AtomicU64,
+    refused_limit: AtomicU64,
+    refused_invalid: AtomicU64,
+}
+
+/// The services every connection's channels share (one set per server), and what the server
+/// keeps about devices' channels across their connections (open budgets, counters).
 pub struct Services {
     /// The HTTP proxy.
     pub http: HttpProxy,
     /// The managed MQTT sessions.
     pub mqtt: MqttHub,
+    opens: OpenBudget,
+    counters: ChanCounters,
 }
 
 impl std::fmt::Debug for Services {
@@ -70,9 +175,78 @@ impl Services {
             Some(p) => vec![std::fs::read(&p).map_err(|e| format!("KEEL_PROXY_CA {}: {e}", p.to_string_lossy()))?],
             None => vec![],
         };
-        let http = HttpProxy::new(HttpLimits::default(), &extra)?;
-        let mqtt = MqttHub::new(MqttLimits::default()).map_err(|e| e.to_string())?;
-        Ok(Services { http, mqtt })
+        let (http_limits, mqtt_limits, dns_limits) = limits_from_env(|k| std::env::var(k).ok())?;
+        let lookups = NameLookups::system(dns_limits);
+        let http = HttpProxy::with_lookups(http_limits, &extra, lookups.clone())?;
+        let mqtt = MqttHub::with_lookups(mqtt_limits, lookups).map_err(|e| e.to_string())?;
+        Ok(Services::new(http, mqtt))
+    }
+
+    /// The services around these engines (give both the same [`NameLookups`]), with fresh open
+    /// budgets and counters.
+    pub fn new(http: HttpProxy, mqtt: MqttHub) -> Services {
+        Services { http, mqtt, opens: OpenBudget::new(OPEN_BUDGET_DEVICES), counters: ChanCounters::default() }
+    }
+
+    /// A snapshot of the channel counters.
+    pub fn channel_stats(&self) -> ChannelStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ChannelStats {
+            open: l(&c.open),
+            opened: l(&c.opened),
+            refused_rate: l(&c.refused_rate),
+            refused_limit: l(&c.refused_limit),
+            refused_invalid: l(&c.refused_invalid),
+        }
+    }
+}
+
+/// The services' capacity settings from the environment (`get` reads a variable), each one
+/// optional (see docs/operations.md):
+/// `KEEL_PROXY_HTTP_MAX` / `KEEL_PROXY_HTTP_PER_ACCOUNT` (concurrent HTTP requests, server-wide
+/// and per account), `KEEL_MQTT_MAX_SESSIONS` / `KEEL_MQTT_SESSIONS_PER_ACCOUNT` (managed MQTT
+/// sessions), `KEEL_PROXY_DNS_MAX` / `KEEL_PROXY_DNS_PER_ACCOUNT` (name lookups in progress).
+/// A share larger than its server-wide limit is the limit (no share).
+pub fn limits_from_env(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(HttpLimits, MqttLimits, crate::proxy::DnsLimits), String> {
+    let num = |key: &str, default: usize| -> Result<usize, String> {
+        match get(key) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{key}={v:?}: expected a whole number above 0")),
+            },
+        }
+    };
+    let mut http = HttpLimits::default();
+    http.max_concurrent = num("KEEL_PROXY_HTTP_MAX", http.max_concurrent)?;
+    http.max_per_account = num("KEEL_PROXY_HTTP_PER_ACCOUNT", http.max_per_account)?.min(http.max_concurrent);
+    let mut mqtt = MqttLimits::default();
+    mqtt.max_sessions = num("KEEL_MQTT_MAX_SESSIONS", mqtt.max_sessions)?;
+    mqtt.max_sessions_per_account =
+        num("KEEL_MQTT_SESSIONS_PER_ACCOUNT", mqtt.max_sessions_per_account)?.min(mqtt.max_sessions);
+    let mut dns = crate::proxy::DnsLimits::default();
+    dns.max_concurrent = num("KEEL_PROXY_DNS_MAX", dns.max_concurrent)?;
+    dns.per_account = num("KEEL_PROXY_DNS_PER_ACCOUNT", dns.per_account)?.min(dns.max_concurrent);
+    Ok((http, mqtt, dns))
+}
+
+/// Counts a channel in [`ChannelStats::open`] while it lives.
+struct OpenChannel(Arc<Services>);
+
+impl OpenChannel {
+    fn new(services: Arc<Services>) -> Self {
+        services.counters.open.fetch_add(1, Ordering::Relaxed);
+        services.counters.opened.fetch_add(1, Ordering::Relaxed);
+        OpenChannel(services)
+    }
+}
+
+impl Drop for OpenChannel {
+    fn drop(&mut self) {
+        self.0.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -155,6 +329,7 @@ struct Chan {
     input: mpsc::UnboundedSender<Vec<u8>>,
     task: tokio::task::JoinHandle<()>,
     closing: Option<Reason>,
+    _open: OpenChannel,
 }
 
 impl Drop for Chan {
@@ -179,27 +354,19 @@ pub struct ChannelHub {
     services: Option<Arc<Services>>,
     device: Arc<str>,
     chans: HashMap<u32, Chan>,
-    out_tx: mpsc::UnboundedSender<(u32, Out)>,
-    out_rx: mpsc::UnboundedReceiver<(u32, Out)>,
-    tokens: f64,
-    tokens_at: Instant,
+    /// The services' outputs, made at the first open: most connections never open a channel,
+    /// and an idle fleet should not pay a queue per device (about 2 KB each).
+    out: Option<Outputs>,
 }
+
+/// Both ends of the queue of the services' outputs (channel number, output).
+type Outputs = (mpsc::UnboundedSender<(u32, Out)>, mpsc::UnboundedReceiver<(u32, Out)>);
 
 impl ChannelHub {
     /// The hub of `device`'s connection; `services` is `None` when the server could not start
     /// them (every channel is then refused).
     pub fn new(store: Store, services: Option<Arc<Services>>, device: &str) -> ChannelHub {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        ChannelHub {
-            store,
-            services,
-            device: device.into(),
-            chans: HashMap::new(),
-            out_tx,
-            out_rx,
-            tokens: OPEN_BURST,
-            tokens_at: Instant::now(),
-        }
+        ChannelHub { store, services, device: device.into(), chans: HashMap::new(), out: None }
     }
 
     /// Channels open.
@@ -242,30 +409,36 @@ impl ChannelHub {
     }
 
     fn open(&mut self, ch: u32, kind: u8, endpoint: Vec<u8>, window: u32, out: &mut Vec<ChanDown>) {
-        let refuse = |out: &mut Vec<ChanDown>, r: Reason| out.push(ChanDown::Closed { ch, reason: r as u8 });
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * OPENS_PER_SECOND).min(OPEN_BURST);
-        self.tokens_at = now;
+        let refuse = |out: &mut Vec<ChanDown>, r: Reason, counter: Option<&AtomicU64>| {
+            if let Some(c) = counter {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            out.push(ChanDown::Closed { ch, reason: r as u8 })
+        };
+        let Some(services) = self.services.clone() else {
+            return refuse(out, Reason::Refused, None);
+        };
+        let c = &services.counters;
         if self.chans.contains_key(&ch) || !(keel_abi::chan::MIN_RX..=keel_abi::chan::MAX_BUFFER).contains(&window) {
-            return refuse(out, Reason::ProtocolError);
+            return refuse(out, Reason::ProtocolError, Some(&c.refused_invalid));
         }
-        if self.tokens < 1.0 {
-            return refuse(out, Reason::RateLimited);
+        // The device's budget, whatever connection it opens on.
+        if !services.opens.take(&self.device, Instant::now()) {
+            return refuse(out, Reason::RateLimited, Some(&c.refused_rate));
         }
-        self.tokens -= 1.0;
-        let (Some(kind), Some(services)) = (Kind::from_u32(kind as u32), self.services.clone()) else {
-            return refuse(out, Reason::Refused);
+        let Some(kind) = Kind::from_u32(kind as u32) else {
+            return refuse(out, Reason::Refused, Some(&c.refused_invalid));
         };
         if self.chans.len() >= MAX_CHANNELS {
-            return refuse(out, Reason::Refused);
+            return refuse(out, Reason::Refused, Some(&c.refused_limit));
         }
+        let open = OpenChannel::new(services.clone());
         let endpoint = String::from_utf8_lossy(&endpoint).into_owned();
         let peer = Peer::new(ch, window, IN_WINDOW);
         let ctx =
             Ctx { store: self.store.clone(), services, device: self.device.clone(), max_message: peer.max_message() };
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        let tx = self.out_tx.clone();
+        let tx = self.out.get_or_insert_with(mpsc::unbounded_channel).0.clone();
         let task = tokio::spawn(async move {
             let o = Outbox { ch, tx };
             match kind {
@@ -274,19 +447,26 @@ impl ChannelHub {
                 Kind::Mqtt => mqtt(ctx, endpoint, in_rx, &o).await,
             }
         });
-        self.chans.insert(ch, Chan { peer, input: in_tx, task, closing: None });
+        self.chans.insert(ch, Chan { peer, input: in_tx, task, closing: None, _open: open });
         out.push(ChanDown::Opened { ch, window: IN_WINDOW });
     }
 
     /// The next output of a channel's service (await this in the connection's loop).
     pub async fn next(&mut self) -> Vec<ChanDown> {
-        let Some((ch, o)) = self.out_rx.recv().await else {
+        let Some((_, rx)) = self.out.as_mut() else {
+            // No channel was ever opened: nothing can come.
+            return std::future::pending().await;
+        };
+        let Some((ch, o)) = rx.recv().await else {
             return vec![];
         };
-        let mut out = vec![];
-        self.on_service(ch, o, &mut out);
+        let mut ready = vec![(ch, o)];
         // Whatever else is ready, in one go.
-        while let Ok((ch, o)) = self.out_rx.try_recv() {
+        while let Ok(x) = rx.try_recv() {
+            ready.push(x);
+        }
+        let mut out = vec![];
+        for (ch, o) in ready {
             self.on_service(ch, o, &mut out);
         }
         out
@@ -351,10 +531,11 @@ impl Outbox {
     }
 }
 
-async fn account_policy(ctx: &Ctx) -> Option<AccountPolicy> {
+/// Who the device is (its account) and its account's destination policy.
+async fn account_policy(ctx: &Ctx) -> Option<(Tenant, AccountPolicy)> {
     let account = ctx.store.device_account(&ctx.device).await.ok().flatten()?;
     let rules = ctx.store.destination_rules(&account).await.ok()?;
-    Some(AccountPolicy { rules })
+    Some((Tenant { account, device: ctx.device.to_string() }, AccountPolicy { rules }))
 }
 
 fn http_code(e: &HttpError) -> u8 {
@@ -368,7 +549,7 @@ fn http_code(e: &HttpError) -> u8 {
         HttpError::Timeout => http_result::TIMEOUT,
         HttpError::RequestFailed(_) => http_result::REQUEST_FAILED,
         HttpError::ResponseTooLarge => http_result::RESPONSE_TOO_LARGE,
-        HttpError::RateLimited => http_result::RATE_LIMITED,
+        HttpError::RateLimited | HttpError::AccountLimited => http_result::RATE_LIMITED,
     }
 }
 
@@ -409,7 +590,9 @@ async fn http(ctx: Ctx, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox)
     if let Some(req) = req {
         let answer = match account_policy(&ctx).await {
             None => Err(HttpError::Denied("the device's account has no policy".into())),
-            Some(p) => ctx.services.http.execute(&p, req, ctx.max_message.saturating_sub(RESPONSE_FRAMING)).await,
+            Some((who, p)) => {
+                ctx.services.http.execute(&who, &p, req, ctx.max_message.saturating_sub(RESPONSE_FRAMING)).await
+            }
         };
         match answer {
             Ok(r) => {
@@ -621,19 +804,21 @@ fn mqtt_command(req: Msg<'_>) -> Result<MqttCommand, Msg<'static>> {
 /// session events become app messages.
 async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec<u8>>, o: &Outbox) {
     let name = if endpoint.is_empty() { "default".to_string() } else { endpoint };
-    let refuse = |why: &str| {
-        o.msg(&Msg::MqttConnectResult { state: mqtt_state::DENIED, reason: 0, session_present: false });
+    let refuse_as = |state: u8, why: &str| {
+        o.msg(&Msg::MqttConnectResult { state, reason: 0, session_present: false });
         o.msg(&Msg::MqttStatus { state: msg::mqtt_session::DOWN, reason: why.as_bytes() });
         o.close(Reason::ByServer);
     };
+    let refuse = |why: &str| refuse_as(mqtt_state::DENIED, why);
     let settings = match profile(&ctx, &name).await {
         Ok(s) => s,
         Err(why) => return refuse(&why),
     };
-    let Some(policy) = account_policy(&ctx).await else { return refuse("the device's account has no policy") };
-    let mut att = match ctx.services.mqtt.attach(&ctx.device, &name, settings, Arc::new(policy)) {
+    let Some((who, policy)) = account_policy(&ctx).await else { return refuse("the device's account has no policy") };
+    let mut att = match ctx.services.mqtt.attach(&who, &name, settings, Arc::new(policy)) {
         Ok(a) => a,
-        Err(e) => return refuse(&e.to_string()),
+        // A session limit (the server's or the account's): this channel only.
+        Err(e) => return refuse_as(mqtt_state::RATE_LIMITED, &e.to_string()),
     };
     loop {
         tokio::select! {
@@ -710,6 +895,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn capacity_settings_come_from_the_environment_and_garbage_is_refused() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let (h, m, d) = limits_from_env(env(&[])).unwrap();
+        assert_eq!((h.max_concurrent, h.max_per_account), (256, 64));
+        assert_eq!((m.max_sessions, m.max_sessions_per_account), (10_000, 10_000), "no MQTT share by default");
+        assert_eq!((d.max_concurrent, d.per_account), (64, 16));
+        let (h, m, d) = limits_from_env(env(&[
+            ("KEEL_PROXY_HTTP_PER_ACCOUNT", "32"),
+            ("KEEL_MQTT_SESSIONS_PER_ACCOUNT", "2500"),
+            ("KEEL_PROXY_DNS_MAX", "8"),
+            ("KEEL_PROXY_DNS_PER_ACCOUNT", "100"),
+        ]))
+        .unwrap();
+        assert_eq!((h.max_concurrent, h.max_per_account), (256, 32));
+        assert_eq!(m.max_sessions_per_account, 2_500);
+        assert_eq!((d.max_concurrent, d.per_account), (8, 8), "a share above the limit is the limit");
+        for bad in ["0", "-1", "many", ""] {
+            let e = limits_from_env(move |k: &str| (k == "KEEL_MQTT_MAX_SESSIONS").then(|| bad.to_string()));
+            assert!(e.unwrap_err().contains("KEEL_MQTT_MAX_SESSIONS"), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn mqtt_topics_that_are_not_utf8_are_refused_not_rewritten() {
         let bad: &[u8] = b"sensor/\xff";
         let subs = [(bad, 1u8)];
@@ -730,6 +940,46 @@ mod tests {
         let ok = Msg::MqttPublish { id: 1, qos: 0, retain: false, topic: b"sensor/\xc3\xa9", payload: b"" };
         assert!(matches!(mqtt_command(ok), Ok(MqttCommand::Publish { topic, .. }) if topic == "sensor/\u{e9}"));
         assert!(mqtt_command(Msg::MqttLost { reason: 1, topic: b"t", len: 1 }).is_err(), "not a request");
+    }
+
+    #[test]
+    fn the_open_budget_is_a_burst_then_a_rate() {
+        let budget = OpenBudget::new(16);
+        let t0 = Instant::now();
+        for _ in 0..OPEN_BURST as usize {
+            assert!(budget.take("d", t0));
+        }
+        assert!(!budget.take("d", t0), "the burst is spent");
+        // 1/20 s later: one more.
+        let later = t0 + std::time::Duration::from_millis(50);
+        assert!(budget.take("d", later));
+        assert!(!budget.take("d", later));
+        // A clock read a little earlier on another thread takes nothing back.
+        assert!(!budget.take("d", t0));
+        assert!(budget.take("e", t0), "each device has its own");
+    }
+
+    #[test]
+    fn the_open_budget_is_bounded_and_forgets_only_full_buckets() {
+        let budget = OpenBudget::new(2);
+        let t0 = Instant::now();
+        for _ in 0..OPEN_BURST as usize {
+            assert!(budget.take("a", t0));
+            assert!(budget.take("b", t0));
+        }
+        // Full of buckets still refilling: an unknown device is refused, not given a burst.
+        assert!(!budget.take("c", t0));
+        assert!(!budget.take("c", t0 + std::time::Duration::from_millis(500)));
+        assert_eq!(budget.devices(), 2);
+        // Once they are full again they are forgotten, and "c" gets its burst.
+        let refilled = t0 + std::time::Duration::from_secs_f64(OPEN_BURST / OPENS_PER_SECOND + 0.1);
+        assert!(budget.take("c", refilled));
+        assert_eq!(budget.devices(), 1);
+        // A known device's bucket is kept however full the map is.
+        for _ in 1..OPEN_BURST as usize {
+            assert!(budget.take("c", refilled));
+        }
+        assert!(!budget.take("c", refilled));
     }
 
     #[test]

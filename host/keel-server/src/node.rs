@@ -219,6 +219,9 @@ impl Node {
         // Secrets at rest and the operator's destination rules (see `crate::settings`).
         let (secrets_key, key_source) = crate::settings::MasterKey::load(&config.data_dir)?;
         let operator_rules = crate::policy::operator_rules_from_env()?;
+        // The app services start on first use; their settings are checked now, so a typo stops
+        // the server at start rather than refusing every channel later.
+        crate::channels::limits_from_env(|k| std::env::var(k).ok())?;
         let store = Store::open(&config.database_url())
             .await
             .map_err(|e| e.to_string())?

@@ -18,8 +18,11 @@ use keel_server::store::Store;
 
 on_both_databases!("channels_", a_device_cannot_fetch_the_servers_broker_credentials);
 on_both_databases!("channels_", a_second_http_request_ends_the_channel);
+on_both_databases!("channels_", the_open_budget_survives_a_reconnect);
+on_both_databases!("channels_", metrics_show_the_connectivity_counters);
 
 const DEV: &str = "kd000000000000000000000000000000c1";
+const DEV2: &str = "kd000000000000000000000000000000c2";
 
 async fn hub(store: Store) -> ChannelHub {
     store.create_account("a", "A").await.unwrap();
@@ -108,4 +111,143 @@ async fn a_second_http_request_ends_the_channel(store: Store) {
     }
     assert_eq!(closed, Some(Reason::ProtocolError as u8));
     assert_eq!(hub.open_count(), 0);
+}
+
+/// Opens and at once closes `n` config channels; returns how many the hub opened.
+fn open_and_close(hub: &mut ChannelHub, n: u32) -> usize {
+    let mut opened = 0;
+    for ch in 1..=n {
+        match hub.on_up(ChanUp::Open { ch, kind: Kind::Config as u8, endpoint: vec![], window: 4096 }).as_slice() {
+            [ChanDown::Opened { .. }] => {
+                opened += 1;
+                hub.on_up(ChanUp::Close { ch });
+            }
+            [ChanDown::Closed { reason, .. }] => assert_eq!(*reason, Reason::RateLimited as u8),
+            other => panic!("{other:?}"),
+        }
+    }
+    opened
+}
+
+async fn the_open_budget_survives_a_reconnect(store: Store) {
+    store.create_account("a", "A").await.unwrap();
+    store.add_device("a", DEV, &[1; 32], "c1").await.unwrap();
+    store.add_device("a", DEV2, &[2; 32], "c2").await.unwrap();
+    let services = Arc::new(Services::from_env().unwrap());
+    let start = std::time::Instant::now();
+    let mut hub = ChannelHub::new(store.clone(), Some(services.clone()), DEV);
+    let burst = keel_server::channels::OPEN_BURST as usize;
+    assert_eq!(open_and_close(&mut hub, burst as u32), burst);
+    // The device drops its connection and comes back at once: its budget is where it was.
+    drop(hub);
+    let mut hub = ChannelHub::new(store.clone(), Some(services.clone()), DEV);
+    let again = open_and_close(&mut hub, burst as u32);
+    // What the rate gave back since the start, and no more.
+    let refilled = (start.elapsed().as_secs_f64() * keel_server::channels::OPENS_PER_SECOND) as usize;
+    assert!(again <= refilled + 1, "{again} opens after reconnecting; the rate allows {refilled}");
+    // Another device's budget is its own.
+    let mut other = ChannelHub::new(store, Some(services), DEV2);
+    assert_eq!(open_and_close(&mut other, 4), 4);
+}
+
+/// `GET /metrics` on the metrics listener's router.
+async fn scrape(store: &Store) -> String {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let app = keel_server::http::metrics_router(keel_server::http::AppState::new(store.clone(), [9; 32]));
+    let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), axum::http::StatusCode::OK);
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+/// The value of the sample `series` (name and labels as written) in a scrape.
+fn sample(text: &str, series: &str) -> u64 {
+    let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
+    let Some(line) = line else { panic!("no {series} in\n{text}") };
+    line[series.len() + 1..].parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+async fn metrics_show_the_connectivity_counters(store: Store) {
+    store.create_account("a", "A").await.unwrap();
+    store.add_device("a", DEV, &[1; 32], "c1").await.unwrap();
+    store.add_policy_rule("a", "allow", "127.0.0.0/8", None, None, false).await.unwrap().unwrap();
+    // A broker profile pointing nowhere: attaching needs no broker.
+    store.set_setting("a", None, StoreKind::Config, "mqtt/default/url", b"mqtt://127.0.0.1:9").await.unwrap().unwrap();
+    let server = keel_testpeers::HttpServer::start_plain(|_r: keel_testpeers::Request| async {
+        hyper::Response::new(keel_testpeers::full("hello"))
+    })
+    .await;
+    // The scrape shows the services the devices' connections use.
+    let services = store.channel_services().expect("the services start");
+    let mut hub = ChannelHub::new(store.clone(), Some(services.clone()), DEV);
+
+    let before = scrape(&store).await;
+    for series in [
+        "keel_channels_open",
+        "keel_channel_opens_total",
+        "keel_channel_opens_refused_total{reason=\"rate\"}",
+        "keel_channel_opens_refused_total{reason=\"limit\"}",
+        "keel_channel_opens_refused_total{reason=\"invalid\"}",
+        "keel_proxy_http_requests_total{result=\"completed\"}",
+        "keel_proxy_http_requests_total{result=\"denied\"}",
+        "keel_proxy_http_requests_total{result=\"rate_limited\"}",
+        "keel_proxy_http_requests_total{result=\"account_limited\"}",
+        "keel_proxy_http_requests_in_progress",
+        "keel_proxy_http_bytes_in_total",
+        "keel_proxy_http_bytes_out_total",
+        "keel_proxy_dns_lookups_in_progress",
+        "keel_proxy_dns_lookups_total",
+        "keel_proxy_dns_lookups_timed_out_total",
+        "keel_proxy_dns_lookups_refused_total",
+        "keel_mqtt_sessions",
+        "keel_mqtt_sessions_refused_total",
+        "keel_mqtt_relay_connections",
+        "keel_mqtt_messages_to_brokers_total",
+        "keel_mqtt_messages_from_brokers_total",
+        "keel_mqtt_messages_delivered_total",
+        "keel_mqtt_messages_lost_total",
+    ] {
+        assert_eq!(sample(&before, series), 0, "{series}");
+    }
+    assert!(before.contains("# TYPE keel_channels_open gauge\n"), "{before}");
+    assert!(before.contains("# TYPE keel_proxy_http_requests_total counter\n"), "{before}");
+
+    // An HTTP request by name on a channel that stays open, and a refused open.
+    hub.on_up(ChanUp::Open { ch: 1, kind: Kind::Http as u8, endpoint: vec![], window: 4096 });
+    let url = format!("http://localhost:{}/x", server.port);
+    let req = Msg::HttpRequest {
+        method: b"GET",
+        url: url.as_bytes(),
+        timeout_ms: 10_000,
+        headers: Strs::Items(&[b"X-Test: 1"]),
+        body: b"",
+    };
+    send(&mut hub, 1, &req);
+    let answer = message(&mut hub, 1).await;
+    let Ok(Msg::HttpResponse { result, status, body, .. }) = Msg::decode(&answer) else { panic!("{answer:?}") };
+    assert_eq!((result, status, body), (http_result::OK, 200, &b"hello"[..]));
+    let refused = hub.on_up(ChanUp::Open { ch: 2, kind: 99, endpoint: vec![], window: 4096 });
+    assert_eq!(refused, vec![ChanDown::Closed { ch: 2, reason: Reason::Refused as u8 }]);
+    // An MQTT channel: its session is attached (no broker connection until the app connects).
+    hub.on_up(ChanUp::Open { ch: 3, kind: Kind::Mqtt as u8, endpoint: vec![], window: 4096 });
+    let attached = tokio::time::timeout(Duration::from_secs(30), services.mqtt.wait_stats(|s| s.sessions == 1)).await;
+    assert!(attached.is_ok(), "no session: {:?}", services.mqtt.stats());
+
+    let after = scrape(&store).await;
+    assert_eq!(sample(&after, "keel_channels_open"), 2, "{after}");
+    assert_eq!(sample(&after, "keel_channel_opens_total"), 2);
+    assert_eq!(sample(&after, "keel_channel_opens_refused_total{reason=\"invalid\"}"), 1);
+    assert_eq!(sample(&after, "keel_proxy_http_requests_total{result=\"completed\"}"), 1);
+    assert_eq!(sample(&after, "keel_proxy_http_requests_in_progress"), 0);
+    assert!(sample(&after, "keel_proxy_http_bytes_in_total") >= 5, "{after}");
+    assert!(sample(&after, "keel_proxy_http_bytes_out_total") > 0, "{after}");
+    assert_eq!(sample(&after, "keel_proxy_dns_lookups_total"), 1, "localhost was looked up");
+    assert_eq!(sample(&after, "keel_proxy_dns_lookups_in_progress"), 0);
+    assert_eq!(sample(&after, "keel_mqtt_sessions"), 1);
+
+    // Closed channels leave the gauge.
+    hub.on_up(ChanUp::Close { ch: 1 });
+    hub.on_up(ChanUp::Close { ch: 3 });
+    assert_eq!(sample(&scrape(&store).await, "keel_channels_open"), 0);
 }

@@ -4,11 +4,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_server::proxy::mqtt::AttachError;
 use keel_server::proxy::mqtt::{
     BrokerSettings, LostReason, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, MqttStats, RequestState,
     SessionState, Will,
 };
-use keel_server::proxy::Destinations;
+use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Resolver, Tenant};
 use keel_testpeers::{Mosquitto, TestCa};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,6 +24,11 @@ impl Destinations for AllowIps {
             Err(format!("{ip} not allowed"))
         }
     }
+}
+
+/// Device `device` of the tests' account.
+fn who(device: &str) -> Tenant {
+    Tenant { account: "acct".into(), device: device.into() }
 }
 
 fn loopback() -> Arc<dyn Destinations> {
@@ -122,7 +128,7 @@ fn message(ev: MqttEvent) -> (u32, String, Vec<u8>, u8) {
 async fn connect_subscribe_publish_and_receive_over_tls() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = hub();
-    let mut att = hub.attach("dev1", "main", settings(&broker, "dev1-main"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev1"), "main", settings(&broker, "dev1-main"), loopback()).unwrap();
     assert!(!connected(&mut att, true).await);
 
     // Device -> broker, QoS 0 and 1, seen by mosquitto_sub.
@@ -197,7 +203,7 @@ async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks(
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = hub();
     let s = settings(&broker, "acker");
-    let mut att = hub.attach("dev2", "p", s.clone(), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev2"), "p", s.clone(), loopback()).unwrap();
     assert!(!connected(&mut att, false).await);
     subscribe(&mut att, 1, "ack/t", 1).await;
     broker_publish(&broker, "ack/t", b"m1", 1).await;
@@ -208,7 +214,7 @@ async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks(
     drop(att);
 
     // A new session for the same client id resumes the broker's session: m1 comes again.
-    let mut att = hub.attach("dev2", "p", s.clone(), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev2"), "p", s.clone(), loopback()).unwrap();
     assert!(connected(&mut att, false).await, "the broker kept the session");
     let (id, _, payload, _) = message(next(&mut att).await);
     assert_eq!(payload, b"m1", "redelivered: it was never acknowledged");
@@ -230,7 +236,7 @@ async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks(
     drop(att);
 
     // Again: nothing acknowledged comes back; the next message is a new one.
-    let mut att = hub.attach("dev2", "p", s, loopback()).unwrap();
+    let mut att = hub.attach(&who("dev2"), "p", s, loopback()).unwrap();
     assert!(connected(&mut att, false).await);
     broker_publish(&broker, "ack/t", b"m3", 1).await;
     assert_eq!(message(next(&mut att).await).2, b"m3");
@@ -241,7 +247,7 @@ async fn the_will_is_published_when_a_detached_session_expires() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = MqttHub::new(MqttLimits { detached_grace: Duration::from_millis(300), ..fast_limits() }).unwrap();
     let mut sub = broker.subscribe("will/#");
-    let mut att = hub.attach("dev3", "p", settings(&broker, "willing"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev3"), "p", settings(&broker, "willing"), loopback()).unwrap();
     let will = Will { topic: "will/dev3".into(), payload: b"gone".to_vec(), qos: 1, retain: false };
     connect(&att, true, Some(will)).await;
     assert!(matches!(next(&mut att).await, MqttEvent::ConnectResult { state: RequestState::Completed, .. }));
@@ -259,7 +265,7 @@ async fn a_graceful_disconnect_publishes_no_will() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = hub();
     let mut sub = broker.subscribe("will2/#");
-    let mut att = hub.attach("dev4", "p", settings(&broker, "polite"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev4"), "p", settings(&broker, "polite"), loopback()).unwrap();
     let will = Will { topic: "will2/dev4".into(), payload: b"gone".to_vec(), qos: 0, retain: false };
     connect(&att, true, Some(will)).await;
     assert!(matches!(next(&mut att).await, MqttEvent::ConnectResult { state: RequestState::Completed, .. }));
@@ -275,7 +281,7 @@ async fn a_graceful_disconnect_publishes_no_will() {
 async fn a_restarted_broker_is_reconnected_to_and_subscriptions_made_again() {
     let mut broker = Mosquitto::start_tls();
     let hub = hub();
-    let mut att = hub.attach("dev5", "p", settings(&broker, "phoenix"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev5"), "p", settings(&broker, "phoenix"), loopback()).unwrap();
     assert!(!connected(&mut att, true).await);
     subscribe(&mut att, 1, "re/t", 1).await;
     broker.kill();
@@ -303,7 +309,7 @@ async fn messages_published_while_detached_are_delivered_on_reattach() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = MqttHub::new(MqttLimits { queue_messages: 3, ..fast_limits() }).unwrap();
     let s = settings(&broker, "roamer");
-    let mut att = hub.attach("dev6", "p", s.clone(), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev6"), "p", s.clone(), loopback()).unwrap();
     assert!(!connected(&mut att, false).await);
     subscribe(&mut att, 1, "q/#", 1).await;
     broker_publish(&broker, "q/0", b"delivered-unacked", 1).await;
@@ -314,7 +320,7 @@ async fn messages_published_while_detached_are_delivered_on_reattach() {
     }
     // Wait until the session has them all (its queue holds 3: m1 to m3; m4 is dropped).
     wait_stats(&hub, "the session did not get them all", |s| s.received >= 5 && s.lost >= 1).await;
-    let mut att = hub.attach("dev6", "p", s, loopback()).unwrap();
+    let mut att = hub.attach(&who("dev6"), "p", s, loopback()).unwrap();
     assert!(connected(&mut att, false).await, "the session was kept");
     let mut payloads = vec![];
     for _ in 0..4 {
@@ -338,14 +344,14 @@ async fn a_new_attachment_replaces_the_old_one() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = hub();
     let s = settings(&broker, "twice");
-    let mut first = hub.attach("dev7", "p", s.clone(), loopback()).unwrap();
+    let mut first = hub.attach(&who("dev7"), "p", s.clone(), loopback()).unwrap();
     assert!(!connected(&mut first, true).await);
-    let mut second = hub.attach("dev7", "p", s, loopback()).unwrap();
+    let mut second = hub.attach(&who("dev7"), "p", s, loopback()).unwrap();
     assert_eq!(tokio::time::timeout(WAIT, first.events.recv()).await.unwrap(), None, "the old attachment ended");
     assert!(connected(&mut second, false).await);
     // clean_start resets the session.
     subscribe(&mut second, 1, "r/t", 0).await;
-    let mut third = hub.attach("dev7", "p", settings(&broker, "twice"), loopback()).unwrap();
+    let mut third = hub.attach(&who("dev7"), "p", settings(&broker, "twice"), loopback()).unwrap();
     assert!(!connected(&mut third, true).await);
     assert_eq!(hub.stats().sessions, 1);
 }
@@ -355,7 +361,7 @@ async fn connection_failures_are_reported_by_kind() {
     let broker = Mosquitto::start_tls();
     let hub = hub();
     let failure = |s: BrokerSettings, dest: Arc<dyn Destinations>, device: &'static str| {
-        let mut att = hub.attach(device, "p", s, dest).unwrap();
+        let mut att = hub.attach(&who(device), "p", s, dest).unwrap();
         async move {
             connect(&att, true, None).await;
             match next(&mut att).await {
@@ -387,7 +393,7 @@ async fn a_noisy_topic_is_rate_limited() {
     let broker = Arc::new(Mosquitto::start_tls());
     let limits = MqttLimits { inbound_per_second: 0.001, inbound_burst: 3.0, ..fast_limits() };
     let hub = MqttHub::new(limits).unwrap();
-    let mut att = hub.attach("dev8", "p", settings(&broker, "noisy"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev8"), "p", settings(&broker, "noisy"), loopback()).unwrap();
     assert!(!connected(&mut att, true).await);
     subscribe(&mut att, 1, "n", 0).await;
     for i in 0..5 {
@@ -411,10 +417,10 @@ async fn a_noisy_topic_is_rate_limited() {
 async fn sessions_are_bounded_per_hub() {
     let broker = Mosquitto::start_tls();
     let hub = MqttHub::new(MqttLimits { max_sessions: 1, ..fast_limits() }).unwrap();
-    let _a = hub.attach("a", "p", settings(&broker, "a"), loopback()).unwrap();
-    assert!(hub.attach("b", "p", settings(&broker, "b"), loopback()).is_err());
+    let _a = hub.attach(&who("a"), "p", settings(&broker, "a"), loopback()).unwrap();
+    assert!(hub.attach(&who("b"), "p", settings(&broker, "b"), loopback()).is_err());
     // Re-attaching an existing session is always allowed.
-    assert!(hub.attach("a", "p", settings(&broker, "a"), loopback()).is_ok());
+    assert!(hub.attach(&who("a"), "p", settings(&broker, "a"), loopback()).is_ok());
 }
 
 /// A "broker" that accepts TCP connections and then never closes them: it answers nothing, or
@@ -494,7 +500,7 @@ async fn relay_connections_to_a_silent_broker_are_closed() {
     // A broker that never answers: the connection attempt times out, and the relay lets go of
     // its connection to the broker although the broker never closes it.
     let mut silent = SilentBroker::start(false).await;
-    let mut att = hub.attach("dev10", "p", silent.settings("mute"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev10"), "p", silent.settings("mute"), loopback()).unwrap();
     connect(&att, true, None).await;
     SilentBroker::wait(&mut silent.accepted, "the relay did not connect to the broker").await;
     match next(&mut att).await {
@@ -507,7 +513,7 @@ async fn relay_connections_to_a_silent_broker_are_closed() {
     // A broker that answers CONNACK and then nothing: closing the session closes the relay's
     // connection to it.
     let mut mute = SilentBroker::start(true).await;
-    let mut att = hub.attach("dev11", "p", mute.settings("hush"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev11"), "p", mute.settings("hush"), loopback()).unwrap();
     assert!(!connected(&mut att, true).await);
     SilentBroker::wait(&mut mute.accepted, "the relay did not connect to the broker").await;
     assert_eq!(hub.stats().relay_connections, 1);
@@ -520,7 +526,7 @@ async fn relay_connections_to_a_silent_broker_are_closed() {
 async fn a_topic_longer_than_the_limit_is_dropped_as_too_large() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = hub();
-    let mut att = hub.attach("dev12", "p", settings(&broker, "long"), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev12"), "p", settings(&broker, "long"), loopback()).unwrap();
     assert!(!connected(&mut att, true).await);
     subscribe(&mut att, 1, "long/#", 0).await;
     // Longer than max_topic_len (256), within the broker's limit (65535).
@@ -543,7 +549,7 @@ async fn topics_count_toward_the_queued_bytes() {
     let broker = Arc::new(Mosquitto::start_tls());
     let hub = MqttHub::new(MqttLimits { queue_bytes: 300, ..fast_limits() }).unwrap();
     let s = settings(&broker, "wordy");
-    let mut att = hub.attach("dev13", "p", s.clone(), loopback()).unwrap();
+    let mut att = hub.attach(&who("dev13"), "p", s.clone(), loopback()).unwrap();
     assert!(!connected(&mut att, false).await);
     subscribe(&mut att, 1, "qb/#", 1).await;
     drop(att);
@@ -553,7 +559,7 @@ async fn topics_count_toward_the_queued_bytes() {
         broker_publish(&broker, &topic(i), b"m", 1).await;
     }
     wait_stats(&hub, "the session did not get both", |s| s.received >= 2 && s.lost >= 1).await;
-    let mut att = hub.attach("dev13", "p", s, loopback()).unwrap();
+    let mut att = hub.attach(&who("dev13"), "p", s, loopback()).unwrap();
     assert!(connected(&mut att, false).await);
     let (id, t, _, _) = message(next(&mut att).await);
     assert_eq!(t, topic(0));
@@ -562,4 +568,81 @@ async fn topics_count_toward_the_queued_bytes() {
         MqttEvent::Lost { reason: LostReason::QueueFull, count: 1, topic: t, .. } => assert_eq!(t, topic(1)),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_take_every_session() {
+    let limits = MqttLimits { max_sessions: 2, max_sessions_per_account: 1, ..fast_limits() };
+    let hub = MqttHub::new(limits).unwrap();
+    let broker = SilentBroker::start(false).await;
+    let a = |device: &str| Tenant { account: "a".into(), device: device.into() };
+    let _a1 = hub.attach(&a("a1"), "p", broker.settings("a1"), loopback()).unwrap();
+    // Account A holds its share: its other devices are refused, with a reason that says so...
+    assert_eq!(hub.attach(&a("a2"), "p", broker.settings("a2"), loopback()).err(), Some(AttachError::AccountSessions));
+    assert_eq!(hub.attach(&a("a1"), "q", broker.settings("a1q"), loopback()).err(), Some(AttachError::AccountSessions));
+    // ... its existing session can be attached to again (an attachment dropped without a broker
+    // connection ends its session: keep them)...
+    let _a1 = hub.attach(&a("a1"), "p", broker.settings("a1"), loopback()).unwrap();
+    // ... and account B still gets a session.
+    let b = Tenant { account: "b".into(), device: "b1".into() };
+    let _b1 = hub.attach(&b, "p", broker.settings("b1"), loopback()).unwrap();
+    assert_eq!(hub.stats().sessions, 2);
+    // A closed session frees the account's share.
+    hub.close("a1", "p");
+    wait_stats(&hub, "the session did not end", |s| s.sessions == 1).await;
+    assert!(hub.attach(&a("a2"), "p", broker.settings("a2"), loopback()).is_ok());
+}
+
+/// Names under `.tarpit` never resolve until the test ends (a name server that never answers).
+struct Tarpit {
+    released: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Resolver for Tarpit {
+    fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        while !*released {
+            released = self.cv.wait(released).unwrap_or_else(|e| e.into_inner());
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "tarpit"))
+    }
+}
+
+struct ReleaseOnDrop(Arc<Tarpit>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        *self.0.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.0.cv.notify_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_name_that_never_resolves_times_out_and_is_reported() {
+    let tarpit = Arc::new(Tarpit { released: std::sync::Mutex::new(false), cv: std::sync::Condvar::new() });
+    let _release = ReleaseOnDrop(tarpit.clone());
+    let lookups = NameLookups::new(DnsLimits { timeout: Duration::from_millis(300), ..DnsLimits::default() }, tarpit);
+    // The connection attempt's own timeout is longer than the lookup's.
+    let limits = MqttLimits { connect_timeout: Duration::from_secs(15), ..fast_limits() };
+    let hub = MqttHub::with_lookups(limits, lookups.clone()).unwrap();
+    let s = BrokerSettings {
+        host: "broker.tarpit".into(),
+        port: 1883,
+        tls: false,
+        ca_pem: None,
+        client_cert_pem: None,
+        client_key_pem: None,
+        username: None,
+        password: None,
+        client_id: "slow".into(),
+    };
+    let mut att = hub.attach(&who("dev14"), "p", s, loopback()).unwrap();
+    connect(&att, true, None).await;
+    match next(&mut att).await {
+        MqttEvent::ConnectResult { state: RequestState::NxDomain, session_present: false, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let stats = lookups.stats();
+    assert_eq!((stats.timed_out, stats.in_progress), (1, 1), "{stats:?}");
 }

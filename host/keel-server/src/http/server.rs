@@ -31,7 +31,9 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// The metrics. A scrape costs one query over the devices table (no count of the logs, which
-/// grows without bound) and in-memory counters.
+/// grows without bound) and in-memory counters. The connectivity metrics (app channels, HTTP
+/// proxy, name lookups, MQTT) need the channel services: a scrape starts them if no device did
+/// yet (they are the same ones devices use), and leaves them out if they cannot start.
 pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
     use std::fmt::Write;
     let (devices, online) = st.store.device_counts().await?;
@@ -107,7 +109,104 @@ pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
     for (reason, value) in dropped {
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
     }
+    if let Some(services) = st.store.channel_services() {
+        connectivity_metrics(&mut out, &services);
+    }
     Ok(out)
+}
+
+/// The app channels and the services behind them (HTTP proxy, name lookups, managed MQTT), from
+/// their in-memory counters.
+fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) {
+    use std::fmt::Write;
+    let one = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    };
+    let labelled = |out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+        for (v, n) in values {
+            let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+        }
+    };
+    let ch = services.channel_stats();
+    one(out, "keel_channels_open", "gauge", "App channels open now, all devices.", ch.open);
+    one(out, "keel_channel_opens_total", "counter", "App channels opened.", ch.opened);
+    labelled(
+        out,
+        "keel_channel_opens_refused_total",
+        "App channel opens refused, by reason (rate: the device's open budget; limit: channels \
+         open on its connection; invalid).",
+        "reason",
+        &[("rate", ch.refused_rate), ("limit", ch.refused_limit), ("invalid", ch.refused_invalid)],
+    );
+    let h = services.http.stats();
+    labelled(
+        out,
+        "keel_proxy_http_requests_total",
+        "HTTP proxy requests by result.",
+        "result",
+        &[
+            ("completed", h.completed),
+            ("denied", h.denied),
+            ("failed", h.failed),
+            ("timeout", h.timeouts),
+            ("invalid", h.invalid),
+            ("too_large", h.too_large),
+            ("rate_limited", h.rate_limited),
+            ("account_limited", h.account_limited),
+        ],
+    );
+    one(out, "keel_proxy_http_requests_in_progress", "gauge", "HTTP proxy requests in progress.", h.in_progress);
+    one(out, "keel_proxy_http_bytes_out_total", "counter", "HTTP proxy request bytes sent.", h.bytes_out);
+    one(out, "keel_proxy_http_bytes_in_total", "counter", "HTTP proxy response bytes received.", h.bytes_in);
+    let d = services.http.lookups().stats();
+    one(
+        out,
+        "keel_proxy_dns_lookups_in_progress",
+        "gauge",
+        "Name lookups whose thread has not returned (timed out ones included).",
+        d.in_progress,
+    );
+    one(out, "keel_proxy_dns_lookups_total", "counter", "Name lookups started.", d.lookups);
+    one(out, "keel_proxy_dns_lookups_timed_out_total", "counter", "Name lookups given up (timeout).", d.timed_out);
+    one(
+        out,
+        "keel_proxy_dns_lookups_refused_total",
+        "counter",
+        "Name lookups refused: the device's, its account's or the server's lookups were all in progress.",
+        d.refused,
+    );
+    let m = services.mqtt.stats();
+    let mqtt: [(&str, &str, &str, u64); 10] = [
+        ("keel_mqtt_sessions", "gauge", "Managed MQTT sessions held now.", m.sessions),
+        (
+            "keel_mqtt_sessions_refused_total",
+            "counter",
+            "MQTT attachments refused for a session limit (server-wide or per account).",
+            m.refused,
+        ),
+        ("keel_mqtt_relay_connections", "gauge", "Broker connections through the relay open now.", m.relay_connections),
+        (
+            "keel_mqtt_broker_connections_total",
+            "counter",
+            "Broker connections made (reconnections included).",
+            m.connections,
+        ),
+        ("keel_mqtt_connect_failures_total", "counter", "Broker connection attempts that failed.", m.connect_failures),
+        ("keel_mqtt_denied_total", "counter", "Broker connections refused by the destination policy.", m.denied),
+        ("keel_mqtt_messages_to_brokers_total", "counter", "Messages devices published to brokers.", m.published),
+        ("keel_mqtt_messages_from_brokers_total", "counter", "Messages received from brokers.", m.received),
+        ("keel_mqtt_messages_delivered_total", "counter", "Messages from brokers handed to devices.", m.delivered),
+        (
+            "keel_mqtt_messages_lost_total",
+            "counter",
+            "Messages from brokers dropped (rate, size, queue) and reported to the device as lost.",
+            m.lost,
+        ),
+    ];
+    for (name, kind, help, value) in mqtt {
+        one(out, name, kind, help, value);
+    }
 }
 
 /// Liveness probe.

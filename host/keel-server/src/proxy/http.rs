@@ -21,12 +21,16 @@
 //!   Mozilla's root program as compiled in (`webpki-roots`: the same roots on every host,
 //!   independent of the host's CA bundle; a server update brings new roots) plus the extra CA
 //!   certificates given to [`HttpProxy::new`] (an account's private CA).
-//! * **Concurrency**: at most [`HttpLimits::max_concurrent`] requests at once server-wide; more
-//!   are refused at once ([`HttpError::RateLimited`]), never queued. Per-device limits are the
-//!   caller's.
+//! * **Concurrency**: at most [`HttpLimits::max_concurrent`] requests at once server-wide, and
+//!   at most [`HttpLimits::max_per_account`] of them for the devices of one account (so one
+//!   tenant cannot take every permit); more are refused at once ([`HttpError::RateLimited`],
+//!   [`HttpError::AccountLimited`]), never queued. Name lookups are bounded per device and
+//!   server-wide by the [`NameLookups`] the engine resolves through. Per-device limits on
+//!   requests are the caller's (a device has at most 8 channels, one request each).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,7 +39,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 use tokio_rustls::rustls;
 
-use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations};
+use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations, NameLookups, Tenant};
 
 /// The shortest timeout a request may ask for, in milliseconds.
 pub const MIN_TIMEOUT_MS: u32 = 1_000;
@@ -117,6 +121,8 @@ pub enum HttpError {
     ResponseTooLarge,
     /// [`HttpLimits::max_concurrent`] requests are in progress.
     RateLimited,
+    /// [`HttpLimits::max_per_account`] requests of the device's account are in progress.
+    AccountLimited,
 }
 
 impl std::fmt::Display for HttpError {
@@ -133,6 +139,7 @@ impl std::fmt::Display for HttpError {
             HttpError::RequestFailed(r) => write!(f, "request failed: {r}"),
             HttpError::ResponseTooLarge => f.write_str("response too large"),
             HttpError::RateLimited => f.write_str("too many requests in progress"),
+            HttpError::AccountLimited => f.write_str("too many requests in progress for the account"),
         }
     }
 }
@@ -144,6 +151,9 @@ impl std::error::Error for HttpError {}
 pub struct HttpLimits {
     /// Requests in progress at once, server-wide. Default 256.
     pub max_concurrent: usize,
+    /// Requests in progress at once for the devices of one account. Default 64 (a quarter of
+    /// the server-wide default).
+    pub max_per_account: usize,
     /// A URL's length in bytes. Default 2048.
     pub max_url_len: usize,
     /// Headers of one request. Default 32.
@@ -158,6 +168,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_concurrent: 256,
+            max_per_account: 64,
             max_url_len: 2048,
             max_headers: 32,
             max_header_len: 8 << 10,
@@ -185,6 +196,11 @@ pub struct HttpStats {
     pub too_large: u64,
     /// Requests refused because [`HttpLimits::max_concurrent`] were in progress.
     pub rate_limited: u64,
+    /// Requests refused because [`HttpLimits::max_per_account`] of their account's were in
+    /// progress.
+    pub account_limited: u64,
+    /// Requests in progress now.
+    pub in_progress: u64,
     /// Request bytes sent (headers as given plus body).
     pub bytes_out: u64,
     /// Response bytes received (counted as for the response limit).
@@ -201,6 +217,7 @@ struct Counters {
     invalid: AtomicU64,
     too_large: AtomicU64,
     rate_limited: AtomicU64,
+    account_limited: AtomicU64,
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
 }
@@ -209,7 +226,44 @@ struct Inner {
     limits: HttpLimits,
     tls: tokio_rustls::TlsConnector,
     permits: Semaphore,
+    /// Requests in progress per account (only accounts with one have an entry).
+    accounts: Mutex<HashMap<String, usize>>,
     counters: Counters,
+    lookups: NameLookups,
+}
+
+/// A request's place in its account's share of [`HttpLimits::max_per_account`]; freed when
+/// dropped.
+struct AccountShare<'a> {
+    inner: &'a Inner,
+    account: &'a str,
+}
+
+impl<'a> AccountShare<'a> {
+    fn take(inner: &'a Inner, account: &'a str) -> Option<Self> {
+        let mut accounts = inner.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = accounts.entry(account.to_string()).or_insert(0);
+        if *n >= inner.limits.max_per_account {
+            if *n == 0 {
+                accounts.remove(account);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(AccountShare { inner, account })
+    }
+}
+
+impl Drop for AccountShare<'_> {
+    fn drop(&mut self) {
+        let mut accounts = self.inner.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = accounts.get_mut(self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                accounts.remove(self.account);
+            }
+        }
+    }
 }
 
 /// The HTTP engine. Cheap to clone (clones share limits, TLS configuration and counters).
@@ -240,6 +294,11 @@ impl HttpProxy {
     /// Builds the engine: `limits`, and the TLS roots — Mozilla's compiled in, plus every
     /// certificate of `extra_roots_pem` (PEM bundles). Errors name the bundle that failed.
     pub fn new(limits: HttpLimits, extra_roots_pem: &[Vec<u8>]) -> Result<Self, String> {
+        HttpProxy::with_lookups(limits, extra_roots_pem, NameLookups::default())
+    }
+
+    /// As [`HttpProxy::new`], resolving names through `lookups` (shared with the MQTT hub).
+    pub fn with_lookups(limits: HttpLimits, extra_roots_pem: &[Vec<u8>], lookups: NameLookups) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         super::add_pem_roots(&mut roots, extra_roots_pem)?;
         let mut config = rustls::ClientConfig::builder_with_provider(super::provider())
@@ -254,7 +313,9 @@ impl HttpProxy {
                 limits,
                 tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
                 permits,
+                accounts: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                lookups,
             }),
         })
     }
@@ -262,6 +323,11 @@ impl HttpProxy {
     /// The engine's limits.
     pub fn limits(&self) -> &HttpLimits {
         &self.inner.limits
+    }
+
+    /// The name lookups it resolves through.
+    pub fn lookups(&self) -> &NameLookups {
+        &self.inner.lookups
     }
 
     /// A snapshot of the counters.
@@ -277,21 +343,28 @@ impl HttpProxy {
             invalid: l(&c.invalid),
             too_large: l(&c.too_large),
             rate_limited: l(&c.rate_limited),
+            account_limited: l(&c.account_limited),
+            in_progress: self.inner.limits.max_concurrent.saturating_sub(self.inner.permits.available_permits()) as u64,
             bytes_out: l(&c.bytes_out),
             bytes_in: l(&c.bytes_in),
         }
     }
 
-    /// Performs `req` if `dest` allows its destination, and returns the response if it fits in
-    /// `max_response` bytes (see the module documentation for how it is counted).
+    /// Performs `req` for `who` if `dest` allows its destination, and returns the response if
+    /// it fits in `max_response` bytes (see the module documentation for how it is counted).
     pub async fn execute(
         &self,
+        who: &Tenant,
         dest: &dyn Destinations,
         req: HttpRequest,
         max_response: usize,
     ) -> Result<HttpResponse, HttpError> {
         let c = &self.inner.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
+        let Some(_share) = AccountShare::take(&self.inner, &who.account) else {
+            c.account_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(HttpError::AccountLimited);
+        };
         let Ok(_permit) = self.inner.permits.try_acquire() else {
             c.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(HttpError::RateLimited);
@@ -304,10 +377,11 @@ impl HttpProxy {
             }
         };
         let timeout = Duration::from_millis(u64::from(req.timeout_ms));
-        let result = match tokio::time::timeout(timeout, self.exchange(dest, prepared, req.body, max_response)).await {
-            Ok(r) => r,
-            Err(_) => Err(HttpError::Timeout),
-        };
+        let result =
+            match tokio::time::timeout(timeout, self.exchange(who, dest, prepared, req.body, max_response)).await {
+                Ok(r) => r,
+                Err(_) => Err(HttpError::Timeout),
+            };
         let counter = match &result {
             Ok(_) => &c.completed,
             Err(HttpError::Denied(_)) => &c.denied,
@@ -378,18 +452,22 @@ impl HttpProxy {
     /// Resolution, connection, TLS and the exchange itself (the caller bounds its time).
     async fn exchange(
         &self,
+        who: &Tenant,
         dest: &dyn Destinations,
         p: Prepared,
         body: Vec<u8>,
         max_response: usize,
     ) -> Result<HttpResponse, HttpError> {
         let scheme = if p.https { "https" } else { "http" };
-        let tcp =
-            connect_allowed(dest, scheme, &p.host, p.port, Duration::from_secs(10)).await.map_err(|e| match e {
-                ConnectError::Denied(r) => HttpError::Denied(r),
-                ConnectError::NxDomain(r) => HttpError::RequestFailed(format!("dns: {r}")),
-                ConnectError::Connect(e) => HttpError::RequestFailed(format!("connect: {e}")),
-            })?;
+        let lookups = &self.inner.lookups;
+        let connected = connect_allowed(lookups, who, dest, scheme, &p.host, p.port, Duration::from_secs(10));
+        let tcp = connected.await.map_err(|e| match e {
+            ConnectError::Denied(r) => HttpError::Denied(r),
+            ConnectError::NxDomain(r) => HttpError::RequestFailed(format!("dns: {r}")),
+            ConnectError::LookupsBusy => HttpError::RequestFailed("dns: too many name lookups in progress".into()),
+            ConnectError::LookupTimeout => HttpError::RequestFailed("dns: name lookup timed out".into()),
+            ConnectError::Connect(e) => HttpError::RequestFailed(format!("connect: {e}")),
+        })?;
         let mut builder = hyper::client::conn::http1::Builder::new();
         // Bounds the response head (and each read) to about the response limit; hyper's minimum
         // is 8 KiB.

@@ -17,8 +17,20 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
+pub mod dns;
 pub mod http;
 pub mod mqtt;
+
+pub use dns::{DnsLimits, DnsStats, NameLookups, Resolver, SystemResolver};
+
+/// Who a request or a session is for: the per-account and per-device limits apply to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tenant {
+    /// The device's account.
+    pub account: String,
+    /// The device.
+    pub device: String,
+}
 
 /// The destination policy: where the server may connect on a device's behalf.
 pub trait Destinations: Send + Sync + 'static {
@@ -30,9 +42,12 @@ pub trait Destinations: Send + Sync + 'static {
     fn check(&self, scheme: &str, host: &str, port: u16, ip: IpAddr) -> Result<(), String>;
 }
 
-/// Resolves `host` (a name or an address literal, IPv6 without brackets) and returns the
-/// addresses `dest` allows for `scheme`, in resolver order, each at most once.
+/// Resolves `host` (a name or an address literal, IPv6 without brackets) through `lookups`
+/// (for `who`) and returns the addresses `dest` allows for `scheme`, in resolver order, each
+/// at most once.
 async fn resolve_allowed(
+    lookups: &NameLookups,
+    who: &Tenant,
     dest: &dyn Destinations,
     scheme: &str,
     host: &str,
@@ -40,11 +55,7 @@ async fn resolve_allowed(
 ) -> Result<Vec<SocketAddr>, ConnectError> {
     let candidates: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| ConnectError::NxDomain(format!("{host}: {e}")))?
-            .map(|a| a.ip())
-            .collect(),
+        Err(_) => lookups.lookup(who, host, port).await?,
     };
     let mut allowed: Vec<SocketAddr> = Vec::new();
     let mut first_refusal = None;
@@ -76,6 +87,11 @@ pub(crate) enum ConnectError {
     NxDomain(String),
     /// Every address it resolved to was refused by the policy (the first refusal's reason).
     Denied(String),
+    /// [`DnsLimits::per_device`], [`DnsLimits::per_account`] or [`DnsLimits::max_concurrent`]
+    /// lookups are in progress: the name was not looked up.
+    LookupsBusy,
+    /// The lookup did not answer within [`DnsLimits::timeout`].
+    LookupTimeout,
     /// No allowed address accepted the connection (the last error).
     Connect(std::io::Error),
 }
@@ -83,13 +99,15 @@ pub(crate) enum ConnectError {
 /// Resolves `host`, asks `dest` about each address and connects to the first allowed one that
 /// accepts within `per_address` ([`resolve_allowed`], then [`connect_first`]).
 pub(crate) async fn connect_allowed(
+    lookups: &NameLookups,
+    who: &Tenant,
     dest: &dyn Destinations,
     scheme: &str,
     host: &str,
     port: u16,
     per_address: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let addrs = resolve_allowed(dest, scheme, host, port).await?;
+    let addrs = resolve_allowed(lookups, who, dest, scheme, host, port).await?;
     connect_first(&addrs, per_address).await.map_err(ConnectError::Connect)
 }
 

@@ -35,8 +35,10 @@
 //! keepalive periods without a byte either way; nothing waits on a silent broker for ever.
 //!
 //! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe, in-flight
-//! publishes per session, sessions per hub, and a token bucket on messages from the broker per
-//! session (excess dropped, reported as [`LostReason::RateLimited`]). A message from the broker
+//! publishes per session, sessions per hub and per account
+//! ([`MqttLimits::max_sessions_per_account`]: one tenant's devices cannot take every session),
+//! and a token bucket on messages from the broker per session (excess dropped, reported as
+//! [`LostReason::RateLimited`]). A message from the broker
 //! with a longer topic or a larger payload is dropped ([`LostReason::TooLarge`]), and neither is
 //! queued. The client reads packets up to [`MAX_BROKER_PACKET`] so that such a message is read and
 //! reported, not refused: rumqttc cannot skip a packet over its limit, it ends the connection, and
@@ -60,7 +62,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations};
+use super::{connect_allowed, find_rustls_error, AbortOnDrop, ConnectError, Destinations, NameLookups, Tenant};
 
 /// Where and how to reach a broker (a device profile's settings).
 #[derive(Clone, PartialEq, Eq)]
@@ -300,6 +302,11 @@ pub enum MqttEvent {
 pub struct MqttLimits {
     /// Sessions held at once. Default 10,000.
     pub max_sessions: usize,
+    /// Sessions held at once for the devices of one account. Default 10,000, the server-wide
+    /// default: no share, since a session is one device's, and a single-account server must be
+    /// able to give every device one. A server shared by several tenants sets a share
+    /// (`KEEL_MQTT_SESSIONS_PER_ACCOUNT`).
+    pub max_sessions_per_account: usize,
     /// How long a session outlives its attachment. Default 10 min.
     pub detached_grace: Duration,
     /// Messages waiting for the device (attached or not). Default 64.
@@ -334,6 +341,7 @@ impl Default for MqttLimits {
     fn default() -> Self {
         MqttLimits {
             max_sessions: 10_000,
+            max_sessions_per_account: 10_000,
             detached_grace: Duration::from_secs(600),
             queue_messages: 64,
             queue_bytes: 64 << 10,
@@ -373,6 +381,8 @@ pub struct MqttStats {
     pub lost: u64,
     /// Connections through the relay open now (each holds a socket to the broker).
     pub relay_connections: u64,
+    /// Attachments refused for a session limit (server-wide or the account's).
+    pub refused: u64,
 }
 
 struct Counters {
@@ -384,6 +394,7 @@ struct Counters {
     delivered: AtomicU64,
     lost: AtomicU64,
     relay_connections: AtomicU64,
+    refused: AtomicU64,
     /// Bumped after the counters (or the number of sessions) may have changed.
     changed: tokio::sync::watch::Sender<()>,
 }
@@ -399,6 +410,7 @@ impl Counters {
             delivered: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             relay_connections: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             changed: tokio::sync::watch::Sender::new(()),
         }
     }
@@ -413,11 +425,16 @@ impl Counters {
 pub enum AttachError {
     /// [`MqttLimits::max_sessions`] sessions exist.
     TooManySessions,
+    /// [`MqttLimits::max_sessions_per_account`] sessions of the device's account exist.
+    AccountSessions,
 }
 
 impl std::fmt::Display for AttachError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("too many MQTT sessions")
+        match self {
+            AttachError::TooManySessions => f.write_str("too many MQTT sessions"),
+            AttachError::AccountSessions => f.write_str("too many MQTT sessions for the account"),
+        }
     }
 }
 
@@ -446,14 +463,63 @@ enum Ctl {
 
 struct Entry {
     id: u64,
+    /// The account of the device that made the session (its share counts it).
+    account: String,
     ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+/// The sessions, and how many each account holds (accounts with none have no entry).
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<Key, Entry>,
+    per_account: HashMap<String, usize>,
+}
+
+impl Sessions {
+    fn get(&self, key: &Key) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.map.values()
+    }
+
+    fn of_account(&self, account: &str) -> usize {
+        self.per_account.get(account).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) {
+        *self.per_account.entry(entry.account.clone()).or_insert(0) += 1;
+        if let Some(old) = self.map.insert(key, entry) {
+            self.uncount(&old.account);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let entry = self.map.remove(key)?;
+        self.uncount(&entry.account);
+        Some(entry)
+    }
+
+    fn uncount(&mut self, account: &str) {
+        if let Some(n) = self.per_account.get_mut(account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_account.remove(account);
+            }
+        }
+    }
 }
 
 type Key = (String, String);
 
 struct Shared {
     limits: MqttLimits,
-    sessions: Mutex<HashMap<Key, Entry>>,
+    sessions: Mutex<Sessions>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
     relay: Arc<Relay>,
@@ -484,6 +550,12 @@ impl MqttHub {
     /// A hub with `limits`; binds its relay's loopback port (the relay starts with the first
     /// attachment).
     pub fn new(limits: MqttLimits) -> std::io::Result<Self> {
+        MqttHub::with_lookups(limits, NameLookups::default())
+    }
+
+    /// As [`MqttHub::new`], resolving brokers' names through `lookups` (shared with the HTTP
+    /// proxy).
+    pub fn with_lookups(limits: MqttLimits, lookups: NameLookups) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
         let counters = Arc::new(Counters::new());
@@ -492,11 +564,12 @@ impl MqttHub {
             targets: Mutex::new(HashMap::new()),
             connect_timeout: limits.connect_timeout,
             counters: counters.clone(),
+            lookups,
         });
         Ok(MqttHub {
             shared: Arc::new(Shared {
                 limits,
-                sessions: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(Sessions::default()),
                 next_id: AtomicU64::new(1),
                 counters,
                 relay,
@@ -511,13 +584,14 @@ impl MqttHub {
         &self.shared.limits
     }
 
-    /// Attaches the device's app to its session for `profile`, creating the session if needed.
+    /// Attaches the app of `who`'s device to its session for `profile`, creating the session if
+    /// needed.
     /// One attachment per (device, profile): a new attach replaces the old one (whose `events`
     /// end). `settings` and `dest` apply from the session's next new broker connection. Must be
     /// called within a Tokio runtime.
     pub fn attach(
         &self,
-        device_id: &str,
+        who: &Tenant,
         profile: &str,
         settings: BrokerSettings,
         dest: Arc<dyn Destinations>,
@@ -527,7 +601,7 @@ impl MqttHub {
         let (cmd_tx, cmd_rx) = mpsc::channel(limits.commands_capacity.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(limits.events_capacity.max(1));
         let attachment = MqttAttachment { commands: cmd_tx, events: ev_rx };
-        let key = (device_id.to_string(), profile.to_string());
+        let key = (who.device.clone(), profile.to_string());
         let mut sessions = self.shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let mut ctl = Ctl::Attach { commands: cmd_rx, events: ev_tx, settings: Box::new(settings), dest };
         if let Some(entry) = sessions.get(&key) {
@@ -537,16 +611,23 @@ impl MqttHub {
             }
             sessions.remove(&key);
         }
+        if sessions.of_account(&who.account) >= limits.max_sessions_per_account {
+            drop(sessions);
+            self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(AttachError::AccountSessions);
+        }
         if sessions.len() >= limits.max_sessions {
+            drop(sessions);
+            self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Err(AttachError::TooManySessions);
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let _ = ctl_tx.send(ctl);
-        sessions.insert(key.clone(), Entry { id, ctl: ctl_tx });
+        sessions.insert(key.clone(), Entry { id, account: who.account.clone(), ctl: ctl_tx });
         drop(sessions);
         self.shared.counters.changed();
-        let session = Session::new(self.shared.clone(), key, id, ctl_rx);
+        let session = Session::new(self.shared.clone(), key, who.account.clone(), id, ctl_rx);
         tokio::spawn(session.run());
         Ok(attachment)
     }
@@ -589,6 +670,7 @@ impl MqttHub {
             delivered: l(&c.delivered),
             lost: l(&c.lost),
             relay_connections: l(&c.relay_connections),
+            refused: l(&c.refused),
         }
     }
 
@@ -630,6 +712,9 @@ impl MqttHub {
 
 /// Where one session may connect.
 struct Target {
+    /// The device the session is for (its name lookups count toward its and its account's
+    /// limits).
+    who: Tenant,
     scheme: &'static str,
     host: String,
     port: u16,
@@ -666,6 +751,7 @@ struct Relay {
     targets: Mutex<HashMap<String, Arc<Target>>>,
     connect_timeout: Duration,
     counters: Arc<Counters>,
+    lookups: NameLookups,
 }
 
 impl Relay {
@@ -727,14 +813,32 @@ impl Relay {
         let fail = |state: RequestState, reason: String| {
             *target.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some((state, reason));
         };
-        let connected =
-            connect_allowed(target.dest.as_ref(), target.scheme, &target.host, target.port, self.connect_timeout).await;
+        let connected = connect_allowed(
+            &self.lookups,
+            &target.who,
+            target.dest.as_ref(),
+            target.scheme,
+            &target.host,
+            target.port,
+            self.connect_timeout,
+        )
+        .await;
         let mut outbound = match connected {
             Ok(s) => s,
             Err(e) => {
                 let (state, reason, answer): (_, _, &[u8]) = match e {
                     ConnectError::Denied(r) => (RequestState::Denied, r, b"HTTP/1.1 403 Forbidden\r\n\r\n"),
                     ConnectError::NxDomain(r) => (RequestState::NxDomain, r, b"HTTP/1.1 502 Bad Gateway\r\n\r\n"),
+                    ConnectError::LookupsBusy => (
+                        RequestState::RateLimited,
+                        "too many name lookups in progress".into(),
+                        b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                    ),
+                    ConnectError::LookupTimeout => (
+                        RequestState::NxDomain,
+                        "name lookup timed out".into(),
+                        b"HTTP/1.1 504 Gateway Timeout\r\n\r\n",
+                    ),
                     ConnectError::Connect(e) => {
                         (RequestState::SocketError, format!("connect: {e}"), b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
                     }
@@ -974,6 +1078,8 @@ impl Conn {
 struct Session {
     shared: Arc<Shared>,
     key: Key,
+    /// The account of the device that made it.
+    account: String,
     id: u64,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     settings: Option<BrokerSettings>,
@@ -1002,7 +1108,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, key: Key, id: u64, ctl: mpsc::UnboundedReceiver<Ctl>) -> Self {
+    fn new(shared: Arc<Shared>, key: Key, account: String, id: u64, ctl: mpsc::UnboundedReceiver<Ctl>) -> Self {
         let mut secret = [0u8; 16];
         let _ = getrandom::getrandom(&mut secret);
         let token = crate::hex(&secret);
@@ -1011,6 +1117,7 @@ impl Session {
         Session {
             shared,
             key,
+            account,
             id,
             ctl,
             settings: None,
@@ -1353,6 +1460,7 @@ impl Session {
             port: self.shared.relay.port,
         });
         let target = Arc::new(Target {
+            who: Tenant { account: self.account.clone(), device: self.key.0.clone() },
             scheme: if settings.tls { "mqtts" } else { "mqtt" },
             host: settings.host.clone(),
             port: settings.port,
