@@ -149,6 +149,14 @@ fn evil_app_cannot_harm_the_visor() {
     }
     let checks = lines.iter().filter(|l| message(l).starts_with("evil: check ") && l.ends_with(" ok")).count();
     assert!(checks >= 70, "parameter attacks ran ({checks} checks)");
+    // The network and channel calls (ABI 2.1): secure, unmapped and straddling pointers for
+    // every pointer argument, bad sizes and kinds, forged handles.
+    let chan = lines
+        .iter()
+        .filter(|l| (message(l).starts_with("evil: check chan_") || message(l).starts_with("evil: check net_")))
+        .filter(|l| l.ends_with(" ok"))
+        .count();
+    assert!(chan >= 110, "channel attacks ran ({chan} checks)");
     assert!(lines.iter().any(|l| message(l) == "evil: parameter attacks done, failures=0"));
 
     // Every fault attack ended in a contained crash of the app, followed by a restart.

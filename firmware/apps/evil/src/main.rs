@@ -86,6 +86,7 @@ fn parameter_attacks() {
             check_named("notify_setup", what, sys(Call::NotifySetup, p, 16 + 16 * 4, 80), Status::ParameterFault);
         }
     }
+    channel_attacks(&bad_ptrs);
     let mut buf = [0u8; 64];
     let b = buf.as_mut_ptr() as u32;
     // Lengths.
@@ -149,6 +150,84 @@ fn parameter_attacks() {
     // SAFETY: FAILURES is only touched by this thread.
     let f = unsafe { FAILURES };
     keel_app::info!("evil: parameter attacks done, failures={}", f);
+}
+
+/// The network and channel calls (ABI 2.1) with the same pointers, and forged handles. Every
+/// pointer is checked before anything else (the link's state included), so these run without
+/// a server; a valid open then answers NETWORK_NOT_CONNECTED.
+fn channel_attacks(bad_ptrs: &[(&str, u32)]) {
+    use keel_abi::chan::{Kind, OpenParams};
+    #[repr(C, align(4))]
+    struct Buffers([u8; 64], [u8; 64], [u8; 8]);
+    let mut bufs = Buffers([0; 64], [0; 64], *b"endpoint");
+    let (rx, tx, ep) = (bufs.0.as_mut_ptr() as u32, bufs.1.as_mut_ptr() as u32, bufs.2.as_ptr() as u32);
+    let good = OpenParams {
+        version: 1,
+        kind: Kind::Http as u32,
+        tag: 1,
+        rx_buf: rx,
+        rx_len: 64,
+        tx_buf: tx,
+        tx_len: 64,
+        endpoint: ep,
+        endpoint_len: 0,
+    };
+    let open = |p: &OpenParams, out: u32| sys(Call::ChanOpen, p as *const OpenParams as u32, out, 0);
+    let mut handle = 0xAAAA_AAAAu32;
+    let h = &mut handle as *mut u32 as u32;
+    for &(what, p) in bad_ptrs {
+        // An aligned address that spans the end of app RAM instead of the misaligned one.
+        let aligned = if p % 4 == 0 { p } else { APP_RAM_END - 32 };
+        check_named("net_status", what, sys(Call::NetStatus, p, 0, 0), Status::ParameterFault);
+        check_named("chan_open params", what, sys(Call::ChanOpen, p, h, 0), Status::ParameterFault);
+        check_named("chan_open handle out", what, open(&good, p), Status::ParameterFault);
+        check_named("chan_open rx", what, open(&OpenParams { rx_buf: aligned, ..good }, h), Status::ParameterFault);
+        check_named("chan_open tx", what, open(&OpenParams { tx_buf: aligned, ..good }, h), Status::ParameterFault);
+        let ep_bad = OpenParams { endpoint: p, endpoint_len: 8, ..good };
+        check_named("chan_open endpoint", what, open(&ep_bad, h), Status::ParameterFault);
+        // The visor writes 0 through this pointer: never into memory the app may not write.
+        check_named("chan_close", what, sys(Call::ChanClose, p, 0, 0), Status::ParameterFault);
+        check_named("chan_recv", what, sys(Call::ChanRecv, 0x0101, p, 0), Status::ParameterFault);
+        check_named("chan_info", what, sys(Call::ChanInfo, 0x0101, p, 0), Status::ParameterFault);
+    }
+    if handle == 0xAAAA_AAAA {
+        keel_app::info!("evil: check chan_open wrote no handle on failure ok");
+    } else {
+        keel_app::error!("evil: check chan_open wrote no handle on failure -> {:#x} FAILED", handle);
+        // SAFETY: single-threaded app, no interrupt handlers touch this.
+        unsafe { FAILURES += 1 };
+    }
+    // Sizes, alignment, overlap, versions and kinds.
+    check("chan_open version 2", open(&OpenParams { version: 2, ..good }, h), Status::UnsupportedStructVersion);
+    check("chan_open kind 99", open(&OpenParams { kind: 99, ..good }, h), Status::UnknownChannelKind);
+    check("chan_open rx misaligned", open(&OpenParams { rx_buf: rx + 2, ..good }, h), Status::InvalidBufferAlignment);
+    check("chan_open rx 32 bytes", open(&OpenParams { rx_len: 32, ..good }, h), Status::InvalidBufferSize);
+    check("chan_open rx 4 GiB", open(&OpenParams { rx_len: 0xFFFF_FFFC, ..good }, h), Status::InvalidBufferSize);
+    check("chan_open overlap", open(&OpenParams { tx_buf: rx + 32, ..good }, h), Status::BufferInUse);
+    let ep_long = OpenParams { endpoint_len: 65, ..good };
+    check("chan_open endpoint 65 bytes", open(&ep_long, h), Status::InvalidArgument);
+    // Everything valid, but the visor has no link here.
+    check("chan_open offline", open(&good, h), Status::NetworkNotConnected);
+    // Forged handles.
+    let mut info = [1u32, 0, 0, 0, 0, 0];
+    let i = info.as_mut_ptr() as u32;
+    for forged in [0u32, 1, 0x0101, 0x0000_FF01, 0xFFFF_FFFF] {
+        let mut n = keel_app::LineBuf::new();
+        let _ = core::fmt::Write::write_fmt(&mut n, format_args!("{:#x}", forged));
+        let what = core::str::from_utf8(n.as_bytes()).unwrap_or("?");
+        check_named("chan_send forged", what, sys(Call::ChanSend, forged, tx, 16), Status::InvalidHandle);
+        check_named("chan_consume forged", what, sys(Call::ChanConsume, forged, 0, 0), Status::InvalidHandle);
+        info[0] = 1;
+        check_named("chan_recv forged", what, sys(Call::ChanRecv, forged, i, 0), Status::InvalidHandle);
+        info[0] = 1;
+        check_named("chan_info forged", what, sys(Call::ChanInfo, forged, i, 0), Status::InvalidHandle);
+        let mut hv = forged;
+        let r = sys(Call::ChanClose, &mut hv as *mut u32 as u32, 0, 0);
+        check_named("chan_close forged", what, r, Status::InvalidHandle);
+        // 0 is Status::Ok's value: the handle was zeroed.
+        check_named("chan_close zeroes the handle", what, hv, Status::Ok);
+    }
+    check("chan_send from secure RAM, forged", sys(Call::ChanSend, 0x0101, SECURE_RAM, 64), Status::InvalidHandle);
 }
 
 fn check_named(call: &str, what: &str, got: u32, want: Status) {
