@@ -153,7 +153,7 @@ fn evil_app_cannot_harm_the_visor() {
     // every pointer argument, bad sizes and kinds, forged handles.
     let chan = lines
         .iter()
-        .filter(|l| (message(l).starts_with("evil: check chan_") || message(l).starts_with("evil: check net_")))
+        .filter(|l| message(l).starts_with("evil: check chan_") || message(l).starts_with("evil: check net_"))
         .filter(|l| l.ends_with(" ok"))
         .count();
     assert!(chan >= 110, "channel attacks ran ({chan} checks)");
