@@ -285,6 +285,10 @@ impl OpenParams {
         if !size_ok(self.rx_len, MIN_RX) || !size_ok(self.tx_len, MIN_TX) {
             return Err(Status::InvalidBufferSize);
         }
+        // A buffer must end below 4 GiB, so every offset into it is an address.
+        if self.rx_buf.checked_add(self.rx_len).is_none() || self.tx_buf.checked_add(self.tx_len).is_none() {
+            return Err(Status::ParameterFault);
+        }
         if overlaps((self.rx_buf, self.rx_len), (self.tx_buf, self.tx_len)) {
             return Err(Status::BufferInUse);
         }
@@ -384,6 +388,11 @@ mod tests {
         assert_eq!(OpenParams { rx_len: 60, ..params() }.check(), Err(Status::InvalidBufferSize));
         assert_eq!(OpenParams { tx_len: 66, ..params() }.check(), Err(Status::InvalidBufferSize));
         assert_eq!(OpenParams { rx_len: MAX_BUFFER + 4, ..params() }.check(), Err(Status::InvalidBufferSize));
+        // Ending at 4 GiB or past it.
+        let top = OpenParams { rx_buf: 0xFFFF_FF00, rx_len: 256, ..params() };
+        assert_eq!(top.check(), Err(Status::ParameterFault));
+        let past = OpenParams { tx_buf: 0xFFFF_FFC0, tx_len: 128, ..params() };
+        assert_eq!(past.check(), Err(Status::ParameterFault));
         assert_eq!(OpenParams { tx_buf: 0x2800_17FC, ..params() }.check(), Err(Status::BufferInUse));
         // Buffers at the top of the address space do not wrap into a false "no overlap".
         assert!(overlaps((0xFFFF_FF00, 0x100), (0xFFFF_FFFC, 4)));

@@ -379,7 +379,11 @@ impl Channels {
         let mut off = 0;
         while off < len {
             let n = (len - off).min(64) as usize;
-            if !mem.read(src + off, &mut chunk[..n], caller_unprivileged) {
+            // A source running past 4 GiB is refused, never wrapped to address 0.
+            let Some(at) = src.checked_add(off) else {
+                return Status::ParameterFault;
+            };
+            if !mem.read(at, &mut chunk[..n], caller_unprivileged) {
                 return Status::ParameterFault;
             }
             if !mem.write(dst + 4 + off, &chunk[..n], up) {

@@ -476,3 +476,26 @@ fn buffers_are_reached_with_the_privilege_of_the_code_that_opened_the_channel() 
     mem.privileged_only = Some((BASE + 0x8000, 16));
     assert_eq!(dev.send(0, h, BASE + 0x8000, 5, true, &mut mem), Status::ParameterFault);
 }
+
+/// App memory where every range below 4 GiB reads as zeros (an app whose MPU allows the top of
+/// the address space); writes go to [`Mem`].
+struct Anywhere(Mem);
+
+impl AppMemory for Anywhere {
+    fn read(&mut self, addr: u32, buf: &mut [u8], _: bool) -> bool {
+        buf.fill(0);
+        addr as u64 + buf.len() as u64 <= 1 << 32
+    }
+    fn write(&mut self, addr: u32, data: &[u8], unprivileged: bool) -> bool {
+        self.0.write(addr, data, unprivileged)
+    }
+}
+
+#[test]
+fn a_message_read_from_the_top_of_the_address_space_does_not_wrap_to_address_zero() {
+    let (mut dev, mut mem) = (Channels::new(), Anywhere(Mem::new()));
+    let h = dev.open(&params(Kind::Mqtt, (BASE + 0x1000, 512), (BASE + 0x3000, 256)), b"p", true, &[], false).unwrap();
+    // The first 64 bytes end exactly at 4 GiB; the next would start at address 0.
+    assert_eq!(dev.send(0, h, 0xFFFF_FFC0, 128, false, &mut mem), Status::ParameterFault);
+    assert_eq!(dev.send(0, h, 0xFFFF_FFF0, 16, false, &mut mem), Status::Ok, "a range that ends at 4 GiB is fine");
+}
