@@ -226,7 +226,17 @@ fn full_get(url: &str, rx: &mut [u32], tx: &mut [u32]) -> Result<usize, Why> {
     let mut path = LineBuf::new();
     let _ = write!(path, "{}/bytes/{}", url, BIG);
     let u = core::str::from_utf8(path.as_bytes()).map_err(|_| why!("URL is not text"))?;
-    let r = http::get(u, TIMEOUT_MS, rx, tx).map_err(|e| why!("GET {}: {}", u, e))?;
+    // Channels opened in a burst before may have used up the visor's open budget: wait for it.
+    let mut tries = 0;
+    let r = loop {
+        match http::get(u, TIMEOUT_MS, rx, tx) {
+            Err(Error::Sys(Status::RateLimited)) if tries < 100 => {
+                tries += 1;
+                keel_app::sleep_ms(60);
+            }
+            r => break r.map_err(|e| why!("GET {}: {}", u, e))?,
+        }
+    };
     if r.result() != http_result::OK || r.status() != 200 {
         return Err(why!("GET {}: result={} status={}", u, r.result(), r.status()));
     }
