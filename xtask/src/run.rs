@@ -476,7 +476,7 @@ fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
 fn app_connectivity(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &Path, id: &str) -> Result<(), String> {
     println!(
         "\n=== Keel demo 7/7: the app reaches the cloud through the visor's link: config and a secret set \
-         with the CLI reach it over a channel ===\n"
+         with the CLI reach it over a channel, and the server counts it ===\n"
     );
     keel_json(keel, &["config", "set", "greeting", "hello-from-the-server"], env)?;
     keel_json(keel, &["config", "set", "site", "demo-lab", "--device", id], env)?;
@@ -509,9 +509,12 @@ fn app_connectivity(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     println!("$ keel bundle config-demo.elf ... && keel apps upload ... && keel deploy {bn} --device {id}");
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.to_path_buf(), clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
-    let line = r
-        .wait_for("the values", Duration::from_secs(120), |l| l.contains("config-demo: greeting="))
-        .map_err(|e| e.to_string())?;
+    let line =
+        r.wait_for("the values", Duration::from_secs(120), |l| l.contains("config-demo: greeting=")).map_err(|e| {
+            // The visor's side of the story (the app's lines are in the error already).
+            let visor: Vec<&String> = r.lines.iter().filter(|l| l.contains(" visor] ")).collect();
+            format!("{e}\nvisor lines:\n{}", visor.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n"))
+        })?;
     println!("  device | {line}");
     r.wait_for("success", Duration::from_secs(30), |l| l.contains("config-demo: PASS")).map_err(|e| e.to_string())?;
     r.kill();
@@ -520,5 +523,38 @@ fn app_connectivity(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     }
     println!("\n$ keel secrets list");
     let _ = std::process::Command::new(keel).args(["secrets", "list"]).envs(env.iter().copied()).status();
+    // The server counts what its app services did (for Prometheus).
+    let token = env.iter().find(|(k, _)| *k == "KEEL_TOKEN").map(|(_, v)| *v).ok_or("no token")?;
+    let metrics = http_get_text("127.0.0.1:7447", "/metrics", token)?;
+    println!("\n$ curl -H 'Authorization: Bearer ...' http://127.0.0.1:7447/metrics | grep channel");
+    let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with("keel_channel")).collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    let opens = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("keel_channel_opens_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if opens == 0 {
+        return Err("the server's metrics show no channel opened".into());
+    }
     Ok(())
+}
+
+/// `GET path` with a bearer token over plain HTTP/1.1; the body as text.
+fn http_get_text(addr: &str, path: &str, token: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: keel\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("GET {path}: {}", text.lines().next().unwrap_or("no answer"))),
+    }
 }

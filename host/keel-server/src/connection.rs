@@ -714,6 +714,15 @@ impl Connection {
                                 updated_at: now.unix_us as i64,
                             }));
                         }
+                        // A trial that ends (confirmed or rolled back) frees the device to take
+                        // the target: one offered while it was on trial with another bundle
+                        // could not be taken then, so it is offered again, once.
+                        let trial_ended = matches!(st, UpdateState::Confirmed | UpdateState::RolledBack)
+                            && self.reported.is_some_and(|p| p.state == UpdateState::Trial && p.sequence == sequence)
+                            && self.offered.is_some_and(|o| o != sequence);
+                        if trial_ended {
+                            self.offered = None;
+                        }
                         self.reported = Some(Reported { installed, sequence, state: st });
                         self.reconcile(out);
                     }

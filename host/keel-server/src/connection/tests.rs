@@ -944,3 +944,35 @@ fn debug_frames_need_the_debug_feature_and_an_online_device() {
     c.debug_to_device(b"late", &mut r);
     assert_eq!(r.take(), vec![Out::Did(Action::Notice(Notice::DebugDropped(DebugDrop::Offline)))]);
 }
+
+#[test]
+fn a_target_offered_during_a_trial_is_offered_again_when_the_trial_ends() {
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    let t = target(6, &[1000]);
+    c.target(Some(t.clone()), &mut r);
+    // The device runs bundle 5 on trial: it is offered 6, but cannot take it until the trial
+    // ends (its other slot holds the fallback), and says it is still on trial.
+    c.receive(at_ms(2), status(4, 5, Trial), &mut r);
+    let out = r.take();
+    assert!(is_store_status(&out[0]));
+    assert_eq!(out[1..], offered(&t)[..]);
+    c.receive(at_ms(3), status(4, 5, Trial), &mut r);
+    assert_eq!(r.take(), [sent(Down::NoUpdate { target: 6 })], "not offered twice while on trial");
+    // The trial ends: the target is offered again, once (not at the next connection, which on
+    // a good link may be days away).
+    c.receive(at_ms(4), status(5, 5, Confirmed), &mut r);
+    let out = r.take();
+    assert!(is_store_status(&out[0]));
+    assert_eq!(out[1..], offered(&t)[..]);
+    c.receive(at_ms(5), status(5, 5, Confirmed), &mut r);
+    assert_eq!(r.take(), [sent(Down::NoUpdate { target: 6 })], "once");
+    // Likewise after a rollback.
+    let (mut c, mut r) = online(ALL_FEATURES);
+    r.take();
+    c.target(Some(t.clone()), &mut r);
+    c.receive(at_ms(2), status(4, 5, Trial), &mut r);
+    r.take();
+    c.receive(at_ms(3), status(4, 5, RolledBack), &mut r);
+    assert_eq!(r.take()[1..], offered(&t)[..]);
+}
