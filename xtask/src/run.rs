@@ -419,12 +419,13 @@ fn remote_debugging(keel: &Path, env: &[(&str, &str)], dir: &Path, flash_path: &
     let release = dir.join("release.key").display().to_string();
     let debug_pub = format!("{dbg}.debug.pub");
     let args = ["bundle", &elf_s, "--key", &release, "--version", "5.0.0", "--sequence", "5"];
-    let args: Vec<&str> = args.into_iter().chain(["--debug-key", &debug_pub, "--out", &bundle]).collect();
+    let args: Vec<&str> =
+        args.into_iter().chain(["--debug-key", &debug_pub, "--grace-s", "10", "--out", &bundle]).collect();
     keel_json(keel, &args, env)?;
     let up = keel_json(keel, &["apps", "upload", &bundle], env)?;
     let bn = json_field(&up, "id").ok_or("no bundle id")?;
     keel_json(keel, &["deploy", &bn, "--device", id], env)?;
-    println!("$ keel bundle debuggee.elf --key release.key --version 5.0.0 --debug-key dev.debug.pub");
+    println!("$ keel bundle debuggee.elf --key release.key --version 5.0.0 --debug-key dev.debug.pub --grace-s 10");
     println!("$ keel apps upload debuggee-5.0.0.keelb && keel deploy {bn} --device {id}");
     let dev = Device { visor: keel_vdev::visor_elf(), flash: flash_path.to_path_buf(), clock: Clock::RealTime };
     let mut r = dev.start().map_err(|e| e.to_string())?;
