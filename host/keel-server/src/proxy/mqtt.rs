@@ -1694,12 +1694,17 @@ fn message(id: u32, p: &Publish) -> MqttEvent {
 
 /// Ends a broker connection gracefully: DISCONNECT (no will); the driver then waits (at most
 /// 2 s) for the broker to close the connection and ends.
-fn retire(mut conn: Conn) {
+fn retire(conn: Conn) {
     if conn.client.try_disconnect().is_err() {
         return;
     }
     tokio::spawn(async move {
-        // Until the driver ends (it does once the broker closed the connection).
+        // The whole connection lives until its driver ends (it does once the broker closed the
+        // connection). Naming only `conn.rx` in here would move just that field (closures and
+        // async blocks capture the fields they use): the rest, the driver's abort handle with
+        // it, would be dropped right away, cutting the connection before the DISCONNECT went
+        // out, and the broker would publish the will.
+        let mut conn = conn;
         let _ = tokio::time::timeout(Duration::from_secs(3), async { while conn.rx.recv().await.is_some() {} }).await;
     });
 }
