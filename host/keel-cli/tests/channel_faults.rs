@@ -124,30 +124,9 @@ struct Window {
 /// returns the GETs completed between the download's first progress line and the update being
 /// ready, and the download's time as the host saw it.
 fn update_while_streaming(lab: &mut Lab) -> Window {
-    let key = lab.dir.join("release.key").display().to_string();
-    let out = lab.dir.join("big-2.0.0.keelb").display().to_string();
-    let elf = keel_vdev::app_elf("big").display().to_string();
-    lab.keel(&[
-        "bundle",
-        &elf,
-        "--key",
-        &key,
-        "--version",
-        "2.0.0",
-        "--sequence",
-        "2",
-        "--name",
-        "stress",
-        // Polite: the visor says when it is ready and the app applies it.
-        "--politeness-s",
-        "300",
-        "--out",
-        &out,
-    ]);
-    let bundle = lab.keel(&["apps", "upload", &out])["id"].as_str().unwrap().to_string();
-    let id = lab.id.clone();
     let mark = lab.qemu().console_so_far().len();
-    lab.keel(&["deploy", &bundle, "--device", &id]);
+    // Polite: the visor says when it is ready and the app applies it.
+    lab.deploy(&keel_vdev::app_elf("big"), "stress", "2.0.0", 2, &["--politeness-s", "300"]);
     let t0 = Instant::now();
     lab.wait("the download", "update: seq 2 ");
     lab.wait("the downloaded update", "update: ready");

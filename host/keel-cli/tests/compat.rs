@@ -146,30 +146,7 @@ fn mv_update_conformance() {
 
     // Version 2, polite (the visor tells the app and waits for it to apply), confirmed by the
     // link (a Microvisor app never confirms) after a short grace time.
-    let key = lab.dir.join("release.key").display().to_string();
-    let out = lab.dir.join("mv-update-2.0.0.keelb").display().to_string();
-    let elf = v2.display().to_string();
-    lab.keel(&[
-        "bundle",
-        &elf,
-        "--key",
-        &key,
-        "--version",
-        "2.0.0",
-        "--sequence",
-        "2",
-        "--name",
-        "mv-update",
-        "--politeness-s",
-        "300",
-        "--grace-s",
-        "10",
-        "--out",
-        &out,
-    ]);
-    let bundle = lab.keel(&["apps", "upload", &out])["id"].as_str().unwrap().to_string();
-    let id = lab.id.clone();
-    lab.keel(&["deploy", &bundle, "--device", &id]);
+    lab.deploy(&v2, "mv-update", "2.0.0", 2, &["--politeness-s", "300", "--grace-s", "10"]);
 
     let line = lab.wait("the update notification", "mv-update: UPDATEDOWNLOADED");
     assert!(line.contains("tag=7"), "{line}");
@@ -184,7 +161,7 @@ fn mv_update_conformance() {
     lab.wait("the confirmation", "update: confirmed seq 2");
     let start = Instant::now();
     loop {
-        let u = lab.keel(&["devices", "show", &id])["update"].clone();
+        let u = lab.keel(&["devices", "show", &lab.id])["update"].clone();
         if u["sequence"] == 2 && u["state"] == "confirmed" {
             break;
         }

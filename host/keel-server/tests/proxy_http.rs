@@ -6,7 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_server::proxy::http::{HttpError, HttpLimits, HttpProxy, HttpRequest};
-use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Resolver, Tenant};
+use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Tenant};
+#[path = "common/tarpit.rs"]
+mod tarpit;
+use tarpit::{ReleaseOnDrop, Tarpit};
+
 use keel_testpeers::{counted_stream, full, HttpServer, Leaf, Request, StreamProbe, TestCa};
 
 /// Allows the listed addresses (and plain HTTP only if `http`), recording every check.
@@ -300,51 +304,6 @@ async fn concurrency_is_bounded_server_wide() {
 
 fn tenant(account: &str, device: &str) -> Tenant {
     Tenant { account: account.into(), device: device.into() }
-}
-
-/// A resolver standing in for a tarpit name server: a name under `.tarpit` blocks its lookup
-/// thread until [`Tarpit::release`] (and then does not resolve); any other name is 127.0.0.1.
-/// Each tarpit lookup that starts is reported on `entered`.
-struct Tarpit {
-    released: Mutex<bool>,
-    cv: std::sync::Condvar,
-    entered: tokio::sync::mpsc::UnboundedSender<String>,
-}
-
-impl Tarpit {
-    fn new() -> (Arc<Tarpit>, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        let (entered, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Arc::new(Tarpit { released: Mutex::new(false), cv: std::sync::Condvar::new(), entered }), rx)
-    }
-
-    fn release(&self) {
-        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cv.notify_all();
-    }
-}
-
-impl Resolver for Tarpit {
-    fn lookup(&self, host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
-        if !host.ends_with(".tarpit") {
-            return Ok(vec!["127.0.0.1".parse().unwrap()]);
-        }
-        let _ = self.entered.send(host.to_string());
-        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
-        while !*released {
-            released = self.cv.wait(released).unwrap_or_else(|e| e.into_inner());
-        }
-        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "tarpit"))
-    }
-}
-
-/// Releases the tarpit when the test ends, passed or failed (the runtime waits for blocking
-/// threads when it shuts down).
-struct ReleaseOnDrop(Arc<Tarpit>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }
 
 async fn entered(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {

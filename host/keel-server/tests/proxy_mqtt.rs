@@ -9,8 +9,12 @@ use keel_server::proxy::mqtt::{
     BrokerSettings, LostReason, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, MqttStats, RequestState,
     SessionState, Will,
 };
-use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Resolver, Tenant};
+use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Tenant};
 use keel_testpeers::{Mosquitto, TestCa};
+
+#[path = "common/tarpit.rs"]
+mod tarpit;
+use tarpit::{ReleaseOnDrop, Tarpit};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -592,34 +596,9 @@ async fn one_account_cannot_take_every_session() {
     assert!(hub.attach(&a("a2"), "p", broker.settings("a2"), loopback()).is_ok());
 }
 
-/// Names under `.tarpit` never resolve until the test ends (a name server that never answers).
-struct Tarpit {
-    released: std::sync::Mutex<bool>,
-    cv: std::sync::Condvar,
-}
-
-impl Resolver for Tarpit {
-    fn lookup(&self, _host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
-        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
-        while !*released {
-            released = self.cv.wait(released).unwrap_or_else(|e| e.into_inner());
-        }
-        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "tarpit"))
-    }
-}
-
-struct ReleaseOnDrop(Arc<Tarpit>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        *self.0.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.0.cv.notify_all();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_name_that_never_resolves_times_out_and_is_reported() {
-    let tarpit = Arc::new(Tarpit { released: std::sync::Mutex::new(false), cv: std::sync::Condvar::new() });
+    let (tarpit, _entered) = Tarpit::new();
     let _release = ReleaseOnDrop(tarpit.clone());
     let lookups = NameLookups::new(DnsLimits { timeout: Duration::from_millis(300), ..DnsLimits::default() }, tarpit);
     // The connection attempt's own timeout is longer than the lookup's.

@@ -59,6 +59,22 @@ impl Lab {
         keel(args, &self.envr())
     }
 
+    /// Signs `elf` as bundle `name` `version` (sequence `sequence`, `extra` arguments such as
+    /// `--politeness-s`), uploads it and deploys it to the lab's device; returns the bundle id.
+    pub fn deploy(&self, elf: &Path, name: &str, version: &str, sequence: u32, extra: &[&str]) -> String {
+        let key = self.dir.join("release.key").display().to_string();
+        let out = self.dir.join(format!("{name}-{version}.keelb")).display().to_string();
+        let elf = elf.display().to_string();
+        let seq = sequence.to_string();
+        let mut args = vec!["bundle", &elf, "--key", &key, "--version", version, "--sequence", &seq, "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", &out]);
+        self.keel(&args);
+        let bundle = self.keel(&["apps", "upload", &out])["id"].as_str().unwrap().to_string();
+        self.keel(&["deploy", &bundle, "--device", &self.id]);
+        bundle
+    }
+
     /// `keel config set KEY VALUE` for any value (a PEM starting with `-----` too).
     pub fn config(&self, key: &str, value: &str) {
         self.keel(&["config", "set", key, value]);
