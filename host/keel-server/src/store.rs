@@ -563,6 +563,12 @@ impl Store {
             .clone()
     }
 
+    /// The services behind app channels if a channel has started them ([`Store::channel_services`]),
+    /// without starting them.
+    pub fn started_channel_services(&self) -> Option<Arc<crate::channels::Services>> {
+        self.live.channel_services.get().cloned().flatten()
+    }
+
     /// The remote debugging relay (debuggers attached to devices, frames both ways).
     pub fn debug_relay(&self) -> &Arc<crate::debug_relay::DebugRelay> {
         &self.live.debug_relay

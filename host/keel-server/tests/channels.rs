@@ -20,6 +20,7 @@ on_both_databases!("channels_", a_device_cannot_fetch_the_servers_broker_credent
 on_both_databases!("channels_", a_second_http_request_ends_the_channel);
 on_both_databases!("channels_", the_open_budget_survives_a_reconnect);
 on_both_databases!("channels_", metrics_show_the_connectivity_counters);
+on_both_databases!("channels_", a_scrape_does_not_start_the_channel_services);
 
 const DEV: &str = "kd000000000000000000000000000000c1";
 const DEV2: &str = "kd000000000000000000000000000000c2";
@@ -159,6 +160,20 @@ async fn scrape(store: &Store) -> String {
     let resp = app.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), axum::http::StatusCode::OK);
     String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+/// A server whose devices never opened a channel shows the connectivity series at zero, and a
+/// scrape does not start the services behind channels (an HTTP client, a name-lookup pool, the
+/// MQTT relay's listener) just to count nothing.
+async fn a_scrape_does_not_start_the_channel_services(store: Store) {
+    let text = scrape(&store).await;
+    for series in ["keel_channels_open", "keel_proxy_http_requests_in_progress", "keel_mqtt_sessions"] {
+        assert_eq!(sample(&text, series), 0, "{series}");
+    }
+    assert!(store.started_channel_services().is_none(), "the scrape started the channel services");
+    // They start with the first use, and the scrape then reads them.
+    let services = store.channel_services().expect("the services start");
+    assert!(store.started_channel_services().is_some_and(|s| std::sync::Arc::ptr_eq(&s, &services)));
 }
 
 /// The value of the sample `series` (name and labels as written) in a scrape.

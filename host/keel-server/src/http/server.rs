@@ -109,15 +109,14 @@ pub(super) async fn metrics_text(st: &AppState) -> Result<String, ApiError> {
     for (reason, value) in dropped {
         let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
     }
-    if let Some(services) = st.store.channel_services() {
-        connectivity_metrics(&mut out, &services);
-    }
+    connectivity_metrics(&mut out, st.store.started_channel_services().as_deref());
     Ok(out)
 }
 
 /// The app channels and the services behind them (HTTP proxy, name lookups, managed MQTT), from
-/// their in-memory counters.
-fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) {
+/// their in-memory counters; every series is 0 while no channel has started the services (a
+/// scrape does not start them).
+fn connectivity_metrics(out: &mut String, services: Option<&crate::channels::Services>) {
     use std::fmt::Write;
     let one = |out: &mut String, name: &str, kind: &str, help: &str, value: u64| {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
@@ -128,7 +127,7 @@ fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) 
             let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
         }
     };
-    let ch = services.channel_stats();
+    let ch = services.map(|s| s.channel_stats()).unwrap_or_default();
     one(out, "keel_channels_open", "gauge", "App channels open now, all devices.", ch.open);
     one(out, "keel_channel_opens_total", "counter", "App channels opened.", ch.opened);
     labelled(
@@ -139,7 +138,7 @@ fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) 
         "reason",
         &[("rate", ch.refused_rate), ("limit", ch.refused_limit), ("invalid", ch.refused_invalid)],
     );
-    let h = services.http.stats();
+    let h = services.map(|s| s.http.stats()).unwrap_or_default();
     labelled(
         out,
         "keel_proxy_http_requests_total",
@@ -159,7 +158,7 @@ fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) 
     one(out, "keel_proxy_http_requests_in_progress", "gauge", "HTTP proxy requests in progress.", h.in_progress);
     one(out, "keel_proxy_http_bytes_out_total", "counter", "HTTP proxy request bytes sent.", h.bytes_out);
     one(out, "keel_proxy_http_bytes_in_total", "counter", "HTTP proxy response bytes received.", h.bytes_in);
-    let d = services.http.lookups().stats();
+    let d = services.map(|s| s.http.lookups().stats()).unwrap_or_default();
     one(
         out,
         "keel_proxy_dns_lookups_in_progress",
@@ -176,7 +175,7 @@ fn connectivity_metrics(out: &mut String, services: &crate::channels::Services) 
         "Name lookups refused: the device's, its account's or the server's lookups were all in progress.",
         d.refused,
     );
-    let m = services.mqtt.stats();
+    let m = services.map(|s| s.mqtt.stats()).unwrap_or_default();
     let mqtt: [(&str, &str, &str, u64); 10] = [
         ("keel_mqtt_sessions", "gauge", "Managed MQTT sessions held now.", m.sessions),
         (
