@@ -7,7 +7,7 @@ use std::time::Duration;
 use keel_server::proxy::mqtt::AttachError;
 use keel_server::proxy::mqtt::{
     BrokerSettings, LostReason, MqttAttachment, MqttCommand, MqttEvent, MqttHub, MqttLimits, MqttStats, RequestState,
-    SessionState, Will,
+    SessionState, Will, MAX_BROKER_PACKET,
 };
 use keel_server::proxy::{Destinations, DnsLimits, NameLookups, Tenant};
 use keel_testpeers::{Mosquitto, TestCa};
@@ -545,6 +545,90 @@ async fn a_topic_longer_than_the_limit_is_dropped_as_too_large() {
         other => panic!("{other:?}"),
     }
     assert_eq!(message(next(&mut att).await).1, "long/ok");
+}
+
+/// A QoS 1 message larger than any packet the session reads (a "poison" message a third party
+/// can publish to a subscribed topic): rumqttc cannot skip it and drops the connection, and a
+/// broker keeping the session sends it again at every reconnection. The session must get out
+/// of that loop (starting clean, its subscriptions made again), report the message lost and
+/// go on delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_packet_limit_does_not_trap_the_session_in_a_reconnect_loop() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let mut att = hub.attach(&who("dev15"), "p", settings(&broker, "poisoned"), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    subscribe(&mut att, 1, "poison/#", 1).await;
+    broker_publish(&broker, "poison/big", &vec![b'p'; MAX_BROKER_PACKET + 1000], 1).await;
+    match wait_for(&mut att, |e| matches!(e, MqttEvent::Lost { .. })).await {
+        MqttEvent::Lost { reason, topic, len, count } => {
+            assert_eq!((reason, topic.as_str(), count), (LostReason::TooLarge, "", 1));
+            assert!(len as usize > MAX_BROKER_PACKET, "{len}");
+        }
+        _ => unreachable!(),
+    }
+    wait_for(&mut att, |e| matches!(e, MqttEvent::Status { state: SessionState::Connected, .. })).await;
+    // The session goes on: its subscription is made again (its SUBACK is not reported to the
+    // device: publish until a message arrives), and there is no further reconnection.
+    let connections = hub.stats().connections;
+    let mut got = None;
+    for i in 0..50 {
+        broker_publish(&broker, "poison/after", format!("probe {i}").as_bytes(), 1).await;
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), att.events.recv()).await {
+            got = Some(ev);
+            break;
+        }
+    }
+    let (id, topic, _, _) = message(got.expect("no message after the clean reconnection"));
+    assert_eq!(topic, "poison/after");
+    att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+    broker_publish(&broker, "poison/after", b"and later", 1).await;
+    loop {
+        let (id, _, payload, _) = message(next(&mut att).await);
+        att.commands.send(MqttCommand::Ack { id }).await.unwrap();
+        if payload == b"and later" {
+            break;
+        }
+    }
+    assert_eq!(hub.stats().connections, connections, "{}", broker.log());
+}
+
+/// The same message retained: every subscription brings it back, so starting clean cannot get
+/// rid of it. The session gives up (down, with the reason) instead of looping, and the app can
+/// connect again and subscribe to something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_over_the_packet_limit_takes_the_session_down_not_into_a_loop() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let big = vec![b'r'; MAX_BROKER_PACKET + 1000];
+    let (b, payload) = (broker.clone(), big.clone());
+    tokio::task::spawn_blocking(move || b.publish("retained/big", &payload, 1, true)).await.unwrap();
+    let mut att = hub.attach(&who("dev16"), "p", settings(&broker, "retainer"), loopback()).unwrap();
+    assert!(!connected(&mut att, false).await);
+    // Its SUBACK and the retained message can come in one read, which fails on the message: the
+    // subscription's result is then SocketError (it is made again all the same).
+    att.commands.send(MqttCommand::Subscribe { id: 1, topics: vec![("retained/#".into(), 1)] }).await.unwrap();
+    // Twice: the message at the subscription, then again after the clean reconnection.
+    let (mut lost, mut down) = (0, None);
+    while lost < 2 || down.is_none() {
+        match wait_for(&mut att, |e| matches!(e, MqttEvent::Lost { .. } | MqttEvent::Status { .. })).await {
+            MqttEvent::Lost { reason: LostReason::TooLarge, count, .. } => lost += count,
+            MqttEvent::Status { state: SessionState::Down, reason } => down = Some(reason),
+            MqttEvent::Status { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(lost, 2);
+    let reason = down.unwrap();
+    assert!(reason.contains("given up"), "{reason}");
+    wait_stats(&hub, "the broker connection did not end", |s| s.relay_connections == 0).await;
+    let lost = hub.stats().lost;
+    // Connected again, elsewhere: the session works.
+    assert!(!connected(&mut att, true).await);
+    subscribe(&mut att, 2, "fine/#", 1).await;
+    broker_publish(&broker, "fine/t", b"ok", 1).await;
+    assert_eq!(message(next(&mut att).await).2, b"ok");
+    assert_eq!(hub.stats().lost, lost, "no more losses");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,10 @@
 //! queued. The client reads packets up to [`MAX_BROKER_PACKET`] so that such a message is read and
 //! reported, not refused: rumqttc cannot skip a packet over its limit, it ends the connection, and
 //! the broker would deliver the same QoS 1 message again after every reconnect (a session stuck
-//! in a reconnect loop). Only a packet above that (1 MiB) does so.
+//! in a reconnect loop). Only a packet above that (1 MiB) ends the connection: it is reported as
+//! lost (`TooLarge`, empty topic), the next connection starts clean (the broker forgets it; the
+//! subscriptions are made again), and if one comes again before that connection carried a
+//! message (a retained one), the session goes down instead of looping (see `drive`).
 
 /// The largest packet the session reads from a broker (see the module docs).
 pub const MAX_BROKER_PACKET: usize = 1 << 20;
@@ -973,15 +976,50 @@ fn tls_config(s: &BrokerSettings) -> Result<rustls::ClientConfig, String> {
     }
 }
 
+/// A failed (re)connection or a lost connection, as the device sees it.
+#[derive(Debug)]
+struct Failure {
+    state: RequestState,
+    /// The broker's CONNACK code, if it refused.
+    code: u32,
+    why: String,
+    /// The broker sent a packet of this many bytes, over what the session reads
+    /// ([`MAX_BROKER_PACKET`]): the connection ended on it.
+    oversized: Option<u32>,
+    /// The driver gave up: the session is down.
+    given_up: bool,
+}
+
+impl Failure {
+    fn new(state: RequestState, code: u32, why: String) -> Failure {
+        Failure { state, code, why, oversized: None, given_up: false }
+    }
+}
+
+/// The size of the packet `e` ended the connection on, if the broker sent one over the limit.
+fn oversized(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
 /// What a connection error means for the device.
-fn classify(e: &ConnectionError, target: &Target) -> (RequestState, u32, String) {
+fn classify(e: &ConnectionError, target: &Target) -> Failure {
     let reason = e.to_string();
     if let ConnectionError::ConnectionRefused(code) = e {
-        return (RequestState::BrokerRefused, *code as u32, reason);
+        return Failure::new(RequestState::BrokerRefused, *code as u32, reason);
+    }
+    if let Some(n) = oversized(e) {
+        let why = format!("the broker sent a packet of {n} bytes, over the {MAX_BROKER_PACKET}-byte limit");
+        let oversized = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        return Failure { oversized, ..Failure::new(RequestState::SocketError, 0, why) };
     }
     if let ConnectionError::Proxy(_) = e {
         if let Some((state, why)) = target.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return (state, 0, why);
+            return Failure::new(state, 0, why);
         }
     }
     if let Some(r) = find_rustls_error(e) {
@@ -993,28 +1031,40 @@ fn classify(e: &ConnectionError, target: &Target) -> (RequestState, u32, String)
             }
             _ => RequestState::SocketError,
         };
-        return (state, 0, format!("tls: {r}"));
+        return Failure::new(state, 0, format!("tls: {r}"));
     }
-    (RequestState::SocketError, 0, reason)
+    Failure::new(RequestState::SocketError, 0, reason)
 }
 
 // ---------------------------------------------------------------------------------------------
 // A session.
 
 /// What a session's driver task reports: an event, or a failed (re)connection / lost connection.
-type Driven = Result<Event, (RequestState, u32, String)>;
+type Driven = Result<Event, Failure>;
 
 /// Polls an event loop (reconnecting with backoff after errors) and forwards what happens.
+///
+/// A packet over the size limit ends the connection (rumqttc cannot skip it), and a broker that
+/// kept the session would send it again at every reconnection: after one, the next connection
+/// starts clean (the broker forgets the message; the session makes its subscriptions again).
+/// If an oversized packet comes again before that connection carried a message or a ping
+/// answer (a retained message, sent again at each subscription), the driver gives up: the
+/// session is down, and the app decides what to subscribe to when it connects again.
 async fn drive(mut el: EventLoop, tx: mpsc::Sender<Driven>, target: Arc<Target>, min: Duration, max: Duration) {
     let mut delay = min;
+    let mut poisoned = false;
     loop {
         match el.poll().await {
             Ok(ev) => {
                 let disconnected = matches!(ev, Event::Outgoing(Outgoing::Disconnect));
-                if let Event::Incoming(Packet::ConnAck(_)) = ev {
-                    delay = min;
-                    // Reconnections resume the session the first connection started.
-                    el.mqtt_options.set_clean_session(false);
+                match ev {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        delay = min;
+                        // Reconnections resume the session the first connection started.
+                        el.mqtt_options.set_clean_session(false);
+                    }
+                    Event::Incoming(Packet::Publish(_) | Packet::PingResp) => poisoned = false,
+                    _ => {}
                 }
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
@@ -1029,7 +1079,18 @@ async fn drive(mut el: EventLoop, tx: mpsc::Sender<Driven>, target: Arc<Target>,
                 }
             }
             Err(e) => {
-                if tx.send(Err(classify(&e, &target))).await.is_err() {
+                let mut failure = classify(&e, &target);
+                if failure.oversized.is_some() {
+                    if poisoned {
+                        failure.given_up = true;
+                        failure.why = format!("{}, again after a clean reconnection: given up", failure.why);
+                        let _ = tx.send(Err(failure)).await;
+                        return;
+                    }
+                    poisoned = true;
+                    el.mqtt_options.set_clean_session(true);
+                }
+                if tx.send(Err(failure)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(delay).await;
@@ -1564,7 +1625,16 @@ impl Session {
                 }
             }
             Ok(_) => {}
-            Err((state, code, why)) => {
+            Err(Failure { state, code, why, oversized, given_up }) => {
+                if let Some(len) = oversized {
+                    self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+                    let e = self.lost.entry(LostReason::TooLarge).or_insert((0, String::new(), 0));
+                    e.0 += 1;
+                    e.1 = String::new();
+                    e.2 = len;
+                }
+                let counters = &self.shared.counters;
+                let Some(conn) = self.conn.as_mut() else { return };
                 counters.connect_failures.fetch_add(u64::from(conn.state != ConnState::Connected), Ordering::Relaxed);
                 counters.denied.fetch_add(u64::from(state == RequestState::Denied), Ordering::Relaxed);
                 match conn.state {
@@ -1573,7 +1643,7 @@ impl Session {
                         self.att_connected = false;
                         self.push(MqttEvent::ConnectResult { state, reason: code, session_present: false });
                     }
-                    _ if matches!(state, RequestState::BrokerRefused | RequestState::Denied) => {
+                    _ if given_up || matches!(state, RequestState::BrokerRefused | RequestState::Denied) => {
                         self.conn = None;
                         self.att_connected = false;
                         self.reset();
