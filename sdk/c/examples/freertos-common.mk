@@ -9,11 +9,6 @@
 # to use another copy of the kernel. Each app's FreeRTOSConfig.h sets what differs and includes
 # freertos-config-common.h (here) for the rest.
 
-ifeq ($(origin CC),default)
-CC := arm-none-eabi-gcc
-endif
-CC ?= arm-none-eabi-gcc
-OBJCOPY ?= arm-none-eabi-objcopy
 CARGO ?= cargo
 
 BUILD ?= build
@@ -43,29 +38,13 @@ KERNEL_OBJS := $(addprefix $(BUILD)/$(APP)/freertos/,$(notdir $(KERNEL_SRCS:.c=.
 PORT_OBJS   := $(addprefix $(BUILD)/$(APP)/freertos/,$(notdir $(PORT_SRCS:.c=.o)))
 OBJS        := $(APP_OBJS) $(KERNEL_OBJS) $(PORT_OBJS)
 
-ARCH     := -mcpu=cortex-m33 -mthumb -mfloat-abi=soft
-CFLAGS   ?= -Os -g
+include $(SDK)/keel_app.mk
+
 INCLUDES := -I$(HERE) -I$(EXAMPLES) -I$(SDK)/include -I$(FREERTOS_KERNEL)/include -I$(PORT)
-BASE     := $(ARCH) -std=c11 -ffreestanding -nostdlib -ffunction-sections -fdata-sections \
-            $(INCLUDES) -MMD -MP
 # Our code: every warning is an error. The kernel: its own code, built as its demos are.
-APP_CFLAGS    := $(CFLAGS) $(BASE) -Wall -Wextra -Werror
-KERNEL_CFLAGS := $(CFLAGS) $(BASE) -Wall
-PORT_CFLAGS   := $(KERNEL_CFLAGS)
-LDFLAGS += $(ARCH) -nostdlib -T $(SDK)/keel_app.ld -Wl,--gc-sections \
-           -Wl,-Map=$(BUILD)/$(APP).map
-LDLIBS  += -lgcc
-
-.PHONY: all bin clean
-all: $(BUILD)/$(APP).elf
-
-bin: $(BUILD)/$(APP).bin
-
-$(BUILD)/$(APP).elf: $(OBJS) $(SDK)/keel_app.ld
-	$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LDLIBS)
-
-$(BUILD)/$(APP).bin: $(BUILD)/$(APP).elf
-	$(OBJCOPY) -O binary $< $@
+APP_CFLAGS     = $(KEEL_CFLAGS) $(INCLUDES) -Wall -Wextra -Werror
+KERNEL_CFLAGS  = $(KEEL_CFLAGS) $(INCLUDES) -Wall
+PORT_CFLAGS    = $(KERNEL_CFLAGS)
 
 $(BUILD)/$(APP)/main.o: $(HERE)main.c | $(BUILD)/$(APP)/freertos
 	$(CC) $(APP_CFLAGS) -c -o $@ $<
@@ -85,4 +64,3 @@ $(BUILD)/$(APP)/freertos:
 clean:
 	rm -rf $(BUILD)/$(APP) $(BUILD)/$(APP).elf $(BUILD)/$(APP).bin $(BUILD)/$(APP).map
 
--include $(OBJS:.o=.d)
