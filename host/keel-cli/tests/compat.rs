@@ -4,8 +4,8 @@
 //! talking to a real `keel` server, set up with the CLI, with real peers: a local HTTPS server
 //! and Mosquitto with TLS (keel-testpeers).
 //!
-//! The apps' HTTPS URLs are compiled in, so their servers listen on fixed loopback ports:
-//! 18443 (mv-http-get) and 18444 (freertos-channels). Run with `--test-threads=1`.
+//! The apps' HTTPS URLs are compiled in (as a Microvisor app's would be): each test starts its
+//! HTTPS server on a free loopback port and builds its app for that URL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,11 +23,6 @@ use common::*;
 use lab::{ca_file, Lab};
 
 const SUITE: &str = "compat-e2e";
-
-/// mv-http-get's compiled-in URL is `https://localhost:18443/hello`.
-const MV_HTTP_PORT: u16 = 18443;
-/// freertos-channels' compiled-in URL is `https://localhost:18444/hello`.
-const RTOS_HTTP_PORT: u16 = 18444;
 
 /// Builds a C app with its Makefile (`dir` relative to the repository) into
 /// `target/c-apps[/sub]`, with `defs` as `DEFS`; returns its ELF. Make rebuilds nothing that is
@@ -55,12 +50,21 @@ fn c_app(dir: &str, sub: Option<&str>, defs: Option<&str>) -> PathBuf {
     out.join(format!("{name}.elf"))
 }
 
-/// An HTTPS server on 127.0.0.1:`port` answering `hello from <path>`, counting requests.
-fn hello_server(rt: &tokio::runtime::Runtime, ca: &TestCa, port: u16) -> (HttpServer, Arc<AtomicUsize>) {
+/// Builds the app in `dir` for `url` (its `URL` define) into a fresh `target/c-apps/<name>-url`
+/// (make does not track defines: objects built for another URL must not be reused).
+fn c_app_for_url(dir: &str, url: &str) -> PathBuf {
+    let name = Path::new(dir).file_name().unwrap().to_str().unwrap();
+    let sub = format!("{name}-url");
+    let _ = std::fs::remove_dir_all(keel_vdev::repo_root().join("target/c-apps").join(&sub));
+    c_app(dir, Some(&sub), Some(&format!("-DURL=\"\\\"{url}\\\"\"")))
+}
+
+/// An HTTPS server on a free loopback port answering `hello from <path>`, counting requests.
+fn hello_server(rt: &tokio::runtime::Runtime, ca: &TestCa) -> (HttpServer, Arc<AtomicUsize>) {
     let leaf = ca.localhost();
     let requests = Arc::new(AtomicUsize::new(0));
     let count = requests.clone();
-    let server = rt.block_on(HttpServer::start_tls_on(port, &leaf, move |req| {
+    let server = rt.block_on(HttpServer::start_tls(&leaf, move |req| {
         count.fetch_add(1, Ordering::SeqCst);
         async move {
             hyper::Response::builder()
@@ -81,13 +85,14 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn mv_http_get_conformance() {
-    let app = c_app("sdk/c/compat/examples/mv-http-get", None, None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ca = TestCa::new("keel compat test CA");
-    let (_https, requests) = hello_server(&rt, &ca, MV_HTTP_PORT);
+    let (https, requests) = hello_server(&rt, &ca);
+    let url = format!("https://localhost:{}/hello", https.port);
+    let app = c_app_for_url("sdk/c/compat/examples/mv-http-get", &url);
     let ca_path = ca_file(SUITE, &ca, "mv-http-get");
     let mut lab = Lab::new(SUITE, "mv-http-get", &app, &[("KEEL_PROXY_CA", &ca_path)]);
-    let port = MV_HTTP_PORT.to_string();
+    let port = https.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &port, "--scheme", "https"]);
     lab.boot();
     let line = lab.pass("mv-http-get");
@@ -171,14 +176,14 @@ fn mv_update_conformance() {
 
 #[test]
 fn freertos_channels_workload() {
-    let app = c_app("sdk/c/examples/freertos-channels", None, None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ca = TestCa::new("keel compat test CA");
-    let (_https, requests) = hello_server(&rt, &ca, RTOS_HTTP_PORT);
+    let (https, requests) = hello_server(&rt, &ca);
+    let app = c_app_for_url("sdk/c/examples/freertos-channels", &format!("https://localhost:{}/hello", https.port));
     let ca_path = ca_file(SUITE, &ca, "freertos-channels");
     let broker = Mosquitto::start_tls();
     let mut lab = Lab::new(SUITE, "freertos-channels", &app, &[("KEEL_PROXY_CA", &ca_path)]);
-    let http_port = RTOS_HTTP_PORT.to_string();
+    let http_port = https.port.to_string();
     let mqtt_port = broker.port.to_string();
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &http_port, "--scheme", "https"]);
     lab.keel(&["policy", "allow", "127.0.0.1/32", "--port", &mqtt_port, "--scheme", "mqtts"]);
