@@ -21,6 +21,7 @@ on_both_databases!("channels_", a_second_http_request_ends_the_channel);
 on_both_databases!("channels_", the_open_budget_survives_a_reconnect);
 on_both_databases!("channels_", metrics_show_the_connectivity_counters);
 on_both_databases!("channels_", a_scrape_does_not_start_the_channel_services);
+on_both_databases!("channels_", simulated_devices_fetch_their_config_over_the_link);
 
 const DEV: &str = "kd000000000000000000000000000000c1";
 const DEV2: &str = "kd000000000000000000000000000000c2";
@@ -265,4 +266,58 @@ async fn metrics_show_the_connectivity_counters(store: Store) {
     hub.on_up(ChanUp::Close { ch: 1 });
     hub.on_up(ChanUp::Close { ch: 3 });
     assert_eq!(sample(&scrape(&store).await, "keel_channels_open"), 0);
+}
+
+/// Twenty simulated devices (the visor's device core in keel-sim, its channel table and link)
+/// fetch configuration over real links through the gateway at once: each gets the account's
+/// value and secret and its own device value, never another device's, and a key that does not
+/// exist is answered NOT_FOUND on its own.
+async fn simulated_devices_fetch_their_config_over_the_link(store: Store) {
+    use keel_sim::{new_secret, public_key, SimDevice};
+    let store = store.with_secrets_key(MasterKey::from_bytes([7; 32]));
+    store.create_account("a", "A").await.unwrap();
+    store.set_setting("a", None, StoreKind::Config, "greeting", b"hello").await.unwrap().unwrap();
+    store.set_setting("a", None, StoreKind::Secret, "api-key", b"s3cret").await.unwrap().unwrap();
+    let (private, public) = keel_server::gateway::generate_keypair();
+    let mut devices = Vec::new();
+    for i in 0..20u32 {
+        let secret = new_secret();
+        let id = format!("kd{:032x}", 0x5100 + i);
+        store.add_device("a", &id, &public_key(&secret), &format!("sim-{i}")).await.unwrap();
+        let site = format!("site-{i}");
+        store.set_setting("a", Some(&id), StoreKind::Config, "site", site.as_bytes()).await.unwrap().unwrap();
+        devices.push((Arc::new(SimDevice::new(secret, public, 1)), site));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = tokio::spawn(keel_server::gateway::serve(listener, store.clone(), private));
+    let mut fetches = tokio::task::JoinSet::new();
+    for (dev, site) in devices {
+        fetches.spawn(async move {
+            let d = dev.clone();
+            let run = tokio::spawn(async move { d.run(addr, 0).await });
+            dev.wait_online().await;
+            let keys = [
+                (config::SCOPE_ACCOUNT, config::STORE_CONFIG, "greeting"),
+                (config::SCOPE_DEVICE, config::STORE_CONFIG, "site"),
+                (config::SCOPE_ACCOUNT, config::STORE_SECRET, "api-key"),
+                (config::SCOPE_DEVICE, config::STORE_CONFIG, "nothing-here"),
+            ];
+            let got = dev.fetch_config(&keys, Duration::from_secs(20)).await;
+            run.abort();
+            (got, site)
+        });
+    }
+    let mut answered = 0;
+    while let Some(r) = fetches.join_next().await {
+        let (got, site) = r.unwrap();
+        let items = got.unwrap_or_else(|e| panic!("{site}: {e}"));
+        assert_eq!(items[0], Ok(b"hello".to_vec()));
+        assert_eq!(items[1], Ok(site.into_bytes()), "the device's own value");
+        assert_eq!(items[2], Ok(b"s3cret".to_vec()));
+        assert_eq!(items[3], Err(config_result::NOT_FOUND));
+        answered += 1;
+    }
+    assert_eq!(answered, 20);
+    gateway.abort();
 }

@@ -12,13 +12,20 @@
 //! * a timer armed at `poll_at()` (the core's µs clock runs from the device's creation, plus any
 //!   [`SimDevice::advance_clock`]);
 //! * a simulated app ([`SimApp`]) started on `AppAction::Launch` from the image header in the
-//!   slot, which confirms, crashes, panics at every start, hangs or stays silent.
+//!   slot, which confirms, crashes, panics at every start, hangs or stays silent;
+//! * the app's channels ([`SimDevice::fetch_config`]): buffers in a simulated app memory, the
+//!   same channel calls the visor's system calls make, and the core's channel messages
+//!   interleaved with its own on the link.
 //!
 //! Used by the server's tests (every trial policy end to end) and by load benchmarks (thousands
 //! of devices in one process: a device without updates holds no flash). The core's console lines
 //! go to `tracing` at debug level (target `keel_sim::console`), never to stdout.
 
+pub mod channels;
 pub mod update;
+
+pub use channels::ChannelError;
+use channels::SimMemory;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -139,6 +146,8 @@ struct Inner<const N: usize> {
     pause_at: Option<u64>,
     wall_us: Option<u64>,
     stats: Stats,
+    /// The app's channel memory, from its first channel call on.
+    mem: Option<Box<SimMemory>>,
 }
 
 /// A simulated device holding up to `N` bytes of unsent log records.
@@ -154,6 +163,8 @@ pub struct SimDevice<const N: usize = DEFAULT_RING> {
     inner: Box<Mutex<Inner<N>>>,
     /// Wakes the device's task (a log line, a test hook).
     wake: Notify,
+    /// Wakes the app's channel calls waiting for an answer (the core received something).
+    app_wake: Notify,
     stats: watch::Sender<Stats>,
 }
 
@@ -200,6 +211,7 @@ impl<const N: usize> SimDevice<N> {
             pause_at: None,
             wall_us: None,
             stats: Stats::default(),
+            mem: None,
         };
         SimDevice {
             secret,
@@ -208,6 +220,7 @@ impl<const N: usize> SimDevice<N> {
             epoch: Instant::now(),
             inner: Box::new(Mutex::new(inner)),
             wake: Notify::new(),
+            app_wake: Notify::new(),
             stats: watch::Sender::new(Stats::default()),
         }
     }
@@ -275,6 +288,91 @@ impl<const N: usize> SimDevice<N> {
     /// The device clock (µs).
     fn now(&self, g: &Inner<N>) -> u64 {
         (self.epoch.elapsed().as_micros() as u64).saturating_add(g.offset_us)
+    }
+
+    /// The app fetches configuration values and secrets over a config channel, as an app's
+    /// `keel_app::config::fetch` does: `keys` are `(scope, store, key)`
+    /// (`keel_channel::msg::config`); the answer has one item per key, its value or its result
+    /// code. The device must be online; gives up after `timeout`.
+    pub async fn fetch_config(
+        &self,
+        keys: &[(u8, u8, &str)],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Vec<u8>, u8>>, ChannelError> {
+        use keel_channel::msg::{config_result, Keys, Msg};
+        let ks: Vec<(u8, u8, &[u8])> = keys.iter().map(|&(sc, st, k)| (sc, st, k.as_bytes())).collect();
+        let mut request = [0u8; channels::SCRATCH_LEN as usize];
+        let n =
+            Msg::ConfigFetch { keys: Keys::Items(&ks) }.encode(&mut request).map_err(|_| ChannelError::Malformed)?;
+        let handle = {
+            let mut g = self.lock();
+            let now = self.now(&g);
+            let g = &mut *g;
+            let mem = g.mem.get_or_insert_with(SimMemory::new);
+            let p = keel_abi::chan::OpenParams {
+                version: 1,
+                kind: keel_abi::chan::Kind::Config as u32,
+                tag: 1,
+                rx_buf: channels::RX_AT,
+                rx_len: channels::RX_LEN,
+                tx_buf: channels::TX_AT,
+                tx_len: channels::TX_LEN,
+                endpoint: 0,
+                endpoint_len: 0,
+            };
+            let handle = g.dev.chan_open(now, &p, &[], &[], false).map_err(ChannelError::Status)?;
+            let scratch = mem.range(channels::SCRATCH_AT, n).expect("within the scratch area");
+            scratch.copy_from_slice(&request[..n]);
+            let status = g.dev.chans_mut(now).send(now, handle, channels::SCRATCH_AT, n as u32, false, &mut **mem);
+            if status != keel_abi::Status::Ok {
+                g.dev.chans_mut(now).close(handle);
+                return Err(ChannelError::Status(status));
+            }
+            handle
+        };
+        self.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answer = loop {
+            let woken = self.app_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let mut g = self.lock();
+                let now = self.now(&g);
+                let g = &mut *g;
+                let mem = g.mem.as_deref_mut().expect("allocated at the open");
+                match g.dev.chans_mut(now).recv(handle, &mut *mem) {
+                    Ok(info) => {
+                        let body = mem.range(channels::RX_AT + info.offset, info.len as usize).map(|b| b.to_vec());
+                        g.dev.chans_mut(now).consume(handle, &mut *mem);
+                        break body.ok_or(ChannelError::Malformed);
+                    }
+                    Err(keel_abi::Status::NoData) => {}
+                    Err(keel_abi::Status::ChannelClosed) => {
+                        let reason = g.dev.channels().info(handle).map_or(0, |i| i.reason);
+                        break Err(ChannelError::Closed(reason));
+                    }
+                    Err(s) => break Err(ChannelError::Status(s)),
+                }
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break Err(ChannelError::Timeout);
+            }
+        };
+        {
+            let mut g = self.lock();
+            let now = self.now(&g);
+            g.dev.chans_mut(now).close(handle);
+        }
+        self.wake.notify_one();
+        let body = answer?;
+        match Msg::decode(&body) {
+            Ok(Msg::ConfigResult { result, items }) if result == config_result::OK && items.len() == keys.len() => {
+                Ok(items.iter().map(|(r, v)| if r == config_result::OK { Ok(v.to_vec()) } else { Err(r) }).collect())
+            }
+            Ok(Msg::ConfigResult { result, .. }) if result != config_result::OK => Err(ChannelError::Failed(result)),
+            _ => Err(ChannelError::Malformed),
+        }
     }
 
     /// Test hook: moves the device's clock forward by `d` (timers that fall due run at once:
@@ -451,11 +549,14 @@ impl<const N: usize> SimDevice<N> {
             }
             moved |= self.effects(g, net, fx, addr, now);
             if net.stream.is_some() && !net.rx.is_empty() && !held(g) {
-                let used = g.dev.receive(now, &net.rx, fx);
+                let used = g.dev.receive(now, &net.rx, &mut WithMemory { fx, mem: g.mem.as_deref_mut() });
                 net.rx.drain(..used);
                 if used > 0 {
                     moved = true;
                     sample(g);
+                    if g.mem.is_some() {
+                        self.app_wake.notify_waiters();
+                    }
                 }
                 if g.dev.debug().is_some_and(|d| d.has_frame()) {
                     // A simulated app has no code or memory to debug: the agent answers
@@ -468,7 +569,11 @@ impl<const N: usize> SimDevice<N> {
             while net.stream.is_some() && net.tx.len() < TX_CAP {
                 let at = net.tx.len();
                 net.tx.resize(at + MAX_FRAME, 0);
-                let sent = g.dev.poll_transmit(now, &mut net.tx[at..]);
+                let sent = match g.mem.as_deref_mut() {
+                    // The app's messages are read from its transmit buffers.
+                    Some(mem) => g.dev.poll_transmit_with(now, &mut net.tx[at..], mem),
+                    None => g.dev.poll_transmit(now, &mut net.tx[at..]),
+                };
                 net.tx.truncate(at + sent.unwrap_or(0));
                 if sent.is_none() {
                     break;
@@ -663,6 +768,23 @@ fn app_events<const N: usize>(g: &mut Inner<N>, now: u64, fx: &mut Fx) {
     let events = g.dev.take_app_events();
     if events & keel_device::events::UPDATE_READY != 0 && g.app == SimApp::ApplyPolite && g.dev.app_apply(now, fx) {
         g.stats.app.applies += 1;
+    }
+}
+
+/// The shell's effects with the app's channel memory (for the channel messages a frame
+/// carries).
+struct WithMemory<'a> {
+    fx: &'a mut Fx,
+    mem: Option<&'a mut SimMemory>,
+}
+
+impl Output for WithMemory<'_> {
+    fn effect(&mut self, effect: Effect<'_>) {
+        self.fx.effect(effect);
+    }
+
+    fn app_memory(&mut self) -> Option<&mut dyn keel_device::AppMemory> {
+        self.mem.as_deref_mut().map(|m| m as &mut dyn keel_device::AppMemory)
     }
 }
 
