@@ -1,7 +1,8 @@
 //! `keel-sim`: load tools built on simulated devices. Each prints a flat JSON object of metrics.
 //!
 //! - `keel-sim bench [DEVICES] [LOG_LINES]`: gateway throughput with simulated devices against an
-//!   in-process server (SQLite in a temporary directory, TCP on loopback).
+//!   in-process server (SQLite in a temporary directory, TCP on loopback): handshakes, log
+//!   lines, and config fetches over app channels.
 //! - `keel-sim idle --server-bin PATH [--count N] [--concurrency K]`: memory of a real `keel
 //!   server run` process (a child process, so its RSS is the server's alone) holding `N`
 //!   connected, idle simulated devices.
@@ -13,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_channel::msg::config;
 use keel_server::gateway::{generate_keypair, serve};
+use keel_server::settings::StoreKind;
 use keel_server::store::Store;
 use keel_sim::{new_secret, public_key, SimDevice};
 use tokio::net::TcpListener;
@@ -119,12 +122,36 @@ async fn bench(args: &[String]) {
     let stored = store.logs(&format!("kd{:032x}", 0), None, 1).await.map(|v| v.len()).unwrap_or(0);
     assert!(stored > 0, "records were stored");
     let log_lines_per_second = lines as f64 / t1.elapsed().as_secs_f64();
+
+    // App channels: every device's app fetches a config value and a secret over a channel
+    // (open, request, answer from the store, close), CONFIG_ROUNDS times, all devices at once;
+    // time until the last answer.
+    store.set_setting("bench", None, StoreKind::Config, "greeting", b"hello").await.unwrap().unwrap();
+    let t2 = Instant::now();
+    let mut fetches = tokio::task::JoinSet::new();
+    for s in &sims {
+        let s = s.clone();
+        fetches.spawn(async move {
+            for _ in 0..CONFIG_ROUNDS {
+                let keys = [(config::SCOPE_ACCOUNT, config::STORE_CONFIG, "greeting")];
+                let got = s.fetch_config(&keys, Duration::from_secs(60)).await.expect("a config fetch");
+                assert_eq!(got, vec![Ok(b"hello".to_vec())]);
+            }
+        });
+    }
+    while let Some(r) = fetches.join_next().await {
+        r.expect("a device's fetches");
+    }
+    let config_fetches_per_second = (devices * CONFIG_ROUNDS) as f64 / t2.elapsed().as_secs_f64();
     println!(
-        "{{\"handshakes_per_second\": {:.0}, \"log_lines_per_second\": {:.0}, \"bench_devices\": {devices}}}",
-        handshakes_per_second, log_lines_per_second
+        "{{\"handshakes_per_second\": {:.0}, \"log_lines_per_second\": {:.0}, \"config_fetches_per_second\": {:.0}, \"bench_devices\": {devices}}}",
+        handshakes_per_second, log_lines_per_second, config_fetches_per_second
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Config fetches each device makes in the bench (within the open budget's burst).
+const CONFIG_ROUNDS: usize = 5;
 
 /// Log ring of an idle simulated device: it never logs, so 1 KiB (two maximal records) is plenty.
 const IDLE_RING: usize = 1024;
