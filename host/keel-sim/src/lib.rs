@@ -511,6 +511,10 @@ impl<const N: usize> SimDevice<N> {
                 }
                 Wake::Timer => {}
             }
+            if g.mem.is_some() {
+                // A lost connection closed the app's channels: its waiting calls see it now.
+                self.app_wake.notify_waiters();
+            }
         }
     }
 
@@ -823,6 +827,15 @@ mod tests {
         assert!(d.lock().dev.flash().medium().bytes().is_empty(), "no flash allocated");
         assert!(state + handle < 11 * 1024, "{state} + {handle} bytes per device");
         eprintln!("idle device: {state} bytes of state + {handle} bytes of handle");
+    }
+
+    #[tokio::test]
+    async fn an_offline_devices_app_is_told_the_network_is_not_connected() {
+        let d = SimDevice::new(new_secret(), [1; 32], 1);
+        let keys = [(0, 1, "greeting")];
+        let got = d.fetch_config(&keys, Duration::from_secs(1)).await;
+        assert_eq!(got, Err(ChannelError::Status(keel_abi::Status::NetworkNotConnected)));
+        assert_eq!(d.lock().dev.channels().open_count(), 0, "no channel left open");
     }
 
     #[test]
