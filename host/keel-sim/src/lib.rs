@@ -293,7 +293,9 @@ impl<const N: usize> SimDevice<N> {
     /// The app fetches configuration values and secrets over a config channel, as an app's
     /// `keel_app::config::fetch` does: `keys` are `(scope, store, key)`
     /// (`keel_channel::msg::config`); the answer has one item per key, its value or its result
-    /// code. The device must be online; gives up after `timeout`.
+    /// code. The device must be online; gives up after `timeout`. The simulated app has one
+    /// pair of channel buffers: a second call while one is in progress is refused
+    /// (`BufferInUse`, the overlap rule of real buffers).
     pub async fn fetch_config(
         &self,
         keys: &[(u8, u8, &str)],
