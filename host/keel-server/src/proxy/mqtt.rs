@@ -1344,17 +1344,23 @@ impl Session {
     }
 
     fn lose(&mut self, reason: LostReason, p: &Publish) {
-        self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
         if p.qos == QoS::AtLeastOnce {
             if let Some(c) = &self.conn {
                 let _ = c.client.try_ack(p);
             }
         }
         let topic = truncated(&p.topic, self.shared.limits.max_topic_len).to_string();
+        self.count_lost(reason, topic, p.payload.len() as u32);
+    }
+
+    /// Counts a message lost for `reason` (reported to the device by the next turn: the count,
+    /// and the topic and length of the latest).
+    fn count_lost(&mut self, reason: LostReason, topic: String, len: u32) {
+        self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
         let e = self.lost.entry(reason).or_insert((0, String::new(), 0));
         e.0 += 1;
         e.1 = topic;
-        e.2 = p.payload.len() as u32;
+        e.2 = len;
     }
 
     fn on_command(&mut self, cmd: MqttCommand) {
@@ -1627,11 +1633,8 @@ impl Session {
             Ok(_) => {}
             Err(Failure { state, code, why, oversized, given_up }) => {
                 if let Some(len) = oversized {
-                    self.shared.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    let e = self.lost.entry(LostReason::TooLarge).or_insert((0, String::new(), 0));
-                    e.0 += 1;
-                    e.1 = String::new();
-                    e.2 = len;
+                    // Its topic was never read.
+                    self.count_lost(LostReason::TooLarge, String::new(), len);
                 }
                 let counters = &self.shared.counters;
                 let Some(conn) = self.conn.as_mut() else { return };
