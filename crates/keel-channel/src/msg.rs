@@ -826,6 +826,37 @@ impl<'a> Msg<'a> {
     }
 }
 
+/// What the answer on a config channel says, checked against the request it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigAnswer<'a> {
+    /// One item per key asked for, in request order: its [`config_result`] code and value.
+    Items(Items<'a>),
+    /// The whole request failed with this [`config_result`] code.
+    Failed(u8),
+    /// The server answered an error (its code).
+    ServerError(u8),
+    /// A valid message of another type (its type byte), or an unknown type.
+    Unexpected(u8),
+    /// Not a valid message, or items that do not match the keys asked for.
+    Malformed,
+}
+
+impl<'a> ConfigAnswer<'a> {
+    /// Decodes `b`, the answer to a [`Msg::ConfigFetch`] of `keys` keys (the apps' SDKs and
+    /// the simulated devices read answers the same way).
+    pub fn decode(b: &'a [u8], keys: usize) -> ConfigAnswer<'a> {
+        match Msg::decode(b) {
+            Ok(Msg::ConfigResult { result, .. }) if result != config_result::OK => ConfigAnswer::Failed(result),
+            Ok(Msg::ConfigResult { items, .. }) if items.len() == keys => ConfigAnswer::Items(items),
+            Ok(Msg::ConfigResult { .. }) => ConfigAnswer::Malformed,
+            Ok(Msg::Error { code, .. }) => ConfigAnswer::ServerError(code),
+            Ok(m) => ConfigAnswer::Unexpected(m.ty()),
+            Err(Error::UnknownType(t)) => ConfigAnswer::Unexpected(t),
+            Err(_) => ConfigAnswer::Malformed,
+        }
+    }
+}
+
 /// Splits an HTTP header `Name: value` into its name and value (value without leading spaces).
 pub fn split_header(h: &[u8]) -> Option<(&[u8], &[u8])> {
     let colon = h.iter().position(|&c| c == b':')?;
@@ -947,5 +978,26 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(split_header(b"Content-Type:  text/html"), Some((&b"Content-Type"[..], &b"text/html"[..])));
         assert_eq!(split_header(b"nocolon"), None);
+    }
+
+    #[test]
+    fn a_config_answer_is_checked_against_its_request() {
+        let enc = |m: Msg<'_>| m.to_vec().unwrap();
+        let two = enc(Msg::ConfigResult { result: config_result::OK, items: Items::Items(&[(0, b"a"), (4, b"")]) });
+        match ConfigAnswer::decode(&two, 2) {
+            ConfigAnswer::Items(items) => {
+                let got: alloc::vec::Vec<_> = items.iter().collect();
+                assert_eq!(got, [(0, &b"a"[..]), (4, &b""[..])]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ConfigAnswer::decode(&two, 3), ConfigAnswer::Malformed, "an item short");
+        let failed = enc(Msg::ConfigResult { result: config_result::BAD_REQUEST, items: Items::Items(&[]) });
+        assert_eq!(ConfigAnswer::decode(&failed, 1), ConfigAnswer::Failed(config_result::BAD_REQUEST));
+        assert_eq!(ConfigAnswer::decode(&enc(Msg::Error { code: 9, text: b"no" }), 1), ConfigAnswer::ServerError(9));
+        let other = enc(Msg::ConfigFetch { keys: Keys::Items(&[]) });
+        assert_eq!(ConfigAnswer::decode(&other, 1), ConfigAnswer::Unexpected(ty::CONFIG_FETCH));
+        assert_eq!(ConfigAnswer::decode(&[0xEE, 0, 0, 0, 0, 0, 0, 0], 1), ConfigAnswer::Unexpected(0xEE));
+        assert_eq!(ConfigAnswer::decode(&two[..two.len() - 1], 2), ConfigAnswer::Malformed, "truncated");
     }
 }

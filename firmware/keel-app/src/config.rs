@@ -14,7 +14,7 @@
 //! server answers [`crate::msg::config_result::RESPONSE_TOO_LARGE`].
 
 pub use keel_channel::msg::config::{SCOPE_ACCOUNT, SCOPE_DEVICE, STORE_CONFIG, STORE_SECRET};
-use keel_channel::msg::{config_result, Keys, Msg, MAX_CONFIG_KEYS};
+use keel_channel::msg::{config_result, ConfigAnswer, Keys, Msg, MAX_CONFIG_KEYS};
 
 use crate::chan::{self, Channel, Kind};
 use crate::Error;
@@ -80,23 +80,17 @@ pub fn fetch_in(
     let n = Msg::ConfigFetch { keys: Keys::Items(&ks[..keys.len()]) }.encode(scratch).map_err(|_| Error::TooLarge)?;
     let mut ch = Channel::open(Kind::Config, "", rx, tx, TAG)?;
     ch.send(&scratch[..n]).map_err(|e| chan::send_error(&ch, e))?;
-    let r = ch.recv_wait_with(TIMEOUT_MS, |m| match Msg::decode(m) {
-        Ok(Msg::ConfigResult { result, items }) => {
-            if result != config_result::OK {
-                return Err(Error::Failed(result));
-            }
-            if items.len() != keys.len() {
-                return Err(Error::Malformed);
-            }
+    let r = ch.recv_wait_with(TIMEOUT_MS, |m| match ConfigAnswer::decode(m, keys.len()) {
+        ConfigAnswer::Items(items) => {
             for (i, (res, value)) in items.iter().enumerate() {
                 each(i, res, value);
             }
             Ok(())
         }
-        Ok(Msg::Error { code, .. }) => Err(Error::Server(code)),
-        Ok(_) => Err(Error::Unexpected(m.first().copied().unwrap_or(0))),
-        Err(keel_channel::msg::Error::UnknownType(t)) => Err(Error::Unexpected(t)),
-        Err(_) => Err(Error::Malformed),
+        ConfigAnswer::Failed(result) => Err(Error::Failed(result)),
+        ConfigAnswer::ServerError(code) => Err(Error::Server(code)),
+        ConfigAnswer::Unexpected(t) => Err(Error::Unexpected(t)),
+        ConfigAnswer::Malformed => Err(Error::Malformed),
     });
     match r {
         Ok(r) => r,

@@ -73,6 +73,8 @@ pub enum ChannelError {
     Timeout,
     /// The server's answer: this result code for the whole request.
     Failed(u8),
+    /// The server answered an error message with this code.
+    Server(u8),
     /// The answer could not be decoded, or was not the one expected.
     Malformed,
 }
@@ -84,6 +86,7 @@ impl std::fmt::Display for ChannelError {
             ChannelError::Closed(r) => write!(f, "channel closed (reason {r})"),
             ChannelError::Timeout => write!(f, "no answer in time"),
             ChannelError::Failed(r) => write!(f, "the server answered result {r}"),
+            ChannelError::Server(c) => write!(f, "the server answered error {c}"),
             ChannelError::Malformed => write!(f, "malformed answer"),
         }
     }

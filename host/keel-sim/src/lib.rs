@@ -301,7 +301,7 @@ impl<const N: usize> SimDevice<N> {
         keys: &[(u8, u8, &str)],
         timeout: Duration,
     ) -> Result<Vec<Result<Vec<u8>, u8>>, ChannelError> {
-        use keel_channel::msg::{config_result, Keys, Msg};
+        use keel_channel::msg::{config_result, ConfigAnswer, Keys, Msg};
         let ks: Vec<(u8, u8, &[u8])> = keys.iter().map(|&(sc, st, k)| (sc, st, k.as_bytes())).collect();
         let mut request = [0u8; channels::SCRATCH_LEN as usize];
         let n =
@@ -368,12 +368,13 @@ impl<const N: usize> SimDevice<N> {
         }
         self.wake.notify_one();
         let body = answer?;
-        match Msg::decode(&body) {
-            Ok(Msg::ConfigResult { result, items }) if result == config_result::OK && items.len() == keys.len() => {
+        match ConfigAnswer::decode(&body, keys.len()) {
+            ConfigAnswer::Items(items) => {
                 Ok(items.iter().map(|(r, v)| if r == config_result::OK { Ok(v.to_vec()) } else { Err(r) }).collect())
             }
-            Ok(Msg::ConfigResult { result, .. }) if result != config_result::OK => Err(ChannelError::Failed(result)),
-            _ => Err(ChannelError::Malformed),
+            ConfigAnswer::Failed(result) => Err(ChannelError::Failed(result)),
+            ConfigAnswer::ServerError(code) => Err(ChannelError::Server(code)),
+            ConfigAnswer::Unexpected(_) | ConfigAnswer::Malformed => Err(ChannelError::Malformed),
         }
     }
 
