@@ -49,9 +49,6 @@ PORT_CFLAGS    = $(KERNEL_CFLAGS)
 $(BUILD)/$(APP)/main.o: $(HERE)main.c | $(BUILD)/$(APP)/freertos
 	$(CC) $(APP_CFLAGS) -c -o $@ $<
 
-$(BUILD)/$(APP)/keel_crt0.o: $(SDK)/keel_crt0.c | $(BUILD)/$(APP)/freertos
-	$(CC) $(APP_CFLAGS) -c -o $@ $<
-
 $(BUILD)/$(APP)/freertos/%.o: $(FREERTOS_KERNEL)/%.c | $(BUILD)/$(APP)/freertos
 	$(CC) $(KERNEL_CFLAGS) -c -o $@ $<
 
@@ -60,7 +57,3 @@ $(BUILD)/$(APP)/freertos/%.o: $(PORT)/%.c | $(BUILD)/$(APP)/freertos
 
 $(BUILD)/$(APP)/freertos:
 	mkdir -p $@
-
-clean:
-	rm -rf $(BUILD)/$(APP) $(BUILD)/$(APP).elf $(BUILD)/$(APP).bin $(BUILD)/$(APP).map
-

@@ -26,12 +26,3 @@ $(OBJDIR)/mv_board.o: $(COMMON)/mv_board.c | $(OBJDIR)
 
 $(OBJDIR)/mv_compat.o: $(COMPAT)/mv_compat.c | $(OBJDIR)
 	$(CC) $(KEEL_CFLAGS) $(FLAGS) $(COMPAT_INC) -c -o $@ $<
-
-$(OBJDIR)/keel_crt0.o: $(SDK)/keel_crt0.c | $(OBJDIR)
-	$(CC) $(KEEL_CFLAGS) $(FLAGS) -I$(SDK)/include -c -o $@ $<
-
-$(OBJDIR):
-	mkdir -p $@
-
-clean:
-	rm -rf $(OBJDIR) $(BUILD)/$(APP).elf $(BUILD)/$(APP).bin $(BUILD)/$(APP).map
