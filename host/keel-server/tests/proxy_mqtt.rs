@@ -609,14 +609,20 @@ async fn a_retained_message_over_the_packet_limit_takes_the_session_down_not_int
     // subscription's result is then SocketError (it is made again all the same).
     att.commands.send(MqttCommand::Subscribe { id: 1, topics: vec![("retained/#".into(), 1)] }).await.unwrap();
     // Twice: the message at the subscription, then again after the clean reconnection.
+    // One deadline for all of it: a session looping on the message sends statuses for ever.
     let (mut lost, mut down) = (0, None);
-    while lost < 2 || down.is_none() {
-        match wait_for(&mut att, |e| matches!(e, MqttEvent::Lost { .. } | MqttEvent::Status { .. })).await {
-            MqttEvent::Lost { reason: LostReason::TooLarge, count, .. } => lost += count,
-            MqttEvent::Status { state: SessionState::Down, reason } => down = Some(reason),
-            MqttEvent::Status { .. } => {}
-            other => panic!("{other:?}"),
+    let collect = async {
+        while lost < 2 || down.is_none() {
+            match wait_for(&mut att, |e| matches!(e, MqttEvent::Lost { .. } | MqttEvent::Status { .. })).await {
+                MqttEvent::Lost { reason: LostReason::TooLarge, count, .. } => lost += count,
+                MqttEvent::Status { state: SessionState::Down, reason } => down = Some(reason),
+                MqttEvent::Status { .. } => {}
+                other => panic!("{other:?}"),
+            }
         }
+    };
+    if tokio::time::timeout(WAIT, collect).await.is_err() {
+        panic!("the session did not go down within {WAIT:?} (lost {lost}, down {down:?})");
     }
     assert_eq!(lost, 2);
     let reason = down.unwrap();
