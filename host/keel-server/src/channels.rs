@@ -820,9 +820,21 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
         // A session limit (the server's or the account's): this channel only.
         Err(e) => return refuse_as(mqtt_state::RATE_LIMITED, &e.to_string()),
     };
+    // A command the session has no room for yet waits here, and the app's next messages wait
+    // unread (their credit unreleased) behind it: a burst is carried at the session's pace,
+    // never refused because a queue between two tasks was momentarily full.
+    let mut held: Option<MqttCommand> = None;
     loop {
         tokio::select! {
-            m = input.recv() => {
+            permit = att.commands.reserve(), if held.is_some() => match permit {
+                Ok(permit) => permit.send(held.take().expect("a held command")),
+                Err(_) => {
+                    o.msg(&Msg::MqttStatus { state: msg::mqtt_session::DOWN, reason: b"session replaced or closed" });
+                    o.close(Reason::ByServer);
+                    return;
+                }
+            },
+            m = input.recv(), if held.is_none() => {
                 let Some(m) = m else { return };
                 o.release(m.len());
                 let cmd = match Msg::decode(&m) {
@@ -839,8 +851,8 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
                     }
                 };
                 if let Some(cmd) = cmd {
-                    if att.commands.try_send(cmd).is_err() {
-                        o.msg(&Msg::Error { code: http_result::RATE_LIMITED, text: b"too many requests in flight" });
+                    if let Err(mpsc::error::TrySendError::Full(cmd)) = att.commands.try_send(cmd) {
+                        held = Some(cmd);
                     }
                 }
             }
@@ -867,7 +879,10 @@ async fn mqtt(ctx: Ctx, endpoint: String, mut input: mpsc::UnboundedReceiver<Vec
                             o.msg(&m);
                         } else {
                             o.msg(&Msg::MqttLost { reason: 1, topic: topic.as_bytes(), len: payload.len() as u32 });
-                            let _ = att.commands.try_send(MqttCommand::Ack { id });
+                            // Acknowledged so the broker does not deliver it again.
+                            if let Err(mpsc::error::TrySendError::Full(ack)) = att.commands.try_send(MqttCommand::Ack { id }) {
+                                held.get_or_insert(ack);
+                            }
                         }
                     }
                     MqttEvent::Lost { reason, topic, len, .. } => {

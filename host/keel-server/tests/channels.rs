@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::TestDb;
 use keel_abi::chan::{Kind, Reason};
-use keel_channel::msg::{config, config_result, http_result, Keys, Msg, Strs};
+use keel_channel::msg::{config, config_result, http_result, mqtt_state, Keys, Msg, Strs};
 use keel_server::channels::{ChanDown, ChannelHub, Services};
 use keel_server::connection::ChanUp;
 use keel_server::settings::{MasterKey, StoreKind};
@@ -22,6 +22,7 @@ on_both_databases!("channels_", the_open_budget_survives_a_reconnect);
 on_both_databases!("channels_", metrics_show_the_connectivity_counters);
 on_both_databases!("channels_", a_scrape_does_not_start_the_channel_services);
 on_both_databases!("channels_", simulated_devices_fetch_their_config_over_the_link);
+on_both_databases!("channels_", a_burst_of_publishes_is_carried_not_refused);
 
 const DEV: &str = "kd000000000000000000000000000000c1";
 const DEV2: &str = "kd000000000000000000000000000000c2";
@@ -43,20 +44,12 @@ async fn next(hub: &mut ChannelHub) -> Vec<ChanDown> {
     tokio::time::timeout(Duration::from_secs(30), hub.next()).await.expect("the hub answers")
 }
 
-/// The next whole message the hub sends on `ch`.
+/// The hub's one answer on `ch` (a test expecting several reads them with [`Messages`]).
 async fn message(hub: &mut ChannelHub, ch: u32) -> Vec<u8> {
-    let mut msg = vec![];
-    loop {
-        for d in next(hub).await {
-            if let ChanDown::Data { ch: c, last, data } = d {
-                assert_eq!(c, ch);
-                msg.extend_from_slice(&data);
-                if last {
-                    return msg;
-                }
-            }
-        }
-    }
+    let mut m = Messages::default();
+    let answer = m.next(hub, ch).await;
+    assert!(m.ready.is_empty(), "more than one answer came: {:?}", m.ready);
+    answer
 }
 
 async fn a_device_cannot_fetch_the_servers_broker_credentials(store: Store) {
@@ -113,6 +106,32 @@ async fn a_second_http_request_ends_the_channel(store: Store) {
     }
     assert_eq!(closed, Some(Reason::ProtocolError as u8));
     assert_eq!(hub.open_count(), 0);
+}
+
+/// The whole messages the hub sends on one channel, in order, however they are batched.
+#[derive(Default)]
+struct Messages {
+    partial: Vec<u8>,
+    ready: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Messages {
+    async fn next(&mut self, hub: &mut ChannelHub, ch: u32) -> Vec<u8> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return m;
+            }
+            for d in next(hub).await {
+                if let ChanDown::Data { ch: c, last, data } = d {
+                    assert_eq!(c, ch);
+                    self.partial.extend_from_slice(&data);
+                    if last {
+                        self.ready.push_back(std::mem::take(&mut self.partial));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Opens and at once closes `n` config channels; returns how many the hub opened.
@@ -320,4 +339,56 @@ async fn simulated_devices_fetch_their_config_over_the_link(store: Store) {
     }
     assert_eq!(answered, 20);
     gateway.abort();
+}
+
+/// An app that publishes a burst without waiting for each result (QoS 0 telemetry, fire and
+/// forget) gets every publish carried: the server holds what its session cannot take yet
+/// (backpressure through the channel's credit), it does not refuse it because its own tasks
+/// had not caught up. On the old code the session took 16 unanswered publishes and the
+/// gateway 32 queued commands, so whether a burst of 40 was refused depended on scheduling.
+async fn a_burst_of_publishes_is_carried_not_refused(store: Store) {
+    let broker = keel_testpeers::Mosquitto::start_plain();
+    store.create_account("a", "A").await.unwrap();
+    store.add_device("a", DEV, &[1; 32], "c1").await.unwrap();
+    store.add_policy_rule("a", "allow", "127.0.0.1/32", Some(broker.port), Some("mqtt"), false).await.unwrap().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    store.set_setting("a", None, StoreKind::Config, "mqtt/default/url", url.as_bytes()).await.unwrap().unwrap();
+    let services = store.channel_services().expect("the services start");
+    let mut hub = ChannelHub::new(store.clone(), Some(services), DEV);
+    let mut sub = broker.subscribe("burst/#");
+
+    hub.on_up(ChanUp::Open { ch: 1, kind: Kind::Mqtt as u8, endpoint: vec![], window: 64 << 10 });
+    send(&mut hub, 1, &Msg::MqttConnect { clean_start: true, keepalive_s: 30, will: None });
+    let answer = message(&mut hub, 1).await;
+    assert!(
+        matches!(Msg::decode(&answer), Ok(Msg::MqttConnectResult { state: mqtt_state::COMPLETED, .. })),
+        "{:?}",
+        Msg::decode(&answer)
+    );
+    const BURST: u32 = 48;
+    for id in 0..BURST {
+        let payload = format!("m{id}");
+        let p =
+            Msg::MqttPublish { id, qos: (id % 2) as u8, retain: false, topic: b"burst/x", payload: payload.as_bytes() };
+        send(&mut hub, 1, &p);
+    }
+    let mut done = vec![false; BURST as usize];
+    let mut answers = Messages::default();
+    while done.contains(&false) {
+        let answer = answers.next(&mut hub, 1).await;
+        match Msg::decode(&answer) {
+            Ok(Msg::MqttPublishResult { id, state: mqtt_state::COMPLETED, .. }) if id < BURST => {
+                done[id as usize] = true
+            }
+            other => {
+                panic!("publish results: {} of {BURST} so far, then {other:?}", done.iter().filter(|d| **d).count())
+            }
+        }
+    }
+    let mut seen = 0;
+    while seen < BURST {
+        let line = sub.next(Duration::from_secs(20)).unwrap_or_else(|| panic!("the broker saw {seen} of {BURST}"));
+        assert!(line.starts_with("burst/x m"), "{line}");
+        seen += 1;
+    }
 }

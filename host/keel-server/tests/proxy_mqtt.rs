@@ -202,6 +202,45 @@ async fn connect_subscribe_publish_and_receive_over_tls() {
     assert!(stats.published >= 2 && stats.received >= 3 && stats.delivered >= 3, "{stats:?}");
 }
 
+/// A device that publishes to a broker that has stopped answering cannot make the server
+/// hold an unbounded backlog: the session takes `max_pending_publishes` unanswered publishes and
+/// refuses each one beyond with RATE_LIMITED, in order; those it took all complete once the broker
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_a_broker_that_stopped_answering_are_bounded() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let limit = hub.limits().max_pending_publishes as u32;
+    let mut att = hub.attach(&who("dev1"), "main", settings(&broker, "dev1-frozen"), loopback()).unwrap();
+    connected(&mut att, true).await;
+    broker.freeze();
+    for id in 0..limit + 8 {
+        let payload = format!("p{id}").into_bytes();
+        att.commands
+            .send(MqttCommand::Publish { id, topic: "up/f".into(), payload, qos: 1, retain: false })
+            .await
+            .unwrap();
+    }
+    let mut refused = vec![];
+    while refused.len() < 8 {
+        match next(&mut att).await {
+            MqttEvent::PublishResult { id, state: RequestState::RateLimited, .. } => refused.push(id),
+            other => panic!("while the broker is stopped, after {refused:?}: {other:?}"),
+        }
+    }
+    assert_eq!(refused, (limit..limit + 8).collect::<Vec<_>>(), "the publishes beyond the limit");
+    broker.thaw();
+    let mut done = vec![false; limit as usize];
+    while done.contains(&false) {
+        match next(&mut att).await {
+            MqttEvent::PublishResult { id, state: RequestState::Completed, .. } if id < limit => {
+                done[id as usize] = true
+            }
+            other => panic!("after the broker came back: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks() {
     let broker = Arc::new(Mosquitto::start_tls());

@@ -220,6 +220,24 @@ impl Mosquitto {
         }
     }
 
+    /// Stops the broker without closing anything (SIGSTOP): its connections stay open and
+    /// the kernel still takes what clients write, but nothing is read or answered until
+    /// [`Mosquitto::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`Mosquitto::freeze`]d broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Kills the broker and starts it again on the same port and certificates (no session
     /// survives: no persistence).
     pub fn restart(&mut self) {

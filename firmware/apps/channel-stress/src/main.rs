@@ -302,6 +302,17 @@ fn overrun() -> Result<u64, Why> {
         }
     })?;
     if flooded < 2 * FLOOD {
+        // Say which answer is missing: a publish refused, or an echo.
+        let mut refused = None;
+        while let Ok(Some(Some(r))) = s.next_event(0, |ev| match ev {
+            Event::PublishResult { id, state, .. } if state != mqtt_state::COMPLETED => Some(Some((id, state))),
+            _ => Some(None),
+        }) {
+            refused = refused.or(r);
+        }
+        if let Some((id, state)) = refused {
+            return Err(why!("{} of {} messages; publish #{} answered state {}", flooded, 2 * FLOOD, id, state));
+        }
         return Err(why!("only {} of {} messages arrived while masked", flooded, 2 * FLOOD));
     }
     // One more publish: its records come after the OVERRUN record the visor owes the app.
@@ -309,15 +320,18 @@ fn overrun() -> Result<u64, Why> {
     let mut seen = [false; FLOOD as usize];
     loop {
         let got = s.next_event(TIMEOUT_MS, |ev| match ev {
-            Event::Message { payload, .. } if payload == b"last" => Some(u32::MAX),
+            Event::Message { payload, .. } if payload == b"last" => Some(Ok(u32::MAX)),
             Event::Message { payload, .. } => {
-                core::str::from_utf8(payload.get(1..).unwrap_or(b"")).ok().and_then(|n| n.parse::<u32>().ok())
+                core::str::from_utf8(payload.get(1..).unwrap_or(b"")).ok().and_then(|n| n.parse::<u32>().ok()).map(Ok)
             }
+            // Every publish is answered COMPLETED: the flood stays within what the server takes.
+            Event::PublishResult { id, state, .. } if state != mqtt_state::COMPLETED => Some(Err((id, state))),
             _ => None,
         });
         match got {
-            Ok(Some(Some(u32::MAX))) => break,
-            Ok(Some(Some(i))) if (i as usize) < seen.len() => seen[i as usize] = true,
+            Ok(Some(Some(Ok(u32::MAX)))) => break,
+            Ok(Some(Some(Ok(i)))) if (i as usize) < seen.len() => seen[i as usize] = true,
+            Ok(Some(Some(Err((id, state))))) => return Err(why!("publish #{} answered state {}", id, state)),
             Ok(Some(_)) => {}
             Ok(None) => return Err(why!("the echo of the last publish never came")),
             Err(e) => return Err(why!("reading the echoes: {}", e)),

@@ -34,8 +34,9 @@
 //! (when the session drops it), 5 s after either side closed its direction, or after three
 //! keepalive periods without a byte either way; nothing waits on a silent broker for ever.
 //!
-//! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe, in-flight
-//! publishes per session, sessions per hub and per account
+//! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe,
+//! publishes awaiting their result per session (a count the app can keep under: the gateway
+//! holds the app's further messages rather than refuse them while the session catches up), sessions per hub and per account
 //! ([`MqttLimits::max_sessions_per_account`]: one tenant's devices cannot take every session),
 //! and a token bucket on messages from the broker per session (excess dropped, reported as
 //! [`LostReason::RateLimited`]). A message from the broker
@@ -322,8 +323,15 @@ pub struct MqttLimits {
     pub max_payload: usize,
     /// Filters of one (un)subscribe. Default 8.
     pub max_topics_per_request: usize,
-    /// Publishes awaiting the broker per session. Default 16.
+    /// QoS 1 publishes sent to the broker and not yet acknowledged (the MQTT in-flight window).
+    /// Default 16.
     pub max_inflight_publishes: usize,
+    /// Publishes awaiting their result per session: QoS 0 until written to the broker
+    /// connection, QoS 1 until acknowledged (those beyond the in-flight window wait in the
+    /// session). One more is refused with [`RequestState::RateLimited`]. An app that keeps at
+    /// most this many unanswered is never refused, however the server's tasks are scheduled.
+    /// Default 64.
+    pub max_pending_publishes: usize,
     /// Messages from the broker per second per session, sustained. Default 20.
     pub inbound_per_second: f64,
     /// ... and in a burst. Default 100.
@@ -352,6 +360,7 @@ impl Default for MqttLimits {
             max_payload: 16 << 10,
             max_topics_per_request: 8,
             max_inflight_publishes: 16,
+            max_pending_publishes: 64,
             inbound_per_second: 20.0,
             inbound_burst: 100.0,
             reconnect_min: Duration::from_secs(1),
@@ -1131,7 +1140,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn inflight(&self) -> usize {
+    /// Publishes awaiting their result (see [`MqttLimits::max_pending_publishes`]).
+    fn unanswered(&self) -> usize {
         self.pending_pubs.len() + self.inflight_pubs.len()
     }
 }
@@ -1426,7 +1436,7 @@ impl Session {
                 let Some(conn) = self.conn.as_mut().filter(|_| self.att_connected) else {
                     return self.push(result(RequestState::NotConnected));
                 };
-                if conn.inflight() >= limits.max_inflight_publishes
+                if conn.unanswered() >= limits.max_pending_publishes
                     || conn.client.try_publish(topic, level, retain, payload).is_err()
                 {
                     return self.push(result(RequestState::RateLimited));
@@ -1537,7 +1547,10 @@ impl Session {
             closed: tokio::sync::watch::Sender::new(false),
         });
         self.shared.relay.targets.lock().unwrap_or_else(|e| e.into_inner()).insert(self.auth.clone(), target.clone());
-        let (client, mut el) = AsyncClient::new(o, 64);
+        // Room for every publish the session takes (rumqttc holds those beyond its in-flight
+        // window in this queue), and for the subscribes, unsubscribes and acks beside them.
+        let requests = limits.max_pending_publishes + limits.queue_messages + 2 * limits.max_topics_per_request + 16;
+        let (client, mut el) = AsyncClient::new(o, requests);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(limits.connect_timeout.as_secs().max(1));
         el.set_network_options(net);
