@@ -183,6 +183,12 @@ impl<'b> Channel<'b> {
     /// Waits up to `timeout_ms` for a message and returns its range in the receive buffer
     /// without consuming it ([`Status::NoData`] at the timeout).
     pub(crate) fn peek_wait(&mut self, timeout_ms: u32) -> Result<(usize, usize), Status> {
+        // A message already there is taken without touching the notification ring (as
+        // `send_wait` does).
+        match self.peek() {
+            Err(Status::NoData) => {}
+            r => return r.and_then(|m| self.range(&m)),
+        }
         let end = deadline(timeout_ms);
         loop {
             let seen = notify::events();
@@ -233,7 +239,14 @@ impl<'b> Channel<'b> {
 
     /// [`Channel::send`], retrying for up to `timeout_ms` while the transmit buffer is full
     /// (after each notification). [`Status::WouldBlock`] at the timeout.
+    ///
+    /// A send that finds room makes one system call and leaves the notification ring alone: an
+    /// app that sends with interrupts masked sees its ring exactly as the visor wrote it.
     pub fn send_wait(&mut self, msg: &[u8], timeout_ms: u32) -> Result<(), Status> {
+        match self.send(msg) {
+            Err(Status::WouldBlock) => {}
+            r => return r,
+        }
         let end = deadline(timeout_ms);
         loop {
             let seen = notify::events();

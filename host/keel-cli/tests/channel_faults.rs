@@ -103,8 +103,9 @@ fn channels_survive_churn_mid_transfer_closes_and_a_ring_overrun() {
     let line = lab.pass("channel-stress");
     eprintln!("{line}");
     let lost: u64 = field(&line, "overrun_lost").parse().unwrap();
-    // 40 publish results and 40 echoes for a ring of 16 records.
-    assert!(lost >= 1, "records found the ring full and were counted: {line}");
+    // 40 publish results and 40 echoes for a ring of 16 records: the app reads nothing while
+    // masked (its sends do not touch the ring), so every record beyond the 16 is counted.
+    assert!(lost >= 80 - 16, "records found the ring full and were counted: {line}");
     assert!(line.contains("echoes=40/40"), "{line}");
     // The visor and the link stayed up throughout: no reconnect, no app restart.
     let console = lab.tail(usize::MAX);
