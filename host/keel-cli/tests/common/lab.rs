@@ -123,6 +123,15 @@ impl Lab {
         self.qemu().wait_for(what, LIMIT, |l| l.contains(needle)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// [`Lab::wait`] for a line the app may print before the link is up: one the console
+    /// already showed counts too ([`Lab::boot`] passed over the lines before `net: online`).
+    pub fn wait_or_seen(&mut self, what: &str, needle: &str) -> String {
+        if let Some(line) = self.qemu().console_so_far().iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        self.wait(what, needle)
+    }
+
     /// Waits for `<app>: PASS` (returned) and fails at once on `<app>: FAIL`, with the
     /// console's last lines.
     pub fn pass(&mut self, app: &str) -> String {
