@@ -23,6 +23,7 @@ on_both_databases!("channels_", metrics_show_the_connectivity_counters);
 on_both_databases!("channels_", a_scrape_does_not_start_the_channel_services);
 on_both_databases!("channels_", simulated_devices_fetch_their_config_over_the_link);
 on_both_databases!("channels_", a_burst_of_publishes_is_carried_not_refused);
+on_both_databases!("channels_", simulated_devices_publish_and_receive_over_managed_mqtt);
 
 const DEV: &str = "kd000000000000000000000000000000c1";
 const DEV2: &str = "kd000000000000000000000000000000c2";
@@ -391,4 +392,75 @@ async fn a_burst_of_publishes_is_carried_not_refused(store: Store) {
         assert!(line.starts_with("burst/x m"), "{line}");
         seen += 1;
     }
+}
+
+/// Ten simulated devices (the device core's channels over real links, through the gateway)
+/// each drive their own managed MQTT session to a real Mosquitto: every device's publish
+/// reaches the broker, and a command published to one device's topic reaches that device
+/// alone.
+async fn simulated_devices_publish_and_receive_over_managed_mqtt(store: Store) {
+    use keel_sim::{new_secret, public_key, SimDevice};
+    const WAIT: Duration = Duration::from_secs(20);
+    let broker = Arc::new(keel_testpeers::Mosquitto::start_plain());
+    store.create_account("a", "A").await.unwrap();
+    store.add_policy_rule("a", "allow", "127.0.0.1/32", Some(broker.port), Some("mqtt"), false).await.unwrap().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    store.set_setting("a", None, StoreKind::Config, "mqtt/default/url", url.as_bytes()).await.unwrap().unwrap();
+    let (private, public) = keel_server::gateway::generate_keypair();
+    let mut devices = Vec::new();
+    for i in 0..10u32 {
+        let secret = new_secret();
+        store.add_device("a", &format!("kd{:032x}", 0x6100 + i), &public_key(&secret), "sim").await.unwrap();
+        devices.push(Arc::new(SimDevice::new(secret, public, 1)));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gateway = tokio::spawn(keel_server::gateway::serve(listener, store.clone(), private));
+    let mut ups = broker.subscribe("sim/+/up");
+
+    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(10);
+    let mut apps = tokio::task::JoinSet::new();
+    for (i, dev) in devices.into_iter().enumerate() {
+        let subscribed_tx = subscribed_tx.clone();
+        apps.spawn(async move {
+            let d = dev.clone();
+            let run = tokio::spawn(async move { d.run(addr, 0).await });
+            dev.wait_online().await;
+            let mut s = dev.mqtt("").unwrap();
+            s.connect(true, WAIT).await.unwrap_or_else(|e| panic!("device {i}: connect: {e}"));
+            s.subscribe(&format!("sim/{i}/down"), 1, WAIT).await.unwrap_or_else(|e| panic!("device {i}: {e}"));
+            subscribed_tx.send(()).await.unwrap();
+            s.publish(&format!("sim/{i}/up"), format!("hello from {i}").as_bytes(), 1, WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("device {i}: publish: {e}"));
+            let got = s.next_message(WAIT).await.unwrap_or_else(|e| panic!("device {i}: no command: {e}"));
+            drop(s);
+            run.abort();
+            (i, got)
+        });
+    }
+    for _ in 0..10 {
+        tokio::time::timeout(WAIT, subscribed.recv()).await.expect("every device subscribed");
+    }
+    for i in 0..10 {
+        let b = broker.clone();
+        tokio::task::spawn_blocking(move || {
+            b.publish(&format!("sim/{i}/down"), format!("cmd {i}").as_bytes(), 1, false)
+        })
+        .await
+        .unwrap();
+    }
+    let mut got = 0;
+    while let Some(r) = apps.join_next().await {
+        let (i, m) = r.unwrap();
+        assert_eq!((m.topic, m.payload, m.qos), (format!("sim/{i}/down"), format!("cmd {i}").into_bytes(), 1));
+        got += 1;
+    }
+    assert_eq!(got, 10);
+    let mut seen: Vec<String> = (0..10).map(|_| ups.next(WAIT).expect("the broker saw every publish")).collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("sim/{i}/up hello from {i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    gateway.abort();
 }

@@ -13,19 +13,22 @@
 //!   [`SimDevice::advance_clock`]);
 //! * a simulated app ([`SimApp`]) started on `AppAction::Launch` from the image header in the
 //!   slot, which confirms, crashes, panics at every start, hangs or stays silent;
-//! * the app's channels ([`SimDevice::fetch_config`]): buffers in a simulated app memory, the
-//!   same channel calls the visor's system calls make, and the core's channel messages
-//!   interleaved with its own on the link.
+//! * the app's channels ([`SimDevice::open_channel`], and on it [`SimDevice::fetch_config`] and
+//!   [`SimDevice::mqtt`]): buffers in a simulated app memory, the same channel calls the
+//!   visor's system calls make, and the core's channel messages interleaved with its own on the
+//!   link.
 //!
 //! Used by the server's tests (every trial policy end to end) and by load benchmarks (thousands
 //! of devices in one process: a device without updates holds no flash). The core's console lines
 //! go to `tracing` at debug level (target `keel_sim::console`), never to stdout.
 
 pub mod channels;
+pub mod mqtt;
 pub mod update;
 
-pub use channels::ChannelError;
 use channels::SimMemory;
+pub use channels::{ChannelError, SimChannel};
+pub use mqtt::{SimMessage, SimMqtt};
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -293,81 +296,20 @@ impl<const N: usize> SimDevice<N> {
     /// The app fetches configuration values and secrets over a config channel, as an app's
     /// `keel_app::config::fetch` does: `keys` are `(scope, store, key)`
     /// (`keel_channel::msg::config`); the answer has one item per key, its value or its result
-    /// code. The device must be online; gives up after `timeout`. The simulated app has one
-    /// pair of channel buffers: a second call while one is in progress is refused
-    /// (`BufferInUse`, the overlap rule of real buffers).
+    /// code. The device must be online; gives up after `timeout`.
     pub async fn fetch_config(
         &self,
         keys: &[(u8, u8, &str)],
         timeout: Duration,
     ) -> Result<Vec<Result<Vec<u8>, u8>>, ChannelError> {
         use keel_channel::msg::{config_result, ConfigAnswer, Keys, Msg};
-        let ks: Vec<(u8, u8, &[u8])> = keys.iter().map(|&(sc, st, k)| (sc, st, k.as_bytes())).collect();
-        let mut request = [0u8; channels::SCRATCH_LEN as usize];
-        let n =
-            Msg::ConfigFetch { keys: Keys::Items(&ks) }.encode(&mut request).map_err(|_| ChannelError::Malformed)?;
-        let handle = {
-            let mut g = self.lock();
-            let now = self.now(&g);
-            let g = &mut *g;
-            let mem = g.mem.get_or_insert_with(SimMemory::new);
-            let p = keel_abi::chan::OpenParams {
-                version: 1,
-                kind: keel_abi::chan::Kind::Config as u32,
-                tag: 1,
-                rx_buf: channels::RX_AT,
-                rx_len: channels::RX_LEN,
-                tx_buf: channels::TX_AT,
-                tx_len: channels::TX_LEN,
-                endpoint: 0,
-                endpoint_len: 0,
-            };
-            let handle = g.dev.chan_open(now, &p, &[], &[], false).map_err(ChannelError::Status)?;
-            let scratch = mem.range(channels::SCRATCH_AT, n).expect("within the scratch area");
-            scratch.copy_from_slice(&request[..n]);
-            let status = g.dev.chans_mut(now).send(now, handle, channels::SCRATCH_AT, n as u32, false, &mut **mem);
-            if status != keel_abi::Status::Ok {
-                g.dev.chans_mut(now).close(handle);
-                return Err(ChannelError::Status(status));
-            }
-            handle
-        };
-        self.wake.notify_one();
         let deadline = tokio::time::Instant::now() + timeout;
-        let answer = loop {
-            let woken = self.app_wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            {
-                let mut g = self.lock();
-                let now = self.now(&g);
-                let g = &mut *g;
-                let mem = g.mem.as_deref_mut().expect("allocated at the open");
-                match g.dev.chans_mut(now).recv(handle, &mut *mem) {
-                    Ok(info) => {
-                        let body = mem.range(channels::RX_AT + info.offset, info.len as usize).map(|b| b.to_vec());
-                        g.dev.chans_mut(now).consume(handle, &mut *mem);
-                        break body.ok_or(ChannelError::Malformed);
-                    }
-                    Err(keel_abi::Status::NoData) => {}
-                    Err(keel_abi::Status::ChannelClosed) => {
-                        let reason = g.dev.channels().info(handle).map_or(0, |i| i.reason);
-                        break Err(ChannelError::Closed(reason));
-                    }
-                    Err(s) => break Err(ChannelError::Status(s)),
-                }
-            }
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                break Err(ChannelError::Timeout);
-            }
-        };
-        {
-            let mut g = self.lock();
-            let now = self.now(&g);
-            g.dev.chans_mut(now).close(handle);
-        }
-        self.wake.notify_one();
-        let body = answer?;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ks: Vec<(u8, u8, &[u8])> = keys.iter().map(|&(sc, st, k)| (sc, st, k.as_bytes())).collect();
+        let ch = self.open_channel(keel_abi::chan::Kind::Config, "")?;
+        ch.send(&Msg::ConfigFetch { keys: Keys::Items(&ks) }, left()).await?;
+        let body = ch.recv(left()).await?;
+        ch.close();
         match ConfigAnswer::decode(&body, keys.len()) {
             ConfigAnswer::Items(items) => {
                 Ok(items.iter().map(|(r, v)| if r == config_result::OK { Ok(v.to_vec()) } else { Err(r) }).collect())

@@ -2,7 +2,8 @@
 //!
 //! - `keel-sim bench [DEVICES] [LOG_LINES]`: gateway throughput with simulated devices against an
 //!   in-process server (SQLite in a temporary directory, TCP on loopback): handshakes, log
-//!   lines, and config fetches over app channels.
+//!   lines, config fetches over app channels, and QoS 1 publishes through managed MQTT sessions
+//!   to a local Mosquitto (started by the bench).
 //! - `keel-sim idle --server-bin PATH [--count N] [--concurrency K]`: memory of a real `keel
 //!   server run` process (a child process, so its RSS is the server's alone) holding `N`
 //!   connected, idle simulated devices.
@@ -23,7 +24,8 @@ use tokio::net::TcpListener;
 
 const USAGE: &str = "usage:
   keel-sim bench [DEVICES] [LOG_LINES]
-      handshakes and log ingestion against an in-process server
+      handshakes, log ingestion, config fetches and MQTT publishes against an
+      in-process server (needs `mosquitto`)
   keel-sim idle --server-bin PATH [--count N] [--concurrency K] [--hold SECS]
       RSS of a `keel server run` child process per connected idle device
       (N devices, default 10000; at most K handshakes in flight, default 64;
@@ -143,11 +145,90 @@ async fn bench(args: &[String]) {
         r.expect("a device's fetches");
     }
     let config_fetches_per_second = (devices * CONFIG_ROUNDS) as f64 / t2.elapsed().as_secs_f64();
+
+    // Managed MQTT: every device's app connects its session to a local Mosquitto, then
+    // publishes MQTT_ROUNDS QoS 1 messages one after the other (each answered once the broker
+    // acknowledged it), all devices at once; time from the first publish to the last answer.
+    let broker = Broker::start(&dir).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .add_policy_rule("bench", "allow", "127.0.0.1/32", Some(broker.port), Some("mqtt"), false)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    store.set_setting("bench", None, StoreKind::Config, "mqtt/default/url", url.as_bytes()).await.unwrap().unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(devices + 1));
+    let mut sessions = tokio::task::JoinSet::new();
+    for (i, s) in sims.iter().enumerate() {
+        let (s, start) = (s.clone(), start.clone());
+        sessions.spawn(async move {
+            let limit = Duration::from_secs(60);
+            let mut m = s.mqtt("").expect("an MQTT channel");
+            m.connect(true, limit).await.expect("the session connects");
+            start.wait().await;
+            for r in 0..MQTT_ROUNDS {
+                let payload = format!("device {i} reading {r}");
+                m.publish(&format!("bench/{i}"), payload.as_bytes(), 1, limit).await.expect("a publish");
+            }
+        });
+    }
+    start.wait().await;
+    let t3 = Instant::now();
+    while let Some(r) = sessions.join_next().await {
+        r.expect("a device's publishes");
+    }
+    let mqtt_publishes_per_second = (devices * MQTT_ROUNDS) as f64 / t3.elapsed().as_secs_f64();
+    drop(broker);
     println!(
-        "{{\"handshakes_per_second\": {:.0}, \"log_lines_per_second\": {:.0}, \"config_fetches_per_second\": {:.0}, \"bench_devices\": {devices}}}",
-        handshakes_per_second, log_lines_per_second, config_fetches_per_second
+        "{{\"handshakes_per_second\": {:.0}, \"log_lines_per_second\": {:.0}, \"config_fetches_per_second\": {:.0}, \"mqtt_publishes_per_second\": {:.0}, \"bench_devices\": {devices}}}",
+        handshakes_per_second, log_lines_per_second, config_fetches_per_second, mqtt_publishes_per_second
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// QoS 1 publishes each device makes in the bench.
+const MQTT_ROUNDS: usize = 10;
+
+/// A Mosquitto broker on a loopback port for the bench (killed when dropped).
+struct Broker {
+    port: u16,
+    child: Child,
+}
+
+impl Broker {
+    fn start(dir: &std::path::Path) -> Result<Broker, String> {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n"))
+            .map_err(|e| e.to_string())?;
+        let bin =
+            if std::path::Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting mosquitto (is the `mosquitto` package installed?): {e}"))?;
+        let mut broker = Broker { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || broker.child.try_wait().map_or(true, |s| s.is_some()) {
+                return Err(format!("mosquitto did not listen on port {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Config fetches each device makes in the bench (within the open budget's burst).
