@@ -191,11 +191,23 @@ extern "C" fn service_handler(exc_return: u32, sp: u32) -> u64 {
         if let Some(nic) = v.nic.as_mut() {
             nic.poll(now, &mut v.core, &mut v.pending);
         }
-        let action = v.core.poll(now, &mut net::Effects(&mut v.pending));
+        let mut action = v.core.poll(now, &mut net::Effects(&mut v.pending));
         if let Some(nic) = v.nic.as_mut() {
             // Effects of the timers (a connect after backoff, a close after silence).
             nic.poll(now, &mut v.core, &mut v.pending);
             This::unmask_net_irq();
+            // That exchange may have changed what the app must run: an update installed from
+            // the frames it received after the poll above chose to restart the app would
+            // otherwise start its trial with the old slot's image (seen when an app restarted
+            // as an update's last chunk arrived: the good update was rolled back). Ask again;
+            // a later answer wins. A watchdog kill is acted on first (an install leaves its
+            // launch pending for the next pass).
+            if !matches!(action, AppAction::KillForWatchdog) {
+                match v.core.poll(now, &mut net::Effects(&mut v.pending)) {
+                    AppAction::None => {}
+                    later => action = later,
+                }
+            }
         }
         notify::poll(v, now);
         let in_handler = board::ns_exception_active();
