@@ -139,7 +139,7 @@ pub enum Input<'a> {
     /// [`Device::receive`]: answered with [`Response::Consumed`].
     Received(&'a [u8]),
     /// [`Device::app_launched`]: answered with [`Response::Launched`].
-    AppLaunched(Header),
+    AppLaunched(Slot, Header),
     /// [`Device::app_load_failed`]: answered with [`Response::TrySlot`].
     AppLoadFailed(Slot),
     /// [`Device::app_crashed`]: answered with [`Response::RestartIn`].
@@ -783,7 +783,7 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
             Input::TcpConnected => self.tcp_connected(now, out),
             Input::TcpClosed => self.tcp_closed(now, out),
             Input::Received(bytes) => return Response::Consumed(self.receive(now, bytes, out)),
-            Input::AppLaunched(h) => return Response::Launched(self.app_launched(now, h)),
+            Input::AppLaunched(slot, h) => return Response::Launched(self.app_launched(now, slot, h)),
             Input::AppLoadFailed(slot) => return Response::TrySlot(self.app_load_failed(now, slot, out)),
             Input::AppCrashed { report, watchdog } => {
                 return Response::RestartIn(self.app_crashed(now, report, watchdog, out))
@@ -1447,9 +1447,22 @@ impl<M: Medium, R: Rng, const LOG: usize> Device<M, R, LOG> {
 
     // ------------------------------------------------------------------ the app
 
-    /// The app was started from [`AppAction::Launch`]'s slot.
-    pub fn app_launched(&mut self, now: u64, header: Header) -> BootInfo {
+    /// The app was started from `slot` (the one [`AppAction::Launch`] named).
+    ///
+    /// A launch from a slot other than the one the app runs from now was decided before an
+    /// update switched slots (the shell acted on an older [`Device::poll`]): that instance is
+    /// not the trial's and is replaced at once (the next poll says
+    /// [`AppAction::Launch`] with the current slot). Counting it as the trial's would let the
+    /// old image stand for the new one, and a good update be rolled back.
+    pub fn app_launched(&mut self, now: u64, slot: Slot, header: Header) -> BootInfo {
         self.sup.on_launched(now);
+        if slot != self.updates.slot {
+            self.running_gen = None;
+            self.app = Some(header);
+            let info = self.sup.boot_info();
+            self.sup.on_switch();
+            return info;
+        }
         if let Some(d) = self.debug.as_mut() {
             let reason = d.restart_reason.take().unwrap_or(RestartReason::Other);
             d.halted_at = None;

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use keel_bundle::Policies;
-use keel_device::{earliest, ConnState};
+use keel_device::{earliest, AppAction, ConnState};
 use keel_link::msg::{BootReason, LinkLossReason, UpdateState, VisorEvent};
 use keel_update::{Reason, Slot};
 
@@ -177,6 +177,31 @@ fn an_update_is_downloaded_installed_and_confirmed_by_the_app() {
     assert!(w.console_has("update: confirmed seq 2 (by the app)"));
     assert!(w.console_has("update: flash used by seq 2"));
     assert_eq!(w.dev.update_info().installed_sequence, 2);
+}
+
+/// A shell that decided to restart the app from slot A and started it only after an update was
+/// installed (the visor's service pass did: it asked the core what to run before the network
+/// poll that received the update's last chunk) must not have the old image stand for the trial:
+/// that instance is not counted, the core asks for the trial's slot at once, and the update is
+/// confirmed as usual. Before, the old image ran as the trial, gave no sign of life as the new
+/// app, and the good update was rolled back.
+#[test]
+fn a_launch_decided_before_an_update_was_installed_does_not_stand_for_its_trial() {
+    let mut w = booted();
+    w.dev.app_restart(w.now, 0, &mut w.out);
+    assert_eq!(w.dev.poll(w.now, &mut w.out), AppAction::Launch(Slot::A));
+    // Before the shell acts on that, the update arrives and is installed: the trial runs from B.
+    install(&mut w, by_link(30));
+    // The shell starts what it had decided: slot A's image.
+    let old = w.updater.check_slot(w.dev.flash(), Slot::A).unwrap();
+    w.dev.app_launched(w.now, Slot::A, old);
+    assert!(w.dev.on_trial());
+    assert_eq!(w.dev.poll(w.now, &mut w.out), AppAction::Launch(Slot::B), "the trial's image is started at once");
+    w.run_until(w.now + 31 * S, &mut |_| AppStep::Run);
+    assert_eq!(w.trace.last().map(String::as_str), Some("launch 2.0.0"));
+    assert!(!w.dev.on_trial());
+    assert_eq!(w.dev.journal().installed_seq, 2);
+    assert_eq!(w.server.states().last(), Some(&state(UpdateState::Confirmed)));
 }
 
 #[test]

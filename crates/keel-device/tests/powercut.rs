@@ -289,7 +289,7 @@ impl Story {
                 _ if !w.powered() => return Cycle::Cut, // the politeness or grace deadline's write
                 AppAction::Launch(slot) => {
                     let h = self.check_launch(w, slot, trace);
-                    w.dev.app_launched(w.now, h);
+                    w.dev.app_launched(w.now, slot, h);
                     w.app = Some(h);
                     if rolled_back && self.more_to_come(w) {
                         return Cycle::Reboot;

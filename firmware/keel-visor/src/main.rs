@@ -141,7 +141,7 @@ fn launch(v: &mut Visor, mut slot: keel_update::Slot, now: u64) -> u64 {
     rt::abandon_secure_thread();
     // The app's run (its trial grace time, its watchdog) starts now, after the load and the RAM
     // clear, not when the service routine began.
-    let info = v.core.app_launched(time::now_us(), loaded.header);
+    let info = v.core.app_launched(time::now_us(), slot, loaded.header);
     sync_warm(v);
     let reason = keel_abi::StartReason::from_u32(info.reason).map_or("?", |r| r.name());
     vlog!(

@@ -664,7 +664,7 @@ fn launch<const N: usize>(g: &mut Inner<N>, mut slot: Slot, now: u64, fx: &mut F
     // A trial image that does not load is rolled back: the core names the slot to try next.
     for _ in 0..2 {
         match updater().check_slot(g.dev.flash(), slot) {
-            Ok(h) => return start(g, h, now, fx),
+            Ok(h) => return start(g, slot, h, now, fx),
             Err(_) => match g.dev.app_load_failed(now, slot, fx) {
                 Some(next) => slot = next,
                 None => break,
@@ -674,8 +674,8 @@ fn launch<const N: usize>(g: &mut Inner<N>, mut slot: Slot, now: u64, fx: &mut F
     g.stats.app.running = None;
 }
 
-fn start<const N: usize>(g: &mut Inner<N>, h: keel_image::Header, now: u64, fx: &mut Fx) {
-    g.dev.app_launched(now, h);
+fn start<const N: usize>(g: &mut Inner<N>, slot: Slot, h: keel_image::Header, now: u64, fx: &mut Fx) {
+    g.dev.app_launched(now, slot, h);
     g.stats.app.launches += 1;
     g.stats.app.running = Some(h.version_str().to_string());
     match behaviour(g, &h) {

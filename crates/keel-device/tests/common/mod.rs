@@ -589,7 +589,7 @@ impl World {
                     self.dev.flash().read(p.offset, &mut hdr).unwrap();
                     match self.updater.check_slot(self.dev.flash(), slot) {
                         Ok(h) => {
-                            self.dev.app_launched(self.now, h);
+                            self.dev.app_launched(self.now, slot, h);
                             self.app = Some(h);
                             self.running = true;
                             self.trace.push(format!("launch {}", h.version_str()));
