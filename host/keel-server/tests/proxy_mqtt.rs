@@ -241,6 +241,43 @@ async fn publishes_to_a_broker_that_stopped_answering_are_bounded() {
     }
 }
 
+/// ... and bounded in bytes: large publishes to a stopped broker are refused once their bytes
+/// would pass `max_pending_bytes` (a hostile account's own broker, which never reads, can make
+/// the server hold that much per session and no more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_publishes_to_a_broker_that_stopped_answering_are_bounded_in_bytes() {
+    let broker = Arc::new(Mosquitto::start_tls());
+    let hub = hub();
+    let limit = hub.limits().max_pending_bytes;
+    let mut att = hub.attach(&who("dev1"), "main", settings(&broker, "dev1-frozen-big"), loopback()).unwrap();
+    connected(&mut att, true).await;
+    broker.freeze();
+    let payload = vec![b'x'; 16_000];
+    let fits = (limit / (payload.len() + 4)) as u32;
+    for id in 0..fits + 2 {
+        let p = MqttCommand::Publish { id, topic: "up/f".into(), payload: payload.clone(), qos: 1, retain: false };
+        att.commands.send(p).await.unwrap();
+    }
+    let mut refused = vec![];
+    while refused.len() < 2 {
+        match next(&mut att).await {
+            MqttEvent::PublishResult { id, state: RequestState::RateLimited, .. } => refused.push(id),
+            other => panic!("while the broker is stopped, after {refused:?}: {other:?}"),
+        }
+    }
+    assert_eq!(refused, [fits, fits + 1], "the publishes past the byte bound");
+    broker.thaw();
+    let mut done = vec![false; fits as usize];
+    while done.contains(&false) {
+        match next(&mut att).await {
+            MqttEvent::PublishResult { id, state: RequestState::Completed, .. } if id < fits => {
+                done[id as usize] = true
+            }
+            other => panic!("after the broker came back: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_messages_are_acknowledged_to_the_broker_only_when_the_device_acks() {
     let broker = Arc::new(Mosquitto::start_tls());

@@ -35,8 +35,10 @@
 //! keepalive periods without a byte either way; nothing waits on a silent broker for ever.
 //!
 //! **Limits** ([`MqttLimits`]): topic length, payload size, topics per (un)subscribe,
-//! publishes awaiting their result per session (a count the app can keep under: the gateway
-//! holds the app's further messages rather than refuse them while the session catches up), sessions per hub and per account
+//! publishes awaiting their result per session, in number and bytes (bounds the app can keep
+//! under, and all a broker that stops reading can make the server hold: the gateway holds the
+//! app's further messages rather than refuse them while the session catches up), sessions per
+//! hub and per account
 //! ([`MqttLimits::max_sessions_per_account`]: one tenant's devices cannot take every session),
 //! and a token bucket on messages from the broker per session (excess dropped, reported as
 //! [`LostReason::RateLimited`]). A message from the broker
@@ -332,6 +334,9 @@ pub struct MqttLimits {
     /// most this many unanswered is never refused, however the server's tasks are scheduled.
     /// Default 64.
     pub max_pending_publishes: usize,
+    /// ... and their topics' and payloads' bytes: what a broker that stops reading can make
+    /// the server hold for one session. Default 64 KiB (four of the largest publishes).
+    pub max_pending_bytes: usize,
     /// Messages from the broker per second per session, sustained. Default 20.
     pub inbound_per_second: f64,
     /// ... and in a burst. Default 100.
@@ -361,6 +366,7 @@ impl Default for MqttLimits {
             max_topics_per_request: 8,
             max_inflight_publishes: 16,
             max_pending_publishes: 64,
+            max_pending_bytes: 64 << 10,
             inbound_per_second: 20.0,
             inbound_burst: 100.0,
             reconnect_min: Duration::from_secs(1),
@@ -1126,9 +1132,9 @@ struct Conn {
     _target: TargetGuard,
     state: ConnState,
     /// Publishes handed to rumqttc, not yet written (id, QoS).
-    pending_pubs: VecDeque<(u32, u8)>,
+    pending_pubs: VecDeque<(u32, u8, usize)>,
     /// QoS 1 publishes written, by packet id.
-    inflight_pubs: HashMap<u16, u32>,
+    inflight_pubs: HashMap<u16, (u32, usize)>,
     /// Subscribes handed to rumqttc (the device's id; `None` for a resubscription).
     pending_subs: VecDeque<Option<u32>>,
     awaiting_subs: HashMap<u16, Option<u32>>,
@@ -1143,6 +1149,11 @@ impl Conn {
     /// Publishes awaiting their result (see [`MqttLimits::max_pending_publishes`]).
     fn unanswered(&self) -> usize {
         self.pending_pubs.len() + self.inflight_pubs.len()
+    }
+
+    /// Their topics' and payloads' bytes (see [`MqttLimits::max_pending_bytes`]).
+    fn unanswered_bytes(&self) -> usize {
+        self.pending_pubs.iter().map(|p| p.2).sum::<usize>() + self.inflight_pubs.values().map(|p| p.1).sum::<usize>()
     }
 }
 
@@ -1436,12 +1447,14 @@ impl Session {
                 let Some(conn) = self.conn.as_mut().filter(|_| self.att_connected) else {
                     return self.push(result(RequestState::NotConnected));
                 };
+                let bytes = topic.len() + payload.len();
                 if conn.unanswered() >= limits.max_pending_publishes
+                    || conn.unanswered_bytes() + bytes > limits.max_pending_bytes
                     || conn.client.try_publish(topic, level, retain, payload).is_err()
                 {
                     return self.push(result(RequestState::RateLimited));
                 }
-                conn.pending_pubs.push_back((id, q));
+                conn.pending_pubs.push_back((id, q, bytes));
                 self.shared.counters.published.fetch_add(1, Ordering::Relaxed);
             }
             MqttCommand::Ack { id } => {
@@ -1594,7 +1607,7 @@ impl Session {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => self.on_message(p),
             Ok(Event::Incoming(Packet::PubAck(a))) => {
-                if let Some(id) = conn.inflight_pubs.remove(&a.pkid) {
+                if let Some((id, _)) = conn.inflight_pubs.remove(&a.pkid) {
                     self.push(MqttEvent::PublishResult { id, state: RequestState::Completed, reason: 0 });
                 }
             }
@@ -1625,11 +1638,11 @@ impl Session {
                 if pkid != 0 && conn.inflight_pubs.contains_key(&pkid) {
                     return; // a retransmission after a reconnection
                 }
-                if let Some((id, q)) = conn.pending_pubs.pop_front() {
+                if let Some((id, q, bytes)) = conn.pending_pubs.pop_front() {
                     if q == 0 {
                         self.push(MqttEvent::PublishResult { id, state: RequestState::Completed, reason: 0 });
                     } else {
-                        conn.inflight_pubs.insert(pkid, id);
+                        conn.inflight_pubs.insert(pkid, (id, bytes));
                     }
                 }
             }
@@ -1707,10 +1720,10 @@ impl Session {
         }
         if !session_present {
             unsub_failed.extend(conn.pending_unsubs.drain(..).flatten());
-            for (id, _) in conn.pending_pubs.drain(..) {
+            for (id, _, _) in conn.pending_pubs.drain(..) {
                 failed.push(MqttEvent::PublishResult { id, state: RequestState::SocketError, reason: 0 });
             }
-            for (_, id) in conn.inflight_pubs.drain() {
+            for (_, (id, _)) in conn.inflight_pubs.drain() {
                 failed.push(MqttEvent::PublishResult { id, state: RequestState::SocketError, reason: 0 });
             }
         }
