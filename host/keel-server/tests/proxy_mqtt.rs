@@ -202,6 +202,35 @@ async fn connect_subscribe_publish_and_receive_over_tls() {
     assert!(stats.published >= 2 && stats.received >= 3 && stats.delivered >= 3, "{stats:?}");
 }
 
+/// Sends QoS 1 publishes `0..n` of `payload` on `up/f` to a broker stopped with
+/// [`Mosquitto::freeze`]; returns the ids refused RATE_LIMITED, once `refusals` of them came
+/// (any other event fails the test). The broker is left stopped.
+async fn publish_to_a_stopped_broker(att: &mut MqttAttachment, n: u32, payload: &[u8], refusals: usize) -> Vec<u32> {
+    for id in 0..n {
+        let p = MqttCommand::Publish { id, topic: "up/f".into(), payload: payload.to_vec(), qos: 1, retain: false };
+        att.commands.send(p).await.unwrap();
+    }
+    let mut refused = vec![];
+    while refused.len() < refusals {
+        match next(att).await {
+            MqttEvent::PublishResult { id, state: RequestState::RateLimited, .. } => refused.push(id),
+            other => panic!("while the broker is stopped, after {refused:?}: {other:?}"),
+        }
+    }
+    refused
+}
+
+/// Waits until publishes `0..n` all completed (the broker answers again).
+async fn all_completed(att: &mut MqttAttachment, n: u32) {
+    let mut done = vec![false; n as usize];
+    while done.contains(&false) {
+        match next(att).await {
+            MqttEvent::PublishResult { id, state: RequestState::Completed, .. } if id < n => done[id as usize] = true,
+            other => panic!("after the broker came back: {other:?}"),
+        }
+    }
+}
+
 /// A device that publishes to a broker that has stopped answering cannot make the server
 /// hold an unbounded backlog: the session takes `max_pending_publishes` unanswered publishes and
 /// refuses each one beyond with RATE_LIMITED, in order; those it took all complete once the broker
@@ -214,31 +243,10 @@ async fn publishes_to_a_broker_that_stopped_answering_are_bounded() {
     let mut att = hub.attach(&who("dev1"), "main", settings(&broker, "dev1-frozen"), loopback()).unwrap();
     connected(&mut att, true).await;
     broker.freeze();
-    for id in 0..limit + 8 {
-        let payload = format!("p{id}").into_bytes();
-        att.commands
-            .send(MqttCommand::Publish { id, topic: "up/f".into(), payload, qos: 1, retain: false })
-            .await
-            .unwrap();
-    }
-    let mut refused = vec![];
-    while refused.len() < 8 {
-        match next(&mut att).await {
-            MqttEvent::PublishResult { id, state: RequestState::RateLimited, .. } => refused.push(id),
-            other => panic!("while the broker is stopped, after {refused:?}: {other:?}"),
-        }
-    }
+    let refused = publish_to_a_stopped_broker(&mut att, limit + 8, b"p", 8).await;
     assert_eq!(refused, (limit..limit + 8).collect::<Vec<_>>(), "the publishes beyond the limit");
     broker.thaw();
-    let mut done = vec![false; limit as usize];
-    while done.contains(&false) {
-        match next(&mut att).await {
-            MqttEvent::PublishResult { id, state: RequestState::Completed, .. } if id < limit => {
-                done[id as usize] = true
-            }
-            other => panic!("after the broker came back: {other:?}"),
-        }
-    }
+    all_completed(&mut att, limit).await;
 }
 
 /// ... and bounded in bytes: large publishes to a stopped broker are refused once their bytes
@@ -253,29 +261,11 @@ async fn large_publishes_to_a_broker_that_stopped_answering_are_bounded_in_bytes
     connected(&mut att, true).await;
     broker.freeze();
     let payload = vec![b'x'; 16_000];
-    let fits = (limit / (payload.len() + 4)) as u32;
-    for id in 0..fits + 2 {
-        let p = MqttCommand::Publish { id, topic: "up/f".into(), payload: payload.clone(), qos: 1, retain: false };
-        att.commands.send(p).await.unwrap();
-    }
-    let mut refused = vec![];
-    while refused.len() < 2 {
-        match next(&mut att).await {
-            MqttEvent::PublishResult { id, state: RequestState::RateLimited, .. } => refused.push(id),
-            other => panic!("while the broker is stopped, after {refused:?}: {other:?}"),
-        }
-    }
+    let fits = (limit / (payload.len() + "up/f".len())) as u32;
+    let refused = publish_to_a_stopped_broker(&mut att, fits + 2, &payload, 2).await;
     assert_eq!(refused, [fits, fits + 1], "the publishes past the byte bound");
     broker.thaw();
-    let mut done = vec![false; fits as usize];
-    while done.contains(&false) {
-        match next(&mut att).await {
-            MqttEvent::PublishResult { id, state: RequestState::Completed, .. } if id < fits => {
-                done[id as usize] = true
-            }
-            other => panic!("after the broker came back: {other:?}"),
-        }
-    }
+    all_completed(&mut att, fits).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
